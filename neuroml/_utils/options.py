@@ -1,0 +1,51 @@
+"""Checking option strings against their allowed values, with a "did you mean" hint."""
+
+import difflib
+
+from neuroml.errors import ConfigError
+
+__all__ = ["look_up_option", "check_in_range"]
+
+
+def look_up_option(name, value, allowed):
+    """Return ``value`` if it is one of ``allowed``; raise a helpful :class:`ConfigError` otherwise.
+
+    Parameters
+    ----------
+    name : str
+        Name of the parameter, used in the message.
+    value : str
+        The value given.
+    allowed : iterable of str
+        Allowed values.
+
+    Examples
+    --------
+    >>> look_up_option("method", "gradcam", ["gradcam", "saliency"])
+    'gradcam'
+    """
+    allowed = list(allowed)
+    if value in allowed:
+        return value
+    if isinstance(value, str):
+        lowered = {a.lower(): a for a in allowed if isinstance(a, str)}
+        if value.lower() in lowered:
+            return lowered[value.lower()]
+    hint = ""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    if close:
+        hint = f" Did you mean {close[0]!r}?"
+    raise ConfigError(
+        f"The {name!r} parameter must be one of {allowed}. Got {value!r} instead.{hint}"
+    )
+
+
+def check_in_range(name, value, low=None, high=None, kind=(int, float)):
+    """Check that a number lies in ``[low, high]``; raise :class:`ConfigError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"The {name!r} parameter must be a number. Got {value!r} instead.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(
+            f"The {name!r} parameter must be in [{low}, {high}]. Got {value!r} instead."
+        )
+    return value

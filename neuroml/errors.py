@@ -1,0 +1,30 @@
+"""Typed exceptions raised by neuroml.
+
+Every error a user can trigger with bad input derives from :class:`NeuromlError`,
+so the command line can print a one-line message instead of a traceback.
+"""
+
+__all__ = ["NeuromlError", "InputError", "ConfigError", "LeakageError"]
+
+
+class NeuromlError(Exception):
+    """Base class of all errors neuroml raises on purpose."""
+
+
+class InputError(NeuromlError, ValueError):
+    """An input file or array is unreadable or not what the step expects.
+
+    The message names the file (when there is one) and the problem.
+    """
+
+    def __init__(self, message, path=None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class ConfigError(NeuromlError, ValueError):
+    """A parameter or configuration value is invalid."""
+
+
+class LeakageError(NeuromlError):
+    """A step was asked to report on subjects the model was trained on."""

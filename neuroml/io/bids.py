@@ -1,0 +1,205 @@
+"""A small, strict reader of BIDS raw datasets and writer of BIDS derivative names.
+
+Only what neuroml needs: finding T1w (and BOLD) scans per participant, session and
+run; reading ``participants.tsv``; naming derivatives. Every problem becomes an
+:class:`~neuroml.errors.InputError` naming the file.
+"""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from neuroml.errors import InputError
+
+__all__ = [
+    "Scan",
+    "ENTITY_ORDER",
+    "check_label",
+    "parse_entities",
+    "find_scans",
+    "read_participants",
+    "derivative_name",
+]
+
+#: Order of entities in BIDS file names.
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res", "den", "from", "to", "mode", "desc")
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+_NIFTI_EXT = (".nii.gz", ".nii")
+
+
+def check_label(label, what="participant label"):
+    """Return a BIDS label without its prefix (``sub-01`` -> ``01``); reject unsafe ones.
+
+    Labels must be alphanumeric: this refuses ``../``, path separators and other
+    characters that could make an output path escape its folder.
+
+    Raises
+    ------
+    InputError
+    """
+    text = str(label)
+    for prefix in ("sub-", "ses-"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if not _LABEL_RE.match(text):
+        raise InputError(
+            f"invalid {what} {str(label)!r}: BIDS labels contain only letters and digits"
+        )
+    return text
+
+
+def parse_entities(filename):
+    """Split a BIDS file name into its entities, suffix and extension.
+
+    Examples
+    --------
+    >>> parse_entities("sub-01_ses-a_run-2_T1w.nii.gz")
+    ({'sub': '01', 'ses': 'a', 'run': '2'}, 'T1w', '.nii.gz')
+    """
+    name = Path(filename).name
+    ext = ""
+    for candidate in (".nii.gz", ".nii", ".json", ".tsv", ".tsv.gz", ".mnc", ".mgz", ".PAR", ".txt", ".h5", ".png", ".npy"):
+        if name.endswith(candidate):
+            ext = candidate
+            name = name[: -len(candidate)]
+            break
+    parts = name.split("_")
+    suffix = parts[-1] if parts and "-" not in parts[-1] else ""
+    entities = {}
+    for part in parts[:-1] if suffix else parts:
+        if "-" not in part:
+            continue
+        key, _, value = part.partition("-")
+        entities[key] = value
+    return entities, suffix, ext
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """One raw scan of a BIDS dataset."""
+
+    path: Path
+    subject: str
+    session: str | None
+    entities: dict
+    suffix: str
+
+    @property
+    def participant_id(self):
+        return f"sub-{self.subject}"
+
+    def key(self):
+        """Entities identifying this scan (sub, ses, task, acq, run...)."""
+        return {k: v for k, v in self.entities.items()}
+
+
+def _subject_dirs(bids_dir, participant_labels):
+    if participant_labels:
+        labels = [check_label(p) for p in participant_labels]
+        dirs = []
+        for lab in labels:
+            d = bids_dir / f"sub-{lab}"
+            if not d.is_dir():
+                raise InputError(f"participant 'sub-{lab}' not found (no folder {d.name})", bids_dir)
+            dirs.append(d)
+        return dirs
+    return sorted(p for p in bids_dir.glob("sub-*") if p.is_dir())
+
+
+def find_scans(bids_dir, suffix="T1w", datatype="anat", participant_labels=None):
+    """Find the raw scans of a BIDS dataset.
+
+    Parameters
+    ----------
+    bids_dir : str or Path
+        Root of a BIDS raw dataset (must contain ``dataset_description.json``).
+    suffix : str, default="T1w"
+        BIDS suffix (``T1w``, ``bold``).
+    datatype : str, default="anat"
+        BIDS datatype folder (``anat``, ``func``).
+    participant_labels : list of str, optional
+        Restrict to these participants (with or without ``sub-``).
+
+    Returns
+    -------
+    list of Scan
+        Sorted by participant, session and file name.
+
+    Raises
+    ------
+    InputError
+        If the folder is not a BIDS dataset or a requested participant is missing.
+    """
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise InputError("BIDS folder not found", bids_dir)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
+    scans = []
+    for sub_dir in _subject_dirs(bids_dir, participant_labels):
+        try:
+            subject = check_label(sub_dir.name)
+        except InputError:
+            continue  # a stray folder such as 'sub-01 copy' is not a subject
+        session_dirs = sorted(p for p in sub_dir.glob("ses-*") if p.is_dir()) or [sub_dir]
+        for ses_dir in session_dirs:
+            folder = ses_dir / datatype
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                entities, sfx, ext = parse_entities(path.name)
+                if sfx != suffix or ext not in _NIFTI_EXT + (".mnc", ".mgz", ".PAR"):
+                    continue
+                if entities.get("sub") != subject:
+                    continue
+                scans.append(Scan(path=path, subject=subject, session=entities.get("ses"),
+                                  entities=entities, suffix=sfx))
+    return scans
+
+
+def read_participants(path, required=("participant_id",)):
+    """Read a ``participants.tsv`` into a DataFrame indexed by ``participant_id``.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not tab-separated text, lacks a required column, or
+        lists a participant twice.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "participants.tsv"
+    if not path.is_file():
+        raise InputError("participants file not found", path)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=["n/a", ""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot parse as a tab-separated table ({str(exc).splitlines()[0]})", path) from None
+    for col in required:
+        if col not in df.columns:
+            raise InputError(f"missing column {col!r} (columns: {list(df.columns)})", path)
+    df["participant_id"] = df["participant_id"].astype(str).str.strip()
+    bad = [p for p in df["participant_id"] if not re.match(r"^sub-[A-Za-z0-9]+$", p)]
+    if bad:
+        raise InputError(f"invalid participant_id values {bad[:3]} (expected 'sub-<alphanumeric>')", path)
+    dup = df["participant_id"][df["participant_id"].duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"participants listed more than once: {dup[:5]}", path)
+    return df.set_index("participant_id")
+
+
+def derivative_name(entities, suffix, ext=".nii.gz", **extra):
+    """Build a BIDS derivative file name from raw entities plus derivative entities.
+
+    Examples
+    --------
+    >>> derivative_name({"sub": "01", "ses": "a"}, "T1w", space="MNI152NLin2009aSym", res="2", desc="preproc")
+    'sub-01_ses-a_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.nii.gz'
+    """
+    merged = dict(entities)
+    merged.update({k: v for k, v in extra.items() if v is not None})
+    keys = [k for k in ENTITY_ORDER if k in merged] + [k for k in merged if k not in ENTITY_ORDER]
+    return "_".join(f"{k}-{merged[k]}" for k in keys) + f"_{suffix}{ext}"

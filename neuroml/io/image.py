@@ -1,0 +1,197 @@
+"""The one input checker: a path or an image in, a validated 3D/4D NIfTI image out.
+
+Every stage that reads an image goes through :func:`check_img`, so every bad file is
+reported the same way: a one-line :class:`~neuroml.errors.InputError` naming the file
+and the problem, never a traceback from deep inside numpy or nibabel.
+"""
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from neuroml.errors import InputError
+
+__all__ = ["check_img", "check_array", "load_data", "MAX_AXIS", "MAX_VOXELS"]
+
+#: Largest length accepted along one axis (voxels).
+MAX_AXIS = 4096
+#: Largest number of voxels accepted in one image (about 4 GiB of float32 for 3D).
+MAX_VOXELS = 2**30
+
+# Readers raise many exception types on hostile input (ValueError, OSError, zlib.error,
+# struct.error, PARRECError, ImportError for an optional reader...): all become InputError.
+_READ_ERRORS = (Exception,)
+
+
+def _name(img, name):
+    if name is not None:
+        return str(name)
+    if isinstance(img, (str, os.PathLike)):
+        return str(img)
+    fn = getattr(img, "get_filename", lambda: None)()
+    return fn or "<in-memory image>"
+
+
+def _short(exc):
+    if isinstance(exc, ImportError):
+        return f"reading this format needs the missing package {exc.name!r}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _load(path):
+    path = Path(path)
+    if not path.exists():
+        if path.is_symlink():
+            raise InputError("broken symbolic link", path)
+        raise InputError("file not found", path)
+    try:
+        if path.is_dir():
+            raise InputError("is a directory, expected an image file", path)
+        if path.stat().st_size == 0:
+            raise InputError("empty file (0 bytes)", path)
+    except OSError as exc:  # symlink loops, permission problems
+        raise InputError(f"cannot access file ({exc.strerror or exc})", path) from None
+    try:
+        return nib.load(str(path))
+    except InputError:
+        raise
+    except _READ_ERRORS as exc:
+        raise InputError(f"not a readable image ({_short(exc)})", path) from None
+
+
+def _check_header(img, label):
+    shape = tuple(int(s) for s in img.shape)
+    if any(s <= 0 for s in shape):
+        raise InputError(f"image has an empty axis (shape {shape})", label)
+    if any(s > MAX_AXIS for s in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+        raise InputError(
+            f"image dimensions {shape} are implausibly large (limit {MAX_AXIS} per axis, "
+            f"{MAX_VOXELS} voxels); the header is probably corrupt",
+            label,
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError("affine contains NaN or infinite values", label)
+    det = np.linalg.det(affine[:3, :3])
+    if not np.isfinite(det) or abs(det) < 1e-6:
+        raise InputError("affine is singular (zero voxel size or collapsed axes)", label)
+    zooms = img.header.get_zooms()[:3] if hasattr(img, "header") else ()
+    if any((not np.isfinite(z)) or z < 0 for z in zooms):
+        raise InputError(f"header voxel sizes {tuple(float(z) for z in zooms)} are negative or not finite", label)
+    return affine
+
+
+def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constant=False):
+    """Validate a voxel array; return it as float32.
+
+    Parameters
+    ----------
+    data : ndarray
+        Voxel data.
+    label : str
+        Name used in error messages (usually the file name).
+    ndim : int or tuple of int
+        Accepted dimensionality.
+    ensure_finite : bool
+        Raise if any voxel is NaN or infinite.
+    allow_constant : bool
+        Accept an all-constant (for example all-zero) volume.
+
+    Raises
+    ------
+    InputError
+        Naming ``label`` and the problem.
+    """
+    ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if data.ndim not in ndims:
+        want = " or ".join(f"{d}D" for d in ndims)
+        raise InputError(
+            f"expected a {want} image and got a {data.ndim}D image of shape {tuple(data.shape)}", label
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.asarray(data, dtype=np.float32)
+    if ensure_finite:
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise InputError(
+                f"{int(bad.sum())} of {data.size} voxels are NaN or infinite "
+                "(check the scaling factors or the file)",
+                label,
+            )
+    if not allow_constant and data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
+        raise InputError(f"volume is constant (every voxel is {float(data.flat[0]):g}): no image content", label)
+    return data
+
+
+def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
+    """Turn a path or a nibabel image into a validated NIfTI-1 image with float32 data.
+
+    Any format nibabel reads is accepted (NIfTI-1/2, Analyze, MINC, MGH/MGZ, PAR/REC);
+    scaling factors are applied. A 4D image with a single volume is accepted where 3D is
+    expected. Calling it on its own output changes nothing.
+
+    Parameters
+    ----------
+    img : str, Path or nibabel image
+        The image or its path.
+    ndim : int or tuple of int, default=3
+        Accepted dimensionality.
+    name : str, optional
+        Name used in messages for in-memory images.
+    ensure_finite : bool, default=True
+        Reject NaN or infinite voxels.
+    allow_constant : bool, default=False
+        Accept a constant volume.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32 data, the image's affine (sform/qform resolved by nibabel).
+
+    Raises
+    ------
+    InputError
+        For a missing, unreadable, wrongly dimensioned, non-finite or constant image,
+        naming the file.
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib
+    >>> img = nib.Nifti1Image(np.random.default_rng(0).random((7, 8, 9)), np.eye(4))
+    >>> check_img(img).shape
+    (7, 8, 9)
+    """
+    label = _name(img, name)
+    if isinstance(img, (str, os.PathLike)):
+        img = _load(img)
+    elif not hasattr(img, "dataobj") or not hasattr(img, "affine"):
+        raise InputError(f"expected a path or a nibabel image, got {type(img).__name__}", label)
+    if getattr(img, "affine", None) is None:
+        raise InputError("image has no affine (no orientation information)", label)
+    affine = _check_header(img, label)
+    ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        raise InputError(f"voxel data cannot be read ({_short(exc)}); the file may be truncated", label) from None
+    if data.ndim == 4 and 3 in ndims and 4 not in ndims and data.shape[3] == 1:
+        data = data[..., 0]
+    while data.ndim > 4 and data.shape[-1] == 1 and data.ndim - 1 >= min(ndims):
+        data = data[..., 0]
+    if np.iscomplexobj(data):
+        raise InputError("complex-valued data is not supported (expected a magnitude image)", label)
+    data = check_array(data, label, ndim=ndims, ensure_finite=ensure_finite, allow_constant=allow_constant)
+    if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) \
+            and img.get_data_dtype() == np.float32 and img.dataobj.__class__ is np.ndarray:
+        return img
+    out = nib.Nifti1Image(data, affine)
+    out.header.set_xyzt_units("mm", "sec")
+    return out
+
+
+def load_data(img, **kwargs):
+    """Return the float32 voxel array of :func:`check_img` (same arguments)."""
+    return np.asarray(check_img(img, **kwargs).dataobj)
