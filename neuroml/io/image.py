@@ -185,7 +185,8 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
         raise InputError("complex-valued data is not supported (expected a magnitude image)", label)
     data = check_array(data, label, ndim=ndims, ensure_finite=ensure_finite, allow_constant=allow_constant)
     if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) \
-            and img.get_data_dtype() == np.float32 and img.dataobj.__class__ is np.ndarray:
+            and img.get_data_dtype() == np.float32 and img.dataobj.__class__ is np.ndarray \
+            and data.shape == img.shape:
         return img
     out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm", "sec")

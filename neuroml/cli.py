@@ -1,0 +1,225 @@
+"""The ``neuroml`` command: BIDS-App style faces of the library.
+
+Each subcommand turns its arguments into parameters of one library step
+(:func:`neuroml.pipeline.run_step`); no processing happens here.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from neuroml import __version__
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("neuroml")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _resolution(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a voxel size in mm, got {text!r}") from None
+    if not 0.5 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"voxel size must be between 0.5 and 8 mm, got {text!r}")
+    return value
+
+
+def build_parser():
+    """Build the argument parser of the ``neuroml`` command."""
+    p = _Parser(prog="neuroml", description="BIDS MRI to 3D CNN classification and region attribution reports.")
+    p.add_argument("--version", action="version", version=f"neuroml {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("synth", help="write a synthetic BIDS cohort with ground truth")
+    s.add_argument("out_bids", type=Path, help="output BIDS folder")
+    s.add_argument("--n-subjects", type=_positive_int, default=30)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--classes", nargs="+", default=None, help="class labels, healthy class first (default: control MDD SCZ)")
+    s.add_argument("--voxel-scale", type=float, default=1.0, help="multiply every site's voxel size (2 = coarser, smaller files)")
+    s.add_argument("--n-jobs", type=_positive_int, default=1)
+
+    s = sub.add_parser("preprocess", help="T1w to MNI space (BIDS-App: participant or group level)")
+    s.add_argument("bids_dir", type=Path)
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("analysis_level", choices=["participant", "group"])
+    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")
+    s.add_argument("--n-jobs", type=_positive_int, default=1)
+    s.add_argument("--resolution", type=_resolution, default=2.0, help="target grid voxel size in mm (default 2)")
+    s.add_argument("--normalization", default="zscore", help="zscore or percentile")
+
+    s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
+    s.add_argument("deriv_dir", type=Path)
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--label-column", default="diagnosis")
+    s.add_argument("--participants", type=Path, default=None, help="participants.tsv (default: the raw dataset's)")
+    s.add_argument("--model", default="compact", help="compact, densenet121, resnet10, resnet18, resnet34")
+    s.add_argument("--epochs", type=_positive_int, default=20)
+    s.add_argument("--folds", type=_positive_int, default=3)
+    s.add_argument("--batch-size", type=_positive_int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
+
+    s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("deriv_dir", type=Path)
+    s.add_argument("--out", type=Path, default=None, help="predictions TSV (default RUN/predict/predictions.tsv)")
+    s.add_argument("--force", action="store_true", help="also predict subjects the model was trained on")
+
+    s = sub.add_parser("attribute", help="attribution maps and region tables")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("deriv_dir", type=Path)
+    s.add_argument("--method", default="gradcam")
+    s.add_argument("--atlas", default="aal")
+    s.add_argument("--target", default="predicted", help="predicted, true, or a class name")
+    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")
+    s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
+
+    s = sub.add_parser("report", help="one self-contained HTML report of a run")
+    s.add_argument("run_dir", type=Path)
+
+    s = sub.add_parser("run", help="run a YAML pipeline")
+    s.add_argument("pipeline", type=Path)
+    s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override pipeline vars")
+
+    s = sub.add_parser("demo", help="run pipelines/demo.yaml on data_samples/ and print the report path")
+    s.add_argument("--workdir", type=Path, default=Path("neuroml-demo"))
+    return p
+
+
+def _setup_logging(args):
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _overrides(pairs):
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"neuroml: error: --set expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _repo_file(*parts):
+    return Path(__file__).resolve().parents[1].joinpath(*parts)
+
+
+def _dispatch(args):
+    from neuroml.pipeline import run_pipeline, run_step
+
+    c = args.command
+    if c == "synth":
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
+                      voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=True)
+        if args.classes:
+            params["classes"] = tuple(args.classes)
+        run_step("synth", **params)
+        print(args.out_bids)
+        return 0
+    if c == "preprocess":
+        if args.analysis_level == "group":
+            print(run_step("preprocess_group", out_dir=args.out_dir))
+            return 0
+        result = run_step("preprocess", bids_dir=args.bids_dir, out_dir=args.out_dir,
+                          participant_labels=args.participant_label, n_jobs=args.n_jobs,
+                          resolution=args.resolution, normalization=args.normalization,
+                          show_progress=True)
+        failures = list(getattr(result, "failures", []) or [])
+        print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
+        if failures:
+            for f in failures[:20]:
+                print(f"  FAILED {f}", file=sys.stderr)
+            print(f"see {args.out_dir / 'failures.tsv'}", file=sys.stderr)
+            return 1
+        return 0
+    if c == "train":
+        run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
+                 participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
+                 batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume)
+        print(args.run_dir)
+        return 0
+    if c == "predict":
+        out = args.out or args.run_dir / "predict" / "predictions.tsv"
+        run_step("predict", run_dir=args.run_dir, deriv_dir=args.deriv_dir, out_path=out, force=args.force)
+        print(out)
+        return 0
+    if c == "attribute":
+        print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
+                       atlas=args.atlas, target=args.target, participants=args.participant_label,
+                       force=args.force))
+        return 0
+    if c == "report":
+        print(run_step("report", run_dir=args.run_dir))
+        return 0
+    if c == "run":
+        result = run_pipeline(args.pipeline, _overrides(args.set))
+        if result is not None:
+            print(result)
+        return 0
+    if c == "demo":
+        pipeline = _repo_file("pipelines", "demo.yaml")
+        if not pipeline.is_file():
+            from neuroml.errors import InputError
+
+            raise InputError("the demo needs the source checkout (pipelines/ and data_samples/); "
+                             "clone the repository and `pip install -e .`", pipeline)
+        report = run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())})
+        print(f"report: {report}")
+        return 0
+    raise AssertionError(c)  # pragma: no cover - argparse restricts the choices
+
+
+def main(argv=None):
+    """Entry point of the ``neuroml`` console script; returns the exit status."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from neuroml.errors import NeuromlError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return _dispatch(args)
+    except NeuromlError as exc:
+        print(f"neuroml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuroml: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as exc:  # disk full, read-only folder, permissions
+        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"neuroml {args.command}: error:{name} {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

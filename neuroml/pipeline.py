@@ -1,0 +1,160 @@
+"""Steps and YAML pipelines: the one place that maps step names to library functions.
+
+The command line and the YAML pipelines both call :func:`run_step`, so neither holds
+logic of its own. A pipeline file is::
+
+    name: demo
+    vars:                       # optional; ${name} is substituted in every string
+      workdir: ./neuroml-demo
+    steps:
+      - preprocess: {bids_dir: "${pipeline_dir}/../data_samples", out_dir: "${workdir}/derivatives"}
+      - train: {deriv_dir: "${workdir}/derivatives", run_dir: "${workdir}/run"}
+
+``${pipeline_dir}`` is the folder of the YAML file; relative paths in the values of
+``*_dir``/``*_path`` keys are resolved against the current working directory.
+"""
+
+import importlib
+import inspect
+import logging
+import re
+from pathlib import Path
+
+from neuroml._utils.options import look_up_option
+from neuroml.errors import ConfigError, InputError
+
+__all__ = ["STEPS", "run_step", "load_pipeline", "run_pipeline"]
+
+log = logging.getLogger("neuroml")
+
+#: Step name -> "module:function" of the library function that does the work.
+STEPS = {
+    "synth": "neuroml.synth:make_cohort",
+    "preprocess": "neuroml.preprocessing:run_participant_level",
+    "preprocess_group": "neuroml.preprocessing:run_group_level",
+    "train": "neuroml.training:train_run",
+    "predict": "neuroml.training:predict_run",
+    "attribute": "neuroml.attribution:attribute_run",
+    "report": "neuroml.reports:build_report",
+}
+
+
+def _resolve(name):
+    name = look_up_option("step", name, STEPS)
+    module, _, func = STEPS[name].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _check_params(name, func, params):
+    sig = inspect.signature(func)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = list(sig.parameters)
+    for key in params:
+        look_up_option(f"{name} parameter", key, allowed)
+    missing = [p.name for p in sig.parameters.values()
+               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.name not in params]
+    if missing:
+        raise ConfigError(f"step {name!r} needs the parameter(s) {missing}")
+
+
+def run_step(name, **params):
+    """Run one named step with keyword parameters; return what the library returns.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown step or parameter (with a "did you mean" hint).
+    """
+    func = _resolve(name)
+    _check_params(name, func, params)
+    log.info("step %s", name)
+    return func(**params)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(value, variables, where):
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole and whole.group(1) in variables:
+            return variables[whole.group(1)]  # keep the variable's type (int, float, list)
+
+        def repl(match):
+            key = match.group(1)
+            if key not in variables:
+                raise ConfigError(f"{where}: unknown variable ${{{key}}} (known: {sorted(variables)})")
+            return str(variables[key])
+        return _VAR.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def load_pipeline(path, overrides=None):
+    """Read and validate a pipeline YAML (safely: ``yaml.safe_load``).
+
+    Parameters
+    ----------
+    path : str or Path
+    overrides : dict, optional
+        Values that replace the file's ``vars`` (e.g. ``{"workdir": "/scratch/x"}``).
+
+    Returns
+    -------
+    list of (str, dict)
+        The steps with their substituted parameters.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("pipeline file not found", path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list) or not doc["steps"]:
+        raise InputError("a pipeline needs a non-empty 'steps' list", path)
+    for key in doc:
+        look_up_option(f"pipeline key in {path.name}", key, ["name", "description", "vars", "steps"])
+    variables = {"pipeline_dir": str(path.resolve().parent)}
+    file_vars = doc.get("vars") or {}
+    if not isinstance(file_vars, dict):
+        raise InputError("'vars' must be a mapping", path)
+    for key, value in file_vars.items():
+        variables[key] = _substitute(value, variables, str(path))
+    for key, value in (overrides or {}).items():
+        # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90)
+        variables[key] = yaml.safe_load(value) if isinstance(value, str) else value
+    steps = []
+    for i, entry in enumerate(doc["steps"]):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise InputError(f"step {i + 1} must be a mapping with one key, the step name", path)
+        (name, params), = entry.items()
+        name = look_up_option("step", name, STEPS)
+        params = params or {}
+        if not isinstance(params, dict):
+            raise InputError(f"step {i + 1} ({name}): parameters must be a mapping", path)
+        params = _substitute(params, variables, f"{path} step {i + 1}")
+        _check_params(name, _resolve(name), params)
+        steps.append((name, params))
+    return steps
+
+
+def run_pipeline(path, overrides=None):
+    """Run every step of a pipeline YAML in order; return the last step's result."""
+    result = None
+    steps = load_pipeline(path, overrides)
+    for i, (name, params) in enumerate(steps, 1):
+        log.info("pipeline step %d/%d: %s", i, len(steps), name)
+        result = run_step(name, **params)
+        failures = getattr(result, "failures", None)
+        if failures:
+            log.warning("step %s: %d scan(s) failed (see failures.tsv); continuing with the rest",
+                        name, len(failures))
+    return result

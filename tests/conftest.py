@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny seeded images with unequal sides, so swapped axes fail."""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def img_3d(rng):
+    """A 7x8x9 float image with a non-trivial affine."""
+    affine = np.diag([2.0, 2.5, 3.0, 1.0])
+    affine[:3, 3] = [-10, -20, -30]
+    return nib.Nifti1Image(rng.normal(size=(7, 8, 9)).astype(np.float32), affine)
