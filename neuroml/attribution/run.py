@@ -1,0 +1,352 @@
+"""Attribution maps for every subject of a training run, without leakage.
+
+Each subject is explained by the model of the fold where it was in the *test* set.
+Subjects outside the run are explained by every fold model (maps and probabilities
+averaged). A subject that every usable model was trained on raises
+:class:`~neuroml.errors.LeakageError` unless ``force=True``.
+
+Outputs (``docs/layout.md``), under ``RUN/attribution/<method>/``::
+
+    sub-X[_ses-Y][_run-Z]_desc-<method>_map.nii.gz    per scan, on the grid, grid affine
+    group/class-<C>_desc-mean_map.nii.gz              mean over subjects of class C (target C)
+    group/class-<C>_desc-tstat_map.nii.gz             one-sample t map (>= 2 subjects)
+    regions_atlas-<atlas>_class-<C>.tsv / .json       region table of the class's mean map
+    attribution.json                                  settings, subjects, timings, files
+
+``<method>`` in ``desc-`` loses its underscores (BIDS labels are alphanumeric).
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neuroml._utils.fileio import read_json, save_nifti_atomic, write_json_atomic
+from neuroml._utils.options import look_up_option
+from neuroml._utils.provenance import package_versions
+from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
+from neuroml.attribution.methods import METHODS, Explainer
+from neuroml.attribution.regions import region_table, write_region_table
+from neuroml.errors import ConfigError, InputError, LeakageError
+from neuroml.io.atlases import ATLASES, atlas_on_grid
+
+__all__ = ["attribute_run", "map_name"]
+
+log = logging.getLogger("neuroml")
+
+
+def map_name(participant_id, session=None, run=None, method="gradcam"):
+    """File name of a subject's map: ``sub-X[_ses-Y][_run-Z]_desc-<method>_map.nii.gz``.
+
+    Examples
+    --------
+    >>> map_name("sub-01", "a", None, "integrated_gradients")
+    'sub-01_ses-a_desc-integratedgradients_map.nii.gz'
+    """
+    parts = [str(participant_id)]
+    if _given(session):
+        parts.append(f"ses-{session}")
+    if _given(run):
+        parts.append(f"run-{run}")
+    return "_".join(parts) + f"_desc-{method.replace('_', '')}_map.nii.gz"
+
+
+def _given(value):
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) not in ("", "n/a")
+
+
+def _check_grid(cache, cfg, deriv_dir):
+    grid = cfg.get("grid", cfg)
+    if "shape" not in grid or "affine" not in grid:
+        return
+    if tuple(grid["shape"]) != cache.shape or not np.allclose(np.asarray(grid["affine"]), cache.affine, atol=1e-4):
+        raise InputError(f"the derivatives' grid {cache.shape} differs from the run's {tuple(grid['shape'])} "
+                         f"(preprocess with the run's resolution, res-{cfg.get('resolution')})", deriv_dir)
+
+
+def _true_labels(run, run_dir, deriv_dir):
+    """participant_id -> label, from predictions.tsv and the participants.tsv of the data."""
+    import pandas as pd
+
+    labels = {}
+    cfg = run.config
+    column = cfg.get("label_column", "diagnosis")
+    try:
+        from neuroml.data import participants_file
+        from neuroml.io.bids import read_participants
+
+        table = read_participants(participants_file(deriv_dir, cfg.get("participants")))
+        if column in table.columns:
+            labels.update({p: str(v).strip() for p, v in table[column].dropna().items()})
+    except InputError as exc:
+        log.debug("no participants.tsv labels: %s", exc)
+    pred = Path(run_dir) / "predictions.tsv"
+    if pred.is_file():
+        df = pd.read_csv(pred, sep="\t", dtype=str, keep_default_na=False)
+        if {"participant_id", "true_label"} <= set(df.columns):
+            labels.update(dict(zip(df["participant_id"], df["true_label"])))
+    return labels
+
+
+def _folds_for(pid, run, folds, used_by, force):
+    """(folds to use, how) for a participant; raise LeakageError if all trained on it."""
+    k = run.test_fold_of(pid)
+    if k is not None:
+        return (k,), "out-of-fold"
+    clean = tuple(f for f in folds if pid not in used_by.get(f, set()))
+    if clean:
+        return clean, "not-in-run" if len(clean) == len(folds) else "unseen-folds"
+    if not force:
+        raise LeakageError(f"{pid} was used to train every fold model and is in no fold's test set; "
+                           "its maps would explain training data (pass force=True to do it anyway)")
+    log.warning("%s: every model was trained on it; explaining it anyway (force=True)", pid)
+    return tuple(folds), "trained-on"
+
+
+def _used_by(run, folds):
+    out = {f: set() for f in folds}
+    for entry in run.splits:
+        f = entry.get("fold")
+        if f in out:
+            out[f] = set(entry.get("train", [])) | set(entry.get("val", []))
+    return out
+
+
+def _select(index, participants):
+    if participants is None:
+        return index
+    from neuroml.io.bids import check_label
+
+    wanted = {f"sub-{check_label(p)}" for p in ([participants] if isinstance(participants, str) else participants)}
+    missing = sorted(wanted - set(index["participant_id"]))
+    if missing:
+        raise InputError(f"participants not in the derivatives: {missing}")
+    return index[index["participant_id"].isin(wanted)]
+
+
+def _explain(models, x, targets, method, target_layer, classes):
+    """Maps and probabilities averaged over models, for given target indices."""
+    maps, probs = 0.0, 0.0
+    for model in models:
+        ex = Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8)
+        maps = maps + ex.attribute(x, target=targets)
+        probs = probs + ex.probabilities_
+    return maps / len(models), probs / len(models)
+
+
+def _predict(models, x):
+    import torch
+
+    with torch.no_grad():
+        probs = 0.0
+        for model in models:
+            was = model.training
+            model.eval()
+            device = next(model.parameters()).device
+            probs = probs + torch.softmax(model(torch.as_tensor(x[:, None], device=device)), 1).cpu().numpy()
+            model.train(was)
+    return probs / len(models)
+
+
+def _top_regions(table, n=5):
+    return [{"region": r, "hemisphere": h, "mean_attribution": round(float(m), 8)}
+            for r, h, m in zip(table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n])]
+
+
+def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="predicted", participants=None,
+                  force=False, device="cpu", show_progress=True, batch_size=4):
+    """Attribution maps, group maps and region tables for the subjects of a run.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Output folder of ``neuroml train``.
+    deriv_dir : str or Path
+        Output folder of ``neuroml preprocess`` (its tensor cache is built if needed).
+    method : str, default="gradcam"
+        One of :data:`~neuroml.attribution.methods.METHODS`.
+    atlas : str, default="aal"
+        One of :data:`~neuroml.io.atlases.ATLASES`.
+    target : str, default="predicted"
+        ``"predicted"``, ``"true"`` (the subject's label) or a class name.
+    participants : list of str, optional
+        Participant labels (``sub-01`` or ``01``); default every scan of the derivatives.
+    force : bool, default=False
+        Explain subjects every usable model was trained on (flagged in the output).
+    device : str, default="cpu"
+    show_progress : bool, default=True
+    batch_size : int, default=4
+        Subjects per batch.
+
+    Returns
+    -------
+    Path
+        ``RUN/attribution/<method>/attribution.json``.
+
+    Raises
+    ------
+    LeakageError
+        If a subject was used to train every model that would explain it and not ``force``.
+    InputError
+        If the derivatives' grid differs from the run's, or a participant is unknown.
+    ConfigError
+        For an unknown method, atlas or target.
+    """
+    from tqdm.auto import tqdm
+
+    from neuroml.data import build_cache
+    from neuroml.training.run import load_run
+
+    method = look_up_option("method", method, METHODS)
+    atlas = look_up_option("atlas", atlas, ATLASES)
+    run = load_run(run_dir)
+    classes = [str(c) for c in run.classes]
+    if target not in ("predicted", "true"):
+        target = look_up_option("target", target, ["predicted", "true", *classes])
+    cfg = run.config
+    cache = build_cache(deriv_dir, resolution=cfg.get("resolution"))
+    _check_grid(cache, cfg, deriv_dir)
+    rows = _select(cache.index, participants)
+    fold_models = dict(run.fold_models(device))
+    folds = list(fold_models)
+    used_by = _used_by(run, folds)
+    plan = {r.row: _folds_for(r.participant_id, run, folds, used_by, force) for r in rows.itertuples()}
+    labels = _true_labels(run, run_dir, deriv_dir)
+    if target == "true":
+        unlabeled = sorted({r.participant_id for r in rows.itertuples() if labels.get(r.participant_id) not in classes})
+        if unlabeled:
+            raise InputError(f"target='true' but these participants have no class label: {unlabeled[:10]}")
+    try:
+        from neuroml.models import default_target_layer
+
+        target_layer = default_target_layer(cfg.get("model"))
+    except (ImportError, ConfigError, KeyError, TypeError):
+        target_layer = None
+
+    out_dir = Path(run_dir) / "attribution" / method
+    json_path = out_dir / "attribution.json"
+    previous = _previous_entries(json_path, method, target)
+    atlas_labels, atlas_names = atlas_on_grid(atlas, cache.affine, cache.shape)
+    voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0
+
+    entries, group_maps, group_owner = {}, [], []
+    batches = {}
+    for r in rows.itertuples():
+        batches.setdefault(plan[r.row], []).append(r)
+    todo = [(fk, chunk[i:i + batch_size]) for fk, chunk in batches.items() for i in range(0, len(chunk), batch_size)]
+    t_start = time.perf_counter()
+    for fk, chunk in tqdm(todo, desc=f"attribution {method}", disable=not show_progress):
+        models = [fold_models[f] for f in fk[0]]
+        x = cache.load([r.row for r in chunk])
+        names = [map_name(r.participant_id, r.session, r.run, method) for r in chunk]
+        t0 = time.perf_counter()
+        probs = _predict(models, x)
+        true = np.array([classes.index(labels[r.participant_id]) if labels.get(r.participant_id) in classes else -1
+                         for r in chunk])
+        tidx = {"predicted": probs.argmax(1), "true": true}.get(target)
+        if tidx is None:
+            tidx = np.full(len(chunk), classes.index(target))
+        redo = [i for i, n in enumerate(names) if not (n in previous and (out_dir / n).is_file())]
+        maps, true_maps = _batch_maps(models, x, tidx, true, redo, [out_dir / n for n in names],
+                                      method, target_layer, classes)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for i, r in enumerate(chunk):
+            if i in redo:
+                save_nifti_atomic(_img(maps[i], cache.affine), out_dir / names[i])
+            table = region_table(maps[i], atlas_labels, atlas_names, voxel_ml)
+            old = previous.get(names[i], {})
+            entries[names[i]] = {
+                "participant_id": r.participant_id,
+                "session": r.session if _given(r.session) else None,
+                "run": r.run if _given(r.run) else None,
+                "map": names[i],
+                "folds": [f if isinstance(f, (int, str)) else str(f) for f in fk[0]],
+                "model_use": fk[1],
+                "true_label": classes[true[i]] if true[i] >= 0 else None,
+                "target_label": classes[tidx[i]],
+                "predicted_label": classes[int(probs[i].argmax())],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs[i])},
+                "top_regions": _top_regions(table),
+                "seconds": old.get("seconds") if i not in redo and old.get("seconds") is not None
+                else round(seconds, 3),
+                "skipped": i not in redo,
+            }
+            if true[i] >= 0:
+                group_maps.append(true_maps[i])
+                group_owner.append((r.participant_id, classes[true[i]]))
+    total = time.perf_counter() - t_start
+
+    group_info = _write_groups(group_maps, group_owner, classes, cache.affine, out_dir, atlas,
+                               atlas_labels, atlas_names, voxel_ml, method)
+    doc = {
+        "method": method, "target": target, "atlas": atlas, "target_layer": target_layer,
+        "classes": classes, "grid": {"affine": cache.affine.tolist(), "shape": list(cache.shape)},
+        "deriv_dir": str(Path(deriv_dir).resolve()), "n_subjects": len(entries),
+        "subjects": [entries[k] for k in sorted(entries)], "group": group_info,
+        "timing": {"total_seconds": round(total, 3),
+                   "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)}},
+        "versions": package_versions(),
+    }
+    write_json_atomic(json_path, doc)
+    log.info("attribution %s: %d scans, %.1f s; %s", method, len(entries), total, out_dir)
+    return json_path
+
+
+def _previous_entries(json_path, method, target):
+    """Subjects of an earlier call with the same method and target, by map name."""
+    if not json_path.is_file():
+        return {}
+    try:
+        doc = read_json(json_path)
+    except InputError:
+        return {}
+    if doc.get("target") != target or doc.get("method") != method:
+        return {}
+    return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
+
+
+def _batch_maps(models, x, targets, true, redo, paths, method, target_layer, classes):
+    """Maps of one batch for the requested targets (new ones for ``redo``, the others read
+    back), and the maps explaining each subject's true class (for the group maps)."""
+    from neuroml.io.image import load_data
+
+    maps = np.zeros(x.shape, dtype=np.float32)
+    if redo:
+        maps[redo] = _explain(models, x[redo], targets[redo], method, target_layer, classes)[0]
+    for i in sorted(set(range(len(x))) - set(redo)):
+        maps[i] = load_data(paths[i], allow_constant=True)
+    true_maps = maps.copy()
+    extra = [i for i in range(len(x)) if true[i] >= 0 and true[i] != targets[i]]
+    if extra:
+        true_maps[extra] = _explain(models, x[extra], true[extra], method, target_layer, classes)[0]
+    return maps, true_maps
+
+
+def _write_groups(maps, owners, classes, affine, out_dir, atlas, atlas_labels, atlas_names, voxel_ml, method):
+    """Average each participant's scans, then class group maps and their region tables."""
+    if not maps:
+        return {}
+    keys = list(dict.fromkeys(owners))
+    pos = {k: i for i, k in enumerate(keys)}
+    sums = np.zeros((len(keys), *maps[0].shape), dtype=np.float32)
+    counts = np.zeros(len(keys))
+    for m, o in zip(maps, owners):
+        sums[pos[o]] += m
+        counts[pos[o]] += 1
+    per_participant = sums / counts[:, None, None, None]
+    groups = class_group_maps(per_participant, [k[1] for k in keys], classes)
+    written = write_group_maps(groups, affine, out_dir / "group", classes)
+    atlas_key = "".join(ch for ch in atlas if ch.isalnum())
+    info = {}
+    for c, g in groups.items():
+        stem = f"regions_atlas-{atlas_key}_class-{class_entity(c, classes)}"
+        table = region_table(g["mean"], atlas_labels, atlas_names, voxel_ml)
+        meta = {"method": method, "atlas": atlas, "class": c, "n_subjects": g["n"],
+                "map": f"group/{written[c]['mean'].name}"}
+        write_region_table(table, out_dir / f"{stem}.tsv", out_dir / f"{stem}.json", meta)
+        info[c] = {"n": g["n"], "participants": sorted(k[0] for k in keys if k[1] == c),
+                   "mean_map": f"group/{written[c]['mean'].name}",
+                   "tstat_map": f"group/{written[c]['tstat'].name}" if written[c]["tstat"] else None,
+                   "regions_tsv": f"{stem}.tsv", "regions_json": f"{stem}.json"}
+    return info

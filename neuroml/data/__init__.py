@@ -1,0 +1,17 @@
+"""Data: the float16 tensor cache of preprocessed volumes, the labelled cohort, torch Datasets."""
+
+from neuroml.data.cache import TensorCache, build_cache, find_preprocessed, resolution_key
+from neuroml.data.dataset import Augmentation, Cohort, VolumeDataset, load_cohort, make_augmentation, participants_file
+
+__all__ = [
+    "TensorCache",
+    "build_cache",
+    "find_preprocessed",
+    "resolution_key",
+    "Cohort",
+    "load_cohort",
+    "participants_file",
+    "VolumeDataset",
+    "Augmentation",
+    "make_augmentation",
+]

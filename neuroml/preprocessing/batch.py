@@ -1,0 +1,375 @@
+"""Preprocessing a whole BIDS dataset: participant level (resumable, parallel) and group level.
+
+Resuming: a scan is skipped when its sidecar exists, is valid JSON, records the input's
+SHA-256 and the same parameters, and all its other outputs exist. Every file is written
+atomically and the sidecar last, so a killed run leaves either a complete scan or one
+that is redone.
+
+Failures: one bad scan never stops the batch. Each is recorded in ``OUT/failures.tsv``
+(``participant_id``, ``file``, one-line ``reason``); the file is rewritten on every run
+(entries of scans that now succeed are removed; it is deleted when nothing fails) under a
+lock, so SLURM array tasks writing to the same folder do not lose each other's entries.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import traceback
+from pathlib import Path
+
+from neuroml import __version__
+from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
+from neuroml._utils.options import check_in_range
+from neuroml.errors import ConfigError, InputError, NeuromlError
+from neuroml.io.bids import derivative_name, find_scans, parse_entities
+from neuroml.preprocessing.qc import write_group_qc
+from neuroml.preprocessing.t1w import check_params, is_complete, output_paths, preprocess_t1w
+
+__all__ = [
+    "Failure",
+    "read_failures",
+    "BatchResult",
+    "run_participant_level",
+    "run_group_level",
+    "write_dataset_description",
+]
+
+log = logging.getLogger("neuroml")
+
+BIDS_VERSION = "1.9.0"
+_FAILURE_COLUMNS = ("participant_id", "file", "reason")
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A scan that could not be processed."""
+
+    participant_id: str
+    file: str
+    reason: str
+
+    def __str__(self):
+        return f"{self.participant_id} {self.file}: {self.reason}"
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """Outcome of :func:`run_participant_level`.
+
+    Attributes
+    ----------
+    n_done : int
+        Scans processed in this run.
+    n_skipped : int
+        Scans already complete (resumed).
+    failures : list of Failure
+        Scans that failed in this run.
+    """
+
+    n_done: int
+    n_skipped: int
+    failures: list
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _source_url(bids_dir):
+    return "file://" + str(Path(bids_dir).resolve())
+
+
+def write_dataset_description(out_dir, bids_dir):
+    """Write ``OUT/dataset_description.json`` for the derivatives (atomically).
+
+    Raises
+    ------
+    ConfigError
+        If ``out_dir`` already holds derivatives of another raw dataset.
+    """
+    out_dir = Path(out_dir)
+    url = _source_url(bids_dir)
+    path = out_dir / "dataset_description.json"
+    if path.is_file():
+        try:
+            old = read_json(path)
+            old_urls = [d.get("URL") for d in old.get("SourceDatasets", []) if isinstance(d, dict)]
+        except (InputError, AttributeError):
+            old_urls = []
+        if old_urls and url not in old_urls:
+            raise ConfigError(
+                f"{out_dir} already holds derivatives of another dataset ({old_urls[0]}); "
+                "choose another output folder, or delete its dataset_description.json to reuse it")
+    desc = {
+        "Name": "neuroml preprocessing (T1w in MNI space)",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "neuroml", "Version": __version__,
+                         "Description": "N4, affine registration to MNI152NLin2009aSym, "
+                                        "intensity normalization (SimpleITK)"}],
+        "SourceDatasets": [{"URL": url}],
+        "DatasetLinks": {"raw": url},
+    }
+    write_json_atomic(path, desc)
+    return path
+
+
+def _one_line(exc):
+    if isinstance(exc, NeuromlError):
+        text = str(exc)
+        path = getattr(exc, "path", None)
+        if path and text.startswith(f"{path}: "):
+            text = text[len(path) + 2:]
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        text = f"unexpected {type(exc).__name__}: {first}" if first else f"unexpected {type(exc).__name__}"
+    text = " ".join(text.split())
+    return text[:500]
+
+
+def _worker(scan, out_dir, bids_dir, params, n_threads):
+    """Process one scan; never raises (returns the status, reason and traceback).
+
+    A scan that fails leaves no outputs behind (older ones would not match its input).
+    """
+    try:
+        preprocess_t1w(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
+        return "done", None, None
+    except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
+        tb = traceback.format_exc()
+        with contextlib.suppress(Exception):
+            for path in output_paths(scan.entities, out_dir, params["resolution"]).values():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return "failed", _one_line(exc), tb
+
+
+def _relative(path, bids_dir):
+    try:
+        return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive advisory lock on ``path`` (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_failures(out_dir):
+    """Rows of ``OUT/failures.tsv`` as dicts (empty list when there is none)."""
+    path = Path(out_dir) / "failures.tsv"
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines[1:]:
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            rows.append(dict(zip(_FAILURE_COLUMNS, parts[:2] + ["\t".join(parts[2:])])))
+    return rows
+
+
+def _clean(text):
+    return " ".join(str(text).replace("\t", " ").split())
+
+
+def _update_failures(out_dir, processed_files, failures):
+    """Merge this run's outcome into ``failures.tsv`` (delete it when empty)."""
+    path = out_dir / "failures.tsv"
+    with _locked(out_dir / ".failures.lock"):
+        rows = [r for r in read_failures(out_dir) if r["file"] not in processed_files]
+        rows += [dataclasses.asdict(f) for f in failures]
+        if rows:
+            text = "\t".join(_FAILURE_COLUMNS) + "\n" + "".join(
+                "\t".join(_clean(r[c]) for c in _FAILURE_COLUMNS) + "\n" for r in rows)
+            write_text_atomic(path, text)
+        elif path.exists():
+            path.unlink()
+
+
+def _progress(total, show):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="preprocess", unit="scan", disable=not show or total == 0)
+
+
+def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution=2.0, n_jobs=1,
+                          show_progress=True, **params):
+    """Preprocess every T1w scan of a BIDS dataset (BIDS-App participant level).
+
+    Parameters
+    ----------
+    bids_dir : str or Path
+        Raw BIDS dataset.
+    out_dir : str or Path
+        Derivatives folder (created).
+    participant_labels : list of str, optional
+        Only these participants (``01`` or ``sub-01``).
+    resolution : float, default=2.0
+        Target grid voxel size (mm).
+    n_jobs : int, default=1
+        Scans processed in parallel (processes); -1 for one per core. Each scan uses one
+        SimpleITK thread, so results do not depend on ``n_jobs``.
+    show_progress : bool, default=True
+        A tqdm progress bar.
+    **params
+        Other parameters of :data:`neuroml.preprocessing.t1w.DEFAULT_PARAMS`
+        (``normalization``, ``seed``...).
+
+    Returns
+    -------
+    BatchResult
+        ``n_done``, ``n_skipped``, ``failures`` (list of :class:`Failure`).
+
+    Raises
+    ------
+    InputError
+        If ``bids_dir`` is not a BIDS dataset, a requested participant is missing, or no
+        T1w scan is found.
+    ConfigError
+        For a bad parameter.
+    """
+    params = check_params(resolution=resolution, **params)
+    n_jobs = int(check_in_range("n_jobs", n_jobs, -1, 1024, kind=(int,)))
+    if n_jobs == 0:
+        raise ConfigError("The 'n_jobs' parameter must be a positive number of processes or -1.")
+    bids_dir = Path(bids_dir)
+    out_dir = Path(out_dir)
+    scans = find_scans(bids_dir, "T1w", "anat", participant_labels)
+    if not scans:
+        raise InputError("no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir)
+    if out_dir.resolve() == bids_dir.resolve():
+        raise ConfigError("the output folder must differ from the BIDS folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(out_dir, bids_dir)
+
+    todo, n_skipped = [], 0
+    for scan in scans:
+        try:
+            done = is_complete(scan, out_dir, **params)
+        except (NeuromlError, OSError):
+            done = False
+        if done:
+            n_skipped += 1
+        else:
+            todo.append(scan)
+    if n_skipped:
+        log.info("%d of %d scans already preprocessed: skipped", n_skipped, len(scans))
+
+    n_workers = _cpu_count() if n_jobs == -1 else n_jobs
+    n_workers = max(1, min(n_workers, len(todo)))
+    n_threads = 1  # results depend on the thread count: keep them independent of n_jobs
+    failures, handled, n_done = [], set(), 0
+    bar = _progress(len(todo), show_progress)
+
+    def handle(scan, outcome):
+        nonlocal n_done
+        status, reason, tb = outcome
+        rel = _relative(scan.path, bids_dir)
+        handled.add(rel)
+        if status == "done":
+            n_done += 1
+        else:
+            log.warning("%s: %s", rel, reason)
+            log.debug("traceback of %s:\n%s", rel, tb)
+            failures.append(Failure(scan.participant_id, rel, reason))
+        bar.update(1)
+
+    try:
+        if n_workers == 1:
+            for scan in todo:
+                handle(scan, _worker(scan, out_dir, bids_dir, params, n_threads))
+        elif todo:
+            from joblib import Parallel, delayed
+
+            jobs = Parallel(n_jobs=n_workers, backend="loky", return_as="generator_unordered")(
+                delayed(_indexed)(i, scan, out_dir, bids_dir, params, n_threads)
+                for i, scan in enumerate(todo))
+            for i, outcome in jobs:
+                handle(todo[i], outcome)
+    finally:
+        bar.close()
+        # also on Ctrl-C: record what was handled, keep older entries of the rest
+        _update_failures(out_dir, handled, failures)
+    log.info("preprocessing: %d processed, %d already done, %d failed", n_done, n_skipped, len(failures))
+    return BatchResult(n_done=n_done, n_skipped=n_skipped, failures=failures)
+
+
+def _indexed(i, scan, out_dir, bids_dir, params, n_threads):
+    return i, _worker(scan, out_dir, bids_dir, params, n_threads)
+
+
+def _sidecars(out_dir):
+    for path in sorted(out_dir.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
+        yield path
+
+
+def run_group_level(out_dir):
+    """Summarize the QC of every processed scan (BIDS-App group level).
+
+    Writes ``OUT/group_qc.tsv`` (participant_id, file, correlation, coverage,
+    brain_volume_ml, qc_pass, robust_z, outlier) and ``OUT/group_qc.html`` (the table and
+    every QC picture, embedded).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Derivatives folder written by :func:`run_participant_level`.
+
+    Returns
+    -------
+    Path
+        ``OUT/group_qc.html``.
+
+    Raises
+    ------
+    InputError
+        If the folder holds no preprocessed scan.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError("derivatives folder not found", out_dir)
+    rows = []
+    for path in _sidecars(out_dir):
+        try:
+            side = read_json(path)
+            qc = side["QC"]
+            row = {
+                "participant_id": f"sub-{parse_entities(path.name)[0]['sub']}",
+                "file": str(side["SourceFile"]),
+                "correlation": float(qc["correlation"]),
+                "coverage": float(qc["coverage"]),
+                "brain_volume_ml": float(qc["brain_volume_ml"]),
+                "qc_pass": bool(qc["qc_pass"]),
+                "reasons": [str(r) for r in qc.get("reasons", [])],
+            }
+        except (InputError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
+            continue
+        entities = parse_entities(path.name)[0]
+        raw = {k: v for k, v in entities.items() if k not in ("space", "res", "desc")}
+        row["figure"] = out_dir / f"sub-{raw['sub']}" / "figures" / derivative_name(raw, "T1w", ".png", desc="qc")
+        rows.append(row)
+    if not rows:
+        raise InputError("no preprocessed scans found (run the participant level first)", out_dir)
+    _, html_path = write_group_qc(rows, out_dir, failures=read_failures(out_dir))
+    n_bad = sum(not r["qc_pass"] or r["outlier"] for r in rows)
+    log.info("group QC: %d scans, %d flagged -> %s", len(rows), n_bad, html_path)
+    return html_path

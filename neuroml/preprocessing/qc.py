@@ -1,0 +1,280 @@
+"""Quality control of registered T1w images: numbers, a picture, and a group summary.
+
+Per scan (:func:`registration_qc`):
+
+- ``correlation``: Pearson r between the registered subject and the template inside the
+  template brain mask, over the part of it the scan covers (normalized cross-correlation);
+- ``coverage``: fraction of the template brain mask that falls inside the subject's field
+  of view (a partial field of view shows here);
+- ``brain_volume_ml``: the template brain mask carried back into the subject's native
+  space, i.e. template brain volume x |det| of the affine MNI -> scanner (an estimate of
+  the subject's brain size from the registration, in the spirit of FreeSurfer's eTIV);
+- ``qc_pass``: r >= ``min_r`` and coverage >= ``min_coverage``.
+
+Per group (:func:`write_group_qc`): a TSV with one row per processed scan and a robust
+z-score of r (``(r - median) / (1.4826 MAD)``; ``outlier`` when below -3), and one HTML
+page with every QC picture embedded.
+"""
+
+import base64
+import html
+import logging
+
+import numpy as np
+
+from neuroml._utils.fileio import atomic_path, write_text_atomic
+from neuroml.io.templates import brain_mask_on_grid, target_grid, template_on_grid
+
+__all__ = ["fov_mask", "registration_qc", "correlation_in_mask", "qc_figure", "robust_z", "write_group_qc"]
+
+log = logging.getLogger("neuroml")
+
+#: Robust z-score of r below which a scan is flagged as an outlier of its group.
+OUTLIER_Z = -3.0
+
+
+def correlation_in_mask(a, b, mask):
+    """Pearson correlation of two arrays inside a boolean mask (0.0 if either is constant)."""
+    x = np.asarray(a, dtype=np.float64)[mask]
+    y = np.asarray(b, dtype=np.float64)[mask]
+    x = x - x.mean()
+    y = y - y.mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else 0.0
+
+
+def fov_mask(resolution, mni_to_scanner_affine, native_affine, native_shape):
+    """Voxels of ``target_grid(resolution)`` that fall inside the subject's field of view.
+
+    Parameters
+    ----------
+    resolution : float
+    mni_to_scanner_affine : ndarray of shape (4, 4)
+        Estimated MNI -> scanner mapping (RAS mm).
+    native_affine : ndarray of shape (4, 4)
+        The subject image's voxel -> scanner affine.
+    native_shape : tuple of int
+
+    Returns
+    -------
+    ndarray of bool, shape of the grid
+    """
+    affine, shape = target_grid(resolution)
+    to_native = np.linalg.inv(native_affine) @ mni_to_scanner_affine @ affine
+    lim = np.asarray(native_shape[:3], dtype=np.float64) - 0.5
+    out = np.ones(shape, dtype=bool)
+    i, j, k = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
+    for axis in range(3):
+        v = to_native[axis, 0] * i + to_native[axis, 1] * j + to_native[axis, 2] * k + to_native[axis, 3]
+        out &= (v >= -0.5) & (v <= lim[axis])
+    return out
+
+
+def registration_qc(registered, resolution, mni_to_scanner_affine, fov=None, min_r=0.6,
+                    min_coverage=0.8):
+    """Quality figures of one registered scan.
+
+    Parameters
+    ----------
+    registered : ndarray
+        The subject on ``target_grid(resolution)`` (before or after normalization: r is
+        invariant to it).
+    resolution : float
+        Target grid voxel size (mm).
+    mni_to_scanner_affine : ndarray of shape (4, 4)
+        Estimated MNI -> scanner mapping (RAS mm).
+    fov : ndarray of bool, optional
+        Grid voxels inside the subject's field of view (:func:`fov_mask`); default all.
+    min_r, min_coverage : float
+        Thresholds of ``qc_pass``.
+
+    Returns
+    -------
+    dict
+        ``correlation``, ``coverage``, ``brain_volume_ml``, ``brain_volume_method``,
+        ``qc_pass``, ``reasons`` (list of str), ``thresholds``.
+    """
+    mask = np.asarray(brain_mask_on_grid(resolution).dataobj) > 0
+    template = np.asarray(template_on_grid(resolution).dataobj)
+    seen = mask if fov is None else mask & np.asarray(fov, dtype=bool)
+    coverage = float(seen.sum() / mask.sum()) if mask.any() else 0.0
+    # r over the part of the brain the scan covers (coverage reports the rest)
+    r = correlation_in_mask(registered, template, seen) if seen.sum() > 10 else 0.0
+    det = abs(float(np.linalg.det(mni_to_scanner_affine[:3, :3])))
+    volume = float(mask.sum() * float(resolution) ** 3 * det / 1000.0)
+    reasons = []
+    if not r >= min_r:
+        reasons.append(f"correlation with the template {r:.2f} < {min_r:g}")
+    if not coverage >= min_coverage:
+        reasons.append(f"only {coverage:.0%} of the template brain lies in the field of view "
+                       f"(< {min_coverage:.0%})")
+    return {
+        "correlation": round(r, 4),
+        "coverage": round(coverage, 4),
+        "brain_volume_ml": round(volume, 1),
+        "brain_volume_method": "template brain mask mapped to native space "
+                               "(template brain volume x |det| of the MNI-to-scanner affine)",
+        "qc_pass": not reasons,
+        "reasons": reasons,
+        "thresholds": {"min_r": float(min_r), "min_coverage": float(min_coverage)},
+    }
+
+
+def qc_figure(data, resolution, path, title="", fov=None):
+    """Write a PNG of three orthogonal slices of ``data`` with the template's edges overlaid.
+
+    The edges are contour lines of the template: its brain outline and its grey/white
+    matter boundary. A good registration puts them on the same edges of the subject.
+
+    Parameters
+    ----------
+    data : ndarray
+        The subject on ``target_grid(resolution)``.
+    resolution : float
+    path : str or Path
+        Output PNG (written atomically).
+    title : str
+        Title drawn above the slices.
+    fov : ndarray of bool, optional
+        Grid voxels inside the scan's field of view; the others are drawn black.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scipy.ndimage import gaussian_filter
+
+    data = np.asarray(data, dtype=np.float32)
+    mask_img = brain_mask_on_grid(resolution)
+    mask = np.asarray(mask_img.dataobj) > 0
+    template = gaussian_filter(np.asarray(template_on_grid(resolution).dataobj, dtype=np.float32), 0.5)
+    inside = template[mask]
+    wm_level = float(np.percentile(inside, 60)) if inside.size else 0.5  # grey/white boundary
+    vals = data[mask]
+    lo, hi = (np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0))
+    if not hi > lo:
+        hi = lo + 1.0
+    shown = np.where(mask if fov is None else mask & np.asarray(fov, dtype=bool), data, lo)
+    # slices through the MNI point (0, -18, 18) mm: thalamus, ventricles, cingulate
+    centre = np.round(np.linalg.solve(mask_img.affine, [0.0, -18.0, 18.0, 1.0])[:3]).astype(int)
+    centre = np.clip(centre, 0, np.asarray(data.shape) - 1)
+    take = [lambda a: a[centre[0], :, :], lambda a: a[:, centre[1], :], lambda a: a[:, :, centre[2]]]
+    fig = Figure(figsize=(9, 3.4), dpi=80, facecolor="black")
+    FigureCanvasAgg(fig)
+    for k, (name, cut) in enumerate(zip(("sagittal", "coronal", "axial"), take)):
+        ax = fig.add_subplot(1, 3, k + 1)
+        ax.imshow(cut(shown).T, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.contour(cut(mask.astype(np.float32)).T, levels=[0.5], colors="red", linewidths=0.8)
+        ax.contour(cut(template).T, levels=[wm_level], colors="orangered", linewidths=0.6)
+        ax.set_axis_off()
+        ax.set_title(name, color="white", fontsize=9)
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.84, wspace=0.02)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", facecolor="black")
+    return path
+
+
+def robust_z(values):
+    """Robust z-scores ``(x - median) / (1.4826 MAD)``; 0 where the MAD is 0.
+
+    Examples
+    --------
+    >>> robust_z([1.0, 1.0, 1.0, 0.0]).tolist()
+    [0.0, 0.0, 0.0, 0.0]
+    >>> np.round(robust_z([1.0, 2.0, 3.0, 4.0, 100.0]), 2).tolist()
+    [-1.35, -0.67, 0.0, 0.67, 65.43]
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return x
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    if not mad > 0:
+        return np.zeros_like(x)
+    return (x - med) / mad
+
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; background: #fafafa; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; font-size: 13px; }
+tr.bad td { background: #fde2e2; }
+.card { display: inline-block; margin: 6px; padding: 6px; border: 3px solid #8c8; background: white; }
+.card.bad { border-color: #d33; }
+.card p { margin: 2px 0; font-size: 13px; }
+"""
+
+
+def write_group_qc(rows, out_dir, failures=()):
+    """Write ``group_qc.tsv`` and ``group_qc.html`` in ``out_dir``.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per scan: ``participant_id``, ``file``, ``correlation``, ``coverage``,
+        ``brain_volume_ml``, ``qc_pass``, ``figure`` (path of the PNG or None).
+    out_dir : Path
+    failures : list of dict
+        Rows of ``failures.tsv`` (``participant_id``, ``file``, ``reason``), listed too.
+
+    Returns
+    -------
+    (Path, Path)
+        The TSV and the HTML.
+    """
+    import pandas as pd
+
+    cols = ["participant_id", "file", "correlation", "coverage", "brain_volume_ml", "qc_pass",
+            "robust_z", "outlier"]
+    z = robust_z([r["correlation"] for r in rows])
+    for row, zi in zip(rows, z):
+        row["robust_z"] = round(float(zi), 2)
+        row["outlier"] = bool(zi < OUTLIER_Z)
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+    tsv = out_dir / "group_qc.tsv"
+    write_text_atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a"))
+
+    e = html.escape
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuroml preprocessing QC</title>",
+             f"<style>{_CSS}</style></head><body>",
+             "<h1>Preprocessing quality control</h1>",
+             f"<p>{len(rows)} scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
+             f"{sum(r['outlier'] for r in rows)} outliers (robust z of r &lt; {OUTLIER_Z:g}); "
+             f"{len(failures)} could not be processed.</p>",
+             "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"]
+    for r in rows:
+        bad = (not r["qc_pass"]) or r["outlier"]
+        parts.append(f"<tr class='{'bad' if bad else 'ok'}'>"
+                     + "".join(f"<td>{e(str(r.get(c)))}</td>" for c in cols) + "</tr>")
+    parts.append("</table>")
+    if failures:
+        parts.append("<h2>Not processed</h2><table><tr><th>participant_id</th><th>file</th><th>reason</th></tr>")
+        for f in failures:
+            parts.append("<tr class='bad'>" + "".join(
+                f"<td>{e(str(f.get(k, '')))}</td>" for k in ("participant_id", "file", "reason")) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Registered scans with the template's edges</h2>")
+    for r in rows:
+        bad = (not r["qc_pass"]) or r["outlier"]
+        flags = []
+        if not r["qc_pass"]:
+            flags.append("QC FAIL: " + "; ".join(r.get("reasons") or []))
+        if r["outlier"]:
+            flags.append(f"OUTLIER (robust z {r['robust_z']:.1f})")
+        img = ""
+        fig = r.get("figure")
+        if fig is not None and fig.is_file():
+            b64 = base64.b64encode(fig.read_bytes()).decode("ascii")
+            img = f"<img alt='{e(fig.name)}' src='data:image/png;base64,{b64}'>"
+        else:
+            img = "<p>(no picture)</p>"
+        parts.append(
+            f"<div class='card {'bad' if bad else 'ok'}'>{img}"
+            f"<p><b>{e(str(r['participant_id']))}</b> {e(str(r['file']))}</p>"
+            f"<p>r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, "
+            f"brain {r['brain_volume_ml']:.0f} ml</p>"
+            + "".join(f"<p style='color:#c00'>{e(f)}</p>" for f in flags) + "</div>")
+    parts.append("</body></html>\n")
+    out = out_dir / "group_qc.html"
+    write_text_atomic(out, "\n".join(parts))
+    return tsv, out

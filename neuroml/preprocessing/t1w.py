@@ -1,0 +1,565 @@
+"""One T1w scan to the MNI grid: the steps in order, and their outputs on disk.
+
+``read (check_img, RAS) -> N4 -> rigid + affine registration to MNI -> one resampling onto
+target_grid(resolution) -> template brain mask -> intensity normalization -> QC``.
+
+:func:`preprocess_scan` returns the images in memory; :func:`preprocess_t1w` writes the
+files of ``docs/layout.md`` (sidecar last, so its presence marks a finished scan);
+:class:`T1wPreprocessor` is the same as a scikit-learn-style transformer.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from glob import escape as glob_escape
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from neuroml import __version__
+from neuroml._utils.fileio import read_json, save_nifti_atomic, sha256_file, write_json_atomic
+from neuroml._utils.options import check_in_range, look_up_option
+from neuroml._utils.provenance import package_versions
+from neuroml.errors import ConfigError, InputError
+from neuroml.io.bids import Scan, check_label, derivative_name, parse_entities
+from neuroml.io.image import check_img
+from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, res_entity
+from neuroml.preprocessing.anat import (
+    NORMALIZATIONS,
+    check_plausible_t1w,
+    n4_bias_correct_sitk,
+    normalize_array,
+)
+from neuroml.preprocessing.qc import fov_mask, qc_figure, registration_qc
+from neuroml.preprocessing.registration import (
+    INIT_MODES,
+    affine_matrix,
+    nib_to_sitk,
+    register_to_template,
+    resample_to_grid,
+    write_transform,
+)
+
+__all__ = [
+    "PIPELINE_VERSION",
+    "DEFAULT_PARAMS",
+    "T1wResult",
+    "StepTimer",
+    "T1wPreprocessor",
+    "check_params",
+    "output_paths",
+    "preprocess_scan",
+    "preprocess_t1w",
+    "is_complete",
+    "itk_threads",
+]
+
+log = logging.getLogger("neuroml")
+
+#: Bumped whenever a change makes earlier outputs stale (checked on resume).
+PIPELINE_VERSION = "1"
+
+#: Parameters that change the outputs (all recorded in the sidecar and compared on resume).
+DEFAULT_PARAMS = {
+    "resolution": 2.0,
+    "normalization": "zscore",
+    "registration_resolution": None,  # None: the target resolution clipped to [2, 3] mm
+    "init": list(INIT_MODES),
+    "sampling": 0.15,
+    "seed": 0,
+    "n4": True,
+    "n4_spacing_mm": 6.0,
+    "qc_min_r": 0.6,
+    "qc_min_coverage": 0.8,
+}
+
+
+def check_params(**params):
+    """Validate and complete preprocessing parameters; return the full, JSON-ready dict.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (with a "did you mean" hint) or a bad value.
+    """
+    out = dict(DEFAULT_PARAMS)
+    for key, value in params.items():
+        out[look_up_option("preprocessing parameter", key, list(DEFAULT_PARAMS))] = value
+    out["resolution"] = float(check_in_range("resolution", out["resolution"], 0.5, 8.0))
+    out["normalization"] = look_up_option("normalization", out["normalization"], NORMALIZATIONS)
+    if out["registration_resolution"] is None:
+        out["registration_resolution"] = float(min(max(out["resolution"], 2.0), 3.0))
+    out["registration_resolution"] = float(
+        check_in_range("registration_resolution", out["registration_resolution"], 1.0, 8.0))
+    init = out["init"]
+    init = [init] if isinstance(init, str) else list(init)
+    if not init:
+        raise ConfigError(f"The 'init' parameter needs at least one of {list(INIT_MODES)}.")
+    out["init"] = [look_up_option("init", m, INIT_MODES) for m in init]
+    out["sampling"] = float(check_in_range("sampling", out["sampling"], 0.01, 1.0))
+    out["seed"] = int(check_in_range("seed", out["seed"], 0, 2**31 - 3, kind=(int, np.integer)))
+    if not isinstance(out["n4"], (bool, np.bool_)):
+        raise ConfigError(f"The 'n4' parameter must be True or False. Got {out['n4']!r} instead.")
+    out["n4"] = bool(out["n4"])
+    out["n4_spacing_mm"] = float(check_in_range("n4_spacing_mm", out["n4_spacing_mm"], 1.0, 16.0))
+    out["qc_min_r"] = float(check_in_range("qc_min_r", out["qc_min_r"], -1.0, 1.0))
+    out["qc_min_coverage"] = float(check_in_range("qc_min_coverage", out["qc_min_coverage"], 0.0, 1.0))
+    return out
+
+
+@contextlib.contextmanager
+def itk_threads(n_threads):
+    """Set SimpleITK's default number of threads inside a ``with`` block (None: unchanged)."""
+    if n_threads is None:
+        yield
+        return
+    old = sitk.ProcessObject_GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(int(n_threads))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(old)
+
+
+@dataclasses.dataclass
+class T1wResult:
+    """In-memory outputs of :func:`preprocess_scan`.
+
+    Attributes
+    ----------
+    image : nibabel.Nifti1Image
+        Normalized float32 image on ``target_grid(resolution)``; 0 outside the mask.
+    mask : nibabel.Nifti1Image
+        The template brain mask on the same grid (uint8).
+    transform : SimpleITK.AffineTransform
+        Template -> subject transform (ITK convention, LPS).
+    qc : dict
+        See :func:`~neuroml.preprocessing.qc.registration_qc`.
+    timings : StepTimer
+        Wall-clock and CPU seconds per step (``timings.as_dict()``).
+    registration : dict
+        Winning start, metric values, iterations.
+    fov : ndarray of bool
+        Grid voxels inside the scan's field of view.
+    """
+
+    image: nib.Nifti1Image
+    mask: nib.Nifti1Image
+    transform: sitk.Transform
+    qc: dict
+    timings: "StepTimer"
+    registration: dict
+    fov: np.ndarray
+
+
+def _load(img, label):
+    img = check_img(img, name=label)
+    img = nib.as_closest_canonical(img)
+    check_plausible_t1w(img, label)
+    return img
+
+
+def _label(img, name=None):
+    if name is not None:
+        return str(name)
+    if isinstance(img, (str, os.PathLike)):
+        return str(img)
+    return getattr(img, "get_filename", lambda: None)()
+
+
+def _bias_correct(img, params, label=None):
+    image = sitk.Clamp(nib_to_sitk(img), sitk.sitkFloat32, 0.0)
+    if not params["n4"]:
+        return image
+    try:
+        corrected, _ = n4_bias_correct_sitk(image, target_spacing_mm=params["n4_spacing_mm"])
+    except InputError as exc:
+        raise InputError(str(exc), label) from None
+    return corrected
+
+
+def _register(image, params):
+    res = register_to_template(image, params["registration_resolution"], init=params["init"],
+                               seed=params["seed"], sampling=params["sampling"])
+    info = {"init": res.init, "metric": round(res.metric, 5),
+            "init_metrics": {k: (None if v is None else round(v, 5)) for k, v in res.init_metrics.items()},
+            "iterations": res.iterations}
+    return res.transform, info
+
+
+class StepTimer:
+    """Wall-clock and CPU seconds of named steps (``with timer("n4"): ...``)."""
+
+    def __init__(self):
+        self.wall = {}
+        self.cpu = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = round(self.wall.get(name, 0.0) + time.perf_counter() - w, 3)
+            self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c, 3)
+
+    def as_dict(self):
+        return {"wall_s": dict(self.wall), "cpu_s": dict(self.cpu)}
+
+
+def _finish(image, native, transform, params, timer, label=None):
+    res = params["resolution"]
+    with timer("resample"):
+        registered = resample_to_grid(image, transform, res)
+    with timer("qc"):
+        mask_img = brain_mask_on_grid(res)
+        mask = np.asarray(mask_img.dataobj) > 0
+        data = np.asarray(registered.dataobj)
+        to_scanner = affine_matrix(transform)
+        fov = fov_mask(res, to_scanner, native.affine, native.shape)
+        qc = registration_qc(data, res, to_scanner, fov, min_r=params["qc_min_r"],
+                             min_coverage=params["qc_min_coverage"])
+    with timer("normalize"):
+        try:
+            # statistics over the brain the scan covers; voxels it does not cover stay 0
+            norm = normalize_array(data, mask & fov, params["normalization"])
+        except InputError as exc:
+            raise InputError(f"{exc} after registration (the registration probably failed)",
+                             label) from None
+        out = nib.Nifti1Image(norm, registered.affine)
+        out.header.set_xyzt_units("mm", "sec")
+        out.header["descrip"] = f"neuroml {__version__} preproc".encode()[:79]
+    return out, mask_img, qc, fov
+
+
+def preprocess_scan(img, n_threads=1, name=None, **params):
+    """Preprocess one T1w image in memory (no files written).
+
+    Parameters
+    ----------
+    img : str, Path or nibabel image
+        A 3D T1w in any format nibabel reads.
+    n_threads : int or None, default=1
+        SimpleITK threads for this call (None: leave SimpleITK's setting). Results are
+        identical for identical inputs, parameters and thread count; another thread count
+        changes them slightly (summation order; about 0.01 mm), so batches use 1 thread
+        per scan and run scans in parallel instead.
+    name : str, optional
+        Name used in error messages for an in-memory image.
+    **params
+        See :data:`DEFAULT_PARAMS`: ``resolution``, ``normalization``,
+        ``registration_resolution``, ``init``, ``sampling``, ``seed``, ``n4``,
+        ``n4_spacing_mm``, ``qc_min_r``, ``qc_min_coverage``.
+
+    Returns
+    -------
+    T1wResult
+
+    Raises
+    ------
+    InputError
+        For an unreadable or implausible image, or a registration that fails everywhere.
+    ConfigError
+        For a bad parameter.
+    """
+    params = check_params(**params)
+    label = _label(img, name)
+    timer = StepTimer()
+    with itk_threads(n_threads):
+        with timer("load"):
+            native = _load(img, label)
+        with timer("n4"):
+            image = _bias_correct(native, params, label)
+        with timer("registration"):
+            try:
+                transform, info = _register(image, params)
+            except InputError as exc:
+                raise InputError(str(exc), label) from None
+        out, mask, qc, fov = _finish(image, native, transform, params, timer, label)
+    return T1wResult(image=out, mask=mask, transform=transform, qc=qc, timings=timer,
+                     registration=info, fov=fov)
+
+
+# --------------------------------------------------------------------------- files
+def _entities(scan, participant_label=None):
+    if isinstance(scan, Scan):
+        return scan.path, dict(scan.entities)
+    path = Path(scan)
+    entities, _, _ = parse_entities(path.name)
+    if participant_label is not None:
+        entities = {"sub": check_label(participant_label), **{k: v for k, v in entities.items() if k != "sub"}}
+    if "sub" not in entities:
+        raise InputError("cannot name the outputs: the file name has no 'sub-<label>' entity "
+                         "(pass participant_label)", path)
+    for key, value in entities.items():
+        check_label(value, what=f"'{key}' entity")
+    return path, entities
+
+
+def output_paths(entities, out_dir, resolution):
+    """The output files of one scan (``docs/layout.md``).
+
+    Returns
+    -------
+    dict
+        ``preproc``, ``sidecar``, ``mask``, ``xfm``, ``figure`` -> Path.
+
+    Examples
+    --------
+    >>> p = output_paths({"sub": "01", "ses": "a"}, Path("/d"), 2.0)
+    >>> p["preproc"].as_posix()
+    '/d/sub-01/ses-a/anat/sub-01_ses-a_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.nii.gz'
+    >>> p["figure"].as_posix()
+    '/d/sub-01/figures/sub-01_ses-a_desc-qc_T1w.png'
+    """
+    out_dir = Path(out_dir)
+    anat = out_dir / f"sub-{entities['sub']}"
+    if entities.get("ses"):
+        anat = anat / f"ses-{entities['ses']}"
+    anat = anat / "anat"
+    space = {"space": TEMPLATE_SPACE, "res": res_entity(resolution)}
+    return {
+        "preproc": anat / derivative_name(entities, "T1w", ".nii.gz", desc="preproc", **space),
+        "sidecar": anat / derivative_name(entities, "T1w", ".json", desc="preproc", **space),
+        "mask": anat / derivative_name(entities, "mask", ".nii.gz", desc="brain", **space),
+        "xfm": anat / derivative_name(entities, "xfm", ".txt",
+                                      **{"from": "T1w", "to": TEMPLATE_SPACE, "mode": "image"}),
+        "figure": out_dir / f"sub-{entities['sub']}" / "figures"
+        / derivative_name(entities, "T1w", ".png", desc="qc"),
+    }
+
+
+def _relative_source(path, bids_dir):
+    path = Path(path)
+    if bids_dir is not None:
+        try:
+            return path.resolve().relative_to(Path(bids_dir).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.name
+
+
+def _remove_stale_temporaries(paths):
+    """Delete temporary files a killed run left beside these outputs (see ``atomic_path``)."""
+    for path in paths:
+        if path.parent.is_dir():
+            for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def _params_key(params):
+    """The parameters as they read back from JSON (for comparison on resume)."""
+    import json
+
+    return json.loads(json.dumps({"pipeline_version": PIPELINE_VERSION, **params}))
+
+
+def is_complete(scan, out_dir, sha256=None, **params):
+    """True when a scan's outputs are all there and its sidecar matches input and parameters.
+
+    Parameters
+    ----------
+    scan : Scan or path
+    out_dir : str or Path
+    sha256 : str, optional
+        The input's checksum, if already known.
+    **params
+        Preprocessing parameters (see :data:`DEFAULT_PARAMS`).
+    """
+    path, entities = _entities(scan)
+    params = check_params(**params)
+    paths = output_paths(entities, out_dir, params["resolution"])
+    if not all(p.is_file() for p in paths.values()):
+        return False
+    try:
+        side = read_json(paths["sidecar"])
+    except InputError:
+        return False
+    if not isinstance(side, dict):
+        return False
+    if side.get("Parameters") != _params_key(params):
+        return False
+    return side.get("SourceSHA256") == (sha256 or sha256_file(path))
+
+
+def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bids_dir=None,
+                   participant_label=None, n_threads=1, **params):
+    """Preprocess one T1w scan and write its derivatives (``docs/layout.md``).
+
+    Parameters
+    ----------
+    scan : str, Path or neuroml.io.bids.Scan
+        The raw T1w. A plain path needs a BIDS name (``sub-01[_ses-a][_run-1]_T1w.nii.gz``)
+        or ``participant_label``.
+    out_dir : str or Path
+        Derivatives folder.
+    resolution : float, default=2.0
+        Target grid voxel size in mm (1, 1.5, 2, 3...).
+    normalization : {"zscore", "percentile"}, default="zscore"
+        Robust z-score (median, IQR/1.349) or 1st-99th percentile to 0-1, inside the
+        template brain mask; 0 outside.
+    bids_dir : str or Path, optional
+        Root of the raw dataset, to record ``SourceFile`` relative to it.
+    participant_label : str, optional
+        Overrides the ``sub`` entity of the file name.
+    n_threads : int or None, default=1
+        SimpleITK threads (see :func:`preprocess_scan`).
+    **params
+        Other parameters of :data:`DEFAULT_PARAMS`.
+
+    Returns
+    -------
+    dict
+        Paths ``preproc``, ``sidecar``, ``mask``, ``xfm``, ``figure``, plus ``qc`` and
+        ``timings``.
+
+    Raises
+    ------
+    InputError, ConfigError
+    """
+    params = check_params(resolution=resolution, normalization=normalization, **params)
+    path, entities = _entities(scan, participant_label)
+    paths = output_paths(entities, out_dir, params["resolution"])
+    _remove_stale_temporaries(paths.values())
+    with contextlib.suppress(FileNotFoundError):
+        paths["sidecar"].unlink()  # the scan is incomplete until the new sidecar is written
+    t0, c0 = time.perf_counter(), time.process_time()
+    sha = sha256_file(path) if path.is_file() else None
+    result = preprocess_scan(path, n_threads=n_threads, **params)
+    timer = result.timings
+    name = derivative_name(entities, "T1w", "")
+    with itk_threads(n_threads):
+        with timer("qc"):
+            qc_figure(np.asarray(result.image.dataobj), params["resolution"], paths["figure"],
+                      title=f"{name}   r={result.qc['correlation']:.2f}", fov=result.fov)
+        with timer("write"):
+            save_nifti_atomic(result.image, paths["preproc"])
+            save_nifti_atomic(result.mask, paths["mask"])
+            write_transform(result.transform, paths["xfm"])
+    timings = timer.as_dict()
+    timings["wall_s"]["total"] = round(time.perf_counter() - t0, 3)
+    timings["cpu_s"]["total"] = round(time.process_time() - c0, 3)
+    source = _relative_source(path, bids_dir)
+    sidecar = {
+        "Description": "T1w: N4 bias-field correction, rigid then affine registration to "
+                       f"{TEMPLATE_SPACE} (SimpleITK, Mattes MI), one linear resampling onto the "
+                       f"{params['resolution']:g} mm template grid, intensity normalization "
+                       "inside the template brain mask (0 outside it, and 0 where the mask "
+                       "lies outside the scan's field of view)",
+        "SourceFile": source,
+        "SourceSHA256": sha,
+        "Sources": [f"bids:raw:{source}"],
+        "Space": TEMPLATE_SPACE,
+        "Resolution": params["resolution"],
+        "SkullStripped": True,
+        "Normalization": params["normalization"],
+        "Parameters": _params_key(params),
+        "Transform": paths["xfm"].name,
+        "Mask": paths["mask"].name,
+        "Registration": result.registration,
+        "QC": result.qc,
+        "Timings": timings,
+        "Threads": n_threads,
+        "SoftwareVersions": package_versions(),
+    }
+    write_json_atomic(paths["sidecar"], sidecar)  # last: its presence marks completion
+    return {**paths, "qc": result.qc, "timings": timings}
+
+
+# --------------------------------------------------------------------------- estimator
+class T1wPreprocessor:
+    """T1w to the MNI grid as a scikit-learn-style transformer.
+
+    ``fit(img)`` bias-corrects the image and learns its affine registration to the
+    template; ``transform(img)`` bias-corrects an image of the same subject and space
+    and resamples it with the learned transform (one interpolation), then normalizes it;
+    ``fit_transform(img)`` does both for one image.
+
+    Parameters
+    ----------
+    resolution : float, default=2.0
+    normalization : {"zscore", "percentile"}, default="zscore"
+    seed : int, default=0
+    n_threads : int or None, default=1
+        SimpleITK threads (see :func:`preprocess_scan`).
+    **params
+        Other parameters of :data:`DEFAULT_PARAMS`.
+
+    Attributes
+    ----------
+    transform_ : SimpleITK.AffineTransform
+        Template -> subject transform.
+    registration_ : dict
+    qc_ : dict
+        QC of the last transformed image.
+
+    Examples
+    --------
+    >>> pre = T1wPreprocessor(resolution=2.0)              # doctest: +SKIP
+    >>> img_mni = pre.fit_transform("sub-01_T1w.nii.gz")  # doctest: +SKIP
+    >>> img_mni.shape                                      # doctest: +SKIP
+    (73, 91, 78)
+    """
+
+    def __init__(self, resolution=2.0, normalization="zscore", seed=0, n_threads=1, **params):
+        self.resolution = resolution
+        self.normalization = normalization
+        self.seed = seed
+        self.n_threads = n_threads
+        self.params = params
+
+    def _params(self):
+        return check_params(resolution=self.resolution, normalization=self.normalization,
+                            seed=self.seed, **self.params)
+
+    def get_params(self, deep=True):
+        return {"resolution": self.resolution, "normalization": self.normalization,
+                "seed": self.seed, "n_threads": self.n_threads, **self.params}
+
+    def set_params(self, **params):
+        for key, value in params.items():
+            if key in ("resolution", "normalization", "seed", "n_threads"):
+                setattr(self, key, value)
+            else:
+                self.params = {**self.params, key: value}
+        return self
+
+    def fit(self, img, y=None):
+        """Learn the registration of ``img`` to the template; return ``self``."""
+        self._fit(img)
+        return self
+
+    def _fit(self, img):
+        params = self._params()
+        label = _label(img)
+        with itk_threads(self.n_threads):
+            native = _load(img, label)
+            image = _bias_correct(native, params, label)
+            self.transform_, self.registration_ = _register(image, params)
+        return native, image, params
+
+    def transform(self, img):
+        """Resample ``img`` (same subject) onto the MNI grid and normalize it."""
+        if not hasattr(self, "transform_"):
+            raise ConfigError("This T1wPreprocessor is not fitted yet: call fit(img) or "
+                              "fit_transform(img) first.")
+        params = self._params()
+        label = _label(img)
+        with itk_threads(self.n_threads):
+            native = _load(img, label)
+            image = _bias_correct(native, params, label)
+            out, _, self.qc_, _ = _finish(image, native, self.transform_, params, StepTimer(),
+                                          label)
+        return out
+
+    def fit_transform(self, img, y=None):
+        """Fit on ``img`` and return it on the MNI grid (bias correction done once)."""
+        native, image, params = self._fit(img)
+        with itk_threads(self.n_threads):
+            out, _, self.qc_, _ = _finish(image, native, self.transform_, params, StepTimer())
+        return out

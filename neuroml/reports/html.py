@@ -1,0 +1,404 @@
+"""One self-contained HTML report of a run: metrics, pictures, regions, trust checks.
+
+Everything is inside ``RUN/report.html``: pictures are base64 PNG data URIs, the style
+sheet is inline, there is no script and no link to the network. Every string that
+comes from data or configuration goes through :func:`html.escape`. Sections whose
+inputs are missing (no attribution yet, no baseline) are left out or say so plainly.
+"""
+
+import base64
+import datetime
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neuroml import __version__
+from neuroml._utils.fileio import read_json, write_text_atomic
+from neuroml.errors import InputError, NeuromlError
+from neuroml.reports import figures
+
+__all__ = ["build_report"]
+
+log = logging.getLogger("neuroml")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;
+color:#222;line-height:1.4}
+h1{border-bottom:2px solid #446;padding-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:left;vertical-align:top}th{background:#eef}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:.5em 0}.note{color:#555;font-size:.9em}
+.ok{color:#161}.warn{color:#a40}.na{color:#777;font-style:italic}details{margin:.4em 0}
+nav a{margin-right:1em}
+"""
+
+
+def _e(value):
+    """Escape any value for HTML text or attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(v, digits=3):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def _table(headers, rows, numeric=()):
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="num">{_e(_num(c))}</td>' if i in numeric or isinstance(c, (float, np.floating))
+                        else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(png, alt):
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _load_json(path):
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except InputError as exc:
+        log.warning("report: skipping %s", exc)
+        return None
+
+
+def _load_tsv(path):
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        log.warning("report: skipping %s (%s)", path, exc)
+        return None
+
+
+def _figure(make, *args, **kwargs):
+    """Call a figure helper; a failure becomes a note instead of a broken report."""
+    try:
+        return make(*args, **kwargs), None
+    except Exception as exc:  # noqa: BLE001 - a picture must never sink the report
+        log.warning("report: figure %s failed: %s", make.__name__, exc)
+        return None, f'<p class="warn">Figure not drawn ({_e(type(exc).__name__)}: {_e(str(exc)[:200])}).</p>'
+
+
+# -- sections ---------------------------------------------------------------------------
+def _summary(run_dir, config, provenance, predictions, splits):
+    classes = config.get("classes") or []
+    n = len(predictions) if predictions is not None else None
+    rows = [("run folder", run_dir.name), ("classes", ", ".join(map(str, classes))),
+            ("participants with out-of-fold predictions", n if n is not None else "not available")]
+    if splits:
+        rows.append(("folds", len(splits)))
+    for key, value in config.items():
+        if key in ("classes", "grid"):
+            continue
+        text = value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value, default=str)
+        rows.append((f"config: {key}", str(text)[:300]))
+    grid = config.get("grid") or {}
+    if "shape" in grid:
+        rows.append(("grid shape", " x ".join(str(s) for s in grid["shape"])))
+    out = ["<h2 id='summary'>Run summary</h2>", _table(["item", "value"], rows)]
+    versions = (provenance or {}).get("packages") or (provenance or {}).get("versions")
+    if versions:
+        out.append("<details><summary>Package versions (provenance.json)</summary>")
+        out.append(_table(["package", "version"], sorted(versions.items())))
+        out.append("</details>")
+    elif provenance is None:
+        out.append('<p class="na">provenance.json not found in this run.</p>')
+    return "\n".join(out)
+
+
+def _ci(m, key):
+    ci = (m.get("ci") or {}).get(key)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "n/a"
+
+
+def _metrics(metrics, classes):
+    if not metrics:
+        return "<h2 id='metrics'>Classification</h2><p class='na'>metrics.json not found: no metrics in this run.</p>"
+    models = [(name, m) for name, m in (("CNN", metrics.get("cnn")), ("baseline", metrics.get("baseline")))
+              if isinstance(m, dict)]
+    headers = ["metric"] + [h for name, _ in models for h in (name, f"{name} 95% CI")]
+    rows = []
+    for key, label in (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
+                       ("auc_macro", "AUC (macro, one vs rest)")):
+        rows.append([label] + [v for _, m in models for v in (_num(m.get(key)), _ci(m, key))])
+    for c in classes:
+        for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("auc_per_class", "AUC")):
+            rows.append([f"{label}: {c}"] + [v for _, m in models for v in (_num((m.get(key) or {}).get(c)), "")])
+    if any("permutation_p" in m for _, m in models):
+        rows.append(["permutation p (balanced accuracy)"] +
+                    [v for _, m in models for v in (_num(m.get("permutation_p"), 4), "")])
+    out = ["<h2 id='metrics'>Classification (out-of-fold)</h2>", _table(headers, rows)]
+    desc = (metrics.get("baseline") or {}).get("description") or (metrics.get("baseline") or {}).get("model")
+    if desc:
+        out.append(f"<p class='note'>Baseline: {_e(desc)}</p>")
+    return "\n".join(out)
+
+
+def _roc_and_confusion(metrics, predictions, classes):
+    cnn = (metrics or {}).get("cnn") or {}
+    curves, cm, aucs = cnn.get("roc"), cnn.get("confusion_matrix"), cnn.get("auc_per_class")
+    if (not curves or cm is None) and predictions is not None and classes:
+        probs_cols = [f"prob_{c}" for c in classes]
+        if "true_label" in predictions and set(probs_cols) <= set(predictions.columns):
+            known = predictions[predictions["true_label"].isin(classes)]
+            y = np.array([classes.index(v) for v in known["true_label"]])
+            p = known[probs_cols].astype(float).to_numpy()
+            if curves is None and len(y):
+                from sklearn.metrics import roc_curve
+
+                curves = {}
+                for k, c in enumerate(classes):
+                    pos = y == k
+                    fpr, tpr, _ = roc_curve(pos, p[:, k]) if 0 < pos.sum() < len(y) else ([], [], None)
+                    curves[c] = {"fpr": list(fpr), "tpr": list(tpr)}
+            if cm is None and len(y):
+                cm = np.bincount(y * len(classes) + p.argmax(1), minlength=len(classes) ** 2).reshape(len(classes), -1)
+    out = []
+    if curves:
+        png, err = _figure(figures.roc_png, curves, aucs)
+        out.append(err or _img(png, "ROC curves per class"))
+    if cm is not None:
+        png, err = _figure(figures.confusion_png, cm, classes)
+        out.append(err or _img(png, "confusion matrix"))
+    if not out:
+        return ""
+    return "<h2 id='roc'>ROC curves and confusion matrix</h2>" + "\n".join(out)
+
+
+def _training_curve(run_dir):
+    png_path = run_dir / "training_curve.png"
+    if png_path.is_file():
+        return "<h2 id='training'>Training curves</h2>" + _img(png_path.read_bytes(), "training curves")
+    histories = {}
+    for path in sorted(run_dir.glob("fold-*/history.tsv")):
+        try:
+            histories[path.parent.name[len("fold-"):]] = pd.read_csv(path, sep="\t", na_values=["n/a"])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+    if not histories:
+        return ""
+    png, err = _figure(figures.curves_png, histories)
+    return "<h2 id='training'>Training curves</h2>" + (err or _img(png, "training curves"))
+
+
+def _attributions(run_dir):
+    found = []
+    for path in sorted((run_dir / "attribution").glob("*/attribution.json")):
+        doc = _load_json(path)
+        if isinstance(doc, dict) and isinstance(doc.get("subjects"), list):
+            found.append((path.parent, doc))
+    return found
+
+
+def _brain_mask(img, resolution_mm):
+    """The template brain mask on the map's grid (1 where unknown), to hide out-of-brain values."""
+    from neuroml.io.templates import brain_mask_on_grid
+
+    try:
+        mask = brain_mask_on_grid(float(resolution_mm))
+    except (TypeError, ValueError, NeuromlError):
+        return 1.0
+    if mask.shape != img.shape[:3] or not np.allclose(mask.affine, img.affine, atol=1e-3):
+        return 1.0
+    return np.asarray(mask.dataobj, dtype=np.float32)
+
+
+def _threshold(data):
+    vals = np.abs(data[np.isfinite(data) & (data != 0)])
+    return float(np.percentile(vals, 75)) if vals.size else None
+
+
+def _attribution_section(folder, doc, resolution_mm=None):
+    import nibabel as nib
+
+    method = doc.get("method", folder.name)
+    out = [f"<h2 id='attr-{_e(folder.name)}'>Attribution: {_e(method)}</h2>",
+           f"<p class='note'>Target: {_e(doc.get('target'))}; atlas: {_e(doc.get('atlas'))}; "
+           f"{_e(doc.get('n_subjects', len(doc['subjects'])))} scans; group maps average, per class, the maps of "
+           "that class's subjects explaining that class. Pictures show the mean map above its 75th percentile "
+           "(absolute value), inside the template brain mask, over the MNI152 template.</p>"]
+    group = doc.get("group") or {}
+    if not group:
+        out.append("<p class='na'>No group maps (no subject with a known class label).</p>")
+    for cls, info in group.items():
+        out.append(f"<h3>Class {_e(cls)} (n = {_e(info.get('n'))})</h3>")
+        table = _load_tsv(folder / str(info.get("regions_tsv", "")))
+        if table is not None and len(table):
+            top = table.head(10)
+            out.append(_table(["rank", "region", "hemisphere", "volume (ml)", "mean attribution", "share of positive"],
+                              [(r["rank"], r["region"], r["hemisphere"], f"{float(r['volume_ml']):.1f}",
+                                f"{float(r['mean_attribution']):.4g}", f"{100 * float(r['positive_share']):.1f} %")
+                               for _, r in top.iterrows()], numeric=(0, 3, 4, 5)))
+        mean_path = folder / str(info.get("mean_map", ""))
+        if mean_path.is_file():
+            img = nib.load(str(mean_path))
+            data = np.asarray(img.dataobj, dtype=np.float32) * _brain_mask(img, resolution_mm)
+            img = nib.Nifti1Image(data, img.affine)
+            thr = _threshold(data)
+            for make, alt in ((figures.glass_brain_png, "glass brain"), (figures.stat_map_png, "axial slices")):
+                png, err = _figure(make, img, threshold=thr)
+                out.append(err or _img(png, f"{alt} of the class {cls} group map"))
+        else:
+            out.append(f"<p class='na'>Group map file {_e(info.get('mean_map'))} not found.</p>")
+    return "\n".join(out)
+
+
+def _subjects(predictions, classes, attributions):
+    if predictions is None and not attributions:
+        return ""
+    regions, source = {}, None
+    if attributions:
+        folder, doc = attributions[0]
+        source = doc.get("method", folder.name)
+        for s in doc["subjects"]:
+            top = ", ".join(f"{r.get('region')} ({_num(r.get('mean_attribution'), 4)})"
+                            for r in s.get("top_regions", []))
+            regions.setdefault(s.get("participant_id"), []).append(top)
+    rows = []
+    if predictions is not None:
+        for _, r in predictions.iterrows():
+            probs = ", ".join(f"{c}: {_num(_float(r.get(f'prob_{c}')))}" for c in classes if f"prob_{c}" in r)
+            rows.append((r.get("participant_id"), r.get("true_label", ""), r.get("predicted_label", ""), probs,
+                         r.get("fold", ""), " | ".join(regions.get(r.get("participant_id"), [])) or "-"))
+    else:
+        for s in attributions[0][1]["subjects"]:
+            probs = ", ".join(f"{c}: {_num(p)}" for c, p in (s.get("probabilities") or {}).items())
+            rows.append((s.get("participant_id"), s.get("true_label") or "", s.get("predicted_label"), probs,
+                         ",".join(map(str, s.get("folds", []))), " | ".join(regions.get(s.get("participant_id"), []))))
+    note = (f"Top 5 regions by mean {_e(source)} attribution (target: {_e(attributions[0][1].get('target'))})."
+            if source else "No attribution maps in this run yet.")
+    return ("<h2 id='subjects'>Subjects</h2>"
+            f"<p class='note'>Out-of-fold predictions (each participant predicted by the fold model that did not "
+            f"train on it). {note}</p>"
+            + _table(["participant", "true", "predicted", "probabilities", "fold", "top 5 regions"], rows))
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _trust(run_dir, metrics, splits, predictions, attributions, classes):
+    items = []
+    if splits:
+        try:
+            from neuroml.training.splits import check_splits
+
+            check_splits(splits)
+            n_test = sum(len(f.get("test", [])) for f in splits)
+            items.append(("ok", f"Subject-level splits: no participant is in two parts of a fold; "
+                                f"{n_test} participants tested once each across {len(splits)} folds."))
+        except Exception as exc:  # noqa: BLE001 - LeakageError or a malformed file: report it
+            items.append(("warn", f"Split check failed: {exc}"))
+    else:
+        items.append(("na", "splits.json not found: split leakage not checked in this run."))
+    if predictions is not None and "fold" in predictions:
+        items.append(("ok", f"{len(predictions)} predictions are out-of-fold (column 'fold' records the model used)."))
+    cnn, base = (metrics or {}).get("cnn") or {}, (metrics or {}).get("baseline") or {}
+    if classes and cnn.get("balanced_accuracy") is not None:
+        chance = 1.0 / len(classes)
+        ci = (cnn.get("ci") or {}).get("balanced_accuracy") or [None, None]
+        text = (f"CNN balanced accuracy {_num(cnn['balanced_accuracy'])} (95% CI {_ci(cnn, 'balanced_accuracy')}); "
+                f"chance level {chance:.3f}.")
+        state = "ok" if isinstance(ci[0], (int, float)) and ci[0] > chance else "warn"
+        if state == "warn":
+            text += " The interval includes or lies below chance."
+        if base.get("balanced_accuracy") is not None:
+            text += (f" Baseline {_num(base['balanced_accuracy'])} (95% CI {_ci(base, 'balanced_accuracy')}).")
+        items.append((state, text))
+    if "permutation_p" in cnn:
+        items.append(("ok", f"Permutation test of the CNN balanced accuracy: p = {_num(cnn['permutation_p'], 4)}."))
+    else:
+        items.append(("na", "Permutation test: not computed in this run."))
+    if not attributions:
+        items.append(("na", "Attribution: no maps in this run, so no attribution checks."))
+    for folder, doc in attributions:
+        uses = pd.Series([s.get("model_use", "unknown") for s in doc["subjects"]]).value_counts().to_dict()
+        leaked = uses.get("trained-on", 0)
+        parts = ", ".join(f"{v} {k}" for k, v in uses.items())
+        items.append(("warn" if leaked else "ok",
+                      f"{doc.get('method')}: maps from models that did not train on the subject ({parts})"
+                      + (f"; {leaked} explained by models trained on them (forced)." if leaked else ".")))
+        sanity = _load_json(folder / "sanity.json")
+        if sanity:
+            items.append(("ok", f"{doc.get('method')} sanity checks: " + json.dumps(sanity, default=str)[:400]))
+        else:
+            items.append(("na", f"{doc.get('method')}: attribution sanity checks (model-parameter randomisation) "
+                                "not computed in this run."))
+    lis = "".join(f"<li class='{k}'>{_e(t)}</li>" for k, t in items)
+    return f"<h2 id='trust'>Trust checks</h2><ul>{lis}</ul>"
+
+
+def build_report(run_dir, out_path=None):
+    """Write the self-contained HTML report of a run.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Output folder of ``neuroml train`` (attribution outputs are optional).
+    out_path : str or Path, optional
+        Default ``RUN/report.html``.
+
+    Returns
+    -------
+    Path
+        The report.
+
+    Raises
+    ------
+    InputError
+        If ``run_dir`` has no ``config.json`` (not a run folder).
+    """
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise InputError("config.json is not a JSON object", run_dir / "config.json")
+    classes = [str(c) for c in config.get("classes") or []]
+    metrics = _load_json(run_dir / "metrics.json")
+    provenance = _load_json(run_dir / "provenance.json")
+    splits_doc = _load_json(run_dir / "splits.json")
+    splits = splits_doc.get("folds") if isinstance(splits_doc, dict) else splits_doc
+    predictions = _load_tsv(run_dir / "predictions.tsv")
+    attributions = _attributions(run_dir)
+    parts = [
+        _summary(run_dir, config, provenance, predictions, splits),
+        _metrics(metrics, classes),
+        _roc_and_confusion(metrics, predictions, classes),
+        _training_curve(run_dir),
+        *(_attribution_section(folder, doc, config.get("resolution_mm")) for folder, doc in attributions),
+        _subjects(predictions, classes, attributions),
+        _trust(run_dir, metrics, splits, predictions, attributions, classes),
+    ]
+    nav = " ".join(f"<a href='#{i}'>{t}</a>" for i, t in (("summary", "Summary"), ("metrics", "Metrics"),
+                                                           ("subjects", "Subjects"), ("trust", "Trust checks")))
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    doc = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+           f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+           f"<title>neuroml report: {_e(run_dir.name)}</title><style>{_CSS}</style></head><body>"
+           f"<h1>neuroml report: {_e(run_dir.name)}</h1><nav>{nav}</nav>"
+           f"<p class='note'>Written {_e(stamp)} by neuroml {_e(__version__)}.</p>"
+           + "\n".join(p for p in parts if p) + "</body></html>\n")
+    out_path = Path(out_path) if out_path is not None else run_dir / "report.html"
+    write_text_atomic(out_path, doc)
+    log.info("report -> %s", out_path)
+    return out_path

@@ -1,0 +1,77 @@
+"""Checkpoints of plain tensors and plain Python types, written atomically, loaded safely.
+
+A checkpoint is read only with ``torch.load(path, weights_only=True)``: a file holding
+pickled Python objects (which could run code when unpickled) is refused.
+"""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroml._utils.fileio import atomic_path
+from neuroml.errors import InputError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "plain"]
+
+
+def plain(obj):
+    """Convert numpy scalars/arrays, paths and tuples inside ``obj`` to plain Python types."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    raise TypeError(f"checkpoint values must be tensors or plain types, got {type(obj).__name__}")
+
+
+def save_checkpoint(obj, path):
+    """``torch.save`` to a temporary file beside ``path``, then rename it onto ``path``."""
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path, map_location="cpu", require=()):
+    """Load a checkpoint with ``weights_only=True``.
+
+    Parameters
+    ----------
+    path : str or Path
+    map_location : str or torch.device, default="cpu"
+    require : sequence of str
+        Keys the checkpoint dict must have (e.g. ``("state_dict", "meta")``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, unreadable, holds pickled Python objects (refused for
+        safety), or lacks a required key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(
+            "refusing to load: the checkpoint holds pickled Python objects, not only tensors and plain "
+            f"types (loaded with weights_only=True for safety; {first[:200]}). Only load checkpoints "
+            "written by neuroml from sources you trust", path) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a dict checkpoint, got {type(obj).__name__}", path)
+    missing = [k for k in require if k not in obj]
+    if missing:
+        raise InputError(f"checkpoint lacks {missing} (keys: {sorted(obj)[:10]})", path)
+    return obj

@@ -1,0 +1,166 @@
+"""A scikit-learn style face of the training loop: :class:`NeuroClassifier`."""
+
+import os
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from neuroml.errors import InputError
+
+__all__ = ["NeuroClassifier"]
+
+
+def _as_volumes(images, grid=None):
+    """Images -> float32 array (N, C, X, Y, Z) and their grid ``(affine, shape)`` (None for arrays)."""
+    import nibabel as nib
+
+    from neuroml.io.image import check_img
+
+    if isinstance(images, (str, os.PathLike, nib.spatialimages.SpatialImage)):
+        img = check_img(images, ndim=(3, 4))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.moveaxis(data, -1, 0) if data.ndim == 4 else data[None]
+        vols, found = data[:, None], (np.asarray(img.affine), data.shape[1:])
+    elif isinstance(images, (np.ndarray, torch.Tensor)):
+        vols = np.asarray(images, dtype=np.float32)
+        if vols.ndim == 4:
+            vols = vols[:, None]
+        if vols.ndim != 5:
+            raise InputError(f"expected an array of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {vols.shape}")
+        if not np.isfinite(vols).all():
+            raise InputError("images contain NaN or infinite values")
+        found = None
+    else:
+        images = list(images)
+        if not images:
+            raise InputError("no images given")
+        imgs = [check_img(im) for im in images]
+        affine, shape = np.asarray(imgs[0].affine), imgs[0].shape[:3]
+        for i, im in enumerate(imgs):
+            if im.shape[:3] != shape or not np.allclose(im.affine, affine, atol=1e-4):
+                name = images[i] if isinstance(images[i], (str, os.PathLike)) else f"image {i}"
+                raise InputError(f"not on the grid of the first image (shape {im.shape}, expected {shape})", name)
+        vols = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in imgs])[:, None]
+        found = (affine, tuple(shape))
+    if grid is not None:
+        shape = tuple(vols.shape[2:])
+        if shape != tuple(grid[1]) or (found is not None and grid[0] is not None
+                                       and not np.allclose(found[0], grid[0], atol=1e-4)):
+            raise InputError(f"images are on grid {shape} but the classifier was fitted on {tuple(grid[1])}")
+    return vols, found
+
+
+class NeuroClassifier(ClassifierMixin, BaseEstimator):
+    """A MONAI 3D CNN classifier with the scikit-learn interface.
+
+    It runs the same training loop as :func:`~neuroml.training.train_run` (early stopping
+    on a stratified validation split of the training data).
+
+    Parameters
+    ----------
+    model : str, default="compact"
+        One of :data:`~neuroml.models.MODELS`.
+    epochs : int, default=20
+    batch_size : int, default=4
+    lr : float, default=1e-3
+    weight_decay : float, default=1e-4
+    patience : int or None, default=10
+    val_fraction : float, default=0.2
+        Fraction of the training images (per class) held out for early stopping; 0 trains
+        on everything for ``epochs`` epochs.
+    augment : bool, default=True
+    seed : int, default=0
+    device : str, default="auto"
+    amp : bool, default=True
+    show_progress : bool, default=False
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Class labels (sorted).
+    model_ : torch.nn.Module
+        The fitted network (eval mode, CPU).
+    history_ : list of dict
+        Per-epoch records.
+    best_epoch_ : int
+    grid_ : tuple or None
+        ``(affine, shape)`` of the training images (None when fitted on arrays).
+    n_channels_, spatial_shape_ : int, tuple
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(6, 17, 17, 17)).astype("float32")
+    >>> clf = NeuroClassifier(epochs=1, val_fraction=0).fit(X, ["a", "b"] * 3)
+    >>> clf.predict(X[:2]).shape
+    (2,)
+    """
+
+    def __init__(self, model="compact", epochs=20, batch_size=4, lr=1e-3, weight_decay=1e-4, patience=10,
+                 val_fraction=0.2, augment=True, seed=0, device="auto", amp=True, show_progress=False):
+        self.model = model
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.augment = augment
+        self.seed = seed
+        self.device = device
+        self.amp = amp
+        self.show_progress = show_progress
+
+    def fit(self, images, labels):
+        """Train on images (paths or images on one grid, a 4D image, or a 4D/5D array) and labels."""
+        from neuroml.data.dataset import VolumeDataset, make_augmentation
+        from neuroml.models.factory import build_model
+        from neuroml.training.run import _class_weights
+        from neuroml.training.splits import validation_split
+        from neuroml.training.trainer import TrainSettings, fit, seed_for
+
+        vols, grid = _as_volumes(images)
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != len(vols):
+            raise InputError(f"got {len(vols)} images but labels of shape {labels.shape}")
+        self.classes_, y = np.unique(labels, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise InputError(f"labels hold a single class {self.classes_.tolist()}; need at least two")
+        ids = [f"sub-{i}" for i in range(len(vols))]
+        train_ids, val_ids = validation_split(ids, y, self.val_fraction, seed=self.seed)
+        train, val = [int(p[4:]) for p in train_ids], [int(p[4:]) for p in val_ids]
+        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                 weight_decay=self.weight_decay, patience=self.patience if val else None,
+                                 amp=self.amp, device=self.device, show_progress=self.show_progress).validate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_for(self.seed, "init"))
+            net = build_model(self.model, len(self.classes_), in_channels=vols.shape[1], spatial_shape=vols.shape[2:])
+        aug = make_augmentation(seed=seed_for(self.seed, "augment")) if self.augment else None
+        result = fit(net, VolumeDataset(vols, y[train], train, transform=aug),
+                     VolumeDataset(vols, y[val], val) if val else None, settings,
+                     class_weights=_class_weights(y[train], len(self.classes_)), stream=(self.seed,), desc="fit")
+        self.model_ = result.model.cpu().eval()
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        self.grid_ = grid
+        self.n_channels_, self.spatial_shape_ = int(vols.shape[1]), tuple(int(s) for s in vols.shape[2:])
+        return self
+
+    def predict_proba(self, images):
+        """Class probabilities, shape ``(n_images, n_classes)``, columns in ``classes_`` order."""
+        from sklearn.utils.validation import check_is_fitted
+
+        from neuroml.training.trainer import predict_proba
+
+        check_is_fitted(self, "model_")
+        grid = (None if self.grid_ is None else self.grid_[0], self.spatial_shape_)
+        vols, _ = _as_volumes(images, grid=grid)
+        if vols.shape[1] != self.n_channels_:
+            raise InputError(f"images have {vols.shape[1]} channel(s), the classifier was fitted on {self.n_channels_}")
+        return predict_proba(self.model_, vols, batch_size=max(self.batch_size, 8), device="cpu")
+
+    def predict(self, images):
+        """Predicted class labels."""
+        proba = self.predict_proba(images)
+        return self.classes_[proba.argmax(1)]

@@ -1,0 +1,125 @@
+"""Predicting new subjects with a run's fold ensemble, refusing subjects a model was trained on."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neuroml._utils.fileio import write_text_atomic
+from neuroml.errors import InputError, LeakageError
+
+__all__ = ["predict_run", "predictions_table", "check_grid"]
+
+log = logging.getLogger("neuroml")
+
+
+def predictions_table(participant_ids, proba, classes, y_true=None, fold=None):
+    """Per-participant predictions: the scans of a participant are averaged.
+
+    Parameters
+    ----------
+    participant_ids : sequence of str
+        One per row of ``proba`` (a participant may repeat).
+    proba : ndarray of shape (n, C)
+    classes : sequence of str
+    y_true : sequence of int, optional
+        Adds ``true_label``.
+    fold : int or sequence of int, optional
+        Adds ``fold``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``participant_id, [true_label], predicted_label, prob_<class>..., [fold]``, sorted by participant.
+    """
+    proba = np.asarray(proba, dtype=float)
+    df = pd.DataFrame(proba, columns=[f"prob_{c}" for c in classes])
+    df.insert(0, "participant_id", list(participant_ids))
+    if y_true is not None:
+        df["true_label"] = [classes[int(i)] for i in y_true]
+    if fold is not None:
+        df["fold"] = fold
+    agg = {c: "mean" for c in df.columns if c.startswith("prob_")}
+    agg.update({c: "first" for c in ("true_label", "fold") if c in df.columns})
+    out = df.groupby("participant_id", sort=True).agg(agg).reset_index()
+    probs = out[[f"prob_{c}" for c in classes]].to_numpy()
+    out.insert(1, "predicted_label", [classes[i] for i in probs.argmax(1)])
+    cols = ["participant_id"] + (["true_label"] if y_true is not None else []) + ["predicted_label"] + \
+        [f"prob_{c}" for c in classes] + (["fold"] if fold is not None else [])
+    return out[cols]
+
+
+def check_grid(affine, shape, run_config, where):
+    """Raise :class:`InputError` if a grid differs from the run's (``config["grid"]``)."""
+    grid = run_config["grid"]
+    if tuple(shape) != tuple(grid["shape"]) or not np.allclose(affine, grid["affine"], atol=1e-4):
+        raise InputError(
+            f"volumes are on grid shape {tuple(shape)} affine {np.round(affine, 4)[:3].tolist()} but the run was "
+            f"trained on shape {tuple(grid['shape'])} affine {np.round(grid['affine'], 4)[:3].tolist()} "
+            f"(res-{run_config['resolution']}); preprocess with --resolution {run_config['resolution_mm']:g}", where)
+
+
+def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labels=None, device="auto",
+                batch_size=8):
+    """Predict subjects of a derivatives folder with the mean probability of a run's fold models.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A folder written by :func:`~neuroml.training.train_run`.
+    deriv_dir : str or Path
+        Preprocessed derivatives (at the run's resolution) of the subjects to predict.
+    out_path : str or Path, optional
+        Default ``RUN/predict/predictions.tsv``.
+    force : bool, default=False
+        Also predict subjects used to train or validate a fold model (their predictions
+        are optimistic; a warning is logged).
+    participant_labels : sequence of str, optional
+        Only these participants (``sub-01`` or ``01``); default every participant.
+    device : str, default="auto"
+    batch_size : int, default=8
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``participant_id, predicted_label, prob_<class>...`` (also written to ``out_path``).
+
+    Raises
+    ------
+    LeakageError
+        If a requested subject was used for training and ``force`` is False (lists them).
+    InputError
+        If the derivatives' grid differs from the run's, or a requested participant has no image.
+    """
+    from neuroml.data.cache import build_cache
+    from neuroml.data.dataset import VolumeDataset
+    from neuroml.training.run import load_run
+    from neuroml.training.trainer import evaluate, resolve_device
+
+    run = load_run(run_dir)
+    cache = build_cache(deriv_dir, resolution=run.config["resolution"])
+    check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
+    index = cache.index
+    if participant_labels:
+        wanted = {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_labels}
+        missing = sorted(wanted - set(index["participant_id"]))
+        if missing:
+            raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
+        index = index[index["participant_id"].isin(wanted)]
+    leaked = sorted(set(index["participant_id"]) & run.trained_ids())
+    if leaked:
+        msg = (f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
+               f"{' ...' if len(leaked) > 20 else ''}")
+        if not force:
+            raise LeakageError(msg + "; their predictions would be optimistic. Predict only new subjects "
+                               "(participant_labels=...) or pass force=True")
+        log.warning("%s; predicting them anyway (force=True)", msg)
+    dev = resolve_device(device)
+    data = VolumeDataset(cache.data, rows=index["row"].to_numpy())
+    probs = [evaluate(model, data, batch_size=batch_size, device=dev)[0] for _, model in run.fold_models(device=dev)]
+    table = predictions_table(index["participant_id"].tolist(), np.mean(probs, axis=0), run.classes)
+    out_path = Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
+    write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))
+    log.info("predictions of %d participant(s) -> %s", len(table), out_path)
+    return table

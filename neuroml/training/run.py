@@ -1,0 +1,385 @@
+"""Cross-validated training of a MONAI network on a derivatives folder (:func:`train_run`), and
+reading a run folder back (:func:`load_run`). The run-folder layout is in ``docs/layout.md``."""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neuroml import __version__
+from neuroml._utils.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.options import check_in_range, look_up_option
+from neuroml.errors import ConfigError, InputError, NeuromlError
+from neuroml.models.factory import MODELS, build_model
+from neuroml.training import outputs
+from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from neuroml.training.metrics import balanced_accuracy, classification_report
+from neuroml.training.predict import predictions_table
+from neuroml.training.splits import check_splits, load_splits, make_splits, save_splits
+from neuroml.training.trainer import TrainSettings, evaluate, fit, is_main_process, resolve_device, seed_for
+
+__all__ = ["train_run", "load_run", "Run"]
+
+log = logging.getLogger("neuroml")
+
+#: Config keys that do not change the result (a run may be resumed with other values).
+_RUNTIME_KEYS = ("runtime", "deriv_dir", "participants", "neuroml_version")
+#: Cohorts up to this size (float32) are read into RAM once; larger ones stay memory-mapped.
+IN_MEMORY_BYTES = 2 * 1024**3
+
+
+class Run:
+    """A trained run folder, read back.
+
+    Attributes
+    ----------
+    run_dir : Path
+    config : dict
+        ``config.json``.
+    splits : list of dict
+        Per fold ``{"fold", "train", "val", "test", "test_site"}`` participant ids.
+    classes : list of str
+    """
+
+    def __init__(self, run_dir, config, splits):
+        self.run_dir, self.config, self.splits = Path(run_dir), config, splits
+
+    def __repr__(self):
+        return f"Run({str(self.run_dir)!r}, model={self.config['model']!r}, classes={self.classes}, folds={len(self.splits)})"
+
+    @property
+    def classes(self):
+        return list(self.config["classes"])
+
+    @property
+    def grid(self):
+        """``(affine, shape)`` of the grid the run was trained on."""
+        return np.asarray(self.config["grid"]["affine"]), tuple(self.config["grid"]["shape"])
+
+    def fold_model(self, fold, device="cpu"):
+        """The model of one fold, with its best weights, in eval mode (loaded with ``weights_only=True``)."""
+        path = self.run_dir / f"fold-{int(fold)}" / "model.pt"
+        ckpt = load_checkpoint(path, require=("state_dict", "meta"))
+        meta = ckpt["meta"]
+        model = build_model(meta["model"], int(meta["n_classes"]), in_channels=int(meta.get("in_channels", 1)),
+                            spatial_shape=meta.get("spatial_shape"))
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise InputError(f"weights do not fit a {meta['model']!r} network ({str(exc).splitlines()[0]})", path) from None
+        return model.to(resolve_device(device)).eval()
+
+    def fold_models(self, device="cpu"):
+        """``[(fold, model in eval mode), ...]`` for every fold; raises InputError if a fold is untrained."""
+        missing = [f["fold"] for f in self.splits if not (self.run_dir / f"fold-{f['fold']}" / "model.pt").is_file()]
+        if missing:
+            raise InputError(f"run incomplete: fold(s) {missing} have no model.pt; rerun training with resume=True",
+                             self.run_dir)
+        return [(f["fold"], self.fold_model(f["fold"], device)) for f in self.splits]
+
+    def trained_ids(self):
+        """Participants used to train or validate a model in any fold."""
+        return {p for f in self.splits for part in ("train", "val") for p in f[part]}
+
+    def test_fold_of(self, participant_id):
+        """The fold whose model never saw ``participant_id`` (it is in that fold's test set), or None."""
+        pid = participant_id if str(participant_id).startswith("sub-") else f"sub-{participant_id}"
+        return next((f["fold"] for f in self.splits if pid in f["test"]), None)
+
+    def predictions(self):
+        """The out-of-fold ``predictions.tsv`` as a DataFrame."""
+        path = self.run_dir / "predictions.tsv"
+        if not path.is_file():
+            raise InputError("predictions.tsv missing: the run did not finish", path)
+        return pd.read_csv(path, sep="\t", dtype={"participant_id": str})
+
+
+def load_run(run_dir):
+    """Read a run folder written by :func:`train_run`.
+
+    Raises
+    ------
+    InputError
+        If ``config.json`` or ``splits.json`` is missing.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "splits.json"):
+        if not (run_dir / name).is_file():
+            raise InputError(f"not a neuroml run folder ({name} missing); train one with `neuroml train`", run_dir)
+    return Run(run_dir, read_json(run_dir / "config.json"), load_splits(run_dir / "splits.json"))
+
+
+def _identity(config):
+    return {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}
+
+
+def _check_existing(run_dir, config, resume):
+    path = run_dir / "config.json"
+    if not path.is_file():
+        if resume:
+            log.info("nothing to resume in %s: starting a new run", run_dir)
+        return
+    old = _identity(read_json(path))
+    new = _identity(plain(config))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff if k != "grid")[:600]
+        raise ConfigError(f"{run_dir} already holds a run with other settings or data ({detail}); "
+                          "choose a new run_dir or delete the old one")
+    log.info("continuing the run in %s (completed folds are kept)", run_dir)
+
+
+def _fold_done(fold_dir, digest):
+    path = fold_dir / "model.pt"
+    if not path.is_file():
+        return False
+    try:
+        meta = load_checkpoint(path, require=("state_dict", "meta"))["meta"]
+    except InputError as exc:
+        log.warning("%s; retraining the fold", exc)
+        return False
+    return meta.get("data_sha256") == digest
+
+
+def _class_weights(y, n_classes):
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+
+
+def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epochs=20, folds=3, batch_size=4,
+              lr=1e-3, weight_decay=1e-4, seed=0, device="auto", participants=None, resolution=None,
+              augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
+              schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
+              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True):
+    """Train and evaluate a MONAI network with subject-level cross-validation.
+
+    Every fold trains a fresh network on its training participants, stops early on its
+    validation participants and predicts its test participants; the out-of-fold
+    predictions give the run's metrics, beside a logistic-regression baseline on atlas
+    region means in the same folds. Outputs are listed in ``docs/layout.md``.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        Output of ``neuroml preprocess``.
+    run_dir : str or Path
+        Run folder to write.
+    label_column : str, default="diagnosis"
+        Column of ``participants.tsv`` holding the class.
+    model : str, default="compact"
+        One of :data:`~neuroml.models.MODELS`.
+    epochs, folds, batch_size : int
+        Epochs per fold (upper bound with early stopping), folds (>= 2), batch size.
+    lr, weight_decay : float
+        AdamW learning rate (peak of the schedule) and weight decay.
+    seed : int, default=0
+        Seeds the splits, initialisation, shuffling and augmentation.
+    device : str, default="auto"
+        "auto" (CUDA when available), "cpu" or "cuda".
+    participants : str or Path, optional
+        ``participants.tsv``; by default the raw dataset's (from ``dataset_description.json``).
+    resolution : float, optional
+        Grid resolution of the derivatives (by default the only one present).
+    augment : bool, default=True
+        Small random affine, intensity and noise augmentation (no left-right flip).
+    patience : int or None, default=10
+        Epochs without validation improvement before stopping.
+    amp, channels_last : bool, default=True
+        bf16 autocast and channels-last memory on CUDA (ignored on CPU).
+    compile : bool, default=False
+        ``torch.compile`` the network.
+    grad_accum : int, default=1
+        Batches per optimiser step.
+    schedule : {"cosine", "onecycle", "constant"}
+    val_fraction : float, default=0.2
+        Fraction of each fold's training participants used for early stopping.
+    site_column : str, optional
+        Leave-one-site-out folds on this ``participants.tsv`` column instead of k-fold.
+    classes : sequence of str, optional
+        Class order (default: sorted labels).
+    num_workers : int, default=0
+        DataLoader workers.
+    baseline : bool, default=True
+        Also evaluate the atlas-region logistic regression.
+    n_bootstrap, n_permutations : int
+        Bootstrap resamples for confidence intervals; label permutations for a p-value (0: none).
+    resume : bool, default=False
+        Continue a killed fold from its epoch checkpoint. Completed folds of a run with the
+        same settings and data are always kept.
+    show_progress : bool, default=True
+
+    Returns
+    -------
+    dict
+        Summary: run_dir, classes, n_participants, balanced_accuracy (+ CI), auc_macro,
+        baseline_balanced_accuracy, per-fold results, seconds.
+
+    Raises
+    ------
+    InputError
+        For missing or unlabelled data (see :func:`neuroml.data.load_cohort`).
+    ConfigError
+        For invalid parameters, or a run folder holding a different run.
+    """
+    from neuroml.data.dataset import VolumeDataset, load_cohort, make_augmentation
+
+    t_start, start = time.perf_counter(), outputs.now_iso()
+    model = look_up_option("model", model, MODELS)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                             patience=patience, grad_accum=grad_accum, schedule=schedule, amp=amp,
+                             channels_last=channels_last, compile=compile, num_workers=num_workers,
+                             device=device, show_progress=show_progress).validate()
+    check_in_range("seed", seed, 0, None, kind=int)
+    dev = resolve_device(device)
+    run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
+    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress)
+    cache, n_classes = cohort.cache, len(cohort.classes)
+    pids = np.asarray(cohort.participant_ids, dtype=object)
+    sites = cohort.column(site_column) if site_column else None
+    splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
+                         val_fraction=val_fraction, sites=sites)
+    config = plain({
+        "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
+        "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
+        "resolution_mm": cache.resolution_mm, "grid": {"affine": cache.affine, "shape": cache.shape},
+        "seed": seed, "cv": "leave-one-site-out" if site_column else "stratified-group-kfold",
+        "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
+        "grad_accum": grad_accum, "schedule": settings.schedule, "augment": bool(augment),
+        "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
+        "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
+        "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
+                    "num_workers": num_workers},
+    })
+    main = is_main_process()
+    _check_existing(run_dir, config, resume)
+    if main:
+        write_json_atomic(run_dir / "config.json", config)
+        save_splits(run_dir / "splits.json", splits, seed=seed, label_column=label_column, site_column=site_column,
+                    val_fraction=val_fraction)
+    check_splits(splits)
+
+    n_bytes = len(cohort) * int(np.prod(cache.shape)) * 4
+    if n_bytes <= IN_MEMORY_BYTES:  # fast path: the whole cohort in RAM once, float32
+        src, src_rows = cache.load(cohort.rows), np.arange(len(cohort))
+    else:
+        src, src_rows = cache.data, cohort.rows
+    pos = np.arange(len(cohort))
+    oof = np.full((len(cohort), n_classes), np.nan)
+    oof_fold = np.full(len(cohort), -1)
+    histories, fold_info = {}, []
+    for split in splits:
+        k = split["fold"]
+        fold_dir = run_dir / f"fold-{k}"
+        part = {name: pos[np.isin(pids, split[name])] for name in ("train", "val", "test")}
+        if _fold_done(fold_dir, config["data_sha256"]):
+            status = "skipped (already trained)"
+            log.info("fold %d already trained: kept", k)
+        else:
+            if not resume and (fold_dir / "last.pt").is_file():
+                (fold_dir / "last.pt").unlink()
+            status = "resumed" if (fold_dir / "last.pt").is_file() else "trained"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(seed, k, "init"))
+                net = build_model(model, n_classes, in_channels=1, spatial_shape=cache.shape)
+            aug = make_augmentation(seed=seed_for(seed, k, "augment")) if augment else None
+            train_ds = VolumeDataset(src, cohort.y[part["train"]], src_rows[part["train"]], transform=aug)
+            val_ds = VolumeDataset(src, cohort.y[part["val"]], src_rows[part["val"]]) if len(part["val"]) else None
+            res = fit(net, train_ds, val_ds, settings, _class_weights(cohort.y[part["train"]], n_classes),
+                      stream=(seed, k), checkpoint_path=fold_dir / "last.pt" if main else None, resume=resume,
+                      desc=f"fold {k + 1}/{len(splits)}")
+            meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
+                    "in_channels": 1, "spatial_shape": cache.shape, "label_column": label_column,
+                    "resolution": cache.resolution, "best_epoch": res.best_epoch,
+                    "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
+                    "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
+                    "n_train": len(part["train"]), "n_val": len(part["val"]), "n_test": len(part["test"]),
+                    "data_sha256": config["data_sha256"], "device": str(dev)}
+            if main:
+                outputs.write_history(fold_dir / "history.tsv", res.history)
+                state = {k_: v.detach().cpu() for k_, v in res.model.state_dict().items()}
+                save_checkpoint({"state_dict": state, "meta": plain(meta)}, fold_dir / "model.pt")
+                (fold_dir / "last.pt").unlink(missing_ok=True)
+        net = Run(run_dir, config, splits).fold_model(k, dev)
+        if len(part["test"]):
+            proba, _ = evaluate(net, VolumeDataset(src, rows=src_rows[part["test"]]), batch_size=batch_size * 2,
+                                device=dev, amp=amp)
+            oof[part["test"]], oof_fold[part["test"]] = proba, k
+        histories[k] = outputs.read_history(fold_dir / "history.tsv")
+        fold_info.append({"fold": k, "status": status, "n_train": len(split["train"]), "n_val": len(split["val"]),
+                          "n_test": len(split["test"]), "test_site": split.get("test_site")})
+        del net
+
+    tested = oof_fold >= 0
+    table = predictions_table(pids[tested], oof[tested], cohort.classes, cohort.y[tested], oof_fold[tested])
+    metrics = {"classes": cohort.classes, "label_column": label_column, "chance_balanced_accuracy": 1.0 / n_classes,
+               "cnn": _report(table, cohort.classes, fold_info, histories, n_bootstrap, n_permutations, seed)}
+    if baseline:
+        metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations,
+                                        run_dir if main else None)
+    if main:
+        write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        outputs.plot_training_curves(run_dir / "training_curve.png", histories)
+        inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
+                  "participants_sha256": sha256_file(cohort.participants_path),
+                  "volumes_sha256": {p: cache.index["sha256"].iloc[r] for p, r in
+                                     zip(cache.index["path"].iloc[cohort.rows], cohort.rows)},
+                  "skipped_without_label": cohort.unlabeled, "labelled_without_image": cohort.without_images}
+        outputs.write_provenance(run_dir / "provenance.json", seed, start, dev, inputs, fold_info,
+                                 extra={"data_sha256": config["data_sha256"]})
+    cnn, base = metrics["cnn"], metrics.get("baseline", {})
+    summary = {"run_dir": str(run_dir), "classes": cohort.classes, "n_participants": config["n_participants"],
+               "balanced_accuracy": cnn["balanced_accuracy"], "balanced_accuracy_ci": cnn["ci"].get("balanced_accuracy"),
+               "auc_macro": cnn["auc_macro"], "baseline_balanced_accuracy": base.get("balanced_accuracy"),
+               "folds": cnn["per_fold"], "seconds": round(time.perf_counter() - t_start, 1)}
+    log.info("run %s: balanced accuracy %.3f (baseline %s) over %d participants", run_dir,
+             summary["balanced_accuracy"] or float("nan"), summary["baseline_balanced_accuracy"],
+             summary["n_participants"])
+    return summary
+
+
+def _report(table, classes, fold_info, histories, n_bootstrap, n_permutations, seed):
+    y = table["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    proba = table[[f"prob_{c}" for c in classes]].to_numpy()
+    out = classification_report(y, proba, classes, n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed)
+    per_fold = []
+    for info in fold_info:
+        sel = (table["fold"] == info["fold"]).to_numpy()
+        hist = histories[info["fold"]]
+        best = hist.loc[hist["val_balanced_accuracy"].idxmax()] if hist["val_balanced_accuracy"].notna().any() else None
+        per_fold.append({**info, "balanced_accuracy": balanced_accuracy(y[sel], proba[sel].argmax(1), len(classes))
+                         if sel.any() else None, "epochs_run": int(len(hist)),
+                         "best_val_balanced_accuracy": None if best is None else float(best["val_balanced_accuracy"])})
+    out["per_fold"] = plain(per_fold)
+    return out
+
+
+def _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, run_dir):
+    from neuroml.io.atlases import atlas_on_grid
+    from neuroml.training.baseline import baseline_cv, region_means
+
+    try:
+        atlas, _ = atlas_on_grid("aal", cohort.cache.affine, cohort.cache.shape)
+    except (NeuromlError, OSError) as exc:
+        log.warning("baseline skipped: %s", exc)
+        return {"error": str(exc)}
+    features, regions = region_means(src, atlas)
+    features = features[src_rows]
+    proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed)
+    tested = fold >= 0
+    table = predictions_table(np.asarray(cohort.participant_ids, dtype=object)[tested], proba[tested],
+                              cohort.classes, cohort.y[tested], fold[tested])
+    if run_dir is not None:
+        write_text_atomic(Path(run_dir) / "baseline_predictions.tsv",
+                          table.to_csv(sep="\t", index=False, float_format="%.6f"))
+    y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
+    out = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
+                                n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed)
+    out["model"] = "StandardScaler + LogisticRegression(C=1, class_weight='balanced')"
+    out["features"] = f"mean intensity of {len(regions)} AAL regions"
+    return out
+

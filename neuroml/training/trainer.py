@@ -1,0 +1,348 @@
+"""The one training loop (used by :func:`~neuroml.training.train_run` and :class:`NeuroClassifier`).
+
+AdamW, a per-step learning-rate schedule, class-weighted cross-entropy, early stopping on
+the validation balanced accuracy (ties broken by the validation loss) keeping the best
+weights, optional gradient accumulation, bf16 autocast and channels-last on CUDA, and an
+optional ``torch.compile``.
+
+Randomness is derived from ``(stream..., epoch)`` (the shuffling generator, the
+augmentation state and torch's generator inside :func:`torch.random.fork_rng`), so an
+epoch-level checkpoint (``last.pt``: model, optimiser, scheduler, best weights, history)
+lets a killed fit continue to exactly the result of an uninterrupted one, and the
+caller's global random state is left untouched.
+"""
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroml._utils.options import check_in_range, look_up_option
+from neuroml.errors import ConfigError
+from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from neuroml.training.metrics import balanced_accuracy
+
+__all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
+           "make_loader", "seed_for", "is_main_process", "SCHEDULES"]
+
+log = logging.getLogger("neuroml")
+
+#: Learning-rate schedules (stepped once per optimiser step).
+SCHEDULES = ("cosine", "onecycle", "constant")
+# settings a resumed fit must share with the checkpoint it continues
+_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "grad_accum", "schedule")
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Hyper-parameters and runtime options of :func:`fit` (see :func:`~neuroml.training.train_run`)."""
+
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int | None = 10
+    grad_accum: int = 1
+    schedule: str = "cosine"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    device: str = "auto"
+    show_progress: bool = True
+
+    def validate(self):
+        """Check every value; return self. Raises :class:`ConfigError`."""
+        for name in ("epochs", "batch_size", "grad_accum"):
+            check_in_range(name, getattr(self, name), 1, None, kind=int)
+        check_in_range("num_workers", self.num_workers, 0, None, kind=int)
+        check_in_range("lr", self.lr, 0.0, None)
+        if not self.lr > 0:
+            raise ConfigError(f"The 'lr' parameter must be > 0. Got {self.lr!r} instead.")
+        check_in_range("weight_decay", self.weight_decay, 0.0, None)
+        if self.patience is not None:
+            check_in_range("patience", self.patience, 1, None, kind=int)
+        self.schedule = look_up_option("schedule", self.schedule, SCHEDULES)
+        resolve_device(self.device)
+        return self
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns: the model with its best weights (eval mode) and the history."""
+
+    model: torch.nn.Module
+    history: list
+    best_epoch: int
+    best_val_balanced_accuracy: float | None
+    best_val_loss: float | None
+    stopped_early: bool
+
+
+def resolve_device(device="auto"):
+    """``"auto"`` -> CUDA when available, else CPU; check that a requested CUDA device exists."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but torch sees no CUDA device; use device='cpu' or 'auto'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
+    return dev
+
+
+def is_main_process():
+    """True unless running as a non-zero rank of ``torch.distributed`` (only rank 0 writes)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def seed_for(*keys):
+    """A 32-bit seed derived from integers and strings (e.g. ``seed_for(seed, fold, epoch)``)."""
+    ints = [k % (2**63) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode()) for k in keys]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0])
+
+
+class _WorkerInit:
+    """Reseeds the dataset's random transform in every DataLoader worker."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def __call__(self, worker_id):
+        info = torch.utils.data.get_worker_info()
+        if hasattr(info.dataset, "set_seed"):
+            info.dataset.set_seed(seed_for(self.seed, worker_id))
+
+
+def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, sampler=None, pin_memory=False,
+                drop_last=False):
+    """A DataLoader with a seeded shuffling generator and seeded workers.
+
+    ``sampler`` replaces the seeded random sampler (e.g. a ``DistributedSampler``).
+    """
+    gen = torch.Generator()
+    gen.manual_seed(int(seed))
+    if sampler is None and shuffle:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=gen,
+        worker_init_fn=_WorkerInit(seed) if num_workers else None, pin_memory=pin_memory, drop_last=drop_last)
+
+
+def _autocast(device, amp):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(x, device, channels_last):
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last=False, num_workers=0,
+             criterion=None):
+    """Class probabilities of every item (in order) and, for labelled data, the loss.
+
+    Returns
+    -------
+    proba : ndarray of shape (n, C), float64
+    loss : float or None
+    """
+    device = resolve_device(device)
+    model.eval()
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
+            with _autocast(device, amp):
+                out = model(_to_device(x, device, channels_last and device.type == "cuda"))
+            logits.append(out.float().cpu())
+            if y is not None:
+                labels.append(y)
+    if not logits:
+        return np.zeros((0, 0)), None
+    logits = torch.cat(logits)
+    loss = None
+    if labels and criterion is not None:
+        crit = copy.deepcopy(criterion).cpu()
+        loss = float(crit(logits, torch.cat(labels)))
+    return torch.softmax(logits.double(), dim=1).numpy(), loss
+
+
+def predict_proba(model, volumes, batch_size=8, device="cpu", amp=True):
+    """Class probabilities of a model for volumes ``(N, X, Y, Z)``/``(N, C, X, Y, Z)`` or a Dataset."""
+    from neuroml.data.dataset import VolumeDataset
+
+    data = volumes if isinstance(volumes, torch.utils.data.Dataset) else VolumeDataset(volumes)
+    device = resolve_device(device)
+    model.to(device)
+    return evaluate(model, data, batch_size=batch_size, device=device, amp=amp)[0]
+
+
+def _make_scheduler(opt, settings, total_steps):
+    total_steps = max(int(total_steps), 1)
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=settings.lr * 0.01)
+    if settings.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.2)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last):
+    net.train()
+    if hasattr(data, "set_seed"):
+        data.set_seed(seed)
+    loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
+                         pin_memory=device.type == "cuda", drop_last=drop_last)
+    n, accum = len(loader), settings.grad_accum
+    total, count = 0.0, 0
+    opt.zero_grad(set_to_none=True)
+    for i, (x, y) in enumerate(loader):
+        x, y = _to_device(x, device, channels_last), y.to(device)
+        with _autocast(device, settings.amp):
+            logits = net(x)
+        loss = criterion(logits.float(), y)
+        group = min(accum, n - (i // accum) * accum)
+        (loss / group).backward()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+        if (i + 1) % accum == 0 or i + 1 == n:
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    return total / max(count, 1)
+
+
+def _cpu_state(model):
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fit(model, train_data, val_data=None, settings=None, class_weights=None, stream=(0,), checkpoint_path=None,
+        resume=False, desc="train", callback=None):
+    """Train ``model`` in place and return it with its best weights.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Freshly initialised (or resumed from ``checkpoint_path``).
+    train_data, val_data : torch Dataset of ``(x, y)``
+        ``val_data`` (optional) drives early stopping and the choice of the best epoch;
+        without it the last epoch is kept.
+    settings : TrainSettings
+    class_weights : array-like of float, optional
+        Cross-entropy class weights (e.g. ``n / (C * count_c)``).
+    stream : tuple of int
+        Identifies this fit's random stream (e.g. ``(seed, fold)``).
+    checkpoint_path : str or Path, optional
+        Epoch-level checkpoint (``last.pt``) written atomically after every epoch.
+    resume : bool, default=False
+        Continue from ``checkpoint_path`` when it exists.
+    desc : str
+        Progress bar label.
+    callback : callable, optional
+        ``callback(epoch, record)`` after each epoch (1-based epoch, the history row).
+
+    Returns
+    -------
+    FitResult
+    """
+    from tqdm.auto import tqdm
+
+    settings = (settings or TrainSettings()).validate()
+    device = resolve_device(settings.device)
+    channels_last = settings.channels_last and device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    net = torch.compile(model) if settings.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    n_train, bs = len(train_data), settings.batch_size
+    drop_last = n_train > bs and n_train % bs == 1  # a batch of one breaks batch norm
+    n_batches = n_train // bs if drop_last else math.ceil(n_train / bs)
+    sched = _make_scheduler(opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum))
+    weight = None if class_weights is None else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
+    criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+    state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_epochs": 0, "stopped_early": False}
+    identity = {"stream": [int(s) for s in stream], "n_train": n_train, "n_val": len(val_data or []),
+                "settings": {k: getattr(settings, k) for k in _RESUME_KEYS}}
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if ckpt is not None and resume and ckpt.is_file():
+        saved = load_checkpoint(ckpt, require=("model", "optimizer", "scheduler", "state", "identity"))
+        if saved["identity"] != plain(identity):
+            raise ConfigError(f"{ckpt} was written by a fit with other settings or data ({saved['identity']}); "
+                              f"delete it or rerun without resume")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        log.info("%s: resuming after epoch %d", desc, state["epoch"])
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
+               leave=False)
+    for epoch in range(state["epoch"], settings.epochs):
+        if state["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        seed = seed_for(*stream, epoch)
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
+                                      seed, drop_last)
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
+               "lr": float(opt.param_groups[0]["lr"])}
+        best = state["best"]
+        if val_data is not None and len(val_data):
+            proba, vloss = evaluate(net, val_data, batch_size=bs * 2, device=device, amp=settings.amp,
+                                    channels_last=channels_last, num_workers=settings.num_workers, criterion=criterion)
+            bacc = balanced_accuracy(val_data.labels, proba.argmax(1), proba.shape[1])
+            rec.update(val_loss=vloss, val_balanced_accuracy=bacc)
+            improved = best is None or bacc > best["val_balanced_accuracy"] + 1e-12 or (
+                bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])
+        else:
+            improved = True
+        if improved:
+            state["best"] = {"epoch": epoch + 1, "val_balanced_accuracy": rec["val_balanced_accuracy"],
+                             "val_loss": rec["val_loss"]}
+            state["best_state"] = _cpu_state(model)
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+        if settings.patience and state["bad_epochs"] >= settings.patience:
+            state["stopped_early"] = True
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        state["history"].append(rec)
+        state["epoch"] = epoch + 1
+        if ckpt is not None and is_main_process():
+            save_checkpoint({"format": 1, "identity": plain(identity), "model": _cpu_state(model),
+                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "state": plain(state), "rng": {"epoch_seed": seed, "torch": torch.get_rng_state()}},
+                            ckpt)
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_bacc="-" if rec["val_balanced_accuracy"] is None
+                        else f"{rec['val_balanced_accuracy']:.2f}")
+        log.debug("%s epoch %d: %s", desc, epoch + 1, rec)
+        if callback is not None:
+            callback(epoch + 1, rec)
+        if state["stopped_early"]:
+            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, state["best"]["epoch"])
+    bar.close()
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    model.eval()
+    best = state["best"] or {}
+    return FitResult(model=model, history=state["history"], best_epoch=int(best.get("epoch", 0)),
+                     best_val_balanced_accuracy=best.get("val_balanced_accuracy"),
+                     best_val_loss=best.get("val_loss"), stopped_early=bool(state["stopped_early"]))

@@ -1,0 +1,381 @@
+"""Attribution: explainers on a tiny MONAI network, region tables, group maps, a run end to end."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from neuroml.attribution import (METHODS, Explainer, attribute_run, block_mask, class_group_maps, group_statistics,
+                                 map_name, region_occlusion, region_table, write_group_maps, write_region_table)
+from neuroml.errors import ConfigError, InputError, LeakageError
+
+SHAPE = (16, 20, 18)  # unequal sides: swapped axes fail
+BOX = (slice(3, 9), slice(8, 12), slice(6, 9))  # on the 6-per-axis occlusion block grid (3 x 4 x 3 blocks)
+
+
+def tiny_classifier(seed=0):
+    from monai.networks.nets import Classifier
+
+    torch.manual_seed(seed)
+    return Classifier((1, *SHAPE), 3, channels=(4, 8), strides=(2, 1), num_res_units=0, dropout=0.1)
+
+
+class InplaceNet(torch.nn.Module):
+    """A plain CNN with in-place ReLUs (which MONAI GradCAM switches off on the model it wraps)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2, padding=1), torch.nn.ReLU(inplace=True),
+                                            torch.nn.Conv3d(4, 6, 3, padding=1), torch.nn.ReLU(inplace=True))
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Dropout(0.2),
+                                        torch.nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class BoxModel(torch.nn.Module):
+    """Logits depend only on the mean of the voxels in a box: the known answer for occlusion."""
+
+    def __init__(self, box=BOX):
+        super().__init__()
+        self.box = box
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x):
+        v = x[:, 0, self.box[0], self.box[1], self.box[2]].mean((1, 2, 3))
+        return torch.stack([self.scale * v, -self.scale * v, torch.zeros_like(v)], 1)
+
+
+@pytest.fixture
+def x(rng):
+    return rng.normal(size=(2, *SHAPE)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_have_input_shape_and_are_finite(method, x):
+    ex = Explainer(tiny_classifier(), method, classes=["a", "b", "c"], batch_size=4, nt_samples=4, n_steps=8)
+    maps = ex.attribute(x, target="b")
+    assert maps.shape == (2, *SHAPE)
+    assert maps.dtype == np.float32
+    assert np.isfinite(maps).all()
+    assert np.abs(maps).max() > 0
+    assert ex.targets_.tolist() == [1, 1]
+    assert ex.probabilities_.shape == (2, 3)
+    np.testing.assert_allclose(ex.probabilities_.sum(1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("make", [tiny_classifier, InplaceNet])
+def test_model_is_never_modified(method, make, x):
+    model = make().train()  # training mode with dropout: must stay as the user left it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inplace = [getattr(m, "inplace", None) for m in model.modules()]
+    ex = Explainer(model, method, batch_size=4, nt_samples=2, n_steps=4)
+    ex.attribute(torch.as_tensor(x)[:, None])
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [getattr(m, "inplace", None) for m in model.modules()] == inplace
+    assert all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    model.eval()
+    fresh = make().eval()
+    fresh.load_state_dict(before)
+    inp = torch.as_tensor(x)[:, None]
+    torch.testing.assert_close(model(inp), fresh(inp))
+
+
+def test_gradcam_uses_default_layer_and_camera_per_target(x):
+    model = InplaceNet().eval()
+    ex = Explainer(model, "gradcam")
+    both = ex.attribute(x, target=[0, 2])
+    assert ex.target_layer_ == "features.3"
+    one = Explainer(model, "gradcam").attribute(x[1:], target=2)
+    np.testing.assert_allclose(both[1], one[0], rtol=1e-5, atol=1e-7)
+    assert (both >= 0).all()
+    with pytest.raises(ConfigError, match="Did you mean 'features.3'"):
+        Explainer(model, "gradcam", target_layer="features.33").attribute(x)
+
+
+def _inside(box):
+    mask = np.zeros(SHAPE, bool)
+    mask[box] = True
+    return mask
+
+
+def test_occlusion_finds_the_box():
+    x = np.ones((1, *SHAPE), dtype=np.float32)
+    maps = Explainer(BoxModel(), "occlusion").attribute(x, target=0)[0]
+    inside = _inside(BOX)
+    assert np.unravel_index(maps.argmax(), SHAPE) in set(zip(*np.nonzero(inside)))
+    assert (maps[inside] > 0).all()
+    np.testing.assert_array_equal(maps[~inside], 0)
+
+
+def test_occlusion_box_off_the_block_grid():
+    box = (slice(4, 8), slice(9, 13), slice(7, 10))  # cuts through blocks of 3 x 4 x 3
+    x = np.ones((1, *SHAPE), dtype=np.float32)
+    maps = Explainer(BoxModel(box), "occlusion").attribute(x, target=0)[0]
+    inside = _inside(box)
+    near = _inside((slice(3, 9), slice(8, 16), slice(6, 12)))  # the blocks that touch the box
+    assert (maps[inside] > 0).all()
+    assert maps[inside].mean() > 2 * maps[~inside].mean()
+    np.testing.assert_array_equal(maps[~near], 0)
+
+
+def test_region_occlusion_ranks_the_box_region_first():
+    labels = np.full(SHAPE, 2, dtype=np.int32)
+    labels[BOX] = 1
+    labels[0] = 0
+    x = np.ones((2, *SHAPE), dtype=np.float32)
+    table, drops = region_occlusion(BoxModel(), x, labels, {1: "Box_L", 2: "Rest_R", 3: "Absent"}, target=0,
+                                    batch_size=2)
+    assert table["region"].tolist() == ["Box_L", "Rest_R"]
+    assert table["rank"].tolist() == [1, 2]
+    assert drops.shape == (2, 2)
+    p = torch.softmax(torch.tensor([4.0, -4.0, 0.0]), 0)[0] - torch.softmax(torch.zeros(3), 0)[0]
+    np.testing.assert_allclose(drops[:, 0], float(p), rtol=1e-5)
+    np.testing.assert_allclose(drops[:, 1], 0, atol=1e-7)
+    assert table["n_voxels"].tolist() == [int(inside_count()), int((labels == 2).sum())]
+
+
+def inside_count():
+    return np.prod([s.stop - s.start for s in BOX])
+
+
+def test_targets_and_errors(x):
+    model = tiny_classifier().eval()
+    ex = Explainer(model, "saliency", classes=["control", "MDD", "SCZ"])
+    ex.attribute(x, target="predicted")
+    assert ex.targets_.tolist() == ex.probabilities_.argmax(1).tolist()
+    ex.attribute(x, target=["SCZ", 0])
+    assert ex.targets_.tolist() == [2, 0]
+    with pytest.raises(ConfigError, match="Did you mean 'MDD'"):
+        ex.attribute(x, target="MDDD")
+    with pytest.raises(ConfigError, match="2 inputs"):
+        ex.attribute(x, target=[0, 1, 2])
+    with pytest.raises(ConfigError, match="outside"):
+        ex.attribute(x, target=3)
+    with pytest.raises(ConfigError, match="Did you mean 'gradcam'"):
+        Explainer(model, "gradcm").attribute(x)
+    with pytest.raises(InputError, match="x\\[None\\]"):
+        ex.attribute(x[0, 0])
+
+
+def test_smoothgrad_is_seeded_and_leaves_global_rng_alone(x):
+    model = tiny_classifier().eval()
+    torch.manual_seed(123)
+    a = Explainer(model, "smoothgrad", nt_samples=3, seed=5).attribute(x)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    torch.rand(3)  # what the global generator should give next without any attribution in between
+    torch.manual_seed(123)
+    b = Explainer(model, "smoothgrad", nt_samples=3, seed=5).attribute(x)
+    torch.testing.assert_close(torch.rand(3), after)
+    np.testing.assert_array_equal(a, b)
+    c = Explainer(model, "smoothgrad", nt_samples=3, seed=6).attribute(x)
+    assert not np.array_equal(a, c)
+
+
+def test_block_mask_tiles_every_voxel():
+    m = block_mask((73, 91, 78), 6)
+    assert m.shape == (73, 91, 78)
+    assert len(np.unique(m)) == 6 * 6 * 6
+    assert np.bincount(m.ravel()).min() > 0
+
+
+def test_region_table_hand_computed():
+    labels = np.zeros((2, 3, 4), dtype=np.int16)
+    labels[0, :, :2] = 1        # region 1: 6 voxels
+    labels[1, 0, :] = 2         # region 2: 4 voxels
+    att = np.zeros((2, 3, 4))
+    att[0, :, :2] = [[1, 2], [3, 0], [-1, 1]]   # sum 6, positive 7, mean 1
+    att[1, 0, :] = [4, 4, -2, 2]                 # sum 8, positive 10, mean 2
+    att[1, 2, 3] = 3                              # background, positive 3
+    table = region_table(att, labels, {1: "Frontal_L", 2: "Insula_R", 7: "Absent"}, voxel_volume_ml=0.008)
+    assert table["region"].tolist() == ["Insula_R", "Frontal_L"]
+    assert table["hemisphere"].tolist() == ["R", "L"]
+    assert table["rank"].tolist() == [1, 2]
+    assert table["n_voxels"].tolist() == [4, 6]
+    np.testing.assert_allclose(table["volume_ml"], [0.032, 0.048])
+    np.testing.assert_allclose(table["mean_attribution"], [2.0, 1.0])
+    np.testing.assert_allclose(table["positive_sum"], [10.0, 7.0])
+    np.testing.assert_allclose(table["positive_share"], [0.5, 0.35])
+
+
+def test_region_table_writers_are_readable(tmp_path):
+    labels = np.array([[[1, 2, 2]]])
+    table = region_table(np.array([[[1.0, 2.0, 4.0]]]), labels, {1: "A_L", 2: "B_R"})
+    tsv, js = write_region_table(table, tmp_path / "r.tsv", tmp_path / "r.json", meta={"class": "MDD"})
+    back = pd.read_csv(tsv, sep="\t")
+    assert back["region"].tolist() == ["B_R", "A_L"]
+    doc = json.loads(js.read_text())
+    assert doc["meta"] == {"class": "MDD"}
+    assert doc["regions"][0]["mean_attribution"] == pytest.approx(3.0)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_group_statistics_match_scipy(rng):
+    maps = rng.normal(0.3, 1.0, size=(6, 3, 4, 5)).astype(np.float32)
+    maps[:, 0, 0, 0] = 2.0  # no variance: t is set to 0
+    mean, t = group_statistics(maps, chunk=7)  # several chunks
+    ref = np.array([stats.ttest_1samp(maps[:, i, j, k], 0.0).statistic if (i, j, k) != (0, 0, 0) else 0.0
+                    for i, j, k in np.ndindex(3, 4, 5)]).reshape(3, 4, 5)
+    np.testing.assert_allclose(t, ref, rtol=1e-5)
+    np.testing.assert_allclose(mean, maps.mean(0), rtol=1e-6)
+    assert group_statistics(maps[:1])[1] is None
+
+
+def test_class_group_maps_and_files(tmp_path, rng):
+    maps = rng.normal(size=(5, 3, 4, 5)).astype(np.float32)
+    groups = class_group_maps(maps, ["a", "b", "a", "a", None], ["a", "b", "c"])
+    assert set(groups) == {"a", "b"}
+    assert groups["a"]["n"] == 3 and groups["b"]["tstat"] is None
+    np.testing.assert_allclose(groups["a"]["mean"], maps[[0, 2, 3]].mean(0), rtol=1e-6)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-72, -106, -70]
+    written = write_group_maps(groups, affine, tmp_path, ["a", "b", "c"])
+    assert written["a"]["mean"].name == "class-a_desc-mean_map.nii.gz"
+    assert written["a"]["tstat"].name == "class-a_desc-tstat_map.nii.gz"
+    assert written["b"]["tstat"] is None
+    img = nib.load(written["a"]["mean"])
+    np.testing.assert_allclose(img.affine, affine)
+
+
+# -- a run folder end to end --------------------------------------------------------------------------------
+RES = 8.0
+
+
+def _make_run(root, extra_trained=False):
+    """Derivatives with 7 subjects on the 8 mm grid, and a 2-fold run of untrained compact models."""
+    from neuroml.io.templates import target_grid
+    from neuroml.models import build_model
+    from neuroml.training.checkpoint import save_checkpoint
+    from neuroml.training.splits import save_splits
+
+    affine, shape = target_grid(RES)
+    raw, deriv, run = root / "raw", root / "deriv", root / "run"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = {"sub-01": "control", "sub-02": "control", "sub-03": "control", "sub-04": "MDD", "sub-05": "MDD",
+              "sub-06": "MDD", "sub-07": "MDD"}
+    for pid in labels:
+        path = deriv / pid / "anat" / f"{pid}_space-MNI152NLin2009aSym_res-8_desc-preproc_T1w.nii.gz"
+        path.parent.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), str(path))
+    (raw / "participants.tsv").write_text("participant_id\tdiagnosis\n" +
+                                          "".join(f"{p}\t{c}\n" for p, c in labels.items()))
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "t", "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "neuroml"}],
+        "SourceDatasets": [{"URL": f"file://{raw.resolve()}"}]}))
+    classes = ["control", "MDD"]
+    splits = [{"fold": 0, "train": ["sub-03", "sub-06"], "val": ["sub-02"], "test": ["sub-01", "sub-04"],
+               "test_site": None},
+              {"fold": 1, "train": ["sub-01", "sub-04"], "val": ["sub-05"], "test": ["sub-02", "sub-03", "sub-06"],
+               "test_site": None}]
+    if extra_trained:  # sub-05 is now trained on by both folds and tested by none
+        splits[0]["train"].append("sub-05")
+    run.mkdir()
+    config = {"classes": classes, "n_classes": 2, "model": "compact", "in_channels": 1, "label_column": "diagnosis",
+              "resolution": "8", "resolution_mm": RES, "grid": {"affine": affine.tolist(), "shape": list(shape)},
+              "participants": str(raw / "participants.tsv")}
+    (run / "config.json").write_text(json.dumps(config))
+    save_splits(run / "splits.json", splits)
+    for k in (0, 1):
+        torch.manual_seed(k)
+        net = build_model("compact", 2, spatial_shape=shape)
+        meta = {"model": "compact", "n_classes": 2, "in_channels": 1, "spatial_shape": list(shape)}
+        save_checkpoint({"state_dict": net.state_dict(), "meta": meta}, run / f"fold-{k}" / "model.pt")
+    return run, deriv
+
+
+def test_attribute_run_end_to_end(tmp_path):
+    from neuroml.data import build_cache
+    from neuroml.training import load_run
+
+    run_dir, deriv = _make_run(tmp_path)
+    out = attribute_run(run_dir, deriv, method="gradcam", target="true", show_progress=False)
+    doc = json.loads(out.read_text())
+    folder = run_dir / "attribution" / "gradcam"
+    subjects = {s["participant_id"]: s for s in doc["subjects"]}
+    assert sorted(subjects) == [f"sub-0{i}" for i in range(1, 8)]
+    # out-of-fold: each run subject explained by the fold that tested it; sub-07 is not in the run
+    assert subjects["sub-01"]["folds"] == [0] and subjects["sub-02"]["folds"] == [1]
+    assert subjects["sub-01"]["model_use"] == "out-of-fold"
+    assert subjects["sub-07"]["folds"] == [0, 1] and subjects["sub-07"]["model_use"] == "not-in-run"
+    assert subjects["sub-05"]["folds"] == [0]  # validation in fold 1 only: explained by fold 0
+    assert subjects["sub-04"]["target_label"] == "MDD" and len(subjects["sub-04"]["top_regions"]) == 5
+
+    cache = build_cache(deriv)
+    src = nib.load(next(deriv.glob("sub-01/anat/*preproc_T1w.nii.gz")))
+    img = nib.load(folder / map_name("sub-01", method="gradcam"))
+    assert img.shape == cache.shape
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    assert not np.allclose(img.affine, np.eye(4))
+
+    run = load_run(run_dir)
+    fold0 = dict(run.fold_models("cpu"))[0]
+    row = int(cache.index.set_index("participant_id").loc["sub-01", "row"])
+    direct = Explainer(fold0, "gradcam", target_layer="net.layer_4").attribute(cache.load([row]), target=0)[0]
+    np.testing.assert_allclose(np.asarray(img.dataobj), direct, rtol=1e-4, atol=1e-7)
+
+    for c, n in (("control", 3), ("MDD", 4)):
+        assert doc["group"][c]["n"] == n
+        mean = nib.load(folder / "group" / f"class-{c}_desc-mean_map.nii.gz")
+        nib.load(folder / "group" / f"class-{c}_desc-tstat_map.nii.gz")
+        np.testing.assert_allclose(mean.affine, src.affine, atol=1e-5)
+        table = pd.read_csv(folder / f"regions_atlas-aal_class-{c}.tsv", sep="\t")
+        assert table["rank"].tolist() == list(range(1, len(table) + 1))
+        assert (folder / f"regions_atlas-aal_class-{c}.json").is_file()
+    members = [nib.load(folder / map_name(p, method="gradcam")).get_fdata()
+               for p in ("sub-04", "sub-05", "sub-06", "sub-07")]
+    np.testing.assert_allclose(nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata(),
+                               np.mean(members, 0), rtol=1e-4, atol=1e-8)
+
+    # a rerun skips the maps already written
+    stamp = (folder / map_name("sub-03", method="gradcam")).stat().st_mtime_ns
+    doc2 = json.loads(attribute_run(run_dir, deriv, method="gradcam", target="true", show_progress=False).read_text())
+    assert all(s["skipped"] for s in doc2["subjects"])
+    assert (folder / map_name("sub-03", method="gradcam")).stat().st_mtime_ns == stamp
+
+    with pytest.raises(ConfigError, match="Did you mean 'MDD'"):
+        attribute_run(run_dir, deriv, target="MDDD", show_progress=False)
+    with pytest.raises(InputError, match="sub-99"):
+        attribute_run(run_dir, deriv, participants=["sub-99"], show_progress=False)
+
+
+def test_attribute_run_refuses_training_subjects(tmp_path):
+    run_dir, deriv = _make_run(tmp_path, extra_trained=True)
+    with pytest.raises(LeakageError, match="sub-05"):
+        attribute_run(run_dir, deriv, method="saliency", participants=["sub-05"], show_progress=False)
+    assert not (run_dir / "attribution" / "saliency").exists()
+    out = attribute_run(run_dir, deriv, method="saliency", participants=["05", "sub-01"], force=True,
+                        show_progress=False)
+    uses = {s["participant_id"]: s["model_use"] for s in json.loads(out.read_text())["subjects"]}
+    assert uses == {"sub-05": "trained-on", "sub-01": "out-of-fold"}
+
+
+def test_group_maps_explain_each_subjects_own_class(tmp_path):
+    from neuroml.data import build_cache
+    from neuroml.training import load_run
+
+    run_dir, deriv = _make_run(tmp_path)
+    out = attribute_run(run_dir, deriv, method="saliency", target="control", participants=["sub-04", "sub-05"],
+                        show_progress=False)
+    doc = json.loads(out.read_text())
+    assert {s["target_label"] for s in doc["subjects"]} == {"control"}
+    assert list(doc["group"]) == ["MDD"]
+    cache = build_cache(deriv)
+    fold0 = dict(load_run(run_dir).fold_models("cpu"))[0]  # tests sub-04; sub-05 was only fold 1's validation
+    rows = cache.index.set_index("participant_id").loc[["sub-04", "sub-05"], "row"].to_numpy()
+    expected = Explainer(fold0, "saliency").attribute(cache.load(rows), target=1).mean(0)
+    folder = run_dir / "attribution" / "saliency"
+    group = nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata()
+    np.testing.assert_allclose(group, expected, rtol=1e-4, atol=1e-9)
+    saved = np.mean([nib.load(folder / map_name(p, method="saliency")).get_fdata() for p in ("sub-04", "sub-05")], 0)
+    assert not np.allclose(group, saved)

@@ -1,0 +1,241 @@
+"""Tests of neuroml.data: derivatives discovery, the float16 tensor cache, the cohort, the Dataset."""
+
+import json
+import logging
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from neuroml._utils.fileio import sha256_file
+from neuroml.data import (TensorCache, VolumeDataset, build_cache, find_preprocessed, load_cohort,
+                          make_augmentation, participants_file, resolution_key)
+from neuroml.errors import ConfigError, InputError
+from neuroml.io.templates import target_grid
+
+SPACE = "space-MNI152NLin2009aSym"
+
+
+def _write_volume(deriv, pid, data, affine, ses=None, res="8"):
+    folder = deriv / pid / (f"ses-{ses}" if ses else "") / "anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{pid}{f'_ses-{ses}' if ses else ''}_{SPACE}_res-{res}_desc-preproc_T1w"
+    path = folder / f"{stem}.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    (folder / f"{stem}.json").write_text("{}")
+    return path
+
+
+def make_derivatives(root, n=6, labels=("control", "MDD", "SCZ"), sessions=("1", "2"), extra_images=(),
+                     extra_rows=(), seed=0):
+    """Raw folder with participants.tsv + derivatives on the 8 mm grid (19 x 23 x 20).
+
+    sub-01 has two sessions; ``extra_images`` are unlabelled participants with images,
+    ``extra_rows`` labelled participants without images.
+    """
+    raw, deriv = root / "raw", root / "deriv"
+    raw.mkdir(parents=True)
+    affine, shape = target_grid(8.0)
+    rng = np.random.default_rng(seed)
+    rows = ["participant_id\tdiagnosis\tage"]
+    for i in range(n):
+        pid = f"sub-{i + 1:02d}"
+        rows.append(f"{pid}\t{labels[i % len(labels)]}\t{30 + i}")
+        for ses in (sessions if i == 0 else (None,)):
+            _write_volume(deriv, pid, rng.normal(size=shape), affine, ses)
+    for pid in extra_images:
+        _write_volume(deriv, pid, rng.normal(size=shape), affine)
+    for pid in extra_rows:
+        rows.append(f"{pid}\tcontrol\t50")
+    (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
+    (raw / "dataset_description.json").write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.9.0"}))
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "neuroml derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    return deriv
+
+
+@pytest.fixture
+def deriv(tmp_path):
+    return make_derivatives(tmp_path)
+
+
+def test_resolution_key():
+    assert resolution_key(2) == "2"
+    assert resolution_key(1.5) == resolution_key("1.5") == resolution_key("1p5") == "1p5"
+    with pytest.raises(ConfigError, match="resolution"):
+        resolution_key("fine")
+
+
+def test_find_preprocessed_lists_sessions_sorted(deriv):
+    df = find_preprocessed(deriv)
+    assert df["participant_id"].tolist() == ["sub-01", "sub-01", "sub-02", "sub-03", "sub-04", "sub-05", "sub-06"]
+    assert df["session"].tolist()[:3] == ["1", "2", None]
+    assert set(df["resolution"]) == {"8"}
+    assert all((deriv / p).is_file() for p in df["path"])
+    with pytest.raises(InputError, match=r"no preprocessed images at res-2 \(resolutions present: \['8'\]\)"):
+        find_preprocessed(deriv, resolution=2)
+
+
+def test_no_images_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no preprocessed images.*neuroml preprocess"):
+        build_cache(tmp_path / "empty")
+    with pytest.raises(InputError, match="not found"):
+        build_cache(tmp_path / "missing")
+
+
+def test_cache_contents_float16_memmap(deriv):
+    cache = build_cache(deriv)
+    affine, shape = target_grid(8.0)
+    assert isinstance(cache.data, np.memmap) and cache.data.dtype == np.float16
+    assert cache.data.shape == (7, *shape) == (7, 19, 23, 20)
+    assert cache.shape == shape and np.allclose(cache.affine, affine)
+    npy = deriv / "cache" / "res-8_T1w.npy"
+    assert np.load(npy, mmap_mode="r").shape == (7, 19, 23, 20)
+    index = cache.index
+    assert list(index.columns) == ["row", "participant_id", "session", "run", "path", "sha256"]
+    for _, row in index.iterrows():
+        original = np.asarray(nib.load(str(deriv / row["path"])).dataobj, dtype=np.float32)
+        cached = cache.volume(row["row"])
+        assert cached.dtype == np.float32
+        assert np.all(np.abs(cached - original) <= 5e-4 * np.abs(original) + 1e-7)
+        assert row["sha256"] == sha256_file(deriv / row["path"])
+    meta = json.loads((deriv / "cache" / "meta.json").read_text())["entries"]["res-8"]
+    assert meta["shape"] == [19, 23, 20] and meta["resolution_mm"] == 8.0
+    assert np.allclose(meta["affine"], affine)
+    reopened = TensorCache.open(deriv)
+    assert reopened.digest == cache.digest and len(reopened) == 7
+    assert np.array_equal(cache.load([2, 0]), np.stack([cache.volume(2), cache.volume(0)]))
+
+
+def test_cache_reused_then_updated_incrementally(deriv, caplog):
+    first = build_cache(deriv)
+    npy = deriv / "cache" / "res-8_T1w.npy"
+    stamp = os.stat(npy).st_mtime_ns
+    assert build_cache(deriv).digest == first.digest
+    assert os.stat(npy).st_mtime_ns == stamp  # nothing rewritten
+    # change one volume and add a participant: only those two are read again
+    affine, shape = target_grid(8.0)
+    changed = first.index["path"].iloc[3]
+    new = np.full(shape, 2.5, dtype=np.float32)
+    new[0, 0, 0] = -1.0
+    nib.save(nib.Nifti1Image(new, affine), str(deriv / changed))
+    _write_volume(deriv, "sub-99", np.random.default_rng(5).normal(size=shape), affine)
+    with caplog.at_level(logging.INFO, logger="neuroml"):
+        second = build_cache(deriv)
+    assert "8 volumes (2 read, 6 reused)" in caplog.text
+    assert second.digest != first.digest and len(second) == 8
+    assert np.allclose(second.volume(3), new)
+    assert np.array_equal(np.asarray(second.data[0]), np.asarray(first.data[0]))
+    assert second.index["participant_id"].iloc[-1] == "sub-99"
+
+
+def test_interrupted_cache_is_detected_and_rebuilt(deriv):
+    build_cache(deriv)
+    tsv = deriv / "cache" / "res-8_T1w.tsv"
+    tsv.write_text(tsv.read_text().replace("sub-02", "sub-77"))  # index no longer matches meta.json
+    with pytest.raises(InputError, match="does not match meta.json"):
+        TensorCache.open(deriv)
+    assert "sub-02" in build_cache(deriv).index["participant_id"].tolist()
+    (deriv / "cache" / "meta.json").unlink()
+    with pytest.raises(InputError, match="meta.json missing"):
+        TensorCache.open(deriv, resolution=8)
+
+
+def test_grid_mismatch_names_the_file(deriv):
+    affine, shape = target_grid(8.0)
+    bad = _write_volume(deriv, "sub-50", np.ones((19, 23, 21)) + np.arange(21), affine)
+    with pytest.raises(InputError, match=r"sub-50.*not on the grid.*\(19, 23, 21\)"):
+        build_cache(deriv)
+    bad.unlink()
+    shifted = affine.copy()
+    shifted[0, 3] += 4
+    _write_volume(deriv, "sub-51", np.random.default_rng(0).normal(size=shape), shifted)
+    with pytest.raises(InputError, match="sub-51.*not on the grid"):
+        build_cache(deriv)
+
+
+def test_bad_volume_values_name_the_file(deriv):
+    affine, shape = target_grid(8.0)
+    data = np.random.default_rng(0).normal(size=shape)
+    data[1, 1, 1] = 1e6
+    _write_volume(deriv, "sub-60", data, affine)
+    with pytest.raises(InputError, match="sub-60.*float16 range"):
+        build_cache(deriv)
+    data[1, 1, 1] = np.nan
+    _write_volume(deriv, "sub-60", data, affine)
+    with pytest.raises(InputError, match="sub-60.*NaN"):
+        build_cache(deriv)
+
+
+def test_participants_file_resolution(tmp_path, deriv):
+    assert participants_file(deriv) == (tmp_path / "raw" / "participants.tsv").resolve()
+    assert participants_file(deriv, tmp_path / "raw") == tmp_path / "raw" / "participants.tsv"
+    (tmp_path / "raw" / "participants.tsv").unlink()
+    with pytest.raises(InputError, match="participants.tsv.*not found.*participants="):
+        participants_file(deriv)
+    (deriv / "dataset_description.json").write_text(json.dumps({"Name": "x"}))
+    with pytest.raises(InputError, match="SourceDatasets"):
+        participants_file(deriv)
+
+
+def test_load_cohort_joins_labels(tmp_path, caplog):
+    deriv = make_derivatives(tmp_path, extra_images=("sub-90",), extra_rows=("sub-80",))
+    with caplog.at_level(logging.WARNING, logger="neuroml"):
+        cohort = load_cohort(deriv)
+    assert "no 'diagnosis' label" in caplog.text and "sub-90" in caplog.text
+    assert "no preprocessed image" in caplog.text and "sub-80" in caplog.text
+    assert cohort.unlabeled == ["sub-90"] and cohort.without_images == ["sub-80"]
+    assert cohort.classes == ["control", "MDD", "SCZ"]
+    assert len(cohort) == 7 and "sub-90" not in cohort.participant_ids
+    assert cohort.participant_ids[:2] == ["sub-01", "sub-01"]  # two sessions
+    assert [cohort.classes[i] for i in cohort.y] == cohort.labels
+    assert cohort.column("age")[2] == "31"
+    other = load_cohort(deriv, classes=["SCZ", "MDD", "control"])
+    assert other.classes == ["SCZ", "MDD", "control"] and other.digest == cohort.digest
+    with pytest.raises(InputError, match=r"label column 'dx' not found; available columns: \['diagnosis', 'age'\]"):
+        load_cohort(deriv, label_column="dx")
+    with pytest.raises(ConfigError, match="not in classes"):
+        load_cohort(deriv, classes=["control", "MDD"])
+
+
+def test_single_class_is_refused(tmp_path):
+    deriv = make_derivatives(tmp_path, labels=("control",))
+    with pytest.raises(InputError, match="single class"):
+        load_cohort(deriv)
+
+
+def test_volume_dataset_items(deriv):
+    cache = build_cache(deriv)
+    ds = VolumeDataset(cache.data, labels=[0, 2], rows=[4, 1])
+    x, y = ds[0]
+    assert x.shape == (1, 19, 23, 20) and x.dtype == torch.float32 and int(y) == 0
+    assert np.array_equal(x[0].numpy(), cache.volume(4))
+    ram = VolumeDataset(cache.data, labels=[0, 2], rows=[4, 1], in_memory=True)
+    assert isinstance(ram.volumes, np.ndarray) and ram.volumes.dtype == np.float32
+    assert torch.equal(ram[1][0], ds[1][0]) and int(ram[1][1]) == 2
+    assert VolumeDataset(cache.data)[6].shape == (1, 19, 23, 20)  # unlabelled items are tensors
+    with pytest.raises(InputError, match="labels"):
+        VolumeDataset(cache.data, labels=[0], rows=[1, 2])
+
+
+def test_augmentation_is_seeded_and_never_flips(deriv):
+    cache = build_cache(deriv)
+    aug = make_augmentation(seed=3, prob=1.0)
+    assert "RandFlip" not in repr(aug)
+    assert "RandFlip" in repr(make_augmentation(flip=True))
+    ds = VolumeDataset(cache.data, labels=np.zeros(7, int), transform=aug, in_memory=True)
+    before = ds.volumes.copy()
+    ds.set_seed(11)
+    a = ds[2][0]
+    ds.set_seed(11)
+    b = ds[2][0]
+    ds.set_seed(12)
+    c = ds[2][0]
+    assert type(a) is torch.Tensor and a.shape == (1, 19, 23, 20)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a[0], torch.from_numpy(before[2]))
+    assert np.array_equal(ds.volumes, before)  # the RAM copy is never modified

@@ -1,0 +1,83 @@
+"""Tests of neuroml.models: every network builds, runs, and works with MONAI GradCAM."""
+
+import pytest
+import torch
+
+from neuroml.errors import ConfigError
+from neuroml.models import MODELS, build_model, count_parameters, default_target_layer
+
+# smallest inputs each network accepts (DenseNet121 pools 5 times; the ResNets pool globally)
+_SHAPES = {"compact": (19, 23, 20), "densenet121": (32, 32, 32), "resnet10": (16, 16, 16),
+           "resnet18": (16, 16, 16), "resnet34": (16, 16, 16)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_forward_and_gradcam(name):
+    from monai.visualize import GradCAM
+
+    shape = _SHAPES[name]
+    torch.manual_seed(0)
+    model = build_model(name, 3, in_channels=1, spatial_shape=shape).eval()
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 3)
+    assert torch.isfinite(logits).all()
+    layer = default_target_layer(name)
+    assert layer in dict(model.named_modules())
+    cam = GradCAM(build_model(name, 3, spatial_shape=shape).eval(), target_layers=layer)
+    maps = cam(x)
+    assert maps.shape == (2, 1, *shape)
+    assert torch.isfinite(maps).all()
+
+
+def test_compact_is_small_monai_network_with_spatial_target_map():
+    from monai.networks.nets import Classifier
+
+    model = build_model("compact", 3, spatial_shape=(73, 91, 78))  # the 2 mm grid
+    assert isinstance(model, Classifier)
+    assert 100_000 <= count_parameters(model) <= 300_000
+    feats = {}
+    layer = dict(model.named_modules())[default_target_layer("compact")]
+    layer.register_forward_hook(lambda m, i, o: feats.setdefault("map", o))
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 73, 91, 78))
+    assert feats["map"].ndim == 5 and min(feats["map"].shape[2:]) > 1
+
+
+def test_resnets_use_strided_first_convolution():
+    model = build_model("resnet10", 2, spatial_shape=(16, 16, 16))
+    assert tuple(model.conv1.stride) == (2, 2, 2)
+    assert model.fc.out_features == 2
+
+
+def test_two_input_channels():
+    model = build_model("compact", 2, in_channels=2, spatial_shape=(19, 23, 20)).eval()
+    assert model(torch.zeros(1, 2, 19, 23, 20)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("bad, hint", [("densenet", "densenet121"), ("resnet81", "resnet18"), ("Compakt", "compact")])
+def test_unknown_model_name_suggests(bad, hint):
+    with pytest.raises(ConfigError, match=f"Did you mean '{hint}'"):
+        build_model(bad, 3, spatial_shape=(19, 23, 20))
+    with pytest.raises(ConfigError, match="Did you mean"):
+        default_target_layer(bad)
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match="n_classes"):
+        build_model("compact", 1, spatial_shape=(19, 23, 20))
+    with pytest.raises(ConfigError, match="needs spatial_shape"):
+        build_model("compact", 3)
+    with pytest.raises(ConfigError, match="at least 17 voxels"):
+        build_model("compact", 3, spatial_shape=(8, 9, 10))
+    with pytest.raises(ConfigError, match="in_channels"):
+        build_model("resnet10", 3, in_channels=0)

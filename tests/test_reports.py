@@ -1,0 +1,180 @@
+"""The HTML report: self-contained, escaped, complete with or without attribution outputs."""
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neuroml.attribution import region_table, write_group_maps, write_region_table
+from neuroml.attribution.group import class_entity, class_group_maps
+from neuroml.errors import InputError
+from neuroml.reports import build_report
+from neuroml.reports import figures
+
+EVIL = "<script>alert(1)</script>"
+CLASSES = ["control", EVIL]
+RES = 8.0
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _metrics(rng):
+    from neuroml.training.metrics import classification_report
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    proba = np.clip(np.eye(2)[y] * 0.6 + rng.uniform(0, 0.4, size=(6, 2)), 0, 1)
+    proba /= proba.sum(1, keepdims=True)
+    cnn = classification_report(y, proba, CLASSES, n_bootstrap=50)
+    base = classification_report(y, proba[:, ::-1], CLASSES, n_bootstrap=50)
+    base["model"] = f"logistic regression {EVIL}"
+    return {"classes": CLASSES, "cnn": cnn, "baseline": base}, y, proba
+
+
+def _attribution(run, rng):
+    from neuroml.io.atlases import atlas_on_grid
+    from neuroml.io.templates import target_grid
+
+    affine, shape = target_grid(RES)
+    folder = run / "attribution" / "gradcam"
+    maps = np.abs(rng.normal(size=(4, *shape))).astype(np.float32)
+    groups = class_group_maps(maps, ["control", "control", EVIL, EVIL], CLASSES)
+    written = write_group_maps(groups, affine, folder / "group", CLASSES)
+    labels, names = atlas_on_grid("aal", affine, shape)
+    names = {**names, min(names): EVIL}  # a hostile region name
+    info = {}
+    for c, g in groups.items():
+        stem = f"regions_atlas-aal_class-{class_entity(c, CLASSES)}"
+        write_region_table(region_table(g["mean"], labels, names, 0.512), folder / f"{stem}.tsv")
+        info[c] = {"n": g["n"], "mean_map": f"group/{written[c]['mean'].name}", "regions_tsv": f"{stem}.tsv"}
+    subjects = [{"participant_id": f"sub-0{i + 1}", "map": f"sub-0{i + 1}_desc-gradcam_map.nii.gz",
+                 "model_use": "out-of-fold", "folds": [0], "true_label": CLASSES[i // 2],
+                 "probabilities": {c: 0.5 for c in CLASSES},
+                 "top_regions": [{"region": EVIL, "mean_attribution": 0.25}]} for i in range(4)]
+    doc = {"method": "gradcam", "target": "predicted", "atlas": "aal", "n_subjects": 4, "subjects": subjects,
+           "group": info}
+    _write(folder / "attribution.json", json.dumps(doc))
+
+
+def make_run(root, rng, attribution=True):
+    from neuroml.io.templates import target_grid
+
+    affine, shape = target_grid(RES)
+    run = root / "run"
+    config = {"classes": CLASSES, "model": "compact", "label_column": EVIL, "resolution": "8", "resolution_mm": RES,
+              "grid": {"affine": affine.tolist(), "shape": list(shape)}, "note": EVIL}
+    _write(run / "config.json", json.dumps(config))
+    metrics, y, proba = _metrics(rng)
+    _write(run / "metrics.json", json.dumps(metrics))
+    splits = {"folds": [{"fold": 0, "train": ["sub-03"], "val": [], "test": ["sub-01", "sub-04"]},
+                        {"fold": 1, "train": ["sub-01"], "val": [], "test": ["sub-02", "sub-03", "sub-05", "sub-06"]}]}
+    _write(run / "splits.json", json.dumps(splits))
+    _write(run / "provenance.json", json.dumps({"packages": {"numpy": "2.x", EVIL: "1.0"}}))
+    rows = ["participant_id\ttrue_label\tpredicted_label\tprob_control\tprob_" + EVIL + "\tfold"]
+    for i in range(6):
+        pid = EVIL if i == 5 else f"sub-0{i + 1}"
+        pred = CLASSES[int(proba[i].argmax())]
+        rows.append(f"{pid}\t{CLASSES[y[i]]}\t{pred}\t{proba[i, 0]:.4f}\t{proba[i, 1]:.4f}\t{i % 2}")
+    _write(run / "predictions.tsv", "\n".join(rows) + "\n")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    (run / "training_curve.png").write_bytes(figures.figure_png(fig))
+    if attribution:
+        _attribution(run, rng)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("report"), np.random.default_rng(0))
+    return build_report(run)
+
+
+@pytest.fixture(scope="module")
+def text(report):
+    return report.read_text(encoding="utf-8")
+
+
+def test_report_escapes_every_string(text):
+    assert EVIL not in text
+    assert "<script" not in text.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert text.count(escaped) >= 8  # class, label column, config, package, baseline, region, participant, ...
+    assert re.search(r"<td>&lt;script&gt;alert\(1\)&lt;/script&gt;</td>", text)  # the participant id cell
+
+
+def test_report_is_self_contained_with_embedded_pngs(report, text):
+    assert report.name == "report.html"
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    # ROC, confusion matrix, training curve, and a glass brain + slices per class
+    assert len(uris) == 3 + 2 * 2
+    assert all(base64.b64decode(u)[:8] == b"\x89PNG\r\n\x1a\n" for u in uris)
+    assert "http://" not in text and "https://" not in text
+    links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text)
+    assert links and all(v.startswith(("data:image/png;base64,", "#")) for v in links)
+    assert "<link" not in text and "@import" not in text
+
+
+def test_report_sections(text):
+    for heading in ("Run summary", "Classification (out-of-fold)", "ROC curves", "Training curves",
+                    "Attribution: gradcam", "Subjects", "Trust checks"):
+        assert heading in text
+    assert "[0." in text  # confidence intervals
+    assert "not computed in this run" in text  # sanity checks / permutation test are not faked
+    assert "participants in both" not in text
+    assert "6 participants tested once each" in text
+
+
+def test_report_without_attribution_and_leaky_splits(tmp_path, rng):
+    run = make_run(tmp_path, rng, attribution=False)
+    doc = json.loads((run / "splits.json").read_text())
+    doc["folds"][0]["train"].append("sub-01")  # sub-01 trained and tested in fold 0
+    (run / "splits.json").write_text(json.dumps(doc))
+    out = build_report(run, tmp_path / "elsewhere.html")
+    text = out.read_text()
+    assert out.name == "elsewhere.html" and not (run / "report.html").exists()
+    assert "Attribution: gradcam" not in text and "id='attr-" not in text
+    assert "no maps in this run" in text
+    assert "Split check failed" in text and "sub-01" in text
+    assert text.count("data:image/png;base64,") == 3
+
+
+def test_report_needs_a_run_folder(tmp_path):
+    with pytest.raises(InputError, match="config.json"):
+        build_report(tmp_path)
+
+
+def test_figures_return_png():
+    png = figures.roc_png({"a": {"fpr": [0, 0.5, 1], "tpr": [0, 1, 1]}}, {"a": 0.75})
+    assert png[:4] == b"\x89PNG"
+    assert figures.confusion_png([[2, 1], [0, 3]], ["a", "b"])[:4] == b"\x89PNG"
+    img = nib.Nifti1Image(np.random.default_rng(0).random((7, 8, 9)).astype(np.float32), np.diag([8, 8, 8, 1.0]))
+    assert figures.glass_brain_png(img)[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not shutil.os.path.exists("/usr/bin/chromium"),
+                    reason="headless Chromium not installed")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    shot = tmp_path / "shot.png"
+    args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000"]
+    dom = subprocess.run(args + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=90)
+    assert 'id="trust"' in dom.stdout
+    assert dom.stdout.count("data:image/png;base64,") == 7
+    subprocess.run(args + [f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=90)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("L"))
+    assert pixels.shape == (3000, 1200)
+    assert pixels.std() > 10  # not a blank page

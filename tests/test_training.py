@@ -1,0 +1,437 @@
+"""Tests of neuroml.training: splits, metrics, the training run, resume, prediction, the estimator."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neuroml.data import VolumeDataset
+from neuroml.errors import ConfigError, InputError, LeakageError
+from neuroml.io.templates import target_grid
+from neuroml.training import (NeuroClassifier, TrainSettings, balanced_accuracy, bootstrap_ci,
+                              classification_report, confusion_matrix, fit, load_checkpoint, load_run,
+                              make_splits, permutation_pvalue, predict_run, roc_auc_ovr, save_checkpoint,
+                              sensitivity_specificity, train_run)
+from neuroml.training import run as run_module
+from neuroml.training.splits import check_splits, validation_split
+
+CLASSES = ("control", "MDD", "SCZ")
+CENTERS = ((5, 6, 5), (13, 6, 14), (9, 17, 10))  # a bright blob per class on the 19 x 23 x 20 grid
+FAST = dict(epochs=6, folds=3, batch_size=4, show_progress=False, n_bootstrap=200)
+
+
+def _blob_volume(rng, cls, shape, noise=0.5):
+    grid = np.indices(shape)
+    d2 = sum((g - c) ** 2 for g, c in zip(grid, CENTERS[cls]))
+    return (rng.normal(0, noise, shape) + 3.0 * np.exp(-d2 / 8.0)).astype(np.float32)
+
+
+def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), res=8.0, shape=None):
+    """Raw participants.tsv + derivatives: 3 classes told apart by where a bright blob is."""
+    raw, deriv = root / "raw", root / "deriv"
+    raw.mkdir(parents=True)
+    affine, grid_shape = target_grid(res)
+    shape = shape or grid_shape
+    rng = np.random.default_rng(seed)
+    rows = ["participant_id\tdiagnosis\tsite"]
+    for i in range(n_per_class * len(CLASSES)):
+        cls, label = i % 3, f"{prefix}{i + 1:02d}"
+        pid = f"sub-{label}"
+        rows.append(f"{pid}\t{CLASSES[cls]}\t{'AB'[i % 2]}")
+        for ses in (("1", "2") if label in two_sessions else (None,)):
+            folder = deriv / pid / (f"ses-{ses}" if ses else "") / "anat"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{pid}{f'_ses-{ses}' if ses else ''}_space-MNI152NLin2009aSym_res-{res:g}_desc-preproc_T1w"
+            nib.save(nib.Nifti1Image(_blob_volume(rng, cls, shape), affine), str(folder / f"{name}.nii.gz"))
+    (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    return deriv
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short 3-fold run, shared by the tests that only read it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cohort")
+    deriv = make_cohort(root)
+    summary = train_run(deriv, root / "run", **FAST)
+    torch.set_num_threads(threads)
+    return deriv, root / "run", summary
+
+
+# ---------------------------------------------------------------- splits
+
+def test_splits_group_sessions_stratify_and_are_seeded():
+    pids = [f"sub-{i:02d}" for i in range(18)] + ["sub-00", "sub-01", "sub-01"]  # repeated scans
+    labels = [CLASSES[i % 3] for i in range(18)] + [CLASSES[0], CLASSES[1], CLASSES[1]]
+    splits = make_splits(pids, labels, folds=3, seed=1)
+    assert len(splits) == 3
+    tested = [p for f in splits for p in f["test"]]
+    assert sorted(tested) == sorted(set(pids))  # each participant tested exactly once
+    label_of = dict(zip(pids, labels))
+    for f in splits:
+        assert not (set(f["train"]) & set(f["test"]) or set(f["val"]) & set(f["test"]) or set(f["train"]) & set(f["val"]))
+        assert set(f["train"]) | set(f["val"]) | set(f["test"]) == set(pids)
+        assert sorted(label_of[p] for p in f["test"]).count("control") == 2  # stratified: 2 of each class
+        assert {label_of[p] for p in f["val"]} == set(CLASSES)
+        assert {label_of[p] for p in f["train"]} == set(CLASSES)
+    assert make_splits(pids, labels, folds=3, seed=1) == splits
+    assert make_splits(pids, labels, folds=3, seed=2) != splits
+
+
+def test_leave_one_site_out_and_errors():
+    pids = [f"sub-{i}" for i in range(8)]
+    labels = ["a", "b"] * 4
+    sites = ["X", "X", "Y", "Y", "Y", "Y", "Z", "Z"]
+    splits = make_splits(pids, labels, sites=sites, seed=0)
+    assert [f["test_site"] for f in splits] == ["X", "Y", "Z"]
+    assert splits[1]["test"] == ["sub-2", "sub-3", "sub-4", "sub-5"]
+    with pytest.raises(ConfigError, match="at least two sites"):
+        make_splits(pids, labels, sites=["X"] * 8)
+    with pytest.raises(ConfigError, match="folds"):
+        make_splits(pids, labels, folds=1)
+    with pytest.raises(ConfigError, match=r"fewer participants: \{'b': 3\}; use folds <= 3"):
+        make_splits(pids, ["a"] * 5 + ["b"] * 3, folds=4)
+    with pytest.raises(InputError, match="different labels"):
+        make_splits(["sub-1", "sub-1", "sub-2", "sub-3"], ["a", "b", "a", "b"])
+    with pytest.raises(LeakageError, match="both train and test"):
+        check_splits([{"fold": 0, "train": ["sub-1"], "val": [], "test": ["sub-1"]}])
+    train, val = validation_split(pids, labels, 0.25, seed=0)
+    assert len(val) == 2 and sorted(labels[pids.index(p)] for p in val) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_metrics_against_hand_computed_values():
+    y_true = [0, 0, 1, 1, 2, 2]
+    y_pred = [0, 1, 1, 1, 2, 0]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert balanced_accuracy(y_true, y_pred) == pytest.approx((0.5 + 1 + 0.5) / 3)
+    sens, spec = sensitivity_specificity(cm)
+    assert sens.tolist() == [0.5, 1.0, 0.5]
+    assert spec == pytest.approx([3 / 4, 3 / 4, 1.0])
+    # binary AUC: pairs (pos > neg): 0.35>0.1, 0.8>0.1, 0.8>0.4, not 0.35>0.4 -> 3/4
+    macro, per = roc_auc_ovr([0, 0, 1, 1], [[.9, .1], [.6, .4], [.65, .35], [.2, .8]])
+    assert per.tolist() == [0.75, 0.75] and macro == 0.75
+    # a tie counts one half
+    assert roc_auc_ovr([0, 1], [[.5, .5], [.5, .5]])[1].tolist() == [0.5, 0.5]
+    # three classes, one-vs-rest by hand: class 0 perfect, class 1 3/4 ... see pairs below
+    proba = np.array([[.8, .1, .1], [.6, .3, .1], [.3, .4, .3], [.2, .2, .6]])
+    y = [0, 0, 1, 2]
+    macro, per = roc_auc_ovr(y, proba)
+    # class 1: pos .4 vs negs .1,.3,.2 -> 1; class 2: pos .6 vs .1,.1,.3 -> 1; class 0: pos .8,.6 vs .3,.2 -> 1
+    assert per.tolist() == [1.0, 1.0, 1.0]
+    proba[3] = [.7, .2, .1]  # class 0 now: .8 > .3,.7; .6 > .3 not .7 -> 3/4; class 2: .1 vs .1,.1,.3 -> (0.5+0.5)/3
+    macro, per = roc_auc_ovr(y, proba)
+    assert per == pytest.approx([0.75, 1.0, 1 / 3])
+    assert macro == pytest.approx((0.75 + 1 + 1 / 3) / 3)
+
+
+def test_bootstrap_and_permutation():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 10)
+    perfect = np.eye(3)[y] * 0.8 + 0.1
+    assert bootstrap_ci(y, perfect, 300, seed=0)["balanced_accuracy"] == [1.0, 1.0]
+    noisy = rng.dirichlet([1, 1, 1], size=30)
+    ci = bootstrap_ci(y, noisy, 500, seed=0)
+    point = balanced_accuracy(y, noisy.argmax(1))
+    assert ci["balanced_accuracy"][0] < point < ci["balanced_accuracy"][1]
+    assert ci == bootstrap_ci(y, noisy, 500, seed=0) and ci != bootstrap_ci(y, noisy, 500, seed=1)
+    assert permutation_pvalue(y, y, 999, seed=0) == pytest.approx(1 / 1000)
+    unrelated = np.tile([0, 1, 2], 10)  # recall 0.4 in every class, near chance
+    assert 0.1 < permutation_pvalue(y, unrelated, 999, seed=0) < 0.9
+    report = classification_report(y, perfect, ["a", "b", "c"], n_bootstrap=50, n_permutations=99)
+    assert report["balanced_accuracy"] == 1.0 and report["permutation_p"] == pytest.approx(0.01)
+    assert report["confusion_matrix"] == [[10, 0, 0], [0, 10, 0], [0, 0, 10]]
+    assert report["roc"]["a"]["tpr"][-1] == 1.0 and report["sensitivity"]["c"] == 1.0
+    json.dumps(report)  # JSON-ready
+
+
+# ---------------------------------------------------------------- train_run
+
+def test_train_run_writes_the_run_folder(trained):
+    deriv, run_dir, summary = trained
+    for name in ("config.json", "provenance.json", "splits.json", "metrics.json", "predictions.tsv",
+                 "training_curve.png", "baseline_predictions.tsv"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["classes"] == list(CLASSES) and config["model"] == "compact"
+    assert config["label_column"] == "diagnosis" and config["resolution"] == "8" and config["seed"] == 0
+    assert config["grid"]["shape"] == [19, 23, 20] and np.allclose(config["grid"]["affine"], target_grid(8.0)[0])
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["packages"]["torch"] and prov["seed"] == 0 and prov["device"] == "cpu"
+    assert len(prov["inputs"]["volumes_sha256"]) == 13  # 12 participants, one with two sessions
+    assert all(len(v) == 64 for v in prov["inputs"]["volumes_sha256"].values())
+    assert prov["start"] <= prov["end"]
+    splits = json.loads((run_dir / "splits.json").read_text())["folds"]
+    assert len(splits) == 3 and sum(len(f["test"]) for f in splits) == 12
+    for k in range(3):
+        hist = pd.read_csv(run_dir / f"fold-{k}" / "history.tsv", sep="\t")
+        assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_balanced_accuracy", "lr", "seconds"]
+        assert hist["epoch"].tolist() == list(range(1, len(hist) + 1)) and len(hist) >= 1
+        assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
+        ckpt = load_checkpoint(run_dir / f"fold-{k}" / "model.pt", require=("state_dict", "meta"))
+        assert ckpt["meta"]["fold"] == k and ckpt["meta"]["classes"] == list(CLASSES)
+        assert not (run_dir / f"fold-{k}" / "last.pt").exists()
+    pred = pd.read_csv(run_dir / "predictions.tsv", sep="\t")
+    assert list(pred.columns) == ["participant_id", "true_label", "predicted_label", "prob_control", "prob_MDD",
+                                  "prob_SCZ", "fold"]
+    assert len(pred) == 12 and pred["participant_id"].is_unique
+    assert np.allclose(pred.filter(like="prob_").sum(axis=1), 1, atol=1e-5)
+    for f in splits:  # every prediction comes from the fold that held the participant out
+        assert set(pred.loc[pred["fold"] == f["fold"], "participant_id"]) == set(f["test"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"cnn", "baseline"}
+    assert metrics["cnn"]["balanced_accuracy"] == summary["balanced_accuracy"]
+    assert metrics["baseline"]["features"].startswith("mean intensity of")
+    assert metrics["baseline"]["balanced_accuracy"] > 0.5
+    assert len(metrics["cnn"]["per_fold"]) == 3
+    png = (run_dir / "training_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_train_run_learns_the_easy_task(trained):
+    _, run_dir, summary = trained
+    assert summary["balanced_accuracy"] > 0.6  # chance is 1/3
+    assert summary["auc_macro"] > 0.75
+    pred = pd.read_csv(run_dir / "predictions.tsv", sep="\t")
+    assert (pred["true_label"] == pred["predicted_label"]).mean() > 0.6
+
+
+def test_rerun_keeps_completed_folds_and_refuses_other_settings(trained, tmp_path):
+    deriv, run_dir, summary = trained
+    again = train_run(deriv, run_dir, **FAST)
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert all(f["status"].startswith("skipped") for f in prov["folds"])
+    assert again["balanced_accuracy"] == summary["balanced_accuracy"]
+    with pytest.raises(ConfigError, match="already holds a run.*lr"):
+        train_run(deriv, run_dir, **{**FAST, "lr": 0.01})
+
+
+def test_train_run_input_errors(trained, tmp_path):
+    deriv, _, _ = trained
+    with pytest.raises(InputError, match=r"label column 'dx' not found; available columns: \['diagnosis', 'site'\]"):
+        train_run(deriv, tmp_path / "r1", label_column="dx", **FAST)
+    with pytest.raises(ConfigError, match="Did you mean 'densenet121'"):
+        train_run(deriv, tmp_path / "r2", model="densenet", **FAST)
+    with pytest.raises(ConfigError, match="epochs"):
+        train_run(deriv, tmp_path / "r3", **{**FAST, "epochs": 0})
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
+    deriv, ref_dir, _ = trained
+    real_fit = run_module.fit
+
+    def crashing_fit(*args, **kwargs):
+        if kwargs.get("desc", "").startswith("fold 2/"):
+            def crash(epoch, record):
+                if epoch == 3:
+                    raise KeyboardInterrupt
+            kwargs["callback"] = crash
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(deriv, tmp_path / "run", **FAST)
+    monkeypatch.setattr(run_module, "fit", real_fit)
+    assert (tmp_path / "run" / "fold-0" / "model.pt").is_file()
+    last = load_checkpoint(tmp_path / "run" / "fold-1" / "last.pt")  # plain tensors and types only
+    assert last["state"]["epoch"] == 3 and "optimizer" in last and "scheduler" in last
+    assert not (tmp_path / "run" / "fold-1" / "model.pt").exists()
+    from neuroml.training import trainer
+
+    calls = []
+    real_epoch = trainer._train_epoch
+    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
+    train_run(deriv, tmp_path / "run", resume=True, **FAST)
+    assert len(calls) == (FAST["epochs"] - 3) + FAST["epochs"]  # fold 0 kept, fold 1 continued, fold 2 trained
+    statuses = [f["status"] for f in json.loads((tmp_path / "run" / "provenance.json").read_text())["folds"]]
+    assert statuses[0].startswith("skipped") and statuses[1] == "resumed" and statuses[2] == "trained"
+    ref = pd.read_csv(ref_dir / "predictions.tsv", sep="\t")
+    got = pd.read_csv(tmp_path / "run" / "predictions.tsv", sep="\t")
+    assert got["participant_id"].tolist() == ref["participant_id"].tolist()
+    probs = [c for c in ref.columns if c.startswith("prob_")]
+    assert np.abs(got[probs].to_numpy() - ref[probs].to_numpy()).max() <= 1e-6
+    hist_ref = pd.read_csv(ref_dir / "fold-1" / "history.tsv", sep="\t")
+    hist = pd.read_csv(tmp_path / "run" / "fold-1" / "history.tsv", sep="\t")
+    assert np.allclose(hist["train_loss"], hist_ref["train_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule, accum", [("onecycle", 2), ("constant", 1)])
+def test_fit_resume_is_exact(schedule, accum, tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (19, 23, 20)
+    y = np.arange(9) % 3
+    x = np.stack([_blob_volume(rng, c, shape) for c in y])
+    settings = TrainSettings(epochs=4, batch_size=2, grad_accum=accum, schedule=schedule, patience=None,
+                             show_progress=False)
+
+    epochs_run = []
+
+    def run(ckpt, stop=None):
+        from neuroml.data import make_augmentation
+        from neuroml.models import build_model
+
+        torch.manual_seed(0)
+        model = build_model("compact", 3, spatial_shape=shape)
+        epochs_run.clear()
+
+        def cb(epoch, rec):
+            epochs_run.append(epoch)
+            if epoch == stop:
+                raise RuntimeError("killed")
+        return fit(model, VolumeDataset(x, y[:6], np.arange(6), transform=make_augmentation(0)),
+                   VolumeDataset(x, y[6:], np.arange(6, 9)), settings, stream=(0, 1), checkpoint_path=ckpt,
+                   resume=True, callback=cb)
+
+    whole = run(tmp_path / "a.pt")
+    assert epochs_run == [1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "b.pt", stop=2)
+    resumed = run(tmp_path / "b.pt")
+    assert epochs_run == [3, 4]  # continued, not restarted
+    for (k, v), (_, w) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.allclose(v, w, atol=1e-6), k
+    assert [h["train_loss"] for h in whole.history] == pytest.approx([h["train_loss"] for h in resumed.history])
+    assert whole.history[-1]["lr"] == pytest.approx(resumed.history[-1]["lr"])
+
+
+def test_weights_only_refuses_pickled_objects(trained, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(tmp_path / "pwned"),))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "meta": Payload()}, evil)
+    with pytest.raises(InputError, match="refusing to load.*weights_only=True"):
+        load_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+    # a tampered fold model in a run folder is refused the same way
+    import shutil
+
+    _, run_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    torch.save({"state_dict": {}, "meta": Payload()}, copy / "fold-0" / "model.pt")
+    with pytest.raises(InputError, match="refusing to load"):
+        load_run(copy).fold_models()
+    assert not (tmp_path / "pwned").exists()
+    save_checkpoint({"state_dict": {"w": torch.ones(2)}, "meta": {"a": [1, "x", None]}}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt", require=("state_dict",))["meta"] == {"a": [1, "x", None]}
+    with pytest.raises(InputError, match="lacks"):
+        load_checkpoint(tmp_path / "ok.pt", require=("optimizer",))
+
+
+# ---------------------------------------------------------------- load_run / predict_run
+
+def test_load_run(trained):
+    _, run_dir, _ = trained
+    run = load_run(run_dir)
+    assert run.classes == list(CLASSES) and len(run.splits) == 3
+    assert run.trained_ids() == {f"sub-{i:02d}" for i in range(1, 13)}
+    fold = run.test_fold_of("sub-05")
+    assert "sub-05" in run.splits[fold]["test"] and run.test_fold_of("05") == fold
+    assert run.test_fold_of("sub-99") is None
+    models = run.fold_models()
+    assert [k for k, _ in models] == [0, 1, 2] and not any(m.training for _, m in models)
+    assert run.grid[1] == (19, 23, 20)
+    with pytest.raises(InputError, match="not a neuroml run folder"):
+        load_run(run_dir / "fold-0")
+
+
+def test_predict_run_refuses_trained_subjects(trained, tmp_path):
+    deriv, run_dir, _ = trained
+    with pytest.raises(LeakageError, match=r"12 participant\(s\) were used to train.*sub-01"):
+        predict_run(run_dir, deriv)
+    out = predict_run(run_dir, deriv, out_path=tmp_path / "p.tsv", force=True, participant_labels=["01", "sub-02"])
+    assert out["participant_id"].tolist() == ["sub-01", "sub-02"]
+    assert (tmp_path / "p.tsv").is_file()
+
+
+def test_predict_run_new_subjects_and_grid_check(trained, tmp_path):
+    _, run_dir, _ = trained
+    new = make_cohort(tmp_path / "new", n_per_class=2, prefix="new", seed=7)
+    table = predict_run(run_dir, new)
+    assert (run_dir / "predict" / "predictions.tsv").is_file()
+    assert list(table.columns) == ["participant_id", "predicted_label", "prob_control", "prob_MDD", "prob_SCZ"]
+    assert len(table) == 6 and np.allclose(table.filter(like="prob_").sum(axis=1), 1, atol=1e-6)
+    truth = [CLASSES[i % 3] for i in range(6)]
+    assert (table["predicted_label"].to_numpy() == truth).mean() >= 0.5
+    other = make_cohort(tmp_path / "other", n_per_class=1, prefix="oth", shape=(19, 23, 21))
+    with pytest.raises(InputError, match=r"shape \(19, 23, 21\).*trained on shape \(19, 23, 20\)"):
+        predict_run(run_dir, other)
+
+
+# ---------------------------------------------------------------- NeuroClassifier
+
+def test_neuro_classifier_fit_predict(tmp_path):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    rng = np.random.default_rng(1)
+    shape = (19, 23, 20)
+    y = np.array([CLASSES[i % 3] for i in range(12)])
+    x = np.stack([_blob_volume(rng, i % 3, shape) for i in range(12)])
+    clf = NeuroClassifier(epochs=8, seed=0, val_fraction=0.25)
+    assert clf.get_params()["epochs"] == 8 and not hasattr(clf, "model_")
+    with pytest.raises(NotFittedError):
+        clf.predict(x)
+    assert clf.fit(x, y) is clf
+    assert clf.classes_.tolist() == sorted(CLASSES) and clf.grid_ is None
+    assert len(clf.history_) >= 1 and 1 <= clf.best_epoch_ <= 8
+    proba = clf.predict_proba(x)
+    assert proba.shape == (12, 3) and np.allclose(proba.sum(1), 1)
+    test = np.stack([_blob_volume(rng, i % 3, shape) for i in range(6)])
+    assert (clf.predict(test) == y[:6]).mean() > 0.5
+    assert clone(clf).get_params() == clf.get_params()
+    # images on disk: a list of paths, the grid is remembered
+    affine = target_grid(8.0)[0]
+    paths = []
+    for i, vol in enumerate(x[:6]):
+        paths.append(tmp_path / f"img{i}.nii.gz")
+        nib.save(nib.Nifti1Image(vol, affine), str(paths[-1]))
+    fitted = NeuroClassifier(epochs=1, val_fraction=0, augment=False).fit(paths, y[:6])
+    assert fitted.grid_[1] == shape and fitted.predict(paths[:2]).shape == (2,)
+    with pytest.raises(InputError, match="grid"):
+        fitted.predict(np.zeros((1, 19, 23, 21), np.float32))
+    with pytest.raises(InputError, match="labels"):
+        NeuroClassifier(epochs=1).fit(x, y[:5])
+
+
+def test_region_means_matches_a_loop():
+    from neuroml.training.baseline import baseline_cv, region_means
+
+    rng = np.random.default_rng(0)
+    vols = rng.normal(size=(5, 7, 8, 9)).astype(np.float16)
+    labels = rng.integers(0, 4, size=(7, 8, 9))
+    feats, ids = region_means(vols, labels, chunk=2)
+    assert ids.tolist() == [1, 2, 3]
+    expected = [[vols[i][labels == r].astype(float).mean() for r in ids] for i in range(5)]
+    assert np.allclose(feats, expected)
+    with pytest.raises(ValueError, match="not on the volumes' grid"):
+        region_means(vols, labels[:-1])
+    # the baseline predicts only test participants, from a model fitted without them
+    y = np.array([0, 1] * 6)
+    x = np.c_[y + rng.normal(0, 0.1, 12), rng.normal(size=12)]
+    pids = [f"sub-{i}" for i in range(12)]
+    splits = make_splits(pids, y, folds=3, seed=0)
+    proba, fold = baseline_cv(x, pids, y, splits, 2)
+    assert (fold >= 0).all() and (proba.argmax(1) == y).mean() == 1.0
+    for f in splits:
+        assert {pids[i] for i in np.flatnonzero(fold == f["fold"])} == set(f["test"])
