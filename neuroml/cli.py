@@ -88,6 +88,8 @@ def build_parser():
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
     s.add_argument("--out", type=Path, default=None, help="predictions TSV (default RUN/predict/predictions.tsv)")
+    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                   help="only these participants (default: every participant in DERIV_DIR)")
     s.add_argument("--force", action="store_true", help="also predict subjects the model was trained on")
 
     s = sub.add_parser("attribute", help="attribution maps and region tables")
@@ -170,7 +172,8 @@ def _dispatch(args):
         return 0
     if c == "predict":
         out = args.out or args.run_dir / "predict" / "predictions.tsv"
-        run_step("predict", run_dir=args.run_dir, deriv_dir=args.deriv_dir, out_path=out, force=args.force)
+        run_step("predict", run_dir=args.run_dir, deriv_dir=args.deriv_dir, out_path=out, force=args.force,
+                 participant_labels=args.participant_label)
         print(out)
         return 0
     if c == "attribute":

@@ -255,6 +255,11 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
             if i in redo:
                 save_nifti_atomic(_img(maps[i], cache.affine), out_dir / names[i])
             table = region_table(maps[i], atlas_labels, atlas_names, voxel_ml)
+            stem = names[i].replace("_map.nii.gz", "_atlas-" + "".join(ch for ch in atlas if ch.isalnum()) + "_regions")
+            if i in redo or not (out_dir / f"{stem}.tsv").is_file():
+                write_region_table(table, out_dir / f"{stem}.tsv", out_dir / f"{stem}.json",
+                                   {"participant_id": r.participant_id, "method": method, "atlas": atlas,
+                                    "target_label": classes[tidx[i]]})
             old = previous.get(names[i], {})
             entries[names[i]] = {
                 "participant_id": r.participant_id,
