@@ -26,7 +26,9 @@ import torch
 
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
+from neuroml.training import distributed as ddp
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
 __all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
@@ -99,12 +101,6 @@ def resolve_device(device="auto"):
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
     return dev
-
-
-def is_main_process():
-    """True unless running as a non-zero rank of ``torch.distributed`` (only rank 0 writes)."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def seed_for(*keys):
@@ -203,27 +199,36 @@ def _make_scheduler(opt, settings, total_steps):
 
 def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last):
     net.train()
+    sampler = None
+    if ddp.is_distributed():
+        # each rank its own share of the epoch (same permutation on every rank, padded to equal
+        # length) and its own augmentation stream
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=ddp.world_size(), rank=ddp.rank(),
+                                                      shuffle=True, seed=seed, drop_last=False)
+        seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
     loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
-                         pin_memory=device.type == "cuda", drop_last=drop_last)
+                         sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
     n, accum = len(loader), settings.grad_accum
     total, count = 0.0, 0
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
         x, y = _to_device(x, device, channels_last), y.to(device)
-        with _autocast(device, settings.amp):
-            logits = net(x)
-        loss = criterion(logits.float(), y)
-        group = min(accum, n - (i // accum) * accum)
-        (loss / group).backward()
+        step = (i + 1) % accum == 0 or i + 1 == n
+        with ddp.no_sync_if(net, not step):  # DDP: all-reduce gradients only on the stepping batch
+            with _autocast(device, settings.amp):
+                logits = net(x)
+            loss = criterion(logits.float(), y)
+            group = min(accum, n - (i // accum) * accum)
+            (loss / group).backward()
         total += float(loss.detach()) * len(y)
         count += len(y)
-        if (i + 1) % accum == 0 or i + 1 == n:
+        if step:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-    return total / max(count, 1)
+    return ddp.all_reduce_mean(total / max(count, 1), count)
 
 
 def _cpu_state(model):
@@ -264,20 +269,31 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
     settings = (settings or TrainSettings()).validate()
     device = resolve_device(settings.device)
     channels_last = settings.channels_last and device.type == "cuda"
+    distributed = ddp.is_distributed()
+    if distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
-    net = torch.compile(model) if settings.compile else model
+    net = model
+    if distributed:  # weights broadcast from rank 0; gradients averaged over ranks
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = torch.compile(net) if settings.compile else net
+    eval_net = model if distributed else net
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     n_train, bs = len(train_data), settings.batch_size
-    drop_last = n_train > bs and n_train % bs == 1  # a batch of one breaks batch norm
-    n_batches = n_train // bs if drop_last else math.ceil(n_train / bs)
+    n_local = math.ceil(n_train / ddp.world_size())  # items per rank and epoch (DistributedSampler pads)
+    drop_last = n_local > bs and n_local % bs == 1  # a batch of one breaks batch norm
+    n_batches = n_local // bs if drop_last else math.ceil(n_local / bs)
     sched = _make_scheduler(opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum))
     weight = None if class_weights is None else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
     criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_epochs": 0, "stopped_early": False}
     identity = {"stream": [int(s) for s in stream], "n_train": n_train, "n_val": len(val_data or []),
                 "settings": {k: getattr(settings, k) for k in _RESUME_KEYS}}
+    if distributed:
+        identity["world_size"] = ddp.world_size()
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and resume and ckpt.is_file():
         saved = load_checkpoint(ckpt, require=("model", "optimizer", "scheduler", "state", "identity"))
@@ -305,9 +321,10 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
                "lr": float(opt.param_groups[0]["lr"])}
         best = state["best"]
         if val_data is not None and len(val_data):
-            proba, vloss = evaluate(net, val_data, batch_size=bs * 2, device=device, amp=settings.amp,
+            proba, vloss = evaluate(eval_net, val_data, batch_size=bs * 2, device=device, amp=settings.amp,
                                     channels_last=channels_last, num_workers=settings.num_workers, criterion=criterion)
             bacc = balanced_accuracy(val_data.labels, proba.argmax(1), proba.shape[1])
+            bacc, vloss = ddp.broadcast_object((bacc, vloss))  # every rank takes rank 0's early-stopping decision
             rec.update(val_loss=vloss, val_balanced_accuracy=bacc)
             improved = best is None or bacc > best["val_balanced_accuracy"] + 1e-12 or (
                 bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])
