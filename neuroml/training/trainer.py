@@ -211,7 +211,7 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
     loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
                          sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
     n, accum = len(loader), settings.grad_accum
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
         x, y = _to_device(x, device, channels_last), y.to(device)
@@ -222,13 +222,13 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
             loss = criterion(logits.float(), y)
             group = min(accum, n - (i // accum) * accum)
             (loss / group).backward()
-        total += float(loss.detach()) * len(y)
+        total += loss.detach().double() * len(y)
         count += len(y)
         if step:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-    return ddp.all_reduce_mean(total / max(count, 1), count)
+    return ddp.all_reduce_mean(float(total) / max(count, 1), count)
 
 
 def _cpu_state(model):
