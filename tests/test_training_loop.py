@@ -1,0 +1,64 @@
+"""Gradient accumulation in the training loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from neuroml.data import VolumeDataset
+from neuroml.training import TrainSettings, fit
+
+
+class _Linear(torch.nn.Module):
+    """No dropout, no normalisation: one optimiser step depends only on the gradient."""
+
+    def __init__(self, n_in, n_classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_in, n_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _one_step(batch_size, grad_accum, x, y):
+    torch.manual_seed(0)
+    model = _Linear(int(np.prod(x.shape[1:])), 3)
+    settings = TrainSettings(epochs=1, batch_size=batch_size, grad_accum=grad_accum, lr=0.05, weight_decay=0.0,
+                             schedule="constant", patience=None, device="cpu", show_progress=False)
+    res = fit(model, VolumeDataset(x, y), None, settings, stream=(0,))
+    return torch.cat([p.detach().flatten() for p in res.model.parameters()])
+
+
+@pytest.mark.parametrize("batch_size, grad_accum", [(2, 4), (4, 2)])
+def test_gradient_accumulation_equals_one_large_batch(batch_size, grad_accum):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 6, 7)).astype(np.float32)
+    y = np.arange(8) % 3
+    full = _one_step(8, 1, x, y)
+    accumulated = _one_step(batch_size, grad_accum, x, y)
+    no_accum = _one_step(batch_size, 1, x, y)  # several steps: a different result
+    assert torch.allclose(accumulated, full, atol=1e-6)
+    assert not torch.allclose(no_accum, full, atol=1e-4)
+
+
+def test_a_last_partial_accumulation_group_still_steps():
+    # 10 items, batch 2 -> 5 batches; accumulation 2 -> steps after batches 2, 4 and 5
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(10, 4, 5, 3)).astype(np.float32)
+    y = np.arange(10) % 3
+    torch.manual_seed(0)
+    model = _Linear(60, 3)
+    settings = TrainSettings(epochs=1, batch_size=2, grad_accum=2, lr=0.05, weight_decay=0.0, schedule="constant",
+                             patience=None, device="cpu", show_progress=False)
+    steps = []
+    opt_step = torch.optim.AdamW.step
+
+    def counting_step(self, *a, **k):
+        steps.append(1)
+        return opt_step(self, *a, **k)
+
+    torch.optim.AdamW.step = counting_step
+    try:
+        fit(model, VolumeDataset(x, y), None, settings, stream=(0,))
+    finally:
+        torch.optim.AdamW.step = opt_step
+    assert len(steps) == 3
