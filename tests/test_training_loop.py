@@ -62,3 +62,15 @@ def test_a_last_partial_accumulation_group_still_steps():
     finally:
         torch.optim.AdamW.step = opt_step
     assert len(steps) == 3
+
+
+def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, capsys):
+    import neuroml.pipeline
+    from neuroml.cli import main
+
+    calls = []
+    monkeypatch.setattr(neuroml.pipeline, "run_step", lambda name, **params: calls.append((name, params)))
+    assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--lr", "0.01",
+                 "--grad-accum", "2", "--num-workers", "3"]) == 0
+    (name, params), = calls
+    assert name == "train" and params["lr"] == 0.01 and params["grad_accum"] == 2 and params["num_workers"] == 3

@@ -212,6 +212,16 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         same settings and data are always kept.
     show_progress : bool, default=True
 
+    Notes
+    -----
+    Launched under ``torchrun`` (``WORLD_SIZE`` > 1), every process joins a process group
+    (NCCL on ``cuda:LOCAL_RANK``, gloo on CPU) and trains data-parallel (PyTorch DDP): the
+    splits and seeds are the same on every rank (rank 0's are broadcast and checked), each
+    rank reads its share of every epoch (``DistributedSampler``), ``batch_size`` is per
+    process, early stopping follows rank 0's validation score, and only rank 0 builds the
+    cache and writes files. Every rank returns the same summary. See
+    ``scripts/slurm_train.sh`` for several nodes.
+
     Returns
     -------
     dict
