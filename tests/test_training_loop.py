@@ -65,8 +65,15 @@ def test_a_last_partial_accumulation_group_still_steps():
 
 
 def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, capsys):
+    import logging
+
     import neuroml.pipeline
     from neuroml.cli import main
+
+    log = logging.getLogger("neuroml")  # main() installs its own handler: restore the logger afterwards
+    monkeypatch.setattr(log, "handlers", list(log.handlers))
+    monkeypatch.setattr(log, "propagate", log.propagate)
+    monkeypatch.setattr(log, "level", log.level)
 
     calls = []
     monkeypatch.setattr(neuroml.pipeline, "run_step", lambda name, **params: calls.append((name, params)))
