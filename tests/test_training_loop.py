@@ -81,3 +81,39 @@ def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, cap
                  "--grad-accum", "2", "--num-workers", "3"]) == 0
     (name, params), = calls
     assert name == "train" and params["lr"] == 0.01 and params["grad_accum"] == 2 and params["num_workers"] == 3
+
+
+@pytest.mark.parametrize("n, grad_accum", [(9, 1), (10, 2)])  # 9 % 4 == 1: the last batch is dropped
+def test_preloaded_volumes_train_exactly_like_the_dataloader(n, grad_accum):
+    from neuroml.models import build_model
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(n, 19, 23, 20)).astype(np.float16)  # like the float16 cache
+    y = np.arange(n) % 3
+    out = {}
+    for preload in (False, True):
+        torch.manual_seed(0)
+        model = build_model("compact", 3, spatial_shape=(19, 23, 20))
+        settings = TrainSettings(epochs=2, batch_size=4, grad_accum=grad_accum, device="cpu", show_progress=False,
+                                 preload=preload, patience=None)
+        res = fit(model, VolumeDataset(x, y, rows=np.arange(n)[::-1]), None, settings, class_weights=[1, 2, 1],
+                  stream=(3,))
+        out[preload] = ([r["train_loss"] for r in res.history],
+                        torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert out[True][0] == out[False][0]
+    assert torch.equal(out[True][1], out[False][1])
+
+
+def test_preload_is_validated_and_skipped_with_a_transform():
+    from neuroml.data import make_augmentation
+    from neuroml.errors import ConfigError
+    from neuroml.training.trainer import _preload
+
+    with pytest.raises(ConfigError, match="'preload'"):
+        TrainSettings(preload="yes").validate()
+    data = VolumeDataset(np.zeros((4, 19, 23, 20), np.float32), np.arange(4) % 2)
+    on = TrainSettings(preload=True, device="cpu").validate()
+    assert _preload(data, on, torch.device("cpu"))[0].shape == (4, 1, 19, 23, 20)
+    assert _preload(data, TrainSettings(device="cpu").validate(), torch.device("cpu")) is None  # auto: CUDA only
+    augmented = VolumeDataset(data.volumes, data.labels, transform=make_augmentation(seed=0))
+    assert _preload(augmented, on, torch.device("cpu")) is None

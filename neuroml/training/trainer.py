@@ -59,6 +59,7 @@ class TrainSettings:
     num_workers: int = 0
     device: str = "auto"
     show_progress: bool = True
+    preload: object = "auto"
 
     def validate(self):
         """Check every value; return self. Raises :class:`ConfigError`."""
@@ -72,6 +73,8 @@ class TrainSettings:
         if self.patience is not None:
             check_in_range("patience", self.patience, 1, None, kind=int)
         self.schedule = look_up_option("schedule", self.schedule, SCHEDULES)
+        if self.preload not in ("auto", True, False):
+            raise ConfigError(f"The 'preload' parameter must be 'auto', True or False. Got {self.preload!r} instead.")
         resolve_device(self.device)
         return self
 
@@ -197,7 +200,63 @@ def _make_scheduler(opt, settings, total_steps):
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last):
+class _Indices(torch.utils.data.Dataset):
+    """Item i is i: drives a DataLoader that yields index batches in the real loader's order."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+class _Gathered:
+    """Batches ``(vols[i], labels[i])`` for the index batches of a loader."""
+
+    def __init__(self, index_loader, vols, labels):
+        self.index_loader, self.vols, self.labels = index_loader, vols, labels
+
+    def __len__(self):
+        return len(self.index_loader)
+
+    def __iter__(self):
+        for idx in self.index_loader:
+            idx = idx.to(self.vols.device)
+            yield self.vols[idx], self.labels[idx]
+
+
+#: Preload the training volumes to the GPU ("auto") when they take at most this fraction of its memory.
+PRELOAD_GPU_FRACTION = 0.25
+
+
+def _preload(data, settings, device):
+    """``(volumes, labels)`` of ``data`` on ``device`` for :func:`fit` to index directly, or None.
+
+    Only for a :class:`~neuroml.data.VolumeDataset` without a random transform (a transform runs
+    per item on the CPU). ``preload="auto"`` preloads on CUDA when the float32 volumes take at most
+    :data:`PRELOAD_GPU_FRACTION` of the card's memory: the loader then costs one index per batch.
+    """
+    from neuroml.data.dataset import VolumeDataset
+
+    if settings.preload is False or not isinstance(data, VolumeDataset) or data.transform is not None \
+            or data.labels is None:
+        return None
+    shape = data.volumes.shape[1:]
+    n_bytes = len(data) * int(np.prod(shape)) * 4
+    if settings.preload == "auto":
+        if device.type != "cuda" or n_bytes > PRELOAD_GPU_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+            return None
+    vols = torch.from_numpy(np.stack([np.asarray(data.volumes[r], dtype=np.float32) for r in data.rows]))
+    if vols.ndim == 4:
+        vols = vols[:, None]
+    log.info("training volumes preloaded to %s (%.0f MB)", device, n_bytes / 2**20)
+    return vols.to(device), torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
+
+
+def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None):
     net.train()
     sampler = None
     if ddp.is_distributed():
@@ -208,8 +267,14 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
         seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
-    loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
-                         sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
+    if preloaded is None:
+        loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
+                             sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
+    else:  # the same batches in the same order, gathered from the volumes already on the device
+        vols, labels = preloaded
+        index = make_loader(_Indices(len(data)), settings.batch_size, shuffle=True, seed=seed, sampler=sampler,
+                            drop_last=drop_last)
+        loader = _Gathered(index, vols, labels)
     n, accum = len(loader), settings.grad_accum
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
@@ -305,6 +370,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
+    preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
                leave=False)
@@ -316,7 +382,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
-                                      seed, drop_last)
+                                      seed, drop_last, preloaded)
         rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
                "lr": float(opt.param_groups[0]["lr"])}
         best = state["best"]
