@@ -83,6 +83,9 @@ def build_parser():
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
+    s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
+    s.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)")
+    s.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
@@ -167,7 +170,8 @@ def _dispatch(args):
     if c == "train":
         run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
                  participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
-                 batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume)
+                 batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
+                 lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers)
         print(args.run_dir)
         return 0
     if c == "predict":

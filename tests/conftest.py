@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import logging
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,3 +22,14 @@ def img_3d(rng):
     affine = np.diag([2.0, 2.5, 3.0, 1.0])
     affine[:3, 3] = [-10, -20, -30]
     return nib.Nifti1Image(rng.normal(size=(7, 8, 9)).astype(np.float32), affine)
+
+
+@pytest.fixture(autouse=True)
+def _restore_neuroml_logger():
+    """`neuroml.cli.main` installs its own handler and stops propagation: undo it after each
+    test, so later tests' caplog still sees neuroml's records whatever the test order."""
+    log = logging.getLogger("neuroml")
+    saved = list(log.handlers), log.propagate, log.level
+    yield
+    log.handlers[:] = saved[0]
+    log.propagate, log.level = saved[1], saved[2]

@@ -14,12 +14,13 @@ from neuroml._utils.fileio import read_json, sha256_file, write_json_atomic, wri
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError, NeuromlError
 from neuroml.models.factory import MODELS, build_model
+from neuroml.training import distributed as dist
 from neuroml.training import outputs
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.predict import predictions_table
 from neuroml.training.splits import check_splits, load_splits, make_splits, save_splits
-from neuroml.training.trainer import TrainSettings, evaluate, fit, is_main_process, resolve_device, seed_for
+from neuroml.training.trainer import TrainSettings, evaluate, fit, resolve_device, seed_for
 
 __all__ = ["train_run", "load_run", "Run"]
 
@@ -211,6 +212,16 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         same settings and data are always kept.
     show_progress : bool, default=True
 
+    Notes
+    -----
+    Launched under ``torchrun`` (``WORLD_SIZE`` > 1), every process joins a process group
+    (NCCL on ``cuda:LOCAL_RANK``, gloo on CPU) and trains data-parallel (PyTorch DDP): the
+    splits and seeds are the same on every rank (rank 0's are broadcast and checked), each
+    rank reads its share of every epoch (``DistributedSampler``), ``batch_size`` is per
+    process, early stopping follows rank 0's validation score, and only rank 0 builds the
+    cache and writes files. Every rank returns the same summary. See
+    ``scripts/slurm_train.sh`` for several nodes.
+
     Returns
     -------
     dict
@@ -224,23 +235,48 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     ConfigError
         For invalid parameters, or a run folder holding a different run.
     """
+    params = dict(locals())
+    model = look_up_option("model", model, MODELS)
+    TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                  grad_accum=grad_accum, schedule=schedule, amp=amp, channels_last=channels_last,
+                  compile=compile, num_workers=num_workers, device=device, show_progress=show_progress).validate()
+    check_in_range("seed", seed, 0, None, kind=int)
+    dev, created = dist.init_distributed(device)
+    try:
+        return _train_run(dev=dev, **params)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_size, lr, weight_decay, seed, device,
+               participants, resolution, augment, patience, amp, channels_last, compile, grad_accum, schedule,
+               val_fraction, site_column, classes, num_workers, baseline, n_bootstrap, n_permutations, resume,
+               show_progress, dev):
     from neuroml.data.dataset import VolumeDataset, load_cohort, make_augmentation
 
     t_start, start = time.perf_counter(), outputs.now_iso()
+    main, distributed = dist.is_main_process(), dist.is_distributed()
+    show_progress = show_progress and main
     model = look_up_option("model", model, MODELS)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              patience=patience, grad_accum=grad_accum, schedule=schedule, amp=amp,
                              channels_last=channels_last, compile=compile, num_workers=num_workers,
-                             device=device, show_progress=show_progress).validate()
-    check_in_range("seed", seed, 0, None, kind=int)
-    dev = resolve_device(device)
+                             device=str(dev), show_progress=show_progress).validate()
     run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
+    if distributed and not main:
+        dist.barrier()  # rank 0 builds (or checks) the tensor cache first; the others then read it
     cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress)
+    if distributed and main:
+        dist.barrier()
     cache, n_classes = cohort.cache, len(cohort.classes)
     pids = np.asarray(cohort.participant_ids, dtype=object)
     sites = cohort.column(site_column) if site_column else None
     splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
                          val_fraction=val_fraction, sites=sites)
+    if dist.broadcast_object((splits, cohort.digest)) != (splits, cohort.digest):
+        raise NeuromlError(f"rank {dist.rank()} sees other data or splits than rank 0 (are all nodes reading "
+                           f"the same {deriv_dir}?)")
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
         "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
@@ -252,14 +288,14 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
-                    "num_workers": num_workers},
+                    "num_workers": num_workers, "world_size": dist.world_size()},
     })
-    main = is_main_process()
-    _check_existing(run_dir, config, resume)
     if main:
+        _check_existing(run_dir, config, resume)
         write_json_atomic(run_dir / "config.json", config)
         save_splits(run_dir / "splits.json", splits, seed=seed, label_column=label_column, site_column=site_column,
                     val_fraction=val_fraction)
+    dist.barrier()
     check_splits(splits)
 
     n_bytes = len(cohort) * int(np.prod(cache.shape)) * 4
@@ -275,12 +311,13 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         k = split["fold"]
         fold_dir = run_dir / f"fold-{k}"
         part = {name: pos[np.isin(pids, split[name])] for name in ("train", "val", "test")}
-        if _fold_done(fold_dir, config["data_sha256"]):
+        if dist.broadcast_object(_fold_done(fold_dir, config["data_sha256"]) if main else None):
             status = "skipped (already trained)"
             log.info("fold %d already trained: kept", k)
         else:
-            if not resume and (fold_dir / "last.pt").is_file():
+            if main and not resume and (fold_dir / "last.pt").is_file():
                 (fold_dir / "last.pt").unlink()
+            dist.barrier()
             status = "resumed" if (fold_dir / "last.pt").is_file() else "trained"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(seed, k, "init"))
@@ -289,7 +326,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
             train_ds = VolumeDataset(src, cohort.y[part["train"]], src_rows[part["train"]], transform=aug)
             val_ds = VolumeDataset(src, cohort.y[part["val"]], src_rows[part["val"]]) if len(part["val"]) else None
             res = fit(net, train_ds, val_ds, settings, _class_weights(cohort.y[part["train"]], n_classes),
-                      stream=(seed, k), checkpoint_path=fold_dir / "last.pt" if main else None, resume=resume,
+                      stream=(seed, k), checkpoint_path=fold_dir / "last.pt", resume=resume,
                       desc=f"fold {k + 1}/{len(splits)}")
             meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
                     "in_channels": 1, "spatial_shape": cache.shape, "label_column": label_column,
@@ -303,6 +340,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                 state = {k_: v.detach().cpu() for k_, v in res.model.state_dict().items()}
                 save_checkpoint({"state_dict": state, "meta": plain(meta)}, fold_dir / "model.pt")
                 (fold_dir / "last.pt").unlink(missing_ok=True)
+            dist.barrier()
+        if not main:  # rank 0 evaluates and writes; the others wait for the next fold
+            continue
         net = Run(run_dir, config, splits).fold_model(k, dev)
         if len(part["test"]):
             proba, _ = evaluate(net, VolumeDataset(src, rows=src_rows[part["test"]]), batch_size=batch_size * 2,
@@ -313,24 +353,34 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                           "n_test": len(split["test"]), "test_site": split.get("test_site")})
         del net
 
+    if not main:
+        return dist.broadcast_object(None)
+    summary = _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src,
+                      src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start)
+    return dist.broadcast_object(summary)
+
+
+def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src, src_rows,
+            seed, start, dev, baseline, n_bootstrap, n_permutations, t_start):
+    """Rank 0: metrics, the baseline and every run-level file; returns the summary."""
+    cache, n_classes, label_column = cohort.cache, len(cohort.classes), cohort.label_column
+    pids = np.asarray(cohort.participant_ids, dtype=object)
     tested = oof_fold >= 0
     table = predictions_table(pids[tested], oof[tested], cohort.classes, cohort.y[tested], oof_fold[tested])
     metrics = {"classes": cohort.classes, "label_column": label_column, "chance_balanced_accuracy": 1.0 / n_classes,
                "cnn": _report(table, cohort.classes, fold_info, histories, n_bootstrap, n_permutations, seed)}
     if baseline:
-        metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations,
-                                        run_dir if main else None)
-    if main:
-        write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
-        write_json_atomic(run_dir / "metrics.json", metrics)
-        outputs.plot_training_curves(run_dir / "training_curve.png", histories)
-        inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
-                  "participants_sha256": sha256_file(cohort.participants_path),
-                  "volumes_sha256": {p: cache.index["sha256"].iloc[r] for p, r in
-                                     zip(cache.index["path"].iloc[cohort.rows], cohort.rows)},
-                  "skipped_without_label": cohort.unlabeled, "labelled_without_image": cohort.without_images}
-        outputs.write_provenance(run_dir / "provenance.json", seed, start, dev, inputs, fold_info,
-                                 extra={"data_sha256": config["data_sha256"]})
+        metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, run_dir)
+    write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    outputs.plot_training_curves(run_dir / "training_curve.png", histories)
+    inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
+              "participants_sha256": sha256_file(cohort.participants_path),
+              "volumes_sha256": {p: cache.index["sha256"].iloc[r] for p, r in
+                                 zip(cache.index["path"].iloc[cohort.rows], cohort.rows)},
+              "skipped_without_label": cohort.unlabeled, "labelled_without_image": cohort.without_images}
+    outputs.write_provenance(run_dir / "provenance.json", seed, start, dev, inputs, fold_info,
+                             extra={"data_sha256": config["data_sha256"], "world_size": dist.world_size()})
     cnn, base = metrics["cnn"], metrics.get("baseline", {})
     summary = {"run_dir": str(run_dir), "classes": cohort.classes, "n_participants": config["n_participants"],
                "balanced_accuracy": cnn["balanced_accuracy"], "balanced_accuracy_ci": cnn["ci"].get("balanced_accuracy"),

@@ -26,7 +26,9 @@ import torch
 
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
+from neuroml.training import distributed as ddp
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
 __all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
@@ -57,6 +59,7 @@ class TrainSettings:
     num_workers: int = 0
     device: str = "auto"
     show_progress: bool = True
+    preload: object = "auto"
 
     def validate(self):
         """Check every value; return self. Raises :class:`ConfigError`."""
@@ -70,6 +73,8 @@ class TrainSettings:
         if self.patience is not None:
             check_in_range("patience", self.patience, 1, None, kind=int)
         self.schedule = look_up_option("schedule", self.schedule, SCHEDULES)
+        if self.preload not in ("auto", True, False):
+            raise ConfigError(f"The 'preload' parameter must be 'auto', True or False. Got {self.preload!r} instead.")
         resolve_device(self.device)
         return self
 
@@ -99,12 +104,6 @@ def resolve_device(device="auto"):
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
     return dev
-
-
-def is_main_process():
-    """True unless running as a non-zero rank of ``torch.distributed`` (only rank 0 writes)."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def seed_for(*keys):
@@ -201,29 +200,100 @@ def _make_scheduler(opt, settings, total_steps):
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last):
+class _Indices(torch.utils.data.Dataset):
+    """Item i is i: drives a DataLoader that yields index batches in the real loader's order."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+class _Gathered:
+    """Batches ``(vols[i], labels[i])`` for the index batches of a loader."""
+
+    def __init__(self, index_loader, vols, labels):
+        self.index_loader, self.vols, self.labels = index_loader, vols, labels
+
+    def __len__(self):
+        return len(self.index_loader)
+
+    def __iter__(self):
+        for idx in self.index_loader:
+            idx = idx.to(self.vols.device)
+            yield self.vols[idx], self.labels[idx]
+
+
+#: Preload the training volumes to the GPU ("auto") when they take at most this fraction of its memory.
+PRELOAD_GPU_FRACTION = 0.25
+
+
+def _preload(data, settings, device):
+    """``(volumes, labels)`` of ``data`` on ``device`` for :func:`fit` to index directly, or None.
+
+    Only for a :class:`~neuroml.data.VolumeDataset` without a random transform (a transform runs
+    per item on the CPU). ``preload="auto"`` preloads on CUDA when the float32 volumes take at most
+    :data:`PRELOAD_GPU_FRACTION` of the card's memory: the loader then costs one index per batch.
+    """
+    from neuroml.data.dataset import VolumeDataset
+
+    if settings.preload is False or not isinstance(data, VolumeDataset) or data.transform is not None \
+            or data.labels is None:
+        return None
+    shape = data.volumes.shape[1:]
+    n_bytes = len(data) * int(np.prod(shape)) * 4
+    if settings.preload == "auto":
+        if device.type != "cuda" or n_bytes > PRELOAD_GPU_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+            return None
+    vols = torch.from_numpy(np.stack([np.asarray(data.volumes[r], dtype=np.float32) for r in data.rows]))
+    if vols.ndim == 4:
+        vols = vols[:, None]
+    log.info("training volumes preloaded to %s (%.0f MB)", device, n_bytes / 2**20)
+    return vols.to(device), torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
+
+
+def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None):
     net.train()
+    sampler = None
+    if ddp.is_distributed():
+        # each rank its own share of the epoch (same permutation on every rank, padded to equal
+        # length) and its own augmentation stream
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=ddp.world_size(), rank=ddp.rank(),
+                                                      shuffle=True, seed=seed, drop_last=False)
+        seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
-    loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
-                         pin_memory=device.type == "cuda", drop_last=drop_last)
+    if preloaded is None:
+        loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
+                             sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
+    else:  # the same batches in the same order, gathered from the volumes already on the device
+        vols, labels = preloaded
+        index = make_loader(_Indices(len(data)), settings.batch_size, shuffle=True, seed=seed, sampler=sampler,
+                            drop_last=drop_last)
+        loader = _Gathered(index, vols, labels)
     n, accum = len(loader), settings.grad_accum
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
         x, y = _to_device(x, device, channels_last), y.to(device)
-        with _autocast(device, settings.amp):
-            logits = net(x)
-        loss = criterion(logits.float(), y)
-        group = min(accum, n - (i // accum) * accum)
-        (loss / group).backward()
-        total += float(loss.detach()) * len(y)
+        step = (i + 1) % accum == 0 or i + 1 == n
+        with ddp.no_sync_if(net, not step):  # DDP: all-reduce gradients only on the stepping batch
+            with _autocast(device, settings.amp):
+                logits = net(x)
+            loss = criterion(logits.float(), y)
+            group = min(accum, n - (i // accum) * accum)
+            (loss / group).backward()
+        total += loss.detach().double() * len(y)
         count += len(y)
-        if (i + 1) % accum == 0 or i + 1 == n:
+        if step:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-    return total / max(count, 1)
+    return ddp.all_reduce_mean(float(total) / max(count, 1), count)
 
 
 def _cpu_state(model):
@@ -264,20 +334,31 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
     settings = (settings or TrainSettings()).validate()
     device = resolve_device(settings.device)
     channels_last = settings.channels_last and device.type == "cuda"
+    distributed = ddp.is_distributed()
+    if distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
-    net = torch.compile(model) if settings.compile else model
+    net = model
+    if distributed:  # weights broadcast from rank 0; gradients averaged over ranks
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = torch.compile(net) if settings.compile else net
+    eval_net = model if distributed else net
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     n_train, bs = len(train_data), settings.batch_size
-    drop_last = n_train > bs and n_train % bs == 1  # a batch of one breaks batch norm
-    n_batches = n_train // bs if drop_last else math.ceil(n_train / bs)
+    n_local = math.ceil(n_train / ddp.world_size())  # items per rank and epoch (DistributedSampler pads)
+    drop_last = n_local > bs and n_local % bs == 1  # a batch of one breaks batch norm
+    n_batches = n_local // bs if drop_last else math.ceil(n_local / bs)
     sched = _make_scheduler(opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum))
     weight = None if class_weights is None else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
     criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_epochs": 0, "stopped_early": False}
     identity = {"stream": [int(s) for s in stream], "n_train": n_train, "n_val": len(val_data or []),
                 "settings": {k: getattr(settings, k) for k in _RESUME_KEYS}}
+    if distributed:
+        identity["world_size"] = ddp.world_size()
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and resume and ckpt.is_file():
         saved = load_checkpoint(ckpt, require=("model", "optimizer", "scheduler", "state", "identity"))
@@ -289,6 +370,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
+    preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
                leave=False)
@@ -300,14 +382,15 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
-                                      seed, drop_last)
+                                      seed, drop_last, preloaded)
         rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
                "lr": float(opt.param_groups[0]["lr"])}
         best = state["best"]
         if val_data is not None and len(val_data):
-            proba, vloss = evaluate(net, val_data, batch_size=bs * 2, device=device, amp=settings.amp,
+            proba, vloss = evaluate(eval_net, val_data, batch_size=bs * 2, device=device, amp=settings.amp,
                                     channels_last=channels_last, num_workers=settings.num_workers, criterion=criterion)
             bacc = balanced_accuracy(val_data.labels, proba.argmax(1), proba.shape[1])
+            bacc, vloss = ddp.broadcast_object((bacc, vloss))  # every rank takes rank 0's early-stopping decision
             rec.update(val_loss=vloss, val_balanced_accuracy=bacc)
             improved = best is None or bacc > best["val_balanced_accuracy"] + 1e-12 or (
                 bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])

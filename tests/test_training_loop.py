@@ -1,0 +1,119 @@
+"""Gradient accumulation in the training loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from neuroml.data import VolumeDataset
+from neuroml.training import TrainSettings, fit
+
+
+class _Linear(torch.nn.Module):
+    """No dropout, no normalisation: one optimiser step depends only on the gradient."""
+
+    def __init__(self, n_in, n_classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_in, n_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _one_step(batch_size, grad_accum, x, y):
+    torch.manual_seed(0)
+    model = _Linear(int(np.prod(x.shape[1:])), 3)
+    settings = TrainSettings(epochs=1, batch_size=batch_size, grad_accum=grad_accum, lr=0.05, weight_decay=0.0,
+                             schedule="constant", patience=None, device="cpu", show_progress=False)
+    res = fit(model, VolumeDataset(x, y), None, settings, stream=(0,))
+    return torch.cat([p.detach().flatten() for p in res.model.parameters()])
+
+
+@pytest.mark.parametrize("batch_size, grad_accum", [(2, 4), (4, 2)])
+def test_gradient_accumulation_equals_one_large_batch(batch_size, grad_accum):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 6, 7)).astype(np.float32)
+    y = np.arange(8) % 3
+    full = _one_step(8, 1, x, y)
+    accumulated = _one_step(batch_size, grad_accum, x, y)
+    no_accum = _one_step(batch_size, 1, x, y)  # several steps: a different result
+    assert torch.allclose(accumulated, full, atol=1e-6)
+    assert not torch.allclose(no_accum, full, atol=1e-4)
+
+
+def test_a_last_partial_accumulation_group_still_steps():
+    # 10 items, batch 2 -> 5 batches; accumulation 2 -> steps after batches 2, 4 and 5
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(10, 4, 5, 3)).astype(np.float32)
+    y = np.arange(10) % 3
+    torch.manual_seed(0)
+    model = _Linear(60, 3)
+    settings = TrainSettings(epochs=1, batch_size=2, grad_accum=2, lr=0.05, weight_decay=0.0, schedule="constant",
+                             patience=None, device="cpu", show_progress=False)
+    steps = []
+    opt_step = torch.optim.AdamW.step
+
+    def counting_step(self, *a, **k):
+        steps.append(1)
+        return opt_step(self, *a, **k)
+
+    torch.optim.AdamW.step = counting_step
+    try:
+        fit(model, VolumeDataset(x, y), None, settings, stream=(0,))
+    finally:
+        torch.optim.AdamW.step = opt_step
+    assert len(steps) == 3
+
+
+def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, capsys):
+    import logging
+
+    import neuroml.pipeline
+    from neuroml.cli import main
+
+    log = logging.getLogger("neuroml")  # main() installs its own handler: restore the logger afterwards
+    monkeypatch.setattr(log, "handlers", list(log.handlers))
+    monkeypatch.setattr(log, "propagate", log.propagate)
+    monkeypatch.setattr(log, "level", log.level)
+
+    calls = []
+    monkeypatch.setattr(neuroml.pipeline, "run_step", lambda name, **params: calls.append((name, params)))
+    assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--lr", "0.01",
+                 "--grad-accum", "2", "--num-workers", "3"]) == 0
+    (name, params), = calls
+    assert name == "train" and params["lr"] == 0.01 and params["grad_accum"] == 2 and params["num_workers"] == 3
+
+
+@pytest.mark.parametrize("n, grad_accum", [(9, 1), (10, 2)])  # 9 % 4 == 1: the last batch is dropped
+def test_preloaded_volumes_train_exactly_like_the_dataloader(n, grad_accum):
+    from neuroml.models import build_model
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(n, 19, 23, 20)).astype(np.float16)  # like the float16 cache
+    y = np.arange(n) % 3
+    out = {}
+    for preload in (False, True):
+        torch.manual_seed(0)
+        model = build_model("compact", 3, spatial_shape=(19, 23, 20))
+        settings = TrainSettings(epochs=2, batch_size=4, grad_accum=grad_accum, device="cpu", show_progress=False,
+                                 preload=preload, patience=None)
+        res = fit(model, VolumeDataset(x, y, rows=np.arange(n)[::-1]), None, settings, class_weights=[1, 2, 1],
+                  stream=(3,))
+        out[preload] = ([r["train_loss"] for r in res.history],
+                        torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert out[True][0] == out[False][0]
+    assert torch.equal(out[True][1], out[False][1])
+
+
+def test_preload_is_validated_and_skipped_with_a_transform():
+    from neuroml.data import make_augmentation
+    from neuroml.errors import ConfigError
+    from neuroml.training.trainer import _preload
+
+    with pytest.raises(ConfigError, match="'preload'"):
+        TrainSettings(preload="yes").validate()
+    data = VolumeDataset(np.zeros((4, 19, 23, 20), np.float32), np.arange(4) % 2)
+    on = TrainSettings(preload=True, device="cpu").validate()
+    assert _preload(data, on, torch.device("cpu"))[0].shape == (4, 1, 19, 23, 20)
+    assert _preload(data, TrainSettings(device="cpu").validate(), torch.device("cpu")) is None  # auto: CUDA only
+    augmented = VolumeDataset(data.volumes, data.labels, transform=make_augmentation(seed=0))
+    assert _preload(augmented, on, torch.device("cpu")) is None
