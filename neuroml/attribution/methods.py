@@ -13,6 +13,8 @@ method                   what it runs
 ``integrated_gradients`` :class:`captum.attr.IntegratedGradients`, baseline 0, 32 steps
 ``smoothgrad``           :class:`captum.attr.NoiseTunnel` over Saliency, seeded noise
 ``occlusion``            :class:`captum.attr.FeatureAblation` over a grid of blocks
+``region_occlusion``     the same over atlas regions (``feature_mask`` = labels);
+                         background (label 0) is not occluded and maps to 0
 =======================  ==========================================================
 
 Occlusion replaces one block at a time by 0 (the normalized mean) and records the drop
@@ -31,12 +33,14 @@ import torch
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError
 
-__all__ = ["METHODS", "Explainer", "block_mask", "guess_target_layer"]
+__all__ = ["METHODS", "ALL_METHODS", "Explainer", "block_mask", "guess_target_layer"]
 
 log = logging.getLogger("neuroml")
 
 #: Method names accepted by :class:`Explainer`.
 METHODS = ("gradcam", "gradcampp", "saliency", "integrated_gradients", "smoothgrad", "occlusion")
+#: :data:`METHODS` and ``"region_occlusion"`` (which needs atlas labels as ``feature_mask``).
+ALL_METHODS = METHODS + ("region_occlusion",)
 
 
 def block_mask(shape, n_blocks=6):
@@ -141,7 +145,7 @@ class Explainer:
     model : torch.nn.Module
         Takes ``(N, C, X, Y, Z)`` and returns logits ``(N, n_classes)``.
     method : str, default="gradcam"
-        One of :data:`METHODS`.
+        One of :data:`ALL_METHODS` (``"region_occlusion"`` needs ``feature_mask``).
     target_layer : str, optional
         Layer for the CAM methods; default: :func:`guess_target_layer` (for a network
         built by name, pass :func:`neuroml.models.default_target_layer`).
@@ -158,7 +162,8 @@ class Explainer:
     n_blocks : int, default=6
         Occlusion blocks per axis.
     feature_mask : array of int, optional
-        Occlusion groups instead of blocks (for example atlas labels), shape ``(X, Y, Z)``.
+        Occlusion groups instead of blocks (for example atlas labels), shape ``(X, Y, Z)``;
+        required by ``"region_occlusion"``, where label 0 is background.
     baseline : float, default=0.0
         Reference input of integrated gradients and fill value of occlusion
         (0 = the normalized mean intensity).
@@ -263,15 +268,20 @@ class Explainer:
             out.append(a.detach().sum(1).float().cpu())
         return torch.cat(out)
 
-    def _occlusion(self, work, x, targets):
+    def _occlusion(self, work, x, targets, regions=False):
         from captum.attr import FeatureAblation
 
+        if regions and self.feature_mask is None:
+            raise ConfigError("method 'region_occlusion' needs feature_mask= (atlas labels on the input grid)")
         if self.feature_mask is None:
             ids = block_mask(x.shape[2:], check_in_range("n_blocks", self.n_blocks, 1, 64, int))
         else:
             mask = np.asarray(self.feature_mask)
             if mask.shape != tuple(x.shape[2:]):
                 raise InputError(f"feature_mask has shape {mask.shape}, the input grid is {tuple(x.shape[2:])}")
+            if regions and (not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0):
+                raise InputError(f"feature_mask must hold integer labels >= 0 (0 = background), got dtype "
+                                 f"{mask.dtype} and minimum {mask.min(initial=0)}")
             ids = np.unique(mask, return_inverse=True)[1].reshape(mask.shape)  # contiguous 0..K-1
         mask_t = torch.as_tensor(ids, device=x.device)[None, None]
 
@@ -286,7 +296,10 @@ class Explainer:
                 x[idx], baselines=float(self.baseline), target=torch.as_tensor(targets[idx], device=x.device),
                 feature_mask=mask_t, perturbations_per_eval=per_eval)
             out.append(a.detach()[:, 0].float().cpu())
-        return torch.cat(out)
+        out = torch.cat(out)
+        if regions:  # background (label 0) is reported as 0, whatever hiding it did
+            out[:, torch.as_tensor(np.asarray(self.feature_mask) == 0)] = 0.0
+        return out
 
     def attribute(self, x, target="predicted"):
         """Attribution maps of ``x`` for the target classes.
@@ -313,7 +326,7 @@ class Explainer:
         InputError
             For an input that is not 4D/5D.
         """
-        method = look_up_option("method", self.method, METHODS)
+        method = look_up_option("method", self.method, ALL_METHODS)
         check_in_range("batch_size", self.batch_size, 1, None, int)
         try:
             device = next(self.model.parameters()).device
@@ -334,8 +347,8 @@ class Explainer:
             self.target_layer_ = (look_up_option("target_layer", self.target_layer, layers)
                                   if self.target_layer else guess_target_layer(work, x))
             maps = self._cam(work, x, self.targets_, GradCAM if method == "gradcam" else GradCAMpp)
-        elif method == "occlusion":
-            maps = self._occlusion(work, x, self.targets_)
+        elif method in ("occlusion", "region_occlusion"):
+            maps = self._occlusion(work, x, self.targets_, regions=method == "region_occlusion")
         else:
             maps = self._captum(work, x, self.targets_)
         return maps.numpy().astype(np.float32, copy=False)
