@@ -31,6 +31,7 @@ and writes ``sanity.json`` beside the maps.
 """
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -72,7 +73,9 @@ def randomize_weights(model, seed=0):
     work = copy.deepcopy(model)
     devices = [p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"][:1]
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
+        # a seed derived from ``seed``: torch.manual_seed(seed) then the same default init would
+        # reproduce the weights of a model built right after seeding with ``seed``
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), 0x5A17]).generate_state(1)[0]))
         for mod in work.modules():
             if hasattr(mod, "reset_running_stats"):
                 mod.reset_running_stats()
@@ -354,7 +357,9 @@ def planted_ground_truth(deriv_dir, affine, shape):
     for cls, regions in (rec.get("planted") or {}).items():
         img = nib.load(str(planted_mask_path(gt, cls)))
         img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
-        res = resample_img(img, target_affine=np.asarray(affine), target_shape=tuple(shape), interpolation="linear",
-                           force_resample=True, copy_header=True)
+        with warnings.catch_warnings():  # a 0/1 mask on purpose: linear, then >= 0.5
+            warnings.filterwarnings("ignore", message="Resampling binary images")
+            res = resample_img(img, target_affine=np.asarray(affine), target_shape=tuple(shape),
+                               interpolation="linear", force_resample=True, copy_header=True)
         out[str(cls)] = {"mask": np.asarray(res.dataobj) >= 0.5, "regions": [str(r) for r in regions]}
     return out
