@@ -578,3 +578,23 @@ def test_attribute_run_region_occlusion_and_trust_checks(tmp_path):
     mdd = trust["ground_truth"]["MDD"]
     assert 0 <= mdd["mass_accuracy"] <= 1 and 0 <= mdd["roc_auc"] <= 1 and "Hippocampus_L" in mdd["planted_ranks"]
     assert doc["trust"]["file"] == "sanity.json" and "deletion" in doc["trust"]
+
+
+def test_hirescam_is_exact_for_a_linear_head(rng):
+    """conv (identity) -> flatten -> linear: HiResCAM = activation x weight of the logit, voxel by voxel."""
+    conv = torch.nn.Conv3d(1, 1, 1, bias=False)
+    linear = torch.nn.Linear(int(np.prod(SHAPE)), 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        w = torch.zeros((2, *SHAPE))
+        w[1][BOX] = torch.as_tensor(rng.normal(size=_inside(BOX).sum()).astype(np.float32)).reshape(w[1][BOX].shape)
+        linear.weight.copy_(w.reshape(2, -1))
+    model = torch.nn.Sequential(conv, torch.nn.Flatten(), linear)
+    x = rng.normal(size=(2, *SHAPE)).astype(np.float32)
+    ex = Explainer(model, "hirescam", target_layer="0")
+    maps = ex.attribute(x, target=1)
+    np.testing.assert_allclose(maps, x * w[1].numpy()[None], rtol=1e-5, atol=1e-6)
+    assert ex.target_layer_ == "0"
+    assert (maps[:, ~_inside(BOX)] == 0).all()
+    # the default layer is the last one at most 4x coarser than the input
+    assert Explainer(tiny_classifier(), "hirescam").attribute(x[:1]).shape == (1, *SHAPE)

@@ -155,6 +155,12 @@ def _predict(models, x):
     return probs / len(models)
 
 
+def _as_tensor(x, model):
+    import torch
+
+    return torch.as_tensor(x[:, None], device=next(model.parameters()).device)
+
+
 def _top_regions(table, n=5):
     return [{"region": r, "hemisphere": h, "mean_attribution": round(float(m), 8)}
             for r, h, m in zip(table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n])]
@@ -237,6 +243,12 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
         target_layer = default_target_layer(cfg.get("model"))
     except (ImportError, ConfigError, KeyError, TypeError):
         target_layer = None
+    if method == "hirescam" and len(rows):  # its own default: a fine layer, not the Grad-CAM one
+        from neuroml.attribution.methods import HIRESCAM_MAX_STRIDE, guess_target_layer
+
+        first = next(iter(fold_models.values()))
+        target_layer = guess_target_layer(first, _as_tensor(cache.load([rows["row"].iloc[0]]), first),
+                                          HIRESCAM_MAX_STRIDE)
 
     out_dir = Path(run_dir) / "attribution" / method
     json_path = out_dir / "attribution.json"
