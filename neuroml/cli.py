@@ -93,8 +93,9 @@ def build_parser():
     s = sub.add_parser("attribute", help="attribution maps and region tables")
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
-    s.add_argument("--method", default="gradcam",
-                   help="gradcam, gradcampp, saliency, integrated_gradients, smoothgrad, occlusion, region_occlusion")
+    s.add_argument("--method", default="region_occlusion",
+                   help="region_occlusion (default: each atlas region hidden in turn), gradcam, gradcampp, hirescam, "
+                        "saliency, integrated_gradients, smoothgrad, occlusion")
     s.add_argument("--atlas", default="aal")
     s.add_argument("--target", default="predicted", help="predicted, true, or a class name")
     s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")

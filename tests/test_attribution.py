@@ -473,8 +473,10 @@ def test_deletion_curve_rewards_the_right_order():
 
 def test_fold_stability():
     v = np.arange(10.0)
-    res = sanity.fold_stability({0: v, 1: v * 2, 2: -v})
+    res = sanity.fold_stability({0: v, 1: v * 2, 2: -v}, top_k=3)
     assert [p[2] for p in res["pairs"]] == [1.0, -1.0, -1.0]
+    assert [p[3] for p in res["pairs"]] == [1.0, 0.0, 0.0]  # shared top-3 regions
+
     assert res["median_rho"] == -1.0 and res["passed"] is False
     assert sanity.fold_stability({0: v})["median_rho"] is None
 

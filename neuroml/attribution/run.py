@@ -166,7 +166,7 @@ def _top_regions(table, n=5):
             for r, h, m in zip(table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n])]
 
 
-def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="predicted", participants=None,
+def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", target="predicted", participants=None,
                   force=False, device="cpu", show_progress=True, batch_size=4, sanity=True, n_sanity=8, seed=0):
     """Attribution maps, group maps and region tables for the subjects of a run.
 
@@ -176,9 +176,11 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
         Output folder of ``neuroml train``.
     deriv_dir : str or Path
         Output folder of ``neuroml preprocess`` (its tensor cache is built if needed).
-    method : str, default="gradcam"
-        One of :data:`~neuroml.attribution.methods.ALL_METHODS` (``"region_occlusion"``
-        hides each region of ``atlas`` in turn).
+    method : str, default="region_occlusion"
+        One of :data:`~neuroml.attribution.methods.ALL_METHODS`. The default hides each
+        region of ``atlas`` in turn (one batched forward pass per region): the only method
+        that met the ground-truth, randomization and deletion targets on the synthetic
+        benchmark (``scripts/bench_attribution.py``); voxel methods give finer maps.
     atlas : str, default="aal"
         One of :data:`~neuroml.io.atlases.ATLASES`.
     target : str, default="predicted"

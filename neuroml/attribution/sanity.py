@@ -245,25 +245,33 @@ def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_rand
                     "below the area for random region orders"}
 
 
-def fold_stability(scores_by_fold, threshold=STABILITY_RHO):
-    """Spearman rho of region scores between every pair of folds.
+def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10):
+    """Spearman rho of region scores between every pair of folds, and top-region overlap.
 
     Parameters
     ----------
     scores_by_fold : dict
         ``{fold: ndarray (n_regions,)}``, the same regions in the same order.
+    threshold : float, default=STABILITY_RHO
+    top_k : int, default=10
+        Size of the top-region sets compared.
 
     Returns
     -------
     dict
-        ``pairs`` (``[fold_a, fold_b, rho]``), ``median_rho`` (None under 2 folds),
-        ``passed`` and ``rule``.
+        ``pairs`` (``[fold_a, fold_b, rho, shared top_k regions / top_k]``), ``median_rho``
+        and ``median_top_overlap`` (None under 2 folds), ``passed`` (median rho >=
+        threshold) and ``rule``.
     """
     folds = list(scores_by_fold)
-    pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4)]
-             for i, a in enumerate(folds) for b in folds[i + 1:]]
+    top = {f: set(np.argsort(-np.asarray(v), kind="stable")[:top_k].tolist()) for f, v in scores_by_fold.items()}
+    k = max(1, min(top_k, min((len(v) for v in scores_by_fold.values()), default=1)))
+    pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4),
+              round(len(top[a] & top[b]) / k, 4)] for i, a in enumerate(folds) for b in folds[i + 1:]]
     med = float(np.median([p[2] for p in pairs])) if pairs else None
-    return {"pairs": pairs, "median_rho": None if med is None else round(med, 4), "threshold": threshold,
+    overlap = float(np.median([p[3] for p in pairs])) if pairs else None
+    return {"pairs": pairs, "median_rho": None if med is None else round(med, 4),
+            "median_top_overlap": overlap, "top_k": int(top_k), "threshold": threshold,
             "passed": None if med is None else bool(med >= threshold),
             "rule": f"median Spearman rho of region scores between folds >= {threshold}"}
 

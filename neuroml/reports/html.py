@@ -277,7 +277,8 @@ def _subject_sections(attributions, resolution_mm, max_pictures=40):
     """One collapsible section per scan: prediction, top regions and a glass brain of its map."""
     if not attributions:
         return ""
-    folder, doc = next(((f, d) for f, d in attributions if d.get("method") == "gradcam"), attributions[0])
+    preferred = {"region_occlusion": 0, "hirescam": 1, "gradcam": 2}  # the default method first
+    folder, doc = min(attributions, key=lambda fd: preferred.get(fd[1].get("method"), 9))
     out = [f"<h2 id='per-subject'>Per-subject attribution ({_e(doc.get('method'))})</h2>",
            f"<p class='note'>Each scan's map explains its target ({_e(doc.get('target'))}), from the fold model "
            f"that did not train on it. Pictures for the first {max_pictures} scans.</p>"]
