@@ -366,8 +366,9 @@ class Explainer:
         self.target_layer_ = None
         if method in ("gradcam", "gradcampp", "hirescam"):
             layers = [n for n, _ in work.named_modules() if n]
+            stride = HIRESCAM_MAX_STRIDE if method == "hirescam" else None
             self.target_layer_ = (look_up_option("target_layer", self.target_layer, layers) if self.target_layer
-                                  else guess_target_layer(work, x, HIRESCAM_MAX_STRIDE if method == "hirescam" else None))
+                                  else guess_target_layer(work, x, stride))
             if method == "hirescam":
                 maps = self._hirescam(work, x, self.targets_)
             else:

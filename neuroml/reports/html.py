@@ -227,8 +227,6 @@ def _threshold(data):
 
 
 def _attribution_section(folder, doc, resolution_mm=None):
-    import nibabel as nib
-
     method = doc.get("method", folder.name)
     out = [f"<h2 id='attr-{_e(folder.name)}'>Attribution: {_e(method)}</h2>",
            f"<p class='note'>Target: {_e(doc.get('target'))}; atlas: {_e(doc.get('atlas'))}; "
@@ -415,12 +413,15 @@ def _sanity_items(method, sanity):
     for cls, st in (sanity.get("stability") or {}).items():
         items.append((_state(st.get("passed")),
                       f"{method}, stability of class {cls}: median Spearman rho of region scores between folds "
-                      f"{_num(st.get('median_rho'))} ({len(st.get('pairs') or [])} fold pairs; rule {st.get('rule')})."))
+                      f"{_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
+                      f"{_num(st.get('median_top_overlap'), 2)} ({len(st.get('pairs') or [])} fold pairs; "
+                      f"rule {st.get('rule')})."))
     for cls, g in (sanity.get("ground_truth") or {}).items():
         items.append((_state(g.get("passed")),
-                      f"{method}, ground truth of class {cls}: {_num(100 * (g.get('mass_accuracy') or 0), 1)} % of the "
-                      f"positive attribution inside the planted regions ({_num(100 * (g.get('planted_share') or 0), 1)} "
-                      f"% of the brain, {_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {_num(g.get('roc_auc'))}, "
+                      f"{method}, ground truth of class {cls}: {_num(100 * (g.get('mass_accuracy') or 0), 1)} % "
+                      f"of the positive attribution inside the planted regions "
+                      f"({_num(100 * (g.get('planted_share') or 0), 1)} % of the brain, "
+                      f"{_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {_num(g.get('roc_auc'))}, "
                       f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted."))
     if not items:
         items.append(("na", f"{method}: sanity.json holds no check."))
