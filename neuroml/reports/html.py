@@ -222,8 +222,9 @@ def _brain_mask(img, resolution_mm):
 
 
 def _threshold(data):
+    """75th percentile of the non-zero |values|, at least 5 % of the largest (region maps are heavy-tailed)."""
     vals = np.abs(data[np.isfinite(data) & (data != 0)])
-    return float(np.percentile(vals, 75)) if vals.size else None
+    return max(float(np.percentile(vals, 75)), 0.05 * float(vals.max())) if vals.size else None
 
 
 def _attribution_section(folder, doc, resolution_mm=None):
@@ -231,8 +232,9 @@ def _attribution_section(folder, doc, resolution_mm=None):
     out = [f"<h2 id='attr-{_e(folder.name)}'>Attribution: {_e(method)}</h2>",
            f"<p class='note'>Target: {_e(doc.get('target'))}; atlas: {_e(doc.get('atlas'))}; "
            f"{_e(doc.get('n_subjects', len(doc['subjects'])))} scans; group maps average, per class, the maps of "
-           "that class's subjects explaining that class. Pictures show the mean map above its 75th percentile "
-           "(absolute value), inside the template brain mask, over the MNI152 template.</p>"]
+           "that class's subjects explaining that class. Pictures show the mean map above the 75th "
+           "percentile of its absolute values (at least 5 % of the largest), inside the template brain mask, over "
+           "the MNI152 template.</p>"]
     group = doc.get("group") or {}
     if not group:
         out.append("<p class='na'>No group maps (no subject with a known class label).</p>")
@@ -256,9 +258,12 @@ def _attribution_section(folder, doc, resolution_mm=None):
             out.append(f"<p class='na'>Group map file {_e(info.get('mean_map'))} not found.</p>")
         t_path = folder / str(info.get("tstat_map") or "")
         if info.get("tstat_map") and t_path.is_file():
+            t_img = _masked(t_path, resolution_mm)
+            t_max = float(np.abs(np.asarray(t_img.dataobj)).max())
+            t_thr = 3.0 if t_max > 6.0 else round(0.5 * t_max, 2)
             out.append(f"<p class='note'>Voxel-wise one-sample t map (mean attribution against 0 across the "
-                       f"{_e(info.get('n'))} subjects), shown above |t| = 3.</p>")
-            png, err = _figure(figures.glass_brain_png, _masked(t_path, resolution_mm), threshold=3.0)
+                       f"{_e(info.get('n'))} subjects; largest |t| {t_max:.1f}), shown above |t| = {t_thr:g}.</p>")
+            png, err = _figure(figures.glass_brain_png, t_img, threshold=t_thr)
             out.append(err or _img(png, f"glass brain of the class {cls} t map"))
     return "\n".join(out)
 
