@@ -600,3 +600,29 @@ def test_hirescam_is_exact_for_a_linear_head(rng):
     assert (maps[:, ~_inside(BOX)] == 0).all()
     # the default layer is the last one at most 4x coarser than the input
     assert Explainer(tiny_classifier(), "hirescam").attribute(x[:1]).shape == (1, *SHAPE)
+
+
+def test_bench_script_summary_applies_the_targets():
+    """scripts/bench_attribution.py: a method meets the targets only with every class passing and |rho| < 0.2."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_attribution.py"
+    spec = importlib.util.spec_from_file_location("bench_attribution", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gt = {"mass_accuracy": 0.5, "planted_share": 0.02, "mass_enrichment": 25.0, "roc_auc": 0.9, "top_k_planted": 5,
+          "top_k": 5, "planted_ranks": {"A_L": 1, "B_R": 7}, "top_regions": ["A_L"], "passed": True}
+    trust = {"randomization": {"median_abs_rho": 0.05, "passed": True},
+             "deletion": {"auc": 0.3, "auc_random": 0.9},
+             "stability": {"MDD": {"median_rho": 0.6}},
+             "ground_truth": {"MDD": gt, "SCZ": dict(gt, passed=False, top_k_planted=4)}}
+    row = bench.summarize(trust, 1.5)
+    assert row["classes"]["MDD"]["planted_rank_best"] == 1 and row["classes"]["MDD"]["planted_rank_worst"] == 7
+    assert not row["all_targets_met"]
+    trust["ground_truth"]["SCZ"]["passed"] = True
+    assert bench.summarize(trust, 1.5)["all_targets_met"]
+    trust["randomization"]["passed"] = False
+    assert not bench.summarize(trust, 1.5)["all_targets_met"]
+    table = bench.markdown({"m": bench.summarize(trust, 1.5)}, ["MDD", "SCZ"])
+    assert "| m | 1.50 | 5/5 | 1-7 | 25.0 | 0.9 | 4/5 |" in table
