@@ -95,7 +95,7 @@ def deletion_png(curves, title="Deletion curves: target probability as regions a
         ``{method: {"steps": [...], "probability": [...], "probability_random": [...]}}``;
         the attribution order is drawn solid, the random orders dashed in the same colour.
     """
-    fig = _figure((6.4, 3.6))
+    fig = _figure((8.6, 3.8))
     ax = fig.add_subplot()
     for i, (name, c) in enumerate(curves.items()):
         color = f"C{i % 10}"
@@ -105,7 +105,7 @@ def deletion_png(curves, title="Deletion curves: target probability as regions a
     ax.set(xlabel="atlas regions removed (highest attribution first)", ylabel="target class probability",
            ylim=(-0.02, 1.02), title=title)
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure_png(fig)
 
 

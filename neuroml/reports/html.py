@@ -297,7 +297,7 @@ def _subject_sections(attributions, resolution_mm, max_pictures=40):
         top = s.get("top_regions") or []
         if top:
             out.append(_table(["rank", "region", "hemisphere", "mean attribution"],
-                              [(k + 1, r.get("region"), r.get("hemisphere", ""), _num(r.get("mean_attribution"), 4))
+                              [(k + 1, r.get("region"), r.get("hemisphere", ""), _sig(r.get("mean_attribution")))
                                for k, r in enumerate(top)], numeric=(0, 3)))
         path = folder / str(s.get("map", ""))
         if i < max_pictures and s.get("map") and path.is_file():
@@ -336,6 +336,12 @@ def _subjects(predictions, classes, attributions):
             f"<p class='note'>Out-of-fold predictions (each participant predicted by the fold model that did not "
             f"train on it). {note}</p>"
             + _table(["participant", "true", "predicted", "probabilities", "fold", "top 5 regions"], rows))
+
+
+def _sig(v, digits=4):
+    """A number with ``digits`` significant digits ('n/a' when not a number)."""
+    f = _float(v)
+    return "n/a" if f is None or not np.isfinite(f) else f"{f:.{digits}g}"
 
 
 def _float(v):
