@@ -98,11 +98,17 @@ def build_parser():
     s = sub.add_parser("attribute", help="attribution maps and region tables")
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
-    s.add_argument("--method", default="gradcam")
+    s.add_argument("--method", default="region_occlusion",
+                   help="region_occlusion (default: each atlas region hidden in turn), gradcam, gradcampp, hirescam, "
+                        "saliency, integrated_gradients, smoothgrad, occlusion")
     s.add_argument("--atlas", default="aal")
     s.add_argument("--target", default="predicted", help="predicted, true, or a class name")
     s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")
     s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
+    s.add_argument("--no-sanity", action="store_true", help="skip the trust checks (sanity.json)")
+    s.add_argument("--n-sanity", type=_positive_int, default=8,
+                   help="subjects explained again for the randomization and deletion checks (default 8)")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
     s.add_argument("run_dir", type=Path)
@@ -183,7 +189,7 @@ def _dispatch(args):
     if c == "attribute":
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participants=args.participant_label,
-                       force=args.force))
+                       force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device))
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))

@@ -379,3 +379,250 @@ def test_group_maps_explain_each_subjects_own_class(tmp_path):
     np.testing.assert_allclose(group, expected, rtol=1e-4, atol=1e-9)
     saved = np.mean([nib.load(folder / map_name(p, method="saliency")).get_fdata() for p in ("sub-04", "sub-05")], 0)
     assert not np.allclose(group, saved)
+
+
+# -- region occlusion, known answers ---------------------------------------------------------------------------
+def _box_labels():
+    labels = np.full(SHAPE, 2, dtype=np.int32)
+    labels[BOX] = 1
+    labels[:, :4] = 3
+    labels[0] = 0
+    return labels
+
+
+def test_occlusion_block_value_is_exact():
+    """One 3x4x3 block hides 36 of the box's 72 voxels: the box mean halves, and the drop is known."""
+    maps = Explainer(BoxModel(), "occlusion").attribute(np.ones((1, *SHAPE), np.float32), target=0)[0]
+    p = lambda v: float(torch.softmax(torch.tensor([4.0 * v, -4.0 * v, 0.0]), 0)[0])  # noqa: E731
+    block = (slice(3, 6), slice(8, 12), slice(6, 9))
+    assert _inside(block).sum() * 2 == _inside(BOX).sum()
+    np.testing.assert_allclose(maps[block], p(1.0) - p(0.5), rtol=1e-5)
+
+
+def test_region_occlusion_method_paints_each_region_with_its_drop():
+    labels = _box_labels()
+    x = np.ones((2, *SHAPE), dtype=np.float32)
+    ex = Explainer(BoxModel(), "region_occlusion", feature_mask=labels, batch_size=3)
+    maps = ex.attribute(x, target=0)
+    p = float(torch.softmax(torch.tensor([4.0, -4.0, 0.0]), 0)[0] - 1 / 3)
+    np.testing.assert_allclose(maps[:, labels == 1], p, rtol=1e-5)
+    np.testing.assert_allclose(maps[:, labels != 1], 0, atol=1e-7)
+    table = region_table(maps[0], labels, {1: "Box_L", 2: "Rest_R", 3: "Front_L"})
+    assert table["region"].iloc[0] == "Box_L"
+    with pytest.raises(ConfigError, match="feature_mask"):
+        Explainer(BoxModel(), "region_occlusion").attribute(x)
+    with pytest.raises(InputError, match="labels >= 0"):
+        Explainer(BoxModel(), "region_occlusion", feature_mask=labels - 1).attribute(x)
+
+
+# -- trust checks ------------------------------------------------------------------------------------------------
+from neuroml.attribution import sanity  # noqa: E402
+
+
+def test_randomize_weights_copies_and_is_seeded():
+    model = tiny_classifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a, b = sanity.randomize_weights(model, 3), sanity.randomize_weights(model, 3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in before)
+    changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], a.state_dict()[k])]
+    assert len(changed) >= 3
+    c = sanity.randomize_weights(model, 4)
+    assert not torch.equal(a.state_dict()[changed[0]], c.state_dict()[changed[0]])
+
+
+def test_model_randomization_flags_a_map_that_ignores_the_model(x):
+    model = tiny_classifier()
+    targets = np.array([0, 1])
+    copy_input = lambda m, xx, t: np.asarray(xx)  # noqa: E731 - an "edge detector": the same for any weights
+    res = sanity.model_randomization(copy_input, model, x, x, targets)
+    assert res["rho"] == [1.0, 1.0] and not res["passed"]
+
+    def weight_driven(m, xx, t):  # depends only on the weights: uncorrelated once they are redrawn
+        w = max(m.parameters(), key=lambda q: q.numel()).detach().numpy().ravel()
+        return np.stack([np.resize(w, SHAPE)] * len(xx))
+    res = sanity.model_randomization(weight_driven, model, x, weight_driven(model, x, targets), targets)
+    assert res["median_abs_rho"] < 0.2 and res["passed"]
+    assert "Spearman" in res["rule"]
+
+
+def test_spearman_matches_scipy(rng):
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    assert sanity.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert sanity.spearman(a, np.ones(50)) == 0.0
+
+
+def test_deletion_curve_rewards_the_right_order():
+    labels = np.zeros(SHAPE, np.int32)
+    labels[BOX] = 1
+    labels[9:, :, :] = 2
+    labels[:3, :, :] = 3
+    labels[3:9, 12:, :] = 4
+    x = np.ones((1, *SHAPE), np.float32)
+    good = np.where(labels == 1, 1.0, 0.0)[None].astype(np.float32)
+    res = sanity.deletion_curve(BoxModel(), x, good, [0], labels, n_random=8)
+    p1 = float(torch.softmax(torch.tensor([4.0, -4.0, 0.0]), 0)[0])
+    assert res["steps"] == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(res["probability"], [p1, 1 / 3, 1 / 3, 1 / 3, 1 / 3], atol=1e-4)
+    assert res["fraction_removed"][1] == pytest.approx((labels == 1).sum() / (labels > 0).sum(), abs=1e-4)
+    assert res["auc"] < res["auc_random"] and res["passed"]
+    bad = sanity.deletion_curve(BoxModel(), x, -good, [0], labels, n_random=8)
+    assert bad["probability"][:4] == pytest.approx([p1] * 4, abs=1e-4)
+    assert bad["auc"] > bad["auc_random"] and not bad["passed"]
+
+
+def test_fold_stability():
+    v = np.arange(10.0)
+    res = sanity.fold_stability({0: v, 1: v * 2, 2: -v}, top_k=3)
+    assert [p[2] for p in res["pairs"]] == [1.0, -1.0, -1.0]
+    assert [p[3] for p in res["pairs"]] == [1.0, 0.0, 0.0]  # shared top-3 regions
+
+    assert res["median_rho"] == -1.0 and res["passed"] is False
+    assert sanity.fold_stability({0: v})["median_rho"] is None
+
+
+def test_ground_truth_scores_hand_computed():
+    mask = np.zeros(SHAPE, bool)
+    mask[BOX] = True
+    brain = np.ones(SHAPE, bool)
+    brain[0] = False
+    attribution = np.where(mask, 3.0, 0.0)
+    attribution[5, 0, 0] = 1.0  # a little mass outside
+    labels = _box_labels()
+    table = region_table(attribution, labels, {1: "Box_L", 2: "Rest_R", 3: "Front_L"})
+    res = sanity.ground_truth_scores(attribution, mask, brain, table, ["Box_L"], top_k=1)
+    mass = 3.0 * mask.sum() / (3.0 * mask.sum() + 1.0)
+    share = mask.sum() / brain.sum()
+    assert res["mass_accuracy"] == pytest.approx(mass, abs=1e-4)
+    assert res["planted_share"] == pytest.approx(share, abs=1e-4)
+    assert res["mass_enrichment"] == pytest.approx(mass / share, rel=1e-3)
+    assert res["roc_auc"] == pytest.approx(1.0)
+    assert res["planted_ranks"] == {"Box_L": 1} and res["top_k_planted"] == 1 and res["passed"]
+    flipped = sanity.ground_truth_scores(-attribution, mask, brain, table, ["Box_L"], top_k=1)
+    assert flipped["mass_accuracy"] == 0.0 and flipped["roc_auc"] < 0.5 and not flipped["passed"]
+
+
+def test_planted_ground_truth_from_a_synthetic_cohort(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from neuroml.io.atlases import atlas_on_grid
+    from neuroml.io.templates import target_grid
+
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    deriv = tmp_path / "deriv"
+    deriv.mkdir()
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "d", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "SourceDatasets": [{"URL": f"file://{samples.resolve()}"}]}))
+    affine, shape = target_grid(RES)
+    truth = sanity.planted_ground_truth(deriv, affine, shape)
+    assert sorted(truth) == ["MDD", "SCZ"]
+    labels, names = atlas_on_grid("aal", affine, shape)
+    index = {v: k for k, v in names.items()}
+    for cls, info in truth.items():
+        assert info["mask"].shape == shape and info["mask"].any()
+        planted = np.isin(labels, [index[r] for r in info["regions"] if r in index])
+        assert (info["mask"] & planted).sum() > 0.6 * info["mask"].sum()  # on the planted atlas regions
+    # not a synthetic cohort: no ground truth
+    other = tmp_path / "raw"
+    other.mkdir()
+    shutil.copy(samples / "participants.tsv", other / "participants.tsv")
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "d", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "SourceDatasets": [{"URL": f"file://{other.resolve()}"}]}))
+    assert sanity.planted_ground_truth(deriv, affine, shape) is None
+
+
+def test_attribute_run_region_occlusion_and_trust_checks(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from neuroml.cli import main
+    from neuroml.data import build_cache
+    from neuroml.io.atlases import atlas_on_grid
+    from neuroml.training import load_run
+
+    run_dir, deriv = _make_run(tmp_path)
+    samples = Path(__file__).resolve().parents[1] / "data_samples" / "derivatives" / "groundtruth"
+    gt = tmp_path / "raw" / "derivatives" / "groundtruth"
+    gt.mkdir(parents=True)
+    for f in ("planted_regions.json", "space-MNI152NLin2009aSym_desc-MDD_mask.nii.gz",
+              "space-MNI152NLin2009aSym_desc-SCZ_mask.nii.gz"):
+        shutil.copy(samples / f, gt / f)
+    assert main(["-q", "attribute", str(run_dir), str(deriv), "--method", "region_occlusion", "--target", "true",
+                 "--n-sanity", "3"]) == 0
+    folder = run_dir / "attribution" / "region_occlusion"
+    doc = json.loads((folder / "attribution.json").read_text())
+    assert doc["method"] == "region_occlusion" and doc["n_subjects"] == 7
+
+    # the map of sub-01 holds, per region, the drop region_occlusion() measures with the same model
+    cache = build_cache(deriv)
+    fold0 = dict(load_run(run_dir).fold_models("cpu"))[0]
+    row = int(cache.index.set_index("participant_id").loc["sub-01", "row"])
+    labels, names = atlas_on_grid("aal", cache.affine, cache.shape)
+    table, drops = region_occlusion(fold0, cache.load([row]), labels, names, target=0)
+    img = np.asarray(nib.load(folder / map_name("sub-01", method="region_occlusion")).dataobj)
+    ids = np.array(sorted(names))
+    first = np.array([np.flatnonzero(labels.ravel() == k)[0] for k in ids])
+    np.testing.assert_allclose(img.ravel()[first], drops[0], rtol=1e-4, atol=1e-7)
+    assert (img[labels == 0] == 0).all()
+
+    trust = json.loads((folder / "sanity.json").read_text())
+    assert len(trust["subjects"]) == 3 and {"randomization", "deletion", "stability", "ground_truth"} <= set(trust)
+    assert len(trust["randomization"]["rho"]) == 3
+    assert trust["randomization"]["passed"] == (trust["randomization"]["median_abs_rho"] < 0.2)
+    assert len(trust["deletion"]["probability"]) == len(trust["deletion"]["steps"])
+    assert trust["deletion"]["probability"][0] == pytest.approx(
+        np.mean([s["probabilities"][s["true_label"]] for s in doc["subjects"]
+                 if s["participant_id"] in trust["subjects"]]), abs=1e-3)
+    assert list(trust["ground_truth"]) == ["MDD"]  # control has nothing planted; SCZ is not in this run
+    mdd = trust["ground_truth"]["MDD"]
+    assert 0 <= mdd["mass_accuracy"] <= 1 and 0 <= mdd["roc_auc"] <= 1 and "Hippocampus_L" in mdd["planted_ranks"]
+    assert doc["trust"]["file"] == "sanity.json" and "deletion" in doc["trust"]
+
+
+def test_hirescam_is_exact_for_a_linear_head(rng):
+    """conv (identity) -> flatten -> linear: HiResCAM = activation x weight of the logit, voxel by voxel."""
+    conv = torch.nn.Conv3d(1, 1, 1, bias=False)
+    linear = torch.nn.Linear(int(np.prod(SHAPE)), 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        w = torch.zeros((2, *SHAPE))
+        w[1][BOX] = torch.as_tensor(rng.normal(size=_inside(BOX).sum()).astype(np.float32)).reshape(w[1][BOX].shape)
+        linear.weight.copy_(w.reshape(2, -1))
+    model = torch.nn.Sequential(conv, torch.nn.Flatten(), linear)
+    x = rng.normal(size=(2, *SHAPE)).astype(np.float32)
+    ex = Explainer(model, "hirescam", target_layer="0")
+    maps = ex.attribute(x, target=1)
+    np.testing.assert_allclose(maps, x * w[1].numpy()[None], rtol=1e-5, atol=1e-6)
+    assert ex.target_layer_ == "0"
+    assert (maps[:, ~_inside(BOX)] == 0).all()
+    # the default layer is the last one at most 4x coarser than the input
+    assert Explainer(tiny_classifier(), "hirescam").attribute(x[:1]).shape == (1, *SHAPE)
+
+
+def test_bench_script_summary_applies_the_targets():
+    """scripts/bench_attribution.py: a method meets the targets only with every class passing and |rho| < 0.2."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_attribution.py"
+    spec = importlib.util.spec_from_file_location("bench_attribution", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gt = {"mass_accuracy": 0.5, "planted_share": 0.02, "mass_enrichment": 25.0, "roc_auc": 0.9, "top_k_planted": 5,
+          "top_k": 5, "planted_ranks": {"A_L": 1, "B_R": 7}, "top_regions": ["A_L"], "passed": True}
+    trust = {"randomization": {"median_abs_rho": 0.05, "passed": True},
+             "deletion": {"auc": 0.3, "auc_random": 0.9},
+             "stability": {"MDD": {"median_rho": 0.6}},
+             "ground_truth": {"MDD": gt, "SCZ": dict(gt, passed=False, top_k_planted=4)}}
+    row = bench.summarize(trust, 1.5)
+    assert row["classes"]["MDD"]["planted_rank_best"] == 1 and row["classes"]["MDD"]["planted_rank_worst"] == 7
+    assert not row["all_targets_met"]
+    trust["ground_truth"]["SCZ"]["passed"] = True
+    assert bench.summarize(trust, 1.5)["all_targets_met"]
+    trust["randomization"]["passed"] = False
+    assert not bench.summarize(trust, 1.5)["all_targets_met"]
+    table = bench.markdown({"m": bench.summarize(trust, 1.5)}, ["MDD", "SCZ"])
+    assert "| m | 1.50 | 5/5 | 1-7 | 25.0 | 0.9 | 4/5 |" in table

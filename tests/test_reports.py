@@ -19,6 +19,14 @@ from neuroml.reports import figures
 EVIL = "<script>alert(1)</script>"
 CLASSES = ["control", EVIL]
 RES = 8.0
+SANITY = {
+    "randomization": {"rho": [0.05, 0.61, 0.4], "median_abs_rho": 0.4, "passed": False, "rule": f"rule {EVIL}"},
+    "deletion": {"steps": [0, 1, 2, 4], "probability": [0.9, 0.5, 0.4, 0.3],
+                 "probability_random": [0.9, 0.85, 0.8, 0.7], "auc": 0.44, "auc_random": 0.8, "passed": True},
+    "stability": {EVIL: {"pairs": [["0", "1", 0.7]], "median_rho": 0.7, "passed": True, "rule": "rho >= 0.5"}},
+    "ground_truth": {EVIL: {"mass_accuracy": 0.42, "planted_share": 0.021, "mass_enrichment": 20.0,
+                            "roc_auc": 0.93, "top_k_planted": 5, "top_k": 5, "passed": True}},
+}
 
 
 def _write(path, text):
@@ -53,7 +61,8 @@ def _attribution(run, rng):
     for c, g in groups.items():
         stem = f"regions_atlas-aal_class-{class_entity(c, CLASSES)}"
         write_region_table(region_table(g["mean"], labels, names, 0.512), folder / f"{stem}.tsv")
-        info[c] = {"n": g["n"], "mean_map": f"group/{written[c]['mean'].name}", "regions_tsv": f"{stem}.tsv"}
+        info[c] = {"n": g["n"], "mean_map": f"group/{written[c]['mean'].name}", "regions_tsv": f"{stem}.tsv",
+                   "tstat_map": f"group/{written[c]['tstat'].name}"}
     subjects = [{"participant_id": f"sub-0{i + 1}", "map": f"sub-0{i + 1}_desc-gradcam_map.nii.gz",
                  "model_use": "out-of-fold", "folds": [0], "true_label": CLASSES[i // 2],
                  "probabilities": {c: 0.5 for c in CLASSES},
@@ -61,6 +70,8 @@ def _attribution(run, rng):
     doc = {"method": "gradcam", "target": "predicted", "atlas": "aal", "n_subjects": 4, "subjects": subjects,
            "group": info}
     _write(folder / "attribution.json", json.dumps(doc))
+    nib.save(nib.Nifti1Image(maps[0], affine), str(folder / subjects[0]["map"]))  # one subject's map on disk
+    _write(folder / "sanity.json", json.dumps(SANITY))
 
 
 def make_run(root, rng, attribution=True):
@@ -115,8 +126,9 @@ def test_report_escapes_every_string(text):
 def test_report_is_self_contained_with_embedded_pngs(report, text):
     assert report.name == "report.html"
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    # ROC, confusion matrix, training curve, and a glass brain + slices per class
-    assert len(uris) == 3 + 2 * 2
+    # ROC, confusion matrix, training curve; glass brain + slices + t-map glass brain per class;
+    # deletion curves; one subject's glass brain (the other subjects' maps are not on disk)
+    assert len(uris) == 3 + 3 * 2 + 1 + 1
     assert all(base64.b64decode(u)[:8] == b"\x89PNG\r\n\x1a\n" for u in uris)
     assert "http://" not in text and "https://" not in text
     links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text)
@@ -129,7 +141,8 @@ def test_report_sections(text):
                     "Attribution: gradcam", "Subjects", "Trust checks"):
         assert heading in text
     assert "[0." in text  # confidence intervals
-    assert "not computed in this run" in text  # sanity checks / permutation test are not faked
+    assert "not computed in this run" in text  # the permutation test is not faked
+    assert "Per-subject attribution (gradcam)" in text and text.count("<details class='subject'>") == 4
     assert "participants in both" not in text
     assert "6 participants tested once each" in text
 
@@ -161,20 +174,65 @@ def test_figures_return_png():
     assert figures.glass_brain_png(img)[:4] == b"\x89PNG"
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and not shutil.os.path.exists("/usr/bin/chromium"),
-                    reason="headless Chromium not installed")
-def test_report_renders_in_headless_chromium(report, tmp_path):
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    shot = tmp_path / "shot.png"
+_PROBE = """<script>
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images), tables = Array.from(document.querySelectorAll("table"));
+  var shown = function (e) { var r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  var out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({
+    images: imgs.length,
+    decoded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 50 && i.naturalHeight > 50; }).length,
+    visible_images: imgs.filter(function (i) { return shown(i) || i.closest("details:not([open])"); }).length,
+    tables: tables.length,
+    visible_tables: tables.filter(function (t) { return shown(t) || t.closest("details:not([open])"); }).length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed")
+def test_report_renders_in_headless_chromium(report, text, tmp_path):
+    """Chromium decodes every embedded picture and lays out every table; the screenshot shows them."""
+    exe = _chromium()
     args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000"]
-    dom = subprocess.run(args + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=90)
-    assert 'id="trust"' in dom.stdout
-    assert dom.stdout.count("data:image/png;base64,") == 7
-    subprocess.run(args + [f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=90)
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000", "--virtual-time-budget=10000"]
+    n_images, n_tables = text.count("<img "), text.count("<table>")
+    # a copy of the report with a probe script (the report itself has none) that reports what the browser decoded
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(found.group(1).replace("&quot;", '"'))
+    assert seen == {"images": n_images, "decoded": n_images, "visible_images": n_images, "tables": n_tables,
+                    "visible_tables": n_tables}
+    assert n_images == 11 and n_tables >= 8
+
+    shot = tmp_path / "shot.png"
+    subprocess.run(args + [f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
     from PIL import Image
 
     with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("L"))
-    assert pixels.shape == (3000, 1200)
-    assert pixels.std() > 10  # not a blank page
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert rgb.shape == (3000, 1200, 3)
+    assert rgb.std() > 10  # not a blank page
+    # pictures bring colour (ROC lines, colour maps); text and table borders are grey
+    colourful = (rgb.max(2) - rgb.min(2)) > 60
+    assert colourful.sum() > 2000
+
+
+def test_report_trust_checks_show_verdicts(text):
+    trust = text[text.index("id='trust'"):]
+    assert "model randomization: median |rho| = 0.400 over 3 subjects; FAILED" in trust
+    assert "<li class='warn'>gradcam, model randomization" in trust
+    assert "<li class='ok'>gradcam, deletion: area 0.440 removing top-ranked regions first vs 0.800" in trust
+    assert "20.0x), voxel ROC AUC 0.930, 5/5 of the top regions planted" in trust
+    assert "stability of class &lt;script&gt;" in trust
+    assert "Attribution trust checks, method by method" in trust
+    assert re.search(r"<td>gradcam</td><td class=\"num\">0.400</td>", trust) or "<td>0.400</td>" in trust
+    assert 'alt="deletion curves of every method"' in trust

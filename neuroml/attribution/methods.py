@@ -9,10 +9,17 @@ method                   what it runs
 =======================  ==========================================================
 ``gradcam``              :class:`monai.visualize.GradCAM`, raw (not min-max scaled)
 ``gradcampp``            :class:`monai.visualize.GradCAMpp`
+``hirescam``             :class:`captum.attr.LayerGradientXActivation` summed over channels
+                         (HiResCAM, Draelos & Carin 2020: Grad-CAM without averaging the
+                         gradients over space, exact for a flatten + linear head), signed,
+                         upsampled trilinearly; default layer: the last one at most 4x
+                         coarser than the input (fine enough for atlas regions)
 ``saliency``             :class:`captum.attr.Saliency` (absolute gradient)
 ``integrated_gradients`` :class:`captum.attr.IntegratedGradients`, baseline 0, 32 steps
 ``smoothgrad``           :class:`captum.attr.NoiseTunnel` over Saliency, seeded noise
 ``occlusion``            :class:`captum.attr.FeatureAblation` over a grid of blocks
+``region_occlusion``     the same over atlas regions (``feature_mask`` = labels);
+                         background (label 0) is not occluded and maps to 0
 =======================  ==========================================================
 
 Occlusion replaces one block at a time by 0 (the normalized mean) and records the drop
@@ -31,12 +38,17 @@ import torch
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError
 
-__all__ = ["METHODS", "Explainer", "block_mask", "guess_target_layer"]
+__all__ = ["METHODS", "ALL_METHODS", "Explainer", "block_mask", "guess_target_layer"]
 
 log = logging.getLogger("neuroml")
 
 #: Method names accepted by :class:`Explainer`.
-METHODS = ("gradcam", "gradcampp", "saliency", "integrated_gradients", "smoothgrad", "occlusion")
+METHODS = ("gradcam", "gradcampp", "hirescam", "saliency", "integrated_gradients", "smoothgrad", "occlusion")
+#: :data:`METHODS` and ``"region_occlusion"`` (which needs atlas labels as ``feature_mask``).
+ALL_METHODS = METHODS + ("region_occlusion",)
+#: Default layer of ``hirescam``: the last whose sides are at least 1/4 of the input's
+#: (8 mm cells at 2 mm), so that regions of a few ml are resolved.
+HIRESCAM_MAX_STRIDE = 4
 
 
 def block_mask(shape, n_blocks=6):
@@ -79,7 +91,7 @@ def _working_copy(model):
     return work
 
 
-def guess_target_layer(model, x):
+def guess_target_layer(model, x, max_stride=None):
     """Name of the last module whose output is still a spatial feature map.
 
     Runs one forward pass of ``x`` (a copy of the model is used) and returns the module
@@ -90,6 +102,8 @@ def guess_target_layer(model, x):
     ----------
     model : torch.nn.Module
     x : torch.Tensor of shape (N, C, X, Y, Z)
+    max_stride : int, optional
+        Only outputs whose every side is at least ``side / max_stride`` of the input's.
 
     Returns
     -------
@@ -104,8 +118,9 @@ def guess_target_layer(model, x):
 
         def hook(_m, _inp, out, name=name):
             # a container returns its last child's tensor: keep the name of the child that made it
+            fine = max_stride is None or all(o * max_stride >= i for o, i in zip(out.shape[2:], x.shape[2:]))
             if isinstance(out, torch.Tensor) and out.ndim == 5 and int(np.prod(out.shape[2:])) > 1 \
-                    and out is not last["out"]:
+                    and out is not last["out"] and fine:
                 last.update(name=name, out=out)
         handles.append(mod.register_forward_hook(hook))
     with torch.no_grad():
@@ -141,10 +156,11 @@ class Explainer:
     model : torch.nn.Module
         Takes ``(N, C, X, Y, Z)`` and returns logits ``(N, n_classes)``.
     method : str, default="gradcam"
-        One of :data:`METHODS`.
+        One of :data:`ALL_METHODS` (``"region_occlusion"`` needs ``feature_mask``).
     target_layer : str, optional
         Layer for the CAM methods; default: :func:`guess_target_layer` (for a network
-        built by name, pass :func:`neuroml.models.default_target_layer`).
+        built by name, pass :func:`neuroml.models.default_target_layer` to Grad-CAM); for
+        ``hirescam`` the last layer at most :data:`HIRESCAM_MAX_STRIDE` times coarser.
     classes : sequence of str, optional
         Class names, so that targets can be given by name.
     batch_size : int, default=8
@@ -158,7 +174,8 @@ class Explainer:
     n_blocks : int, default=6
         Occlusion blocks per axis.
     feature_mask : array of int, optional
-        Occlusion groups instead of blocks (for example atlas labels), shape ``(X, Y, Z)``.
+        Occlusion groups instead of blocks (for example atlas labels), shape ``(X, Y, Z)``;
+        required by ``"region_occlusion"``, where label 0 is background.
     baseline : float, default=0.0
         Reference input of integrated gradients and fill value of occlusion
         (0 = the normalized mean intensity).
@@ -237,6 +254,18 @@ class Explainer:
                 out[idx] = cam(xi, class_idx=int(c))[:, 0].detach().float().cpu()
         return out
 
+    def _hirescam(self, work, x, targets):
+        from captum.attr import LayerAttribution, LayerGradientXActivation
+
+        layer = dict(work.named_modules())[self.target_layer_]
+        out = []
+        for idx in _batches(np.arange(x.shape[0]), int(self.batch_size)):
+            a = LayerGradientXActivation(work, layer).attribute(
+                x[idx], target=torch.as_tensor(targets[idx], device=x.device))
+            a = LayerAttribution.interpolate(a.sum(1, keepdim=True), tuple(x.shape[2:]), interpolate_mode="trilinear")
+            out.append(a.detach()[:, 0].float().cpu())
+        return torch.cat(out)
+
     def _captum(self, work, x, targets):
         from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -263,15 +292,20 @@ class Explainer:
             out.append(a.detach().sum(1).float().cpu())
         return torch.cat(out)
 
-    def _occlusion(self, work, x, targets):
+    def _occlusion(self, work, x, targets, regions=False):
         from captum.attr import FeatureAblation
 
+        if regions and self.feature_mask is None:
+            raise ConfigError("method 'region_occlusion' needs feature_mask= (atlas labels on the input grid)")
         if self.feature_mask is None:
             ids = block_mask(x.shape[2:], check_in_range("n_blocks", self.n_blocks, 1, 64, int))
         else:
             mask = np.asarray(self.feature_mask)
             if mask.shape != tuple(x.shape[2:]):
                 raise InputError(f"feature_mask has shape {mask.shape}, the input grid is {tuple(x.shape[2:])}")
+            if regions and (not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0):
+                raise InputError(f"feature_mask must hold integer labels >= 0 (0 = background), got dtype "
+                                 f"{mask.dtype} and minimum {mask.min(initial=0)}")
             ids = np.unique(mask, return_inverse=True)[1].reshape(mask.shape)  # contiguous 0..K-1
         mask_t = torch.as_tensor(ids, device=x.device)[None, None]
 
@@ -286,7 +320,10 @@ class Explainer:
                 x[idx], baselines=float(self.baseline), target=torch.as_tensor(targets[idx], device=x.device),
                 feature_mask=mask_t, perturbations_per_eval=per_eval)
             out.append(a.detach()[:, 0].float().cpu())
-        return torch.cat(out)
+        out = torch.cat(out)
+        if regions:  # background (label 0) is reported as 0, whatever hiding it did
+            out[:, torch.as_tensor(np.asarray(self.feature_mask) == 0)] = 0.0
+        return out
 
     def attribute(self, x, target="predicted"):
         """Attribution maps of ``x`` for the target classes.
@@ -303,7 +340,7 @@ class Explainer:
         -------
         ndarray of float32, shape (N, X, Y, Z)
             On the input grid (CAMs are upsampled trilinearly). Saliency and SmoothGrad
-            are absolute gradients, CAMs are non-negative, integrated gradients and
+            are absolute gradients, Grad-CAM(++) maps are non-negative, HiResCAM, integrated gradients and
             occlusion (drop in class probability) are signed.
 
         Raises
@@ -313,7 +350,7 @@ class Explainer:
         InputError
             For an input that is not 4D/5D.
         """
-        method = look_up_option("method", self.method, METHODS)
+        method = look_up_option("method", self.method, ALL_METHODS)
         check_in_range("batch_size", self.batch_size, 1, None, int)
         try:
             device = next(self.model.parameters()).device
@@ -327,15 +364,19 @@ class Explainer:
         self.probabilities_ = probs.numpy()
         self.targets_ = self._resolve_targets(target, self.probabilities_)
         self.target_layer_ = None
-        if method in ("gradcam", "gradcampp"):
-            from monai.visualize import GradCAM, GradCAMpp
-
+        if method in ("gradcam", "gradcampp", "hirescam"):
             layers = [n for n, _ in work.named_modules() if n]
-            self.target_layer_ = (look_up_option("target_layer", self.target_layer, layers)
-                                  if self.target_layer else guess_target_layer(work, x))
-            maps = self._cam(work, x, self.targets_, GradCAM if method == "gradcam" else GradCAMpp)
-        elif method == "occlusion":
-            maps = self._occlusion(work, x, self.targets_)
+            stride = HIRESCAM_MAX_STRIDE if method == "hirescam" else None
+            self.target_layer_ = (look_up_option("target_layer", self.target_layer, layers) if self.target_layer
+                                  else guess_target_layer(work, x, stride))
+            if method == "hirescam":
+                maps = self._hirescam(work, x, self.targets_)
+            else:
+                from monai.visualize import GradCAM, GradCAMpp
+
+                maps = self._cam(work, x, self.targets_, GradCAM if method == "gradcam" else GradCAMpp)
+        elif method in ("occlusion", "region_occlusion"):
+            maps = self._occlusion(work, x, self.targets_, regions=method == "region_occlusion")
         else:
             maps = self._captum(work, x, self.targets_)
         return maps.numpy().astype(np.float32, copy=False)

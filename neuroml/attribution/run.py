@@ -11,7 +11,11 @@ Outputs (``docs/layout.md``), under ``RUN/attribution/<method>/``::
     group/class-<C>_desc-mean_map.nii.gz              mean over subjects of class C (target C)
     group/class-<C>_desc-tstat_map.nii.gz             one-sample t map (>= 2 subjects)
     regions_atlas-<atlas>_class-<C>.tsv / .json       region table of the class's mean map
-    attribution.json                                  settings, subjects, timings, files
+    sanity.json                                       trust checks (:mod:`neuroml.attribution.sanity`)
+    attribution.json                                  settings, subjects, timings, files, trust summary
+
+``region_occlusion`` paints each atlas region with the drop in the target's probability
+when that region alone is hidden, so its region table ranks regions by exact importance.
 
 ``<method>`` in ``desc-`` loses its underscores (BIDS labels are alphanumeric).
 """
@@ -26,7 +30,8 @@ from neuroml._utils.fileio import read_json, save_nifti_atomic, write_json_atomi
 from neuroml._utils.options import look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
-from neuroml.attribution.methods import METHODS, Explainer
+from neuroml.attribution import sanity as checks
+from neuroml.attribution.methods import ALL_METHODS, Explainer
 from neuroml.attribution.regions import region_table, write_region_table
 from neuroml.errors import ConfigError, InputError, LeakageError
 from neuroml.io.atlases import ATLASES, atlas_on_grid
@@ -125,11 +130,12 @@ def _select(index, participants):
     return index[index["participant_id"].isin(wanted)]
 
 
-def _explain(models, x, targets, method, target_layer, classes):
+def _explain(models, x, targets, method, target_layer, classes, feature_mask=None):
     """Maps and probabilities averaged over models, for given target indices."""
     maps, probs = 0.0, 0.0
     for model in models:
-        ex = Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8)
+        ex = Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8,
+                       feature_mask=feature_mask if method == "region_occlusion" else None)
         maps = maps + ex.attribute(x, target=targets)
         probs = probs + ex.probabilities_
     return maps / len(models), probs / len(models)
@@ -149,13 +155,19 @@ def _predict(models, x):
     return probs / len(models)
 
 
+def _as_tensor(x, model):
+    import torch
+
+    return torch.as_tensor(x[:, None], device=next(model.parameters()).device)
+
+
 def _top_regions(table, n=5):
     return [{"region": r, "hemisphere": h, "mean_attribution": round(float(m), 8)}
             for r, h, m in zip(table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n])]
 
 
-def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="predicted", participants=None,
-                  force=False, device="cpu", show_progress=True, batch_size=4):
+def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", target="predicted", participants=None,
+                  force=False, device="cpu", show_progress=True, batch_size=4, sanity=True, n_sanity=8, seed=0):
     """Attribution maps, group maps and region tables for the subjects of a run.
 
     Parameters
@@ -164,8 +176,11 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
         Output folder of ``neuroml train``.
     deriv_dir : str or Path
         Output folder of ``neuroml preprocess`` (its tensor cache is built if needed).
-    method : str, default="gradcam"
-        One of :data:`~neuroml.attribution.methods.METHODS`.
+    method : str, default="region_occlusion"
+        One of :data:`~neuroml.attribution.methods.ALL_METHODS`. The default hides each
+        region of ``atlas`` in turn (one batched forward pass per region): the only method
+        that met the ground-truth, randomization and deletion targets on the synthetic
+        benchmark (``scripts/bench_attribution.py``); voxel methods give finer maps.
     atlas : str, default="aal"
         One of :data:`~neuroml.io.atlases.ATLASES`.
     target : str, default="predicted"
@@ -178,6 +193,13 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
     show_progress : bool, default=True
     batch_size : int, default=4
         Subjects per batch.
+    sanity : bool, default=True
+        Compute the trust checks (:mod:`neuroml.attribution.sanity`) into ``sanity.json``.
+    n_sanity : int, default=8
+        Subjects (out-of-fold, labelled, classes in turn) for the model-randomization and
+        deletion checks, which explain them again.
+    seed : int, default=0
+        Seeds the choice of those subjects, the randomized weights and the random orders.
 
     Returns
     -------
@@ -198,7 +220,7 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
     from neuroml.data import build_cache
     from neuroml.training.run import load_run
 
-    method = look_up_option("method", method, METHODS)
+    method = look_up_option("method", method, ALL_METHODS)
     atlas = look_up_option("atlas", atlas, ATLASES)
     run = load_run(run_dir)
     classes = [str(c) for c in run.classes]
@@ -223,6 +245,12 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
         target_layer = default_target_layer(cfg.get("model"))
     except (ImportError, ConfigError, KeyError, TypeError):
         target_layer = None
+    if method == "hirescam" and len(rows):  # its own default: a fine layer, not the Grad-CAM one
+        from neuroml.attribution.methods import HIRESCAM_MAX_STRIDE, guess_target_layer
+
+        first = next(iter(fold_models.values()))
+        target_layer = guess_target_layer(first, _as_tensor(cache.load([rows["row"].iloc[0]]), first),
+                                          HIRESCAM_MAX_STRIDE)
 
     out_dir = Path(run_dir) / "attribution" / method
     json_path = out_dir / "attribution.json"
@@ -230,7 +258,8 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
     atlas_labels, atlas_names = atlas_on_grid(atlas, cache.affine, cache.shape)
     voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0
 
-    entries, group_maps, group_owner = {}, [], []
+    feature_mask = atlas_labels if method == "region_occlusion" else None
+    entries, group_maps, group_owner, pool = {}, [], [], []
     batches = {}
     for r in rows.itertuples():
         batches.setdefault(plan[r.row], []).append(r)
@@ -249,7 +278,7 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
             tidx = np.full(len(chunk), classes.index(target))
         redo = [i for i, n in enumerate(names) if not (n in previous and (out_dir / n).is_file())]
         maps, true_maps = _batch_maps(models, x, tidx, true, redo, [out_dir / n for n in names],
-                                      method, target_layer, classes)
+                                      method, target_layer, classes, feature_mask)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for i, r in enumerate(chunk):
             if i in redo:
@@ -278,12 +307,22 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
                 "skipped": i not in redo,
             }
             if true[i] >= 0:
+                if len(fk[0]) == 1:
+                    pool.append({"row": r.row, "fold": fk[0][0], "target": int(true[i]), "map": len(group_maps),
+                                 "participant_id": r.participant_id})
                 group_maps.append(true_maps[i])
                 group_owner.append((r.participant_id, classes[true[i]]))
     total = time.perf_counter() - t_start
 
-    group_info = _write_groups(group_maps, group_owner, classes, cache.affine, out_dir, atlas,
-                               atlas_labels, atlas_names, voxel_ml, method)
+    group_info, groups, tables = _write_groups(group_maps, group_owner, classes, cache.affine, out_dir, atlas,
+                                               atlas_labels, atlas_names, voxel_ml, method)
+    trust = None
+    if sanity and group_maps:
+        t0 = time.perf_counter()
+        trust = _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps,
+                              groups, tables, atlas_labels, feature_mask, n_sanity, seed)
+        trust["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json_atomic(out_dir / "sanity.json", trust)
     doc = {
         "method": method, "target": target, "atlas": atlas, "target_layer": target_layer,
         "classes": classes, "grid": {"affine": cache.affine.tolist(), "shape": list(cache.shape)},
@@ -291,6 +330,7 @@ def attribute_run(run_dir, deriv_dir, method="gradcam", atlas="aal", target="pre
         "subjects": [entries[k] for k in sorted(entries)], "group": group_info,
         "timing": {"total_seconds": round(total, 3),
                    "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)}},
+        "trust": _trust_summary(trust),
         "versions": package_versions(),
     }
     write_json_atomic(json_path, doc)
@@ -311,27 +351,27 @@ def _previous_entries(json_path, method, target):
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
 
 
-def _batch_maps(models, x, targets, true, redo, paths, method, target_layer, classes):
+def _batch_maps(models, x, targets, true, redo, paths, method, target_layer, classes, feature_mask=None):
     """Maps of one batch for the requested targets (new ones for ``redo``, the others read
     back), and the maps explaining each subject's true class (for the group maps)."""
     from neuroml.io.image import load_data
 
     maps = np.zeros(x.shape, dtype=np.float32)
     if redo:
-        maps[redo] = _explain(models, x[redo], targets[redo], method, target_layer, classes)[0]
+        maps[redo] = _explain(models, x[redo], targets[redo], method, target_layer, classes, feature_mask)[0]
     for i in sorted(set(range(len(x))) - set(redo)):
         maps[i] = load_data(paths[i], allow_constant=True)
     true_maps = maps.copy()
     extra = [i for i in range(len(x)) if true[i] >= 0 and true[i] != targets[i]]
     if extra:
-        true_maps[extra] = _explain(models, x[extra], true[extra], method, target_layer, classes)[0]
+        true_maps[extra] = _explain(models, x[extra], true[extra], method, target_layer, classes, feature_mask)[0]
     return maps, true_maps
 
 
 def _write_groups(maps, owners, classes, affine, out_dir, atlas, atlas_labels, atlas_names, voxel_ml, method):
     """Average each participant's scans, then class group maps and their region tables."""
     if not maps:
-        return {}
+        return {}, {}, {}
     keys = list(dict.fromkeys(owners))
     pos = {k: i for i, k in enumerate(keys)}
     sums = np.zeros((len(keys), *maps[0].shape), dtype=np.float32)
@@ -343,10 +383,10 @@ def _write_groups(maps, owners, classes, affine, out_dir, atlas, atlas_labels, a
     groups = class_group_maps(per_participant, [k[1] for k in keys], classes)
     written = write_group_maps(groups, affine, out_dir / "group", classes)
     atlas_key = "".join(ch for ch in atlas if ch.isalnum())
-    info = {}
+    info, tables = {}, {}
     for c, g in groups.items():
         stem = f"regions_atlas-{atlas_key}_class-{class_entity(c, classes)}"
-        table = region_table(g["mean"], atlas_labels, atlas_names, voxel_ml)
+        table = tables[c] = region_table(g["mean"], atlas_labels, atlas_names, voxel_ml)
         meta = {"method": method, "atlas": atlas, "class": c, "n_subjects": g["n"],
                 "map": f"group/{written[c]['mean'].name}"}
         write_region_table(table, out_dir / f"{stem}.tsv", out_dir / f"{stem}.json", meta)
@@ -354,4 +394,116 @@ def _write_groups(maps, owners, classes, affine, out_dir, atlas, atlas_labels, a
                    "mean_map": f"group/{written[c]['mean'].name}",
                    "tstat_map": f"group/{written[c]['tstat'].name}" if written[c]["tstat"] else None,
                    "regions_tsv": f"{stem}.tsv", "regions_json": f"{stem}.json"}
-    return info
+    return info, groups, tables
+
+
+def _brain(cache, cfg, atlas_labels):
+    """The template brain mask on the cache grid, or the atlas's extent when the grid is not a standard one."""
+    from neuroml.io.templates import brain_mask_on_grid
+
+    try:
+        img = brain_mask_on_grid(float(cfg.get("resolution_mm") or abs(cache.affine[0, 0])))
+        if img.shape == cache.shape and np.allclose(img.affine, cache.affine, atol=1e-3):
+            return np.asarray(img.dataobj) > 0
+    except (TypeError, ValueError, InputError, ConfigError):
+        pass
+    return atlas_labels > 0
+
+
+def _pick(pool, n, seed):
+    """Up to ``n`` pool entries, classes in turn, seeded order within each class."""
+    rng = np.random.default_rng(seed)
+    by_class = {}
+    for e in pool:
+        by_class.setdefault(e["target"], []).append(e)
+    queues = [list(rng.permutation(len(v))) for v in by_class.values()]
+    lists = list(by_class.values())
+    out = []
+    while len(out) < n and any(queues):
+        for q, lst in zip(queues, lists):
+            if q and len(out) < n:
+                out.append(lst[q.pop(0)])
+    return out
+
+
+def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps, groups,
+                  tables, atlas_labels, feature_mask, n_sanity, seed):
+    """The four trust checks of :mod:`neuroml.attribution.sanity` for one method (``sanity.json``)."""
+    brain = _brain(cache, cfg, atlas_labels)
+    doc = {"method": method, "target": "true class of each subject", "n_subjects_pool": len(pool),
+           "thresholds": {"randomization_rho": checks.RANDOMIZATION_RHO, "stability_rho": checks.STABILITY_RHO,
+                          "mass_enrichment": checks.MASS_ENRICHMENT, "top_k": checks.TOP_K}}
+
+    def explain(model, x, targets):
+        return Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8,
+                         feature_mask=feature_mask).attribute(x, target=targets)
+
+    chosen = _pick(pool, int(n_sanity), seed)
+    rand, dele = [], []
+    for fold in dict.fromkeys(e["fold"] for e in chosen):
+        part = [e for e in chosen if e["fold"] == fold]
+        x = cache.load([e["row"] for e in part])
+        maps = np.stack([group_maps[e["map"]] for e in part])
+        targets = np.array([e["target"] for e in part])
+        rand.append(checks.model_randomization(explain, fold_models[fold], x, maps, targets, brain, seed=seed))
+        dele.append(checks.deletion_curve(fold_models[fold], x, maps, targets, atlas_labels, seed=seed))
+    doc["subjects"] = [e["participant_id"] for e in chosen]
+    if rand:
+        rho = [r for d in rand for r in d["rho"]]
+        med = float(np.median(np.abs(rho)))
+        doc["randomization"] = {**rand[0], "rho": rho, "median_abs_rho": round(med, 4),
+                                "passed": bool(med < checks.RANDOMIZATION_RHO)}
+        w = np.array([len(d["auc_per_subject"]) for d in dele], dtype=float)
+        curves = {k: np.round(np.average([d[k] for d in dele], axis=0, weights=w), 4).tolist()
+                  for k in ("fraction_removed", "probability", "probability_random")}
+        auc = [a for d in dele for a in d["auc_per_subject"]]
+        auc_r = [a for d in dele for a in d["auc_random_per_subject"]]
+        doc["deletion"] = {**dele[0], **curves, "auc_per_subject": auc, "auc_random_per_subject": auc_r,
+                           "auc": round(float(np.mean(auc)), 4), "auc_random": round(float(np.mean(auc_r)), 4),
+                           "passed": bool(np.mean(auc) < np.mean(auc_r))}
+    else:
+        doc["randomization"] = doc["deletion"] = None
+
+    ids = np.array(sorted(set(np.unique(atlas_labels).tolist()) - {0}), dtype=np.int64)
+    stability = {}
+    for c in range(len(classes)):
+        by_fold = {}
+        for e in pool:
+            if e["target"] == c:
+                by_fold.setdefault(e["fold"], []).append(group_maps[e["map"]])
+        scores = {f: checks.region_scores(np.mean(m, 0)[None], atlas_labels, ids)[0] for f, m in by_fold.items()}
+        if len(scores) >= 2:
+            stability[classes[c]] = checks.fold_stability(scores)
+    doc["stability"] = stability or None
+
+    truth = checks.planted_ground_truth(deriv_dir, cache.affine, cache.shape)
+    gt = {}
+    for c, info in (truth or {}).items():
+        if c not in groups:
+            continue
+        entry = checks.ground_truth_scores(groups[c]["mean"], info["mask"], brain, tables.get(c), info["regions"])
+        members = [group_maps[e["map"]] for e in pool if classes[e["target"]] == c]
+        per = [checks.ground_truth_scores(m, info["mask"], brain) for m in members]
+        entry["per_subject_median"] = {k: float(np.median([p[k] for p in per if p[k] is not None]))
+                                       for k in ("mass_accuracy", "mass_enrichment", "roc_auc")} if per else None
+        entry["planted_regions"] = info["regions"]
+        gt[c] = entry
+    doc["ground_truth"] = gt or None
+    return doc
+
+
+def _trust_summary(trust):
+    """The pass/fail lines of ``sanity.json`` kept in ``attribution.json``."""
+    if not trust:
+        return None
+    out = {"file": "sanity.json"}
+    if trust.get("randomization"):
+        out["randomization"] = {k: trust["randomization"][k] for k in ("median_abs_rho", "passed")}
+    if trust.get("deletion"):
+        out["deletion"] = {k: trust["deletion"][k] for k in ("auc", "auc_random", "passed")}
+    if trust.get("stability"):
+        out["stability"] = {c: v["median_rho"] for c, v in trust["stability"].items()}
+    if trust.get("ground_truth"):
+        out["ground_truth"] = {c: {k: v.get(k) for k in ("mass_enrichment", "roc_auc", "top_k_planted", "passed")}
+                               for c, v in trust["ground_truth"].items()}
+    return out

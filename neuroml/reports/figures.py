@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["figure_png", "roc_png", "confusion_png", "curves_png", "glass_brain_png", "stat_map_png"]
+__all__ = ["figure_png", "roc_png", "confusion_png", "curves_png", "glass_brain_png", "stat_map_png", "deletion_png"]
 
 
 def _figure(size):
@@ -83,6 +83,29 @@ def curves_png(histories, columns=("train_loss", "val_loss"), title="Training cu
                 ax.plot(x, df[col], ls=ls, label=f"fold {fold} {col}")
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.legend(fontsize=7, ncol=2)
+    return figure_png(fig)
+
+
+def deletion_png(curves, title="Deletion curves: target probability as regions are removed"):
+    """Deletion curves of several methods; returns PNG bytes.
+
+    Parameters
+    ----------
+    curves : dict of str to dict
+        ``{method: {"steps": [...], "probability": [...], "probability_random": [...]}}``;
+        the attribution order is drawn solid, the random orders dashed in the same colour.
+    """
+    fig = _figure((8.6, 3.8))
+    ax = fig.add_subplot()
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        ax.plot(c["steps"], c["probability"], color=color, lw=1.8, marker="o", ms=3, label=f"{name}")
+        if c.get("probability_random"):
+            ax.plot(c["steps"], c["probability_random"], color=color, lw=1.2, ls="--", label=f"{name}: random order")
+    ax.set(xlabel="atlas regions removed (highest attribution first)", ylabel="target class probability",
+           ylim=(-0.02, 1.02), title=title)
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure_png(fig)
 
 

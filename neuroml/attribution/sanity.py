@@ -1,0 +1,373 @@
+"""Trust checks of attribution maps: is a map about the model, faithful, stable, and right?
+
+=========================  ===============================================================
+check                      what is measured (pass rule)
+=========================  ===============================================================
+model randomization        Spearman rho, over brain voxels, between the map of the trained
+                           model and the map of the same network with re-initialised
+                           weights (Adebayo et al., 2018, "Sanity checks for saliency
+                           maps"), same input and target. Passes when the median of |rho|
+                           over subjects is below :data:`RANDOMIZATION_RHO` (0.2).
+faithfulness (deletion)    class probability as the subject's top-ranked atlas regions
+                           are replaced by the baseline, against random region orders
+                           (Samek et al., 2017). Area under the curve over the fraction
+                           of the removal steps. Passes when the mean area of the
+                           attribution order is below that of the random orders.
+stability                  Spearman rho of region scores (mean attribution per atlas
+                           region of a class's group map) between the models of
+                           different folds, each on its own test subjects. Reported,
+                           with the rule median rho >= :data:`STABILITY_RHO` (0.5).
+ground truth (synthetic)   on a ``neuroml synth`` cohort: relevance mass accuracy (share
+                           of the positive attribution inside the planted regions, Arras
+                           et al., 2022), its ratio to the planted share of brain volume
+                           (pass: >= :data:`MASS_ENRICHMENT` = 10), voxel-wise ROC AUC of
+                           the map against the planted mask, and the atlas ranks of the
+                           planted regions (pass: the top :data:`TOP_K` regions are all
+                           planted ones).
+=========================  ===============================================================
+
+Every function here works on arrays; :func:`neuroml.attribution.attribute_run` calls them
+and writes ``sanity.json`` beside the maps.
+"""
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+
+from neuroml.errors import InputError
+
+__all__ = ["RANDOMIZATION_RHO", "STABILITY_RHO", "MASS_ENRICHMENT", "TOP_K", "DELETION_STEPS", "randomize_weights",
+           "spearman", "model_randomization", "deletion_curve", "region_scores", "fold_stability",
+           "ground_truth_scores", "planted_ground_truth"]
+
+#: Largest median |Spearman rho| (trained vs randomized maps) for a method to pass.
+RANDOMIZATION_RHO = 0.2
+#: Smallest median Spearman rho of region scores across folds called stable.
+STABILITY_RHO = 0.5
+#: Smallest ratio of relevance mass accuracy to the planted share of brain volume.
+MASS_ENRICHMENT = 10.0
+#: Number of top regions that must all be planted regions.
+TOP_K = 5
+#: Numbers of regions removed at the points of a deletion curve (capped at the atlas size).
+DELETION_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+
+
+def randomize_weights(model, seed=0):
+    """A copy of ``model`` with every parameter re-initialised (the original is untouched).
+
+    Each module with ``reset_parameters`` (convolutions, linear layers, norms, PReLU) is
+    reset with its own default initialisation under a fixed seed; running statistics of
+    batch norms are reset too.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    seed : int, default=0
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    work = copy.deepcopy(model)
+    devices = [p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices):
+        # a seed derived from ``seed``: torch.manual_seed(seed) then the same default init would
+        # reproduce the weights of a model built right after seeding with ``seed``
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), 0x5A17]).generate_state(1)[0]))
+        for mod in work.modules():
+            if hasattr(mod, "reset_running_stats"):
+                mod.reset_running_stats()
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
+    return work
+
+
+def spearman(a, b):
+    """Spearman rank correlation of two flat arrays (0 when either is constant).
+
+    Examples
+    --------
+    >>> round(spearman([1, 2, 3, 4], [10, 20, 40, 30]), 3)
+    0.8
+    """
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise InputError(f"cannot correlate arrays of {a.size} and {b.size} values")
+    ra, rb = rankdata(a), rankdata(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+
+def _mask(mask, shape):
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    mask = np.asarray(mask) > 0
+    if mask.shape != tuple(shape):
+        raise InputError(f"mask shape {mask.shape} differs from the maps' {tuple(shape)}")
+    return mask
+
+
+def model_randomization(explain, model, x, maps, targets, mask=None, seed=0, threshold=RANDOMIZATION_RHO):
+    """Model-parameter randomization test (Adebayo et al., 2018).
+
+    Parameters
+    ----------
+    explain : callable
+        ``explain(model, x, targets) -> maps (N, X, Y, Z)``, the method under test.
+    model : torch.nn.Module
+        The trained model (not modified).
+    x : ndarray, shape (N, X, Y, Z)
+    maps : ndarray, shape (N, X, Y, Z)
+        The trained model's maps of ``x`` for ``targets``.
+    targets : array of int, shape (N,)
+    mask : ndarray, shape (X, Y, Z), optional
+        Voxels compared (the brain); default all.
+    seed : int, default=0
+    threshold : float, default=RANDOMIZATION_RHO
+
+    Returns
+    -------
+    dict
+        ``rho`` (per subject), ``median_abs_rho``, ``threshold``, ``passed``
+        (median |rho| < threshold) and ``rule``.
+    """
+    maps = np.asarray(maps)
+    keep = _mask(mask, maps.shape[1:])
+    random_maps = explain(randomize_weights(model, seed), x, np.asarray(targets))
+    rho = [spearman(a[keep], b[keep]) for a, b in zip(maps, random_maps)]
+    med = float(np.median(np.abs(rho))) if rho else float("nan")
+    return {"rho": [round(r, 4) for r in rho], "median_abs_rho": round(med, 4), "threshold": threshold,
+            "passed": bool(med < threshold), "seed": int(seed),
+            "rule": f"median |Spearman rho| (trained vs randomized-weights maps, brain voxels) < {threshold}"}
+
+
+def region_scores(maps, labels, ids):
+    """Mean of each map over each region: ``(N, len(ids))``."""
+    maps = np.asarray(maps, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    n_bins = max(int(labels.max(initial=0)), int(max(ids, default=0))) + 1
+    counts = np.bincount(labels.ravel(), minlength=n_bins)[ids]
+    flat = maps.reshape(maps.shape[0], -1)
+    sums = np.stack([np.bincount(labels.ravel(), weights=m, minlength=n_bins)[ids] for m in flat])
+    return sums / np.maximum(counts, 1)
+
+
+def _auc(y, x):
+    """Trapezoid area of curves ``y[..., k]`` over ``x[k]`` (last axis)."""
+    y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    return np.sum((y[..., 1:] + y[..., :-1]) * np.diff(x) / 2, axis=-1)
+
+
+def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_random=3, baseline=0.0, seed=0,
+                   batch_size=8):
+    """Faithfulness: target probability as the top-ranked regions are removed, against random orders.
+
+    For each subject the atlas regions are ordered by their mean attribution (highest
+    first); after removing the first ``k`` regions (set to ``baseline``) the model's
+    softmax probability of the target is recorded. The same is done for ``n_random``
+    seeded random orders. The area under each curve is taken over ``k / max(k)``
+    (trapezoids), so it is the mean probability over the removal: lower is more faithful.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : ndarray, shape (N, X, Y, Z)
+    maps : ndarray, shape (N, X, Y, Z)
+    targets : array of int, shape (N,)
+    labels : ndarray of int, shape (X, Y, Z)
+        Atlas labels, 0 = background (never removed).
+    steps : sequence of int
+        Numbers of regions removed; capped at the number of regions.
+    n_random : int, default=3
+    baseline : float, default=0.0
+    seed : int, default=0
+    batch_size : int, default=8
+
+    Returns
+    -------
+    dict
+        ``steps``, ``fraction_removed`` (mean share of brain-atlas voxels removed at each
+        step, attribution order), ``probability`` and ``probability_random`` (mean curves),
+        ``auc``, ``auc_random``, ``auc_per_subject``, ``auc_random_per_subject``,
+        ``passed`` (``auc < auc_random``) and ``rule``.
+    """
+    from neuroml.attribution.methods import _working_copy
+
+    x = np.asarray(x, dtype=np.float32)
+    maps = np.asarray(maps)
+    labels = np.asarray(labels).astype(np.int64)
+    if x.shape != maps.shape or x.shape[1:] != labels.shape:
+        raise InputError(f"deletion curve: x {x.shape}, maps {maps.shape} and labels {labels.shape} must agree")
+    ids = np.array(sorted(set(np.unique(labels).tolist()) - {0}), dtype=np.int64)
+    if not len(ids):
+        raise InputError("deletion curve: the atlas labels hold no region")
+    steps = sorted({min(int(k), len(ids)) for k in steps} | {0})
+    counts = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1)[ids]
+    scores = region_scores(maps, labels, ids)
+    rng = np.random.default_rng(seed)
+    orders = [[np.argsort(-s, kind="stable")] + [rng.permutation(len(ids)) for _ in range(n_random)] for s in scores]
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    work = _working_copy(model)
+    pos = np.searchsorted(ids, np.clip(labels, ids[0], ids[-1]))  # region position per voxel (valid where labels>0)
+    inside = np.isin(labels, ids)
+    jobs = [(i, o, k) for i in range(len(x)) for o in range(n_random + 1) for k in range(len(steps))]
+    probs = np.zeros((len(x), n_random + 1, len(steps)))
+    for start in range(0, len(jobs), batch_size):
+        part = jobs[start:start + batch_size]
+        batch = np.empty((len(part), 1, *x.shape[1:]), dtype=np.float32)
+        for j, (i, o, k) in enumerate(part):
+            rank = np.empty(len(ids), dtype=np.int64)
+            rank[orders[i][o]] = np.arange(len(ids))
+            removed = inside & (rank[pos] < steps[k])
+            batch[j, 0] = np.where(removed, np.float32(baseline), x[i])
+        with torch.no_grad():
+            p = torch.softmax(work(torch.as_tensor(batch, device=device)), 1).float().cpu().numpy()
+        for j, (i, o, k) in enumerate(part):
+            probs[i, o, k] = p[j, int(targets[i])]
+    frac = np.array([[counts[orders[i][0][:k]].sum() / counts.sum() for k in steps] for i in range(len(x))])
+    xs = np.asarray(steps, dtype=np.float64) / max(steps[-1], 1)
+    auc_subj = _auc(probs[:, 0], xs)
+    auc_rand = _auc(probs[:, 1:], xs).mean(1) if n_random else np.full(len(x), np.nan)
+    auc, auc_r = float(np.mean(auc_subj)), float(np.mean(auc_rand))
+    return {"steps": steps, "fraction_removed": np.round(frac.mean(0), 4).tolist(),
+            "probability": np.round(probs[:, 0].mean(0), 4).tolist(),
+            "probability_random": np.round(probs[:, 1:].mean((0, 1)), 4).tolist() if n_random else None,
+            "auc": round(auc, 4), "auc_random": round(auc_r, 4),
+            "auc_per_subject": np.round(auc_subj, 4).tolist(), "auc_random_per_subject": np.round(auc_rand, 4).tolist(),
+            "n_random": int(n_random), "passed": bool(auc < auc_r),
+            "rule": "area under the target-probability deletion curve (top-ranked regions removed first) "
+                    "below the area for random region orders"}
+
+
+def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10):
+    """Spearman rho of region scores between every pair of folds, and top-region overlap.
+
+    Parameters
+    ----------
+    scores_by_fold : dict
+        ``{fold: ndarray (n_regions,)}``, the same regions in the same order.
+    threshold : float, default=STABILITY_RHO
+    top_k : int, default=10
+        Size of the top-region sets compared.
+
+    Returns
+    -------
+    dict
+        ``pairs`` (``[fold_a, fold_b, rho, shared top_k regions / top_k]``), ``median_rho``
+        and ``median_top_overlap`` (None under 2 folds), ``passed`` (median rho >=
+        threshold) and ``rule``.
+    """
+    folds = list(scores_by_fold)
+    top = {f: set(np.argsort(-np.asarray(v), kind="stable")[:top_k].tolist()) for f, v in scores_by_fold.items()}
+    k = max(1, min(top_k, min((len(v) for v in scores_by_fold.values()), default=1)))
+    pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4),
+              round(len(top[a] & top[b]) / k, 4)] for i, a in enumerate(folds) for b in folds[i + 1:]]
+    med = float(np.median([p[2] for p in pairs])) if pairs else None
+    overlap = float(np.median([p[3] for p in pairs])) if pairs else None
+    return {"pairs": pairs, "median_rho": None if med is None else round(med, 4),
+            "median_top_overlap": overlap, "top_k": int(top_k), "threshold": threshold,
+            "passed": None if med is None else bool(med >= threshold),
+            "rule": f"median Spearman rho of region scores between folds >= {threshold}"}
+
+
+def ground_truth_scores(attribution, mask, brain=None, region_table=None, planted_regions=(), top_k=TOP_K,
+                        enrichment=MASS_ENRICHMENT):
+    """Score one map against a planted (true) mask.
+
+    Parameters
+    ----------
+    attribution : ndarray, shape (X, Y, Z)
+    mask : ndarray of bool, shape (X, Y, Z)
+        Where the effect was planted.
+    brain : ndarray of bool, shape (X, Y, Z), optional
+        Voxels considered (default all).
+    region_table : pandas.DataFrame, optional
+        :func:`~neuroml.attribution.region_table` of the map, for the planted regions' ranks.
+    planted_regions : sequence of str
+        Atlas names of the planted regions.
+    top_k : int, default=TOP_K
+    enrichment : float, default=MASS_ENRICHMENT
+
+    Returns
+    -------
+    dict
+        ``mass_accuracy`` (positive attribution inside the mask / positive attribution in
+        the brain), ``planted_share`` (mask voxels / brain voxels), ``mass_enrichment``
+        (their ratio), ``roc_auc`` (map value as score of "planted" over brain voxels),
+        ``planted_ranks``, ``top_k_planted`` (how many of the top ``top_k`` regions are
+        planted) and ``passed`` (enrichment >= ``enrichment`` and the top ``top_k``
+        regions all planted).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    a = np.nan_to_num(np.asarray(attribution, dtype=np.float64))
+    keep = _mask(brain, a.shape)
+    m = _mask(mask, a.shape) & keep
+    pos = np.clip(a[keep], 0, None)
+    total = float(pos.sum())
+    mass = float(np.clip(a[m], 0, None).sum() / total) if total > 0 else 0.0
+    share = float(m.sum() / max(keep.sum(), 1))
+    y = m[keep]
+    auc = float(roc_auc_score(y, a[keep])) if 0 < y.sum() < y.size else None
+    out = {"mass_accuracy": round(mass, 4), "planted_share": round(share, 4),
+           "mass_enrichment": round(mass / share, 3) if share > 0 else None,
+           "roc_auc": None if auc is None else round(auc, 4)}
+    ok = out["mass_enrichment"] is not None and out["mass_enrichment"] >= enrichment
+    if region_table is not None and len(planted_regions):
+        names = list(region_table["region"])
+        ranks = {r: (int(region_table["rank"].iloc[names.index(r)]) if r in names else None) for r in planted_regions}
+        top = names[:top_k]
+        out.update(planted_ranks=ranks, top_regions=top, top_k=int(top_k),
+                   top_k_planted=int(sum(r in set(planted_regions) for r in top)))
+        ok = ok and out["top_k_planted"] == min(top_k, len(planted_regions))
+    out["passed"] = bool(ok)
+    return out
+
+
+def planted_ground_truth(deriv_dir, affine, shape):
+    """The planted-region masks of a ``neuroml synth`` cohort, on a grid.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        Derivatives folder whose raw dataset (``SourceDatasets``) is a synthetic cohort.
+    affine, shape
+        The grid.
+
+    Returns
+    -------
+    dict or None
+        ``{class: {"mask": bool ndarray, "regions": [names]}}``; None when the raw
+        dataset has no ground truth (not a synthetic cohort).
+    """
+    import nibabel as nib
+    from nilearn.image import resample_img
+
+    from neuroml._utils.fileio import read_json
+    from neuroml.data import participants_file
+    from neuroml.synth.groundtruth import GROUNDTRUTH_SUBDIR, planted_mask_path
+
+    try:
+        raw = participants_file(deriv_dir).parent
+    except InputError:
+        return None
+    gt = raw / GROUNDTRUTH_SUBDIR
+    if not (gt / "planted_regions.json").is_file():
+        return None
+    rec = read_json(gt / "planted_regions.json")
+    out = {}
+    for cls, regions in (rec.get("planted") or {}).items():
+        img = nib.load(str(planted_mask_path(gt, cls)))
+        img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+        with warnings.catch_warnings():  # a 0/1 mask on purpose: linear, then >= 0.5
+            warnings.filterwarnings("ignore", message="Resampling binary images")
+            res = resample_img(img, target_affine=np.asarray(affine), target_shape=tuple(shape),
+                               interpolation="linear", force_resample=True, copy_header=True)
+        out[str(cls)] = {"mask": np.asarray(res.dataobj) >= 0.5, "regions": [str(r) for r in regions]}
+    return out
