@@ -5,7 +5,10 @@ reported the same way: a one-line :class:`~neuroml.errors.InputError` naming the
 and the problem, never a traceback from deep inside numpy or nibabel.
 """
 
+import errno
+import io
 import os
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -41,10 +44,42 @@ def _short(exc):
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _raw_nifti_problem(path):
+    """What is wrong with a NIfTI header that nibabel would silently fix on load (or None).
+
+    nibabel replaces negative voxel sizes by their absolute values (and logs it); a header
+    that says so is corrupt, so it is refused before loading.
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with nib.openers.ImageOpener(str(path)) as fh:
+            block = fh.read(540)
+        nifti2 = len(block) >= 540 and block[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(block), check=False)
+        ndim = int(hdr["dim"][0])
+        pixdim = np.asarray(hdr["pixdim"][1:1 + min(max(ndim, 0), 3)], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by nib.load below
+        return None
+    if pixdim.size and not np.all(np.isfinite(pixdim)):
+        return f"header voxel sizes {tuple(float(z) for z in pixdim)} are not finite"
+    if np.any(pixdim < 0):
+        return f"header voxel sizes {tuple(float(z) for z in pixdim)} are negative"
+    return None
+
+
 def _load(path):
     path = Path(path)
     if not path.exists():
         if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise InputError("symbolic link loop (the link points back to itself)", path) from None
             raise InputError("broken symbolic link", path)
         raise InputError("file not found", path)
     try:
@@ -54,6 +89,9 @@ def _load(path):
             raise InputError("empty file (0 bytes)", path)
     except OSError as exc:  # symlink loops, permission problems
         raise InputError(f"cannot access file ({exc.strerror or exc})", path) from None
+    problem = _raw_nifti_problem(path)
+    if problem:
+        raise InputError(f"{problem}; the header is corrupt", path)
     try:
         return nib.load(str(path))
     except InputError:

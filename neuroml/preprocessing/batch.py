@@ -150,8 +150,10 @@ def _worker(scan, out_dir, bids_dir, params, n_threads):
 
 def _relative(path, bids_dir):
     try:
-        return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-    except ValueError:
+        # resolve the folder, not the file: a symlinked scan (git-annex, a loop) keeps its own name
+        path = Path(path)
+        return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
         return str(path)
 
 

@@ -337,8 +337,9 @@ def _relative_source(path, bids_dir):
     path = Path(path)
     if bids_dir is not None:
         try:
-            return path.resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-        except ValueError:
+            # the folder, not the file: a symlinked scan (git-annex) keeps its BIDS name
+            return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+        except (ValueError, OSError, RuntimeError):
             pass
     return path.name
 
