@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["Case", "IMAGE_CASES", "make_image_corpus", "make_participants_corpus", "make_bids_corpus",
-           "good_volume", "snapshot"]
+           "good_volume", "snapshot", "make_derivatives"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +236,10 @@ def make_participants_corpus(root, participants, label_column="diagnosis"):
 
 
 def snapshot(root, exclude=()):
-    """``{relative path: (size, mtime_ns)}`` of everything under ``root`` except ``exclude`` folders."""
+    """``{relative path: (size, mtime_ns)}`` of everything under ``root`` except ``exclude`` folders.
+
+    Folders leading to an excluded folder are left out too (creating them is allowed).
+    """
     root = Path(root)
     exclude = [Path(e).resolve() for e in exclude]
     out = {}
@@ -247,6 +250,42 @@ def snapshot(root, exclude=()):
             continue
         for name in dirnames + filenames:
             p = Path(dirpath) / name
+            if p.is_dir() and any(p.resolve() == e or p.resolve() in e.parents for e in exclude):
+                continue  # the output folder and the folders made to hold it
             st = p.lstat()
             out[p.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns) if not p.is_dir() else "dir"
     return out
+
+
+def make_derivatives(root, n=8, res=8.0, seed=0):
+    """A raw folder (participants.tsv, alternating control/MDD) and derivatives on the ``res`` grid.
+
+    Each participant has a preprocessed-like volume (a blob, brighter for MDD) and a sidecar.
+    Returns ``(raw, deriv, participant ids)``.
+    """
+    import json
+
+    from neuroml.io.templates import target_grid
+
+    root = Path(root)
+    raw, deriv = root / "raw", root / "deriv"
+    raw.mkdir(parents=True)
+    affine, shape = target_grid(res)
+    rng = np.random.default_rng(seed)
+    ids, rows = [], ["participant_id\tdiagnosis"]
+    for i in range(n):
+        pid = f"sub-{i + 1:02d}"
+        ids.append(pid)
+        rows.append(f"{pid}\t{['control', 'MDD'][i % 2]}")
+        vol = good_volume(shape, seed=seed + i) / 50 + (i % 2) * 0.5 + rng.normal(0, 0.1, shape)
+        folder = deriv / pid / "anat"
+        folder.mkdir(parents=True)
+        stem = f"{pid}_space-MNI152NLin2009aSym_res-{res:g}_desc-preproc_T1w"
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(folder / f"{stem}.nii.gz"))
+        (folder / f"{stem}.json").write_text("{}\n")
+    (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
+    (raw / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}\n')
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}) + "\n")
+    return raw, deriv, ids
