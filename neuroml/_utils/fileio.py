@@ -6,9 +6,12 @@ name, so a crash never leaves a half-written file under a final name.
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "remove_stale_temporaries",
     "write_text_atomic",
     "write_json_atomic",
     "save_nifti_atomic",
@@ -23,6 +27,56 @@ __all__ = [
     "sha256_file",
     "read_json",
 ]
+
+
+def _owner():
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+# temporary names are ".<final name>.<host>-<pid>.<random>.tmp<suffix>": a temporary whose
+# writer is dead (same host, process gone) is left over from a crash and can be deleted
+_OWNER = _owner()
+_TMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)\.[^.]+\.tmp")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, name=None):
+    """Delete temporary files that a killed writer left in ``folder`` (optionally only those of ``name``).
+
+    Only temporaries of this host whose process is gone are deleted, so a concurrent writer
+    (another SLURM task writing to the same folder) is never disturbed.
+
+    Returns
+    -------
+    int
+        The number of files deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    host = _OWNER.rsplit("-", 1)[0]
+    pattern = f".{glob.escape(name)}.*.tmp*" if name else ".*.tmp*"
+    n = 0
+    for tmp in folder.glob(pattern):
+        match = None
+        for match in _TMP_RE.finditer(tmp.name):
+            pass
+        if match is None or match.group("host") != host or _pid_alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            n += 1
+    return n
 
 
 def _umask():
@@ -69,7 +123,8 @@ def atomic_path(path, suffix=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

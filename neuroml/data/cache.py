@@ -23,7 +23,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from neuroml._utils.fileio import atomic_path, read_json, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    atomic_path,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import parse_entities
 from neuroml.io.image import check_img
@@ -316,6 +323,7 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
     index.insert(0, "row", np.arange(len(index)))
     index["sha256"] = shas
     digest = _index_digest(index)
+    remove_stale_temporaries(deriv_dir / CACHE_DIR)  # a killed build may have left a large temporary array
     old = _try_open(deriv_dir, key)
     if old is not None and old.digest == digest:
         log.debug("tensor cache res-%s is up to date (%d volumes)", key, len(old))
