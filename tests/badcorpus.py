@@ -16,7 +16,8 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["Case", "IMAGE_CASES", "make_image_corpus", "make_participants_corpus", "make_bids_corpus",
-           "good_volume", "snapshot", "make_derivatives"]
+           "good_volume", "snapshot", "make_derivatives",
+           "assert_every_final_file_is_complete", "assert_no_temporaries"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,3 +290,32 @@ def make_derivatives(root, n=8, res=8.0, seed=0):
         "Name": "derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}) + "\n")
     return raw, deriv, ids
+
+
+def assert_every_final_file_is_complete(folder):
+    """Every file under a final (non-hidden) name reads back completely."""
+    import json
+
+    import pandas as pd
+    import torch
+
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_dir() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        name = path.name
+        if name.endswith(".nii.gz"):
+            np.asarray(nib.load(str(path)).dataobj)
+        elif name.endswith(".json"):
+            json.loads(path.read_text())
+        elif name.endswith(".pt"):
+            torch.load(path, weights_only=True)
+        elif name.endswith(".tsv"):
+            pd.read_csv(path, sep="\t")
+        elif name.endswith(".png"):
+            assert path.read_bytes().endswith(b"IEND\xaeB`\x82"), path
+        elif name.endswith(".npy"):
+            np.load(path, mmap_mode="r")
+
+
+def assert_no_temporaries(folder):
+    assert not [p for p in Path(folder).rglob(".*.tmp*")], "temporary files left behind"

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from badcorpus import make_derivatives
+from badcorpus import assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives
 
 pytestmark = pytest.mark.slow
 
@@ -107,32 +107,6 @@ def kill_after_delay(args, marker, delay):
 def rerun(args):
     out = subprocess.run(_cmd(args), env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-
-
-def assert_every_final_file_is_complete(folder):
-    """Every file under a final (non-hidden) name reads back completely."""
-    import torch
-
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_dir() or any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
-        name = path.name
-        if name.endswith(".nii.gz"):
-            np.asarray(nib.load(str(path)).dataobj)
-        elif name.endswith(".json"):
-            json.loads(path.read_text())
-        elif name.endswith(".pt"):
-            torch.load(path, weights_only=True)
-        elif name.endswith(".tsv"):
-            pd.read_csv(path, sep="\t")
-        elif name.endswith(".png"):
-            assert path.read_bytes().endswith(b"IEND\xaeB`\x82"), path
-        elif name.endswith(".npy"):
-            np.load(path, mmap_mode="r")
-
-
-def assert_no_temporaries(folder):
-    assert not [p for p in Path(folder).rglob(".*.tmp*")], "temporary files left behind"
 
 
 def _files(folder):

@@ -6,6 +6,7 @@ name, so a crash never leaves a half-written file under a final name.
 """
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -120,12 +121,16 @@ def atomic_path(path, suffix=None):
         e.g. ``.nii.gz``). Defaults to the suffixes of ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    remove_stale_temporaries(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".tmp" + suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        _raise_output_error(exc, path)
+        raise
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
@@ -133,10 +138,46 @@ def atomic_path(path, suffix=None):
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            _raise_output_error(exc, path)
+        elif isinstance(exc, Exception) and _disk_full(path.parent):
+            # writers in C++ (torch.save) report a full disk as a RuntimeError
+            _raise_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
         raise
+
+
+def _disk_full(folder):
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail == 0 and os.geteuid() != 0 or st.f_bfree == 0
+
+
+#: errno values that mean "the output cannot be written here", whatever the file.
+_OUTPUT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted", errno.EFBIG: "the file is too large for this file system"}
+
+
+def _raise_output_error(exc, path):
+    """Re-raise an OSError that means "cannot write here" as a one-line OutputError naming ``path``."""
+    from neuroml.errors import NeuromlError, OutputError
+
+    if isinstance(exc, NeuromlError):
+        return
+    code = exc.errno
+    if code is None:  # some writers wrap the OSError they got (e.g. torch's RuntimeError chains)
+        return
+    if code not in _OUTPUT_ERRNOS:
+        return
+    raise OutputError(
+        f"cannot write: {_OUTPUT_ERRNOS[code]} ({exc.strerror or exc}); nothing was left under this name. "
+        "Free space or fix the folder's permissions (or choose another output folder), then rerun the "
+        "same command: finished work is kept", path, errno=code) from None
 
 
 def write_text_atomic(path, text):
