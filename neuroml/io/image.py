@@ -122,6 +122,31 @@ def _check_header(img, label):
     return affine
 
 
+def _read_voxels(img):
+    """The voxel array with scaling applied, as float32 for scaled files, without nibabel's
+    whole-volume float64 intermediate (a 512 x 512 x 400 int16 scan: 0.8 GiB less at peak).
+
+    Values are those of ``np.asanyarray(img.dataobj).astype(np.float32)``: each slab is
+    scaled in float64, then rounded to float32.
+    """
+    proxy = img.dataobj
+    slope, inter = getattr(proxy, "slope", None), getattr(proxy, "inter", None)
+    if not nib.is_proxy(proxy) or slope is None or not hasattr(proxy, "get_unscaled"):
+        return np.asanyarray(proxy)
+    slope, inter = float(np.asarray(slope)), float(np.asarray(inter))
+    raw = proxy.get_unscaled()
+    if (slope == 1.0 and inter == 0.0) or np.iscomplexobj(raw) or raw.ndim == 0:
+        return np.asanyarray(proxy) if raw.dtype.kind not in "iuf" else raw
+    out = np.empty(raw.shape, dtype=np.float32, order="F")
+    flat_raw = raw.reshape(raw.shape[0], -1, order="F") if raw.ndim > 1 else raw.reshape(-1, 1)
+    flat_out = out.reshape(flat_raw.shape, order="F")
+    step = max(1, (1 << 18) // max(1, flat_raw.shape[0]))  # about 256 k voxels (2 MiB float64) per slab
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in range(0, flat_raw.shape[1], step):
+            flat_out[:, j:j + step] = flat_raw[:, j:j + step] * slope + inter
+    return out
+
+
 def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constant=False):
     """Validate a voxel array; return it as float32.
 
@@ -152,10 +177,10 @@ def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constan
     with np.errstate(over="ignore", invalid="ignore"):
         data = np.asarray(data, dtype=np.float32)
     if ensure_finite:
-        bad = ~np.isfinite(data)
-        if bad.any():
+        n_bad = data.size - int(np.count_nonzero(np.isfinite(data)))  # one boolean temporary, not two
+        if n_bad:
             raise InputError(
-                f"{int(bad.sum())} of {data.size} voxels are NaN or infinite "
+                f"{n_bad} of {data.size} voxels are NaN or infinite "
                 "(check the scaling factors or the file)",
                 label,
             )
@@ -212,7 +237,7 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
     affine = _check_header(img, label)
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _read_voxels(img)
     except _READ_ERRORS as exc:
         raise InputError(f"voxel data cannot be read ({_short(exc)}); the file may be truncated", label) from None
     if data.ndim == 4 and 3 in ndims and 4 not in ndims and data.shape[3] == 1:
