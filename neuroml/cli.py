@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from neuroml import __version__
@@ -50,7 +51,7 @@ def build_parser():
     p = _Parser(prog="neuroml", description="BIDS MRI to 3D CNN classification and region attribution reports.")
     p.add_argument("--version", action="version", version=f"neuroml {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress bars)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -129,6 +130,13 @@ def _setup_logging(args):
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    warnings.showwarning = _warning_as_log_line
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None):
+    """Show a Python warning as one log line (no source line), so stderr stays readable."""
+    text = " ".join(str(message).split())
+    log.warning("%s: %s", category.__name__, text)
 
 
 def _overrides(pairs):
@@ -151,7 +159,7 @@ def _dispatch(args):
     c = args.command
     if c == "synth":
         params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
-                      voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=True)
+                      voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=not args.quiet)
         if args.classes:
             params["classes"] = tuple(args.classes)
         run_step("synth", **params)
@@ -164,7 +172,7 @@ def _dispatch(args):
         result = run_step("preprocess", bids_dir=args.bids_dir, out_dir=args.out_dir,
                           participant_labels=args.participant_label, n_jobs=args.n_jobs,
                           resolution=args.resolution, normalization=args.normalization,
-                          show_progress=True)
+                          show_progress=not args.quiet)
         failures = list(getattr(result, "failures", []) or [])
         print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
         if failures:
@@ -177,7 +185,8 @@ def _dispatch(args):
         run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
                  participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                 lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers)
+                 lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
+                 show_progress=not args.quiet)
         print(args.run_dir)
         return 0
     if c == "predict":
@@ -189,7 +198,8 @@ def _dispatch(args):
     if c == "attribute":
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participants=args.participant_label,
-                       force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device))
+                       force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device,
+                       show_progress=not args.quiet))
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))
@@ -219,11 +229,13 @@ def main(argv=None):
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
     _setup_logging(args)
     try:
         return _dispatch(args)
     except NeuromlError as exc:
-        print(f"neuroml {args.command}: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).splitlines())  # one line, whatever the message holds
+        print(f"neuroml {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neuroml: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -232,6 +244,8 @@ def main(argv=None):
         name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"neuroml {args.command}: error:{name} {exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,8 +129,11 @@ def load_pipeline(path, overrides=None):
     for key, value in file_vars.items():
         variables[key] = _substitute(value, variables, str(path))
     for key, value in (overrides or {}).items():
-        # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90)
-        variables[key] = yaml.safe_load(value) if isinstance(value, str) else value
+        # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90), safely
+        try:
+            variables[key] = yaml.safe_load(value) if isinstance(value, str) else value
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}=...: not a valid YAML value ({str(exc).splitlines()[0]})") from None
     steps = []
     for i, entry in enumerate(doc["steps"]):
         if not isinstance(entry, dict) or len(entry) != 1:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroml._utils.fileio import read_json, save_nifti_atomic, write_json_atomic
+from neuroml._utils.fileio import read_json, remove_stale_temporaries, save_nifti_atomic, write_json_atomic
 from neuroml._utils.options import look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
@@ -254,6 +254,8 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
 
     out_dir = Path(run_dir) / "attribution" / method
     json_path = out_dir / "attribution.json"
+    for folder in (out_dir, out_dir / "group"):
+        remove_stale_temporaries(folder)  # left by a killed run
     previous = _previous_entries(json_path, method, target)
     atlas_labels, atlas_names = atlas_on_grid(atlas, cache.affine, cache.shape)
     voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0

@@ -14,6 +14,7 @@ and rebuilt rather than trusted. float16 keeps intensity-normalised volumes to w
 5e-4 relative error at half the size of float32.
 """
 
+import errno
 import hashlib
 import logging
 import re
@@ -23,7 +24,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from neuroml._utils.fileio import atomic_path, read_json, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    atomic_path,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import parse_entities
 from neuroml.io.image import check_img
@@ -282,6 +290,22 @@ def _to_float16(path, deriv_dir):
     return data.astype(np.float16)
 
 
+def _allocate(path):
+    """Reserve the disk blocks of a (sparse) file now, so a full disk raises OSError(ENOSPC)."""
+    import os
+
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - not POSIX
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
 def build_cache(deriv_dir, resolution=None, show_progress=False):
     """Build (or reuse) the float16 tensor cache of a derivatives folder.
 
@@ -316,6 +340,7 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
     index.insert(0, "row", np.arange(len(index)))
     index["sha256"] = shas
     digest = _index_digest(index)
+    remove_stale_temporaries(deriv_dir / CACHE_DIR)  # a killed build may have left a large temporary array
     old = _try_open(deriv_dir, key)
     if old is not None and old.digest == digest:
         log.debug("tensor cache res-%s is up to date (%d volumes)", key, len(old))
@@ -330,6 +355,7 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
     write_text_atomic(tsv, index.fillna("n/a").to_csv(sep="\t", index=False))
     with atomic_path(npy, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), *shape))
+        _allocate(tmp)  # a sparse memmap on a full disk dies of SIGBUS; fail with ENOSPC instead
         for i, (p, s) in enumerate(tqdm(list(zip(paths, shas)), desc=f"cache res-{key}",
                                         disable=not show_progress or n_read == 0)):
             out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)

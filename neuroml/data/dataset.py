@@ -165,17 +165,17 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
     index = cache.index
     mapped = index["participant_id"].map(labels)
     unlabeled = sorted(set(index.loc[mapped.isna(), "participant_id"]))
-    if unlabeled:
-        log.warning("%d participant(s) have images but no %r label in %s and are skipped: %s",
-                    len(unlabeled), label_column, path, ", ".join(unlabeled[:20]) + (" ..." if len(unlabeled) > 20 else ""))
     without = sorted(set(labels.index) - set(index["participant_id"]))
-    if without:
-        log.warning("%d labelled participant(s) have no preprocessed image at res-%s: %s", len(without),
-                    cache.resolution, ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""))
     keep = index[mapped.notna()]
     if keep.empty:
         raise InputError(f"no preprocessed image has a {label_column!r} label (image participants: "
                          f"{sorted(set(index['participant_id']))[:5]}..., labelled: {list(labels.index[:5])}...)", path)
+    if unlabeled:
+        log.warning("%d participant(s) have images but no %r label in %s and are skipped: %s",
+                    len(unlabeled), label_column, path, ", ".join(unlabeled[:20]) + (" ..." if len(unlabeled) > 20 else ""))
+    if without:
+        log.warning("%d participant(s) labelled in %s have no preprocessed image at res-%s: %s", len(without),
+                    path, cache.resolution, ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""))
     lab = mapped[mapped.notna()].tolist()
     if classes is None:
         classes = _order_classes(lab)

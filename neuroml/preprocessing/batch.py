@@ -21,7 +21,7 @@ from pathlib import Path
 from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
 from neuroml._utils.options import check_in_range
-from neuroml.errors import ConfigError, InputError, NeuromlError
+from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
 from neuroml.io.bids import derivative_name, find_scans, parse_entities
 from neuroml.preprocessing.qc import write_group_qc
 from neuroml.preprocessing.t1w import check_params, is_complete, output_paths, preprocess_t1w
@@ -145,13 +145,17 @@ def _worker(scan, out_dir, bids_dir, params, n_threads):
             for path in output_paths(scan.entities, out_dir, params["resolution"]).values():
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+        if isinstance(exc, OutputError):
+            raise  # a full disk or a read-only folder stops the batch: every scan would fail
         return "failed", _one_line(exc), tb
 
 
 def _relative(path, bids_dir):
     try:
-        return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-    except ValueError:
+        # resolve the folder, not the file: a symlinked scan (git-annex, a loop) keeps its own name
+        path = Path(path)
+        return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
         return str(path)
 
 
@@ -292,6 +296,7 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
             failures.append(Failure(scan.participant_id, rel, reason))
         bar.update(1)
 
+    finished = False
     try:
         if n_workers == 1:
             for scan in todo:
@@ -304,10 +309,16 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
                 for i, scan in enumerate(todo))
             for i, outcome in jobs:
                 handle(todo[i], outcome)
+        finished = True
     finally:
         bar.close()
         # also on Ctrl-C: record what was handled, keep older entries of the rest
-        _update_failures(out_dir, handled, failures)
+        try:
+            _update_failures(out_dir, handled, failures)
+        except (OSError, NeuromlError):
+            if finished:
+                raise
+            log.debug("failures.tsv not updated", exc_info=True)  # the error in flight says why
     log.info("preprocessing: %d processed, %d already done, %d failed", n_done, n_skipped, len(failures))
     return BatchResult(n_done=n_done, n_skipped=n_skipped, failures=failures)
 

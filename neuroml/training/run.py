@@ -10,7 +10,13 @@ import pandas as pd
 import torch
 
 from neuroml import __version__
-from neuroml._utils.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError, NeuromlError
 from neuroml.models.factory import MODELS, build_model
@@ -292,6 +298,8 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     })
     if main:
         _check_existing(run_dir, config, resume)
+        for folder in (run_dir, *sorted(run_dir.glob("fold-*"))):
+            remove_stale_temporaries(folder)  # left by a killed run
         write_json_atomic(run_dir / "config.json", config)
         save_splits(run_dir / "splits.json", splits, seed=seed, label_column=label_column, site_column=site_column,
                     val_fraction=val_fraction)
