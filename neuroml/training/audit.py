@@ -140,7 +140,8 @@ def _gap(groups, metric, min_size):
           if m["n"] >= min_size and m[metric] is not None and sum(v > 0 for v in m["n_per_class"].values()) >= 2}
     if len(ok) < 2:
         return None
-    lo, hi = min(ok, key=ok.get), max(ok, key=ok.get)
+    order = sorted(ok, key=lambda g: (ok[g], g))
+    lo, hi = order[0], order[-1]
     ci_lo = (groups[lo]["ci"].get(metric) or [None, None])[1]
     ci_hi = (groups[hi]["ci"].get(metric) or [None, None])[0]
     separate = None if ci_lo is None or ci_hi is None else bool(ci_lo < ci_hi)

@@ -14,7 +14,7 @@ from neuroml._utils.fileio import read_json, sha256_file, write_json_atomic, wri
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError, NeuromlError
 from neuroml.models.factory import MODELS, build_model
-from neuroml.training import outputs
+from neuroml.training import outputs, trust
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.predict import predictions_table
@@ -153,7 +153,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
               lr=1e-3, weight_decay=1e-4, seed=0, device="auto", participants=None, resolution=None,
               augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
               schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
-              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True):
+              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True,
+              site_info_column="site", audit_columns=(), harmonize=None):
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
     Every fold trains a fresh network on its training participants, stops early on its
@@ -210,6 +211,16 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         Continue a killed fold from its epoch checkpoint. Completed folds of a run with the
         same settings and data are always kept.
     show_progress : bool, default=True
+    site_info_column : str, default="site"
+        ``participants.tsv`` column naming the acquisition site (ignored when absent;
+        ``site_column`` takes precedence): tested against the label before training
+        (``confounds.json``, warning when entangled), predicted by the site probe, audited,
+        and used by ``harmonize``.
+    audit_columns : sequence of str, default=()
+        More ``participants.tsv`` columns for the bias audit (sex, age bands and site always).
+    harmonize : {None, "combat"}, default=None
+        Also evaluate the baseline on region features harmonized with ComBat fitted inside
+        each fold's training rows (age and sex kept), reported beside the plain baseline.
 
     Returns
     -------
@@ -233,6 +244,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                              channels_last=channels_last, compile=compile, num_workers=num_workers,
                              device=device, show_progress=show_progress).validate()
     check_in_range("seed", seed, 0, None, kind=int)
+    if harmonize is not None:
+        harmonize = look_up_option("harmonize", harmonize, trust.HARMONIZERS)
+    audit_columns = [audit_columns] if isinstance(audit_columns, str) else list(audit_columns or ())
     dev = resolve_device(device)
     run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
     cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress)
@@ -241,6 +255,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     sites = cohort.column(site_column) if site_column else None
     splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
                          val_fraction=val_fraction, sites=sites)
+    site_col = trust.site_column_of(cohort.table, site_column, site_info_column)
+    confounds = trust.confound_check(cohort, site_col, audit_columns)
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
         "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
@@ -249,6 +265,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
         "grad_accum": grad_accum, "schedule": settings.schedule, "augment": bool(augment),
+        "site_info_column": site_col, "audit_columns": audit_columns, "harmonize": harmonize,
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
@@ -260,6 +277,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         write_json_atomic(run_dir / "config.json", config)
         save_splits(run_dir / "splits.json", splits, seed=seed, label_column=label_column, site_column=site_column,
                     val_fraction=val_fraction)
+        write_json_atomic(run_dir / "confounds.json", confounds)
     check_splits(splits)
 
     n_bytes = len(cohort) * int(np.prod(cache.shape)) * 4
@@ -320,9 +338,18 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     if baseline:
         metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations,
                                         run_dir if main else None)
+    base_table = None
+    if baseline and main and (run_dir / "baseline_predictions.tsv").is_file():
+        base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype={"participant_id": str})
+    metrics["confounds"] = {"site_column": site_col, "entangled": confounds["entangled"]}
+    metrics.update(trust.trust_metrics(cohort, table, splits, src, src_rows, seed, n_bootstrap, site_col,
+                                       audit_columns, harmonize, base_table))
     if main:
+        from neuroml.reports.model_card import write_model_card
+
         write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
         write_json_atomic(run_dir / "metrics.json", metrics)
+        write_model_card(run_dir)
         outputs.plot_training_curves(run_dir / "training_curve.png", histories)
         inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
                   "participants_sha256": sha256_file(cohort.participants_path),

@@ -1,0 +1,195 @@
+"""The trust checks of a training run, called by :func:`~neuroml.training.train_run`.
+
+Before training, :func:`confound_check` summarises the cohort per class and tests
+diagnosis against site, age and sex (``RUN/confounds.json``, with a logged warning when
+they are entangled). After training, :func:`trust_metrics` adds to ``metrics.json`` the
+bias audit of the CNN and the baseline, the site probe, and (when asked) the baseline
+with ComBat harmonization fitted inside each fold.
+"""
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from neuroml._utils.options import look_up_option
+from neuroml.errors import NeuromlError
+from neuroml.training.audit import audit_groups, subgroup_audit
+from neuroml.training.confounds import association_tests, site_probe
+
+__all__ = ["HARMONIZERS", "confound_check", "trust_metrics", "demographics", "site_column_of"]
+
+log = logging.getLogger("neuroml")
+
+#: Harmonization methods of ``train_run(harmonize=...)``.
+HARMONIZERS = ("combat",)
+
+
+def site_column_of(table, site_column=None, site_info_column="site"):
+    """The participants column holding the site: the leave-one-site-out column, else
+    ``site_info_column`` when present, else None."""
+    if site_column:
+        return site_column
+    return site_info_column if site_info_column and site_info_column in table.columns else None
+
+
+def _participant_rows(cohort):
+    """One row per participant: (participant_id, label)."""
+    seen = {}
+    for p, lab in zip(cohort.participant_ids, cohort.labels):
+        seen.setdefault(p, lab)
+    return list(seen), [seen[p] for p in seen]
+
+
+def demographics(table, pids, labels, classes, site_col=None):
+    """Per class: n, sex counts, age (mean, sd, min, max) and site counts (plain dict)."""
+    out = {}
+    lab = np.asarray(labels, dtype=object)
+    sub = table.reindex(pids)
+    for c in classes:
+        sel = sub[lab == c]
+        entry = {"n": int(len(sel))}
+        if "sex" in sub.columns:
+            entry["sex"] = {str(k): int(v) for k, v in sel["sex"].astype(str).value_counts().sort_index().items()}
+        if "age" in sub.columns:
+            age = pd.to_numeric(sel["age"], errors="coerce").dropna()
+            if len(age):
+                entry["age"] = {"mean": round(float(age.mean()), 2), "sd": round(float(age.std(ddof=1)), 2)
+                                if len(age) > 1 else None, "min": float(age.min()), "max": float(age.max())}
+        if site_col and site_col in sub.columns:
+            entry["site"] = {str(k): int(v) for k, v in sel[site_col].astype(str).value_counts().sort_index().items()}
+        out[str(c)] = entry
+    return out
+
+
+def confound_check(cohort, site_col=None, extra_columns=()):
+    """Association of the diagnosis with site, age, sex (and ``extra_columns``), before training.
+
+    Returns
+    -------
+    dict
+        ``{"label_column", "site_column", "tests": {column: ...}, "entangled": [columns],
+        "demographics": {class: ...}}``; a warning is logged for each entangled column.
+    """
+    pids, labels = _participant_rows(cohort)
+    table = cohort.table
+    columns = {}
+    for col in [site_col, "age", "sex", *extra_columns]:
+        if col and col in table.columns and col != cohort.label_column and col not in columns:
+            columns[col] = table[col].reindex(pids).tolist()
+    tests = association_tests(labels, columns)
+    entangled = [c for c, t in tests.items() if t.get("entangled")]
+    for c in entangled:
+        t = tests[c]
+        log.warning("confound: %s is associated with %s (%s, p = %.3g, %s = %.2f); a model may learn %s "
+                    "instead of the diagnosis (see confounds.json and the site probe)", cohort.label_column, c,
+                    t["test"], t["p_value"], t["effect"], t["effect_size"], c)
+    return {"label_column": cohort.label_column, "site_column": site_col, "n_participants": len(pids),
+            "tests": tests, "entangled": entangled,
+            "demographics": demographics(table, pids, labels, cohort.classes, site_col)}
+
+
+def _covariates(table, pids):
+    """Age and sex (0/1) per row as ComBat covariates, or None when missing or absent."""
+    cols = []
+    if "age" in table.columns:
+        age = pd.to_numeric(table["age"].reindex(pids), errors="coerce").to_numpy(dtype=float)
+        if np.isfinite(age).all() and np.ptp(age) > 0:
+            cols.append((age - age.mean()) / age.std())
+    if "sex" in table.columns:
+        sex = table["sex"].reindex(pids).astype(str).to_numpy()
+        levels = sorted(set(sex.tolist()))
+        if len(levels) == 2 and "nan" not in levels and "n/a" not in levels:
+            cols.append((sex == levels[1]).astype(float))
+    return np.stack(cols, axis=1) if cols else None
+
+
+def region_features(cohort, src, src_rows):
+    """AAL region means of every scan (as the baseline uses), or None when the atlas is unavailable."""
+    from neuroml.io.atlases import atlas_on_grid
+    from neuroml.training.baseline import region_means
+
+    try:
+        atlas, _ = atlas_on_grid("aal", cohort.cache.affine, cohort.cache.shape)
+    except (NeuromlError, OSError) as exc:
+        log.warning("site probe skipped: %s", exc)
+        return None
+    return region_means(src, atlas)[0][src_rows]
+
+
+def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
+    classes = cohort.classes
+    y = table_pred["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    proba = table_pred[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    cols = ("sex", "age") + ((site_col,) if site_col else ())
+    groups = audit_groups(cohort.table, table_pred["participant_id"].tolist(), cols, tuple(audit_columns))
+    return subgroup_audit(y, proba, classes, groups, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstrap=1000, site_col=None,
+                  audit_columns=(), harmonize=None, baseline_predictions=None):
+    """Bias audit, site probe and harmonized baseline of a trained run (a dict for metrics.json).
+
+    Parameters
+    ----------
+    cohort : neuroml.data.Cohort
+    predictions : pandas.DataFrame
+        Out-of-fold CNN predictions (``predictions.tsv``).
+    splits : list of dict
+    src, src_rows
+        Volumes and the row of each cohort scan in them.
+    seed, n_bootstrap : int
+    site_col : str, optional
+        Participants column holding the site.
+    audit_columns : sequence of str
+        More participants columns to audit.
+    harmonize : {None, "combat"}
+        Also evaluate the baseline with the features harmonized inside each fold.
+    baseline_predictions : pandas.DataFrame, optional
+        Out-of-fold baseline predictions, audited too.
+
+    Returns
+    -------
+    dict
+        ``{"audit": {"cnn": ..., "baseline": ...}, "site_probe": {...}, "baseline_harmonized": {...}}``
+        (keys present when computed).
+    """
+    from neuroml.training.baseline import baseline_cv
+    from neuroml.training.harmonize import ComBat
+    from neuroml.training.metrics import classification_report
+    from neuroml.training.predict import predictions_table
+
+    out = {"audit": {"cnn": _audit(predictions, cohort, site_col, audit_columns, n_bootstrap, seed)}}
+    if baseline_predictions is not None:
+        out["audit"]["baseline"] = _audit(baseline_predictions, cohort, site_col, audit_columns, n_bootstrap, seed)
+    if harmonize is not None:
+        harmonize = look_up_option("harmonize", harmonize, HARMONIZERS)
+        if not site_col:
+            raise NeuromlError("harmonize='combat' needs a site column in participants.tsv "
+                               "(site_info_column or site_column)")
+    if not site_col:
+        return out
+    features = region_features(cohort, src, src_rows)
+    if features is None:
+        return out
+    sites = [str(s) for s in cohort.column(site_col)]
+    probe = site_probe(features, sites, cohort.participant_ids, splits, seed=seed, n_bootstrap=n_bootstrap)
+    probe["features"] = f"mean intensity of {features.shape[1]} AAL regions"
+    cov = _covariates(cohort.table, cohort.participant_ids)
+    if harmonize == "combat":
+        probe["after_combat"] = site_probe(features, sites, cohort.participant_ids, splits, seed=seed,
+                                           n_bootstrap=n_bootstrap, harmonizer=ComBat, covariates=cov)
+        proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed,
+                                  harmonizer=ComBat, sites=sites, covariates=cov)
+        tested = fold >= 0
+        table = predictions_table(np.asarray(cohort.participant_ids, dtype=object)[tested], proba[tested],
+                                  cohort.classes, cohort.y[tested], fold[tested])
+        y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
+        rep = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
+                                    n_bootstrap=n_bootstrap, seed=seed)
+        rep["model"] = "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
+        rep["covariates_kept"] = [] if cov is None else [c for c in ("age", "sex") if c in cohort.table.columns]
+        rep["features"] = probe["features"]
+        out["baseline_harmonized"] = rep
+    out["site_probe"] = probe
+    return out
