@@ -90,18 +90,21 @@ def confound_check(cohort, site_col=None, extra_columns=()):
 
 
 def _covariates(table, pids):
-    """Age and sex (0/1) per row as ComBat covariates, or None when missing or absent."""
-    cols = []
+    """Age (standardised) and sex (0/1) per row as ComBat covariates, and their names;
+    a column is left out when absent, incomplete or constant."""
+    cols, names = [], []
     if "age" in table.columns:
         age = pd.to_numeric(table["age"].reindex(pids), errors="coerce").to_numpy(dtype=float)
         if np.isfinite(age).all() and np.ptp(age) > 0:
             cols.append((age - age.mean()) / age.std())
+            names.append("age")
     if "sex" in table.columns:
         sex = table["sex"].reindex(pids).astype(str).to_numpy()
         levels = sorted(set(sex.tolist()))
         if len(levels) == 2 and "nan" not in levels and "n/a" not in levels:
             cols.append((sex == levels[1]).astype(float))
-    return np.stack(cols, axis=1) if cols else None
+            names.append("sex")
+    return (np.stack(cols, axis=1) if cols else None), names
 
 
 def region_features(cohort, src, src_rows):
@@ -175,7 +178,7 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
     sites = [str(s) for s in cohort.column(site_col)]
     probe = site_probe(features, sites, cohort.participant_ids, splits, seed=seed, n_bootstrap=n_bootstrap)
     probe["features"] = f"mean intensity of {features.shape[1]} AAL regions"
-    cov = _covariates(cohort.table, cohort.participant_ids)
+    cov, cov_names = _covariates(cohort.table, cohort.participant_ids)
     if harmonize == "combat":
         probe["after_combat"] = site_probe(features, sites, cohort.participant_ids, splits, seed=seed,
                                            n_bootstrap=n_bootstrap, harmonizer=ComBat, covariates=cov)
@@ -188,7 +191,7 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
         rep = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
                                     n_bootstrap=n_bootstrap, seed=seed)
         rep["model"] = "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
-        rep["covariates_kept"] = [] if cov is None else [c for c in ("age", "sex") if c in cohort.table.columns]
+        rep["covariates_kept"] = cov_names
         rep["features"] = probe["features"]
         out["baseline_harmonized"] = rep
     out["site_probe"] = probe
