@@ -134,8 +134,12 @@ def test_combat_removes_site_location_and_scale_and_keeps_covariates():
 
 def test_combat_errors_and_unseen_site(caplog):
     x = np.random.default_rng(0).normal(size=(10, 3))
-    with pytest.raises(ConfigError, match="at least two rows per site"):
-        ComBat().fit(x, ["A"] * 9 + ["B"])
+    with pytest.raises(ConfigError, match="at least two rows of some site"):
+        ComBat().fit(x[:2], ["A", "B"])
+    with caplog.at_level(logging.WARNING, logger="neuroml"):
+        lone = ComBat().fit(x, ["A"] * 9 + ["B"])
+    assert lone.sites_ == ["A"] and lone.n_fit_ == 9 and "single training row" in caplog.text
+    np.testing.assert_allclose(lone.transform(x[9:], ["B"]), x[9:])
     with pytest.raises(ConfigError, match="not fitted"):
         ComBat().transform(x, ["A"] * 10)
     est = ComBat().fit(x, ["A", "B"] * 5)

@@ -58,7 +58,10 @@ def _confounds(metrics, confounds):
             out.append("<p class='warn'>The site can be read from the inputs above chance: a network can "
                        "learn it too.</p>")
     harm = (metrics or {}).get("baseline_harmonized")
-    if harm:
+    if harm and "error" in harm:
+        out.append(f"<h3>Harmonization against none</h3><p class='warn'>Harmonized baseline not computed: "
+                   f"{_e(harm['error'])}</p>")
+    elif harm:
         base = (metrics or {}).get("baseline") or {}
         rows = [(name, _num(m.get("balanced_accuracy")), _ci((m.get("ci") or {}).get("balanced_accuracy")),
                  _num(m.get("auc_macro")), _ci((m.get("ci") or {}).get("auc_macro")))

@@ -129,7 +129,8 @@ class ComBat:
         ----------
         X : array-like of shape (n, p)
         batch : sequence of str, length n
-            Site of each row; every site needs at least two rows.
+            Site of each row. A site with a single row cannot be estimated: its row is left
+            out of the fit (with a warning) and its rows are left unadjusted by ``transform``.
         covariates : array-like of shape (n, q), optional
             Numeric covariates whose effects are kept.
 
@@ -138,11 +139,15 @@ class ComBat:
         self
         """
         X, batch, cov = self._check(X, batch, covariates)
-        levels = sorted(set(batch.tolist()))
-        counts = {s: int(np.sum(batch == s)) for s in levels}
-        small = {s: c for s, c in counts.items() if c < 2}
+        counts = {s: int(np.sum(batch == s)) for s in sorted(set(batch.tolist()))}
+        small = sorted(s for s, c in counts.items() if c < 2)
+        if len(small) == len(counts):
+            raise ConfigError(f"ComBat needs at least two rows of some site; got {counts}")
         if small:
-            raise ConfigError(f"ComBat needs at least two rows per site; got {small}")
+            log.warning("ComBat: site(s) %s have a single training row: left out of the fit and unadjusted", small)
+            keep = ~np.isin(batch, small)
+            X, batch, cov = X[keep], batch[keep], None if cov is None else cov[keep]
+        levels = sorted(set(batch.tolist()))
         onehot = _onehot(batch, levels)
         design = onehot if cov is None else np.hstack([onehot, cov])
         coef = np.linalg.lstsq(design, X, rcond=None)[0]

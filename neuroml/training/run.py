@@ -257,6 +257,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                          val_fraction=val_fraction, sites=sites)
     site_col = trust.site_column_of(cohort.table, site_column, site_info_column)
     confounds = trust.confound_check(cohort, site_col, audit_columns)
+    if harmonize and not site_col:
+        raise ConfigError(f"harmonize={harmonize!r} needs the site: participants.tsv has no {site_info_column!r} "
+                          "column; name it with site_info_column")
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
         "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,

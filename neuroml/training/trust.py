@@ -157,11 +157,6 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
         ``{"audit": {"cnn": ..., "baseline": ...}, "site_probe": {...}, "baseline_harmonized": {...}}``
         (keys present when computed).
     """
-    from neuroml.training.baseline import baseline_cv
-    from neuroml.training.harmonize import ComBat
-    from neuroml.training.metrics import classification_report
-    from neuroml.training.predict import predictions_table
-
     out = {"audit": {"cnn": _audit(predictions, cohort, site_col, audit_columns, n_bootstrap, seed)}}
     if baseline_predictions is not None:
         out["audit"]["baseline"] = _audit(baseline_predictions, cohort, site_col, audit_columns, n_bootstrap, seed)
@@ -180,19 +175,34 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
     probe["features"] = f"mean intensity of {features.shape[1]} AAL regions"
     cov, cov_names = _covariates(cohort.table, cohort.participant_ids)
     if harmonize == "combat":
-        probe["after_combat"] = site_probe(features, sites, cohort.participant_ids, splits, seed=seed,
-                                           n_bootstrap=n_bootstrap, harmonizer=ComBat, covariates=cov)
-        proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed,
-                                  harmonizer=ComBat, sites=sites, covariates=cov)
-        tested = fold >= 0
-        table = predictions_table(np.asarray(cohort.participant_ids, dtype=object)[tested], proba[tested],
-                                  cohort.classes, cohort.y[tested], fold[tested])
-        y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
-        rep = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
-                                    n_bootstrap=n_bootstrap, seed=seed)
-        rep["model"] = "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
-        rep["covariates_kept"] = cov_names
-        rep["features"] = probe["features"]
-        out["baseline_harmonized"] = rep
+        try:
+            out["baseline_harmonized"], probe["after_combat"] = _harmonized(
+                cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, probe["features"])
+        except NeuromlError as exc:  # a harmonization failure must not lose the trained run
+            log.warning("harmonized baseline skipped: %s", exc)
+            out["baseline_harmonized"] = {"error": str(exc)}
     out["site_probe"] = probe
     return out
+
+
+def _harmonized(cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, feature_text):
+    """Baseline and site probe with ComBat fitted inside each fold's training rows."""
+    from neuroml.training.baseline import baseline_cv
+    from neuroml.training.harmonize import ComBat
+    from neuroml.training.metrics import classification_report
+    from neuroml.training.predict import predictions_table
+
+    after = site_probe(features, sites, cohort.participant_ids, splits, seed=seed,
+                       n_bootstrap=n_bootstrap, harmonizer=ComBat, covariates=cov)
+    proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed,
+                              harmonizer=ComBat, sites=sites, covariates=cov)
+    tested = fold >= 0
+    table = predictions_table(np.asarray(cohort.participant_ids, dtype=object)[tested], proba[tested],
+                              cohort.classes, cohort.y[tested], fold[tested])
+    y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
+    rep = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
+                                n_bootstrap=n_bootstrap, seed=seed)
+    rep["model"] = "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
+    rep["covariates_kept"] = cov_names
+    rep["features"] = feature_text
+    return rep, after
