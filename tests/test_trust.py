@@ -274,3 +274,32 @@ def test_load_key_and_deidentify_refusals(tmp_path, monkeypatch):
         deidentify_bids(bids, out, key_file=out / "key.txt")
     with pytest.raises(InputError, match="not a BIDS dataset"):
         deidentify_bids(tmp_path, tmp_path / "o2")
+
+
+def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, img_3d):
+    from neuroml.cli import build_parser, main
+
+    bids = tmp_path / "bids"
+    (bids / "sub-01" / "ses-a" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "d", "BIDSVersion": "1.9.0", "Authors": ["Dr X"]}')
+    (bids / "participants.tsv").write_text("participant_id\tdiagnosis\nsub-01\tMDD\n")
+    img = nib.Nifti1Image(np.asarray(img_3d.dataobj), img_3d.affine)
+    img.header["descrip"] = b"ZZ Jane Doe"
+    nib.save(img, bids / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_T1w.nii.gz")
+    (bids / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_T1w.json").write_text(
+        json.dumps({"PatientName": "ZZ Jane Doe", "EchoTime": 0.003}))
+    key_file = tmp_path / "key.txt"
+    key_file.write_bytes(b"a-secret-key-of-enough-bytes")
+    assert main(["-q", "deidentify", str(bids), str(tmp_path / "out"), "--key-file", str(key_file)]) == 0
+    new = pseudonym("01", b"a-secret-key-of-enough-bytes")
+    scan = tmp_path / "out" / new / "ses-a" / "anat" / f"{new}_ses-a_T1w.nii.gz"
+    assert scan.is_file() and nib.load(scan).header["descrip"].item() == b""
+    np.testing.assert_array_equal(np.asarray(nib.load(scan).dataobj), np.asarray(img_3d.dataobj))
+    side = json.loads(scan.with_name(f"{new}_ses-a_T1w.json").read_text())
+    assert side == {"EchoTime": 0.003}
+    assert (tmp_path / "out" / "participants.tsv").read_text().splitlines()[1] == f"{new}\tMDD"
+    assert find_strings(tmp_path / "out", ["ZZ Jane", "sub-01", "a-secret-key", "Dr X"]) == {}
+    args = build_parser().parse_args(["train", "d", "--run-dir", "r", "--leave-one-site-out", "--harmonize", "combat"])
+    assert args.leave_one_site_out == "site" and args.harmonize == "combat"
+    assert build_parser().parse_args(["train", "d", "--run-dir", "r", "--leave-one-site-out", "scanner",
+                                      ]).leave_one_site_out == "scanner"
