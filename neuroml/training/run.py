@@ -268,7 +268,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
         "grad_accum": grad_accum, "schedule": settings.schedule, "augment": bool(augment),
-        "site_info_column": site_col, "audit_columns": audit_columns, "harmonize": harmonize,
+        # trust options only when set, so runs made before them keep their identity
+        **({"harmonize": harmonize} if harmonize else {}),
+        **({"audit_columns": audit_columns} if audit_columns else {}),
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
