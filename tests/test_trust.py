@@ -210,6 +210,7 @@ def test_train_run_fits_combat_inside_folds_and_reports_it(tmp_path, monkeypatch
     assert set(m["audit"]["cnn"]["attributes"]) == {"sex", "age_band", "site", "group"}
     assert "baseline" in m["audit"] and m["site_probe"]["balanced_accuracy"] > 0.9
     assert m["baseline_harmonized"]["n"] == 16 and m["confounds"]["entangled"] == ["site"]
+    assert 0.0 <= m["site_probe"]["cnn"]["balanced_accuracy"] <= 1.0 and m["site_probe"]["cnn"]["n"] == 16
     card = (run / "model_card.md").read_text()
     for heading in ("## Intended use", "## Not intended for", "## Training data", "## Performance per subgroup",
                     "## Attribution trust checks", "## Known limits", "entangled with site"):
@@ -231,6 +232,23 @@ def test_pooled_against_leave_one_site_out_on_an_entangled_cohort(tmp_path):
     assert loso["baseline_balanced_accuracy"] <= 0.5  # a site never seen: nothing to go on
     m = json.loads((tmp_path / "loso" / "metrics.json").read_text())
     assert m["site_probe"]["balanced_accuracy"] > 0.9 and "stratified group" in m["site_probe"]["scheme"]
+    assert m["site_probe"]["cnn"]["balanced_accuracy"] is None and "leave-one-site-out" in m["site_probe"]["cnn"]["note"]
+
+
+def test_penultimate_features_are_the_last_linear_layers_input():
+    from neuroml.models.factory import build_model
+    from neuroml.training.trust import penultimate_features
+
+    shape = (17, 18, 19)
+    model = build_model("compact", 2, spatial_shape=shape)
+    vols = np.random.default_rng(0).normal(size=(5, *shape)).astype(np.float32)
+    feats = penultimate_features(model, vols, np.array([4, 0, 2]), batch_size=2)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(vols[[4, 0, 2]][:, None]))
+        again = last(torch.from_numpy(feats).float())
+    np.testing.assert_allclose(again.numpy(), logits.numpy(), rtol=1e-4, atol=1e-5)
+    assert not model._forward_hooks and not last._forward_hooks  # the hook is removed
 
 
 def test_train_run_option_errors(tmp_path):

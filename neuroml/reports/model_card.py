@@ -116,6 +116,10 @@ def _confounds(conf, metrics):
         line = (f"Site probe: the site is predicted from {_md(probe.get('features'))} with balanced accuracy "
                 f"{_f(probe['balanced_accuracy'])} {_ci(probe.get('ci'))} (chance {_f(probe.get('chance'))}), "
                 f"beside a diagnosis balanced accuracy of {_f(cnn.get('balanced_accuracy'))} (CNN).")
+        cnn_probe = probe.get("cnn") or {}
+        if cnn_probe.get("balanced_accuracy") is not None:
+            line += (f" From the CNN's penultimate features: {_f(cnn_probe['balanced_accuracy'])} "
+                     f"{_ci(cnn_probe.get('ci'))}.")
         after = probe.get("after_combat")
         if after and after.get("balanced_accuracy") is not None:
             line += f" After ComBat inside folds: {_f(after['balanced_accuracy'])} {_ci(after.get('ci'))}."

@@ -45,6 +45,10 @@ def _confounds(metrics, confounds):
         if after and after.get("balanced_accuracy") is not None:
             rows.append(("site after ComBat inside folds", _num(after["balanced_accuracy"]), _ci(after.get("ci")),
                          _num(after.get("chance")), after.get("scheme", "")))
+        cnn_probe = probe.get("cnn") or {}
+        if cnn_probe.get("balanced_accuracy") is not None:
+            rows.append(("site (probe on the CNN's penultimate features)", _num(cnn_probe["balanced_accuracy"]),
+                         _ci(cnn_probe.get("ci")), _num(cnn_probe.get("chance")), cnn_probe.get("scheme", "")))
         chance = (metrics or {}).get("chance_balanced_accuracy")
         rows.append(("diagnosis (CNN)", _num(cnn.get("balanced_accuracy")),
                      _ci((cnn.get("ci") or {}).get("balanced_accuracy")), _num(chance), "the run's folds"))

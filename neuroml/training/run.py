@@ -348,7 +348,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype={"participant_id": str})
     metrics["confounds"] = {"site_column": site_col, "entangled": confounds["entangled"]}
     metrics.update(trust.trust_metrics(cohort, table, splits, src, src_rows, seed, n_bootstrap, site_col,
-                                       audit_columns, harmonize, base_table))
+                                       audit_columns, harmonize, base_table,
+                                       Run(run_dir, config, splits).fold_models(dev) if site_col else None, dev))
     if main:
         from neuroml.reports.model_card import write_model_card
 

@@ -129,8 +129,74 @@ def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
     return subgroup_audit(y, proba, classes, groups, n_bootstrap=n_bootstrap, seed=seed)
 
 
+def penultimate_features(model, volumes, rows, batch_size=8, device="cpu"):
+    """Inputs of the network's last linear layer (its penultimate features) for ``volumes[rows]``.
+
+    Returns
+    -------
+    ndarray of shape (len(rows), d)
+    """
+    import torch
+
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linear:
+        raise NeuromlError(f"{type(model).__name__} has no linear layer to read penultimate features from")
+    captured = []
+    handle = linear[-1].register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach().float().cpu()))
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                block = np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows[start:start + batch_size]])
+                model(torch.from_numpy(block[:, None]).to(device))
+    finally:
+        handle.remove()
+    return torch.cat(captured).flatten(1).numpy().astype(np.float64)
+
+
+def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, seed=0, n_bootstrap=1000,
+                   device="cpu"):
+    """Site probe on each fold model's penultimate features (k-fold runs only).
+
+    For fold ``k``, a logistic regression learns the site from the features that fold's
+    model gives its training and validation participants and predicts its test participants.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
+
+    if splits and splits[0].get("test_site") is not None:
+        return {"balanced_accuracy": None, "note": "not defined for leave-one-site-out (the test site is unseen)"}
+    sites = np.asarray([str(s) for s in sites], dtype=object)
+    pids = np.asarray(participant_ids, dtype=object)
+    levels = sorted(set(sites.tolist()))
+    y = np.array([levels.index(s) for s in sites])
+    proba = np.full((len(y), len(levels)), np.nan)
+    models = dict(fold_models)
+    for f in splits:
+        train, test = np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"]))
+        if not test.any() or len(set(y[train])) < 2 or f["fold"] not in models:
+            continue
+        feats = penultimate_features(models[f["fold"]], src, np.asarray(src_rows), device=device)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
+                                                                 random_state=seed))
+        clf.fit(feats[train], y[train])
+        p = np.zeros((int(test.sum()), len(levels)))
+        p[:, clf[-1].classes_] = clf.predict_proba(feats[test])
+        proba[test] = p
+    done = np.isfinite(proba).all(1)
+    if not done.any():
+        return {"balanced_accuracy": None, "note": "no fold could be probed"}
+    return {"balanced_accuracy": round(balanced_accuracy(y[done], proba[done].argmax(1), len(levels)), 6),
+            "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
+            "chance": round(1.0 / len(levels), 6), "n": int(done.sum()), "scheme": "the run's folds",
+            "features": "penultimate features of each fold's CNN (input of its last linear layer)"}
+
+
 def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstrap=1000, site_col=None,
-                  audit_columns=(), harmonize=None, baseline_predictions=None):
+                  audit_columns=(), harmonize=None, baseline_predictions=None, fold_models=None, device="cpu"):
     """Bias audit, site probe and harmonized baseline of a trained run (a dict for metrics.json).
 
     Parameters
@@ -150,6 +216,10 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
         Also evaluate the baseline with the features harmonized inside each fold.
     baseline_predictions : pandas.DataFrame, optional
         Out-of-fold baseline predictions, audited too.
+    fold_models : list of (int, torch.nn.Module), optional
+        The run's fold models: the site is also probed from their penultimate features
+        (``site_probe["cnn"]``, k-fold runs only).
+    device : str or torch.device, default="cpu"
 
     Returns
     -------
@@ -181,6 +251,13 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
         except NeuromlError as exc:  # a harmonization failure must not lose the trained run
             log.warning("harmonized baseline skipped: %s", exc)
             out["baseline_harmonized"] = {"error": str(exc)}
+    if fold_models:
+        try:
+            probe["cnn"] = cnn_site_probe(fold_models, splits, src, src_rows, sites, cohort.participant_ids, seed,
+                                          n_bootstrap, device)
+        except (NeuromlError, RuntimeError) as exc:
+            log.warning("CNN site probe skipped: %s", exc)
+            probe["cnn"] = {"balanced_accuracy": None, "note": str(exc)[:200]}
     out["site_probe"] = probe
     return out
 
