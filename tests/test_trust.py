@@ -24,6 +24,19 @@ RES = 8.0
 FAST = dict(epochs=1, folds=2, batch_size=4, show_progress=False, n_bootstrap=50)
 
 
+@pytest.fixture
+def neuroml_log(caplog):
+    """caplog that sees the "neuroml" logger even after the CLI made it stop propagating."""
+    logger = logging.getLogger("neuroml")
+    state = (logger.level, logger.propagate, list(logger.handlers))
+    logger.handlers[:] = [caplog.handler]
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.setLevel(state[0])
+    logger.propagate = state[1]
+    logger.handlers[:] = state[2]
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -132,7 +145,8 @@ def test_combat_removes_site_location_and_scale_and_keeps_covariates():
     assert np.allclose([(plain - 0.1 * age[:, None])[site == s].mean() for s in "ABC"], np.mean(means), atol=0.3)
 
 
-def test_combat_errors_and_unseen_site(caplog):
+def test_combat_errors_and_unseen_site(neuroml_log):
+    caplog = neuroml_log
     x = np.random.default_rng(0).normal(size=(10, 3))
     with pytest.raises(ConfigError, match="at least two rows of some site"):
         ComBat().fit(x[:2], ["A", "B"])
@@ -180,7 +194,8 @@ def test_harmonizer_is_fitted_on_training_rows_only():
         assert not who & set(f["test"])
 
 
-def test_train_run_fits_combat_inside_folds_and_reports_it(tmp_path, monkeypatch, caplog):
+def test_train_run_fits_combat_inside_folds_and_reports_it(tmp_path, monkeypatch, neuroml_log):
+    caplog = neuroml_log
     deriv = make_site_cohort(tmp_path, extra=["<b>x</b>", "y", "z"])
     stash = {}
     original = trust_module.region_features
@@ -294,7 +309,7 @@ def test_load_key_and_deidentify_refusals(tmp_path, monkeypatch):
         deidentify_bids(tmp_path, tmp_path / "o2")
 
 
-def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, img_3d):
+def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, img_3d, neuroml_log):
     from neuroml.cli import build_parser, main
 
     bids = tmp_path / "bids"
