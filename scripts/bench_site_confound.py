@@ -71,6 +71,7 @@ def main(argv=None):
             "site_probe": pooled["site_probe"]["balanced_accuracy"],
             "site_probe_chance": pooled["site_probe"]["chance"],
             "site_probe_after_combat": pooled["site_probe"]["after_combat"]["balanced_accuracy"],
+            "site_probe_cnn": (pooled["site_probe"].get("cnn") or {}).get("balanced_accuracy"),
             "seconds": round(time.perf_counter() - t0, 1),
         })
         print(json.dumps(rows[-1]), flush=True)
@@ -82,13 +83,14 @@ def main(argv=None):
         return f"[{v[0]:.2f}, {v[1]:.2f}]" if v and None not in v else "n/a"
 
     print("| entanglement | Cramér's V (p) | pooled CNN | LOSO CNN | pooled baseline | LOSO baseline | "
-          "ComBat baseline | site probe (chance) | probe after ComBat |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ComBat baseline | site probe (chance) | probe after ComBat | probe on CNN features |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['entanglement']:g} | {r['cramers_v']:.2f} ({r['site_p']:.2g}) | {r['pooled_cnn']:.2f} "
               f"{ci(r['pooled_cnn_ci'])} | {r['loso_cnn']:.2f} {ci(r['loso_cnn_ci'])} | {r['pooled_baseline']:.2f} | "
               f"{r['loso_baseline']:.2f} | {r['combat_baseline']:.2f} | {r['site_probe']:.2f} "
-              f"({r['site_probe_chance']:.2f}) | {r['site_probe_after_combat']:.2f} |")
+              f"({r['site_probe_chance']:.2f}) | {r['site_probe_after_combat']:.2f} | "
+              f"{'n/a' if r['site_probe_cnn'] is None else format(r['site_probe_cnn'], '.2f')} |")
 
 
 if __name__ == "__main__":
