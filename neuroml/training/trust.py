@@ -73,6 +73,12 @@ def confound_check(cohort, site_col=None, extra_columns=()):
     """
     pids, labels = _participant_rows(cohort)
     table = cohort.table
+    missing = [c for c in extra_columns if c not in table.columns]
+    if missing:  # before training, not after it
+        from neuroml.errors import InputError
+
+        raise InputError(f"audit column {missing[0]!r} not found (columns: {list(table.columns)})",
+                         cohort.participants_path)
     columns = {}
     for col in [site_col, "age", "sex", *extra_columns]:
         if col and col in table.columns and col != cohort.label_column and col not in columns:
