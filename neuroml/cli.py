@@ -87,6 +87,12 @@ def build_parser():
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     s.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    s.add_argument("--leave-one-site-out", nargs="?", const="site", default=None, metavar="COLUMN",
+                   help="leave-one-site-out folds on this participants.tsv column (default column: site)")
+    s.add_argument("--harmonize", default=None, choices=["combat"],
+                   help="also evaluate the baseline with ComBat fitted inside each training fold")
+    s.add_argument("--audit-column", nargs="+", default=[], metavar="COLUMN",
+                   help="more participants.tsv columns for the bias audit (sex, age, site always)")
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
@@ -113,6 +119,13 @@ def build_parser():
 
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
     s.add_argument("run_dir", type=Path)
+
+    s = sub.add_parser("deidentify", help="de-identified copy of a BIDS dataset (keyed pseudonyms, scrubbed headers)")
+    s.add_argument("bids_dir", type=Path)
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--key-file", type=Path, default=None,
+                   help="file holding the secret key (default: $NEUROML_PSEUDONYM_KEY); never written anywhere")
+    s.add_argument("--keep-ids", action="store_true", help="scrub headers and sidecars but keep participant labels")
 
     s = sub.add_parser("run", help="run a YAML pipeline")
     s.add_argument("pipeline", type=Path)
@@ -186,6 +199,7 @@ def _dispatch(args):
                  participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
+                 site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,
                  show_progress=not args.quiet)
         print(args.run_dir)
         return 0
@@ -203,6 +217,11 @@ def _dispatch(args):
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))
+        return 0
+    if c == "deidentify":
+        result = run_step("deidentify", bids_dir=args.bids_dir, out_dir=args.out_dir, key_file=args.key_file,
+                          pseudonymize=not args.keep_ids)
+        print(result["out_dir"])
         return 0
     if c == "run":
         result = run_pipeline(args.pipeline, _overrides(args.set))

@@ -36,6 +36,7 @@ STEPS = {
     "predict": "neuroml.training:predict_run",
     "attribute": "neuroml.attribution:attribute_run",
     "report": "neuroml.reports:build_report",
+    "deidentify": "neuroml.privacy:deidentify_bids",
 }
 
 

@@ -21,7 +21,7 @@ from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError, NeuromlError
 from neuroml.models.factory import MODELS, build_model
 from neuroml.training import distributed as dist
-from neuroml.training import outputs
+from neuroml.training import outputs, trust
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.predict import predictions_table
@@ -160,7 +160,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
               lr=1e-3, weight_decay=1e-4, seed=0, device="auto", participants=None, resolution=None,
               augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
               schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
-              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True):
+              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True,
+              site_info_column="site", audit_columns=(), harmonize=None):
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
     Every fold trains a fresh network on its training participants, stops early on its
@@ -217,6 +218,16 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         Continue a killed fold from its epoch checkpoint. Completed folds of a run with the
         same settings and data are always kept.
     show_progress : bool, default=True
+    site_info_column : str, default="site"
+        ``participants.tsv`` column naming the acquisition site (ignored when absent;
+        ``site_column`` takes precedence): tested against the label before training
+        (``confounds.json``, warning when entangled), predicted by the site probe, audited,
+        and used by ``harmonize``.
+    audit_columns : sequence of str, default=()
+        More ``participants.tsv`` columns for the bias audit (sex, age bands and site always).
+    harmonize : {None, "combat"}, default=None
+        Also evaluate the baseline on region features harmonized with ComBat fitted inside
+        each fold's training rows (age and sex kept), reported beside the plain baseline.
 
     Notes
     -----
@@ -258,7 +269,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
 def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_size, lr, weight_decay, seed, device,
                participants, resolution, augment, patience, amp, channels_last, compile, grad_accum, schedule,
                val_fraction, site_column, classes, num_workers, baseline, n_bootstrap, n_permutations, resume,
-               show_progress, dev):
+               show_progress, site_info_column, audit_columns, harmonize, dev):
     from neuroml.data.dataset import VolumeDataset, load_cohort, make_augmentation
 
     t_start, start = time.perf_counter(), outputs.now_iso()
@@ -269,6 +280,9 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                              patience=patience, grad_accum=grad_accum, schedule=schedule, amp=amp,
                              channels_last=channels_last, compile=compile, num_workers=num_workers,
                              device=str(dev), show_progress=show_progress).validate()
+    if harmonize is not None:
+        harmonize = look_up_option("harmonize", harmonize, trust.HARMONIZERS)
+    audit_columns = [audit_columns] if isinstance(audit_columns, str) else list(audit_columns or ())
     run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
     if distributed and not main:
         dist.barrier()  # rank 0 builds (or checks) the tensor cache first; the others then read it
@@ -283,6 +297,11 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     if dist.broadcast_object((splits, cohort.digest)) != (splits, cohort.digest):
         raise NeuromlError(f"rank {dist.rank()} sees other data or splits than rank 0 (are all nodes reading "
                            f"the same {deriv_dir}?)")
+    site_col = trust.site_column_of(cohort.table, site_column, site_info_column)
+    confounds = trust.confound_check(cohort, site_col, audit_columns)
+    if harmonize and not site_col:
+        raise ConfigError(f"harmonize={harmonize!r} needs the site: participants.tsv has no {site_info_column!r} "
+                          "column; name it with site_info_column")
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
         "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
@@ -291,6 +310,9 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
         "grad_accum": grad_accum, "schedule": settings.schedule, "augment": bool(augment),
+        # trust options only when set, so runs made before them keep their identity
+        **({"harmonize": harmonize} if harmonize else {}),
+        **({"audit_columns": audit_columns} if audit_columns else {}),
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
@@ -303,6 +325,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         write_json_atomic(run_dir / "config.json", config)
         save_splits(run_dir / "splits.json", splits, seed=seed, label_column=label_column, site_column=site_column,
                     val_fraction=val_fraction)
+        write_json_atomic(run_dir / "confounds.json", confounds)
     dist.barrier()
     check_splits(splits)
 
@@ -364,13 +387,17 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     if not main:
         return dist.broadcast_object(None)
     summary = _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src,
-                      src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start)
+                      src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start,
+                      site_col, confounds, audit_columns, harmonize)
     return dist.broadcast_object(summary)
 
 
 def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src, src_rows,
-            seed, start, dev, baseline, n_bootstrap, n_permutations, t_start):
-    """Rank 0: metrics, the baseline and every run-level file; returns the summary."""
+            seed, start, dev, baseline, n_bootstrap, n_permutations, t_start, site_col, confounds, audit_columns,
+            harmonize):
+    """Rank 0: metrics, the baseline, the bias audit and every run-level file; returns the summary."""
+    from neuroml.reports.model_card import write_model_card
+
     cache, n_classes, label_column = cohort.cache, len(cohort.classes), cohort.label_column
     pids = np.asarray(cohort.participant_ids, dtype=object)
     tested = oof_fold >= 0
@@ -379,8 +406,16 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
                "cnn": _report(table, cohort.classes, fold_info, histories, n_bootstrap, n_permutations, seed)}
     if baseline:
         metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, run_dir)
+    base_table = None
+    if baseline and (run_dir / "baseline_predictions.tsv").is_file():
+        base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype={"participant_id": str})
+    metrics["confounds"] = {"site_column": site_col, "entangled": confounds["entangled"]}
+    metrics.update(trust.trust_metrics(cohort, table, splits, src, src_rows, seed, n_bootstrap, site_col,
+                                       audit_columns, harmonize, base_table,
+                                       Run(run_dir, config, splits).fold_models(dev) if site_col else None, dev))
     write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
     write_json_atomic(run_dir / "metrics.json", metrics)
+    write_model_card(run_dir)
     outputs.plot_training_curves(run_dir / "training_curve.png", histories)
     inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
               "participants_sha256": sha256_file(cohort.participants_path),
