@@ -61,6 +61,10 @@ def build_parser():
     s.add_argument("--classes", nargs="+", default=None, help="class labels, healthy class first (default: control MDD SCZ)")
     s.add_argument("--voxel-scale", type=float, default=1.0, help="multiply every site's voxel size (2 = coarser, smaller files)")
     s.add_argument("--n-jobs", type=_positive_int, default=1)
+    s.add_argument("--modality", default="anat", choices=["anat", "func"],
+                   help="anat: T1w scans; func: resting-state BOLD in fMRIPrep style with confounds")
+    s.add_argument("--func-layout", default="fmriprep", choices=["fmriprep", "raw"],
+                   help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds")
 
     s = sub.add_parser("preprocess", help="T1w to MNI space (BIDS-App: participant or group level)")
     s.add_argument("bids_dir", type=Path)
@@ -70,6 +74,11 @@ def build_parser():
     s.add_argument("--n-jobs", type=_positive_int, default=1)
     s.add_argument("--resolution", type=_resolution, default=2.0, help="target grid voxel size in mm (default 2)")
     s.add_argument("--normalization", default="zscore", help="zscore or percentile")
+    s.add_argument("--modality", default="anat", choices=["anat", "func", "both"],
+                   help="T1w scans, BOLD series (maps on the same MNI grid), or both (default anat)")
+    s.add_argument("--confounds", default="auto",
+                   help="BOLD confounds: auto (simple with an fMRIPrep table, none without), simple, "
+                        "scrubbing, compcor, none")
 
     s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
     s.add_argument("deriv_dir", type=Path)
@@ -138,6 +147,14 @@ def _dispatch(args):
     from neuroml.pipeline import run_pipeline, run_step
 
     c = args.command
+    if c == "synth" and args.modality == "func":
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
+                      layout=args.func_layout, show_progress=True)
+        if args.classes:
+            params["classes"] = tuple(args.classes)
+        run_step("synth_func", **params)
+        print(args.out_bids)
+        return 0
     if c == "synth":
         params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
                       voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=True)
@@ -153,7 +170,8 @@ def _dispatch(args):
         result = run_step("preprocess", bids_dir=args.bids_dir, out_dir=args.out_dir,
                           participant_labels=args.participant_label, n_jobs=args.n_jobs,
                           resolution=args.resolution, normalization=args.normalization,
-                          show_progress=True)
+                          show_progress=True, modality=args.modality,
+                          **({"func_params": {"confounds": args.confounds}} if args.modality != "anat" else {}))
         failures = list(getattr(result, "failures", []) or [])
         print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
         if failures:

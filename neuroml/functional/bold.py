@@ -58,6 +58,7 @@ __all__ = [
     "func_output_paths",
     "is_func_complete",
     "preprocess_bold",
+    "find_bold_scans",
 ]
 
 log = logging.getLogger("neuroml")
@@ -363,7 +364,7 @@ def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **pa
     n = data.shape[3]
     voxel_mm = float(np.mean(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
     maps = {"mean": data.mean(axis=3) * mask}
-    resid, filt = clean_series(data[mask].T, tr, regressors, sample_mask, detrend=params["detrend"],
+    resid, filt, filter_used = clean_series(data[mask].T, tr, regressors, sample_mask, detrend=params["detrend"],
                                high_pass=params["high_pass"], low_pass=params["low_pass"],
                                standardize=params["standardize"])
     filt4d = _to_4d(filt, mask)
@@ -384,7 +385,7 @@ def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **pa
         maps = {k: zscore_in_mask(v, mask) for k, v in maps.items()}
     maps = {k: np.asarray(v, dtype=np.float32) for k, v in maps.items()}
     kept = n if sample_mask is None else len(sample_mask)
-    info = {"n_volumes": int(n), "n_volumes_kept": int(kept), "repetition_time": float(tr),
+    info = {"n_volumes": int(n), "n_volumes_kept": int(kept), "repetition_time": float(tr), "filter": filter_used,
             "regions_without_coverage": empty}
     return maps, timeseries, info
 
@@ -639,7 +640,7 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
             "Confounds": info["confounds"],
             "Detrend": params["detrend"],
             "BandPassHz": [params["high_pass"], params["low_pass"]],
-            "Filter": "butterworth (nilearn.signal.clean)",
+            "Filter": info["filter"],
             "Standardize": params["standardize"],
             "ALFFInput": "detrended and confound-regressed, not band-passed"
                          + ("; scrubbed volumes filled by linear interpolation" if info["dropped_volumes"] else ""),
@@ -658,3 +659,32 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     }
     write_json_atomic(paths["sidecar"], sidecar)
     return {**paths, "info": info}
+
+
+def find_bold_scans(bids_dir, participant_labels=None):
+    """BOLD series of a raw BIDS dataset or of fMRIPrep derivatives, one per acquisition.
+
+    fMRIPrep writes several versions of each run (spaces, resolutions): for each set of
+    entities other than ``space``/``res``/``den``/``desc``, the ``desc-preproc`` series is
+    preferred, and among those one in an MNI space (``MNI152NLin2009aSym`` first).
+
+    Returns
+    -------
+    list of neuroml.io.bids.Scan
+    """
+    from neuroml.io.bids import find_scans
+
+    groups = {}
+    for scan in find_scans(bids_dir, "bold", "func", participant_labels):
+        desc = scan.entities.get("desc")
+        if desc not in (None, "preproc"):
+            continue  # e.g. desc-brain masks or desc-confounds are not series
+        key = tuple(sorted((k, v) for k, v in scan.entities.items() if k not in _DROP))
+        groups.setdefault(key, []).append(scan)
+
+    def rank(scan):
+        space = str(scan.entities.get("space", ""))
+        return (scan.entities.get("desc") != "preproc", space != TEMPLATE_SPACE, not in_mni_space(scan.entities),
+                scan.path.name)
+
+    return [sorted(v, key=rank)[0] for _, v in sorted(groups.items())]

@@ -158,6 +158,8 @@ def clean_series(series, tr, confounds=None, sample_mask=None, detrend=True, hig
     -------
     residual : ndarray of float32, shape (T, V)
     filtered : ndarray of float32, shape (len(sample_mask) or T, V)
+    filter_used : str
+        The band-pass applied (Butterworth; an FFT band-pass for series too short for it).
 
     Raises
     ------
@@ -193,14 +195,41 @@ def clean_series(series, tr, confounds=None, sample_mask=None, detrend=True, hig
         resid = signal.clean(series, detrend=detrend, standardize=None, confounds=confounds, sample_mask=sm,
                              filter=False, t_r=float(tr))
         do_filter = "butterworth" if (high_pass is not None or low_pass is not None) else False
-        filt = signal.clean(series, detrend=detrend, standardize="zscore_sample" if standardize else None,
-                            confounds=confounds, sample_mask=sm, filter=do_filter, high_pass=high_pass,
-                            low_pass=low_pass, t_r=float(tr), butterworth__copy=True)
+        used = "butterworth (nilearn.signal.clean)" if do_filter else "none"
+        try:
+            filt = signal.clean(series, detrend=detrend, standardize="zscore_sample" if standardize else None,
+                                confounds=confounds, sample_mask=sm, filter=do_filter, high_pass=high_pass,
+                                low_pass=low_pass, t_r=float(tr), butterworth__copy=True)
+        except ValueError as exc:
+            if "padlen" not in str(exc):
+                raise
+            # too short for the Butterworth filter's padding: ideal (FFT) band-pass instead
+            used = f"FFT band-pass (series of {n_kept} volumes too short for the Butterworth filter)"
+            filt = _fft_bandpass(signal.clean(series, detrend=detrend, standardize=None, confounds=confounds,
+                                              sample_mask=sm, filter=False, t_r=float(tr)),
+                                 tr, high_pass, low_pass)
+            if standardize:
+                sd = filt.std(axis=0, ddof=1)
+                filt = (filt - filt.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     except ValueError as exc:
         raise InputError(f"cleaning failed ({str(exc).splitlines()[0]})") from None
     if sample_mask is not None:
         resid = interpolate_censored(resid, kept, n)
-    return resid.astype(np.float32), filt.astype(np.float32)
+    return resid.astype(np.float32), filt.astype(np.float32), used
+
+
+def _fft_bandpass(x, tr, high_pass, low_pass):
+    """Zero the Fourier coefficients outside [high_pass, low_pass] Hz along axis 0."""
+    n = x.shape[0]
+    f = np.fft.rfftfreq(n, float(tr))
+    spec = np.fft.rfft(x, axis=0)
+    drop = np.zeros(f.shape, dtype=bool)
+    if high_pass is not None:
+        drop |= f < high_pass
+    if low_pass is not None:
+        drop |= f > low_pass
+    spec[drop] = 0
+    return np.fft.irfft(spec, n=n, axis=0)
 
 
 def check_strategy(strategy):
