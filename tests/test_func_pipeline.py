@@ -223,3 +223,21 @@ def test_cli_synth_and_preprocess_func(tmp_path, capsys):
     assert "2 processed" in capsys.readouterr().out
     side = read_json(next(out.glob("sub-001/func/*_desc-maps_bold.json")))
     assert side["Cleaning"]["Confounds"]["strategy"] == "scrubbing" and side["DroppedVolumes"]
+
+
+def test_plain_bold_off_mni_is_registered_through_its_mean(tmp_path):
+    from neuroml.preprocessing.registration import mni_to_scanner, read_transform
+
+    root = tmp_path / "raw"
+    make_func_cohort(root, n_subjects=1, resolution=RES, n_volumes=40, seed=2, layout="raw", n_spikes=0)
+    bold = root / "sub-001" / "func" / "sub-001_task-rest_bold.nii.gz"
+    assert not (root / "sub-001" / "func" / "sub-001_task-rest_desc-confounds_timeseries.tsv").exists()
+    paths = preprocess_bold(bold, tmp_path / "deriv", bids_dir=root, resolution=RES)
+    side = read_json(paths["sidecar"])
+    assert side["Registered"] is True and "registered to MNI" in side["SpaceHandling"]
+    assert side["Cleaning"]["Confounds"]["strategy"] == "none" and side["ConfoundsFile"] is None
+    truth = np.asarray(_truth(root, "sub-001")["scanner_from_mni"])
+    pts = np.array([[0.0, -20.0, 10.0], [30.0, 10.0, 20.0], [-30.0, -60.0, 0.0], [0.0, 40.0, -10.0]])
+    est = mni_to_scanner(read_transform(paths["xfm"]), pts)
+    true = pts @ truth[:3, :3].T + truth[:3, 3]
+    assert np.linalg.norm(est - true, axis=1).max() < RES  # within a voxel of the 6 mm grid

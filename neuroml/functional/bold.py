@@ -253,15 +253,16 @@ def bold_to_grid(img, resolution, in_mni, params):
                 {"space_handling": "already in MNI space (space- entity): resampled linearly onto the grid"}, None)
     import SimpleITK as sitk
 
-    from neuroml.preprocessing.anat import check_plausible_t1w
     from neuroml.preprocessing.registration import nib_to_sitk, register_to_template, resample_to_grid
 
     canon = nib.as_closest_canonical(img)
     mean = _mean_volume(canon)
-    try:
-        check_plausible_t1w(mean)
-    except InputError as exc:
-        raise InputError(f"cannot register to MNI: {str(exc).replace('for a T1w', 'for registration')}") from None
+    zooms = np.linalg.norm(np.asarray(canon.affine)[:3, :3], axis=0)
+    extent = zooms * np.asarray(canon.shape[:3])
+    if np.any(extent < 40.0) or np.any(zooms > 8.0 + 1e-3):
+        raise InputError(f"cannot register to MNI: field of view {' x '.join(f'{e:.0f}' for e in extent)} mm "
+                         f"with {' x '.join(f'{z:g}' for z in zooms)} mm voxels (needs at least 40 mm along "
+                         "every axis and voxels up to 8 mm); pass a series already in MNI space (space-MNI*)")
     moving = sitk.Clamp(nib_to_sitk(mean), sitk.sitkFloat32, 0.0)
     res = register_to_template(moving, params["registration_resolution"], seed=params["seed"],
                                sampling=params["sampling"])
