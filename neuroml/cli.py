@@ -92,6 +92,9 @@ def build_parser():
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
+    s.add_argument("--inputs", nargs="+", default=None, metavar="INPUT",
+                   help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
+                        "default T1w")
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
@@ -183,7 +186,8 @@ def _dispatch(args):
     if c == "train":
         run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
                  participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
-                 batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume)
+                 batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
+                 **({"inputs": args.inputs} if args.inputs else {}))
         print(args.run_dir)
         return 0
     if c == "predict":

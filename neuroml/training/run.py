@@ -153,7 +153,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
               lr=1e-3, weight_decay=1e-4, seed=0, device="auto", participants=None, resolution=None,
               augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
               schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
-              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True):
+              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True, inputs=None):
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
     Every fold trains a fresh network on its training participants, stops early on its
@@ -210,6 +210,11 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         Continue a killed fold from its epoch checkpoint. Completed folds of a run with the
         same settings and data are always kept.
     show_progress : bool, default=True
+    inputs : list of str, optional
+        Input channels: ``"T1w"`` and/or desc labels of BOLD maps written by
+        ``neuroml preprocess --modality func`` (``"alff"``, ``"falff"``, ``"reho"``, ``"mean"``,
+        ``"conn<name>"``), alone or stacked, e.g. ``["alff", "reho"]`` or ``["T1w", "falff"]``.
+        Default: the T1w alone.
 
     Returns
     -------
@@ -235,7 +240,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     check_in_range("seed", seed, 0, None, kind=int)
     dev = resolve_device(device)
     run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
-    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress)
+    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress, inputs=inputs)
+    in_channels = cohort.in_channels
     cache, n_classes = cohort.cache, len(cohort.classes)
     pids = np.asarray(cohort.participant_ids, dtype=object)
     sites = cohort.column(site_column) if site_column else None
@@ -243,7 +249,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                          val_fraction=val_fraction, sites=sites)
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
-        "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
+        "n_classes": n_classes, "model": model, "in_channels": in_channels, "resolution": cache.resolution,
         "resolution_mm": cache.resolution_mm, "grid": {"affine": cache.affine, "shape": cache.shape},
         "seed": seed, "cv": "leave-one-site-out" if site_column else "stratified-group-kfold",
         "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
@@ -253,6 +259,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
                     "num_workers": num_workers},
+        **({"inputs": list(getattr(cache, "inputs", None) or inputs)} if inputs is not None else {}),
     })
     main = is_main_process()
     _check_existing(run_dir, config, resume)
@@ -284,7 +291,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
             status = "resumed" if (fold_dir / "last.pt").is_file() else "trained"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(seed, k, "init"))
-                net = build_model(model, n_classes, in_channels=1, spatial_shape=cache.shape)
+                net = build_model(model, n_classes, in_channels=in_channels, spatial_shape=cache.shape)
             aug = make_augmentation(seed=seed_for(seed, k, "augment")) if augment else None
             train_ds = VolumeDataset(src, cohort.y[part["train"]], src_rows[part["train"]], transform=aug)
             val_ds = VolumeDataset(src, cohort.y[part["val"]], src_rows[part["val"]]) if len(part["val"]) else None
@@ -292,7 +299,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                       stream=(seed, k), checkpoint_path=fold_dir / "last.pt" if main else None, resume=resume,
                       desc=f"fold {k + 1}/{len(splits)}")
             meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
-                    "in_channels": 1, "spatial_shape": cache.shape, "label_column": label_column,
+                    "in_channels": in_channels, "spatial_shape": cache.shape, "label_column": label_column,
                     "resolution": cache.resolution, "best_epoch": res.best_epoch,
                     "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
                     "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
@@ -367,7 +374,11 @@ def _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, 
     except (NeuromlError, OSError) as exc:
         log.warning("baseline skipped: %s", exc)
         return {"error": str(exc)}
-    features, regions = region_means(src, atlas)
+    if np.ndim(src) == 5:  # channels: the region means of each, side by side
+        parts = [region_means(src[:, c], atlas) for c in range(src.shape[1])]
+        features, regions = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts])
+    else:
+        features, regions = region_means(src, atlas)
     features = features[src_rows]
     proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed)
     tested = fold >= 0
