@@ -111,6 +111,12 @@ def build_parser():
     s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")
     s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
 
+    s = sub.add_parser("connectome", help="connectome baseline (BOLD) in the folds of a training run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("deriv_dir", type=Path, help="derivatives of `neuroml preprocess --modality func`")
+    s.add_argument("--atlas", default="aal")
+    s.add_argument("--kind", default="tangent", help="tangent, correlation, partial correlation, covariance, precision")
+
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
     s.add_argument("run_dir", type=Path)
 
@@ -199,6 +205,11 @@ def _dispatch(args):
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participants=args.participant_label,
                        force=args.force))
+        return 0
+    if c == "connectome":
+        out = run_step("connectome", run_dir=args.run_dir, deriv_dir=args.deriv_dir, atlas=args.atlas, kind=args.kind)
+        print(f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
+              f"-> {args.run_dir / 'connectome_metrics.json'}")
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))

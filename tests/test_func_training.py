@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from neuroml.errors import ConfigError, InputError
-from neuroml.functional.connectome import connectome_cv, connectome_run, load_timeseries
+from neuroml.functional.connectome import connectome_cv, load_timeseries
 
 RES = 6.0
 
@@ -127,8 +127,11 @@ def test_connectome_run_in_the_folds_of_a_run(func_deriv):
     run = func_deriv / "run_alff"
     if not (run / "splits.json").is_file():
         _train(func_deriv / "deriv", run, ["alff"])
-    out = connectome_run(run, func_deriv / "deriv", n_bootstrap=20)
-    assert out["n_participants"] == 12 and 0 <= out["balanced_accuracy"] <= 1
+    from neuroml.cli import main
+
+    assert main(["-q", "connectome", str(run), str(func_deriv / "deriv")]) == 0
+    out = json.loads((run / "connectome_metrics.json").read_text())
+    assert out["n_participants"] == 12 and 0 <= out["balanced_accuracy"] <= 1 and "tangent" in out["features"]
     pred = pd.read_csv(run / "connectome_predictions.tsv", sep="\t")
     splits = json.loads((run / "splits.json").read_text())
     folds = splits["folds"] if isinstance(splits, dict) else splits

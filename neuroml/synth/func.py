@@ -4,7 +4,7 @@ patients differing in the amplitude and connectivity of planted regions, and the
 Every subject's series is made on ``target_grid(resolution)`` in MNI space (the grid of the
 T1w pipeline, 4 mm by default so files stay small). AAL regions form networks (default
 mode, salience, sensorimotor, visual, auditory); each network has a latent time course
-band-limited to 0.01-0.08 Hz, each region its own latent as well, and every voxel mixes
+band-limited to 0.01-0.1 Hz, each region its own latent as well, and every voxel mixes
 the two (``coupling``) with white noise, a physiological (CSF/WM) signal, motion artefacts
 and a few spike volumes. In patients the planted regions fluctuate with a larger amplitude
 (``1 + amplitude_effect``: ALFF and fALFF rise) and decouple from their network (coupling
@@ -58,7 +58,7 @@ DEFAULT_FUNC_PLANTED = {
 }
 
 _TASK = "rest"
-_NET_COUPLING = 0.75
+_NET_COUPLING = 0.85
 _NET_AMP = 1.0
 _OTHER_AMP = 0.5
 _WHITE = 0.8
@@ -73,7 +73,7 @@ def bold_filename(pid, layout, resolution):
     return f"{pid}_task-{_TASK}_space-{TEMPLATE_SPACE}_res-{res_entity(resolution)}_desc-preproc_bold.nii.gz"
 
 
-def _band_noise(rng, n, tr, lo=0.01, hi=0.08, size=()):
+def _band_noise(rng, n, tr, lo=0.01, hi=0.1, size=()):
     """Unit-variance Gaussian noise with its spectrum limited to [lo, hi] Hz (last axis time)."""
     x = rng.normal(size=(*size, n))
     f = np.fft.rfftfreq(n, tr)
