@@ -8,7 +8,8 @@ band-limited to 0.01-0.1 Hz, each region its own latent as well, and every voxel
 the two (``coupling``) with white noise, a physiological (CSF/WM) signal, motion artefacts
 and a few spike volumes. In patients the planted regions fluctuate with a larger amplitude
 (``1 + amplitude_effect``: ALFF and fALFF rise) and decouple from their network (coupling
-multiplied by ``1 - decoupling``: connectivity falls).
+multiplied by ``1 - decoupling``) to couple with another (``rewire_to``, the default mode
+network by default): their connectivity changes.
 
 ``layout="fmriprep"`` (default) writes what fMRIPrep would: the series as
 ``sub-X/func/sub-X_task-rest_space-MNI152NLin2009aSym_res-<r>_desc-preproc_bold.nii.gz``
@@ -153,12 +154,21 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
         net = net_of.get(r)
         amp = (_NET_AMP if net else _OTHER_AMP) * global_amp * float(np.exp(rng.normal(0, params["region_jitter"])))
         coup = _NET_COUPLING if net else 0.0
+        other, c_other = None, 0.0
         if r in planted_ids:
             amp *= 1.0 + params["amplitude_effect"]
+            other = params["rewire_to"] if params["rewire_to"] != net else None
+            c_other = coup * params["decoupling"] if other else 0.0
             coup *= 1.0 - params["decoupling"]
-        sig = coup * lat_net[net] + np.sqrt(1 - coup ** 2) * lat_reg[r] if net else lat_reg[r]
+        sig = lat_reg[r] * np.sqrt(max(1 - coup ** 2 - c_other ** 2, 0.0))
+        if net:
+            sig = sig + coup * lat_net[net]
+        if other:
+            sig = sig + c_other * lat_net[other]
         fluct[sel] = amp * grid.vox_gm[sel, None] * sig[None, :]
-        region_truth[grid.names[r]] = {"amplitude": round(amp, 4), "coupling": round(coup, 4), "network": net}
+        region_truth[grid.names[r]] = {"amplitude": round(amp, 4), "coupling": round(coup, 4), "network": net,
+                                       **({"rewired_to": other, "rewired_coupling": round(c_other, 4)}
+                                          if other else {})}
     fluct += _WHITE * rng.normal(size=(V, n))
     # physiological noise: strongest outside grey matter
     physio = rng.normal(size=n)
@@ -228,8 +238,8 @@ def _rigid(rng, max_rot_deg, max_trans_mm):
 
 def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"), planted=None, networks=None,
                      resolution=4.0, n_volumes=100, tr=2.0, amplitude_effect=0.8, decoupling=0.8, n_spikes=3,
-                     layout="fmriprep", *, subject_jitter=0.15, region_jitter=0.15, motion_scale=1.0,
-                     overwrite=False, show_progress=False):
+                     layout="fmriprep", *, rewire_to="dmn", subject_jitter=0.15, region_jitter=0.15,
+                     motion_scale=1.0, overwrite=False, show_progress=False):
     """Write a synthetic resting-state cohort (see the module docstring) and its ground truth.
 
     Parameters
@@ -254,7 +264,10 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
     amplitude_effect : float, default=0.8
         Planted regions of patients fluctuate ``1 + amplitude_effect`` times more.
     decoupling : float, default=0.8
-        Their coupling to their network is multiplied by ``1 - decoupling``.
+        Their coupling ``c`` to their network becomes ``c (1 - decoupling)``, and they couple with
+        ``c decoupling`` to the network ``rewire_to`` instead.
+    rewire_to : str or None, default="dmn"
+        The network planted regions of patients couple to (None: they only decouple).
     n_spikes : int, default=3
         Volumes with a head jerk (FD > 0.5 mm) and an intensity spike, per subject.
     layout : {"fmriprep", "raw"}, default="fmriprep"
@@ -289,6 +302,9 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
     if missing:
         raise ConfigError(f"no planted regions for patient class(es) {missing}: pass planted={{class: [AAL regions]}}")
     networks = {k: list(v) for k, v in (networks or DEFAULT_NETWORKS).items()}
+    if rewire_to is not None and rewire_to not in networks:
+        raise ConfigError(f"The 'rewire_to' parameter must be one of the networks {sorted(networks)} or None. "
+                          f"Got {rewire_to!r} instead.")
     params = json.loads(json.dumps({
         "n_subjects": n_subjects, "seed": seed, "classes": list(classes), "planted": planted, "networks": networks,
         "resolution": float(check_in_range("resolution", resolution, 2.0, 8.0)),
@@ -296,7 +312,7 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
         "tr": float(check_in_range("tr", tr, 0.3, 5.0)),
         "amplitude_effect": float(check_in_range("amplitude_effect", amplitude_effect, 0.0, 5.0)),
         "decoupling": float(check_in_range("decoupling", decoupling, 0.0, 1.0)),
-        "n_spikes": _as_int("n_spikes", n_spikes, 0, 20), "layout": layout,
+        "n_spikes": _as_int("n_spikes", n_spikes, 0, 20), "layout": layout, "rewire_to": rewire_to,
         "subject_jitter": float(check_in_range("subject_jitter", subject_jitter, 0.0, 1.0)),
         "region_jitter": float(check_in_range("region_jitter", region_jitter, 0.0, 1.0)),
         "motion_scale": float(check_in_range("motion_scale", motion_scale, 0.0, 10.0)),
@@ -377,7 +393,8 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
         "healthy_class": classes[0], "planted": planted, "masks": {c: mask_filename(c) for c in planted},
         "networks": networks, "effect_model": (
             "voxel % signal = amp * gm * (c * network_latent + sqrt(1 - c^2) * region_latent) + noise; "
-            f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c *= 1 - {params['decoupling']}"),
+            f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c *= 1 - {params['decoupling']}, "
+            f"and coupling c * {params['decoupling']} to the {params['rewire_to']!r} network"),
         "seed": seed, "parameters": params})
     return _summary(root, params, participants, False, t0)
 
