@@ -61,6 +61,8 @@ def main(argv=None):
     from neuroml.training import train_run
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="neuroml-bench-func-"))
+    if work.exists() and any(work.iterdir()):
+        p.error(f"--workdir {work} is not empty: the timings need a fresh folder")
     work.mkdir(parents=True, exist_ok=True)
     out = {"command": "python scripts/bench_func.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "n_subjects": args.n_subjects, "resolution_mm": args.resolution, "n_volumes": args.n_volumes,

@@ -33,6 +33,7 @@ def _train(deriv, run_dir, inputs):
                      augment=False, patience=None, show_progress=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_train_on_one_map_and_attribute_it(func_deriv):
     from neuroml.attribution import attribute_run
 
@@ -49,6 +50,7 @@ def test_train_on_one_map_and_attribute_it(func_deriv):
     assert len(doc["subjects"][0]["top_regions"]) == 5
 
 
+@pytest.mark.slow
 def test_train_on_stacked_maps_uses_channels(func_deriv):
     from neuroml.attribution import attribute_run
     from neuroml.training import predict_run
@@ -123,6 +125,7 @@ def test_connectome_cv_separates_classes_differing_in_connectivity():
         connectome_cv(series, pids, np.array(y), splits, 2, kind="tangents")
 
 
+@pytest.mark.slow
 def test_connectome_run_in_the_folds_of_a_run(func_deriv):
     run = func_deriv / "run_alff"
     if not (run / "splits.json").is_file():
