@@ -1,6 +1,5 @@
 """BOLD pipeline: confound strategies, scrubbing, plain BOLD, registration, real nibabel 4D files, batch."""
 
-import os
 from pathlib import Path
 
 import nibabel as nib

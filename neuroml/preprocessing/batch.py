@@ -133,7 +133,7 @@ def _one_line(exc):
 
 def _func_worker(scan, out_dir, bids_dir, params, n_threads):
     """:func:`_worker` for a BOLD series (``neuroml.functional``)."""
-    from neuroml.functional.bold import func_output_paths, preprocess_bold
+    from neuroml.functional.files import func_output_paths, preprocess_bold
 
     try:
         preprocess_bold(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
@@ -292,7 +292,7 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     if not scans and modality == "anat":
         raise InputError("no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir)
     if modality != "anat":
-        from neuroml.functional.bold import find_bold_scans
+        from neuroml.functional.files import find_bold_scans
 
         bold = find_bold_scans(bids_dir, participant_labels)
         if not bold and not scans:
@@ -310,7 +310,7 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     for scan in scans:
         try:
             if scan.suffix == "bold":
-                from neuroml.functional.bold import is_func_complete
+                from neuroml.functional.files import is_func_complete
 
                 done = is_func_complete(scan, out_dir, **fparams)
             else:

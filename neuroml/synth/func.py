@@ -26,7 +26,6 @@ import logging
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
