@@ -44,6 +44,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=float, default=4.0)
     p.add_argument("--n-volumes", type=int, default=100)
+    p.add_argument("--amplitude-effect", type=float, default=0.8, help="see make_func_cohort")
+    p.add_argument("--decoupling", type=float, default=0.8, help="see make_func_cohort")
     p.add_argument("--inputs", nargs="+", default=["alff", "falff", "reho"])
     p.add_argument("--confounds", default="simple")
     p.add_argument("--epochs", type=int, default=30)
@@ -66,11 +68,13 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     out = {"command": "python scripts/bench_func.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "n_subjects": args.n_subjects, "resolution_mm": args.resolution, "n_volumes": args.n_volumes,
-           "inputs": args.inputs, "confounds": args.confounds, "epochs": args.epochs, "folds": args.folds,
+           "inputs": args.inputs, "confounds": args.confounds, "amplitude_effect": args.amplitude_effect,
+           "decoupling": args.decoupling, "epochs": args.epochs, "folds": args.folds,
            "threads": os.environ.get("OMP_NUM_THREADS")}
     t = time.perf_counter()
     synth = make_func_cohort(work / "bids", n_subjects=args.n_subjects, seed=args.seed, resolution=args.resolution,
-                             n_volumes=args.n_volumes, overwrite=True)
+                             n_volumes=args.n_volumes, amplitude_effect=args.amplitude_effect,
+                             decoupling=args.decoupling, overwrite=True)
     out["synth_s_per_subject"] = round((time.perf_counter() - t) / args.n_subjects, 2)
     planted = synth["planted"]
 
