@@ -240,3 +240,30 @@ def test_plain_bold_off_mni_is_registered_through_its_mean(tmp_path):
     est = mni_to_scanner(read_transform(paths["xfm"]), pts)
     true = pts @ truth[:3, :3].T + truth[:3, 3]
     assert np.linalg.norm(est - true, axis=1).max() < RES  # within a voxel of the 6 mm grid
+
+
+@pytest.mark.slow
+def test_batch_modality_both_puts_t1w_and_bold_maps_on_one_grid(cohort, tmp_path):
+    """A participant with a T1w (data_samples) and a BOLD series: both processed, one grid, stackable."""
+    import shutil
+
+    from neuroml.data import open_inputs
+    from neuroml.preprocessing import run_participant_level
+
+    sample = Path(__file__).resolve().parents[1] / "data_samples"
+    bids = tmp_path / "bids"
+    shutil.copytree(cohort, bids, ignore=shutil.ignore_patterns("sub-002", "sub-003", "sub-004", "derivatives"))
+    shutil.copytree(sample / "sub-001" / "anat", bids / "sub-001" / "anat")
+    out = tmp_path / "deriv"
+    res = run_participant_level(bids, out, resolution=RES, modality="both", show_progress=False,
+                                func_params={"seeds": {}})
+    assert (res.n_done, len(res.failures)) == (2, 0)
+    t1 = next(out.glob("sub-001/anat/*_desc-preproc_T1w.nii.gz"))
+    alff = next(out.glob("sub-001/func/*_desc-alff_boldmap.nii.gz"))
+    a, b = nib.load(t1), nib.load(alff)
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine)
+    stacked = open_inputs(out, inputs=["T1w", "alff"])
+    assert stacked.load().shape == (1, 2, *a.shape)
+    again = run_participant_level(bids, out, resolution=RES, modality="both", show_progress=False,
+                                  func_params={"seeds": {}})
+    assert (again.n_done, again.n_skipped) == (0, 2)
