@@ -48,6 +48,10 @@ def test_train_on_one_map_and_attribute_it(func_deriv):
     m = nib.load(run / "attribution" / "saliency" / doc["subjects"][0]["map"])
     assert m.shape == (25, 31, 26) and np.asarray(m.dataobj).std() > 0
     assert len(doc["subjects"][0]["top_regions"]) == 5
+    from neuroml.reports import build_report
+
+    html = build_report(run)
+    assert html.is_file() and html.stat().st_size > 10_000
 
 
 @pytest.mark.slow
