@@ -102,6 +102,10 @@ def test_stacking_aligns_participants_across_inputs(tmp_path):
             p.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(rng.normal(size=(7, 8, 9)).astype(np.float32) - i * 10, affine), p)
     cache = open_inputs(tmp_path, inputs=["T1w", "alff"])
+    assert (tmp_path / "cache" / "res-8_T1w.npy").is_file()  # the T1w cache keeps its name
+    assert (tmp_path / "cache" / "res-8_desc-alff_boldmap.npy").is_file()
+    assert open_inputs(tmp_path).index["participant_id"].tolist() == ["sub-01", "sub-02", "sub-03"]
+    assert len(open_inputs(tmp_path, inputs="alff")) == 3  # one input: its own cache, no stacking
     assert cache.n_channels == 2 and cache.index["participant_id"].tolist() == ["sub-01", "sub-03"]
     x = cache.load()
     assert x.shape == (2, 2, 7, 8, 9)

@@ -230,6 +230,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         For invalid parameters, or a run folder holding a different run.
     """
     from neuroml.data.dataset import VolumeDataset, load_cohort, make_augmentation
+    from neuroml.data.stack import check_inputs
 
     t_start, start = time.perf_counter(), outputs.now_iso()
     model = look_up_option("model", model, MODELS)
@@ -259,7 +260,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
                     "num_workers": num_workers},
-        **({"inputs": list(getattr(cache, "inputs", None) or inputs)} if inputs is not None else {}),
+        **({"inputs": check_inputs(inputs)} if inputs is not None else {}),
     })
     main = is_main_process()
     _check_existing(run_dir, config, resume)
