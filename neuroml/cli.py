@@ -62,6 +62,10 @@ def build_parser():
     s.add_argument("--classes", nargs="+", default=None, help="class labels, healthy class first (default: control MDD SCZ)")
     s.add_argument("--voxel-scale", type=float, default=1.0, help="multiply every site's voxel size (2 = coarser, smaller files)")
     s.add_argument("--n-jobs", type=_positive_int, default=1)
+    s.add_argument("--modality", default="anat", choices=["anat", "func"],
+                   help="anat: T1w scans; func: resting-state BOLD in fMRIPrep style with confounds")
+    s.add_argument("--func-layout", default="fmriprep", choices=["fmriprep", "raw"],
+                   help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds")
 
     s = sub.add_parser("preprocess", help="T1w to MNI space (BIDS-App: participant or group level)")
     s.add_argument("bids_dir", type=Path)
@@ -71,6 +75,11 @@ def build_parser():
     s.add_argument("--n-jobs", type=_positive_int, default=1)
     s.add_argument("--resolution", type=_resolution, default=2.0, help="target grid voxel size in mm (default 2)")
     s.add_argument("--normalization", default="zscore", help="zscore or percentile")
+    s.add_argument("--modality", default="anat", choices=["anat", "func", "both"],
+                   help="T1w scans, BOLD series (maps on the same MNI grid), or both (default anat)")
+    s.add_argument("--confounds", default="auto",
+                   help="BOLD confounds: auto (simple with an fMRIPrep table, none without), simple, "
+                        "scrubbing, compcor, none")
 
     s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
     s.add_argument("deriv_dir", type=Path)
@@ -93,6 +102,9 @@ def build_parser():
                    help="also evaluate the baseline with ComBat fitted inside each training fold")
     s.add_argument("--audit-column", nargs="+", default=[], metavar="COLUMN",
                    help="more participants.tsv columns for the bias audit (sex, age, site always)")
+    s.add_argument("--inputs", nargs="+", default=None, metavar="INPUT",
+                   help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
+                        "default T1w")
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
@@ -116,6 +128,12 @@ def build_parser():
     s.add_argument("--n-sanity", type=_positive_int, default=8,
                    help="subjects explained again for the randomization and deletion checks (default 8)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+    s = sub.add_parser("connectome", help="connectome baseline (BOLD) in the folds of a training run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("deriv_dir", type=Path, help="derivatives of `neuroml preprocess --modality func`")
+    s.add_argument("--atlas", default="aal")
+    s.add_argument("--kind", default="tangent", help="tangent, correlation, partial correlation, covariance, precision")
 
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
     s.add_argument("run_dir", type=Path)
@@ -170,6 +188,14 @@ def _dispatch(args):
     from neuroml.pipeline import run_pipeline, run_step
 
     c = args.command
+    if c == "synth" and args.modality == "func":
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
+                      layout=args.func_layout, show_progress=not args.quiet)
+        if args.classes:
+            params["classes"] = tuple(args.classes)
+        run_step("synth_func", **params)
+        print(args.out_bids)
+        return 0
     if c == "synth":
         params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
                       voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=not args.quiet)
@@ -185,7 +211,8 @@ def _dispatch(args):
         result = run_step("preprocess", bids_dir=args.bids_dir, out_dir=args.out_dir,
                           participant_labels=args.participant_label, n_jobs=args.n_jobs,
                           resolution=args.resolution, normalization=args.normalization,
-                          show_progress=not args.quiet)
+                          show_progress=not args.quiet, modality=args.modality,
+                          **({"func_params": {"confounds": args.confounds}} if args.modality != "anat" else {}))
         failures = list(getattr(result, "failures", []) or [])
         print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
         if failures:
@@ -200,7 +227,7 @@ def _dispatch(args):
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
                  site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,
-                 show_progress=not args.quiet)
+                 show_progress=not args.quiet, **({"inputs": args.inputs} if args.inputs else {}))
         print(args.run_dir)
         return 0
     if c == "predict":
@@ -214,6 +241,11 @@ def _dispatch(args):
                        atlas=args.atlas, target=args.target, participants=args.participant_label,
                        force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device,
                        show_progress=not args.quiet))
+        return 0
+    if c == "connectome":
+        out = run_step("connectome", run_dir=args.run_dir, deriv_dir=args.deriv_dir, atlas=args.atlas, kind=args.kind)
+        print(f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
+              f"-> {args.run_dir / 'connectome_metrics.json'}")
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))

@@ -30,8 +30,10 @@ log = logging.getLogger("neuroml")
 #: Step name -> "module:function" of the library function that does the work.
 STEPS = {
     "synth": "neuroml.synth:make_cohort",
+    "synth_func": "neuroml.synth.func:make_func_cohort",
     "preprocess": "neuroml.preprocessing:run_participant_level",
     "preprocess_group": "neuroml.preprocessing:run_group_level",
+    "connectome": "neuroml.functional.connectome:connectome_run",
     "train": "neuroml.training:train_run",
     "predict": "neuroml.training:predict_run",
     "attribute": "neuroml.attribution:attribute_run",

@@ -161,7 +161,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
               augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
               schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
               baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True,
-              site_info_column="site", audit_columns=(), harmonize=None):
+              site_info_column="site", audit_columns=(), harmonize=None, inputs=None):
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
     Every fold trains a fresh network on its training participants, stops early on its
@@ -229,6 +229,12 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         Also evaluate the baseline on region features harmonized with ComBat fitted inside
         each fold's training rows (age and sex kept), reported beside the plain baseline.
 
+    inputs : list of str, optional
+        Input channels: ``"T1w"`` and/or desc labels of BOLD maps written by
+        ``neuroml preprocess --modality func`` (``"alff"``, ``"falff"``, ``"reho"``, ``"mean"``,
+        ``"conn<name>"``), alone or stacked, e.g. ``["alff", "reho"]`` or ``["T1w", "falff"]``.
+        Default: the T1w alone.
+
     Notes
     -----
     Launched under ``torchrun`` (``WORLD_SIZE`` > 1), every process joins a process group
@@ -269,8 +275,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
 def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_size, lr, weight_decay, seed, device,
                participants, resolution, augment, patience, amp, channels_last, compile, grad_accum, schedule,
                val_fraction, site_column, classes, num_workers, baseline, n_bootstrap, n_permutations, resume,
-               show_progress, site_info_column, audit_columns, harmonize, dev):
+               show_progress, site_info_column, audit_columns, harmonize, inputs, dev):
     from neuroml.data.dataset import VolumeDataset, load_cohort, make_augmentation
+    from neuroml.data.stack import check_inputs
 
     t_start, start = time.perf_counter(), outputs.now_iso()
     main, distributed = dist.is_main_process(), dist.is_distributed()
@@ -286,9 +293,10 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
     if distributed and not main:
         dist.barrier()  # rank 0 builds (or checks) the tensor cache first; the others then read it
-    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress)
+    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress, inputs=inputs)
     if distributed and main:
         dist.barrier()
+    in_channels = cohort.in_channels
     cache, n_classes = cohort.cache, len(cohort.classes)
     pids = np.asarray(cohort.participant_ids, dtype=object)
     sites = cohort.column(site_column) if site_column else None
@@ -304,7 +312,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                           "column; name it with site_info_column")
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
-        "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
+        "n_classes": n_classes, "model": model, "in_channels": in_channels, "resolution": cache.resolution,
         "resolution_mm": cache.resolution_mm, "grid": {"affine": cache.affine, "shape": cache.shape},
         "seed": seed, "cv": "leave-one-site-out" if site_column else "stratified-group-kfold",
         "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
@@ -317,6 +325,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
                     "num_workers": num_workers, "world_size": dist.world_size()},
+        **({"inputs": check_inputs(inputs)} if inputs is not None else {}),
     })
     if main:
         _check_existing(run_dir, config, resume)
@@ -352,7 +361,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
             status = "resumed" if (fold_dir / "last.pt").is_file() else "trained"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(seed, k, "init"))
-                net = build_model(model, n_classes, in_channels=1, spatial_shape=cache.shape)
+                net = build_model(model, n_classes, in_channels=in_channels, spatial_shape=cache.shape)
             aug = make_augmentation(seed=seed_for(seed, k, "augment")) if augment else None
             train_ds = VolumeDataset(src, cohort.y[part["train"]], src_rows[part["train"]], transform=aug)
             val_ds = VolumeDataset(src, cohort.y[part["val"]], src_rows[part["val"]]) if len(part["val"]) else None
@@ -360,7 +369,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                       stream=(seed, k), checkpoint_path=fold_dir / "last.pt", resume=resume,
                       desc=f"fold {k + 1}/{len(splits)}")
             meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
-                    "in_channels": 1, "spatial_shape": cache.shape, "label_column": label_column,
+                    "in_channels": in_channels, "spatial_shape": cache.shape, "label_column": label_column,
                     "resolution": cache.resolution, "best_epoch": res.best_epoch,
                     "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
                     "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
@@ -460,7 +469,11 @@ def _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, 
     except (NeuromlError, OSError) as exc:
         log.warning("baseline skipped: %s", exc)
         return {"error": str(exc)}
-    features, regions = region_means(src, atlas)
+    if np.ndim(src) == 5:  # channels: the region means of each, side by side
+        parts = [region_means(src[:, c], atlas) for c in range(src.shape[1])]
+        features, regions = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts])
+    else:
+        features, regions = region_means(src, atlas)
     features = features[src_rows]
     proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed)
     tested = fold >= 0
