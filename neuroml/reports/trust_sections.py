@@ -4,6 +4,7 @@ harmonization against none, and the model card. Every string is escaped."""
 import logging
 from pathlib import Path
 
+from neuroml._utils.fileio import write_text_atomic
 from neuroml.reports.html import _e, _num, _table
 
 __all__ = ["sections", "NAV"]
@@ -116,13 +117,17 @@ def _audit(metrics):
 
 def _model_card(run_dir):
     from neuroml.errors import NeuromlError
-    from neuroml.reports.model_card import write_model_card
+    from neuroml.reports.model_card import model_card_text
 
     try:
-        text = Path(write_model_card(run_dir)).read_text(encoding="utf-8")
-    except (NeuromlError, OSError) as exc:
-        log.warning("report: model card not written: %s", exc)
-        return f"<h2 id='model-card'>Model card</h2><p class='warn'>Model card not written: {_e(exc)}</p>"
+        text = model_card_text(run_dir)
+    except NeuromlError as exc:
+        log.warning("report: model card not made: %s", exc)
+        return f"<h2 id='model-card'>Model card</h2><p class='warn'>Model card not made: {_e(exc)}</p>"
+    try:  # refreshed beside the report; a read-only run folder fails the report itself with one clear line
+        write_text_atomic(Path(run_dir) / "model_card.md", text)
+    except OSError as exc:
+        log.debug("model card not written: %s", exc)
     return ("<h2 id='model-card'>Model card</h2><p class='note'>model_card.md of this run (Markdown).</p>"
             f"<pre style='white-space:pre-wrap'>{_e(text)}</pre>")
 
