@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from neuroml import __version__
@@ -50,7 +51,7 @@ def build_parser():
     p = _Parser(prog="neuroml", description="BIDS MRI to 3D CNN classification and region attribution reports.")
     p.add_argument("--version", action="version", version=f"neuroml {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress bars)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -61,6 +62,10 @@ def build_parser():
     s.add_argument("--classes", nargs="+", default=None, help="class labels, healthy class first (default: control MDD SCZ)")
     s.add_argument("--voxel-scale", type=float, default=1.0, help="multiply every site's voxel size (2 = coarser, smaller files)")
     s.add_argument("--n-jobs", type=_positive_int, default=1)
+    s.add_argument("--modality", default="anat", choices=["anat", "func"],
+                   help="anat: T1w scans; func: resting-state BOLD in fMRIPrep style with confounds")
+    s.add_argument("--func-layout", default="fmriprep", choices=["fmriprep", "raw"],
+                   help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds")
 
     s = sub.add_parser("preprocess", help="T1w to MNI space (BIDS-App: participant or group level)")
     s.add_argument("bids_dir", type=Path)
@@ -70,6 +75,11 @@ def build_parser():
     s.add_argument("--n-jobs", type=_positive_int, default=1)
     s.add_argument("--resolution", type=_resolution, default=2.0, help="target grid voxel size in mm (default 2)")
     s.add_argument("--normalization", default="zscore", help="zscore or percentile")
+    s.add_argument("--modality", default="anat", choices=["anat", "func", "both"],
+                   help="T1w scans, BOLD series (maps on the same MNI grid), or both (default anat)")
+    s.add_argument("--confounds", default="auto",
+                   help="BOLD confounds: auto (simple with an fMRIPrep table, none without), simple, "
+                        "scrubbing, compcor, none")
 
     s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
     s.add_argument("deriv_dir", type=Path)
@@ -86,6 +96,15 @@ def build_parser():
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     s.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    s.add_argument("--leave-one-site-out", nargs="?", const="site", default=None, metavar="COLUMN",
+                   help="leave-one-site-out folds on this participants.tsv column (default column: site)")
+    s.add_argument("--harmonize", default=None, choices=["combat"],
+                   help="also evaluate the baseline with ComBat fitted inside each training fold")
+    s.add_argument("--audit-column", nargs="+", default=[], metavar="COLUMN",
+                   help="more participants.tsv columns for the bias audit (sex, age, site always)")
+    s.add_argument("--inputs", nargs="+", default=None, metavar="INPUT",
+                   help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
+                        "default T1w")
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
@@ -110,8 +129,21 @@ def build_parser():
                    help="subjects explained again for the randomization and deletion checks (default 8)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
+    s = sub.add_parser("connectome", help="connectome baseline (BOLD) in the folds of a training run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("deriv_dir", type=Path, help="derivatives of `neuroml preprocess --modality func`")
+    s.add_argument("--atlas", default="aal")
+    s.add_argument("--kind", default="tangent", help="tangent, correlation, partial correlation, covariance, precision")
+
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
     s.add_argument("run_dir", type=Path)
+
+    s = sub.add_parser("deidentify", help="de-identified copy of a BIDS dataset (keyed pseudonyms, scrubbed headers)")
+    s.add_argument("bids_dir", type=Path)
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--key-file", type=Path, default=None,
+                   help="file holding the secret key (default: $NEUROML_PSEUDONYM_KEY); never written anywhere")
+    s.add_argument("--keep-ids", action="store_true", help="scrub headers and sidecars but keep participant labels")
 
     s = sub.add_parser("run", help="run a YAML pipeline")
     s.add_argument("pipeline", type=Path)
@@ -129,6 +161,13 @@ def _setup_logging(args):
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    warnings.showwarning = _warning_as_log_line
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None):
+    """Show a Python warning as one log line (no source line), so stderr stays readable."""
+    text = " ".join(str(message).split())
+    log.warning("%s: %s", category.__name__, text)
 
 
 def _overrides(pairs):
@@ -149,9 +188,17 @@ def _dispatch(args):
     from neuroml.pipeline import run_pipeline, run_step
 
     c = args.command
+    if c == "synth" and args.modality == "func":
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
+                      layout=args.func_layout, show_progress=not args.quiet)
+        if args.classes:
+            params["classes"] = tuple(args.classes)
+        run_step("synth_func", **params)
+        print(args.out_bids)
+        return 0
     if c == "synth":
         params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
-                      voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=True)
+                      voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=not args.quiet)
         if args.classes:
             params["classes"] = tuple(args.classes)
         run_step("synth", **params)
@@ -164,7 +211,8 @@ def _dispatch(args):
         result = run_step("preprocess", bids_dir=args.bids_dir, out_dir=args.out_dir,
                           participant_labels=args.participant_label, n_jobs=args.n_jobs,
                           resolution=args.resolution, normalization=args.normalization,
-                          show_progress=True)
+                          show_progress=not args.quiet, modality=args.modality,
+                          **({"func_params": {"confounds": args.confounds}} if args.modality != "anat" else {}))
         failures = list(getattr(result, "failures", []) or [])
         print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
         if failures:
@@ -177,7 +225,9 @@ def _dispatch(args):
         run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
                  participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                 lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers)
+                 lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
+                 site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,
+                 show_progress=not args.quiet, **({"inputs": args.inputs} if args.inputs else {}))
         print(args.run_dir)
         return 0
     if c == "predict":
@@ -189,10 +239,21 @@ def _dispatch(args):
     if c == "attribute":
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participants=args.participant_label,
-                       force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device))
+                       force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device,
+                       show_progress=not args.quiet))
+        return 0
+    if c == "connectome":
+        out = run_step("connectome", run_dir=args.run_dir, deriv_dir=args.deriv_dir, atlas=args.atlas, kind=args.kind)
+        print(f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
+              f"-> {args.run_dir / 'connectome_metrics.json'}")
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))
+        return 0
+    if c == "deidentify":
+        result = run_step("deidentify", bids_dir=args.bids_dir, out_dir=args.out_dir, key_file=args.key_file,
+                          pseudonymize=not args.keep_ids)
+        print(result["out_dir"])
         return 0
     if c == "run":
         result = run_pipeline(args.pipeline, _overrides(args.set))
@@ -219,11 +280,13 @@ def main(argv=None):
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
     _setup_logging(args)
     try:
         return _dispatch(args)
     except NeuromlError as exc:
-        print(f"neuroml {args.command}: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).splitlines())  # one line, whatever the message holds
+        print(f"neuroml {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neuroml: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -232,6 +295,8 @@ def main(argv=None):
         name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"neuroml {args.command}: error:{name} {exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

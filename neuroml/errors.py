@@ -4,7 +4,7 @@ Every error a user can trigger with bad input derives from :class:`NeuromlError`
 so the command line can print a one-line message instead of a traceback.
 """
 
-__all__ = ["NeuromlError", "InputError", "ConfigError", "LeakageError"]
+__all__ = ["NeuromlError", "InputError", "OutputError", "ConfigError", "LeakageError"]
 
 
 class NeuromlError(Exception):
@@ -20,6 +20,22 @@ class InputError(NeuromlError, ValueError):
     def __init__(self, message, path=None):
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class OutputError(NeuromlError, OSError):
+    """An output cannot be written: disk full, quota exceeded, read-only folder, no permission.
+
+    Raised by the atomic writers (nothing is left under the final name); the message names
+    the file and what to do. ``errno`` is the operating system's error number.
+    """
+
+    def __init__(self, message, path=None, errno=None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+        self.errno = errno
+
+    def __str__(self):
+        return self.args[0]
 
 
 class ConfigError(NeuromlError, ValueError):

@@ -30,12 +30,15 @@ log = logging.getLogger("neuroml")
 #: Step name -> "module:function" of the library function that does the work.
 STEPS = {
     "synth": "neuroml.synth:make_cohort",
+    "synth_func": "neuroml.synth.func:make_func_cohort",
     "preprocess": "neuroml.preprocessing:run_participant_level",
     "preprocess_group": "neuroml.preprocessing:run_group_level",
+    "connectome": "neuroml.functional.connectome:connectome_run",
     "train": "neuroml.training:train_run",
     "predict": "neuroml.training:predict_run",
     "attribute": "neuroml.attribution:attribute_run",
     "report": "neuroml.reports:build_report",
+    "deidentify": "neuroml.privacy:deidentify_bids",
 }
 
 
@@ -129,8 +132,11 @@ def load_pipeline(path, overrides=None):
     for key, value in file_vars.items():
         variables[key] = _substitute(value, variables, str(path))
     for key, value in (overrides or {}).items():
-        # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90)
-        variables[key] = yaml.safe_load(value) if isinstance(value, str) else value
+        # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90), safely
+        try:
+            variables[key] = yaml.safe_load(value) if isinstance(value, str) else value
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}=...: not a valid YAML value ({str(exc).splitlines()[0]})") from None
     steps = []
     for i, entry in enumerate(doc["steps"]):
         if not isinstance(entry, dict) or len(entry) != 1:

@@ -471,6 +471,29 @@ def test_deletion_curve_rewards_the_right_order():
     assert bad["auc"] > bad["auc_random"] and not bad["passed"]
 
 
+def test_deletion_curve_removes_regions_from_every_channel():
+    labels = np.zeros(SHAPE, np.int32)
+    labels[BOX] = 1
+    labels[9:, :, :] = 2
+
+    class SecondChannel(torch.nn.Module):  # the box model reading channel 1 of a 2-channel input
+        def __init__(self):
+            super().__init__()
+            self.box = BoxModel()
+
+        def forward(self, x):
+            return self.box(x[:, 1:2])
+
+    good = np.where(labels == 1, 1.0, 0.0)[None].astype(np.float32)
+    one = sanity.deletion_curve(BoxModel(), np.ones((1, *SHAPE), np.float32), good, [0], labels, n_random=2)
+    x2 = np.stack([np.zeros(SHAPE), np.ones(SHAPE)]).astype(np.float32)[None]  # (1, 2, X, Y, Z)
+    two = sanity.deletion_curve(SecondChannel(), x2, good, [0], labels, n_random=2)
+    assert two["probability"] == one["probability"] and two["auc"] == one["auc"]
+    assert two["probability"][1] < two["probability"][0]  # the box went from channel 1 too
+    with pytest.raises(InputError, match="must agree"):
+        sanity.deletion_curve(SecondChannel(), x2[:, :, :-1], good, [0], labels)
+
+
 def test_fold_stability():
     v = np.arange(10.0)
     res = sanity.fold_stability({0: v, 1: v * 2, 2: -v}, top_k=3)

@@ -6,9 +6,13 @@ name, so a crash never leaves a half-written file under a final name.
 """
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "remove_stale_temporaries",
     "write_text_atomic",
     "write_json_atomic",
     "save_nifti_atomic",
@@ -23,6 +28,84 @@ __all__ = [
     "sha256_file",
     "read_json",
 ]
+
+
+def _owner():
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+# temporary names are ".<final name>.<host>-<pid>.<random>.tmp<suffix>": a temporary whose
+# writer is dead (same host, process gone) is left over from a crash and can be deleted
+_OWNER = _owner()
+_TMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)\.[^.]+\.tmp")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, name=None):
+    """Delete temporary files that a killed writer left in ``folder`` (optionally only those of ``name``).
+
+    Only temporaries of this host whose process is gone are deleted, so a concurrent writer
+    (another SLURM task writing to the same folder) is never disturbed.
+
+    Returns
+    -------
+    int
+        The number of files deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    host = _OWNER.rsplit("-", 1)[0]
+    pattern = f".{glob.escape(name)}.*.tmp*" if name else ".*.tmp*"
+    n = 0
+    for tmp in folder.glob(pattern):
+        match = None
+        for match in _TMP_RE.finditer(tmp.name):
+            pass
+        if match is None or match.group("host") != host or _pid_alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            n += 1
+    return n
+
+
+def _umask():
+    """The process umask (read from /proc on Linux, where setting it to read it would race with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder):
+    """Make a rename durable (best effort: some file systems refuse to fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -38,20 +121,63 @@ def atomic_path(path, suffix=None):
         e.g. ``.nii.gz``). Defaults to the suffixes of ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".tmp" + suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        _raise_output_error(exc, path)
+        raise
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            _raise_output_error(exc, path)
+        elif isinstance(exc, Exception) and _disk_full(path.parent):
+            # writers in C++ (torch.save) report a full disk as a RuntimeError
+            _raise_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
         raise
+
+
+def _disk_full(folder):
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail == 0 and os.geteuid() != 0 or st.f_bfree == 0
+
+
+#: errno values that mean "the output cannot be written here", whatever the file.
+_OUTPUT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted", errno.EFBIG: "the file is too large for this file system"}
+
+
+def _raise_output_error(exc, path):
+    """Re-raise an OSError that means "cannot write here" as a one-line OutputError naming ``path``."""
+    from neuroml.errors import NeuromlError, OutputError
+
+    if isinstance(exc, NeuromlError):
+        return
+    code = exc.errno
+    if code is None:  # some writers wrap the OSError they got (e.g. torch's RuntimeError chains)
+        return
+    if code not in _OUTPUT_ERRNOS:
+        return
+    raise OutputError(
+        f"cannot write: {_OUTPUT_ERRNOS[code]} ({exc.strerror or exc}); nothing was left under this name. "
+        "Free space or fix the folder's permissions (or choose another output folder), then rerun the "
+        "same command: finished work is kept", path, errno=code) from None
 
 
 def write_text_atomic(path, text):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroml._utils.fileio import read_json, save_nifti_atomic, write_json_atomic
+from neuroml._utils.fileio import read_json, remove_stale_temporaries, save_nifti_atomic, write_json_atomic
 from neuroml._utils.options import look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
@@ -150,7 +150,8 @@ def _predict(models, x):
             was = model.training
             model.eval()
             device = next(model.parameters()).device
-            probs = probs + torch.softmax(model(torch.as_tensor(x[:, None], device=device)), 1).cpu().numpy()
+            xt = torch.as_tensor(x if x.ndim == 5 else x[:, None], device=device)  # (N, C, X, Y, Z)
+            probs = probs + torch.softmax(model(xt), 1).cpu().numpy()
             model.train(was)
     return probs / len(models)
 
@@ -217,7 +218,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     """
     from tqdm.auto import tqdm
 
-    from neuroml.data import build_cache
+    from neuroml.data.stack import open_inputs
     from neuroml.training.run import load_run
 
     method = look_up_option("method", method, ALL_METHODS)
@@ -227,7 +228,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     if target not in ("predicted", "true"):
         target = look_up_option("target", target, ["predicted", "true", *classes])
     cfg = run.config
-    cache = build_cache(deriv_dir, resolution=cfg.get("resolution"))
+    cache = open_inputs(deriv_dir, resolution=cfg.get("resolution"), inputs=cfg.get("inputs"))
     _check_grid(cache, cfg, deriv_dir)
     rows = _select(cache.index, participants)
     fold_models = dict(run.fold_models(device))
@@ -254,6 +255,8 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
 
     out_dir = Path(run_dir) / "attribution" / method
     json_path = out_dir / "attribution.json"
+    for folder in (out_dir, out_dir / "group"):
+        remove_stale_temporaries(folder)  # left by a killed run
     previous = _previous_entries(json_path, method, target)
     atlas_labels, atlas_names = atlas_on_grid(atlas, cache.affine, cache.shape)
     voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0
@@ -356,7 +359,7 @@ def _batch_maps(models, x, targets, true, redo, paths, method, target_layer, cla
     back), and the maps explaining each subject's true class (for the group maps)."""
     from neuroml.io.image import load_data
 
-    maps = np.zeros(x.shape, dtype=np.float32)
+    maps = np.zeros((len(x), *x.shape[-3:]), dtype=np.float32)
     if redo:
         maps[redo] = _explain(models, x[redo], targets[redo], method, target_layer, classes, feature_mask)[0]
     for i in sorted(set(range(len(x))) - set(redo)):

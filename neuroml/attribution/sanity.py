@@ -122,7 +122,7 @@ def model_randomization(explain, model, x, maps, targets, mask=None, seed=0, thr
         ``explain(model, x, targets) -> maps (N, X, Y, Z)``, the method under test.
     model : torch.nn.Module
         The trained model (not modified).
-    x : ndarray, shape (N, X, Y, Z)
+    x : ndarray, shape (N, X, Y, Z) or (N, C, X, Y, Z)
     maps : ndarray, shape (N, X, Y, Z)
         The trained model's maps of ``x`` for ``targets``.
     targets : array of int, shape (N,)
@@ -177,7 +177,8 @@ def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_rand
     Parameters
     ----------
     model : torch.nn.Module
-    x : ndarray, shape (N, X, Y, Z)
+    x : ndarray, shape (N, X, Y, Z) or (N, C, X, Y, Z)
+        Inputs; with several channels a removed region is removed from all of them.
     maps : ndarray, shape (N, X, Y, Z)
     targets : array of int, shape (N,)
     labels : ndarray of int, shape (X, Y, Z)
@@ -202,7 +203,9 @@ def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_rand
     x = np.asarray(x, dtype=np.float32)
     maps = np.asarray(maps)
     labels = np.asarray(labels).astype(np.int64)
-    if x.shape != maps.shape or x.shape[1:] != labels.shape:
+    if x.ndim == maps.ndim:  # one channel: (N, X, Y, Z)
+        x = x[:, None]
+    if x.ndim != 5 or x.shape[:1] + x.shape[2:] != maps.shape or maps.shape[1:] != labels.shape:
         raise InputError(f"deletion curve: x {x.shape}, maps {maps.shape} and labels {labels.shape} must agree")
     ids = np.array(sorted(set(np.unique(labels).tolist()) - {0}), dtype=np.int64)
     if not len(ids):
@@ -220,12 +223,12 @@ def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_rand
     probs = np.zeros((len(x), n_random + 1, len(steps)))
     for start in range(0, len(jobs), batch_size):
         part = jobs[start:start + batch_size]
-        batch = np.empty((len(part), 1, *x.shape[1:]), dtype=np.float32)
+        batch = np.empty((len(part), *x.shape[1:]), dtype=np.float32)
         for j, (i, o, k) in enumerate(part):
             rank = np.empty(len(ids), dtype=np.int64)
             rank[orders[i][o]] = np.arange(len(ids))
             removed = inside & (rank[pos] < steps[k])
-            batch[j, 0] = np.where(removed, np.float32(baseline), x[i])
+            batch[j] = np.where(removed, np.float32(baseline), x[i])  # every channel of a removed region
         with torch.no_grad():
             p = torch.softmax(work(torch.as_tensor(batch, device=device)), 1).float().cpu().numpy()
         for j, (i, o, k) in enumerate(part):

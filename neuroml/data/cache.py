@@ -14,6 +14,7 @@ and rebuilt rather than trusted. float16 keeps intensity-normalised volumes to w
 5e-4 relative error at half the size of float32.
 """
 
+import errno
 import hashlib
 import logging
 import re
@@ -23,7 +24,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from neuroml._utils.fileio import atomic_path, read_json, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    atomic_path,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import parse_entities
 from neuroml.io.image import check_img
@@ -68,8 +76,18 @@ def _res_mm(key):
     return float(key.replace("p", "."))
 
 
-def find_preprocessed(deriv_dir, resolution=None):
-    """List the preprocessed T1w volumes of a derivatives folder.
+def _pattern(input):
+    """(datatype folder, file pattern) of an input: the T1w, or a BOLD map's desc label."""
+    if input in (None, "T1w"):
+        return "anat", "*_desc-preproc_T1w.nii.gz"
+    if not re.fullmatch(r"[A-Za-z0-9]+", str(input)):
+        raise ConfigError(f"The 'inputs' parameter takes 'T1w' or desc labels of BOLD maps such as 'alff', "
+                          f"'falff', 'reho', 'connpcc'. Got {input!r} instead.")
+    return "func", f"*_desc-{input}_boldmap.nii.gz"
+
+
+def find_preprocessed(deriv_dir, resolution=None, input="T1w"):
+    """List the preprocessed T1w volumes (or BOLD maps) of a derivatives folder.
 
     Parameters
     ----------
@@ -77,6 +95,9 @@ def find_preprocessed(deriv_dir, resolution=None):
         Output folder of ``neuroml preprocess``.
     resolution : float or str, optional
         Voxel size (2.0) or ``res-`` value ("2"). By default the only one present.
+    input : str, default="T1w"
+        ``"T1w"``, or the desc label of a BOLD map (``alff``, ``falff``, ``reho``, ``mean``,
+        ``conn<name>``) written by ``neuroml preprocess --modality func``.
 
     Returns
     -------
@@ -94,8 +115,8 @@ def find_preprocessed(deriv_dir, resolution=None):
     deriv_dir = Path(deriv_dir)
     if not deriv_dir.is_dir():
         raise InputError("derivatives folder not found", deriv_dir)
-    pattern = "*_desc-preproc_T1w.nii.gz"
-    found = sorted(set(deriv_dir.glob(f"sub-*/anat/{pattern}")) | set(deriv_dir.glob(f"sub-*/ses-*/anat/{pattern}")))
+    folder, pattern = _pattern(input)
+    found = sorted(set(deriv_dir.glob(f"sub-*/{folder}/{pattern}")) | set(deriv_dir.glob(f"sub-*/ses-*/{folder}/{pattern}")))
     records = []
     for path in found:
         ent, _, _ = parse_entities(path.name)
@@ -105,9 +126,10 @@ def find_preprocessed(deriv_dir, resolution=None):
         records.append({"participant_id": f"sub-{ent['sub']}", "session": ent.get("ses"),
                         "run": ent.get("run"), "path": rel.as_posix(), "resolution": ent["res"]})
     if not records:
+        what = "--modality func" if folder == "func" else ""
         raise InputError(
-            f"no preprocessed images (sub-*/[ses-*/]anat/*_space-{TEMPLATE_SPACE}_res-*_desc-preproc_T1w.nii.gz) "
-            "found; run `neuroml preprocess BIDS DERIV participant` first", deriv_dir)
+            f"no preprocessed images (sub-*/[ses-*/]{folder}/{pattern.replace('*_', f'*_space-{TEMPLATE_SPACE}_res-*_')}) "
+            f"found; run `neuroml preprocess BIDS DERIV participant{' ' + what if what else ''}` first", deriv_dir)
     df = pd.DataFrame.from_records(records)
     present = sorted(df["resolution"].unique(), key=_res_mm)
     key = resolution_key(resolution)
@@ -131,9 +153,18 @@ def _missing_as_none(df):
     return df
 
 
-def _paths(deriv_dir, key):
+def _stem(key, input="T1w"):
+    return f"res-{key}_T1w" if input in (None, "T1w") else f"res-{key}_desc-{input}_boldmap"
+
+
+def _paths(deriv_dir, key, input="T1w"):
     folder = Path(deriv_dir) / CACHE_DIR
-    return folder / f"res-{key}_T1w.npy", folder / f"res-{key}_T1w.tsv", folder / "meta.json"
+    stem = _stem(key, input)
+    return folder / f"{stem}.npy", folder / f"{stem}.tsv", folder / "meta.json"
+
+
+def _entry(key, input="T1w"):
+    return f"res-{key}" if input in (None, "T1w") else _stem(key, input)
 
 
 def _index_digest(index):
@@ -209,8 +240,8 @@ class TensorCache:
         return out
 
     @classmethod
-    def open(cls, deriv_dir, resolution=None):
-        """Open an existing, complete cache (memory-mapped, read-only).
+    def open(cls, deriv_dir, resolution=None, input="T1w"):
+        """Open an existing, complete cache (memory-mapped, read-only) of the T1w or of a BOLD map (``input``).
 
         Raises
         ------
@@ -220,19 +251,20 @@ class TensorCache:
         deriv_dir = Path(deriv_dir)
         key = resolution_key(resolution)
         if key is None:
-            present = sorted(p.name[len("res-"):-len("_T1w.npy")] for p in (deriv_dir / CACHE_DIR).glob("res-*_T1w.npy"))
+            tail = _stem("", input)[len("res-"):] + ".npy"
+            present = sorted(p.name[len("res-"):-len(tail)] for p in (deriv_dir / CACHE_DIR).glob(f"res-*{tail}"))
             if len(present) != 1:
                 raise InputError(f"{'no' if not present else 'several'} tensor caches found ({present}); "
                                  "build one with neuroml.data.build_cache(deriv_dir, resolution)", deriv_dir / CACHE_DIR)
             key = present[0]
-        npy, tsv, meta_path = _paths(deriv_dir, key)
+        npy, tsv, meta_path = _paths(deriv_dir, key, input)
         hint = "; rebuild it with neuroml.data.build_cache(deriv_dir)"
         for p in (npy, tsv, meta_path):
             if not p.is_file():
                 raise InputError(f"tensor cache incomplete: {p.name} missing{hint}", p.parent)
-        meta = read_json(meta_path).get("entries", {}).get(f"res-{key}")
+        meta = read_json(meta_path).get("entries", {}).get(_entry(key, input))
         if not meta:
-            raise InputError(f"no entry for res-{key}{hint}", meta_path)
+            raise InputError(f"no entry for {_entry(key, input)}{hint}", meta_path)
         index = _read_index(tsv)
         digest = _index_digest(index)
         if digest != meta.get("index_sha256"):
@@ -245,9 +277,9 @@ class TensorCache:
         return cls(deriv_dir, key, data, index, np.asarray(meta["affine"]), shape, digest)
 
 
-def _try_open(deriv_dir, key):
+def _try_open(deriv_dir, key, input="T1w"):
     try:
-        return TensorCache.open(deriv_dir, key)
+        return TensorCache.open(deriv_dir, key, input)
     except (InputError, ValueError, KeyError, OSError):
         return None
 
@@ -282,7 +314,23 @@ def _to_float16(path, deriv_dir):
     return data.astype(np.float16)
 
 
-def build_cache(deriv_dir, resolution=None, show_progress=False):
+def _allocate(path):
+    """Reserve the disk blocks of a (sparse) file now, so a full disk raises OSError(ENOSPC)."""
+    import os
+
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - not POSIX
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
+def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
     """Build (or reuse) the float16 tensor cache of a derivatives folder.
 
     Parameters
@@ -293,6 +341,8 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
         Voxel size; by default the only one in the folder.
     show_progress : bool, default=False
         Show a progress bar while reading volumes.
+    input : str, default="T1w"
+        ``"T1w"`` or the desc label of a BOLD map (see :func:`find_preprocessed`).
 
     Returns
     -------
@@ -308,7 +358,7 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
     from tqdm.auto import tqdm
 
     deriv_dir = Path(deriv_dir)
-    scans = find_preprocessed(deriv_dir, resolution)
+    scans = find_preprocessed(deriv_dir, resolution, input)
     key = scans["resolution"].iloc[0]
     paths = scans["path"].tolist()
     shas = [sha256_file(deriv_dir / p) for p in paths]
@@ -316,7 +366,8 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
     index.insert(0, "row", np.arange(len(index)))
     index["sha256"] = shas
     digest = _index_digest(index)
-    old = _try_open(deriv_dir, key)
+    remove_stale_temporaries(deriv_dir / CACHE_DIR)  # a killed build may have left a large temporary array
+    old = _try_open(deriv_dir, key, input)
     if old is not None and old.digest == digest:
         log.debug("tensor cache res-%s is up to date (%d volumes)", key, len(old))
         return old
@@ -324,12 +375,13 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
     reuse = {}
     if old is not None and old.shape == shape and np.allclose(old.affine, affine, atol=_AFFINE_ATOL):
         reuse = {(p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])}
-    npy, tsv, meta_path = _paths(deriv_dir, key)
+    npy, tsv, meta_path = _paths(deriv_dir, key, input)
     n_read = sum((p, s) not in reuse for p, s in zip(paths, shas))
     log.info("building tensor cache res-%s: %d volumes (%d read, %d reused)", key, len(paths), n_read, len(paths) - n_read)
     write_text_atomic(tsv, index.fillna("n/a").to_csv(sep="\t", index=False))
     with atomic_path(npy, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), *shape))
+        _allocate(tmp)  # a sparse memmap on a full disk dies of SIGBUS; fail with ENOSPC instead
         for i, (p, s) in enumerate(tqdm(list(zip(paths, shas)), desc=f"cache res-{key}",
                                         disable=not show_progress or n_read == 0)):
             out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)
@@ -342,9 +394,9 @@ def build_cache(deriv_dir, resolution=None, show_progress=False):
         except InputError:
             meta = {}
     entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
-    entries[f"res-{key}"] = {
+    entries[_entry(key, input)] = {
         "resolution": key, "resolution_mm": _res_mm(key), "affine": affine.tolist(), "shape": list(shape),
         "n_volumes": len(paths), "dtype": "float16", "data": npy.name, "index": tsv.name, "index_sha256": digest,
     }
     write_json_atomic(meta_path, {"format": 1, "entries": entries})
-    return TensorCache.open(deriv_dir, key)
+    return TensorCache.open(deriv_dir, key, input)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from neuroml._utils.fileio import read_json
-from neuroml.data.cache import build_cache
+from neuroml.data.cache import build_cache  # noqa: F401 - kept importable from here
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import read_participants
 
@@ -105,6 +105,11 @@ class Cohort:
         return len(self.rows)
 
     @property
+    def in_channels(self):
+        """Number of input channels (inputs stacked by :func:`~neuroml.data.stack.open_inputs`)."""
+        return int(getattr(self.cache, "n_channels", 1))
+
+    @property
     def digest(self):
         """SHA-256 over the volumes' checksums and labels: identifies the training data."""
         import hashlib
@@ -131,7 +136,7 @@ def _order_classes(values):
 
 
 def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resolution=None, classes=None,
-                show_progress=False):
+                show_progress=False, inputs=None):
     """Build the tensor cache and join it with the labels of ``participants.tsv``.
 
     Parameters
@@ -144,6 +149,10 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
     classes : sequence of str, optional
         Class order; by default the sorted labels (case-insensitive; numbers numerically).
     show_progress : bool, default=False
+    inputs : list of str, optional
+        Inputs stacked as channels: ``"T1w"`` and/or desc labels of BOLD maps (``"alff"``,
+        ``"falff"``, ``"reho"``, ``"mean"``, ``"conn<name>"``); default the T1w alone
+        (see :func:`neuroml.data.stack.open_inputs`).
 
     Returns
     -------
@@ -155,7 +164,9 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
         No images, no participants file, missing label column (listing those available),
         no labelled image, or fewer than two classes.
     """
-    cache = build_cache(deriv_dir, resolution=resolution, show_progress=show_progress)
+    from neuroml.data.stack import open_inputs
+
+    cache = open_inputs(deriv_dir, resolution=resolution, inputs=inputs, show_progress=show_progress)
     path = participants_file(deriv_dir, participants)
     table = read_participants(path)
     if label_column not in table.columns:
@@ -165,17 +176,17 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
     index = cache.index
     mapped = index["participant_id"].map(labels)
     unlabeled = sorted(set(index.loc[mapped.isna(), "participant_id"]))
-    if unlabeled:
-        log.warning("%d participant(s) have images but no %r label in %s and are skipped: %s",
-                    len(unlabeled), label_column, path, ", ".join(unlabeled[:20]) + (" ..." if len(unlabeled) > 20 else ""))
     without = sorted(set(labels.index) - set(index["participant_id"]))
-    if without:
-        log.warning("%d labelled participant(s) have no preprocessed image at res-%s: %s", len(without),
-                    cache.resolution, ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""))
     keep = index[mapped.notna()]
     if keep.empty:
         raise InputError(f"no preprocessed image has a {label_column!r} label (image participants: "
                          f"{sorted(set(index['participant_id']))[:5]}..., labelled: {list(labels.index[:5])}...)", path)
+    if unlabeled:
+        log.warning("%d participant(s) have images but no %r label in %s and are skipped: %s",
+                    len(unlabeled), label_column, path, ", ".join(unlabeled[:20]) + (" ..." if len(unlabeled) > 20 else ""))
+    if without:
+        log.warning("%d participant(s) labelled in %s have no preprocessed image at res-%s: %s", len(without),
+                    path, cache.resolution, ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""))
     lab = mapped[mapped.notna()].tolist()
     if classes is None:
         classes = _order_classes(lab)

@@ -160,6 +160,21 @@ def find_scans(bids_dir, suffix="T1w", datatype="anat", participant_labels=None)
     return scans
 
 
+def _check_table_shape(path):
+    """Refuse a TSV whose rows do not have as many fields as its header (pandas would shift columns)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError("cannot parse as a tab-separated table (not UTF-8 text)", path) from None
+    if not lines or not lines[0].strip():
+        raise InputError("cannot parse as a tab-separated table (empty file or empty header line)", path)
+    n = len(lines[0].split("\t"))
+    for i, line in enumerate(lines[1:], start=2):
+        if line.strip() and len(line.split("\t")) != n:
+            raise InputError(f"cannot parse as a tab-separated table (line {i} has {len(line.split(chr(9)))} "
+                             f"fields, the header has {n})", path)
+
+
 def read_participants(path, required=("participant_id",)):
     """Read a ``participants.tsv`` into a DataFrame indexed by ``participant_id``.
 
@@ -174,6 +189,7 @@ def read_participants(path, required=("participant_id",)):
         path = path / "participants.tsv"
     if not path.is_file():
         raise InputError("participants file not found", path)
+    _check_table_shape(path)
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=["n/a", ""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:

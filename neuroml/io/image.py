@@ -5,7 +5,10 @@ reported the same way: a one-line :class:`~neuroml.errors.InputError` naming the
 and the problem, never a traceback from deep inside numpy or nibabel.
 """
 
+import errno
+import io
 import os
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -41,10 +44,42 @@ def _short(exc):
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _raw_nifti_problem(path):
+    """What is wrong with a NIfTI header that nibabel would silently fix on load (or None).
+
+    nibabel replaces negative voxel sizes by their absolute values (and logs it); a header
+    that says so is corrupt, so it is refused before loading.
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with nib.openers.ImageOpener(str(path)) as fh:
+            block = fh.read(540)
+        nifti2 = len(block) >= 540 and block[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(block), check=False)
+        ndim = int(hdr["dim"][0])
+        pixdim = np.asarray(hdr["pixdim"][1:1 + min(max(ndim, 0), 3)], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by nib.load below
+        return None
+    if pixdim.size and not np.all(np.isfinite(pixdim)):
+        return f"header voxel sizes {tuple(float(z) for z in pixdim)} are not finite"
+    if np.any(pixdim < 0):
+        return f"header voxel sizes {tuple(float(z) for z in pixdim)} are negative"
+    return None
+
+
 def _load(path):
     path = Path(path)
     if not path.exists():
         if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise InputError("symbolic link loop (the link points back to itself)", path) from None
             raise InputError("broken symbolic link", path)
         raise InputError("file not found", path)
     try:
@@ -54,6 +89,9 @@ def _load(path):
             raise InputError("empty file (0 bytes)", path)
     except OSError as exc:  # symlink loops, permission problems
         raise InputError(f"cannot access file ({exc.strerror or exc})", path) from None
+    problem = _raw_nifti_problem(path)
+    if problem:
+        raise InputError(f"{problem}; the header is corrupt", path)
     try:
         return nib.load(str(path))
     except InputError:
@@ -82,6 +120,31 @@ def _check_header(img, label):
     if any((not np.isfinite(z)) or z < 0 for z in zooms):
         raise InputError(f"header voxel sizes {tuple(float(z) for z in zooms)} are negative or not finite", label)
     return affine
+
+
+def _read_voxels(img):
+    """The voxel array with scaling applied, as float32 for scaled files, without nibabel's
+    whole-volume float64 intermediate (a 512 x 512 x 400 int16 scan: 0.8 GiB less at peak).
+
+    Values are those of ``np.asanyarray(img.dataobj).astype(np.float32)``: each slab is
+    scaled in float64, then rounded to float32.
+    """
+    proxy = img.dataobj
+    slope, inter = getattr(proxy, "slope", None), getattr(proxy, "inter", None)
+    if not nib.is_proxy(proxy) or slope is None or not hasattr(proxy, "get_unscaled"):
+        return np.asanyarray(proxy)
+    slope, inter = float(np.asarray(slope)), float(np.asarray(inter))
+    raw = proxy.get_unscaled()
+    if (slope == 1.0 and inter == 0.0) or np.iscomplexobj(raw) or raw.ndim == 0:
+        return np.asanyarray(proxy) if raw.dtype.kind not in "iuf" else raw
+    out = np.empty(raw.shape, dtype=np.float32, order="F")
+    flat_raw = raw.reshape(raw.shape[0], -1, order="F") if raw.ndim > 1 else raw.reshape(-1, 1)
+    flat_out = out.reshape(flat_raw.shape, order="F")
+    step = max(1, (1 << 18) // max(1, flat_raw.shape[0]))  # about 256 k voxels (2 MiB float64) per slab
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in range(0, flat_raw.shape[1], step):
+            flat_out[:, j:j + step] = flat_raw[:, j:j + step] * slope + inter
+    return out
 
 
 def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constant=False):
@@ -114,10 +177,10 @@ def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constan
     with np.errstate(over="ignore", invalid="ignore"):
         data = np.asarray(data, dtype=np.float32)
     if ensure_finite:
-        bad = ~np.isfinite(data)
-        if bad.any():
+        n_bad = data.size - int(np.count_nonzero(np.isfinite(data)))  # one boolean temporary, not two
+        if n_bad:
             raise InputError(
-                f"{int(bad.sum())} of {data.size} voxels are NaN or infinite "
+                f"{n_bad} of {data.size} voxels are NaN or infinite "
                 "(check the scaling factors or the file)",
                 label,
             )
@@ -174,7 +237,7 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
     affine = _check_header(img, label)
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _read_voxels(img)
     except _READ_ERRORS as exc:
         raise InputError(f"voxel data cannot be read ({_short(exc)}); the file may be truncated", label) from None
     if data.ndim == 4 and 3 in ndims and 4 not in ndims and data.shape[3] == 1:

@@ -113,12 +113,9 @@ def brain_mask_on_grid(resolution=2.0):
     from nilearn.image import resample_img
 
     affine, shape = target_grid(resolution)
-    mask = mni_brain_mask()
-    fraction = nib.Nifti1Image(np.asarray(mask.dataobj, dtype=np.float32), mask.affine)
-    with warnings.catch_warnings():
-        # Linear interpolation of the 0/1 mask is deliberate: thresholding the resampled
-        # fraction at 0.5 gives a smoother boundary than nearest neighbour.
+    with warnings.catch_warnings():  # linear on purpose: the fraction is thresholded at 0.5 below
         warnings.filterwarnings("ignore", message="Resampling binary images", category=UserWarning)
-        img = resample_img(fraction, target_affine=affine, target_shape=shape,
+        img = resample_img(nib.Nifti1Image(np.asarray(mni_brain_mask().dataobj, dtype=np.float32),
+                                           mni_brain_mask().affine), target_affine=affine, target_shape=shape,
                            interpolation="linear", force_resample=True, copy_header=True)
     return nib.Nifti1Image((np.asarray(img.dataobj) >= 0.5).astype(np.uint8), affine)

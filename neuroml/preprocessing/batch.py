@@ -21,7 +21,7 @@ from pathlib import Path
 from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
 from neuroml._utils.options import check_in_range
-from neuroml.errors import ConfigError, InputError, NeuromlError
+from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
 from neuroml.io.bids import derivative_name, find_scans, parse_entities
 from neuroml.preprocessing.qc import write_group_qc
 from neuroml.preprocessing.t1w import check_params, is_complete, output_paths, preprocess_t1w
@@ -131,11 +131,29 @@ def _one_line(exc):
     return text[:500]
 
 
+def _func_worker(scan, out_dir, bids_dir, params, n_threads):
+    """:func:`_worker` for a BOLD series (``neuroml.functional``)."""
+    from neuroml.functional.files import func_output_paths, preprocess_bold
+
+    try:
+        preprocess_bold(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
+        return "done", None, None
+    except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
+        tb = traceback.format_exc()
+        with contextlib.suppress(Exception):
+            for path in func_output_paths(scan.entities, out_dir, params).values():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return "failed", _one_line(exc), tb
+
+
 def _worker(scan, out_dir, bids_dir, params, n_threads):
     """Process one scan; never raises (returns the status, reason and traceback).
 
     A scan that fails leaves no outputs behind (older ones would not match its input).
     """
+    if scan.suffix == "bold":
+        return _func_worker(scan, out_dir, bids_dir, params, n_threads)
     try:
         preprocess_t1w(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
         return "done", None, None
@@ -145,13 +163,17 @@ def _worker(scan, out_dir, bids_dir, params, n_threads):
             for path in output_paths(scan.entities, out_dir, params["resolution"]).values():
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+        if isinstance(exc, OutputError):
+            raise  # a full disk or a read-only folder stops the batch: every scan would fail
         return "failed", _one_line(exc), tb
 
 
 def _relative(path, bids_dir):
     try:
-        return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-    except ValueError:
+        # resolve the folder, not the file: a symlinked scan (git-annex, a loop) keeps its own name
+        path = Path(path)
+        return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
         return str(path)
 
 
@@ -211,8 +233,8 @@ def _progress(total, show):
 
 
 def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution=2.0, n_jobs=1,
-                          show_progress=True, **params):
-    """Preprocess every T1w scan of a BIDS dataset (BIDS-App participant level).
+                          show_progress=True, modality="anat", func_params=None, **params):
+    """Preprocess every T1w scan (and/or BOLD series) of a BIDS dataset (BIDS-App participant level).
 
     Parameters
     ----------
@@ -229,6 +251,12 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
         SimpleITK thread, so results do not depend on ``n_jobs``.
     show_progress : bool, default=True
         A tqdm progress bar.
+    modality : {"anat", "func", "both"}, default="anat"
+        T1w scans (``anat/*_T1w``), BOLD series (``func/*_bold``, raw or fMRIPrep outputs,
+        see :func:`neuroml.functional.preprocess_bold`), or both.
+    func_params : dict, optional
+        Parameters of the BOLD pipeline (:data:`neuroml.functional.FUNC_DEFAULT_PARAMS`,
+        e.g. ``{"confounds": "scrubbing"}``); ``resolution`` is shared with the T1w.
     **params
         Other parameters of :data:`neuroml.preprocessing.t1w.DEFAULT_PARAMS`
         (``normalization``, ``seed``...).
@@ -246,15 +274,37 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     ConfigError
         For a bad parameter.
     """
+    from neuroml._utils.options import look_up_option
+
+    modality = look_up_option("modality", modality, ["anat", "func", "both"])
     params = check_params(resolution=resolution, **params)
+    fparams = None
+    if modality != "anat":
+        from neuroml.functional.bold import check_func_params
+
+        fparams = check_func_params(**{**(func_params or {}), "resolution": resolution})
+
+    def params_of(scan):
+        return fparams if scan.suffix == "bold" else params
+
     n_jobs = int(check_in_range("n_jobs", n_jobs, -1, 1024, kind=(int,)))
     if n_jobs == 0:
         raise ConfigError("The 'n_jobs' parameter must be a positive number of processes or -1.")
     bids_dir = Path(bids_dir)
     out_dir = Path(out_dir)
-    scans = find_scans(bids_dir, "T1w", "anat", participant_labels)
-    if not scans:
+    scans = find_scans(bids_dir, "T1w", "anat", participant_labels) if modality != "func" else []
+    if not scans and modality == "anat":
         raise InputError("no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir)
+    if modality != "anat":
+        from neuroml.functional.files import find_bold_scans
+
+        bold = find_bold_scans(bids_dir, participant_labels)
+        if not bold and not scans:
+            raise InputError("no BOLD series found (looked for sub-*/[ses-*/]func/*_bold.nii[.gz])"
+                             + (" nor T1w scans" if modality == "both" else ""), bids_dir)
+        if not bold:
+            log.warning("no BOLD series found in %s: only T1w scans processed", bids_dir)
+        scans = scans + bold
     if out_dir.resolve() == bids_dir.resolve():
         raise ConfigError("the output folder must differ from the BIDS folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +313,12 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     todo, n_skipped = [], 0
     for scan in scans:
         try:
-            done = is_complete(scan, out_dir, **params)
+            if scan.suffix == "bold":
+                from neuroml.functional.files import is_func_complete
+
+                done = is_func_complete(scan, out_dir, **fparams)
+            else:
+                done = is_complete(scan, out_dir, **params)
         except (NeuromlError, OSError):
             done = False
         if done:
@@ -292,22 +347,29 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
             failures.append(Failure(scan.participant_id, rel, reason))
         bar.update(1)
 
+    finished = False
     try:
         if n_workers == 1:
             for scan in todo:
-                handle(scan, _worker(scan, out_dir, bids_dir, params, n_threads))
+                handle(scan, _worker(scan, out_dir, bids_dir, params_of(scan), n_threads))
         elif todo:
             from joblib import Parallel, delayed
 
             jobs = Parallel(n_jobs=n_workers, backend="loky", return_as="generator_unordered")(
-                delayed(_indexed)(i, scan, out_dir, bids_dir, params, n_threads)
+                delayed(_indexed)(i, scan, out_dir, bids_dir, params_of(scan), n_threads)
                 for i, scan in enumerate(todo))
             for i, outcome in jobs:
                 handle(todo[i], outcome)
+        finished = True
     finally:
         bar.close()
         # also on Ctrl-C: record what was handled, keep older entries of the rest
-        _update_failures(out_dir, handled, failures)
+        try:
+            _update_failures(out_dir, handled, failures)
+        except (OSError, NeuromlError):
+            if finished:
+                raise
+            log.debug("failures.tsv not updated", exc_info=True)  # the error in flight says why
     log.info("preprocessing: %d processed, %d already done, %d failed", n_done, n_skipped, len(failures))
     return BatchResult(n_done=n_done, n_skipped=n_skipped, failures=failures)
 

@@ -156,11 +156,49 @@ class T1wResult:
     fov: np.ndarray
 
 
-def _load(img, label):
+def _load(img, label, params=None):
     img = check_img(img, name=label)
     img = nib.as_closest_canonical(img)
     check_plausible_t1w(img, label)
+    if params is not None:
+        img = downsample_fine(img, min(params["resolution"], params["registration_resolution"]))
     return img
+
+
+def downsample_fine(img, resolution):
+    """Block-average a scan whose voxels are finer than half of ``resolution`` (mm).
+
+    Each axis is reduced by the integer factor ``floor(resolution / (2 * voxel size))``, so
+    the voxels stay at most half the target size (nothing changes for 1 mm scans and a 2 mm
+    target). Every later step (N4, registration, resampling) then works on the reduced
+    volume: a 512 x 512 x 400 scan at 0.5 mm needs 8 times less memory and time, and the
+    block mean is a better anti-aliasing filter than one linear interpolation to the grid.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        ``img`` itself when no axis is reduced; else float32 data and the matching affine
+        (voxel centres of each block; at most ``factor - 1`` edge voxels are dropped).
+    """
+    zooms = np.sqrt((np.asarray(img.affine[:3, :3]) ** 2).sum(axis=0))
+    factors = [max(1, int(np.floor(resolution / (2 * z) + 1e-6))) for z in zooms]
+    factors = [min(f, max(1, s // 8)) for f, s in zip(factors, img.shape[:3])]
+    if factors == [1, 1, 1]:
+        return img
+    fx, fy, fz = factors
+    data = np.asanyarray(img.dataobj)
+    nx, ny, nz = (s // f for s, f in zip(data.shape[:3], factors))
+    out = np.empty((nx, ny, nz), dtype=np.float32, order="F")
+    for k in range(nz):  # slab by slab: no full-size temporary
+        slab = np.asarray(data[:nx * fx, :ny * fy, k * fz:(k + 1) * fz], dtype=np.float32)
+        out[:, :, k] = slab.reshape(nx, fx, ny, fy, fz).mean(axis=(1, 3, 4), dtype=np.float64)
+    scale = np.diag([fx, fy, fz, 1.0])
+    scale[:3, 3] = (np.asarray(factors) - 1) / 2.0
+    log.info("voxels %s mm are finer than needed for a %g mm grid: block-averaged by %s",
+             tuple(round(float(z), 3) for z in zooms), resolution, tuple(factors))
+    reduced = nib.Nifti1Image(out, img.affine @ scale)
+    reduced.header.set_xyzt_units("mm", "sec")
+    return reduced
 
 
 def _label(img, name=None):
@@ -271,7 +309,7 @@ def preprocess_scan(img, n_threads=1, name=None, **params):
     timer = StepTimer()
     with itk_threads(n_threads):
         with timer("load"):
-            native = _load(img, label)
+            native = _load(img, label, params)
         with timer("n4"):
             image = _bias_correct(native, params, label)
         with timer("registration"):
@@ -337,8 +375,9 @@ def _relative_source(path, bids_dir):
     path = Path(path)
     if bids_dir is not None:
         try:
-            return path.resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-        except ValueError:
+            # the folder, not the file: a symlinked scan (git-annex) keeps its BIDS name
+            return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+        except (ValueError, OSError, RuntimeError):
             pass
     return path.name
 
@@ -538,7 +577,7 @@ class T1wPreprocessor:
         params = self._params()
         label = _label(img)
         with itk_threads(self.n_threads):
-            native = _load(img, label)
+            native = _load(img, label, params)
             image = _bias_correct(native, params, label)
             self.transform_, self.registration_ = _register(image, params)
         return native, image, params
@@ -551,7 +590,7 @@ class T1wPreprocessor:
         params = self._params()
         label = _label(img)
         with itk_threads(self.n_threads):
-            native = _load(img, label)
+            native = _load(img, label, params)
             image = _bias_correct(native, params, label)
             out, _, self.qc_, _ = _finish(image, native, self.transform_, params, StepTimer(),
                                           label)

@@ -506,6 +506,8 @@ def build_report(run_dir, out_path=None):
     splits = splits_doc.get("folds") if isinstance(splits_doc, dict) else splits_doc
     predictions = _load_tsv(run_dir / "predictions.tsv")
     attributions = _attributions(run_dir)
+    from neuroml.reports import trust_sections
+
     parts = [
         _summary(run_dir, config, provenance, predictions, splits),
         _metrics(metrics, classes),
@@ -515,10 +517,11 @@ def build_report(run_dir, out_path=None):
         _subjects(predictions, classes, attributions),
         _subject_sections(attributions, config.get("resolution_mm")),
         _trust(run_dir, metrics, splits, predictions, attributions, classes),
+        *trust_sections.sections(run_dir, metrics, _load_json(run_dir / "confounds.json")),
     ]
     nav = " ".join(f"<a href='#{i}'>{t}</a>" for i, t in (("summary", "Summary"), ("metrics", "Metrics"),
                                                            ("subjects", "Subjects"), ("per-subject", "Per subject"),
-                                                           ("trust", "Trust checks")))
+                                                           ("trust", "Trust checks"), *trust_sections.NAV))
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     doc = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"

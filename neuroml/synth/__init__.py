@@ -12,6 +12,7 @@ from neuroml.synth.cohort import (
     make_cohort,
     mask_filename,
 )
+from neuroml.synth.func import DEFAULT_FUNC_PLANTED, DEFAULT_NETWORKS, make_func_cohort
 from neuroml.synth.groundtruth import (
     GROUNDTRUTH_SUBDIR,
     load_subject_transform,
@@ -27,6 +28,9 @@ __all__ = [
     "SYNTH_VERSION",
     "GROUNDTRUTH_SUBDIR",
     "make_cohort",
+    "make_func_cohort",
+    "DEFAULT_FUNC_PLANTED",
+    "DEFAULT_NETWORKS",
     "mask_filename",
     "load_subject_transform",
     "planted_mask_path",

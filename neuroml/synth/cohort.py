@@ -71,6 +71,11 @@ _SITE_DEFAULTS = {
     "int_max": 1000,                  # stored integer of the brightest voxel
 }
 
+#: Optional keys of a site description, absent from the defaults (so default cohorts keep their
+#: parameters): ``contrast`` adds to every subject's grey-matter contrast at that site, a
+#: scanner effect that survives intensity normalization (for site-confound studies).
+_SITE_OPTIONAL = {"contrast": 0.0}
+
 #: Default scanner sites: voxel sizes and orientations differ.
 DEFAULT_SITES = {
     "siteA": dict(_SITE_DEFAULTS, voxel_size=(1.0, 1.0, 1.0), orientation="RAS",
@@ -213,7 +218,7 @@ def _check_sites(sites, voxel_scale):
             if not isinstance(desc, dict):
                 raise ConfigError(f"The description of site {name!r} must be a dict. Got {desc!r}.")
             for key in desc:
-                look_up_option(f"key of site {name!r}", key, list(_SITE_DEFAULTS))
+                look_up_option(f"key of site {name!r}", key, list(_SITE_DEFAULTS) + list(_SITE_OPTIONAL))
             base = DEFAULT_SITES.get(name, _SITE_DEFAULTS)
             spec[name] = dict(copy.deepcopy(base), **desc)
     else:
@@ -247,6 +252,8 @@ def _check_sites(sites, voxel_scale):
             "gain": float(d["gain"]),
             "int_max": int(d["int_max"]),
         }
+        if "contrast" in d:
+            resolved[name]["contrast"] = float(check_in_range(f"contrast of site {name!r}", d["contrast"], -0.5, 0.5))
     return resolved
 
 
@@ -448,6 +455,8 @@ def _plan_subject(rng, params, ctx, diagnosis, site):
     plan["bias_weights"] = _random_weights(rng, 3)
     plan["bias_amp"] = float(ctx.sites[site]["bias"] * rng.uniform(0.5, 1.0))
     plan["gain"] = float(ctx.sites[site]["gain"] * rng.uniform(0.9, 1.1))
+    if ctx.sites[site].get("contrast"):
+        plan["gm_contrast"] += float(ctx.sites[site]["contrast"])
     return plan
 
 
@@ -623,14 +632,23 @@ def _make_subject(root, ctx, params, subj):
 # --------------------------------------------------------------------------- cohort
 
 
-def _assign(n_subjects, classes, sites):
-    """Round-robin classes; sites rotated per class so that diagnosis and site are balanced."""
+def _assign(n_subjects, classes, sites, entanglement=0.0, seed=0):
+    """Round-robin classes; sites rotated per class so that diagnosis and site are balanced.
+
+    With ``entanglement`` > 0, each subject is moved to its class's "home" site
+    (class ``c`` -> site ``c mod n_sites``) with that probability (seeded draws), so
+    diagnosis and site become associated (1: every subject at its class's home site).
+    """
     site_names = list(sites)
     out = []
+    draws = np.random.default_rng([int(seed) % (2**32), 8]).random(n_subjects) if entanglement else None
     for i in range(n_subjects):
         c = i % len(classes)
         r = i // len(classes)
-        out.append((classes[c], site_names[(r + c) % len(site_names)]))
+        site = site_names[(r + c) % len(site_names)]
+        if draws is not None and draws[i] < entanglement:
+            site = site_names[c % len(site_names)]
+        out.append((classes[c], site))
     return out
 
 
@@ -727,7 +745,7 @@ def _resolve_jobs(n_jobs):
 def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted=None, sites=None,
                 voxel_scale=1.0, effect_size=0.35, n_jobs=1, show_progress=False, *,
                 effect_jitter=0.15, noise_scale=1.0, warp_mm=1.5, max_rotation_deg=8.0,
-                max_translation_mm=10.0, overwrite=False):
+                max_translation_mm=10.0, overwrite=False, site_entanglement=0.0):
     """Write a synthetic BIDS cohort with planted atrophy and its ground truth.
 
     Parameters
@@ -769,6 +787,11 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
     overwrite : bool, default=False
         If ``out_dir`` holds a cohort made with other parameters, delete it and generate
         anew instead of raising.
+    site_entanglement : float, default=0.0
+        Probability that a subject is scanned at its class's "home" site (class ``c`` at
+        site ``c mod n_sites``) instead of the balanced rotation: 0 keeps diagnosis and
+        site independent, 1 confounds them completely. For testing site-confound checks
+        (combine with a site ``contrast`` so that the site is visible in the images).
 
     Returns
     -------
@@ -803,6 +826,7 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
     warp_mm = float(check_in_range("warp_mm", warp_mm, 0.0, 10.0))
     max_rotation_deg = float(check_in_range("max_rotation_deg", max_rotation_deg, 0.0, 30.0))
     max_translation_mm = float(check_in_range("max_translation_mm", max_translation_mm, 0.0, 30.0))
+    site_entanglement = float(check_in_range("site_entanglement", site_entanglement, 0.0, 1.0))
     n_jobs = _resolve_jobs(n_jobs)
     planted = _check_planted(planted, classes, load_atlas(_ATLAS).labels)
     sites = _check_sites(sites, voxel_scale)
@@ -812,6 +836,8 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
         "effect_jitter": effect_jitter, "noise_scale": noise_scale, "warp_mm": warp_mm,
         "max_rotation_deg": max_rotation_deg, "max_translation_mm": max_translation_mm,
         "generator_version": SYNTH_VERSION,
+        # only when used, so that cohorts made before the option keep their parameters
+        **({"site_entanglement": site_entanglement} if site_entanglement else {}),
     }))
 
     root = Path(out_dir)
@@ -842,7 +868,7 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
             resume = True
 
     # plan every subject (cheap): classes, sites and all per-subject random draws
-    assignment = _assign(n_subjects, classes, sites)
+    assignment = _assign(n_subjects, classes, sites, site_entanglement, seed)
     width = max(3, len(str(n_subjects)))
     subject_root = np.random.SeedSequence(seed).spawn(1)[0]
     subj_seqs = subject_root.spawn(n_subjects)

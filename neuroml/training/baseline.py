@@ -50,7 +50,8 @@ def region_means(volumes, labels, chunk=64):
     return out, region_ids
 
 
-def baseline_cv(features, participant_ids, y, splits, n_classes, seed=0):
+def baseline_cv(features, participant_ids, y, splits, n_classes, seed=0, harmonizer=None, sites=None,
+                covariates=None):
     """Out-of-fold probabilities of a standardised logistic regression, trained on each fold's train + val.
 
     Parameters
@@ -64,6 +65,15 @@ def baseline_cv(features, participant_ids, y, splits, n_classes, seed=0):
         Folds of :func:`~neuroml.training.splits.make_splits`.
     n_classes : int
     seed : int
+    harmonizer : callable, optional
+        Factory of a site harmonizer with ``fit(X, sites, covariates)`` and
+        ``transform(X, sites, covariates)`` (e.g. :class:`~neuroml.training.harmonize.ComBat`):
+        a fresh one is fitted on each fold's training rows only, then applied to its
+        training and test rows.
+    sites : sequence of str, optional
+        Site of each row (needed with ``harmonizer``).
+    covariates : ndarray of shape (n, q), optional
+        Covariates the harmonizer keeps (e.g. age, sex).
 
     Returns
     -------
@@ -85,11 +95,23 @@ def baseline_cv(features, participant_ids, y, splits, n_classes, seed=0):
         test = np.isin(pids, list(f["test"]))
         if not test.any():
             continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced",
-                                                                 random_state=seed))
-        clf.fit(features[train], y[train])
+        x_train, x_test = features[train], features[test]
+        if harmonizer is not None:
+            site = np.asarray(sites, dtype=object)
+            cov = None if covariates is None else np.asarray(covariates, dtype=float)
+            h = harmonizer().fit(x_train, site[train], None if cov is None else cov[train])
+            x_train = h.transform(x_train, site[train], None if cov is None else cov[train])
+            x_test = h.transform(x_test, site[test], None if cov is None else cov[test])
         p = np.zeros((int(test.sum()), n_classes))
-        p[:, clf[-1].classes_] = clf.predict_proba(features[test])
+        present = np.unique(y[train])
+        if len(present) < 2:  # e.g. leave-one-site-out with a site holding a whole class
+            log.warning("baseline fold %s: one class in training; it predicts that class", f["fold"])
+            p[:, present] = 1.0
+        else:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced",
+                                                                     random_state=seed))
+            clf.fit(x_train, y[train])
+            p[:, clf[-1].classes_] = clf.predict_proba(x_test)
         proba[test] = p
         fold_of[test] = f["fold"]
     return proba, fold_of

@@ -92,13 +92,13 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     InputError
         If the derivatives' grid differs from the run's, or a requested participant has no image.
     """
-    from neuroml.data.cache import build_cache
     from neuroml.data.dataset import VolumeDataset
+    from neuroml.data.stack import open_inputs
     from neuroml.training.run import load_run
     from neuroml.training.trainer import evaluate, resolve_device
 
     run = load_run(run_dir)
-    cache = build_cache(deriv_dir, resolution=run.config["resolution"])
+    cache = open_inputs(deriv_dir, resolution=run.config["resolution"], inputs=run.config.get("inputs"))
     check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
     index = cache.index
     if participant_labels:

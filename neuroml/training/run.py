@@ -10,12 +10,18 @@ import pandas as pd
 import torch
 
 from neuroml import __version__
-from neuroml._utils.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError, NeuromlError
 from neuroml.models.factory import MODELS, build_model
 from neuroml.training import distributed as dist
-from neuroml.training import outputs
+from neuroml.training import outputs, trust
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.predict import predictions_table
@@ -154,7 +160,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
               lr=1e-3, weight_decay=1e-4, seed=0, device="auto", participants=None, resolution=None,
               augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
               schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
-              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True):
+              baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True,
+              site_info_column="site", audit_columns=(), harmonize=None, inputs=None):
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
     Every fold trains a fresh network on its training participants, stops early on its
@@ -211,6 +218,22 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         Continue a killed fold from its epoch checkpoint. Completed folds of a run with the
         same settings and data are always kept.
     show_progress : bool, default=True
+    site_info_column : str, default="site"
+        ``participants.tsv`` column naming the acquisition site (ignored when absent;
+        ``site_column`` takes precedence): tested against the label before training
+        (``confounds.json``, warning when entangled), predicted by the site probe, audited,
+        and used by ``harmonize``.
+    audit_columns : sequence of str, default=()
+        More ``participants.tsv`` columns for the bias audit (sex, age bands and site always).
+    harmonize : {None, "combat"}, default=None
+        Also evaluate the baseline on region features harmonized with ComBat fitted inside
+        each fold's training rows (age and sex kept), reported beside the plain baseline.
+
+    inputs : list of str, optional
+        Input channels: ``"T1w"`` and/or desc labels of BOLD maps written by
+        ``neuroml preprocess --modality func`` (``"alff"``, ``"falff"``, ``"reho"``, ``"mean"``,
+        ``"conn<name>"``), alone or stacked, e.g. ``["alff", "reho"]`` or ``["T1w", "falff"]``.
+        Default: the T1w alone.
 
     Notes
     -----
@@ -252,8 +275,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
 def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_size, lr, weight_decay, seed, device,
                participants, resolution, augment, patience, amp, channels_last, compile, grad_accum, schedule,
                val_fraction, site_column, classes, num_workers, baseline, n_bootstrap, n_permutations, resume,
-               show_progress, dev):
+               show_progress, site_info_column, audit_columns, harmonize, inputs, dev):
     from neuroml.data.dataset import VolumeDataset, load_cohort, make_augmentation
+    from neuroml.data.stack import check_inputs
 
     t_start, start = time.perf_counter(), outputs.now_iso()
     main, distributed = dist.is_main_process(), dist.is_distributed()
@@ -263,12 +287,16 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                              patience=patience, grad_accum=grad_accum, schedule=schedule, amp=amp,
                              channels_last=channels_last, compile=compile, num_workers=num_workers,
                              device=str(dev), show_progress=show_progress).validate()
+    if harmonize is not None:
+        harmonize = look_up_option("harmonize", harmonize, trust.HARMONIZERS)
+    audit_columns = [audit_columns] if isinstance(audit_columns, str) else list(audit_columns or ())
     run_dir, deriv_dir = Path(run_dir), Path(deriv_dir)
     if distributed and not main:
         dist.barrier()  # rank 0 builds (or checks) the tensor cache first; the others then read it
-    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress)
+    cohort = load_cohort(deriv_dir, label_column, participants, resolution, classes, show_progress, inputs=inputs)
     if distributed and main:
         dist.barrier()
+    in_channels = cohort.in_channels
     cache, n_classes = cohort.cache, len(cohort.classes)
     pids = np.asarray(cohort.participant_ids, dtype=object)
     sites = cohort.column(site_column) if site_column else None
@@ -277,24 +305,36 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     if dist.broadcast_object((splits, cohort.digest)) != (splits, cohort.digest):
         raise NeuromlError(f"rank {dist.rank()} sees other data or splits than rank 0 (are all nodes reading "
                            f"the same {deriv_dir}?)")
+    site_col = trust.site_column_of(cohort.table, site_column, site_info_column)
+    confounds = trust.confound_check(cohort, site_col, audit_columns)
+    if harmonize and not site_col:
+        raise ConfigError(f"harmonize={harmonize!r} needs the site: participants.tsv has no {site_info_column!r} "
+                          "column; name it with site_info_column")
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
-        "n_classes": n_classes, "model": model, "in_channels": 1, "resolution": cache.resolution,
+        "n_classes": n_classes, "model": model, "in_channels": in_channels, "resolution": cache.resolution,
         "resolution_mm": cache.resolution_mm, "grid": {"affine": cache.affine, "shape": cache.shape},
         "seed": seed, "cv": "leave-one-site-out" if site_column else "stratified-group-kfold",
         "folds": len(splits), "site_column": site_column, "val_fraction": val_fraction, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
         "grad_accum": grad_accum, "schedule": settings.schedule, "augment": bool(augment),
+        # trust options only when set, so runs made before them keep their identity
+        **({"harmonize": harmonize} if harmonize else {}),
+        **({"audit_columns": audit_columns} if audit_columns else {}),
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
                     "num_workers": num_workers, "world_size": dist.world_size()},
+        **({"inputs": check_inputs(inputs)} if inputs is not None else {}),
     })
     if main:
         _check_existing(run_dir, config, resume)
+        for folder in (run_dir, *sorted(run_dir.glob("fold-*"))):
+            remove_stale_temporaries(folder)  # left by a killed run
         write_json_atomic(run_dir / "config.json", config)
         save_splits(run_dir / "splits.json", splits, seed=seed, label_column=label_column, site_column=site_column,
                     val_fraction=val_fraction)
+        write_json_atomic(run_dir / "confounds.json", confounds)
     dist.barrier()
     check_splits(splits)
 
@@ -321,7 +361,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
             status = "resumed" if (fold_dir / "last.pt").is_file() else "trained"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(seed, k, "init"))
-                net = build_model(model, n_classes, in_channels=1, spatial_shape=cache.shape)
+                net = build_model(model, n_classes, in_channels=in_channels, spatial_shape=cache.shape)
             aug = make_augmentation(seed=seed_for(seed, k, "augment")) if augment else None
             train_ds = VolumeDataset(src, cohort.y[part["train"]], src_rows[part["train"]], transform=aug)
             val_ds = VolumeDataset(src, cohort.y[part["val"]], src_rows[part["val"]]) if len(part["val"]) else None
@@ -329,7 +369,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                       stream=(seed, k), checkpoint_path=fold_dir / "last.pt", resume=resume,
                       desc=f"fold {k + 1}/{len(splits)}")
             meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
-                    "in_channels": 1, "spatial_shape": cache.shape, "label_column": label_column,
+                    "in_channels": in_channels, "spatial_shape": cache.shape, "label_column": label_column,
                     "resolution": cache.resolution, "best_epoch": res.best_epoch,
                     "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
                     "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
@@ -356,13 +396,17 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     if not main:
         return dist.broadcast_object(None)
     summary = _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src,
-                      src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start)
+                      src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start,
+                      site_col, confounds, audit_columns, harmonize)
     return dist.broadcast_object(summary)
 
 
 def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src, src_rows,
-            seed, start, dev, baseline, n_bootstrap, n_permutations, t_start):
-    """Rank 0: metrics, the baseline and every run-level file; returns the summary."""
+            seed, start, dev, baseline, n_bootstrap, n_permutations, t_start, site_col, confounds, audit_columns,
+            harmonize):
+    """Rank 0: metrics, the baseline, the bias audit and every run-level file; returns the summary."""
+    from neuroml.reports.model_card import write_model_card
+
     cache, n_classes, label_column = cohort.cache, len(cohort.classes), cohort.label_column
     pids = np.asarray(cohort.participant_ids, dtype=object)
     tested = oof_fold >= 0
@@ -371,8 +415,16 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
                "cnn": _report(table, cohort.classes, fold_info, histories, n_bootstrap, n_permutations, seed)}
     if baseline:
         metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, run_dir)
+    base_table = None
+    if baseline and (run_dir / "baseline_predictions.tsv").is_file():
+        base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype={"participant_id": str})
+    metrics["confounds"] = {"site_column": site_col, "entangled": confounds["entangled"]}
+    metrics.update(trust.trust_metrics(cohort, table, splits, src, src_rows, seed, n_bootstrap, site_col,
+                                       audit_columns, harmonize, base_table,
+                                       Run(run_dir, config, splits).fold_models(dev) if site_col else None, dev))
     write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
     write_json_atomic(run_dir / "metrics.json", metrics)
+    write_model_card(run_dir)
     outputs.plot_training_curves(run_dir / "training_curve.png", histories)
     inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
               "participants_sha256": sha256_file(cohort.participants_path),
@@ -417,7 +469,11 @@ def _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, 
     except (NeuromlError, OSError) as exc:
         log.warning("baseline skipped: %s", exc)
         return {"error": str(exc)}
-    features, regions = region_means(src, atlas)
+    if np.ndim(src) == 5:  # channels: the region means of each, side by side
+        parts = [region_means(src[:, c], atlas) for c in range(src.shape[1])]
+        features, regions = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts])
+    else:
+        features, regions = region_means(src, atlas)
     features = features[src_rows]
     proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed)
     tested = fold >= 0

@@ -1,0 +1,227 @@
+"""Files of the BOLD pipeline: finding series, naming outputs, resuming, writing derivatives.
+
+:func:`preprocess_bold` runs :func:`~neuroml.functional.bold.preprocess_bold_scan` on one
+file and writes its maps, mask, atlas time series, transform and sidecar (last, so its
+presence marks a finished scan); :func:`is_func_complete` decides whether a scan can be
+skipped on resume; :func:`find_bold_scans` lists the series of a dataset.
+"""
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from neuroml._utils.fileio import read_json, save_nifti_atomic, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.provenance import package_versions
+from neuroml.errors import InputError
+from neuroml.functional.bold import (_DROP, FUNC_PIPELINE_VERSION, check_func_params, in_mni_space, map_names,
+                                     preprocess_bold_scan)
+from neuroml.functional.clean import find_confounds_file
+from neuroml.io.bids import Scan, check_label, derivative_name, parse_entities
+from neuroml.io.templates import TEMPLATE_SPACE, res_entity
+
+__all__ = ["func_output_paths", "is_func_complete", "preprocess_bold", "find_bold_scans"]
+
+
+def _scan_entities(scan, participant_label=None):
+    if isinstance(scan, Scan):
+        path, entities = scan.path, dict(scan.entities)
+    else:
+        path = Path(scan)
+        entities = parse_entities(path.name)[0]
+        if participant_label is not None:
+            entities = {"sub": check_label(participant_label), **{k: v for k, v in entities.items() if k != "sub"}}
+    if "sub" not in entities:
+        raise InputError("cannot name the outputs: the file name has no 'sub-<label>' entity", path)
+    for key, value in entities.items():
+        check_label(value, what=f"'{key}' entity")
+    return path, entities
+
+
+def func_output_paths(entities, out_dir, params):
+    """The output files of one BOLD scan.
+
+    Returns
+    -------
+    dict
+        ``map-<desc>`` for each map, ``mask``, ``timeseries``, ``xfm``, ``sidecar`` -> Path.
+
+    Examples
+    --------
+    >>> p = func_output_paths({"sub": "01", "task": "rest", "space": "MNI152NLin6Asym", "desc": "preproc"},
+    ...                       Path("/d"), check_func_params(resolution=4))
+    >>> p["map-alff"].as_posix()
+    '/d/sub-01/func/sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-alff_boldmap.nii.gz'
+    """
+    base = {k: v for k, v in entities.items() if k not in _DROP}
+    folder = Path(out_dir) / f"sub-{base['sub']}"
+    if base.get("ses"):
+        folder = folder / f"ses-{base['ses']}"
+    folder = folder / "func"
+    space = {"space": TEMPLATE_SPACE, "res": res_entity(params["resolution"])}
+    out = {f"map-{m}": folder / derivative_name(base, "boldmap", ".nii.gz", desc=m, **space)
+           for m in map_names(params)}
+    out["mask"] = folder / derivative_name(base, "mask", ".nii.gz", desc="bold", **space)
+    out["timeseries"] = folder / derivative_name(base, "timeseries", ".tsv", atlas=params["atlas"], **space)
+    out["xfm"] = folder / derivative_name(base, "xfm", ".txt", **{"from": "boldref", "to": TEMPLATE_SPACE,
+                                                                   "mode": "image"})
+    out["sidecar"] = folder / derivative_name(base, "bold", ".json", desc="maps", **space)
+    return out
+
+
+def _params_key(params):
+    return json.loads(json.dumps({"pipeline_version": FUNC_PIPELINE_VERSION, **params}))
+
+
+def _required(paths, side):
+    need = [p for k, p in paths.items() if k not in ("xfm",)]
+    if side.get("Registered"):
+        need.append(paths["xfm"])
+    return need
+
+
+def is_func_complete(scan, out_dir, sha256=None, **params):
+    """True when a BOLD scan's outputs exist and its sidecar matches the input and parameters."""
+    path, entities = _scan_entities(scan)
+    params = check_func_params(**params)
+    paths = func_output_paths(entities, out_dir, params)
+    if not paths["sidecar"].is_file():
+        return False
+    try:
+        side = read_json(paths["sidecar"])
+    except InputError:
+        return False
+    if not isinstance(side, dict) or side.get("Parameters") != _params_key(params):
+        return False
+    if not all(p.is_file() for p in _required(paths, side)):
+        return False
+    table = find_confounds_file(path)
+    if side.get("ConfoundsSHA256") != (sha256_file(table) if table is not None and params["confounds"] != "none"
+                                       else None):
+        return False
+    return side.get("SourceSHA256") == (sha256 or sha256_file(path))
+
+
+def _relative_source(path, bids_dir):
+    if bids_dir is not None:
+        with contextlib.suppress(ValueError):
+            return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
+    return Path(path).name
+
+
+def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_threads=1, **params):
+    """Preprocess one BOLD scan and write its maps as BIDS derivatives (sidecar last).
+
+    Parameters
+    ----------
+    scan : str, Path or neuroml.io.bids.Scan
+        A raw ``*_bold.nii[.gz]`` or an fMRIPrep ``*_space-MNI*_desc-preproc_bold.nii.gz``.
+    out_dir : str or Path
+        Derivatives folder (``sub-X/[ses-Y/]func/``).
+    bids_dir : str or Path, optional
+        Root of the input dataset, to record ``SourceFile`` relative to it.
+    participant_label : str, optional
+    n_threads : int, default=1
+        SimpleITK threads for a registration.
+    **params
+        See :data:`FUNC_DEFAULT_PARAMS`.
+
+    Returns
+    -------
+    dict
+        Output paths (see :func:`func_output_paths`) and ``info``.
+    """
+    from neuroml.preprocessing.t1w import itk_threads
+
+    params = check_func_params(**params)
+    path, entities = _scan_entities(scan, participant_label)
+    paths = func_output_paths(entities, out_dir, params)
+    with contextlib.suppress(FileNotFoundError):
+        paths["sidecar"].unlink()
+    t0 = time.perf_counter()
+    sha = sha256_file(path) if Path(path).is_file() else None
+    with itk_threads(n_threads):
+        result = preprocess_bold_scan(path, path=path, entities=entities, **params)
+    for name, img in result.maps.items():
+        save_nifti_atomic(img, paths[f"map-{name}"])
+    save_nifti_atomic(result.mask, paths["mask"])
+    write_text_atomic(paths["timeseries"], result.timeseries.to_csv(sep="\t", index=False, float_format="%.6g"))
+    if result.transform is not None:
+        from neuroml.preprocessing.registration import write_transform
+
+        write_transform(result.transform, paths["xfm"])
+    table = find_confounds_file(path)
+    used_table = result.info["confounds"]["strategy"] != "none"
+    source = _relative_source(path, bids_dir)
+    info = result.info
+    info["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    sidecar = {
+        "Description": "BOLD maps on the T1w's MNI grid: " + info["space_handling"] + "; cleaning with nilearn "
+                       "(detrend, confound regression, band-pass, standardize), smoothing, then "
+                       + ", ".join(map_names(params)) + " (see neuroml.functional.bold)",
+        "SourceFile": source,
+        "SourceSHA256": sha,
+        "Sources": [f"bids:raw:{source}"],
+        "ConfoundsFile": table.name if (table is not None and used_table) else None,
+        "ConfoundsSHA256": sha256_file(table) if (table is not None and used_table) else None,
+        "Space": TEMPLATE_SPACE,
+        "Resolution": params["resolution"],
+        "RepetitionTime": info["repetition_time"],
+        "NumberOfVolumes": info["n_volumes"],
+        "NumberOfVolumesKept": info["n_volumes_kept"],
+        "DroppedVolumes": info["dropped_volumes"],
+        "Registered": result.transform is not None,
+        "SpaceHandling": info["space_handling"],
+        "Registration": info.get("registration"),
+        "Cleaning": {
+            "Confounds": info["confounds"],
+            "Detrend": params["detrend"],
+            "BandPassHz": [params["high_pass"], params["low_pass"]],
+            "Filter": info["filter"],
+            "Standardize": params["standardize"],
+            "ALFFInput": "detrended and confound-regressed, not band-passed"
+                         + ("; scrubbed volumes filled by linear interpolation" if info["dropped_volumes"] else ""),
+            "SmoothingFWHMmm": params["smoothing_fwhm"],
+            "SmoothingAppliesTo": "alff, falff, conn* (not reho, not the atlas time series)",
+        },
+        "Maps": {m: paths[f"map-{m}"].name for m in map_names(params)},
+        "MapNormalization": params["map_normalization"],
+        "Mask": paths["mask"].name,
+        "Coverage": info["coverage"],
+        "AtlasTimeseries": paths["timeseries"].name,
+        "RegionsWithoutCoverage": info["regions_without_coverage"],
+        "Parameters": _params_key(params),
+        "Timings": info["timings_s"],
+        "SoftwareVersions": package_versions(),
+    }
+    write_json_atomic(paths["sidecar"], sidecar)
+    return {**paths, "info": info}
+
+
+def find_bold_scans(bids_dir, participant_labels=None):
+    """BOLD series of a raw BIDS dataset or of fMRIPrep derivatives, one per acquisition.
+
+    fMRIPrep writes several versions of each run (spaces, resolutions): for each set of
+    entities other than ``space``/``res``/``den``/``desc``, the ``desc-preproc`` series is
+    preferred, and among those one in an MNI space (``MNI152NLin2009aSym`` first).
+
+    Returns
+    -------
+    list of neuroml.io.bids.Scan
+    """
+    from neuroml.io.bids import find_scans
+
+    groups = {}
+    for scan in find_scans(bids_dir, "bold", "func", participant_labels):
+        desc = scan.entities.get("desc")
+        if desc not in (None, "preproc"):
+            continue  # e.g. desc-brain masks or desc-confounds are not series
+        key = tuple(sorted((k, v) for k, v in scan.entities.items() if k not in _DROP))
+        groups.setdefault(key, []).append(scan)
+
+    def rank(scan):
+        space = str(scan.entities.get("space", ""))
+        return (scan.entities.get("desc") != "preproc", space != TEMPLATE_SPACE, not in_mni_space(scan.entities),
+                scan.path.name)
+
+    return [sorted(v, key=rank)[0] for _, v in sorted(groups.items())]

@@ -1,0 +1,223 @@
+"""``RUN/model_card.md``: what a trained run is for, what it was trained on, how well it does
+overall and per subgroup, what the trust checks found, and its known limits.
+
+Written at the end of :func:`~neuroml.training.train_run` and refreshed by
+:func:`~neuroml.reports.build_report` (so attribution checks made later are included).
+It names no participant.
+"""
+
+import logging
+from pathlib import Path
+
+from neuroml import __version__
+from neuroml._utils.fileio import read_json, write_text_atomic
+from neuroml.errors import InputError
+
+__all__ = ["write_model_card", "model_card_text"]
+
+log = logging.getLogger("neuroml")
+
+
+def _md(value):
+    """A value for a Markdown table cell (pipes and line breaks neutralised)."""
+    return str("n/a" if value is None else value).replace("|", "\\|").replace("\n", " ")
+
+
+def _f(v, digits=3):
+    return "n/a" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{v:.{digits}f}"
+
+
+def _ci(ci):
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "n/a"
+
+
+def _table(headers, rows):
+    lines = ["| " + " | ".join(_md(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _load(path):
+    try:
+        return read_json(path) if Path(path).is_file() else None
+    except InputError as exc:
+        log.warning("model card: skipping %s", exc)
+        return None
+
+
+def _performance(metrics, classes):
+    rows = []
+    for name, key in (("CNN", "cnn"), ("baseline (AAL region means)", "baseline"),
+                      ("baseline, ComBat inside folds", "baseline_harmonized")):
+        m = (metrics or {}).get(key)
+        if not isinstance(m, dict) or "balanced_accuracy" not in m:
+            continue
+        ci = m.get("ci") or {}
+        sens = ", ".join(f"{c} {_f((m.get('sensitivity') or {}).get(c))}" for c in classes)
+        spec = ", ".join(f"{c} {_f((m.get('specificity') or {}).get(c))}" for c in classes)
+        rows.append((name, m.get("n"), _f(m.get("balanced_accuracy")), _ci(ci.get("balanced_accuracy")),
+                     _f(m.get("auc_macro")), _ci(ci.get("auc_macro")), sens, spec))
+    if not rows:
+        return "No metrics in this run."
+    return _table(["model", "n", "balanced accuracy", "95% CI", "AUC (macro)", "95% CI", "sensitivity",
+                   "specificity"], rows)
+
+
+def _subgroups(audit):
+    if not audit:
+        return "No bias audit in this run."
+    rows = []
+    for attr, info in audit.get("attributes", {}).items():
+        for g, m in info.get("groups", {}).items():
+            ci = m.get("ci") or {}
+            rows.append((attr, g, m.get("n"), _f(m.get("balanced_accuracy")), _ci(ci.get("balanced_accuracy")),
+                         _f(m.get("auc_macro")), _ci(ci.get("auc_macro"))))
+    text = _table(["attribute", "group", "n", "balanced accuracy", "95% CI", "AUC", "95% CI"], rows) if rows else \
+        "No subgroup attributes (sex, age, site) in participants.tsv."
+    gap = audit.get("largest_gap")
+    if gap:
+        text += (f"\n\n**Largest gap**: {_md(gap['metric'])} differs by {_f(gap['value'])} across "
+                 f"{_md(gap['attribute'])} ({_md(gap['best'])} {_f(gap['best_value'])} vs "
+                 f"{_md(gap['worst'])} {_f(gap['worst_value'])}); the 95% intervals "
+                 f"{'do not overlap' if gap.get('intervals_separate') else 'overlap'}.")
+    return text
+
+
+def _demographics(conf, classes):
+    demo = (conf or {}).get("demographics") or {}
+    if not demo:
+        return "No demographics recorded (confounds.json missing)."
+    rows = []
+    for c in classes:
+        d = demo.get(c, {})
+        age = d.get("age")
+        age_txt = (f"{age['mean']:.1f} ± {age['sd']:.1f} ({age['min']:g}-{age['max']:g})"
+                   if age and age.get("sd") is not None else (f"{age['mean']:.1f}" if age else "n/a"))
+        rows.append((c, d.get("n"), ", ".join(f"{k}: {v}" for k, v in (d.get("sex") or {}).items()) or "n/a",
+                     age_txt, ", ".join(f"{k}: {v}" for k, v in (d.get("site") or {}).items()) or "n/a"))
+    return _table(["class", "participants", "sex", "age, mean ± sd (range)", "site"], rows)
+
+
+def _confounds(conf, metrics):
+    parts = []
+    tests = (conf or {}).get("tests") or {}
+    rows = [(col, t.get("test") or "not tested", _f(t.get("statistic")), _f(t.get("p_value"), 4),
+             f"{t.get('effect')} {_f(t.get('effect_size'))}" if t.get("effect") else "n/a",
+             "**yes**" if t.get("entangled") else "no") for col, t in tests.items()]
+    if rows:
+        parts.append(_table(["column", "test", "statistic", "p", "effect size", "entangled"], rows))
+    else:
+        parts.append("No site, age or sex column to test.")
+    probe = (metrics or {}).get("site_probe")
+    if probe and probe.get("balanced_accuracy") is not None:
+        cnn = (metrics or {}).get("cnn") or {}
+        line = (f"Site probe: the site is predicted from {_md(probe.get('features'))} with balanced accuracy "
+                f"{_f(probe['balanced_accuracy'])} {_ci(probe.get('ci'))} (chance {_f(probe.get('chance'))}), "
+                f"beside a diagnosis balanced accuracy of {_f(cnn.get('balanced_accuracy'))} (CNN).")
+        cnn_probe = probe.get("cnn") or {}
+        if cnn_probe.get("balanced_accuracy") is not None:
+            line += (f" From the CNN's penultimate features: {_f(cnn_probe['balanced_accuracy'])} "
+                     f"{_ci(cnn_probe.get('ci'))}.")
+        after = probe.get("after_combat")
+        if after and after.get("balanced_accuracy") is not None:
+            line += f" After ComBat inside folds: {_f(after['balanced_accuracy'])} {_ci(after.get('ci'))}."
+        parts.append(line)
+    return "\n\n".join(parts)
+
+
+def _attribution(run_dir):
+    lines = []
+    for path in sorted((Path(run_dir) / "attribution").glob("*/attribution.json")):
+        doc = _load(path) or {}
+        uses = {}
+        for s in doc.get("subjects") or []:
+            uses[s.get("model_use", "unknown")] = uses.get(s.get("model_use", "unknown"), 0) + 1
+        line = (f"- {_md(doc.get('method', path.parent.name))}: maps of {sum(uses.values())} scans, "
+                + ", ".join(f"{v} {_md(k)}" for k, v in sorted(uses.items())) + ".")
+        sanity = _load(path.parent / "sanity.json")
+        line += (" Sanity checks: " + _md(str(sanity)[:300]) if sanity else
+                 " Sanity checks (model-parameter randomisation): not computed.")
+        lines.append(line)
+    return "\n".join(lines) or "No attribution maps in this run yet (`neuroml attribute`)."
+
+
+def model_card_text(run_dir):
+    """The model card of a run folder as Markdown text."""
+    run_dir = Path(run_dir)
+    config = _load(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise InputError("not a neuroml run folder (config.json missing)", run_dir)
+    metrics = _load(run_dir / "metrics.json") or {}
+    conf = _load(run_dir / "confounds.json") or {}
+    classes = [str(c) for c in config.get("classes") or []]
+    entangled = conf.get("entangled") or []
+    cv = config.get("cv", "n/a")
+    limits = [
+        "Estimates come from cross-validation within one cohort; performance on other scanners, sites, "
+        "populations or acquisition protocols is unknown until tested on them.",
+        f"With {config.get('n_participants')} participants the intervals are wide; subgroups are smaller still "
+        "and their intervals wider (groups under 4 participants are not compared).",
+        "Attribution maps show what the network used, not the biology of a disorder; they can highlight "
+        "site or acquisition differences.",
+        "Labels are taken as given in participants.tsv; diagnostic error and comorbidity are not modelled.",
+    ]
+    if entangled:
+        limits.insert(0, f"**The label is entangled with {', '.join(entangled)} in the training data**: the "
+                         "model may have learned the site (or age/sex) rather than the diagnosis. Compare "
+                         "leave-one-site-out results and the site probe before trusting any figure.")
+    if cv == "leave-one-site-out":
+        limits.append("Leave-one-site-out: each figure is measured on a site the fold model never saw.")
+    else:
+        limits.append("Pooled k-fold: test participants share sites with training participants; site "
+                      "effects can inflate these figures (run with leave-one-site-out to check).")
+    return "\n".join([
+        f"# Model card: {_md(run_dir.name)}",
+        "",
+        "## Model details",
+        _table(["item", "value"], [
+            ("network", config.get("model")), ("classes", ", ".join(classes)),
+            ("label column", config.get("label_column")), ("evaluation", f"{cv}, {config.get('folds')} folds"),
+            ("grid resolution (mm)", config.get("resolution_mm")), ("seed", config.get("seed")),
+            ("harmonization (baseline)", config.get("harmonize") or "none"),
+            ("neuroml version", config.get("neuroml_version", __version__))]),
+        "",
+        "## Intended use",
+        "Research: studying whether structural MRI carries group-level information about the classes above, "
+        "comparing methods, and generating hypotheses about brain regions, on data like the training data.",
+        "",
+        "## Not intended for",
+        "- Diagnosing, screening or treating any individual, or any decision about a person's care, "
+        "insurance, employment or legal situation.",
+        "- Data from scanners, sites, age ranges or populations absent from the training data (see below).",
+        "- Claims of causal or mechanistic brain differences between the classes.",
+        "",
+        "## Training data",
+        f"{config.get('n_participants')} participants, {config.get('n_scans')} scans; label column "
+        f"'{_md(config.get('label_column'))}'. Demographics per class:",
+        "",
+        _demographics(conf, classes),
+        "",
+        "## Confounds checked before training",
+        _confounds(conf, metrics),
+        "",
+        "## Performance (out-of-fold, 95% bootstrap intervals)",
+        _performance(metrics, classes),
+        "",
+        "## Performance per subgroup (CNN)",
+        _subgroups((metrics.get("audit") or {}).get("cnn")),
+        "",
+        "## Attribution trust checks",
+        _attribution(run_dir),
+        "",
+        "## Known limits",
+        *[f"- {x}" for x in limits],
+        "",
+    ])
+
+
+def write_model_card(run_dir, path=None):
+    """Write ``RUN/model_card.md`` (atomically) and return its path."""
+    run_dir = Path(run_dir)
+    return write_text_atomic(path or run_dir / "model_card.md", model_card_text(run_dir))

@@ -1,0 +1,215 @@
+"""Site and demographic confounds: are diagnosis and site (age, sex) entangled, and can the
+site be read from the inputs?
+
+:func:`association_tests` runs before training on one row per participant: chi-square
+with Cramér's V for categorical columns (site, sex), Kruskal-Wallis and one-way ANOVA
+with eta squared for numeric ones (age). :func:`site_probe` trains a logistic regression
+to predict the site from the same features as the baseline, in cross-validation folds,
+and reports its balanced accuracy beside chance: a model can learn whatever the probe
+can.
+"""
+
+import logging
+import warnings
+
+import numpy as np
+
+from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
+
+__all__ = ["association_tests", "cramers_v", "site_probe", "ALPHA", "STRONG_V"]
+
+log = logging.getLogger("neuroml")
+
+#: Significance level of the association tests.
+ALPHA = 0.05
+#: Cramér's V (or eta squared's square root) from which an association is called entangled
+#: whatever its p-value (small cohorts lack power).
+STRONG_V = 0.5
+
+
+def cramers_v(table):
+    """Cramér's V of a contingency table (0: independent, 1: one determines the other).
+
+    Examples
+    --------
+    >>> round(cramers_v([[10, 0], [0, 10]]), 3)
+    1.0
+    >>> round(cramers_v([[5, 5], [5, 5]]), 3)
+    0.0
+    """
+    from scipy.stats import chi2_contingency
+
+    t = np.asarray(table, dtype=float)
+    t = t[t.sum(1) > 0][:, t.sum(0) > 0]
+    if min(t.shape) < 2:
+        return 0.0
+    chi2 = chi2_contingency(t, correction=False)[0]
+    return float(np.sqrt(chi2 / (t.sum() * (min(t.shape) - 1))))
+
+
+def _numeric(values):
+    try:
+        arr = np.asarray([float(v) for v in values], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if np.isfinite(arr).all() and len(np.unique(arr)) > 5 else None
+
+
+def _missing(v):
+    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() in ("", "n/a", "nan")
+
+
+def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V):
+    """Test each column for association with the labels (one row per participant).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Diagnosis of each participant.
+    columns : dict of str to sequence
+        Column name -> value of each participant (e.g. site, age, sex); missing values are dropped.
+    alpha : float, default=0.05
+    strong : float, default=0.5
+        Effect size (Cramér's V, or sqrt of eta squared) called entangled at any p-value.
+
+    Returns
+    -------
+    dict
+        Column -> ``{"test", "statistic", "p_value", "effect_size", "effect", "n",
+        "entangled", "table" (counts per label for categorical columns) or "by_label"
+        (median per label for numeric ones)}``.
+
+    Examples
+    --------
+    >>> out = association_tests(["a"] * 10 + ["b"] * 10, {"site": ["S"] * 10 + ["T"] * 10})
+    >>> out["site"]["entangled"], out["site"]["effect_size"]
+    (True, 1.0)
+    """
+    from scipy import stats
+
+    labels = np.asarray([str(v) for v in labels], dtype=object)
+    out = {}
+    for name, values in columns.items():
+        values = list(values)
+        keep = np.array([not _missing(v) for v in values])
+        lab = labels[keep]
+        vals = [values[i] for i in np.flatnonzero(keep)]
+        levels = sorted(set(lab.tolist()))
+        if len(vals) < 3 or len(levels) < 2:
+            out[name] = {"test": None, "n": len(vals), "entangled": False, "note": "too few participants or classes"}
+            continue
+        num = _numeric(vals)
+        if num is not None:
+            groups = [num[lab == c] for c in levels]
+            groups = [g for g in groups if len(g)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kw = stats.kruskal(*groups)
+                anova = stats.f_oneway(*groups)
+            grand = num.mean()
+            ss_between = sum(len(g) * (g.mean() - grand) ** 2 for g in groups)
+            ss_total = float(((num - grand) ** 2).sum())
+            eta2 = float(ss_between / ss_total) if ss_total > 0 else 0.0
+            p = float(kw.pvalue) if np.isfinite(kw.pvalue) else 1.0
+            out[name] = {"test": "Kruskal-Wallis", "statistic": round(float(kw.statistic), 6), "p_value": p,
+                         "anova_F": None if not np.isfinite(anova.statistic) else round(float(anova.statistic), 6),
+                         "anova_p": None if not np.isfinite(anova.pvalue) else float(anova.pvalue),
+                         "effect": "eta squared", "effect_size": round(eta2, 6), "n": int(len(num)),
+                         "by_label": {c: float(np.median(num[lab == c])) for c in levels if np.any(lab == c)}}
+            strength = np.sqrt(eta2)
+        else:
+            from scipy.stats import chi2_contingency
+
+            vals = np.asarray([str(v) for v in vals], dtype=object)
+            cats = sorted(set(vals.tolist()))
+            table = np.array([[int(np.sum((lab == c) & (vals == s))) for s in cats] for c in levels])
+            if len(cats) < 2:
+                out[name] = {"test": None, "n": int(len(vals)), "entangled": False, "note": "a single value"}
+                continue
+            chi2, p, dof, _ = chi2_contingency(table, correction=False)
+            v = cramers_v(table)
+            out[name] = {"test": "chi-square", "statistic": round(float(chi2), 6), "dof": int(dof),
+                         "p_value": float(p), "effect": "Cramér's V", "effect_size": round(v, 6),
+                         "n": int(len(vals)), "table": {c: dict(zip(cats, map(int, row)))
+                                                        for c, row in zip(levels, table)}}
+            strength = v
+        out[name]["entangled"] = bool(out[name]["p_value"] < alpha or strength >= strong)
+    return out
+
+
+def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n_bootstrap=1000,
+               harmonizer=None, covariates=None):
+    """How well the site can be predicted from ``features``, out of fold.
+
+    A standardised logistic regression (balanced class weights) predicts the site of each
+    held-out participant. The folds are ``splits`` (train + val -> test) when they are
+    k-fold splits; with leave-one-site-out splits (a held-out site is never seen) or none,
+    stratified group k-fold on the site with ``folds`` folds.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, p)
+        One row per scan (e.g. atlas region means).
+    sites : sequence of str
+    participant_ids : sequence of str
+    splits : list of dict, optional
+    folds, seed, n_bootstrap : int
+    harmonizer : callable, optional
+        Factory of a site harmonizer (e.g. :class:`~neuroml.training.harmonize.ComBat`),
+        fitted on each fold's training rows only; the probe then measures what is left.
+    covariates : ndarray of shape (n, q), optional
+        Passed to the harmonizer.
+
+    Returns
+    -------
+    dict
+        ``balanced_accuracy``, ``ci``, ``chance``, ``n_sites``, ``sites``, ``folds``, ``scheme``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.asarray(features, dtype=float)
+    sites = np.asarray([str(s) for s in sites], dtype=object)
+    pids = np.asarray(participant_ids, dtype=object)
+    levels = sorted(set(sites.tolist()))
+    if len(levels) < 2:
+        return {"balanced_accuracy": None, "note": "a single site", "n_sites": len(levels), "sites": levels}
+    y = np.array([levels.index(s) for s in sites])
+    if splits and splits[0].get("test_site") is None:
+        parts = [(np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"]))) for f in splits]
+        scheme = "the run's folds"
+    else:
+        n_f = int(max(2, min(folds, np.bincount(y).min())))
+        sgkf = StratifiedGroupKFold(n_splits=n_f, shuffle=True, random_state=int(seed) % (2**32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [(np.isin(np.arange(len(y)), tr), np.isin(np.arange(len(y)), te))
+                     for tr, te in sgkf.split(features, y, groups=pids)]
+        scheme = f"stratified group {n_f}-fold on the site"
+    proba = np.full((len(y), len(levels)), np.nan)
+    for train, test in parts:
+        if not test.any() or len(set(y[train])) < 2:
+            continue
+        xtr, xte = features[train], features[test]
+        if harmonizer is not None:
+            cov = None if covariates is None else np.asarray(covariates, float)
+            h = harmonizer().fit(xtr, sites[train], None if cov is None else cov[train])
+            xtr = h.transform(xtr, sites[train], None if cov is None else cov[train])
+            xte = h.transform(xte, sites[test], None if cov is None else cov[test])
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
+                                                                 random_state=seed))
+        clf.fit(xtr, y[train])
+        p = np.zeros((int(test.sum()), len(levels)))
+        p[:, clf[-1].classes_] = clf.predict_proba(xte)
+        proba[test] = p
+    done = np.isfinite(proba).all(1)
+    if not done.any():
+        return {"balanced_accuracy": None, "note": "no fold could be trained", "n_sites": len(levels), "sites": levels}
+    bacc = balanced_accuracy(y[done], proba[done].argmax(1), len(levels))
+    return {"balanced_accuracy": round(bacc, 6),
+            "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
+            "chance": round(1.0 / len(levels), 6), "n_sites": len(levels), "sites": levels,
+            "n": int(done.sum()), "folds": len(parts), "scheme": scheme,
+            "model": "StandardScaler + LogisticRegression(class_weight='balanced')"}

@@ -1,0 +1,291 @@
+"""The trust checks of a training run, called by :func:`~neuroml.training.train_run`.
+
+Before training, :func:`confound_check` summarises the cohort per class and tests
+diagnosis against site, age and sex (``RUN/confounds.json``, with a logged warning when
+they are entangled). After training, :func:`trust_metrics` adds to ``metrics.json`` the
+bias audit of the CNN and the baseline, the site probe, and (when asked) the baseline
+with ComBat harmonization fitted inside each fold.
+"""
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from neuroml._utils.options import look_up_option
+from neuroml.errors import NeuromlError
+from neuroml.training.audit import audit_groups, subgroup_audit
+from neuroml.training.confounds import association_tests, site_probe
+
+__all__ = ["HARMONIZERS", "confound_check", "trust_metrics", "demographics", "site_column_of"]
+
+log = logging.getLogger("neuroml")
+
+#: Harmonization methods of ``train_run(harmonize=...)``.
+HARMONIZERS = ("combat",)
+
+
+def site_column_of(table, site_column=None, site_info_column="site"):
+    """The participants column holding the site: the leave-one-site-out column, else
+    ``site_info_column`` when present, else None."""
+    if site_column:
+        return site_column
+    return site_info_column if site_info_column and site_info_column in table.columns else None
+
+
+def _participant_rows(cohort):
+    """One row per participant: (participant_id, label)."""
+    seen = {}
+    for p, lab in zip(cohort.participant_ids, cohort.labels):
+        seen.setdefault(p, lab)
+    return list(seen), [seen[p] for p in seen]
+
+
+def demographics(table, pids, labels, classes, site_col=None):
+    """Per class: n, sex counts, age (mean, sd, min, max) and site counts (plain dict)."""
+    out = {}
+    lab = np.asarray(labels, dtype=object)
+    sub = table.reindex(pids)
+    for c in classes:
+        sel = sub[lab == c]
+        entry = {"n": int(len(sel))}
+        if "sex" in sub.columns:
+            entry["sex"] = {str(k): int(v) for k, v in sel["sex"].astype(str).value_counts().sort_index().items()}
+        if "age" in sub.columns:
+            age = pd.to_numeric(sel["age"], errors="coerce").dropna()
+            if len(age):
+                entry["age"] = {"mean": round(float(age.mean()), 2), "sd": round(float(age.std(ddof=1)), 2)
+                                if len(age) > 1 else None, "min": float(age.min()), "max": float(age.max())}
+        if site_col and site_col in sub.columns:
+            entry["site"] = {str(k): int(v) for k, v in sel[site_col].astype(str).value_counts().sort_index().items()}
+        out[str(c)] = entry
+    return out
+
+
+def confound_check(cohort, site_col=None, extra_columns=()):
+    """Association of the diagnosis with site, age, sex (and ``extra_columns``), before training.
+
+    Returns
+    -------
+    dict
+        ``{"label_column", "site_column", "tests": {column: ...}, "entangled": [columns],
+        "demographics": {class: ...}}``; a warning is logged for each entangled column.
+    """
+    pids, labels = _participant_rows(cohort)
+    table = cohort.table
+    missing = [c for c in extra_columns if c not in table.columns]
+    if missing:  # before training, not after it
+        from neuroml.errors import InputError
+
+        raise InputError(f"audit column {missing[0]!r} not found (columns: {list(table.columns)})",
+                         cohort.participants_path)
+    columns = {}
+    for col in [site_col, "age", "sex", *extra_columns]:
+        if col and col in table.columns and col != cohort.label_column and col not in columns:
+            columns[col] = table[col].reindex(pids).tolist()
+    tests = association_tests(labels, columns)
+    entangled = [c for c, t in tests.items() if t.get("entangled")]
+    for c in entangled:
+        t = tests[c]
+        log.warning("confound: %s is associated with %s (%s, p = %.3g, %s = %.2f); a model may learn %s "
+                    "instead of the diagnosis (see confounds.json and the site probe)", cohort.label_column, c,
+                    t["test"], t["p_value"], t["effect"], t["effect_size"], c)
+    return {"label_column": cohort.label_column, "site_column": site_col, "n_participants": len(pids),
+            "tests": tests, "entangled": entangled,
+            "demographics": demographics(table, pids, labels, cohort.classes, site_col)}
+
+
+def _covariates(table, pids):
+    """Age (standardised) and sex (0/1) per row as ComBat covariates, and their names;
+    a column is left out when absent, incomplete or constant."""
+    cols, names = [], []
+    if "age" in table.columns:
+        age = pd.to_numeric(table["age"].reindex(pids), errors="coerce").to_numpy(dtype=float)
+        if np.isfinite(age).all() and np.ptp(age) > 0:
+            cols.append((age - age.mean()) / age.std())
+            names.append("age")
+    if "sex" in table.columns:
+        sex = table["sex"].reindex(pids).astype(str).to_numpy()
+        levels = sorted(set(sex.tolist()))
+        if len(levels) == 2 and "nan" not in levels and "n/a" not in levels:
+            cols.append((sex == levels[1]).astype(float))
+            names.append("sex")
+    return (np.stack(cols, axis=1) if cols else None), names
+
+
+def region_features(cohort, src, src_rows):
+    """AAL region means of every scan (as the baseline uses), or None when the atlas is unavailable."""
+    from neuroml.io.atlases import atlas_on_grid
+    from neuroml.training.baseline import region_means
+
+    try:
+        atlas, _ = atlas_on_grid("aal", cohort.cache.affine, cohort.cache.shape)
+    except (NeuromlError, OSError) as exc:
+        log.warning("site probe skipped: %s", exc)
+        return None
+    return region_means(src, atlas)[0][src_rows]
+
+
+def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
+    classes = cohort.classes
+    y = table_pred["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    proba = table_pred[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    cols = ("sex", "age") + ((site_col,) if site_col else ())
+    groups = audit_groups(cohort.table, table_pred["participant_id"].tolist(), cols, tuple(audit_columns))
+    return subgroup_audit(y, proba, classes, groups, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def penultimate_features(model, volumes, rows, batch_size=8, device="cpu"):
+    """Inputs of the network's last linear layer (its penultimate features) for ``volumes[rows]``.
+
+    Returns
+    -------
+    ndarray of shape (len(rows), d)
+    """
+    import torch
+
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linear:
+        raise NeuromlError(f"{type(model).__name__} has no linear layer to read penultimate features from")
+    captured = []
+    handle = linear[-1].register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach().float().cpu()))
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                block = np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows[start:start + batch_size]])
+                model(torch.from_numpy(block[:, None]).to(device))
+    finally:
+        handle.remove()
+    return torch.cat(captured).flatten(1).numpy().astype(np.float64)
+
+
+def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, seed=0, n_bootstrap=1000,
+                   device="cpu"):
+    """Site probe on each fold model's penultimate features (k-fold runs only).
+
+    For fold ``k``, a logistic regression learns the site from the features that fold's
+    model gives its training and validation participants and predicts its test participants.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
+
+    if splits and splits[0].get("test_site") is not None:
+        return {"balanced_accuracy": None, "note": "not defined for leave-one-site-out (the test site is unseen)"}
+    sites = np.asarray([str(s) for s in sites], dtype=object)
+    pids = np.asarray(participant_ids, dtype=object)
+    levels = sorted(set(sites.tolist()))
+    y = np.array([levels.index(s) for s in sites])
+    proba = np.full((len(y), len(levels)), np.nan)
+    models = dict(fold_models)
+    for f in splits:
+        train, test = np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"]))
+        if not test.any() or len(set(y[train])) < 2 or f["fold"] not in models:
+            continue
+        feats = penultimate_features(models[f["fold"]], src, np.asarray(src_rows), device=device)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
+                                                                 random_state=seed))
+        clf.fit(feats[train], y[train])
+        p = np.zeros((int(test.sum()), len(levels)))
+        p[:, clf[-1].classes_] = clf.predict_proba(feats[test])
+        proba[test] = p
+    done = np.isfinite(proba).all(1)
+    if not done.any():
+        return {"balanced_accuracy": None, "note": "no fold could be probed"}
+    return {"balanced_accuracy": round(balanced_accuracy(y[done], proba[done].argmax(1), len(levels)), 6),
+            "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
+            "chance": round(1.0 / len(levels), 6), "n": int(done.sum()), "scheme": "the run's folds",
+            "features": "penultimate features of each fold's CNN (input of its last linear layer)"}
+
+
+def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstrap=1000, site_col=None,
+                  audit_columns=(), harmonize=None, baseline_predictions=None, fold_models=None, device="cpu"):
+    """Bias audit, site probe and harmonized baseline of a trained run (a dict for metrics.json).
+
+    Parameters
+    ----------
+    cohort : neuroml.data.Cohort
+    predictions : pandas.DataFrame
+        Out-of-fold CNN predictions (``predictions.tsv``).
+    splits : list of dict
+    src, src_rows
+        Volumes and the row of each cohort scan in them.
+    seed, n_bootstrap : int
+    site_col : str, optional
+        Participants column holding the site.
+    audit_columns : sequence of str
+        More participants columns to audit.
+    harmonize : {None, "combat"}
+        Also evaluate the baseline with the features harmonized inside each fold.
+    baseline_predictions : pandas.DataFrame, optional
+        Out-of-fold baseline predictions, audited too.
+    fold_models : list of (int, torch.nn.Module), optional
+        The run's fold models: the site is also probed from their penultimate features
+        (``site_probe["cnn"]``, k-fold runs only).
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    dict
+        ``{"audit": {"cnn": ..., "baseline": ...}, "site_probe": {...}, "baseline_harmonized": {...}}``
+        (keys present when computed).
+    """
+    out = {"audit": {"cnn": _audit(predictions, cohort, site_col, audit_columns, n_bootstrap, seed)}}
+    if baseline_predictions is not None:
+        out["audit"]["baseline"] = _audit(baseline_predictions, cohort, site_col, audit_columns, n_bootstrap, seed)
+    if harmonize is not None:
+        harmonize = look_up_option("harmonize", harmonize, HARMONIZERS)
+        if not site_col:
+            raise NeuromlError("harmonize='combat' needs a site column in participants.tsv "
+                               "(site_info_column or site_column)")
+    if not site_col:
+        return out
+    features = region_features(cohort, src, src_rows)
+    if features is None:
+        return out
+    sites = [str(s) for s in cohort.column(site_col)]
+    probe = site_probe(features, sites, cohort.participant_ids, splits, seed=seed, n_bootstrap=n_bootstrap)
+    probe["features"] = f"mean intensity of {features.shape[1]} AAL regions"
+    cov, cov_names = _covariates(cohort.table, cohort.participant_ids)
+    if harmonize == "combat":
+        try:
+            out["baseline_harmonized"], probe["after_combat"] = _harmonized(
+                cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, probe["features"])
+        except NeuromlError as exc:  # a harmonization failure must not lose the trained run
+            log.warning("harmonized baseline skipped: %s", exc)
+            out["baseline_harmonized"] = {"error": str(exc)}
+    if fold_models:
+        try:
+            probe["cnn"] = cnn_site_probe(fold_models, splits, src, src_rows, sites, cohort.participant_ids, seed,
+                                          n_bootstrap, device)
+        except (NeuromlError, RuntimeError) as exc:
+            log.warning("CNN site probe skipped: %s", exc)
+            probe["cnn"] = {"balanced_accuracy": None, "note": str(exc)[:200]}
+    out["site_probe"] = probe
+    return out
+
+
+def _harmonized(cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, feature_text):
+    """Baseline and site probe with ComBat fitted inside each fold's training rows."""
+    from neuroml.training.baseline import baseline_cv
+    from neuroml.training.harmonize import ComBat
+    from neuroml.training.metrics import classification_report
+    from neuroml.training.predict import predictions_table
+
+    after = site_probe(features, sites, cohort.participant_ids, splits, seed=seed,
+                       n_bootstrap=n_bootstrap, harmonizer=ComBat, covariates=cov)
+    proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed,
+                              harmonizer=ComBat, sites=sites, covariates=cov)
+    tested = fold >= 0
+    table = predictions_table(np.asarray(cohort.participant_ids, dtype=object)[tested], proba[tested],
+                              cohort.classes, cohort.y[tested], fold[tested])
+    y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
+    rep = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
+                                n_bootstrap=n_bootstrap, seed=seed)
+    rep["model"] = "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
+    rep["covariates_kept"] = cov_names
+    rep["features"] = feature_text
+    return rep, after

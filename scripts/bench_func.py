@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Benchmark the resting-state pipeline on a synthetic cohort with planted effects.
+
+Steps (each timed): generate a synthetic fMRIPrep-style cohort (``neuroml.synth.make_func_cohort``;
+patients: larger amplitude and weaker network coupling in planted AAL regions) -> BOLD maps on
+the MNI grid (``run_participant_level(modality="func")``) -> CNN on derived maps with
+subject-level cross-validation (``train_run(inputs=...)``) -> connectome baseline in the same
+folds (``connectome_run``: tangent space + logistic regression) -> attribution of the
+patient class (``attribute_run``) and the rank of each planted region in the AAL region table
+of the class's group map (1 = highest mean attribution).
+
+Usage::
+
+    python scripts/bench_func.py --n-subjects 40 --json bench_func.json
+"""
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _ranks(run_dir, method, cls, planted):
+    table = pd.read_csv(Path(run_dir) / "attribution" / method / f"regions_atlas-aal_class-{cls}.tsv", sep="\t")
+    order = table.sort_values("rank")
+    rank_of = dict(zip(order["region"], order["rank"]))
+    return {r: int(rank_of[r]) if r in rank_of else None for r in planted}, order["region"].head(5).tolist()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-subjects", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=float, default=4.0)
+    p.add_argument("--n-volumes", type=int, default=100)
+    p.add_argument("--amplitude-effect", type=float, default=0.8, help="see make_func_cohort")
+    p.add_argument("--decoupling", type=float, default=0.8, help="see make_func_cohort")
+    p.add_argument("--inputs", nargs="+", default=["alff", "falff", "reho"])
+    p.add_argument("--confounds", default="simple")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--methods", nargs="+", default=["integrated_gradients", "gradcam"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temporary folder)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from neuroml.attribution import attribute_run
+    from neuroml.functional.connectome import connectome_run
+    from neuroml.preprocessing import run_participant_level
+    from neuroml.synth.func import make_func_cohort
+    from neuroml.training import train_run
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="neuroml-bench-func-"))
+    if work.exists() and any(work.iterdir()):
+        p.error(f"--workdir {work} is not empty: the timings need a fresh folder")
+    work.mkdir(parents=True, exist_ok=True)
+    out = {"command": "python scripts/bench_func.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "n_subjects": args.n_subjects, "resolution_mm": args.resolution, "n_volumes": args.n_volumes,
+           "inputs": args.inputs, "confounds": args.confounds, "amplitude_effect": args.amplitude_effect,
+           "decoupling": args.decoupling, "epochs": args.epochs, "folds": args.folds,
+           "threads": os.environ.get("OMP_NUM_THREADS")}
+    t = time.perf_counter()
+    synth = make_func_cohort(work / "bids", n_subjects=args.n_subjects, seed=args.seed, resolution=args.resolution,
+                             n_volumes=args.n_volumes, amplitude_effect=args.amplitude_effect,
+                             decoupling=args.decoupling, overwrite=True)
+    out["synth_s_per_subject"] = round((time.perf_counter() - t) / args.n_subjects, 2)
+    planted = synth["planted"]
+
+    t = time.perf_counter()
+    res = run_participant_level(work / "bids", work / "deriv", resolution=args.resolution, modality="func",
+                                show_progress=False, func_params={"confounds": args.confounds})
+    wall = time.perf_counter() - t
+    sides = [json.loads(s.read_text()) for s in sorted((work / "deriv").glob("sub-*/func/*_desc-maps_bold.json"))]
+    totals = [s["Timings"]["total"] for s in sides]
+    out["preprocess"] = {"n_done": res.n_done, "failures": [str(f) for f in res.failures],
+                         "wall_s": round(wall, 1), "s_per_subject_median": round(float(np.median(totals)), 2),
+                         "s_per_subject_max": round(float(np.max(totals)), 2),
+                         "steps_median_s": {k: round(float(np.median([s["Timings"][k] for s in sides])), 2)
+                                            for k in sides[0]["Timings"]}}
+
+    t = time.perf_counter()
+    run = work / "run"
+    summary = train_run(work / "deriv", run, inputs=args.inputs, epochs=args.epochs, folds=args.folds,
+                        seed=args.seed, device=args.device, show_progress=False, n_bootstrap=1000)
+    train_s = time.perf_counter() - t
+    metrics = json.loads((run / "metrics.json").read_text())
+    out["cnn"] = {"balanced_accuracy": summary["balanced_accuracy"], "ci95": summary["balanced_accuracy_ci"],
+                  "auc": summary["auc_macro"], "train_s": round(train_s, 1),
+                  "train_s_per_subject": round(train_s / args.n_subjects, 2)}
+    base = metrics.get("baseline", {})
+    out["region_mean_baseline"] = {"balanced_accuracy": base.get("balanced_accuracy"),
+                                   "ci95": base.get("ci", {}).get("balanced_accuracy")}
+    t = time.perf_counter()
+    conn = connectome_run(run, work / "deriv")
+    out["connectome"] = {"balanced_accuracy": conn["balanced_accuracy"],
+                         "ci95": conn.get("ci", {}).get("balanced_accuracy"), "auc": conn.get("auc_macro"),
+                         "features": conn["features"], "seconds": round(time.perf_counter() - t, 1)}
+    out["attribution"] = {}
+    for method in args.methods:
+        t = time.perf_counter()
+        attribute_run(run, work / "deriv", method=method, target="true", show_progress=False)
+        entry = {"seconds_per_subject": round((time.perf_counter() - t) / args.n_subjects, 3)}
+        for cls, regions in planted.items():
+            ranks, top5 = _ranks(run, method, cls, regions)
+            entry[cls] = {"planted_ranks": ranks, "top5": top5,
+                          "planted_in_top5": sum(1 for r in ranks.values() if r is not None and r <= 5),
+                          "n_planted": len(regions)}
+        out["attribution"][method] = entry
+    out["workdir"] = str(work)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
