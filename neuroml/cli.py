@@ -60,14 +60,17 @@ def build_parser():
     s.add_argument("--n-subjects", type=_positive_int, default=30)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--classes", nargs="+", default=None, help="class labels, healthy class first (default: control MDD SCZ)")
-    s.add_argument("--voxel-scale", type=float, default=1.0, help="multiply every site's voxel size (2 = coarser, smaller files)")
-    s.add_argument("--n-jobs", type=_positive_int, default=1)
+    s.add_argument("--voxel-scale", type=float, default=1.0,
+                   help="anat only: multiply every site's voxel size (2 = coarser, smaller files)")
+    s.add_argument("--n-jobs", type=_positive_int, default=1, help="anat only: parallel subjects")
+    s.add_argument("--n-volumes", type=_positive_int, default=100, help="func only: BOLD volumes per run (TR 2 s)")
+    s.add_argument("--func-resolution", type=float, default=4.0, help="func only: voxel size in mm (default 4)")
     s.add_argument("--modality", default="anat", choices=["anat", "func"],
                    help="anat: T1w scans; func: resting-state BOLD in fMRIPrep style with confounds")
     s.add_argument("--func-layout", default="fmriprep", choices=["fmriprep", "raw"],
                    help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds")
 
-    s = sub.add_parser("preprocess", help="T1w to MNI space (BIDS-App: participant or group level)")
+    s = sub.add_parser("preprocess", help="T1w and/or BOLD to MNI space (BIDS-App: participant or group level)")
     s.add_argument("bids_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("analysis_level", choices=["participant", "group"])
@@ -188,20 +191,20 @@ def _dispatch(args):
     from neuroml.pipeline import run_pipeline, run_step
 
     c = args.command
-    if c == "synth" and args.modality == "func":
-        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
-                      layout=args.func_layout, show_progress=not args.quiet)
-        if args.classes:
-            params["classes"] = tuple(args.classes)
-        run_step("synth_func", **params)
-        print(args.out_bids)
-        return 0
     if c == "synth":
-        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
-                      voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, show_progress=not args.quiet)
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed, show_progress=not args.quiet)
         if args.classes:
             params["classes"] = tuple(args.classes)
-        run_step("synth", **params)
+        if args.modality == "func":
+            if args.voxel_scale != 1.0 or args.n_jobs != 1:
+                from neuroml.errors import ConfigError
+
+                raise ConfigError("--voxel-scale and --n-jobs apply to --modality anat only; "
+                                  "use --func-resolution and --n-volumes for func")
+            run_step("synth_func", layout=args.func_layout, n_volumes=args.n_volumes,
+                     resolution=args.func_resolution, **params)
+        else:
+            run_step("synth", voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, **params)
         print(args.out_bids)
         return 0
     if c == "preprocess":

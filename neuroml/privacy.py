@@ -165,7 +165,11 @@ def _inside(path, folder):
 
 
 def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True):
-    """Write a de-identified copy of a raw BIDS dataset (anatomical scans).
+    """Write a de-identified copy of a raw BIDS dataset (anatomical and functional scans).
+
+    NIfTI images and JSON sidecars under ``anat/`` and ``func/`` are copied with their
+    identifying header fields blanked and sidecar fields dropped; other files (events,
+    physiology, other modalities) are left out.
 
     Parameters
     ----------
@@ -220,7 +224,7 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True):
     removed, n_img, n_side, subjects = set(), 0, 0, set()
     label = re.compile(r"^sub-[A-Za-z0-9]+")
     for path in sorted(bids_dir.glob("sub-*/**/*")):
-        if not path.is_file() or "anat" not in path.parent.parts:
+        if not path.is_file() or not {"anat", "func"} & set(path.relative_to(bids_dir).parts[:-1]):
             continue
         rel = path.relative_to(bids_dir)
         sub = rel.parts[0]

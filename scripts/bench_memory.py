@@ -16,7 +16,6 @@ table row per stage: stage, peak RSS (MiB), wall time (s). ``--json FILE`` also 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time

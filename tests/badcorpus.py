@@ -319,3 +319,14 @@ def assert_every_final_file_is_complete(folder):
 
 def assert_no_temporaries(folder):
     assert not [p for p in Path(folder).rglob(".*.tmp*")], "temporary files left behind"
+
+
+def small_raw_cohort(root, seed):
+    """``root/bids``: two coarse synthetic subjects, raw BIDS only (ground truth removed)."""
+    import shutil
+
+    from neuroml.synth import make_cohort
+
+    make_cohort(Path(root) / "bids", n_subjects=2, voxel_scale=3.0, seed=seed)
+    shutil.rmtree(Path(root) / "bids" / "derivatives", ignore_errors=True)
+    return Path(root) / "bids"

@@ -33,3 +33,15 @@ def _restore_neuroml_logger():
     yield
     log.handlers[:] = saved[0]
     log.propagate, log.level = saved[1], saved[2]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (restored after): small models run faster and
+    results do not depend on the machine's core count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

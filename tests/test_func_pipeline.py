@@ -213,8 +213,11 @@ def test_cli_synth_and_preprocess_func(tmp_path, capsys):
         main(["preprocess", str(tmp_path / "nope"), str(tmp_path / "o"), "participant", "--modality", "fun"])
     assert exc.value.code == 2
     bids = tmp_path / "bids"
-    assert main(["-q", "synth", str(bids), "--modality", "func", "--n-subjects", "2"]) == 0
+    assert main(["-q", "synth", str(tmp_path / "x"), "--modality", "func", "--voxel-scale", "2"]) == 2
+    assert "--modality anat only" in capsys.readouterr().err
+    assert main(["-q", "synth", str(bids), "--modality", "func", "--n-subjects", "2", "--n-volumes", "60"]) == 0
     assert (bids / "sub-002" / "func" / "sub-002_task-rest_desc-confounds_timeseries.tsv").is_file()
+    assert nib.load(next((bids / "sub-001" / "func").glob("*_bold.nii.gz"))).shape[3] == 60
     assert read_json(bids / "derivatives" / "groundtruth" / "planted_regions.json")["modality"] == "func"
     out = tmp_path / "deriv"
     assert main(["-q", "preprocess", str(bids), str(out), "participant", "--modality", "func",

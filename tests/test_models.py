@@ -11,12 +11,7 @@ _SHAPES = {"compact": (19, 23, 20), "densenet121": (32, 32, 32), "resnet10": (16
            "resnet18": (16, 16, 16), "resnet34": (16, 16, 16)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -4,7 +4,6 @@ Every case must give a one-line error naming the file and the problem (no traceb
 other subjects of a batch must complete, and nothing may be written outside the output folder.
 """
 
-import logging
 import os
 import re
 import subprocess
@@ -24,15 +23,6 @@ from neuroml.preprocessing import read_failures, run_participant_level
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 6.0
-
-
-@pytest.fixture(autouse=True)
-def _restore_logger():
-    """``main()`` installs a stderr handler; do not leave one bound to a closed capture stream."""
-    log = logging.getLogger("neuroml")
-    saved = log.handlers[:], log.level, log.propagate
-    yield
-    log.handlers[:], log.level, log.propagate = saved
 
 
 def cli(*args, cwd=None, timeout=300):

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from badcorpus import assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives
+from badcorpus import (assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives,
+                       small_raw_cohort)
 
 pytestmark = pytest.mark.slow
 
@@ -145,12 +146,7 @@ def crash_and_resume(args_for, clean_args, tmp_path, marker_for, seed, resume_fl
 # --------------------------------------------------------------------------- preprocess
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    from neuroml.synth import make_cohort
-
-    root = tmp_path_factory.mktemp("crash_raw")
-    make_cohort(root / "bids", n_subjects=2, voxel_scale=3.0, seed=1)
-    shutil.rmtree(root / "bids" / "derivatives", ignore_errors=True)
-    return root / "bids"
+    return small_raw_cohort(tmp_path_factory.mktemp("crash_raw"), seed=1)
 
 
 @pytest.mark.parametrize("seed", [11])

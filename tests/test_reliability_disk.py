@@ -9,28 +9,19 @@ rerun once the problem is gone must finish the work.
 """
 
 import errno
-import logging
 import os
-import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from badcorpus import assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives
+from badcorpus import (assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives,
+                       small_raw_cohort)
 from neuroml._utils import fileio
 from neuroml.cli import main
 from neuroml.errors import OutputError
 from neuroml.training.checkpoint import save_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _restore_logger():
-    log = logging.getLogger("neuroml")
-    saved = log.handlers[:], log.level, log.propagate
-    yield
-    log.handlers[:], log.level, log.propagate = saved
 
 
 class _FullDisk:
@@ -102,12 +93,7 @@ def test_unwritable_folder_creation(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- preprocess
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    from neuroml.synth import make_cohort
-
-    root = tmp_path_factory.mktemp("disk_raw")
-    make_cohort(root / "bids", n_subjects=2, voxel_scale=3.0, seed=2)
-    shutil.rmtree(root / "bids" / "derivatives", ignore_errors=True)
-    return root / "bids"
+    return small_raw_cohort(tmp_path_factory.mktemp("disk_raw"), seed=2)
 
 
 def test_preprocess_disk_full_stops_with_one_line_then_resumes(raw, tmp_path, monkeypatch, capsys):

@@ -46,7 +46,6 @@ def _refused(exc, name):
        shape=st.tuples(*[st.integers(2, 6)] * 3))
 def test_any_affine_is_accepted_only_when_usable(tmp_path_factory, affine, shape):
     """Any sform in a file's header: accepted (and kept) only when finite and invertible."""
-    full = np.vstack([affine, [0, 0, 0, 1]])
     data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     img = nib.Nifti1Image(data, np.eye(4))
     bio = io.BytesIO()

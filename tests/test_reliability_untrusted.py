@@ -5,7 +5,6 @@ never created and that the refusal is a one-line error naming the file.
 """
 
 import io
-import logging
 import os
 import pickle
 import re
@@ -25,14 +24,6 @@ from neuroml.errors import InputError
 from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logger():
-    log = logging.getLogger("neuroml")
-    saved = log.handlers[:], log.level, log.propagate
-    yield
-    log.handlers[:], log.level, log.propagate = saved
 
 
 class Payload:

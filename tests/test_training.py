@@ -54,12 +54,7 @@ def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), re
     return deriv
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

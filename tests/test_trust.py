@@ -37,12 +37,7 @@ def neuroml_log(caplog):
     logger.handlers[:] = state[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_site_cohort(root, n=16, entangled=True, seed=0, extra=None):
@@ -321,6 +316,13 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
     nib.save(img, bids / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_T1w.nii.gz")
     (bids / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_T1w.json").write_text(
         json.dumps({"PatientName": "ZZ Jane Doe", "EchoTime": 0.003}))
+    (bids / "sub-01" / "ses-a" / "func").mkdir()
+    bold = nib.Nifti1Image(np.zeros((4, 4, 3, 5), np.float32), np.eye(4))
+    bold.header["aux_file"] = b"ZZ Jane"
+    nib.save(bold, bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_bold.nii.gz")
+    (bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_bold.json").write_text(
+        json.dumps({"InstitutionName": "ZZ Jane Hospital", "RepetitionTime": 2.0, "TaskName": "rest"}))
+    (bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_events.tsv").write_text("onset\nZZ Jane\n")
     key_file = tmp_path / "key.txt"
     key_file.write_bytes(b"a-secret-key-of-enough-bytes")
     assert main(["-q", "deidentify", str(bids), str(tmp_path / "out"), "--key-file", str(key_file)]) == 0
@@ -330,6 +332,12 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
     np.testing.assert_array_equal(np.asarray(nib.load(scan).dataobj), np.asarray(img_3d.dataobj))
     side = json.loads(scan.with_name(f"{new}_ses-a_T1w.json").read_text())
     assert side == {"EchoTime": 0.003}
+    func = tmp_path / "out" / new / "ses-a" / "func"
+    assert sorted(p.name for p in func.iterdir()) == [f"{new}_ses-a_task-rest_bold.json",
+                                                      f"{new}_ses-a_task-rest_bold.nii.gz"]  # events left out
+    assert nib.load(func / f"{new}_ses-a_task-rest_bold.nii.gz").shape == (4, 4, 3, 5)
+    assert json.loads((func / f"{new}_ses-a_task-rest_bold.json").read_text()) == {"RepetitionTime": 2.0,
+                                                                                   "TaskName": "rest"}
     assert (tmp_path / "out" / "participants.tsv").read_text().splitlines()[1] == f"{new}\tMDD"
     assert find_strings(tmp_path / "out", ["ZZ Jane", "sub-01", "a-secret-key", "Dr X"]) == {}
     args = build_parser().parse_args(["train", "d", "--run-dir", "r", "--leave-one-site-out", "--harmonize", "combat"])

@@ -187,7 +187,8 @@ def write_text_atomic(path, text):
     return Path(path)
 
 
-def _json_default(obj):
+def plain_value(obj):
+    """A numpy scalar or array, or a path, as a plain Python value (the JSON ``default=`` hook)."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -199,7 +200,7 @@ def _json_default(obj):
 
 def write_json_atomic(path, obj):
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=plain_value) + "\n")
 
 
 def read_json(path):

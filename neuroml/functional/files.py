@@ -17,25 +17,11 @@ from neuroml.errors import InputError
 from neuroml.functional.bold import (_DROP, FUNC_PIPELINE_VERSION, check_func_params, in_mni_space, map_names,
                                      preprocess_bold_scan)
 from neuroml.functional.clean import find_confounds_file
-from neuroml.io.bids import Scan, check_label, derivative_name, parse_entities
+from neuroml.io.bids import derivative_name
 from neuroml.io.templates import TEMPLATE_SPACE, res_entity
+from neuroml.preprocessing.t1w import scan_entities
 
 __all__ = ["func_output_paths", "is_func_complete", "preprocess_bold", "find_bold_scans"]
-
-
-def _scan_entities(scan, participant_label=None):
-    if isinstance(scan, Scan):
-        path, entities = scan.path, dict(scan.entities)
-    else:
-        path = Path(scan)
-        entities = parse_entities(path.name)[0]
-        if participant_label is not None:
-            entities = {"sub": check_label(participant_label), **{k: v for k, v in entities.items() if k != "sub"}}
-    if "sub" not in entities:
-        raise InputError("cannot name the outputs: the file name has no 'sub-<label>' entity", path)
-    for key, value in entities.items():
-        check_label(value, what=f"'{key}' entity")
-    return path, entities
 
 
 def func_output_paths(entities, out_dir, params):
@@ -82,7 +68,7 @@ def _required(paths, side):
 
 def is_func_complete(scan, out_dir, sha256=None, **params):
     """True when a BOLD scan's outputs exist and its sidecar matches the input and parameters."""
-    path, entities = _scan_entities(scan)
+    path, entities = scan_entities(scan)
     params = check_func_params(**params)
     paths = func_output_paths(entities, out_dir, params)
     if not paths["sidecar"].is_file():
@@ -134,7 +120,7 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     from neuroml.preprocessing.t1w import itk_threads
 
     params = check_func_params(**params)
-    path, entities = _scan_entities(scan, participant_label)
+    path, entities = scan_entities(scan, participant_label)
     paths = func_output_paths(entities, out_dir, params)
     with contextlib.suppress(FileNotFoundError):
         paths["sidecar"].unlink()

@@ -131,36 +131,25 @@ def _one_line(exc):
     return text[:500]
 
 
-def _func_worker(scan, out_dir, bids_dir, params, n_threads):
-    """:func:`_worker` for a BOLD series (``neuroml.functional``)."""
-    from neuroml.functional.files import func_output_paths, preprocess_bold
-
-    try:
-        preprocess_bold(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
-        return "done", None, None
-    except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
-        tb = traceback.format_exc()
-        with contextlib.suppress(Exception):
-            for path in func_output_paths(scan.entities, out_dir, params).values():
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        return "failed", _one_line(exc), tb
-
-
 def _worker(scan, out_dir, bids_dir, params, n_threads):
-    """Process one scan; never raises (returns the status, reason and traceback).
+    """Process one scan (T1w, or a BOLD series through ``neuroml.functional``); never raises
+    (returns the status, reason and traceback) except for an :class:`OutputError`.
 
     A scan that fails leaves no outputs behind (older ones would not match its input).
     """
     if scan.suffix == "bold":
-        return _func_worker(scan, out_dir, bids_dir, params, n_threads)
+        from neuroml.functional.files import func_output_paths, preprocess_bold
+
+        run, outputs = preprocess_bold, lambda: func_output_paths(scan.entities, out_dir, params)
+    else:
+        run, outputs = preprocess_t1w, lambda: output_paths(scan.entities, out_dir, params["resolution"])
     try:
-        preprocess_t1w(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
+        run(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
         return "done", None, None
     except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
         tb = traceback.format_exc()
         with contextlib.suppress(Exception):
-            for path in output_paths(scan.entities, out_dir, params["resolution"]).values():
+            for path in outputs().values():
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
         if isinstance(exc, OutputError):

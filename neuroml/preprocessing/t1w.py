@@ -323,7 +323,9 @@ def preprocess_scan(img, n_threads=1, name=None, **params):
 
 
 # --------------------------------------------------------------------------- files
-def _entities(scan, participant_label=None):
+def scan_entities(scan, participant_label=None):
+    """``(path, entities)`` of a :class:`~neuroml.io.bids.Scan` or a BIDS-named file; every
+    entity label checked, ``participant_label`` replacing ``sub``."""
     if isinstance(scan, Scan):
         return scan.path, dict(scan.entities)
     path = Path(scan)
@@ -410,7 +412,7 @@ def is_complete(scan, out_dir, sha256=None, **params):
     **params
         Preprocessing parameters (see :data:`DEFAULT_PARAMS`).
     """
-    path, entities = _entities(scan)
+    path, entities = scan_entities(scan)
     params = check_params(**params)
     paths = output_paths(entities, out_dir, params["resolution"])
     if not all(p.is_file() for p in paths.values()):
@@ -462,7 +464,7 @@ def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bid
     InputError, ConfigError
     """
     params = check_params(resolution=resolution, normalization=normalization, **params)
-    path, entities = _entities(scan, participant_label)
+    path, entities = scan_entities(scan, participant_label)
     paths = output_paths(entities, out_dir, params["resolution"])
     _remove_stale_temporaries(paths.values())
     with contextlib.suppress(FileNotFoundError):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuroml._utils.fileio import atomic_path
+from neuroml._utils.fileio import atomic_path, plain_value
 from neuroml.errors import InputError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "plain"]
@@ -23,12 +23,8 @@ def plain(obj):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, (np.generic, np.ndarray, Path)):
+        return plain_value(obj)
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
         return obj
     raise TypeError(f"checkpoint values must be tensors or plain types, got {type(obj).__name__}")
