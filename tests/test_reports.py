@@ -183,10 +183,15 @@ def test_report_shows_the_connectome_baseline_and_the_inputs(tmp_path, rng):
     assert "<th>connectome baseline</th><th>connectome baseline 95% CI</th>" in metrics
     assert "<td>0.812</td><td>[0.600, 0.975]</td>" in metrics  # balanced accuracy and its CI
     assert "<td>0.938</td>" in metrics  # AUC
-    assert f"kind {esc}, atlas aal" in metrics and "116 aal regions" in metrics
+    assert f"kind {esc}, atlas aal; tangent connectivity {esc}" in metrics
     assert f"CNN inputs: alff, falff, {esc} (3 channels)" in metrics
     assert f"<td>CNN inputs (channels)</td><td>alff, falff, {esc} (3 channels)</td>" in text  # run summary
     assert "Connectome baseline 0.812 (95% CI [0.600, 0.975])" in text  # trust checks line
+    for key in ("kind", "atlas"):  # a file written before these keys existed
+        del conn[key]
+    (run / "connectome_metrics.json").write_text(json.dumps(conn))
+    text = build_report(run).read_text()
+    assert f"connectome_metrics.json): tangent connectivity {esc};" in text and "kind n/a" not in text
 
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])

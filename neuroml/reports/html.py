@@ -148,10 +148,11 @@ def _connectome(run_dir):
 def _connectome_note(conn):
     """One paragraph describing the connectome baseline and its figures."""
     kind, atlas = conn.get("kind"), conn.get("atlas")
-    what = (f"{kind} connectivity of {conn.get('n_regions', 'n/a')} {atlas} regions" if kind or atlas
-            else conn.get("features") or "connectivity features")
-    return (f"<p class='note' id='connectome'>Connectome baseline (connectome_metrics.json): kind "
-            f"{_e(kind or 'n/a')}, atlas {_e(atlas or 'n/a')}; {_e(what)}; {_e(conn.get('model') or '')}; "
+    named = ", ".join(f"{k} {v}" for k, v in (("kind", kind), ("atlas", atlas)) if v)  # absent in older files
+    what = conn.get("features") or (f"{kind} connectivity of {conn.get('n_regions', 'n/a')} {atlas} regions"
+                                    if kind and atlas else "connectivity features")
+    return (f"<p class='note' id='connectome'>Connectome baseline (connectome_metrics.json): "
+            f"{_e(named + '; ' if named else '')}{_e(what)}; {_e(conn.get('model') or '')}; "
             f"fitted in the run's folds ({_e(conn.get('n_participants', 'n/a'))} participants with atlas time "
             f"series). Balanced accuracy {_e(_num(conn.get('balanced_accuracy')))} "
             f"(95% CI {_e(_ci(conn, 'balanced_accuracy'))}), AUC {_e(_num(conn.get('auc_macro')))}.</p>")
