@@ -1,5 +1,6 @@
 """BOLD pipeline: confound strategies, scrubbing, plain BOLD, registration, real nibabel 4D files, batch."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -270,3 +271,66 @@ def test_batch_modality_both_puts_t1w_and_bold_maps_on_one_grid(cohort, tmp_path
     again = run_participant_level(bids, out, resolution=RES, modality="both", show_progress=False,
                                   func_params={"seeds": {}})
     assert (again.n_done, again.n_skipped) == (0, 2)
+
+
+# --------------------------------------------------------------------------- group-level QC of BOLD
+def test_group_level_qc_includes_bold_series(cohort, tmp_path):
+    """Coverage, volumes, mean FD and robust-z flags per BOLD series; a high-motion series is flagged."""
+    import shutil
+
+    from neuroml.cli import main
+    from neuroml.preprocessing import run_participant_level
+
+    bids = tmp_path / "bids"
+    shutil.copytree(cohort, bids, ignore=shutil.ignore_patterns("derivatives"))
+    table = bids / "sub-004" / "func" / "sub-004_task-rest_desc-confounds_timeseries.tsv"
+    conf = pd.read_csv(table, sep="\t", na_values=["n/a"])
+    conf["framewise_displacement"] *= 8  # sub-004 moves a lot
+    conf.to_csv(table, sep="\t", index=False, na_rep="n/a")
+    out = tmp_path / "deriv"
+    res = run_participant_level(bids, out, resolution=RES, modality="func", show_progress=False,
+                                func_params={"seeds": {}})
+    assert res.n_done == 4
+    side = read_json(next(out.glob("sub-004/func/*_desc-maps_bold.json")))
+    assert side["FramewiseDisplacement"]["mean_fd_mm"] == pytest.approx(conf["framewise_displacement"].mean(), abs=1e-3)
+    # a sidecar of an older version (no FramewiseDisplacement): read from the raw confounds table
+    old = next(out.glob("sub-001/func/*_desc-maps_bold.json"))
+    doc = read_json(old)
+    fd1 = doc.pop("FramewiseDisplacement")["mean_fd_mm"]
+    old.write_text(json.dumps(doc))
+    with open(out / "failures.tsv", "w") as fh:  # a hostile reason must come out escaped
+        fh.write("participant_id\tfile\treason\nsub-99\tx<b>.nii\t<script>alert(1)</script>\n")
+    assert main(["-q", "preprocess", str(bids), str(out), "group"]) == 0
+
+    qc = pd.read_csv(out / "group_qc_bold.tsv", sep="\t", na_values=["n/a"]).set_index("participant_id")
+    assert list(qc.index) == ["sub-001", "sub-002", "sub-003", "sub-004"]
+    assert qc.loc["sub-001", "mean_fd_mm"] == pytest.approx(fd1)
+    assert (qc["n_volumes"] == 60).all() and (qc["volumes_dropped"] == 0).all()
+    assert (qc["coverage"] > 0.5).all() and qc["registration_metric"].isna().all()  # already in MNI space
+    assert qc.loc["sub-004", "z_mean_fd_mm"] > 3 and bool(qc.loc["sub-004", "outlier"])
+    assert not qc.loc["sub-004", "qc_pass"] and "mean_fd_mm" in qc.loc["sub-004", "outlier_reasons"]
+    assert not qc.drop("sub-004")["outlier"].any() and qc.drop("sub-004")["qc_pass"].all()
+    assert not (out / "group_qc.tsv").exists()  # no T1w in this folder
+    text = (out / "group_qc.html").read_text()
+    assert "Resting-state BOLD" in text and "<script>" not in text and "&lt;script&gt;" in text
+    assert text.count("data:image/png;base64,") == 4  # one mean-BOLD picture per series
+    assert "mean framewise displacement" in text and "OUTLIER (mean_fd_mm z" in text
+
+
+def test_bold_qc_rows_flag_the_series_that_differs():
+    from neuroml.preprocessing.qc import bold_qc_rows
+
+    def row(**kw):
+        return {"coverage": 0.98, "registration_metric": None, "n_volumes": 200, "volumes_dropped": 0,
+                "mean_fd_mm": 0.1, **kw}
+
+    rows = bold_qc_rows([row(), row(), row(), row(coverage=0.97), row(volumes_dropped=50), row(coverage=0.70)])
+    assert [r["outlier"] for r in rows] == [False, False, False, False, True, True]
+    assert rows[4]["z_dropped_fraction"] > 3 and "dropped_fraction" in rows[4]["outlier_reasons"]
+    assert not rows[4]["qc_pass"] and "25% of the volumes dropped" in rows[4]["reasons"][0]
+    assert rows[5]["qc_pass"] and rows[5]["z_coverage"] < -3  # low coverage: an outlier, not an exclusion rule
+    assert all(r["z_registration_metric"] is None for r in rows)  # not registered: no score, no flag
+    registered = bold_qc_rows([row(registration_metric=m) for m in (-0.80, -0.82, -0.79, -0.81, -0.30)])
+    assert [r["outlier"] for r in registered] == [False] * 4 + [True]  # a worse (higher) metric
+    two = bold_qc_rows([row(mean_fd_mm=0.1), row(mean_fd_mm=2.0)])  # too few series for a robust z
+    assert not any(r["outlier"] for r in two) and not two[1]["qc_pass"]

@@ -143,11 +143,18 @@ def test_connectome_run_in_the_folds_of_a_run(func_deriv):
     assert main(["-q", "connectome", str(run), str(func_deriv / "deriv")]) == 0
     out = json.loads((run / "connectome_metrics.json").read_text())
     assert out["n_participants"] == 12 and 0 <= out["balanced_accuracy"] <= 1 and "tangent" in out["features"]
+    assert out["kind"] == "tangent" and out["atlas"] == "aal" and out["n_regions"] > 50
     pred = pd.read_csv(run / "connectome_predictions.tsv", sep="\t")
     splits = json.loads((run / "splits.json").read_text())
     folds = splits["folds"] if isinstance(splits, dict) else splits
     test_of = {p: f["fold"] for f in folds for p in f["test"]}
     assert all(test_of[p] == f for p, f in zip(pred["participant_id"], pred["fold"]))
+    from neuroml.reports import build_report
+
+    text = build_report(run, func_deriv / "report_alff.html").read_text()  # the report shows the baseline
+    assert "connectome baseline" in text and "kind tangent, atlas aal" in text
+    assert f"Balanced accuracy {out['balanced_accuracy']:.3f}" in text
+    assert "CNN inputs: alff (1 channel)" in text
 
 
 def test_load_timeseries_drops_regions_without_signal(tmp_path):

@@ -161,6 +161,50 @@ def test_report_without_attribution_and_leaky_splits(tmp_path, rng):
     assert text.count("data:image/png;base64,") == 3
 
 
+def _connectome_metrics(rng):
+    metrics, y, proba = _metrics(rng)
+    conn = dict(metrics["cnn"])
+    conn.update({"model": f"logistic regression {EVIL}", "kind": EVIL, "atlas": "aal", "n_regions": 116,
+                 "n_participants": 6, "features": f"tangent connectivity {EVIL}"})
+    return conn
+
+
+def test_report_shows_the_connectome_baseline_and_the_inputs(tmp_path, rng):
+    run = make_run(tmp_path, rng, attribution=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "inputs": ["alff", "falff", EVIL]}))
+    conn = _connectome_metrics(rng)
+    conn["balanced_accuracy"], conn["ci"]["balanced_accuracy"], conn["auc_macro"] = 0.8125, [0.6, 0.975], 0.9375
+    (run / "connectome_metrics.json").write_text(json.dumps(conn))
+    text = build_report(run).read_text()
+    assert EVIL not in text and "<script" not in text.lower()
+    esc = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    metrics = text[text.index("id='metrics'"):text.index("id='trust'")]
+    assert "<th>connectome baseline</th><th>connectome baseline 95% CI</th>" in metrics
+    assert "<td>0.812</td><td>[0.600, 0.975]</td>" in metrics  # balanced accuracy and its CI
+    assert "<td>0.938</td>" in metrics  # AUC
+    assert f"kind {esc}, atlas aal; tangent connectivity {esc}" in metrics
+    assert f"CNN inputs: alff, falff, {esc} (3 channels)" in metrics
+    assert f"<td>CNN inputs (channels)</td><td>alff, falff, {esc} (3 channels)</td>" in text  # run summary
+    assert "Connectome baseline 0.812 (95% CI [0.600, 0.975])" in text  # trust checks line
+    for key in ("kind", "atlas"):  # a file written before these keys existed
+        del conn[key]
+    (run / "connectome_metrics.json").write_text(json.dumps(conn))
+    text = build_report(run).read_text()
+    assert f"connectome_metrics.json): tangent connectivity {esc};" in text and "kind n/a" not in text
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
+def test_report_without_a_usable_connectome_file(tmp_path, rng, content):
+    run = make_run(tmp_path, rng, attribution=False)
+    if content is not None:
+        (run / "connectome_metrics.json").write_text(content)
+    text = build_report(run).read_text()
+    assert "connectome baseline" not in text.lower() and "id='connectome'" not in text
+    assert "<td>CNN inputs (channels)</td><td>T1w (1 channel)</td>" in text  # no "inputs" in config: the T1w
+    assert "Classification (out-of-fold)" in text
+
+
 def test_report_needs_a_run_folder(tmp_path):
     with pytest.raises(InputError, match="config.json"):
         build_report(tmp_path)

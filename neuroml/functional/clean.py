@@ -21,7 +21,8 @@ from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import derivative_name, parse_entities
 
-__all__ = ["STRATEGIES", "find_confounds_file", "load_confounds", "clean_series", "interpolate_censored"]
+__all__ = ["STRATEGIES", "find_confounds_file", "load_confounds", "clean_series", "interpolate_censored",
+           "framewise_displacement_summary"]
 
 log = logging.getLogger("neuroml")
 
@@ -50,6 +51,35 @@ def find_confounds_file(bold_path):
         if candidate.is_file():
             return candidate
     return None
+
+
+def framewise_displacement_summary(table):
+    """Mean and largest framewise displacement (mm) of an fMRIPrep confounds table.
+
+    Parameters
+    ----------
+    table : str or Path
+        ``*_desc-confounds_timeseries.tsv`` with a ``framewise_displacement`` column (its
+        first value is ``n/a`` in fMRIPrep: no previous volume).
+
+    Returns
+    -------
+    dict or None
+        ``mean_fd_mm``, ``max_fd_mm``, ``n_volumes`` (rows with a value); None when the
+        table has no such column or no value in it.
+    """
+    import pandas as pd
+
+    try:
+        fd = pd.read_csv(table, sep="\t", usecols=["framewise_displacement"], na_values=["n/a"])
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    values = pd.to_numeric(fd["framewise_displacement"], errors="coerce").to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    return {"mean_fd_mm": round(float(values.mean()), 4), "max_fd_mm": round(float(values.max()), 4),
+            "n_volumes": int(values.size)}
 
 
 def load_confounds(bold_path, strategy="simple", **options):

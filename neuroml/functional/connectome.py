@@ -200,7 +200,8 @@ def connectome_run(run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=
     out.update({"model": "StandardScaler + LogisticRegression(C=1, class_weight='balanced')",
                 "features": f"{kind} connectivity (nilearn ConnectivityMeasure, LedoitWolf, fitted in each "
                             f"training fold) of {len(regions)} {atlas} regions",
-                "n_regions": len(regions), "n_participants": int(tested.sum()), "folds": "the run's splits.json"})
+                "kind": kind, "atlas": atlas, "n_regions": len(regions), "n_participants": int(tested.sum()),
+                "folds": "the run's splits.json"})
     write_json_atomic(Path(run_dir) / "connectome_metrics.json", out)
     log.info("connectome baseline (%s): balanced accuracy %.3f", kind, out.get("balanced_accuracy") or float("nan"))
     return out

@@ -16,7 +16,7 @@ from neuroml._utils.provenance import package_versions
 from neuroml.errors import InputError
 from neuroml.functional.bold import (_DROP, FUNC_PIPELINE_VERSION, check_func_params, in_mni_space, map_names,
                                      preprocess_bold_scan)
-from neuroml.functional.clean import find_confounds_file
+from neuroml.functional.clean import find_confounds_file, framewise_displacement_summary
 from neuroml.io.bids import derivative_name
 from neuroml.io.templates import TEMPLATE_SPACE, res_entity
 from neuroml.preprocessing.t1w import scan_entities
@@ -156,6 +156,7 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
         "NumberOfVolumes": info["n_volumes"],
         "NumberOfVolumesKept": info["n_volumes_kept"],
         "DroppedVolumes": info["dropped_volumes"],
+        "FramewiseDisplacement": (None if table is None else framewise_displacement_summary(table)),
         "Registered": result.transform is not None,
         "SpaceHandling": info["space_handling"],
         "Registration": info.get("registration"),

@@ -372,12 +372,82 @@ def _sidecars(out_dir):
         yield path
 
 
+def _bold_sidecars(out_dir):
+    yield from sorted(out_dir.glob("sub-*/**/func/*_desc-maps_bold.json"))
+
+
+def _raw_root(out_dir):
+    """The raw dataset of a derivatives folder, or None."""
+    from neuroml.data import participants_file
+
+    try:
+        return participants_file(out_dir).parent
+    except (InputError, OSError):
+        return None
+
+
+def _bold_row(out_dir, path, side, raw_root):
+    """One BOLD QC row (see :func:`neuroml.preprocessing.qc.bold_qc_rows`) from a maps sidecar."""
+    from neuroml.functional.clean import framewise_displacement_summary
+
+    entities = parse_entities(path.name)[0]
+    n = int(side["NumberOfVolumes"])
+    dropped = side.get("DroppedVolumes") or []
+    registration = side.get("Registration") or {}
+    fd = side.get("FramewiseDisplacement")
+    if fd is None and "FramewiseDisplacement" not in side and side.get("ConfoundsFile") and raw_root is not None:
+        # sidecar written before the field existed: read the confounds table of the raw dataset
+        table = raw_root / Path(str(side["SourceFile"])).parent / str(side["ConfoundsFile"])
+        fd = framewise_displacement_summary(table) if table.is_file() else None
+    metric = registration.get("metric") if isinstance(registration, dict) else None
+    raw = {k: v for k, v in entities.items() if k not in ("space", "res", "desc")}
+    return {
+        "participant_id": f"sub-{entities['sub']}",
+        "file": str(side["SourceFile"]),
+        "n_volumes": n,
+        "volumes_dropped": len(dropped),
+        "mean_fd_mm": float(fd["mean_fd_mm"]) if isinstance(fd, dict) and fd.get("mean_fd_mm") is not None else None,
+        "coverage": float(side["Coverage"]),
+        "registered": bool(side.get("Registered")),
+        "registration_metric": float(metric) if metric is not None else None,
+        "figure": out_dir / f"sub-{entities['sub']}" / "figures" / derivative_name(raw, "bold", ".png", desc="qc"),
+        "mean_map": path.parent / str((side.get("Maps") or {}).get("mean", "")),
+        "mask": path.parent / str(side.get("Mask", "")),
+        "resolution": float(side["Resolution"]),
+        "sidecar": path,
+    }
+
+
+def _bold_figure(row):
+    """The mean BOLD volume with the template's edges (made when missing or older than its sidecar)."""
+    import nibabel as nib
+    import numpy as np
+
+    from neuroml.preprocessing.qc import qc_figure
+
+    fig, mean_map, mask = row["figure"], row["mean_map"], row["mask"]
+    if fig.is_file() and fig.stat().st_mtime >= row["sidecar"].stat().st_mtime:
+        return
+    if not mean_map.is_file():
+        return
+    try:
+        data = np.asarray(nib.load(str(mean_map)).dataobj, dtype=np.float32)
+        fov = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask.is_file() else None
+        fig.parent.mkdir(parents=True, exist_ok=True)
+        qc_figure(data, row["resolution"], fig, title=f"{row['participant_id']} mean BOLD", fov=fov)
+    except (OSError, ValueError, NeuromlError) as exc:  # a picture never stops the group QC
+        log.warning("%s: QC picture not drawn (%s)", mean_map, exc)
+
+
 def run_group_level(out_dir):
     """Summarize the QC of every processed scan (BIDS-App group level).
 
-    Writes ``OUT/group_qc.tsv`` (participant_id, file, correlation, coverage,
-    brain_volume_ml, qc_pass, robust_z, outlier) and ``OUT/group_qc.html`` (the table and
-    every QC picture, embedded).
+    Writes ``OUT/group_qc.tsv`` (T1w: participant_id, file, correlation, coverage,
+    brain_volume_ml, qc_pass, robust_z, outlier), ``OUT/group_qc_bold.tsv`` (BOLD series:
+    volumes, volumes dropped by scrubbing, mean framewise displacement, coverage,
+    registration metric, qc_pass, robust z-scores, outlier; see
+    :func:`neuroml.preprocessing.qc.bold_qc_rows`) and ``OUT/group_qc.html`` (the tables and
+    every QC picture, embedded). Each file is written only when there are scans of its kind.
 
     Parameters
     ----------
@@ -418,9 +488,22 @@ def run_group_level(out_dir):
         raw = {k: v for k, v in entities.items() if k not in ("space", "res", "desc")}
         row["figure"] = out_dir / f"sub-{raw['sub']}" / "figures" / derivative_name(raw, "T1w", ".png", desc="qc")
         rows.append(row)
-    if not rows:
+    bold_rows, raw_root, looked = [], None, False
+    for path in _bold_sidecars(out_dir):
+        try:
+            side = read_json(path)
+            if not looked and "FramewiseDisplacement" not in side:
+                raw_root, looked = _raw_root(out_dir), True
+            row = _bold_row(out_dir, path, side, raw_root)
+        except (InputError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
+            continue
+        _bold_figure(row)
+        bold_rows.append(row)
+    if not rows and not bold_rows:
         raise InputError("no preprocessed scans found (run the participant level first)", out_dir)
-    _, html_path = write_group_qc(rows, out_dir, failures=read_failures(out_dir))
-    n_bad = sum(not r["qc_pass"] or r["outlier"] for r in rows)
-    log.info("group QC: %d scans, %d flagged -> %s", len(rows), n_bad, html_path)
+    _, html_path = write_group_qc(rows, out_dir, failures=read_failures(out_dir), bold_rows=bold_rows)
+    n_bad = sum(not r["qc_pass"] or r["outlier"] for r in rows + bold_rows)
+    log.info("group QC: %d T1w scans, %d BOLD series, %d flagged -> %s", len(rows), len(bold_rows), n_bad,
+             html_path)
     return html_path

@@ -14,6 +14,16 @@ Per scan (:func:`registration_qc`):
 Per group (:func:`write_group_qc`): a TSV with one row per processed scan and a robust
 z-score of r (``(r - median) / (1.4826 MAD)``; ``outlier`` when below -3), and one HTML
 page with every QC picture embedded.
+
+BOLD series (:func:`bold_qc_rows`, written by :func:`write_group_qc` as ``group_qc_bold.tsv``
+and a section of the same page): brain coverage, registration metric (Mattes mutual
+information of the mean volume against the template, more negative is better; only for
+series registered by neuroml), volumes dropped by scrubbing, mean framewise displacement
+(from the fMRIPrep confounds table). Each gets a robust z-score in its bad direction with
+a floor on the scale (:data:`BOLD_MIN_SCALE`: a group where every series has the same
+value, e.g. none scrubbed, still flags the one that differs by a meaningful amount);
+``outlier`` when one is beyond 3. ``qc_pass`` applies the usual exclusion rules: mean FD
+<= 0.5 mm and at most 20 % of the volumes dropped (Power et al. 2012; Parkes et al. 2018).
 """
 
 import base64
@@ -25,12 +35,23 @@ import numpy as np
 from neuroml._utils.fileio import atomic_path, write_text_atomic
 from neuroml.io.templates import brain_mask_on_grid, target_grid, template_on_grid
 
-__all__ = ["fov_mask", "registration_qc", "correlation_in_mask", "qc_figure", "robust_z", "write_group_qc"]
+__all__ = ["fov_mask", "registration_qc", "correlation_in_mask", "qc_figure", "robust_z", "write_group_qc",
+           "bold_qc_rows"]
 
 log = logging.getLogger("neuroml")
 
 #: Robust z-score of r below which a scan is flagged as an outlier of its group.
 OUTLIER_Z = -3.0
+
+#: BOLD QC measures: column -> (+1 when larger is worse, -1 when smaller is worse).
+BOLD_MEASURES = {"coverage": -1, "registration_metric": +1, "dropped_fraction": +1, "mean_fd_mm": +1}
+
+#: Smallest scale of each BOLD measure's robust z (a difference this large is one z unit).
+BOLD_MIN_SCALE = {"coverage": 0.01, "registration_metric": 0.02, "dropped_fraction": 0.02, "mean_fd_mm": 0.02}
+
+#: Exclusion rules of ``qc_pass`` for BOLD: largest mean FD (mm), largest share of dropped volumes.
+BOLD_MAX_MEAN_FD = 0.5
+BOLD_MAX_DROPPED = 0.2
 
 
 def correlation_in_mask(a, b, mask):
@@ -174,8 +195,11 @@ def qc_figure(data, resolution, path, title="", fov=None):
     return path
 
 
-def robust_z(values):
+def robust_z(values, min_scale=0.0):
     """Robust z-scores ``(x - median) / (1.4826 MAD)``; 0 where the MAD is 0.
+
+    With ``min_scale > 0`` the scale is ``max(1.4826 MAD, min_scale)``, so values equal
+    for most of the group do not hide the one that differs.
 
     Examples
     --------
@@ -188,10 +212,58 @@ def robust_z(values):
     if x.size == 0:
         return x
     med = np.median(x)
-    mad = 1.4826 * np.median(np.abs(x - med))
+    mad = max(1.4826 * np.median(np.abs(x - med)), float(min_scale))
     if not mad > 0:
         return np.zeros_like(x)
     return (x - med) / mad
+
+
+def bold_qc_rows(rows):
+    """Robust z-scores, outlier flags and ``qc_pass`` of BOLD QC rows (in place).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per series: ``coverage``, ``registration_metric``, ``n_volumes``,
+        ``volumes_dropped``, ``mean_fd_mm`` (None where unknown).
+
+    Returns
+    -------
+    list of dict
+        The rows, with ``dropped_fraction``, ``z_<measure>`` (None where unknown),
+        ``outlier``, ``outlier_reasons``, ``qc_pass`` and ``reasons``.
+
+    Examples
+    --------
+    >>> rows = [{"coverage": 0.99, "registration_metric": None, "n_volumes": 200, "volumes_dropped": d,
+    ...          "mean_fd_mm": 0.1} for d in (0, 0, 0, 0, 60)]
+    >>> [r["outlier"] for r in bold_qc_rows(rows)], rows[-1]["qc_pass"]
+    ([False, False, False, False, True], False)
+    """
+    for r in rows:
+        n, d = r.get("n_volumes"), r.get("volumes_dropped")
+        r["dropped_fraction"] = round(d / n, 4) if isinstance(n, (int, float)) and n and d is not None else None
+    for col, sign in BOLD_MEASURES.items():
+        known = [i for i, r in enumerate(rows) if isinstance(r.get(col), (int, float)) and np.isfinite(r[col])]
+        z = robust_z([rows[i][col] for i in known], BOLD_MIN_SCALE[col]) if len(known) >= 3 else np.zeros(len(known))
+        for r in rows:
+            r[f"z_{col}"] = None
+        for i, zi in zip(known, z):
+            rows[i][f"z_{col}"] = round(float(zi), 2)
+    for r in rows:
+        bad = [c for c, sign in BOLD_MEASURES.items()
+               if r[f"z_{c}"] is not None and sign * r[f"z_{c}"] > -OUTLIER_Z]
+        r["outlier"] = bool(bad)
+        r["outlier_reasons"] = ", ".join(f"{c} z {r[f'z_{c}']:+.1f}" for c in bad)
+        reasons = list(r.get("reasons") or [])
+        fd, frac = r.get("mean_fd_mm"), r.get("dropped_fraction")
+        if fd is not None and fd > BOLD_MAX_MEAN_FD:
+            reasons.append(f"mean framewise displacement {fd:.2f} mm > {BOLD_MAX_MEAN_FD:g} mm")
+        if frac is not None and frac > BOLD_MAX_DROPPED:
+            reasons.append(f"{frac:.0%} of the volumes dropped by scrubbing (> {BOLD_MAX_DROPPED:.0%})")
+        r["reasons"] = reasons
+        r["qc_pass"] = not reasons
+    return rows
 
 
 _CSS = """
@@ -205,22 +277,31 @@ tr.bad td { background: #fde2e2; }
 """
 
 
-def write_group_qc(rows, out_dir, failures=()):
-    """Write ``group_qc.tsv`` and ``group_qc.html`` in ``out_dir``.
+BOLD_COLUMNS = ["participant_id", "file", "n_volumes", "volumes_dropped", "dropped_fraction", "mean_fd_mm",
+                "coverage", "registered", "registration_metric", "qc_pass", "z_coverage", "z_registration_metric",
+                "z_dropped_fraction", "z_mean_fd_mm", "outlier", "outlier_reasons"]
+
+
+def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
+    """Write ``group_qc.tsv`` (T1w), ``group_qc_bold.tsv`` (BOLD) and ``group_qc.html`` in ``out_dir``.
 
     Parameters
     ----------
     rows : list of dict
-        One per scan: ``participant_id``, ``file``, ``correlation``, ``coverage``,
+        One per T1w scan: ``participant_id``, ``file``, ``correlation``, ``coverage``,
         ``brain_volume_ml``, ``qc_pass``, ``figure`` (path of the PNG or None).
     out_dir : Path
     failures : list of dict
         Rows of ``failures.tsv`` (``participant_id``, ``file``, ``reason``), listed too.
+    bold_rows : list of dict
+        One per BOLD series: ``participant_id``, ``file``, ``n_volumes``, ``volumes_dropped``,
+        ``mean_fd_mm``, ``coverage``, ``registered``, ``registration_metric``, ``figure``
+        (see :func:`bold_qc_rows`, applied here).
 
     Returns
     -------
-    (Path, Path)
-        The TSV and the HTML.
+    (Path or None, Path)
+        The T1w TSV (None without T1w rows) and the HTML.
     """
     import pandas as pd
 
@@ -230,51 +311,89 @@ def write_group_qc(rows, out_dir, failures=()):
     for row, zi in zip(rows, z):
         row["robust_z"] = round(float(zi), 2)
         row["outlier"] = bool(zi < OUTLIER_Z)
-    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
-    tsv = out_dir / "group_qc.tsv"
-    write_text_atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a"))
+    tsv = None
+    if rows:
+        df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+        tsv = out_dir / "group_qc.tsv"
+        write_text_atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a"))
+    bold_rows = bold_qc_rows(list(bold_rows))
+    if bold_rows:
+        df = pd.DataFrame([{c: r.get(c) for c in BOLD_COLUMNS} for r in bold_rows], columns=BOLD_COLUMNS)
+        write_text_atomic(out_dir / "group_qc_bold.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a"))
 
     e = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuroml preprocessing QC</title>",
              f"<style>{_CSS}</style></head><body>",
              "<h1>Preprocessing quality control</h1>",
-             f"<p>{len(rows)} scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
+             f"<p>{len(rows)} T1w scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
              f"{sum(r['outlier'] for r in rows)} outliers (robust z of r &lt; {OUTLIER_Z:g}); "
-             f"{len(failures)} could not be processed.</p>",
-             "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"]
-    for r in rows:
-        bad = (not r["qc_pass"]) or r["outlier"]
-        parts.append(f"<tr class='{'bad' if bad else 'ok'}'>"
-                     + "".join(f"<td>{e(str(r.get(c)))}</td>" for c in cols) + "</tr>")
-    parts.append("</table>")
+             + (f"{len(bold_rows)} BOLD series processed; {sum(not r['qc_pass'] for r in bold_rows)} fail QC; "
+                f"{sum(r['outlier'] for r in bold_rows)} outliers; " if bold_rows else "")
+             + f"{len(failures)} could not be processed.</p>"]
+    if rows:
+        parts.append("<h2>T1w</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+        for r in rows:
+            bad = (not r["qc_pass"]) or r["outlier"]
+            parts.append(f"<tr class='{'bad' if bad else 'ok'}'>"
+                         + "".join(f"<td>{e(str(r.get(c)))}</td>" for c in cols) + "</tr>")
+        parts.append("</table>")
+    if bold_rows:
+        parts.append("<h2 id='bold'>Resting-state BOLD</h2>"
+                     f"<p>Robust z-scores (median, 1.4826 MAD with a floor) in each measure's bad direction; "
+                     f"outlier beyond {-OUTLIER_Z:g}. QC fails when the mean framewise displacement exceeds "
+                     f"{BOLD_MAX_MEAN_FD:g} mm or more than {BOLD_MAX_DROPPED:.0%} of the volumes were dropped "
+                     "by scrubbing. The registration metric (Mattes mutual information, lower is better) exists "
+                     "only for series neuroml registered; n/a: not known.</p>")
+        parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in BOLD_COLUMNS) + "</tr>")
+        for r in bold_rows:
+            bad = (not r["qc_pass"]) or r["outlier"]
+            parts.append(f"<tr class='{'bad' if bad else 'ok'}'>"
+                         + "".join(f"<td>{e('n/a' if r.get(c) is None else str(r.get(c)))}</td>"
+                                   for c in BOLD_COLUMNS) + "</tr>")
+        parts.append("</table>")
     if failures:
         parts.append("<h2>Not processed</h2><table><tr><th>participant_id</th><th>file</th><th>reason</th></tr>")
         for f in failures:
             parts.append("<tr class='bad'>" + "".join(
                 f"<td>{e(str(f.get(k, '')))}</td>" for k in ("participant_id", "file", "reason")) + "</tr>")
         parts.append("</table>")
-    parts.append("<h2>Registered scans with the template's edges</h2>")
+    if rows:
+        parts.append("<h2>Registered T1w scans with the template's edges</h2>")
     for r in rows:
-        bad = (not r["qc_pass"]) or r["outlier"]
         flags = []
         if not r["qc_pass"]:
             flags.append("QC FAIL: " + "; ".join(r.get("reasons") or []))
         if r["outlier"]:
             flags.append(f"OUTLIER (robust z {r['robust_z']:.1f})")
-        img = ""
-        fig = r.get("figure")
-        if fig is not None and fig.is_file():
-            b64 = base64.b64encode(fig.read_bytes()).decode("ascii")
-            img = f"<img alt='{e(fig.name)}' src='data:image/png;base64,{b64}'>"
-        else:
-            img = "<p>(no picture)</p>"
-        parts.append(
-            f"<div class='card {'bad' if bad else 'ok'}'>{img}"
-            f"<p><b>{e(str(r['participant_id']))}</b> {e(str(r['file']))}</p>"
-            f"<p>r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, "
-            f"brain {r['brain_volume_ml']:.0f} ml</p>"
-            + "".join(f"<p style='color:#c00'>{e(f)}</p>" for f in flags) + "</div>")
+        parts.append(_card(r, flags, f"r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, "
+                                     f"brain {r['brain_volume_ml']:.0f} ml"))
+    if bold_rows:
+        parts.append("<h2>Mean BOLD volumes on the grid with the template's edges</h2>")
+    for r in bold_rows:
+        flags = []
+        if not r["qc_pass"]:
+            flags.append("QC FAIL: " + "; ".join(r.get("reasons") or []))
+        if r["outlier"]:
+            flags.append(f"OUTLIER ({r['outlier_reasons']})")
+        fd = "n/a" if r.get("mean_fd_mm") is None else f"{r['mean_fd_mm']:.3f} mm"
+        parts.append(_card(r, flags, f"coverage {r['coverage']:.0%}, mean FD {fd}, "
+                                     f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped"))
     parts.append("</body></html>\n")
     out = out_dir / "group_qc.html"
     write_text_atomic(out, "\n".join(parts))
     return tsv, out
+
+
+def _card(r, flags, figures_text):
+    """One picture card of the QC page (escaped)."""
+    e = html.escape
+    bad = bool(flags)
+    fig = r.get("figure")
+    if fig is not None and fig.is_file():
+        b64 = base64.b64encode(fig.read_bytes()).decode("ascii")
+        img = f"<img alt='{e(fig.name)}' src='data:image/png;base64,{b64}'>"
+    else:
+        img = "<p>(no picture)</p>"
+    return (f"<div class='card {'bad' if bad else 'ok'}'>{img}"
+            f"<p><b>{e(str(r['participant_id']))}</b> {e(str(r['file']))}</p><p>{e(figures_text)}</p>"
+            + "".join(f"<p style='color:#c00'>{e(f)}</p>" for f in flags) + "</div>")

@@ -100,6 +100,7 @@ def _summary(run_dir, config, provenance, predictions, splits):
     classes = config.get("classes") or []
     n = len(predictions) if predictions is not None else None
     rows = [("run folder", run_dir.name), ("classes", ", ".join(map(str, classes))),
+            ("CNN inputs (channels)", _inputs_text(config)),
             ("participants with out-of-fold predictions", n if n is not None else "not available")]
     if splits:
         rows.append(("folds", len(splits)))
@@ -122,6 +123,41 @@ def _summary(run_dir, config, provenance, predictions, splits):
     return "\n".join(out)
 
 
+def _inputs_text(config):
+    """The maps the CNN read, one channel each (a run without "inputs" read the T1w)."""
+    inputs = config.get("inputs")
+    if not inputs:
+        return "T1w (1 channel)"
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    names = [str(i) for i in inputs]
+    return f"{', '.join(names)} ({len(names)} channel{'s' if len(names) != 1 else ''})"
+
+
+def _connectome(run_dir):
+    """``RUN/connectome_metrics.json`` (``neuroml connectome``) or None when absent or unreadable."""
+    doc = _load_json(run_dir / "connectome_metrics.json")
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        log.warning("report: skipping %s (not a metrics object)", run_dir / "connectome_metrics.json")
+        return None
+    return doc
+
+
+def _connectome_note(conn):
+    """One paragraph describing the connectome baseline and its figures."""
+    kind, atlas = conn.get("kind"), conn.get("atlas")
+    named = ", ".join(f"{k} {v}" for k, v in (("kind", kind), ("atlas", atlas)) if v)  # absent in older files
+    what = conn.get("features") or (f"{kind} connectivity of {conn.get('n_regions', 'n/a')} {atlas} regions"
+                                    if kind and atlas else "connectivity features")
+    return (f"<p class='note' id='connectome'>Connectome baseline (connectome_metrics.json): "
+            f"{_e(named + '; ' if named else '')}{_e(what)}; {_e(conn.get('model') or '')}; "
+            f"fitted in the run's folds ({_e(conn.get('n_participants', 'n/a'))} participants with atlas time "
+            f"series). Balanced accuracy {_e(_num(conn.get('balanced_accuracy')))} "
+            f"(95% CI {_e(_ci(conn, 'balanced_accuracy'))}), AUC {_e(_num(conn.get('auc_macro')))}.</p>")
+
+
 def _ci(m, key):
     ci = (m.get("ci") or {}).get(key)
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
@@ -129,11 +165,12 @@ def _ci(m, key):
     return "n/a"
 
 
-def _metrics(metrics, classes):
-    if not metrics:
+def _metrics(metrics, classes, connectome=None, config=None):
+    if not metrics and not connectome:
         return "<h2 id='metrics'>Classification</h2><p class='na'>metrics.json not found: no metrics in this run.</p>"
-    models = [(name, m) for name, m in (("CNN", metrics.get("cnn")), ("baseline", metrics.get("baseline")))
-              if isinstance(m, dict)]
+    metrics = metrics or {}
+    models = [(name, m) for name, m in (("CNN", metrics.get("cnn")), ("baseline", metrics.get("baseline")),
+                                        ("connectome baseline", connectome)) if isinstance(m, dict)]
     headers = ["metric"] + [h for name, _ in models for h in (name, f"{name} 95% CI")]
     rows = []
     for key, label in (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
@@ -145,10 +182,17 @@ def _metrics(metrics, classes):
     if any("permutation_p" in m for _, m in models):
         rows.append(["permutation p (balanced accuracy)"] +
                     [v for _, m in models for v in (_num(m.get("permutation_p"), 4), "")])
-    out = ["<h2 id='metrics'>Classification (out-of-fold)</h2>", _table(headers, rows)]
+    out = ["<h2 id='metrics'>Classification (out-of-fold)</h2>"]
+    if not metrics:
+        out.append("<p class='na'>metrics.json not found: no CNN metrics in this run.</p>")
+    out.append(_table(headers, rows))
+    if config is not None:
+        out.append(f"<p class='note'>CNN inputs: {_e(_inputs_text(config))}.</p>")
     desc = (metrics.get("baseline") or {}).get("description") or (metrics.get("baseline") or {}).get("model")
     if desc:
         out.append(f"<p class='note'>Baseline: {_e(desc)}</p>")
+    if connectome:
+        out.append(_connectome_note(connectome))
     return "\n".join(out)
 
 
@@ -351,7 +395,7 @@ def _float(v):
         return None
 
 
-def _trust(run_dir, metrics, splits, predictions, attributions, classes):
+def _trust(run_dir, metrics, splits, predictions, attributions, classes, connectome=None):
     items = []
     if splits:
         try:
@@ -378,6 +422,9 @@ def _trust(run_dir, metrics, splits, predictions, attributions, classes):
             text += " The interval includes or lies below chance."
         if base.get("balanced_accuracy") is not None:
             text += (f" Baseline {_num(base['balanced_accuracy'])} (95% CI {_ci(base, 'balanced_accuracy')}).")
+        if connectome and connectome.get("balanced_accuracy") is not None:
+            text += (f" Connectome baseline {_num(connectome['balanced_accuracy'])} "
+                     f"(95% CI {_ci(connectome, 'balanced_accuracy')}).")
         items.append((state, text))
     if "permutation_p" in cnn:
         items.append(("ok", f"Permutation test of the CNN balanced accuracy: p = {_num(cnn['permutation_p'], 4)}."))
@@ -506,17 +553,18 @@ def build_report(run_dir, out_path=None):
     splits = splits_doc.get("folds") if isinstance(splits_doc, dict) else splits_doc
     predictions = _load_tsv(run_dir / "predictions.tsv")
     attributions = _attributions(run_dir)
+    connectome = _connectome(run_dir)
     from neuroml.reports import trust_sections
 
     parts = [
         _summary(run_dir, config, provenance, predictions, splits),
-        _metrics(metrics, classes),
+        _metrics(metrics, classes, connectome, config),
         _roc_and_confusion(metrics, predictions, classes),
         _training_curve(run_dir),
         *(_attribution_section(folder, doc, config.get("resolution_mm")) for folder, doc in attributions),
         _subjects(predictions, classes, attributions),
         _subject_sections(attributions, config.get("resolution_mm")),
-        _trust(run_dir, metrics, splits, predictions, attributions, classes),
+        _trust(run_dir, metrics, splits, predictions, attributions, classes, connectome),
         *trust_sections.sections(run_dir, metrics, _load_json(run_dir / "confounds.json")),
     ]
     nav = " ".join(f"<a href='#{i}'>{t}</a>" for i, t in (("summary", "Summary"), ("metrics", "Metrics"),
