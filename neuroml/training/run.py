@@ -379,7 +379,8 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                 net = build_model(model, n_classes, in_channels=in_channels, spatial_shape=cache.shape)
             aug = make_augmentation(seed=seed_for(seed, k, "augment")) if augment else None
             train_ds = VolumeDataset(fold_src, cohort.y[part["train"]], fold_rows[part["train"]], transform=aug)
-            val_ds = VolumeDataset(fold_src, cohort.y[part["val"]], fold_rows[part["val"]]) if len(part["val"]) else None
+            val_ds = (VolumeDataset(fold_src, cohort.y[part["val"]], fold_rows[part["val"]])
+                      if len(part["val"]) else None)
             res = fit(net, train_ds, val_ds, settings, _class_weights(cohort.y[part["train"]], n_classes),
                       stream=(seed, k), checkpoint_path=fold_dir / "last.pt", resume=resume,
                       desc=f"fold {k + 1}/{len(splits)}")
@@ -442,12 +443,7 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
     if harm is not None:
         metrics["cnn"]["harmonized_inputs"] = harmonize
         metrics["harmonization"] = _harmonization_summary(harm, harm_info, splits)
-        pos = np.arange(len(cohort))
-
-        def fold_inputs(k):
-            part = next(f for f in splits if f["fold"] == k)["train"]
-            return _harmonize_fold(harm, run_dir / f"fold-{k}", k, src, src_rows, pos[np.isin(pids, part)],
-                                   fit=False, quiet=True)[0], pos
+        fold_inputs = _saved_fold_inputs(harm, run_dir, splits, pids, src, src_rows)
     metrics.update(trust.trust_metrics(cohort, table, splits, src, src_rows, seed, n_bootstrap, site_col,
                                        audit_columns, harmonize, base_table,
                                        Run(run_dir, config, splits).fold_models(dev) if site_col else None, dev,
@@ -525,6 +521,17 @@ def _harmonize_fold(harm, fold_dir, k, src, src_rows, train_pos, fit, quiet=Fals
     out = hv.transform(src, src_rows, harm["sites"], harm["cov"], label=f"fold {k} input ComBat", warn=not quiet)
     return out, {"file": f"fold-{k}/{FOLD_FILE}", "voxels": hv.n_voxels, "training_scans": hv.combat_.n_fit_,
                  "sites": list(hv.combat_.sites_), "unseen_sites": list(hv.unseen_sites_)}
+
+
+def _saved_fold_inputs(harm, run_dir, splits, pids, src, src_rows):
+    """``fold -> (volumes, rows)``: every scan harmonized with the fold's saved ComBat."""
+    pos = np.arange(len(pids))
+
+    def inputs(k):
+        train = next(f for f in splits if f["fold"] == k)["train"]
+        return _harmonize_fold(harm, run_dir / f"fold-{k}", k, src, src_rows, pos[np.isin(pids, train)],
+                               fit=False, quiet=True)[0], pos
+    return inputs
 
 
 def _harmonization_summary(harm, harm_info, splits):
