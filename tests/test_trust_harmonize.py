@@ -330,3 +330,14 @@ def test_volume_combat_round_trip_and_errors(tmp_path):
         VolumeComBat.load(tmp_path / "other.npz")
     with pytest.raises(InputError, match=r"missing\.npz: ComBat parameters not found"):
         VolumeComBat.load(tmp_path / "missing.npz")
+
+
+def test_cli_passes_the_participants_file():
+    from pathlib import Path
+
+    from neuroml.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["predict", "r", "d", "--participants", "p.tsv"]).participants == Path("p.tsv")
+    assert parser.parse_args(["attribute", "r", "d", "--participants", "p.tsv"]).participants == Path("p.tsv")
+    assert parser.parse_args(["predict", "r", "d"]).participants is None
