@@ -341,3 +341,25 @@ def test_cli_passes_the_participants_file():
     assert parser.parse_args(["predict", "r", "d", "--participants", "p.tsv"]).participants == Path("p.tsv")
     assert parser.parse_args(["attribute", "r", "d", "--participants", "p.tsv"]).participants == Path("p.tsv")
     assert parser.parse_args(["predict", "r", "d"]).participants is None
+
+
+def test_site_probe_features_of_multichannel_inputs():
+    """Stacked inputs (N, C, X, Y, Z): penultimate features feed every channel, region means
+    are taken per channel side by side (the site probes of a harmonized multi-channel run)."""
+    from neuroml.models.factory import build_model
+    from neuroml.training.baseline import region_means
+    from neuroml.training.trust import channel_region_means, penultimate_features
+
+    shape = (17, 18, 19)
+    rng = np.random.default_rng(0)
+    vols = rng.normal(size=(4, 2, *shape)).astype(np.float32)
+    model = build_model("compact", 2, in_channels=2, spatial_shape=shape)
+    feats = penultimate_features(model, vols, np.array([3, 1]), batch_size=1)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        np.testing.assert_allclose(last(torch.from_numpy(feats).float()).numpy(),
+                                   model(torch.from_numpy(vols[[3, 1]])).numpy(), rtol=1e-4, atol=1e-5)
+    atlas = rng.integers(0, 4, size=shape)
+    both = channel_region_means(vols, atlas)
+    np.testing.assert_allclose(both, np.concatenate([region_means(vols[:, c], atlas)[0] for c in (0, 1)], axis=1))
+    np.testing.assert_allclose(channel_region_means(vols[:, 0], atlas), both[:, :3])

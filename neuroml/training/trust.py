@@ -126,14 +126,23 @@ def _atlas(cohort):
 def region_features(cohort, src, src_rows):
     """AAL region means of every scan (as the baseline uses), or None when the atlas is unavailable."""
     from neuroml.io.atlases import atlas_on_grid
-    from neuroml.training.baseline import region_means
 
     try:
         atlas, _ = atlas_on_grid("aal", cohort.cache.affine, cohort.cache.shape)
     except (NeuromlError, OSError) as exc:
         log.warning("site probe skipped: %s", exc)
         return None
-    return region_means(src, atlas)[0][src_rows]
+    return channel_region_means(src, atlas)[src_rows]
+
+
+def channel_region_means(volumes, atlas):
+    """AAL region means of ``(N, X, Y, Z)`` volumes, or of each channel of ``(N, C, X, Y, Z)``
+    volumes side by side (as the baseline does)."""
+    from neuroml.training.baseline import region_means
+
+    if np.ndim(volumes) == 5:
+        return np.concatenate([region_means(volumes[:, c], atlas)[0] for c in range(volumes.shape[1])], axis=1)
+    return region_means(volumes, atlas)[0]
 
 
 def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
@@ -164,7 +173,7 @@ def penultimate_features(model, volumes, rows, batch_size=8, device="cpu"):
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 block = np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows[start:start + batch_size]])
-                model(torch.from_numpy(block[:, None]).to(device))
+                model(torch.from_numpy(block if block.ndim == 5 else block[:, None]).to(device))
     finally:
         handle.remove()
     return torch.cat(captured).flatten(1).numpy().astype(np.float64)
@@ -238,8 +247,6 @@ def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, s
     """
     if splits and splits[0].get("test_site") is not None:
         return {"balanced_accuracy": None, "note": "not defined for leave-one-site-out (the test site is unseen)"}
-    from neuroml.training.baseline import region_means
-
     models = dict(fold_models)
     memo = {}
 
@@ -257,10 +264,7 @@ def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, s
 
     def input_features(k):
         vols, rows = inputs(k)
-        vols = np.asarray(vols)[np.asarray(rows)]
-        if vols.ndim == 5:  # channels: the region means of each, side by side
-            return np.concatenate([region_means(vols[:, c], atlas)[0] for c in range(vols.shape[1])], axis=1)
-        return region_means(vols, atlas)[0]
+        return channel_region_means(np.asarray(vols)[np.asarray(rows)], atlas)
 
     sets = {"cnn": cnn_features}
     if fold_inputs is not None and atlas is not None:
