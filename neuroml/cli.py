@@ -102,7 +102,8 @@ def build_parser():
     s.add_argument("--leave-one-site-out", nargs="?", const="site", default=None, metavar="COLUMN",
                    help="leave-one-site-out folds on this participants.tsv column (default column: site)")
     s.add_argument("--harmonize", default=None, choices=["combat"],
-                   help="also evaluate the baseline with ComBat fitted inside each training fold")
+                   help="ComBat fitted on each fold's training participants: harmonizes the CNN's input voxels "
+                        "(saved per fold for predict/attribute) and a second baseline's region means")
     s.add_argument("--audit-column", nargs="+", default=[], metavar="COLUMN",
                    help="more participants.tsv columns for the bias audit (sex, age, site always)")
     s.add_argument("--inputs", nargs="+", default=None, metavar="INPUT",
@@ -116,6 +117,9 @@ def build_parser():
     s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
                    help="only these participants (default: every participant in DERIV_DIR)")
     s.add_argument("--force", action="store_true", help="also predict subjects the model was trained on")
+    s.add_argument("--participants", type=Path, default=None,
+                   help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
+                        "(default: the raw dataset's)")
 
     s = sub.add_parser("attribute", help="attribution maps and region tables")
     s.add_argument("run_dir", type=Path)
@@ -131,6 +135,9 @@ def build_parser():
     s.add_argument("--n-sanity", type=_positive_int, default=8,
                    help="subjects explained again for the randomization and deletion checks (default 8)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--participants", type=Path, default=None,
+                   help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
+                        "(default: the raw dataset's)")
 
     s = sub.add_parser("connectome", help="connectome baseline (BOLD) in the folds of a training run")
     s.add_argument("run_dir", type=Path)
@@ -236,14 +243,14 @@ def _dispatch(args):
     if c == "predict":
         out = args.out or args.run_dir / "predict" / "predictions.tsv"
         run_step("predict", run_dir=args.run_dir, deriv_dir=args.deriv_dir, out_path=out, force=args.force,
-                 participant_labels=args.participant_label)
+                 participant_labels=args.participant_label, participants=args.participants)
         print(out)
         return 0
     if c == "attribute":
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participants=args.participant_label,
                        force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device,
-                       show_progress=not args.quiet))
+                       show_progress=not args.quiet, participants_tsv=args.participants))
         return 0
     if c == "connectome":
         out = run_step("connectome", run_dir=args.run_dir, deriv_dir=args.deriv_dir, atlas=args.atlas, kind=args.kind)

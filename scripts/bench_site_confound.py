@@ -2,8 +2,10 @@
 
 For each level of site entanglement, make a synthetic cohort (two classes, three sites
 with different grey-matter contrast, a modest true atrophy effect), preprocess it, and
-train pooled k-fold and leave-one-site-out runs; print balanced accuracies of the CNN
-and the region-mean baseline, the ComBat-harmonized baseline and the site probe.
+train pooled k-fold runs without and with ComBat (``harmonize="combat"``: the CNN's input
+voxels and a second baseline's region means, fitted inside each training fold) and a
+leave-one-site-out run; print balanced accuracies of the CNN and the region-mean baseline,
+the ComBat-harmonized CNN and baseline, and the site probes.
 
     python scripts/bench_site_confound.py --workdir /tmp/bench_site --entanglement 0 0.8
 
@@ -54,10 +56,13 @@ def main(argv=None):
         run_participant_level(root / "bids", root / "deriv", resolution=args.resolution, n_jobs=args.n_jobs,
                               show_progress=False)
         common = dict(epochs=args.epochs, seed=args.seed, show_progress=False, n_bootstrap=1000)
-        train_run(root / "deriv", root / "pooled", folds=args.folds, harmonize="combat", **common)
+        train_run(root / "deriv", root / "pooled", folds=args.folds, **common)
+        train_run(root / "deriv", root / "pooled-combat", folds=args.folds, harmonize="combat", **common)
         train_run(root / "deriv", root / "loso", site_column="site", **common)
         pooled = json.loads((root / "pooled" / "metrics.json").read_text())
+        combat = json.loads((root / "pooled-combat" / "metrics.json").read_text())
         loso = json.loads((root / "loso" / "metrics.json").read_text())
+        cnn_probe = combat["site_probe"].get("cnn") or {}
         conf = json.loads((root / "pooled" / "confounds.json").read_text())
         rows.append({
             "entanglement": ent,
@@ -67,11 +72,14 @@ def main(argv=None):
             "loso_cnn": loso["cnn"]["balanced_accuracy"], "loso_cnn_ci": loso["cnn"]["ci"]["balanced_accuracy"],
             "pooled_baseline": pooled["baseline"]["balanced_accuracy"],
             "loso_baseline": loso["baseline"]["balanced_accuracy"],
-            "combat_baseline": pooled["baseline_harmonized"]["balanced_accuracy"],
+            "combat_cnn": combat["cnn"]["balanced_accuracy"], "combat_cnn_ci": combat["cnn"]["ci"]["balanced_accuracy"],
+            "combat_baseline": combat["baseline_harmonized"]["balanced_accuracy"],
             "site_probe": pooled["site_probe"]["balanced_accuracy"],
             "site_probe_chance": pooled["site_probe"]["chance"],
-            "site_probe_after_combat": pooled["site_probe"]["after_combat"]["balanced_accuracy"],
+            "site_probe_after_combat": combat["site_probe"]["after_combat"]["balanced_accuracy"],
             "site_probe_cnn": (pooled["site_probe"].get("cnn") or {}).get("balanced_accuracy"),
+            "site_probe_combat_inputs": (cnn_probe.get("inputs") or {}).get("balanced_accuracy"),
+            "site_probe_combat_cnn": cnn_probe.get("balanced_accuracy"),
             "seconds": round(time.perf_counter() - t0, 1),
         })
         print(json.dumps(rows[-1]), flush=True)
@@ -82,15 +90,20 @@ def main(argv=None):
     def ci(v):
         return f"[{v[0]:.2f}, {v[1]:.2f}]" if v and None not in v else "n/a"
 
-    print("| entanglement | Cramér's V (p) | pooled CNN | LOSO CNN | pooled baseline | LOSO baseline | "
-          "ComBat baseline | site probe (chance) | probe after ComBat | probe on CNN features |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    def f2(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    print("| entanglement | Cramér's V (p) | pooled CNN | ComBat CNN | LOSO CNN | pooled baseline | LOSO baseline | "
+          "ComBat baseline | site probe (chance) | probe after ComBat | probe on CNN features | "
+          "probe on ComBat CNN inputs | probe on ComBat CNN features |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['entanglement']:g} | {r['cramers_v']:.2f} ({r['site_p']:.2g}) | {r['pooled_cnn']:.2f} "
-              f"{ci(r['pooled_cnn_ci'])} | {r['loso_cnn']:.2f} {ci(r['loso_cnn_ci'])} | {r['pooled_baseline']:.2f} | "
+              f"{ci(r['pooled_cnn_ci'])} | {r['combat_cnn']:.2f} {ci(r['combat_cnn_ci'])} | {r['loso_cnn']:.2f} "
+              f"{ci(r['loso_cnn_ci'])} | {r['pooled_baseline']:.2f} | "
               f"{r['loso_baseline']:.2f} | {r['combat_baseline']:.2f} | {r['site_probe']:.2f} "
-              f"({r['site_probe_chance']:.2f}) | {r['site_probe_after_combat']:.2f} | "
-              f"{'n/a' if r['site_probe_cnn'] is None else format(r['site_probe_cnn'], '.2f')} |")
+              f"({r['site_probe_chance']:.2f}) | {r['site_probe_after_combat']:.2f} | {f2(r['site_probe_cnn'])} | "
+              f"{f2(r['site_probe_combat_inputs'])} | {f2(r['site_probe_combat_cnn'])} |")
 
 
 if __name__ == "__main__":

@@ -208,9 +208,14 @@ def test_train_run_fits_combat_inside_folds_and_reports_it(tmp_path, monkeypatch
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())["folds"]
     row = {tuple(np.round(r, 9)): p for r, p in zip(stash["x"], stash["pids"])}
     training_sets = [set(f["train"]) | set(f["val"]) for f in splits]
-    assert len(SpyComBat.seen) == 2 * len(splits)  # harmonized baseline + site probe after ComBat
-    for seen in SpyComBat.seen:
+    width = stash["x"].shape[1]
+    regions = [seen for seen in SpyComBat.seen if len(next(iter(seen))) == width]
+    voxels = [seen for seen in SpyComBat.seen if len(next(iter(seen))) != width]
+    assert len(regions) == 2 * len(splits)  # harmonized baseline + site probe after ComBat
+    for seen in regions:
         assert {row[r] for r in seen} in training_sets
+    # the CNN's inputs: one voxel-wise fit per fold, on its training scans only (not validation)
+    assert sorted(len(seen) for seen in voxels) == sorted(len(f["train"]) for f in splits)
 
     run = tmp_path / "run"
     conf = json.loads((run / "confounds.json").read_text())

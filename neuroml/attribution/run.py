@@ -130,10 +130,10 @@ def _select(index, participants):
     return index[index["participant_id"].isin(wanted)]
 
 
-def _explain(models, x, targets, method, target_layer, classes, feature_mask=None):
-    """Maps and probabilities averaged over models, for given target indices."""
+def _explain(models, xs, targets, method, target_layer, classes, feature_mask=None):
+    """Maps and probabilities averaged over models (``xs``: each model's inputs), for given target indices."""
     maps, probs = 0.0, 0.0
-    for model in models:
+    for model, x in zip(models, xs):
         ex = Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8,
                        feature_mask=feature_mask if method == "region_occlusion" else None)
         maps = maps + ex.attribute(x, target=targets)
@@ -141,12 +141,12 @@ def _explain(models, x, targets, method, target_layer, classes, feature_mask=Non
     return maps / len(models), probs / len(models)
 
 
-def _predict(models, x):
+def _predict(models, xs):
     import torch
 
     with torch.no_grad():
         probs = 0.0
-        for model in models:
+        for model, x in zip(models, xs):
             was = model.training
             model.eval()
             device = next(model.parameters()).device
@@ -168,7 +168,8 @@ def _top_regions(table, n=5):
 
 
 def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", target="predicted", participants=None,
-                  force=False, device="cpu", show_progress=True, batch_size=4, sanity=True, n_sanity=8, seed=0):
+                  force=False, device="cpu", show_progress=True, batch_size=4, sanity=True, n_sanity=8, seed=0,
+                  participants_tsv=None):
     """Attribution maps, group maps and region tables for the subjects of a run.
 
     Parameters
@@ -201,6 +202,12 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         deletion checks, which explain them again.
     seed : int, default=0
         Seeds the choice of those subjects, the randomized weights and the random orders.
+    participants_tsv : str or Path, optional
+        For a run trained with ``harmonize="combat"``: ``participants.tsv`` holding the subjects'
+        site (and age, sex); default the raw dataset's of ``deriv_dir``. Each fold model
+        explains the scans harmonized with its fold's saved ComBat (what it was trained and
+        tested on); a site its training participants did not hold is left unharmonized for
+        it, with a warning.
 
     Returns
     -------
@@ -235,6 +242,15 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     folds = list(fold_models)
     used_by = _used_by(run, folds)
     plan = {r.row: _folds_for(r.participant_id, run, folds, used_by, force) for r in rows.itertuples()}
+    harmonized = None
+    if cfg.get("harmonized_inputs"):
+        from neuroml.training.harmonize import InputHarmonization
+
+        harmonized = InputHarmonization(run, rows["participant_id"].tolist(), deriv_dir, participants_tsv)
+
+    def inputs_for(fold, x, pids):
+        """What fold ``fold``'s model was trained on: ``x`` itself, or harmonized with the fold's ComBat."""
+        return x if harmonized is None else harmonized.apply(fold, x, np.arange(len(x)), pids)
     labels = _true_labels(run, run_dir, deriv_dir)
     if target == "true":
         unlabeled = sorted({r.participant_id for r in rows.itertuples() if labels.get(r.participant_id) not in classes})
@@ -271,16 +287,17 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     for fk, chunk in tqdm(todo, desc=f"attribution {method}", disable=not show_progress):
         models = [fold_models[f] for f in fk[0]]
         x = cache.load([r.row for r in chunk])
+        xs = [inputs_for(f, x, [r.participant_id for r in chunk]) for f in fk[0]]
         names = [map_name(r.participant_id, r.session, r.run, method) for r in chunk]
         t0 = time.perf_counter()
-        probs = _predict(models, x)
+        probs = _predict(models, xs)
         true = np.array([classes.index(labels[r.participant_id]) if labels.get(r.participant_id) in classes else -1
                          for r in chunk])
         tidx = {"predicted": probs.argmax(1), "true": true}.get(target)
         if tidx is None:
             tidx = np.full(len(chunk), classes.index(target))
         redo = [i for i, n in enumerate(names) if not (n in previous and (out_dir / n).is_file())]
-        maps, true_maps = _batch_maps(models, x, tidx, true, redo, [out_dir / n for n in names],
+        maps, true_maps = _batch_maps(models, xs, tidx, true, redo, [out_dir / n for n in names],
                                       method, target_layer, classes, feature_mask)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for i, r in enumerate(chunk):
@@ -323,7 +340,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     if sanity and group_maps:
         t0 = time.perf_counter()
         trust = _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps,
-                              groups, tables, atlas_labels, feature_mask, n_sanity, seed)
+                              groups, tables, atlas_labels, feature_mask, n_sanity, seed, inputs_for)
         trust["seconds"] = round(time.perf_counter() - t0, 3)
         write_json_atomic(out_dir / "sanity.json", trust)
     doc = {
@@ -334,6 +351,9 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         "timing": {"total_seconds": round(total, 3),
                    "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)}},
         "trust": _trust_summary(trust),
+        **({"harmonized_inputs": {"method": cfg["harmonized_inputs"].get("method"),
+                                  "unseen_sites": {str(k): h.unseen_sites_ for k, h in harmonized._folds.items()
+                                                   if h.unseen_sites_}}} if harmonized is not None else {}),
         "versions": package_versions(),
     }
     write_json_atomic(json_path, doc)
@@ -354,20 +374,24 @@ def _previous_entries(json_path, method, target):
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
 
 
-def _batch_maps(models, x, targets, true, redo, paths, method, target_layer, classes, feature_mask=None):
+def _batch_maps(models, xs, targets, true, redo, paths, method, target_layer, classes, feature_mask=None):
     """Maps of one batch for the requested targets (new ones for ``redo``, the others read
-    back), and the maps explaining each subject's true class (for the group maps)."""
+    back), and the maps explaining each subject's true class (for the group maps).
+    ``xs``: the batch as each model takes it."""
     from neuroml.io.image import load_data
 
-    maps = np.zeros((len(x), *x.shape[-3:]), dtype=np.float32)
+    n = len(xs[0])
+    maps = np.zeros((n, *xs[0].shape[-3:]), dtype=np.float32)
     if redo:
-        maps[redo] = _explain(models, x[redo], targets[redo], method, target_layer, classes, feature_mask)[0]
-    for i in sorted(set(range(len(x))) - set(redo)):
+        maps[redo] = _explain(models, [x[redo] for x in xs], targets[redo], method, target_layer, classes,
+                              feature_mask)[0]
+    for i in sorted(set(range(n)) - set(redo)):
         maps[i] = load_data(paths[i], allow_constant=True)
     true_maps = maps.copy()
-    extra = [i for i in range(len(x)) if true[i] >= 0 and true[i] != targets[i]]
+    extra = [i for i in range(n) if true[i] >= 0 and true[i] != targets[i]]
     if extra:
-        true_maps[extra] = _explain(models, x[extra], true[extra], method, target_layer, classes, feature_mask)[0]
+        true_maps[extra] = _explain(models, [x[extra] for x in xs], true[extra], method, target_layer, classes,
+                                    feature_mask)[0]
     return maps, true_maps
 
 
@@ -430,7 +454,7 @@ def _pick(pool, n, seed):
 
 
 def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps, groups,
-                  tables, atlas_labels, feature_mask, n_sanity, seed):
+                  tables, atlas_labels, feature_mask, n_sanity, seed, inputs_for=None):
     """The four trust checks of :mod:`neuroml.attribution.sanity` for one method (``sanity.json``)."""
     brain = _brain(cache, cfg, atlas_labels)
     doc = {"method": method, "target": "true class of each subject", "n_subjects_pool": len(pool),
@@ -446,6 +470,8 @@ def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_mod
     for fold in dict.fromkeys(e["fold"] for e in chosen):
         part = [e for e in chosen if e["fold"] == fold]
         x = cache.load([e["row"] for e in part])
+        if inputs_for is not None:
+            x = inputs_for(fold, x, [e["participant_id"] for e in part])
         maps = np.stack([group_maps[e["map"]] for e in part])
         targets = np.array([e["target"] for e in part])
         rand.append(checks.model_randomization(explain, fold_models[fold], x, maps, targets, brain, seed=seed))

@@ -49,7 +49,8 @@ def _load(path):
 
 def _performance(metrics, classes):
     rows = []
-    for name, key in (("CNN", "cnn"), ("baseline (AAL region means)", "baseline"),
+    cnn = "CNN, ComBat-harmonized inputs" if ((metrics or {}).get("cnn") or {}).get("harmonized_inputs") else "CNN"
+    for name, key in ((cnn, "cnn"), ("baseline (AAL region means)", "baseline"),
                       ("baseline, ComBat inside folds", "baseline_harmonized")):
         m = (metrics or {}).get(key)
         if not isinstance(m, dict) or "balanced_accuracy" not in m:
@@ -143,6 +144,16 @@ def _attribution(run_dir):
     return "\n".join(lines) or "No attribution maps in this run yet (`neuroml attribute`)."
 
 
+def _harmonization(config):
+    method = config.get("harmonize")
+    if not method:
+        return "none"
+    if config.get("harmonized_inputs"):
+        return (f"{method}: the CNN's input voxels, fitted on each fold's training participants (saved per fold, "
+                "applied by predict and attribute); and a second baseline on harmonized region means")
+    return f"{method}: a second baseline on harmonized region means (the CNN's inputs are not harmonized)"
+
+
 def model_card_text(run_dir):
     """The model card of a run folder as Markdown text."""
     run_dir = Path(run_dir)
@@ -180,7 +191,7 @@ def model_card_text(run_dir):
             ("network", config.get("model")), ("classes", ", ".join(classes)),
             ("label column", config.get("label_column")), ("evaluation", f"{cv}, {config.get('folds')} folds"),
             ("grid resolution (mm)", config.get("resolution_mm")), ("seed", config.get("seed")),
-            ("harmonization (baseline)", config.get("harmonize") or "none"),
+            ("harmonization", _harmonization(config)),
             ("neuroml version", config.get("neuroml_version", __version__))]),
         "",
         "## Intended use",

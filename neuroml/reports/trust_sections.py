@@ -47,8 +47,15 @@ def _confounds(metrics, confounds):
             rows.append(("site after ComBat inside folds", _num(after["balanced_accuracy"]), _ci(after.get("ci")),
                          _num(after.get("chance")), after.get("scheme", "")))
         cnn_probe = probe.get("cnn") or {}
+        harmonized = bool(((metrics or {}).get("harmonization") or {}).get("cnn_inputs"))
+        inputs = cnn_probe.get("inputs") or {}
+        if inputs.get("balanced_accuracy") is not None:
+            rows.append(("site (probe on region means of the CNN's harmonized inputs)",
+                         _num(inputs["balanced_accuracy"]), _ci(inputs.get("ci")), _num(inputs.get("chance")),
+                         inputs.get("scheme", "")))
         if cnn_probe.get("balanced_accuracy") is not None:
-            rows.append(("site (probe on the CNN's penultimate features)", _num(cnn_probe["balanced_accuracy"]),
+            rows.append(("site (probe on the CNN's penultimate features"
+                         + (", harmonized inputs)" if harmonized else ")"), _num(cnn_probe["balanced_accuracy"]),
                          _ci(cnn_probe.get("ci")), _num(cnn_probe.get("chance")), cnn_probe.get("scheme", "")))
         chance = (metrics or {}).get("chance_balanced_accuracy")
         rows.append(("diagnosis (CNN)", _num(cnn.get("balanced_accuracy")),
@@ -62,21 +69,61 @@ def _confounds(metrics, confounds):
         if isinstance(ci[0], (int, float)) and ci[0] > probe.get("chance", 1):
             out.append("<p class='warn'>The site can be read from the inputs above chance: a network can "
                        "learn it too.</p>")
-    harm = (metrics or {}).get("baseline_harmonized")
+    out.extend(_harmonization(metrics))
+    return "\n".join(out)
+
+
+def _harmonization(metrics):
+    """Harmonization against none: the plain and ComBat baselines, the CNN (on harmonized
+    inputs when the run harmonized them) and the site probe of each one's inputs."""
+    metrics = metrics or {}
+    harm, info = metrics.get("baseline_harmonized"), metrics.get("harmonization") or {}
+    if not harm and not info:
+        return []
+    out = ["<h3>Harmonization against none</h3>"]
     if harm and "error" in harm:
-        out.append(f"<h3>Harmonization against none</h3><p class='warn'>Harmonized baseline not computed: "
-                   f"{_e(harm['error'])}</p>")
-    elif harm:
-        base = (metrics or {}).get("baseline") or {}
-        rows = [(name, _num(m.get("balanced_accuracy")), _ci((m.get("ci") or {}).get("balanced_accuracy")),
-                 _num(m.get("auc_macro")), _ci((m.get("ci") or {}).get("auc_macro")))
-                for name, m in (("baseline, no harmonization", base), ("baseline, ComBat inside folds", harm))]
-        out.append("<h3>Harmonization against none</h3>")
-        out.append(_table(["model", "balanced accuracy", "95% CI", "AUC", "95% CI"], rows))
+        out.append(f"<p class='warn'>Harmonized baseline not computed: {_e(harm['error'])}</p>")
+        harm = None
+    probe = metrics.get("site_probe") or {}
+    cnn_probe = probe.get("cnn") or {}
+
+    def site(p):
+        p = p or {}
+        return f"{_num(p.get('balanced_accuracy'))} {_ci(p.get('ci'))}" if p.get("balanced_accuracy") is not None \
+            else "n/a"
+
+    entries = [("baseline, no harmonization", metrics.get("baseline"), probe, None)]
+    if harm:
+        entries.append(("baseline, ComBat on region means inside folds", harm, probe.get("after_combat"), None))
+    if info.get("cnn_inputs"):
+        entries.append(("CNN, ComBat on input voxels inside folds (this run's CNN)", metrics.get("cnn"),
+                        cnn_probe.get("inputs"), cnn_probe))
+    rows = [(name, _num(m.get("balanced_accuracy")), _ci((m.get("ci") or {}).get("balanced_accuracy")),
+             _num(m.get("auc_macro")), _ci((m.get("ci") or {}).get("auc_macro")), site(p_in),
+             site(p_net) if p_net is not None else "")
+            for name, m, p_in, p_net in entries if m]
+    if rows:
+        out.append(_table(["model", "balanced accuracy", "95% CI", "AUC", "95% CI",
+                           "site probe on its inputs [95% CI]", "site probe on CNN features [95% CI]"], rows))
+    if harm:
         out.append(f"<p class='note'>{_e(harm.get('model'))}; covariates kept: "
                    f"{_e(', '.join(harm.get('covariates_kept') or []) or 'none')}. ComBat is fitted on each "
                    "fold's training participants only and applied to its test participants.</p>")
-    return "\n".join(out)
+    if info.get("cnn_inputs"):
+        voxels = sorted({f.get("voxels") for f in info.get("folds") or [] if f.get("voxels") is not None})
+        unseen = {f["fold"]: f["unseen_sites"] for f in info.get("folds") or [] if f.get("unseen_sites")}
+        out.append("<p class='note'>This run's CNN was trained and evaluated on harmonized inputs: per fold, "
+                   f"voxel-wise ComBat ({_e(info.get('voxels'))}, {_e(', '.join(map(str, voxels)) or 'n/a')} "
+                   f"voxels; covariates kept: {_e(', '.join(info.get('covariates_kept') or []) or 'none')}) was "
+                   f"fitted on {_e(info.get('cnn_fitted_on'))} and applied to its training, validation and test "
+                   "participants; the parameters are saved in each fold folder (combat.npz) and applied by "
+                   "predict and attribute. The same run without harmonize gives the CNN's unharmonized "
+                   "figures; the site probe on its inputs reads the region means of the harmonized volumes.</p>")
+        if unseen:
+            out.append("<p class='warn'>Sites not estimated from a fold's training participants were left "
+                       "unharmonized for that fold: " + _e("; ".join(f"fold {k}: {', '.join(v)}"
+                                                                    for k, v in unseen.items())) + "</p>")
+    return out
 
 
 def _audit(metrics):

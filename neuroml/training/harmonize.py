@@ -18,12 +18,13 @@ empirical Bayes; the adjusted data is
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from neuroml.errors import ConfigError
 
-__all__ = ["ComBat"]
+__all__ = ["ComBat", "VolumeComBat", "InputHarmonization", "covariate_spec", "covariate_matrix", "FOLD_FILE"]
 
 log = logging.getLogger("neuroml")
 
@@ -204,3 +205,329 @@ class ComBat:
     def fit_transform(self, X, batch, covariates=None):
         """``fit`` then ``transform`` the same rows (training data only)."""
         return self.fit(X, batch, covariates).transform(X, batch, covariates)
+
+
+# ---------------------------------------------------------------- volumes (the CNN's inputs)
+
+#: File of a fold's input harmonization in the run folder (``RUN/fold-<k>/combat.npz``).
+FOLD_FILE = "combat.npz"
+_FILE_FORMAT = 1
+_MISSING = ("", "nan", "n/a", "none")
+
+
+def covariate_spec(table, participant_ids):
+    """Which of ``age`` and ``sex`` ComBat keeps for a cohort, and the two sex levels.
+
+    A column is kept when present, complete for every participant and not constant (sex:
+    exactly two levels), as :func:`neuroml.training.trust` does for the baseline.
+
+    Returns
+    -------
+    names : list of str
+    sex_levels : list of str
+        Sorted; ``sex`` is coded 1 for the second. Empty when sex is not kept.
+    """
+    import pandas as pd
+
+    names, sex_levels = [], []
+    if "age" in table.columns:
+        age = pd.to_numeric(table["age"].reindex(participant_ids), errors="coerce").to_numpy(dtype=float)
+        if np.isfinite(age).all() and np.ptp(age) > 0:
+            names.append("age")
+    if "sex" in table.columns:
+        sex = table["sex"].reindex(participant_ids).astype(str).str.strip().to_numpy()
+        levels = sorted(set(sex.tolist()))
+        if len(levels) == 2 and not set(s.lower() for s in levels) & set(_MISSING):
+            names.append("sex")
+            sex_levels = levels
+    return names, sex_levels
+
+
+def covariate_matrix(table, participant_ids, names, sex_levels=(), where=None):
+    """Covariates of ``participant_ids`` (rows) as ComBat takes them: age in years, sex 0/1.
+
+    Raises
+    ------
+    InputError
+        If a column is missing, or a participant has no row, no age or a sex outside ``sex_levels``.
+    """
+    import pandas as pd
+
+    from neuroml.errors import InputError
+
+    if not names:
+        return None
+    pids = list(participant_ids)
+    absent = sorted(set(pids) - set(table.index))
+    if absent:
+        raise InputError(f"no row for {absent[:5]}: the run's ComBat harmonization needs their site and "
+                         f"{', '.join(names)}", where)
+    cols = []
+    for name in names:
+        if name not in table.columns:
+            raise InputError(f"column {name!r} missing: the run's ComBat harmonization keeps {name} as a covariate",
+                             where)
+        values = table[name].reindex(pids)
+        if name == "age":
+            col = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isfinite(col)
+        else:
+            text = values.astype(str).str.strip().to_numpy()
+            bad = ~np.isin(text, list(sex_levels))
+            col = (text == sex_levels[-1]).astype(float)
+        if bad.any():
+            who = sorted({p for p, b in zip(pids, bad) if b})
+            raise InputError(f"{name} missing or not one of the training values for {who[:5]} (training "
+                             f"{'levels ' + str(list(sex_levels)) if name == 'sex' else 'ages were numbers'}); the "
+                             "run's ComBat harmonization needs it", where)
+        cols.append(col)
+    return np.stack(cols, axis=1)
+
+
+class VolumeComBat:
+    """Voxel-wise :class:`ComBat` of volumes inside a mask: fitted on a fold's training scans,
+    applied to any scan of a known site (the CNN's inputs with ``harmonize="combat"``).
+
+    Parameters
+    ----------
+    mask : ndarray of bool, optional
+        Voxels to harmonize, shape ``(X, Y, Z)`` (repeated over channels) or the shape of one
+        volume. ``fit`` keeps those that vary across the training scans; by default every
+        voxel non-zero in every training scan. Other voxels are left as they are.
+    site_column : str, default="site"
+        ``participants.tsv`` column holding the site (recorded for prediction).
+    covariates : sequence of str, default=()
+        Covariates kept (``"age"``, ``"sex"``; see :func:`covariate_matrix`).
+    sex_levels : sequence of str, default=()
+        The two sex values, coded 0 and 1.
+
+    Attributes
+    ----------
+    mask_ : ndarray of bool
+        Voxels harmonized (shape of one volume).
+    combat_ : ComBat
+        The fitted estimator (its parameters rounded to float32, as saved).
+    unseen_sites_ : list of str
+        Sites met by ``transform`` but not by ``fit``: left unadjusted, with a warning.
+    """
+
+    def __init__(self, mask=None, site_column="site", covariates=(), sex_levels=()):
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        self.site_column, self.covariates, self.sex_levels = str(site_column), list(covariates), list(sex_levels)
+
+    def _full_mask(self, vshape):
+        if self.mask is None:
+            return None
+        if self.mask.shape == tuple(vshape):
+            return self.mask.copy()
+        if self.mask.shape == tuple(vshape[-3:]):
+            return np.broadcast_to(self.mask, vshape).copy()
+        raise ConfigError(f"ComBat mask has shape {self.mask.shape}; the volumes {tuple(vshape)}")
+
+    def fit(self, volumes, rows, sites, covariates=None):
+        """Estimate the site effects of every harmonized voxel from ``volumes[rows]`` (training scans only).
+
+        Parameters
+        ----------
+        volumes : array-like of shape (N, X, Y, Z) or (N, C, X, Y, Z)
+        rows : sequence of int
+        sites : sequence of str, one per row
+        covariates : ndarray of shape (len(rows), q), optional
+
+        Returns
+        -------
+        self
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) < 2:
+            raise ConfigError(f"ComBat needs at least two training scans; got {len(rows)}")
+        vshape = tuple(np.shape(volumes)[1:])
+        mask = self._full_mask(vshape)
+        x = np.stack([np.asarray(volumes[r], dtype=np.float32).reshape(-1) for r in rows])
+        if mask is None:
+            mask = (x != 0).all(0).reshape(vshape)
+        flat = mask.reshape(-1)
+        x = x[:, flat]
+        keep = x.min(0) < x.max(0)  # a voxel constant in training (e.g. outside the head) has no site effect
+        flat[np.flatnonzero(flat)[~keep]] = False
+        if not flat.any():
+            raise ConfigError("ComBat: no voxel of the mask varies across the training scans")
+        self.combat_ = ComBat().fit(x[:, keep], sites, covariates)
+        for name in ("alpha_", "sigma_", "beta_", "gamma_", "delta_"):  # the precision saved, used alike
+            setattr(self.combat_, name, getattr(self.combat_, name).astype(np.float32).astype(np.float64))
+        self.mask_ = flat.reshape(vshape)
+        self.unseen_sites_ = []
+        return self
+
+    @property
+    def n_voxels(self):
+        """Number of voxels harmonized."""
+        return int(self.mask_.sum())
+
+    def transform(self, volumes, rows, sites, covariates=None, chunk=16, label="ComBat", warn=True):
+        """Harmonized float32 copies of ``volumes[rows]`` (voxels outside ``mask_`` as they are).
+
+        Rows of a site not seen in ``fit`` are left unadjusted and the site is named in a
+        warning (once per site) and in ``unseen_sites_``.
+
+        Returns
+        -------
+        ndarray of shape (len(rows), *volume shape), float32
+        """
+        if not hasattr(self, "mask_"):
+            raise ConfigError("this VolumeComBat is not fitted yet; call fit first")
+        rows = np.asarray(rows, dtype=np.int64)
+        vshape = tuple(np.shape(volumes)[1:])
+        if vshape != self.mask_.shape:
+            raise ConfigError(f"ComBat was fitted on volumes of shape {self.mask_.shape}; got {vshape}")
+        sites = np.asarray([str(s) for s in sites], dtype=object)
+        if len(sites) != len(rows):
+            raise ConfigError(f"ComBat: {len(rows)} volumes but {len(sites)} site labels")
+        cov = None if covariates is None else np.asarray(covariates, dtype=float).reshape(len(rows), -1)
+        for site in sorted(set(sites.tolist()) - set(self.combat_.sites_)):
+            if site not in self.unseen_sites_:
+                self.unseen_sites_.append(site)
+                if warn:
+                    log.warning("%s: site %r was not estimated from the training scans (none or a single one; "
+                                "estimated: %s): its scans are left unharmonized for this model", label, site,
+                                ", ".join(self.combat_.sites_))
+        self.combat_.unseen_sites_ = list(self.unseen_sites_)  # warned above, once
+        out = np.empty((len(rows), *vshape), dtype=np.float32)
+        flat, chunk = self.mask_.reshape(-1), max(1, int(chunk))
+        for start in range(0, len(rows), chunk):
+            sel = slice(start, start + chunk)
+            block = np.stack([np.asarray(volumes[r], dtype=np.float32).reshape(-1) for r in rows[sel]])
+            block[:, flat] = self.combat_.transform(block[:, flat], sites[sel], None if cov is None else cov[sel])
+            out[sel] = block.reshape(-1, *vshape)
+        return out
+
+    def save(self, path):
+        """Write the fitted parameters to ``path`` (``.npz``, atomically)."""
+        from neuroml._utils.fileio import atomic_path
+
+        c = self.combat_
+        arrays = {"format": np.int64(_FILE_FORMAT), "mask": self.mask_,
+                  **{k: getattr(c, k + "_").astype(np.float32) for k in ("alpha", "sigma", "beta", "gamma", "delta")},
+                  "sites": np.asarray(c.sites_, dtype=str), "n_fit": np.int64(c.n_fit_),
+                  "site_column": np.asarray(self.site_column, dtype=str),
+                  "covariates": np.asarray(self.covariates, dtype=str).reshape(-1),
+                  "sex_levels": np.asarray(self.sex_levels, dtype=str).reshape(-1)}
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by :meth:`save` (no pickled objects are accepted).
+
+        Raises
+        ------
+        InputError
+            If the file is missing, unreadable or not a neuroml ComBat file.
+        """
+        from neuroml.errors import InputError
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("ComBat parameters not found (the fold was trained on harmonized inputs; retrain "
+                             "it with resume=True)", path)
+        keys = ("format", "mask", "alpha", "sigma", "beta", "gamma", "delta", "sites", "n_fit", "site_column",
+                "covariates", "sex_levels")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                missing = [k for k in keys if k not in npz.files]
+                if missing:
+                    raise InputError(f"not a neuroml ComBat file (lacks {missing})", path)
+                d = {k: npz[k] for k in keys}
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged zip raises BadZipFile, ValueError, OSError, EOFError
+            raise InputError(f"not a readable ComBat file ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+        if int(d["format"]) != _FILE_FORMAT:
+            raise InputError(f"ComBat file format {int(d['format'])} is not {_FILE_FORMAT}", path)
+        p, k = d["alpha"].shape[0], len(d["sites"])
+        if (d["mask"].dtype != bool or int(d["mask"].sum()) != p or d["sigma"].shape != (p,)
+                or d["gamma"].shape != (k, p) or d["delta"].shape != (k, p) or d["beta"].shape[1:] != (p,)
+                or d["beta"].shape[0] != len(d["covariates"])):
+            raise InputError("inconsistent ComBat file (array shapes do not match)", path)
+        self = cls(site_column=str(d["site_column"]), covariates=[str(s) for s in d["covariates"]],
+                   sex_levels=[str(s) for s in d["sex_levels"]])
+        c = ComBat()
+        for name in ("alpha", "sigma", "beta", "gamma", "delta"):
+            setattr(c, name + "_", d[name].astype(np.float64))
+        c.sites_, c.n_fit_, c.unseen_sites_ = [str(s) for s in d["sites"]], int(d["n_fit"]), []
+        self.combat_, self.mask_, self.unseen_sites_ = c, d["mask"], []
+        return self
+
+
+class InputHarmonization:
+    """The per-fold input ComBat of a run trained with ``harmonize="combat"``, applied to the
+    scans of given participants (prediction, attribution).
+
+    Each fold model gets its scans harmonized with the parameters fitted on that fold's
+    training participants (``RUN/fold-<k>/combat.npz``). The site and the covariates come
+    from ``participants.tsv``; a participant without a row there, or without a kept
+    covariate, is refused (:class:`~neuroml.errors.InputError`); a site the fold's
+    training participants did not hold is left unharmonized for that fold's model, with
+    a warning (as training does for the held-out site of leave-one-site-out).
+
+    Parameters
+    ----------
+    run : neuroml.training.Run
+    participant_ids : sequence of str
+    deriv_dir : str or Path
+        Derivatives of the scans (their raw dataset's ``participants.tsv`` is the default).
+    participants : str or Path, optional
+        ``participants.tsv`` holding the participants' site (and age, sex).
+    """
+
+    def __init__(self, run, participant_ids, deriv_dir=None, participants=None):
+        from neuroml.data import participants_file
+        from neuroml.errors import InputError
+        from neuroml.io.bids import read_participants
+
+        self.run, self.spec = run, dict(run.config["harmonized_inputs"])
+        pids = list(dict.fromkeys(participant_ids))
+        if participants is not None:
+            path = participants_file(deriv_dir, participants)
+            table = read_participants(path)
+        else:  # the data's own participants.tsv, else the training one: the first listing every subject
+            found, error = [], None
+            try:
+                found.append(participants_file(deriv_dir))
+            except InputError as exc:
+                error = exc
+            trained = run.config.get("participants")
+            if trained and Path(trained).is_file() and Path(trained) not in found:
+                found.append(Path(trained))
+            if not found:
+                raise error
+            tables = [(p, read_participants(p)) for p in found]
+            path, table = next(((p, t) for p, t in tables if set(pids) <= set(t.index)), tables[0])
+        column = self.spec["site_column"]
+        if column not in table.columns:
+            raise InputError(f"column {column!r} missing: the run was trained on ComBat-harmonized inputs and needs "
+                             "each subject's site (pass participants=... to use another file)", path)
+        absent = sorted(set(pids) - set(table.index))
+        if absent:
+            raise InputError(f"no row for {absent[:5]}: the run was trained on ComBat-harmonized inputs and needs "
+                             "each subject's site" + (f" and {', '.join(self.spec['covariates'])}"
+                                                      if self.spec["covariates"] else ""), path)
+        cov = covariate_matrix(table, pids, self.spec["covariates"], self.spec["sex_levels"], path)
+        self.path = path
+        self.site = {p: str(table.at[p, column]) for p in pids}
+        self.cov = {p: None if cov is None else cov[i] for i, p in enumerate(pids)}
+        self._folds = {}
+
+    def fold(self, k):
+        """The fold's :class:`VolumeComBat` (read once)."""
+        if k not in self._folds:
+            self._folds[k] = VolumeComBat.load(self.run.run_dir / f"fold-{k}" / FOLD_FILE)
+        return self._folds[k]
+
+    def apply(self, k, volumes, rows, participant_ids):
+        """``volumes[rows]`` (scans of ``participant_ids``) harmonized for fold ``k``'s model (float32)."""
+        cov = None if not self.spec["covariates"] else np.stack([self.cov[p] for p in participant_ids])
+        return self.fold(k).transform(volumes, rows, [self.site[p] for p in participant_ids], cov,
+                                      label=f"fold {k} input ComBat")

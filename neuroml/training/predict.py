@@ -61,7 +61,7 @@ def check_grid(affine, shape, run_config, where):
 
 
 def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labels=None, device="auto",
-                batch_size=8):
+                batch_size=8, participants=None):
     """Predict subjects of a derivatives folder with the mean probability of a run's fold models.
 
     Parameters
@@ -79,6 +79,11 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
         Only these participants (``sub-01`` or ``01``); default every participant.
     device : str, default="auto"
     batch_size : int, default=8
+    participants : str or Path, optional
+        ``participants.tsv`` with the subjects' site (and age, sex) for a run trained with
+        ``harmonize="combat"``; default the raw dataset's of ``deriv_dir``. Each fold model
+        gets the scans harmonized with its fold's saved ComBat; a site its training
+        participants did not hold is left unharmonized for it, with a warning.
 
     Returns
     -------
@@ -90,7 +95,8 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     LeakageError
         If a requested subject was used for training and ``force`` is False (lists them).
     InputError
-        If the derivatives' grid differs from the run's, or a requested participant has no image.
+        If the derivatives' grid differs from the run's, or a requested participant has no image;
+        for a harmonized run, if a subject has no ``participants.tsv`` row or lacks a kept covariate.
     """
     from neuroml.data.dataset import VolumeDataset
     from neuroml.data.stack import open_inputs
@@ -116,8 +122,17 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
                                "(participant_labels=...) or pass force=True")
         log.warning("%s; predicting them anyway (force=True)", msg)
     dev = resolve_device(device)
-    data = VolumeDataset(cache.data, rows=index["row"].to_numpy())
-    probs = [evaluate(model, data, batch_size=batch_size, device=dev)[0] for _, model in run.fold_models(device=dev)]
+    rows, pids = index["row"].to_numpy(), index["participant_id"].tolist()
+    harmonized = None
+    if run.config.get("harmonized_inputs"):
+        from neuroml.training.harmonize import InputHarmonization
+
+        harmonized = InputHarmonization(run, pids, deriv_dir, participants)
+    probs = []
+    for k, model in run.fold_models(device=dev):
+        data = VolumeDataset(cache.data, rows=rows) if harmonized is None else \
+            VolumeDataset(harmonized.apply(k, cache.data, rows, pids))
+        probs.append(evaluate(model, data, batch_size=batch_size, device=dev)[0])
     table = predictions_table(index["participant_id"].tolist(), np.mean(probs, axis=0), run.classes)
     out_path = Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
     write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))

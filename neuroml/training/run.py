@@ -23,6 +23,7 @@ from neuroml.models.factory import MODELS, build_model
 from neuroml.training import distributed as dist
 from neuroml.training import outputs, trust
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from neuroml.training.harmonize import FOLD_FILE
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.predict import predictions_table
 from neuroml.training.splits import check_splits, load_splits, make_splits, save_splits
@@ -139,9 +140,12 @@ def _check_existing(run_dir, config, resume):
     log.info("continuing the run in %s (completed folds are kept)", run_dir)
 
 
-def _fold_done(fold_dir, digest):
+def _fold_done(fold_dir, digest, harmonized=False):
     path = fold_dir / "model.pt"
     if not path.is_file():
+        return False
+    if harmonized and not (fold_dir / FOLD_FILE).is_file():
+        log.warning("%s missing; retraining the fold", fold_dir / FOLD_FILE)
         return False
     try:
         meta = load_checkpoint(path, require=("state_dict", "meta"))["meta"]
@@ -226,8 +230,11 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     audit_columns : sequence of str, default=()
         More ``participants.tsv`` columns for the bias audit (sex, age bands and site always).
     harmonize : {None, "combat"}, default=None
-        Also evaluate the baseline on region features harmonized with ComBat fitted inside
-        each fold's training rows (age and sex kept), reported beside the plain baseline.
+        Harmonize the CNN's inputs: per fold, voxel-wise ComBat (inside the template brain
+        mask, age and sex kept) is fitted on the fold's training participants only (not
+        validation, not test), applied to all of its scans, and saved as
+        ``fold-<k>/combat.npz`` for ``predict``/``attribute``. Also evaluates the baseline on
+        region features harmonized inside each fold, reported beside the plain baseline.
 
     inputs : list of str, optional
         Input channels: ``"T1w"`` and/or desc labels of BOLD maps written by
@@ -310,6 +317,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     if harmonize and not site_col:
         raise ConfigError(f"harmonize={harmonize!r} needs the site: participants.tsv has no {site_info_column!r} "
                           "column; name it with site_info_column")
+    harm = _input_harmonization(cohort, site_col) if harmonize else None
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
         "n_classes": n_classes, "model": model, "in_channels": in_channels, "resolution": cache.resolution,
@@ -319,7 +327,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
         "grad_accum": grad_accum, "schedule": settings.schedule, "augment": bool(augment),
         # trust options only when set, so runs made before them keep their identity
-        **({"harmonize": harmonize} if harmonize else {}),
+        **({"harmonize": harmonize, "harmonized_inputs": harm["config"]} if harmonize else {}),
         **({"audit_columns": audit_columns} if audit_columns else {}),
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
@@ -343,15 +351,19 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         src, src_rows = cache.load(cohort.rows), np.arange(len(cohort))
     else:
         src, src_rows = cache.data, cohort.rows
+        if harm is not None:
+            log.warning("harmonize: each fold's harmonized copy of the cohort (%.1f GB float32) is held in RAM",
+                        n_bytes / 1e9)
     pos = np.arange(len(cohort))
     oof = np.full((len(cohort), n_classes), np.nan)
     oof_fold = np.full(len(cohort), -1)
-    histories, fold_info = {}, []
+    histories, fold_info, harm_info = {}, [], {}
     for split in splits:
         k = split["fold"]
         fold_dir = run_dir / f"fold-{k}"
         part = {name: pos[np.isin(pids, split[name])] for name in ("train", "val", "test")}
-        if dist.broadcast_object(_fold_done(fold_dir, config["data_sha256"]) if main else None):
+        fold_src, fold_rows = src, src_rows
+        if dist.broadcast_object(_fold_done(fold_dir, config["data_sha256"], harm is not None) if main else None):
             status = "skipped (already trained)"
             log.info("fold %d already trained: kept", k)
         else:
@@ -359,12 +371,16 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                 (fold_dir / "last.pt").unlink()
             dist.barrier()
             status = "resumed" if (fold_dir / "last.pt").is_file() else "trained"
+            if harm is not None:  # fitted on this fold's training scans only, applied to all of them
+                fold_src, harm_info[k] = _harmonize_fold(harm, fold_dir, k, src, src_rows, part["train"], fit=True)
+                fold_rows = pos
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(seed, k, "init"))
                 net = build_model(model, n_classes, in_channels=in_channels, spatial_shape=cache.shape)
             aug = make_augmentation(seed=seed_for(seed, k, "augment")) if augment else None
-            train_ds = VolumeDataset(src, cohort.y[part["train"]], src_rows[part["train"]], transform=aug)
-            val_ds = VolumeDataset(src, cohort.y[part["val"]], src_rows[part["val"]]) if len(part["val"]) else None
+            train_ds = VolumeDataset(fold_src, cohort.y[part["train"]], fold_rows[part["train"]], transform=aug)
+            val_ds = (VolumeDataset(fold_src, cohort.y[part["val"]], fold_rows[part["val"]])
+                      if len(part["val"]) else None)
             res = fit(net, train_ds, val_ds, settings, _class_weights(cohort.y[part["train"]], n_classes),
                       stream=(seed, k), checkpoint_path=fold_dir / "last.pt", resume=resume,
                       desc=f"fold {k + 1}/{len(splits)}")
@@ -374,7 +390,8 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                     "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
                     "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
                     "n_train": len(part["train"]), "n_val": len(part["val"]), "n_test": len(part["test"]),
-                    "data_sha256": config["data_sha256"], "device": str(dev)}
+                    "data_sha256": config["data_sha256"], "device": str(dev),
+                    **({"harmonized_inputs": FOLD_FILE} if harm is not None else {})}
             if main:
                 outputs.write_history(fold_dir / "history.tsv", res.history)
                 state = {k_: v.detach().cpu() for k_, v in res.model.state_dict().items()}
@@ -384,26 +401,29 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         if not main:  # rank 0 evaluates and writes; the others wait for the next fold
             continue
         net = Run(run_dir, config, splits).fold_model(k, dev)
+        if harm is not None and fold_src is src:  # a fold kept from an earlier call: its saved parameters
+            fold_src, harm_info[k] = _harmonize_fold(harm, fold_dir, k, src, src_rows, part["train"], fit=False)
+            fold_rows = pos
         if len(part["test"]):
-            proba, _ = evaluate(net, VolumeDataset(src, rows=src_rows[part["test"]]), batch_size=batch_size * 2,
+            proba, _ = evaluate(net, VolumeDataset(fold_src, rows=fold_rows[part["test"]]), batch_size=batch_size * 2,
                                 device=dev, amp=amp)
             oof[part["test"]], oof_fold[part["test"]] = proba, k
         histories[k] = outputs.read_history(fold_dir / "history.tsv")
         fold_info.append({"fold": k, "status": status, "n_train": len(split["train"]), "n_val": len(split["val"]),
                           "n_test": len(split["test"]), "test_site": split.get("test_site")})
-        del net
+        del net, fold_src
 
     if not main:
         return dist.broadcast_object(None)
     summary = _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src,
                       src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start,
-                      site_col, confounds, audit_columns, harmonize)
+                      site_col, confounds, audit_columns, harmonize, harm, harm_info)
     return dist.broadcast_object(summary)
 
 
 def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src, src_rows,
             seed, start, dev, baseline, n_bootstrap, n_permutations, t_start, site_col, confounds, audit_columns,
-            harmonize):
+            harmonize, harm=None, harm_info=None):
     """Rank 0: metrics, the baseline, the bias audit and every run-level file; returns the summary."""
     from neuroml.reports.model_card import write_model_card
 
@@ -419,9 +439,15 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
     if baseline and (run_dir / "baseline_predictions.tsv").is_file():
         base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype={"participant_id": str})
     metrics["confounds"] = {"site_column": site_col, "entangled": confounds["entangled"]}
+    fold_inputs = None
+    if harm is not None:
+        metrics["cnn"]["harmonized_inputs"] = harmonize
+        metrics["harmonization"] = _harmonization_summary(harm, harm_info, splits)
+        fold_inputs = _saved_fold_inputs(harm, run_dir, splits, pids, src, src_rows)
     metrics.update(trust.trust_metrics(cohort, table, splits, src, src_rows, seed, n_bootstrap, site_col,
                                        audit_columns, harmonize, base_table,
-                                       Run(run_dir, config, splits).fold_models(dev) if site_col else None, dev))
+                                       Run(run_dir, config, splits).fold_models(dev) if site_col else None, dev,
+                                       fold_inputs=fold_inputs))
     write_text_atomic(run_dir / "predictions.tsv", table.to_csv(sep="\t", index=False, float_format="%.6f"))
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_model_card(run_dir)
@@ -442,6 +468,80 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
              summary["balanced_accuracy"] or float("nan"), summary["baseline_balanced_accuracy"],
              summary["n_participants"])
     return summary
+
+
+def _input_mask(cache):
+    """The template brain mask on the cache's grid, or None when the grid is not a standard one."""
+    from neuroml.io.templates import brain_mask_on_grid
+
+    try:
+        img = brain_mask_on_grid(float(cache.resolution_mm))
+    except (TypeError, ValueError, NeuromlError):
+        return None
+    if tuple(img.shape) != tuple(cache.shape) or not np.allclose(img.affine, cache.affine, atol=1e-3):
+        return None
+    return np.asarray(img.dataobj) > 0
+
+
+def _input_harmonization(cohort, site_col):
+    """What the fold loop needs to harmonize the CNN's inputs, and its record for config.json."""
+    from neuroml.training.harmonize import covariate_matrix, covariate_spec
+
+    names, levels = covariate_spec(cohort.table, cohort.participant_ids)
+    mask = _input_mask(cohort.cache)
+    return {"config": {"method": "combat", "site_column": site_col, "covariates": names, "sex_levels": levels,
+                       "fitted_on": "each fold's training participants (not validation, not test)",
+                       "voxels": "template brain mask" if mask is not None else "non-zero in every training scan",
+                       "file": f"fold-<k>/{FOLD_FILE}"},
+            "sites": np.asarray([str(s) for s in cohort.column(site_col)], dtype=object),
+            "cov": covariate_matrix(cohort.table, cohort.participant_ids, names, levels, cohort.participants_path),
+            "mask": mask, "site_column": site_col, "covariates": names, "sex_levels": levels}
+
+
+def _harmonize_fold(harm, fold_dir, k, src, src_rows, train_pos, fit, quiet=False):
+    """Every cohort scan harmonized for fold ``k`` (float32, in cohort order) and a summary.
+
+    ``fit``: estimate ComBat on the fold's training scans (``train_pos``) and save it as
+    ``fold_dir/combat.npz`` (rank 0; the other ranks read it); otherwise read that file.
+    """
+    from neuroml.training.harmonize import VolumeComBat
+
+    path = fold_dir / FOLD_FILE
+    if fit:
+        if dist.is_main_process():
+            cov = harm["cov"]
+            hv = VolumeComBat(harm["mask"], harm["site_column"], harm["covariates"], harm["sex_levels"]).fit(
+                src, src_rows[train_pos], harm["sites"][train_pos], None if cov is None else cov[train_pos])
+            hv.save(path)
+        dist.barrier()
+        if not dist.is_main_process():
+            hv = VolumeComBat.load(path)
+    else:
+        hv = VolumeComBat.load(path)
+    out = hv.transform(src, src_rows, harm["sites"], harm["cov"], label=f"fold {k} input ComBat", warn=not quiet)
+    return out, {"file": f"fold-{k}/{FOLD_FILE}", "voxels": hv.n_voxels, "training_scans": hv.combat_.n_fit_,
+                 "sites": list(hv.combat_.sites_), "unseen_sites": list(hv.unseen_sites_)}
+
+
+def _saved_fold_inputs(harm, run_dir, splits, pids, src, src_rows):
+    """``fold -> (volumes, rows)``: every scan harmonized with the fold's saved ComBat."""
+    pos = np.arange(len(pids))
+
+    def inputs(k):
+        train = next(f for f in splits if f["fold"] == k)["train"]
+        return _harmonize_fold(harm, run_dir / f"fold-{k}", k, src, src_rows, pos[np.isin(pids, train)],
+                               fit=False, quiet=True)[0], pos
+    return inputs
+
+
+def _harmonization_summary(harm, harm_info, splits):
+    """``metrics.json["harmonization"]``: what was harmonized, where it was fitted, per fold."""
+    return {"method": harm["config"]["method"], "cnn_inputs": True, "baseline_features": True,
+            "site_column": harm["site_column"], "covariates_kept": harm["covariates"],
+            "cnn_fitted_on": harm["config"]["fitted_on"], "voxels": harm["config"]["voxels"],
+            "baseline_fitted_on": "each fold's training and validation participants (region means)",
+            "unseen_sites": "left unharmonized for that fold's model, with a warning",
+            "folds": [{"fold": f["fold"], **(harm_info or {}).get(f["fold"], {})} for f in splits]}
 
 
 def _report(table, classes, fold_info, histories, n_bootstrap, n_permutations, seed):

@@ -113,17 +113,36 @@ def _covariates(table, pids):
     return (np.stack(cols, axis=1) if cols else None), names
 
 
+def _atlas(cohort):
+    from neuroml.io.atlases import atlas_on_grid
+
+    try:
+        return atlas_on_grid("aal", cohort.cache.affine, cohort.cache.shape)[0]
+    except (NeuromlError, OSError) as exc:
+        log.warning("site probe on harmonized inputs skipped: %s", exc)
+        return None
+
+
 def region_features(cohort, src, src_rows):
     """AAL region means of every scan (as the baseline uses), or None when the atlas is unavailable."""
     from neuroml.io.atlases import atlas_on_grid
-    from neuroml.training.baseline import region_means
 
     try:
         atlas, _ = atlas_on_grid("aal", cohort.cache.affine, cohort.cache.shape)
     except (NeuromlError, OSError) as exc:
         log.warning("site probe skipped: %s", exc)
         return None
-    return region_means(src, atlas)[0][src_rows]
+    return channel_region_means(src, atlas)[src_rows]
+
+
+def channel_region_means(volumes, atlas):
+    """AAL region means of ``(N, X, Y, Z)`` volumes, or of each channel of ``(N, C, X, Y, Z)``
+    volumes side by side (as the baseline does)."""
+    from neuroml.training.baseline import region_means
+
+    if np.ndim(volumes) == 5:
+        return np.concatenate([region_means(volumes[:, c], atlas)[0] for c in range(volumes.shape[1])], axis=1)
+    return region_means(volumes, atlas)[0]
 
 
 def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
@@ -154,18 +173,18 @@ def penultimate_features(model, volumes, rows, batch_size=8, device="cpu"):
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 block = np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows[start:start + batch_size]])
-                model(torch.from_numpy(block[:, None]).to(device))
+                model(torch.from_numpy(block if block.ndim == 5 else block[:, None]).to(device))
     finally:
         handle.remove()
     return torch.cat(captured).flatten(1).numpy().astype(np.float64)
 
 
-def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, seed=0, n_bootstrap=1000,
-                   device="cpu"):
-    """Site probe on each fold model's penultimate features (k-fold runs only).
+def _fold_probes(feature_sets, splits, sites, participant_ids, seed=0, n_bootstrap=1000):
+    """Out-of-fold site probes, one per named feature set, in the run's folds.
 
-    For fold ``k``, a logistic regression learns the site from the features that fold's
-    model gives its training and validation participants and predicts its test participants.
+    ``feature_sets``: name -> callable ``fold -> features of every row`` (or None to skip the
+    fold). For fold ``k``, a logistic regression learns the site from its training and
+    validation participants' features and predicts its test participants.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -173,36 +192,97 @@ def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, s
 
     from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
 
-    if splits and splits[0].get("test_site") is not None:
-        return {"balanced_accuracy": None, "note": "not defined for leave-one-site-out (the test site is unseen)"}
     sites = np.asarray([str(s) for s in sites], dtype=object)
     pids = np.asarray(participant_ids, dtype=object)
     levels = sorted(set(sites.tolist()))
     y = np.array([levels.index(s) for s in sites])
-    proba = np.full((len(y), len(levels)), np.nan)
-    models = dict(fold_models)
+    proba = {name: np.full((len(y), len(levels)), np.nan) for name in feature_sets}
     for f in splits:
         train, test = np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"]))
-        if not test.any() or len(set(y[train])) < 2 or f["fold"] not in models:
+        if not test.any() or len(set(y[train])) < 2:
             continue
-        feats = penultimate_features(models[f["fold"]], src, np.asarray(src_rows), device=device)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
-                                                                 random_state=seed))
-        clf.fit(feats[train], y[train])
-        p = np.zeros((int(test.sum()), len(levels)))
-        p[:, clf[-1].classes_] = clf.predict_proba(feats[test])
-        proba[test] = p
-    done = np.isfinite(proba).all(1)
-    if not done.any():
-        return {"balanced_accuracy": None, "note": "no fold could be probed"}
-    return {"balanced_accuracy": round(balanced_accuracy(y[done], proba[done].argmax(1), len(levels)), 6),
-            "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
-            "chance": round(1.0 / len(levels), 6), "n": int(done.sum()), "scheme": "the run's folds",
-            "features": "penultimate features of each fold's CNN (input of its last linear layer)"}
+        for name, features_of in feature_sets.items():
+            feats = features_of(f["fold"])
+            if feats is None:
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
+                                                                     random_state=seed))
+            clf.fit(feats[train], y[train])
+            p = np.zeros((int(test.sum()), len(levels)))
+            p[:, clf[-1].classes_] = clf.predict_proba(feats[test])
+            proba[name][test] = p
+    out = {}
+    for name, pr in proba.items():
+        done = np.isfinite(pr).all(1)
+        if not done.any():
+            out[name] = {"balanced_accuracy": None, "note": "no fold could be probed"}
+            continue
+        out[name] = {"balanced_accuracy": round(balanced_accuracy(y[done], pr[done].argmax(1), len(levels)), 6),
+                     "ci": bootstrap_ci(y[done], pr[done], n_bootstrap, seed).get("balanced_accuracy"),
+                     "chance": round(1.0 / len(levels), 6), "n": int(done.sum()), "scheme": "the run's folds"}
+    return out
+
+
+def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, seed=0, n_bootstrap=1000,
+                   device="cpu", fold_inputs=None, atlas=None):
+    """Site probe on each fold model's penultimate features (k-fold runs only).
+
+    For fold ``k``, a logistic regression learns the site from the features that fold's
+    model gives its training and validation participants and predicts its test participants.
+
+    Parameters
+    ----------
+    fold_inputs : callable, optional
+        ``fold -> (volumes, rows)``: the inputs fold ``k``'s model was trained on (the run's
+        harmonized copies); default ``(src, src_rows)`` for every fold.
+    atlas : ndarray of int, optional
+        With ``fold_inputs``: also probe the site from the AAL region means of each fold's
+        inputs (returned under ``"inputs"``), i.e. what harmonization left in them.
+
+    Returns
+    -------
+    dict
+        The probe (``balanced_accuracy``, ``ci``, ``chance``, ``n``, ``scheme``, ``features``),
+        plus ``"inputs"`` when asked.
+    """
+    if splits and splits[0].get("test_site") is not None:
+        return {"balanced_accuracy": None, "note": "not defined for leave-one-site-out (the test site is unseen)"}
+    models = dict(fold_models)
+    memo = {}
+
+    def inputs(k):
+        if k not in memo:
+            memo.clear()
+            memo[k] = fold_inputs(k) if fold_inputs is not None else (src, src_rows)
+        return memo[k]
+
+    def cnn_features(k):
+        if k not in models:
+            return None
+        vols, rows = inputs(k)
+        return penultimate_features(models[k], vols, np.asarray(rows), device=device)
+
+    def input_features(k):
+        vols, rows = inputs(k)
+        return channel_region_means(np.asarray(vols)[np.asarray(rows)], atlas)
+
+    sets = {"cnn": cnn_features}
+    if fold_inputs is not None and atlas is not None:
+        sets["inputs"] = input_features
+    probes = _fold_probes(sets, splits, sites, participant_ids, seed, n_bootstrap)
+    out = probes["cnn"]
+    if out.get("balanced_accuracy") is not None:
+        out["features"] = "penultimate features of each fold's CNN (input of its last linear layer)" + (
+            ", on the fold's harmonized inputs" if fold_inputs is not None else "")
+    if "inputs" in probes:
+        out["inputs"] = probes["inputs"]
+        out["inputs"]["features"] = "mean intensity of AAL regions of each fold's harmonized CNN inputs"
+    return out
 
 
 def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstrap=1000, site_col=None,
-                  audit_columns=(), harmonize=None, baseline_predictions=None, fold_models=None, device="cpu"):
+                  audit_columns=(), harmonize=None, baseline_predictions=None, fold_models=None, device="cpu",
+                  fold_inputs=None):
     """Bias audit, site probe and harmonized baseline of a trained run (a dict for metrics.json).
 
     Parameters
@@ -226,6 +306,10 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
         The run's fold models: the site is also probed from their penultimate features
         (``site_probe["cnn"]``, k-fold runs only).
     device : str or torch.device, default="cpu"
+    fold_inputs : callable, optional
+        ``fold -> (volumes, rows)``: each fold model's (harmonized) inputs, for the CNN site
+        probe; the site is then also probed from the region means of those inputs
+        (``site_probe["cnn"]["inputs"]``).
 
     Returns
     -------
@@ -260,7 +344,7 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
     if fold_models:
         try:
             probe["cnn"] = cnn_site_probe(fold_models, splits, src, src_rows, sites, cohort.participant_ids, seed,
-                                          n_bootstrap, device)
+                                          n_bootstrap, device, fold_inputs, _atlas(cohort) if fold_inputs else None)
         except (NeuromlError, RuntimeError) as exc:
             log.warning("CNN site probe skipped: %s", exc)
             probe["cnn"] = {"balanced_accuracy": None, "note": str(exc)[:200]}
