@@ -45,3 +45,40 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def neuroml_log(caplog):
+    """caplog that sees the "neuroml" logger even after the CLI made it stop propagating."""
+    logger = logging.getLogger("neuroml")
+    state = (logger.level, logger.propagate, list(logger.handlers))
+    logger.handlers[:] = [caplog.handler]
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.setLevel(state[0])
+    logger.propagate = state[1]
+    logger.handlers[:] = state[2]
+
+
+@pytest.fixture
+def interrupt_fold(monkeypatch):
+    """``interrupt_fold(fold, epoch)``: the next ``train_run`` raises KeyboardInterrupt after
+    ``epoch`` of training fold ``fold`` (1-based, as in the progress bar), like a killed run;
+    ``fit`` is restored once the fixture ends."""
+    from neuroml.training import run as run_module
+
+    real_fit = run_module.fit
+
+    def arm(fold, epoch):
+        def crashing_fit(*args, **kwargs):
+            if kwargs.get("desc", "").startswith(f"fold {fold}/"):
+                def crash(done, record):
+                    if done == epoch:
+                        raise KeyboardInterrupt
+                kwargs["callback"] = crash
+            return real_fit(*args, **kwargs)
+
+        monkeypatch.setattr(run_module, "fit", crashing_fit)
+        return lambda: monkeypatch.setattr(run_module, "fit", real_fit)  # disarm
+
+    return arm

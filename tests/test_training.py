@@ -16,7 +16,6 @@ from neuroml.training import (NeuroClassifier, TrainSettings, balanced_accuracy,
                               classification_report, confusion_matrix, fit, load_checkpoint, load_run,
                               make_splits, permutation_pvalue, predict_run, roc_auc_ovr, save_checkpoint,
                               sensitivity_specificity, train_run)
-from neuroml.training import run as run_module
 from neuroml.training.splits import check_splits, validation_split
 
 CLASSES = ("control", "MDD", "SCZ")
@@ -229,22 +228,12 @@ def test_train_run_input_errors(trained, tmp_path):
         train_run(deriv, tmp_path / "r3", **{**FAST, "epochs": 0})
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
+def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, monkeypatch, interrupt_fold):
     deriv, ref_dir, _ = trained
-    real_fit = run_module.fit
-
-    def crashing_fit(*args, **kwargs):
-        if kwargs.get("desc", "").startswith("fold 2/"):
-            def crash(epoch, record):
-                if epoch == 3:
-                    raise KeyboardInterrupt
-            kwargs["callback"] = crash
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "fit", crashing_fit)
+    disarm = interrupt_fold(2, epoch=3)
     with pytest.raises(KeyboardInterrupt):
         train_run(deriv, tmp_path / "run", **FAST)
-    monkeypatch.setattr(run_module, "fit", real_fit)
+    disarm()
     assert (tmp_path / "run" / "fold-0" / "model.pt").is_file()
     last = load_checkpoint(tmp_path / "run" / "fold-1" / "last.pt")  # plain tensors and types only
     assert last["state"]["epoch"] == 3 and "optimizer" in last and "scheduler" in last

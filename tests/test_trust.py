@@ -24,19 +24,6 @@ RES = 8.0
 FAST = dict(epochs=1, folds=2, batch_size=4, show_progress=False, n_bootstrap=50)
 
 
-@pytest.fixture
-def neuroml_log(caplog):
-    """caplog that sees the "neuroml" logger even after the CLI made it stop propagating."""
-    logger = logging.getLogger("neuroml")
-    state = (logger.level, logger.propagate, list(logger.handlers))
-    logger.handlers[:] = [caplog.handler]
-    logger.setLevel(logging.INFO)
-    yield caplog
-    logger.setLevel(state[0])
-    logger.propagate = state[1]
-    logger.handlers[:] = state[2]
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

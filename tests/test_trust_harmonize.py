@@ -23,24 +23,7 @@ FAST = dict(epochs=2, folds=2, batch_size=4, show_progress=False, n_bootstrap=20
 SITE_OFFSET = {"A": 0.0, "B": 2.0, "C": -2.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def neuroml_log(caplog):
-    logger = logging.getLogger("neuroml")
-    state = (logger.level, logger.propagate, list(logger.handlers))
-    logger.handlers[:] = [caplog.handler]
-    logger.setLevel(logging.INFO)
-    yield caplog
-    logger.setLevel(state[0])
-    logger.propagate = state[1]
-    logger.handlers[:] = state[2]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mask():
@@ -244,23 +227,13 @@ def test_attribute_explains_harmonized_inputs(harmonized):
 
 # ---------------------------------------------------------------- (d) resume
 
-def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(tmp_path, harmonized, monkeypatch):
+def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(tmp_path, harmonized, interrupt_fold):
     deriv, ref_dir, _ = harmonized
-    real_fit = run_module.fit
-
-    def crashing_fit(*args, **kwargs):
-        if kwargs.get("desc", "").startswith("fold 2/"):
-            def crash(epoch, record):
-                if epoch == 1:
-                    raise KeyboardInterrupt
-            kwargs["callback"] = crash
-        return real_fit(*args, **kwargs)
-
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(run_module, "fit", crashing_fit)
+    disarm = interrupt_fold(2, epoch=1)
     with pytest.raises(KeyboardInterrupt):
         train_run(deriv, run_dir, harmonize="combat", **FAST)
-    monkeypatch.setattr(run_module, "fit", real_fit)
+    disarm()
     assert (run_dir / "fold-1" / "last.pt").is_file() and (run_dir / "fold-0" / FOLD_FILE).is_file()
     stamp = (run_dir / "fold-0" / FOLD_FILE).stat().st_mtime_ns
     train_run(deriv, run_dir, harmonize="combat", resume=True, **FAST)
