@@ -2,8 +2,8 @@
 
 AdamW, a per-step learning-rate schedule, class-weighted cross-entropy, early stopping on
 the validation balanced accuracy (ties broken by the validation loss) keeping the best
-weights, optional gradient accumulation, bf16 autocast and channels-last on CUDA, and an
-optional ``torch.compile``.
+weights, optional gradient accumulation, bf16 autocast on CUDA, channels-last memory (on
+CUDA and the CPU: :func:`resolve_channels_last`), and an optional ``torch.compile``.
 
 Randomness is derived from ``(stream..., epoch)`` (the shuffling generator, the
 augmentation state and torch's generator inside :func:`torch.random.fork_rng`), so an
@@ -32,7 +32,7 @@ from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
 __all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
-           "make_loader", "seed_for", "is_main_process", "SCHEDULES"]
+           "resolve_channels_last", "make_loader", "seed_for", "is_main_process", "SCHEDULES"]
 
 log = logging.getLogger("neuroml")
 
@@ -54,7 +54,7 @@ class TrainSettings:
     grad_accum: int = 1
     schedule: str = "cosine"
     amp: bool = True
-    channels_last: bool = True
+    channels_last: object = "auto"
     compile: bool = False
     num_workers: int = 0
     device: str = "auto"
@@ -73,8 +73,10 @@ class TrainSettings:
         if self.patience is not None:
             check_in_range("patience", self.patience, 1, None, kind=int)
         self.schedule = look_up_option("schedule", self.schedule, SCHEDULES)
-        if self.preload not in ("auto", True, False):
-            raise ConfigError(f"The 'preload' parameter must be 'auto', True or False. Got {self.preload!r} instead.")
+        for name in ("preload", "channels_last"):
+            value = getattr(self, name)
+            if value not in ("auto", True, False):
+                raise ConfigError(f"The {name!r} parameter must be 'auto', True or False. Got {value!r} instead.")
         resolve_device(self.device)
         return self
 
@@ -139,7 +141,22 @@ def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, sampl
         worker_init_fn=_WorkerInit(seed) if num_workers else None, pin_memory=pin_memory, drop_last=drop_last)
 
 
+def resolve_channels_last(channels_last, device):
+    """Whether :func:`fit` keeps the network and the 5D batches in ``torch.channels_last_3d`` memory.
+
+    ``"auto"``: on CUDA and on the CPU (oneDNN's 3D convolutions run faster channels-last;
+    README, Benchmarks). ``True``/``False`` force it on or off.
+    """
+    device = torch.device(device)
+    if channels_last == "auto":
+        return device.type in ("cuda", "cpu")
+    return bool(channels_last)
+
+
 def _autocast(device, amp):
+    # CUDA only. On the CPU bf16 autocast trained the compact network ~1.3x faster (channels-last,
+    # AVX512-BF16), but oneDNN's bf16 convolution weight gradient is nondeterministic, at times NaN,
+    # when an output side is <= 2 voxels (the compact network's last layers at 8 mm): not used.
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -147,12 +164,15 @@ def _autocast(device, amp):
 
 def _to_device(x, device, channels_last):
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
 
 
 def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last=False, num_workers=0,
              criterion=None):
     """Class probabilities of every item (in order) and, for labelled data, the loss.
+
+    ``amp`` (bf16 autocast) applies on CUDA only. ``channels_last`` feeds 5D batches in
+    ``torch.channels_last_3d`` memory (for a network kept in that format, as inside :func:`fit`).
 
     Returns
     -------
@@ -167,7 +187,7 @@ def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last
         for batch in loader:
             x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
             with _autocast(device, amp):
-                out = model(_to_device(x, device, channels_last and device.type == "cuda"))
+                out = model(_to_device(x, device, channels_last))
             logits.append(out.float().cpu())
             if y is not None:
                 labels.append(y)
@@ -297,7 +317,9 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
 
 
 def _cpu_state(model):
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A CPU copy of the weights in the default (contiguous) memory format, whatever the model's."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()}
 
 
 def fit(model, train_data, val_data=None, settings=None, class_weights=None, stream=(0,), checkpoint_path=None,
@@ -333,7 +355,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
 
     settings = (settings or TrainSettings()).validate()
     device = resolve_device(settings.device)
-    channels_last = settings.channels_last and device.type == "cuda"
+    channels_last = resolve_channels_last(settings.channels_last, device)
     distributed = ddp.is_distributed()
     if distributed and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -422,6 +444,8 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         if state["stopped_early"]:
             log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, state["best"]["epoch"])
     bar.close()
+    if channels_last:  # hand the model back in the default memory format (attribution, export, ...)
+        model.to(memory_format=torch.contiguous_format)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
