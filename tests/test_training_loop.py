@@ -188,3 +188,22 @@ def test_channels_last_fit_equals_the_contiguous_fit():
     assert losses[True][0] != losses[True][-1]
     proba = {cl: evaluate(r.model, VolumeDataset(x, y))[0] for cl, r in runs.items()}
     assert np.abs(proba[True] - proba[False]).max() < 1e-5
+
+
+def test_fit_augments_whole_batches_identically_with_and_without_preloading():
+    from neuroml.data import make_augmentation
+    from neuroml.models import build_model
+
+    x, y = _blobs(10)
+    out = {}
+    for name, preload, augment in (("loader", False, True), ("preloaded", True, True), ("plain", False, False)):
+        torch.manual_seed(0)
+        model = build_model("compact", 3, spatial_shape=x.shape[1:])
+        data = VolumeDataset(x, y, transform=make_augmentation(seed=4, prob=1.0) if augment else None)
+        settings = TrainSettings(epochs=2, batch_size=4, device="cpu", show_progress=False, preload=preload,
+                                 patience=None)
+        res = fit(model, data, None, settings, stream=(2,))
+        assert (data.transform is not None) == augment  # the caller's dataset keeps its transform
+        out[name] = [r["train_loss"] for r in res.history]
+    assert out["loader"] == out["preloaded"]  # same batches, same draws, same order
+    assert out["loader"] != out["plain"]

@@ -162,9 +162,28 @@ def _autocast(device, amp):
     return contextlib.nullcontext()
 
 
-def _to_device(x, device, channels_last):
+def _to_device(x, device, channels_last, augment=None):
     x = x.to(device, non_blocking=True)
+    if augment is not None:
+        x = augment.apply_batch(x)
     return x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
+
+
+def _batch_augmentation(data):
+    """``(data without its transform, transform)`` when ``data``'s transform augments whole batches.
+
+    A :class:`~neuroml.data.VolumeDataset` whose transform has ``apply_batch`` (the default
+    :func:`~neuroml.data.make_augmentation`) then yields plain volumes, and :func:`fit`
+    augments each batch on the training device; otherwise ``(data, None)``.
+    """
+    from neuroml.data.dataset import VolumeDataset
+
+    transform = getattr(data, "transform", None)
+    if not isinstance(data, VolumeDataset) or not hasattr(transform, "apply_batch"):
+        return data, None
+    plain = copy.copy(data)
+    plain.transform = None
+    return plain, transform
 
 
 def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last=False, num_workers=0,
@@ -255,8 +274,9 @@ PRELOAD_GPU_FRACTION = 0.25
 def _preload(data, settings, device):
     """``(volumes, labels)`` of ``data`` on ``device`` for :func:`fit` to index directly, or None.
 
-    Only for a :class:`~neuroml.data.VolumeDataset` without a random transform (a transform runs
-    per item on the CPU). ``preload="auto"`` preloads on CUDA when the float32 volumes take at most
+    Only for a :class:`~neuroml.data.VolumeDataset` without a per-item transform (:func:`fit`
+    takes a batch augmentation off the dataset first and applies it to the gathered batches).
+    ``preload="auto"`` preloads on CUDA when the float32 volumes take at most
     :data:`PRELOAD_GPU_FRACTION` of the card's memory: the loader then costs one index per batch.
     """
     from neuroml.data.dataset import VolumeDataset
@@ -276,7 +296,8 @@ def _preload(data, settings, device):
     return vols.to(device), torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
 
 
-def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None):
+def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None,
+                 augment=None):
     net.train()
     sampler = None
     if ddp.is_distributed():
@@ -287,6 +308,8 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
         seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
+    if augment is not None:
+        augment.set_random_state(seed)
     if preloaded is None:
         loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
                              sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
@@ -299,7 +322,7 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
-        x, y = _to_device(x, device, channels_last), y.to(device)
+        x, y = _to_device(x, device, channels_last, augment), y.to(device)
         step = (i + 1) % accum == 0 or i + 1 == n
         with ddp.no_sync_if(net, not step):  # DDP: all-reduce gradients only on the stepping batch
             with _autocast(device, settings.amp):
@@ -332,7 +355,9 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         Freshly initialised (or resumed from ``checkpoint_path``).
     train_data, val_data : torch Dataset of ``(x, y)``
         ``val_data`` (optional) drives early stopping and the choice of the best epoch;
-        without it the last epoch is kept.
+        without it the last epoch is kept. A :class:`~neuroml.data.VolumeDataset` whose
+        transform has ``apply_batch`` (:func:`~neuroml.data.make_augmentation`'s default) is
+        augmented a batch at a time on the training device, reseeded every epoch.
     settings : TrainSettings
     class_weights : array-like of float, optional
         Cross-entropy class weights (e.g. ``n / (C * count_c)``).
@@ -392,6 +417,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
+    train_data, augment = _batch_augmentation(train_data)
     preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
@@ -404,7 +430,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
-                                      seed, drop_last, preloaded)
+                                      seed, drop_last, preloaded, augment)
         rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
                "lr": float(opt.param_groups[0]["lr"])}
         best = state["best"]
