@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
 """CPU training throughput: neuroml's loop (float16 tensor cache) against a naive MONAI-tutorial loop.
 
-Both loops train the same network (``build_model("compact")``, same initial weights), with
+The loops train the same network (``build_model("compact")``, same initial weights), with
 the same batch size, optimiser (AdamW), loss and torch threads, on the same volumes, in one
 process:
 
-* **neuroml**: :func:`neuroml.training.fit` over the tensor cache as ``train_run`` uses it
-  (float16 memmap, read into RAM as float32 once for cohorts under 2 GiB); once without
-  augmentation and once with the default augmentation;
 * **naive**: the MONAI tutorial pattern: ``monai.data.Dataset`` with ``LoadImaged`` (the
   ``.nii.gz`` read and decompressed at every step), ``EnsureChannelFirstd``,
-  ``ScaleIntensityd``, float32, no cache, a plain ``DataLoader`` and training loop.
+  ``ScaleIntensityd``, float32, contiguous memory, no cache, a plain ``DataLoader`` and
+  training loop; also with the network's dropout left as MONAI builds it
+  (``torch.nn.Dropout``, as a tutorial would have it);
+* **neuroml**: :func:`neuroml.training.fit` over the tensor cache as ``train_run`` uses it
+  (float16 memmap, read into RAM as float32 once for cohorts under 2 GiB) with its default
+  settings (channels-last memory on the CPU); for transparency also with the previous
+  default (contiguous memory: ``channels_last=False``), with the previous network as well
+  (``torch.nn.Dropout`` instead of :class:`~neuroml.models.layers.FastDropout`), with the
+  default augmentation (batched: :class:`~neuroml.data.BatchAugmentation`) and with the
+  previous one (MONAI's transforms per item: ``make_augmentation(batched=False)``).
 
 It also times the data pipelines alone (iterating the loaders without a network). The
-one-off cost of building the cache is reported separately. Volumes/s exclude the first
-(warm-up) epoch. Usage::
+one-off cost of building the cache is reported separately. Volumes/s exclude each fit's
+first (warm-up) epoch; the loops run in turn, ``--repeats`` times, so that a change of the
+machine's load hits them alike. Usage::
 
     python scripts/bench_throughput.py                              # synthetic 2 mm volumes
     python scripts/bench_throughput.py --deriv /tmp/neuroml-bench-training/deriv --json tp.json
@@ -36,25 +43,35 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def _model(shape, n_classes, seed=0):
+def _model(shape, n_classes, seed=0, torch_dropout=False):
     from neuroml.models import build_model
+    from neuroml.models.layers import FastDropout
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model("compact", n_classes, spatial_shape=shape)
+        model = build_model("compact", n_classes, spatial_shape=shape)
+    if torch_dropout:  # the network as MONAI builds it
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is FastDropout:
+                    setattr(module, name, torch.nn.Dropout(child.p))
+    return model
 
 
-def ours(volumes, y, n_classes, batch_size, epochs, augment):
-    """Volumes/s of neuroml's fit() (epochs after the first)."""
+def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout=False, **settings):
+    """(volumes, wall seconds, CPU seconds) of neuroml's fit() over the epochs after the first."""
     from neuroml.data import VolumeDataset, make_augmentation
     from neuroml.training import TrainSettings, fit
 
-    data = VolumeDataset(volumes, y, transform=make_augmentation(seed=0) if augment else None)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, patience=None, device="cpu", show_progress=False)
-    res = fit(_model(volumes.shape[1:], n_classes), data, None, settings, class_weights=np.ones(n_classes))
+    aug = make_augmentation(seed=0, batched=augment != "monai") if augment else None
+    data = VolumeDataset(volumes, y, transform=aug)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, patience=None, device="cpu", show_progress=False,
+                             **settings)
+    marks = []  # (wall, CPU) clock at the end of every epoch
+    fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout), data, None, settings,
+        class_weights=np.ones(n_classes), callback=lambda *_: marks.append((time.perf_counter(), time.process_time())))
     n = (len(data) // batch_size) * batch_size if len(data) % batch_size == 1 else len(data)
-    secs = [r["seconds"] for r in res.history[1:]]
-    return n * len(secs) / sum(secs)
+    return n * (len(marks) - 1), marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
 
 
 def _naive_loader(files, y, batch_size, seed=0):
@@ -68,16 +85,16 @@ def _naive_loader(files, y, batch_size, seed=0):
     return DataLoader(Dataset(items, transforms), batch_size=batch_size, shuffle=True, num_workers=0, generator=gen)
 
 
-def naive(files, y, shape, n_classes, batch_size, epochs):
-    """Volumes/s of the MONAI-tutorial loop (epochs after the first)."""
-    net = _model(shape, n_classes)
+def naive(files, y, shape, n_classes, batch_size, epochs, torch_dropout=False):
+    """(volumes, wall seconds, CPU seconds) of the MONAI-tutorial loop over the epochs after the first."""
+    net = _model(shape, n_classes, torch_dropout=torch_dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     crit = torch.nn.CrossEntropyLoss()
     loader = _naive_loader(files, y, batch_size)
     rates = []
     for epoch in range(epochs):
         net.train()
-        t0, n = time.perf_counter(), 0
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
         for batch in loader:
             x, lab = batch["img"].as_tensor() if hasattr(batch["img"], "as_tensor") else batch["img"], batch["label"]
             opt.zero_grad()
@@ -86,8 +103,8 @@ def naive(files, y, shape, n_classes, batch_size, epochs):
             opt.step()
             n += len(lab)
         if epoch:
-            rates.append((n, time.perf_counter() - t0))
-    return sum(r[0] for r in rates) / sum(r[1] for r in rates)
+            rates.append((n, time.perf_counter() - t0, time.process_time() - c0))
+    return tuple(sum(r[i] for r in rates) for i in range(3))
 
 
 def loader_only(make_iter, n_items, repeats=2):
@@ -106,6 +123,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3, help="epochs per loop (the first is warm-up)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of every loop, in turn")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -134,6 +152,7 @@ def main(argv=None):
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
         res = {"n_volumes": n, "grid_shape": list(shape), "batch_size": bs, "threads": args.threads,
+               "repeats": args.repeats, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                "epochs_timed": args.epochs - 1, "cache_build_or_check_s": round(t_cache, 2),
                "cache_to_ram_s": round(t_ram, 2), "load_avg_start": round(os.getloadavg()[0], 2)}
         memmap_ds = VolumeDataset(cohort.cache.data, y, rows)
@@ -145,20 +164,58 @@ def main(argv=None):
         }
         print("data pipeline alone (vol/s): " + ", ".join(f"{k} {v:.1f}" for k, v in res["loader_vol_per_s"].items()),
               flush=True)
-        train = {}
-        train["naive_monai_tutorial"] = naive(files, y, shape, n_classes, bs, args.epochs)
-        print(f"naive MONAI loop: {train['naive_monai_tutorial']:.2f} vol/s", flush=True)
-        train["neuroml"] = ours(volumes, y, n_classes, bs, args.epochs, augment=False)
-        print(f"neuroml loop: {train['neuroml']:.2f} vol/s", flush=True)
-        train["neuroml_default_augmentation"] = ours(volumes, y, n_classes, bs, args.epochs, augment=True)
-        print(f"neuroml loop with default augmentation: {train['neuroml_default_augmentation']:.2f} vol/s", flush=True)
+        loops = {  # name: (description, function returning (volumes, seconds) of the timed epochs)
+            "naive_monai_tutorial": ("naive MONAI loop", lambda: naive(files, y, shape, n_classes, bs, args.epochs)),
+            "naive_monai_tutorial_torch_dropout": (
+                "naive MONAI loop, torch.nn.Dropout",
+                lambda: naive(files, y, shape, n_classes, bs, args.epochs, torch_dropout=True)),
+            "neuroml": ("neuroml fit, defaults", lambda: ours(volumes, y, n_classes, bs, args.epochs)),
+            "neuroml_contiguous": ("neuroml fit, channels_last=False",
+                                   lambda: ours(volumes, y, n_classes, bs, args.epochs, channels_last=False)),
+            "neuroml_previous": (
+                "neuroml fit, channels_last=False, torch.nn.Dropout (previous defaults)",
+                lambda: ours(volumes, y, n_classes, bs, args.epochs, channels_last=False, torch_dropout=True)),
+            "neuroml_default_augmentation": ("neuroml fit, defaults + default augmentation (batched)",
+                                             lambda: ours(volumes, y, n_classes, bs, args.epochs, augment=True)),
+            "neuroml_monai_augmentation": (
+                "neuroml fit, defaults + the MONAI per-item augmentation (previous default)",
+                lambda: ours(volumes, y, n_classes, bs, args.epochs, augment="monai")),
+        }
+        totals = {k: np.zeros(3) for k in loops}  # volumes, wall seconds, CPU seconds
+        per_round = {k: [] for k in loops}
+        load = []
+        for r in range(args.repeats):
+            names = list(loops)
+            names = names[r % len(names):] + names[:r % len(names)]  # a different loop goes first each round
+            for name in names:
+                got = np.array(loops[name][1](), dtype=float)
+                totals[name] += got
+                per_round[name].append(round(got[0] / got[1], 2))
+            load.append(round(os.getloadavg()[0], 2))
+            print(f"round {r + 1}/{args.repeats} (load {load[-1]:.1f}), vol/s: " + ", ".join(
+                f"{k} {v[-1]:.1f}" for k, v in per_round.items()), flush=True)
+        train = {k: v[0] / v[1] for k, v in totals.items()}
+        train_cpu = {k: v[0] / v[2] for k, v in totals.items()}
+        for name, (desc, _) in loops.items():
+            print(f"{desc}: {train[name]:.2f} vol/s, {train_cpu[name]:.2f} vol per CPU second", flush=True)
         res["train_vol_per_s"] = train
-        res["speedup_train"] = train["neuroml"] / train["naive_monai_tutorial"]
+        res["train_vol_per_cpu_s"] = train_cpu
+        res["train_vol_per_s_per_round"] = per_round
+        res["load_avg_per_round"] = load
+        for key, rates in (("speedup_train", train), ("speedup_train_cpu", train_cpu)):
+            res[key] = {"same_network": rates["neuroml"] / rates["naive_monai_tutorial"],
+                        "against_torch_dropout_naive": rates["neuroml"] / rates["naive_monai_tutorial_torch_dropout"],
+                        "previous_defaults": rates["neuroml_previous"] / rates["naive_monai_tutorial_torch_dropout"]}
         res["speedup_loader"] = res["loader_vol_per_s"]["neuroml_ram_float32"] / res["loader_vol_per_s"][
             "naive_loadimage_nifti"]
         res["load_avg_end"] = round(os.getloadavg()[0], 2)
         res = json.loads(json.dumps(res), parse_float=lambda s: round(float(s), 3))
-    print(f"speed-up, training loop: {res['speedup_train']:.2f}x; data pipeline alone: {res['speedup_loader']:.1f}x")
+    for key, unit in (("speedup_train", "wall"), ("speedup_train_cpu", "CPU")):
+        sp = res[key]
+        print(f"speed-up of the training loop ({unit} time): {sp['same_network']:.2f}x (same network), "
+              f"{sp['against_torch_dropout_naive']:.2f}x (against the naive loop with torch.nn.Dropout); "
+              f"previous defaults: {sp['previous_defaults']:.2f}x")
+    print(f"data pipeline alone: {res['speedup_loader']:.1f}x")
     print("RESULT_JSON " + json.dumps(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

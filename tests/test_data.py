@@ -239,3 +239,72 @@ def test_augmentation_is_seeded_and_never_flips(deriv):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.allclose(a[0], torch.from_numpy(before[2]))
     assert np.array_equal(ds.volumes, before)  # the RAM copy is never modified
+
+
+def test_the_monai_augmentation_is_still_available_per_item():
+    from neuroml.data import Augmentation, BatchAugmentation
+
+    assert isinstance(make_augmentation(), BatchAugmentation)
+    monai_aug = make_augmentation(seed=1, prob=1.0, batched=False)
+    assert isinstance(monai_aug, Augmentation) and "RandAffine" in repr(monai_aug)
+    x = torch.randn(1, 9, 10, 11)
+    assert monai_aug(x).shape == x.shape and not torch.equal(monai_aug(x), x)
+
+
+@pytest.mark.parametrize("rot, shift, scale", [(0.3, 4.0, 0.2), (0.05, 2.0, 0.03)])
+def test_batch_warp_resamples_exactly_like_monai_rand_affine(rot, shift, scale):
+    from monai.transforms import RandAffine
+
+    from neuroml.data.augment import _monai_affine, warp_affine
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 19, 23, 20)
+    mats, refs = [], []
+    for i, seed in enumerate((3, 4)):
+        t = RandAffine(prob=1.0, rotate_range=(rot,) * 3, translate_range=(shift,) * 3, scale_range=(scale,) * 3,
+                       mode="bilinear", padding_mode="border")
+        t.set_random_state(seed)
+        refs.append(t(x[i]).as_tensor())
+        g = t.rand_affine_grid
+        mats.append(_monai_affine(*(torch.tensor(p, dtype=torch.float64)
+                                    for p in (g.rotate_params, g.translate_params, g.scale_params))))
+    got = warp_affine(x, torch.stack(mats))
+    assert (got - torch.stack(refs)).abs().max() < 1e-4  # float32 rounding; the warp itself moves values by ~1
+    assert (got - x).abs().max() > 0.5
+
+
+def test_batch_augmentation_steps_probabilities_and_seeding():
+    from neuroml.data import BatchAugmentation
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(300, 1, 4, 5, 6)).astype(np.float32))
+    before = x.clone()
+    assert torch.equal(BatchAugmentation(prob=0.0).apply_batch(x), x)
+    # intensity only: each item becomes a * x + b, a in [0.9, 1.1], b in [-0.1, 0.1]
+    only = dict(rotate_deg=0, translate_vox=0, scale=0, noise_std=0, intensity=0.1, prob=1.0)
+    out = BatchAugmentation(seed=1, **only).apply_batch(x)
+    flat_x, flat_o = x.flatten(1).double(), out.flatten(1).double()
+    a = ((flat_o - flat_o.mean(1, keepdim=True)) * (flat_x - flat_x.mean(1, keepdim=True))).sum(1) / \
+        ((flat_x - flat_x.mean(1, keepdim=True)) ** 2).sum(1)
+    b = flat_o.mean(1) - a * flat_x.mean(1)
+    assert torch.allclose(flat_o, a[:, None] * flat_x + b[:, None], atol=1e-4)  # (after an identity resampling)
+    assert a.min() >= 0.9 - 1e-6 and a.max() <= 1.1 + 1e-6 and a.max() - a.min() > 0.15
+    assert b.abs().max() <= 0.1 + 1e-6 and b.max() - b.min() > 0.15
+    # noise only, prob 0.5: about half the items change, each by N(0, s), s <= noise_std
+    noisy = BatchAugmentation(seed=2, **{**only, "intensity": 0, "noise_std": 0.5, "prob": 0.5}).apply_batch(x)
+    changed = (noisy - x).abs().flatten(1).amax(1) > 1e-3  # not just the identity resampling's rounding
+    assert 0.4 < changed.float().mean() < 0.6
+    assert (noisy - x)[changed].flatten(1).std(1).max() < 0.6
+    # flip only: an item is itself or flipped along its first spatial axis, both happen
+    flipped = BatchAugmentation(seed=3, **{**only, "intensity": 0, "prob": 0.0}, flip=True).apply_batch(x)
+    same = (flipped == x).flatten(1).all(1)
+    assert torch.equal(flipped[~same], x[~same].flip(2)) and 0.4 < same.float().mean() < 0.6
+    # seeded, per item as well, and the input is never modified
+    aug = make_augmentation(seed=7, prob=1.0)
+    first = aug.apply_batch(x[:4])
+    assert torch.equal(aug.set_random_state(7).apply_batch(x[:4]), first)
+    assert not torch.equal(aug.set_random_state(8).apply_batch(x[:4]), first)
+    assert aug(x[0]).shape == x[0].shape
+    assert torch.equal(x, before)
+    with pytest.raises(ValueError, match="batch"):
+        aug.apply_batch(x[0])

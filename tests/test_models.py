@@ -76,3 +76,59 @@ def test_bad_arguments():
         build_model("compact", 3, spatial_shape=(8, 9, 10))
     with pytest.raises(ConfigError, match="in_channels"):
         build_model("resnet10", 3, in_channels=0)
+
+
+# ---------------------------------------------------------------- FastDropout
+
+def test_compact_uses_fast_dropout_with_monai_state_dict_keys():
+    from monai.networks import nets
+
+    from neuroml.models.layers import FastDropout
+
+    model = build_model("compact", 3, spatial_shape=(19, 23, 20))
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 4 and all(type(m) is FastDropout and m.p == 0.1 for m in drops)
+    plain = nets.Classifier(in_shape=(1, 19, 23, 20), classes=3, channels=(8, 16, 32, 64, 64),
+                            strides=(2, 2, 2, 2, 1), kernel_size=3, num_res_units=0, act="PRELU",
+                            norm="INSTANCE", dropout=0.1)
+    assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    plain.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_rate_scale_gradient_and_seeding(p):
+    from neuroml.models.layers import FastDropout
+
+    drop = FastDropout(p)
+    x = torch.randn(3, 4, 50, 60, 7, requires_grad=True)
+    torch.manual_seed(5)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.01  # 252,000 draws: sd < 0.001
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))
+    torch.manual_seed(5)
+    assert torch.equal(drop(x), y)  # torch's seed fixes the mask
+    assert not torch.equal(drop(x), y)  # and the stream moves on
+    # all four 16-bit lanes of a 64-bit draw are used: no lane is always kept or always dropped
+    lanes = kept.flatten()[:4 * (kept.numel() // 4)].view(-1, 4).float().mean(0)
+    assert ((lanes - (1 - p)).abs() < 0.02).all()
+
+
+def test_fast_dropout_same_mask_in_channels_last_and_bf16_and_identity_in_eval():
+    from neuroml.models.layers import FastDropout
+
+    drop = FastDropout(0.2)
+    x = torch.randn(2, 3, 5, 6, 7)
+    torch.manual_seed(1)
+    ref = drop(x)
+    torch.manual_seed(1)
+    cl = drop(x.contiguous(memory_format=torch.channels_last_3d))
+    assert cl.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(cl, ref)
+    torch.manual_seed(1)
+    half = drop(x.bfloat16())
+    assert half.dtype == torch.bfloat16 and torch.equal(half != 0, ref != 0)
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(FastDropout(0.0)(x), x)
+    assert torch.equal(FastDropout(1.0)(x), torch.zeros_like(x))

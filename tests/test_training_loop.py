@@ -117,3 +117,93 @@ def test_preload_is_validated_and_skipped_with_a_transform():
     assert _preload(data, TrainSettings(device="cpu").validate(), torch.device("cpu")) is None  # auto: CUDA only
     augmented = VolumeDataset(data.volumes, data.labels, transform=make_augmentation(seed=0))
     assert _preload(augmented, on, torch.device("cpu")) is None
+
+
+def test_channels_last_is_the_default_on_cpu_and_cuda_and_is_validated():
+    from neuroml.errors import ConfigError
+    from neuroml.training.trainer import resolve_channels_last
+
+    assert TrainSettings().channels_last == "auto"
+    assert resolve_channels_last("auto", "cpu") is True
+    assert resolve_channels_last("auto", "cuda") is True
+    assert resolve_channels_last(False, "cpu") is False and resolve_channels_last(True, "cpu") is True
+    with pytest.raises(ConfigError, match="'channels_last'"):
+        TrainSettings(channels_last="yes").validate()
+
+
+def _blobs(n, shape=(19, 23, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
+    for i, c in enumerate(y):
+        x[i, 3 + 5 * c:7 + 5 * c, 5:12, 4:10] += 2.0
+    return x, y
+
+
+def _fit_compact(x, y, tmp_path=None, hook=None, **options):
+    from neuroml.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("compact", 3, spatial_shape=x.shape[1:])
+    if hook is not None:
+        model.net.layer_1.conv.register_forward_hook(hook)
+    settings = TrainSettings(epochs=3, batch_size=4, device="cpu", show_progress=False, patience=None, **options)
+    n = len(x) * 2 // 3
+    return fit(model, VolumeDataset(x[:n], y[:n]), VolumeDataset(x[n:], y[n:]), settings, stream=(1,),
+               checkpoint_path=None if tmp_path is None else tmp_path / "last.pt")
+
+
+def test_fit_trains_channels_last_on_cpu_and_hands_back_contiguous_weights(tmp_path):
+    from neuroml.training import load_checkpoint
+
+    cl = torch.channels_last_3d
+    seen = []  # (training?, weight channels-last?, output channels-last?) of a 8 -> 16 channel convolution
+
+    def channels_last(t):
+        return t.is_contiguous(memory_format=cl) and not t.is_contiguous()
+
+    def hook(module, inputs, output):
+        seen.append((module.training, channels_last(module.weight), channels_last(output)))
+
+    x, y = _blobs(12)
+    res = _fit_compact(x, y, tmp_path, hook)  # the default settings
+    assert {s[0] for s in seen} == {True, False}  # training steps and validation passes
+    assert all(s[1] and s[2] for s in seen)  # both in channels-last memory
+    for name, p in res.model.state_dict().items():
+        assert p.is_contiguous(), name  # handed back in the default format
+    for name, p in load_checkpoint(tmp_path / "last.pt")["model"].items():
+        assert p.is_contiguous(), name
+    seen.clear()
+    _fit_compact(x, y, channels_last=False, hook=hook)
+    assert seen and not any(s[1] or s[2] for s in seen)
+
+
+def test_channels_last_fit_equals_the_contiguous_fit():
+    from neuroml.training.trainer import evaluate
+
+    x, y = _blobs(12)
+    runs = {cl: _fit_compact(x, y, channels_last=cl) for cl in (True, False)}
+    losses = {cl: [h["train_loss"] for h in r.history] for cl, r in runs.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)  # same batches, same dropout masks
+    assert losses[True][0] != losses[True][-1]
+    proba = {cl: evaluate(r.model, VolumeDataset(x, y))[0] for cl, r in runs.items()}
+    assert np.abs(proba[True] - proba[False]).max() < 1e-5
+
+
+def test_fit_augments_whole_batches_identically_with_and_without_preloading():
+    from neuroml.data import make_augmentation
+    from neuroml.models import build_model
+
+    x, y = _blobs(10)
+    out = {}
+    for name, preload, augment in (("loader", False, True), ("preloaded", True, True), ("plain", False, False)):
+        torch.manual_seed(0)
+        model = build_model("compact", 3, spatial_shape=x.shape[1:])
+        data = VolumeDataset(x, y, transform=make_augmentation(seed=4, prob=1.0) if augment else None)
+        settings = TrainSettings(epochs=2, batch_size=4, device="cpu", show_progress=False, preload=preload,
+                                 patience=None)
+        res = fit(model, data, None, settings, stream=(2,))
+        assert (data.transform is not None) == augment  # the caller's dataset keeps its transform
+        out[name] = [r["train_loss"] for r in res.history]
+    assert out["loader"] == out["preloaded"]  # same batches, same draws, same order
+    assert out["loader"] != out["plain"]

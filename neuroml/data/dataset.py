@@ -228,16 +228,35 @@ class Augmentation:
 
 
 def make_augmentation(seed=0, rotate_deg=3.0, translate_vox=2.0, scale=0.03, intensity=0.1, noise_std=0.05,
-                      flip=False, prob=0.5):
-    """Small MONAI augmentations for channel-first 3D tensors, with their own seeded random state.
+                      flip=False, prob=0.5, batched=True):
+    """Small random augmentations for channel-first 3D tensors, with their own seeded random state.
 
     A random affine (rotation, translation, scaling), intensity scaling and shift, and
     Gaussian noise, each applied with probability ``prob``. No left-right flip unless
     ``flip=True``: brain asymmetry may carry the signal.
 
+    Parameters
+    ----------
+    seed : int
+    rotate_deg, translate_vox, scale : float
+        Largest rotation about each axis (degrees), translation (voxels) and relative
+        scaling per axis.
+    intensity : float
+        Largest relative intensity scaling and largest intensity shift.
+    noise_std : float
+        Largest standard deviation of the Gaussian noise (drawn from ``U(0, noise_std)``).
+    flip : bool, default=False
+    prob : float, default=0.5
+    batched : bool, default=True
+        A :class:`~neuroml.data.augment.BatchAugmentation`, which :func:`~neuroml.training.fit`
+        applies to whole batches on the training device (the same MONAI parameter
+        distributions and affine matrices, one resampling per batch); False: the MONAI
+        transforms themselves (``RandAffine``, ``RandScaleIntensity``, ``RandShiftIntensity``,
+        ``RandGaussianNoise``, ``RandFlip``) in an :class:`Augmentation`, per item.
+
     Returns
     -------
-    Augmentation
+    BatchAugmentation or Augmentation
         Call it on a ``(C, X, Y, Z)`` tensor; reseed with ``.set_random_state(seed)``.
 
     Examples
@@ -245,7 +264,14 @@ def make_augmentation(seed=0, rotate_deg=3.0, translate_vox=2.0, scale=0.03, int
     >>> aug = make_augmentation(seed=0)
     >>> aug(torch.zeros(1, 7, 8, 9)).shape
     torch.Size([1, 7, 8, 9])
+    >>> aug.apply_batch(torch.zeros(4, 1, 7, 8, 9)).shape
+    torch.Size([4, 1, 7, 8, 9])
     """
+    if batched:
+        from neuroml.data.augment import BatchAugmentation
+
+        return BatchAugmentation(seed=seed, rotate_deg=rotate_deg, translate_vox=translate_vox, scale=scale,
+                                 intensity=intensity, noise_std=noise_std, flip=flip, prob=prob)
     from monai.transforms import RandAffine, RandFlip, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
 
     rot = float(np.deg2rad(rotate_deg))
@@ -273,7 +299,9 @@ class VolumeDataset(torch.utils.data.Dataset):
     rows : array-like of int, optional
         Rows of ``volumes`` forming the dataset (default all).
     transform : callable, optional
-        Applied to each ``(C, X, Y, Z)`` tensor, e.g. :func:`make_augmentation`.
+        Applied to each ``(C, X, Y, Z)`` tensor, e.g. :func:`make_augmentation`. One with an
+        ``apply_batch`` method (:class:`~neuroml.data.augment.BatchAugmentation`) is applied by
+        :func:`~neuroml.training.fit` to whole training batches instead.
     in_memory : bool, default=False
         Copy the selected rows into RAM as float32 once (fast path for small cohorts).
     """

@@ -1,7 +1,8 @@
 """Build MONAI 3D classification networks by name.
 
 ``compact`` is the CPU network (a MONAI :class:`~monai.networks.nets.Classifier`, about
-0.2 M parameters at 2 mm); ``densenet121`` and the ResNets are GPU networks (see
+0.2 M parameters at 2 mm, with :class:`~neuroml.models.layers.FastDropout` for its dropout
+layers); ``densenet121`` and the ResNets are GPU networks (see
 ``/work/shared/MEASUREMENTS.md``: ResNet10 trains ~15x slower than ``compact`` on CPU).
 No pretrained weights are ever downloaded.
 """
@@ -87,10 +88,12 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None):
             raise ConfigError(
                 f"model 'compact' needs at least {COMPACT_MIN_SIDE} voxels per axis, got spatial_shape "
                 f"{shape}; use a finer resolution (the 8 mm grid is 19 x 23 x 20)")
-        return nets.Classifier(in_shape=(in_channels, *shape), classes=n_classes,
-                               channels=_COMPACT_CHANNELS, strides=_COMPACT_STRIDES,
-                               kernel_size=3, num_res_units=0, act="PRELU", norm="INSTANCE",
-                               dropout=0.1)
+        from neuroml.models.layers import use_fast_dropout
+
+        return use_fast_dropout(nets.Classifier(in_shape=(in_channels, *shape), classes=n_classes,
+                                                channels=_COMPACT_CHANNELS, strides=_COMPACT_STRIDES,
+                                                kernel_size=3, num_res_units=0, act="PRELU", norm="INSTANCE",
+                                                dropout=0.1))
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=n_classes)
     depth = int(name[len("resnet"):])

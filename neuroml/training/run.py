@@ -27,7 +27,7 @@ from neuroml.training.harmonize import FOLD_FILE
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.predict import predictions_table
 from neuroml.training.splits import check_splits, load_splits, make_splits, save_splits
-from neuroml.training.trainer import TrainSettings, evaluate, fit, resolve_device, seed_for
+from neuroml.training.trainer import TrainSettings, evaluate, fit, resolve_channels_last, resolve_device, seed_for
 
 __all__ = ["train_run", "load_run", "Run"]
 
@@ -162,7 +162,7 @@ def _class_weights(y, n_classes):
 
 def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epochs=20, folds=3, batch_size=4,
               lr=1e-3, weight_decay=1e-4, seed=0, device="auto", participants=None, resolution=None,
-              augment=True, patience=10, amp=True, channels_last=True, compile=False, grad_accum=1,
+              augment=True, patience=10, amp=True, channels_last="auto", compile=False, grad_accum=1,
               schedule="cosine", val_fraction=0.2, site_column=None, classes=None, num_workers=0,
               baseline=True, n_bootstrap=1000, n_permutations=0, resume=False, show_progress=True,
               site_info_column="site", audit_columns=(), harmonize=None, inputs=None):
@@ -199,8 +199,11 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
         Small random affine, intensity and noise augmentation (no left-right flip).
     patience : int or None, default=10
         Epochs without validation improvement before stopping.
-    amp, channels_last : bool, default=True
-        bf16 autocast and channels-last memory on CUDA (ignored on CPU).
+    amp : bool, default=True
+        bf16 autocast on CUDA (ignored on CPU).
+    channels_last : {"auto", True, False}, default="auto"
+        Network and batches in channels-last memory; "auto": on CUDA and on the CPU (see
+        :func:`~neuroml.training.trainer.resolve_channels_last`).
     compile : bool, default=False
         ``torch.compile`` the network.
     grad_accum : int, default=1
@@ -331,7 +334,8 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         **({"audit_columns": audit_columns} if audit_columns else {}),
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
-        "runtime": {"device": str(dev), "amp": amp, "channels_last": channels_last, "compile": compile,
+        "runtime": {"device": str(dev), "amp": amp,
+                    "channels_last": resolve_channels_last(settings.channels_last, dev), "compile": compile,
                     "num_workers": num_workers, "world_size": dist.world_size()},
         **({"inputs": check_inputs(inputs)} if inputs is not None else {}),
     })

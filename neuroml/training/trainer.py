@@ -2,8 +2,8 @@
 
 AdamW, a per-step learning-rate schedule, class-weighted cross-entropy, early stopping on
 the validation balanced accuracy (ties broken by the validation loss) keeping the best
-weights, optional gradient accumulation, bf16 autocast and channels-last on CUDA, and an
-optional ``torch.compile``.
+weights, optional gradient accumulation, bf16 autocast on CUDA, channels-last memory (on
+CUDA and the CPU: :func:`resolve_channels_last`), and an optional ``torch.compile``.
 
 Randomness is derived from ``(stream..., epoch)`` (the shuffling generator, the
 augmentation state and torch's generator inside :func:`torch.random.fork_rng`), so an
@@ -32,7 +32,7 @@ from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
 __all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
-           "make_loader", "seed_for", "is_main_process", "SCHEDULES"]
+           "resolve_channels_last", "make_loader", "seed_for", "is_main_process", "SCHEDULES"]
 
 log = logging.getLogger("neuroml")
 
@@ -54,7 +54,7 @@ class TrainSettings:
     grad_accum: int = 1
     schedule: str = "cosine"
     amp: bool = True
-    channels_last: bool = True
+    channels_last: object = "auto"
     compile: bool = False
     num_workers: int = 0
     device: str = "auto"
@@ -73,8 +73,10 @@ class TrainSettings:
         if self.patience is not None:
             check_in_range("patience", self.patience, 1, None, kind=int)
         self.schedule = look_up_option("schedule", self.schedule, SCHEDULES)
-        if self.preload not in ("auto", True, False):
-            raise ConfigError(f"The 'preload' parameter must be 'auto', True or False. Got {self.preload!r} instead.")
+        for name in ("preload", "channels_last"):
+            value = getattr(self, name)
+            if value not in ("auto", True, False):
+                raise ConfigError(f"The {name!r} parameter must be 'auto', True or False. Got {value!r} instead.")
         resolve_device(self.device)
         return self
 
@@ -139,20 +141,57 @@ def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, sampl
         worker_init_fn=_WorkerInit(seed) if num_workers else None, pin_memory=pin_memory, drop_last=drop_last)
 
 
+def resolve_channels_last(channels_last, device):
+    """Whether :func:`fit` keeps the network and the 5D batches in ``torch.channels_last_3d`` memory.
+
+    ``"auto"``: on CUDA and on the CPU (oneDNN's 3D convolutions run faster channels-last;
+    README, Benchmarks). ``True``/``False`` force it on or off.
+    """
+    device = torch.device(device)
+    if channels_last == "auto":
+        return device.type in ("cuda", "cpu")
+    return bool(channels_last)
+
+
 def _autocast(device, amp):
+    # CUDA only. On the CPU bf16 autocast trained the compact network ~1.3x faster (channels-last,
+    # AVX512-BF16), but oneDNN's bf16 convolution weight gradient is nondeterministic, at times NaN,
+    # when an output side is <= 2 voxels (the compact network's last layers at 8 mm): not used.
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _to_device(x, device, channels_last):
+def _to_device(x, device, channels_last, augment=None):
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+    if augment is not None:
+        x = augment.apply_batch(x)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
+
+
+def _batch_augmentation(data):
+    """``(data without its transform, transform)`` when ``data``'s transform augments whole batches.
+
+    A :class:`~neuroml.data.VolumeDataset` whose transform has ``apply_batch`` (the default
+    :func:`~neuroml.data.make_augmentation`) then yields plain volumes, and :func:`fit`
+    augments each batch on the training device; otherwise ``(data, None)``.
+    """
+    from neuroml.data.dataset import VolumeDataset
+
+    transform = getattr(data, "transform", None)
+    if not isinstance(data, VolumeDataset) or not hasattr(transform, "apply_batch"):
+        return data, None
+    plain = copy.copy(data)
+    plain.transform = None
+    return plain, transform
 
 
 def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last=False, num_workers=0,
              criterion=None):
     """Class probabilities of every item (in order) and, for labelled data, the loss.
+
+    ``amp`` (bf16 autocast) applies on CUDA only. ``channels_last`` feeds 5D batches in
+    ``torch.channels_last_3d`` memory (for a network kept in that format, as inside :func:`fit`).
 
     Returns
     -------
@@ -167,7 +206,7 @@ def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last
         for batch in loader:
             x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
             with _autocast(device, amp):
-                out = model(_to_device(x, device, channels_last and device.type == "cuda"))
+                out = model(_to_device(x, device, channels_last))
             logits.append(out.float().cpu())
             if y is not None:
                 labels.append(y)
@@ -235,8 +274,9 @@ PRELOAD_GPU_FRACTION = 0.25
 def _preload(data, settings, device):
     """``(volumes, labels)`` of ``data`` on ``device`` for :func:`fit` to index directly, or None.
 
-    Only for a :class:`~neuroml.data.VolumeDataset` without a random transform (a transform runs
-    per item on the CPU). ``preload="auto"`` preloads on CUDA when the float32 volumes take at most
+    Only for a :class:`~neuroml.data.VolumeDataset` without a per-item transform (:func:`fit`
+    takes a batch augmentation off the dataset first and applies it to the gathered batches).
+    ``preload="auto"`` preloads on CUDA when the float32 volumes take at most
     :data:`PRELOAD_GPU_FRACTION` of the card's memory: the loader then costs one index per batch.
     """
     from neuroml.data.dataset import VolumeDataset
@@ -256,7 +296,8 @@ def _preload(data, settings, device):
     return vols.to(device), torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
 
 
-def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None):
+def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None,
+                 augment=None):
     net.train()
     sampler = None
     if ddp.is_distributed():
@@ -267,6 +308,8 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
         seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
+    if augment is not None:
+        augment.set_random_state(seed)
     if preloaded is None:
         loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
                              sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
@@ -279,7 +322,7 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
-        x, y = _to_device(x, device, channels_last), y.to(device)
+        x, y = _to_device(x, device, channels_last, augment), y.to(device)
         step = (i + 1) % accum == 0 or i + 1 == n
         with ddp.no_sync_if(net, not step):  # DDP: all-reduce gradients only on the stepping batch
             with _autocast(device, settings.amp):
@@ -297,7 +340,9 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
 
 
 def _cpu_state(model):
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A CPU copy of the weights in the default (contiguous) memory format, whatever the model's."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()}
 
 
 def fit(model, train_data, val_data=None, settings=None, class_weights=None, stream=(0,), checkpoint_path=None,
@@ -310,7 +355,9 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         Freshly initialised (or resumed from ``checkpoint_path``).
     train_data, val_data : torch Dataset of ``(x, y)``
         ``val_data`` (optional) drives early stopping and the choice of the best epoch;
-        without it the last epoch is kept.
+        without it the last epoch is kept. A :class:`~neuroml.data.VolumeDataset` whose
+        transform has ``apply_batch`` (:func:`~neuroml.data.make_augmentation`'s default) is
+        augmented a batch at a time on the training device, reseeded every epoch.
     settings : TrainSettings
     class_weights : array-like of float, optional
         Cross-entropy class weights (e.g. ``n / (C * count_c)``).
@@ -333,7 +380,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
 
     settings = (settings or TrainSettings()).validate()
     device = resolve_device(settings.device)
-    channels_last = settings.channels_last and device.type == "cuda"
+    channels_last = resolve_channels_last(settings.channels_last, device)
     distributed = ddp.is_distributed()
     if distributed and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -370,6 +417,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
+    train_data, augment = _batch_augmentation(train_data)
     preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
@@ -382,7 +430,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
-                                      seed, drop_last, preloaded)
+                                      seed, drop_last, preloaded, augment)
         rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
                "lr": float(opt.param_groups[0]["lr"])}
         best = state["best"]
@@ -422,6 +470,8 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         if state["stopped_early"]:
             log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, state["best"]["epoch"])
     bar.close()
+    if channels_last:  # hand the model back in the default memory format (attribution, export, ...)
+        model.to(memory_format=torch.contiguous_format)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
