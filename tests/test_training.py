@@ -73,7 +73,7 @@ def trained(tmp_path_factory):
 def test_splits_group_sessions_stratify_and_are_seeded():
     pids = [f"sub-{i:02d}" for i in range(18)] + ["sub-00", "sub-01", "sub-01"]  # repeated scans
     labels = [CLASSES[i % 3] for i in range(18)] + [CLASSES[0], CLASSES[1], CLASSES[1]]
-    splits = make_splits(pids, labels, folds=3, seed=1)
+    splits = make_splits(pids, labels, folds=3, seed=1, val_fraction=0.5)  # 2 of the 4 per class
     assert len(splits) == 3
     tested = [p for f in splits for p in f["test"]]
     assert sorted(tested) == sorted(set(pids))  # each participant tested exactly once
@@ -84,8 +84,10 @@ def test_splits_group_sessions_stratify_and_are_seeded():
         assert sorted(label_of[p] for p in f["test"]).count("control") == 2  # stratified: 2 of each class
         assert {label_of[p] for p in f["val"]} == set(CLASSES)
         assert {label_of[p] for p in f["train"]} == set(CLASSES)
-    assert make_splits(pids, labels, folds=3, seed=1) == splits
-    assert make_splits(pids, labels, folds=3, seed=2) != splits
+    assert make_splits(pids, labels, folds=3, seed=1, val_fraction=0.5) == splits
+    assert make_splits(pids, labels, folds=3, seed=2, val_fraction=0.5) != splits
+    # 0.2 of 4 per class would hold out one participant per class: too few to early-stop on, so none
+    assert all(f["val"] == [] and len(f["train"]) == 12 for f in make_splits(pids, labels, folds=3, seed=1))
 
 
 def test_leave_one_site_out_and_errors():
@@ -105,8 +107,10 @@ def test_leave_one_site_out_and_errors():
         make_splits(["sub-1", "sub-1", "sub-2", "sub-3"], ["a", "b", "a", "b"])
     with pytest.raises(LeakageError, match="both train and test"):
         check_splits([{"fold": 0, "train": ["sub-1"], "val": [], "test": ["sub-1"]}])
-    train, val = validation_split(pids, labels, 0.25, seed=0)
-    assert len(val) == 2 and sorted(labels[pids.index(p)] for p in val) == ["a", "b"]
+    train, val = validation_split(pids, labels, 0.5, seed=0)
+    assert len(val) == 4 and sorted(labels[pids.index(p)] for p in val) == ["a", "a", "b", "b"]
+    assert set(train) == set(pids) - set(val)
+    assert validation_split(pids, labels, 0.25, seed=0) == (pids, [])  # one per class: none held out
 
 
 # ---------------------------------------------------------------- metrics

@@ -383,6 +383,8 @@ class VolumeComBat:
         sites = np.asarray([str(s) for s in sites], dtype=object)
         if len(sites) != len(rows):
             raise ConfigError(f"ComBat: {len(rows)} volumes but {len(sites)} site labels")
+        if not len(rows):  # e.g. no validation participants
+            return np.empty((0, *vshape), dtype=np.float32)
         cov = None if covariates is None else np.asarray(covariates, dtype=float).reshape(len(rows), -1)
         for site in sorted(set(sites.tolist()) - set(self.combat_.sites_)):
             if site not in self.unseen_sites_:

@@ -33,26 +33,43 @@ def _participant_table(participant_ids, labels, sites=None):
     return uniq, np.array([table[p][0] for p in uniq]), [table[p][1] for p in uniq]
 
 
+#: A validation set with fewer participants than this in some class is not held out: its
+#: balanced accuracy moves in steps of 1/n per class, so early stopping on it picks an epoch
+#: at random while costing the training set those participants. Training then runs every
+#: epoch and keeps the last weights.
+MIN_VAL_PER_CLASS = 2
+
+
 def validation_split(participant_ids, labels, val_fraction=0.2, seed=0):
     """Pick a stratified validation subset of participants (for early stopping).
 
-    In each class, ``round(val_fraction * n)`` participants (at least one when the class
-    has two or more, so training keeps every class) go to validation.
+    In each class, ``round(val_fraction * n)`` participants go to validation (never the
+    class's last one, so training keeps every class). When that is fewer than
+    :data:`MIN_VAL_PER_CLASS` for some class (small cohorts), nothing is held out.
 
     Returns
     -------
     train_ids, val_ids : list of str
         Sorted participant ids.
+
+    Examples
+    --------
+    >>> ids = [f"sub-{i:02d}" for i in range(20)]
+    >>> len(validation_split(ids, ["a", "b"] * 10, 0.2)[1])  # 2 per class
+    4
+    >>> validation_split(ids[:8], ["a", "b"] * 4, 0.2)[1]  # 1 per class would be noise
+    []
     """
     uniq, lab, _ = _participant_table(participant_ids, labels)
     if not val_fraction:
         return list(uniq), []
     rng = np.random.default_rng(seed)
+    groups = [[uniq[i] for i in np.flatnonzero(lab == c)] for c in sorted(set(lab.tolist()), key=str)]
+    sizes = [min(int(round(val_fraction * len(m))), len(m) - 1) for m in groups]
+    if min(sizes) < MIN_VAL_PER_CLASS:
+        return list(uniq), []
     val = []
-    for c in sorted(set(lab.tolist()), key=str):
-        members = [uniq[i] for i in np.flatnonzero(lab == c)]
-        n_val = int(round(val_fraction * len(members)))
-        n_val = min(max(n_val, 1 if len(members) >= 2 else 0), len(members) - 1)
+    for members, n_val in zip(groups, sizes):
         val.extend(rng.permutation(members)[:n_val].tolist())
     val = sorted(val)
     return sorted(set(uniq) - set(val)), val
@@ -73,7 +90,9 @@ def make_splits(participant_ids, labels, folds=3, seed=0, val_fraction=0.2, site
         one row per participant: each participant counts once, whatever its number of scans.
     seed : int, default=0
     val_fraction : float, default=0.2
-        Fraction of each fold's training participants held out (stratified) for early stopping.
+        Fraction of each fold's training participants held out (stratified) for early stopping;
+        none is held out when a class would get fewer than :data:`MIN_VAL_PER_CLASS`
+        (see :func:`validation_split`).
     sites : sequence, optional
         Site of each scan: leave-one-site-out instead of k-fold (``folds`` is then ignored).
 
