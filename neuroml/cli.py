@@ -266,7 +266,7 @@ def _dispatch(args):
         print(result["out_dir"])
         return 0
     if c == "run":
-        result = run_pipeline(args.pipeline, _overrides(args.set))
+        result = run_pipeline(args.pipeline, _overrides(args.set), show_progress=False if args.quiet else None)
         if result is not None:
             print(result)
         return 0
@@ -277,7 +277,8 @@ def _dispatch(args):
 
             raise InputError("the demo needs the source checkout (pipelines/ and data_samples/); "
                              "clone the repository and `pip install -e .`", pipeline)
-        report = run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())})
+        report = run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())},
+                              show_progress=False if args.quiet else None)
         print(f"report: {report}")
         return 0
     raise AssertionError(c)  # pragma: no cover - argparse restricts the choices

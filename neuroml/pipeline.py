@@ -152,11 +152,18 @@ def load_pipeline(path, overrides=None):
     return steps
 
 
-def run_pipeline(path, overrides=None):
-    """Run every step of a pipeline YAML in order; return the last step's result."""
+def run_pipeline(path, overrides=None, show_progress=None):
+    """Run every step of a pipeline YAML in order; return the last step's result.
+
+    ``show_progress`` (True/False) is given to every step that takes it and whose YAML does
+    not set it (``neuroml -q run`` passes False); None leaves the steps' defaults.
+    """
     result = None
     steps = load_pipeline(path, overrides)
     for i, (name, params) in enumerate(steps, 1):
+        if show_progress is not None and "show_progress" not in params and \
+                "show_progress" in inspect.signature(_resolve(name)).parameters:
+            params = {**params, "show_progress": bool(show_progress)}
         log.info("pipeline step %d/%d: %s", i, len(steps), name)
         result = run_step(name, **params)
         failures = getattr(result, "failures", None)

@@ -109,3 +109,18 @@ def test_every_command_has_help():
     for cmd in ["synth", "preprocess", "train", "predict", "attribute", "report", "run", "demo"]:
         out = subprocess.run([sys.executable, "-m", "neuroml", cmd, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: neuroml " + cmd in out.stdout
+
+
+def test_quiet_pipelines_turn_off_progress_bars_of_the_steps_that_have_them(tmp_path, monkeypatch):
+    from neuroml import pipeline
+
+    path = _write(tmp_path, "steps:\n  - synth: {out_dir: b, n_subjects: 2}\n"
+                            "  - synth: {out_dir: c, n_subjects: 2, show_progress: true}\n"
+                            "  - report: {run_dir: r}\n")
+    calls = []
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append((name, kw)))
+    pipeline.run_pipeline(path, show_progress=False)
+    assert [kw.get("show_progress") for _, kw in calls] == [False, True, None]  # report takes none; YAML wins
+    calls.clear()
+    pipeline.run_pipeline(path)
+    assert "show_progress" not in calls[0][1]
