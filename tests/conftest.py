@@ -35,10 +35,11 @@ def _restore_neuroml_logger():
     log.propagate, log.level = saved[1], saved[2]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """torch on one thread for the test (restored after): small models run faster and
-    results do not depend on the machine's core count."""
+    """torch on one thread for a test module (restored after): small models run faster and
+    results do not depend on the machine's core count. Module-scoped, so module fixtures
+    that train can use it too."""
     import torch
 
     threads = torch.get_num_threads()

@@ -57,14 +57,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_torch_thread):
     """One short 3-fold run, shared by the tests that only read it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cohort")
     deriv = make_cohort(root)
     summary = train_run(deriv, root / "run", **FAST)
-    torch.set_num_threads(threads)
     return deriv, root / "run", summary
 
 

@@ -65,10 +65,8 @@ def make_cohort(root, n=24, prefix="", seed=0, changed=(), sites=None, drop_age=
 
 
 @pytest.fixture(scope="module")
-def harmonized(tmp_path_factory):
+def harmonized(tmp_path_factory, one_torch_thread):
     """One harmonized run, with the training sets its CNNs were given (spied on ``fit``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("harm")
     deriv = make_cohort(root)
     seen = {}
@@ -85,7 +83,6 @@ def harmonized(tmp_path_factory):
         train_run(deriv, root / "run", harmonize="combat", **FAST)
     finally:
         run_module.fit = real_fit
-        torch.set_num_threads(threads)
     return deriv, root / "run", seen
 
 
