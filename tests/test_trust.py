@@ -336,3 +336,14 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
     assert args.leave_one_site_out == "site" and args.harmonize == "combat"
     assert build_parser().parse_args(["train", "d", "--run-dir", "r", "--leave-one-site-out", "scanner",
                                       ]).leave_one_site_out == "scanner"
+
+
+def test_confound_warning_says_when_a_large_effect_is_not_significant():
+    from neuroml.training.trust import confound_message
+
+    small = confound_message("diagnosis", "sex", {"test": "chi-square", "p_value": 0.223, "effect": "Cramér's V",
+                                                  "effect_size": 0.5})
+    assert "p = 0.223" in small and "not significant at this sample size" in small
+    big = confound_message("diagnosis", "site", {"test": "chi-square", "p_value": 1e-6, "effect": "Cramér's V",
+                                                 "effect_size": 0.8})
+    assert "diagnosis is associated with site" in big and "not significant" not in big

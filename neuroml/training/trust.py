@@ -15,7 +15,7 @@ import pandas as pd
 from neuroml._utils.options import look_up_option
 from neuroml.errors import NeuromlError
 from neuroml.training.audit import audit_groups, subgroup_audit
-from neuroml.training.confounds import association_tests, site_probe
+from neuroml.training.confounds import ALPHA, association_tests, site_probe
 
 __all__ = ["HARMONIZERS", "confound_check", "trust_metrics", "demographics", "site_column_of"]
 
@@ -62,6 +62,22 @@ def demographics(table, pids, labels, classes, site_col=None):
     return out
 
 
+def confound_message(label_column, column, test):
+    """The warning for one entangled column (``test``: an :func:`association_tests` entry).
+
+    Examples
+    --------
+    >>> confound_message("diagnosis", "sex", {"test": "chi-square", "p_value": 0.223, "effect": "Cramér's V",
+    ...                                       "effect_size": 0.5})[:65]
+    'confound: diagnosis is associated with sex (chi-square, p = 0.223'
+    """
+    why = ("" if test["p_value"] < ALPHA else
+           "; not significant at this sample size, but an effect this large is flagged whatever its p-value")
+    return (f"confound: {label_column} is associated with {column} ({test['test']}, p = {test['p_value']:.3g}, "
+            f"{test['effect']} = {test['effect_size']:.2f}{why}); a model may learn {column} instead of the "
+            "diagnosis (see confounds.json and the site probe)")
+
+
 def confound_check(cohort, site_col=None, extra_columns=()):
     """Association of the diagnosis with site, age, sex (and ``extra_columns``), before training.
 
@@ -87,9 +103,7 @@ def confound_check(cohort, site_col=None, extra_columns=()):
     entangled = [c for c, t in tests.items() if t.get("entangled")]
     for c in entangled:
         t = tests[c]
-        log.warning("confound: %s is associated with %s (%s, p = %.3g, %s = %.2f); a model may learn %s "
-                    "instead of the diagnosis (see confounds.json and the site probe)", cohort.label_column, c,
-                    t["test"], t["p_value"], t["effect"], t["effect_size"], c)
+        log.warning("%s", confound_message(cohort.label_column, c, t))
     return {"label_column": cohort.label_column, "site_column": site_col, "n_participants": len(pids),
             "tests": tests, "entangled": entangled,
             "demographics": demographics(table, pids, labels, cohort.classes, site_col)}
