@@ -4,7 +4,8 @@ Each volume is the MNI template on the target grid, z-scored in the brain mask, 
 class-dependent intensity change in one box and Gaussian noise, written exactly where
 ``neuroml preprocess`` writes its output, with a raw ``participants.tsv`` beside it. It lets
 ``scripts/bench_gpu.py`` and ``scripts/bench_throughput.py`` run on a bare machine with only
-the repository copied.
+the repository copied. :func:`report_result` is how the benchmark scripts hand back their
+results.
 """
 
 import json
@@ -14,6 +15,17 @@ import nibabel as nib
 import numpy as np
 
 CLASSES = ("control", "MDD", "SCZ")
+
+
+def report_result(doc, path=None):
+    """Print ``doc`` as one ``RESULT_JSON {...}`` line (for logs and the device tool) and,
+    with ``path``, write it there as indented JSON (atomically); return ``doc``."""
+    from neuroml._utils.fileio import write_json_atomic
+
+    print("RESULT_JSON " + json.dumps(doc))
+    if path:
+        write_json_atomic(path, doc)
+    return doc
 
 
 def make_derivatives(root, n_volumes=32, resolution=2.0, seed=0):

@@ -24,7 +24,6 @@ the repository copied::
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -38,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from _benchdata import report_result  # noqa: E402
 
 
 def _sync(device):
@@ -174,11 +175,7 @@ def main(argv=None):
            "batch_size": args.batch_size, "num_workers_tried": workers, "epochs_timed": args.epochs - 1,
            "cudnn_benchmark": bool(device.type == "cuda" and not args.no_cudnn_benchmark),
            "seconds_total": round(time.perf_counter() - t0, 1), "results": results}
-    text = json.dumps(doc, indent=2)
-    print("RESULT_JSON " + json.dumps(doc))
-    if args.json:
-        args.json.write_text(text + "\n")
-    return doc
+    return report_result(doc, args.json)
 
 
 if __name__ == "__main__":

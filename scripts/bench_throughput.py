@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _benchdata import report_result  # noqa: E402
+
 
 def _model(shape, n_classes, seed=0, torch_dropout=False):
     from neuroml.models import build_model
@@ -216,10 +218,7 @@ def main(argv=None):
               f"{sp['against_torch_dropout_naive']:.2f}x (against the naive loop with torch.nn.Dropout); "
               f"previous defaults: {sp['previous_defaults']:.2f}x")
     print(f"data pipeline alone: {res['speedup_loader']:.1f}x")
-    print("RESULT_JSON " + json.dumps(res))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
-    return res
+    return report_result(res, args.json)
 
 
 if __name__ == "__main__":

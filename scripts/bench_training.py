@@ -27,9 +27,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's neuroml, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from _benchdata import report_result  # noqa: E402
 
 
 def _cpu_seconds():
@@ -126,10 +129,7 @@ def main(argv=None):
         s = doc["shuffled"]
         print(f"shuffled labels: CNN {s['balanced_accuracy']:.3f} (95% CI {s['balanced_accuracy_ci95']}), "
               f"baseline {s['baseline_balanced_accuracy']:.3f} (chance 0.333); {timing['wall_s']} s wall", flush=True)
-    print("RESULT_JSON " + json.dumps(doc))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    return doc
+    return report_result(doc, args.json)
 
 
 if __name__ == "__main__":
