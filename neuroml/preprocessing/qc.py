@@ -360,28 +360,26 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
     if rows:
         parts.append("<h2>Registered T1w scans with the template's edges</h2>")
     for r in rows:
-        flags = []
-        if not r["qc_pass"]:
-            flags.append("QC FAIL: " + "; ".join(r.get("reasons") or []))
-        if r["outlier"]:
-            flags.append(f"OUTLIER (robust z {r['robust_z']:.1f})")
-        parts.append(_card(r, flags, f"r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, "
+        parts.append(_card(r, _flags(r, f"robust z {r['robust_z']:.1f}"), f"r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, "
                                      f"brain {r['brain_volume_ml']:.0f} ml"))
     if bold_rows:
         parts.append("<h2>Mean BOLD volumes on the grid with the template's edges</h2>")
     for r in bold_rows:
-        flags = []
-        if not r["qc_pass"]:
-            flags.append("QC FAIL: " + "; ".join(r.get("reasons") or []))
-        if r["outlier"]:
-            flags.append(f"OUTLIER ({r['outlier_reasons']})")
         fd = "n/a" if r.get("mean_fd_mm") is None else f"{r['mean_fd_mm']:.3f} mm"
-        parts.append(_card(r, flags, f"coverage {r['coverage']:.0%}, mean FD {fd}, "
+        parts.append(_card(r, _flags(r, r["outlier_reasons"]), f"coverage {r['coverage']:.0%}, mean FD {fd}, "
                                      f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped"))
     parts.append("</body></html>\n")
     out = out_dir / "group_qc.html"
     write_text_atomic(out, "\n".join(parts))
     return tsv, out
+
+
+def _flags(row, outlier_why):
+    """The QC-failure and outlier lines shown on a row's picture card."""
+    flags = ["QC FAIL: " + "; ".join(row.get("reasons") or [])] if not row["qc_pass"] else []
+    if row["outlier"]:
+        flags.append(f"OUTLIER ({outlier_why})")
+    return flags
 
 
 def _card(r, flags, figures_text):
