@@ -17,9 +17,8 @@ from neuroml.errors import InputError
 from neuroml.functional.bold import (_DROP, FUNC_PIPELINE_VERSION, check_func_params, in_mni_space, map_names,
                                      preprocess_bold_scan)
 from neuroml.functional.clean import find_confounds_file, framewise_displacement_summary
-from neuroml.io.bids import derivative_name
+from neuroml.io.bids import derivative_name, scan_entities
 from neuroml.io.templates import TEMPLATE_SPACE, res_entity
-from neuroml.preprocessing.t1w import scan_entities
 
 __all__ = ["func_output_paths", "is_func_complete", "preprocess_bold", "find_bold_scans"]
 

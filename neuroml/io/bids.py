@@ -21,6 +21,7 @@ __all__ = [
     "find_scans",
     "read_participants",
     "derivative_name",
+    "scan_entities",
 ]
 
 #: Order of entities in BIDS file names.
@@ -219,3 +220,20 @@ def derivative_name(entities, suffix, ext=".nii.gz", **extra):
     merged.update({k: v for k, v in extra.items() if v is not None})
     keys = [k for k in ENTITY_ORDER if k in merged] + [k for k in merged if k not in ENTITY_ORDER]
     return "_".join(f"{k}-{merged[k]}" for k in keys) + f"_{suffix}{ext}"
+
+
+def scan_entities(scan, participant_label=None):
+    """``(path, entities)`` of a :class:`~neuroml.io.bids.Scan` or a BIDS-named file; every
+    entity label checked, ``participant_label`` replacing ``sub``."""
+    if isinstance(scan, Scan):
+        return scan.path, dict(scan.entities)
+    path = Path(scan)
+    entities, _, _ = parse_entities(path.name)
+    if participant_label is not None:
+        entities = {"sub": check_label(participant_label), **{k: v for k, v in entities.items() if k != "sub"}}
+    if "sub" not in entities:
+        raise InputError("cannot name the outputs: the file name has no 'sub-<label>' entity "
+                         "(pass participant_label)", path)
+    for key, value in entities.items():
+        check_label(value, what=f"'{key}' entity")
+    return path, entities

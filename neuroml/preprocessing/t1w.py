@@ -25,7 +25,7 @@ from neuroml._utils.fileio import read_json, save_nifti_atomic, sha256_file, wri
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.errors import ConfigError, InputError
-from neuroml.io.bids import Scan, check_label, derivative_name, parse_entities
+from neuroml.io.bids import derivative_name, scan_entities
 from neuroml.io.image import check_img
 from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, res_entity
 from neuroml.preprocessing.anat import (
@@ -323,23 +323,6 @@ def preprocess_scan(img, n_threads=1, name=None, **params):
 
 
 # --------------------------------------------------------------------------- files
-def scan_entities(scan, participant_label=None):
-    """``(path, entities)`` of a :class:`~neuroml.io.bids.Scan` or a BIDS-named file; every
-    entity label checked, ``participant_label`` replacing ``sub``."""
-    if isinstance(scan, Scan):
-        return scan.path, dict(scan.entities)
-    path = Path(scan)
-    entities, _, _ = parse_entities(path.name)
-    if participant_label is not None:
-        entities = {"sub": check_label(participant_label), **{k: v for k, v in entities.items() if k != "sub"}}
-    if "sub" not in entities:
-        raise InputError("cannot name the outputs: the file name has no 'sub-<label>' entity "
-                         "(pass participant_label)", path)
-    for key, value in entities.items():
-        check_label(value, what=f"'{key}' entity")
-    return path, entities
-
-
 def output_paths(entities, out_dir, resolution):
     """The output files of one scan (``docs/layout.md``).
 
