@@ -26,6 +26,14 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _input_pool(text):
+    if text == "auto":
+        return text
+    if text not in ("1", "2", "4"):
+        raise argparse.ArgumentTypeError(f"expected auto, 1, 2 or 4, got {text!r}")
+    return int(text)
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -90,6 +98,9 @@ def build_parser():
     s.add_argument("--label-column", default="diagnosis")
     s.add_argument("--participants", type=Path, default=None, help="participants.tsv (default: the raw dataset's)")
     s.add_argument("--model", default="compact", help="compact, densenet121, resnet10, resnet18, resnet34")
+    s.add_argument("--input-pool", default="auto", type=_input_pool, metavar="{auto,1,2,4}",
+                   help="compact network: average-pool the input by this factor (default auto: 2x on the 2 mm "
+                        "grid, ~3.5x faster on CPU; 1 keeps the full resolution)")
     s.add_argument("--epochs", type=_positive_int, default=20)
     s.add_argument("--folds", type=_positive_int, default=3)
     s.add_argument("--batch-size", type=_positive_int, default=4)
@@ -233,7 +244,8 @@ def _dispatch(args):
         return 0
     if c == "train":
         run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
-                 participants=args.participants, model=args.model, epochs=args.epochs, folds=args.folds,
+                 participants=args.participants, model=args.model, input_pool=args.input_pool,
+                 epochs=args.epochs, folds=args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
                  site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,

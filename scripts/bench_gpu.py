@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """GPU training throughput: compute alone against neuroml's full training loop, fp32 and bf16.
 
-For each network and precision it measures volumes per second of
+For each network (built as ``train_run`` builds it: ``compact`` with its default input
+pooling, 2x on the 2 mm grid) and precision it measures volumes per second of
 
 * **compute**: forward + backward + AdamW step on one batch that already sits on the GPU
   (channels-last, bf16 autocast for "bf16"), the upper bound for this batch size;
@@ -51,7 +52,7 @@ def compute_only(model_name, shape, n_classes, batch_size, precision, device, st
     from neuroml.models import build_model
 
     torch.manual_seed(seed)
-    net = build_model(model_name, n_classes, spatial_shape=shape).to(device)
+    net = build_model(model_name, n_classes, spatial_shape=shape, input_pool="auto").to(device)  # as train_run
     cl = device.type == "cuda"
     if cl:
         net = net.to(memory_format=torch.channels_last_3d)
@@ -90,7 +91,7 @@ def full_loop(model_name, volumes, labels, n_classes, batch_size, precision, dev
     from neuroml.training import TrainSettings, fit
 
     torch.manual_seed(seed)
-    net = build_model(model_name, n_classes, spatial_shape=volumes.shape[1:])
+    net = build_model(model_name, n_classes, spatial_shape=volumes.shape[1:], input_pool="auto")
     data = VolumeDataset(volumes, labels)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=1e-4, patience=None, schedule="constant",
                              amp=precision == "bf16", channels_last=True, num_workers=num_workers,

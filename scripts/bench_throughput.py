@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """CPU training throughput: neuroml's loop (float16 tensor cache) against a naive MONAI-tutorial loop.
 
-The loops train the same network (``build_model("compact")``, same initial weights), with
-the same batch size, optimiser (AdamW), loss and torch threads, on the same volumes, in one
-process:
+The loops train the same network (the default CPU network: ``build_model("compact",
+input_pool="auto")``, which average-pools the 2 mm grid 2x; and, for comparison, the compact
+network at full resolution, ``input_pool=1``), from the same initial weights, with the same
+batch size, optimiser (AdamW), loss and torch threads, on the same volumes, in one process:
 
 * **naive**: the MONAI tutorial pattern: ``monai.data.Dataset`` with ``LoadImaged`` (the
   ``.nii.gz`` read and decompressed at every step), ``EnsureChannelFirstd``,
@@ -12,11 +13,9 @@ process:
   (``torch.nn.Dropout``, as a tutorial would have it);
 * **neuroml**: :func:`neuroml.training.fit` over the tensor cache as ``train_run`` uses it
   (float16 memmap, read into RAM as float32 once for cohorts under 2 GiB) with its default
-  settings (channels-last memory on the CPU); for transparency also with the previous
-  default (contiguous memory: ``channels_last=False``), with the previous network as well
-  (``torch.nn.Dropout`` instead of :class:`~neuroml.models.layers.FastDropout`), with the
-  default augmentation (batched: :class:`~neuroml.data.BatchAugmentation`) and with the
-  previous one (MONAI's transforms per item: ``make_augmentation(batched=False)``).
+  settings (channels-last memory on the CPU); also with the default augmentation (batched:
+  :class:`~neuroml.data.BatchAugmentation`) and with MONAI's transforms per item
+  (``make_augmentation(batched=False)``).
 
 It also times the data pipelines alone (iterating the loaders without a network). The
 one-off cost of building the cache is reported separately. Volumes/s exclude each fit's
@@ -45,13 +44,14 @@ import torch  # noqa: E402
 from _benchdata import report_result  # noqa: E402
 
 
-def _model(shape, n_classes, seed=0, torch_dropout=False):
-    from neuroml.models import build_model
+def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto"):
+    from neuroml.models import build_model, resolve_input_pool
     from neuroml.models.layers import FastDropout
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model("compact", n_classes, spatial_shape=shape)
+        model = build_model("compact", n_classes, spatial_shape=shape,
+                            input_pool=resolve_input_pool(input_pool, "compact", shape))
     if torch_dropout:  # the network as MONAI builds it
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
@@ -60,7 +60,8 @@ def _model(shape, n_classes, seed=0, torch_dropout=False):
     return model
 
 
-def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout=False, **settings):
+def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout=False, input_pool="auto",
+         **settings):
     """(volumes, wall seconds, CPU seconds) of neuroml's fit() over the epochs after the first."""
     from neuroml.data import VolumeDataset, make_augmentation
     from neuroml.training import TrainSettings, fit
@@ -70,7 +71,7 @@ def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, patience=None, device="cpu", show_progress=False,
                              **settings)
     marks = []  # (wall, CPU) clock at the end of every epoch
-    fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout), data, None, settings,
+    fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout, input_pool=input_pool), data, None, settings,
         class_weights=np.ones(n_classes), callback=lambda *_: marks.append((time.perf_counter(), time.process_time())))
     n = (len(data) // batch_size) * batch_size if len(data) % batch_size == 1 else len(data)
     return n * (len(marks) - 1), marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
@@ -87,9 +88,9 @@ def _naive_loader(files, y, batch_size, seed=0):
     return DataLoader(Dataset(items, transforms), batch_size=batch_size, shuffle=True, num_workers=0, generator=gen)
 
 
-def naive(files, y, shape, n_classes, batch_size, epochs, torch_dropout=False):
+def naive(files, y, shape, n_classes, batch_size, epochs, torch_dropout=False, input_pool="auto"):
     """(volumes, wall seconds, CPU seconds) of the MONAI-tutorial loop over the epochs after the first."""
-    net = _model(shape, n_classes, torch_dropout=torch_dropout)
+    net = _model(shape, n_classes, torch_dropout=torch_dropout, input_pool=input_pool)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     crit = torch.nn.CrossEntropyLoss()
     loader = _naive_loader(files, y, batch_size)
@@ -132,6 +133,7 @@ def main(argv=None):
 
     from neuroml.data import load_cohort
     from neuroml.data.dataset import VolumeDataset
+    from neuroml.models import resolve_input_pool
     from neuroml.training.trainer import make_loader
 
     with tempfile.TemporaryDirectory(prefix="neuroml-benchtp-") as tmp:
@@ -166,22 +168,28 @@ def main(argv=None):
         }
         print("data pipeline alone (vol/s): " + ", ".join(f"{k} {v:.1f}" for k, v in res["loader_vol_per_s"].items()),
               flush=True)
+        pool = resolve_input_pool("auto", "compact", shape)
+        res["input_pool_default"] = pool
         loops = {  # name: (description, function returning (volumes, seconds) of the timed epochs)
-            "naive_monai_tutorial": ("naive MONAI loop", lambda: naive(files, y, shape, n_classes, bs, args.epochs)),
+            "naive_monai_tutorial": (f"naive MONAI loop, default network (input pooled {pool}x)",
+                                     lambda: naive(files, y, shape, n_classes, bs, args.epochs)),
             "naive_monai_tutorial_torch_dropout": (
-                "naive MONAI loop, torch.nn.Dropout",
+                "naive MONAI loop, default network with torch.nn.Dropout",
                 lambda: naive(files, y, shape, n_classes, bs, args.epochs, torch_dropout=True)),
             "neuroml": ("neuroml fit, defaults", lambda: ours(volumes, y, n_classes, bs, args.epochs)),
-            "neuroml_contiguous": ("neuroml fit, channels_last=False",
-                                   lambda: ours(volumes, y, n_classes, bs, args.epochs, channels_last=False)),
-            "neuroml_previous": (
-                "neuroml fit, channels_last=False, torch.nn.Dropout (previous defaults)",
-                lambda: ours(volumes, y, n_classes, bs, args.epochs, channels_last=False, torch_dropout=True)),
             "neuroml_default_augmentation": ("neuroml fit, defaults + default augmentation (batched)",
                                              lambda: ours(volumes, y, n_classes, bs, args.epochs, augment=True)),
             "neuroml_monai_augmentation": (
-                "neuroml fit, defaults + the MONAI per-item augmentation (previous default)",
+                "neuroml fit, defaults + MONAI's augmentation per item",
                 lambda: ours(volumes, y, n_classes, bs, args.epochs, augment="monai")),
+            "naive_monai_tutorial_full_resolution": (
+                "naive MONAI loop, compact network at full resolution (input_pool=1)",
+                lambda: naive(files, y, shape, n_classes, bs, args.epochs, input_pool=1)),
+            "neuroml_full_resolution": ("neuroml fit, compact network at full resolution (input_pool=1)",
+                                        lambda: ours(volumes, y, n_classes, bs, args.epochs, input_pool=1)),
+            "neuroml_full_resolution_augmentation": (
+                "neuroml fit, full resolution + default augmentation",
+                lambda: ours(volumes, y, n_classes, bs, args.epochs, input_pool=1, augment=True)),
         }
         totals = {k: np.zeros(3) for k in loops}  # volumes, wall seconds, CPU seconds
         per_round = {k: [] for k in loops}
@@ -207,7 +215,10 @@ def main(argv=None):
         for key, rates in (("speedup_train", train), ("speedup_train_cpu", train_cpu)):
             res[key] = {"same_network": rates["neuroml"] / rates["naive_monai_tutorial"],
                         "against_torch_dropout_naive": rates["neuroml"] / rates["naive_monai_tutorial_torch_dropout"],
-                        "previous_defaults": rates["neuroml_previous"] / rates["naive_monai_tutorial_torch_dropout"]}
+                        "full_resolution": rates["neuroml_full_resolution"] / rates[
+                            "naive_monai_tutorial_full_resolution"],
+                        "with_augmentation_against_naive": rates["neuroml_default_augmentation"] / rates[
+                            "naive_monai_tutorial"]}
         res["speedup_loader"] = res["loader_vol_per_s"]["neuroml_ram_float32"] / res["loader_vol_per_s"][
             "naive_loadimage_nifti"]
         res["load_avg_end"] = round(os.getloadavg()[0], 2)
@@ -216,7 +227,8 @@ def main(argv=None):
         sp = res[key]
         print(f"speed-up of the training loop ({unit} time): {sp['same_network']:.2f}x (same network), "
               f"{sp['against_torch_dropout_naive']:.2f}x (against the naive loop with torch.nn.Dropout); "
-              f"previous defaults: {sp['previous_defaults']:.2f}x")
+              f"{sp['full_resolution']:.2f}x with the full-resolution network; "
+              f"{sp['with_augmentation_against_naive']:.2f}x with augmentation against the naive loop without")
     print(f"data pipeline alone: {res['speedup_loader']:.1f}x")
     return report_result(res, args.json)
 

@@ -78,6 +78,74 @@ def test_bad_arguments():
         build_model("resnet10", 3, in_channels=0)
 
 
+# ---------------------------------------------------------------- input pooling
+
+@pytest.mark.parametrize("shape, name, expected", [
+    ((73, 91, 78), "compact", 2),      # 2 mm MNI grid: the network sees ~4 mm
+    ((146, 182, 156), "compact", 4),   # 1 mm
+    ((97, 121, 104), "compact", 2),    # 1.5 mm: 4x would leave 25 voxels
+    ((49, 61, 52), "compact", 1),      # 3 mm
+    ((37, 46, 39), "compact", 1),      # 4 mm
+    ((19, 23, 20), "compact", 1),      # 8 mm
+    ((73, 91, 78), "densenet121", 1),  # the GPU networks are never pooled
+])
+def test_auto_input_pool_depends_on_the_grid_only(shape, name, expected):
+    from neuroml.models import resolve_input_pool
+
+    assert resolve_input_pool("auto", name, shape) == expected
+
+
+def test_input_pool_argument_errors():
+    from neuroml.models import resolve_input_pool
+
+    for bad in (3, 0, True, "2", 2.5):
+        with pytest.raises(ConfigError, match="'input_pool' parameter must be 'auto' or one of"):
+            resolve_input_pool(bad, "compact", (73, 91, 78))
+    with pytest.raises(ConfigError, match="compact network only, not 'resnet10'"):
+        build_model("resnet10", 3, spatial_shape=(32, 32, 32), input_pool=2)
+    with pytest.raises(ConfigError, match=r"after the input pooling by 4 \(\(10, 12, 10\)\)"):
+        build_model("compact", 3, spatial_shape=(37, 46, 39), input_pool=4)
+
+
+def test_pooled_compact_is_the_classifier_on_the_averaged_grid():
+    import torch.nn.functional as F
+
+    shape = (73, 91, 78)
+    torch.manual_seed(0)
+    pooled = build_model("compact", 3, spatial_shape=shape, input_pool=2).eval()
+    full = build_model("compact", 3, spatial_shape=shape).eval()
+    assert count_parameters(pooled) == count_parameters(full)  # same blocks, same head size
+    x = torch.randn(2, 1, *shape)
+    # 2x2x2 means, the last partial block (73 -> 37) averaged over its own voxels
+    padded = F.pad(x, (0, 78 % 2, 0, 91 % 2, 0, 73 % 2))
+    counts = F.pad(torch.ones(1, 1, *shape), (0, 78 % 2, 0, 91 % 2, 0, 73 % 2))
+    means = F.avg_pool3d(padded, 2) / F.avg_pool3d(counts, 2)
+    blocks = torch.nn.Sequential(*list(pooled.net.children())[1:])
+    with torch.no_grad():
+        expected = pooled.reshape(pooled.final(blocks(means)))
+        assert torch.allclose(pooled(x), expected, atol=1e-5)
+    # the Grad-CAM target keeps the map of the unpooled network (5 x 6 x 5 at 2 mm)
+    maps = {}
+    for name, net in (("pooled", pooled), ("full", full)):
+        layer = dict(net.named_modules())[default_target_layer("compact")]
+        layer.register_forward_hook(lambda m, i, o, name=name: maps.update({name: o.shape}))
+        with torch.no_grad():
+            net(x)
+    assert maps["pooled"] == maps["full"] == (2, 64, 5, 6, 5)
+
+
+def test_weights_never_load_across_input_pools():
+    shape = (37, 46, 39)
+    one = build_model("compact", 2, spatial_shape=shape)
+    two = build_model("compact", 2, spatial_shape=shape, input_pool=2)
+    assert int(two.state_dict()["net.input_pool.factor"]) == 2
+    with pytest.raises(RuntimeError, match="Missing key.*input_pool.factor"):
+        two.load_state_dict(one.state_dict())
+    with pytest.raises(RuntimeError, match="Unexpected key.*input_pool.factor"):
+        one.load_state_dict(two.state_dict())
+    build_model("compact", 2, spatial_shape=shape, input_pool=2).load_state_dict(two.state_dict())
+
+
 # ---------------------------------------------------------------- FastDropout
 
 def test_compact_uses_fast_dropout_with_monai_state_dict_keys():

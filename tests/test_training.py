@@ -169,6 +169,7 @@ def test_train_run_writes_the_run_folder(trained):
     assert config["classes"] == list(CLASSES) and config["model"] == "compact"
     assert config["label_column"] == "diagnosis" and config["resolution"] == "8" and config["seed"] == 0
     assert config["grid"]["shape"] == [19, 23, 20] and np.allclose(config["grid"]["affine"], target_grid(8.0)[0])
+    assert "input_pool" not in config  # "auto" does not pool the 8 mm grid: the config of earlier runs
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["packages"]["torch"] and prov["seed"] == 0 and prov["device"] == "cpu"
     assert len(prov["inputs"]["volumes_sha256"]) == 13  # 12 participants, one with two sessions
@@ -183,6 +184,7 @@ def test_train_run_writes_the_run_folder(trained):
         assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
         ckpt = load_checkpoint(run_dir / f"fold-{k}" / "model.pt", require=("state_dict", "meta"))
         assert ckpt["meta"]["fold"] == k and ckpt["meta"]["classes"] == list(CLASSES)
+        assert ckpt["meta"]["input_pool"] == 1
         assert not (run_dir / f"fold-{k}" / "last.pt").exists()
     pred = pd.read_csv(run_dir / "predictions.tsv", sep="\t")
     assert list(pred.columns) == ["participant_id", "true_label", "predicted_label", "prob_control", "prob_MDD",
@@ -227,6 +229,41 @@ def test_train_run_input_errors(trained, tmp_path):
         train_run(deriv, tmp_path / "r2", model="densenet", **FAST)
     with pytest.raises(ConfigError, match="epochs"):
         train_run(deriv, tmp_path / "r3", **{**FAST, "epochs": 0})
+    with pytest.raises(ConfigError, match="'input_pool' parameter must be 'auto' or one of"):
+        train_run(deriv, tmp_path / "r4", input_pool=3, **FAST)
+    with pytest.raises(ConfigError, match="compact network only"):
+        train_run(deriv, tmp_path / "r5", model="resnet10", input_pool=2, **FAST)
+    with pytest.raises(ConfigError, match="after the input pooling by 2"):  # 8 mm: 19 -> 10 voxels
+        train_run(deriv, tmp_path / "r6", input_pool=2, **FAST)
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 7))
+
+
+def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
+    deriv = make_cohort(tmp_path, n_per_class=3, res=4.0, two_sessions=())  # 37 x 46 x 39
+    run_dir = tmp_path / "run"
+    train_run(deriv, run_dir, epochs=2, folds=3, batch_size=4, show_progress=False, n_bootstrap=50, baseline=False,
+              input_pool=2)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["input_pool"] == 2 and config["grid"]["shape"] == [37, 46, 39]
+    assert "input average-pooled 2x, ~8 mm" in (run_dir / "model_card.md").read_text()
+    run = load_run(run_dir)
+    pred = pd.read_csv(run_dir / "predictions.tsv", sep="\t")
+    for fold, model in run.fold_models():
+        assert int(model.net.input_pool.factor) == 2
+        assert load_checkpoint(run_dir / f"fold-{fold}" / "model.pt")["meta"]["input_pool"] == 2
+        test = pred[pred["fold"] == fold]
+        vols = np.stack([nib.load(next(deriv.glob(f"{p}/anat/*.nii.gz"))).get_fdata(dtype=np.float32)
+                         for p in test["participant_id"]])
+        with torch.no_grad():
+            proba = torch.softmax(model(torch.from_numpy(vols[:, None])).double(), 1).numpy()
+        assert np.allclose(proba, test.filter(like="prob_").to_numpy(), atol=1e-4)  # the rebuilt network
+    # weights of the pooled network are refused by a network rebuilt without the pooling
+    path = run_dir / "fold-0" / "model.pt"
+    ckpt = load_checkpoint(path)
+    ckpt["meta"]["input_pool"] = 1
+    torch.save(ckpt, path)
+    with pytest.raises(InputError, match="weights do not fit a 'compact' network"):
+        run.fold_model(0)
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, monkeypatch, interrupt_fold):

@@ -81,6 +81,12 @@ def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, cap
                  "--grad-accum", "2", "--num-workers", "3"]) == 0
     (name, params), = calls
     assert name == "train" and params["lr"] == 0.01 and params["grad_accum"] == 2 and params["num_workers"] == 3
+    assert params["input_pool"] == "auto"
+    assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--input-pool", "2"]) == 0
+    assert calls[-1][1]["input_pool"] == 2
+    with pytest.raises(SystemExit):
+        main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--input-pool", "3"])
+    assert "expected auto, 1, 2 or 4, got '3'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("n, grad_accum", [(9, 1), (10, 2)])  # 9 % 4 == 1: the last batch is dropped

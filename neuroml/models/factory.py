@@ -2,27 +2,41 @@
 
 ``compact`` is the CPU network (a MONAI :class:`~monai.networks.nets.Classifier`, about
 0.2 M parameters at 2 mm, with :class:`~neuroml.models.layers.FastDropout` for its dropout
-layers); ``densenet121`` and the ResNets are GPU networks (see
-``/work/shared/MEASUREMENTS.md``: ResNet10 trains ~15x slower than ``compact`` on CPU).
-No pretrained weights are ever downloaded.
+layers), optionally behind an average pooling of its input (``input_pool``: what
+:func:`resolve_input_pool` picks by default pools the 2 mm grid 2x, so the network convolves
+the brain at about 4 mm and trains ~3.5x faster; README, Benchmarks); ``densenet121`` and
+the ResNets are GPU networks (see ``/work/shared/MEASUREMENTS.md``: ResNet10 trains ~15x
+slower than ``compact`` on CPU). No pretrained weights are ever downloaded.
 """
 
-import torch  # noqa: F401  (used by the doctest)
+import collections
+import math
+
+import torch
 
 from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError
 
-__all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE"]
+__all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE",
+           "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input"]
 
 #: Network names accepted by :func:`build_model`.
 MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
 
 #: Channels and strides of the compact network: four stride-2 blocks, then a stride-1
-#: block that keeps a spatial feature map for Grad-CAM (5 x 6 x 5 at 2 mm).
+#: block that keeps a spatial feature map for Grad-CAM (5 x 6 x 5 at 2 mm). Behind an input
+#: pooling of p, the first log2(16 / p) blocks have stride 2, so the map keeps its size.
 _COMPACT_CHANNELS = (8, 16, 32, 64, 64)
 _COMPACT_STRIDES = (2, 2, 2, 2, 1)
-#: Smallest side the compact network accepts: below it an instance norm sees 1 voxel.
+#: Smallest side the compact network accepts (after its input pooling): below it an
+#: instance norm sees 1 voxel.
 COMPACT_MIN_SIDE = 17
+#: Input pooling factors of the compact network.
+INPUT_POOLS = (1, 2, 4)
+#: ``input_pool="auto"`` pools by the largest factor that leaves at least this many voxels on
+#: the pooled grid's shortest side: 2x at 2 mm (73 x 91 x 78 -> 37 x 46 x 39), 4x at 1 mm,
+#: none at 3 mm and coarser.
+AUTO_POOL_MIN_SIDE = 32
 
 _TARGET_LAYERS = {
     "compact": f"net.layer_{len(_COMPACT_CHANNELS) - 1}",
@@ -42,7 +56,70 @@ def _check_shape(spatial_shape, name):
     return shape
 
 
-def build_model(name, n_classes, in_channels=1, spatial_shape=None):
+class InputPool(torch.nn.AvgPool3d):
+    """Average pooling of the network's input by an integer factor (a trailing partial block is
+    averaged over its voxels, so none is dropped).
+
+    The factor is also a buffer, so weights trained behind one factor are refused by a network
+    built with another (or without pooling) instead of loading silently: the rest of the
+    compact network has the same parameter shapes either way.
+    """
+
+    def __init__(self, factor):
+        factor = int(factor)
+        super().__init__(kernel_size=factor, stride=factor, ceil_mode=True)
+        self.register_buffer("factor", torch.tensor(factor))
+
+
+def resolve_input_pool(input_pool, name, spatial_shape=None):
+    """The input pooling factor (an int of :data:`INPUT_POOLS`) for a network and a grid.
+
+    ``"auto"``: for ``"compact"`` the largest factor that leaves at least
+    :data:`AUTO_POOL_MIN_SIDE` voxels on the pooled grid's shortest side (2 at 2 mm, 4 at
+    1 mm, 1 at 3 mm and coarser); 1 for the other networks. It depends on the grid only,
+    never on the device, so a configuration builds the same network everywhere.
+
+    Examples
+    --------
+    >>> resolve_input_pool("auto", "compact", (73, 91, 78)), resolve_input_pool("auto", "compact", (49, 61, 52))
+    (2, 1)
+    >>> resolve_input_pool("auto", "densenet121", (73, 91, 78))
+    1
+    """
+    name = look_up_option("model", name, MODELS)
+    if input_pool == "auto":
+        if name != "compact" or spatial_shape is None:
+            return 1
+        side = min(_check_shape(spatial_shape, name))
+        return max(p for p in INPUT_POOLS if p == 1 or math.ceil(side / p) >= AUTO_POOL_MIN_SIDE)
+    if isinstance(input_pool, bool) or input_pool not in INPUT_POOLS:
+        raise ConfigError(f"The 'input_pool' parameter must be 'auto' or one of {list(INPUT_POOLS)}. "
+                          f"Got {input_pool!r} instead.")
+    if input_pool != 1 and name != "compact":
+        raise ConfigError(f"input_pool={input_pool!r} applies to the compact network only, not {name!r} "
+                          "(use input_pool=1 or 'auto')")
+    return int(input_pool)
+
+
+def check_input(name, spatial_shape=None, input_pool=1):
+    """Check that network ``name`` can take grids of ``spatial_shape`` with ``input_pool``; return the factor.
+
+    Raises :class:`ConfigError` as :func:`build_model` would, without building anything.
+    """
+    name = look_up_option("model", name, MODELS)
+    pool = resolve_input_pool(input_pool, name, spatial_shape)
+    if name == "compact":
+        shape = _check_shape(spatial_shape, name)
+        inner = tuple(math.ceil(s / pool) for s in shape)
+        if min(inner) < COMPACT_MIN_SIDE:
+            pooled = f" after the input pooling by {pool} ({inner})" if pool > 1 else ""
+            raise ConfigError(
+                f"model 'compact' needs at least {COMPACT_MIN_SIDE} voxels per axis{pooled}, got spatial_shape "
+                f"{shape}; use a finer resolution (the 8 mm grid is 19 x 23 x 20) or a smaller input_pool")
+    return pool
+
+
+def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1):
     """Build a freshly initialised MONAI 3D classifier.
 
     Parameters
@@ -55,8 +132,12 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None):
         Image channels.
     spatial_shape : tuple of 3 int, optional
         Input grid ``(X, Y, Z)``. Required by ``"compact"`` (its linear head is sized from
-        it; every side must be at least :data:`COMPACT_MIN_SIDE`); ignored by the others,
-        which pool globally.
+        it; every side must be at least :data:`COMPACT_MIN_SIDE` after the input pooling);
+        ignored by the others, which pool globally.
+    input_pool : int or "auto", default=1
+        ``"compact"`` only: average-pool the input by this factor (1, 2 or 4) before the
+        first convolution; ``"auto"``: :func:`resolve_input_pool`. The network still takes
+        the full grid, and its Grad-CAM map keeps its size. 1 is the network without pooling.
 
     Returns
     -------
@@ -66,8 +147,8 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None):
     Raises
     ------
     ConfigError
-        For an unknown name (with a "did you mean" hint), fewer than 2 classes, or a
-        missing or too small ``spatial_shape`` for ``"compact"``.
+        For an unknown name (with a "did you mean" hint), fewer than 2 classes, a missing or
+        too small ``spatial_shape`` for ``"compact"``, or a bad ``input_pool``.
 
     Examples
     --------
@@ -82,18 +163,20 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None):
         raise ConfigError(f"The 'in_channels' parameter must be a positive integer. Got {in_channels!r} instead.")
     from monai.networks import nets
 
+    pool = check_input(name, spatial_shape, input_pool)
     if name == "compact":
-        shape = _check_shape(spatial_shape, name)
-        if min(shape) < COMPACT_MIN_SIDE:
-            raise ConfigError(
-                f"model 'compact' needs at least {COMPACT_MIN_SIDE} voxels per axis, got spatial_shape "
-                f"{shape}; use a finer resolution (the 8 mm grid is 19 x 23 x 20)")
+        inner = tuple(math.ceil(s / pool) for s in _check_shape(spatial_shape, name))
         from neuroml.models.layers import use_fast_dropout
 
-        return use_fast_dropout(nets.Classifier(in_shape=(in_channels, *shape), classes=n_classes,
-                                                channels=_COMPACT_CHANNELS, strides=_COMPACT_STRIDES,
-                                                kernel_size=3, num_res_units=0, act="PRELU", norm="INSTANCE",
-                                                dropout=0.1))
+        n_down = _COMPACT_STRIDES.count(2) - int(math.log2(pool))
+        strides = (2,) * n_down + (1,) * (len(_COMPACT_STRIDES) - n_down)
+        model = use_fast_dropout(nets.Classifier(in_shape=(in_channels, *inner), classes=n_classes,
+                                                 channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
+                                                 num_res_units=0, act="PRELU", norm="INSTANCE", dropout=0.1))
+        if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
+            model.net = torch.nn.Sequential(collections.OrderedDict(
+                [("input_pool", InputPool(pool)), *model.net.named_children()]))
+        return model
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=n_classes)
     depth = int(name[len("resnet"):])

@@ -154,6 +154,15 @@ def _harmonization(config):
     return f"{method}: a second baseline on harmonized region means (the CNN's inputs are not harmonized)"
 
 
+def _network(config):
+    pool = int(config.get("input_pool", 1))
+    if pool == 1:
+        return config.get("model")
+    mm = config.get("resolution_mm")
+    seen = f", ~{float(mm) * pool:g} mm" if isinstance(mm, (int, float)) else ""
+    return f"{config.get('model')} (input average-pooled {pool}x{seen})"
+
+
 def model_card_text(run_dir):
     """The model card of a run folder as Markdown text."""
     run_dir = Path(run_dir)
@@ -188,7 +197,7 @@ def model_card_text(run_dir):
         "",
         "## Model details",
         _table(["item", "value"], [
-            ("network", config.get("model")), ("classes", ", ".join(classes)),
+            ("network", _network(config)), ("classes", ", ".join(classes)),
             ("label column", config.get("label_column")), ("evaluation", f"{cv}, {config.get('folds')} folds"),
             ("grid resolution (mm)", config.get("resolution_mm")), ("seed", config.get("seed")),
             ("harmonization", _harmonization(config)),

@@ -74,6 +74,9 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
     device : str, default="auto"
     amp : bool, default=True
     show_progress : bool, default=False
+    input_pool : {"auto", 1, 2, 4}, default="auto"
+        ``model="compact"``: average-pool the input by this factor (``"auto"``: 2 on the
+        2 mm grid; :func:`~neuroml.models.resolve_input_pool`).
 
     Attributes
     ----------
@@ -87,6 +90,8 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
     grid_ : tuple or None
         ``(affine, shape)`` of the training images (None when fitted on arrays).
     n_channels_, spatial_shape_ : int, tuple
+    input_pool_ : int
+        The input pooling factor used.
 
     Examples
     --------
@@ -98,7 +103,8 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, model="compact", epochs=20, batch_size=4, lr=1e-3, weight_decay=1e-4, patience=10,
-                 val_fraction=0.2, augment=True, seed=0, device="auto", amp=True, show_progress=False):
+                 val_fraction=0.2, augment=True, seed=0, device="auto", amp=True, show_progress=False,
+                 input_pool="auto"):
         self.model = model
         self.epochs = epochs
         self.batch_size = batch_size
@@ -111,6 +117,7 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.amp = amp
         self.show_progress = show_progress
+        self.input_pool = input_pool
 
     def fit(self, images, labels):
         """Train on images (paths or images on one grid, a 4D image, or a 4D/5D array) and labels."""
@@ -120,7 +127,10 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         from neuroml.training.splits import validation_split
         from neuroml.training.trainer import TrainSettings, fit, seed_for
 
+        from neuroml.models.factory import resolve_input_pool
+
         vols, grid = _as_volumes(images)
+        self.input_pool_ = resolve_input_pool(self.input_pool, self.model, vols.shape[2:])
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(vols):
             raise InputError(f"got {len(vols)} images but labels of shape {labels.shape}")
@@ -135,7 +145,8 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
                                  amp=self.amp, device=self.device, show_progress=self.show_progress).validate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(self.seed, "init"))
-            net = build_model(self.model, len(self.classes_), in_channels=vols.shape[1], spatial_shape=vols.shape[2:])
+            net = build_model(self.model, len(self.classes_), in_channels=vols.shape[1], spatial_shape=vols.shape[2:],
+                              input_pool=self.input_pool_)
         aug = make_augmentation(seed=seed_for(self.seed, "augment")) if self.augment else None
         result = fit(net, VolumeDataset(vols, y[train], train, transform=aug),
                      VolumeDataset(vols, y[val], val) if val else None, settings,
