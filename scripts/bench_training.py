@@ -111,7 +111,7 @@ def main(argv=None):
     doc["default"] = {**_run_summary(summary, work / "run-default"), **timing,
                       "config": {k: v for k, v in json.loads((work / "run-default" / "config.json").read_text()).items()
                                  if k in ("model", "epochs", "folds", "batch_size", "lr", "weight_decay", "patience",
-                                          "schedule", "augment", "val_fraction", "grad_accum", "seed")}}
+                                          "schedule", "augment", "val_fraction", "grad_accum", "seed", "input_pool")}}
     d = doc["default"]
     print(f"default CNN: balanced accuracy {d['balanced_accuracy']:.3f} (95% CI {d['balanced_accuracy_ci95']}), "
           f"baseline {d['baseline_balanced_accuracy']:.3f}; training {timing['wall_s']} s wall, "

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Accuracy and training time of the compact network with and without its input pooling.
+
+For every cohort it runs :func:`neuroml.training.train_run` with every parameter at its
+default except ``input_pool`` (2, the default on the 2 mm grid, then 1, the full-resolution
+network), and reports the out-of-fold balanced accuracy with its bootstrap interval, the
+macro AUC, the baseline beside it, and the wall and CPU time of each run.
+
+Cohorts are preprocessed derivatives given as ``--cohort NAME=DERIV_DIR``. Without any, or
+with ``--harder``, it also makes a harder synthetic cohort in ``--workdir`` (90 subjects,
+seed 1, ``effect_size`` 0.12, voxel scale 2), preprocesses it at 2 mm and uses it as
+``harder``; each step is reused when the workdir already holds it. Usage::
+
+    python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --json bench_input_pool.json
+    python scripts/bench_input_pool.py --cohort benchmark=/tmp/wt4bench/deriv --workdir /tmp/neuroml-bench-pool
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _benchdata import report_result  # noqa: E402
+
+#: The harder cohort: a third of the default effect size.
+HARDER = dict(n_subjects=90, seed=1, effect_size=0.12, voxel_scale=2.0)
+
+
+def _cpu_seconds():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _harder_cohort(workdir, n_jobs):
+    from neuroml.preprocessing import run_participant_level
+    from neuroml.synth.cohort import make_cohort
+
+    bids, deriv = workdir / "harder" / "bids", workdir / "harder" / "deriv"
+    if not (bids / "participants.tsv").is_file():
+        make_cohort(bids, n_jobs=n_jobs, **HARDER)
+    run_participant_level(bids, deriv, resolution=2.0, n_jobs=n_jobs, show_progress=False)  # skips finished work
+    return deriv
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cohort", action="append", default=[], metavar="NAME=DERIV_DIR",
+                   help="preprocessed derivatives to train on (repeatable)")
+    p.add_argument("--harder", action="store_true", help="also make and use the harder cohort (default when no "
+                                                          "--cohort is given)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/neuroml-bench-pool"))
+    p.add_argument("--pools", type=int, nargs="+", default=[2, 1], help="input_pool values to compare")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-jobs", type=int, default=2, help="processes for making the harder cohort")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from neuroml.training import train_run
+
+    torch.set_num_threads(args.threads)
+    cohorts = {}
+    for item in args.cohort:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--cohort takes NAME=DERIV_DIR, got {item!r}")
+        cohorts[name] = Path(path)
+    if args.harder or not cohorts:
+        t0 = time.perf_counter()
+        cohorts["harder"] = _harder_cohort(args.workdir, args.n_jobs)
+        print(f"harder cohort ready in {time.perf_counter() - t0:.0f} s: {cohorts['harder']}", flush=True)
+    doc = {"threads": args.threads, "harder_cohort": HARDER, "cohorts": {k: str(v) for k, v in cohorts.items()},
+           "runs": {}}
+    for name, deriv in cohorts.items():
+        for pool in args.pools:
+            run_dir = args.workdir / f"run-{name}-pool{pool}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch (train_run would keep finished folds)
+            load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
+            s = train_run(deriv, run_dir, input_pool=pool, show_progress=False)
+            row = {"input_pool": pool, "balanced_accuracy": s["balanced_accuracy"],
+                   "balanced_accuracy_ci95": s["balanced_accuracy_ci"], "auc_macro": s["auc_macro"],
+                   "baseline_balanced_accuracy": s["baseline_balanced_accuracy"],
+                   "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(_cpu_seconds() - c0, 1),
+                   "load_avg_1min_start": round(load0, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2),
+                   "run_dir": str(run_dir)}
+            doc["runs"][f"{name}/input_pool={pool}"] = row
+            print(f"{name}, input_pool={pool}: balanced accuracy {row['balanced_accuracy']:.3f} "
+                  f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "
+                  f"{row['baseline_balanced_accuracy']:.3f}; {row['wall_s']} s wall, {row['cpu_s']} s CPU "
+                  f"(load {row['load_avg_1min_start']}->{row['load_avg_1min_end']})", flush=True)
+    return report_result(doc, args.json)
+
+
+if __name__ == "__main__":
+    main()
