@@ -6,10 +6,10 @@ default except ``input_pool`` (2, the default on the 2 mm grid, then 1, the full
 network), and reports the out-of-fold balanced accuracy with its bootstrap interval, the
 macro AUC, the baseline beside it, and the wall and CPU time of each run.
 
-Cohorts are preprocessed derivatives given as ``--cohort NAME=DERIV_DIR``. Without any, or
-with ``--harder``, it also makes a harder synthetic cohort in ``--workdir`` (90 subjects,
-seed 1, ``effect_size`` 0.12, voxel scale 2), preprocesses it at 2 mm and uses it as
-``harder``; each step is reused when the workdir already holds it. Usage::
+Cohorts are preprocessed derivatives given as ``--cohort NAME=DERIV_DIR``, and (unless
+``--no-harder``) a harder synthetic cohort that it makes in ``--workdir`` (90 subjects, seed 1,
+``effect_size`` 0.12, voxel scale 2) and preprocesses at 2 mm, named ``harder``; each step is
+reused when the workdir already holds it. Usage::
 
     python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --json bench_input_pool.json
     python scripts/bench_input_pool.py --cohort benchmark=/tmp/wt4bench/deriv --workdir /tmp/neuroml-bench-pool
@@ -53,8 +53,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cohort", action="append", default=[], metavar="NAME=DERIV_DIR",
                    help="preprocessed derivatives to train on (repeatable)")
-    p.add_argument("--harder", action="store_true", help="also make and use the harder cohort (default when no "
-                                                          "--cohort is given)")
+    p.add_argument("--no-harder", action="store_true", help="skip the harder synthetic cohort")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/neuroml-bench-pool"))
     p.add_argument("--pools", type=int, nargs="+", default=[2, 1], help="input_pool values to compare")
     p.add_argument("--threads", type=int, default=2)
@@ -73,10 +72,12 @@ def main(argv=None):
         if not sep or not name or not path:
             p.error(f"--cohort takes NAME=DERIV_DIR, got {item!r}")
         cohorts[name] = Path(path)
-    if args.harder or not cohorts:
+    if not args.no_harder:
         t0 = time.perf_counter()
         cohorts["harder"] = _harder_cohort(args.workdir, args.n_jobs)
         print(f"harder cohort ready in {time.perf_counter() - t0:.0f} s: {cohorts['harder']}", flush=True)
+    if not cohorts:
+        p.error("no cohort: give --cohort NAME=DERIV_DIR or drop --no-harder")
     doc = {"threads": args.threads, "harder_cohort": HARDER, "cohorts": {k: str(v) for k, v in cohorts.items()},
            "runs": {}}
     for name, deriv in cohorts.items():

@@ -402,6 +402,21 @@ def test_predict_run_new_subjects_and_grid_check(trained, tmp_path):
 
 # ---------------------------------------------------------------- NeuroClassifier
 
+def test_neuro_classifier_input_pool():
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 1, 37, 46, 39)).astype(np.float32)  # the 4 mm grid
+    y = ["a", "b"] * 3
+    pooled = NeuroClassifier(epochs=1, val_fraction=0, input_pool=2).fit(x, y)
+    assert pooled.input_pool_ == 2 and int(pooled.model_.net.input_pool.factor) == 2
+    assert pooled.predict_proba(x).shape == (6, 2)
+    auto = clone(pooled).set_params(input_pool="auto").fit(x, y)
+    assert auto.input_pool_ == 1 and not hasattr(auto.model_.net, "input_pool")  # 4 mm is not pooled
+    with pytest.raises(ConfigError, match="input_pool"):
+        NeuroClassifier(epochs=1, input_pool=3).fit(x, y)
+
+
 def test_neuro_classifier_fit_predict(tmp_path):
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
