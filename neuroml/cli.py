@@ -100,7 +100,7 @@ def build_parser():
     s.add_argument("--model", default="compact", help="compact, densenet121, resnet10, resnet18, resnet34")
     s.add_argument("--input-pool", default="auto", type=_input_pool, metavar="{auto,1,2,4}",
                    help="compact network: average-pool the input by this factor (default auto: 2x on the 2 mm "
-                        "grid, ~3.5x faster on CPU; 1 keeps the full resolution)")
+                        "grid: a CPU training step ~3.6x cheaper; 1 keeps the full resolution)")
     s.add_argument("--epochs", type=_positive_int, default=20)
     s.add_argument("--folds", type=_positive_int, default=3)
     s.add_argument("--batch-size", type=_positive_int, default=4)

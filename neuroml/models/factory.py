@@ -4,7 +4,7 @@
 0.2 M parameters at 2 mm, with :class:`~neuroml.models.layers.FastDropout` for its dropout
 layers), optionally behind an average pooling of its input (``input_pool``: what
 :func:`resolve_input_pool` picks by default pools the 2 mm grid 2x, so the network convolves
-the brain at about 4 mm and trains ~3.5x faster; README, Benchmarks); ``densenet121`` and
+the brain at about 4 mm and a CPU training step is ~3.6x cheaper; README, Benchmarks); ``densenet121`` and
 the ResNets are GPU networks (see ``/work/shared/MEASUREMENTS.md``: ResNet10 trains ~15x
 slower than ``compact`` on CPU). No pretrained weights are ever downloaded.
 """

@@ -247,7 +247,7 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     input_pool : {"auto", 1, 2, 4}, default="auto"
         ``model="compact"`` only: average-pool the input by this factor before the first
         convolution (:func:`~neuroml.models.build_model`); ``"auto"`` pools the 2 mm grid 2x
-        (the network sees ~4 mm; ~3.5x faster on CPU, README Benchmarks), the 1 mm grid 4x,
+        (the network sees ~4 mm; a CPU step ~3.6x cheaper, README Benchmarks), the 1 mm grid 4x,
         and 3 mm or coarser grids not at all (:func:`~neuroml.models.resolve_input_pool`).
         Recorded in ``config.json`` and every fold's ``model.pt``.
 
