@@ -218,6 +218,31 @@ def test_figures_return_png():
     assert figures.glass_brain_png(img)[:4] == b"\x89PNG"
 
 
+
+def test_flat_region_map_still_gets_a_picture():
+    """A region map whose non-zero voxels all share one tiny drop (a saturated prediction) is drawn, not empty."""
+    import warnings
+
+    from neuroml.io.templates import target_grid
+    from neuroml.reports.html import _threshold
+
+    affine, shape = target_grid(8.0)
+    data = np.zeros(shape, np.float32)
+    data[5:12, 6:15, 5:12] = 3e-6  # one region's drop, everything else exactly 0
+    thr = _threshold(data)
+    assert 0 < thr < 3e-6
+    assert _threshold(np.zeros(shape)) is None
+    heavy = np.random.default_rng(0).pareto(1.5, size=shape).astype(np.float32)  # the usual case is unchanged
+    vals = np.abs(heavy[heavy != 0])
+    assert _threshold(heavy) == pytest.approx(max(np.percentile(vals, 75), 0.05 * vals.max()))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="empty mask")
+        assert figures.glass_brain_png(nib.Nifti1Image(data, affine), threshold=thr)[:4] == b"\x89PNG"
+    with pytest.raises(UserWarning, match="empty mask"), warnings.catch_warnings():  # what it replaced
+        warnings.filterwarnings("error", message="empty mask")
+        figures.glass_brain_png(nib.Nifti1Image(data, affine), threshold=3e-6)
+
+
 _PROBE = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.from(document.images), tables = Array.from(document.querySelectorAll("table"));

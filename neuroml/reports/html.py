@@ -266,9 +266,17 @@ def _brain_mask(img, resolution_mm):
 
 
 def _threshold(data):
-    """75th percentile of the non-zero |values|, at least 5 % of the largest (region maps are heavy-tailed)."""
+    """75th percentile of the non-zero |values|, at least 5 % of the largest (region maps are heavy-tailed).
+
+    Below the largest |value|, so a picture is never empty: a map whose top quarter is one value (a
+    region map where a few regions share the only non-zero drop) is drawn from half its maximum.
+    """
     vals = np.abs(data[np.isfinite(data) & (data != 0)])
-    return max(float(np.percentile(vals, 75)), 0.05 * float(vals.max())) if vals.size else None
+    if not vals.size:
+        return None
+    top = float(vals.max())
+    thr = max(float(np.percentile(vals, 75)), 0.05 * top)
+    return thr if thr < top else 0.5 * top
 
 
 def _attribution_section(folder, doc, resolution_mm=None):
