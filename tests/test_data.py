@@ -308,3 +308,31 @@ def test_batch_augmentation_steps_probabilities_and_seeding():
     assert torch.equal(x, before)
     with pytest.raises(ValueError, match="batch"):
         aug.apply_batch(x[0])
+
+
+def test_augmenting_the_pooled_grid_matches_pooling_the_augmented_grid():
+    """apply_batch(pool(x), pooled=2) ~ pool(apply_batch(x)): same draws, shifts in mm, noise of pooled voxels."""
+    import torch.nn.functional as F
+
+    from neuroml.data import BatchAugmentation
+    from neuroml.io.templates import template_on_grid
+
+    tpl = torch.from_numpy(np.asarray(template_on_grid(2.0).dataobj, dtype=np.float32))  # the 2 mm brain
+    x = (tpl / tpl.max()).expand(4, 1, *tpl.shape).contiguous()
+
+    def pool(v):
+        return F.avg_pool3d(v, 2, ceil_mode=True)
+
+    geometry = dict(rotate_deg=3.0, translate_vox=2.0, scale=0.03, intensity=0.1, noise_std=0.0, prob=1.0)
+    full = pool(BatchAugmentation(seed=5, **geometry).apply_batch(x))
+    coarse = BatchAugmentation(seed=5, **geometry).apply_batch(pool(x), pooled=2)
+    wrong = BatchAugmentation(seed=5, **geometry).apply_batch(pool(x))  # shifts not rescaled: twice as far
+    changed = (full - pool(x)).abs().mean()
+    assert (coarse - full).abs().mean() < 0.2 * changed  # interpolation on the coarser grid only (0.13 here)
+    assert (wrong - full).abs().mean() > 2 * (coarse - full).abs().mean()  # (3.9x here)
+    # noise alone: the pooled grid gets the standard deviation of 8 averaged noise voxels
+    noise = dict(rotate_deg=0, translate_vox=0, scale=0, intensity=0, noise_std=0.4, prob=1.0)
+    big = torch.zeros(40, 1, 32, 32, 32)
+    sd_full = pool(BatchAugmentation(seed=1, **noise).apply_batch(big)).flatten(1).std(1)
+    sd_coarse = BatchAugmentation(seed=1, **noise).apply_batch(pool(big), pooled=2).flatten(1).std(1)
+    assert torch.allclose(sd_coarse, sd_full, rtol=0.1)  # same per-item noise level drawn for both

@@ -134,6 +134,22 @@ def test_pooled_compact_is_the_classifier_on_the_averaged_grid():
     assert maps["pooled"] == maps["full"] == (2, 64, 5, 6, 5)
 
 
+def test_pooled_network_passes_a_pooled_batch_through():
+    import torch.nn.functional as F
+
+    from neuroml.models.factory import input_pool_of
+
+    shape = (37, 46, 39)
+    torch.manual_seed(0)
+    model = build_model("compact", 2, spatial_shape=shape, input_pool=2).eval()
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        assert torch.equal(model(F.avg_pool3d(x, 2, ceil_mode=True)), model(x))
+    assert input_pool_of(model).pooled_shape == (19, 23, 20)
+    assert input_pool_of(torch.nn.Sequential(model)) is input_pool_of(model)
+    assert input_pool_of(build_model("compact", 2, spatial_shape=shape)) is None
+
+
 def test_weights_never_load_across_input_pools():
     shape = (37, 46, 39)
     one = build_model("compact", 2, spatial_shape=shape)

@@ -213,3 +213,28 @@ def test_fit_augments_whole_batches_identically_with_and_without_preloading():
         out[name] = [r["train_loss"] for r in res.history]
     assert out["loader"] == out["preloaded"]  # same batches, same draws, same order
     assert out["loader"] != out["plain"]
+
+
+def test_fit_warps_the_pooled_batch_for_a_pooled_network(monkeypatch):
+    import neuroml.data.augment as augment_module
+    from neuroml.data import VolumeDataset, make_augmentation
+    from neuroml.models import build_model
+
+    seen = []
+    warp = augment_module.warp_affine
+    monkeypatch.setattr(augment_module, "warp_affine", lambda x, m, **kw: seen.append(tuple(x.shape[2:])) or warp(x, m, **kw))
+    rng = np.random.default_rng(0)
+    shape = (37, 46, 39)
+    x = rng.normal(size=(8, *shape)).astype(np.float32)
+    y = np.arange(8) % 2
+    settings = TrainSettings(epochs=2, batch_size=4, patience=None, device="cpu", show_progress=False)
+    weights = []
+    for pool in (2, 2, 1):
+        seen.clear()
+        torch.manual_seed(0)
+        net = build_model("compact", 2, spatial_shape=shape, input_pool=pool)
+        res = fit(net, VolumeDataset(x, y, transform=make_augmentation(seed=1, prob=1.0)), None, settings,
+                  class_weights=np.ones(2), stream=(0,))
+        assert seen and set(seen) == {(19, 23, 20) if pool == 2 else shape}
+        weights.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert torch.equal(weights[0], weights[1])  # seeded: the same fit twice

@@ -69,11 +69,17 @@ class BatchAugmentation:
     def _uniform(self, shape, low, high):
         return low + (high - low) * torch.rand(shape, generator=self.generator, dtype=torch.float64)
 
-    def apply_batch(self, x):
+    def apply_batch(self, x, pooled=1):
         """Augment a batch ``(N, C, X, Y, Z)`` (a new tensor, on ``x``'s device; ``x`` is not modified).
 
         The random draws come from the CPU generator in a fixed order, so a seed gives the
         same batch on every device (up to floating-point rounding of the resampling).
+
+        ``pooled``: ``x`` is the network's input average-pooled by this factor (a network with
+        an :class:`~neuroml.models.factory.InputPool`). Translations are then divided by it
+        and the noise by its 3/2 power, so the result matches in distribution the pooled
+        augmentation of the full grid (same shift in mm; the mean of ``pooled**3`` independent
+        noise voxels), while the warp resamples a grid ``pooled**3`` times smaller.
         """
         if x.ndim != 5:
             raise ValueError(f"expected a batch (N, C, X, Y, Z), got shape {tuple(x.shape)}")
@@ -82,11 +88,11 @@ class BatchAugmentation:
         # of one batch never depend on which items were transformed
         do = torch.rand((n, 5), generator=self.generator) < torch.tensor([self.prob] * 4 + [0.5])
         angles = self._uniform((n, 3), -self.rotate, self.rotate)
-        shifts = self._uniform((n, 3), -self.translate_vox, self.translate_vox)
+        shifts = self._uniform((n, 3), -self.translate_vox, self.translate_vox) / pooled
         scales = 1 + self._uniform((n, 3), -self.scale, self.scale)
         factor = 1 + self._uniform((n,), -self.intensity, self.intensity)
         offset = self._uniform((n,), -self.intensity, self.intensity)
-        noise_sd = self._uniform((n,), 0.0, self.noise_std)
+        noise_sd = self._uniform((n,), 0.0, self.noise_std) / pooled ** 1.5
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
 
         out = x.float().clone()

@@ -18,7 +18,7 @@ from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError
 
 __all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE",
-           "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input"]
+           "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input", "InputPool", "input_pool_of"]
 
 #: Network names accepted by :func:`build_model`.
 MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
@@ -63,12 +63,27 @@ class InputPool(torch.nn.AvgPool3d):
     The factor is also a buffer, so weights trained behind one factor are refused by a network
     built with another (or without pooling) instead of loading silently: the rest of the
     compact network has the same parameter shapes either way.
+
+    With ``in_shape`` (the full grid), a batch already on the pooled grid passes through
+    unchanged: :func:`~neuroml.training.fit` pools a batch before augmenting it, so that the
+    random warp runs on the 8x smaller grid.
     """
 
-    def __init__(self, factor):
+    def __init__(self, factor, in_shape=None):
         factor = int(factor)
         super().__init__(kernel_size=factor, stride=factor, ceil_mode=True)
         self.register_buffer("factor", torch.tensor(factor))
+        self.pooled_shape = None if in_shape is None else tuple(math.ceil(int(s) / factor) for s in in_shape)
+
+    def forward(self, x):
+        if self.pooled_shape is not None and tuple(x.shape[2:]) == self.pooled_shape:
+            return x
+        return super().forward(x)
+
+
+def input_pool_of(model):
+    """The :class:`InputPool` of a network (also inside a DDP or compiled wrapper), or None."""
+    return next((m for m in model.modules() if isinstance(m, InputPool)), None)
 
 
 def resolve_input_pool(input_pool, name, spatial_shape=None):
@@ -175,7 +190,7 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
                                                  num_res_units=0, act="PRELU", norm="INSTANCE", dropout=0.1))
         if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
             model.net = torch.nn.Sequential(collections.OrderedDict(
-                [("input_pool", InputPool(pool)), *model.net.named_children()]))
+                [("input_pool", InputPool(pool, in_shape=spatial_shape)), *model.net.named_children()]))
         return model
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=n_classes)
