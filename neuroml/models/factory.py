@@ -64,21 +64,26 @@ class InputPool(torch.nn.AvgPool3d):
     built with another (or without pooling) instead of loading silently: the rest of the
     compact network has the same parameter shapes either way.
 
-    With ``in_shape`` (the full grid), a batch already on the pooled grid passes through
+    A batch already on the pooled grid of ``in_shape`` (the full grid) passes through
     unchanged: :func:`~neuroml.training.fit` pools a batch before augmenting it, so that the
     random warp runs on the 8x smaller grid.
     """
 
-    def __init__(self, factor, in_shape=None):
+    def __init__(self, factor, in_shape):
         factor = int(factor)
         super().__init__(kernel_size=factor, stride=factor, ceil_mode=True)
         self.register_buffer("factor", torch.tensor(factor))
-        self.pooled_shape = None if in_shape is None else tuple(math.ceil(int(s) / factor) for s in in_shape)
+        self.pooled_shape = _pooled(in_shape, factor)
 
     def forward(self, x):
-        if self.pooled_shape is not None and tuple(x.shape[2:]) == self.pooled_shape:
+        if tuple(x.shape[2:]) == self.pooled_shape:
             return x
         return super().forward(x)
+
+
+def _pooled(shape, factor):
+    """The grid ``shape`` average-pooled by ``factor`` (ceil mode: a partial block is kept)."""
+    return tuple(math.ceil(int(s) / factor) for s in shape)
 
 
 def input_pool_of(model):
@@ -125,7 +130,7 @@ def check_input(name, spatial_shape=None, input_pool=1):
     pool = resolve_input_pool(input_pool, name, spatial_shape)
     if name == "compact":
         shape = _check_shape(spatial_shape, name)
-        inner = tuple(math.ceil(s / pool) for s in shape)
+        inner = _pooled(shape, pool)
         if min(inner) < COMPACT_MIN_SIDE:
             pooled = f" after the input pooling by {pool} ({inner})" if pool > 1 else ""
             raise ConfigError(
@@ -180,17 +185,17 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
 
     pool = check_input(name, spatial_shape, input_pool)
     if name == "compact":
-        inner = tuple(math.ceil(s / pool) for s in _check_shape(spatial_shape, name))
+        shape = _check_shape(spatial_shape, name)
         from neuroml.models.layers import use_fast_dropout
 
         n_down = _COMPACT_STRIDES.count(2) - int(math.log2(pool))
         strides = (2,) * n_down + (1,) * (len(_COMPACT_STRIDES) - n_down)
-        model = use_fast_dropout(nets.Classifier(in_shape=(in_channels, *inner), classes=n_classes,
+        model = use_fast_dropout(nets.Classifier(in_shape=(in_channels, *_pooled(shape, pool)), classes=n_classes,
                                                  channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
                                                  num_res_units=0, act="PRELU", norm="INSTANCE", dropout=0.1))
         if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
             model.net = torch.nn.Sequential(collections.OrderedDict(
-                [("input_pool", InputPool(pool, in_shape=spatial_shape)), *model.net.named_children()]))
+                [("input_pool", InputPool(pool, shape)), *model.net.named_children()]))
         return model
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=n_classes)

@@ -360,14 +360,15 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
     if rows:
         parts.append("<h2>Registered T1w scans with the template's edges</h2>")
     for r in rows:
-        parts.append(_card(r, _flags(r, f"robust z {r['robust_z']:.1f}"), f"r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, "
-                                     f"brain {r['brain_volume_ml']:.0f} ml"))
+        text = f"r = {r['correlation']:.3f}, coverage {r['coverage']:.0%}, brain {r['brain_volume_ml']:.0f} ml"
+        parts.append(_card(r, _flags(r, f"robust z {r['robust_z']:.1f}"), text))
     if bold_rows:
         parts.append("<h2>Mean BOLD volumes on the grid with the template's edges</h2>")
     for r in bold_rows:
         fd = "n/a" if r.get("mean_fd_mm") is None else f"{r['mean_fd_mm']:.3f} mm"
-        parts.append(_card(r, _flags(r, r["outlier_reasons"]), f"coverage {r['coverage']:.0%}, mean FD {fd}, "
-                                     f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped"))
+        text = (f"coverage {r['coverage']:.0%}, mean FD {fd}, "
+                f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped")
+        parts.append(_card(r, _flags(r, r["outlier_reasons"]), text))
     parts.append("</body></html>\n")
     out = out_dir / "group_qc.html"
     write_text_atomic(out, "\n".join(parts))

@@ -29,10 +29,10 @@ import torch
 
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
+from neuroml.models.factory import input_pool_of
 from neuroml.training import distributed as ddp
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.distributed import is_main_process
-from neuroml.models.factory import input_pool_of
 from neuroml.training.metrics import balanced_accuracy
 
 __all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
@@ -426,8 +426,6 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
     train_data, augment = _batch_augmentation(train_data)
     pool = input_pool_of(model) if augment is not None else None
-    if pool is not None and pool.pooled_shape is None:  # cannot tell a pooled batch: augment the full grid
-        pool = None
     preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
