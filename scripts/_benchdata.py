@@ -28,6 +28,26 @@ def report_result(doc, path=None):
     return doc
 
 
+def cpu_seconds():
+    """CPU time of this process and its finished children (preprocessing runs in workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), timing)``: wall and CPU seconds, 1-minute load average before and after."""
+    import os
+    import time
+
+    load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), cpu_seconds()
+    out = fn(*args, **kwargs)
+    timing = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1),
+              "load_avg_1min_start": round(load0, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2)}
+    return out, timing
+
+
 def make_derivatives(root, n_volumes=32, resolution=2.0, seed=0):
     """Write ``root/raw/participants.tsv`` and ``root/deriv`` (preprocessed-like volumes); return deriv."""
     from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, res_entity, template_on_grid

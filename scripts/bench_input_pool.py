@@ -17,7 +17,6 @@ reused when the workdir already holds it. Usage::
 
 import argparse
 import os
-import resource
 import shutil
 import sys
 import time
@@ -27,15 +26,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchdata import report_result  # noqa: E402
+from _benchdata import report_result, timed  # noqa: E402
 
 #: The harder cohort: a third of the default effect size.
 HARDER = dict(n_subjects=90, seed=1, effect_size=0.12, voxel_scale=2.0)
-
-
-def _cpu_seconds():
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
 
 
 def _harder_cohort(workdir, n_jobs):
@@ -84,14 +78,10 @@ def main(argv=None):
         for pool in args.pools:
             run_dir = args.workdir / f"run-{name}-pool{pool}"
             shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch (train_run would keep finished folds)
-            load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
-            s = train_run(deriv, run_dir, input_pool=pool, show_progress=False)
+            s, timing = timed(train_run, deriv, run_dir, input_pool=pool, show_progress=False)
             row = {"input_pool": pool, "balanced_accuracy": s["balanced_accuracy"],
                    "balanced_accuracy_ci95": s["balanced_accuracy_ci"], "auc_macro": s["auc_macro"],
-                   "baseline_balanced_accuracy": s["baseline_balanced_accuracy"],
-                   "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(_cpu_seconds() - c0, 1),
-                   "load_avg_1min_start": round(load0, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2),
-                   "run_dir": str(run_dir)}
+                   "baseline_balanced_accuracy": s["baseline_balanced_accuracy"], **timing, "run_dir": str(run_dir)}
             doc["runs"][f"{name}/input_pool={pool}"] = row
             print(f"{name}, input_pool={pool}: balanced accuracy {row['balanced_accuracy']:.3f} "
                   f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -32,23 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from _benchdata import report_result  # noqa: E402
-
-
-def _cpu_seconds():
-    """CPU time of this process and its finished children (preprocessing runs in workers)."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _timed(fn, *args, **kwargs):
-    load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
-    out = fn(*args, **kwargs)
-    timing = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(_cpu_seconds() - c0, 1),
-              "load_avg_1min_start": round(load0, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2)}
-    return out, timing
+from _benchdata import report_result, timed  # noqa: E402
 
 
 def _run_summary(summary, run_dir):
@@ -88,10 +71,10 @@ def main(argv=None):
     stages_path = work / "stages.json"
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
     if not (bids / "participants.tsv").is_file():
-        _, stages["synth"] = _timed(make_cohort, bids, n_subjects=args.n_subjects, seed=args.seed,
+        _, stages["synth"] = timed(make_cohort, bids, n_subjects=args.n_subjects, seed=args.seed,
                                     n_jobs=args.n_jobs)
     if not (deriv / "cache").is_dir() and not list(deriv.glob("sub-*/anat/*_desc-preproc_T1w.nii.gz")):
-        _, stages["preprocess"] = _timed(run_participant_level, bids, deriv, n_jobs=args.n_jobs,
+        _, stages["preprocess"] = timed(run_participant_level, bids, deriv, n_jobs=args.n_jobs,
                                          resolution=args.resolution, show_progress=False)
         run_group_level(deriv)
     stages_path.write_text(json.dumps(stages, indent=2))
@@ -107,7 +90,7 @@ def main(argv=None):
                       "generator_version": synth_record.get("generator_version"),
                       "parameters": synth_record.get("parameters")},
            "stages": stages, "nproc": os.cpu_count(), "torch": torch.__version__}
-    summary, timing = _timed(train_run, deriv, work / "run-default", device="cpu", show_progress=False)
+    summary, timing = timed(train_run, deriv, work / "run-default", device="cpu", show_progress=False)
     doc["default"] = {**_run_summary(summary, work / "run-default"), **timing,
                       "config": {k: v for k, v in json.loads((work / "run-default" / "config.json").read_text()).items()
                                  if k in ("model", "epochs", "folds", "batch_size", "lr", "weight_decay", "patience",
@@ -123,7 +106,7 @@ def main(argv=None):
         table["diagnosis"] = rng.permutation(table["diagnosis"].to_numpy())
         shuffled = work / "participants_shuffled.tsv"
         table.to_csv(shuffled, sep="\t", index=False)
-        summary, timing = _timed(train_run, deriv, work / "run-shuffled", participants=shuffled, device="cpu",
+        summary, timing = timed(train_run, deriv, work / "run-shuffled", participants=shuffled, device="cpu",
                                  show_progress=False)
         doc["shuffled"] = {**_run_summary(summary, work / "run-shuffled"), **timing, "permutation_seed": 12345}
         s = doc["shuffled"]
