@@ -110,6 +110,9 @@ def build_parser():
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     s.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    s.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                   help="CUDA: bf16 autocast (default) or plain fp32; the CPU always trains in fp32")
+    s.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on long GPU runs)")
     s.add_argument("--leave-one-site-out", nargs="?", const="site", default=None, metavar="COLUMN",
                    help="leave-one-site-out folds on this participants.tsv column (default column: site)")
     s.add_argument("--harmonize", default=None, choices=["combat"],
@@ -248,7 +251,7 @@ def _dispatch(args):
                  epochs=args.epochs, folds=args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
-                 site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,
+                 amp=args.precision == "bf16", compile=args.compile, site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,
                  show_progress=not args.quiet, **({"inputs": args.inputs} if args.inputs else {}))
         print(args.run_dir)
         return 0

@@ -11,7 +11,8 @@ pooling, 2x on the 2 mm grid) and precision it measures volumes per second of
   ``train_run`` does for cohorts under 2 GiB), with its class-weighted loss, scheduler and
   per-epoch bookkeeping; the first epoch is warm-up. "default" is ``fit`` as it runs without
   augmentation (``preload="auto"``: the cohort is copied to the GPU once and batches are
-  gathered there); the ``dataloader_<w>_workers`` variants force the DataLoader path
+  gathered there); "augmented" adds ``train_run``'s default batch augmentation (random
+  affine, intensity and noise, applied on the GPU); the ``dataloader_<w>_workers`` variants force the DataLoader path
   (pinned host memory, a host-to-device copy per batch) to show what the preload saves.
 
 and reports ``full / compute`` (target >= 0.9). It prints the card, versions and one JSON
@@ -84,15 +85,15 @@ def compute_only(model_name, shape, n_classes, batch_size, precision, device, st
 
 
 def full_loop(model_name, volumes, labels, n_classes, batch_size, precision, device, epochs, num_workers,
-              preload="auto", seed=0):
+              preload="auto", seed=0, augment=False):
     """Volumes/s of neuroml's fit() over a VolumeDataset (first epoch excluded)."""
-    from neuroml.data import VolumeDataset
+    from neuroml.data import VolumeDataset, make_augmentation
     from neuroml.models import build_model
     from neuroml.training import TrainSettings, fit
 
     torch.manual_seed(seed)
     net = build_model(model_name, n_classes, spatial_shape=volumes.shape[1:], input_pool="auto")
-    data = VolumeDataset(volumes, labels)
+    data = VolumeDataset(volumes, labels, transform=make_augmentation(seed=seed) if augment else None)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=1e-4, patience=None, schedule="constant",
                              amp=precision == "bf16", channels_last=True, num_workers=num_workers,
                              device=str(device), show_progress=False, preload=preload)
@@ -158,6 +159,9 @@ def main(argv=None):
                 # then the DataLoader path (pinned host memory, per-batch copies) with each worker count
                 fulls = {"default": full_loop(model_name, volumes, labels, n_classes, args.batch_size, precision,
                                               device, epochs=args.epochs, num_workers=0, preload="auto")}
+                # train_run's default: the batch augmentation (random affine, intensity, noise) on the GPU
+                fulls["augmented"] = full_loop(model_name, volumes, labels, n_classes, args.batch_size, precision,
+                                               device, epochs=args.epochs, num_workers=0, preload="auto", augment=True)
                 for w in workers:
                     fulls[f"dataloader_{w}_workers"] = full_loop(model_name, volumes, labels, n_classes,
                                                                  args.batch_size, precision, device, epochs=args.epochs,

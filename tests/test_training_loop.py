@@ -81,9 +81,12 @@ def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, cap
                  "--grad-accum", "2", "--num-workers", "3"]) == 0
     (name, params), = calls
     assert name == "train" and params["lr"] == 0.01 and params["grad_accum"] == 2 and params["num_workers"] == 3
-    assert params["input_pool"] == "auto"
+    assert params["input_pool"] == "auto" and params["amp"] is True and params["compile"] is False
     assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--input-pool", "2"]) == 0
     assert calls[-1][1]["input_pool"] == 2
+    assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--precision", "fp32",
+                 "--compile"]) == 0
+    assert calls[-1][1]["amp"] is False and calls[-1][1]["compile"] is True
     with pytest.raises(SystemExit):
         main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--input-pool", "3"])
     assert "expected auto, 1, 2 or 4, got '3'" in capsys.readouterr().err

@@ -73,7 +73,8 @@ class BatchAugmentation:
         """Augment a batch ``(N, C, X, Y, Z)`` (a new tensor, on ``x``'s device; ``x`` is not modified).
 
         The random draws come from the CPU generator in a fixed order, so a seed gives the
-        same batch on every device (up to floating-point rounding of the resampling).
+        same warp and intensity change on every device (up to floating-point rounding of the
+        resampling); the noise comes from a generator on the batch's device, seeded from them.
 
         ``pooled``: ``x`` is the network's input average-pooled by this factor (a network with
         an :class:`~neuroml.models.factory.InputPool`). Translations are then divided by it
@@ -96,25 +97,39 @@ class BatchAugmentation:
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
 
         out = x.float().clone()
+        dev = out.device
         warp = do[:, 0].nonzero().flatten()
         if len(warp):
             mats = torch.stack([_monai_affine(angles[i], shifts[i], scales[i]) for i in warp.tolist()])
-            out[warp.to(out.device)] = warp_affine(out[warp.to(out.device)], mats.to(out.device))
+            warp = _upload(warp, dev)
+            out[warp] = warp_affine(out[warp], _upload(mats, dev))
         a = torch.where(do[:, 1], factor, 1.0)
         b = torch.where(do[:, 2], offset, 0.0)
         view = (n,) + (1,) * (x.ndim - 1)
-        out.mul_(a.to(out).view(view)).add_(b.to(out).view(view))
+        out.mul_(_upload(a.to(out.dtype), dev).view(view)).add_(_upload(b.to(out.dtype), dev).view(view))
         noisy = do[:, 3].nonzero().flatten()
         if len(noisy):
-            gen = torch.Generator(device=out.device).manual_seed(noise_seed)
-            idx = noisy.to(out.device)
-            noise = torch.randn((len(noisy), *out.shape[1:]), generator=gen, device=out.device, dtype=out.dtype)
-            out[idx] += noise.mul_(noise_sd[noisy].to(out).view((-1,) + (1,) * (x.ndim - 1)))
+            gen = torch.Generator(device=dev).manual_seed(noise_seed)
+            sd = _upload(noise_sd[noisy].to(out.dtype), dev).view((-1,) + (1,) * (x.ndim - 1))
+            noise = torch.randn((len(noisy), *out.shape[1:]), generator=gen, device=dev, dtype=out.dtype)
+            out[_upload(noisy, dev)] += noise.mul_(sd)
         if self.flip:
-            flipped = do[:, 4].nonzero().flatten().to(out.device)
+            flipped = do[:, 4].nonzero().flatten()
             if len(flipped):
+                flipped = _upload(flipped, dev)
                 out[flipped] = out[flipped].flip(2)
         return out
+
+
+def _upload(t, device):
+    """A small CPU tensor on ``device``; on CUDA through pinned memory and an asynchronous copy.
+
+    A plain ``.to("cuda")`` from pageable memory waits for the GPU to finish its queue: a few
+    of them per batch left a fast GPU idle between the steps of a small network.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _monai_affine(angles, shifts, scales):
@@ -137,7 +152,7 @@ def warp_affine(x, matrices, mode="bilinear", padding_mode="border"):
     n, _, *shape = x.shape
     mats = matrices.to(device=x.device, dtype=torch.float64)
     # normalised input coordinate of axis a: 2 * (M[a, :3] @ c + M[a, 3]) / shape[a]
-    norm = torch.tensor([2.0 / max(2, s) for s in shape], dtype=torch.float64, device=x.device)
+    norm = _upload(torch.tensor([2.0 / max(2, s) for s in shape], dtype=torch.float64), x.device)
     lin, shift = mats[:, :3, :3] * norm[:, None], mats[:, :3, 3] * norm  # (N, 3 in, 3 out), (N, 3 in)
     # grid_sample wants (x, y, z) = (last axis, ..., first axis): reverse the input-axis order
     lin, shift = lin.flip(1), shift.flip(1)

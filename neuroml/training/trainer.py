@@ -269,8 +269,15 @@ class _Gathered:
         return len(self.index_loader)
 
     def __iter__(self):
-        for idx in self.index_loader:
-            idx = idx.to(self.vols.device)
+        # the epoch's index batches go to the device in one asynchronous copy: a blocking copy per
+        # batch made the GPU wait for the host between the steps of a small network
+        batches = list(self.index_loader)
+        if not batches:
+            return
+        flat = torch.cat(batches)
+        if self.vols.device.type == "cuda":
+            flat = flat.pin_memory().to(self.vols.device, non_blocking=True)
+        for idx in flat.split([len(b) for b in batches]):
             yield self.vols[idx], self.labels[idx]
 
 
@@ -329,7 +336,7 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
-        x, y = _to_device(x, device, channels_last, augment, pool), y.to(device)
+        x, y = _to_device(x, device, channels_last, augment, pool), y.to(device, non_blocking=True)
         step = (i + 1) % accum == 0 or i + 1 == n
         with ddp.no_sync_if(net, not step):  # DDP: all-reduce gradients only on the stepping batch
             with _autocast(device, settings.amp):
