@@ -17,7 +17,8 @@ batch size, optimiser (AdamW), loss and torch threads, on the same volumes, in o
   :class:`~neuroml.data.BatchAugmentation`, warping the pooled grid), with that augmentation
   warping the full grid, and with MONAI's transforms per item (``make_augmentation(batched=False)``).
 
-It also times the data pipelines alone (iterating the loaders without a network). The
+It also times the network's training step alone (forward, backward and AdamW step on one
+batch already pooled, ``network_step_only``: the bound no data pipeline can beat) and the data pipelines alone (iterating the loaders without a network). The
 one-off cost of building the cache is reported separately. Volumes/s exclude each fit's
 first (warm-up) epoch; the loops run in turn, ``--repeats`` times, so that a change of the
 machine's load hits them alike. Usage::
@@ -86,6 +87,39 @@ def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout
             callback=lambda *_: marks.append((time.perf_counter(), time.process_time())))
     n = (len(data) // batch_size) * batch_size if len(data) % batch_size == 1 else len(data)
     return n * (len(marks) - 1), marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
+
+
+def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto"):
+    """(volumes, wall s, CPU s) of the network's forward + backward + AdamW step alone.
+
+    The same number of steps as ``epochs - 1`` epochs, on one batch already in the network's
+    input grid (average-pooled for the pooled network) and channels-last memory: the bound
+    that no data pipeline can beat.
+    """
+    from neuroml.models.factory import input_pool_of
+
+    model = _model(volumes.shape[1:], n_classes, input_pool=input_pool).to(memory_format=torch.channels_last_3d)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    crit = torch.nn.CrossEntropyLoss(weight=torch.ones(n_classes))
+    x = torch.from_numpy(np.asarray(volumes[:batch_size], dtype=np.float32))[:, None]
+    pool = input_pool_of(model)
+    with torch.no_grad():
+        x = (pool(x) if pool is not None else x).contiguous(memory_format=torch.channels_last_3d)
+    y = torch.arange(batch_size) % n_classes
+
+    def step():
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    n_steps = (epochs - 1) * max(1, len(volumes) // batch_size)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(n_steps):
+        step()
+    return n_steps * batch_size, time.perf_counter() - t0, time.process_time() - c0
 
 
 def _naive_loader(files, y, batch_size, seed=0):
@@ -188,6 +222,8 @@ def main(argv=None):
                 "naive MONAI loop, default network with torch.nn.Dropout",
                 lambda: naive(files, y, shape, n_classes, bs, args.epochs, torch_dropout=True)),
             "neuroml": ("neuroml fit, defaults", lambda: ours(volumes, y, n_classes, bs, args.epochs)),
+            "network_step_only": ("the default network's forward + backward + AdamW step alone (one batch, pooled)",
+                                  lambda: step_only(volumes, n_classes, bs, args.epochs)),
             "neuroml_default_augmentation": ("neuroml fit, defaults + default augmentation (batched)",
                                              lambda: ours(volumes, y, n_classes, bs, args.epochs, augment=True)),
             "neuroml_augmentation_full_grid": (

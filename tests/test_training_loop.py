@@ -241,3 +241,42 @@ def test_fit_warps_the_pooled_batch_for_a_pooled_network(monkeypatch):
         assert seen and set(seen) == {(19, 23, 20) if pool == 2 else shape}
         weights.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
     assert torch.equal(weights[0], weights[1])  # seeded: the same fit twice
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_fit_pools_the_volumes_once_and_trains_exactly_as_pooling_every_batch(monkeypatch, augment):
+    import neuroml.training.trainer as trainer
+    from neuroml.data import make_augmentation
+    from neuroml.models import build_model
+    from neuroml.models.factory import InputPool
+
+    x, y = _blobs(12, shape=(37, 46, 39))
+    shapes, results = [], {}
+    for prepool in (True, False):
+        monkeypatch.setattr(trainer, "PREPOOL_MAX_BYTES", 4 * 2**30 if prepool else 0)
+        torch.manual_seed(0)
+        model = build_model("compact", 3, spatial_shape=x.shape[1:], input_pool=2)
+        pool = next(m for m in model.modules() if isinstance(m, InputPool))
+        calls = []  # (grid, batch size) of every call of the network's pooling module
+        pool.register_forward_pre_hook(lambda m, inp: calls.append((tuple(inp[0].shape[2:]), len(inp[0]))))
+        real = torch.nn.AvgPool3d.forward
+        pooled_here = []
+        monkeypatch.setattr(torch.nn.AvgPool3d, "forward", lambda m, t: pooled_here.append(len(t)) or real(m, t))
+        settings = TrainSettings(epochs=3, batch_size=4, device="cpu", show_progress=False, patience=None)
+        data = VolumeDataset(x[:9], y[:9], transform=make_augmentation(seed=1, prob=1.0) if augment else None)
+        res = fit(model, data, VolumeDataset(x[9:], y[9:]), settings, stream=(3,))
+        monkeypatch.setattr(torch.nn.AvgPool3d, "forward", real)
+        results[prepool] = ([h["train_loss"] for h in res.history], [h["val_loss"] for h in res.history],
+                            torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+        shapes.append((prepool, calls, sum(pooled_here)))
+    (_, calls_pre, n_pre), (_, calls_every, n_every) = shapes
+    # pooled once: one call per dataset (9 training, 3 validation volumes); every batch after that
+    # reached the network on the pooled grid
+    assert [c for c in calls_pre if c[0] == (37, 46, 39)] == [((37, 46, 39), 9), ((37, 46, 39), 3)]
+    assert {c[0] for c in calls_pre} == {(37, 46, 39), (19, 23, 20)}
+    assert n_pre == 12  # each of the 12 volumes pooled once, whatever the number of epochs
+    assert n_every == 3 * (8 + 3)  # else pooled again in each epoch: 8 training volumes (9 % 4 == 1: the last
+    # batch of one is dropped) and 3 validation volumes
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+    assert results[True][1] == pytest.approx(results[False][1], rel=1e-6)
+    assert torch.allclose(results[True][2], results[False][2], atol=1e-6)

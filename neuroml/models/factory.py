@@ -65,8 +65,10 @@ class InputPool(torch.nn.AvgPool3d):
     compact network has the same parameter shapes either way.
 
     A batch already on the pooled grid of ``in_shape`` (the full grid) passes through
-    unchanged: :func:`~neuroml.training.fit` pools a batch before augmenting it, so that the
-    random warp runs on the 8x smaller grid.
+    unchanged: :func:`~neuroml.training.fit` pools the training and validation volumes once
+    with this module (or, when they cannot be held pooled, each batch before augmenting it),
+    so that neither the pooling is repeated at every step nor the random warp runs on the
+    full grid.
     """
 
     def __init__(self, factor, in_shape):
