@@ -41,7 +41,7 @@ if stage in ("preprocess", "preprocess+predict"):
     if stage == "preprocess+predict":
         torch.manual_seed(0)
         vol = np.asarray(res.image.dataobj, dtype=np.float32)[None]
-        model = build_model("compact", 3, spatial_shape=vol.shape[1:]).eval()
+        model = build_model("compact", 3, spatial_shape=vol.shape[1:], input_pool="auto").eval()  # as train_run
         out["proba"] = [round(float(p), 4) for p in predict_proba(model, vol, batch_size=1, device="cpu")[0]]
 out["seconds"] = round(time.perf_counter() - t0, 1)
 ru = resource.getrusage(resource.RUSAGE_SELF)
