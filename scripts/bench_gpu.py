@@ -15,12 +15,13 @@ pooling, 2x on the 2 mm grid) and precision it measures volumes per second of
   affine, intensity and noise, applied on the GPU); the ``dataloader_<w>_workers`` variants force the DataLoader path
   (pinned host memory, a host-to-device copy per batch) to show what the preload saves.
 
-and reports ``full / compute`` (target >= 0.9). It prints the card, versions and one JSON
+and reports ``full / compute`` (target >= 0.9), taken within each of ``--repeats`` rounds
+(compute and loops in turn, so that a clock or load change hits them alike) and its median. It prints the card, versions and one JSON
 document (also written with ``--json``). Without ``--deriv`` it writes its own synthetic
 preprocessed volumes (``scripts/_benchdata.py``), so it runs on a bare machine with only
 the repository copied::
 
-    python scripts/bench_gpu.py                          # GPU, ~1-2 min on an H100
+    python scripts/bench_gpu.py                          # GPU, ~4-6 min on an H100 (3 rounds)
     python scripts/bench_gpu.py --device cpu --quick     # smoke test on CPU (seconds)
     python scripts/bench_gpu.py --deriv /data/deriv --models densenet121 --batch-size 16
 """
@@ -112,8 +113,10 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["compact", "densenet121"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=3, help="full-loop epochs (the first is warm-up)")
-    p.add_argument("--steps", type=int, default=30, help="compute-only timed steps")
+    p.add_argument("--epochs", type=int, default=5, help="full-loop epochs (the first is warm-up)")
+    p.add_argument("--steps", type=int, default=100, help="compute-only timed steps")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of compute and full loops in turn; medians are reported (default 3)")
     p.add_argument("--num-workers", type=int, nargs="+", default=None,
                    help="DataLoader workers to try in the full loop without preloading (default: 0 and 4 on CUDA, "
                         "0 on CPU)")
@@ -123,6 +126,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.resolution, args.n_volumes, args.epochs, args.steps, args.batch_size = 4.0, 12, 2, 2, 4
+        args.repeats = min(args.repeats, 2)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu: error: no CUDA device visible to torch; use --device cpu --quick for a smoke test")
@@ -153,31 +157,48 @@ def main(argv=None):
         results = []
         for model_name in args.models:
             for precision in args.precisions:
-                comp = compute_only(model_name, shape, n_classes, args.batch_size, precision, device,
-                                    steps=args.steps, warmup=max(2, args.steps // 5))
-                # the default loop: fit(preload="auto") keeps an un-augmented cohort on the GPU when it fits;
-                # then the DataLoader path (pinned host memory, per-batch copies) with each worker count
-                fulls = {"default": full_loop(model_name, volumes, labels, n_classes, args.batch_size, precision,
-                                              device, epochs=args.epochs, num_workers=0, preload="auto")}
-                # train_run's default: the batch augmentation (random affine, intensity, noise) on the GPU
-                fulls["augmented"] = full_loop(model_name, volumes, labels, n_classes, args.batch_size, precision,
-                                               device, epochs=args.epochs, num_workers=0, preload="auto", augment=True)
-                for w in workers:
-                    fulls[f"dataloader_{w}_workers"] = full_loop(model_name, volumes, labels, n_classes,
-                                                                 args.batch_size, precision, device, epochs=args.epochs,
-                                                                 num_workers=w, preload=False)
+                # compute and the loops in turn, --repeats rounds: a clock or load change hits them alike,
+                # and the ratio is taken within each round (its median is reported)
+                comps, fulls_by_round = [], []
+                for _ in range(args.repeats):
+                    comps.append(compute_only(model_name, shape, n_classes, args.batch_size, precision, device,
+                                              steps=args.steps, warmup=max(2, args.steps // 5)))
+                    # the default loop: fit(preload="auto") keeps an un-augmented cohort on the GPU when it
+                    # fits; train_run's default batch augmentation (random affine, intensity, noise) on the
+                    # GPU; then the DataLoader path (pinned host memory, per-batch copies) per worker count
+                    fulls = {"default": full_loop(model_name, volumes, labels, n_classes, args.batch_size,
+                                                  precision, device, epochs=args.epochs, num_workers=0,
+                                                  preload="auto")}
+                    fulls["augmented"] = full_loop(model_name, volumes, labels, n_classes, args.batch_size,
+                                                   precision, device, epochs=args.epochs, num_workers=0,
+                                                   preload="auto", augment=True)
+                    for w in workers:
+                        fulls[f"dataloader_{w}_workers"] = full_loop(model_name, volumes, labels, n_classes,
+                                                                     args.batch_size, precision, device,
+                                                                     epochs=args.epochs, num_workers=w, preload=False)
+                    fulls_by_round.append(fulls)
+                comp = float(np.median(comps))
+                fulls = {k: float(np.median([f[k] for f in fulls_by_round])) for k in fulls_by_round[0]}
+                ratios = [f["default"] / c for f, c in zip(fulls_by_round, comps)]
+                ratio = float(np.median(ratios))
                 full = fulls["default"]
                 row = {"model": model_name, "precision": precision, "compute_vol_per_s": round(comp, 2),
-                       "full_loop_vol_per_s": round(full, 2), "full_over_compute": round(full / comp, 3),
+                       "full_loop_vol_per_s": round(full, 2), "full_over_compute": round(ratio, 3),
+                       "full_over_compute_per_round": [round(r, 3) for r in ratios],
+                       "compute_vol_per_s_per_round": [round(c, 2) for c in comps],
                        "full_loop_variants": {k: round(v, 2) for k, v in fulls.items()},
-                       "variants_over_compute": {k: round(v / comp, 3) for k, v in fulls.items()}}
+                       "variants_over_compute": {k: round(float(np.median([f[k] / c for f, c in
+                                                                           zip(fulls_by_round, comps)])), 3)
+                                                 for k in fulls}}
                 results.append(row)
                 by = ", ".join(f"{k} {v:.1f}" for k, v in fulls.items())
                 print(f"{model_name:12s} {precision:5s} compute {comp:8.1f} vol/s | full loop {full:8.1f} vol/s "
-                      f"| ratio {full / comp:.2f} (target >= 0.90) [{by}]", flush=True)
+                      f"| ratio {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.90) "
+                      f"[{by}]", flush=True)
     doc = {"device": card, "device_type": device.type, "torch": torch.__version__, "cuda": torch.version.cuda,
            "grid_shape": list(shape), "resolution_mm": args.resolution, "n_volumes": int(len(volumes)),
            "batch_size": args.batch_size, "num_workers_tried": workers, "epochs_timed": args.epochs - 1,
+           "steps_timed": args.steps, "repeats": args.repeats,
            "cudnn_benchmark": bool(device.type == "cuda" and not args.no_cudnn_benchmark),
            "seconds_total": round(time.perf_counter() - t0, 1), "results": results}
     return report_result(doc, args.json)
