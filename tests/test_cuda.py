@@ -20,18 +20,13 @@ from neuroml.training import TrainSettings, fit, load_checkpoint, load_run, trai
 from neuroml.training.metrics import balanced_accuracy
 from neuroml.training.trainer import evaluate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_training import make_cohort  # noqa: E402
+from test_training_loop import _blobs  # noqa: E402  (three classes told apart by a bright block)
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _blobs(n, shape=(19, 23, 20), seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.normal(size=(n, *shape)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, 3 + 5 * c:7 + 5 * c, 5:12, 4:10] += 2.0
-    return x, y
 
 
 def _fit(x, y, n_train, hook=None, checkpoint_path=None, **options):
@@ -118,9 +113,6 @@ def test_gpu_augmentation_warps_and_scales_like_the_cpu():
 
 
 def _cohort(tmp_path):
-    sys.path.insert(0, str(TESTS))
-    from test_training import make_cohort
-
     return make_cohort(tmp_path, n_per_class=6)
 
 
