@@ -52,13 +52,14 @@ def _sync(device):
 def compute_only(model_name, shape, n_classes, batch_size, precision, device, steps, warmup, seed=0):
     """Volumes/s of forward+backward+step on a batch already on the device."""
     from neuroml.models import build_model
+    from neuroml.training.trainer import make_optimizer
 
     torch.manual_seed(seed)
     net = build_model(model_name, n_classes, spatial_shape=shape, input_pool="auto").to(device)  # as train_run
     cl = device.type == "cuda"
     if cl:
         net = net.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = make_optimizer(net.parameters(), 1e-4, 1e-4)  # fit's optimiser
     crit = torch.nn.CrossEntropyLoss(weight=torch.ones(n_classes, device=device))
     x = torch.randn(batch_size, 1, *shape, device=device)
     if cl:

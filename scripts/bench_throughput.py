@@ -4,7 +4,7 @@
 The loops train the same network (the default CPU network: ``build_model("compact",
 input_pool="auto")``, which average-pools the 2 mm grid 2x; and, for comparison, the compact
 network at full resolution, ``input_pool=1``), from the same initial weights, with the same
-batch size, optimiser (AdamW), loss and torch threads, on the same volumes, in one process:
+batch size, optimiser (AdamW: as a tutorial builds it in the naive loop, fused in fit), loss and torch threads, on the same volumes, in one process:
 
 * **naive**: the MONAI tutorial pattern: ``monai.data.Dataset`` with ``LoadImaged`` (the
   ``.nii.gz`` read and decompressed at every step), ``EnsureChannelFirstd``,
@@ -97,10 +97,11 @@ def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto"):
     that no data pipeline can beat.
     """
     from neuroml.models.factory import input_pool_of
+    from neuroml.training.trainer import make_optimizer
 
     model = _model(volumes.shape[1:], n_classes, input_pool=input_pool).to(memory_format=torch.channels_last_3d)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    opt = make_optimizer(model.parameters(), 1e-3, 1e-4)  # fit's optimiser
     crit = torch.nn.CrossEntropyLoss(weight=torch.ones(n_classes))
     x = torch.from_numpy(np.asarray(volumes[:batch_size], dtype=np.float32))[:, None]
     pool = input_pool_of(model)

@@ -280,3 +280,40 @@ def test_fit_pools_the_volumes_once_and_trains_exactly_as_pooling_every_batch(mo
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
     assert results[True][1] == pytest.approx(results[False][1], rel=1e-6)
     assert torch.allclose(results[True][2], results[False][2], atol=1e-6)
+
+
+def test_fit_uses_the_fused_adamw_which_updates_like_the_default(monkeypatch):
+    from neuroml.training.trainer import make_optimizer
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+            for _ in range(2)]
+    x = torch.randn(4, 1, 6, 7, 5)
+    for net in nets:
+        net(x)  # materialise the lazy layer
+    nets[1].load_state_dict(nets[0].state_dict())
+    before = [p.detach().clone() for p in nets[0].parameters()]
+    opts = [make_optimizer(nets[0].parameters(), 1e-2, 1e-2),
+            torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=1e-2)]
+    assert opts[0].param_groups[0]["fused"] is True and not opts[1].param_groups[0]["fused"]
+    for _ in range(5):
+        for net, opt in zip(nets, opts):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    moved = [not torch.equal(a, b) for a, b in zip(nets[0].parameters(), before)]
+    assert all(moved)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    # where torch has no fused kernel (an older torch, another device) the default serves
+    real = torch.optim.AdamW
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    opt = make_optimizer(nets[0].parameters(), 1e-3, 0.0)
+    assert not opt.param_groups[0]["fused"] and opt.defaults["lr"] == 1e-3

@@ -36,7 +36,7 @@ from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
 __all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
-           "resolve_channels_last", "make_loader", "seed_for", "is_main_process", "SCHEDULES"]
+           "resolve_channels_last", "make_loader", "make_optimizer", "seed_for", "is_main_process", "SCHEDULES"]
 
 log = logging.getLogger("neuroml")
 
@@ -180,6 +180,26 @@ def _to_device(x, device, channels_last, augment=None, pool=None):
 #: :func:`fit` average-pools the volumes once for a network with an input pooling when the pooled
 #: float32 volumes take at most this many bytes (else the network pools every batch).
 PREPOOL_MAX_BYTES = 4 * 2**30
+
+
+def make_optimizer(params, lr, weight_decay):
+    """AdamW with the fused implementation (one kernel over all parameters) where torch has it.
+
+    On the CPU the default (one small op per parameter tensor and per update term) took ~2.7 ms
+    of a compact-network step of 4 volumes, the fused one ~1 ms; the update is the same
+    arithmetic. Falls back to the default for devices or dtypes the fused kernel lacks.
+
+    Examples
+    --------
+    >>> opt = make_optimizer(torch.nn.Linear(3, 2).parameters(), 1e-3, 1e-4)
+    >>> type(opt).__name__, opt.defaults["lr"]
+    ('AdamW', 0.001)
+    """
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _prepooled(data, pool, chunk=16):
@@ -438,7 +458,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
             model, device_ids=[device.index] if device.type == "cuda" else None)
     net = torch.compile(net) if settings.compile else net
     eval_net = model if distributed else net
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
     n_train, bs = len(train_data), settings.batch_size
     n_local = math.ceil(n_train / ddp.world_size())  # items per rank and epoch (DistributedSampler pads)
     drop_last = n_local > bs and n_local % bs == 1  # a batch of one breaks batch norm
