@@ -317,3 +317,19 @@ def test_fit_uses_the_fused_adamw_which_updates_like_the_default(monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", no_fused)
     opt = make_optimizer(nets[0].parameters(), 1e-3, 0.0)
     assert not opt.param_groups[0]["fused"] and opt.defaults["lr"] == 1e-3
+
+
+def test_fit_leaves_volumes_on_another_grid_to_the_network(monkeypatch):
+    import neuroml.training.trainer as trainer
+    from neuroml.models import build_model
+
+    model = build_model("compact", 3, spatial_shape=(37, 46, 39), input_pool=2)
+    pool = trainer.input_pool_of(model)
+    right, _ = _blobs(3, shape=(37, 46, 39))
+    wrong, _ = _blobs(3, shape=(41, 46, 39))  # pools to (21, 23, 20), not the network's (19, 23, 20)
+    assert trainer._prepooled(VolumeDataset(right, np.arange(3)), pool).volumes.shape == (3, 1, 19, 23, 20)
+    data = VolumeDataset(wrong, np.arange(3))
+    assert trainer._prepooled(data, pool) is data
+    monkeypatch.setattr(trainer, "PREPOOL_MAX_BYTES", 10)  # too large to hold pooled: pooled per batch
+    data = VolumeDataset(right, np.arange(3))
+    assert trainer._prepooled(data, pool) is data

@@ -29,7 +29,7 @@ import torch
 
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
-from neuroml.models.factory import input_pool_of
+from neuroml.models.factory import _pooled, input_pool_of
 from neuroml.training import distributed as ddp
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.distributed import is_main_process
@@ -215,7 +215,9 @@ def _prepooled(data, pool, chunk=16):
     if pool is None or not isinstance(data, VolumeDataset) or data.transform is not None:
         return data
     channels = data.volumes.shape[1] if data.volumes.ndim == 5 else 1
-    if tuple(data.volumes.shape[-3:]) == pool.pooled_shape or \
+    grid = tuple(int(n) for n in data.volumes.shape[-3:])
+    # only the grid the network was built for (another one fails in the network, as it would have)
+    if grid == pool.pooled_shape or _pooled(grid, pool.kernel_size) != pool.pooled_shape or \
             len(data) * channels * int(np.prod(pool.pooled_shape)) * 4 > PREPOOL_MAX_BYTES:
         return data
     out = np.empty((len(data), channels, *pool.pooled_shape), dtype=np.float32)
