@@ -251,7 +251,8 @@ def _dispatch(args):
                  epochs=args.epochs, folds=args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
-                 amp=args.precision == "bf16", compile=args.compile, site_column=args.leave_one_site_out, harmonize=args.harmonize, audit_columns=args.audit_column,
+                 amp=args.precision == "bf16", compile=args.compile, site_column=args.leave_one_site_out,
+                 harmonize=args.harmonize, audit_columns=args.audit_column,
                  show_progress=not args.quiet, **({"inputs": args.inputs} if args.inputs else {}))
         print(args.run_dir)
         return 0

@@ -75,6 +75,7 @@ class InputPool(torch.nn.AvgPool3d):
         factor = int(factor)
         super().__init__(kernel_size=factor, stride=factor, ceil_mode=True)
         self.register_buffer("factor", torch.tensor(factor))
+        self.in_shape = tuple(int(n) for n in in_shape)
         self.pooled_shape = _pooled(in_shape, factor)
 
     def forward(self, x):

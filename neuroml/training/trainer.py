@@ -5,8 +5,8 @@ the validation balanced accuracy (ties broken by the validation loss) keeping th
 weights, optional gradient accumulation, bf16 autocast on CUDA, channels-last memory (on
 CUDA and the CPU: :func:`resolve_channels_last`), and an optional ``torch.compile``. A batch
 augmentation runs on the training device; for a network behind an input pooling
-(:class:`~neuroml.models.factory.InputPool`) the batch is pooled first and warped on the
-pooled grid.
+(:class:`~neuroml.models.factory.InputPool`) the volumes are pooled once (or, when they
+cannot be held pooled, each batch first) and warped on the pooled grid.
 
 Randomness is derived from ``(stream..., epoch)`` (the shuffling generator, the
 augmentation state and torch's generator inside :func:`torch.random.fork_rng`), so an
@@ -29,7 +29,7 @@ import torch
 
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
-from neuroml.models.factory import _pooled, input_pool_of
+from neuroml.models.factory import input_pool_of
 from neuroml.training import distributed as ddp
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.distributed import is_main_process
@@ -170,8 +170,7 @@ def _to_device(x, device, channels_last, augment=None, pool=None):
     x = x.to(device, non_blocking=True)
     if augment is not None:
         if pool is not None:  # warp the pooled batch (8x fewer voxels at 2x); the network passes it through
-            x = augment.apply_batch(x if tuple(x.shape[2:]) == pool.pooled_shape else pool(x),
-                                    pooled=pool.kernel_size)
+            x = augment.apply_batch(pool(x), pooled=pool.kernel_size)  # a pooled batch passes pool() unchanged
         else:
             x = augment.apply_batch(x)
     return x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
@@ -215,9 +214,8 @@ def _prepooled(data, pool, chunk=16):
     if pool is None or not isinstance(data, VolumeDataset) or data.transform is not None:
         return data
     channels = data.volumes.shape[1] if data.volumes.ndim == 5 else 1
-    grid = tuple(int(n) for n in data.volumes.shape[-3:])
     # only the grid the network was built for (another one fails in the network, as it would have)
-    if grid == pool.pooled_shape or _pooled(grid, pool.kernel_size) != pool.pooled_shape or \
+    if tuple(data.volumes.shape[-3:]) != pool.in_shape or \
             len(data) * channels * int(np.prod(pool.pooled_shape)) * 4 > PREPOOL_MAX_BYTES:
         return data
     out = np.empty((len(data), channels, *pool.pooled_shape), dtype=np.float32)
@@ -486,8 +484,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
     train_data, augment = _batch_augmentation(train_data)
     pool = input_pool_of(model)
-    train_data, val_data = _prepooled(train_data, pool), (None if val_data is None else _prepooled(val_data, pool))
-    pool = pool if augment is not None else None
+    train_data, val_data = _prepooled(train_data, pool), _prepooled(val_data, pool)
     preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
@@ -500,7 +497,7 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
-                                      seed, drop_last, preloaded, augment, pool)
+                                      seed, drop_last, preloaded, augment, pool if augment is not None else None)
         rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
                "lr": float(opt.param_groups[0]["lr"])}
         best = state["best"]
