@@ -4,7 +4,8 @@
 The loops train the same network (the default CPU network: ``build_model("compact",
 input_pool="auto")``, which average-pools the 2 mm grid 2x; and, for comparison, the compact
 network at full resolution, ``input_pool=1``), from the same initial weights, with the same
-batch size, optimiser (AdamW: as a tutorial builds it in the naive loop, fused in fit), loss and torch threads, on the same volumes, in one process:
+batch size, optimiser (AdamW: as a tutorial builds it in the naive loop, fused in fit), loss
+and torch threads, on the same volumes, in one process:
 
 * **naive**: the MONAI tutorial pattern: ``monai.data.Dataset`` with ``LoadImaged`` (the
   ``.nii.gz`` read and decompressed at every step), ``EnsureChannelFirstd``,
@@ -18,7 +19,8 @@ batch size, optimiser (AdamW: as a tutorial builds it in the naive loop, fused i
   warping the full grid, and with MONAI's transforms per item (``make_augmentation(batched=False)``).
 
 It also times the network's training step alone (forward, backward and AdamW step on one
-batch already pooled, ``network_step_only``: the bound no data pipeline can beat) and the data pipelines alone (iterating the loaders without a network). The
+batch already pooled, ``network_step_only``: the bound no data pipeline can beat) and the
+data pipelines alone (iterating the loaders without a network). The
 one-off cost of building the cache is reported separately. Volumes/s exclude each fit's
 first (warm-up) epoch; the loops run in turn, ``--repeats`` times, so that a change of the
 machine's load hits them alike. Usage::
