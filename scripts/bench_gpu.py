@@ -16,8 +16,8 @@ pooling, 2x on the 2 mm grid) and precision it measures volumes per second of
   (pinned host memory, a host-to-device copy per batch) to show what the preload saves.
 
 and reports ``full / compute`` (target >= 0.9), taken within each of ``--repeats`` rounds
-(compute and loops in turn, so that a clock or load change hits them alike) and its median. It prints the card, versions and one JSON
-document (also written with ``--json``). Without ``--deriv`` it writes its own synthetic
+(compute and loops in turn, so that a clock or load change hits them alike) and its median.
+It prints the card, versions and one JSON document (also written with ``--json``). Without ``--deriv`` it writes its own synthetic
 preprocessed volumes (``scripts/_benchdata.py``), so it runs on a bare machine with only
 the repository copied::
 

@@ -225,7 +225,8 @@ def test_fit_warps_the_pooled_batch_for_a_pooled_network(monkeypatch):
 
     seen = []
     warp = augment_module.warp_affine
-    monkeypatch.setattr(augment_module, "warp_affine", lambda x, m, **kw: seen.append(tuple(x.shape[2:])) or warp(x, m, **kw))
+    monkeypatch.setattr(augment_module, "warp_affine",
+                        lambda x, m, **kw: seen.append(tuple(x.shape[2:])) or warp(x, m, **kw))
     rng = np.random.default_rng(0)
     shape = (37, 46, 39)
     x = rng.normal(size=(8, *shape)).astype(np.float32)
