@@ -67,7 +67,8 @@ def build_parser():
     s.add_argument("out_bids", type=Path, help="output BIDS folder")
     s.add_argument("--n-subjects", type=_positive_int, default=30)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", nargs="+", default=None, help="class labels, healthy class first (default: control MDD SCZ)")
+    s.add_argument("--classes", nargs="+", default=["control", "MDD", "SCZ"],  # = synth.DEFAULT_CLASSES
+                   help="class labels, healthy class first (default: control MDD SCZ, for anat and func)")
     s.add_argument("--voxel-scale", type=float, default=1.0,
                    help="anat only: multiply every site's voxel size (2 = coarser, smaller files)")
     s.add_argument("--n-jobs", type=_positive_int, default=1, help="anat only: parallel subjects")
@@ -171,7 +172,8 @@ def build_parser():
 
     s = sub.add_parser("run", help="run a YAML pipeline")
     s.add_argument("pipeline", type=Path)
-    s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override pipeline vars")
+    s.add_argument("--set", nargs="+", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="override pipeline vars (before they are expanded: vars derived from KEY follow it)")
 
     s = sub.add_parser("demo", help="run pipelines/demo.yaml on data_samples/ and print the report path")
     s.add_argument("--workdir", type=Path, default=Path("neuroml-demo"))
@@ -194,14 +196,11 @@ def _warning_as_log_line(message, category, filename, lineno, file=None, line=No
     log.warning("%s: %s", category.__name__, text)
 
 
-def _overrides(pairs):
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"neuroml: error: --set expects KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
+def _key_value(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
 
 
 def _repo_file(*parts):
@@ -213,9 +212,8 @@ def _dispatch(args):
 
     c = args.command
     if c == "synth":
-        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed, show_progress=not args.quiet)
-        if args.classes:
-            params["classes"] = tuple(args.classes)
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed, classes=tuple(args.classes),
+                      show_progress=not args.quiet)
         if args.modality == "func":
             if args.voxel_scale != 1.0 or args.n_jobs != 1:
                 from neuroml.errors import ConfigError
@@ -282,7 +280,7 @@ def _dispatch(args):
         print(result["out_dir"])
         return 0
     if c == "run":
-        result = run_pipeline(args.pipeline, _overrides(args.set), show_progress=False if args.quiet else None)
+        result = run_pipeline(args.pipeline, dict(args.set), show_progress=False if args.quiet else None)
         if result is not None:
             print(result)
         return 0

@@ -14,6 +14,7 @@ logic of its own. A pipeline file is::
 ``*_dir``/``*_path`` keys are resolved against the current working directory.
 """
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -23,7 +24,7 @@ from pathlib import Path
 from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError, InputError
 
-__all__ = ["STEPS", "run_step", "load_pipeline", "run_pipeline"]
+__all__ = ["STEPS", "run_step", "step_parameters", "load_pipeline", "run_pipeline"]
 
 log = logging.getLogger("neuroml")
 
@@ -48,18 +49,66 @@ def _resolve(name):
     return getattr(importlib.import_module(module), func)
 
 
-def _check_params(name, func, params):
-    sig = inspect.signature(func)
+#: Steps whose function takes ``**kwargs``: "module:attribute" of the mapping whose keys are
+#: the names those keyword arguments may have (the function forwards them to a checker of it).
+KWARGS_NAMES = {
+    "preprocess": "neuroml.preprocessing.t1w:DEFAULT_PARAMS",
+}
+
+#: Parameters that hold a mapping of options: (step, parameter) -> "module:attribute" of the
+#: mapping whose keys are the valid option names.
+NESTED_NAMES = {
+    ("preprocess", "func_params"): "neuroml.functional.bold:FUNC_DEFAULT_PARAMS",
+}
+
+
+def _names_of(target):
+    module, _, attr = target.partition(":")
+    return list(getattr(importlib.import_module(module), attr))
+
+
+def _unknown(key, allowed, what, prefix):
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else f" Valid: {', '.join(sorted(allowed))}."
+    return ConfigError(f"{prefix}unknown {what} {key!r}.{hint}")
+
+
+def step_parameters(name):
+    """Return the names of the parameters step ``name`` accepts (its ``**kwargs`` spelled out)."""
+    sig = inspect.signature(_resolve(name))
+    allowed = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        if name not in KWARGS_NAMES:  # pragma: no cover - tests check every such step is listed
+            return None
+        allowed += [k for k in _names_of(KWARGS_NAMES[name]) if k not in allowed]
+    return allowed
+
+
+def _check_params(name, params, where=None):
+    """Check the parameter names of step ``name`` (and of its mapping parameters) before any step runs.
+
+    ``where`` (e.g. ``"p.yaml step 2"``) starts the message of the :class:`ConfigError`.
+    """
+    prefix = f"{where} ({name}): " if where else f"step {name!r}: "
+    allowed = step_parameters(name)
+    if allowed is None:
         return
-    allowed = list(sig.parameters)
     for key in params:
-        look_up_option(f"{name} parameter", key, allowed)
+        if key not in allowed:
+            raise _unknown(key, allowed, "parameter", prefix)
+    for (step, param), target in NESTED_NAMES.items():
+        value = params.get(param) if step == name else None
+        if isinstance(value, dict):
+            names = _names_of(target)
+            for key in value:
+                if key not in names:
+                    raise _unknown(key, names, f"{param} key", prefix)
+    sig = inspect.signature(_resolve(name))
     missing = [p.name for p in sig.parameters.values()
                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                and p.name not in params]
     if missing:
-        raise ConfigError(f"step {name!r} needs the parameter(s) {missing}")
+        raise ConfigError(f"{prefix}missing parameter(s) {', '.join(missing)}")
 
 
 def run_step(name, **params):
@@ -71,7 +120,7 @@ def run_step(name, **params):
         For an unknown step or parameter (with a "did you mean" hint).
     """
     func = _resolve(name)
-    _check_params(name, func, params)
+    _check_params(name, params)
     log.info("step %s", name)
     return func(**params)
 
@@ -98,6 +147,17 @@ def _substitute(value, variables, where):
     return value
 
 
+def _references(value):
+    """The variable names ``${name}`` used anywhere in a parsed YAML document."""
+    if isinstance(value, str):
+        return set(_VAR.findall(value))
+    if isinstance(value, (list, tuple)):
+        return set().union(*map(_references, value)) if value else set()
+    if isinstance(value, dict):
+        return _references(list(value.values()))
+    return set()
+
+
 def load_pipeline(path, overrides=None):
     """Read and validate a pipeline YAML (safely: ``yaml.safe_load``).
 
@@ -105,7 +165,17 @@ def load_pipeline(path, overrides=None):
     ----------
     path : str or Path
     overrides : dict, optional
-        Values that replace the file's ``vars`` (e.g. ``{"workdir": "/scratch/x"}``).
+        Values that replace the file's ``vars`` before they are expanded, so variables derived
+        from an overridden one follow it (e.g. ``{"workdir": "/scratch/x"}``), or that define
+        variables the file uses without a value. Text values are read as YAML scalars.
+
+    Raises
+    ------
+    InputError
+        For a missing or malformed file.
+    ConfigError
+        For an unknown step, variable or parameter (the message names the file, the step and
+        the closest valid name), or an override of a variable the file neither has nor uses.
 
     Returns
     -------
@@ -125,29 +195,44 @@ def load_pipeline(path, overrides=None):
         raise InputError("a pipeline needs a non-empty 'steps' list", path)
     for key in doc:
         look_up_option(f"pipeline key in {path.name}", key, ["name", "description", "vars", "steps"])
-    variables = {"pipeline_dir": str(path.resolve().parent)}
     file_vars = doc.get("vars") or {}
     if not isinstance(file_vars, dict):
         raise InputError("'vars' must be a mapping", path)
-    for key, value in file_vars.items():
-        variables[key] = _substitute(value, variables, str(path))
+    given = {}
     for key, value in (overrides or {}).items():
         # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90), safely
         try:
-            variables[key] = yaml.safe_load(value) if isinstance(value, str) else value
+            given[key] = yaml.safe_load(value) if isinstance(value, str) else value
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}=...: not a valid YAML value ({str(exc).splitlines()[0]})") from None
+    used = _references(doc)
+    for key in given:
+        if key not in file_vars and key != "pipeline_dir" and key not in used:
+            known = sorted({*file_vars, *used})
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Its variables: {', '.join(known) or 'none'}."
+            raise ConfigError(f"{path}: --set {key}: the pipeline has no variable {key!r}.{hint}")
+    # overrides replace the file's values before anything is expanded, so derived variables
+    # (derivatives: ${workdir}/derivatives) follow an overridden workdir
+    variables = {"pipeline_dir": str(path.resolve().parent)}
+    variables.update({k: v for k, v in given.items() if k not in file_vars})
+    for key, value in file_vars.items():
+        variables[key] = given[key] if key in given else _substitute(value, variables, str(path))
     steps = []
     for i, entry in enumerate(doc["steps"]):
+        where = f"{path} step {i + 1}"
         if not isinstance(entry, dict) or len(entry) != 1:
             raise InputError(f"step {i + 1} must be a mapping with one key, the step name", path)
         (name, params), = entry.items()
-        name = look_up_option("step", name, STEPS)
+        try:
+            name = look_up_option("step", name, STEPS)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         params = params or {}
         if not isinstance(params, dict):
             raise InputError(f"step {i + 1} ({name}): parameters must be a mapping", path)
-        params = _substitute(params, variables, f"{path} step {i + 1}")
-        _check_params(name, _resolve(name), params)
+        params = _substitute(params, variables, where)
+        _check_params(name, params, where)
         steps.append((name, params))
     return steps
 

@@ -64,8 +64,80 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 
 def test_run_step_unknown_parameter():
-    with pytest.raises(ConfigError, match="'report parameter'"):
+    with pytest.raises(ConfigError, match="step 'report': unknown parameter 'colour'. Valid: out_path, run_dir"):
         run_step("report", run_dir="r", colour="blue")
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ("n_job: 2", r"p\.yaml step 2 \(preprocess\): unknown parameter 'n_job'\. Did you mean 'n_jobs'\?"),
+        ("resolutoin: 3", r"p\.yaml step 2 \(preprocess\): unknown parameter 'resolutoin'\. Did you mean 'resolution'"),
+        ("normalisation: zscore", r"unknown parameter 'normalisation'\. Did you mean 'normalization'"),
+        ("func_params: {confound: simple}", r"step 2 \(preprocess\): unknown func_params key 'confound'\. "
+                                            r"Did you mean 'confounds'"),
+    ],
+)
+def test_typos_in_forwarded_parameters_fail_at_load_time(tmp_path, monkeypatch, params, match):
+    # preprocess takes **params (forwarded to the T1w checker): a typo must stop the pipeline
+    # before the (slow) first step runs, naming the file, the step and the closest valid name
+    from neuroml import pipeline
+
+    path = _write(tmp_path, "steps:\n  - synth: {out_dir: b}\n"
+                            f"  - preprocess: {{bids_dir: b, out_dir: d, {params}}}\n")
+    ran = []
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: ran.append(name))
+    with pytest.raises(ConfigError, match=match):
+        pipeline.run_pipeline(path)
+    assert ran == []
+
+
+def test_forwarded_parameters_that_exist_pass():
+    path_params = dict(bids_dir="b", out_dir="d", n4=False, normalization="percentile", seed=1,
+                       func_params={"confounds": "scrubbing"})
+    from neuroml.pipeline import _check_params
+
+    _check_params("preprocess", path_params)  # no error
+
+
+def test_every_kwargs_step_has_its_names_listed():
+    import inspect
+
+    from neuroml.pipeline import KWARGS_NAMES, STEPS, _resolve, step_parameters
+
+    for name in STEPS:
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(_resolve(name)).parameters.values())
+        assert takes_kwargs == (name in KWARGS_NAMES), name
+        assert step_parameters(name) and "params" not in step_parameters(name)
+
+
+def test_overridden_vars_are_set_before_derived_vars_are_expanded(tmp_path):
+    path = _write(tmp_path, """
+vars:
+  workdir: ./w
+  deriv: ${workdir}/derivatives
+  n: 12
+steps:
+  - preprocess_group: {out_dir: "${deriv}"}
+  - synth: {out_dir: "${workdir}/bids", n_subjects: "${n}"}
+""")
+    (_, group), (_, synth) = load_pipeline(path, {"workdir": "/scratch/x", "n": "30"})
+    assert group["out_dir"] == "/scratch/x/derivatives"  # derived var follows the override
+    assert synth == {"out_dir": "/scratch/x/bids", "n_subjects": 30}
+    (_, group), _ = load_pipeline(path, {"deriv": "/elsewhere"})  # a derived var itself can be overridden
+    assert group["out_dir"] == "/elsewhere"
+    (_, group), _ = load_pipeline(path)
+    assert group["out_dir"] == "./w/derivatives"
+
+
+def test_overrides_may_define_vars_the_file_uses_but_not_unknown_ones(tmp_path):
+    path = _write(tmp_path, "vars:\n  workdir: ./w\n  out: ${workdir}/${site}\n"
+                            "steps:\n  - report: {run_dir: '${out}'}\n")
+    (_, params), = load_pipeline(path, {"site": "a"})
+    assert params["run_dir"] == "./w/a"
+    with pytest.raises(ConfigError, match=r"p\.yaml: --set wrokdir: the pipeline has no variable 'wrokdir'\. "
+                                          r"Did you mean 'workdir'"):
+        load_pipeline(path, {"wrokdir": "/x", "site": "a"})
 
 
 def test_shipped_pipelines_are_valid():
@@ -95,6 +167,39 @@ def test_bad_arguments_one_line_exit_2(capsys, argv, match):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["foo", "=x"])
+def test_set_without_key_value_is_a_usage_error(tmp_path, capsys, value):
+    path = _write(tmp_path, "steps:\n  - report: {run_dir: r}\n")
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--set", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neuroml run: error: argument --set: expected KEY=VALUE")
+
+
+def test_run_reports_a_typo_in_a_yaml_step_with_exit_2(tmp_path, capsys):
+    path = _write(tmp_path, "steps:\n  - preprocess: {bids_dir: b, out_dir: d, n_job: 2}\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"neuroml run: error: {path} step 1 (preprocess): unknown parameter 'n_job'. "
+                   "Did you mean 'n_jobs'?"]
+
+
+def test_synth_default_classes_are_the_same_for_anat_and_func(monkeypatch, tmp_path):
+    from neuroml import pipeline
+    from neuroml.synth.cohort import DEFAULT_CLASSES
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append((name, kw)))
+    for modality in ("anat", "func"):
+        assert main(["-q", "synth", str(tmp_path / modality), "--modality", modality]) == 0
+    assert [name for name, _ in calls] == ["synth", "synth_func"]
+    assert [kw["classes"] for _, kw in calls] == [("control", "MDD", "SCZ")] * 2 == [DEFAULT_CLASSES] * 2
+    calls.clear()
+    assert main(["-q", "synth", str(tmp_path / "c"), "--modality", "func", "--classes", "HC", "ADHD"]) == 0
+    assert calls[0][1]["classes"] == ("HC", "ADHD")
 
 
 def test_library_errors_are_one_line(tmp_path, capsys):
