@@ -100,6 +100,13 @@ def test_leave_one_site_out_and_errors():
         make_splits(pids, labels, folds=1)
     with pytest.raises(ConfigError, match=r"fewer participants: \{'b': 3\}; use folds <= 3"):
         make_splits(pids, ["a"] * 5 + ["b"] * 3, folds=4)
+    with pytest.raises(ConfigError, match=r"\{'b': 1\}; every class needs at least two participants"):
+        make_splits(pids, ["a"] * 7 + ["b"], folds=2)  # no "use folds <= 1": folds must be >= 2
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="'val_fraction' parameter must be a finite number"):
+            make_splits(pids, labels, val_fraction=bad)
+        with pytest.raises(ConfigError, match="'lr' parameter must be a finite number"):
+            TrainSettings(lr=bad).validate()
     with pytest.raises(InputError, match="different labels"):
         make_splits(["sub-1", "sub-1", "sub-2", "sub-3"], ["a", "b", "a", "b"])
     with pytest.raises(LeakageError, match="both train and test"):
@@ -219,6 +226,36 @@ def test_rerun_keeps_completed_folds_and_refuses_other_settings(trained, tmp_pat
     assert again["balanced_accuracy"] == summary["balanced_accuracy"]
     with pytest.raises(ConfigError, match="already holds a run.*lr"):
         train_run(deriv, run_dir, **{**FAST, "lr": 0.01})
+
+
+def test_a_run_continues_only_in_its_precision_and_process_count(trained, tmp_path, neuroml_log):
+    """Folds kept from a bf16 (CUDA) or multi-process run are not mixed with fp32 or one-process ones."""
+    import shutil
+
+    deriv, run_dir, summary = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    for runtime, message in (({"device": "cuda:0", "amp": True, "world_size": 1}, "trained in bf16 on 1"),
+                             ({"device": "cpu", "amp": True, "world_size": 4}, "fp32 on 4 process")):
+        (copy / "config.json").write_text(json.dumps({**config, "runtime": {**config["runtime"], **runtime}}))
+        with pytest.raises(ConfigError, match=message):
+            train_run(deriv, copy, resume=True, **FAST)
+    # fp32 on the GPU (autocast off) gives the same kind of weights: allowed, with a warning
+    (copy / "config.json").write_text(json.dumps({**config, "runtime": {**config["runtime"], "device": "cuda:0",
+                                                                        "amp": False}}))
+    import logging
+
+    with neuroml_log.at_level(logging.WARNING, logger="neuroml"):
+        again = train_run(deriv, copy, resume=True, **FAST)
+    assert "it ran on cuda:0" in neuroml_log.text and again["balanced_accuracy"] == summary["balanced_accuracy"]
+    # folds recomputed otherwise (e.g. by another scikit-learn) than the kept ones: refused
+    doc = json.loads((copy / "splits.json").read_text())
+    a, b = doc["folds"][0], doc["folds"][1]
+    a["test"][0], b["test"][0] = b["test"][0], a["test"][0]
+    (copy / "splits.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="differ from the run's splits.json"):
+        train_run(deriv, copy, resume=True, **FAST)
 
 
 def test_train_run_input_errors(trained, tmp_path):
@@ -386,10 +423,16 @@ def test_predict_run_refuses_trained_subjects(trained, tmp_path):
     assert (tmp_path / "p.tsv").is_file()
 
 
-def test_predict_run_new_subjects_and_grid_check(trained, tmp_path):
+def test_predict_run_new_subjects_and_grid_check(trained, tmp_path, monkeypatch):
+    from neuroml.training import trainer
+
     _, run_dir, _ = trained
     new = make_cohort(tmp_path / "new", n_per_class=2, prefix="new", seed=7)
+    seen, original = [], trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: seen.append(k.get("amp")) or original(*a, **k))
     table = predict_run(run_dir, new)
+    n_folds = len(json.loads((run_dir / "splits.json").read_text())["folds"])
+    assert seen == [json.loads((run_dir / "config.json").read_text())["runtime"]["amp"]] * n_folds  # the run's
     assert (run_dir / "predict" / "predictions.tsv").is_file()
     assert list(table.columns) == ["participant_id", "predicted_label", "prob_control", "prob_MDD", "prob_SCZ"]
     assert len(table) == 6 and np.allclose(table.filter(like="prob_").sum(axis=1), 1, atol=1e-6)

@@ -93,6 +93,50 @@ def test_association_tests_flag_entangled_columns_only():
     assert out["scanner"]["test"] is None and not out["scanner"]["entangled"]
 
 
+def test_sites_coded_as_numbers_are_categories(tmp_path):
+    """Sites 1..8 that decide the diagnosis are entangled (chi-square), not a weak numeric trend."""
+    labels = (["MDD", "HC"] * 16)
+    sites = [str(1 + (i % 2) + 2 * ((i // 2) % 4)) for i in range(32)]  # MDD at 1, 3, 5, 7; HC at 2, 4, 6, 8
+    assert association_tests(labels, {"site": sites})["site"]["test"] == "Kruskal-Wallis"  # what it looks like
+    out = association_tests(labels, {"site": sites}, categorical=["site"])["site"]
+    assert out["test"] == "chi-square" and out["effect_size"] == 1.0 and out["entangled"]
+    # a run's confound check always treats its site column as categorical
+    from neuroml.data import load_cohort
+
+    deriv = make_site_cohort(tmp_path)
+    table = tmp_path / "raw" / "participants.tsv"
+    rows = [line.split("\t") for line in table.read_text().splitlines()]
+    for i, row in enumerate(rows[1:]):
+        row[2] = str(1 + (i % 2) + 2 * ((i // 2) % 4))
+    table.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    check = trust_module.confound_check(load_cohort(deriv), "site", ())
+    assert check["tests"]["site"]["test"] == "chi-square" and check["entangled"] == ["site"]
+
+
+def test_missing_values_are_missing_and_a_missing_site_is_no_site(tmp_path):
+    """NA/NaN cells are missing (not a class or a site called "nan"): the probe leaves those rows
+    out, ComBat refuses them by name."""
+    from neuroml.data import load_cohort
+
+    deriv = make_site_cohort(tmp_path, n=20)
+    table = tmp_path / "raw" / "participants.tsv"
+    rows = [line.split("\t") for line in table.read_text().splitlines()]
+    rows[1][1] = "NA"  # sub-01 has no label
+    rows[2][2], rows[3][2], rows[4][3] = "n/a", "NaN", "NA"  # sub-02 and sub-03 have no site, sub-04 no age
+    table.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    cohort = load_cohort(deriv)
+    assert "sub-01" not in cohort.participant_ids and cohort.classes == ["control", "MDD"]
+    check = trust_module.confound_check(cohort, "site", ())
+    assert check["tests"]["site"]["n"] == 17 and check["tests"]["age"]["test"] == "Kruskal-Wallis"
+    x = np.random.default_rng(0).normal(size=(len(cohort.participant_ids), 4))
+    sites = cohort.column("site")
+    probe = site_probe(x, sites, cohort.participant_ids, seed=0, n_bootstrap=0)
+    assert probe["sites"] == ["A", "B"] and probe["n_without_site"] == 2 and probe["n"] == 17
+    with pytest.raises(InputError, match=r"participants.tsv.*'site' of every participant; it is missing for 2: "
+                                         r"sub-02, sub-03"):
+        train_run(deriv, tmp_path / "run", harmonize="combat", **FAST)
+
+
 def test_site_probe_reads_a_site_offset_and_not_noise():
     rng = np.random.default_rng(1)
     sites = np.array(["A", "B"] * 15)

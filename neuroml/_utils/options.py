@@ -1,6 +1,7 @@
 """Checking option strings against their allowed values, with a "did you mean" hint."""
 
 import difflib
+import math
 
 from neuroml.errors import ConfigError
 
@@ -44,6 +45,8 @@ def check_in_range(name, value, low=None, high=None, kind=(int, float)):
     """Check that a number lies in ``[low, high]``; raise :class:`ConfigError` otherwise."""
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"The {name!r} parameter must be a number. Got {value!r} instead.")
+    if not math.isfinite(value):
+        raise ConfigError(f"The {name!r} parameter must be a finite number. Got {value!r} instead.")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ConfigError(
             f"The {name!r} parameter must be in [{low}, {high}]. Got {value!r} instead."

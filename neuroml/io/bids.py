@@ -24,9 +24,15 @@ __all__ = [
     "scan_entities",
 ]
 
-#: Order of entities in BIDS file names.
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res", "den", "from", "to", "mode", "desc")
+#: Order of entities in BIDS file names (the BIDS specification's entity table); the transform
+#: entities of BIDS derivatives (``from``, ``to``, ``mode``) come before ``desc``, which is last.
+ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
+                "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording",
+                "chunk", "seg", "res", "den", "label", "from", "to", "mode", "desc")
 
+#: Cells of a participants table read as missing: BIDS's ``n/a``, an empty cell, and the spellings
+#: that R and pandas write (``NA``, ``N/A``, ``NaN``, ``nan``).
+MISSING_VALUES = frozenset({"", "n/a", "N/A", "NA", "NaN", "nan"})
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 _NIFTI_EXT = (".nii.gz", ".nii")
 
@@ -99,7 +105,7 @@ class Scan:
 
 def _subject_dirs(bids_dir, participant_labels):
     if participant_labels:
-        labels = [check_label(p) for p in participant_labels]
+        labels = list(dict.fromkeys(check_label(p) for p in participant_labels))  # '01 sub-01 01': once
         dirs = []
         for lab in labels:
             d = bids_dir / f"sub-{lab}"
@@ -179,6 +185,9 @@ def _check_table_shape(path):
 def read_participants(path, required=("participant_id",)):
     """Read a ``participants.tsv`` into a DataFrame indexed by ``participant_id``.
 
+    Every column is read as text; a cell in :data:`MISSING_VALUES` (``n/a``, empty, ``NA``, ``NaN``
+    ...) is missing (NaN).
+
     Raises
     ------
     InputError
@@ -192,7 +201,7 @@ def read_participants(path, required=("participant_id",)):
         raise InputError("participants file not found", path)
     _check_table_shape(path)
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=["n/a", ""])
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=sorted(MISSING_VALUES))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"cannot parse as a tab-separated table ({str(exc).splitlines()[0]})", path) from None
     for col in required:

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from neuroml.training.confounds import is_missing
 from neuroml.training.metrics import _stratified_weights, bootstrap_ci, classification_report
 
 __all__ = ["age_bands", "subgroup_audit", "audit_groups", "DEFAULT_AGE_EDGES"]
@@ -52,10 +53,6 @@ def age_bands(ages, edges=DEFAULT_AGE_EDGES):
     return out
 
 
-def _is_missing(v):
-    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() in ("", "n/a", "nan", "NaN")
-
-
 def audit_groups(table, participant_ids, columns=("sex", "age", "site"), extra_columns=()):
     """Subgroup labels of each prediction row from a participants table.
 
@@ -93,7 +90,7 @@ def audit_groups(table, participant_ids, columns=("sex", "age", "site"), extra_c
         if col == "age":
             out["age_band"] = age_bands(values)
         else:
-            out[col] = ["n/a" if _is_missing(v) else str(v) for v in values]
+            out[col] = ["n/a" if is_missing(v) else str(v) for v in values]
     return out
 
 

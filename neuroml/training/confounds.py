@@ -16,7 +16,7 @@ import numpy as np
 
 from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
 
-__all__ = ["association_tests", "cramers_v", "site_probe", "ALPHA", "STRONG_V"]
+__all__ = ["association_tests", "cramers_v", "is_missing", "site_probe", "ALPHA", "MISSING", "STRONG_V"]
 
 log = logging.getLogger("neuroml")
 
@@ -55,11 +55,21 @@ def _numeric(values):
     return arr if np.isfinite(arr).all() and len(np.unique(arr)) > 5 else None
 
 
-def _missing(v):
-    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() in ("", "n/a", "nan")
+from neuroml.io.bids import MISSING_VALUES as MISSING  # noqa: E402
 
 
-def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V):
+def is_missing(v):
+    """Whether a participants-table value is missing (None, NaN or one of :data:`MISSING`).
+
+    Examples
+    --------
+    >>> [is_missing(v) for v in (None, float("nan"), "n/a", " NA ", "S1", 0, "None")]
+    [True, True, True, True, False, False, False]
+    """
+    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() in MISSING
+
+
+def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical=()):
     """Test each column for association with the labels (one row per participant).
 
     Parameters
@@ -68,9 +78,13 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V):
         Diagnosis of each participant.
     columns : dict of str to sequence
         Column name -> value of each participant (e.g. site, age, sex); missing values are dropped.
+        A column whose values are all numbers with more than five distinct values is tested as
+        numeric, any other as categorical.
     alpha : float, default=0.05
     strong : float, default=0.5
         Effect size (Cramér's V, or sqrt of eta squared) called entangled at any p-value.
+    categorical : sequence of str, default=()
+        Columns always tested as categorical, whatever their values (a site coded 1, 2, ... 8).
 
     Returns
     -------
@@ -91,14 +105,14 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V):
     out = {}
     for name, values in columns.items():
         values = list(values)
-        keep = np.array([not _missing(v) for v in values])
+        keep = np.array([not is_missing(v) for v in values])
         lab = labels[keep]
         vals = [values[i] for i in np.flatnonzero(keep)]
         levels = sorted(set(lab.tolist()))
         if len(vals) < 3 or len(levels) < 2:
             out[name] = {"test": None, "n": len(vals), "entangled": False, "note": "too few participants or classes"}
             continue
-        num = _numeric(vals)
+        num = None if name in categorical else _numeric(vals)
         if num is not None:
             groups = [num[lab == c] for c in levels]
             groups = [g for g in groups if len(g)]
@@ -151,6 +165,7 @@ def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n
     features : ndarray of shape (n, p)
         One row per scan (e.g. atlas region means).
     sites : sequence of str
+        Rows with a missing site (:func:`is_missing`) are left out of the probe.
     participant_ids : sequence of str
     splits : list of dict, optional
     folds, seed, n_bootstrap : int
@@ -171,8 +186,12 @@ def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n
     from sklearn.preprocessing import StandardScaler
 
     features = np.asarray(features, dtype=float)
-    sites = np.asarray([str(s) for s in sites], dtype=object)
-    pids = np.asarray(participant_ids, dtype=object)
+    known = np.array([not is_missing(s) for s in sites], dtype=bool)  # a missing site is no site of its own
+    sites = np.asarray([str(s) for s in sites], dtype=object)[known]
+    pids = np.asarray(participant_ids, dtype=object)[known]
+    features = features[known]
+    if covariates is not None:
+        covariates = np.asarray(covariates, float)[known]
     levels = sorted(set(sites.tolist()))
     if len(levels) < 2:
         return {"balanced_accuracy": None, "note": "a single site", "n_sites": len(levels), "sites": levels}
@@ -211,5 +230,5 @@ def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n
     return {"balanced_accuracy": round(bacc, 6),
             "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
             "chance": round(1.0 / len(levels), 6), "n_sites": len(levels), "sites": levels,
-            "n": int(done.sum()), "folds": len(parts), "scheme": scheme,
+            "n": int(done.sum()), "n_without_site": int((~known).sum()), "folds": len(parts), "scheme": scheme,
             "model": "StandardScaler + LogisticRegression(class_weight='balanced')"}

@@ -516,6 +516,12 @@ class InputHarmonization:
             raise InputError(f"no row for {absent[:5]}: the run was trained on ComBat-harmonized inputs and needs "
                              "each subject's site" + (f" and {', '.join(self.spec['covariates'])}"
                                                       if self.spec["covariates"] else ""), path)
+        from neuroml.training.confounds import is_missing
+
+        unknown = [p for p in pids if is_missing(table.at[p, column])]
+        if unknown:
+            raise InputError(f"{column!r} is missing for {unknown[:5]}: the run was trained on ComBat-harmonized "
+                             "inputs and needs each subject's site", path)
         cov = covariate_matrix(table, pids, self.spec["covariates"], self.spec["sex_levels"], path)
         self.path = path
         self.site = {p: str(table.at[p, column]) for p in pids}

@@ -122,6 +122,7 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
                                "(participant_labels=...) or pass force=True")
         log.warning("%s; predicting them anyway (force=True)", msg)
     dev = resolve_device(device)
+    amp = bool((run.config.get("runtime") or {}).get("amp", True))  # the run's precision (bf16 on CUDA only)
     rows, pids = index["row"].to_numpy(), index["participant_id"].tolist()
     harmonized = None
     if run.config.get("harmonized_inputs"):
@@ -132,7 +133,7 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     for k, model in run.fold_models(device=dev):
         data = VolumeDataset(cache.data, rows=rows) if harmonized is None else \
             VolumeDataset(harmonized.apply(k, cache.data, rows, pids))
-        probs.append(evaluate(model, data, batch_size=batch_size, device=dev)[0])
+        probs.append(evaluate(model, data, batch_size=batch_size, device=dev, amp=amp)[0])
     table = predictions_table(index["participant_id"].tolist(), np.mean(probs, axis=0), run.classes)
     out_path = Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
     write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))

@@ -33,7 +33,8 @@ __all__ = ["train_run", "load_run", "Run"]
 
 log = logging.getLogger("neuroml")
 
-#: Config keys that do not change the result (a run may be resumed with other values).
+#: Config keys outside a run's identity (a run may continue with other values; of "runtime", the
+#: precision and the number of processes must still match: `_numerics`).
 _RUNTIME_KEYS = ("runtime", "deriv_dir", "participants", "neuroml_version")
 #: Cohorts up to this size (float32) are read into RAM once; larger ones stay memory-mapped.
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -124,20 +125,40 @@ def _identity(config):
     return {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}
 
 
-def _check_existing(run_dir, config, resume):
+def _check_existing(run_dir, config, resume, splits=None):
     path = run_dir / "config.json"
     if not path.is_file():
         if resume:
             log.info("nothing to resume in %s: starting a new run", run_dir)
         return
-    old = _identity(read_json(path))
+    saved = read_json(path)
+    old = _identity(saved)
     new = _identity(plain(config))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff if k != "grid")[:600]
         raise ConfigError(f"{run_dir} already holds a run with other settings or data ({detail}); "
                           "choose a new run_dir or delete the old one")
+    was, now = _numerics(saved.get("runtime") or {}), _numerics(config["runtime"])
+    if was != now:  # the kept folds would have been trained otherwise than the rest
+        raise ConfigError(f"{run_dir} was trained in {was['precision']} on {was['world_size']} process(es); this "
+                          f"run would train in {now['precision']} on {now['world_size']}, so its folds would not be "
+                          "comparable: rerun with the same --precision and number of processes, or choose a new "
+                          "run_dir")
+    if splits is not None and (run_dir / "splits.json").is_file() and \
+            plain(load_splits(run_dir / "splits.json")) != plain(splits):  # e.g. another scikit-learn
+        raise ConfigError(f"{run_dir}: the folds computed now differ from the run's splits.json, so kept folds "
+                          "may have trained on participants now in their test set; choose a new run_dir")
+    if str((saved.get("runtime") or {}).get("device")) != str(config["runtime"]["device"]):
+        log.warning("continuing the run in %s on %s (it ran on %s): floating-point results may differ slightly",
+                    run_dir, config["runtime"]["device"], (saved.get("runtime") or {}).get("device"))
     log.info("continuing the run in %s (completed folds are kept)", run_dir)
+
+
+def _numerics(runtime):
+    """What in a run's ``runtime`` changes the trained weights: precision and number of processes."""
+    bf16 = bool(runtime.get("amp", True)) and str(runtime.get("device", "cpu")).startswith("cuda")
+    return {"precision": "bf16" if bf16 else "fp32", "world_size": int(runtime.get("world_size") or 1)}
 
 
 def _fold_done(fold_dir, digest, harmonized=False):
@@ -349,7 +370,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         **({"inputs": check_inputs(inputs)} if inputs is not None else {}),
     })
     if main:
-        _check_existing(run_dir, config, resume)
+        _check_existing(run_dir, config, resume, splits)
         for folder in (run_dir, *sorted(run_dir.glob("fold-*"))):
             remove_stale_temporaries(folder)  # left by a killed run
         write_json_atomic(run_dir / "config.json", config)
@@ -502,13 +523,21 @@ def _input_harmonization(cohort, site_col):
     """What the fold loop needs to harmonize the CNN's inputs, and its record for config.json."""
     from neuroml.training.harmonize import covariate_matrix, covariate_spec
 
+    from neuroml.training.confounds import is_missing
+
+    sites = cohort.column(site_col)
+    unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
+    if unknown:
+        raise InputError(f"harmonize='combat' needs the {site_col!r} of every participant; it is missing for "
+                         f"{len(unknown)}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+                         cohort.participants_path)
     names, levels = covariate_spec(cohort.table, cohort.participant_ids)
     mask = _input_mask(cohort.cache)
     return {"config": {"method": "combat", "site_column": site_col, "covariates": names, "sex_levels": levels,
                        "fitted_on": "each fold's training participants (not validation, not test)",
                        "voxels": "template brain mask" if mask is not None else "non-zero in every training scan",
                        "file": f"fold-<k>/{FOLD_FILE}"},
-            "sites": np.asarray([str(s) for s in cohort.column(site_col)], dtype=object),
+            "sites": np.asarray([str(s) for s in sites], dtype=object),
             "cov": covariate_matrix(cohort.table, cohort.participant_ids, names, levels, cohort.participants_path),
             "mask": mask, "site_column": site_col, "covariates": names, "sex_levels": levels}
 

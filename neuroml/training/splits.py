@@ -132,8 +132,10 @@ def make_splits(participant_ids, labels, folds=3, seed=0, val_fraction=0.2, site
             raise ConfigError(f"The 'folds' parameter must be an integer >= 2. Got {folds!r} instead.")
         small = {str(c): int(n) for c, n in zip(classes, counts) if n < folds}
         if small:
-            raise ConfigError(f"folds={folds} but some classes have fewer participants: {small}; "
-                              f"use folds <= {int(min(counts))}")
+            fix = (f"use folds <= {int(min(counts))}" if min(counts) >= 2 else
+                   "every class needs at least two participants for cross-validation: add participants, or "
+                   "leave that class out (classes=...)")
+            raise ConfigError(f"folds={folds} but some classes have fewer participants: {small}; {fix}")
         # one row per participant, so a participant with many sessions weighs like any other;
         # the groups keep every scan of a participant in the same part
         sgkf = StratifiedGroupKFold(n_splits=int(folds), shuffle=True, random_state=int(seed) % (2**32))

@@ -471,6 +471,8 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
                 "settings": {k: getattr(settings, k) for k in _RESUME_KEYS}}
     if distributed:
         identity["world_size"] = ddp.world_size()
+    if settings.amp and device.type == "cuda":  # bf16 weights differ from fp32 ones (key absent in fp32 runs)
+        identity["precision"] = "bf16"
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and resume and ckpt.is_file():
         saved = load_checkpoint(ckpt, require=("model", "optimizer", "scheduler", "state", "identity"))

@@ -15,7 +15,7 @@ import pandas as pd
 from neuroml._utils.options import look_up_option
 from neuroml.errors import NeuromlError
 from neuroml.training.audit import audit_groups, subgroup_audit
-from neuroml.training.confounds import ALPHA, association_tests, site_probe
+from neuroml.training.confounds import ALPHA, association_tests, is_missing, site_probe
 
 __all__ = ["HARMONIZERS", "confound_check", "trust_metrics", "demographics", "site_column_of"]
 
@@ -99,7 +99,7 @@ def confound_check(cohort, site_col=None, extra_columns=()):
     for col in [site_col, "age", "sex", *extra_columns]:
         if col and col in table.columns and col != cohort.label_column and col not in columns:
             columns[col] = table[col].reindex(pids).tolist()
-    tests = association_tests(labels, columns)
+    tests = association_tests(labels, columns, categorical=[c for c in (site_col, "sex") if c])
     entangled = [c for c, t in tests.items() if t.get("entangled")]
     for c in entangled:
         t = tests[c]
@@ -206,13 +206,15 @@ def _fold_probes(feature_sets, splits, sites, participant_ids, seed=0, n_bootstr
 
     from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
 
+    known = np.array([not is_missing(s) for s in sites], dtype=bool)  # rows without a site are not probed
     sites = np.asarray([str(s) for s in sites], dtype=object)
     pids = np.asarray(participant_ids, dtype=object)
-    levels = sorted(set(sites.tolist()))
-    y = np.array([levels.index(s) for s in sites])
+    levels = sorted(set(sites[known].tolist()))
+    y = np.array([levels.index(s) if k else -1 for s, k in zip(sites, known)])
     proba = {name: np.full((len(y), len(levels)), np.nan) for name in feature_sets}
     for f in splits:
-        train, test = np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"]))
+        train = np.isin(pids, list(f["train"]) + list(f["val"])) & known
+        test = np.isin(pids, list(f["test"])) & known
         if not test.any() or len(set(y[train])) < 2:
             continue
         for name, features_of in feature_sets.items():
@@ -344,7 +346,7 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
     features = region_features(cohort, src, src_rows)
     if features is None:
         return out
-    sites = [str(s) for s in cohort.column(site_col)]
+    sites = [None if is_missing(s) else str(s) for s in cohort.column(site_col)]  # None: left out of the probes
     probe = site_probe(features, sites, cohort.participant_ids, splits, seed=seed, n_bootstrap=n_bootstrap)
     probe["features"] = f"mean intensity of {features.shape[1]} AAL regions"
     cov, cov_names = _covariates(cohort.table, cohort.participant_ids)
