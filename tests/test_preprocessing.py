@@ -246,8 +246,8 @@ def test_outputs_and_sidecar(batch, dataset):
     for p in paths.values():
         assert p.is_file(), p
     assert paths["preproc"].name == f"sub-01_space-{TEMPLATE_SPACE}_res-4_desc-preproc_T1w.nii.gz"
-    assert paths["xfm"].name == f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"
-    assert paths["figure"] == out / "sub-01" / "figures" / "sub-01_desc-qc_T1w.png"
+    assert paths["xfm"].name == f"sub-01_res-4_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"
+    assert paths["figure"] == out / "sub-01" / "figures" / "sub-01_res-4_desc-qc_T1w.png"
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     side = json.loads(paths["sidecar"].read_text())
     src = dataset / "sub-01/anat/sub-01_T1w.nii.gz"
@@ -279,7 +279,7 @@ def test_sessions_and_runs_keep_their_entities(batch):
         assert paths["preproc"].is_file()
         assert paths["preproc"].parent == out / "sub-04" / "ses-a" / "anat"
         assert f"sub-04_ses-a_run-{run}_space-" in paths["preproc"].name
-        assert paths["figure"].name == f"sub-04_ses-a_run-{run}_desc-qc_T1w.png"
+        assert paths["figure"].name == f"sub-04_ses-a_run-{run}_res-4_desc-qc_T1w.png"
 
 
 def test_resume_skips_and_redoes(batch, dataset):
@@ -443,3 +443,120 @@ def test_kill_and_resume_gives_identical_outputs(tmp_path):
     assert list(a) == list(b) and len(a) == 3
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# --------------------------------------------------------------------------- outputs that must survive
+def test_truncated_output_is_redone(tmp_path, subject):
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0]})
+    out = tmp_path / "out"
+    assert run_participant_level(root, out, **FAST).n_done == 1
+    scan = root / "sub-01/anat/sub-01_T1w.nii.gz"
+    t0 = time.perf_counter()
+    assert is_complete(scan, out, resolution=RES, n4=False)
+    assert time.perf_counter() - t0 < 2.0  # checksums of a few small files stay cheap
+    paths = output_paths({"sub": "01"}, out, RES)
+    good = paths["preproc"].read_bytes()
+    paths["preproc"].write_bytes(good[: len(good) // 2])
+    assert not is_complete(scan, out, resolution=RES, n4=False)
+    result = run_participant_level(root, out, **FAST)
+    assert (result.n_done, result.n_skipped) == (1, 0)
+    assert np.asarray(nib.load(str(paths["preproc"])).dataobj).shape == target_grid(RES)[1]
+    # a sidecar written before the checksums were recorded: the images must read in full
+    side = json.loads(paths["sidecar"].read_text())
+    del side["OutputFiles"]
+    paths["sidecar"].write_text(json.dumps(side))
+    assert is_complete(scan, out, resolution=RES, n4=False)
+    paths["mask"].write_bytes(paths["mask"].read_bytes()[:200])
+    assert not is_complete(scan, out, resolution=RES, n4=False)
+
+
+def test_failed_attempt_keeps_the_previous_version(tmp_path, subject, monkeypatch):
+    import neuroml.preprocessing.t1w as t1w
+
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0]})
+    out = tmp_path / "out"
+    run_participant_level(root, out, **FAST)
+    paths = output_paths({"sub": "01"}, out, RES)
+    before = {k: p.read_bytes() for k, p in paths.items()}
+
+    def boom(*args, **kwargs):
+        raise InputError("registration failed everywhere", "x")
+
+    monkeypatch.setattr(t1w, "preprocess_scan", boom)
+    result = run_participant_level(root, out, **{**FAST, "normalization": "percentile"})
+    assert [f.participant_id for f in result.failures] == ["sub-01"]
+    assert {k: p.read_bytes() for k, p in paths.items()} == before  # the same input's earlier version stays
+    assert is_complete(root / "sub-01/anat/sub-01_T1w.nii.gz", out, resolution=RES, n4=False)
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_two_resolutions_in_one_folder_keep_their_own_files(tmp_path, subject):
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0],
+                                          "sub-02/anat/sub-02_T1w.nii.gz": make_subject(2)[0]})
+    out = tmp_path / "out"
+    for res in (4.0, 6.0):
+        assert run_participant_level(root, out, **{**FAST, "resolution": res}).n_done == 2
+    p4, p6 = output_paths({"sub": "01"}, out, 4.0), output_paths({"sub": "01"}, out, 6.0)
+    assert p4["xfm"] != p6["xfm"] and p4["figure"] != p6["figure"]
+    assert "res-6" in p6["xfm"].name and "res-6" in p6["figure"].name
+    assert all(p.is_file() for p in [*p4.values(), *p6.values()])
+    run_group_level(out)
+    rows = [r.split("\t") for r in (out / "group_qc.tsv").read_text().splitlines()[1:]]
+    assert sorted(r[1] for r in rows) == ["sub-01/anat/sub-01_T1w.nii.gz (res-4)",
+                                          "sub-01/anat/sub-01_T1w.nii.gz (res-6)",
+                                          "sub-02/anat/sub-02_T1w.nii.gz (res-4)",
+                                          "sub-02/anat/sub-02_T1w.nii.gz (res-6)"]
+    # a failure at one resolution leaves the other's files alone
+    (root / "sub-01/anat/sub-01_T1w.nii.gz").write_bytes(b"\x1f\x8b broken")
+    result = run_participant_level(root, out, **{**FAST, "resolution": 6.0})
+    assert [f.participant_id for f in result.failures] == ["sub-01"]
+    assert not any(p.exists() for p in p6.values()) and all(p.is_file() for p in p4.values())
+
+
+def test_outputs_named_before_the_resolution_are_redone(tmp_path, subject):
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0]})
+    out = tmp_path / "out"
+    run_participant_level(root, out, **FAST)
+    paths = output_paths({"sub": "01"}, out, RES)
+    side = json.loads(paths["sidecar"].read_text())
+    del side["OutputFiles"]
+    paths["sidecar"].write_text(json.dumps(side))
+    old_fig = paths["figure"].with_name("sub-01_desc-qc_T1w.png")
+    paths["figure"].rename(old_fig)
+    paths["xfm"].rename(paths["xfm"].with_name(f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"))
+    assert "data:image/png;base64," in run_group_level(out).read_text()  # the old picture is found
+    result = run_participant_level(root, out, **FAST)
+    assert (result.n_done, result.n_skipped) == (1, 0) and all(p.is_file() for p in paths.values())
+
+
+def test_a_dead_worker_fails_only_its_scan(tmp_path, subject, monkeypatch):
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    import neuroml.preprocessing.batch as batch
+
+    root = write_bids(tmp_path / "bids", {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": subject[0] for i in (1, 2, 3)})
+    out = tmp_path / "out"
+
+    def parallel(todo, n_workers, args_of):  # the first scan finishes, then a worker dies
+        yield batch._indexed(0, *args_of(todo[0]))
+        raise TerminatedWorkerError("A worker process managed by the executor was unexpectedly terminated.")
+
+    def dies_on_sub02(i, scan, *args):  # runs in a child process (pickled by value)
+        if scan.subject == "02":
+            os._exit(9)
+        return batch._indexed(i, scan, *args)
+
+    isolated = batch._isolated
+    monkeypatch.setattr(batch, "_parallel", parallel)
+    monkeypatch.setattr(batch, "_isolated", lambda items, n: isolated(items, n, target=dies_on_sub02))
+    result = run_participant_level(root, out, n_jobs=2, **FAST)
+    assert result.n_done == 2 and [f.participant_id for f in result.failures] == ["sub-02"]
+    rows = read_failures(out)
+    assert [r["participant_id"] for r in rows] == ["sub-02"] and "worker process died" in rows[0]["reason"]
+    assert is_complete(root / "sub-03/anat/sub-03_T1w.nii.gz", out, resolution=RES, n4=False)
+
+
+def test_dataset_description_names_both_modalities(batch):
+    out, _ = batch
+    name = json.loads((out / "dataset_description.json").read_text())["Name"]
+    assert "T1w" in name and "BOLD" in name

@@ -38,7 +38,7 @@ from neuroml.functional.clean import STRATEGIES, clean_series, find_confounds_fi
 from neuroml.functional.maps import (alff_array, falff_array, reho_array, seed_connectivity_array, sphere_mask,
                                      zscore_in_mask)
 from neuroml.io.bids import check_label, parse_entities
-from neuroml.io.image import check_img
+from neuroml.io.image import check_img, header_tr
 from neuroml.io.templates import brain_mask_on_grid, target_grid
 
 __all__ = [
@@ -161,8 +161,47 @@ def map_names(params):
     return [*_BASE_MAPS, *(f"conn{n}" for n in params["seeds"]), *(f"conn{n}" for n in params["networks"])]
 
 
+def _sidecar_chain(path):
+    """The JSON sidecars that apply to a BIDS file (BIDS inheritance), nearest first.
+
+    Each folder from the file's own up to the dataset root (the folder above ``sub-<label>``)
+    is searched for ``*.json`` files of the same suffix whose entities are all the file's
+    (``task-rest_bold.json`` at the root applies to ``sub-01_task-rest_run-1_bold.nii.gz``);
+    within a folder the one naming more entities comes first. Symbolic links are not resolved.
+    """
+    path = Path(path)
+    entities, suffix, _ = parse_entities(path.name)
+    if not suffix:
+        return []
+    parents = list(path.parents)
+    folders = parents[:1]
+    for i, folder in enumerate(parents):
+        if folder.name.startswith("sub-"):
+            folders = parents[: i + 2]  # up to the dataset root
+            break
+    chain = []
+    for folder in folders:
+        try:
+            candidates = sorted(folder.glob(f"*_{suffix}.json")) + sorted(folder.glob(f"{suffix}.json"))
+        except OSError:
+            continue
+        found = []
+        for side in candidates:
+            ents, sfx, ext = parse_entities(side.name)
+            if sfx == suffix and ext == ".json" and all(entities.get(k) == v for k, v in ents.items()):
+                found.append((len(ents), side))
+        chain += [side for _, side in sorted(found, key=lambda t: (-t[0], t[1].name))]
+    return chain
+
+
 def repetition_time(img, path=None, override=None):
-    """The repetition time in seconds: ``override``, else the BIDS sidecar's, else the header's.
+    """The repetition time in seconds: ``override``, else the BIDS sidecars', else the header's.
+
+    The sidecars are those that apply to ``path`` under BIDS inheritance, nearest first (the
+    one beside the file, then those of the session, subject and dataset folders, e.g. a
+    dataset-level ``task-rest_bold.json``); the first with a positive ``RepetitionTime`` wins.
+    The header's TR is ``pixdim[4]`` (:func:`neuroml.io.image.header_tr`), which
+    :func:`~neuroml.io.image.check_img` keeps.
 
     Raises
     ------
@@ -172,23 +211,18 @@ def repetition_time(img, path=None, override=None):
     if override is not None:
         return float(override)
     if path is not None:
-        side = Path(str(path).replace(".nii.gz", ".json").replace(".nii", ".json"))
-        if side.is_file():
+        for side in _sidecar_chain(path):
             try:
                 tr = read_json(side).get("RepetitionTime")
-            except (InputError, AttributeError):
-                tr = None
-            if isinstance(tr, (int, float)) and tr > 0:
+            except (InputError, AttributeError, OSError):
+                continue
+            if isinstance(tr, (int, float)) and not isinstance(tr, bool) and np.isfinite(tr) and tr > 0:
                 return float(tr)
-    zooms = img.header.get_zooms()
-    if len(zooms) > 3 and np.isfinite(zooms[3]) and zooms[3] > 0:
-        unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else "sec"
-        tr = float(zooms[3]) / {"msec": 1000.0, "usec": 1e6}.get(unit, 1.0)
-        if unit not in ("msec", "usec") and tr > 100:  # units missing but clearly milliseconds
-            tr /= 1000.0
+    tr = header_tr(img)
+    if tr is not None:
         return tr
-    raise InputError("repetition time unknown (no RepetitionTime in the JSON sidecar, none in the header); "
-                     "pass tr=", path)
+    raise InputError("repetition time unknown (no positive RepetitionTime in the JSON sidecars that apply under "
+                     "BIDS inheritance, none in the header); pass tr=", path)
 
 
 def in_mni_space(entities):

@@ -37,6 +37,8 @@ def func_output_paths(entities, out_dir, params):
     ...                       Path("/d"), check_func_params(resolution=4))
     >>> p["map-alff"].as_posix()
     '/d/sub-01/func/sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-alff_boldmap.nii.gz'
+    >>> p["xfm"].name
+    'sub-01_task-rest_res-4_from-boldref_to-MNI152NLin2009aSym_mode-image_xfm.txt'
     """
     base = {k: v for k, v in entities.items() if k not in _DROP}
     folder = Path(out_dir) / f"sub-{base['sub']}"
@@ -48,8 +50,8 @@ def func_output_paths(entities, out_dir, params):
            for m in map_names(params)}
     out["mask"] = folder / derivative_name(base, "mask", ".nii.gz", desc="bold", **space)
     out["timeseries"] = folder / derivative_name(base, "timeseries", ".tsv", atlas=params["atlas"], **space)
-    out["xfm"] = folder / derivative_name(base, "xfm", ".txt", **{"from": "boldref", "to": TEMPLATE_SPACE,
-                                                                   "mode": "image"})
+    out["xfm"] = folder / derivative_name(base, "xfm", ".txt", res=space["res"],
+                                          **{"from": "boldref", "to": TEMPLATE_SPACE, "mode": "image"})
     out["sidecar"] = folder / derivative_name(base, "bold", ".json", desc="maps", **space)
     return out
 
@@ -66,7 +68,13 @@ def _required(paths, side):
 
 
 def is_func_complete(scan, out_dir, sha256=None, **params):
-    """True when a BOLD scan's outputs exist and its sidecar matches the input and parameters."""
+    """True when a BOLD scan's outputs exist, are intact and its sidecar matches the input and parameters.
+
+    Intact: the size and SHA-256 that the sidecar records (see
+    :func:`neuroml.preprocessing.t1w.outputs_intact`), so a truncated map makes the scan incomplete.
+    """
+    from neuroml.preprocessing.t1w import outputs_intact
+
     path, entities = scan_entities(scan)
     params = check_func_params(**params)
     paths = func_output_paths(entities, out_dir, params)
@@ -84,14 +92,18 @@ def is_func_complete(scan, out_dir, sha256=None, **params):
     if side.get("ConfoundsSHA256") != (sha256_file(table) if table is not None and params["confounds"] != "none"
                                        else None):
         return False
-    return side.get("SourceSHA256") == (sha256 or sha256_file(path))
+    if side.get("SourceSHA256") != (sha256 or sha256_file(path)):
+        return False
+    return outputs_intact(paths["sidecar"], side, [p for p in _required(paths, side) if p != paths["sidecar"]])
 
 
 def _relative_source(path, bids_dir):
+    path = Path(path)
     if bids_dir is not None:
-        with contextlib.suppress(ValueError):
-            return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-    return Path(path).name
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            # the folder, not the file: a symlinked series (git-annex) keeps its BIDS name
+            return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+    return path.name
 
 
 def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_threads=1, **params):
@@ -116,17 +128,19 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     dict
         Output paths (see :func:`func_output_paths`) and ``info``.
     """
-    from neuroml.preprocessing.t1w import itk_threads
+    from neuroml.preprocessing.t1w import itk_threads, output_records
 
     params = check_func_params(**params)
     path, entities = scan_entities(scan, participant_label)
     paths = func_output_paths(entities, out_dir, params)
-    with contextlib.suppress(FileNotFoundError):
-        paths["sidecar"].unlink()
     t0 = time.perf_counter()
     sha = sha256_file(path) if Path(path).is_file() else None
     with itk_threads(n_threads):
         result = preprocess_bold_scan(path, path=path, entities=entities, **params)
+    # a previous version stays whole until now (a failure above keeps it); from here on the
+    # files are replaced one by one, so the scan is incomplete until the new sidecar is written
+    with contextlib.suppress(FileNotFoundError):
+        paths["sidecar"].unlink()
     for name, img in result.maps.items():
         save_nifti_atomic(img, paths[f"map-{name}"])
     save_nifti_atomic(result.mask, paths["mask"])
@@ -179,6 +193,8 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
         "Parameters": _params_key(params),
         "Timings": info["timings_s"],
         "SoftwareVersions": package_versions(),
+        "OutputFiles": output_records(paths["sidecar"], {k: p for k, p in paths.items() if k != "sidecar"
+                                                         and (k != "xfm" or result.transform is not None)}),
     }
     write_json_atomic(paths["sidecar"], sidecar)
     return {**paths, "info": info}

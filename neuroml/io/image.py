@@ -16,7 +16,7 @@ import numpy as np
 
 from neuroml.errors import InputError
 
-__all__ = ["check_img", "check_array", "load_data", "MAX_AXIS", "MAX_VOXELS"]
+__all__ = ["check_img", "check_array", "load_data", "header_tr", "MAX_AXIS", "MAX_VOXELS"]
 
 #: Largest length accepted along one axis (voxels).
 MAX_AXIS = 4096
@@ -189,6 +189,36 @@ def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constan
     return data
 
 
+def header_tr(img):
+    """The repetition time (seconds) that a 4D image's header records, or None.
+
+    NIfTI's ``pixdim[4]`` in its time unit (``msec`` and ``usec`` converted); a value over
+    100 with no unit is taken as milliseconds.
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib
+    >>> img = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    >>> img.header.set_zooms((1, 1, 1, 2500.0)); img.header.set_xyzt_units("mm", "msec")
+    >>> header_tr(img)
+    2.5
+    """
+    header = getattr(img, "header", None)
+    if header is None or len(getattr(img, "shape", ())) < 4:
+        return None
+    try:
+        zooms = header.get_zooms()
+    except Exception:  # noqa: BLE001 - an odd header simply records no TR
+        return None
+    if len(zooms) < 4 or not np.isfinite(zooms[3]) or not zooms[3] > 0:
+        return None
+    unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "sec"
+    tr = float(zooms[3]) / {"msec": 1000.0, "usec": 1e6}.get(unit, 1.0)
+    if unit not in ("msec", "usec") and tr > 100:  # units missing but clearly milliseconds
+        tr /= 1000.0
+    return tr
+
+
 def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
     """Turn a path or a nibabel image into a validated NIfTI-1 image with float32 data.
 
@@ -212,7 +242,8 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
     Returns
     -------
     nibabel.Nifti1Image
-        float32 data, the image's affine (sform/qform resolved by nibabel).
+        float32 data, the image's affine (sform/qform resolved by nibabel); a 4D image keeps
+        its repetition time (:func:`header_tr`, in seconds).
 
     Raises
     ------
@@ -253,6 +284,9 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
         return img
     out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm", "sec")
+    tr = header_tr(img) if data.ndim == 4 else None
+    if tr is not None:  # a fresh header says 1.0: keep the series' TR
+        out.header.set_zooms(out.header.get_zooms()[:3] + (tr,))
     return out
 
 

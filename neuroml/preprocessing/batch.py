@@ -1,11 +1,14 @@
 """Preprocessing a whole BIDS dataset: participant level (resumable, parallel) and group level.
 
 Resuming: a scan is skipped when its sidecar exists, is valid JSON, records the input's
-SHA-256 and the same parameters, and all its other outputs exist. Every file is written
-atomically and the sidecar last, so a killed run leaves either a complete scan or one
-that is redone.
+SHA-256 and the same parameters, and all its other outputs exist with the size and SHA-256
+the sidecar records (a truncated file is redone; a sidecar written before these records
+existed is trusted when its images read in full). Every file is written atomically and the
+sidecar last, so a killed run leaves either a complete scan or one that is redone.
 
-Failures: one bad scan never stops the batch. Each is recorded in ``OUT/failures.tsv``
+Failures: one bad scan never stops the batch, nor does a worker process that dies (killed
+for memory, a crash): the scans it may have held run again, each in a process of its own,
+and the one that dies again is recorded. Each failure is recorded in ``OUT/failures.tsv``
 (``participant_id``, ``file``, one-line ``reason``); the file is rewritten on every run
 (entries of scans that now succeed are removed; it is deleted when nothing fails) under a
 lock, so SLURM array tasks writing to the same folder do not lose each other's entries.
@@ -16,6 +19,7 @@ import dataclasses
 import logging
 import os
 import traceback
+import zlib
 from pathlib import Path
 
 from neuroml import __version__
@@ -105,12 +109,13 @@ def write_dataset_description(out_dir, bids_dir):
                 f"{out_dir} already holds derivatives of another dataset ({old_urls[0]}); "
                 "choose another output folder, or delete its dataset_description.json to reuse it")
     desc = {
-        "Name": "neuroml preprocessing (T1w in MNI space)",
+        "Name": "neuroml preprocessing (T1w and resting-state BOLD on the MNI grid)",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "neuroml", "Version": __version__,
-                         "Description": "N4, affine registration to MNI152NLin2009aSym, "
-                                        "intensity normalization (SimpleITK)"}],
+                         "Description": "T1w: N4, affine registration to MNI152NLin2009aSym, intensity "
+                                        "normalization (SimpleITK); BOLD: onto the same grid, cleaning, "
+                                        "ALFF/fALFF/ReHo/connectivity maps (nilearn)"}],
         "SourceDatasets": [{"URL": url}],
         "DatasetLinks": {"raw": url},
     }
@@ -131,11 +136,31 @@ def _one_line(exc):
     return text[:500]
 
 
+def _previous_version_kept(scan, sidecar):
+    """True when ``sidecar`` describes a whole earlier version made from the scan's current input."""
+    from neuroml._utils.fileio import sha256_file
+    from neuroml.preprocessing.t1w import outputs_intact
+
+    try:
+        side = read_json(sidecar)
+        records = side.get("OutputFiles")
+        if not isinstance(records, dict) or side.get("SourceSHA256") != sha256_file(scan.path):
+            return False
+        files = [sidecar.parent / str(rec["File"]) for rec in records.values()]
+        return outputs_intact(sidecar, side, files)
+    except (InputError, OSError, AttributeError, KeyError, TypeError):
+        return False
+
+
 def _worker(scan, out_dir, bids_dir, params, n_threads):
     """Process one scan (T1w, or a BOLD series through ``neuroml.functional``); never raises
     (returns the status, reason and traceback) except for an :class:`OutputError`.
 
-    A scan that fails leaves no outputs behind (older ones would not match its input).
+    A scan that fails leaves no outputs of this attempt behind. An earlier version is kept
+    when it is whole (its sidecar and every file it records, by size and SHA-256) and was
+    made from the same input, e.g. with other parameters: the failure is recorded in
+    ``failures.tsv`` and the earlier files stay as they were. Outputs of another input are
+    deleted (they would not match the scan any more).
     """
     if scan.suffix == "bold":
         from neuroml.functional.files import func_output_paths, preprocess_bold
@@ -149,12 +174,67 @@ def _worker(scan, out_dir, bids_dir, params, n_threads):
     except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
         tb = traceback.format_exc()
         with contextlib.suppress(Exception):
-            for path in outputs().values():
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            paths = outputs()  # this attempt's temporaries are gone already (atomic_path removes them)
+            if not _previous_version_kept(scan, paths["sidecar"]):
+                for path in paths.values():
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
         if isinstance(exc, OutputError):
             raise  # a full disk or a read-only folder stops the batch: every scan would fail
         return "failed", _one_line(exc), tb
+
+
+#: The reason recorded for a scan whose worker process was killed.
+WORKER_DIED = ("worker process died while processing this scan (out of memory? a crash in a library?); "
+               "try again with fewer --n-jobs")
+
+
+def _isolated(items, n_workers, target=None):
+    """Run ``target(i, *args)`` for each ``(i, args)`` of ``items``, each in a process of its own
+    executor, ``n_workers`` at a time; yield ``(i, outcome)`` as they finish.
+
+    A process that dies (killed for memory, a segmentation fault) breaks only its own
+    executor, so the outcome ``("failed", WORKER_DIED, None)`` names exactly its scan.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from joblib.externals.loky.process_executor import BrokenProcessPool, ProcessPoolExecutor
+
+    target = _indexed if target is None else target
+    items = list(items)
+    free = [ProcessPoolExecutor(max_workers=1) for _ in range(max(1, min(n_workers, len(items))))]
+    running = {}
+    try:
+        while items or running:
+            while items and free:
+                executor = free.pop()
+                i, args = items.pop(0)
+                running[executor.submit(target, i, *args)] = (i, executor)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i, executor = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    executor.shutdown(wait=False)
+                    free.append(ProcessPoolExecutor(max_workers=1))
+                    outcome = (i, ("failed", WORKER_DIED, None))
+                else:
+                    free.append(executor)
+                yield outcome
+    finally:
+        for executor in free + [e for _, e in running.values()]:
+            with contextlib.suppress(Exception):
+                executor.shutdown(wait=False, kill_workers=True)
+
+
+def _parallel(todo, n_workers, args_of):
+    """Yield ``(i, outcome)`` of ``todo[i]`` as scans finish (joblib's loky processes);
+    ``args_of(scan)`` gives the arguments of :func:`_worker`."""
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n_workers, backend="loky", return_as="generator_unordered")(
+        delayed(_indexed)(i, *args_of(scan)) for i, scan in enumerate(todo))
 
 
 def _relative(path, bids_dir):
@@ -342,13 +422,22 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
             for scan in todo:
                 handle(scan, _worker(scan, out_dir, bids_dir, params_of(scan), n_threads))
         elif todo:
-            from joblib import Parallel, delayed
+            from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-            jobs = Parallel(n_jobs=n_workers, backend="loky", return_as="generator_unordered")(
-                delayed(_indexed)(i, scan, out_dir, bids_dir, params_of(scan), n_threads)
-                for i, scan in enumerate(todo))
-            for i, outcome in jobs:
-                handle(todo[i], outcome)
+            def args_of(scan):
+                return scan, out_dir, bids_dir, params_of(scan), n_threads
+
+            left = dict.fromkeys(range(len(todo)))
+            try:
+                for i, outcome in _parallel(todo, n_workers, args_of):
+                    left.pop(i, None)
+                    handle(todo[i], outcome)
+            except TerminatedWorkerError:
+                # joblib cannot tell which scan the dead process held: the rest run one per process
+                log.warning("a worker process died (out of memory?): the %d scans not finished run again, "
+                            "each in a process of its own", len(left))
+                for i, outcome in _isolated([(i, args_of(todo[i])) for i in left], n_workers):
+                    handle(todo[i], outcome)
         finished = True
     finally:
         bar.close()
@@ -368,8 +457,32 @@ def _indexed(i, scan, out_dir, bids_dir, params, n_threads):
 
 
 def _sidecars(out_dir):
-    for path in sorted(out_dir.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
-        yield path
+    """T1w sidecars, one per scan and resolution (``res-`` tells them apart)."""
+    yield from sorted(out_dir.glob("sub-*/**/anat/*_desc-preproc_T1w.json"))
+
+
+def _figure_path(out_dir, entities, suffix, old_name=False):
+    """The QC picture of a derivative named by ``entities``, with its ``res-``; with ``old_name``,
+    the name without it when only that exists (outputs written before figures named their resolution)."""
+    raw = {k: v for k, v in entities.items() if k not in ("space", "desc")}
+    folder = out_dir / f"sub-{raw['sub']}" / "figures"
+    path = folder / derivative_name(raw, suffix, ".png", desc="qc")
+    if old_name and not path.is_file() and "res" in raw:
+        old = folder / derivative_name({k: v for k, v in raw.items() if k != "res"}, suffix, ".png", desc="qc")
+        if old.is_file():
+            return old
+    return path
+
+
+def _label_resolutions(rows):
+    """With several resolutions in one folder, add ``(res-R)`` to each row's ``file``."""
+    from neuroml.io.templates import res_entity
+
+    if len({r["resolution"] for r in rows if r.get("resolution") is not None}) > 1:
+        for r in rows:
+            if r.get("resolution") is not None:
+                r["file"] = f"{r['file']} (res-{res_entity(r['resolution'])})"
+    return rows
 
 
 def _bold_sidecars(out_dir):
@@ -400,7 +513,6 @@ def _bold_row(out_dir, path, side, raw_root):
         table = raw_root / Path(str(side["SourceFile"])).parent / str(side["ConfoundsFile"])
         fd = framewise_displacement_summary(table) if table.is_file() else None
     metric = registration.get("metric") if isinstance(registration, dict) else None
-    raw = {k: v for k, v in entities.items() if k not in ("space", "res", "desc")}
     return {
         "participant_id": f"sub-{entities['sub']}",
         "file": str(side["SourceFile"]),
@@ -410,7 +522,7 @@ def _bold_row(out_dir, path, side, raw_root):
         "coverage": float(side["Coverage"]),
         "registered": bool(side.get("Registered")),
         "registration_metric": float(metric) if metric is not None else None,
-        "figure": out_dir / f"sub-{entities['sub']}" / "figures" / derivative_name(raw, "bold", ".png", desc="qc"),
+        "figure": _figure_path(out_dir, entities, "bold"),
         "mean_map": path.parent / str((side.get("Maps") or {}).get("mean", "")),
         "mask": path.parent / str(side.get("Mask", "")),
         "resolution": float(side["Resolution"]),
@@ -418,8 +530,14 @@ def _bold_row(out_dir, path, side, raw_root):
     }
 
 
-def _bold_figure(row):
-    """The mean BOLD volume with the template's edges (made when missing or older than its sidecar)."""
+def _bold_figure(row, out_dir):
+    """The mean BOLD volume with the template's edges (made when missing or older than its sidecar).
+
+    Returns
+    -------
+    dict or None
+        A row for the report's "not processed" table when the mean map cannot be read.
+    """
     import nibabel as nib
     import numpy as np
 
@@ -427,16 +545,21 @@ def _bold_figure(row):
 
     fig, mean_map, mask = row["figure"], row["mean_map"], row["mask"]
     if fig.is_file() and fig.stat().st_mtime >= row["sidecar"].stat().st_mtime:
-        return
+        return None
     if not mean_map.is_file():
-        return
+        return None
     try:
         data = np.asarray(nib.load(str(mean_map)).dataobj, dtype=np.float32)
         fov = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask.is_file() else None
         fig.parent.mkdir(parents=True, exist_ok=True)
         qc_figure(data, row["resolution"], fig, title=f"{row['participant_id']} mean BOLD", fov=fov)
-    except (OSError, ValueError, NeuromlError) as exc:  # a picture never stops the group QC
-        log.warning("%s: QC picture not drawn (%s)", mean_map, exc)
+    except (OSError, ValueError, EOFError, zlib.error, NeuromlError) as exc:  # a picture never stops the group QC
+        # a truncated .nii.gz: EOFError, zlib.error or gzip.BadGzipFile (an OSError)
+        log.warning("%s: unreadable, QC picture not drawn (%s: %s)", mean_map, type(exc).__name__, exc)
+        return {"participant_id": row["participant_id"], "file": _relative(mean_map, out_dir),
+                "reason": f"derivative unreadable (truncated?), QC picture not drawn: {type(exc).__name__}: "
+                          + (" ".join(str(exc).split()) or "no detail")}
+    return None
 
 
 def run_group_level(out_dir):
@@ -480,15 +603,14 @@ def run_group_level(out_dir):
                 "brain_volume_ml": float(qc["brain_volume_ml"]),
                 "qc_pass": bool(qc["qc_pass"]),
                 "reasons": [str(r) for r in qc.get("reasons", [])],
+                "resolution": float(side["Resolution"]) if side.get("Resolution") is not None else None,
             }
         except (InputError, KeyError, TypeError, ValueError) as exc:
             log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
             continue
-        entities = parse_entities(path.name)[0]
-        raw = {k: v for k, v in entities.items() if k not in ("space", "res", "desc")}
-        row["figure"] = out_dir / f"sub-{raw['sub']}" / "figures" / derivative_name(raw, "T1w", ".png", desc="qc")
+        row["figure"] = _figure_path(out_dir, parse_entities(path.name)[0], "T1w", old_name=True)
         rows.append(row)
-    bold_rows, raw_root, looked = [], None, False
+    bold_rows, raw_root, looked, problems = [], None, False, []
     for path in _bold_sidecars(out_dir):
         try:
             side = read_json(path)
@@ -498,11 +620,16 @@ def run_group_level(out_dir):
         except (InputError, KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
             continue
-        _bold_figure(row)
+        problem = _bold_figure(row, out_dir)
+        if problem is not None:
+            problems.append(problem)
         bold_rows.append(row)
     if not rows and not bold_rows:
         raise InputError("no preprocessed scans found (run the participant level first)", out_dir)
-    _, html_path = write_group_qc(rows, out_dir, failures=read_failures(out_dir), bold_rows=bold_rows)
+    _label_resolutions(rows)
+    _label_resolutions(bold_rows)
+    _, html_path = write_group_qc(rows, out_dir, failures=read_failures(out_dir) + problems,
+                                   bold_rows=bold_rows)
     n_bad = sum(not r["qc_pass"] or r["outlier"] for r in rows + bold_rows)
     log.info("group QC: %d T1w scans, %d BOLD series, %d flagged -> %s", len(rows), len(bold_rows), n_bad,
              html_path)

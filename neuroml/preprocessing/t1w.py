@@ -337,7 +337,12 @@ def output_paths(entities, out_dir, resolution):
     >>> p["preproc"].as_posix()
     '/d/sub-01/ses-a/anat/sub-01_ses-a_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.nii.gz'
     >>> p["figure"].as_posix()
-    '/d/sub-01/figures/sub-01_ses-a_desc-qc_T1w.png'
+    '/d/sub-01/figures/sub-01_ses-a_res-2_desc-qc_T1w.png'
+    >>> p["xfm"].name
+    'sub-01_ses-a_res-2_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.txt'
+
+    The transform and the figure name the resolution too (the registration runs on the
+    template at that resolution), so two resolutions in one folder keep separate files.
     """
     out_dir = Path(out_dir)
     anat = out_dir / f"sub-{entities['sub']}"
@@ -349,10 +354,10 @@ def output_paths(entities, out_dir, resolution):
         "preproc": anat / derivative_name(entities, "T1w", ".nii.gz", desc="preproc", **space),
         "sidecar": anat / derivative_name(entities, "T1w", ".json", desc="preproc", **space),
         "mask": anat / derivative_name(entities, "mask", ".nii.gz", desc="brain", **space),
-        "xfm": anat / derivative_name(entities, "xfm", ".txt",
+        "xfm": anat / derivative_name(entities, "xfm", ".txt", res=space["res"],
                                       **{"from": "T1w", "to": TEMPLATE_SPACE, "mode": "image"}),
         "figure": out_dir / f"sub-{entities['sub']}" / "figures"
-        / derivative_name(entities, "T1w", ".png", desc="qc"),
+        / derivative_name(entities, "T1w", ".png", res=space["res"], desc="qc"),
     }
 
 
@@ -383,8 +388,58 @@ def _params_key(params):
     return json.loads(json.dumps({"pipeline_version": PIPELINE_VERSION, **params}))
 
 
+def output_records(sidecar, paths):
+    """``{kind: {"File", "Size", "SHA256"}}`` of written outputs, for the sidecar ``sidecar``.
+
+    ``File`` is relative to the sidecar's folder (the figure lives in another one).
+    """
+    out = {}
+    for kind, path in paths.items():
+        path = Path(path)
+        out[kind] = {"File": Path(os.path.relpath(path, Path(sidecar).parent)).as_posix(),
+                     "Size": path.stat().st_size, "SHA256": sha256_file(path)}
+    return out
+
+
+def _readable_image(path):
+    try:
+        np.asarray(nib.load(str(path)).dataobj)
+        return True
+    except Exception:  # noqa: BLE001 - truncated gzip (EOFError, zlib.error), bad header...: not readable
+        return False
+
+
+def outputs_intact(sidecar, side, paths):
+    """True when each of ``paths`` is the file the sidecar recorded (same size and SHA-256).
+
+    A sidecar written before the records existed (no ``OutputFiles``) is trusted when each
+    NIfTI output can be read in full (header and voxels): a truncated file fails.
+    """
+    records = side.get("OutputFiles")
+    if records is None:
+        return all(Path(p).is_file() and (not str(p).endswith((".nii", ".nii.gz")) or _readable_image(p))
+                   for p in paths)
+    if not isinstance(records, dict):
+        return False
+    by_file = {}
+    for rec in records.values():
+        if isinstance(rec, dict) and isinstance(rec.get("File"), str):
+            by_file[os.path.normpath(Path(sidecar).parent / rec["File"])] = rec
+    for path in paths:
+        rec = by_file.get(os.path.normpath(path))
+        try:
+            if rec is None or Path(path).stat().st_size != rec.get("Size") or sha256_file(path) != rec.get("SHA256"):
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def is_complete(scan, out_dir, sha256=None, **params):
-    """True when a scan's outputs are all there and its sidecar matches input and parameters.
+    """True when a scan's outputs are all there, intact, and its sidecar matches input and parameters.
+
+    Intact: each output has the size and SHA-256 that the sidecar records (see
+    :func:`outputs_intact`), so a truncated or replaced file makes the scan incomplete.
 
     Parameters
     ----------
@@ -408,7 +463,9 @@ def is_complete(scan, out_dir, sha256=None, **params):
         return False
     if side.get("Parameters") != _params_key(params):
         return False
-    return side.get("SourceSHA256") == (sha256 or sha256_file(path))
+    if side.get("SourceSHA256") != (sha256 or sha256_file(path)):
+        return False
+    return outputs_intact(paths["sidecar"], side, [p for k, p in paths.items() if k != "sidecar"])
 
 
 def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bids_dir=None,
@@ -450,13 +507,15 @@ def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bid
     path, entities = scan_entities(scan, participant_label)
     paths = output_paths(entities, out_dir, params["resolution"])
     _remove_stale_temporaries(paths.values())
-    with contextlib.suppress(FileNotFoundError):
-        paths["sidecar"].unlink()  # the scan is incomplete until the new sidecar is written
     t0, c0 = time.perf_counter(), time.process_time()
     sha = sha256_file(path) if path.is_file() else None
     result = preprocess_scan(path, n_threads=n_threads, **params)
     timer = result.timings
     name = derivative_name(entities, "T1w", "")
+    # a previous version stays whole until now (a failure above keeps it); from here on the
+    # files are replaced one by one, so the scan is incomplete until the new sidecar is written
+    with contextlib.suppress(FileNotFoundError):
+        paths["sidecar"].unlink()
     with itk_threads(n_threads):
         with timer("qc"):
             qc_figure(np.asarray(result.image.dataobj), params["resolution"], paths["figure"],
@@ -490,6 +549,7 @@ def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bid
         "Timings": timings,
         "Threads": n_threads,
         "SoftwareVersions": package_versions(),
+        "OutputFiles": output_records(paths["sidecar"], {k: p for k, p in paths.items() if k != "sidecar"}),
     }
     write_json_atomic(paths["sidecar"], sidecar)  # last: its presence marks completion
     return {**paths, "qc": result.qc, "timings": timings}
