@@ -3,7 +3,7 @@
 
 For every cohort it runs :func:`neuroml.training.train_run` with every parameter at its
 default except ``input_pool`` (2, the default on the 2 mm grid, then 1, the full-resolution
-network), and reports the out-of-fold balanced accuracy with its bootstrap interval, the
+network) and, with ``--batch-sizes``, the batch size (default only 4, the default), and reports the out-of-fold balanced accuracy with its bootstrap interval, the
 macro AUC, the baseline beside it, and the wall and CPU time of each run.
 
 Cohorts are preprocessed derivatives given as ``--cohort NAME=DERIV_DIR``, and (unless
@@ -13,9 +13,11 @@ reused when the workdir already holds it. Usage::
 
     python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --json bench_input_pool.json
     python scripts/bench_input_pool.py --cohort benchmark=/tmp/wt4bench/deriv --workdir /tmp/neuroml-bench-pool
+    python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --pools 2 --batch-sizes 4 8 16
 """
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
@@ -50,6 +52,7 @@ def main(argv=None):
     p.add_argument("--no-harder", action="store_true", help="skip the harder synthetic cohort")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/neuroml-bench-pool"))
     p.add_argument("--pools", type=int, nargs="+", default=[2, 1], help="input_pool values to compare")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="batch sizes to compare")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-jobs", type=int, default=2, help="processes for making the harder cohort")
     p.add_argument("--json", type=Path, default=None)
@@ -74,19 +77,19 @@ def main(argv=None):
         p.error("no cohort: give --cohort NAME=DERIV_DIR or drop --no-harder")
     doc = {"threads": args.threads, "harder_cohort": HARDER, "cohorts": {k: str(v) for k, v in cohorts.items()},
            "runs": {}}
-    for name, deriv in cohorts.items():
-        for pool in args.pools:
-            run_dir = args.workdir / f"run-{name}-pool{pool}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch (train_run would keep finished folds)
-            s, timing = timed(train_run, deriv, run_dir, input_pool=pool, show_progress=False)
-            row = {"input_pool": pool, "balanced_accuracy": s["balanced_accuracy"],
-                   "balanced_accuracy_ci95": s["balanced_accuracy_ci"], "auc_macro": s["auc_macro"],
-                   "baseline_balanced_accuracy": s["baseline_balanced_accuracy"], **timing, "run_dir": str(run_dir)}
-            doc["runs"][f"{name}/input_pool={pool}"] = row
-            print(f"{name}, input_pool={pool}: balanced accuracy {row['balanced_accuracy']:.3f} "
-                  f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "
-                  f"{row['baseline_balanced_accuracy']:.3f}; {row['wall_s']} s wall, {row['cpu_s']} s CPU "
-                  f"(load {row['load_avg_1min_start']}->{row['load_avg_1min_end']})", flush=True)
+    for (name, deriv), pool, bs in itertools.product(cohorts.items(), args.pools, args.batch_sizes):
+        tag = f"pool{pool}" + (f"-batch{bs}" if bs != 4 else "")
+        run_dir = args.workdir / f"run-{name}-{tag}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch (train_run would keep finished folds)
+        s, timing = timed(train_run, deriv, run_dir, input_pool=pool, batch_size=bs, show_progress=False)
+        row = {"input_pool": pool, "batch_size": bs, "balanced_accuracy": s["balanced_accuracy"],
+               "balanced_accuracy_ci95": s["balanced_accuracy_ci"], "auc_macro": s["auc_macro"],
+               "baseline_balanced_accuracy": s["baseline_balanced_accuracy"], **timing, "run_dir": str(run_dir)}
+        doc["runs"][f"{name}/input_pool={pool}" + (f"/batch_size={bs}" if bs != 4 else "")] = row
+        print(f"{name}, input_pool={pool}, batch {bs}: balanced accuracy {row['balanced_accuracy']:.3f} "
+              f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "
+              f"{row['baseline_balanced_accuracy']:.3f}; {row['wall_s']} s wall, {row['cpu_s']} s CPU "
+              f"(load {row['load_avg_1min_start']}->{row['load_avg_1min_end']})", flush=True)
     return report_result(doc, args.json)
 
 
