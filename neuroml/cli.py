@@ -234,7 +234,8 @@ def _dispatch(args):
                           participant_labels=args.participant_label, n_jobs=args.n_jobs,
                           resolution=args.resolution, normalization=args.normalization,
                           show_progress=not args.quiet, modality=args.modality,
-                          **({"func_params": {"confounds": args.confounds}} if args.modality != "anat" else {}))
+                          **({"func_params": {"confounds": args.confounds}}
+                             if args.modality != "anat" or args.confounds != "auto" else {}))
         failures = list(getattr(result, "failures", []) or [])
         print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
         if failures:

@@ -221,6 +221,9 @@ def test_cli_synth_and_preprocess_func(tmp_path, capsys):
     assert nib.load(next((bids / "sub-001" / "func").glob("*_bold.nii.gz"))).shape[3] == 60
     assert read_json(bids / "derivatives" / "groundtruth" / "planted_regions.json")["modality"] == "func"
     out = tmp_path / "deriv"
+    assert main(["-q", "preprocess", str(bids), str(out), "participant", "--confounds", "scrubbing"]) == 2
+    assert "apply to BOLD series: use modality 'func' or 'both'" in capsys.readouterr().err  # not ignored
+    assert not out.exists()
     assert main(["-q", "preprocess", str(bids), str(out), "participant", "--modality", "func",
                  "--resolution", "6", "--confounds", "scrubbing"]) == 0
     assert "2 processed" in capsys.readouterr().out

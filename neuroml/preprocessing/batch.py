@@ -325,7 +325,8 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
         see :func:`neuroml.functional.preprocess_bold`), or both.
     func_params : dict, optional
         Parameters of the BOLD pipeline (:data:`neuroml.functional.FUNC_DEFAULT_PARAMS`,
-        e.g. ``{"confounds": "scrubbing"}``); ``resolution`` is shared with the T1w.
+        e.g. ``{"confounds": "scrubbing"}``); ``resolution`` is shared with the T1w. Refused
+        with ``modality="anat"``.
     **params
         Other parameters of :data:`neuroml.preprocessing.t1w.DEFAULT_PARAMS`
         (``normalization``, ``seed``...).
@@ -348,6 +349,9 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     modality = look_up_option("modality", modality, ["anat", "func", "both"])
     params = check_params(resolution=resolution, **params)
     fparams = None
+    if modality == "anat" and func_params:
+        raise ConfigError(f"func_params {sorted(func_params)} apply to BOLD series: use modality 'func' or 'both' "
+                          "(on the command line: --modality func|both with --confounds)")
     if modality != "anat":
         from neuroml.functional.bold import check_func_params
 
