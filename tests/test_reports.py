@@ -26,6 +26,7 @@ SANITY = {
     "stability": {EVIL: {"pairs": [["0", "1", 0.7]], "median_rho": 0.7, "passed": True, "rule": "rho >= 0.5"}},
     "ground_truth": {EVIL: {"mass_accuracy": 0.42, "planted_share": 0.021, "mass_enrichment": 20.0,
                             "roc_auc": 0.93, "top_k_planted": 5, "top_k": 5, "passed": True}},
+    "subjects": ["sub-03", "sub-05"],
 }
 
 
@@ -305,3 +306,45 @@ def test_report_trust_checks_show_verdicts(text):
     assert "Attribution trust checks, method by method" in trust
     assert re.search(r"<td>gradcam</td><td class=\"num\">0.400</td>", trust) or "<td>0.400</td>" in trust
     assert 'alt="deletion curves of every method"' in trust
+
+
+def test_model_card_gives_trust_verdicts_and_names_no_participant(report, text):
+    """The card summarises sanity.json check by check (as the report does), never its subject list."""
+    card = (report.parent / "model_card.md").read_text(encoding="utf-8")
+    section = card[card.index("## Attribution trust checks"):]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    assert "gradcam, model randomization: median \\|rho\\| = 0.400 over 3 subjects; FAILED" in section  # | escaped
+    assert "gradcam, deletion: area 0.440 removing top-ranked regions first vs 0.800 in random order; PASSED" in section
+    assert "5/5 of the top regions planted; PASSED" in section and "regions in common" in section
+    assert "sub-03" not in card and "sub-05" not in card and "'subjects'" not in card
+    assert "sub-03" not in text[text.index("id='model-card'"):]
+
+
+def test_undecided_randomization_is_neither_passed_nor_failed():
+    from neuroml.reports.checks import check_lines
+
+    lines = check_lines("region_occlusion", {"randomization": {
+        "rho": [None, None], "median_abs_rho": None, "passed": None, "n_constant": 2,
+        "note": "every trained map is constant over the brain: the method found no signal to test", "rule": "r"}})
+    (state, line), = lines
+    assert state == "na" and "not decided: every trained map is constant" in line
+    assert "over 0 subjects (2 left out: constant trained map)" in line and "FAILED" not in line
+
+
+def test_damaged_maps_become_notes_not_a_traceback(tmp_path, rng):
+    """A truncated group map and a subject map that is not NIfTI: the report is still written,
+    naming each file; a later `neuroml attribute` rerun would rewrite them."""
+    from neuroml.cli import main
+
+    run = make_run(tmp_path, rng)
+    folder = run / "attribution" / "gradcam"
+    doc = json.loads((folder / "attribution.json").read_text())
+    group_map = folder / doc["group"]["control"]["mean_map"]
+    group_map.write_bytes(group_map.read_bytes()[:200])  # truncated gzip
+    subject_map = folder / doc["subjects"][0]["map"]
+    subject_map.write_text("not an image")
+    assert main(["-q", "report", str(run)]) == 0
+    html = (run / "report.html").read_text(encoding="utf-8")
+    for path in (group_map, subject_map):
+        assert f"Map {path.name} could not be read (" in html
+    assert html.count("could not be read") == 2 and "rerun <code>neuroml attribute</code>" in html

@@ -39,7 +39,7 @@ import torch
 from neuroml.errors import InputError
 
 __all__ = ["RANDOMIZATION_RHO", "STABILITY_RHO", "MASS_ENRICHMENT", "TOP_K", "DELETION_STEPS", "randomize_weights",
-           "spearman", "model_randomization", "deletion_curve", "region_scores", "fold_stability",
+           "randomization_summary", "spearman", "model_randomization", "deletion_curve", "region_scores", "fold_stability",
            "ground_truth_scores", "planted_ground_truth"]
 
 #: Largest median |Spearman rho| (trained vs randomized maps) for a method to pass.
@@ -134,17 +134,38 @@ def model_randomization(explain, model, x, maps, targets, mask=None, seed=0, thr
     Returns
     -------
     dict
-        ``rho`` (per subject), ``median_abs_rho``, ``threshold``, ``passed``
-        (median |rho| < threshold) and ``rule``.
+        ``rho`` (per subject; None where the trained map is constant), ``median_abs_rho``,
+        ``threshold``, ``passed`` (median |rho| < threshold; None when every map is constant),
+        ``n_constant`` and ``rule``.
     """
     maps = np.asarray(maps)
     keep = _mask(mask, maps.shape[1:])
     random_maps = explain(randomize_weights(model, seed), x, np.asarray(targets))
-    rho = [spearman(a[keep], b[keep]) for a, b in zip(maps, random_maps)]
-    med = float(np.median(np.abs(rho))) if rho else float("nan")
-    return {"rho": [round(r, 4) for r in rho], "median_abs_rho": round(med, 4), "threshold": threshold,
-            "passed": bool(med < threshold), "seed": int(seed),
-            "rule": f"median |Spearman rho| (trained vs randomized-weights maps, brain voxels) < {threshold}"}
+    # a constant trained map has no ranking to lose: its rho is undefined (None), not 0
+    rho = [None if np.ptp(a[keep]) == 0 else round(spearman(a[keep], b[keep]), 4) for a, b in zip(maps, random_maps)]
+    return {"rho": rho, **randomization_summary(rho, threshold), "seed": int(seed),
+            "rule": f"median |Spearman rho| (trained vs randomized-weights maps, brain voxels) < {threshold}; "
+                    "subjects whose trained map is constant are left out"}
+
+
+def randomization_summary(rho, threshold=RANDOMIZATION_RHO):
+    """``median_abs_rho``, ``threshold``, ``passed`` and ``n_constant`` of per-subject rhos.
+
+    ``None`` entries (a constant trained map: the method found nothing to randomize away) are
+    left out; when every map is constant the check is undecided (``passed`` None), not passed.
+
+    Examples
+    --------
+    >>> randomization_summary([0.1, -0.3, None])["median_abs_rho"], randomization_summary([None])["passed"]
+    (0.2, None)
+    """
+    defined = [abs(r) for r in rho if r is not None]
+    med = float(np.median(defined)) if defined else None
+    out = {"median_abs_rho": None if med is None else round(med, 4), "threshold": threshold,
+           "passed": None if med is None else bool(med < threshold), "n_constant": len(rho) - len(defined)}
+    if med is None:
+        out["note"] = "every trained map is constant over the brain: the method found no signal to test"
+    return out
 
 
 def region_scores(maps, labels, ids):

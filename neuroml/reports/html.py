@@ -20,6 +20,7 @@ from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_text_atomic
 from neuroml.errors import InputError, NeuromlError
 from neuroml.reports import figures
+from neuroml.reports.checks import check_lines, fmt_num as _num
 
 __all__ = ["build_report"]
 
@@ -40,16 +41,6 @@ nav a{margin-right:1em}
 def _e(value):
     """Escape any value for HTML text or attribute."""
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(v, digits=3):
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "n/a"
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.{digits}f}"
-    return str(v)
 
 
 def _table(headers, rows, numeric=()):
@@ -301,16 +292,22 @@ def _attribution_section(folder, doc, resolution_mm=None):
                                for _, r in top.iterrows()], numeric=(0, 3, 4, 5)))
         mean_path = folder / str(info.get("mean_map", ""))
         if mean_path.is_file():
-            img = _masked(mean_path, resolution_mm)
-            thr = _threshold(np.asarray(img.dataobj))
-            for make, alt in ((figures.glass_brain_png, "glass brain"), (figures.stat_map_png, "axial slices")):
-                png, err = _figure(make, img, threshold=thr)
-                out.append(err or _img(png, f"{alt} of the class {cls} group map"))
+            img, bad = _masked(mean_path, resolution_mm)
+            if bad:
+                out.append(bad)
+            else:
+                thr = _threshold(np.asarray(img.dataobj))
+                for make, alt in ((figures.glass_brain_png, "glass brain"), (figures.stat_map_png, "axial slices")):
+                    png, err = _figure(make, img, threshold=thr)
+                    out.append(err or _img(png, f"{alt} of the class {cls} group map"))
         else:
             out.append(f"<p class='na'>Group map file {_e(info.get('mean_map'))} not found.</p>")
         t_path = folder / str(info.get("tstat_map") or "")
         if info.get("tstat_map") and t_path.is_file():
-            t_img = _masked(t_path, resolution_mm)
+            t_img, bad = _masked(t_path, resolution_mm)
+            if bad:
+                out.append(bad)
+                continue
             t_max = float(np.abs(np.asarray(t_img.dataobj)).max())
             t_thr = 3.0 if t_max > 6.0 else round(0.5 * t_max, 2)
             out.append(f"<p class='note'>Voxel-wise one-sample t map (mean attribution against 0 across the "
@@ -321,11 +318,19 @@ def _attribution_section(folder, doc, resolution_mm=None):
 
 
 def _masked(path, resolution_mm):
+    """The map at ``path`` inside the template brain, and None; or None and a note naming the
+    file when it cannot be read (truncated, not NIfTI): a damaged map must not sink the report."""
     import nibabel as nib
 
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj, dtype=np.float32) * _brain_mask(img, resolution_mm)
-    return nib.Nifti1Image(data, img.affine)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32) * _brain_mask(img, resolution_mm)
+    except Exception as exc:  # noqa: BLE001 - gzip, zlib, nibabel and numpy each raise their own
+        text = " ".join(str(exc).split())[:200]
+        log.warning("report: cannot read %s (%s: %s)", path, type(exc).__name__, text)
+        return None, (f"<p class='warn'>Map {_e(path.name)} could not be read ({_e(type(exc).__name__)}: "
+                      f"{_e(text)}); rerun <code>neuroml attribute</code> to write it again.</p>")
+    return nib.Nifti1Image(data, img.affine), None
 
 
 def _subject_sections(attributions, resolution_mm, max_pictures=40):
@@ -353,8 +358,9 @@ def _subject_sections(attributions, resolution_mm, max_pictures=40):
                                for k, r in enumerate(top)], numeric=(0, 3)))
         path = folder / str(s.get("map", ""))
         if i < max_pictures and s.get("map") and path.is_file():
-            img = _masked(path, resolution_mm)
-            png, err = _figure(figures.glass_brain_png, img, threshold=_threshold(np.asarray(img.dataobj)))
+            img, bad = _masked(path, resolution_mm)
+            png, err = (None, bad) if bad else _figure(figures.glass_brain_png, img,
+                                                       threshold=_threshold(np.asarray(img.dataobj)))
             out.append(err or _img(png, f"glass brain of {s.get('participant_id')}'s map"))
         out.append("</details>")
     return "\n".join(out)
@@ -449,49 +455,12 @@ def _trust(run_dir, metrics, splits, predictions, attributions, classes, connect
                       + (f"; {leaked} explained by models trained on them (forced)." if leaked else ".")))
         sanity = _load_json(folder / "sanity.json")
         if isinstance(sanity, dict):
-            items.extend(_sanity_items(doc.get("method", folder.name), sanity))
+            items.extend(check_lines(doc.get("method", folder.name), sanity))
         else:
             items.append(("na", f"{doc.get('method')}: attribution trust checks (model randomization, deletion, "
                                 "stability, ground truth) not computed in this run."))
     lis = "".join(f"<li class='{k}'>{_e(t)}</li>" for k, t in items)
     return f"<h2 id='trust'>Trust checks</h2><ul>{lis}</ul>" + _sanity_tables(attributions)
-
-
-def _state(passed):
-    return "na" if passed is None else ("ok" if passed else "warn")
-
-
-def _sanity_items(method, sanity):
-    """One line per trust check of one method, with its verdict."""
-    items = []
-    rnd = sanity.get("randomization")
-    if isinstance(rnd, dict):
-        items.append((_state(rnd.get("passed")),
-                      f"{method}, model randomization: median |rho| = {_num(rnd.get('median_abs_rho'))} over "
-                      f"{len(rnd.get('rho') or [])} subjects; " + ("PASSED" if rnd.get("passed") else "FAILED: the map "
-                      "does not depend enough on the learned weights") + f" (rule: {rnd.get('rule')})."))
-    dele = sanity.get("deletion")
-    if isinstance(dele, dict):
-        items.append((_state(dele.get("passed")),
-                      f"{method}, deletion: area {_num(dele.get('auc'))} removing top-ranked regions first vs "
-                      f"{_num(dele.get('auc_random'))} in random order; " + ("PASSED" if dele.get("passed") else
-                                                                            "FAILED") + "."))
-    for cls, st in (sanity.get("stability") or {}).items():
-        items.append((_state(st.get("passed")),
-                      f"{method}, stability of class {cls}: median Spearman rho of region scores between folds "
-                      f"{_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
-                      f"{_num(st.get('median_top_overlap'), 2)} ({len(st.get('pairs') or [])} fold pairs; "
-                      f"rule {st.get('rule')})."))
-    for cls, g in (sanity.get("ground_truth") or {}).items():
-        items.append((_state(g.get("passed")),
-                      f"{method}, ground truth of class {cls}: {_num(100 * (g.get('mass_accuracy') or 0), 1)} % "
-                      f"of the positive attribution inside the planted regions "
-                      f"({_num(100 * (g.get('planted_share') or 0), 1)} % of the brain, "
-                      f"{_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {_num(g.get('roc_auc'))}, "
-                      f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted."))
-    if not items:
-        items.append(("na", f"{method}: sanity.json holds no check."))
-    return items
 
 
 def _sanity_tables(attributions):

@@ -12,6 +12,7 @@ from pathlib import Path
 from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_text_atomic
 from neuroml.errors import InputError
+from neuroml.reports.checks import check_lines
 
 __all__ = ["write_model_card", "model_card_text"]
 
@@ -138,8 +139,10 @@ def _attribution(run_dir):
         line = (f"- {_md(doc.get('method', path.parent.name))}: maps of {sum(uses.values())} scans, "
                 + ", ".join(f"{v} {_md(k)}" for k, v in sorted(uses.items())) + ".")
         sanity = _load(path.parent / "sanity.json")
-        line += (" Sanity checks: " + _md(str(sanity)[:300]) if sanity else
-                 " Sanity checks (model-parameter randomisation): not computed.")
+        if isinstance(sanity, dict):  # verdicts only: sanity.json also lists the subjects it used
+            line += "\n" + "\n".join(f"  - {_md(text)}" for _, text in check_lines(doc.get("method", ""), sanity))
+        else:
+            line += " Attribution trust checks (model randomization, deletion, stability, ground truth): not computed."
         lines.append(line)
     return "\n".join(lines) or "No attribution maps in this run yet (`neuroml attribute`)."
 

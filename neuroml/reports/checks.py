@@ -1,0 +1,64 @@
+"""Plain-text verdicts of the attribution trust checks (``sanity.json``), shared by the HTML
+report and the model card (so both say the same thing)."""
+
+import numpy as np
+
+__all__ = ["check_lines", "check_state", "fmt_num"]
+
+
+def fmt_num(v, digits=3):
+    """A number for a report: ``n/a`` when missing or not finite, integers as such."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def check_state(passed):
+    """The CSS class of a verdict: ``ok`` (passed), ``warn`` (failed), ``na`` (undecided)."""
+    return "na" if passed is None else ("ok" if passed else "warn")
+
+
+def _verdict(passed, failed="FAILED"):
+    return "not decided" if passed is None else ("PASSED" if passed else failed)
+
+
+def check_lines(method, sanity):
+    """``(state, text)`` per trust check of one method's ``sanity.json``, each with its verdict
+    (PASSED, FAILED or not decided) in plain text (escape it for HTML)."""
+    items = []
+    rnd = sanity.get("randomization")
+    if isinstance(rnd, dict):
+        constant = rnd.get("n_constant") or 0
+        items.append((check_state(rnd.get("passed")),
+                      f"{method}, model randomization: median |rho| = {fmt_num(rnd.get('median_abs_rho'))} over "
+                      f"{len(rnd.get('rho') or []) - constant} subjects"
+                      + (f" ({constant} left out: constant trained map)" if constant else "") + "; "
+                      + _verdict(rnd.get("passed"), "FAILED: the map does not depend enough on the learned weights")
+                      + (f": {rnd['note']}" if rnd.get("passed") is None and rnd.get("note") else "")
+                      + f" (rule: {rnd.get('rule')})."))
+    dele = sanity.get("deletion")
+    if isinstance(dele, dict):
+        items.append((check_state(dele.get("passed")),
+                      f"{method}, deletion: area {fmt_num(dele.get('auc'))} removing top-ranked regions first vs "
+                      f"{fmt_num(dele.get('auc_random'))} in random order; {_verdict(dele.get('passed'))}."))
+    for cls, st in (sanity.get("stability") or {}).items():
+        items.append((check_state(st.get("passed")),
+                      f"{method}, stability of class {cls}: median Spearman rho of region scores between folds "
+                      f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
+                      f"{fmt_num(st.get('median_top_overlap'), 2)} ({len(st.get('pairs') or [])} fold pairs; "
+                      f"rule {st.get('rule')}); {_verdict(st.get('passed'))}."))
+    for cls, g in (sanity.get("ground_truth") or {}).items():
+        items.append((check_state(g.get("passed")),
+                      f"{method}, ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % "
+                      f"of the positive attribution inside the planted regions "
+                      f"({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of the brain, "
+                      f"{fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
+                      f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted; "
+                      f"{_verdict(g.get('passed'))}."))
+    if not items:
+        items.append(("na", f"{method}: sanity.json holds no check."))
+    return items
