@@ -16,10 +16,15 @@ Figures per method (from ``RUN/attribution/<method>/sanity.json``):
                 brain volume (target >= 10), and the voxel-wise ROC AUC vs the mask;
 * ``rand |rho|`` median |Spearman rho| between trained- and randomized-weights maps
                 (target < 0.2);
-* ``deletion``  area under the deletion curve, top regions first vs random orders;
+* ``deletion``  area under the deletion curve, top regions first vs random orders
+                (target: below the random orders' area);
 * ``stability`` median Spearman rho of region scores between folds;
 * ``s/subject`` seconds to explain one subject (median of ``--timing-subjects``), on the
-                chosen device with the chosen number of threads.
+                chosen device with the chosen number of threads, with the layer
+                ``attribute_run`` gives the method (HiResCAM: its own fine default layer).
+
+A method meets the targets when every planted class passes (top 5 and mass), the
+randomization check passes and the deletion check passes; ``failed`` lists the others.
 
 Usage::
 
@@ -75,21 +80,23 @@ def prepare(workdir, n_subjects, seed, device, n_jobs, epochs):
 
 
 def time_methods(run, deriv, methods, device, n_subjects):
-    """Median seconds per subject and method: one subject at a time, fold 0's model."""
+    """Median seconds per subject and method (one subject at a time, fold 0's model, the layer
+    ``attribute_run`` uses for the method), and those layers: ``(seconds, layers)``."""
     from neuroml.attribution import Explainer
-    from neuroml.data import build_cache
+    from neuroml.attribution.run import method_target_layer
+    from neuroml.data.stack import open_inputs
     from neuroml.io.atlases import atlas_on_grid
-    from neuroml.models import default_target_layer
     from neuroml.training import load_run
 
     r = load_run(run)
     model = r.fold_model(0, device)
-    cache = build_cache(deriv)
+    cache = open_inputs(deriv, resolution=r.config.get("resolution"), inputs=r.config.get("inputs"))
     labels, _ = atlas_on_grid("aal", cache.affine, cache.shape)
-    layer = default_target_layer(r.config["model"])
     rows = list(cache.index["row"])[:n_subjects]
-    out = {}
+    out, layers = {}, {}
     for method in methods:
+        layer = method_target_layer(method, r.config.get("model"), model, cache.load(rows[:1]))
+        layers[method] = layer if method in ("gradcam", "gradcampp", "hirescam") else None
         ex = Explainer(model, method, target_layer=layer, batch_size=8,
                        feature_mask=labels if method == "region_occlusion" else None)
         ex.attribute(cache.load(rows[:1]))  # warm-up (lazy imports, cuDNN autotune)
@@ -106,8 +113,8 @@ def time_methods(run, deriv, methods, device, n_subjects):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         out[method] = round(float(np.median(times)), 3)
-        _log(f"time {method}: {out[method]:.2f} s/subject")
-    return out
+        _log(f"time {method}{f' ({layers[method]})' if layers[method] else ''}: {out[method]:.2f} s/subject")
+    return out, layers
 
 
 def summarize(trust, seconds):
@@ -116,6 +123,7 @@ def summarize(trust, seconds):
     row["rand_median_abs_rho"] = rnd.get("median_abs_rho")
     row["rand_passed"] = rnd.get("passed")
     row["deletion_auc"], row["deletion_auc_random"] = dele.get("auc"), dele.get("auc_random")
+    row["deletion_passed"] = dele.get("passed")
     row["stability"] = {c: v.get("median_rho") for c, v in (trust.get("stability") or {}).items()}
     row["classes"] = {}
     for c, g in (trust.get("ground_truth") or {}).items():
@@ -125,8 +133,29 @@ def summarize(trust, seconds):
                              "mass_accuracy": g.get("mass_accuracy"), "planted_share": g.get("planted_share"),
                              "mass_enrichment": g.get("mass_enrichment"), "roc_auc": g.get("roc_auc"),
                              "per_subject_median": g.get("per_subject_median"), "passed": g.get("passed")}
-    gt_ok = bool(row["classes"]) and all(v["passed"] for v in row["classes"].values())
-    row["all_targets_met"] = bool(gt_ok and row["rand_passed"])
+    from neuroml.attribution.sanity import MASS_ENRICHMENT
+
+    enrichment = (trust.get("thresholds") or {}).get("mass_enrichment", MASS_ENRICHMENT)
+    failed = []
+    for c, g in row["classes"].items():
+        if g["passed"]:
+            continue
+        top_k = (trust["ground_truth"][c].get("top_k") or 5)
+        planted = len(trust["ground_truth"][c].get("planted_ranks") or {}) or top_k
+        if g["top5_planted"] is not None and g["top5_planted"] < min(top_k, planted):
+            failed.append(f"{c} top 5")
+        if g["mass_enrichment"] is None or g["mass_enrichment"] < enrichment:
+            failed.append(f"{c} mass")
+        if not failed or not failed[-1].startswith(f"{c} "):
+            failed.append(f"{c} ground truth")
+    if not row["classes"]:
+        failed.append("ground truth (none)")
+    if not row["rand_passed"]:
+        failed.append("randomization")
+    if not row["deletion_passed"]:
+        failed.append("deletion")
+    row["failed"] = failed
+    row["all_targets_met"] = not failed
     return row
 
 
@@ -144,7 +173,7 @@ def markdown(results, classes):
                       f"{g.get('mass_enrichment')}", f"{g.get('roc_auc')}"]
         stab = ", ".join(f"{k} {v}" for k, v in r["stability"].items()) or "n/a"
         cells += [f"{r['rand_median_abs_rho']}", f"{r['deletion_auc']} ({r['deletion_auc_random']})", stab,
-                  "yes" if r["all_targets_met"] else "no"]
+                  "yes" if r["all_targets_met"] else f"no ({', '.join(r['failed'])})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,14 +214,20 @@ def main(argv=None):
         run, deriv = args.run, args.deriv
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     classes = [c for c in load_run(run).classes]
-    seconds = time_methods(run, deriv, args.methods, args.device, args.timing_subjects)
+    seconds, layers = time_methods(run, deriv, args.methods, args.device, args.timing_subjects)
     results = {}
     for method in args.methods:
         t0 = time.perf_counter()
         out = attribute_run(run, deriv, method=method, target="true", device=args.device, show_progress=False,
                             n_sanity=args.n_sanity, seed=args.seed)
         trust = json.loads((out.parent / "sanity.json").read_text())
+        call = json.loads(out.read_text())
+        if trust.get("call_id") != call.get("call_id"):
+            raise RuntimeError(f"{out.parent / 'sanity.json'} does not belong to the attribution call just made")
+        if call.get("target_layer") != layers[method] and layers[method] is not None:
+            raise RuntimeError(f"{method}: timed on layer {layers[method]}, attribute_run used {call['target_layer']}")
         results[method] = summarize(trust, seconds.get(method))
+        results[method]["target_layer"] = layers[method]
         results[method]["run_seconds"] = round(time.perf_counter() - t0, 1)
         _log(f"{method}: {json.dumps(results[method]['classes'], default=str)[:300]} "
              f"rand {results[method]['rand_median_abs_rho']} ({results[method]['run_seconds']} s)")

@@ -251,9 +251,10 @@ def test_class_group_maps_and_files(tmp_path, rng):
 RES = 8.0
 
 
-def _make_run(root, extra_trained=False):
-    """Derivatives with 7 subjects on the 8 mm grid, and a 2-fold run of untrained compact models."""
-    from neuroml.io.templates import target_grid
+def _make_run(root, extra_trained=False, channels=1):
+    """Derivatives with 7 subjects on the 8 mm grid, and a 2-fold run of untrained compact models
+    (``channels=2``: T1w and ALFF maps stacked, a 2-channel run)."""
+    from neuroml.io.templates import TEMPLATE_SPACE, target_grid
     from neuroml.models import build_model
     from neuroml.training.checkpoint import save_checkpoint
     from neuroml.training.splits import save_splits
@@ -268,6 +269,10 @@ def _make_run(root, extra_trained=False):
         path = deriv / pid / "anat" / f"{pid}_space-MNI152NLin2009aSym_res-8_desc-preproc_T1w.nii.gz"
         path.parent.mkdir(parents=True)
         nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), str(path))
+        if channels == 2:
+            path = deriv / pid / "func" / f"{pid}_task-rest_space-{TEMPLATE_SPACE}_res-8_desc-alff_boldmap.nii.gz"
+            path.parent.mkdir(parents=True)
+            nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), str(path))
     (raw / "participants.tsv").write_text("participant_id\tdiagnosis\n" +
                                           "".join(f"{p}\t{c}\n" for p, c in labels.items()))
     (deriv / "dataset_description.json").write_text(json.dumps({
@@ -281,15 +286,17 @@ def _make_run(root, extra_trained=False):
     if extra_trained:  # sub-05 is now trained on by both folds and tested by none
         splits[0]["train"].append("sub-05")
     run.mkdir()
-    config = {"classes": classes, "n_classes": 2, "model": "compact", "in_channels": 1, "label_column": "diagnosis",
-              "resolution": "8", "resolution_mm": RES, "grid": {"affine": affine.tolist(), "shape": list(shape)},
-              "participants": str(raw / "participants.tsv")}
+    config = {"classes": classes, "n_classes": 2, "model": "compact", "in_channels": channels,
+              "label_column": "diagnosis", "resolution": "8", "resolution_mm": RES,
+              "grid": {"affine": affine.tolist(), "shape": list(shape)}, "participants": str(raw / "participants.tsv")}
+    if channels == 2:
+        config["inputs"] = ["T1w", "alff"]
     (run / "config.json").write_text(json.dumps(config))
     save_splits(run / "splits.json", splits)
     for k in (0, 1):
         torch.manual_seed(k)
-        net = build_model("compact", 2, spatial_shape=shape)
-        meta = {"model": "compact", "n_classes": 2, "in_channels": 1, "spatial_shape": list(shape)}
+        net = build_model("compact", 2, in_channels=channels, spatial_shape=shape)
+        meta = {"model": "compact", "n_classes": 2, "in_channels": channels, "spatial_shape": list(shape)}
         save_checkpoint({"state_dict": net.state_dict(), "meta": meta}, run / f"fold-{k}" / "model.pt")
     return run, deriv
 
@@ -347,6 +354,114 @@ def test_attribute_run_end_to_end(tmp_path):
         attribute_run(run_dir, deriv, target="MDDD", show_progress=False)
     with pytest.raises(InputError, match="sub-99"):
         attribute_run(run_dir, deriv, participants=["sub-99"], show_progress=False)
+
+
+def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
+    """A region_occlusion map hides the atlas's regions: another atlas recomputes it; the same one skips it."""
+    from neuroml.models import build_model
+    from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir, deriv = _make_run(tmp_path)
+    folder = run_dir / "attribution" / "region_occlusion"
+    some = ["sub-01", "sub-04"]
+
+    def call(atlas, method="region_occlusion"):
+        doc = json.loads(attribute_run(run_dir, deriv, method=method, atlas=atlas, target="true", participants=some,
+                                       sanity=False, show_progress=False).read_text())
+        return doc, {s["participant_id"]: s["skipped"] for s in doc["subjects"]}
+
+    def read(pid, method="region_occlusion"):
+        return np.asarray(nib.load(run_dir / "attribution" / method / map_name(pid, method=method)).dataobj)
+
+    doc, skipped = call("aal")
+    assert not any(skipped.values())
+    aal = read("sub-01")
+    assert (folder / "sub-01_desc-regionocclusion_atlas-aal_regions.tsv").is_file()
+    doc, skipped = call("harvard_oxford")
+    assert skipped == {"sub-01": False, "sub-04": False}
+    ho = read("sub-01")
+    assert not np.allclose(aal, ho)
+    assert not (folder / "sub-01_desc-regionocclusion_atlas-aal_regions.tsv").exists()  # it described the old map
+    assert (folder / "sub-01_desc-regionocclusion_atlas-harvardoxford_regions.tsv").is_file()
+    assert doc["identity"]["atlas"] == "harvard_oxford"
+    stamp = (folder / map_name("sub-01", method="region_occlusion")).stat().st_mtime_ns
+    doc2, skipped = call("harvard_oxford")
+    assert all(skipped.values()) and doc2["identity_sha256"] == doc["identity_sha256"]
+    assert (folder / map_name("sub-01", method="region_occlusion")).stat().st_mtime_ns == stamp
+    # a map replaced since that call wrote it (a crashed call with other settings, a hand edit) is redone
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE_8MM(), np.float32), np.eye(4)),
+             folder / map_name("sub-04", method="region_occlusion"))
+    assert call("harvard_oxford")[1] == {"sub-01": True, "sub-04": False}
+    assert np.abs(read("sub-04")).max() > 0
+
+    # a voxel method's maps do not depend on the atlas: reused; a retrained fold model redoes its subjects only
+    call("aal", "saliency")
+    assert all(call("harvard_oxford", "saliency")[1].values())
+    path = run_dir / "fold-0" / "model.pt"  # fold 0 tests sub-01 and sub-04
+    ckpt = load_checkpoint(path, require=("state_dict", "meta"))
+    torch.manual_seed(7)
+    save_checkpoint({**ckpt, "state_dict": build_model("compact", 2, spatial_shape=SHAPE_8MM()).state_dict()}, path)
+    before = read("sub-01", "saliency")
+    assert call("harvard_oxford", "saliency")[1] == {"sub-01": False, "sub-04": False}
+    assert not np.allclose(before, read("sub-01", "saliency"))
+
+
+def SHAPE_8MM():  # noqa: N802
+    from neuroml.io.templates import target_grid
+
+    return target_grid(RES)[1]
+
+
+def test_sanity_json_names_its_call_and_is_never_left_stale(tmp_path):
+    run_dir, deriv = _make_run(tmp_path)
+    folder = run_dir / "attribution" / "saliency"
+
+    def call(**kw):
+        return json.loads(attribute_run(run_dir, deriv, method="saliency", target="true", n_sanity=2,
+                                        show_progress=False, **kw).read_text())
+
+    doc = call()
+    trust = json.loads((folder / "sanity.json").read_text())
+    doc2 = call(sanity=False, participants=["sub-01"])
+    assert not (folder / "sanity.json").exists()  # the checks of the earlier call, on other subjects
+    assert trust["call_id"] == doc["call_id"] == doc["sanity"]["call_id"] == doc["trust"]["call_id"]
+    assert trust["identity_sha256"] == doc["identity_sha256"]
+    assert doc["sanity"] == {"run": True, "reason": None, "file": "sanity.json", "call_id": doc["call_id"],
+                             "superseded": None}
+    assert doc2["call_id"] != doc["call_id"]
+    assert json.loads((folder / "sanity_superseded.json").read_text())["call_id"] == doc["call_id"]
+    assert doc2["sanity"]["run"] is False and "--no-sanity" in doc2["sanity"]["reason"]
+    assert doc2["sanity"]["superseded"] == "sanity_superseded.json" and doc2["trust"] is None
+
+    doc3 = call()
+    assert json.loads((folder / "sanity.json").read_text())["call_id"] == doc3["call_id"]
+    assert not (folder / "sanity_superseded.json").exists()
+
+    # checks asked for, but no explained scan has a class label: not run, and said why
+    tsv = tmp_path / "raw" / "participants.tsv"
+    tsv.write_text(tsv.read_text().replace("sub-07\tMDD", "sub-07\tn/a"))
+    doc4 = json.loads(attribute_run(run_dir, deriv, method="saliency", participants=["sub-07"], n_sanity=2,
+                                    show_progress=False).read_text())
+    assert not (folder / "sanity.json").exists()
+    assert doc4["sanity"]["run"] is False and "class label" in doc4["sanity"]["reason"]
+    assert json.loads((folder / "sanity_superseded.json").read_text())["call_id"] == doc3["call_id"]
+
+
+def test_every_method_explains_a_two_channel_run(tmp_path):
+    """T1w + ALFF stacked: the cache gives (N, 2, X, Y, Z); every method maps onto the grid."""
+    from neuroml.attribution import ALL_METHODS
+
+    run_dir, deriv = _make_run(tmp_path, channels=2)
+    shape = SHAPE_8MM()
+    for method in ALL_METHODS:
+        out = attribute_run(run_dir, deriv, method=method, target="true", participants=["sub-01", "sub-07"],
+                            sanity=method == "region_occlusion", n_sanity=2, show_progress=False)
+        doc = json.loads(out.read_text())
+        for s in doc["subjects"]:
+            m = np.asarray(nib.load(out.parent / s["map"]).dataobj)
+            assert m.shape == tuple(shape), method
+            assert np.isfinite(m).all() and np.abs(m).max() > 0, method
+    assert doc["sanity"]["run"] and json.loads((out.parent / "sanity.json").read_text())["deletion"] is not None
 
 
 def test_attribute_run_refuses_training_subjects(tmp_path):
@@ -637,7 +752,7 @@ def test_bench_script_summary_applies_the_targets():
     gt = {"mass_accuracy": 0.5, "planted_share": 0.02, "mass_enrichment": 25.0, "roc_auc": 0.9, "top_k_planted": 5,
           "top_k": 5, "planted_ranks": {"A_L": 1, "B_R": 7}, "top_regions": ["A_L"], "passed": True}
     trust = {"randomization": {"median_abs_rho": 0.05, "passed": True},
-             "deletion": {"auc": 0.3, "auc_random": 0.9},
+             "deletion": {"auc": 0.3, "auc_random": 0.9, "passed": True},
              "stability": {"MDD": {"median_rho": 0.6}},
              "ground_truth": {"MDD": gt, "SCZ": dict(gt, passed=False, top_k_planted=4)}}
     row = bench.summarize(trust, 1.5)
@@ -645,7 +760,29 @@ def test_bench_script_summary_applies_the_targets():
     assert not row["all_targets_met"]
     trust["ground_truth"]["SCZ"]["passed"] = True
     assert bench.summarize(trust, 1.5)["all_targets_met"]
+    trust["deletion"]["passed"] = False  # a deletion curve no better than random orders: a target missed
+    row = bench.summarize(trust, 1.5)
+    assert not row["all_targets_met"] and row["failed"] == ["deletion"] and row["deletion_passed"] is False
     trust["randomization"]["passed"] = False
-    assert not bench.summarize(trust, 1.5)["all_targets_met"]
+    trust["ground_truth"]["SCZ"].update(passed=False, mass_enrichment=8.6)
+    assert bench.summarize(trust, 1.5)["failed"] == ["SCZ mass", "randomization", "deletion"]
     table = bench.markdown({"m": bench.summarize(trust, 1.5)}, ["MDD", "SCZ"])
     assert "| m | 1.50 | 5/5 | 1-7 | 25.0 | 0.9 | 4/5 |" in table
+    assert table.rstrip().endswith("| no (SCZ mass, randomization, deletion) |")
+
+
+def test_bench_script_times_each_method_on_attribute_runs_layer(tmp_path):
+    """HiResCAM is timed on its own default layer (what attribute_run uses), not on the Grad-CAM one."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_attribution.py"
+    spec = importlib.util.spec_from_file_location("bench_attribution", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run_dir, deriv = _make_run(tmp_path)
+    seconds, layers = bench.time_methods(run_dir, deriv, ["gradcam", "hirescam"], "cpu", 1)
+    used = {m: json.loads(attribute_run(run_dir, deriv, method=m, participants=["sub-01"], sanity=False,
+                                        show_progress=False).read_text())["target_layer"] for m in layers}
+    assert layers == used and layers["hirescam"] != layers["gradcam"]
+    assert set(seconds) == {"gradcam", "hirescam"} and all(v >= 0 for v in seconds.values())

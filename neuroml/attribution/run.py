@@ -14,19 +14,34 @@ Outputs (``docs/layout.md``), under ``RUN/attribution/<method>/``::
     sanity.json                                       trust checks (:mod:`neuroml.attribution.sanity`)
     attribution.json                                  settings, subjects, timings, files, trust summary
 
+A rerun reuses a subject's map only when everything it depends on is unchanged: the
+call's ``identity`` (method, target, the method's settings and layer, the atlas for
+``region_occlusion``, a digest of each fold model and of the ComBat files) and the
+subject's input checksum, folds and target class, and the map file is the one that call
+wrote (``map_sha256``); anything else is recomputed.
+Each call gets a new ``call_id``; ``sanity.json`` carries the ``call_id`` of the call that
+wrote it (and ``attribution.json`` the same under ``sanity.call_id``). A call that does
+not run the checks moves an earlier ``sanity.json`` aside to ``sanity_superseded.json``
+and records why under ``sanity.reason``.
+
 ``region_occlusion`` paints each atlas region with the drop in the target's probability
 when that region alone is hidden, so its region table ranks regions by exact importance.
 
 ``<method>`` in ``desc-`` loses its underscores (BIDS labels are alphanumeric).
 """
 
+import hashlib
+import json
 import logging
+import os
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 
-from neuroml._utils.fileio import read_json, remove_stale_temporaries, save_nifti_atomic, write_json_atomic
+from neuroml._utils.fileio import (read_json, remove_stale_temporaries, save_nifti_atomic, sha256_file,
+                                   write_json_atomic)
 from neuroml._utils.options import look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
@@ -157,9 +172,56 @@ def _predict(models, xs):
 
 
 def _as_tensor(x, model):
+    """``x`` as ``(N, C, X, Y, Z)`` on the model's device (a stacked cache already has the channel axis)."""
     import torch
 
-    return torch.as_tensor(x[:, None], device=next(model.parameters()).device)
+    return torch.as_tensor(x if x.ndim == 5 else x[:, None], device=next(model.parameters()).device)
+
+
+def method_target_layer(method, model_name, model, x):
+    """The layer :func:`attribute_run` gives ``method``: HiResCAM's own default (the last layer at most
+    :data:`~neuroml.attribution.methods.HIRESCAM_MAX_STRIDE` times coarser than ``x``, one scan as
+    ``(N, [C,] X, Y, Z)``), else the network's Grad-CAM layer (None if unknown: the Explainer guesses)."""
+    if method == "hirescam" and x is not None and len(x):
+        from neuroml.attribution.methods import HIRESCAM_MAX_STRIDE, guess_target_layer
+
+        return guess_target_layer(model, _as_tensor(x, model), HIRESCAM_MAX_STRIDE)
+    try:
+        from neuroml.models import default_target_layer
+
+        return default_target_layer(model_name)
+    except (ImportError, ConfigError, KeyError, TypeError):
+        return None
+
+
+#: Settings of :class:`Explainer` each method's maps depend on (their values are part of a call's identity).
+_METHOD_SETTINGS = {"integrated_gradients": ("n_steps", "baseline"), "smoothgrad": ("nt_samples", "noise_level", "seed"),
+                    "occlusion": ("n_blocks", "baseline"), "region_occlusion": ("baseline",)}
+
+
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds, cfg):
+    """What every map of a call depends on besides the subject's own input (``attribution.json`` ``identity``)."""
+    ex = Explainer(None, method)
+    run_dir = Path(run_dir)
+    ident = {"method": method, "target": target, "target_layer": target_layer if method in ("gradcam", "gradcampp",
+                                                                                            "hirescam") else None,
+             "settings": {k: getattr(ex, k) for k in _METHOD_SETTINGS.get(method, ())},
+             "models": {str(f): sha256_file(run_dir / f"fold-{f}" / "model.pt") for f in folds},
+             "inputs": cfg.get("inputs")}
+    if method == "region_occlusion":  # its atlas's regions are what is hidden
+        ident["atlas"] = atlas
+        ident["atlas_labels_sha256"] = hashlib.sha256(np.ascontiguousarray(atlas_labels).tobytes()).hexdigest()
+    if cfg.get("harmonized_inputs"):
+        from neuroml.training.harmonize import FOLD_FILE
+
+        ident["harmonized_inputs"] = cfg["harmonized_inputs"]
+        ident["combat"] = {str(f): sha256_file(run_dir / f"fold-{f}" / FOLD_FILE)
+                           if (run_dir / f"fold-{f}" / FOLD_FILE).is_file() else None for f in folds}
+    return ident
 
 
 def _top_regions(table, n=5):
@@ -256,29 +318,31 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         unlabeled = sorted({r.participant_id for r in rows.itertuples() if labels.get(r.participant_id) not in classes})
         if unlabeled:
             raise InputError(f"target='true' but these participants have no class label: {unlabeled[:10]}")
-    try:
-        from neuroml.models import default_target_layer
-
-        target_layer = default_target_layer(cfg.get("model"))
-    except (ImportError, ConfigError, KeyError, TypeError):
-        target_layer = None
-    if method == "hirescam" and len(rows):  # its own default: a fine layer, not the Grad-CAM one
-        from neuroml.attribution.methods import HIRESCAM_MAX_STRIDE, guess_target_layer
-
-        first = next(iter(fold_models.values()))
-        target_layer = guess_target_layer(first, _as_tensor(cache.load([rows["row"].iloc[0]]), first),
-                                          HIRESCAM_MAX_STRIDE)
+    target_layer = method_target_layer(method, cfg.get("model"), next(iter(fold_models.values())),
+                                       cache.load([rows["row"].iloc[0]]) if len(rows) else None)
 
     out_dir = Path(run_dir) / "attribution" / method
     json_path = out_dir / "attribution.json"
     for folder in (out_dir, out_dir / "group"):
         remove_stale_temporaries(folder)  # left by a killed run
-    previous = _previous_entries(json_path, method, target)
     atlas_labels, atlas_names = atlas_on_grid(atlas, cache.affine, cache.shape)
+    call_id = uuid.uuid4().hex
+    identity = _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds, cfg)
+    identity_sha256 = _digest(identity)
+    previous = _previous_entries(json_path, identity_sha256)
+    sha = dict(zip(cache.index["row"], cache.index["sha256"]))
+
+    def input_key(r):
+        """The subject's input: its volume's checksum (and, harmonized, its site and covariates)."""
+        if harmonized is None:
+            return str(sha[r.row])
+        cov = harmonized.cov.get(r.participant_id)
+        return _digest([str(sha[r.row]), harmonized.site.get(r.participant_id),
+                        None if cov is None else np.asarray(cov).tolist()])
     voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0
 
     feature_mask = atlas_labels if method == "region_occlusion" else None
-    entries, group_maps, group_owner, pool = {}, [], [], []
+    entries, group_maps, group_owner, pool, map_sha = {}, [], [], [], {}
     batches = {}
     for r in rows.itertuples():
         batches.setdefault(plan[r.row], []).append(r)
@@ -296,15 +360,23 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         tidx = {"predicted": probs.argmax(1), "true": true}.get(target)
         if tidx is None:
             tidx = np.full(len(chunk), classes.index(target))
-        redo = [i for i, n in enumerate(names) if not (n in previous and (out_dir / n).is_file())]
+        keys = [input_key(r) for r in chunk]
+        fold_ids = [f if isinstance(f, (int, str)) else str(f) for f in fk[0]]
+        redo = [i for i, n in enumerate(names)
+                if not (n in previous and (out_dir / n).is_file() and previous[n].get("input_sha256") == keys[i]
+                        and previous[n].get("folds") == fold_ids
+                        and previous[n].get("target_label") == classes[tidx[i]]
+                        and previous[n].get("map_sha256") == sha256_file(out_dir / n))]  # not replaced since
         maps, true_maps = _batch_maps(models, xs, tidx, true, redo, [out_dir / n for n in names],
                                       method, target_layer, classes, feature_mask)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for i, r in enumerate(chunk):
+            stem = names[i].replace("_map.nii.gz", "_atlas-" + "".join(ch for ch in atlas if ch.isalnum()) + "_regions")
             if i in redo:
                 save_nifti_atomic(_img(maps[i], cache.affine), out_dir / names[i])
+                map_sha[names[i]] = sha256_file(out_dir / names[i])
+                _remove_other_tables(out_dir, names[i], stem)  # they describe the map just replaced
             table = region_table(maps[i], atlas_labels, atlas_names, voxel_ml)
-            stem = names[i].replace("_map.nii.gz", "_atlas-" + "".join(ch for ch in atlas if ch.isalnum()) + "_regions")
             if i in redo or not (out_dir / f"{stem}.tsv").is_file():
                 write_region_table(table, out_dir / f"{stem}.tsv", out_dir / f"{stem}.json",
                                    {"participant_id": r.participant_id, "method": method, "atlas": atlas,
@@ -315,7 +387,9 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
                 "session": r.session if _given(r.session) else None,
                 "run": r.run if _given(r.run) else None,
                 "map": names[i],
-                "folds": [f if isinstance(f, (int, str)) else str(f) for f in fk[0]],
+                "folds": fold_ids,
+                "input_sha256": keys[i],
+                "map_sha256": map_sha.get(names[i]) or previous[names[i]]["map_sha256"],
                 "model_use": fk[1],
                 "true_label": classes[true[i]] if true[i] >= 0 else None,
                 "target_label": classes[tidx[i]],
@@ -337,19 +411,37 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     group_info, groups, tables = _write_groups(group_maps, group_owner, classes, cache.affine, out_dir, atlas,
                                                atlas_labels, atlas_names, voxel_ml, method)
     trust = None
+    sanity_path, superseded = out_dir / "sanity.json", out_dir / "sanity_superseded.json"
     if sanity and group_maps:
         t0 = time.perf_counter()
         trust = _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps,
                               groups, tables, atlas_labels, feature_mask, n_sanity, seed, inputs_for)
         trust["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json_atomic(out_dir / "sanity.json", trust)
+        trust.update(call_id=call_id, identity_sha256=identity_sha256, attribution="attribution.json")
+        write_json_atomic(sanity_path, trust)
+        superseded.unlink(missing_ok=True)
+        sanity_doc = {"run": True, "reason": None, "file": "sanity.json", "call_id": call_id, "superseded": None}
+    else:
+        reason = ("sanity=False (--no-sanity)" if not sanity else
+                  "no explained scan has a class label (the checks explain each subject's true class)")
+        moved = None
+        if sanity_path.is_file():  # an earlier call's checks: never left where readers take them as this call's
+            os.replace(sanity_path, superseded)
+            moved = superseded.name
+        elif superseded.is_file():
+            moved = superseded.name
+        sanity_doc = {"run": False, "reason": reason, "file": None, "call_id": None, "superseded": moved}
+        log.info("attribution %s: trust checks not run (%s)%s", method, reason,
+                 f"; the earlier sanity.json is now {moved}" if moved else "")
     doc = {
+        "call_id": call_id, "identity": identity, "identity_sha256": identity_sha256,
         "method": method, "target": target, "atlas": atlas, "target_layer": target_layer,
         "classes": classes, "grid": {"affine": cache.affine.tolist(), "shape": list(cache.shape)},
         "deriv_dir": str(Path(deriv_dir).resolve()), "n_subjects": len(entries),
         "subjects": [entries[k] for k in sorted(entries)], "group": group_info,
         "timing": {"total_seconds": round(total, 3),
                    "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)}},
+        "sanity": sanity_doc,
         "trust": _trust_summary(trust),
         **({"harmonized_inputs": {"method": cfg["harmonized_inputs"].get("method"),
                                   "unseen_sites": {str(k): h.unseen_sites_ for k, h in harmonized._folds.items()
@@ -361,17 +453,25 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     return json_path
 
 
-def _previous_entries(json_path, method, target):
-    """Subjects of an earlier call with the same method and target, by map name."""
+def _previous_entries(json_path, identity_sha256):
+    """Subjects of an earlier call with the same identity (method, target, settings, models...), by map name."""
     if not json_path.is_file():
         return {}
     try:
         doc = read_json(json_path)
     except InputError:
         return {}
-    if doc.get("target") != target or doc.get("method") != method:
+    if doc.get("identity_sha256") != identity_sha256:  # also an older file without one: maps recomputed
         return {}
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
+
+
+def _remove_other_tables(out_dir, name, keep_stem):
+    """Delete a subject's region tables of other atlases (left by an earlier call; they describe an older map)."""
+    prefix = name.replace("_map.nii.gz", "_atlas-")
+    for path in out_dir.glob(f"{prefix}*_regions.*"):
+        if path.name.split(".")[0] != keep_stem and path.suffix in (".tsv", ".json"):
+            path.unlink(missing_ok=True)
 
 
 def _batch_maps(models, xs, targets, true, redo, paths, method, target_layer, classes, feature_mask=None):
@@ -479,9 +579,8 @@ def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_mod
     doc["subjects"] = [e["participant_id"] for e in chosen]
     if rand:
         rho = [r for d in rand for r in d["rho"]]
-        med = float(np.median(np.abs(rho)))
-        doc["randomization"] = {**rand[0], "rho": rho, "median_abs_rho": round(med, 4),
-                                "passed": bool(med < checks.RANDOMIZATION_RHO)}
+        doc["randomization"] = {**{k: v for k, v in rand[0].items() if k != "note"}, "rho": rho,
+                                **checks.randomization_summary(rho)}  # over every fold's subjects
         w = np.array([len(d["auc_per_subject"]) for d in dele], dtype=float)
         curves = {k: np.round(np.average([d[k] for d in dele], axis=0, weights=w), 4).tolist()
                   for k in ("fraction_removed", "probability", "probability_random")}
@@ -525,7 +624,7 @@ def _trust_summary(trust):
     """The pass/fail lines of ``sanity.json`` kept in ``attribution.json``."""
     if not trust:
         return None
-    out = {"file": "sanity.json"}
+    out = {"file": "sanity.json", "call_id": trust.get("call_id")}
     if trust.get("randomization"):
         out["randomization"] = {k: trust["randomization"][k] for k in ("median_abs_rho", "passed")}
     if trust.get("deletion"):
