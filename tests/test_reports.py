@@ -348,3 +348,21 @@ def test_damaged_maps_become_notes_not_a_traceback(tmp_path, rng):
     for path in (group_map, subject_map):
         assert f"Map {path.name} could not be read (" in html
     assert html.count("could not be read") == 2 and "rerun <code>neuroml attribute</code>" in html
+
+
+def test_a_sanity_json_of_another_call_is_not_reported(tmp_path, rng):
+    """attribution.json and sanity.json must carry the same call_id (an earlier call's checks
+    are not this call's)."""
+    run = make_run(tmp_path, rng)
+    folder = run / "attribution" / "gradcam"
+    doc = json.loads((folder / "attribution.json").read_text())
+    doc.update(call_id="new", sanity={"run": False, "reason": "--no-sanity"})
+    (folder / "attribution.json").write_text(json.dumps(doc))
+    (folder / "sanity.json").write_text(json.dumps({**SANITY, "call_id": "old"}))
+    html = build_report(run).read_text(encoding="utf-8")
+    card = (run / "model_card.md").read_text(encoding="utf-8")
+    assert "model randomization: median" not in html and "model randomization: median" not in card
+    assert "not computed by the call that made these maps (--no-sanity)." in html
+    assert "ground truth): not computed (--no-sanity)." in card
+    (folder / "sanity.json").write_text(json.dumps({**SANITY, "call_id": "new"}))
+    assert "model randomization: median |rho| = 0.400" in build_report(run).read_text(encoding="utf-8")

@@ -3,7 +3,7 @@ report and the model card (so both say the same thing)."""
 
 import numpy as np
 
-__all__ = ["check_lines", "check_state", "fmt_num"]
+__all__ = ["check_lines", "check_state", "current_sanity", "fmt_num"]
 
 
 def fmt_num(v, digits=3):
@@ -15,6 +15,22 @@ def fmt_num(v, digits=3):
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.{digits}f}"
     return str(v)
+
+
+def current_sanity(attribution, sanity):
+    """``sanity`` (a ``sanity.json``) when it belongs to the attribution call that wrote
+    ``attribution`` (an ``attribution.json``: the same ``call_id``), else None.
+
+    Files written before calls had an id are accepted only when neither has one.
+
+    Examples
+    --------
+    >>> current_sanity({"call_id": "a"}, {"call_id": "a"}) is not None, current_sanity({"call_id": "b"}, {"call_id": "a"})
+    (True, None)
+    """
+    if not isinstance(sanity, dict) or not isinstance(attribution, dict):
+        return None
+    return sanity if sanity.get("call_id") == attribution.get("call_id") else None
 
 
 def check_state(passed):

@@ -20,7 +20,7 @@ from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_text_atomic
 from neuroml.errors import InputError, NeuromlError
 from neuroml.reports import figures
-from neuroml.reports.checks import check_lines, fmt_num as _num
+from neuroml.reports.checks import check_lines, current_sanity, fmt_num as _num
 
 __all__ = ["build_report"]
 
@@ -453,12 +453,14 @@ def _trust(run_dir, metrics, splits, predictions, attributions, classes, connect
         items.append(("warn" if leaked else "ok",
                       f"{doc.get('method')}: maps from models that did not train on the subject ({parts})"
                       + (f"; {leaked} explained by models trained on them (forced)." if leaked else ".")))
-        sanity = _load_json(folder / "sanity.json")
+        sanity = current_sanity(doc, _load_json(folder / "sanity.json"))  # not one left by an earlier call
         if isinstance(sanity, dict):
             items.extend(check_lines(doc.get("method", folder.name), sanity))
         else:
+            reason = (doc.get("sanity") or {}).get("reason") if isinstance(doc.get("sanity"), dict) else None
             items.append(("na", f"{doc.get('method')}: attribution trust checks (model randomization, deletion, "
-                                "stability, ground truth) not computed in this run."))
+                                "stability, ground truth) not computed by the call that made these maps"
+                                + (f" ({reason})." if reason else ".")))
     lis = "".join(f"<li class='{k}'>{_e(t)}</li>" for k, t in items)
     return f"<h2 id='trust'>Trust checks</h2><ul>{lis}</ul>" + _sanity_tables(attributions)
 
@@ -466,7 +468,7 @@ def _trust(run_dir, metrics, splits, predictions, attributions, classes, connect
 def _sanity_tables(attributions):
     """Side-by-side table of every method's trust checks, and their deletion curves."""
     rows, curves, classes = [], {}, []
-    docs = [(d.get("method", f.name), _load_json(f / "sanity.json")) for f, d in attributions]
+    docs = [(d.get("method", f.name), current_sanity(d, _load_json(f / "sanity.json"))) for f, d in attributions]
     docs = [(m, s) for m, s in docs if isinstance(s, dict)]
     for _, s in docs:
         for c in s.get("ground_truth") or {}:

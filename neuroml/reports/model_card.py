@@ -12,7 +12,7 @@ from pathlib import Path
 from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_text_atomic
 from neuroml.errors import InputError
-from neuroml.reports.checks import check_lines
+from neuroml.reports.checks import check_lines, current_sanity
 
 __all__ = ["write_model_card", "model_card_text"]
 
@@ -138,11 +138,13 @@ def _attribution(run_dir):
             uses[s.get("model_use", "unknown")] = uses.get(s.get("model_use", "unknown"), 0) + 1
         line = (f"- {_md(doc.get('method', path.parent.name))}: maps of {sum(uses.values())} scans, "
                 + ", ".join(f"{v} {_md(k)}" for k, v in sorted(uses.items())) + ".")
-        sanity = _load(path.parent / "sanity.json")
+        sanity = current_sanity(doc, _load(path.parent / "sanity.json"))
         if isinstance(sanity, dict):  # verdicts only: sanity.json also lists the subjects it used
             line += "\n" + "\n".join(f"  - {_md(text)}" for _, text in check_lines(doc.get("method", ""), sanity))
         else:
-            line += " Attribution trust checks (model randomization, deletion, stability, ground truth): not computed."
+            why = doc.get("sanity") if isinstance(doc.get("sanity"), dict) else {}
+            line += (" Attribution trust checks (model randomization, deletion, stability, ground truth): not "
+                     "computed" + (f" ({_md(why['reason'])})." if why.get("reason") else "."))
         lines.append(line)
     return "\n".join(lines) or "No attribution maps in this run yet (`neuroml attribute`)."
 
