@@ -169,6 +169,9 @@ def build_parser():
     s.add_argument("--key-file", type=Path, default=None,
                    help="file holding the secret key (default: $NEUROML_PSEUDONYM_KEY); never written anywhere")
     s.add_argument("--keep-ids", action="store_true", help="scrub headers and sidecars but keep participant labels")
+    s.add_argument("--keep-columns", nargs="+", default=[], metavar="COLUMN",
+                   help="more participants.tsv columns to keep (default: participant_id, diagnosis, label, group, "
+                        "site, scanner, age, sex, gender, handedness; all others are dropped)")
 
     s = sub.add_parser("run", help="run a YAML pipeline")
     s.add_argument("pipeline", type=Path)
@@ -277,7 +280,7 @@ def _dispatch(args):
         return 0
     if c == "deidentify":
         result = run_step("deidentify", bids_dir=args.bids_dir, out_dir=args.out_dir, key_file=args.key_file,
-                          pseudonymize=not args.keep_ids)
+                          pseudonymize=not args.keep_ids, keep_columns=args.keep_columns)
         print(result["out_dir"])
         return 0
     if c == "run":

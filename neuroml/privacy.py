@@ -9,15 +9,18 @@ What neuroml guarantees:
 * Pictures show images on the template grid inside the template brain mask (QC slices,
   attribution maps over the MNI template); no raw head image is drawn.
 * :func:`deidentify_bids` writes a copy of a raw dataset whose participant labels are
-  keyed hashes (HMAC-SHA256) of the originals, with scrubbed NIfTI headers and sidecars
-  without :data:`IDENTIFYING_SIDECAR_FIELDS`. Everything computed from the copy
+  keyed hashes (HMAC-SHA256) of the originals and whose session labels are ``ses-1``,
+  ``ses-2``, ... (per participant, in sorted order), with scrubbed NIfTI headers, sidecars
+  (also the dataset-, subject- and session-level ones BIDS inheritance applies) without
+  identifying fields (:func:`clean_sidecar`, at any depth), and a ``participants.tsv`` holding
+  only :data:`PARTICIPANT_COLUMNS` (plus ``keep_columns``). Everything computed from the copy
   (derivatives, runs, attribution, reports) then carries the same pseudonyms. The key is
   read from a file or the ``NEUROML_PSEUDONYM_KEY`` environment variable and never written;
   a key file inside the output folder is refused. No mapping back to the real labels is written.
 * No step opens a network connection (the tests run the pipeline with sockets blocked).
 
 :func:`find_strings` searches a folder's files (gzip and PNG text decompressed) for given
-strings, to check outputs before sharing them.
+strings (and file and folder names), to check outputs before sharing them.
 """
 
 import gzip
@@ -26,6 +29,8 @@ import hmac
 import logging
 import os
 import re
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -37,6 +42,8 @@ from neuroml.errors import ConfigError, InputError
 __all__ = [
     "IDENTIFYING_HEADER_FIELDS",
     "IDENTIFYING_SIDECAR_FIELDS",
+    "IDENTIFYING_KEY_WORDS",
+    "PARTICIPANT_COLUMNS",
     "KEY_ENV",
     "scrub_header",
     "scrub_nifti",
@@ -52,17 +59,38 @@ log = logging.getLogger("neuroml")
 #: NIfTI-1/2 header text fields that scanners and converters fill with free text.
 IDENTIFYING_HEADER_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 
-#: Sidecar keys dropped by :func:`clean_sidecar` (any key starting with "Patient" too).
+#: Sidecar keys dropped by :func:`clean_sidecar` (DICOM patient, study, date/time, institution,
+#: staff, device and procedure fields), besides those matched by :data:`IDENTIFYING_KEY_WORDS`.
 IDENTIFYING_SIDECAR_FIELDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
-    "PatientSize", "PatientPosition", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime",
-    "ContentDate", "ContentTime", "SeriesDate", "SeriesTime", "StudyDate", "StudyTime", "InstitutionName",
-    "InstitutionAddress", "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
+    "PatientWeight", "PatientSize", "PatientPosition", "PatientAddress", "PatientTelephoneNumbers",
+    "PatientComments", "DateOfBirth", "BirthDate", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime",
+    "ContentDate", "ContentTime", "SeriesDate", "SeriesTime", "StudyDate", "StudyTime", "InstanceCreationDate",
+    "InstanceCreationTime", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription", "ProcedureStepDescription", "RequestedProcedureDescription",
+    "RequestedProcedureID", "ScheduledProcedureStepID", "InstitutionName", "InstitutionAddress",
+    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "AccessionNumber",
-    "StudyID", "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments",
-    "RequestingPhysician", "OtherPatientIDs", "EthnicGroup", "MedicalRecordLocator",
+    "StudyID", "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments", "RequestingPhysician",
+    "RequestingService", "OtherPatientIDs", "OtherPatientNames", "EthnicGroup", "MedicalRecordLocator",
+    "AdmissionID", "AdmittingDiagnosesDescription", "Occupation", "AdditionalPatientHistory",
 )
+
+#: A sidecar key (at any depth) is dropped when one of its words (CamelCase or ``_``-separated,
+#: case-insensitive) is one of these; a key whose last word is ``Time`` is dropped when its
+#: value is text (a time of day such as ``"10:11:12"``; ``RepetitionTime: 2.0`` is kept).
+IDENTIFYING_KEY_WORDS = (
+    "patient", "patients", "date", "birth", "institution", "institutional", "physician", "physicians",
+    "operator", "operators", "serial", "address", "accession", "procedure", "station", "referring",
+    "requesting", "performing", "uid", "ethnic", "telephone", "comments", "admitting", "admission",
+)
+
+#: participants.tsv columns kept by :func:`deidentify_bids` (others are dropped unless named
+#: in ``keep_columns``): the label, grouping and demographic columns the toolkit uses.
+PARTICIPANT_COLUMNS = ("participant_id", "diagnosis", "label", "group", "site", "scanner", "age", "sex", "gender",
+                       "handedness")
 
 #: Environment variable holding the pseudonymization key.
 KEY_ENV = "NEUROML_PSEUDONYM_KEY"
@@ -100,16 +128,54 @@ def scrub_nifti(img):
     return out
 
 
-def clean_sidecar(sidecar):
-    """A copy of a BIDS sidecar dict without identifying fields.
+_WORD_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z]|[^A-Za-z]|$)|[A-Z]?[a-z]+|[0-9]+")
+
+
+def _identifying_key(key, value):
+    key = str(key)
+    if key in _DENY:
+        return True
+    words = [w.lower() for w in _WORD_RE.findall(key)]
+    if any(w in _DENY_WORDS for w in words):
+        return True
+    return bool(words) and words[-1] == "time" and isinstance(value, str)
+
+
+_DENY = frozenset(IDENTIFYING_SIDECAR_FIELDS)
+_DENY_WORDS = frozenset(IDENTIFYING_KEY_WORDS)
+
+
+def _clean(value, where, removed):
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            name = f"{where}.{k}" if where else str(k)
+            if _identifying_key(k, v):
+                removed.add(name)
+            else:
+                out[k] = _clean(v, name, removed)
+        return out
+    if isinstance(value, list):
+        return [_clean(v, where, removed) for v in value]
+    return value
+
+
+def clean_sidecar(sidecar, removed=None):
+    """A copy of a BIDS sidecar dict without identifying fields, at any depth.
+
+    A key is dropped when it is in :data:`IDENTIFYING_SIDECAR_FIELDS`, when one of its words
+    is in :data:`IDENTIFYING_KEY_WORDS` (``PatientFoo``, ``DateOfBirth``, ``DeviceSerialNumber``),
+    or when it names a time (``...Time``) and holds text. Nested objects and lists are cleaned
+    the same way. ``removed`` (a set), when given, receives the dotted names of dropped keys.
 
     Examples
     --------
     >>> clean_sidecar({"PatientName": "Doe^Jane", "RepetitionTime": 2.3, "InstitutionName": "X"})
     {'RepetitionTime': 2.3}
+    >>> clean_sidecar({"Dcm2bidsConfig": {"PatientName": "Doe^Jane", "run": 1}})
+    {'Dcm2bidsConfig': {'run': 1}}
     """
-    drop = set(IDENTIFYING_SIDECAR_FIELDS)
-    return {k: v for k, v in sidecar.items() if k not in drop and not k.startswith("Patient")}
+    return _clean(dict(sidecar), "", set() if removed is None else removed)
 
 
 def load_key(key_file=None, env=KEY_ENV):
@@ -164,12 +230,71 @@ def _inside(path, folder):
         return False
 
 
-def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True):
+def _stale_partials(out_dir):
+    """Temporary siblings of ``out_dir`` left by a killed de-identification on this host."""
+    from neuroml._utils.fileio import _OWNER, _pid_alive
+
+    host = _OWNER.rsplit("-", 1)[0]
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.*.partial"):
+        match = re.fullmatch(re.escape(f".{out_dir.name}.") + r"(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)\.[^.]+\.partial",
+                             tmp.name)
+        if match and match.group("host") == host and not _pid_alive(int(match.group("pid"))):
+            yield tmp
+
+
+_ENTITY_NAME = re.compile(r"^(?:[A-Za-z0-9]+-[A-Za-z0-9]+_)*(?P<suffix>[A-Za-z0-9]+)\.json$")
+
+
+def _inherited_sidecars(bids_dir, suffixes):
+    """Dataset-, subject- and session-level JSON sidecars (BIDS inheritance) of the given suffixes."""
+    folders = [bids_dir] + sorted(p for p in bids_dir.glob("sub-*") if p.is_dir()) + \
+        sorted(p for p in bids_dir.glob("sub-*/ses-*") if p.is_dir())
+    out = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            match = _ENTITY_NAME.match(path.name)
+            if path.is_file() and match and match.group("suffix") in suffixes:
+                out.append(path)
+    return out
+
+
+def _participants_table(table_path, rename, keep):
+    import pandas as pd
+
+    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
+    if "participant_id" not in table.columns:
+        raise InputError("participants.tsv has no participant_id column", table_path)
+    missing = [c for c in keep if c not in table.columns and c not in PARTICIPANT_COLUMNS]
+    if missing:
+        raise InputError(f"keep_columns {missing} not found in participants.tsv (columns: {list(table.columns)})",
+                         table_path)
+    kept = [c for c in table.columns if c in keep]
+    dropped = [c for c in table.columns if c not in keep]
+    if dropped:
+        log.info("de-identify: dropped participants.tsv columns %s (not in the allow-list %s; keep_columns= "
+                 "keeps more)", ", ".join(dropped), ", ".join(PARTICIPANT_COLUMNS))
+    table = table[kept].copy()
+    table["participant_id"] = [rename(p) for p in table["participant_id"]]
+    if table["participant_id"].duplicated().any():
+        raise InputError("participant labels collide after pseudonymization", table_path)
+    return table, dropped
+
+
+def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_columns=()):
     """Write a de-identified copy of a raw BIDS dataset (anatomical and functional scans).
 
     NIfTI images and JSON sidecars under ``anat/`` and ``func/`` are copied with their
-    identifying header fields blanked and sidecar fields dropped; other files (events,
-    physiology, other modalities) are left out.
+    identifying header fields blanked and sidecar fields dropped (:func:`clean_sidecar`), and
+    so are the dataset-, subject- and session-level sidecars that apply to them under BIDS
+    inheritance (e.g. a root ``task-rest_bold.json`` holding ``RepetitionTime``); other files
+    (events, physiology, scans.tsv, sessions.tsv, other modalities) are left out.
+    ``participants.tsv`` keeps only the columns in :data:`PARTICIPANT_COLUMNS` and
+    ``keep_columns`` (the dropped ones are logged). With ``pseudonymize``, participant labels
+    become :func:`pseudonym` and session labels ``ses-1``, ``ses-2``, ... per participant in
+    sorted order of the original labels (which may be scan dates).
+
+    The copy is written into a temporary sibling folder and renamed to ``out_dir`` at the
+    end, so a failed run leaves nothing under ``out_dir`` and can simply be rerun.
 
     Parameters
     ----------
@@ -181,57 +306,108 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True):
         File holding the secret key (default: ``$NEUROML_PSEUDONYM_KEY``). Refused when it
         lies inside ``out_dir``.
     pseudonymize : bool, default=True
-        Replace participant labels by :func:`pseudonym` (otherwise only scrub).
+        Replace participant and session labels (otherwise only scrub).
+    keep_columns : list of str, optional
+        More ``participants.tsv`` columns to keep (they must exist there).
 
     Returns
     -------
     dict
-        ``out_dir``, ``n_participants``, ``n_images``, ``n_sidecars``, ``removed_sidecar_fields``.
+        ``out_dir``, ``n_participants``, ``n_images``, ``n_sidecars``, ``removed_sidecar_fields``,
+        ``dropped_participant_columns``.
 
     Raises
     ------
     InputError, ConfigError
     """
     import nibabel as nib
-    import pandas as pd
+
+    from neuroml.io.bids import parse_entities
 
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     if not (bids_dir / "dataset_description.json").is_file():
         raise InputError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"out_dir {str(out_dir)!r} is not empty; choose a new folder for the de-identified copy")
     if key_file is not None and _inside(key_file, out_dir):
         raise ConfigError(f"key_file {str(key_file)!r} lies inside out_dir: keep the key away from the data")
+    if isinstance(keep_columns, str) or not all(isinstance(c, str) for c in keep_columns or ()):
+        raise ConfigError(f"keep_columns must be a list of participants.tsv column names. Got {keep_columns!r} "
+                          "instead.")
+    keep = list(PARTICIPANT_COLUMNS) + [c for c in keep_columns or () if c not in PARTICIPANT_COLUMNS]
     key = load_key(key_file) if pseudonymize else None
     rename = (lambda p: pseudonym(p, key)) if pseudonymize else (lambda p: p)
 
+    # read everything that can be refused before writing anything
     table_path = bids_dir / "participants.tsv"
-    if table_path.is_file():
-        table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
-        if "participant_id" not in table.columns:
-            raise InputError("participants.tsv has no participant_id column", table_path)
-        table["participant_id"] = [rename(p) for p in table["participant_id"]]
-        if table["participant_id"].duplicated().any():
-            raise InputError("participant labels collide after pseudonymization", table_path)
-        write_text_atomic(out_dir / "participants.tsv", table.to_csv(sep="\t", index=False))
+    table, dropped = _participants_table(table_path, rename, keep) if table_path.is_file() else (None, [])
     desc = read_json(bids_dir / "dataset_description.json")
+    if not isinstance(desc, dict):
+        raise InputError("dataset_description.json is not a JSON object", bids_dir / "dataset_description.json")
+    scans = [p for p in sorted(bids_dir.glob("sub-*/**/*"))
+             if p.is_file() and {"anat", "func"} & set(p.relative_to(bids_dir).parts[:-1])]
+    suffixes = {parse_entities(p.name)[1] for p in scans if p.name.endswith((".nii", ".nii.gz"))}
+    files = scans + [p for p in _inherited_sidecars(bids_dir, suffixes) if p not in scans]
+    sessions = {}  # (sub, ses label) -> new ses label
+    for path in files:
+        parts = path.relative_to(bids_dir).parts
+        if len(parts) > 2 and parts[1].startswith("ses-"):
+            sessions.setdefault(parts[0], set()).add(parts[1][4:])
+    ses_map = {(sub, lab): (f"{i + 1}" if pseudonymize else lab)
+               for sub, labs in sessions.items() for i, lab in enumerate(sorted(labs))}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _stale_partials(out_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    from neuroml._utils.fileio import _OWNER
+
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_OWNER}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        result = _write_copy(nib, bids_dir, work, files, table, desc, rename, ses_map, pseudonymize, keep)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above); fails if something appeared meanwhile
+        os.rename(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("de-identified copy of %d participants in %s", result["n_participants"], out_dir)
+    return {"out_dir": str(out_dir), **result, "dropped_participant_columns": dropped}
+
+
+def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pseudonymize, keep):
+    if table is not None:
+        write_text_atomic(out_dir / "participants.tsv", table.to_csv(sep="\t", index=False))
     write_json_atomic(out_dir / "dataset_description.json", {k: v for k, v in desc.items()
                                                               if k in ("Name", "BIDSVersion", "DatasetType",
                                                                        "License")})
     if (bids_dir / "participants.json").is_file():
-        write_json_atomic(out_dir / "participants.json", read_json(bids_dir / "participants.json"))
+        meta = read_json(bids_dir / "participants.json")
+        if not isinstance(meta, dict):
+            raise InputError("participants.json is not a JSON object", bids_dir / "participants.json")
+        write_json_atomic(out_dir / "participants.json", {k: v for k, v in meta.items() if k in keep})
 
     removed, n_img, n_side, subjects = set(), 0, 0, set()
-    label = re.compile(r"^sub-[A-Za-z0-9]+")
-    for path in sorted(bids_dir.glob("sub-*/**/*")):
-        if not path.is_file() or not {"anat", "func"} & set(path.relative_to(bids_dir).parts[:-1]):
-            continue
+
+    def new_part(part, sub, new_sub):
+        tokens = part.split("_")
+        for i, tok in enumerate(tokens):
+            if tok.startswith("sub-") and sub is not None and re.match(r"^sub-[A-Za-z0-9]+", tok):
+                tokens[i] = re.sub(r"^sub-[A-Za-z0-9]+", new_sub, tok)
+            elif tok.startswith("ses-") and sub is not None:
+                m = re.match(r"^ses-([A-Za-z0-9]+)", tok)
+                if m and (sub, m.group(1)) in ses_map:
+                    tokens[i] = f"ses-{ses_map[(sub, m.group(1))]}" + tok[m.end():]
+        return "_".join(tokens)
+
+    for path in files:
         rel = path.relative_to(bids_dir)
-        sub = rel.parts[0]
-        new_sub = rename(sub)
-        subjects.add(new_sub)
-        parts = [new_sub] + [label.sub(new_sub, p) for p in rel.parts[1:]]
-        target = out_dir.joinpath(*parts)
+        if len(rel.parts) == 1:  # dataset level: no sub- or ses- entity to rename
+            target = out_dir / rel
+        else:
+            sub = rel.parts[0]
+            new_sub = rename(sub)
+            subjects.add(new_sub)
+            target = out_dir.joinpath(new_sub, *(new_part(p, sub, new_sub) for p in rel.parts[1:]))
         if path.name.endswith((".nii", ".nii.gz")):
             try:
                 img = nib.load(str(path))
@@ -244,17 +420,17 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True):
             side = read_json(path)
             if not isinstance(side, dict):
                 raise InputError("sidecar is not a JSON object", path)
-            removed |= set(side) - set(clean := clean_sidecar(side))
-            write_json_atomic(target, clean)
+            write_json_atomic(target, clean_sidecar(side, removed))
             n_side += 1
     write_json_atomic(out_dir / "deidentification.json", {
         "method": "HMAC-SHA256 keyed pseudonyms (first 12 hex digits)" if pseudonymize else "none (labels kept)",
+        "sessions": "ses-1, ses-2, ... per participant in sorted order" if pseudonymize else "labels kept",
         "key": "not stored", "mapping": "not stored",
         "nifti_fields_blanked": list(IDENTIFYING_HEADER_FIELDS) + ["extensions"],
         "sidecar_fields_removed": sorted(removed),
+        "participant_columns_kept": [c for c in table.columns] if table is not None else [],
     })
-    log.info("de-identified copy of %d participants in %s", len(subjects), out_dir)
-    return {"out_dir": str(out_dir), "n_participants": len(subjects), "n_images": n_img, "n_sidecars": n_side,
+    return {"n_participants": len(subjects), "n_images": n_img, "n_sidecars": n_side,
             "removed_sidecar_fields": sorted(removed)}
 
 
@@ -293,22 +469,27 @@ def _readable_bytes(path):
 
 
 def find_strings(root, strings):
-    """Files under ``root`` whose bytes contain any of ``strings`` (case-insensitive).
+    """Files and folders under ``root`` whose names or bytes contain any of ``strings`` (case-insensitive).
 
-    Gzip files are searched compressed and decompressed (NIfTI headers), PNG text chunks
-    decoded; also searched in UTF-16 (some formats store text that way) and JSON-escaped.
+    Relative paths (file and folder names) are searched, and file contents: gzip files
+    compressed and decompressed (NIfTI headers), PNG text chunks decoded; also in UTF-16
+    (some formats store text that way) and JSON-escaped.
 
     Returns
     -------
     dict of str to list of str
-        Relative path -> strings found in it (empty when clean).
+        Relative path -> strings found in its name or contents (empty when clean).
     """
     root = Path(root)
     needles = {s: [s.lower().encode("utf-8"), s.lower().encode("utf-16-le")] for s in strings}
     found = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        blobs = [b.lower() for b in _readable_bytes(path)]
-        hits = [s for s, forms in needles.items() if any(f in b for f in forms for b in blobs)]
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        name = rel.lower().encode("utf-8")
+        hits = [s for s, forms in needles.items() if forms[0] in name]
+        if path.is_file():
+            blobs = [b.lower() for b in _readable_bytes(path)]
+            hits += [s for s, forms in needles.items() if s not in hits and any(f in b for f in forms for b in blobs)]
         if hits:
-            found[str(path.relative_to(root))] = hits
+            found[rel] = [s for s in strings if s in hits]
     return found

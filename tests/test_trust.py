@@ -363,16 +363,16 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
     key_file.write_bytes(b"a-secret-key-of-enough-bytes")
     assert main(["-q", "deidentify", str(bids), str(tmp_path / "out"), "--key-file", str(key_file)]) == 0
     new = pseudonym("01", b"a-secret-key-of-enough-bytes")
-    scan = tmp_path / "out" / new / "ses-a" / "anat" / f"{new}_ses-a_T1w.nii.gz"
+    scan = tmp_path / "out" / new / "ses-1" / "anat" / f"{new}_ses-1_T1w.nii.gz"
     assert scan.is_file() and nib.load(scan).header["descrip"].item() == b""
     np.testing.assert_array_equal(np.asarray(nib.load(scan).dataobj), np.asarray(img_3d.dataobj))
-    side = json.loads(scan.with_name(f"{new}_ses-a_T1w.json").read_text())
+    side = json.loads(scan.with_name(f"{new}_ses-1_T1w.json").read_text())
     assert side == {"EchoTime": 0.003}
-    func = tmp_path / "out" / new / "ses-a" / "func"
-    assert sorted(p.name for p in func.iterdir()) == [f"{new}_ses-a_task-rest_bold.json",
-                                                      f"{new}_ses-a_task-rest_bold.nii.gz"]  # events left out
-    assert nib.load(func / f"{new}_ses-a_task-rest_bold.nii.gz").shape == (4, 4, 3, 5)
-    assert json.loads((func / f"{new}_ses-a_task-rest_bold.json").read_text()) == {"RepetitionTime": 2.0,
+    func = tmp_path / "out" / new / "ses-1" / "func"
+    assert sorted(p.name for p in func.iterdir()) == [f"{new}_ses-1_task-rest_bold.json",
+                                                      f"{new}_ses-1_task-rest_bold.nii.gz"]  # events left out
+    assert nib.load(func / f"{new}_ses-1_task-rest_bold.nii.gz").shape == (4, 4, 3, 5)
+    assert json.loads((func / f"{new}_ses-1_task-rest_bold.json").read_text()) == {"RepetitionTime": 2.0,
                                                                                    "TaskName": "rest"}
     assert (tmp_path / "out" / "participants.tsv").read_text().splitlines()[1] == f"{new}\tMDD"
     assert find_strings(tmp_path / "out", ["ZZ Jane", "sub-01", "a-secret-key", "Dr X"]) == {}
