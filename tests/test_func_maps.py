@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from neuroml.errors import InputError
+from neuroml.errors import ConfigError, InputError
 from neuroml.functional.maps import (alff_array, amplitude_spectrum, falff_array, reho_array,
                                      seed_connectivity_array, sphere_mask, zscore_in_mask)
 
@@ -56,8 +56,10 @@ def test_alff_scales_linearly_and_respects_mask_and_band():
     assert (a1[~mask] == 0).all() and (a1[mask] > 0).all()
     wide = falff_array(x, TR, band=(0.0, 1.0), mask=mask)
     np.testing.assert_allclose(wide[mask], 1.0, rtol=1e-6)
-    with pytest.raises(InputError, match="band"):
+    with pytest.raises(ConfigError, match="band 0.3-0.4 Hz lies above the Nyquist frequency"):
         alff_array(x, TR, band=(0.3, 0.4))
+    with pytest.raises(InputError, match="band"):
+        alff_array(x, TR, band=(0.04, 0.02))
 
 
 def _kendall_w(series):

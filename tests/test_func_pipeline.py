@@ -123,6 +123,47 @@ def test_repetition_time_sources(tmp_path):
         repetition_time(img, tmp_path / "x_bold.nii.gz")
 
 
+def test_a_corrupt_sidecar_is_named_not_skipped(tmp_path):
+    img = nib.Nifti1Image(np.zeros((2, 3, 4, 5), np.float32), np.eye(4))
+    img.header.set_zooms((1, 1, 1, 2.0))
+    (tmp_path / "task-rest_bold.json").write_text('{"RepetitionTime": 3.0}')
+    sub = tmp_path / "sub-01" / "func"
+    sub.mkdir(parents=True)
+    path = sub / "sub-01_task-rest_bold.nii.gz"
+    assert repetition_time(img, path) == 3.0  # inherited from the dataset level
+    (sub / "sub-01_task-rest_bold.json").write_text('{"RepetitionTime": 0.8,')  # truncated
+    with pytest.raises(InputError, match=r"sub-01_task-rest_bold\.json: not valid JSON.*applies to "
+                                         r"sub-01_task-rest_bold\.nii\.gz") as exc:
+        repetition_time(img, path)
+    assert "\n" not in str(exc.value)
+    (sub / "sub-01_task-rest_bold.json").write_text('[0.8]')
+    with pytest.raises(InputError, match=r"sub-01_task-rest_bold\.json: sidecar is not a JSON object"):
+        repetition_time(img, path)
+    assert repetition_time(img, path, override=1.5) == 1.5
+
+
+def test_alff_band_above_nyquist_is_refused_and_a_cut_band_is_logged(tmp_path, neuroml_log):
+    from neuroml.functional.maps import check_band
+
+    assert check_band([0.01, 0.08], 2.0) == (0.01, 0.08)
+    assert check_band([0.01, 0.08], 8.0) == (0.01, 0.0625)
+    assert "cut at the Nyquist frequency 0.0625 Hz of TR 8 s" in neuroml_log.text
+    rng = np.random.default_rng(0)
+    img = nib.Nifti1Image(rng.normal(100, 1, (6, 6, 6, 40)).astype(np.float32), np.eye(4) * [6, 6, 6, 1])
+    img.header.set_zooms((6, 6, 6, 12.0))  # Nyquist 0.0417 Hz: the band is cut
+    path = tmp_path / "sub-01_task-rest_bold.nii.gz"
+    nib.save(img, path)
+    with pytest.raises(ConfigError, match=r"sub-01_task-rest_bold\.nii\.gz: the ALFF band 0\.05-0\.08 Hz lies above "
+                                          r"the Nyquist frequency 0\.04167 Hz of TR 12 s"):
+        preprocess_bold_scan(path, resolution=RES, band=[0.05, 0.08], confounds="none")
+    data = rng.normal(size=(3, 3, 3, 30)).astype(np.float32)
+    mask = np.ones((3, 3, 3), bool)
+    neuroml_log.clear()
+    _, _, info = compute_maps(data, mask, np.eye(4) * [6, 6, 6, 1], 10.0, seeds={}, smoothing_fwhm=0.0,
+                              confounds="none", high_pass=None, low_pass=None)
+    assert info["alff_band_hz"] == [0.01, 0.05] and "cut at the Nyquist frequency 0.05 Hz" in neuroml_log.text
+
+
 def test_parameters_are_checked():
     with pytest.raises(ConfigError, match="Did you mean 'confounds'"):
         check_func_params(confound="simple")

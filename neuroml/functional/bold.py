@@ -35,8 +35,8 @@ from neuroml._utils.fileio import read_json
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError
 from neuroml.functional.clean import STRATEGIES, clean_series, find_confounds_file, load_confounds
-from neuroml.functional.maps import (alff_array, falff_array, reho_array, seed_connectivity_array, sphere_mask,
-                                     zscore_in_mask)
+from neuroml.functional.maps import (alff_array, check_band, falff_array, reho_array, seed_connectivity_array,
+                                     sphere_mask, zscore_in_mask)
 from neuroml.io.bids import check_label, parse_entities
 from neuroml.io.image import check_img, header_tr
 from neuroml.io.templates import brain_mask_on_grid, target_grid
@@ -206,16 +206,26 @@ def repetition_time(img, path=None, override=None):
     Raises
     ------
     InputError
-        If none is known (naming the file).
+        If none is known (naming the file), or a sidecar that applies is unreadable or not
+        valid JSON (naming it: skipping it would silently use a farther sidecar's TR).
     """
     if override is not None:
         return float(override)
     if path is not None:
         for side in _sidecar_chain(path):
             try:
-                tr = read_json(side).get("RepetitionTime")
-            except (InputError, AttributeError, OSError):
-                continue
+                meta = read_json(side)
+            except OSError as exc:
+                raise InputError(f"cannot read the sidecar that applies to {Path(path).name} ({exc.strerror or exc})",
+                                 side) from None
+            except InputError as exc:  # a broken sidecar must not let a farther one's TR win silently
+                reason = str(exc).removeprefix(f"{exc.path}: ") if exc.path else str(exc)
+                raise InputError(f"{reason}; it applies to {Path(path).name} under BIDS "
+                                 "inheritance: fix it (or pass tr=)", side) from None
+            if not isinstance(meta, dict):
+                raise InputError(f"sidecar is not a JSON object; it applies to {Path(path).name} under BIDS "
+                                 "inheritance: fix it (or pass tr=)", side)
+            tr = meta.get("RepetitionTime")
             if isinstance(tr, (int, float)) and not isinstance(tr, bool) and np.isfinite(tr) and tr > 0:
                 return float(tr)
     tr = header_tr(img)
@@ -398,6 +408,7 @@ def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **pa
     filt4d = _to_4d(filt, mask)
     maps["reho"] = reho_array(filt4d, mask, params["reho_neighbourhood"])
     resid4d = _smooth(_to_4d(resid, mask), mask, params["smoothing_fwhm"], voxel_mm)
+    band = check_band(params["band"], tr)
     maps["alff"] = alff_array(resid4d, tr, params["band"], mask)
     maps["falff"] = falff_array(resid4d, tr, params["band"], mask)
     del resid4d
@@ -414,7 +425,7 @@ def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **pa
     maps = {k: np.asarray(v, dtype=np.float32) for k, v in maps.items()}
     kept = n if sample_mask is None else len(sample_mask)
     info = {"n_volumes": int(n), "n_volumes_kept": int(kept), "repetition_time": float(tr), "filter": filter_used,
-            "regions_without_coverage": empty}
+            "alff_band_hz": [float(band[0]), float(band[1])], "regions_without_coverage": empty}
     return maps, timeseries, info
 
 
@@ -477,6 +488,7 @@ def preprocess_bold_scan(img, path=None, entities=None, **params):
             raise InputError(f"only {n} volumes: ALFF, ReHo and connectivity need at least "
                              f"{params['min_volumes']} (min_volumes)")
         tr = repetition_time(img, path, params["tr"])
+        band = list(check_band(params["band"], tr, where=label or "BOLD series"))  # fail early; warn once
         confounds, kept, conf_info = _confounds_for(path, entities, params)
         if confounds is not None and confounds.shape[0] != n:
             raise InputError(f"the confounds table has {confounds.shape[0]} rows for {n} volumes")
@@ -495,7 +507,8 @@ def preprocess_bold_scan(img, path=None, entities=None, **params):
                              f"(min_coverage {100 * params['min_coverage']:.0f}%)")
         t1 = time.perf_counter()
         maps, timeseries, info = compute_maps(data, mask, affine, tr, confounds, kept,
-                                               **{k: v for k, v in params.items() if k != "tr"})
+                                               **{k: v for k, v in params.items() if k not in ("tr", "band")},
+                                               band=band)
         timings["clean_and_maps"] = round(time.perf_counter() - t1, 3)
     except InputError as exc:
         if label and exc.path is None:

@@ -22,12 +22,15 @@ Amplitude spectrum: ``amp(f) = 2 |FFT(x)(f)| / T`` for the frequencies ``0 < f <
   voxel and the mean time series of the seed voxels.
 """
 
+import logging
+
 import numpy as np
 
-from neuroml.errors import InputError
+from neuroml.errors import ConfigError, InputError
 
 __all__ = [
     "DEFAULT_BAND",
+    "check_band",
     "amplitude_spectrum",
     "alff_array",
     "falff_array",
@@ -36,6 +39,8 @@ __all__ = [
     "sphere_mask",
     "zscore_in_mask",
 ]
+
+log = logging.getLogger("neuroml")
 
 #: Default low-frequency band of ALFF/fALFF (Hz).
 DEFAULT_BAND = (0.01, 0.08)
@@ -95,10 +100,43 @@ def amplitude_spectrum(series, tr):
     return freqs[1:], amp[..., 1:]
 
 
-def _band_sums(data, mask, tr, band):
+def check_band(band, tr, where=None, warn=True):
+    """The ALFF band ``(low, high)`` checked against the Nyquist frequency ``1 / (2 TR)``.
+
+    Returns ``(low, high)`` with ``high`` cut at the Nyquist frequency (logging a warning,
+    naming ``where``, when ``warn``: fALFF is then not comparable with shorter-TR scans).
+
+    Raises
+    ------
+    ConfigError
+        When ``low`` is at or above the Nyquist frequency (no frequency of the band can be
+        seen at this TR), naming ``where`` and the TR.
+
+    Examples
+    --------
+    >>> check_band((0.01, 0.08), 2.0)
+    (0.01, 0.08)
+    """
+    tr = _check_tr(tr)
     lo, hi = (float(b) for b in band)
     if not 0 <= lo < hi:
         raise InputError(f"frequency band must be (low, high) with 0 <= low < high, got {band!r}")
+    nyquist = 0.5 / tr
+    src = f"{where}: " if where else ""
+    if lo >= nyquist:
+        raise ConfigError(f"{src}the ALFF band {lo:g}-{hi:g} Hz lies above the Nyquist frequency {nyquist:.4g} Hz "
+                          f"of TR {tr:g} s, so ALFF and fALFF cannot be computed; lower the 'band' parameter")
+    if hi > nyquist * (1 + 1e-9):
+        if warn:
+            log.warning("%sthe ALFF band %g-%g Hz is cut at the Nyquist frequency %.4g Hz of TR %g s: ALFF covers "
+                        "%g-%.4g Hz only and fALFF is not comparable with shorter-TR scans", src, lo, hi, nyquist,
+                        tr, lo, nyquist)
+        hi = nyquist
+    return lo, hi
+
+
+def _band_sums(data, mask, tr, band):
+    lo, hi = check_band(band, tr, warn=False)
     freqs, amp = amplitude_spectrum(data[mask], tr)
     sel = (freqs >= lo) & (freqs <= hi)
     if not sel.any():
