@@ -381,3 +381,42 @@ def test_committed_sample_is_complete_and_up_to_date(tmp_path):
     shutil.copytree(SAMPLE, copy)
     summary = make_cohort(copy, **_sample_params())  # same parameters: nothing to regenerate
     assert summary["skipped"], "data_samples/ is out of date: rerun scripts/make_sample_data.py --overwrite"
+
+
+# ---------------------------------------------------------------- functional cohorts
+
+FUNC_TINY = dict(n_subjects=2, resolution=8.0, n_volumes=30, seed=0)
+
+
+def test_func_spikes_need_room_in_the_series(tmp_path):
+    from neuroml.synth.func import make_func_cohort
+
+    with pytest.raises(ConfigError, match=r"n_spikes.*at most n_volumes - 16 = 14.*Got 20"):
+        make_func_cohort(tmp_path / "a", n_subjects=1, n_volumes=30, n_spikes=20)
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_interrupted_func_cohort_is_generated_again(tmp_path, monkeypatch):
+    import neuroml.synth.func as func
+
+    fresh = func.make_func_cohort(tmp_path / "fresh", **FUNC_TINY)
+    record = json.loads((tmp_path / "fresh" / "derivatives/groundtruth/planted_regions.json").read_text())
+    assert "sqrt(1 - c^2 - c_other^2)" in record["effect_model"]
+    real, calls = func._write_nifti_gz, []
+
+    def killed(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(func, "_write_nifti_gz", killed)
+    with pytest.raises(KeyboardInterrupt):
+        func.make_func_cohort(tmp_path / "out", **FUNC_TINY)
+    monkeypatch.setattr(func, "_write_nifti_gz", real)
+    again = func.make_func_cohort(tmp_path / "out", **FUNC_TINY)
+    assert not again["skipped"] and again["participants"] == fresh["participants"]
+    assert _digests(tmp_path / "out") == _digests(tmp_path / "fresh")
+    assert func.make_func_cohort(tmp_path / "out", **FUNC_TINY)["skipped"]
+    with pytest.raises(ConfigError, match="other parameters.*differing: seed"):
+        func.make_func_cohort(tmp_path / "out", **{**FUNC_TINY, "seed": 1})

@@ -317,6 +317,10 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
         "motion_scale": float(check_in_range("motion_scale", motion_scale, 0.0, 10.0)),
         "generator_version": FUNC_SYNTH_VERSION,
     }))
+    spike_room = params["n_volumes"] - 16  # spikes go to distinct volumes, none in the first or last 8
+    if params["n_spikes"] > spike_room:
+        raise ConfigError(f"The 'n_spikes' parameter must be at most n_volumes - 16 = {spike_room} (spikes go to "
+                          f"distinct volumes, none in the first or last 8). Got {params['n_spikes']} instead.")
     root = Path(out_dir)
     gt = root / GROUNDTRUTH_SUBDIR
     record = gt / "planted_regions.json"
@@ -325,15 +329,25 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
         if old is not None and old.get("parameters") == params and old.get("status") == "complete":
             log.info("synthetic func cohort in %s exists with the same parameters: nothing to do", root)
             return _summary(root, params, _participants(root), True, t0)
-        if old is None or not overwrite:
+        if old is not None and old.get("parameters") == params:
+            # an interrupted run with the same parameters: generation is deterministic, so redo it
+            # over the files already there (each is rewritten atomically)
+            log.info("synthetic func cohort in %s was interrupted: generating it again", root)
+        elif old is None or not overwrite:
+            if isinstance(old, dict) and isinstance(old.get("parameters"), dict):
+                diff = sorted(k for k in set(params) | set(old["parameters"])
+                              if old["parameters"].get(k) != params.get(k))
+                raise ConfigError(f"out_dir {str(root)!r} holds a synthetic func cohort made with other parameters "
+                                  f"(differing: {', '.join(diff)}); choose a new folder or pass overwrite=True")
             raise ConfigError(f"out_dir {str(root)!r} is not empty and holds "
                               f"{'another' if old else 'no'} neuroml synthetic cohort; choose a new folder"
                               + (" or pass overwrite=True" if old else ""))
-        for p in root.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+        else:
+            for p in root.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
     grid = _Grid(params["resolution"], networks, planted)
     rng_root = np.random.SeedSequence(seed)
     subject_seqs = rng_root.spawn(n_subjects)
@@ -391,9 +405,11 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
         "generator_version": FUNC_SYNTH_VERSION, "atlas": "aal", "space": "MNI152NLin2009aSym",
         "healthy_class": classes[0], "planted": planted, "masks": {c: mask_filename(c) for c in planted},
         "networks": networks, "effect_model": (
-            "voxel % signal = amp * gm * (c * network_latent + sqrt(1 - c^2) * region_latent) + noise; "
-            f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c *= 1 - {params['decoupling']}, "
-            f"and coupling c * {params['decoupling']} to the {params['rewire_to']!r} network"),
+            "voxel % signal = amp * gm * (c * network_latent + c_other * other_network_latent + "
+            "sqrt(1 - c^2 - c_other^2) * region_latent) + noise (c_other = 0 outside planted regions); "
+            f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c_other = c * "
+            f"{params['decoupling']} to the {params['rewire_to']!r} network (0 when it is their own network), "
+            f"then c *= 1 - {params['decoupling']}"),
         "seed": seed, "parameters": params})
     return _summary(root, params, participants, False, t0)
 
