@@ -164,3 +164,28 @@ def test_load_timeseries_drops_regions_without_signal(tmp_path):
         df.to_csv(tmp_path / f"{name}.tsv", sep="\t", index=False)
     series, regions = load_timeseries([tmp_path / "a.tsv", tmp_path / "b.tsv"])
     assert regions == ["A", "C"] and series[0].shape == (3, 2)
+
+
+def test_connectome_regions_are_chosen_in_each_fold_from_training_subjects(tmp_path):
+    rng = np.random.default_rng(1)
+    pids = [f"sub-{i:02d}" for i in range(12)]
+    y = np.array([i % 2 for i in range(12)])
+    series = [rng.normal(size=(60, 5)) for _ in pids]
+    for i, p in enumerate(pids):
+        pd.DataFrame(series[i], columns=list("ABCDE")).to_csv(tmp_path / f"{p}.tsv", sep="\t", index=False)
+    splits = [{"fold": k, "train": [p for j, p in enumerate(pids) if j % 3 != k], "val": [],
+               "test": [p for j, p in enumerate(pids) if j % 3 == k]} for k in range(3)]
+    loaded, _ = load_timeseries([tmp_path / f"{p}.tsv" for p in pids])
+    base, _ = connectome_cv(loaded, pids, y, splits, 2)
+    # region C has no signal in one test subject of fold 0 (sub-00): the predictions of the other
+    # test subjects of fold 0 must not change (old behaviour: C dropped for every subject and fold)
+    flat = pd.DataFrame(series[0], columns=list("ABCDE")).assign(C=0.0)
+    flat.to_csv(tmp_path / "sub-00.tsv", sep="\t", index=False)
+    paths = [tmp_path / f"{p}.tsv" for p in pids]
+    kept, regions = load_timeseries(paths, drop_constant=False)
+    assert regions == list("ABCDE")
+    proba, fold = connectome_cv(kept, pids, y, splits, 2)
+    assert np.isfinite(proba).all() and (fold >= 0).all()
+    others = [3, 6, 9]
+    np.testing.assert_allclose(proba[others], base[others], rtol=1e-6, atol=1e-9)
+    assert load_timeseries(paths)[1] == list("ABDE")  # the array helper still drops it when asked

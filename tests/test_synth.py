@@ -420,3 +420,17 @@ def test_an_interrupted_func_cohort_is_generated_again(tmp_path, monkeypatch):
     assert func.make_func_cohort(tmp_path / "out", **FUNC_TINY)["skipped"]
     with pytest.raises(ConfigError, match="other parameters.*differing: seed"):
         func.make_func_cohort(tmp_path / "out", **{**FUNC_TINY, "seed": 1})
+
+
+def test_groundtruth_helpers_on_a_func_cohort(tmp_path):
+    from neuroml.synth.func import make_func_cohort
+    from neuroml.synth.groundtruth import planted_mask_path
+
+    make_func_cohort(tmp_path / "f", **FUNC_TINY)
+    mask = nib.load(planted_mask_path(tmp_path / "f", "MDD"))
+    assert np.allclose(nib.affines.voxel_sizes(mask.affine), 8.0)  # the cohort's grid, not MNI 1 mm
+    for call in (lambda: load_subject_transform(tmp_path / "f", "sub-001"),
+                 lambda: true_scanner_coords(tmp_path / "f", "sub-001", [0.0, 0.0, 0.0])):
+        with pytest.raises(InputError, match="planted_regions.json: a functional synthetic cohort.*no MNI -> "
+                                             "scanner warp.*scanner_from_mni"):
+            call()

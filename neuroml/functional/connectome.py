@@ -66,8 +66,13 @@ def find_timeseries(deriv_dir, resolution=None, atlas="aal"):
     return df.drop(columns="res")
 
 
-def load_timeseries(paths):
-    """Read time series TSVs; keep the regions with signal in every file.
+def load_timeseries(paths, drop_constant=True):
+    """Read time series TSVs; keep the regions present in every file.
+
+    With ``drop_constant`` (the default) only the regions with signal in every file are kept.
+    :func:`connectome_run` passes ``drop_constant=False`` and lets :func:`connectome_cv` choose
+    the regions inside each fold from its training subjects, so that test subjects do not
+    decide which regions the model sees.
 
     Returns
     -------
@@ -81,11 +86,13 @@ def load_timeseries(paths):
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise InputError(f"unreadable time series ({str(exc).splitlines()[0]})", p) from None
     common = [c for c in tables[0].columns if all(c in t.columns for t in tables)]
-    keep = [c for c in common if all(t[c].std() > 0 for t in tables)]
+    keep = [c for c in common if all(t[c].std() > 0 for t in tables)] if drop_constant else common
     if len(keep) < 2:
-        raise InputError(f"fewer than 2 regions have signal in every subject ({len(keep)})", paths[0])
+        raise InputError(f"fewer than 2 regions {'have signal' if drop_constant else 'are present'} in every "
+                         f"subject ({len(keep)})", paths[0])
     if len(keep) < len(tables[0].columns):
-        log.info("connectome: %d of %d regions kept (signal in every subject)", len(keep), len(tables[0].columns))
+        log.info("connectome: %d of %d regions kept (%s in every subject)", len(keep), len(tables[0].columns),
+                 "signal" if drop_constant else "present")
     return [t[keep].to_numpy(dtype=np.float64) for t in tables], keep
 
 
@@ -104,6 +111,9 @@ def connectome_cv(series, participant_ids, y, splits, n_classes, seed=0, kind="t
     kind : str, default="tangent"
         The tangent reference (group mean) is learnt from the training subjects only.
     C : float, default=1.0
+
+    In each fold only the regions with signal (non-zero variance) in every training subject
+    are used; a region constant in a test subject then has zero correlation with the others.
 
     Returns
     -------
@@ -130,15 +140,23 @@ def _connectome_cv(series, participant_ids, y, splits, n_classes, seed, kind, C)
     y = np.asarray(y, dtype=int)
     proba = np.full((len(y), n_classes), np.nan)
     fold_of = np.full(len(y), -1)
+    signal = np.array([np.asarray(s).std(axis=0) > 0 for s in series])  # subjects x regions
     for f in splits:
         train = np.flatnonzero(np.isin(pids, list(f["train"]) + list(f["val"])))
         test = np.flatnonzero(np.isin(pids, list(f["test"])))
         if not len(test) or len(set(y[train])) < 2:
             continue
+        regions = np.flatnonzero(signal[train].all(axis=0))  # chosen from the training subjects only
+        if len(regions) < 2:
+            raise InputError(f"fold {f['fold']}: fewer than 2 regions have signal in every training subject "
+                             f"({len(regions)})")
+        if len(regions) < signal.shape[1]:
+            log.info("connectome fold %s: %d of %d regions (signal in every training subject)", f["fold"],
+                     len(regions), signal.shape[1])
         conn = ConnectivityMeasure(cov_estimator=LedoitWolf(store_precision=False), kind=kind, vectorize=True,
                                    discard_diagonal=True, standardize="zscore_sample")
-        x_train = conn.fit_transform([series[i] for i in train])
-        x_test = conn.transform([series[i] for i in test])
+        x_train = conn.fit_transform([series[i][:, regions] for i in train])
+        x_test = conn.transform([series[i][:, regions] for i in test])
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced",
                                                                  random_state=seed))
         clf.fit(x_train, y[train])
@@ -186,7 +204,7 @@ def connectome_run(run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=
     files, labels = files[keep].reset_index(drop=True), labels[keep].tolist()
     if not len(files):
         raise InputError("no participant of the run has atlas time series", deriv_dir)
-    series, regions = load_timeseries(files["path"].tolist())
+    series, regions = load_timeseries(files["path"].tolist(), drop_constant=False)  # regions chosen in each fold
     y = np.array([classes.index(v) for v in labels])
     seed = int(cfg.get("seed", 0))
     proba, fold = connectome_cv(series, files["participant_id"].tolist(), y, run.splits, len(classes), seed, kind)
@@ -199,7 +217,8 @@ def connectome_run(run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=
                                 n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed)
     out.update({"model": "StandardScaler + LogisticRegression(C=1, class_weight='balanced')",
                 "features": f"{kind} connectivity (nilearn ConnectivityMeasure, LedoitWolf, fitted in each "
-                            f"training fold) of {len(regions)} {atlas} regions",
+                            f"training fold) of {len(regions)} {atlas} regions (in each fold those with "
+                            "signal in every training subject)",
                 "kind": kind, "atlas": atlas, "n_regions": len(regions), "n_participants": int(tested.sum()),
                 "folds": "the run's splits.json"})
     write_json_atomic(Path(run_dir) / "connectome_metrics.json", out)

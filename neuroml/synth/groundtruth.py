@@ -9,6 +9,13 @@ where ``p`` is a point in MNI world mm and ``d`` the displacement field (mm) sto
 ``sub-XXX_desc-warp_xfm.nii.gz`` on a coarse MNI grid, interpolated trilinearly (the value
 of the nearest grid point outside the grid). :func:`true_scanner_coords` applies it, so that
 a registration can be scored against the truth.
+
+:func:`~neuroml.synth.func.make_func_cohort` (functional cohorts) stores no such transform:
+its series are made on the MNI grid of ``resolution`` (4 mm by default), and in the ``raw``
+layout only rigidly moved, the move being ``scanner_from_mni`` in each subject's
+``sub-XXX_task-rest_truth.json``. :func:`load_subject_transform` and
+:func:`true_scanner_coords` refuse such a cohort with a message saying so;
+:func:`planted_mask_path` works for both (the mask is on the cohort's own grid).
 """
 
 import logging
@@ -89,8 +96,20 @@ def warp_displacement(field, field_affine, points_mm):
     )
 
 
+def _refuse_func_cohort(gt):
+    record = gt / "planted_regions.json"
+    try:
+        modality = read_json(record).get("modality")
+    except (InputError, AttributeError):
+        return
+    if modality == "func":
+        raise InputError("a functional synthetic cohort (make_func_cohort) has no MNI -> scanner warp: its BOLD "
+                         "is made on the MNI grid and, in the raw layout, only rigidly moved (scanner_from_mni "
+                         "in each subject's sub-XXX_task-rest_truth.json)", record)
+
+
 def load_subject_transform(groundtruth_dir, participant_id):
-    """Load one subject's true MNI -> scanner transform.
+    """Load one subject's true MNI -> scanner transform (T1w cohorts of :func:`~neuroml.synth.make_cohort`).
 
     Parameters
     ----------
@@ -108,9 +127,10 @@ def load_subject_transform(groundtruth_dir, participant_id):
     Raises
     ------
     InputError
-        If a file is missing or broken.
+        If a file is missing or broken, or the cohort is a functional one (which stores no warp).
     """
     gt = _groundtruth_dir(groundtruth_dir)
+    _refuse_func_cohort(gt)
     pid = normalize_participant_id(participant_id)
     rec = read_json(gt / pid / f"{pid}_xfm.json")
     try:
@@ -135,7 +155,7 @@ def load_subject_transform(groundtruth_dir, participant_id):
 
 
 def true_scanner_coords(groundtruth_dir, participant_id, points_mni):
-    """Map MNI points (mm) to the subject's true scanner points (mm): warp, then affine.
+    """Map MNI points (mm) to the subject's true scanner points (mm): warp, then affine (T1w cohorts only).
 
     Parameters
     ----------
@@ -171,7 +191,11 @@ def true_scanner_coords(groundtruth_dir, participant_id, points_mni):
 
 
 def planted_mask_path(groundtruth_dir, diagnosis):
-    """Path of the planted-region mask (MNI 1 mm, uint8) of a patient class.
+    """Path of the planted-region mask (uint8) of a patient class.
+
+    The mask is on the grid the cohort was made on: the 1 mm MNI template grid for
+    :func:`~neuroml.synth.make_cohort`, the MNI grid of ``resolution`` (4 mm by default) for
+    :func:`~neuroml.synth.func.make_func_cohort`; its affine says which.
 
     Raises
     ------
