@@ -29,8 +29,10 @@ def _blob_volume(rng, cls, shape, noise=0.5):
     return (rng.normal(0, noise, shape) + 3.0 * np.exp(-d2 / 8.0)).astype(np.float32)
 
 
-def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), res=8.0, shape=None):
-    """Raw participants.tsv + derivatives: 3 classes told apart by where a bright blob is."""
+def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), res=8.0, shape=None, source_sha=None):
+    """Raw participants.tsv + derivatives: 3 classes told apart by where a bright blob is.
+
+    ``source_sha(pid, ses)``: write each scan's JSON sidecar with that ``SourceSHA256`` (the raw input's)."""
     raw, deriv = root / "raw", root / "deriv"
     raw.mkdir(parents=True)
     affine, grid_shape = target_grid(res)
@@ -46,6 +48,8 @@ def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), re
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{pid}{f'_ses-{ses}' if ses else ''}_space-MNI152NLin2009aSym_res-{res:g}_desc-preproc_T1w"
             nib.save(nib.Nifti1Image(_blob_volume(rng, cls, shape), affine), str(folder / f"{name}.nii.gz"))
+            if source_sha is not None:
+                (folder / f"{name}.json").write_text(json.dumps({"SourceSHA256": source_sha(pid, ses)}))
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
     (deriv / "dataset_description.json").write_text(json.dumps({
         "Name": "derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
@@ -441,6 +445,44 @@ def test_predict_run_new_subjects_and_grid_check(trained, tmp_path, monkeypatch)
     other = make_cohort(tmp_path / "other", n_per_class=1, prefix="oth", shape=(19, 23, 21))
     with pytest.raises(InputError, match=r"shape \(19, 23, 21\).*trained on shape \(19, 23, 20\)"):
         predict_run(run_dir, other)
+
+
+def test_predict_tells_training_scans_from_other_studies_reusing_their_ids(tmp_path):
+    """Leakage is judged by source dataset and raw-scan checksum, not by the ID alone."""
+    import hashlib
+
+    def sha(study):
+        return lambda pid, ses: hashlib.sha256(f"{study}/{pid}/{ses}".encode()).hexdigest()
+
+    deriv = make_cohort(tmp_path / "a", n_per_class=3, source_sha=sha("a"))
+    train_run(deriv, tmp_path / "run", **{**FAST, "epochs": 1, "folds": 2, "baseline": False})
+    inputs = json.loads((tmp_path / "run" / "provenance.json").read_text())["inputs"]
+    assert inputs["source_datasets"] == [(tmp_path / "a" / "raw").resolve().as_uri()]
+    assert inputs["source_sha256"]["sub-01"] == sorted([sha("a")("sub-01", "1"), sha("a")("sub-01", "2")])
+    # another study whose sub-01 ... sub-09 are other people: predicted, not refused
+    other = make_cohort(tmp_path / "b", n_per_class=3, seed=5, source_sha=sha("b"))
+    assert len(predict_run(tmp_path / "run", other)) == 9
+    # the same study preprocessed again elsewhere is still refused by ID ...
+    again = make_cohort(tmp_path / "c", n_per_class=3, source_sha=sha("b"))
+    desc = json.loads((again / "dataset_description.json").read_text())
+    desc["SourceDatasets"] = [{"URL": (tmp_path / "a" / "raw").resolve().as_uri()}]
+    (again / "dataset_description.json").write_text(json.dumps(desc))
+    with pytest.raises(LeakageError, match="9 participant"):
+        predict_run(tmp_path / "run", again)
+    # ... and a training scan under a new ID, from any folder, is refused by its raw checksum
+    renamed = make_cohort(tmp_path / "d", n_per_class=1, prefix="x", seed=6,
+                          source_sha=lambda pid, ses: sha("a")("sub-05", None) if pid == "sub-x02" else sha("d")(pid, ses))
+    with pytest.raises(LeakageError, match=r"same raw scan\): \['sub-x02'\]"):
+        predict_run(tmp_path / "run", renamed)
+    # without checksums nothing is cleared: an ID of the training set is refused
+    bare = make_cohort(tmp_path / "e", n_per_class=1, seed=7)
+    with pytest.raises(LeakageError, match="3 participant"):
+        predict_run(tmp_path / "run", bare)
+    # mistakes named before any work
+    with pytest.raises(InputError, match="nope.tsv: participants file not found"):
+        predict_run(tmp_path / "run", other, participants=tmp_path / "nope.tsv")
+    with pytest.raises(InputError, match="is a folder: give the predictions a file name"):
+        predict_run(tmp_path / "run", other, out_path=tmp_path)
 
 
 # ---------------------------------------------------------------- NeuroClassifier

@@ -510,7 +510,8 @@ class InputHarmonization:
         column = self.spec["site_column"]
         if column not in table.columns:
             raise InputError(f"column {column!r} missing: the run was trained on ComBat-harmonized inputs and needs "
-                             "each subject's site (pass participants=... to use another file)", path)
+                             "each subject's site (another file: --participants TSV, or participants=... in "
+                             "Python)", path)
         absent = sorted(set(pids) - set(table.index))
         if absent:
             raise InputError(f"no row for {absent[:5]}: the run was trained on ComBat-harmonized inputs and needs "

@@ -9,7 +9,7 @@ import pandas as pd
 from neuroml._utils.fileio import write_text_atomic
 from neuroml.errors import InputError, LeakageError
 
-__all__ = ["predict_run", "predictions_table", "check_grid"]
+__all__ = ["predict_run", "predictions_table", "check_grid", "source_identity", "trained_on"]
 
 log = logging.getLogger("neuroml")
 
@@ -60,6 +60,72 @@ def check_grid(affine, shape, run_config, where):
             f"(res-{run_config['resolution']}); preprocess with --resolution {run_config['resolution_mm']:g}", where)
 
 
+def source_identity(deriv_dir, paths):
+    """Where a derivatives folder's scans come from: its source datasets and each scan's raw input.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+    paths : sequence of str
+        Scan paths relative to ``deriv_dir`` (stacked inputs: joined with ``|``; the first is used).
+
+    Returns
+    -------
+    (list of str, list of str or None)
+        The ``SourceDatasets`` URLs of its ``dataset_description.json`` (empty when unknown) and,
+        per path, the ``SourceSHA256`` its JSON sidecar records (None when unknown).
+    """
+    from neuroml._utils.fileio import read_json
+
+    deriv_dir = Path(deriv_dir)
+    try:
+        desc = read_json(deriv_dir / "dataset_description.json")
+        urls = sorted({str(d["URL"]) for d in desc.get("SourceDatasets") or [] if isinstance(d, dict) and "URL" in d})
+    except (InputError, OSError, AttributeError, TypeError):
+        urls = []
+    shas = []
+    for rel in paths:
+        first = str(rel).split("|")[0]
+        side = deriv_dir / (first[:-len(".nii.gz")] if first.endswith(".nii.gz") else first.rsplit(".", 1)[0])
+        try:
+            sha = read_json(side.with_name(side.name + ".json")).get("SourceSHA256")
+        except (InputError, OSError, AttributeError):
+            sha = None
+        shas.append(sha if isinstance(sha, str) and sha else None)
+    return urls, shas
+
+
+def trained_on(run, deriv_dir, participant_ids, paths):
+    """Which of these scans' participants a fold model of ``run`` trained or validated on.
+
+    A participant is "trained on" when a scan's raw input (``SourceSHA256`` of its sidecar) is
+    one the run trained on, under any ID; or when its ID is a training ID, unless the
+    derivatives come from another source dataset than the run's and none of its scans is a
+    training scan (another study reusing ``sub-001``: other people).
+
+    Returns
+    -------
+    (set of str, set of str)
+        The trained-on participants, and those cleared although their ID is a training ID.
+    """
+    from neuroml._utils.fileio import read_json
+
+    try:
+        inputs = read_json(Path(run.run_dir) / "provenance.json").get("inputs") or {}
+    except (InputError, OSError, AttributeError):
+        inputs = {}
+    seen_urls = set(inputs.get("source_datasets") or [])
+    seen_shas = {s for shas in (inputs.get("source_sha256") or {}).values() for s in shas}
+    urls, shas = source_identity(deriv_dir, paths)
+    by_content = {p for p, s in zip(participant_ids, shas) if s is not None and s in seen_shas}
+    by_id = set(participant_ids) & run.trained_ids()
+    cleared = set()
+    if seen_urls and urls and not seen_urls & set(urls) and seen_shas:
+        unknown = {p for p, s in zip(participant_ids, shas) if s is None}
+        cleared = by_id - by_content - unknown
+    return by_content | (by_id - cleared), cleared
+
+
 def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labels=None, device="auto",
                 batch_size=8, participants=None):
     """Predict subjects of a derivatives folder with the mean probability of a run's fold models.
@@ -104,6 +170,11 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     from neuroml.training.trainer import evaluate, resolve_device
 
     run = load_run(run_dir)
+    if participants is not None and not Path(participants).is_file():
+        raise InputError("participants file not found", participants)
+    out_path = Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
+    if out_path.is_dir():
+        raise InputError("is a folder: give the predictions a file name (e.g. predictions.tsv)", out_path)
     cache = open_inputs(deriv_dir, resolution=run.config["resolution"], inputs=run.config.get("inputs"))
     check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
     index = cache.index
@@ -113,13 +184,18 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
         if missing:
             raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
         index = index[index["participant_id"].isin(wanted)]
-    leaked = sorted(set(index["participant_id"]) & run.trained_ids())
+    leaked, cleared = trained_on(run, cache.deriv_dir, index["participant_id"].tolist(), index["path"].tolist())
+    leaked = sorted(leaked)
+    if cleared:
+        log.info("%d participant ID(s) of the training set, %s, name other people here: these derivatives come "
+                 "from another source dataset and none of their scans is a training scan", len(cleared),
+                 sorted(cleared)[:10])
     if leaked:
-        msg = (f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
-               f"{' ...' if len(leaked) > 20 else ''}")
+        msg = (f"{len(leaked)} participant(s) were used to train the run's models (same ID in the same source "
+               f"dataset, or the same raw scan): {leaked[:20]}{' ...' if len(leaked) > 20 else ''}")
         if not force:
             raise LeakageError(msg + "; their predictions would be optimistic. Predict only new subjects "
-                               "(participant_labels=...) or pass force=True")
+                               "(--participant-label / participant_labels=...) or force it (--force / force=True)")
         log.warning("%s; predicting them anyway (force=True)", msg)
     dev = resolve_device(device)
     amp = bool((run.config.get("runtime") or {}).get("amp", True))  # the run's precision (bf16 on CUDA only)
@@ -135,7 +211,6 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
             VolumeDataset(harmonized.apply(k, cache.data, rows, pids))
         probs.append(evaluate(model, data, batch_size=batch_size, device=dev, amp=amp)[0])
     table = predictions_table(index["participant_id"].tolist(), np.mean(probs, axis=0), run.classes)
-    out_path = Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
     write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))
     log.info("predictions of %d participant(s) -> %s", len(table), out_path)
     return table

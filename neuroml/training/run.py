@@ -488,7 +488,16 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_model_card(run_dir)
     outputs.plot_training_curves(run_dir / "training_curve.png", histories)
+    from neuroml.training.predict import source_identity
+
+    urls, raw_shas = source_identity(cache.deriv_dir, cache.index["path"].iloc[cohort.rows].tolist())
+    by_participant = {}
+    for p, sha in zip(cohort.participant_ids, raw_shas):
+        by_participant.setdefault(p, set()).update([sha] if sha else [])
     inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
+              # what predict and attribute compare new scans with (a training scan under another ID, or
+              # a training ID that names someone else in another study)
+              "source_datasets": urls, "source_sha256": {p: sorted(v) for p, v in sorted(by_participant.items())},
               "participants_sha256": sha256_file(cohort.participants_path),
               "volumes_sha256": {p: cache.index["sha256"].iloc[r] for p, r in
                                  zip(cache.index["path"].iloc[cohort.rows], cohort.rows)},
