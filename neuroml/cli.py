@@ -96,17 +96,18 @@ def build_parser():
     s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
     s.add_argument("deriv_dir", type=Path)
     s.add_argument("--run-dir", type=Path, required=True)
-    s.add_argument("--label-column", default="diagnosis")
+    s.add_argument("--label-column", default="diagnosis", help="participants.tsv column of the labels (default "
+                                                                "diagnosis)")
     s.add_argument("--participants", type=Path, default=None, help="participants.tsv (default: the raw dataset's)")
-    s.add_argument("--model", default="compact", help="compact, densenet121, resnet10, resnet18, resnet34")
+    s.add_argument("--model", default="compact", help="compact (default), densenet121, resnet10, resnet18, resnet34")
     s.add_argument("--input-pool", default="auto", type=_input_pool, metavar="{auto,1,2,4}",
                    help="compact network: average-pool the input by this factor (default auto: 2x on the 2 mm "
                         "grid: a CPU training step ~3.6x cheaper; 1 keeps the full resolution)")
-    s.add_argument("--epochs", type=_positive_int, default=20)
-    s.add_argument("--folds", type=_positive_int, default=3)
-    s.add_argument("--batch-size", type=_positive_int, default=4)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--epochs", type=_positive_int, default=20, help="most epochs per fold (default 20)")
+    s.add_argument("--folds", type=_positive_int, default=3, help="cross-validation folds (default 3)")
+    s.add_argument("--batch-size", type=_positive_int, default=4, help="volumes per batch and process (default 4)")
+    s.add_argument("--seed", type=int, default=0, help="seed of splits, weights, shuffling, augmentation (default 0)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto: cuda if present")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     s.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)")
@@ -149,10 +150,15 @@ def build_parser():
     s.add_argument("--no-sanity", action="store_true", help="skip the trust checks (sanity.json)")
     s.add_argument("--n-sanity", type=_positive_int, default=8,
                    help="subjects explained again for the randomization and deletion checks (default 8)")
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                   help="cpu (default), cuda, or auto (cuda when available)")
     s.add_argument("--participants", type=Path, default=None,
                    help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
                         "(default: the raw dataset's)")
+    s.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="write maps, group maps, tables, sanity.json and attribution.json to DIR (default "
+                        "RUN/attribution/<method>, which holds one derivatives folder's attribution; "
+                        "`neuroml report` reads that one)")
 
     s = sub.add_parser("connectome", help="connectome baseline (BOLD) in the folds of a training run")
     s.add_argument("run_dir", type=Path)
@@ -266,9 +272,9 @@ def _dispatch(args):
         return 0
     if c == "attribute":
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
-                       atlas=args.atlas, target=args.target, participants=args.participant_label,
+                       atlas=args.atlas, target=args.target, participant_labels=args.participant_label,
                        force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device,
-                       show_progress=not args.quiet, participants_tsv=args.participants))
+                       show_progress=not args.quiet, participants=args.participants, out_dir=args.out))
         return 0
     if c == "connectome":
         out = run_step("connectome", run_dir=args.run_dir, deriv_dir=args.deriv_dir, atlas=args.atlas, kind=args.kind)

@@ -207,7 +207,7 @@ def test_report_without_a_usable_connectome_file(tmp_path, rng, content):
 
 
 def test_report_needs_a_run_folder(tmp_path):
-    with pytest.raises(InputError, match="config.json"):
+    with pytest.raises(InputError, match=r"not a neuroml run folder \(config.json missing\)"):
         build_report(tmp_path)
 
 

@@ -391,3 +391,15 @@ def test_confound_warning_says_when_a_large_effect_is_not_significant():
     big = confound_message("diagnosis", "site", {"test": "chi-square", "p_value": 1e-6, "effect": "Cramér's V",
                                                  "effect_size": 0.8})
     assert "diagnosis is associated with site" in big and "not significant" not in big
+
+
+def test_confound_advice_fits_the_column():
+    """Leave-one-site-out is advice for an entangled site, not for an entangled sex column."""
+    from neuroml.reports.trust_sections import _confounds
+
+    test = {"test": "chi-square", "statistic": 9.0, "p_value": 0.001, "effect": "Cramér's V", "effect_size": 0.8,
+            "entangled": True}
+    html = _confounds({}, {"tests": {"site": test, "sex": test}, "entangled": ["site", "sex"], "site_column": "site"})
+    site, sex = html.split("associated with site")[1], html.split("associated with sex")[1]
+    assert "compare leave-one-site-out" in site.split("</p>")[0]
+    assert "leave-one-site-out" not in sex.split("</p>")[0] and "per-sex results" in sex.split("</p>")[0]

@@ -522,6 +522,8 @@ def build_report(run_dir, out_path=None):
         If ``run_dir`` has no ``config.json`` (not a run folder).
     """
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():  # the message load_run gives
+        raise InputError("not a neuroml run folder (config.json missing); train one with `neuroml train`", run_dir)
     config = read_json(run_dir / "config.json")
     if not isinstance(config, dict):
         raise InputError("config.json is not a JSON object", run_dir / "config.json")

@@ -35,8 +35,11 @@ def _confounds(metrics, confounds):
         out.append(_table(["column", "test against the label", "statistic", "p", "effect size", "entangled"], rows))
         for col in confounds.get("entangled") or []:
             out.append(f"<p class='warn'>Warning: the label is associated with {_e(col)} in this cohort. A model "
-                       f"can reach high accuracy by recognising {_e(col)}; compare leave-one-site-out results and "
-                       "the site probe below.</p>")
+                       f"can reach high accuracy by recognising {_e(col)}; "
+                       + ("compare leave-one-site-out results and the site probe below."
+                          if col == confounds.get("site_column") else
+                          f"check the bias audit's per-{_e(col)} results and whether {_e(col)} alone predicts "
+                          "the label.") + "</p>")
     probe = (metrics or {}).get("site_probe")
     if probe and probe.get("balanced_accuracy") is not None:
         cnn, base = (metrics or {}).get("cnn") or {}, (metrics or {}).get("baseline") or {}
