@@ -353,7 +353,7 @@ def test_attribute_run_end_to_end(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean 'MDD'"):
         attribute_run(run_dir, deriv, target="MDDD", show_progress=False)
     with pytest.raises(InputError, match="sub-99"):
-        attribute_run(run_dir, deriv, participants=["sub-99"], show_progress=False)
+        attribute_run(run_dir, deriv, participant_labels=["sub-99"], show_progress=False)
 
 
 def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
@@ -366,8 +366,8 @@ def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
     some = ["sub-01", "sub-04"]
 
     def call(atlas, method="region_occlusion"):
-        doc = json.loads(attribute_run(run_dir, deriv, method=method, atlas=atlas, target="true", participants=some,
-                                       sanity=False, show_progress=False).read_text())
+        doc = json.loads(attribute_run(run_dir, deriv, method=method, atlas=atlas, target="true",
+                                       participant_labels=some, sanity=False, show_progress=False).read_text())
         return doc, {s["participant_id"]: s["skipped"] for s in doc["subjects"]}
 
     def read(pid, method="region_occlusion"):
@@ -422,7 +422,7 @@ def test_sanity_json_names_its_call_and_is_never_left_stale(tmp_path):
 
     doc = call()
     trust = json.loads((folder / "sanity.json").read_text())
-    doc2 = call(sanity=False, participants=["sub-01"])
+    doc2 = call(sanity=False, participant_labels=["sub-01"])
     assert not (folder / "sanity.json").exists()  # the checks of the earlier call, on other subjects
     assert trust["call_id"] == doc["call_id"] == doc["sanity"]["call_id"] == doc["trust"]["call_id"]
     assert trust["identity_sha256"] == doc["identity_sha256"]
@@ -440,7 +440,7 @@ def test_sanity_json_names_its_call_and_is_never_left_stale(tmp_path):
     # checks asked for, but no explained scan has a class label: not run, and said why
     tsv = tmp_path / "raw" / "participants.tsv"
     tsv.write_text(tsv.read_text().replace("sub-07\tMDD", "sub-07\tn/a"))
-    doc4 = json.loads(attribute_run(run_dir, deriv, method="saliency", participants=["sub-07"], n_sanity=2,
+    doc4 = json.loads(attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-07"], n_sanity=2,
                                     show_progress=False).read_text())
     assert not (folder / "sanity.json").exists()
     assert doc4["sanity"]["run"] is False and "class label" in doc4["sanity"]["reason"]
@@ -454,7 +454,7 @@ def test_every_method_explains_a_two_channel_run(tmp_path):
     run_dir, deriv = _make_run(tmp_path, channels=2)
     shape = SHAPE_8MM()
     for method in ALL_METHODS:
-        out = attribute_run(run_dir, deriv, method=method, target="true", participants=["sub-01", "sub-07"],
+        out = attribute_run(run_dir, deriv, method=method, target="true", participant_labels=["sub-01", "sub-07"],
                             sanity=method == "region_occlusion", n_sanity=2, show_progress=False)
         doc = json.loads(out.read_text())
         for s in doc["subjects"]:
@@ -467,9 +467,9 @@ def test_every_method_explains_a_two_channel_run(tmp_path):
 def test_attribute_run_refuses_training_subjects(tmp_path):
     run_dir, deriv = _make_run(tmp_path, extra_trained=True)
     with pytest.raises(LeakageError, match="sub-05"):
-        attribute_run(run_dir, deriv, method="saliency", participants=["sub-05"], show_progress=False)
+        attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-05"], show_progress=False)
     assert not (run_dir / "attribution" / "saliency").exists()
-    out = attribute_run(run_dir, deriv, method="saliency", participants=["05", "sub-01"], force=True,
+    out = attribute_run(run_dir, deriv, method="saliency", participant_labels=["05", "sub-01"], force=True,
                         show_progress=False)
     uses = {s["participant_id"]: s["model_use"] for s in json.loads(out.read_text())["subjects"]}
     assert uses == {"sub-05": "trained-on", "sub-01": "out-of-fold"}
@@ -480,7 +480,7 @@ def test_group_maps_explain_each_subjects_own_class(tmp_path):
     from neuroml.training import load_run
 
     run_dir, deriv = _make_run(tmp_path)
-    out = attribute_run(run_dir, deriv, method="saliency", target="control", participants=["sub-04", "sub-05"],
+    out = attribute_run(run_dir, deriv, method="saliency", target="control", participant_labels=["sub-04", "sub-05"],
                         show_progress=False)
     doc = json.loads(out.read_text())
     assert {s["target_label"] for s in doc["subjects"]} == {"control"}
@@ -782,7 +782,115 @@ def test_bench_script_times_each_method_on_attribute_runs_layer(tmp_path):
     spec.loader.exec_module(bench)
     run_dir, deriv = _make_run(tmp_path)
     seconds, layers = bench.time_methods(run_dir, deriv, ["gradcam", "hirescam"], "cpu", 1)
-    used = {m: json.loads(attribute_run(run_dir, deriv, method=m, participants=["sub-01"], sanity=False,
+    used = {m: json.loads(attribute_run(run_dir, deriv, method=m, participant_labels=["sub-01"], sanity=False,
                                         show_progress=False).read_text())["target_layer"] for m in layers}
     assert layers == used and layers["hirescam"] != layers["gradcam"]
     assert set(seconds) == {"gradcam", "hirescam"} and all(v >= 0 for v in seconds.values())
+
+
+# -- calls on some participants, on other derivatives; options ------------------------------------------------
+def _listed(folder, doc):
+    """The attribution files of ``folder`` and those its ``attribution.json`` (``doc``) lists."""
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    listed = {"attribution.json", *(v for v in (doc["sanity"]["file"], doc["sanity"]["superseded"]) if v)}
+    for s in doc["subjects"]:
+        listed.update((s["map"], s["regions_tsv"], s["regions_json"]))
+    for g in doc["group"].values():
+        listed.update(v for k, v in g.items() if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v)
+    return on_disk, listed
+
+
+def test_a_call_on_some_participants_keeps_the_others_and_recomputes_the_group(tmp_path):
+    run_dir, deriv = _make_run(tmp_path)
+    folder = run_dir / "attribution" / "saliency"
+
+    def call(labels=None, target="true", **kw):
+        return json.loads(attribute_run(run_dir, deriv, method="saliency", target=target, participant_labels=labels,
+                                        n_sanity=2, show_progress=False, **kw).read_text())
+
+    full = call()
+    pool = json.loads((folder / "sanity.json").read_text())["n_subjects_pool"]
+    mdd = nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata()
+    stamp = (folder / map_name("sub-05", method="saliency")).stat().st_mtime_ns
+    doc = call(["sub-01"])
+    subjects = {s["participant_id"]: s for s in doc["subjects"]}
+    assert sorted(subjects) == sorted(s["participant_id"] for s in full["subjects"]) and doc["n_subjects"] == 7
+    assert all(s["skipped"] for s in doc["subjects"])
+    assert (folder / map_name("sub-05", method="saliency")).stat().st_mtime_ns == stamp
+    assert {c: g["n"] for c, g in doc["group"].items()} == {"control": 3, "MDD": 4}
+    np.testing.assert_allclose(nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata(), mdd)
+    trust = json.loads((folder / "sanity.json").read_text())  # the checks cover every kept subject
+    assert trust["call_id"] == doc["call_id"] and trust["n_subjects_pool"] == pool
+    on_disk, listed = _listed(folder, doc)
+    assert on_disk == listed
+
+    # sub-02's and sub-03's maps replaced since (not by a call): not kept; control has one subject, no t map
+    for pid in ("sub-02", "sub-03"):
+        nib.save(nib.Nifti1Image(np.ones(SHAPE_8MM(), np.float32), np.eye(4)),
+                 folder / map_name(pid, method="saliency"))
+    assert (folder / "group" / "class-control_desc-tstat_map.nii.gz").is_file()
+    doc = call(["sub-04"])
+    assert sorted(s["participant_id"] for s in doc["subjects"]) == ["sub-01", "sub-04", "sub-05", "sub-06", "sub-07"]
+    assert doc["group"]["control"]["n"] == 1 and doc["group"]["control"]["tstat_map"] is None
+    assert not (folder / "group" / "class-control_desc-tstat_map.nii.gz").exists()
+    assert not (folder / map_name("sub-02", method="saliency")).exists()
+    assert not list(folder.glob("sub-03_*"))  # its map and region tables
+    np.testing.assert_allclose(nib.load(folder / "group" / "class-control_desc-mean_map.nii.gz").get_fdata(),
+                               nib.load(folder / map_name("sub-01", method="saliency")).get_fdata(), atol=1e-7)
+    on_disk, listed = _listed(folder, doc)
+    assert on_disk == listed
+
+    # another target is another identity: the earlier maps are not kept, and their files go
+    doc = call(["sub-04"], target="MDD", sanity=False)
+    assert [s["participant_id"] for s in doc["subjects"]] == ["sub-04"] and list(doc["group"]) == ["MDD"]
+    on_disk, listed = _listed(folder, doc)
+    assert on_disk == listed and "sanity_superseded.json" in on_disk
+
+
+def test_other_derivatives_are_refused_unless_written_elsewhere(tmp_path):
+    import shutil
+
+    run_dir, deriv = _make_run(tmp_path)
+    folder = run_dir / "attribution" / "saliency"
+    attribute_run(run_dir, deriv, method="saliency", sanity=False, show_progress=False)
+    before = (folder / "attribution.json").read_bytes()
+    other = tmp_path / "deriv2"
+    shutil.copytree(deriv, other)
+    with pytest.raises(InputError) as err:
+        attribute_run(run_dir, other, method="saliency", participant_labels=["sub-01"], show_progress=False)
+    message = str(err.value)
+    assert "\n" not in message and str(deriv.resolve()) in message and str(other.resolve()) in message
+    assert str(folder / "attribution.json") in message and "--out" in message
+    assert (folder / "attribution.json").read_bytes() == before
+
+    out = attribute_run(run_dir, other, method="saliency", participant_labels=["sub-01", "sub-04"], n_sanity=2,
+                        show_progress=False, out_dir=tmp_path / "elsewhere")
+    assert out == tmp_path / "elsewhere" / "attribution.json"
+    doc = json.loads(out.read_text())
+    assert doc["deriv_dir"] == str(other.resolve()) and doc["n_subjects"] == 2
+    on_disk, listed = _listed(out.parent, doc)
+    assert on_disk == listed and {"sanity.json", "group/class-MDD_desc-mean_map.nii.gz"} <= on_disk
+    assert (folder / "attribution.json").read_bytes() == before
+    assert sorted(p.name for p in (run_dir / "attribution").iterdir()) == ["saliency"]
+
+
+def test_attribute_options_are_checked_with_helpful_messages(tmp_path):
+    from neuroml.cli import build_parser
+
+    run_dir, deriv = _make_run(tmp_path)
+    missing = tmp_path / "no" / "such.tsv"
+    with pytest.raises(InputError, match="participants file not found") as err:  # the run is not harmonized
+        attribute_run(run_dir, deriv, method="saliency", participants=missing, show_progress=False)
+    assert str(missing) in str(err.value)
+    with pytest.raises(ConfigError, match="Did you mean 'aal'"):
+        attribute_run(run_dir, deriv, atlas="AAL3", show_progress=False)
+    assert not (run_dir / "attribution").exists()
+
+    args = build_parser().parse_args(["attribute", "r", "d", "--device", "auto", "--out", "o"])
+    assert args.device == "auto" and str(args.out) == "o"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cpu"):
+            attribute_run(run_dir, deriv, method="saliency", device="cuda", show_progress=False)
+    doc = json.loads(attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-01"], device="auto",
+                                   sanity=False, show_progress=False).read_text())
+    assert doc["n_subjects"] == 1

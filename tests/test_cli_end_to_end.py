@@ -120,6 +120,33 @@ def test_attribute_then_report(flow):
     assert "<script src=" not in html and "href=\"http" not in html  # self-contained
 
 
+def test_attribute_on_some_participants_keeps_the_others_and_other_derivatives_go_elsewhere(flow, tmp_path):
+    import shutil
+
+    run, deriv, new = flow["run"], flow["deriv"], flow["new"]
+    neuroml("attribute", run, deriv, "--method", "gradcam", "--participant-label", *new)
+    proc = neuroml("attribute", run, deriv, "--method", "gradcam", "--participant-label", new[0], "--no-sanity")
+    doc = json.loads(open(proc.stdout.strip(), encoding="utf-8").read())
+    assert sorted(s["participant_id"] for s in doc["subjects"]) == sorted(new)  # the other two are kept
+    assert doc["n_subjects"] == 3 and all(s["skipped"] for s in doc["subjects"])
+
+    other = tmp_path / "deriv2"
+    shutil.copytree(deriv, other)
+    refused = neuroml("attribute", run, other, "--method", "gradcam", "--participant-label", new[0], ok=False)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+    assert str(deriv.resolve()) in refused.stderr and str(other.resolve()) in refused.stderr
+    out = tmp_path / "elsewhere"
+    proc = neuroml("attribute", run, other, "--method", "gradcam", "--participant-label", new[0], "--out", out,
+                   "--device", "auto", "--no-sanity")
+    assert proc.stdout.strip() == str(out / "attribution.json")
+    assert json.loads((out / "attribution.json").read_text())["deriv_dir"] == str(other.resolve())
+    kept = json.loads((run / "attribution" / "gradcam" / "attribution.json").read_text())
+    assert kept["call_id"] == doc["call_id"] and kept["deriv_dir"] == str(deriv.resolve())
+    assert "gradcam" in open(neuroml("report", run).stdout.strip(), encoding="utf-8").read()
+    typo = neuroml("attribute", run, deriv, "--atlas", "AAL3", ok=False)
+    assert "Did you mean 'aal'" in typo.stderr and len(typo.stderr.strip().splitlines()) == 1
+
+
 def test_attribute_explains_training_subjects_only_with_their_held_out_fold(flow):
     """A cross-validated subject is explained by the one fold model that never saw it."""
     pid = flow["train"][0]

@@ -207,7 +207,7 @@ def test_attribute_explains_harmonized_inputs(harmonized):
     run = load_run(run_dir)
     vols, pids, sites, cov = _cohort_arrays(deriv, run)
     chosen = [run.splits[0]["test"][0], run.splits[1]["test"][0]]
-    out = attribute_run(run_dir, deriv, method="saliency", participants=chosen, show_progress=False, n_sanity=2)
+    out = attribute_run(run_dir, deriv, method="saliency", participant_labels=chosen, show_progress=False, n_sanity=2)
     doc = json.loads(out.read_text())
     assert doc["harmonized_inputs"]["method"] == "combat" and doc["trust"]["randomization"] is not None
     models = dict(run.fold_models())

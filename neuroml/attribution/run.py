@@ -5,11 +5,12 @@ Subjects outside the run are explained by every fold model (maps and probabiliti
 averaged). A subject that every usable model was trained on raises
 :class:`~neuroml.errors.LeakageError` unless ``force=True``.
 
-Outputs (``docs/layout.md``), under ``RUN/attribution/<method>/``::
+Outputs (``docs/layout.md``), under ``RUN/attribution/<method>/`` (or ``out_dir``)::
 
     sub-X[_ses-Y][_run-Z]_desc-<method>_map.nii.gz    per scan, on the grid, grid affine
     group/class-<C>_desc-mean_map.nii.gz              mean over subjects of class C (target C)
     group/class-<C>_desc-tstat_map.nii.gz             one-sample t map (>= 2 subjects)
+    sub-X..._desc-<method>_atlas-<atlas>_regions.tsv / .json   region table of each map
     regions_atlas-<atlas>_class-<C>.tsv / .json       region table of the class's mean map
     sanity.json                                       trust checks (:mod:`neuroml.attribution.sanity`)
     attribution.json                                  settings, subjects, timings, files, trust summary
@@ -19,6 +20,13 @@ call's ``identity`` (method, target, the method's settings and layer, the atlas 
 ``region_occlusion``, a digest of each fold model and of the ComBat files) and the
 subject's input checksum, folds and target class, and the map file is the one that call
 wrote (``map_sha256``); anything else is recomputed.
+A call on some participants (``participant_labels``) adds or updates theirs and keeps the
+other subjects of the folder whose maps are still valid as above (the same ``identity``, input
+checksum and folds, the map file intact); the group maps, class region tables and trust checks
+are computed again over every kept subject, and files the new ``attribution.json`` does not list
+(maps of dropped subjects, a t map that can no longer be computed) are deleted. The folder holds
+the attribution of one derivatives folder (``deriv_dir`` in ``attribution.json``): a call on
+other derivatives is refused unless it writes elsewhere (``out_dir``).
 Each call gets a new ``call_id``; ``sanity.json`` carries the ``call_id`` of the call that
 wrote it (and ``attribution.json`` the same under ``sanity.call_id``). A call that does
 not run the checks moves an earlier ``sanity.json`` aside to ``sanity_superseded.json``
@@ -49,7 +57,7 @@ from neuroml.attribution import sanity as checks
 from neuroml.attribution.methods import ALL_METHODS, Explainer
 from neuroml.attribution.regions import region_table, write_region_table
 from neuroml.errors import ConfigError, InputError, LeakageError
-from neuroml.io.atlases import ATLASES, atlas_on_grid
+from neuroml.io.atlases import atlas_on_grid, load_atlas
 
 __all__ = ["attribute_run", "map_name"]
 
@@ -109,7 +117,7 @@ def _true_labels(run, run_dir, deriv_dir):
     return labels
 
 
-def _folds_for(pid, run, folds, used_by, force):
+def _folds_for(pid, run, folds, used_by, force, quiet=False):
     """(folds to use, how) for a participant; raise LeakageError if all trained on it."""
     k = run.test_fold_of(pid)
     if k is not None:
@@ -120,7 +128,8 @@ def _folds_for(pid, run, folds, used_by, force):
     if not force:
         raise LeakageError(f"{pid} was used to train every fold model and is in no fold's test set; "
                            "its maps would explain training data (pass force=True to do it anyway)")
-    log.warning("%s: every model was trained on it; explaining it anyway (force=True)", pid)
+    if not quiet:
+        log.warning("%s: every model was trained on it; explaining it anyway (force=True)", pid)
     return tuple(folds), "trained-on"
 
 
@@ -229,9 +238,9 @@ def _top_regions(table, n=5):
             for r, h, m in zip(table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n])]
 
 
-def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", target="predicted", participants=None,
-                  force=False, device="cpu", show_progress=True, batch_size=4, sanity=True, n_sanity=8, seed=0,
-                  participants_tsv=None):
+def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", target="predicted",
+                  participant_labels=None, force=False, device="cpu", show_progress=True, batch_size=4, sanity=True,
+                  n_sanity=8, seed=0, participants=None, out_dir=None):
     """Attribution maps, group maps and region tables for the subjects of a run.
 
     Parameters
@@ -249,11 +258,14 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         One of :data:`~neuroml.io.atlases.ATLASES`.
     target : str, default="predicted"
         ``"predicted"``, ``"true"`` (the subject's label) or a class name.
-    participants : list of str, optional
-        Participant labels (``sub-01`` or ``01``); default every scan of the derivatives.
+    participant_labels : list of str, optional
+        Participant labels (``sub-01`` or ``01``); default every scan of the derivatives. The
+        other subjects already in the output folder (for the same ``deriv_dir``) are kept while
+        their maps are valid, and the group maps, tables and checks cover them all.
     force : bool, default=False
         Explain subjects every usable model was trained on (flagged in the output).
     device : str, default="cpu"
+        ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when available).
     show_progress : bool, default=True
     batch_size : int, default=4
         Subjects per batch.
@@ -264,26 +276,33 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         deletion checks, which explain them again.
     seed : int, default=0
         Seeds the choice of those subjects, the randomized weights and the random orders.
-    participants_tsv : str or Path, optional
+    participants : str or Path, optional
         For a run trained with ``harmonize="combat"``: ``participants.tsv`` holding the subjects'
         site (and age, sex); default the raw dataset's of ``deriv_dir``. Each fold model
         explains the scans harmonized with its fold's saved ComBat (what it was trained and
         tested on); a site its training participants did not hold is left unharmonized for
-        it, with a warning.
+        it, with a warning. Must be an existing file when given.
+    out_dir : str or Path, optional
+        Folder for the whole result set (maps, group maps, tables, ``sanity.json``,
+        ``attribution.json``); default ``RUN/attribution/<method>``, which holds the
+        attribution of one derivatives folder (another one is refused: give it its own
+        ``out_dir``). ``neuroml report`` reads ``RUN/attribution/*`` only.
 
     Returns
     -------
     Path
-        ``RUN/attribution/<method>/attribution.json``.
+        ``<out_dir>/attribution.json`` (default ``RUN/attribution/<method>/attribution.json``).
 
     Raises
     ------
     LeakageError
         If a subject was used to train every model that would explain it and not ``force``.
     InputError
-        If the derivatives' grid differs from the run's, or a participant is unknown.
+        If the derivatives' grid differs from the run's, a participant is unknown, the
+        ``participants`` file does not exist, or the output folder holds the attribution of
+        other derivatives.
     ConfigError
-        For an unknown method, atlas or target.
+        For an unknown method, atlas, target or device (or CUDA asked for and absent).
     """
     from tqdm.auto import tqdm
 
@@ -291,7 +310,20 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     from neuroml.training.run import load_run
 
     method = look_up_option("method", method, ALL_METHODS)
-    atlas = look_up_option("atlas", atlas, ATLASES)
+    atlas = load_atlas(atlas).name  # checks the name ("did you mean"); atlas_on_grid reads it again from the cache
+    if participants is not None and not Path(participants).is_file():
+        raise InputError("participants file not found", participants)
+    device = _resolve_device(device)
+    out_dir = Path(run_dir) / "attribution" / method if out_dir is None else Path(out_dir)
+    json_path = out_dir / "attribution.json"
+    deriv_key = str(Path(deriv_dir).resolve())
+    earlier_doc = _read_doc(json_path)
+    recorded = earlier_doc.get("deriv_dir")
+    if recorded is not None and str(recorded) != deriv_key:
+        raise InputError(f"holds the attribution of the derivatives {recorded}, not of {deriv_key}: "
+                         "pass out_dir=... (--out DIR) to write the attribution of these derivatives elsewhere "
+                         "(or remove that folder first)",
+                         json_path)
     run = load_run(run_dir)
     classes = [str(c) for c in run.classes]
     if target not in ("predicted", "true"):
@@ -299,20 +331,11 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     cfg = run.config
     cache = open_inputs(deriv_dir, resolution=cfg.get("resolution"), inputs=cfg.get("inputs"))
     _check_grid(cache, cfg, deriv_dir)
-    rows = _select(cache.index, participants)
+    rows = _select(cache.index, participant_labels)
     fold_models = dict(run.fold_models(device))
     folds = list(fold_models)
     used_by = _used_by(run, folds)
     plan = {r.row: _folds_for(r.participant_id, run, folds, used_by, force) for r in rows.itertuples()}
-    harmonized = None
-    if cfg.get("harmonized_inputs"):
-        from neuroml.training.harmonize import InputHarmonization
-
-        harmonized = InputHarmonization(run, rows["participant_id"].tolist(), deriv_dir, participants_tsv)
-
-    def inputs_for(fold, x, pids):
-        """What fold ``fold``'s model was trained on: ``x`` itself, or harmonized with the fold's ComBat."""
-        return x if harmonized is None else harmonized.apply(fold, x, np.arange(len(x)), pids)
     labels = _true_labels(run, run_dir, deriv_dir)
     if target == "true":
         unlabeled = sorted({r.participant_id for r in rows.itertuples() if labels.get(r.participant_id) not in classes})
@@ -321,15 +344,30 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     target_layer = method_target_layer(method, cfg.get("model"), next(iter(fold_models.values())),
                                        cache.load([rows["row"].iloc[0]]) if len(rows) else None)
 
-    out_dir = Path(run_dir) / "attribution" / method
-    json_path = out_dir / "attribution.json"
     for folder in (out_dir, out_dir / "group"):
         remove_stale_temporaries(folder)  # left by a killed run
     atlas_labels, atlas_names = atlas_on_grid(atlas, cache.affine, cache.shape)
     call_id = uuid.uuid4().hex
     identity = _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds, cfg)
     identity_sha256 = _digest(identity)
-    previous = _previous_entries(json_path, identity_sha256)
+    previous = _previous_entries(earlier_doc, identity_sha256) if recorded is not None else {}
+    earlier = _earlier_rows(previous, rows, cache.index, method, out_dir, run, folds, used_by, force, target, labels)
+    for row, how in earlier.items():
+        plan[row] = how
+    harmonized = None
+    if cfg.get("harmonized_inputs"):
+        from neuroml.training.harmonize import InputHarmonization
+
+        try:
+            harmonized = InputHarmonization(run, rows["participant_id"].tolist() + [
+                r.participant_id for r in cache.index.itertuples() if r.row in earlier], deriv_dir, participants)
+        except InputError:
+            if not earlier:
+                raise
+            harmonized = InputHarmonization(run, rows["participant_id"].tolist(), deriv_dir, participants)
+            log.warning("attribution %s: the earlier subjects of %s cannot be harmonized any more; dropped",
+                        method, out_dir)
+            earlier = {}
     sha = dict(zip(cache.index["row"], cache.index["sha256"]))
 
     def input_key(r):
@@ -339,6 +377,16 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         cov = harmonized.cov.get(r.participant_id)
         return _digest([str(sha[r.row]), harmonized.site.get(r.participant_id),
                         None if cov is None else np.asarray(cov).tolist()])
+    earlier = {r.row: earlier[r.row] for r in cache.index.itertuples()  # kept while the input is the one explained
+               if r.row in earlier and previous[map_name(r.participant_id, r.session, r.run, method)].get(
+                   "input_sha256") == input_key(r)}
+    if earlier:
+        log.info("attribution %s: keeping %d earlier scan(s) of %s", method, len(earlier), out_dir)
+    rows = cache.index[cache.index["row"].isin(set(rows["row"]) | set(earlier))]
+
+    def inputs_for(fold, x, pids):
+        """What fold ``fold``'s model was trained on: ``x`` itself, or harmonized with the fold's ComBat."""
+        return x if harmonized is None else harmonized.apply(fold, x, np.arange(len(x)), pids)
     voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0
 
     feature_mask = atlas_labels if method == "region_occlusion" else None
@@ -387,6 +435,8 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
                 "session": r.session if _given(r.session) else None,
                 "run": r.run if _given(r.run) else None,
                 "map": names[i],
+                "regions_tsv": f"{stem}.tsv",
+                "regions_json": f"{stem}.json",
                 "folds": fold_ids,
                 "input_sha256": keys[i],
                 "map_sha256": map_sha.get(names[i]) or previous[names[i]]["map_sha256"],
@@ -437,7 +487,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         "call_id": call_id, "identity": identity, "identity_sha256": identity_sha256,
         "method": method, "target": target, "atlas": atlas, "target_layer": target_layer,
         "classes": classes, "grid": {"affine": cache.affine.tolist(), "shape": list(cache.shape)},
-        "deriv_dir": str(Path(deriv_dir).resolve()), "n_subjects": len(entries),
+        "deriv_dir": deriv_key, "n_subjects": len(entries),
         "subjects": [entries[k] for k in sorted(entries)], "group": group_info,
         "timing": {"total_seconds": round(total, 3),
                    "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)}},
@@ -449,21 +499,89 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         "versions": package_versions(),
     }
     write_json_atomic(json_path, doc)
+    _remove_unlisted(out_dir, doc)  # after the new list: a killed call leaves extra files, never missing ones
     log.info("attribution %s: %d scans, %.1f s; %s", method, len(entries), total, out_dir)
     return json_path
 
 
-def _previous_entries(json_path, identity_sha256):
-    """Subjects of an earlier call with the same identity (method, target, settings, models...), by map name."""
+def _resolve_device(device):
+    """:func:`~neuroml.training.trainer.resolve_device`, with a missing GPU named as the option to change."""
+    import torch
+
+    from neuroml.training.trainer import resolve_device
+
+    try:
+        asked = None if device is None or device == "auto" else torch.device(device)
+    except (RuntimeError, TypeError):
+        asked = None  # resolve_device names the bad value
+    if asked is not None and asked.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} was requested but torch sees no CUDA device; "
+                          "use --device cpu or --device auto (device=\"cpu\" or \"auto\" in Python)")
+    return resolve_device(device)
+
+
+def _read_doc(json_path):
+    """An earlier ``attribution.json`` as a dict ({} when there is none or it is unreadable)."""
     if not json_path.is_file():
         return {}
     try:
         doc = read_json(json_path)
     except InputError:
         return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _previous_entries(doc, identity_sha256):
+    """Subjects of an earlier call with the same identity (method, target, settings, models...), by map name."""
     if doc.get("identity_sha256") != identity_sha256:  # also an older file without one: maps recomputed
         return {}
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
+
+
+def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, force, target, labels):
+    """``{row: (folds, how)}`` of the earlier call's scans outside ``rows`` that are still valid:
+    in the derivatives, explained by the same folds, the map file the one that call wrote
+    (``map_sha256``) and, for ``target="true"``, the same label (the input is checked later)."""
+    wanted = set(rows["row"])
+    out = {}
+    for r in index.itertuples():
+        name = map_name(r.participant_id, r.session, r.run, method)
+        e = previous.get(name)
+        if r.row in wanted or e is None or e.get("participant_id") != r.participant_id:
+            continue
+        try:  # a subject explained with force=True stays (flagged "trained-on")
+            how = _folds_for(r.participant_id, run, folds, used_by, force or e.get("model_use") == "trained-on",
+                             quiet=True)
+        except LeakageError:
+            continue
+        if [f if isinstance(f, (int, str)) else str(f) for f in how[0]] != e.get("folds"):
+            continue
+        if target == "true" and labels.get(r.participant_id) != e.get("target_label"):
+            continue
+        path = out_dir / name
+        if path.is_file() and e.get("map_sha256") == sha256_file(path):
+            out[r.row] = how
+    return out
+
+
+#: Files an attribution folder may hold besides ``attribution.json`` (anything else is left alone).
+_OWN_FILES = ("*_map.nii.gz", "*_regions.tsv", "*_regions.json", "regions_atlas-*.tsv", "regions_atlas-*.json",
+              "sanity.json", "sanity_superseded.json")
+
+
+def _remove_unlisted(out_dir, doc):
+    """Delete the attribution files of ``out_dir`` that ``doc`` (its ``attribution.json``) does not list."""
+    keep = {"attribution.json"}
+    for s in doc["subjects"]:
+        keep.update((s["map"], s["regions_tsv"], s["regions_json"]))
+    for g in doc["group"].values():
+        keep.update(v for k, v in g.items() if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v)
+    keep.update(v for v in (doc["sanity"]["file"], doc["sanity"]["superseded"]) if v)
+    for pattern in (*_OWN_FILES, "group/*_map.nii.gz"):
+        for path in out_dir.glob(pattern):
+            if path.is_file() and path.relative_to(out_dir).as_posix() not in keep:
+                path.unlink(missing_ok=True)
+                log.info("removed %s (no longer listed in attribution.json)", path)
 
 
 def _remove_other_tables(out_dir, name, keep_stem):
