@@ -145,7 +145,9 @@ def build_parser():
                         "saliency, integrated_gradients, smoothgrad, occlusion")
     s.add_argument("--atlas", default="aal")
     s.add_argument("--target", default="predicted", help="predicted, true, or a class name")
-    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")
+    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                   help="explain only these participants (default: all); the others already in the folder are "
+                        "kept while their maps are valid")
     s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
     s.add_argument("--no-sanity", action="store_true", help="skip the trust checks (sanity.json)")
     s.add_argument("--n-sanity", type=_positive_int, default=8,
