@@ -46,35 +46,34 @@ def check_lines(method, sanity):
     """``(state, text)`` per trust check of one method's ``sanity.json``, each with its verdict
     (PASSED, FAILED or not decided) in plain text (escape it for HTML)."""
     items = []
+
+    def add(check, text, failed="FAILED", detail=""):
+        passed = check.get("passed")
+        items.append((check_state(passed), f"{method}, {text}; {_verdict(passed, failed)}{detail}."))
+
     rnd = sanity.get("randomization")
     if isinstance(rnd, dict):
         constant = rnd.get("n_constant") or 0
-        items.append((check_state(rnd.get("passed")),
-                      f"{method}, model randomization: median |rho| = {fmt_num(rnd.get('median_abs_rho'))} over "
-                      f"{len(rnd.get('rho') or []) - constant} subjects"
-                      + (f" ({constant} left out: constant trained map)" if constant else "") + "; "
-                      + _verdict(rnd.get("passed"), "FAILED: the map does not depend enough on the learned weights")
-                      + (f": {rnd['note']}" if rnd.get("passed") is None and rnd.get("note") else "")
-                      + f" (rule: {rnd.get('rule')})."))
+        add(rnd, f"model randomization: median |rho| = {fmt_num(rnd.get('median_abs_rho'))} over "
+                 f"{len(rnd.get('rho') or []) - constant} subjects"
+                 + (f" ({constant} left out: constant trained map)" if constant else ""),
+            "FAILED: the map does not depend enough on the learned weights",
+            (f": {rnd['note']}" if rnd.get("passed") is None and rnd.get("note") else "")
+            + f" (rule: {rnd.get('rule')})")
     dele = sanity.get("deletion")
     if isinstance(dele, dict):
-        items.append((check_state(dele.get("passed")),
-                      f"{method}, deletion: area {fmt_num(dele.get('auc'))} removing top-ranked regions first vs "
-                      f"{fmt_num(dele.get('auc_random'))} in random order; {_verdict(dele.get('passed'))}."))
+        add(dele, f"deletion: area {fmt_num(dele.get('auc'))} removing top-ranked regions first vs "
+                  f"{fmt_num(dele.get('auc_random'))} in random order")
     for cls, st in (sanity.get("stability") or {}).items():
-        items.append((check_state(st.get("passed")),
-                      f"{method}, stability of class {cls}: median Spearman rho of region scores between folds "
-                      f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
-                      f"{fmt_num(st.get('median_top_overlap'), 2)} ({len(st.get('pairs') or [])} fold pairs; "
-                      f"rule {st.get('rule')}); {_verdict(st.get('passed'))}."))
+        add(st, f"stability of class {cls}: median Spearman rho of region scores between folds "
+                f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
+                f"{fmt_num(st.get('median_top_overlap'), 2)} ({len(st.get('pairs') or [])} fold pairs; "
+                f"rule {st.get('rule')})")
     for cls, g in (sanity.get("ground_truth") or {}).items():
-        items.append((check_state(g.get("passed")),
-                      f"{method}, ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % "
-                      f"of the positive attribution inside the planted regions "
-                      f"({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of the brain, "
-                      f"{fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
-                      f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted; "
-                      f"{_verdict(g.get('passed'))}."))
+        add(g, f"ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % of the positive "
+               f"attribution inside the planted regions ({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of "
+               f"the brain, {fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
+               f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted")
     if not items:
         items.append(("na", f"{method}: sanity.json holds no check."))
     return items
