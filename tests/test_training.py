@@ -474,6 +474,15 @@ def test_predict_tells_training_scans_from_other_studies_reusing_their_ids(tmp_p
                           source_sha=lambda pid, ses: sha("a")("sub-05", None) if pid == "sub-x02" else sha("d")(pid, ses))
     with pytest.raises(LeakageError, match=r"same raw scan\): \['sub-x02'\]"):
         predict_run(tmp_path / "run", renamed)
+    # attribute explains the renamed scan with the one fold model that did not train on sub-05
+    from neuroml.attribution import attribute_run
+
+    attribute_run(tmp_path / "run", renamed, method="saliency", sanity=False, out_dir=tmp_path / "attr")
+    doc = json.loads((tmp_path / "attr" / "attribution.json").read_text())
+    entry = next(e for e in doc["subjects"] if e["participant_id"] == "sub-x02")
+    folds = json.loads((tmp_path / "run" / "splits.json").read_text())["folds"]
+    assert entry["folds"] == [f["fold"] for f in folds if "sub-05" in f["test"]] and entry["model_use"] == "out-of-fold"
+    assert next(e for e in doc["subjects"] if e["participant_id"] == "sub-x01")["model_use"] == "not-in-run"
     # without checksums nothing is cleared: an ID of the training set is refused
     bare = make_cohort(tmp_path / "e", n_per_class=1, seed=7)
     with pytest.raises(LeakageError, match="3 participant"):

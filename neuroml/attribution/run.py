@@ -335,7 +335,14 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     fold_models = dict(run.fold_models(device))
     folds = list(fold_models)
     used_by = _used_by(run, folds)
-    plan = {r.row: _folds_for(r.participant_id, run, folds, used_by, force) for r in rows.itertuples()}
+    from neuroml.training.predict import training_twins
+
+    twins = training_twins(run, cache.deriv_dir, cache.index["participant_id"].tolist(), cache.index["path"].tolist())
+    for pid, twin in sorted(twins.items()):  # the same raw scan under another ID: its folds are the twin's
+        log.warning("%s: its scan is the raw scan %s was trained with; explained as %s (by a fold model that did "
+                    "not train on it)", pid, twin, twin)
+    plan = {r.row: _folds_for(twins.get(r.participant_id, r.participant_id), run, folds, used_by, force)
+            for r in rows.itertuples()}
     labels = _true_labels(run, run_dir, deriv_dir)
     if target == "true":
         unlabeled = sorted({r.participant_id for r in rows.itertuples() if labels.get(r.participant_id) not in classes})
@@ -351,7 +358,8 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     identity = _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds, cfg)
     identity_sha256 = _digest(identity)
     previous = _previous_entries(earlier_doc, identity_sha256) if recorded is not None else {}
-    earlier = _earlier_rows(previous, rows, cache.index, method, out_dir, run, folds, used_by, force, target, labels)
+    earlier = _earlier_rows(previous, rows, cache.index, method, out_dir, run, folds, used_by, force, target, labels,
+                            twins)
     for row, how in earlier.items():
         plan[row] = how
     harmonized = None
@@ -538,7 +546,7 @@ def _previous_entries(doc, identity_sha256):
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
 
 
-def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, force, target, labels):
+def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, force, target, labels, twins=None):
     """``{row: (folds, how)}`` of the earlier call's scans outside ``rows`` that are still valid:
     in the derivatives, explained by the same folds, the map file the one that call wrote
     (``map_sha256``) and, for ``target="true"``, the same label (the input is checked later)."""
@@ -550,8 +558,8 @@ def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, f
         if r.row in wanted or e is None or e.get("participant_id") != r.participant_id:
             continue
         try:  # a subject explained with force=True stays (flagged "trained-on")
-            how = _folds_for(r.participant_id, run, folds, used_by, force or e.get("model_use") == "trained-on",
-                             quiet=True)
+            how = _folds_for((twins or {}).get(r.participant_id, r.participant_id), run, folds, used_by,
+                             force or e.get("model_use") == "trained-on", quiet=True)
         except LeakageError:
             continue
         if [f if isinstance(f, (int, str)) else str(f) for f in how[0]] != e.get("folds"):

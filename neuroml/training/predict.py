@@ -9,7 +9,7 @@ import pandas as pd
 from neuroml._utils.fileio import write_text_atomic
 from neuroml.errors import InputError, LeakageError
 
-__all__ = ["predict_run", "predictions_table", "check_grid", "source_identity", "trained_on"]
+__all__ = ["predict_run", "predictions_table", "check_grid", "source_identity", "trained_on", "training_twins"]
 
 log = logging.getLogger("neuroml")
 
@@ -95,6 +95,26 @@ def source_identity(deriv_dir, paths):
     return urls, shas
 
 
+def _training_sources(run):
+    """``(source dataset URLs, {participant: raw-scan SHA-256s})`` of a run's training scans."""
+    from neuroml._utils.fileio import read_json
+
+    try:
+        inputs = read_json(Path(run.run_dir) / "provenance.json").get("inputs") or {}
+    except (InputError, OSError, AttributeError):
+        inputs = {}
+    return set(inputs.get("source_datasets") or []), {p: set(v) for p, v in (inputs.get("source_sha256") or {}).items()}
+
+
+def training_twins(run, deriv_dir, participant_ids, paths):
+    """``{participant: training participant}`` for scans whose raw input (``SourceSHA256``) is a
+    training scan of another ID (the same scan renamed, e.g. after de-identification)."""
+    _, by_participant = _training_sources(run)
+    owner = {sha: p for p, shas in by_participant.items() for sha in shas}
+    _, shas = source_identity(deriv_dir, paths)
+    return {p: owner[s] for p, s in zip(participant_ids, shas) if s in owner and owner[s] != p}
+
+
 def trained_on(run, deriv_dir, participant_ids, paths):
     """Which of these scans' participants a fold model of ``run`` trained or validated on.
 
@@ -108,14 +128,8 @@ def trained_on(run, deriv_dir, participant_ids, paths):
     (set of str, set of str)
         The trained-on participants, and those cleared although their ID is a training ID.
     """
-    from neuroml._utils.fileio import read_json
-
-    try:
-        inputs = read_json(Path(run.run_dir) / "provenance.json").get("inputs") or {}
-    except (InputError, OSError, AttributeError):
-        inputs = {}
-    seen_urls = set(inputs.get("source_datasets") or [])
-    seen_shas = {s for shas in (inputs.get("source_sha256") or {}).values() for s in shas}
+    seen_urls, by_participant = _training_sources(run)
+    seen_shas = set().union(*by_participant.values()) if by_participant else set()
     urls, shas = source_identity(deriv_dir, paths)
     by_content = {p for p, s in zip(participant_ids, shas) if s is not None and s in seen_shas}
     by_id = set(participant_ids) & run.trained_ids()
