@@ -483,6 +483,13 @@ def test_predict_tells_training_scans_from_other_studies_reusing_their_ids(tmp_p
     folds = json.loads((tmp_path / "run" / "splits.json").read_text())["folds"]
     assert entry["folds"] == [f["fold"] for f in folds if "sub-05" in f["test"]] and entry["model_use"] == "out-of-fold"
     assert next(e for e in doc["subjects"] if e["participant_id"] == "sub-x01")["model_use"] == "not-in-run"
+    # one raw scan under two IDs inside a training cohort: refused before any fold is made
+    dup = make_cohort(tmp_path / "f", n_per_class=2, seed=8,
+                      source_sha=lambda pid, ses: sha("f")("sub-02" if pid == "sub-05" else pid, ses))
+    with pytest.raises(LeakageError, match=r"1 raw scan\(s\) appear under several participant IDs, e\.g\. "
+                                           r"sub-02 and sub-05"):
+        train_run(dup, tmp_path / "dup-run", **FAST)
+    assert not (tmp_path / "dup-run").exists()
     # without checksums nothing is cleared: an ID of the training set is refused
     bare = make_cohort(tmp_path / "e", n_per_class=1, seed=7)
     with pytest.raises(LeakageError, match="3 participant"):

@@ -18,7 +18,7 @@ from neuroml._utils.fileio import (
     write_text_atomic,
 )
 from neuroml._utils.options import check_in_range, look_up_option
-from neuroml.errors import ConfigError, InputError, NeuromlError
+from neuroml.errors import ConfigError, InputError, LeakageError, NeuromlError
 from neuroml.models.factory import MODELS, build_model, check_input, resolve_input_pool
 from neuroml.training import distributed as dist
 from neuroml.training import outputs, trust
@@ -153,6 +153,23 @@ def _check_existing(run_dir, config, resume, splits=None):
         log.warning("continuing the run in %s on %s (it ran on %s): floating-point results may differ slightly",
                     run_dir, config["runtime"]["device"], (saved.get("runtime") or {}).get("device"))
     log.info("continuing the run in %s (completed folds are kept)", run_dir)
+
+
+def _check_one_id_per_scan(cohort):
+    """Refuse a cohort holding one raw scan under two participant IDs (``SourceSHA256`` of the
+    preprocessing sidecars): grouped folds could put its copies in training and test."""
+    from neuroml.training.predict import source_identity
+
+    _, shas = source_identity(cohort.cache.deriv_dir, cohort.cache.index["path"].iloc[cohort.rows].tolist())
+    owners = {}
+    for p, sha in zip(cohort.participant_ids, shas):
+        if sha:
+            owners.setdefault(sha, set()).add(p)
+    twins = sorted(sorted(v) for v in owners.values() if len(v) > 1)
+    if twins:
+        raise LeakageError(f"{len(twins)} raw scan(s) appear under several participant IDs, e.g. "
+                           f"{', '.join(' and '.join(t) for t in twins[:3])} (same SourceSHA256 in their sidecars): "
+                           "cross-validation could train and test on the same scan; keep one copy (or one ID)")
 
 
 def _numerics(runtime):
@@ -338,6 +355,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     cache, n_classes = cohort.cache, len(cohort.classes)
     input_pool = check_input(model, cache.shape, input_pool)  # before anything is written
     pids = np.asarray(cohort.participant_ids, dtype=object)
+    _check_one_id_per_scan(cohort)
     sites = cohort.column(site_column) if site_column else None
     splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
                          val_fraction=val_fraction, sites=sites)
