@@ -389,8 +389,10 @@ def test_confound_warning_says_when_a_large_effect_is_not_significant():
                                                   "effect_size": 0.5})
     assert "p = 0.223" in small and "not significant at this sample size" in small
     big = confound_message("diagnosis", "site", {"test": "chi-square", "p_value": 1e-6, "effect": "Cramér's V",
-                                                 "effect_size": 0.8})
+                                                 "effect_size": 0.8}, site_column="site")
     assert "diagnosis is associated with site" in big and "not significant" not in big
+    assert big.endswith("(see confounds.json and the site probe)")
+    assert small.endswith("instead of the diagnosis (see confounds.json and the bias audit's per-sex results)")
 
 
 def test_confound_advice_fits_the_column():

@@ -62,7 +62,7 @@ def demographics(table, pids, labels, classes, site_col=None):
     return out
 
 
-def confound_message(label_column, column, test):
+def confound_message(label_column, column, test, site_column=None):
     """The warning for one entangled column (``test``: an :func:`association_tests` entry).
 
     Examples
@@ -75,7 +75,8 @@ def confound_message(label_column, column, test):
            "; not significant at this sample size, but an effect this large is flagged whatever its p-value")
     return (f"confound: {label_column} is associated with {column} ({test['test']}, p = {test['p_value']:.3g}, "
             f"{test['effect']} = {test['effect_size']:.2f}{why}); a model may learn {column} instead of the "
-            "diagnosis (see confounds.json and the site probe)")
+            f"{label_column} (see confounds.json and "
+            + ("the site probe)" if column == site_column else f"the bias audit's per-{column} results)"))
 
 
 def confound_check(cohort, site_col=None, extra_columns=()):
@@ -103,7 +104,7 @@ def confound_check(cohort, site_col=None, extra_columns=()):
     entangled = [c for c, t in tests.items() if t.get("entangled")]
     for c in entangled:
         t = tests[c]
-        log.warning("%s", confound_message(cohort.label_column, c, t))
+        log.warning("%s", confound_message(cohort.label_column, c, t, site_col))
     return {"label_column": cohort.label_column, "site_column": site_col, "n_participants": len(pids),
             "tests": tests, "entangled": entangled,
             "demographics": demographics(table, pids, labels, cohort.classes, site_col)}
