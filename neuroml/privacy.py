@@ -364,6 +364,12 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_OWNER}.", suffix=".partial", dir=out_dir.parent))
     try:
         result = _write_copy(nib, bids_dir, work, files, table, desc, rename, ses_map, pseudonymize, keep)
+        # mkdtemp makes the folder 0700: give the copy the mode of an empty folder the user made,
+        # else that of a new folder under the umask (a copy is made to be shared)
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = out_dir.stat().st_mode & 0o7777 if out_dir.exists() else 0o777 & ~umask
+        os.chmod(work, mode)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); fails if something appeared meanwhile
         os.rename(work, out_dir)

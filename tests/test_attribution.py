@@ -872,6 +872,18 @@ def test_other_derivatives_are_refused_unless_written_elsewhere(tmp_path):
     assert on_disk == listed and {"sanity.json", "group/class-MDD_desc-mean_map.nii.gz"} <= on_disk
     assert (folder / "attribution.json").read_bytes() == before
     assert sorted(p.name for p in (run_dir / "attribution").iterdir()) == ["saliency"]
+    # a folder of another method, or with files attribute did not write, is refused (never cleaned)
+    with pytest.raises(InputError, match="holds the saliency attribution, not gradcam: one method per folder"):
+        attribute_run(run_dir, other, method="gradcam", sanity=False, show_progress=False,
+                      out_dir=tmp_path / "elsewhere")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my_custom_map.nii.gz").write_bytes(b"keep me")
+    with pytest.raises(InputError, match=r"holds files attribute did not write \(my_custom_map.nii.gz\)"):
+        attribute_run(run_dir, other, method="saliency", sanity=False, show_progress=False, out_dir=mine)
+    assert (mine / "my_custom_map.nii.gz").read_bytes() == b"keep me"
+    with pytest.raises(ConfigError, match="participant labels go in participant_labels="):
+        attribute_run(run_dir, other, method="saliency", participants=["sub-01"], show_progress=False)
 
 
 def test_attribute_options_are_checked_with_helpful_messages(tmp_path):

@@ -118,3 +118,23 @@ def test_a_failed_copy_leaves_nothing_and_can_be_rerun(tmp_path, monkeypatch):
     # an existing empty folder is filled too
     (tmp_path / "empty").mkdir()
     assert deidentify_bids(raw, tmp_path / "empty", key_file=raw / "key.txt")["n_images"] == 4
+
+
+def test_the_copy_is_as_readable_as_a_folder_the_user_makes(tmp_path):
+    """mkdtemp's 0700 must not reach the shared copy: a new folder follows the umask, an empty
+    folder made beforehand keeps its mode."""
+    import os
+    import stat
+
+    raw = _dataset(tmp_path / "raw")
+    old = os.umask(0o022)
+    try:
+        deidentify_bids(raw, tmp_path / "new", key_file=raw / "key.txt")
+        made = tmp_path / "made"
+        made.mkdir()
+        made.chmod(0o750)
+        deidentify_bids(raw, made, key_file=raw / "key.txt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
+    assert stat.S_IMODE(made.stat().st_mode) == 0o750

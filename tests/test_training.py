@@ -447,8 +447,8 @@ def test_predict_run_new_subjects_and_grid_check(trained, tmp_path, monkeypatch)
         predict_run(run_dir, other)
 
 
-def test_predict_tells_training_scans_from_other_studies_reusing_their_ids(tmp_path):
-    """Leakage is judged by source dataset and raw-scan checksum, not by the ID alone."""
+def test_predict_finds_training_scans_by_id_and_by_raw_checksum(tmp_path):
+    """Leakage is judged by ID and by raw-scan checksum: a renamed training scan is refused too."""
     import hashlib
 
     def sha(study):
@@ -459,20 +459,16 @@ def test_predict_tells_training_scans_from_other_studies_reusing_their_ids(tmp_p
     inputs = json.loads((tmp_path / "run" / "provenance.json").read_text())["inputs"]
     assert inputs["source_datasets"] == [(tmp_path / "a" / "raw").resolve().as_uri()]
     assert inputs["source_sha256"]["sub-01"] == sorted([sha("a")("sub-01", "1"), sha("a")("sub-01", "2")])
-    # another study whose sub-01 ... sub-09 are other people: predicted, not refused
+    # training IDs are refused even from another study with other scans (a re-converted or
+    # de-identified copy of the training data would look the same); --force predicts them
     other = make_cohort(tmp_path / "b", n_per_class=3, seed=5, source_sha=sha("b"))
-    assert len(predict_run(tmp_path / "run", other)) == 9
-    # the same study preprocessed again elsewhere is still refused by ID ...
-    again = make_cohort(tmp_path / "c", n_per_class=3, source_sha=sha("b"))
-    desc = json.loads((again / "dataset_description.json").read_text())
-    desc["SourceDatasets"] = [{"URL": (tmp_path / "a" / "raw").resolve().as_uri()}]
-    (again / "dataset_description.json").write_text(json.dumps(desc))
-    with pytest.raises(LeakageError, match="9 participant"):
-        predict_run(tmp_path / "run", again)
-    # ... and a training scan under a new ID, from any folder, is refused by its raw checksum
+    with pytest.raises(LeakageError, match="9 participant.*if these IDs name other people"):
+        predict_run(tmp_path / "run", other)
+    assert len(predict_run(tmp_path / "run", other, force=True)) == 9
+    # a training scan under a new ID, from any folder, is refused by its raw checksum
     renamed = make_cohort(tmp_path / "d", n_per_class=1, prefix="x", seed=6,
                           source_sha=lambda pid, ses: sha("a")("sub-05", None) if pid == "sub-x02" else sha("d")(pid, ses))
-    with pytest.raises(LeakageError, match=r"same raw scan\): \['sub-x02'\]"):
+    with pytest.raises(LeakageError, match=r"\['sub-x02'\] \(sub-x02: a training scan under another ID\)"):
         predict_run(tmp_path / "run", renamed)
     # attribute explains the renamed scan with the one fold model that did not train on sub-05
     from neuroml.attribution import attribute_run
@@ -490,10 +486,15 @@ def test_predict_tells_training_scans_from_other_studies_reusing_their_ids(tmp_p
                                            r"sub-02 and sub-05"):
         train_run(dup, tmp_path / "dup-run", **FAST)
     assert not (tmp_path / "dup-run").exists()
-    # without checksums nothing is cleared: an ID of the training set is refused
-    bare = make_cohort(tmp_path / "e", n_per_class=1, seed=7)
-    with pytest.raises(LeakageError, match="3 participant"):
-        predict_run(tmp_path / "run", bare)
+    # BOLD maps: the series' desc-maps_bold.json holds the raw checksum
+    from neuroml.training.predict import source_identity
+
+    func = tmp_path / "g" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (func / "sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-maps_bold.json").write_text(
+        json.dumps({"SourceSHA256": "abc"}))
+    assert source_identity(tmp_path / "g", ["sub-01/func/sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-alff_"
+                                            "boldmap.nii.gz"])[1] == ["abc"]
     # mistakes named before any work
     with pytest.raises(InputError, match="nope.tsv: participants file not found"):
         predict_run(tmp_path / "run", other, participants=tmp_path / "nope.tsv")

@@ -311,6 +311,9 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
 
     method = look_up_option("method", method, ALL_METHODS)
     atlas = load_atlas(atlas).name  # checks the name ("did you mean"); atlas_on_grid reads it again from the cache
+    if isinstance(participants, (list, tuple, set)):
+        raise ConfigError("participants= is the participants.tsv path (site, age, sex of new subjects); "
+                          "participant labels go in participant_labels=")
     if participants is not None and not Path(participants).is_file():
         raise InputError("participants file not found", participants)
     device = _resolve_device(device)
@@ -318,6 +321,13 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     json_path = out_dir / "attribution.json"
     deriv_key = str(Path(deriv_dir).resolve())
     earlier_doc = _read_doc(json_path)
+    if earlier_doc.get("method") not in (None, method):
+        raise InputError(f"holds the {earlier_doc.get('method')} attribution, not {method}: one method per "
+                         "folder (give another --out DIR)", out_dir)
+    foreign = _foreign_files(out_dir, method)  # unlisted files are removed at the end: only ever ours
+    if foreign:
+        raise InputError(f"holds files attribute did not write ({', '.join(foreign[:3])}): give attribute an empty "
+                         "or new folder", out_dir)
     recorded = earlier_doc.get("deriv_dir")
     if recorded is not None and str(recorded) != deriv_key:
         raise InputError(f"holds the attribution of the derivatives {recorded}, not of {deriv_key}: "
@@ -577,6 +587,22 @@ _OWN_FILES = ("*_map.nii.gz", "*_regions.tsv", "*_regions.json", "regions_atlas-
               "sanity.json", "sanity_superseded.json")
 
 
+def _own_patterns(method):
+    """Glob patterns of the files a call of ``method`` writes in its folder."""
+    desc = map_name("sub-x", method=method)[len("sub-x_"):-len("_map.nii.gz")]  # desc-<method entity>
+    return (f"*_{desc}_map.nii.gz", f"*_{desc}_atlas-*_regions.tsv", f"*_{desc}_atlas-*_regions.json",
+            *_OWN_FILES[3:], "group/*_map.nii.gz")
+
+
+def _foreign_files(out_dir, method):
+    """Files of ``out_dir`` (relative names) that a call of ``method`` would not have written."""
+    if not out_dir.is_dir():
+        return []
+    ours = {p for pattern in _own_patterns(method) for p in out_dir.glob(pattern)}
+    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                  if p.is_file() and p not in ours and p.name != "attribution.json" and not p.name.startswith("."))
+
+
 def _remove_unlisted(out_dir, doc):
     """Delete the attribution files of ``out_dir`` that ``doc`` (its ``attribution.json``) does not list."""
     keep = {"attribution.json"}
@@ -585,7 +611,7 @@ def _remove_unlisted(out_dir, doc):
     for g in doc["group"].values():
         keep.update(v for k, v in g.items() if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v)
     keep.update(v for v in (doc["sanity"]["file"], doc["sanity"]["superseded"]) if v)
-    for pattern in (*_OWN_FILES, "group/*_map.nii.gz"):
+    for pattern in _own_patterns(doc["method"]):
         for path in out_dir.glob(pattern):
             if path.is_file() and path.relative_to(out_dir).as_posix() not in keep:
                 path.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """Predicting new subjects with a run's fold ensemble, refusing subjects a model was trained on."""
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,11 @@ def source_identity(deriv_dir, paths):
     shas = []
     for rel in paths:
         first = str(rel).split("|")[0]
-        side = deriv_dir / (first[:-len(".nii.gz")] if first.endswith(".nii.gz") else first.rsplit(".", 1)[0])
+        # a BOLD map's record is the series' desc-maps_bold.json; a T1w's sits beside it
+        stem = re.sub(r"_desc-[A-Za-z0-9]+_boldmap$", "_desc-maps_bold",
+                      first[:-len(".nii.gz")] if first.endswith(".nii.gz") else first.rsplit(".", 1)[0])
         try:
-            sha = read_json(side.with_name(side.name + ".json")).get("SourceSHA256")
+            sha = read_json(deriv_dir / f"{stem}.json").get("SourceSHA256")
         except (InputError, OSError, AttributeError):
             sha = None
         shas.append(sha if isinstance(sha, str) and sha else None)
@@ -108,7 +111,8 @@ def _training_sources(run):
 
 def training_twins(run, deriv_dir, participant_ids, paths):
     """``{participant: training participant}`` for scans whose raw input (``SourceSHA256``) is a
-    training scan of another ID (the same scan renamed, e.g. after de-identification)."""
+    training scan of another ID (the same raw file under another name; a de-identified copy has
+    other bytes and is not found)."""
     _, by_participant = _training_sources(run)
     owner = {sha: p for p, shas in by_participant.items() for sha in shas}
     _, shas = source_identity(deriv_dir, paths)
@@ -118,26 +122,22 @@ def training_twins(run, deriv_dir, participant_ids, paths):
 def trained_on(run, deriv_dir, participant_ids, paths):
     """Which of these scans' participants a fold model of ``run`` trained or validated on.
 
-    A participant is "trained on" when a scan's raw input (``SourceSHA256`` of its sidecar) is
-    one the run trained on, under any ID; or when its ID is a training ID, unless the
-    derivatives come from another source dataset than the run's and none of its scans is a
-    training scan (another study reusing ``sub-001``: other people).
+    A participant is "trained on" when its ID is a training ID, or when one of its scans has
+    the raw input (``SourceSHA256`` of its sidecar) of a training scan, under any ID. An ID is
+    never cleared by its checksum: a re-converted or de-identified copy of a training scan has
+    other bytes, so only ``force`` predicts another study's ``sub-001``.
 
     Returns
     -------
     (set of str, set of str)
-        The trained-on participants, and those cleared although their ID is a training ID.
+        The trained-on participants, and those of them found by checksum under a new ID.
     """
-    seen_urls, by_participant = _training_sources(run)
+    _, by_participant = _training_sources(run)
     seen_shas = set().union(*by_participant.values()) if by_participant else set()
-    urls, shas = source_identity(deriv_dir, paths)
+    _, shas = source_identity(deriv_dir, paths)
     by_content = {p for p, s in zip(participant_ids, shas) if s is not None and s in seen_shas}
     by_id = set(participant_ids) & run.trained_ids()
-    cleared = set()
-    if seen_urls and urls and not seen_urls & set(urls) and seen_shas:
-        unknown = {p for p, s in zip(participant_ids, shas) if s is None}
-        cleared = by_id - by_content - unknown
-    return by_content | (by_id - cleared), cleared
+    return by_content | by_id, by_content - by_id
 
 
 def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labels=None, device="auto",
@@ -198,18 +198,16 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
         if missing:
             raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
         index = index[index["participant_id"].isin(wanted)]
-    leaked, cleared = trained_on(run, cache.deriv_dir, index["participant_id"].tolist(), index["path"].tolist())
+    leaked, renamed = trained_on(run, cache.deriv_dir, index["participant_id"].tolist(), index["path"].tolist())
     leaked = sorted(leaked)
-    if cleared:
-        log.info("%d participant ID(s) of the training set, %s, name other people here: these derivatives come "
-                 "from another source dataset and none of their scans is a training scan", len(cleared),
-                 sorted(cleared)[:10])
     if leaked:
-        msg = (f"{len(leaked)} participant(s) were used to train the run's models (same ID in the same source "
-               f"dataset, or the same raw scan): {leaked[:20]}{' ...' if len(leaked) > 20 else ''}")
+        msg = (f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
+               f"{' ...' if len(leaked) > 20 else ''}"
+               + (f" ({', '.join(sorted(renamed)[:10])}: a training scan under another ID)" if renamed else ""))
         if not force:
             raise LeakageError(msg + "; their predictions would be optimistic. Predict only new subjects "
-                               "(--participant-label / participant_labels=...) or force it (--force / force=True)")
+                               "(--participant-label / participant_labels=...), or, if these IDs name other people "
+                               "(another study), force it (--force / force=True)")
         log.warning("%s; predicting them anyway (force=True)", msg)
     dev = resolve_device(device)
     amp = bool((run.config.get("runtime") or {}).get("amp", True))  # the run's precision (bf16 on CUDA only)
