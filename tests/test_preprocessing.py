@@ -347,6 +347,20 @@ def test_robust_z_flags_low_r():
     assert z[-1] < -3 and np.all(np.abs(z[:-1]) < 3)
 
 
+def test_group_qc_scores_each_resolution_against_its_own(tmp_path):
+    """At 3 mm every r is lower than at 1 mm: pooled, the whole 3 mm group would look like outliers."""
+    from neuroml.preprocessing.qc import write_group_qc
+
+    rows = [{"participant_id": f"sub-{i}", "file": f"f{i}", "correlation": r, "coverage": 1.0,
+             "brain_volume_ml": 1200.0, "qc_pass": True, "figure": None, "resolution": res}
+            for i, (r, res) in enumerate([(0.95, 1.0), (0.96, 1.0), (0.94, 1.0), (0.95, 1.0), (0.955, 1.0),
+                                          (0.945, 1.0), (0.952, 1.0), (0.948, 1.0),
+                                          (0.80, 3.0), (0.81, 3.0), (0.79, 3.0), (0.40, 3.0)])]
+    write_group_qc(rows, tmp_path)
+    assert [r["outlier"] for r in rows] == [False] * 11 + [True]
+    assert max(abs(r["robust_z"]) for r in rows[:11]) < 3
+
+
 def test_output_folder_of_another_dataset(batch, tmp_path, subject):
     out, _ = batch
     other = write_bids(tmp_path / "other", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0]})

@@ -289,7 +289,8 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
     ----------
     rows : list of dict
         One per T1w scan: ``participant_id``, ``file``, ``correlation``, ``coverage``,
-        ``brain_volume_ml``, ``qc_pass``, ``figure`` (path of the PNG or None).
+        ``brain_volume_ml``, ``qc_pass``, ``figure`` (path of the PNG or None), and optionally
+        ``resolution``: robust z-scores are computed within each resolution.
     out_dir : Path
     failures : list of dict
         Rows of ``failures.tsv`` (``participant_id``, ``file``, ``reason``), listed too.
@@ -307,10 +308,13 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
 
     cols = ["participant_id", "file", "correlation", "coverage", "brain_volume_ml", "qc_pass",
             "robust_z", "outlier"]
-    z = robust_z([r["correlation"] for r in rows])
-    for row, zi in zip(rows, z):
-        row["robust_z"] = round(float(zi), 2)
-        row["outlier"] = bool(zi < OUTLIER_Z)
+    groups = {}  # the template correlation depends on the grid: each resolution is its own reference group
+    for row in rows:
+        groups.setdefault(row.get("resolution"), []).append(row)
+    for group in groups.values():
+        for row, zi in zip(group, robust_z([r["correlation"] for r in group])):
+            row["robust_z"] = round(float(zi), 2)
+            row["outlier"] = bool(zi < OUTLIER_Z)
     tsv = None
     if rows:
         df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
