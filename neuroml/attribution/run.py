@@ -204,7 +204,8 @@ def method_target_layer(method, model_name, model, x):
 
 
 #: Settings of :class:`Explainer` each method's maps depend on (their values are part of a call's identity).
-_METHOD_SETTINGS = {"integrated_gradients": ("n_steps", "baseline"), "smoothgrad": ("nt_samples", "noise_level", "seed"),
+_METHOD_SETTINGS = {"integrated_gradients": ("n_steps", "baseline"),
+                    "smoothgrad": ("nt_samples", "noise_level", "seed"),
                     "occlusion": ("n_blocks", "baseline"), "region_occlusion": ("baseline",)}
 
 
@@ -308,6 +309,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
 
     from neuroml.data.stack import open_inputs
     from neuroml.training.run import load_run
+    from neuroml.training.trainer import resolve_device
 
     method = look_up_option("method", method, ALL_METHODS)
     atlas = load_atlas(atlas).name  # checks the name ("did you mean"); atlas_on_grid reads it again from the cache
@@ -316,7 +318,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
                           "participant labels go in participant_labels=")
     if participants is not None and not Path(participants).is_file():
         raise InputError("participants file not found", participants)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     out_dir = Path(run_dir) / "attribution" / method if out_dir is None else Path(out_dir)
     json_path = out_dir / "attribution.json"
     deriv_key = str(Path(deriv_dir).resolve())
@@ -432,7 +434,8 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
                 if not (n in previous and (out_dir / n).is_file() and previous[n].get("input_sha256") == keys[i]
                         and previous[n].get("folds") == fold_ids
                         and previous[n].get("target_label") == classes[tidx[i]]
-                        and previous[n].get("map_sha256") == sha256_file(out_dir / n))]  # not replaced since
+                        # not replaced since (the earlier call's other scans were checked by _earlier_rows)
+                        and (chunk[i].row in earlier or previous[n].get("map_sha256") == sha256_file(out_dir / n)))]
         maps, true_maps = _batch_maps(models, xs, tidx, true, redo, [out_dir / n for n in names],
                                       method, target_layer, classes, feature_mask)
         seconds = (time.perf_counter() - t0) / len(chunk)
@@ -522,22 +525,6 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     return json_path
 
 
-def _resolve_device(device):
-    """:func:`~neuroml.training.trainer.resolve_device`, with a missing GPU named as the option to change."""
-    import torch
-
-    from neuroml.training.trainer import resolve_device
-
-    try:
-        asked = None if device is None or device == "auto" else torch.device(device)
-    except (RuntimeError, TypeError):
-        asked = None  # resolve_device names the bad value
-    if asked is not None and asked.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r} was requested but torch sees no CUDA device; "
-                          "use --device cpu or --device auto (device=\"cpu\" or \"auto\" in Python)")
-    return resolve_device(device)
-
-
 def _read_doc(json_path):
     """An earlier ``attribution.json`` as a dict ({} when there is none or it is unreadable)."""
     if not json_path.is_file():
@@ -582,16 +569,12 @@ def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, f
     return out
 
 
-#: Files an attribution folder may hold besides ``attribution.json`` (anything else is left alone).
-_OWN_FILES = ("*_map.nii.gz", "*_regions.tsv", "*_regions.json", "regions_atlas-*.tsv", "regions_atlas-*.json",
-              "sanity.json", "sanity_superseded.json")
-
-
 def _own_patterns(method):
-    """Glob patterns of the files a call of ``method`` writes in its folder."""
+    """Glob patterns of the files a call of ``method`` writes in its folder, besides ``attribution.json``."""
     desc = map_name("sub-x", method=method)[len("sub-x_"):-len("_map.nii.gz")]  # desc-<method entity>
     return (f"*_{desc}_map.nii.gz", f"*_{desc}_atlas-*_regions.tsv", f"*_{desc}_atlas-*_regions.json",
-            *_OWN_FILES[3:], "group/*_map.nii.gz")
+            "regions_atlas-*.tsv", "regions_atlas-*.json", "sanity.json", "sanity_superseded.json",
+            "group/*_map.nii.gz")
 
 
 def _foreign_files(out_dir, method):

@@ -106,8 +106,8 @@ def resolve_device(device="auto"):
     except (RuntimeError, TypeError):
         raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but torch sees no CUDA device; use --device cpu (or auto; "
-                          "device='cpu' in Python)")
+        raise ConfigError(f"device {str(device)!r} was requested but torch sees no CUDA device; use --device cpu "
+                          "or --device auto (device=\"cpu\" or \"auto\" in Python)")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
     return dev
