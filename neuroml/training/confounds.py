@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from neuroml.io.bids import MISSING_VALUES as MISSING
 from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
 
 __all__ = ["association_tests", "cramers_v", "is_missing", "site_probe", "ALPHA", "MISSING", "STRONG_V"]
@@ -53,9 +54,6 @@ def _numeric(values):
     except (TypeError, ValueError):
         return None
     return arr if np.isfinite(arr).all() and len(np.unique(arr)) > 5 else None
-
-
-from neuroml.io.bids import MISSING_VALUES as MISSING  # noqa: E402
 
 
 def is_missing(v):

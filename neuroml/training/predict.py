@@ -99,22 +99,21 @@ def source_identity(deriv_dir, paths):
 
 
 def _training_sources(run):
-    """``(source dataset URLs, {participant: raw-scan SHA-256s})`` of a run's training scans."""
+    """``{participant: raw-scan SHA-256s}`` of a run's training scans (``provenance.json``)."""
     from neuroml._utils.fileio import read_json
 
     try:
         inputs = read_json(Path(run.run_dir) / "provenance.json").get("inputs") or {}
     except (InputError, OSError, AttributeError):
         inputs = {}
-    return set(inputs.get("source_datasets") or []), {p: set(v) for p, v in (inputs.get("source_sha256") or {}).items()}
+    return {p: set(v) for p, v in (inputs.get("source_sha256") or {}).items()}
 
 
 def training_twins(run, deriv_dir, participant_ids, paths):
     """``{participant: training participant}`` for scans whose raw input (``SourceSHA256``) is a
     training scan of another ID (the same raw file under another name; a de-identified copy has
     other bytes and is not found)."""
-    _, by_participant = _training_sources(run)
-    owner = {sha: p for p, shas in by_participant.items() for sha in shas}
+    owner = {sha: p for p, shas in _training_sources(run).items() for sha in shas}
     _, shas = source_identity(deriv_dir, paths)
     return {p: owner[s] for p, s in zip(participant_ids, shas) if s in owner and owner[s] != p}
 
@@ -132,8 +131,7 @@ def trained_on(run, deriv_dir, participant_ids, paths):
     (set of str, set of str)
         The trained-on participants, and those of them found by checksum under a new ID.
     """
-    _, by_participant = _training_sources(run)
-    seen_shas = set().union(*by_participant.values()) if by_participant else set()
+    seen_shas = set().union(*_training_sources(run).values())
     _, shas = source_identity(deriv_dir, paths)
     by_content = {p for p, s in zip(participant_ids, shas) if s is not None and s in seen_shas}
     by_id = set(participant_ids) & run.trained_ids()

@@ -25,7 +25,7 @@ from neuroml.training import outputs, trust
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.harmonize import FOLD_FILE
 from neuroml.training.metrics import balanced_accuracy, classification_report
-from neuroml.training.predict import predictions_table
+from neuroml.training.predict import predictions_table, source_identity
 from neuroml.training.splits import check_splits, load_splits, make_splits, save_splits
 from neuroml.training.trainer import TrainSettings, evaluate, fit, resolve_channels_last, resolve_device, seed_for
 
@@ -155,14 +155,12 @@ def _check_existing(run_dir, config, resume, splits=None):
     log.info("continuing the run in %s (completed folds are kept)", run_dir)
 
 
-def _check_one_id_per_scan(cohort):
-    """Refuse a cohort holding one raw scan under two participant IDs (``SourceSHA256`` of the
-    preprocessing sidecars): grouped folds could put its copies in training and test."""
-    from neuroml.training.predict import source_identity
-
-    _, shas = source_identity(cohort.cache.deriv_dir, cohort.cache.index["path"].iloc[cohort.rows].tolist())
+def _check_one_id_per_scan(participant_ids, shas):
+    """Refuse a cohort holding one raw scan under two participant IDs (``shas``: the
+    ``SourceSHA256`` of each scan's preprocessing sidecar, None when unknown): grouped folds
+    could put its copies in training and test."""
     owners = {}
-    for p, sha in zip(cohort.participant_ids, shas):
+    for p, sha in zip(participant_ids, shas):
         if sha:
             owners.setdefault(sha, set()).add(p)
     twins = sorted(sorted(v) for v in owners.values() if len(v) > 1)
@@ -355,7 +353,9 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     cache, n_classes = cohort.cache, len(cohort.classes)
     input_pool = check_input(model, cache.shape, input_pool)  # before anything is written
     pids = np.asarray(cohort.participant_ids, dtype=object)
-    _check_one_id_per_scan(cohort)
+    # where each scan comes from (raw SHA-256s of the sidecars): checked now, recorded in provenance.json
+    sources = source_identity(cache.deriv_dir, cache.index["path"].iloc[cohort.rows].tolist())
+    _check_one_id_per_scan(cohort.participant_ids, sources[1])
     sites = cohort.column(site_column) if site_column else None
     splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
                          val_fraction=val_fraction, sites=sites)
@@ -471,13 +471,13 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         return dist.broadcast_object(None)
     summary = _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src,
                       src_rows, seed, start, dev, baseline, n_bootstrap, n_permutations, t_start,
-                      site_col, confounds, audit_columns, harmonize, harm, harm_info)
+                      site_col, confounds, audit_columns, harmonize, harm, harm_info, sources)
     return dist.broadcast_object(summary)
 
 
 def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info, histories, src, src_rows,
             seed, start, dev, baseline, n_bootstrap, n_permutations, t_start, site_col, confounds, audit_columns,
-            harmonize, harm=None, harm_info=None):
+            harmonize, harm=None, harm_info=None, sources=([], [])):
     """Rank 0: metrics, the baseline, the bias audit and every run-level file; returns the summary."""
     from neuroml.reports.model_card import write_model_card
 
@@ -506,15 +506,12 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_model_card(run_dir)
     outputs.plot_training_curves(run_dir / "training_curve.png", histories)
-    from neuroml.training.predict import source_identity
-
-    urls, raw_shas = source_identity(cache.deriv_dir, cache.index["path"].iloc[cohort.rows].tolist())
+    urls, raw_shas = sources
     by_participant = {}
     for p, sha in zip(cohort.participant_ids, raw_shas):
         by_participant.setdefault(p, set()).update([sha] if sha else [])
     inputs = {"deriv_dir": str(deriv_dir.resolve()), "participants": str(cohort.participants_path.resolve()),
-              # what predict and attribute compare new scans with (a training scan under another ID, or
-              # a training ID that names someone else in another study)
+              # what predict and attribute compare new scans with (a training scan under another ID)
               "source_datasets": urls, "source_sha256": {p: sorted(v) for p, v in sorted(by_participant.items())},
               "participants_sha256": sha256_file(cohort.participants_path),
               "volumes_sha256": {p: cache.index["sha256"].iloc[r] for p, r in
@@ -549,9 +546,8 @@ def _input_mask(cache):
 
 def _input_harmonization(cohort, site_col):
     """What the fold loop needs to harmonize the CNN's inputs, and its record for config.json."""
-    from neuroml.training.harmonize import covariate_matrix, covariate_spec
-
     from neuroml.training.confounds import is_missing
+    from neuroml.training.harmonize import covariate_matrix, covariate_spec
 
     sites = cohort.column(site_col)
     unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
