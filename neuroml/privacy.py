@@ -23,6 +23,7 @@ What neuroml guarantees:
 strings (and file and folder names), to check outputs before sharing them.
 """
 
+import glob
 import gzip
 import hashlib
 import hmac
@@ -230,34 +231,6 @@ def _inside(path, folder):
         return False
 
 
-def _stale_partials(out_dir):
-    """Temporary siblings of ``out_dir`` left by a killed de-identification on this host."""
-    from neuroml._utils.fileio import _OWNER, _pid_alive
-
-    host = _OWNER.rsplit("-", 1)[0]
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.*.partial"):
-        match = re.fullmatch(re.escape(f".{out_dir.name}.") + r"(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)\.[^.]+\.partial",
-                             tmp.name)
-        if match and match.group("host") == host and not _pid_alive(int(match.group("pid"))):
-            yield tmp
-
-
-_ENTITY_NAME = re.compile(r"^(?:[A-Za-z0-9]+-[A-Za-z0-9]+_)*(?P<suffix>[A-Za-z0-9]+)\.json$")
-
-
-def _inherited_sidecars(bids_dir, suffixes):
-    """Dataset-, subject- and session-level JSON sidecars (BIDS inheritance) of the given suffixes."""
-    folders = [bids_dir] + sorted(p for p in bids_dir.glob("sub-*") if p.is_dir()) + \
-        sorted(p for p in bids_dir.glob("sub-*/ses-*") if p.is_dir())
-    out = []
-    for folder in folders:
-        for path in sorted(folder.glob("*.json")):
-            match = _ENTITY_NAME.match(path.name)
-            if path.is_file() and match and match.group("suffix") in suffixes:
-                out.append(path)
-    return out
-
-
 def _participants_table(table_path, rename, keep):
     import pandas as pd
 
@@ -322,7 +295,7 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
     """
     import nibabel as nib
 
-    from neuroml.io.bids import parse_entities
+    from neuroml.io.bids import sidecar_chain
 
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     if not (bids_dir / "dataset_description.json").is_file():
@@ -346,8 +319,9 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
         raise InputError("dataset_description.json is not a JSON object", bids_dir / "dataset_description.json")
     scans = [p for p in sorted(bids_dir.glob("sub-*/**/*"))
              if p.is_file() and {"anat", "func"} & set(p.relative_to(bids_dir).parts[:-1])]
-    suffixes = {parse_entities(p.name)[1] for p in scans if p.name.endswith((".nii", ".nii.gz"))}
-    files = scans + [p for p in _inherited_sidecars(bids_dir, suffixes) if p not in scans]
+    # the dataset-, subject- and session-level sidecars that apply to the copied images
+    inherited = {side for p in scans if p.name.endswith((".nii", ".nii.gz")) for side in sidecar_chain(p)}
+    files = scans + sorted(inherited - set(scans))
     sessions = {}  # (sub, ses label) -> new ses label
     for path in files:
         parts = path.relative_to(bids_dir).parts
@@ -357,18 +331,17 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
                for sub, labs in sessions.items() for i, lab in enumerate(sorted(labs))}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _stale_partials(out_dir):
+    from neuroml._utils.fileio import _OWNER, _umask, stale_temporaries
+
+    for stale in stale_temporaries(out_dir.parent, f".{glob.escape(out_dir.name)}.*.partial"):  # a killed run's
         shutil.rmtree(stale, ignore_errors=True)
-    from neuroml._utils.fileio import _OWNER
 
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_OWNER}.", suffix=".partial", dir=out_dir.parent))
     try:
         result = _write_copy(nib, bids_dir, work, files, table, desc, rename, ses_map, pseudonymize, keep)
         # mkdtemp makes the folder 0700: give the copy the mode of an empty folder the user made,
         # else that of a new folder under the umask (a copy is made to be shared)
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = out_dir.stat().st_mode & 0o7777 if out_dir.exists() else 0o777 & ~umask
+        mode = out_dir.stat().st_mode & 0o7777 if out_dir.exists() else 0o777 & ~_umask()
         os.chmod(work, mode)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); fails if something appeared meanwhile

@@ -2,7 +2,6 @@
 sidecar fields, session labels, path names in find_strings, and an atomic (rerunnable) copy."""
 
 import json
-import logging
 
 import nibabel as nib
 import numpy as np
@@ -118,6 +117,15 @@ def test_a_failed_copy_leaves_nothing_and_can_be_rerun(tmp_path, monkeypatch):
     # an existing empty folder is filled too
     (tmp_path / "empty").mkdir()
     assert deidentify_bids(raw, tmp_path / "empty", key_file=raw / "key.txt")["n_images"] == 4
+    # a killed run's partial copy (a dead process of this host) is removed; a live one's is not
+    from neuroml._utils.fileio import _OWNER
+
+    host = _OWNER.rsplit("-", 1)[0]
+    dead, live = tmp_path / f".again.{host}-4194303.x1.partial", tmp_path / f".again.{_OWNER}.x2.partial"
+    dead.mkdir()
+    live.mkdir()
+    deidentify_bids(raw, tmp_path / "again", key_file=raw / "key.txt")
+    assert not dead.exists() and live.exists()
 
 
 def test_the_copy_is_as_readable_as_a_folder_the_user_makes(tmp_path):

@@ -38,7 +38,7 @@ def _owner():
 # temporary names are ".<final name>.<host>-<pid>.<random>.tmp<suffix>": a temporary whose
 # writer is dead (same host, process gone) is left over from a crash and can be deleted
 _OWNER = _owner()
-_TMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)\.[^.]+\.tmp")
+_TMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)\.[^.]+\.(?:tmp|partial)")
 
 
 def _pid_alive(pid):
@@ -62,22 +62,27 @@ def remove_stale_temporaries(folder, name=None):
     int
         The number of files deleted.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    host = _OWNER.rsplit("-", 1)[0]
-    pattern = f".{glob.escape(name)}.*.tmp*" if name else ".*.tmp*"
     n = 0
-    for tmp in folder.glob(pattern):
-        match = None
-        for match in _TMP_RE.finditer(tmp.name):
-            pass
-        if match is None or match.group("host") != host or _pid_alive(int(match.group("pid"))):
-            continue
+    for tmp in stale_temporaries(folder, f".{glob.escape(name)}.*.tmp*" if name else ".*.tmp*"):
         with contextlib.suppress(OSError):
             tmp.unlink()
             n += 1
     return n
+
+
+def stale_temporaries(folder, pattern):
+    """Paths in ``folder`` matching ``pattern`` that are temporaries (``.<name>.<host>-<pid>.<random>.tmp``
+    or ``.partial``) of a writer of this host whose process is gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    host = _OWNER.rsplit("-", 1)[0]
+    for tmp in folder.glob(pattern):
+        match = None
+        for match in _TMP_RE.finditer(tmp.name):
+            pass
+        if match is not None and match.group("host") == host and not _pid_alive(int(match.group("pid"))):
+            yield tmp
 
 
 def _umask():

@@ -37,7 +37,7 @@ from neuroml.errors import ConfigError, InputError
 from neuroml.functional.clean import STRATEGIES, clean_series, find_confounds_file, load_confounds
 from neuroml.functional.maps import (alff_array, check_band, falff_array, reho_array, seed_connectivity_array,
                                      sphere_mask, zscore_in_mask)
-from neuroml.io.bids import check_label, parse_entities
+from neuroml.io.bids import check_label, parse_entities, sidecar_chain
 from neuroml.io.image import check_img, header_tr
 from neuroml.io.templates import brain_mask_on_grid, target_grid
 
@@ -161,39 +161,6 @@ def map_names(params):
     return [*_BASE_MAPS, *(f"conn{n}" for n in params["seeds"]), *(f"conn{n}" for n in params["networks"])]
 
 
-def _sidecar_chain(path):
-    """The JSON sidecars that apply to a BIDS file (BIDS inheritance), nearest first.
-
-    Each folder from the file's own up to the dataset root (the folder above ``sub-<label>``)
-    is searched for ``*.json`` files of the same suffix whose entities are all the file's
-    (``task-rest_bold.json`` at the root applies to ``sub-01_task-rest_run-1_bold.nii.gz``);
-    within a folder the one naming more entities comes first. Symbolic links are not resolved.
-    """
-    path = Path(path)
-    entities, suffix, _ = parse_entities(path.name)
-    if not suffix:
-        return []
-    parents = list(path.parents)
-    folders = parents[:1]
-    for i, folder in enumerate(parents):
-        if folder.name.startswith("sub-"):
-            folders = parents[: i + 2]  # up to the dataset root
-            break
-    chain = []
-    for folder in folders:
-        try:
-            candidates = sorted(folder.glob(f"*_{suffix}.json")) + sorted(folder.glob(f"{suffix}.json"))
-        except OSError:
-            continue
-        found = []
-        for side in candidates:
-            ents, sfx, ext = parse_entities(side.name)
-            if sfx == suffix and ext == ".json" and all(entities.get(k) == v for k, v in ents.items()):
-                found.append((len(ents), side))
-        chain += [side for _, side in sorted(found, key=lambda t: (-t[0], t[1].name))]
-    return chain
-
-
 def repetition_time(img, path=None, override=None):
     """The repetition time in seconds: ``override``, else the BIDS sidecars', else the header's.
 
@@ -212,7 +179,7 @@ def repetition_time(img, path=None, override=None):
     if override is not None:
         return float(override)
     if path is not None:
-        for side in _sidecar_chain(path):
+        for side in sidecar_chain(path):
             try:
                 meta = read_json(side)
             except OSError as exc:

@@ -22,6 +22,7 @@ __all__ = [
     "read_participants",
     "derivative_name",
     "scan_entities",
+    "sidecar_chain",
 ]
 
 #: Order of entities in BIDS file names (the BIDS specification's entity table); the transform
@@ -101,6 +102,39 @@ class Scan:
     def key(self):
         """Entities identifying this scan (sub, ses, task, acq, run...)."""
         return {k: v for k, v in self.entities.items()}
+
+
+def sidecar_chain(path):
+    """The JSON sidecars that apply to a BIDS file (BIDS inheritance), nearest first.
+
+    Each folder from the file's own up to the dataset root (the folder above ``sub-<label>``)
+    is searched for ``*.json`` files of the same suffix whose entities are all the file's
+    (``task-rest_bold.json`` at the root applies to ``sub-01_task-rest_run-1_bold.nii.gz``);
+    within a folder the one naming more entities comes first. Symbolic links are not resolved.
+    """
+    path = Path(path)
+    entities, suffix, _ = parse_entities(path.name)
+    if not suffix:
+        return []
+    parents = list(path.parents)
+    folders = parents[:1]
+    for i, folder in enumerate(parents):
+        if folder.name.startswith("sub-"):
+            folders = parents[: i + 2]  # up to the dataset root
+            break
+    chain = []
+    for folder in folders:
+        try:
+            candidates = sorted(folder.glob(f"*_{suffix}.json")) + sorted(folder.glob(f"{suffix}.json"))
+        except OSError:
+            continue
+        found = []
+        for side in candidates:
+            ents, sfx, ext = parse_entities(side.name)
+            if sfx == suffix and ext == ".json" and all(entities.get(k) == v for k, v in ents.items()):
+                found.append((len(ents), side))
+        chain += [side for _, side in sorted(found, key=lambda t: (-t[0], t[1].name))]
+    return chain
 
 
 def _subject_dirs(bids_dir, participant_labels):
