@@ -14,14 +14,13 @@ logic of its own. A pipeline file is::
 ``*_dir``/``*_path`` keys are resolved against the current working directory.
 """
 
-import difflib
 import importlib
 import inspect
 import logging
 import re
 from pathlib import Path
 
-from neuroml._utils.options import look_up_option
+from neuroml._utils.options import closest, look_up_option
 from neuroml.errors import ConfigError, InputError
 
 __all__ = ["STEPS", "run_step", "step_parameters", "load_pipeline", "run_pipeline"]
@@ -68,8 +67,8 @@ def _names_of(target):
 
 
 def _unknown(key, allowed, what, prefix):
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else f" Valid: {', '.join(sorted(allowed))}."
+    close = closest(key, allowed)
+    hint = f" Did you mean {close!r}?" if close is not None else f" Valid: {', '.join(sorted(allowed))}."
     return ConfigError(f"{prefix}unknown {what} {key!r}.{hint}")
 
 
@@ -209,8 +208,9 @@ def load_pipeline(path, overrides=None):
     for key in given:
         if key not in file_vars and key != "pipeline_dir" and key not in used:
             known = sorted({*file_vars, *used})
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else f" Its variables: {', '.join(known) or 'none'}."
+            close = closest(key, known)
+            hint = (f" Did you mean {close!r}?" if close is not None
+                    else f" Its variables: {', '.join(known) or 'none'}.")
             raise ConfigError(f"{path}: --set {key}: the pipeline has no variable {key!r}.{hint}")
     # overrides replace the file's values before anything is expanded, so derived variables
     # (derivatives: ${workdir}/derivatives) follow an overridden workdir

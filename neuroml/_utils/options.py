@@ -5,7 +5,7 @@ import math
 
 from neuroml.errors import ConfigError
 
-__all__ = ["look_up_option", "check_in_range"]
+__all__ = ["look_up_option", "closest", "check_in_range"]
 
 
 def look_up_option(name, value, allowed):
@@ -32,13 +32,24 @@ def look_up_option(name, value, allowed):
         lowered = {a.lower(): a for a in allowed if isinstance(a, str)}
         if value.lower() in lowered:
             return lowered[value.lower()]
-    hint = ""
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    if close:
-        hint = f" Did you mean {close[0]!r}?"
+    close = closest(value, allowed)
+    hint = f" Did you mean {close!r}?" if close is not None else ""
     raise ConfigError(
         f"The {name!r} parameter must be one of {allowed}. Got {value!r} instead.{hint}"
     )
+
+
+def closest(value, allowed):
+    """The allowed value closest to ``value`` (case ignored), for a "did you mean" hint; or None.
+
+    Examples
+    --------
+    >>> closest("AAL3", ["aal", "harvard_oxford"]), closest("zzz", ["aal"])
+    ('aal', None)
+    """
+    names = {str(a).lower(): a for a in allowed}
+    close = difflib.get_close_matches(str(value).lower(), list(names), n=1)
+    return names[close[0]] if close else None
 
 
 def check_in_range(name, value, low=None, high=None, kind=(int, float)):

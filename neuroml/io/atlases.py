@@ -6,7 +6,6 @@ located without importing it. Nothing is downloaded.
 
 import csv
 import dataclasses
-import difflib
 import functools
 import importlib.util
 from pathlib import Path
@@ -78,13 +77,7 @@ def load_atlas(name="aal"):
     -------
     Atlas
     """
-    try:
-        name = look_up_option("atlas", name, ATLASES)
-    except ConfigError as exc:  # its hint compares case: "AAL3" would get none
-        close = difflib.get_close_matches(str(name).lower(), ATLASES, n=1)
-        if not close or "Did you mean" in str(exc):
-            raise
-        raise ConfigError(f"{exc} Did you mean {close[0]!r}?") from None
+    name = look_up_option("atlas", name, ATLASES)
     folder = _atlas_dir()
     img = nib.load(str(folder / f"atlas_{name}.nii.gz"))
     with open(folder / f"labels_{name}.csv", encoding="utf-8") as fh:
