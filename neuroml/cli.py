@@ -6,12 +6,12 @@ Each subcommand turns its arguments into parameters of one library step
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from neuroml import __version__
+from neuroml._utils.threads import configure_openmp
 
 __all__ = ["main", "build_parser"]
 
@@ -312,7 +312,7 @@ def _dispatch(args):
 
 def main(argv=None):
     """Entry point of the ``neuroml`` console script; returns the exit status."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    configure_openmp()  # before anything loads torch
     from neuroml.errors import NeuromlError
 
     parser = build_parser()

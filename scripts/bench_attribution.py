@@ -33,19 +33,19 @@ Usage::
     python scripts/bench_attribution.py --run RUN --deriv DERIV --methods gradcam saliency
 """
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from neuroml._utils.threads import configure_openmp  # noqa: E402
+
+configure_openmp()  # as the neuroml command does, before torch loads
+
+import numpy as np  # noqa: E402
 
 #: Training settings of the benchmark run (explicit, so that changes of the library's
 #: defaults do not change the benchmark).

@@ -23,7 +23,6 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -32,10 +31,14 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's neuroml, installed or not
+
+from neuroml._utils.threads import configure_openmp  # noqa: E402
+
+configure_openmp()  # as the neuroml command does, before torch loads
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's neuroml, installed or not
 
 
 def _ranks(run_dir, method, cls, planted):

@@ -27,16 +27,18 @@ the repository copied::
 """
 
 import argparse
-import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's neuroml, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from neuroml._utils.threads import configure_openmp  # noqa: E402
+
+configure_openmp()  # as the neuroml command does, before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

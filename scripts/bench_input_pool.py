@@ -18,15 +18,17 @@ reused when the workdir already holds it. Usage::
 
 import argparse
 import itertools
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from neuroml._utils.threads import configure_openmp  # noqa: E402
+
+configure_openmp()  # as the neuroml command does, before torch loads
 
 from _benchdata import report_result, timed  # noqa: E402
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))  # run from a source checkout without installing
 
 _CHILD = r"""
 import os, resource, sys, time, json
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from neuroml._utils.threads import configure_openmp
+configure_openmp()
 stage, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 import numpy as np, nibabel as nib, SimpleITK, torch
@@ -85,8 +86,7 @@ def make_big_volume(path, shape=(512, 512, 400), seed=0):
 
 
 def run_child(stage, path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, stage, str(path)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:

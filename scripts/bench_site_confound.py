@@ -16,10 +16,15 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's neuroml, installed or not
+
+from neuroml._utils.threads import configure_openmp  # noqa: E402
+
+configure_openmp()  # as the neuroml command does, before torch loads
 
 
 def main(argv=None):

@@ -37,9 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from neuroml._utils.threads import configure_openmp  # noqa: E402
+
+configure_openmp()  # as the neuroml command does, before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -207,7 +210,8 @@ def main(argv=None):
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
         res = {"n_volumes": n, "grid_shape": list(shape), "batch_size": bs, "threads": args.threads,
-               "repeats": args.repeats, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+               "repeats": args.repeats, "openmp_env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+                               if k in os.environ},
                "epochs_timed": args.epochs - 1, "cache_build_or_check_s": round(t_cache, 2),
                "cache_to_ram_s": round(t_ram, 2), "load_avg_start": round(os.getloadavg()[0], 2)}
         memmap_ds = VolumeDataset(cohort.cache.data, y, rows)

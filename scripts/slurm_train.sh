@@ -43,9 +43,8 @@ HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 PORT=${NEUROML_PORT:-29500}
 GPUS=${NEUROML_GPUS:-${SLURM_GPUS_ON_NODE:-1}}
 NNODES=${SLURM_NNODES:-1}
-# each process uses its share of the node's cores; passive OpenMP waits (see docs)
+# each process uses its share of the node's cores (the neuroml command sets a short OpenMP spin)
 export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-$GPUS} / GPUS > 0 ? ${SLURM_CPUS_PER_TASK:-$GPUS} / GPUS : 1 ))
-export OMP_WAIT_POLICY=PASSIVE
 echo "neuroml train: $NNODES node(s) x $GPUS process(es), rendezvous $HEAD:$PORT, run folder $RUN"
 
 # one srun task per node; torchrun starts the per-GPU processes and sets RANK, LOCAL_RANK,

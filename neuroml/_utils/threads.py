@@ -1,0 +1,43 @@
+"""How torch's OpenMP threads wait between parallel regions; set before torch is imported.
+
+A CPU training step of the compact network is hundreds of small parallel regions. Between
+them OpenMP threads either spin (torch's default) or sleep (``OMP_WAIT_POLICY=PASSIVE``).
+On the 2-core development machine (README, Benchmarks, "OpenMP wait policy"):
+
+* spinning is fastest on idle cores, but when other processes keep the cores busy, the
+  spinning threads take their time slices and a step runs 10-25x slower;
+* sleeping at once never collapses, but wakes the threads for every region: about 1.6x slower
+  than spinning on idle cores;
+* a short bounded spin (``GOMP_SPINCOUNT=1000``, GNU OpenMP: torch's Linux wheels) keeps
+  most of the spinning speed on idle cores (1.3x faster than sleeping) and stays within
+  about 10 % of sleeping on busy ones.
+
+Other OpenMP runtimes (LLVM/Intel: macOS, some conda builds) have no spin count in
+iterations; ``KMP_BLOCKTIME=0`` makes them sleep at once, as ``PASSIVE`` did.
+"""
+
+import os
+
+__all__ = ["OPENMP_DEFAULTS", "configure_openmp"]
+
+#: What :func:`configure_openmp` sets when the user has set none of these variables.
+OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
+
+
+def configure_openmp(environ=None):
+    """Set :data:`OPENMP_DEFAULTS` in ``environ`` (default ``os.environ``) unless the user
+    chose a wait policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set).
+
+    Takes effect only if called before torch (and its OpenMP runtime) is loaded: the ``neuroml``
+    command and the benchmark scripts call it first. Returns the variables it set.
+
+    >>> configure_openmp({})
+    {'GOMP_SPINCOUNT': '1000', 'KMP_BLOCKTIME': '0'}
+    >>> configure_openmp({"OMP_WAIT_POLICY": "PASSIVE"})
+    {}
+    """
+    environ = os.environ if environ is None else environ
+    if any(name in environ for name in ("OMP_WAIT_POLICY", *OPENMP_DEFAULTS)):
+        return {}
+    environ.update(OPENMP_DEFAULTS)
+    return dict(OPENMP_DEFAULTS)
