@@ -37,3 +37,20 @@ def test_the_command_sets_it_before_torch_loads(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "[]"
+
+
+def test_a_run_records_the_policy_it_ran_under(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from neuroml.training.outputs import write_provenance
+
+    for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", *OPENMP_DEFAULTS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    write_provenance(tmp_path / "provenance.json", 0, "start", torch.device("cpu"), {}, [])
+    doc = json.loads((tmp_path / "provenance.json").read_text())
+    assert doc["openmp_env"] == {"OMP_NUM_THREADS": "2", "GOMP_SPINCOUNT": "1000"}
+    assert doc["torch_threads"] == torch.get_num_threads()

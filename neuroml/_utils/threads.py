@@ -18,10 +18,12 @@ iterations; ``KMP_BLOCKTIME=0`` makes them sleep at once, as ``PASSIVE`` did.
 
 import os
 
-__all__ = ["OPENMP_DEFAULTS", "configure_openmp"]
+__all__ = ["OPENMP_DEFAULTS", "OPENMP_VARIABLES", "configure_openmp"]
 
 #: What :func:`configure_openmp` sets when the user has set none of these variables.
 OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
+#: The variables that set the threads and their waits (recorded in a run's ``provenance.json``).
+OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def configure_openmp(environ=None):
@@ -37,7 +39,7 @@ def configure_openmp(environ=None):
     {}
     """
     environ = os.environ if environ is None else environ
-    if any(name in environ for name in ("OMP_WAIT_POLICY", *OPENMP_DEFAULTS)):
+    if any(name in environ for name in OPENMP_VARIABLES[1:]):
         return {}
     environ.update(OPENMP_DEFAULTS)
     return dict(OPENMP_DEFAULTS)

@@ -1,6 +1,7 @@
 """Run-folder writers: history tables, the training-curve figure, provenance."""
 
 import datetime
+import os
 import platform
 import sys
 
@@ -8,6 +9,7 @@ import pandas as pd
 
 from neuroml._utils.fileio import atomic_path, write_json_atomic, write_text_atomic
 from neuroml._utils.provenance import package_versions
+from neuroml._utils.threads import OPENMP_VARIABLES
 
 __all__ = ["write_history", "read_history", "plot_training_curves", "write_provenance", "now_iso"]
 
@@ -67,7 +69,8 @@ def write_provenance(path, seed, start, device, inputs, folds, extra=None):
     """Write ``provenance.json``: versions, command, seed, times, device, input checksums."""
     import torch
 
-    dev = {"device": str(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    dev = {"device": str(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+           "openmp_env": {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}}  # speed, not results
     if getattr(device, "type", str(device)) == "cuda":
         dev["cuda_device_name"] = torch.cuda.get_device_name(device)
     doc = {"packages": package_versions(), "command": list(sys.argv), "seed": int(seed), "start": start,
