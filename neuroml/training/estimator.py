@@ -3,9 +3,11 @@
 import os
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from neuroml._utils.options import check_in_range
 from neuroml.errors import InputError
 
 __all__ = ["NeuroClassifier"]
@@ -30,12 +32,19 @@ def _as_volumes(images, grid=None):
             raise InputError(f"expected an array of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {vols.shape}")
         if not np.isfinite(vols).all():
             raise InputError("images contain NaN or infinite values")
+        if not len(vols):
+            raise InputError("no images given")
         found = None
     else:
-        images = list(images)
+        try:
+            images = list(images)
+        except TypeError:
+            raise InputError(f"expected NIfTI paths, nibabel images or an array of volumes, got "
+                             f"{type(images).__name__}") from None
         if not images:
             raise InputError("no images given")
-        imgs = [check_img(im) for im in images]
+        imgs = [check_img(im, name=None if isinstance(im, (str, os.PathLike)) else f"images[{i}]")
+                for i, im in enumerate(images)]
         affine, shape = np.asarray(imgs[0].affine), imgs[0].shape[:3]
         for i, im in enumerate(imgs):
             if im.shape[:3] != shape or not np.allclose(im.affine, affine, atol=1e-4):
@@ -67,10 +76,12 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
     weight_decay : float, default=1e-4
     patience : int or None, default=10
     val_fraction : float, default=0.2
-        Fraction of the training images (per class) held out for early stopping; 0 trains
-        on everything for ``epochs`` epochs.
+        Fraction of the training images (per class) held out for early stopping, in
+        ``[0, 0.5]``; 0 trains on everything for ``epochs`` epochs.
     augment : bool, default=True
     seed : int, default=0
+        Seed of the validation split, initialisation, shuffling and augmentation: a refit
+        gives the same network.
     device : str, default="auto"
     amp : bool, default=True
     show_progress : bool, default=False
@@ -120,37 +131,52 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         self.input_pool = input_pool
 
     def fit(self, images, labels):
-        """Train on images (paths or images on one grid, a 4D image, or a 4D/5D array) and labels."""
+        """Train on images (paths or images on one grid, a 4D image, or a 4D/5D array) and labels.
+
+        Raises
+        ------
+        ConfigError
+            For a parameter out of range (checked here, not in ``__init__``).
+        InputError
+            For an unreadable or non-finite image (naming its path, or ``images[i]``), images
+            off the first one's grid, as many labels as images missing, a missing label
+            (None, NaN, empty), or a single class.
+        """
         from neuroml.data.dataset import VolumeDataset, make_augmentation
-        from neuroml.models.factory import build_model
+        from neuroml.models.factory import build_model, resolve_input_pool
         from neuroml.training.run import _class_weights
         from neuroml.training.splits import validation_split
         from neuroml.training.trainer import TrainSettings, fit, seed_for
 
-        from neuroml.models.factory import resolve_input_pool
-
+        check_in_range("val_fraction", self.val_fraction, 0.0, 0.5)
+        seed = int(check_in_range("seed", self.seed, 0, None, kind=(int, np.integer)))
         vols, grid = _as_volumes(images)
         self.input_pool_ = resolve_input_pool(self.input_pool, self.model, vols.shape[2:])
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(vols):
             raise InputError(f"got {len(vols)} images but labels of shape {labels.shape}")
+        missing = [i for i, v in enumerate(labels.tolist()) if pd.isna(v) or (isinstance(v, str) and not v.strip())]
+        if missing:
+            raise InputError(f"{len(missing)} label(s) are missing (None, NaN or empty) at position(s) "
+                             f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; label every image or leave "
+                             "the unlabelled ones out")
         self.classes_, y = np.unique(labels, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputError(f"labels hold a single class {self.classes_.tolist()}; need at least two")
         ids = [f"sub-{i}" for i in range(len(vols))]
-        train_ids, val_ids = validation_split(ids, y, self.val_fraction, seed=self.seed)
+        train_ids, val_ids = validation_split(ids, y, self.val_fraction, seed=seed)
         train, val = [int(p[4:]) for p in train_ids], [int(p[4:]) for p in val_ids]
         settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                  weight_decay=self.weight_decay, patience=self.patience if val else None,
                                  amp=self.amp, device=self.device, show_progress=self.show_progress).validate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(self.seed, "init"))
+            torch.manual_seed(seed_for(seed, "init"))
             net = build_model(self.model, len(self.classes_), in_channels=vols.shape[1], spatial_shape=vols.shape[2:],
                               input_pool=self.input_pool_)
-        aug = make_augmentation(seed=seed_for(self.seed, "augment")) if self.augment else None
+        aug = make_augmentation(seed=seed_for(seed, "augment")) if self.augment else None
         result = fit(net, VolumeDataset(vols, y[train], train, transform=aug),
                      VolumeDataset(vols, y[val], val) if val else None, settings,
-                     class_weights=_class_weights(y[train], len(self.classes_)), stream=(self.seed,), desc="fit")
+                     class_weights=_class_weights(y[train], len(self.classes_)), stream=(seed,), desc="fit")
         self.model_ = result.model.cpu().eval()
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
