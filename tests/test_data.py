@@ -336,3 +336,16 @@ def test_augmenting_the_pooled_grid_matches_pooling_the_augmented_grid():
     sd_full = pool(BatchAugmentation(seed=1, **noise).apply_batch(big)).flatten(1).std(1)
     sd_coarse = BatchAugmentation(seed=1, **noise).apply_batch(pool(big), pooled=2).flatten(1).std(1)
     assert torch.allclose(sd_coarse, sd_full, rtol=0.1)  # same per-item noise level drawn for both
+
+
+@pytest.mark.parametrize("what, content", [("npy", b""), ("npy", b"\x93NUMPY\x01\x00v\x00{'descr'"),
+                                           ("meta", b"[1, 2]"), ("meta", b'{"entries": [1]}'),
+                                           ("meta", b'{"entries": {"res-8": 5}}')])
+def test_corrupt_cache_files_are_rebuilt_not_a_crash(deriv, what, content):
+    expected = build_cache(deriv).load()
+    path = deriv / "cache" / ("res-8_T1w.npy" if what == "npy" else "meta.json")
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="rebuild it with"):
+        TensorCache.open(deriv, resolution=8)
+    assert np.array_equal(build_cache(deriv).load(), expected)
+    assert TensorCache.open(deriv, resolution=8).digest == build_cache(deriv).digest

@@ -262,14 +262,19 @@ class TensorCache:
         for p in (npy, tsv, meta_path):
             if not p.is_file():
                 raise InputError(f"tensor cache incomplete: {p.name} missing{hint}", p.parent)
-        meta = read_json(meta_path).get("entries", {}).get(_entry(key, input))
-        if not meta:
+        entries = read_json(meta_path)
+        entries = entries.get("entries") if isinstance(entries, dict) else None
+        meta = entries.get(_entry(key, input)) if isinstance(entries, dict) else None
+        if not isinstance(meta, dict) or not meta:
             raise InputError(f"no entry for {_entry(key, input)}{hint}", meta_path)
         index = _read_index(tsv)
         digest = _index_digest(index)
         if digest != meta.get("index_sha256"):
             raise InputError(f"cache index does not match meta.json (interrupted build?){hint}", tsv)
-        data = np.load(npy, mmap_mode="r")
+        try:
+            data = np.load(npy, mmap_mode="r")
+        except (ValueError, EOFError) as exc:  # truncated or not an .npy file
+            raise InputError(f"cache array cannot be read ({exc}){hint}", npy) from None
         shape = tuple(meta["shape"])
         if data.dtype != np.float16 or data.shape != (len(index), *shape):
             raise InputError(f"cache array is {data.dtype} {data.shape}, expected float16 "
@@ -393,6 +398,7 @@ def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
             meta = read_json(meta_path)
         except InputError:
             meta = {}
+    meta = meta if isinstance(meta, dict) else {}
     entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
     entries[_entry(key, input)] = {
         "resolution": key, "resolution_mm": _res_mm(key), "affine": affine.tolist(), "shape": list(shape),
