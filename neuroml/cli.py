@@ -218,8 +218,24 @@ def _repo_file(*parts):
     return Path(__file__).resolve().parents[1].joinpath(*parts)
 
 
+def _run_pipeline(path, overrides, quiet):
+    """Run a pipeline; return its last step's result and the failed scans of all its steps
+    (each also listed on stderr), so the command can exit with status 1 as ``preprocess`` does."""
+    from neuroml.pipeline import iter_pipeline
+
+    result, failed = None, []
+    for name, result in iter_pipeline(path, overrides, show_progress=False if quiet else None):
+        failed += [(name, f) for f in list(getattr(result, "failures", None) or [])]
+    for name, f in failed[:20]:
+        print(f"  FAILED ({name}) {f}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} scan(s) failed: see failures.tsv in the output folder of each step above",
+              file=sys.stderr)
+    return result, failed
+
+
 def _dispatch(args):
-    from neuroml.pipeline import run_pipeline, run_step
+    from neuroml.pipeline import run_step
 
     c = args.command
     if c == "synth":
@@ -292,10 +308,10 @@ def _dispatch(args):
         print(result["out_dir"])
         return 0
     if c == "run":
-        result = run_pipeline(args.pipeline, dict(args.set), show_progress=False if args.quiet else None)
+        result, failed = _run_pipeline(args.pipeline, dict(args.set), args.quiet)
         if result is not None:
             print(result)
-        return 0
+        return 1 if failed else 0
     if c == "demo":
         pipeline = _repo_file("pipelines", "demo.yaml")
         if not pipeline.is_file():
@@ -303,10 +319,9 @@ def _dispatch(args):
 
             raise InputError("the demo needs the source checkout (pipelines/ and data_samples/); "
                              "clone the repository and `pip install -e .`", pipeline)
-        report = run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())},
-                              show_progress=False if args.quiet else None)
+        report, failed = _run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())}, args.quiet)
         print(f"report: {report}")
-        return 0
+        return 1 if failed else 0
     raise AssertionError(c)  # pragma: no cover - argparse restricts the choices
 
 

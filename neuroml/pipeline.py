@@ -23,7 +23,7 @@ from pathlib import Path
 from neuroml._utils.options import closest, look_up_option
 from neuroml.errors import ConfigError, InputError
 
-__all__ = ["STEPS", "run_step", "step_parameters", "load_pipeline", "run_pipeline"]
+__all__ = ["STEPS", "run_step", "step_parameters", "load_pipeline", "iter_pipeline", "run_pipeline"]
 
 log = logging.getLogger("neuroml")
 
@@ -237,22 +237,42 @@ def load_pipeline(path, overrides=None):
     return steps
 
 
-def run_pipeline(path, overrides=None, show_progress=None):
-    """Run every step of a pipeline YAML in order; return the last step's result.
+def iter_pipeline(path, overrides=None, show_progress=None):
+    """Run every step of a pipeline YAML in order, yielding ``(name, result)`` after each step.
 
+    The whole file is checked (:func:`load_pipeline`) before the first step runs.
     ``show_progress`` (True/False) is given to every step that takes it and whose YAML does
     not set it (``neuroml -q run`` passes False); None leaves the steps' defaults.
+
+    Raises
+    ------
+    ConfigError
+        For an invalid parameter value met by a step; the message starts with the file and
+        the step (``p.yaml step 2 (train): ...``).
     """
-    result = None
     steps = load_pipeline(path, overrides)
     for i, (name, params) in enumerate(steps, 1):
         if show_progress is not None and "show_progress" not in params and \
                 "show_progress" in inspect.signature(_resolve(name)).parameters:
             params = {**params, "show_progress": bool(show_progress)}
         log.info("pipeline step %d/%d: %s", i, len(steps), name)
-        result = run_step(name, **params)
+        try:
+            result = run_step(name, **params)
+        except ConfigError as exc:  # a value the step refuses: say which file and step holds it
+            raise ConfigError(f"{path} step {i} ({name}): {exc}") from None
         failures = getattr(result, "failures", None)
         if failures:
             log.warning("step %s: %d scan(s) failed (see failures.tsv); continuing with the rest",
                         name, len(failures))
+        yield name, result
+
+
+def run_pipeline(path, overrides=None, show_progress=None):
+    """Run every step of a pipeline YAML in order; return the last step's result.
+
+    See :func:`iter_pipeline` for ``show_progress`` and the errors.
+    """
+    result = None
+    for _, result in iter_pipeline(path, overrides, show_progress):
+        pass
     return result

@@ -229,3 +229,29 @@ def test_quiet_pipelines_turn_off_progress_bars_of_the_steps_that_have_them(tmp_
     calls.clear()
     pipeline.run_pipeline(path)
     assert "show_progress" not in calls[0][1]
+
+
+def test_a_value_a_step_refuses_names_the_pipeline_file_and_step(tmp_path, capsys):
+    out = tmp_path / "bids"
+    path = _write(tmp_path, f"steps:\n  - synth: {{out_dir: {out}, n_subjects: abc}}\n")
+    assert main(["-q", "run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"neuroml run: error: {path} step 1 (synth): ")
+    assert "n_subjects" in err[0]
+
+
+def test_run_exits_1_when_a_step_reports_failed_scans(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from neuroml import pipeline
+
+    path = _write(tmp_path, "steps:\n  - preprocess: {bids_dir: b, out_dir: d}\n  - report: {run_dir: r}\n")
+    results = {"preprocess": SimpleNamespace(failures=["sub-02 anat/sub-02_T1w.nii.gz: truncated"]),
+               "report": "r/report.html"}
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: results[name])
+    assert main(["-q", "run", str(path)]) == 1  # the later steps still ran
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "r/report.html"
+    assert "sub-02" in captured.err and "failures.tsv" in captured.err
+    results["preprocess"] = SimpleNamespace(failures=[])
+    assert main(["-q", "run", str(path)]) == 0
