@@ -344,7 +344,7 @@ def main(argv=None):
         print("neuroml: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, read-only folder, permissions
-        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        name = f" {exc.filename}:" if getattr(exc, "filename", None) else ""
         print(f"neuroml {args.command}: error:{name} {exc.strerror or exc}", file=sys.stderr)
         return 2
     finally:

@@ -255,3 +255,19 @@ def test_run_exits_1_when_a_step_reports_failed_scans(tmp_path, monkeypatch, cap
     assert "sub-02" in captured.err and "failures.tsv" in captured.err
     results["preprocess"] = SimpleNamespace(failures=[])
     assert main(["-q", "run", str(path)]) == 0
+
+
+def test_an_os_error_names_the_file_then_the_problem(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from neuroml import pipeline
+
+    path = tmp_path / "a-file"
+
+    def fail(name, **kw):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path / "run"))
+
+    monkeypatch.setattr(pipeline, "run_step", fail)
+    assert main(["report", str(path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"neuroml report: error: {path / 'run'}: Not a directory"]
