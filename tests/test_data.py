@@ -349,3 +349,49 @@ def test_corrupt_cache_files_are_rebuilt_not_a_crash(deriv, what, content):
         TensorCache.open(deriv, resolution=8)
     assert np.array_equal(build_cache(deriv).load(), expected)
     assert TensorCache.open(deriv, resolution=8).digest == build_cache(deriv).digest
+
+
+def test_concurrent_builds_of_two_caches_keep_both_meta_entries(deriv, monkeypatch):
+    import threading
+
+    import neuroml.data.cache as cache_mod
+
+    affine6, shape6 = target_grid(6.0)
+    for i in range(3):
+        _write_volume(deriv, f"sub-{i + 1:02d}", np.random.default_rng(i).normal(size=shape6), affine6, res="6")
+    build_cache(deriv, resolution=8), build_cache(deriv, resolution=6)
+    affine8, shape8 = target_grid(8.0)  # both caches are now out of date
+    _write_volume(deriv, "sub-02", np.random.default_rng(8).normal(size=shape8), affine8)
+    _write_volume(deriv, "sub-02", np.random.default_rng(6).normal(size=shape6), affine6, res="6")
+    both_read = threading.Barrier(2, timeout=3)  # both builders read meta.json before either writes it
+    seen, real_read_json = set(), cache_mod.read_json
+
+    def read_json(path):
+        doc = real_read_json(path)
+        if threading.get_ident() not in seen:
+            seen.add(threading.get_ident())
+            try:
+                both_read.wait()
+            except threading.BrokenBarrierError:  # the other builder holds the lock: it never comes
+                pass
+        return doc
+
+    monkeypatch.setattr(cache_mod, "read_json", read_json)
+    errors = []
+
+    def build(res):
+        try:
+            build_cache(deriv, resolution=res)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(res,)) for res in (8, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.undo()
+    assert not errors
+    for res in (8, 6):
+        cache = TensorCache.open(deriv, resolution=res)
+        assert cache.sha256 == {p: sha256_file(deriv / p) for p in find_preprocessed(deriv, res)["path"]}

@@ -14,6 +14,7 @@ and rebuilt rather than trusted. float16 keeps intensity-normalised volumes to w
 5e-4 relative error at half the size of float32.
 """
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -335,6 +336,66 @@ def _allocate(path):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive advisory lock on ``path`` while the block runs (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError:  # a read-only folder: the writes that follow fail with a clear OutputError
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
+    """Write the index, the array and the ``meta.json`` entry of one cache (under its lock)."""
+    from tqdm.auto import tqdm
+
+    paths, shas = index["path"].tolist(), index["sha256"].tolist()
+    affine, shape = _check_grids(deriv_dir, paths)
+    reuse = {}
+    if old is not None and old.shape == shape and np.allclose(old.affine, affine, atol=_AFFINE_ATOL):
+        reuse = {(p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])}
+    npy, tsv, meta_path = _paths(deriv_dir, key, input)
+    n_read = sum((p, s) not in reuse for p, s in zip(paths, shas))
+    log.info("building tensor cache res-%s: %d volumes (%d read, %d reused)", key, len(paths), n_read, len(paths) - n_read)
+    write_text_atomic(tsv, index.fillna("n/a").to_csv(sep="\t", index=False))
+    with atomic_path(npy, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), *shape))
+        _allocate(tmp)  # a sparse memmap on a full disk dies of SIGBUS; fail with ENOSPC instead
+        for i, (p, s) in enumerate(tqdm(list(zip(paths, shas)), desc=f"cache res-{key}",
+                                        disable=not show_progress or n_read == 0)):
+            out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)
+        out.flush()
+        del out
+    with _locked(meta_path.parent / ".meta.lock"):  # caches of other resolutions or inputs share meta.json
+        meta = {}
+        if meta_path.is_file():
+            try:
+                meta = read_json(meta_path)
+            except InputError:
+                meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
+        entries[_entry(key, input)] = {
+            "resolution": key, "resolution_mm": _res_mm(key), "affine": affine.tolist(), "shape": list(shape),
+            "n_volumes": len(paths), "dtype": "float16", "data": npy.name, "index": tsv.name, "index_sha256": digest,
+        }
+        write_json_atomic(meta_path, {"format": 1, "entries": entries})
+    return TensorCache.open(deriv_dir, key, input)
+
+
 def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
     """Build (or reuse) the float16 tensor cache of a derivatives folder.
 
@@ -359,9 +420,14 @@ def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
     InputError
         If no preprocessed image is found, a volume is unreadable, not finite, out of the
         float16 range, or not on the same grid as the others (naming the file).
-    """
-    from tqdm.auto import tqdm
 
+    Notes
+    -----
+    Processes building caches in one folder at once (SLURM jobs on a shared file system)
+    take turns through advisory locks (``cache/.<cache>.lock``, ``cache/.meta.lock``): one
+    builds a cache, the others then find it up to date. An up-to-date cache is opened
+    without writing anything, so a read-only derivatives folder works once it is built.
+    """
     deriv_dir = Path(deriv_dir)
     scans = find_preprocessed(deriv_dir, resolution, input)
     key = scans["resolution"].iloc[0]
@@ -376,33 +442,10 @@ def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
     if old is not None and old.digest == digest:
         log.debug("tensor cache res-%s is up to date (%d volumes)", key, len(old))
         return old
-    affine, shape = _check_grids(deriv_dir, paths)
-    reuse = {}
-    if old is not None and old.shape == shape and np.allclose(old.affine, affine, atol=_AFFINE_ATOL):
-        reuse = {(p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])}
-    npy, tsv, meta_path = _paths(deriv_dir, key, input)
-    n_read = sum((p, s) not in reuse for p, s in zip(paths, shas))
-    log.info("building tensor cache res-%s: %d volumes (%d read, %d reused)", key, len(paths), n_read, len(paths) - n_read)
-    write_text_atomic(tsv, index.fillna("n/a").to_csv(sep="\t", index=False))
-    with atomic_path(npy, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), *shape))
-        _allocate(tmp)  # a sparse memmap on a full disk dies of SIGBUS; fail with ENOSPC instead
-        for i, (p, s) in enumerate(tqdm(list(zip(paths, shas)), desc=f"cache res-{key}",
-                                        disable=not show_progress or n_read == 0)):
-            out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)
-        out.flush()
-        del out
-    meta = {}
-    if meta_path.is_file():
-        try:
-            meta = read_json(meta_path)
-        except InputError:
-            meta = {}
-    meta = meta if isinstance(meta, dict) else {}
-    entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
-    entries[_entry(key, input)] = {
-        "resolution": key, "resolution_mm": _res_mm(key), "affine": affine.tolist(), "shape": list(shape),
-        "n_volumes": len(paths), "dtype": "float16", "data": npy.name, "index": tsv.name, "index_sha256": digest,
-    }
-    write_json_atomic(meta_path, {"format": 1, "entries": entries})
-    return TensorCache.open(deriv_dir, key, input)
+    npy = _paths(deriv_dir, key, input)[0]
+    with _locked(npy.parent / f".{npy.stem}.lock"):  # a concurrent build of this cache finishes first
+        old = _try_open(deriv_dir, key, input)
+        if old is not None and old.digest == digest:
+            log.debug("tensor cache res-%s was built by another process (%d volumes)", key, len(old))
+            return old
+        return _write_cache(deriv_dir, key, input, index, digest, old, show_progress)
