@@ -104,7 +104,8 @@ def build_parser():
                    help="compact network: average-pool the input by this factor (default auto: 2x on the 2 mm "
                         "grid: a CPU training step ~3.6x cheaper; 1 keeps the full resolution)")
     s.add_argument("--epochs", type=_positive_int, default=20, help="most epochs per fold (default 20)")
-    s.add_argument("--folds", type=_positive_int, default=3, help="cross-validation folds (default 3)")
+    s.add_argument("--folds", type=_positive_int, default=None,
+                   help="cross-validation folds (default 3; not with --leave-one-site-out, one fold per site)")
     s.add_argument("--batch-size", type=_positive_int, default=4, help="volumes per batch and process (default 4)")
     s.add_argument("--seed", type=int, default=0, help="seed of splits, weights, shuffling, augmentation (default 0)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto: cuda if present")
@@ -272,9 +273,14 @@ def _dispatch(args):
             return 1
         return 0
     if c == "train":
+        if args.folds is not None and args.leave_one_site_out:
+            from neuroml.errors import ConfigError
+
+            raise ConfigError(f"--folds {args.folds} and --leave-one-site-out conflict: leave-one-site-out makes "
+                              "one fold per site; drop one of them")
         run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
                  participants=args.participants, model=args.model, input_pool=args.input_pool,
-                 epochs=args.epochs, folds=args.folds,
+                 epochs=args.epochs, folds=3 if args.folds is None else args.folds,
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
                  amp=args.precision == "bf16", compile=args.compile, site_column=args.leave_one_site_out,

@@ -271,3 +271,17 @@ def test_an_os_error_names_the_file_then_the_problem(tmp_path, monkeypatch, caps
     assert main(["report", str(path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"neuroml report: error: {path / 'run'}: Not a directory"]
+
+
+def test_folds_with_leave_one_site_out_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    from neuroml import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append(kw))
+    argv = ["-q", "train", str(tmp_path / "d"), "--run-dir", str(tmp_path / "r")]
+    assert main(argv + ["--folds", "5", "--leave-one-site-out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--folds 5 and --leave-one-site-out conflict" in err[0] and not calls
+    assert main(argv + ["--leave-one-site-out", "scanner"]) == 0
+    assert main(argv) == 0 and main(argv + ["--folds", "5"]) == 0
+    assert [(kw["site_column"], kw["folds"]) for kw in calls] == [("scanner", 3), (None, 3), (None, 5)]
