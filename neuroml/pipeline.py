@@ -217,7 +217,14 @@ def load_pipeline(path, overrides=None):
     variables = {"pipeline_dir": str(path.resolve().parent)}
     variables.update({k: v for k, v in given.items() if k not in file_vars})
     for key, value in file_vars.items():
-        variables[key] = given[key] if key in given else _substitute(value, variables, str(path))
+        if key in given:
+            variables[key] = given[key]
+            continue
+        late = sorted(r for r in _references(value) if r not in variables and r in file_vars)
+        if late:  # "unknown variable" would be wrong: the file has it, below (or it is the variable itself)
+            raise ConfigError(f"{path}: vars: {key!r} uses ${{{late[0]}}}, which is not defined above it "
+                              "(vars are expanded in order; define a variable before those built from it)")
+        variables[key] = _substitute(value, variables, str(path))
     steps = []
     for i, entry in enumerate(doc["steps"]):
         where = f"{path} step {i + 1}"

@@ -285,3 +285,11 @@ def test_folds_with_leave_one_site_out_is_refused_not_ignored(tmp_path, monkeypa
     assert main(argv + ["--leave-one-site-out", "scanner"]) == 0
     assert main(argv) == 0 and main(argv + ["--folds", "5"]) == 0
     assert [(kw["site_column"], kw["folds"]) for kw in calls] == [("scanner", 3), (None, 3), (None, 5)]
+
+
+@pytest.mark.parametrize("vars_text, used", [("  a: ${b}/x\n  b: /data\n", "b"), ("  a: ${a}/x\n", "a")])
+def test_a_var_built_from_one_defined_below_it_is_named_not_unknown(tmp_path, vars_text, used):
+    path = _write(tmp_path, "vars:\n" + vars_text + "steps:\n  - report: {run_dir: '${a}'}\n")
+    with pytest.raises(ConfigError, match=rf"'a' uses \$\{{{used}\}}, which is not defined above it") as info:
+        load_pipeline(path)
+    assert "unknown variable" not in str(info.value) and str(path) in str(info.value)
