@@ -395,3 +395,19 @@ def test_concurrent_builds_of_two_caches_keep_both_meta_entries(deriv, monkeypat
     for res in (8, 6):
         cache = TensorCache.open(deriv, resolution=res)
         assert cache.sha256 == {p: sha256_file(deriv / p) for p in find_preprocessed(deriv, res)["path"]}
+
+
+@pytest.mark.parametrize("field, value", [("shape", 5), ("shape", None), ("affine", [1, 2]), ("affine", None)])
+def test_a_cache_entry_without_a_valid_grid_is_rebuilt(deriv, field, value):
+    expected = build_cache(deriv).load()
+    meta_path = deriv / "cache" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if value is None:
+        del meta["entries"]["res-8"][field]
+    else:
+        meta["entries"]["res-8"][field] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="valid shape or affine"):
+        TensorCache.open(deriv, resolution=8)
+    rebuilt = build_cache(deriv)
+    assert np.array_equal(rebuilt.load(), expected) and rebuilt.affine.shape == (4, 4)

@@ -276,11 +276,15 @@ class TensorCache:
             data = np.load(npy, mmap_mode="r")
         except (ValueError, EOFError) as exc:  # truncated or not an .npy file
             raise InputError(f"cache array cannot be read ({exc}){hint}", npy) from None
-        shape = tuple(meta["shape"])
+        try:
+            shape = tuple(int(n) for n in meta["shape"])
+            affine = np.asarray(meta["affine"], dtype=np.float64).reshape(4, 4)
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"entry {_entry(key, input)} lacks a valid shape or affine{hint}", meta_path) from None
         if data.dtype != np.float16 or data.shape != (len(index), *shape):
             raise InputError(f"cache array is {data.dtype} {data.shape}, expected float16 "
                              f"{(len(index), *shape)}{hint}", npy)
-        return cls(deriv_dir, key, data, index, np.asarray(meta["affine"]), shape, digest)
+        return cls(deriv_dir, key, data, index, affine, shape, digest)
 
 
 def _try_open(deriv_dir, key, input="T1w"):
