@@ -52,3 +52,14 @@ def test_unusable_image_inputs_are_clear_errors():
         NeuroClassifier(epochs=1).fit(5, ["a"])
     with pytest.raises(InputError, match="no images given"):
         NeuroClassifier(epochs=1).fit(_volumes()[:0], [])
+
+
+def test_predicting_images_with_another_affine_says_so():
+    x = _volumes()
+    clf = NeuroClassifier(epochs=1, val_fraction=0, augment=False).fit([nib.Nifti1Image(v, np.eye(4)) for v in x],
+                                                                      ["a", "b"] * 3)
+    shifted = np.eye(4)
+    shifted[0, 3] = 10
+    with pytest.raises(InputError, match="affine.*another position or voxel size"):
+        clf.predict([nib.Nifti1Image(v, shifted) for v in x[:2]])
+    assert clf.predict([nib.Nifti1Image(v, np.eye(4)) for v in x[:2]]).shape == (2,)

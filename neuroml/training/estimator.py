@@ -54,9 +54,12 @@ def _as_volumes(images, grid=None):
         found = (affine, tuple(shape))
     if grid is not None:
         shape = tuple(vols.shape[2:])
-        if shape != tuple(grid[1]) or (found is not None and grid[0] is not None
-                                       and not np.allclose(found[0], grid[0], atol=1e-4)):
+        if shape != tuple(grid[1]):
             raise InputError(f"images are on grid {shape} but the classifier was fitted on {tuple(grid[1])}")
+        if found is not None and grid[0] is not None and not np.allclose(found[0], grid[0], atol=1e-4):
+            raise InputError(f"images have the affine {np.round(found[0][:3], 4).tolist()} but the classifier was "
+                             f"fitted on images with {np.round(np.asarray(grid[0])[:3], 4).tolist()} (same shape, "
+                             "another position or voxel size); resample them to the training grid")
     return vols, found
 
 
