@@ -206,6 +206,23 @@ def test_report_without_a_usable_connectome_file(tmp_path, rng, content):
     assert "Classification (out-of-fold)" in text
 
 
+@pytest.mark.parametrize("name, content", [
+    ("metrics.json", '[{"epoch": 1, "loss": 0.7}]'),  # another tool's per-epoch metrics
+    ("provenance.json", "[1, 2]"),
+    ("provenance.json", '{"packages": ["numpy"]}'),
+    ("confounds.json", '"site"'),
+    ("splits.json", '{"folds": 3}'),
+    ("attribution/gradcam/attribution.json", '{"subjects": ["sub-01"], "group": {}}'),
+    ("attribution/gradcam/attribution.json", '{"subjects": [], "group": ["control"]}'),
+])
+def test_a_file_of_another_format_is_skipped_not_a_traceback(tmp_path, rng, name, content):
+    run = make_run(tmp_path, rng)
+    (run / name).write_text(content)
+    text = build_report(run).read_text()
+    assert "id='trust'" in text and "id='model-card'" in text and "Model card not made" not in text
+    assert (run / "model_card.md").is_file()
+
+
 def test_report_needs_a_run_folder(tmp_path):
     with pytest.raises(InputError, match=r"not a neuroml run folder \(config.json missing\)"):
         build_report(tmp_path)

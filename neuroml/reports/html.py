@@ -57,14 +57,20 @@ def _img(png, alt):
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def _load_json(path):
+def _load_json(path, kinds=(dict,)):
+    """The JSON document at ``path``, or None when it is absent, unreadable or not one of ``kinds``
+    (a file of another tool under the same name): a warning names the file, the report goes on."""
     if not path.is_file():
         return None
     try:
-        return read_json(path)
+        doc = read_json(path)
     except InputError as exc:
         log.warning("report: skipping %s", exc)
         return None
+    if not isinstance(doc, kinds):
+        log.warning("report: skipping %s: not a neuroml %s (a JSON %s)", path, path.name, type(doc).__name__)
+        return None
+    return doc
 
 
 def _load_tsv(path):
@@ -105,7 +111,7 @@ def _summary(run_dir, config, provenance, predictions, splits):
         rows.append(("grid shape", " x ".join(str(s) for s in grid["shape"])))
     out = ["<h2 id='summary'>Run summary</h2>", _table(["item", "value"], rows)]
     versions = (provenance or {}).get("packages") or (provenance or {}).get("versions")
-    if versions:
+    if isinstance(versions, dict) and versions:
         out.append("<details><summary>Package versions (provenance.json)</summary>")
         out.append(_table(["package", "version"], sorted(versions.items())))
         out.append("</details>")
@@ -238,8 +244,11 @@ def _attributions(run_dir):
     found = []
     for path in sorted((run_dir / "attribution").glob("*/attribution.json")):
         doc = _load_json(path)
-        if isinstance(doc, dict) and isinstance(doc.get("subjects"), list):
+        if (isinstance(doc, dict) and isinstance(doc.get("subjects"), list)
+                and all(isinstance(x, dict) for x in doc["subjects"]) and isinstance(doc.get("group") or {}, dict)):
             found.append((path.parent, doc))
+        elif doc is not None:
+            log.warning("report: skipping %s: no list of subjects", path)
     return found
 
 
@@ -530,8 +539,11 @@ def build_report(run_dir, out_path=None):
     classes = [str(c) for c in config.get("classes") or []]
     metrics = _load_json(run_dir / "metrics.json")
     provenance = _load_json(run_dir / "provenance.json")
-    splits_doc = _load_json(run_dir / "splits.json")
+    splits_doc = _load_json(run_dir / "splits.json", (dict, list))
     splits = splits_doc.get("folds") if isinstance(splits_doc, dict) else splits_doc
+    if splits_doc is not None and not (isinstance(splits, list) and all(isinstance(f, dict) for f in splits)):
+        log.warning("report: skipping %s: no list of folds", run_dir / "splits.json")
+        splits = None
     predictions = _load_tsv(run_dir / "predictions.tsv")
     attributions = _attributions(run_dir)
     connectome = _connectome(run_dir)

@@ -41,11 +41,17 @@ def _table(headers, rows):
 
 
 def _load(path):
+    """The JSON object at ``path``; None (with a warning naming the file) when absent, unreadable
+    or not an object."""
     try:
-        return read_json(path) if Path(path).is_file() else None
+        doc = read_json(path) if Path(path).is_file() else None
     except InputError as exc:
         log.warning("model card: skipping %s", exc)
         return None
+    if doc is not None and not isinstance(doc, dict):
+        log.warning("model card: skipping %s: not a JSON object", path)
+        return None
+    return doc
 
 
 def _performance(metrics, classes):
@@ -134,7 +140,7 @@ def _attribution(run_dir):
     for path in sorted((Path(run_dir) / "attribution").glob("*/attribution.json")):
         doc = _load(path) or {}
         uses = {}
-        for s in doc.get("subjects") or []:
+        for s in [s for s in doc.get("subjects") or [] if isinstance(s, dict)]:
             uses[s.get("model_use", "unknown")] = uses.get(s.get("model_use", "unknown"), 0) + 1
         line = (f"- {_md(doc.get('method', path.parent.name))}: maps of {sum(uses.values())} scans, "
                 + ", ".join(f"{v} {_md(k)}" for k, v in sorted(uses.items())) + ".")
