@@ -137,6 +137,9 @@ def _substitute(value, variables, where):
             key = match.group(1)
             if key not in variables:
                 raise ConfigError(f"{where}: unknown variable ${{{key}}} (known: {sorted(variables)})")
+            if variables[key] is None:  # never "None/bids": an empty --set value or YAML null (~)
+                raise ConfigError(f"{where}: variable ${{{key}}} is empty (null) but used in {value!r}; "
+                                  f"give it a value (--set {key}=VALUE)")
             return str(variables[key])
         return _VAR.sub(repl, value)
     if isinstance(value, list):

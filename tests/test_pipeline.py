@@ -293,3 +293,13 @@ def test_a_var_built_from_one_defined_below_it_is_named_not_unknown(tmp_path, va
     with pytest.raises(ConfigError, match=rf"'a' uses \$\{{{used}\}}, which is not defined above it") as info:
         load_pipeline(path)
     assert "unknown variable" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["", "~", "null"])
+def test_an_empty_variable_is_refused_inside_a_path_not_written_as_none(tmp_path, value):
+    path = _write(tmp_path, "vars:\n  workdir: /w\n  n: 3\nsteps:\n"
+                            "  - synth: {out_dir: '${workdir}/bids', n_subjects: '${n}'}\n")
+    with pytest.raises(ConfigError, match=r"\$\{workdir\} is empty .*--set workdir=VALUE"):
+        load_pipeline(path, {"workdir": value})
+    (_, params), = load_pipeline(path, {"n": value})  # a whole-value variable keeps its null
+    assert params == {"out_dir": "/w/bids", "n_subjects": None}
