@@ -10,8 +10,10 @@ The cache is rebuilt only when the index (paths and SHA-256 of the NIfTI files) 
 rows whose file is unchanged are copied from the previous cache instead of re-read.
 Every file is written atomically, the index before the array and ``meta.json`` last:
 ``meta.json`` records a digest of the index, so a cache interrupted half-way is detected
-and rebuilt rather than trusted. float16 keeps intensity-normalised volumes to within
-5e-4 relative error at half the size of float32.
+and rebuilt rather than trusted. Concurrent builders (other resolutions or inputs, or the
+same cache) take turns through advisory locks, ``cache/.<stem>.lock`` and ``cache/.meta.lock``.
+float16 keeps intensity-normalised volumes to within 5e-4 relative error at half the
+size of float32.
 """
 
 import contextlib
