@@ -151,8 +151,9 @@ def build_parser():
                         "kept while their maps are valid")
     s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
     s.add_argument("--no-sanity", action="store_true", help="skip the trust checks (sanity.json)")
-    s.add_argument("--n-sanity", type=_positive_int, default=8,
-                   help="subjects explained again for the randomization and deletion checks (default 8)")
+    s.add_argument("--n-sanity", type=_positive_int, default=None,
+                   help="subjects explained again for the randomization and deletion checks (default 8; not with "
+                        "--no-sanity)")
     s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                    help="cpu (default), cuda, or auto (cuda when available)")
     s.add_argument("--participants", type=Path, default=None,
@@ -295,9 +296,14 @@ def _dispatch(args):
         print(out)
         return 0
     if c == "attribute":
+        if args.no_sanity and args.n_sanity is not None:
+            from neuroml.errors import ConfigError
+
+            raise ConfigError(f"--n-sanity {args.n_sanity} and --no-sanity conflict: --no-sanity skips the checks "
+                              "that --n-sanity sizes; drop one of them")
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participant_labels=args.participant_label,
-                       force=args.force, sanity=not args.no_sanity, n_sanity=args.n_sanity, device=args.device,
+                       force=args.force, sanity=not args.no_sanity, n_sanity=8 if args.n_sanity is None else args.n_sanity, device=args.device,
                        show_progress=not args.quiet, participants=args.participants, out_dir=args.out))
         return 0
     if c == "connectome":

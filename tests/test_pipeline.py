@@ -303,3 +303,16 @@ def test_an_empty_variable_is_refused_inside_a_path_not_written_as_none(tmp_path
         load_pipeline(path, {"workdir": value})
     (_, params), = load_pipeline(path, {"n": value})  # a whole-value variable keeps its null
     assert params == {"out_dir": "/w/bids", "n_subjects": None}
+
+
+def test_n_sanity_with_no_sanity_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    from neuroml import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append(kw))
+    argv = ["-q", "attribute", str(tmp_path / "r"), str(tmp_path / "d")]
+    assert main(argv + ["--no-sanity", "--n-sanity", "12"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--n-sanity 12 and --no-sanity conflict" in err[0] and not calls
+    assert main(argv + ["--no-sanity"]) == 0 and main(argv) == 0 and main(argv + ["--n-sanity", "12"]) == 0
+    assert [(kw["sanity"], kw["n_sanity"]) for kw in calls] == [(False, 8), (True, 8), (True, 12)]
