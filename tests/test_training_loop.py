@@ -334,3 +334,12 @@ def test_fit_leaves_volumes_on_another_grid_to_the_network(monkeypatch):
     monkeypatch.setattr(trainer, "PREPOOL_MAX_BYTES", 10)  # too large to hold pooled: pooled per batch
     data = VolumeDataset(right, np.arange(3))
     assert trainer._prepooled(data, pool) is data
+
+
+def test_seed_for_takes_numpy_integers_as_their_python_values():
+    from neuroml.training.trainer import seed_for
+
+    assert seed_for(np.int64(5), 1, "fold") == seed_for(5, 1, "fold")
+    assert seed_for(np.int32(-3)) == seed_for(-3)
+    assert seed_for(np.uint64(2**64 - 1)) == seed_for(2**64 - 1)  # used to raise OverflowError
+    assert seed_for(5, 1) != seed_for(5, 2)

@@ -115,7 +115,7 @@ def resolve_device(device="auto"):
 
 def seed_for(*keys):
     """A 32-bit seed derived from integers and strings (e.g. ``seed_for(seed, fold, epoch)``)."""
-    ints = [k % (2**63) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode()) for k in keys]
+    ints = [int(k) % (2**63) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode()) for k in keys]
     return int(np.random.SeedSequence(ints).generate_state(1)[0])
 
 
