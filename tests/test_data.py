@@ -411,3 +411,15 @@ def test_a_cache_entry_without_a_valid_grid_is_rebuilt(deriv, field, value):
         TensorCache.open(deriv, resolution=8)
     rebuilt = build_cache(deriv)
     assert np.array_equal(rebuilt.load(), expected) and rebuilt.affine.shape == (4, 4)
+
+
+def test_a_file_system_without_locks_still_builds_the_cache(deriv, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fh, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # as on an NFS mount without lockd
+    cache = build_cache(deriv, resolution=8)
+    assert cache.sha256 == {p: sha256_file(deriv / p) for p in find_preprocessed(deriv, 8)["path"]}
