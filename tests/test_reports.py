@@ -223,6 +223,22 @@ def test_a_file_of_another_format_is_skipped_not_a_traceback(tmp_path, rng, name
     assert (run / "model_card.md").is_file()
 
 
+def test_subjects_table_and_per_subject_sections_show_the_same_method(tmp_path, rng):
+    run = make_run(tmp_path, rng)  # gradcam, first by folder name
+    folder = run / "attribution" / "region_occlusion"
+    shutil.copytree(run / "attribution" / "gradcam", folder)
+    doc = json.loads((folder / "attribution.json").read_text())
+    doc["method"] = "region_occlusion"
+    for s in doc["subjects"]:
+        s["top_regions"] = [{"region": "Precuneus_L", "mean_attribution": 0.5}]
+    (folder / "attribution.json").write_text(json.dumps(doc))
+    text = build_report(run).read_text()
+    subjects = text[text.index("id='subjects'"):text.index("id='per-subject'")]
+    assert "Top 5 regions by mean region_occlusion attribution" in subjects
+    assert "Precuneus_L" in subjects and "alert(1)&lt;/script&gt; (0.2500)" not in subjects
+    assert "Per-subject attribution (region_occlusion)" in text
+
+
 def test_report_needs_a_run_folder(tmp_path):
     with pytest.raises(InputError, match=r"not a neuroml run folder \(config.json missing\)"):
         build_report(tmp_path)

@@ -342,12 +342,18 @@ def _masked(path, resolution_mm):
     return nib.Nifti1Image(data, img.affine), None
 
 
+def _primary(attributions):
+    """The ``(folder, attribution.json)`` the per-subject parts of the report show: the default
+    method first (region_occlusion, then hirescam, gradcam), else the first folder by name."""
+    preferred = {"region_occlusion": 0, "hirescam": 1, "gradcam": 2}
+    return min(attributions, key=lambda fd: preferred.get(fd[1].get("method"), 9))
+
+
 def _subject_sections(attributions, resolution_mm, max_pictures=40):
     """One collapsible section per scan: prediction, top regions and a glass brain of its map."""
     if not attributions:
         return ""
-    preferred = {"region_occlusion": 0, "hirescam": 1, "gradcam": 2}  # the default method first
-    folder, doc = min(attributions, key=lambda fd: preferred.get(fd[1].get("method"), 9))
+    folder, doc = _primary(attributions)
     out = [f"<h2 id='per-subject'>Per-subject attribution ({_e(doc.get('method'))})</h2>",
            f"<p class='note'>Each scan's map explains its target ({_e(doc.get('target'))}), from the fold model "
            f"that did not train on it. Pictures for the first {max_pictures} scans.</p>"]
@@ -378,9 +384,9 @@ def _subject_sections(attributions, resolution_mm, max_pictures=40):
 def _subjects(predictions, classes, attributions):
     if predictions is None and not attributions:
         return ""
-    regions, source = {}, None
+    regions, source, doc = {}, None, None
     if attributions:
-        folder, doc = attributions[0]
+        folder, doc = _primary(attributions)
         source = doc.get("method", folder.name)
         for s in doc["subjects"]:
             top = ", ".join(f"{r.get('region')} ({_num(r.get('mean_attribution'), 4)})"
@@ -393,11 +399,11 @@ def _subjects(predictions, classes, attributions):
             rows.append((r.get("participant_id"), r.get("true_label", ""), r.get("predicted_label", ""), probs,
                          r.get("fold", ""), " | ".join(regions.get(r.get("participant_id"), [])) or "-"))
     else:
-        for s in attributions[0][1]["subjects"]:
+        for s in doc["subjects"]:
             probs = ", ".join(f"{c}: {_num(p)}" for c, p in (s.get("probabilities") or {}).items())
             rows.append((s.get("participant_id"), s.get("true_label") or "", s.get("predicted_label"), probs,
                          ",".join(map(str, s.get("folds", []))), " | ".join(regions.get(s.get("participant_id"), []))))
-    note = (f"Top 5 regions by mean {_e(source)} attribution (target: {_e(attributions[0][1].get('target'))})."
+    note = (f"Top 5 regions by mean {_e(source)} attribution (target: {_e(doc.get('target'))})."
             if source else "No attribution maps in this run yet.")
     return ("<h2 id='subjects'>Subjects</h2>"
             f"<p class='note'>Out-of-fold predictions (each participant predicted by the fold model that did not "
