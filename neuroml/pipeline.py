@@ -196,7 +196,10 @@ def load_pipeline(path, overrides=None):
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list) or not doc["steps"]:
         raise InputError("a pipeline needs a non-empty 'steps' list", path)
     for key in doc:
-        look_up_option(f"pipeline key in {path.name}", key, ["name", "description", "vars", "steps"])
+        try:
+            look_up_option("pipeline key", key, ["name", "description", "vars", "steps"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     file_vars = doc.get("vars") or {}
     if not isinstance(file_vars, dict):
         raise InputError("'vars' must be a mapping", path)

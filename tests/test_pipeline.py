@@ -316,3 +316,10 @@ def test_n_sanity_with_no_sanity_is_refused_not_ignored(tmp_path, monkeypatch, c
     assert len(err) == 1 and "--n-sanity 12 and --no-sanity conflict" in err[0] and not calls
     assert main(argv + ["--no-sanity"]) == 0 and main(argv) == 0 and main(argv + ["--n-sanity", "12"]) == 0
     assert [(kw["sanity"], kw["n_sanity"]) for kw in calls] == [(False, 8), (True, 8), (True, 12)]
+
+
+def test_an_unknown_top_level_key_names_the_pipeline_file(tmp_path):
+    path = _write(tmp_path, "name: x\nvar:\n  workdir: /w\nsteps:\n  - report: {run_dir: r}\n")
+    with pytest.raises(ConfigError, match=r"Did you mean 'vars'") as info:
+        load_pipeline(path)
+    assert str(info.value).startswith(f"{path}: ")
