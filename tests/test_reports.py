@@ -244,6 +244,18 @@ def test_report_needs_a_run_folder(tmp_path):
         build_report(tmp_path)
 
 
+def test_report_refuses_a_model_folder_of_another_tool(tmp_path, capsys):
+    from neuroml.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
+    with pytest.raises(InputError, match=r"config.json: not a neuroml run folder's config.json"):
+        build_report(tmp_path)
+    assert main(["-q", "report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "config.json") in err[0]
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_figures_return_png():
     png = figures.roc_png({"a": {"fpr": [0, 0.5, 1], "tpr": [0, 1, 1]}}, {"a": 0.75})
     assert png[:4] == b"\x89PNG"

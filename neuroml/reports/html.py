@@ -534,7 +534,7 @@ def build_report(run_dir, out_path=None):
     Raises
     ------
     InputError
-        If ``run_dir`` has no ``config.json`` (not a run folder).
+        If ``run_dir`` has no ``config.json`` of a neuroml run (not a run folder).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():  # the message load_run gives
@@ -542,6 +542,9 @@ def build_report(run_dir, out_path=None):
     config = read_json(run_dir / "config.json")
     if not isinstance(config, dict):
         raise InputError("config.json is not a JSON object", run_dir / "config.json")
+    if not isinstance(config.get("classes"), list):  # e.g. a model folder of another tool
+        raise InputError("not a neuroml run folder's config.json (no list of 'classes'); train one with "
+                         "`neuroml train`", run_dir / "config.json")
     classes = [str(c) for c in config.get("classes") or []]
     metrics = _load_json(run_dir / "metrics.json")
     provenance = _load_json(run_dir / "provenance.json")
