@@ -411,3 +411,17 @@ def test_a_sanity_json_of_another_call_is_not_reported(tmp_path, rng):
     assert "ground truth): not computed (--no-sanity)." in card
     (folder / "sanity.json").write_text(json.dumps({**SANITY, "call_id": "new"}))
     assert "model randomization: median |rho| = 0.400" in build_report(run).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("inputs, modality", [(None, "structural MRI carries"), (["alff", "reho"], "resting-state fMRI carries"),
+                                              (["T1w", "alff"], "structural MRI and resting-state fMRI carries")])
+def test_model_card_says_what_the_network_read(tmp_path, rng, inputs, modality):
+    from neuroml.reports.model_card import model_card_text
+
+    run = make_run(tmp_path, rng, attribution=False)
+    if inputs:
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "inputs": inputs}))
+    text = model_card_text(run)
+    assert f"Research: studying whether {modality}" in text
+    assert f"| inputs (channels) | {', '.join(inputs or ['T1w'])} (" in text

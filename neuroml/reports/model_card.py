@@ -13,6 +13,7 @@ from neuroml import __version__
 from neuroml._utils.fileio import read_json, write_text_atomic
 from neuroml.errors import InputError
 from neuroml.reports.checks import check_lines, current_sanity
+from neuroml.reports.html import _inputs_text
 
 __all__ = ["write_model_card", "model_card_text"]
 
@@ -174,6 +175,15 @@ def _network(config):
     return f"{config.get('model')} (input average-pooled {pool}x{seen})"
 
 
+def _modality(config):
+    """What the network read, in words: structural MRI (the T1w), resting-state fMRI (BOLD maps), or both."""
+    inputs = config.get("inputs") or ["T1w"]
+    inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+    if inputs == ["T1w"]:
+        return "structural MRI"
+    return "structural MRI and resting-state fMRI" if "T1w" in inputs else "resting-state fMRI"
+
+
 def model_card_text(run_dir):
     """The model card of a run folder as Markdown text."""
     run_dir = Path(run_dir)
@@ -208,14 +218,15 @@ def model_card_text(run_dir):
         "",
         "## Model details",
         _table(["item", "value"], [
-            ("network", _network(config)), ("classes", ", ".join(classes)),
+            ("network", _network(config)), ("inputs (channels)", _inputs_text(config)),
+            ("classes", ", ".join(classes)),
             ("label column", config.get("label_column")), ("evaluation", f"{cv}, {config.get('folds')} folds"),
             ("grid resolution (mm)", config.get("resolution_mm")), ("seed", config.get("seed")),
             ("harmonization", _harmonization(config)),
             ("neuroml version", config.get("neuroml_version", __version__))]),
         "",
         "## Intended use",
-        "Research: studying whether structural MRI carries group-level information about the classes above, "
+        f"Research: studying whether {_modality(config)} carries group-level information about the classes above, "
         "comparing methods, and generating hypotheses about brain regions, on data like the training data.",
         "",
         "## Not intended for",
