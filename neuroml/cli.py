@@ -303,7 +303,8 @@ def _dispatch(args):
                               "that --n-sanity sizes; drop one of them")
         print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
                        atlas=args.atlas, target=args.target, participant_labels=args.participant_label,
-                       force=args.force, sanity=not args.no_sanity, n_sanity=8 if args.n_sanity is None else args.n_sanity, device=args.device,
+                       force=args.force, sanity=not args.no_sanity,
+                       n_sanity=8 if args.n_sanity is None else args.n_sanity, device=args.device,
                        show_progress=not args.quiet, participants=args.participants, out_dir=args.out))
         return 0
     if c == "connectome":

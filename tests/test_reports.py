@@ -413,8 +413,9 @@ def test_a_sanity_json_of_another_call_is_not_reported(tmp_path, rng):
     assert "model randomization: median |rho| = 0.400" in build_report(run).read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("inputs, modality", [(None, "structural MRI carries"), (["alff", "reho"], "resting-state fMRI carries"),
-                                              (["T1w", "alff"], "structural MRI and resting-state fMRI carries")])
+@pytest.mark.parametrize("inputs, modality", [
+    (None, "structural MRI carries"), (["alff", "reho"], "resting-state fMRI carries"),
+    (["T1w", "alff"], "structural MRI and resting-state fMRI carries")])
 def test_model_card_says_what_the_network_read(tmp_path, rng, inputs, modality):
     from neuroml.reports.model_card import model_card_text
 
