@@ -188,7 +188,8 @@ def load_pipeline(path, overrides=None):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError("pipeline file not found", path)
+        raise InputError("is a folder, not a pipeline file (PIPELINE.yaml)" if path.is_dir() else
+                         "pipeline file not found", path)
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -323,3 +323,9 @@ def test_an_unknown_top_level_key_names_the_pipeline_file(tmp_path):
     with pytest.raises(ConfigError, match=r"Did you mean 'vars'") as info:
         load_pipeline(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_folder_given_as_the_pipeline_is_named_as_a_folder(tmp_path):
+    with pytest.raises(InputError, match=r"is a folder, not a pipeline file") as info:
+        load_pipeline(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: ")
