@@ -426,3 +426,11 @@ def test_model_card_says_what_the_network_read(tmp_path, rng, inputs, modality):
     text = model_card_text(run)
     assert f"Research: studying whether {modality}" in text
     assert f"| inputs (channels) | {', '.join(inputs or ['T1w'])} (" in text
+
+
+def test_report_of_the_current_folder_is_titled_with_its_name(tmp_path, rng, monkeypatch):
+    run = make_run(tmp_path, rng, attribution=False)
+    monkeypatch.chdir(run)
+    text = build_report(".").read_text()
+    assert "<title>neuroml report: run</title>" in text and "<td>run folder</td><td>run</td>" in text
+    assert (run / "model_card.md").read_text().startswith("# Model card: run\n")

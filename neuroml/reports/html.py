@@ -96,7 +96,7 @@ def _figure(make, *args, **kwargs):
 def _summary(run_dir, config, provenance, predictions, splits):
     classes = config.get("classes") or []
     n = len(predictions) if predictions is not None else None
-    rows = [("run folder", run_dir.name), ("classes", ", ".join(map(str, classes))),
+    rows = [("run folder", run_dir.resolve().name), ("classes", ", ".join(map(str, classes))),
             ("CNN inputs (channels)", _inputs_text(config)),
             ("participants with out-of-fold predictions", n if n is not None else "not available")]
     if splits:
@@ -575,8 +575,8 @@ def build_report(run_dir, out_path=None):
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     doc = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-           f"<title>neuroml report: {_e(run_dir.name)}</title><style>{_CSS}</style></head><body>"
-           f"<h1>neuroml report: {_e(run_dir.name)}</h1><nav>{nav}</nav>"
+           f"<title>neuroml report: {_e(run_dir.resolve().name)}</title><style>{_CSS}</style></head><body>"
+           f"<h1>neuroml report: {_e(run_dir.resolve().name)}</h1><nav>{nav}</nav>"
            f"<p class='note'>Written {_e(stamp)} by neuroml {_e(__version__)}.</p>"
            + "\n".join(p for p in parts if p) + "</body></html>\n")
     out_path = Path(out_path) if out_path is not None else run_dir / "report.html"

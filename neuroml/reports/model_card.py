@@ -214,7 +214,7 @@ def model_card_text(run_dir):
         limits.append("Pooled k-fold: test participants share sites with training participants; site "
                       "effects can inflate these figures (run with leave-one-site-out to check).")
     return "\n".join([
-        f"# Model card: {_md(run_dir.name)}",
+        f"# Model card: {_md(run_dir.resolve().name)}",
         "",
         "## Model details",
         _table(["item", "value"], [
