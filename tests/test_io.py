@@ -171,6 +171,8 @@ def test_find_scans_sessions_and_labels(tmp_path, img_3d):
     scans = find_scans(root)
     assert [(s.subject, s.session) for s in scans] == [("01", None), ("02", "a"), ("02", "b")]
     assert [s.subject for s in find_scans(root, participant_labels=["sub-02"])] == ["02", "02"]
+    # a single string (a YAML `participant_labels: "02"`) is one label, not the labels '0' and '2'
+    assert [s.subject for s in find_scans(root, participant_labels="02")] == ["02", "02"]
     with pytest.raises(InputError, match="participant 'sub-03' not found"):
         find_scans(root, participant_labels=["03"])
     with pytest.raises(InputError, match="invalid participant label"):

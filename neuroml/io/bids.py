@@ -139,6 +139,8 @@ def sidecar_chain(path):
 
 def _subject_dirs(bids_dir, participant_labels):
     if participant_labels:
+        if isinstance(participant_labels, str):  # one label (e.g. from YAML), not its characters
+            participant_labels = [participant_labels]
         labels = list(dict.fromkeys(check_label(p) for p in participant_labels))  # '01 sub-01 01': once
         dirs = []
         for lab in labels:
@@ -161,8 +163,8 @@ def find_scans(bids_dir, suffix="T1w", datatype="anat", participant_labels=None)
         BIDS suffix (``T1w``, ``bold``).
     datatype : str, default="anat"
         BIDS datatype folder (``anat``, ``func``).
-    participant_labels : list of str, optional
-        Restrict to these participants (with or without ``sub-``).
+    participant_labels : list of str or str, optional
+        Restrict to these participants (with or without ``sub-``); a single string is one label.
 
     Returns
     -------
