@@ -63,3 +63,20 @@ def test_predicting_images_with_another_affine_says_so():
     with pytest.raises(InputError, match="affine.*another position or voxel size"):
         clf.predict([nib.Nifti1Image(v, shifted) for v in x[:2]])
     assert clf.predict([nib.Nifti1Image(v, np.eye(4)) for v in x[:2]]).shape == (2,)
+
+
+def test_an_image_loaded_from_a_file_is_named_by_its_file(tmp_path):
+    x = _volumes()
+    x[3, 0, 0, 0] = np.nan
+    paths = [tmp_path / f"img{i}.nii.gz" for i in range(len(x))]
+    for v, p in zip(x, paths):
+        nib.save(nib.Nifti1Image(v, np.eye(4)), p)
+    with pytest.raises(InputError, match=r"img3\.nii\.gz.*NaN") as info:
+        NeuroClassifier(epochs=1, val_fraction=0).fit([nib.load(p) for p in paths], ["a", "b"] * 3)
+    assert "images[3]" not in str(info.value)
+
+
+@pytest.mark.parametrize("val_fraction", [np.float32(0.25), np.int64(0)])
+def test_numpy_val_fraction_is_accepted(val_fraction):
+    clf = NeuroClassifier(epochs=1, val_fraction=val_fraction, augment=False).fit(_volumes(), ["a", "b"] * 3)
+    assert clf.classes_.tolist() == ["a", "b"]

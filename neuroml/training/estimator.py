@@ -13,6 +13,12 @@ from neuroml.errors import InputError
 __all__ = ["NeuroClassifier"]
 
 
+def _filename(img):
+    """The file a nibabel image was loaded from (None for one made in memory)."""
+    get = getattr(img, "get_filename", None)
+    return get() if callable(get) else None
+
+
 def _as_volumes(images, grid=None):
     """Images -> float32 array (N, C, X, Y, Z) and their grid ``(affine, shape)`` (None for arrays)."""
     import nibabel as nib
@@ -43,7 +49,8 @@ def _as_volumes(images, grid=None):
                              f"{type(images).__name__}") from None
         if not images:
             raise InputError("no images given")
-        imgs = [check_img(im, name=None if isinstance(im, (str, os.PathLike)) else f"images[{i}]")
+        # in-memory images by their position; paths and images loaded from a file by the file
+        imgs = [check_img(im, name=None if isinstance(im, (str, os.PathLike)) or _filename(im) else f"images[{i}]")
                 for i, im in enumerate(images)]
         affine, shape = np.asarray(imgs[0].affine), imgs[0].shape[:3]
         for i, im in enumerate(imgs):
@@ -151,7 +158,7 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         from neuroml.training.splits import validation_split
         from neuroml.training.trainer import TrainSettings, fit, seed_for
 
-        check_in_range("val_fraction", self.val_fraction, 0.0, 0.5)
+        check_in_range("val_fraction", self.val_fraction, 0.0, 0.5, kind=(int, float, np.integer, np.floating))
         seed = int(check_in_range("seed", self.seed, 0, None, kind=(int, np.integer)))
         vols, grid = _as_volumes(images)
         self.input_pool_ = resolve_input_pool(self.input_pool, self.model, vols.shape[2:])
