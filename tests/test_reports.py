@@ -214,6 +214,7 @@ def test_report_without_a_usable_connectome_file(tmp_path, rng, content):
     ("splits.json", '{"folds": 3}'),
     ("attribution/gradcam/attribution.json", '{"subjects": ["sub-01"], "group": {}}'),
     ("attribution/gradcam/attribution.json", '{"subjects": [], "group": ["control"]}'),
+    ("attribution/gradcam/attribution.json", '{"subjects": 5}'),
 ])
 def test_a_file_of_another_format_is_skipped_not_a_traceback(tmp_path, rng, name, content):
     run = make_run(tmp_path, rng)

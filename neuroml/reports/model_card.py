@@ -140,6 +140,9 @@ def _attribution(run_dir):
     lines = []
     for path in sorted((Path(run_dir) / "attribution").glob("*/attribution.json")):
         doc = _load(path) or {}
+        if not isinstance(doc.get("subjects", []), list):  # as the report: not a neuroml attribution.json
+            log.warning("model card: skipping %s: no list of subjects", path)
+            continue
         uses = {}
         for s in [s for s in doc.get("subjects") or [] if isinstance(s, dict)]:
             uses[s.get("model_use", "unknown")] = uses.get(s.get("model_use", "unknown"), 0) + 1
