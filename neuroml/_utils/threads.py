@@ -5,12 +5,13 @@ them OpenMP threads either spin (torch's default) or sleep (``OMP_WAIT_POLICY=PA
 On the 2-core development machine (README, Benchmarks, "OpenMP wait policy"):
 
 * spinning is fastest on idle cores, but when other processes keep the cores busy, the
-  spinning threads take their time slices and a step runs 10-25x slower;
-* sleeping at once never collapses, but wakes the threads for every region: about 1.6x slower
+  spinning threads take their time slices and a step runs about 2x slower than sleeping
+  (10-25x in some earlier measurements);
+* sleeping at once never collapses, but wakes the threads for every region: about 1.4x slower
   than spinning on idle cores;
 * a short bounded spin (``GOMP_SPINCOUNT=1000``, GNU OpenMP: torch's Linux wheels) keeps
-  most of the spinning speed on idle cores (1.3x faster than sleeping) and stays within
-  about 10 % of sleeping on busy ones.
+  most of the spinning speed on idle cores (1.4x faster than sleeping) and stays within
+  about 15 % of sleeping on busy ones.
 
 Other OpenMP runtimes (LLVM/Intel: macOS, some conda builds) have no spin count in
 iterations; ``KMP_BLOCKTIME=0`` makes them sleep at once, as ``PASSIVE`` did.
