@@ -80,3 +80,10 @@ def test_an_image_loaded_from_a_file_is_named_by_its_file(tmp_path):
 def test_numpy_val_fraction_is_accepted(val_fraction):
     clf = NeuroClassifier(epochs=1, val_fraction=val_fraction, augment=False).fit(_volumes(), ["a", "b"] * 3)
     assert clf.classes_.tolist() == ["a", "b"]
+
+
+def test_an_in_memory_image_off_the_grid_is_named_by_its_position():
+    imgs = [nib.Nifti1Image(v, np.eye(4)) for v in _volumes()]
+    imgs[4] = nib.Nifti1Image(_volumes(1)[0][:-1], np.eye(4))
+    with pytest.raises(InputError, match=r"^images\[4\]: not on the grid of the first image"):
+        NeuroClassifier(epochs=1, val_fraction=0).fit(imgs, ["a", "b"] * 3)

@@ -49,13 +49,14 @@ def _as_volumes(images, grid=None):
                              f"{type(images).__name__}") from None
         if not images:
             raise InputError("no images given")
-        # in-memory images by their position; paths and images loaded from a file by the file
-        imgs = [check_img(im, name=None if isinstance(im, (str, os.PathLike)) or _filename(im) else f"images[{i}]")
-                for i, im in enumerate(images)]
+        # paths and images loaded from a file are named by the file, in-memory images by their position
+        names = [im if isinstance(im, (str, os.PathLike)) else _filename(im) or f"images[{i}]"
+                 for i, im in enumerate(images)]
+        imgs = [check_img(im, name=name) for im, name in zip(images, names)]
         affine, shape = np.asarray(imgs[0].affine), imgs[0].shape[:3]
         for i, im in enumerate(imgs):
             if im.shape[:3] != shape or not np.allclose(im.affine, affine, atol=1e-4):
-                name = images[i] if isinstance(images[i], (str, os.PathLike)) else f"image {i}"
+                name = names[i]
                 raise InputError(f"not on the grid of the first image (shape {im.shape}, expected {shape})", name)
         vols = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in imgs])[:, None]
         found = (affine, tuple(shape))
