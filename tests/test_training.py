@@ -425,6 +425,10 @@ def test_predict_run_refuses_trained_subjects(trained, tmp_path):
     out = predict_run(run_dir, deriv, out_path=tmp_path / "p.tsv", force=True, participant_labels=["01", "sub-02"])
     assert out["participant_id"].tolist() == ["sub-01", "sub-02"]
     assert (tmp_path / "p.tsv").is_file()
+    one = predict_run(run_dir, deriv, out_path=tmp_path / "one.tsv", force=True, participant_labels="sub-02")
+    assert one["participant_id"].tolist() == ["sub-02"]  # a string is one label, not its characters
+    with pytest.raises(InputError, match="invalid participant label"):
+        predict_run(run_dir, deriv, out_path=tmp_path / "bad.tsv", force=True, participant_labels=["../01"])
 
 
 def test_predict_run_new_subjects_and_grid_check(trained, tmp_path, monkeypatch):

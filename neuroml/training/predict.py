@@ -153,7 +153,7 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     force : bool, default=False
         Also predict subjects used to train or validate a fold model (their predictions
         are optimistic; a warning is logged).
-    participant_labels : sequence of str, optional
+    participant_labels : sequence of str or str, optional
         Only these participants (``sub-01`` or ``01``); default every participant.
     device : str, default="auto"
     batch_size : int, default=8
@@ -191,7 +191,10 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
     index = cache.index
     if participant_labels:
-        wanted = {p if str(p).startswith("sub-") else f"sub-{p}" for p in participant_labels}
+        from neuroml.io.bids import check_label
+
+        labels = [participant_labels] if isinstance(participant_labels, str) else participant_labels
+        wanted = {f"sub-{check_label(p)}" for p in labels}  # a string is one label, not its characters
         missing = sorted(wanted - set(index["participant_id"]))
         if missing:
             raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
