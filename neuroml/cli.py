@@ -226,13 +226,15 @@ def _run_pipeline(path, overrides, quiet):
     from neuroml.pipeline import iter_pipeline
 
     result, failed = None, []
-    for name, result in iter_pipeline(path, overrides, show_progress=False if quiet else None):
-        failed += [(name, f) for f in list(getattr(result, "failures", None) or [])]
-    for name, f in failed[:20]:
-        print(f"  FAILED ({name}) {f}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} scan(s) failed: see failures.tsv in the output folder of each step above",
-              file=sys.stderr)
+    try:
+        for name, result in iter_pipeline(path, overrides, show_progress=False if quiet else None):
+            failed += [(name, f) for f in list(getattr(result, "failures", None) or [])]
+    finally:  # also when a later step stops the pipeline: its error follows the list
+        for name, f in failed[:20]:
+            print(f"  FAILED ({name}) {f}", file=sys.stderr)
+        if failed:
+            print(f"{len(failed)} scan(s) failed: see failures.tsv in the output folder of each step above",
+                  file=sys.stderr)
     return result, failed
 
 

@@ -257,6 +257,26 @@ def test_run_exits_1_when_a_step_reports_failed_scans(tmp_path, monkeypatch, cap
     assert main(["-q", "run", str(path)]) == 0
 
 
+def test_failed_scans_are_listed_when_a_later_step_stops_the_pipeline(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from neuroml import pipeline
+    from neuroml.errors import InputError
+
+    path = _write(tmp_path, "steps:\n  - preprocess: {bids_dir: b, out_dir: d}\n  - train: {deriv_dir: d, run_dir: r}\n")
+
+    def step(name, **kw):
+        if name == "train":
+            raise InputError("no preprocessed images", tmp_path / "d")
+        return SimpleNamespace(failures=["sub-02 anat/sub-02_T1w.nii.gz: truncated"])
+
+    monkeypatch.setattr(pipeline, "run_step", step)
+    assert main(["-q", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "FAILED (preprocess) sub-02" in err and "no preprocessed images" in err
+    assert err.index("sub-02") < err.index("no preprocessed images")
+
+
 def test_an_os_error_names_the_file_then_the_problem(tmp_path, monkeypatch, capsys):
     import errno
 
