@@ -176,3 +176,33 @@ def test_report_on_a_read_only_run_folder(deriv, tmp_path, monkeypatch, capsys):
     assert code == 2 and len(err) == 1, err
     assert "report.html: cannot write: the file system is read-only" in err[0]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_advisory_lock_excludes_other_holders_and_degrades_without_locks(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+
+    lock, order = tmp_path / "sub" / ".x.lock", []
+
+    def other_holder():
+        with fileio.advisory_lock(lock):
+            order.append("other")
+
+    with fileio.advisory_lock(lock):  # creates its folder and file
+        other = threading.Thread(target=other_holder)
+        other.start()
+        other.join(0.3)
+        order.append("first")  # the other holder is still waiting for the lock
+    other.join(5)
+    assert order == ["first", "other"]
+
+    def no_locks(fh, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # NFS without lockd: the block runs unlocked
+    with fileio.advisory_lock(tmp_path / ".y.lock"):
+        order.append("unlocked")
+    (tmp_path / "a-file").write_text("")
+    with fileio.advisory_lock(tmp_path / "a-file" / ".z.lock"):  # cannot be created: no lock
+        order.append("no file")
+    assert order[-2:] == ["unlocked", "no file"]

@@ -10,6 +10,7 @@ import errno
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -27,6 +28,7 @@ __all__ = [
     "save_npy_atomic",
     "sha256_file",
     "read_json",
+    "advisory_lock",
 ]
 
 
@@ -244,3 +246,38 @@ def sha256_file(path, chunk_size=1 << 20):
         for block in iter(lambda: fh.read(chunk_size), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def advisory_lock(path):
+    """Hold an exclusive advisory lock (``flock``) on the file ``path`` while the block runs.
+
+    Writers that share a file (``meta.json`` of the tensor cache, ``failures.tsv`` of a batch)
+    take turns through it. Without a lock the block still runs: where ``fcntl`` is missing
+    (Windows), where the lock file cannot be created (a read-only folder: the writes that follow
+    fail with their own clear error) and where the file system has no locks (``ENOLCK``, e.g.
+    NFS without lockd).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError:
+        yield
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            logging.getLogger("neuroml").debug("no lock on %s (%s); going on without it", path, exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

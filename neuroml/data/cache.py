@@ -16,7 +16,6 @@ float16 keeps intensity-normalised volumes to within 5e-4 relative error at half
 size of float32.
 """
 
-import contextlib
 import errno
 import hashlib
 import logging
@@ -28,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from neuroml._utils.fileio import (
+    advisory_lock,
     atomic_path,
     read_json,
     remove_stale_temporaries,
@@ -342,33 +342,6 @@ def _allocate(path):
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _locked(path):
-    """An exclusive advisory lock on ``path`` while the block runs (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")
-    except OSError:  # a read-only folder: the writes that follow fail with a clear OutputError
-        yield
-        return
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError as exc:  # e.g. ENOLCK on a network file system without locks: build unlocked
-            log.debug("no lock on %s (%s); building without it", path, exc)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
     """Write the index, the array and the ``meta.json`` entry of one cache (under its lock)."""
     from tqdm.auto import tqdm
@@ -390,7 +363,7 @@ def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
             out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)
         out.flush()
         del out
-    with _locked(meta_path.parent / ".meta.lock"):  # caches of other resolutions or inputs share meta.json
+    with advisory_lock(meta_path.parent / ".meta.lock"):  # caches of other resolutions or inputs share meta.json
         meta = {}
         if meta_path.is_file():
             try:
@@ -454,7 +427,7 @@ def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
         log.debug("tensor cache res-%s is up to date (%d volumes)", key, len(old))
         return old
     npy = _paths(deriv_dir, key, input)[0]
-    with _locked(npy.parent / f".{npy.stem}.lock"):  # a concurrent build of this cache finishes first
+    with advisory_lock(npy.parent / f".{npy.stem}.lock"):  # a concurrent build of this cache finishes first
         old = _try_open(deriv_dir, key, input)
         if old is not None and old.digest == digest:
             log.debug("tensor cache res-%s was built by another process (%d volumes)", key, len(old))

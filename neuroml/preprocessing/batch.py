@@ -23,7 +23,7 @@ import zlib
 from pathlib import Path
 
 from neuroml import __version__
-from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import advisory_lock, read_json, write_json_atomic, write_text_atomic
 from neuroml._utils.options import check_in_range
 from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
 from neuroml.io.bids import derivative_name, find_scans, parse_entities
@@ -246,23 +246,6 @@ def _relative(path, bids_dir):
         return str(path)
 
 
-@contextlib.contextmanager
-def _locked(path):
-    """An exclusive advisory lock on ``path`` (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def read_failures(out_dir):
     """Rows of ``OUT/failures.tsv`` as dicts (empty list when there is none)."""
     path = Path(out_dir) / "failures.tsv"
@@ -284,7 +267,7 @@ def _clean(text):
 def _update_failures(out_dir, processed_files, failures):
     """Merge this run's outcome into ``failures.tsv`` (delete it when empty)."""
     path = out_dir / "failures.tsv"
-    with _locked(out_dir / ".failures.lock"):
+    with advisory_lock(out_dir / ".failures.lock"):
         rows = [r for r in read_failures(out_dir) if r["file"] not in processed_files]
         rows += [dataclasses.asdict(f) for f in failures]
         if rows:
