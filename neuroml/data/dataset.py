@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from neuroml._utils.fileio import read_json
-from neuroml.data.cache import build_cache  # noqa: F401 - kept importable from here
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import read_participants
 
