@@ -195,11 +195,11 @@ def load_key(key_file=None, env=KEY_ENV):
         where = str(path)
     else:
         key = os.environ.get(env, "").encode()
-        where = f"${env}"
+        where = f"${env} (or a key file: --key-file FILE, key_file=)"
     if len(key) < _MIN_KEY_BYTES:
         raise ConfigError(f"pseudonymization needs a secret key of at least {_MIN_KEY_BYTES} bytes in {where} "
                           f"(got {len(key)}); e.g. `python -c \"import secrets; print(secrets.token_hex(32))\" "
-                          "> ~/neuroml.key` kept away from the data")
+                          "> ~/neuroml.key` kept away from the data, then --key-file ~/neuroml.key")
     return key
 
 

@@ -146,3 +146,19 @@ def test_the_copy_is_as_readable_as_a_folder_the_user_makes(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
     assert stat.S_IMODE(made.stat().st_mode) == 0o750
+
+
+def test_a_missing_key_names_both_ways_to_give_one(tmp_path, monkeypatch):
+    # a first user runs `neuroml deidentify BIDS OUT` with no key: the error must say how to pass the
+    # key file it suggests writing, not only the environment variable
+    from neuroml.errors import ConfigError
+    from neuroml.privacy import KEY_ENV, load_key
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(ConfigError, match=r"--key-file") as info:
+        load_key()
+    assert f"${KEY_ENV}" in str(info.value)
+    short = tmp_path / "short.key"
+    short.write_bytes(b"abc")
+    with pytest.raises(ConfigError, match="short.key"):
+        load_key(short)
