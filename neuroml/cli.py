@@ -356,7 +356,12 @@ def main(argv=None):
         print(f"neuroml {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("neuroml: interrupted; rerun the same command to resume", file=sys.stderr)
+        if args.command == "train" and not getattr(args, "resume", False):
+            # without --resume the interrupted fold starts again (finished folds are kept)
+            hint = "rerun the same command with --resume to continue the interrupted fold from its last epoch"
+        else:
+            hint = "rerun the same command to resume"
+        print(f"neuroml: interrupted; {hint}", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, read-only folder, permissions
         name = f" {exc.filename}:" if getattr(exc, "filename", None) else ""

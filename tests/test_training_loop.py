@@ -343,3 +343,25 @@ def test_seed_for_takes_numpy_integers_as_their_python_values():
     assert seed_for(np.int32(-3)) == seed_for(-3)
     assert seed_for(np.uint64(2**64 - 1)) == seed_for(2**64 - 1)  # used to raise OverflowError
     assert seed_for(5, 1) != seed_for(5, 2)
+
+
+@pytest.mark.parametrize("extra, resume_hint", [([], True), (["--resume"], False)])
+def test_an_interrupted_train_says_to_rerun_it_with_resume(monkeypatch, tmp_path, capsys, extra, resume_hint):
+    # "rerun the same command" alone restarts the interrupted fold: the hint must name --resume
+    import logging
+
+    import neuroml.pipeline
+    from neuroml.cli import main
+
+    log = logging.getLogger("neuroml")
+    monkeypatch.setattr(log, "handlers", list(log.handlers))
+    monkeypatch.setattr(log, "propagate", log.propagate)
+    monkeypatch.setattr(log, "level", log.level)
+
+    def interrupted(name, **params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(neuroml.pipeline, "run_step", interrupted)
+    assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run")] + extra) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and ("with --resume" in err) == resume_hint
