@@ -340,6 +340,21 @@ def _dispatch(args):
     raise AssertionError(c)  # pragma: no cover - argparse restricts the choices
 
 
+def _quiet_threads_after_interrupt():
+    """After Ctrl-C, threads that fail while the command winds down (joblib's process-pool
+    manager, whose own child `pgrep` got the same SIGINT) are logged at debug level instead of
+    printing a traceback under the one-line message."""
+    import threading
+
+    def hook(args):
+        if args.exc_type is not SystemExit:
+            log.debug("after the interrupt, thread %s: %s: %s", getattr(args.thread, "name", "?"),
+                      args.exc_type.__name__, args.exc_value)
+
+    threading.excepthook = hook
+    warnings.filterwarnings("ignore", message="Failed to kill subprocesses")
+
+
 def main(argv=None):
     """Entry point of the ``neuroml`` console script; returns the exit status."""
     configure_openmp()  # before anything loads torch
@@ -362,6 +377,7 @@ def main(argv=None):
         else:
             hint = "rerun the same command to resume"
         print(f"neuroml: interrupted; {hint}", file=sys.stderr)
+        _quiet_threads_after_interrupt()
         return 130
     except OSError as exc:  # disk full, read-only folder, permissions
         name = f" {exc.filename}:" if getattr(exc, "filename", None) else ""

@@ -365,3 +365,36 @@ def test_an_interrupted_train_says_to_rerun_it_with_resume(monkeypatch, tmp_path
     assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run")] + extra) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and ("with --resume" in err) == resume_hint
+
+
+def test_after_an_interrupt_a_failing_worker_thread_prints_no_traceback(monkeypatch, tmp_path, capsys):
+    # Ctrl-C reaches the whole process group, so joblib's pool manager thread can fail while the
+    # command winds down (its `pgrep` child was interrupted too): only the one line may show
+    import logging
+    import threading
+    import warnings
+
+    import neuroml.pipeline
+    from neuroml.cli import main
+
+    log = logging.getLogger("neuroml")
+    monkeypatch.setattr(log, "handlers", list(log.handlers))
+    monkeypatch.setattr(log, "propagate", log.propagate)
+    monkeypatch.setattr(log, "level", log.level)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+
+    def interrupted(name, **params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(neuroml.pipeline, "run_step", interrupted)
+    assert main(["-q", "preprocess", str(tmp_path), str(tmp_path / "out"), "participant", "--n-jobs", "2"]) == 130
+
+    def manager():
+        raise AttributeError("'Popen' object has no attribute 'kill'")
+
+    thread = threading.Thread(target=manager, name="ExecutorManagerThread")
+    thread.start()
+    thread.join()
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err and "Popen" not in err
