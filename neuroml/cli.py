@@ -185,7 +185,7 @@ def build_parser():
 
     s = sub.add_parser("run", help="run a YAML pipeline")
     s.add_argument("pipeline", type=Path)
-    s.add_argument("--set", nargs="+", default=[], type=_key_value, metavar="KEY=VALUE",
+    s.add_argument("--set", nargs="+", action="extend", default=[], type=_key_value, metavar="KEY=VALUE",
                    help="override pipeline vars (before they are expanded: vars derived from KEY follow it)")
 
     s = sub.add_parser("demo", help="run pipelines/demo.yaml on data_samples/ and print the report path")

@@ -349,3 +349,17 @@ def test_a_folder_given_as_the_pipeline_is_named_as_a_folder(tmp_path):
     with pytest.raises(InputError, match=r"is a folder, not a pipeline file") as info:
         load_pipeline(tmp_path)
     assert str(info.value).startswith(f"{tmp_path}: ")
+
+
+def test_repeated_set_options_all_apply(tmp_path, monkeypatch):
+    # `--set workdir=X --set n=Y` is the natural way to write two overrides: the first one must not
+    # be dropped (the pipeline then wrote into its default workdir, under the current folder)
+    import neuroml.cli
+
+    seen = []
+    monkeypatch.setattr(neuroml.cli, "_run_pipeline",
+                        lambda path, overrides, quiet: seen.append(overrides) or (None, []))
+    path = _write(tmp_path, "vars: {workdir: ./w, n: 1}\nsteps:\n  - report: {run_dir: '${workdir}'}\n")
+    assert main(["run", str(path), "--set", "workdir=/x", "--set", "n=2"]) == 0
+    assert main(["run", str(path), "--set", "workdir=/x", "n=2"]) == 0
+    assert seen[0] == seen[1] and seen[0]["workdir"] == "/x" and str(seen[0]["n"]) == "2"
