@@ -83,7 +83,7 @@ def build_parser():
     s.add_argument("bids_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("analysis_level", choices=["participant", "group"])
-    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL")
+    s.add_argument("--participant-label", nargs="+", action="extend", default=None, metavar="LABEL")
     s.add_argument("--n-jobs", type=_positive_int, default=1)
     s.add_argument("--resolution", type=_resolution, default=2.0, help="target grid voxel size in mm (default 2)")
     s.add_argument("--normalization", default="zscore", help="zscore or percentile")
@@ -121,9 +121,9 @@ def build_parser():
     s.add_argument("--harmonize", default=None, choices=["combat"],
                    help="ComBat fitted on each fold's training participants: harmonizes the CNN's input voxels "
                         "(saved per fold for predict/attribute) and a second baseline's region means")
-    s.add_argument("--audit-column", nargs="+", default=[], metavar="COLUMN",
+    s.add_argument("--audit-column", nargs="+", action="extend", default=[], metavar="COLUMN",
                    help="more participants.tsv columns for the bias audit (sex, age, site always)")
-    s.add_argument("--inputs", nargs="+", default=None, metavar="INPUT",
+    s.add_argument("--inputs", nargs="+", action="extend", default=None, metavar="INPUT",
                    help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
                         "default T1w")
 
@@ -131,7 +131,7 @@ def build_parser():
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
     s.add_argument("--out", type=Path, default=None, help="predictions TSV (default RUN/predict/predictions.tsv)")
-    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+    s.add_argument("--participant-label", nargs="+", action="extend", default=None, metavar="LABEL",
                    help="only these participants (default: every participant in DERIV_DIR)")
     s.add_argument("--force", action="store_true", help="also predict subjects the model was trained on")
     s.add_argument("--participants", type=Path, default=None,
@@ -146,7 +146,7 @@ def build_parser():
                         "saliency, integrated_gradients, smoothgrad, occlusion")
     s.add_argument("--atlas", default="aal")
     s.add_argument("--target", default="predicted", help="predicted, true, or a class name")
-    s.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+    s.add_argument("--participant-label", nargs="+", action="extend", default=None, metavar="LABEL",
                    help="explain only these participants (default: all); the others already in the folder are "
                         "kept while their maps are valid")
     s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
@@ -179,7 +179,7 @@ def build_parser():
     s.add_argument("--key-file", type=Path, default=None,
                    help="file holding the secret key (default: $NEUROML_PSEUDONYM_KEY); never written anywhere")
     s.add_argument("--keep-ids", action="store_true", help="scrub headers and sidecars but keep participant labels")
-    s.add_argument("--keep-columns", nargs="+", default=[], metavar="COLUMN",
+    s.add_argument("--keep-columns", nargs="+", action="extend", default=[], metavar="COLUMN",
                    help="more participants.tsv columns to keep (default: participant_id, diagnosis, label, group, "
                         "site, scanner, age, sex, gender, handedness; all others are dropped)")
 

@@ -363,3 +363,30 @@ def test_repeated_set_options_all_apply(tmp_path, monkeypatch):
     assert main(["run", str(path), "--set", "workdir=/x", "--set", "n=2"]) == 0
     assert main(["run", str(path), "--set", "workdir=/x", "n=2"]) == 0
     assert seen[0] == seen[1] and seen[0]["workdir"] == "/x" and str(seen[0]["n"]) == "2"
+
+
+@pytest.mark.parametrize("argv, dest", [
+    (["preprocess", "b", "o", "participant"], "participant_label"),
+    (["predict", "r", "d"], "participant_label"),
+    (["attribute", "r", "d"], "participant_label"),
+])
+def test_a_repeated_list_option_keeps_every_value(argv, dest):
+    # `--participant-label 01 --participant-label 02` (as other BIDS apps accept it) processed only 02
+    from neuroml.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv + ["--participant-label", "01", "--participant-label", "02", "03"])
+    assert getattr(args, dest) == ["01", "02", "03"]
+    assert getattr(parser.parse_args(argv), dest) is None
+
+
+def test_repeated_column_and_input_options_keep_every_value():
+    from neuroml.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "d", "--run-dir", "r", "--audit-column", "a", "--audit-column", "b",
+                              "--inputs", "alff", "--inputs", "reho"])
+    assert args.audit_column == ["a", "b"] and args.inputs == ["alff", "reho"]
+    args = parser.parse_args(["deidentify", "b", "o", "--keep-columns", "x", "--keep-columns", "y"])
+    assert args.keep_columns == ["x", "y"]
+    assert parser.parse_args(["train", "d", "--run-dir", "r"]).audit_column == []
