@@ -256,7 +256,8 @@ def _participants_table(table_path, rename, keep):
 def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_columns=()):
     """Write a de-identified copy of a raw BIDS dataset (anatomical and functional scans).
 
-    NIfTI images and JSON sidecars under ``anat/`` and ``func/`` are copied with their
+    NIfTI images and JSON sidecars under ``anat/`` and ``func/`` (and fMRIPrep's
+    ``*_desc-confounds_timeseries.tsv`` tables) are copied with their
     identifying header fields blanked and sidecar fields dropped (:func:`clean_sidecar`), and
     so are the dataset-, subject- and session-level sidecars that apply to them under BIDS
     inheritance (e.g. a root ``task-rest_bold.json`` holding ``RepetitionTime``); other files
@@ -401,6 +402,10 @@ def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pse
                 raise InputError("sidecar is not a JSON object", path)
             write_json_atomic(target, clean_sidecar(side, removed))
             n_side += 1
+        elif path.name.endswith("_desc-confounds_timeseries.tsv"):
+            # fMRIPrep's motion and noise regressors (numbers under column names): without them
+            # the copy's BOLD series would be cleaned without confound regression
+            write_text_atomic(target, path.read_text(encoding="utf-8"))
     write_json_atomic(out_dir / "deidentification.json", {
         "method": "HMAC-SHA256 keyed pseudonyms (first 12 hex digits)" if pseudonymize else "none (labels kept)",
         "sessions": "ses-1, ses-2, ... per participant in sorted order" if pseudonymize else "labels kept",

@@ -162,3 +162,20 @@ def test_a_missing_key_names_both_ways_to_give_one(tmp_path, monkeypatch):
     short.write_bytes(b"abc")
     with pytest.raises(ConfigError, match="short.key"):
         load_key(short)
+
+
+def test_the_fmriprep_confounds_table_is_copied_beside_its_bold_series(tmp_path):
+    # without it, preprocessing the copy falls back to no confound regression (--confounds auto)
+    root = _dataset(tmp_path / "raw")
+    func = root / "sub-01" / "ses-20230115" / "func"
+    table = "trans_x\ttrans_y\tframewise_displacement\n0.1\t0.0\tn/a\n0.2\t0.1\t0.15\n"
+    (func / "sub-01_ses-20230115_task-rest_desc-confounds_timeseries.tsv").write_text(table)
+    (func / "sub-01_ses-20230115_task-rest_desc-confounds_timeseries.json").write_text('{"trans_x": {}}')
+    (func / "sub-01_ses-20230115_task-rest_events.tsv").write_text("onset\tduration\n0\t1\n")
+    out = tmp_path / "deid"
+    deidentify_bids(root, out, key_file=root / "key.txt")
+    new = pseudonym("sub-01", KEY)
+    copied = out / new / "ses-1" / "func" / f"{new}_ses-1_task-rest_desc-confounds_timeseries.tsv"
+    assert copied.read_text() == table
+    assert copied.with_suffix(".json").is_file()
+    assert not list(out.rglob("*_events.tsv"))  # other files are still left out
