@@ -120,7 +120,7 @@ def run_step(name, **params):
     """
     func = _resolve(name)
     _check_params(name, params)
-    log.info("step %s", name)
+    log.debug("step %s", name)  # a pipeline logs "pipeline step i/n: NAME"; a command names itself
     return func(**params)
 
 

@@ -390,3 +390,16 @@ def test_repeated_column_and_input_options_keep_every_value():
     args = parser.parse_args(["deidentify", "b", "o", "--keep-columns", "x", "--keep-columns", "y"])
     assert args.keep_columns == ["x", "y"]
     assert parser.parse_args(["train", "d", "--run-dir", "r"]).audit_column == []
+
+
+def test_each_pipeline_step_is_announced_once(tmp_path, monkeypatch, neuroml_log):
+    # "pipeline step 1/2: report" followed by "step report" said the same thing twice per step
+    import neuroml.pipeline
+    from neuroml.pipeline import run_pipeline
+
+    monkeypatch.setattr(neuroml.pipeline, "_resolve", lambda name: lambda **params: None)
+    path = _write(tmp_path, "steps:\n  - report: {run_dir: a}\n  - report: {run_dir: b}\n")
+    run_pipeline(path)
+    infos = [r.getMessage() for r in neuroml_log.records if r.levelname == "INFO"]
+    assert "pipeline step 1/2: report" in infos and "pipeline step 2/2: report" in infos
+    assert "step report" not in infos
