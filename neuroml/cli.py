@@ -6,6 +6,7 @@ Each subcommand turns its arguments into parameters of one library step
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -355,9 +356,23 @@ def _quiet_threads_after_interrupt():
     warnings.filterwarnings("ignore", message="Failed to kill subprocesses")
 
 
+#: Seconds between progress-bar updates when stderr is not a terminal (a SLURM log, a redirect).
+LOG_PROGRESS_INTERVAL = "30"
+
+
+def _progress_for_logs():
+    """Progress bars written to a file (stderr not a terminal) update at most every
+    :data:`LOG_PROGRESS_INTERVAL` seconds instead of several times a second, unless the user set
+    ``TQDM_MININTERVAL``; tqdm reads it when it is imported, so this runs first."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not (isatty and isatty()):
+        os.environ.setdefault("TQDM_MININTERVAL", LOG_PROGRESS_INTERVAL)
+
+
 def main(argv=None):
     """Entry point of the ``neuroml`` console script; returns the exit status."""
     configure_openmp()  # before anything loads torch
+    _progress_for_logs()  # before anything loads tqdm
     from neuroml.errors import NeuromlError
 
     parser = build_parser()

@@ -403,3 +403,27 @@ def test_each_pipeline_step_is_announced_once(tmp_path, monkeypatch, neuroml_log
     infos = [r.getMessage() for r in neuroml_log.records if r.levelname == "INFO"]
     assert "pipeline step 1/2: report" in infos and "pipeline step 2/2: report" in infos
     assert "step report" not in infos
+
+
+def test_progress_bars_in_a_log_file_update_rarely(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_MININTERVAL"}
+    monkeypatch.setattr(os, "environ", env)
+    with pytest.raises(SystemExit):
+        main(["--help"])  # pytest's stderr is not a terminal
+    assert env["TQDM_MININTERVAL"] == "30"
+    env["TQDM_MININTERVAL"] = "5"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert env["TQDM_MININTERVAL"] == "5"  # the user's choice
+    # what tqdm then writes to a file: the first and last state, not ten updates a second
+    code = ("import time, sys; from neuroml.cli import _progress_for_logs; {}; from tqdm import tqdm\n"
+            "for _ in tqdm(range(12)): time.sleep(0.05)")
+    clean = {k: v for k, v in env.items() if k != "TQDM_MININTERVAL"}
+    clean["PYTHONPATH"] = os.pathsep.join(sys.path)
+    writes = [subprocess.run([sys.executable, "-c", code.format(call)], capture_output=True,  # bytes: keep \r
+                             env=clean, check=True).stderr.count(b"\r") for call in ("_progress_for_logs()", "None")]
+    assert writes[0] <= 2 < writes[1], writes
