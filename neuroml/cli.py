@@ -68,7 +68,7 @@ def build_parser():
     s.add_argument("out_bids", type=Path, help="output BIDS folder")
     s.add_argument("--n-subjects", type=_positive_int, default=30)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", nargs="+", default=["control", "MDD", "SCZ"],  # = synth.DEFAULT_CLASSES
+    s.add_argument("--classes", nargs="+", action="extend", default=None,  # None: neuroml.synth.DEFAULT_CLASSES
                    help="class labels, healthy class first (default: control MDD SCZ, for anat and func)")
     s.add_argument("--voxel-scale", type=float, default=1.0,
                    help="anat only: multiply every site's voxel size (2 = coarser, smaller files)")
@@ -244,8 +244,10 @@ def _dispatch(args):
 
     c = args.command
     if c == "synth":
-        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed, classes=tuple(args.classes),
-                      show_progress=not args.quiet)
+        from neuroml.synth import DEFAULT_CLASSES
+
+        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
+                      classes=tuple(args.classes or DEFAULT_CLASSES), show_progress=not args.quiet)
         if args.modality == "func":
             if args.voxel_scale != 1.0 or args.n_jobs != 1:
                 from neuroml.errors import ConfigError

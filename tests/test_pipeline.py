@@ -427,3 +427,16 @@ def test_progress_bars_in_a_log_file_update_rarely(monkeypatch):
     writes = [subprocess.run([sys.executable, "-c", code.format(call)], capture_output=True,  # bytes: keep \r
                              env=clean, check=True).stderr.count(b"\r") for call in ("_progress_for_logs()", "None")]
     assert writes[0] <= 2 < writes[1], writes
+
+
+def test_repeated_synth_classes_all_apply_and_the_default_is_kept(tmp_path, monkeypatch):
+    from neuroml import pipeline
+    from neuroml.synth import DEFAULT_CLASSES
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append(kw) or {})
+    out = str(tmp_path / "b")
+    assert main(["-q", "synth", out, "--classes", "control", "--classes", "MDD", "BD"]) == 0
+    assert main(["-q", "synth", out]) == 0
+    assert calls[0]["classes"] == ("control", "MDD", "BD")  # the first --classes was dropped before
+    assert calls[1]["classes"] == tuple(DEFAULT_CLASSES)
