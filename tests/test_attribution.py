@@ -906,3 +906,26 @@ def test_attribute_options_are_checked_with_helpful_messages(tmp_path):
     doc = json.loads(attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-01"], device="auto",
                                    sanity=False, show_progress=False).read_text())
     assert doc["n_subjects"] == 1
+
+
+def test_the_progress_bar_counts_scans(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.seen = dict(total=kwargs.get("total"), unit=kwargs.get("unit"), done=0)
+            bars.append(self.seen)
+
+        def update(self, n=1):
+            self.seen["done"] += n
+
+    run_dir, deriv = _make_run(tmp_path)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    doc = json.loads(attribute_run(run_dir, deriv, method="gradcam", target="true", sanity=False,
+                                   batch_size=2, show_progress=True).read_text())
+    n = len(doc["subjects"])
+    assert n > 2  # more scans than one batch
+    assert [b for b in bars if b["unit"] == "scan"] == [dict(total=n, unit="scan", done=n)]

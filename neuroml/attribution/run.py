@@ -416,7 +416,9 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         batches.setdefault(plan[r.row], []).append(r)
     todo = [(fk, chunk[i:i + batch_size]) for fk, chunk in batches.items() for i in range(0, len(chunk), batch_size)]
     t_start = time.perf_counter()
-    for fk, chunk in tqdm(todo, desc=f"attribution {method}", disable=not show_progress):
+    bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc=f"attribution {method}", unit="scan",
+               disable=not show_progress)
+    for fk, chunk in todo:
         models = [fold_models[f] for f in fk[0]]
         x = cache.load([r.row for r in chunk])
         xs = [inputs_for(f, x, [r.participant_id for r in chunk]) for f in fk[0]]
@@ -477,6 +479,8 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
                                  "participant_id": r.participant_id})
                 group_maps.append(true_maps[i])
                 group_owner.append((r.participant_id, classes[true[i]]))
+        bar.update(len(chunk))  # scans, as the summary line counts them (not batches)
+    bar.close()
     total = time.perf_counter() - t_start
 
     group_info, groups, tables = _write_groups(group_maps, group_owner, classes, cache.affine, out_dir, atlas,
