@@ -322,6 +322,27 @@ def test_failures_tsv_is_rewritten_in_parallel_runs(tmp_path, subject):
     assert not any(p.exists() for p in paths.values())
 
 
+def test_failure_of_a_renamed_or_deleted_file_is_cleared(tmp_path, subject):
+    # a bad file fixed by renaming it (gzip named .nii) or deleting it leaves no stale failures.tsv entry
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii": b"garbage" * 100,
+                                          "sub-02/anat/sub-02_T1w.nii.gz": b"garbage" * 100,
+                                          "sub-03/anat/sub-03_T1w.nii.gz": b"garbage" * 100})
+    out = tmp_path / "out"
+    result = run_participant_level(root, out, **FAST)
+    assert len(result.failures) == 3 and len(read_failures(out)) == 3
+    (root / "sub-01/anat/sub-01_T1w.nii").unlink()
+    nib.save(subject[0], str(root / "sub-01/anat/sub-01_T1w.nii.gz"))
+    (root / "sub-02/anat/sub-02_T1w.nii.gz").unlink()
+    (root / "sub-02/anat/sub-02_T1w.nii.gz").symlink_to("missing.nii.gz")  # a broken link stays listed
+    result = run_participant_level(root, out, participant_labels=["01"], **FAST)
+    assert result.n_done == 1 and not result.failures
+    assert sorted(r["file"] for r in read_failures(out)) == ["sub-02/anat/sub-02_T1w.nii.gz",
+                                                              "sub-03/anat/sub-03_T1w.nii.gz"]
+    (root / "sub-03/anat/sub-03_T1w.nii.gz").unlink()
+    run_participant_level(root, out, participant_labels=["01"], **FAST)
+    assert [r["file"] for r in read_failures(out)] == ["sub-02/anat/sub-02_T1w.nii.gz"]
+
+
 def test_group_level_escapes_html(batch):
     out, _ = batch
     # a hostile reason in failures.tsv must come out escaped

@@ -10,7 +10,8 @@ Failures: one bad scan never stops the batch, nor does a worker process that die
 for memory, a crash): the scans it may have held run again, each in a process of its own,
 and the one that dies again is recorded. Each failure is recorded in ``OUT/failures.tsv``
 (``participant_id``, ``file``, one-line ``reason``); the file is rewritten on every run
-(entries of scans that now succeed are removed; it is deleted when nothing fails) under a
+(entries of scans that now succeed, or whose file is no longer in the BIDS folder, are removed;
+it is deleted when nothing fails) under a
 lock, so SLURM array tasks writing to the same folder do not lose each other's entries.
 """
 
@@ -264,11 +265,13 @@ def _clean(text):
     return " ".join(str(text).replace("\t", " ").split())
 
 
-def _update_failures(out_dir, processed_files, failures):
-    """Merge this run's outcome into ``failures.tsv`` (delete it when empty)."""
+def _update_failures(out_dir, processed_files, failures, bids_dir=None):
+    """Merge this run's outcome into ``failures.tsv`` (delete it when empty); with ``bids_dir``,
+    entries of files no longer in it (renamed or deleted since) are dropped."""
     path = out_dir / "failures.tsv"
     with advisory_lock(out_dir / ".failures.lock"):
-        rows = [r for r in read_failures(out_dir) if r["file"] not in processed_files]
+        rows = [r for r in read_failures(out_dir) if r["file"] not in processed_files
+                and (bids_dir is None or os.path.lexists(Path(bids_dir) / r["file"]))]
         rows += [dataclasses.asdict(f) for f in failures]
         if rows:
             text = "\t".join(_FAILURE_COLUMNS) + "\n" + "".join(
@@ -430,7 +433,7 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
         bar.close()
         # also on Ctrl-C: record what was handled, keep older entries of the rest
         try:
-            _update_failures(out_dir, handled, failures)
+            _update_failures(out_dir, handled, failures, bids_dir)
         except (OSError, NeuromlError):
             if finished:
                 raise
