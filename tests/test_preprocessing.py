@@ -343,6 +343,32 @@ def test_failure_of_a_renamed_or_deleted_file_is_cleared(tmp_path, subject):
     assert [r["file"] for r in read_failures(out)] == ["sub-02/anat/sub-02_T1w.nii.gz"]
 
 
+def test_misnamed_t1w_files_are_failures(tmp_path, subject):
+    # a T1w the BIDS search skips (no 'sub-' in its name, lower-case suffix, upper-case extension,
+    # another participant's label) is reported in failures.tsv, not ignored in silence
+    names = ["sub-01/anat/sub01_T1w.nii.gz", "sub-02/anat/sub-02_t1w.nii", "sub-02/anat/sub-02_T1w.NII.GZ",
+             "sub-02/ses-1/anat/sub-03_ses-1_T1w.nii.gz"]
+    root = write_bids(tmp_path / "bids", {**{n: b"x" for n in names},
+                                          "sub-02/anat/sub-02_T1w.json": b"{}",
+                                          "sub-02/anat/sub-02_T2w.nii.gz": b"x",
+                                          "sub-03/anat/sub-03_T1w.nii.gz": subject[0]})
+    out = tmp_path / "out"
+    result = run_participant_level(root, out, participant_labels=["01"], **FAST)
+    assert result.n_done == 0 and [f.file for f in result.failures] == [names[0]]
+    assert "not BIDS" in result.failures[0].reason
+    result = run_participant_level(root, out, **FAST)
+    assert result.n_done == 1
+    assert sorted(f.file for f in result.failures) == sorted(names)
+    assert sorted(r["file"] for r in read_failures(out)) == sorted(names)
+    assert {f.participant_id for f in result.failures} == {"sub-01", "sub-02"}
+    # renamed to a BIDS name: processed, and its entry leaves failures.tsv
+    (root / names[0]).rename(root / "sub-01/anat/sub-01_T1w.nii.gz")
+    nib.save(subject[0], str(root / "sub-01/anat/sub-01_T1w.nii.gz"))
+    result = run_participant_level(root, out, participant_labels=["01"], **FAST)
+    assert result.n_done == 1 and not result.failures
+    assert names[0] not in {r["file"] for r in read_failures(out)}
+
+
 def test_group_level_escapes_html(batch):
     out, _ = batch
     # a hostile reason in failures.tsv must come out escaped

@@ -247,6 +247,36 @@ def _relative(path, bids_dir):
         return str(path)
 
 
+#: The reason recorded for a file that looks like a T1w image but is not found as one.
+MISNAMED_T1W = ("looks like a T1w image but its path is not BIDS, so it is not processed: rename it "
+                "sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_...]_T1w.nii[.gz] "
+                "(this folder's participant label, suffix and extension as written)")
+
+
+def _misnamed_t1w(bids_dir, scans, participant_labels):
+    """``(participant_id, path)`` of files in the participants' ``anat`` folders whose name says
+    T1w and an image extension in any case (``sub01_T1w.nii.gz``, ``sub-01_t1w.nii``,
+    ``sub-01_T1w.NII.GZ``, another participant's label) but that are not among ``scans``."""
+    from neuroml.io.bids import _subject_dirs, check_label
+
+    found = {Path(scan.path) for scan in scans}
+    out = []
+    for sub_dir in _subject_dirs(bids_dir, participant_labels):
+        try:
+            label = check_label(sub_dir.name)
+        except InputError:
+            continue
+        for folder in [sub_dir / "anat"] + sorted(sub_dir.glob("ses-*/anat")):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                name = path.name.lower()
+                if (path not in found and not name.startswith(".") and "t1w" in name
+                        and name.endswith((".nii", ".nii.gz", ".mnc", ".mgz", ".par"))):
+                    out.append((f"sub-{label}", path))
+    return out
+
+
 def read_failures(out_dir):
     """Rows of ``OUT/failures.tsv`` as dicts (empty list when there is none)."""
     path = Path(out_dir) / "failures.tsv"
@@ -352,7 +382,8 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     bids_dir = Path(bids_dir)
     out_dir = Path(out_dir)
     scans = find_scans(bids_dir, "T1w", "anat", participant_labels) if modality != "func" else []
-    if not scans and modality == "anat":
+    misnamed = _misnamed_t1w(bids_dir, scans, participant_labels) if modality != "func" else []
+    if not scans and not misnamed and modality == "anat":
         raise InputError("no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir)
     if modality != "anat":
         from neuroml.functional.files import find_bold_scans
@@ -406,6 +437,11 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
             failures.append(Failure(scan.participant_id, rel, reason))
         bar.update(1)
 
+    for participant_id, path in misnamed:
+        rel = _relative(path, bids_dir)
+        log.warning("%s: %s", rel, MISNAMED_T1W)
+        handled.add(rel)
+        failures.append(Failure(participant_id, rel, MISNAMED_T1W))
     finished = False
     try:
         if n_workers == 1:
