@@ -369,6 +369,25 @@ def test_misnamed_t1w_files_are_failures(tmp_path, subject):
     assert names[0] not in {r["file"] for r in read_failures(out)}
 
 
+def test_stale_temporaries_of_skipped_scans_are_removed(tmp_path, subject):
+    # a killed run's temporaries beside a finished (skipped) scan or failures.tsv go; a live writer's stay
+    from neuroml._utils.fileio import _OWNER
+
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0]})
+    out = tmp_path / "out"
+    assert run_participant_level(root, out, **FAST).n_done == 1
+    host = _OWNER.rsplit("-", 1)[0]
+    image = output_paths({"sub": "01"}, out, RES)["preproc"]
+    dead = [image.parent / f".{image.name}.{host}-4194303.x1.tmp.nii.gz",
+            out / f".failures.tsv.{host}-4194303.x2.tmp.tsv"]
+    live = image.parent / f".{image.name}.{_OWNER}.x3.tmp.nii.gz"
+    for path in dead + [live]:
+        path.write_bytes(b"partial")
+    result = run_participant_level(root, out, **FAST)
+    assert result.n_skipped == 1
+    assert not any(p.exists() for p in dead) and live.exists()
+
+
 def test_group_level_escapes_html(batch):
     out, _ = batch
     # a hostile reason in failures.tsv must come out escaped

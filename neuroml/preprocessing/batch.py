@@ -24,7 +24,8 @@ import zlib
 from pathlib import Path
 
 from neuroml import __version__
-from neuroml._utils.fileio import advisory_lock, read_json, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (advisory_lock, read_json, remove_stale_temporaries, write_json_atomic,
+                                   write_text_atomic)
 from neuroml._utils.options import check_in_range
 from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
 from neuroml.io.bids import derivative_name, find_scans, parse_entities
@@ -398,6 +399,13 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     if out_dir.resolve() == bids_dir.resolve():
         raise ConfigError("the output folder must differ from the BIDS folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # temporaries a killed run left (failures.tsv, beside scans that are now skipped); only this
+    # host's of dead processes, so concurrent SLURM tasks are not disturbed
+    for folder in [out_dir] + sorted({out_dir / f"sub-{scan.subject}" for scan in scans}):
+        remove_stale_temporaries(folder)
+        for sub in sorted(folder.rglob("*")) if folder != out_dir and folder.is_dir() else []:
+            if sub.is_dir():
+                remove_stale_temporaries(sub)
     write_dataset_description(out_dir, bids_dir)
 
     todo, n_skipped = [], 0
