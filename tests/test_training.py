@@ -279,6 +279,20 @@ def test_train_run_input_errors(trained, tmp_path):
     assert not any((tmp_path / f"r{i}").exists() for i in range(1, 7))
 
 
+def test_train_run_with_numeric_class_labels(trained, tmp_path):
+    """Class names that look like numbers (0/1/2) stay class names when a predictions table is read back
+    (the bias audit of the baseline crashed on them)."""
+    deriv, _, _ = trained
+    table = pd.read_csv(deriv.parent / "raw" / "participants.tsv", sep="\t")
+    table["code"] = table["diagnosis"].map({c: i for i, c in enumerate(CLASSES)})
+    table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
+    train_run(deriv, tmp_path / "run", label_column="code", participants=tmp_path / "participants.tsv", **FAST)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["classes"] == ["0", "1", "2"] and "baseline" in metrics["audit"]
+    pred = load_run(tmp_path / "run").predictions()
+    assert set(pred["true_label"]) == {"0", "1", "2"} and set(pred["predicted_label"]) <= {"0", "1", "2"}
+
+
 def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
     deriv = make_cohort(tmp_path, n_per_class=3, res=4.0, two_sessions=())  # 37 x 46 x 39
     run_dir = tmp_path / "run"

@@ -38,6 +38,8 @@ log = logging.getLogger("neuroml")
 _RUNTIME_KEYS = ("runtime", "deriv_dir", "participants", "neuroml_version")
 #: Cohorts up to this size (float32) are read into RAM once; larger ones stay memory-mapped.
 IN_MEMORY_BYTES = 2 * 1024**3
+#: Columns of a predictions table read back as strings: class names may look like numbers ("0", "1").
+PREDICTION_DTYPES = {"participant_id": str, "true_label": str, "predicted_label": str}
 
 
 class Run:
@@ -103,7 +105,7 @@ class Run:
         path = self.run_dir / "predictions.tsv"
         if not path.is_file():
             raise InputError("predictions.tsv missing: the run did not finish", path)
-        return pd.read_csv(path, sep="\t", dtype={"participant_id": str})
+        return pd.read_csv(path, sep="\t", dtype=PREDICTION_DTYPES)
 
 
 def load_run(run_dir):
@@ -491,7 +493,7 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
         metrics["baseline"] = _baseline(cohort, src, src_rows, splits, seed, n_bootstrap, n_permutations, run_dir)
     base_table = None
     if baseline and (run_dir / "baseline_predictions.tsv").is_file():
-        base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype={"participant_id": str})
+        base_table = pd.read_csv(run_dir / "baseline_predictions.tsv", sep="\t", dtype=PREDICTION_DTYPES)
     metrics["confounds"] = {"site_column": site_col, "entangled": confounds["entangled"]}
     fold_inputs = None
     if harm is not None:
