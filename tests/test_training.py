@@ -121,6 +121,14 @@ def test_leave_one_site_out_and_errors():
     assert validation_split(pids, labels, 0.25, seed=0) == (pids, [])  # one per class: none held out
 
 
+def test_leave_one_site_out_names_a_class_missing_from_training(neuroml_log):
+    """The warning names the class as written ('P'), not as a numpy repr (np.str_('P'))."""
+    pids = [f"sub-{i}" for i in range(8)]
+    make_splits(pids, ["P", "P", "HC", "HC", "HC", "HC", "HC", "HC"], sites=["X"] * 2 + ["Y"] * 6, seed=0)
+    assert "fold 0: no training participant of class(es) ['P']" in neuroml_log.text
+    assert "np.str_" not in neuroml_log.text
+
+
 # ---------------------------------------------------------------- metrics
 
 def test_metrics_against_hand_computed_values():
@@ -291,6 +299,17 @@ def test_train_run_with_numeric_class_labels(trained, tmp_path):
     assert metrics["classes"] == ["0", "1", "2"] and "baseline" in metrics["audit"]
     pred = load_run(tmp_path / "run").predictions()
     assert set(pred["true_label"]) == {"0", "1", "2"} and set(pred["predicted_label"]) <= {"0", "1", "2"}
+
+
+def test_a_balanced_accuracy_of_zero_is_logged_as_zero(trained, tmp_path, monkeypatch, neuroml_log):
+    import neuroml.training.run as run_module
+
+    deriv, _, _ = trained
+    report = run_module._report
+    monkeypatch.setattr(run_module, "_report", lambda *args: {**report(*args), "balanced_accuracy": 0.0})
+    summary = train_run(deriv, tmp_path / "run", **{**FAST, "epochs": 1, "baseline": False})
+    assert summary["balanced_accuracy"] == 0.0
+    assert "balanced accuracy 0.000 (baseline n/a)" in neuroml_log.text
 
 
 def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):

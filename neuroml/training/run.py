@@ -526,9 +526,9 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
                "balanced_accuracy": cnn["balanced_accuracy"], "balanced_accuracy_ci": cnn["ci"].get("balanced_accuracy"),
                "auc_macro": cnn["auc_macro"], "baseline_balanced_accuracy": base.get("balanced_accuracy"),
                "folds": cnn["per_fold"], "seconds": round(time.perf_counter() - t_start, 1)}
-    base_bacc = summary["baseline_balanced_accuracy"]
-    log.info("run %s: balanced accuracy %.3f (baseline %s) over %d participants", run_dir,
-             summary["balanced_accuracy"] or float("nan"), "n/a" if base_bacc is None else f"{base_bacc:.3f}",
+    bacc, base_bacc = summary["balanced_accuracy"], summary["baseline_balanced_accuracy"]
+    log.info("run %s: balanced accuracy %s (baseline %s) over %d participants", run_dir,
+             "n/a" if bacc is None else f"{bacc:.3f}", "n/a" if base_bacc is None else f"{base_bacc:.3f}",
              summary["n_participants"])
     return summary
 

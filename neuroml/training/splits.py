@@ -149,7 +149,7 @@ def make_splits(participant_ids, labels, folds=3, seed=0, val_fraction=0.2, site
         test_set = set(test)
         rest = [p for p in uniq if p not in test_set]
         rest_lab = [label_of[p] for p in rest]
-        missing = sorted(set(classes) - set(np.asarray(rest_lab).astype(str)))
+        missing = sorted(str(c) for c in set(classes) - set(np.asarray(rest_lab).astype(str)))
         if missing:
             log.warning("fold %d: no training participant of class(es) %s", k, missing)
         train, val = validation_split(rest, rest_lab, val_fraction, seed=[int(seed) % (2**32), k])
