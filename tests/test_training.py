@@ -222,6 +222,27 @@ def test_train_run_writes_the_run_folder(trained):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_training_curve_says_when_there_is_no_validation_set(tmp_path, monkeypatch):
+    """Without validation participants the accuracy panel states why it is empty (it was blank)."""
+    from matplotlib.figure import Figure
+
+    from neuroml.training.outputs import plot_training_curves
+
+    texts = {}
+    save = Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        texts[len(texts)] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        return save(fig, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", capture)
+    nan = float("nan")
+    plain = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [nan, nan],
+                          "val_balanced_accuracy": [nan, nan]})
+    plot_training_curves(tmp_path / "a.png", {0: plain})
+    plot_training_curves(tmp_path / "b.png", {0: plain.assign(val_loss=[0.9, 0.8], val_balanced_accuracy=[0.5, 0.6])})
+    assert any("no validation set" in t for t in texts[0]) and not any("no validation" in t for t in texts[1])
+
+
 def test_train_run_learns_the_easy_task(trained):
     _, run_dir, summary = trained
     assert summary["balanced_accuracy"] > 0.6  # chance is 1/3

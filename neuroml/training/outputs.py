@@ -56,6 +56,9 @@ def plot_training_curves(path, histories):
             ax_acc.plot(df["epoch"], df["val_balanced_accuracy"], color=line.get_color(), marker=".", label=f"fold {k}")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="balanced accuracy", title="Validation balanced accuracy", ylim=(-0.02, 1.02))
+    if not ax_acc.lines:  # small cohorts hold no validation participants out (splits.MIN_VAL_PER_CLASS)
+        ax_acc.text(0.5, 0.5, "no validation set:\nevery epoch trained, last weights kept", ha="center",
+                    va="center", transform=ax_acc.transAxes, color="0.4")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.lines:
