@@ -388,6 +388,24 @@ def test_stale_temporaries_of_skipped_scans_are_removed(tmp_path, subject):
     assert not any(p.exists() for p in dead) and live.exists()
 
 
+def test_two_inputs_with_one_output_name_are_failures(tmp_path, subject):
+    # sub-01_T1w.nii beside sub-01_T1w.nii.gz would write the same outputs (one at random each run)
+    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0],
+                                          "sub-01/anat/sub-01_T1w.nii": subject[0],
+                                          "sub-02/anat/sub-02_T1w.nii.gz": subject[0]})
+    out = tmp_path / "out"
+    result = run_participant_level(root, out, n_jobs=2, **FAST)
+    dups = ["sub-01/anat/sub-01_T1w.nii", "sub-01/anat/sub-01_T1w.nii.gz"]
+    assert result.n_done == 1 and sorted(f.file for f in result.failures) == dups
+    assert all("same BIDS name" in f.reason for f in result.failures)
+    assert sorted(r["file"] for r in read_failures(out)) == dups
+    assert not output_paths({"sub": "01"}, out, RES)["sidecar"].exists()
+    (root / dups[0]).unlink()
+    result = run_participant_level(root, out, **FAST)
+    assert (result.n_done, result.n_skipped) == (1, 1) and not result.failures
+    assert not (out / "failures.tsv").exists()
+
+
 def test_group_level_escapes_html(batch):
     out, _ = batch
     # a hostile reason in failures.tsv must come out escaped

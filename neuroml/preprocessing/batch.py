@@ -408,6 +408,21 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
                 remove_stale_temporaries(sub)
     write_dataset_description(out_dir, bids_dir)
 
+    # two inputs with one output name (sub-01_T1w.nii beside sub-01_T1w.nii.gz) would overwrite each
+    # other's outputs, one at random on every run: none of them is processed
+    by_output = {}
+    for scan in scans:
+        if scan.suffix == "bold":
+            from neuroml.functional.files import func_output_paths
+
+            sidecar = func_output_paths(scan.entities, out_dir, fparams)["sidecar"]
+        else:
+            sidecar = output_paths(scan.entities, out_dir, params["resolution"])["sidecar"]
+        by_output.setdefault(sidecar, []).append(scan)
+    clashes = [group for group in by_output.values() if len(group) > 1]
+    clashing = {id(scan) for group in clashes for scan in group}
+    scans = [scan for scan in scans if id(scan) not in clashing]
+
     todo, n_skipped = [], 0
     for scan in scans:
         try:
@@ -445,6 +460,15 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
             failures.append(Failure(scan.participant_id, rel, reason))
         bar.update(1)
 
+    for group in clashes:
+        for scan in group:
+            rel = _relative(scan.path, bids_dir)
+            others = ", ".join(_relative(o.path, bids_dir) for o in group if o is not scan)
+            reason = (f"same BIDS name as {others} (one image per name, whatever the extension): "
+                      "not processed; remove or rename one of them")
+            log.warning("%s: %s", rel, reason)
+            handled.add(rel)
+            failures.append(Failure(scan.participant_id, rel, reason))
     for participant_id, path in misnamed:
         rel = _relative(path, bids_dir)
         log.warning("%s: %s", rel, MISNAMED_T1W)
