@@ -472,6 +472,16 @@ def test_load_run(trained):
         load_run(run_dir / "fold-0")
 
 
+def test_predict_on_an_unfinished_run_says_how_to_finish_it(trained, tmp_path):
+    import shutil
+
+    deriv, run_dir, _ = trained
+    shutil.copytree(run_dir, tmp_path / "run")
+    (tmp_path / "run" / "fold-2" / "model.pt").unlink()
+    with pytest.raises(InputError, match=r"fold\(s\) \[2\] have no model.pt; rerun the training command with --resume"):
+        predict_run(tmp_path / "run", deriv, out_path=tmp_path / "p.tsv", force=True)
+
+
 def test_predict_run_refuses_trained_subjects(trained, tmp_path):
     deriv, run_dir, _ = trained
     with pytest.raises(LeakageError, match=r"12 participant\(s\) were used to train.*sub-01"):

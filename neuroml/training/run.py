@@ -87,8 +87,8 @@ class Run:
         """``[(fold, model in eval mode), ...]`` for every fold; raises InputError if a fold is untrained."""
         missing = [f["fold"] for f in self.splits if not (self.run_dir / f"fold-{f['fold']}" / "model.pt").is_file()]
         if missing:
-            raise InputError(f"run incomplete: fold(s) {missing} have no model.pt; rerun training with resume=True",
-                             self.run_dir)
+            raise InputError(f"run incomplete: fold(s) {missing} have no model.pt; rerun the training command "
+                             "with --resume (resume=True)", self.run_dir)
         return [(f["fold"], self.fold_model(f["fold"], device)) for f in self.splits]
 
     def trained_ids(self):
