@@ -347,7 +347,7 @@ def test_misnamed_t1w_files_are_failures(tmp_path, subject):
     # a T1w the BIDS search skips (no 'sub-' in its name, lower-case suffix, upper-case extension,
     # another participant's label) is reported in failures.tsv, not ignored in silence
     names = ["sub-01/anat/sub01_T1w.nii.gz", "sub-02/anat/sub-02_t1w.nii", "sub-02/anat/sub-02_T1w.NII.GZ",
-             "sub-02/ses-1/anat/sub-03_ses-1_T1w.nii.gz"]
+             "sub-02/ses-1/anat/sub-03_ses-1_T1w.nii.gz", "sub-03_old/anat/sub-03_T1w.nii.gz"]
     root = write_bids(tmp_path / "bids", {**{n: b"x" for n in names},
                                           "sub-02/anat/sub-02_T1w.json": b"{}",
                                           "sub-02/anat/sub-02_T2w.nii.gz": b"x",
@@ -360,7 +360,7 @@ def test_misnamed_t1w_files_are_failures(tmp_path, subject):
     assert result.n_done == 1
     assert sorted(f.file for f in result.failures) == sorted(names)
     assert sorted(r["file"] for r in read_failures(out)) == sorted(names)
-    assert {f.participant_id for f in result.failures} == {"sub-01", "sub-02"}
+    assert {f.participant_id for f in result.failures} == {"sub-01", "sub-02", "sub-03_old"}
     # renamed to a BIDS name: processed, and its entry leaves failures.tsv
     (root / names[0]).rename(root / "sub-01/anat/sub-01_T1w.nii.gz")
     nib.save(subject[0], str(root / "sub-01/anat/sub-01_T1w.nii.gz"))

@@ -257,16 +257,17 @@ MISNAMED_T1W = ("looks like a T1w image but its path is not BIDS, so it is not p
 def _misnamed_t1w(bids_dir, scans, participant_labels):
     """``(participant_id, path)`` of files in the participants' ``anat`` folders whose name says
     T1w and an image extension in any case (``sub01_T1w.nii.gz``, ``sub-01_t1w.nii``,
-    ``sub-01_T1w.NII.GZ``, another participant's label) but that are not among ``scans``."""
+    ``sub-01_T1w.NII.GZ``, another participant's label, a folder ``sub-01_old``) but that are
+    not among ``scans``."""
     from neuroml.io.bids import _subject_dirs, check_label
 
     found = {Path(scan.path) for scan in scans}
     out = []
     for sub_dir in _subject_dirs(bids_dir, participant_labels):
         try:
-            label = check_label(sub_dir.name)
-        except InputError:
-            continue
+            participant_id = f"sub-{check_label(sub_dir.name)}"
+        except InputError:  # 'sub-01 copy', 'sub-01_old': the BIDS search skips the whole folder
+            participant_id = sub_dir.name
         for folder in [sub_dir / "anat"] + sorted(sub_dir.glob("ses-*/anat")):
             if not folder.is_dir():
                 continue
@@ -274,7 +275,7 @@ def _misnamed_t1w(bids_dir, scans, participant_labels):
                 name = path.name.lower()
                 if (path not in found and not name.startswith(".") and "t1w" in name
                         and name.endswith((".nii", ".nii.gz", ".mnc", ".mgz", ".par"))):
-                    out.append((f"sub-{label}", path))
+                    out.append((participant_id, path))
     return out
 
 
