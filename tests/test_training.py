@@ -333,6 +333,20 @@ def test_a_balanced_accuracy_of_zero_is_logged_as_zero(trained, tmp_path, monkey
     assert "balanced accuracy 0.000 (baseline n/a)" in neuroml_log.text
 
 
+def test_leave_one_site_out_errors_name_the_participants_file(trained, tmp_path):
+    deriv, _, _ = trained
+    table = pd.read_csv(deriv.parent / "raw" / "participants.tsv", sep="\t")
+    path = tmp_path / "participants.tsv"
+    table.assign(site=["n/a"] + list(table["site"][1:])).to_csv(path, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"participants.tsv: leave-one-site-out needs the 'site' of every "
+                                         r"participant; it is missing for 1: sub-01"):
+        train_run(deriv, tmp_path / "r1", participants=path, site_column="site", **FAST)
+    table.assign(site="A").to_csv(path, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"participants.tsv: leave-one-site-out needs at least two sites"):
+        train_run(deriv, tmp_path / "r2", participants=path, site_column="site", **FAST)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
 def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
     deriv = make_cohort(tmp_path, n_per_class=3, res=4.0, two_sessions=())  # 37 x 46 x 39
     run_dir = tmp_path / "run"

@@ -358,7 +358,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     # where each scan comes from (raw SHA-256s of the sidecars): checked now, recorded in provenance.json
     sources = source_identity(cache.deriv_dir, cache.index["path"].iloc[cohort.rows].tolist())
     _check_one_id_per_scan(cohort.participant_ids, sources[1])
-    sites = cohort.column(site_column) if site_column else None
+    sites = _loso_sites(cohort, site_column) if site_column else None
     splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
                          val_fraction=val_fraction, sites=sites)
     if dist.broadcast_object((splits, cohort.digest)) != (splits, cohort.digest):
@@ -531,6 +531,24 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
              "n/a" if bacc is None else f"{bacc:.3f}", "n/a" if base_bacc is None else f"{base_bacc:.3f}",
              summary["n_participants"])
     return summary
+
+
+def _loso_sites(cohort, site_column):
+    """Each participant's site for leave-one-site-out folds; InputError naming the file when one is missing
+    or there is a single site."""
+    from neuroml.training.confounds import is_missing
+
+    sites = cohort.column(site_column)
+    unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
+    if unknown:
+        raise InputError(f"leave-one-site-out needs the {site_column!r} of every participant; it is missing for "
+                         f"{len(unknown)}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+                         cohort.participants_path)
+    levels = sorted({str(s) for s in sites})
+    if len(levels) < 2:
+        raise InputError(f"leave-one-site-out needs at least two sites in column {site_column!r}, got {levels}",
+                         cohort.participants_path)
+    return sites
 
 
 def _input_mask(cache):
