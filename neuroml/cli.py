@@ -194,9 +194,27 @@ def build_parser():
     return p
 
 
+class _BarSafeHandler(logging.Handler):
+    """Writes log lines to stderr through ``tqdm.write``, so that a line never lands inside a
+    progress bar's line: in a terminal the bars are redrawn below it, and in a log file (SLURM)
+    it starts a line of its own, so ``grep ^WARNING`` finds it."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            msg = self.format(record)
+            isatty = getattr(sys.stderr, "isatty", None)
+            if getattr(tqdm, "_instances", None) and not (isatty and isatty()):
+                msg = "\n" + msg  # a bar's text (written without a newline) is on the current line
+            tqdm.write(msg, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
 def _setup_logging(args):
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarSafeHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)

@@ -440,3 +440,26 @@ def test_repeated_synth_classes_all_apply_and_the_default_is_kept(tmp_path, monk
     assert main(["-q", "synth", out]) == 0
     assert calls[0]["classes"] == ("control", "MDD", "BD")  # the first --classes was dropped before
     assert calls[1]["classes"] == tuple(DEFAULT_CLASSES)
+
+
+def test_a_log_line_never_continues_a_progress_bar_line_in_a_log_file():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, sys\n"
+            "from neuroml.cli import _progress_for_logs, _setup_logging\n"
+            "from types import SimpleNamespace\n"
+            "_progress_for_logs()\n"
+            "_setup_logging(SimpleNamespace(quiet=False, verbose=0))\n"
+            "from tqdm.auto import tqdm\n"
+            "bar = tqdm(total=3)\n"
+            "bar.update(1)\n"
+            "logging.getLogger('neuroml').warning('scan sub-02 failed')\n"
+            "bar.update(2)\n"
+            "bar.close()\n"
+            "logging.getLogger('neuroml').info('done')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=True).stderr.decode()
+    lines = err.split("\n")
+    assert "WARNING: scan sub-02 failed" in lines and "INFO: done" in lines  # each a line of its own
