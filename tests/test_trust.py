@@ -405,3 +405,18 @@ def test_confound_advice_fits_the_column():
     site, sex = html.split("associated with site")[1], html.split("associated with sex")[1]
     assert "compare leave-one-site-out" in site.split("</p>")[0]
     assert "leave-one-site-out" not in sex.split("</p>")[0] and "per-sex results" in sex.split("</p>")[0]
+
+
+def test_covariates_leave_out_a_sex_column_with_missing_values():
+    """A participants.tsv with an n/a sex (read as NaN) crashed the run's site probe after training (pandas 3's
+    astype(str) keeps NaN, and sorting NaN with strings fails); sex is left out of the covariates instead."""
+    import pandas as pd
+
+    pids = ["sub-1", "sub-2", "sub-3", "sub-4"]
+    table = pd.DataFrame({"age": [30, 40, 50, 60], "sex": ["F", np.nan, "M", "F"]}, index=pids)
+    cov, names = trust_module._covariates(table, pids)
+    assert names == ["age"] and cov.shape == (4, 1)
+    assert harmonize_module.covariate_spec(table, pids) == (["age"], [])
+    complete = table.assign(sex=["F", "M", "M", "F"])
+    assert trust_module._covariates(complete, pids)[1] == ["age", "sex"]
+    assert harmonize_module.covariate_spec(complete, pids) == (["age", "sex"], ["F", "M"])

@@ -235,7 +235,7 @@ def covariate_spec(table, participant_ids):
         if np.isfinite(age).all() and np.ptp(age) > 0:
             names.append("age")
     if "sex" in table.columns:
-        sex = table["sex"].reindex(participant_ids).astype(str).str.strip().to_numpy()
+        sex = table["sex"].reindex(participant_ids).fillna("n/a").astype(str).str.strip().to_numpy()
         levels = sorted(set(sex.tolist()))
         if len(levels) == 2 and not set(s.lower() for s in levels) & set(_MISSING):
             names.append("sex")

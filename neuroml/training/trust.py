@@ -120,7 +120,7 @@ def _covariates(table, pids):
             cols.append((age - age.mean()) / age.std())
             names.append("age")
     if "sex" in table.columns:
-        sex = table["sex"].reindex(pids).astype(str).to_numpy()
+        sex = table["sex"].reindex(pids).fillna("n/a").astype(str).to_numpy()  # pandas 3 keeps NaN in astype(str)
         levels = sorted(set(sex.tolist()))
         if len(levels) == 2 and "nan" not in levels and "n/a" not in levels:
             cols.append((sex == levels[1]).astype(float))
