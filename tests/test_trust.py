@@ -420,3 +420,15 @@ def test_covariates_leave_out_a_sex_column_with_missing_values():
     complete = table.assign(sex=["F", "M", "M", "F"])
     assert trust_module._covariates(complete, pids)[1] == ["age", "sex"]
     assert harmonize_module.covariate_spec(complete, pids) == (["age", "sex"], ["F", "M"])
+
+
+def test_demographics_count_participants_without_sex_or_site():
+    """Missing sex or site is counted as n/a, so each class's counts add up to its participants (NaN was dropped)."""
+    import pandas as pd
+
+    pids = ["sub-1", "sub-2", "sub-3", "sub-4"]
+    table = pd.DataFrame({"sex": ["F", np.nan, "M", "F"], "site": ["A", "B", np.nan, "A"]}, index=pids)
+    demo = trust_module.demographics(table, pids, ["x", "x", "y", "y"], ["x", "y"], site_col="site")
+    for c in ("x", "y"):
+        assert sum(demo[c]["sex"].values()) == sum(demo[c]["site"].values()) == demo[c]["n"] == 2
+    assert demo["x"]["sex"] == {"F": 1, "n/a": 1} and demo["y"]["site"] == {"A": 1, "n/a": 1}

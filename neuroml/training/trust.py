@@ -50,14 +50,14 @@ def demographics(table, pids, labels, classes, site_col=None):
         sel = sub[lab == c]
         entry = {"n": int(len(sel))}
         if "sex" in sub.columns:
-            entry["sex"] = {str(k): int(v) for k, v in sel["sex"].astype(str).value_counts().sort_index().items()}
+            entry["sex"] = {str(k): int(v) for k, v in sel["sex"].fillna("n/a").astype(str).value_counts().sort_index().items()}
         if "age" in sub.columns:
             age = pd.to_numeric(sel["age"], errors="coerce").dropna()
             if len(age):
                 entry["age"] = {"mean": round(float(age.mean()), 2), "sd": round(float(age.std(ddof=1)), 2)
                                 if len(age) > 1 else None, "min": float(age.min()), "max": float(age.max())}
         if site_col and site_col in sub.columns:
-            entry["site"] = {str(k): int(v) for k, v in sel[site_col].astype(str).value_counts().sort_index().items()}
+            entry["site"] = {str(k): int(v) for k, v in sel[site_col].fillna("n/a").astype(str).value_counts().sort_index().items()}
         out[str(c)] = entry
     return out
 
