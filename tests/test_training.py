@@ -251,11 +251,13 @@ def test_train_run_learns_the_easy_task(trained):
     assert (pred["true_label"] == pred["predicted_label"]).mean() > 0.6
 
 
-def test_rerun_keeps_completed_folds_and_refuses_other_settings(trained, tmp_path):
+def test_rerun_keeps_completed_folds_and_refuses_other_settings(trained, tmp_path, neuroml_log):
     deriv, run_dir, summary = trained
     again = train_run(deriv, run_dir, **FAST)
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert all(f["status"].startswith("skipped") for f in prov["folds"])
+    # numbered as the progress bars and the resume message number folds ("fold 1/3"), with the folder
+    assert "fold 1/3 (fold-0) already trained: kept" in neuroml_log.text
     assert again["balanced_accuracy"] == summary["balanced_accuracy"]
     with pytest.raises(ConfigError, match="already holds a run.*lr"):
         train_run(deriv, run_dir, **{**FAST, "lr": 0.01})

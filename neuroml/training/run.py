@@ -419,7 +419,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         fold_src, fold_rows = src, src_rows
         if dist.broadcast_object(_fold_done(fold_dir, config["data_sha256"], harm is not None) if main else None):
             status = "skipped (already trained)"
-            log.info("fold %d already trained: kept", k)
+            log.info("fold %d/%d (fold-%d) already trained: kept", k + 1, len(splits), k)
         else:
             if main and not resume and (fold_dir / "last.pt").is_file():
                 (fold_dir / "last.pt").unlink()
