@@ -533,17 +533,24 @@ def _finish(run_dir, deriv_dir, config, cohort, splits, oof, oof_fold, fold_info
     return summary
 
 
-def _loso_sites(cohort, site_column):
-    """Each participant's site for leave-one-site-out folds; InputError naming the file when one is missing
-    or there is a single site."""
+def _site_of_everyone(cohort, site_column, purpose):
+    """Every participant's value in ``site_column``; InputError naming the participants file and the
+    participants without one (``purpose`` says what needs it)."""
     from neuroml.training.confounds import is_missing
 
     sites = cohort.column(site_column)
     unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
     if unknown:
-        raise InputError(f"leave-one-site-out needs the {site_column!r} of every participant; it is missing for "
+        raise InputError(f"{purpose} needs the {site_column!r} of every participant; it is missing for "
                          f"{len(unknown)}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
                          cohort.participants_path)
+    return sites
+
+
+def _loso_sites(cohort, site_column):
+    """Each participant's site for leave-one-site-out folds; InputError naming the file when one is missing
+    or there is a single site."""
+    sites = _site_of_everyone(cohort, site_column, "leave-one-site-out")
     levels = sorted({str(s) for s in sites})
     if len(levels) < 2:
         raise InputError(f"leave-one-site-out needs at least two sites in column {site_column!r}, got {levels}",
@@ -566,15 +573,9 @@ def _input_mask(cache):
 
 def _input_harmonization(cohort, site_col):
     """What the fold loop needs to harmonize the CNN's inputs, and its record for config.json."""
-    from neuroml.training.confounds import is_missing
     from neuroml.training.harmonize import covariate_matrix, covariate_spec
 
-    sites = cohort.column(site_col)
-    unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
-    if unknown:
-        raise InputError(f"harmonize='combat' needs the {site_col!r} of every participant; it is missing for "
-                         f"{len(unknown)}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
-                         cohort.participants_path)
+    sites = _site_of_everyone(cohort, site_col, "harmonize='combat'")
     names, levels = covariate_spec(cohort.table, cohort.participant_ids)
     mask = _input_mask(cohort.cache)
     return {"config": {"method": "combat", "site_column": site_col, "covariates": names, "sex_levels": levels,
