@@ -53,8 +53,9 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temporaries(folder, name=None):
-    """Delete temporary files that a killed writer left in ``folder`` (optionally only those of ``name``).
+def remove_stale_temporaries(folder, name=None, recursive=False):
+    """Delete temporary files that a killed writer left in ``folder`` (optionally only those of
+    ``name``; with ``recursive``, also in every folder below it).
 
     Only temporaries of this host whose process is gone are deleted, so a concurrent writer
     (another SLURM task writing to the same folder) is never disturbed.
@@ -65,7 +66,8 @@ def remove_stale_temporaries(folder, name=None):
         The number of files deleted.
     """
     n = 0
-    for tmp in stale_temporaries(folder, f".{glob.escape(name)}.*.tmp*" if name else ".*.tmp*"):
+    pattern = f".{glob.escape(name)}.*.tmp*" if name else ".*.tmp*"
+    for tmp in stale_temporaries(folder, f"**/{pattern}" if recursive else pattern):
         with contextlib.suppress(OSError):
             tmp.unlink()
             n += 1

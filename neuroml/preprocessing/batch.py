@@ -402,11 +402,9 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     out_dir.mkdir(parents=True, exist_ok=True)
     # temporaries a killed run left (failures.tsv, beside scans that are now skipped); only this
     # host's of dead processes, so concurrent SLURM tasks are not disturbed
-    for folder in [out_dir] + sorted({out_dir / f"sub-{scan.subject}" for scan in scans}):
-        remove_stale_temporaries(folder)
-        for sub in sorted(folder.rglob("*")) if folder != out_dir and folder.is_dir() else []:
-            if sub.is_dir():
-                remove_stale_temporaries(sub)
+    remove_stale_temporaries(out_dir)
+    for folder in sorted({out_dir / f"sub-{scan.subject}" for scan in scans}):
+        remove_stale_temporaries(folder, recursive=True)
     write_dataset_description(out_dir, bids_dir)
 
     # two inputs with one output name (sub-01_T1w.nii beside sub-01_T1w.nii.gz) would overwrite each
