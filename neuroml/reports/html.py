@@ -57,18 +57,20 @@ def _img(png, alt):
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def _load_json(path, kinds=(dict,)):
+def _load_json(path, kinds=(dict,), reader="report"):
     """The JSON document at ``path``, or None when it is absent, unreadable or not one of ``kinds``
-    (a file of another tool under the same name): a warning names the file, the report goes on."""
+    (a file of another tool under the same name): a warning names the file and the ``reader``
+    (the report, the model card), which goes on without it."""
+    path = Path(path)
     if not path.is_file():
         return None
     try:
         doc = read_json(path)
     except InputError as exc:
-        log.warning("report: skipping %s", exc)
+        log.warning("%s: skipping %s", reader, exc)
         return None
     if not isinstance(doc, kinds):
-        log.warning("report: skipping %s: not a neuroml %s (a JSON %s)", path, path.name, type(doc).__name__)
+        log.warning("%s: skipping %s: not a neuroml %s (a JSON %s)", reader, path, path.name, type(doc).__name__)
         return None
     return doc
 

@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 from neuroml import __version__
-from neuroml._utils.fileio import read_json, write_text_atomic
+from neuroml._utils.fileio import write_text_atomic
 from neuroml.errors import InputError
 from neuroml.reports.checks import check_lines, current_sanity
-from neuroml.reports.html import _inputs_text
+from neuroml.reports.html import _inputs_text, _load_json
 
 __all__ = ["write_model_card", "model_card_text"]
 
@@ -44,15 +44,7 @@ def _table(headers, rows):
 def _load(path):
     """The JSON object at ``path``; None (with a warning naming the file) when absent, unreadable
     or not an object."""
-    try:
-        doc = read_json(path) if Path(path).is_file() else None
-    except InputError as exc:
-        log.warning("model card: skipping %s", exc)
-        return None
-    if doc is not None and not isinstance(doc, dict):
-        log.warning("model card: skipping %s: not a JSON object", path)
-        return None
-    return doc
+    return _load_json(path, reader="model card")
 
 
 def _performance(metrics, classes):
