@@ -145,9 +145,9 @@ def _used_by(run, folds):
 def _select(index, participants):
     if participants is None:
         return index
-    from neuroml.io.bids import check_label
+    from neuroml.io.bids import checked_labels
 
-    wanted = {f"sub-{check_label(p)}" for p in ([participants] if isinstance(participants, str) else participants)}
+    wanted = {f"sub-{label}" for label in checked_labels(participants)}
     missing = sorted(wanted - set(index["participant_id"]))
     if missing:
         raise InputError(f"participants not in the derivatives: {missing}")

@@ -137,13 +137,22 @@ def sidecar_chain(path):
     return chain
 
 
+def checked_labels(participant_labels):
+    """Participant labels, checked (:func:`check_label`, ``sub-`` dropped) and each once
+    (``01 sub-01 01``: ``['01']``); a single string is one label (e.g. from YAML), not its characters.
+
+    >>> checked_labels("sub-01"), checked_labels(["01", "sub-02", "sub-01"])
+    (['01'], ['01', '02'])
+    """
+    if isinstance(participant_labels, str):
+        participant_labels = [participant_labels]
+    return list(dict.fromkeys(check_label(p) for p in participant_labels))
+
+
 def _subject_dirs(bids_dir, participant_labels):
     if participant_labels:
-        if isinstance(participant_labels, str):  # one label (e.g. from YAML), not its characters
-            participant_labels = [participant_labels]
-        labels = list(dict.fromkeys(check_label(p) for p in participant_labels))  # '01 sub-01 01': once
         dirs = []
-        for lab in labels:
+        for lab in checked_labels(participant_labels):
             d = bids_dir / f"sub-{lab}"
             if not d.is_dir():
                 raise InputError(f"participant 'sub-{lab}' not found (no folder {d.name})", bids_dir)

@@ -191,10 +191,9 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
     index = cache.index
     if participant_labels:
-        from neuroml.io.bids import check_label
+        from neuroml.io.bids import checked_labels
 
-        labels = [participant_labels] if isinstance(participant_labels, str) else participant_labels
-        wanted = {f"sub-{check_label(p)}" for p in labels}  # a string is one label, not its characters
+        wanted = {f"sub-{label}" for label in checked_labels(participant_labels)}
         missing = sorted(wanted - set(index["participant_id"]))
         if missing:
             raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
