@@ -431,7 +431,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         if tidx is None:
             tidx = np.full(len(chunk), classes.index(target))
         keys = [input_key(r) for r in chunk]
-        fold_ids = [f if isinstance(f, (int, str)) else str(f) for f in fk[0]]
+        fold_ids = _fold_ids(fk[0])
         redo = [i for i, n in enumerate(names)
                 if not (n in previous and (out_dir / n).is_file() and previous[n].get("input_sha256") == keys[i]
                         and previous[n].get("folds") == fold_ids
@@ -547,6 +547,12 @@ def _previous_entries(doc, identity_sha256):
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
 
 
+def _fold_ids(folds):
+    """Fold keys as ``attribution.json`` records them (``folds`` of each subject): ints and strings
+    kept, anything else as its string."""
+    return [f if isinstance(f, (int, str)) else str(f) for f in folds]
+
+
 def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, force, target, labels, twins=None):
     """``{row: (folds, how)}`` of the earlier call's scans outside ``rows`` that are still valid:
     in the derivatives, explained by the same folds, the map file the one that call wrote
@@ -563,7 +569,7 @@ def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, f
                              force or e.get("model_use") == "trained-on", quiet=True)
         except LeakageError:
             continue
-        if [f if isinstance(f, (int, str)) else str(f) for f in how[0]] != e.get("folds"):
+        if _fold_ids(how[0]) != e.get("folds"):
             continue
         if target == "true" and labels.get(r.participant_id) != e.get("target_label"):
             continue
