@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import time
-from glob import escape as glob_escape
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from neuroml import __version__
-from neuroml._utils.fileio import read_json, save_nifti_atomic, sha256_file, write_json_atomic
+from neuroml._utils.fileio import (read_json, remove_stale_temporaries, save_nifti_atomic, sha256_file,
+                                   write_json_atomic)
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.errors import ConfigError, InputError
@@ -373,12 +373,10 @@ def _relative_source(path, bids_dir):
 
 
 def _remove_stale_temporaries(paths):
-    """Delete temporary files a killed run left beside these outputs (see ``atomic_path``)."""
+    """Delete temporary files a killed run left beside these outputs (see ``atomic_path``): only
+    those of dead writers of this host, so a concurrent task redoing the same scan keeps its own."""
     for path in paths:
-        if path.parent.is_dir():
-            for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp*"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        remove_stale_temporaries(path.parent, path.name)
 
 
 def _params_key(params):
