@@ -164,19 +164,79 @@ def test_weights_never_load_across_input_pools():
 
 # ---------------------------------------------------------------- FastDropout
 
-def test_compact_uses_fast_dropout_with_monai_state_dict_keys():
+@pytest.mark.parametrize("activation", ["relu", "prelu"])
+def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
     from monai.networks import nets
 
-    from neuroml.models.layers import FastDropout
+    from neuroml.models.layers import FastDropout, FastInstanceNorm3d
 
-    model = build_model("compact", 3, spatial_shape=(19, 23, 20))
+    model = build_model("compact", 3, spatial_shape=(19, 23, 20), activation=activation)
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(drops) == 4 and all(type(m) is FastDropout and m.p == 0.1 for m in drops)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert len(norms) == 4 and all(type(m) is FastInstanceNorm3d and not m.affine for m in norms)
+    acts = [type(m) for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.PReLU))]
+    assert acts == [{"relu": torch.nn.ReLU, "prelu": torch.nn.PReLU}[activation]] * 4
     plain = nets.Classifier(in_shape=(1, 19, 23, 20), classes=3, channels=(8, 16, 32, 64, 64),
-                            strides=(2, 2, 2, 2, 1), kernel_size=3, num_res_units=0, act="PRELU",
+                            strides=(2, 2, 2, 2, 1), kernel_size=3, num_res_units=0, act=activation.upper(),
                             norm="INSTANCE", dropout=0.1)
     assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     plain.load_state_dict(model.state_dict())
+    plain.eval(), model.eval()
+    x = torch.randn(2, 1, 19, 23, 20)
+    assert torch.allclose(model(x), plain(x), atol=1e-5)
+
+
+def test_activation_argument():
+    relu = build_model("compact", 3, spatial_shape=(19, 23, 20))
+    prelu = build_model("compact", 3, spatial_shape=(19, 23, 20), activation="prelu")
+    with pytest.raises(RuntimeError, match="Unexpected key.*adn.A.weight"):  # the two never mix silently
+        relu.load_state_dict(prelu.state_dict())
+    with pytest.raises(ConfigError, match="activation.*'relu'"):
+        build_model("compact", 3, spatial_shape=(19, 23, 20), activation="relu6")
+    with pytest.raises(ConfigError, match="compact network only"):
+        build_model("resnet10", 3, activation="prelu")
+
+
+# ---------------------------------------------------------------- FastInstanceNorm3d
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_instance_norm_matches_torch_in_value_gradient_and_layout(channels_last):
+    from neuroml.models.layers import FastInstanceNorm3d, _InstanceNorm
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 7, 8, 9, dtype=torch.float64, generator=gen) * 5 + 40  # an offset mean
+    x[1, 2] *= 1e-3  # and a nearly flat channel
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    fast, ref = FastInstanceNorm3d(4), torch.nn.InstanceNorm3d(4)
+    y, y_ref = fast(x), ref(x)
+    assert y.grad_fn is not None and "InstanceNorm" in type(y.grad_fn).__name__  # the fast path ran
+    assert y.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    assert torch.allclose(y, y_ref, atol=1e-10)
+    g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    assert torch.allclose(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], atol=1e-9)
+    assert torch.autograd.gradcheck(lambda t: _InstanceNorm.apply(t, 1e-5), (x[:2, :2, :4, :3, :3].detach()
+                                                                           .clone().requires_grad_(True),))
+    x32 = x.detach().float()
+    assert torch.allclose(fast.eval()(x32), ref(x32), atol=1e-4)  # float32, eval mode too
+
+
+def test_fast_instance_norm_falls_back_to_torch():
+    from neuroml.models.layers import FastInstanceNorm3d
+
+    affine = FastInstanceNorm3d(2, affine=True)
+    with torch.no_grad():
+        affine.weight.fill_(3.0)
+    x = torch.randn(2, 2, 4, 5, 6)
+    ref = torch.nn.InstanceNorm3d(2, affine=True)
+    with torch.no_grad():
+        ref.weight.fill_(3.0)
+    assert torch.allclose(affine(x), ref(x), atol=1e-6)  # torch's own kernel, with the scale
+    unbatched = torch.randn(2, 4, 5, 6)
+    assert torch.allclose(FastInstanceNorm3d(2)(unbatched), torch.nn.InstanceNorm3d(2)(unbatched), atol=1e-6)
+    assert FastInstanceNorm3d(2)(x.bfloat16()).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from neuroml.data import VolumeDataset
 from neuroml.errors import ConfigError, InputError, LeakageError
 from neuroml.io.templates import target_grid
+from neuroml.models import build_model
 from neuroml.training import (NeuroClassifier, TrainSettings, balanced_accuracy, bootstrap_ci,
                               classification_report, confusion_matrix, fit, load_checkpoint, load_run,
                               make_splits, permutation_pvalue, predict_run, roc_auc_ovr, save_checkpoint,
@@ -265,8 +267,6 @@ def test_rerun_keeps_completed_folds_and_refuses_other_settings(trained, tmp_pat
 
 def test_a_run_continues_only_in_its_precision_and_process_count(trained, tmp_path, neuroml_log):
     """Folds kept from a bf16 (CUDA) or multi-process run are not mixed with fp32 or one-process ones."""
-    import shutil
-
     deriv, run_dir, summary = trained
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -377,6 +377,36 @@ def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
         run.fold_model(0)
 
 
+def test_runs_of_the_earlier_prelu_network_still_load_but_do_not_continue(trained, tmp_path):
+    """Compact runs saved before ReLU became the default (PReLU, no "activation") keep working."""
+    deriv, run_dir, _ = trained
+    assert json.loads((run_dir / "config.json").read_text())["activation"] == "relu"
+    assert load_checkpoint(run_dir / "fold-0" / "model.pt")["meta"]["activation"] == "relu"
+    old_dir = tmp_path / "old"
+    shutil.copytree(run_dir, old_dir)
+    path = old_dir / "fold-0" / "model.pt"
+    ckpt = load_checkpoint(path)
+    meta = {k: v for k, v in ckpt["meta"].items() if k != "activation"}
+    torch.manual_seed(0)
+    prelu = build_model("compact", meta["n_classes"], spatial_shape=meta["spatial_shape"], activation="prelu")
+    with torch.no_grad():
+        for module in prelu.modules():
+            if isinstance(module, torch.nn.PReLU):
+                module.weight.fill_(0.4)  # a learnt slope, not the initial 0.25
+    torch.save({"state_dict": prelu.state_dict(), "meta": meta}, path)
+    loaded = load_run(old_dir).fold_model(0)
+    slopes = [m.weight.item() for m in loaded.modules() if isinstance(m, torch.nn.PReLU)]
+    assert slopes == pytest.approx([0.4] * 4)
+    x = torch.randn(2, 1, *meta["spatial_shape"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), prelu.eval()(x), atol=1e-5)
+    config = json.loads((old_dir / "config.json").read_text())
+    del config["activation"]
+    (old_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="already holds a run.*activation: None -> 'relu'"):
+        train_run(deriv, old_dir, **FAST, resume=True)
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, monkeypatch, interrupt_fold):
     deriv, ref_dir, _ = trained
     disarm = interrupt_fold(2, epoch=3)
@@ -419,7 +449,6 @@ def test_fit_resume_is_exact(schedule, accum, tmp_path):
 
     def run(ckpt, stop=None):
         from neuroml.data import make_augmentation
-        from neuroml.models import build_model
 
         torch.manual_seed(0)
         model = build_model("compact", 3, spatial_shape=shape)

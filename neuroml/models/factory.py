@@ -1,8 +1,8 @@
 """Build MONAI 3D classification networks by name.
 
 ``compact`` is the CPU network (a MONAI :class:`~monai.networks.nets.Classifier`, about
-0.2 M parameters at 2 mm, with :class:`~neuroml.models.layers.FastDropout` for its dropout
-layers), optionally behind an average pooling of its input (``input_pool``: what
+0.2 M parameters at 2 mm, ReLU activations, with :class:`~neuroml.models.layers.FastDropout`
+and :class:`~neuroml.models.layers.FastInstanceNorm3d` for its dropout and norm layers), optionally behind an average pooling of its input (``input_pool``: what
 :func:`resolve_input_pool` picks by default pools the 2 mm grid 2x, so the network convolves
 the brain at about 4 mm and a CPU training step is ~3.6x cheaper; README, Benchmarks); ``densenet121`` and
 the ResNets are GPU networks (see ``/work/shared/MEASUREMENTS.md``: ResNet10 trains ~15x
@@ -18,7 +18,8 @@ from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError
 
 __all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE",
-           "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input", "InputPool", "input_pool_of"]
+           "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input", "InputPool", "input_pool_of",
+           "COMPACT_ACTIVATIONS"]
 
 #: Network names accepted by :func:`build_model`.
 MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
@@ -28,6 +29,10 @@ MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
 #: pooling of p, the first log2(16 / p) blocks have stride 2, so the map keeps its size.
 _COMPACT_CHANNELS = (8, 16, 32, 64, 64)
 _COMPACT_STRIDES = (2, 2, 2, 2, 1)
+#: Activations of the compact network: ``"relu"`` (the default since 2026-11-27:
+#: 6-9 % faster a CPU step, README, Benchmarks) and ``"prelu"`` (MONAI's default, one learnt
+#: slope per layer), which networks trained before it have; a checkpoint records its own.
+COMPACT_ACTIVATIONS = ("relu", "prelu")
 #: Smallest side the compact network accepts (after its input pooling): below it an
 #: instance norm sees 1 voxel.
 COMPACT_MIN_SIDE = 17
@@ -142,7 +147,7 @@ def check_input(name, spatial_shape=None, input_pool=1):
     return pool
 
 
-def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1):
+def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation="relu"):
     """Build a freshly initialised MONAI 3D classifier.
 
     Parameters
@@ -180,6 +185,9 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
     torch.Size([2, 3])
     """
     name = look_up_option("model", name, MODELS)
+    activation = look_up_option("activation", activation, COMPACT_ACTIVATIONS)
+    if activation != "relu" and name != "compact":
+        raise ConfigError(f"activation={activation!r} applies to the compact network only, not {name!r}")
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ConfigError(f"The 'n_classes' parameter must be an integer >= 2. Got {n_classes!r} instead.")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -189,13 +197,14 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
     pool = check_input(name, spatial_shape, input_pool)
     if name == "compact":
         shape = _check_shape(spatial_shape, name)
-        from neuroml.models.layers import use_fast_dropout
+        from neuroml.models.layers import use_fast_layers
 
         n_down = _COMPACT_STRIDES.count(2) - int(math.log2(pool))
         strides = (2,) * n_down + (1,) * (len(_COMPACT_STRIDES) - n_down)
-        model = use_fast_dropout(nets.Classifier(in_shape=(in_channels, *_pooled(shape, pool)), classes=n_classes,
-                                                 channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
-                                                 num_res_units=0, act="PRELU", norm="INSTANCE", dropout=0.1))
+        model = use_fast_layers(nets.Classifier(in_shape=(in_channels, *_pooled(shape, pool)), classes=n_classes,
+                                                channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
+                                                num_res_units=0, act=activation.upper(), norm="INSTANCE",
+                                                dropout=0.1))
         if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
             model.net = torch.nn.Sequential(collections.OrderedDict(
                 [("input_pool", InputPool(pool, shape)), *model.net.named_children()]))
