@@ -164,7 +164,7 @@ def test_weights_never_load_across_input_pools():
 
 # ---------------------------------------------------------------- FastDropout
 
-@pytest.mark.parametrize("activation", ["relu", "prelu"])
+@pytest.mark.parametrize("activation", ["leakyrelu", "prelu"])
 def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
     from monai.networks import nets
 
@@ -175,10 +175,14 @@ def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
     assert len(drops) == 4 and all(type(m) is FastDropout and m.p == 0.1 for m in drops)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
     assert len(norms) == 4 and all(type(m) is FastInstanceNorm3d and not m.affine for m in norms)
-    acts = [type(m) for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.PReLU))]
-    assert acts == [{"relu": torch.nn.ReLU, "prelu": torch.nn.PReLU}[activation]] * 4
+    acts = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.PReLU))]
+    if activation == "leakyrelu":
+        assert [(type(m), m.negative_slope) for m in acts] == [(torch.nn.LeakyReLU, 0.25)] * 4
+    else:
+        assert [type(m) for m in acts] == [torch.nn.PReLU] * 4
+    act = ("LEAKYRELU", {"negative_slope": 0.25}) if activation == "leakyrelu" else "PRELU"
     plain = nets.Classifier(in_shape=(1, 19, 23, 20), classes=3, channels=(8, 16, 32, 64, 64),
-                            strides=(2, 2, 2, 2, 1), kernel_size=3, num_res_units=0, act=activation.upper(),
+                            strides=(2, 2, 2, 2, 1), kernel_size=3, num_res_units=0, act=act,
                             norm="INSTANCE", dropout=0.1)
     assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     plain.load_state_dict(model.state_dict())
@@ -188,12 +192,12 @@ def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
 
 
 def test_activation_argument():
-    relu = build_model("compact", 3, spatial_shape=(19, 23, 20))
+    leaky = build_model("compact", 3, spatial_shape=(19, 23, 20))
     prelu = build_model("compact", 3, spatial_shape=(19, 23, 20), activation="prelu")
     with pytest.raises(RuntimeError, match="Unexpected key.*adn.A.weight"):  # the two never mix silently
-        relu.load_state_dict(prelu.state_dict())
-    with pytest.raises(ConfigError, match="activation.*'relu'"):
-        build_model("compact", 3, spatial_shape=(19, 23, 20), activation="relu6")
+        leaky.load_state_dict(prelu.state_dict())
+    with pytest.raises(ConfigError, match="activation.*'leakyrelu'"):
+        build_model("compact", 3, spatial_shape=(19, 23, 20), activation="leaky_relu")
     with pytest.raises(ConfigError, match="compact network only"):
         build_model("resnet10", 3, activation="prelu")
 

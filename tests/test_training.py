@@ -380,8 +380,8 @@ def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
 def test_runs_of_the_earlier_prelu_network_still_load_but_do_not_continue(trained, tmp_path):
     """Compact runs saved before ReLU became the default (PReLU, no "activation") keep working."""
     deriv, run_dir, _ = trained
-    assert json.loads((run_dir / "config.json").read_text())["activation"] == "relu"
-    assert load_checkpoint(run_dir / "fold-0" / "model.pt")["meta"]["activation"] == "relu"
+    assert json.loads((run_dir / "config.json").read_text())["activation"] == "leakyrelu"
+    assert load_checkpoint(run_dir / "fold-0" / "model.pt")["meta"]["activation"] == "leakyrelu"
     old_dir = tmp_path / "old"
     shutil.copytree(run_dir, old_dir)
     path = old_dir / "fold-0" / "model.pt"
@@ -403,7 +403,7 @@ def test_runs_of_the_earlier_prelu_network_still_load_but_do_not_continue(traine
     config = json.loads((old_dir / "config.json").read_text())
     del config["activation"]
     (old_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="already holds a run.*activation: None -> 'relu'"):
+    with pytest.raises(ConfigError, match="already holds a run.*activation: None -> 'leakyrelu'"):
         train_run(deriv, old_dir, **FAST, resume=True)
 
 

@@ -1,7 +1,7 @@
 """Build MONAI 3D classification networks by name.
 
 ``compact`` is the CPU network (a MONAI :class:`~monai.networks.nets.Classifier`, about
-0.2 M parameters at 2 mm, ReLU activations, with :class:`~neuroml.models.layers.FastDropout`
+0.2 M parameters at 2 mm, leaky ReLU activations, with :class:`~neuroml.models.layers.FastDropout`
 and :class:`~neuroml.models.layers.FastInstanceNorm3d` for its dropout and norm layers), optionally behind an average pooling of its input (``input_pool``: what
 :func:`resolve_input_pool` picks by default pools the 2 mm grid 2x, so the network convolves
 the brain at about 4 mm and a CPU training step is ~3.6x cheaper; README, Benchmarks); ``densenet121`` and
@@ -19,7 +19,7 @@ from neuroml.errors import ConfigError
 
 __all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE",
            "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input", "InputPool", "input_pool_of",
-           "COMPACT_ACTIVATIONS"]
+           "COMPACT_ACTIVATIONS", "LEAKY_SLOPE"]
 
 #: Network names accepted by :func:`build_model`.
 MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
@@ -29,10 +29,16 @@ MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
 #: pooling of p, the first log2(16 / p) blocks have stride 2, so the map keeps its size.
 _COMPACT_CHANNELS = (8, 16, 32, 64, 64)
 _COMPACT_STRIDES = (2, 2, 2, 2, 1)
-#: Activations of the compact network: ``"relu"`` (the default since 2026-11-27:
-#: 6-9 % faster a CPU step, README, Benchmarks) and ``"prelu"`` (MONAI's default, one learnt
-#: slope per layer), which networks trained before it have; a checkpoint records its own.
-COMPACT_ACTIVATIONS = ("relu", "prelu")
+#: Activations of the compact network: ``"leakyrelu"`` (the default since 2026-11-27: a leaky
+#: ReLU of the slope :data:`LEAKY_SLOPE`; its backward pass is one element-wise kernel, PReLU's
+#: also reduces the slope's gradient, ~10 % of a CPU step) and ``"prelu"`` (MONAI's default,
+#: one learnt slope per layer, starting at 0.25), which networks trained before it have. A
+#: checkpoint records its own.
+COMPACT_ACTIVATIONS = ("leakyrelu", "prelu")
+#: Negative slope of the compact network's leaky ReLU: PReLU's initial slope, so that the network
+#: starts as the PReLU network did (a plain ReLU scored 0.956 and 0.856 instead of 0.989 and 0.967
+#: on the harder benchmark cohort at batch 4 and 8; README, Benchmarks).
+LEAKY_SLOPE = 0.25
 #: Smallest side the compact network accepts (after its input pooling): below it an
 #: instance norm sees 1 voxel.
 COMPACT_MIN_SIDE = 17
@@ -147,7 +153,7 @@ def check_input(name, spatial_shape=None, input_pool=1):
     return pool
 
 
-def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation="relu"):
+def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation="leakyrelu"):
     """Build a freshly initialised MONAI 3D classifier.
 
     Parameters
@@ -166,6 +172,9 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
         ``"compact"`` only: average-pool the input by this factor (1, 2 or 4) before the
         first convolution; ``"auto"``: :func:`resolve_input_pool`. The network still takes
         the full grid, and its Grad-CAM map keeps its size. 1 is the network without pooling.
+    activation : {"leakyrelu", "prelu"}, default="leakyrelu"
+        ``"compact"`` only (:data:`COMPACT_ACTIVATIONS`): ``"prelu"`` builds the network as
+        neuroml built it before the leaky ReLU became the default, so that older checkpoints load.
 
     Returns
     -------
@@ -186,7 +195,7 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
     """
     name = look_up_option("model", name, MODELS)
     activation = look_up_option("activation", activation, COMPACT_ACTIVATIONS)
-    if activation != "relu" and name != "compact":
+    if activation != "leakyrelu" and name != "compact":
         raise ConfigError(f"activation={activation!r} applies to the compact network only, not {name!r}")
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ConfigError(f"The 'n_classes' parameter must be an integer >= 2. Got {n_classes!r} instead.")
@@ -203,8 +212,9 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
         strides = (2,) * n_down + (1,) * (len(_COMPACT_STRIDES) - n_down)
         model = use_fast_layers(nets.Classifier(in_shape=(in_channels, *_pooled(shape, pool)), classes=n_classes,
                                                 channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
-                                                num_res_units=0, act=activation.upper(), norm="INSTANCE",
-                                                dropout=0.1))
+                                                num_res_units=0, norm="INSTANCE", dropout=0.1,
+                                                act=("LEAKYRELU", {"negative_slope": LEAKY_SLOPE})
+                                                if activation == "leakyrelu" else "PRELU"))
         if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
             model.net = torch.nn.Sequential(collections.OrderedDict(
                 [("input_pool", InputPool(pool, shape)), *model.net.named_children()]))

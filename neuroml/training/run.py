@@ -76,8 +76,8 @@ class Run:
         ckpt = load_checkpoint(path, require=("state_dict", "meta"))
         meta = ckpt["meta"]
         act = meta.get("activation")
-        if act is None:  # compact networks saved before ReLU became their default have PReLU weights
-            act = "prelu" if any(str(k).endswith(".adn.A.weight") for k in ckpt["state_dict"]) else "relu"
+        if act is None:  # compact networks saved before the leaky ReLU have PReLU weights
+            act = "prelu" if any(str(k).endswith(".adn.A.weight") for k in ckpt["state_dict"]) else "leakyrelu"
         model = build_model(meta["model"], int(meta["n_classes"]), in_channels=int(meta.get("in_channels", 1)),
                             spatial_shape=meta.get("spatial_shape"), input_pool=int(meta.get("input_pool", 1)),
                             activation=act)
@@ -386,9 +386,9 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         **({"harmonize": harmonize, "harmonized_inputs": harm["config"]} if harmonize else {}),
         **({"audit_columns": audit_columns} if audit_columns else {}),
         **({"input_pool": input_pool} if input_pool != 1 else {}),
-        # a run of the compact network made before ReLU became its activation lacks it, so it is
-        # not continued with the other network
-        **({"activation": "relu"} if model == "compact" else {}),
+        # a run of the compact network made before the leaky ReLU became its activation lacks it,
+        # so it is not continued with the other network
+        **({"activation": "leakyrelu"} if model == "compact" else {}),
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp,
@@ -448,7 +448,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                       desc=f"fold {k + 1}/{len(splits)}")
             meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
                     "in_channels": in_channels, "spatial_shape": cache.shape, "input_pool": input_pool,
-                    **({"activation": "relu"} if model == "compact" else {}), "label_column": label_column,
+                    **({"activation": "leakyrelu"} if model == "compact" else {}), "label_column": label_column,
                     "resolution": cache.resolution, "best_epoch": res.best_epoch,
                     "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
                     "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
