@@ -50,14 +50,22 @@ import torch  # noqa: E402
 from _benchdata import report_result  # noqa: E402
 
 
-def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto"):
+def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", earlier=False):
+    """The compact network as ``train_run`` builds it; ``earlier``: as it was until 2026-11-27
+    (PReLU activations and torch's ``InstanceNorm3d``), for comparison."""
     from neuroml.models import build_model, resolve_input_pool
-    from neuroml.models.layers import FastDropout
+    from neuroml.models.layers import FastDropout, FastInstanceNorm3d
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model("compact", n_classes, spatial_shape=shape,
-                            input_pool=resolve_input_pool(input_pool, "compact", shape))
+                            input_pool=resolve_input_pool(input_pool, "compact", shape),
+                            activation="prelu" if earlier else "leakyrelu")
+    if earlier:
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is FastInstanceNorm3d:
+                    setattr(module, name, torch.nn.InstanceNorm3d(child.num_features, eps=child.eps))
     if torch_dropout:  # the network as MONAI builds it
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
@@ -67,7 +75,7 @@ def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto"):
 
 
 def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout=False, input_pool="auto",
-         warp_full_grid=False, **settings):
+         warp_full_grid=False, earlier=False, **settings):
     """(volumes, wall seconds, CPU seconds) of neuroml's fit() over the epochs after the first.
 
     ``warp_full_grid``: hide the network's input pooling from ``fit``, which then augments the
@@ -87,14 +95,15 @@ def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout
     hide = mock.patch("neuroml.training.trainer.input_pool_of", lambda model: None) if warp_full_grid \
         else contextlib.nullcontext()
     with hide:
-        fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout, input_pool=input_pool), data, None,
+        fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout, input_pool=input_pool, earlier=earlier),
+            data, None,
             settings, class_weights=np.ones(n_classes),
             callback=lambda *_: marks.append((time.perf_counter(), time.process_time())))
     n = (len(data) // batch_size) * batch_size if len(data) % batch_size == 1 else len(data)
     return n * (len(marks) - 1), marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
 
 
-def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto"):
+def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto", earlier=False):
     """(volumes, wall s, CPU s) of the network's forward + backward + AdamW step alone.
 
     The same number of steps as ``epochs - 1`` epochs, on one batch already in the network's
@@ -104,7 +113,8 @@ def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto"):
     from neuroml.models.factory import input_pool_of
     from neuroml.training.trainer import make_optimizer
 
-    model = _model(volumes.shape[1:], n_classes, input_pool=input_pool).to(memory_format=torch.channels_last_3d)
+    model = _model(volumes.shape[1:], n_classes, input_pool=input_pool, earlier=earlier)
+    model = model.to(memory_format=torch.channels_last_3d)
     model.train()
     opt = make_optimizer(model.parameters(), 1e-3, 1e-4)  # fit's optimiser
     crit = torch.nn.CrossEntropyLoss(weight=torch.ones(n_classes))
@@ -139,9 +149,9 @@ def _naive_loader(files, y, batch_size, seed=0):
     return DataLoader(Dataset(items, transforms), batch_size=batch_size, shuffle=True, num_workers=0, generator=gen)
 
 
-def naive(files, y, shape, n_classes, batch_size, epochs, torch_dropout=False, input_pool="auto"):
+def naive(files, y, shape, n_classes, batch_size, epochs, torch_dropout=False, input_pool="auto", earlier=False):
     """(volumes, wall seconds, CPU seconds) of the MONAI-tutorial loop over the epochs after the first."""
-    net = _model(shape, n_classes, torch_dropout=torch_dropout, input_pool=input_pool)
+    net = _model(shape, n_classes, torch_dropout=torch_dropout, input_pool=input_pool, earlier=earlier)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     crit = torch.nn.CrossEntropyLoss()
     loader = _naive_loader(files, y, batch_size)
@@ -252,6 +262,13 @@ def main(argv=None):
             "neuroml_full_resolution_augmentation": (
                 "neuroml fit, full resolution + default augmentation",
                 lambda: ours(volumes, y, n_classes, bs, args.epochs, input_pool=1, augment=True)),
+            "naive_monai_tutorial_earlier_network": (
+                "naive MONAI loop, the earlier default network (PReLU, torch's InstanceNorm3d)",
+                lambda: naive(files, y, shape, n_classes, bs, args.epochs, earlier=True)),
+            "neuroml_earlier_network": ("neuroml fit, the earlier default network",
+                                        lambda: ours(volumes, y, n_classes, bs, args.epochs, earlier=True)),
+            "network_step_only_earlier_network": ("the earlier default network's step alone (one batch, pooled)",
+                                                  lambda: step_only(volumes, n_classes, bs, args.epochs, earlier=True)),
         }
         if args.loops:
             unknown = sorted(set(args.loops) - set(loops))
@@ -286,9 +303,17 @@ def main(argv=None):
                   "full_resolution": ("neuroml_full_resolution", "naive_monai_tutorial_full_resolution"),
                   "with_augmentation_against_naive": ("neuroml_default_augmentation", "naive_monai_tutorial"),
                   "augmentation_pooled_vs_full_grid": ("neuroml_default_augmentation",
-                                                       "neuroml_augmentation_full_grid")}
+                                                       "neuroml_augmentation_full_grid"),
+                  "earlier_network_same_network": ("neuroml_earlier_network", "naive_monai_tutorial_earlier_network"),
+                  "network_against_earlier_fit": ("neuroml", "neuroml_earlier_network"),
+                  "network_against_earlier_step": ("network_step_only", "network_step_only_earlier_network")}
         for key, rates in (("speedup_train", train), ("speedup_train_cpu", train_cpu)):
             res[key] = {name: rates[a] / rates[b] for name, (a, b) in ratios.items() if a in rates and b in rates}
+        # the ratio within each round (both loops ran minutes apart at most), robust to a slow round
+        res["speedup_train_rounds"] = {
+            name: {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
+            for name, (a, b) in ratios.items() if a in per_round and b in per_round
+            for r in [[x / z for x, z in zip(per_round[a], per_round[b])]]}
         res["speedup_loader"] = res["loader_vol_per_s"]["neuroml_ram_float32"] / res["loader_vol_per_s"][
             "naive_loadimage_nifti"]
         res["load_avg_end"] = round(os.getloadavg()[0], 2)
@@ -297,10 +322,15 @@ def main(argv=None):
               "torch.nn.Dropout", "compiled": "compiled", "bound_network_step": "the network step alone",
               "full_resolution": "with the full-resolution network", "with_augmentation_against_naive":
               "with augmentation against the naive loop without", "augmentation_pooled_vs_full_grid":
-              "augmentation on the pooled grid against the full grid"}
+              "augmentation on the pooled grid against the full grid",
+              "earlier_network_same_network": "with the earlier network (PReLU, torch's InstanceNorm3d) in both loops",
+              "network_against_earlier_fit": "fit: default network against the earlier one",
+              "network_against_earlier_step": "step alone: default network against the earlier one"}
     for key, unit in (("speedup_train", "wall"), ("speedup_train_cpu", "CPU")):
         print(f"speed-up of the training loop ({unit} time): " + "; ".join(
             f"{v:.2f}x {labels[k]}" for k, v in res[key].items()))
+    print("speed-up within each round (median; range): " + "; ".join(
+        f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f}) {labels[k]}" for k, v in res["speedup_train_rounds"].items()))
     print(f"data pipeline alone: {res['speedup_loader']:.1f}x")
     return report_result(res, args.json)
 
