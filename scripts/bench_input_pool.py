@@ -3,8 +3,12 @@
 
 For every cohort it runs :func:`neuroml.training.train_run` with every parameter at its
 default except ``input_pool`` (2, the default on the 2 mm grid, then 1, the full-resolution
-network) and, with ``--batch-sizes``, the batch size (default only 4, the default), and reports the out-of-fold balanced accuracy with its bootstrap interval, the
-macro AUC, the baseline beside it, and the wall and CPU time of each run.
+network), with ``--batch-sizes`` the batch size (default only 4, the default), and with
+``--activations`` the compact network's activation (default only ``leakyrelu``, the default;
+``prelu`` is the network as it was until 2026-11-27, ``relu`` a plain ReLU; the network is
+swapped in for ``train_run``, whose run folder still records ``leakyrelu``), and reports the
+out-of-fold balanced accuracy with its bootstrap interval, the macro AUC, the baseline beside
+it, and the wall and CPU time of each run.
 
 Cohorts are preprocessed derivatives given as ``--cohort NAME=DERIV_DIR``, and (unless
 ``--no-harder``) a harder synthetic cohort that it makes in ``--workdir`` (90 subjects, seed 1,
@@ -14,7 +18,11 @@ reused when the workdir already holds it. Usage::
     python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --json bench_input_pool.json
     python scripts/bench_input_pool.py --cohort benchmark=/tmp/wt4bench/deriv --workdir /tmp/neuroml-bench-pool
     python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --pools 2 --batch-sizes 4 8 16
+    python scripts/bench_input_pool.py --workdir /tmp/neuroml-bench-pool --pools 2 --batch-sizes 4 8 \
+        --activations leakyrelu prelu relu
 """
+
+import contextlib
 
 import argparse
 import itertools
@@ -47,6 +55,30 @@ def _harder_cohort(workdir, n_jobs):
     return deriv
 
 
+def _network(activation):
+    """A context in which ``train_run`` (and the run it writes) builds the compact network with ``activation``."""
+    if activation == "leakyrelu":
+        return contextlib.nullcontext()
+    from unittest import mock
+
+    import torch
+
+    import neuroml.training.run as run_module
+    from neuroml.models.factory import build_model
+
+    chosen = activation
+
+    def build(name, *args, activation=None, **kwargs):  # the run's own choice is overridden
+        model = build_model(name, *args, activation="prelu" if chosen == "prelu" else "leakyrelu", **kwargs)
+        if chosen == "relu":
+            for module in model.modules():
+                if isinstance(module, torch.nn.LeakyReLU):
+                    module.negative_slope = 0.0  # a plain ReLU
+        return model
+
+    return mock.patch.object(run_module, "build_model", build)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cohort", action="append", default=[], metavar="NAME=DERIV_DIR",
@@ -55,6 +87,8 @@ def main(argv=None):
     p.add_argument("--workdir", type=Path, default=Path("/tmp/neuroml-bench-pool"))
     p.add_argument("--pools", type=int, nargs="+", default=[2, 1], help="input_pool values to compare")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="batch sizes to compare")
+    p.add_argument("--activations", nargs="+", default=["leakyrelu"], choices=["leakyrelu", "prelu", "relu"],
+                   help="activations of the compact network to compare")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-jobs", type=int, default=2, help="processes for making the harder cohort")
     p.add_argument("--json", type=Path, default=None)
@@ -79,16 +113,19 @@ def main(argv=None):
         p.error("no cohort: give --cohort NAME=DERIV_DIR or drop --no-harder")
     doc = {"threads": args.threads, "harder_cohort": HARDER, "cohorts": {k: str(v) for k, v in cohorts.items()},
            "runs": {}}
-    for (name, deriv), pool, bs in itertools.product(cohorts.items(), args.pools, args.batch_sizes):
-        tag = f"pool{pool}" + (f"-batch{bs}" if bs != 4 else "")
+    for (name, deriv), pool, bs, act in itertools.product(cohorts.items(), args.pools, args.batch_sizes,
+                                                          args.activations):
+        tag = f"pool{pool}" + (f"-batch{bs}" if bs != 4 else "") + (f"-{act}" if act != "leakyrelu" else "")
         run_dir = args.workdir / f"run-{name}-{tag}"
         shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch (train_run would keep finished folds)
-        s, timing = timed(train_run, deriv, run_dir, input_pool=pool, batch_size=bs, show_progress=False)
-        row = {"input_pool": pool, "batch_size": bs, "balanced_accuracy": s["balanced_accuracy"],
+        with _network(act):
+            s, timing = timed(train_run, deriv, run_dir, input_pool=pool, batch_size=bs, show_progress=False)
+        row = {"input_pool": pool, "batch_size": bs, "activation": act, "balanced_accuracy": s["balanced_accuracy"],
                "balanced_accuracy_ci95": s["balanced_accuracy_ci"], "auc_macro": s["auc_macro"],
                "baseline_balanced_accuracy": s["baseline_balanced_accuracy"], **timing, "run_dir": str(run_dir)}
-        doc["runs"][f"{name}/input_pool={pool}" + (f"/batch_size={bs}" if bs != 4 else "")] = row
-        print(f"{name}, input_pool={pool}, batch {bs}: balanced accuracy {row['balanced_accuracy']:.3f} "
+        doc["runs"][f"{name}/input_pool={pool}" + (f"/batch_size={bs}" if bs != 4 else "")
+                    + (f"/activation={act}" if act != "leakyrelu" else "")] = row
+        print(f"{name}, input_pool={pool}, batch {bs}, {act}: balanced accuracy {row['balanced_accuracy']:.3f} "
               f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "
               f"{row['baseline_balanced_accuracy']:.3f}; {row['wall_s']} s wall, {row['cpu_s']} s CPU "
               f"(load {row['load_avg_1min_start']}->{row['load_avg_1min_end']})", flush=True)
