@@ -243,6 +243,22 @@ def test_fast_instance_norm_falls_back_to_torch():
     assert FastInstanceNorm3d(2)(x.bfloat16()).dtype == torch.bfloat16
 
 
+def test_fast_instance_norm_edge_cases_behave_as_torch():
+    from neuroml.models.layers import FastInstanceNorm3d
+
+    fast, ref = FastInstanceNorm3d(2), torch.nn.InstanceNorm3d(2)
+    empty = torch.zeros(0, 2, 4, 5, 6)
+    assert fast(empty).shape == ref(empty).shape == empty.shape  # an empty batch (was an IndexError)
+    for m in (fast, ref):  # one voxel: torch refuses rather than returning zeros
+        with pytest.raises(ValueError, match="more than 1 spatial element"):
+            m(torch.randn(2, 2, 1, 1, 1))
+    # the closed-form backward is not differentiable again: a double backward must fail, not be wrong
+    x = torch.randn(2, 2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    g, = torch.autograd.grad((fast(x) ** 3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.pow(2).sum(), x)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_fast_dropout_rate_scale_gradient_and_seeding(p):
     from neuroml.models.layers import FastDropout

@@ -474,6 +474,24 @@ def test_fit_resume_is_exact(schedule, accum, tmp_path):
     assert whole.history[-1]["lr"] == pytest.approx(resumed.history[-1]["lr"])
 
 
+def test_fit_refuses_to_resume_a_checkpoint_of_another_network(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (19, 23, 20)
+    y = np.arange(6) % 3
+    x = np.stack([_blob_volume(rng, c, shape) for c in y])
+    settings = TrainSettings(epochs=2, batch_size=2, patience=None, show_progress=False)
+    ckpt = tmp_path / "last.pt"
+
+    def stop(epoch, rec):
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError, match="killed"):  # leaves last.pt of the PReLU network
+        fit(build_model("compact", 3, spatial_shape=shape, activation="prelu"), VolumeDataset(x, y), None,
+            settings, checkpoint_path=ckpt, resume=True, callback=stop)
+    with pytest.raises(ConfigError, match=r"last.pt holds the weights of another network .*adn.A.weight"):
+        fit(build_model("compact", 3, spatial_shape=shape), VolumeDataset(x, y), None, settings,
+            checkpoint_path=ckpt, resume=True)
+
+
 def test_weights_only_refuses_pickled_objects(trained, tmp_path):
     class Payload:
         def __reduce__(self):

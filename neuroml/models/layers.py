@@ -13,6 +13,7 @@ paid a layout copy of the activations and of their gradients at every norm layer
 """
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["FastDropout", "FastInstanceNorm3d", "use_fast_dropout", "use_fast_layers"]
 
@@ -71,6 +72,7 @@ class _InstanceNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the closed form treats rstd as a constant: a double backward would be wrong
     def backward(ctx, g):
         y, rstd = ctx.saved_tensors
         g_mean = g.mean(dim=(2, 3, 4), keepdim=True)
@@ -97,7 +99,7 @@ class FastInstanceNorm3d(torch.nn.InstanceNorm3d):
     def forward(self, x):
         if (self.affine or self.track_running_stats or x.ndim != 5 or x.device.type != "cpu"
                 or x.dtype not in (torch.float32, torch.float64) or x.shape[1] != self.num_features
-                or not x[0, 0].numel()):
+                or not x.shape[0] or x.shape[2:].numel() < 2):  # torch's errors and empty results
             return super().forward(x)
         return _InstanceNorm.apply(x, self.eps)
 

@@ -480,7 +480,12 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         if saved["identity"] != plain(identity):
             raise ConfigError(f"{ckpt} was written by a fit with other settings or data ({saved['identity']}); "
                               f"delete it or rerun without resume")
-        model.load_state_dict(saved["model"])
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as exc:  # e.g. a checkpoint of the compact network's earlier PReLU version
+            detail = " ".join(line.strip() for line in str(exc).splitlines())[:300]
+            raise ConfigError(f"{ckpt} holds the weights of another network ({detail}); delete it or rerun "
+                              "without resume") from None
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
