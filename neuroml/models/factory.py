@@ -19,7 +19,7 @@ from neuroml.errors import ConfigError
 
 __all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE",
            "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input", "InputPool", "input_pool_of",
-           "COMPACT_ACTIVATIONS", "LEAKY_SLOPE"]
+           "COMPACT_ACTIVATIONS", "COMPACT_ACTIVATION", "LEAKY_SLOPE"]
 
 #: Network names accepted by :func:`build_model`.
 MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
@@ -35,6 +35,8 @@ _COMPACT_STRIDES = (2, 2, 2, 2, 1)
 #: one learnt slope per layer, starting at 0.25), which networks trained before it have. A
 #: checkpoint records its own.
 COMPACT_ACTIVATIONS = ("leakyrelu", "prelu")
+#: The compact network's activation unless one is asked for (the one runs and checkpoints record).
+COMPACT_ACTIVATION = COMPACT_ACTIVATIONS[0]
 #: Negative slope of the compact network's leaky ReLU: PReLU's initial slope, so that the network
 #: starts as the PReLU network did (a plain ReLU scored 0.956 and 0.856 instead of 0.989 and 0.967
 #: on the harder benchmark cohort at batch 4 and 8; README, Benchmarks).
@@ -153,7 +155,7 @@ def check_input(name, spatial_shape=None, input_pool=1):
     return pool
 
 
-def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation="leakyrelu"):
+def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation=COMPACT_ACTIVATION):
     """Build a freshly initialised MONAI 3D classifier.
 
     Parameters
@@ -195,7 +197,7 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
     """
     name = look_up_option("model", name, MODELS)
     activation = look_up_option("activation", activation, COMPACT_ACTIVATIONS)
-    if activation != "leakyrelu" and name != "compact":
+    if activation != COMPACT_ACTIVATION and name != "compact":
         raise ConfigError(f"activation={activation!r} applies to the compact network only, not {name!r}")
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ConfigError(f"The 'n_classes' parameter must be an integer >= 2. Got {n_classes!r} instead.")
@@ -214,7 +216,7 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
                                                 channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
                                                 num_res_units=0, norm="INSTANCE", dropout=0.1,
                                                 act=("LEAKYRELU", {"negative_slope": LEAKY_SLOPE})
-                                                if activation == "leakyrelu" else "PRELU"))
+                                                if activation == COMPACT_ACTIVATION else "PRELU"))
         if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
             model.net = torch.nn.Sequential(collections.OrderedDict(
                 [("input_pool", InputPool(pool, shape)), *model.net.named_children()]))

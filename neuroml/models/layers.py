@@ -104,17 +104,33 @@ class FastInstanceNorm3d(torch.nn.InstanceNorm3d):
         return _InstanceNorm.apply(x, self.eps)
 
 
+def _fast_dropout(child):
+    return FastDropout(child.p, inplace=child.inplace) if type(child) is torch.nn.Dropout else None
+
+
+def _fast_norm(child):
+    if type(child) is torch.nn.InstanceNorm3d and not child.affine and not child.track_running_stats:
+        return FastInstanceNorm3d(child.num_features, eps=child.eps)
+    return None
+
+
+def _swap(model, *replacements):
+    """Replace each child module of ``model`` (at any depth) for which one of ``replacements``
+    returns a module (in place); return ``model``."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            new = next((m for m in (r(child) for r in replacements) if m is not None), None)
+            if new is not None:
+                setattr(module, name, new)
+    return model
+
+
 def use_fast_layers(model):
     """Swap in :class:`FastDropout` and :class:`FastInstanceNorm3d` for the plain torch layers (in place); return ``model``.
 
     The state dict is unchanged (neither layer has parameters or buffers).
     """
-    use_fast_dropout(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.InstanceNorm3d and not child.affine and not child.track_running_stats:
-                setattr(module, name, FastInstanceNorm3d(child.num_features, eps=child.eps))
-    return model
+    return _swap(model, _fast_dropout, _fast_norm)
 
 
 def use_fast_dropout(model):
@@ -122,8 +138,4 @@ def use_fast_dropout(model):
 
     The state dict is unchanged (dropout has no parameters or buffers).
     """
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Dropout:
-                setattr(module, name, FastDropout(child.p, inplace=child.inplace))
-    return model
+    return _swap(model, _fast_dropout)

@@ -19,7 +19,7 @@ from neuroml._utils.fileio import (
 )
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError, LeakageError, NeuromlError
-from neuroml.models.factory import MODELS, build_model, check_input, resolve_input_pool
+from neuroml.models.factory import COMPACT_ACTIVATION, MODELS, build_model, check_input, resolve_input_pool
 from neuroml.training import distributed as dist
 from neuroml.training import outputs, trust
 from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
@@ -77,7 +77,7 @@ class Run:
         meta = ckpt["meta"]
         act = meta.get("activation")
         if act is None:  # compact networks saved before the leaky ReLU have PReLU weights
-            act = "prelu" if any(str(k).endswith(".adn.A.weight") for k in ckpt["state_dict"]) else "leakyrelu"
+            act = "prelu" if any(str(k).endswith(".adn.A.weight") for k in ckpt["state_dict"]) else COMPACT_ACTIVATION
         model = build_model(meta["model"], int(meta["n_classes"]), in_channels=int(meta.get("in_channels", 1)),
                             spatial_shape=meta.get("spatial_shape"), input_pool=int(meta.get("input_pool", 1)),
                             activation=act)
@@ -374,6 +374,9 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         raise ConfigError(f"harmonize={harmonize!r} needs the site: participants.tsv has no {site_info_column!r} "
                           "column; name it with site_info_column")
     harm = _input_harmonization(cohort, site_col) if harmonize else None
+    # a run of the compact network made before the leaky ReLU became its activation lacks it in
+    # config.json (so it is not continued with the other network) and in its checkpoints
+    arch = {"activation": COMPACT_ACTIVATION} if model == "compact" else {}
     config = plain({
         "format": 1, "neuroml_version": __version__, "label_column": label_column, "classes": cohort.classes,
         "n_classes": n_classes, "model": model, "in_channels": in_channels, "resolution": cache.resolution,
@@ -386,9 +389,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
         **({"harmonize": harmonize, "harmonized_inputs": harm["config"]} if harmonize else {}),
         **({"audit_columns": audit_columns} if audit_columns else {}),
         **({"input_pool": input_pool} if input_pool != 1 else {}),
-        # a run of the compact network made before the leaky ReLU became its activation lacks it,
-        # so it is not continued with the other network
-        **({"activation": "leakyrelu"} if model == "compact" else {}),
+        **arch,
         "data_sha256": cohort.digest, "n_participants": len(set(cohort.participant_ids)), "n_scans": len(cohort),
         "deriv_dir": deriv_dir.resolve(), "participants": cohort.participants_path.resolve(),
         "runtime": {"device": str(dev), "amp": amp,
@@ -448,7 +449,7 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
                       desc=f"fold {k + 1}/{len(splits)}")
             meta = {"format": 1, "fold": k, "model": model, "n_classes": n_classes, "classes": cohort.classes,
                     "in_channels": in_channels, "spatial_shape": cache.shape, "input_pool": input_pool,
-                    **({"activation": "leakyrelu"} if model == "compact" else {}), "label_column": label_column,
+                    **arch, "label_column": label_column,
                     "resolution": cache.resolution, "best_epoch": res.best_epoch,
                     "best_val_balanced_accuracy": res.best_val_balanced_accuracy, "best_val_loss": res.best_val_loss,
                     "epochs_run": len(res.history), "stopped_early": res.stopped_early, "seed": seed,
