@@ -50,11 +50,25 @@ import torch  # noqa: E402
 from _benchdata import report_result  # noqa: E402
 
 
-def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", earlier=False):
-    """The compact network as ``train_run`` builds it; ``earlier``: as it was until 2026-11-27
-    (PReLU activations and torch's ``InstanceNorm3d``), for comparison."""
+class _PreviousDropout(torch.nn.Dropout):
+    """``FastDropout`` as it was until commit 4085d8f: a C-order bool mask of 15-bit
+    integers (``random_()``, masked), converted to float and multiplied."""
+
+    def forward(self, x):
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n]
+        keep = torch.bitwise_and(bits, (1 << 15) - 1) >= round(self.p * (1 << 15))
+        return x * keep.to(x.dtype).div_(1 - self.p).view(x.shape)
+
+
+def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", earlier=False, unfused=False):
+    """The compact network as ``train_run`` builds it; ``earlier``: as it was until commit 1865fa9
+    (PReLU activations and torch's ``InstanceNorm3d``); ``unfused``: as it was until commit 4085d8f
+    (each block's norm, dropout and leaky ReLU in turn, :class:`_PreviousDropout`), for comparison."""
+    import collections
+
     from neuroml.models import build_model, resolve_input_pool
-    from neuroml.models.layers import FastDropout, FastInstanceNorm3d
+    from neuroml.models.layers import FastADN, FastDropout, FastInstanceNorm3d
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -66,7 +80,18 @@ def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", ear
             for name, child in list(module.named_children()):
                 if type(child) is FastInstanceNorm3d:
                     setattr(module, name, torch.nn.InstanceNorm3d(child.num_features, eps=child.eps))
+    if unfused:
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is FastADN:
+                    kids = collections.OrderedDict(child.named_children())
+                    kids["D"] = _PreviousDropout(kids["D"].p)
+                    setattr(module, name, torch.nn.Sequential(kids))
     if torch_dropout:  # the network as MONAI builds it
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is FastADN:
+                    setattr(module, name, torch.nn.Sequential(collections.OrderedDict(child.named_children())))
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if type(child) is FastDropout:
@@ -75,7 +100,7 @@ def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", ear
 
 
 def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout=False, input_pool="auto",
-         warp_full_grid=False, earlier=False, **settings):
+         warp_full_grid=False, earlier=False, unfused=False, **settings):
     """(volumes, wall seconds, CPU seconds) of neuroml's fit() over the epochs after the first.
 
     ``warp_full_grid``: hide the network's input pooling from ``fit``, which then augments the
@@ -95,7 +120,8 @@ def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout
     hide = mock.patch("neuroml.training.trainer.input_pool_of", lambda model: None) if warp_full_grid \
         else contextlib.nullcontext()
     with hide:
-        fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout, input_pool=input_pool, earlier=earlier),
+        fit(_model(volumes.shape[1:], n_classes, torch_dropout=torch_dropout, input_pool=input_pool, earlier=earlier,
+                   unfused=unfused),
             data, None,
             settings, class_weights=np.ones(n_classes),
             callback=lambda *_: marks.append((time.perf_counter(), time.process_time())))
@@ -103,7 +129,7 @@ def ours(volumes, y, n_classes, batch_size, epochs, augment=False, torch_dropout
     return n * (len(marks) - 1), marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
 
 
-def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto", earlier=False):
+def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto", earlier=False, unfused=False):
     """(volumes, wall s, CPU s) of the network's forward + backward + AdamW step alone.
 
     The same number of steps as ``epochs - 1`` epochs, on one batch already in the network's
@@ -113,7 +139,7 @@ def step_only(volumes, n_classes, batch_size, epochs, input_pool="auto", earlier
     from neuroml.models.factory import input_pool_of
     from neuroml.training.trainer import make_optimizer
 
-    model = _model(volumes.shape[1:], n_classes, input_pool=input_pool, earlier=earlier)
+    model = _model(volumes.shape[1:], n_classes, input_pool=input_pool, earlier=earlier, unfused=unfused)
     model = model.to(memory_format=torch.channels_last_3d)
     model.train()
     opt = make_optimizer(model.parameters(), 1e-3, 1e-4)  # fit's optimiser
@@ -269,6 +295,11 @@ def main(argv=None):
                                         lambda: ours(volumes, y, n_classes, bs, args.epochs, earlier=True)),
             "network_step_only_earlier_network": ("the earlier default network's step alone (one batch, pooled)",
                                                   lambda: step_only(volumes, n_classes, bs, args.epochs, earlier=True)),
+            "neuroml_unfused": ("neuroml fit, the default network unfused (norm, dropout, activation in turn; "
+                                "the previous dropout mask)",
+                                lambda: ours(volumes, y, n_classes, bs, args.epochs, unfused=True)),
+            "network_step_only_unfused": ("the unfused network's step alone (one batch, pooled)",
+                                          lambda: step_only(volumes, n_classes, bs, args.epochs, unfused=True)),
         }
         if args.loops:
             unknown = sorted(set(args.loops) - set(loops))
@@ -306,7 +337,9 @@ def main(argv=None):
                                                        "neuroml_augmentation_full_grid"),
                   "earlier_network_same_network": ("neuroml_earlier_network", "naive_monai_tutorial_earlier_network"),
                   "network_against_earlier_fit": ("neuroml", "neuroml_earlier_network"),
-                  "network_against_earlier_step": ("network_step_only", "network_step_only_earlier_network")}
+                  "network_against_earlier_step": ("network_step_only", "network_step_only_earlier_network"),
+                  "network_against_unfused_fit": ("neuroml", "neuroml_unfused"),
+                  "network_against_unfused_step": ("network_step_only", "network_step_only_unfused")}
         for key, rates in (("speedup_train", train), ("speedup_train_cpu", train_cpu)):
             res[key] = {name: rates[a] / rates[b] for name, (a, b) in ratios.items() if a in rates and b in rates}
         # the ratio within each round (both loops ran minutes apart at most), robust to a slow round
@@ -325,7 +358,9 @@ def main(argv=None):
               "augmentation on the pooled grid against the full grid",
               "earlier_network_same_network": "with the earlier network (PReLU, torch's InstanceNorm3d) in both loops",
               "network_against_earlier_fit": "fit: default network against the earlier one",
-              "network_against_earlier_step": "step alone: default network against the earlier one"}
+              "network_against_earlier_step": "step alone: default network against the earlier one",
+              "network_against_unfused_fit": "fit: default network against the unfused one",
+              "network_against_unfused_step": "step alone: default network against the unfused one"}
     for key, unit in (("speedup_train", "wall"), ("speedup_train_cpu", "CPU")):
         print(f"speed-up of the training loop ({unit} time): " + "; ".join(
             f"{v:.2f}x {labels[k]}" for k, v in res[key].items()))

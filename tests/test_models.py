@@ -290,9 +290,96 @@ def test_fast_dropout_same_mask_in_channels_last_and_bf16_and_identity_in_eval()
     torch.manual_seed(1)
     cl = drop(x.contiguous(memory_format=torch.channels_last_3d))
     assert cl.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(cl, ref)
+    # a 5D mask is drawn in channels-last order: the same draws as for the permuted tensor
+    torch.manual_seed(1)
+    flat = drop(x.permute(0, 2, 3, 4, 1).reshape(-1)).view(2, 5, 6, 7, 3).permute(0, 4, 1, 2, 3)
+    assert torch.equal(flat != 0, ref != 0) and torch.allclose(ref[ref != 0], x[ref != 0] / 0.8)
     torch.manual_seed(1)
     half = drop(x.bfloat16())
     assert half.dtype == torch.bfloat16 and torch.equal(half != 0, ref != 0)
     assert torch.equal(drop.eval()(x), x)
     assert torch.equal(FastDropout(0.0)(x), x)
     assert torch.equal(FastDropout(1.0)(x), torch.zeros_like(x))
+
+
+# ---------------------------------------------------------------- FastADN
+
+def _adn(channels=4, p=0.3, act=("LEAKYRELU", {"negative_slope": 0.25})):
+    from monai.networks.blocks import ADN
+
+    from neuroml.models.layers import FastADN, use_fast_layers
+
+    return FastADN.from_adn(use_fast_layers(ADN("NDA", channels, norm="INSTANCE", norm_dim=3, dropout=p,
+                                                dropout_dim=1, act=act)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_adn_is_norm_dropout_leaky_relu_in_value_gradient_mask_and_layout(channels_last):
+    block = _adn()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 7, 8, 9, dtype=torch.float64, generator=gen) * 5 + 40
+    x[1, 2] *= 1e-3
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    torch.manual_seed(3)
+    y = block(x)
+    assert type(y.grad_fn).__name__.startswith("_NormDropAct")  # the fused path ran
+    torch.manual_seed(3)
+    y_ref = block.A(block.D(block.N(x)))  # the three children in turn, the same seed
+    assert "NormDropAct" not in type(y_ref.grad_fn).__name__
+    assert torch.equal(y == 0, y_ref == 0)  # the same dropout mask
+    dropped = (y == 0).double().mean().item()
+    assert 0.25 < dropped < 0.35  # p = 0.3 over 2,016 values
+    assert torch.allclose(y, y_ref, atol=1e-10)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    grad, = torch.autograd.grad(y, x, g)
+    grad_ref, = torch.autograd.grad(y_ref, x, g)
+    assert torch.allclose(grad, grad_ref, atol=1e-9)
+    assert grad.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+    def seeded(t):  # gradcheck evaluates many times: the same mask each time
+        torch.manual_seed(4)
+        return block(t)
+
+    small = x[:2, :, :4, :3, :3].detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(seeded, (small,))
+
+
+def test_fast_adn_runs_its_children_in_eval_mode_and_on_other_inputs():
+    from neuroml.models.layers import FastADN
+
+    block = _adn()
+    calls = []
+    block.A.register_forward_hook(lambda *_: calls.append("A"))
+    x = torch.randn(2, 4, 5, 6, 7)
+    block.train()
+    block(x)
+    assert calls == []  # fused: the activation module itself did not run
+    block.eval()
+    y = block(x)
+    assert calls == ["A"] and torch.allclose(y, torch.nn.functional.leaky_relu(torch.nn.InstanceNorm3d(4)(x), 0.25),
+                                             atol=1e-5)  # eval: no dropout, hooks fire
+    block.train()
+    half = block(x.bfloat16())  # torch's norm for bf16: the children in turn
+    assert half.dtype == torch.bfloat16 and calls == ["A", "A"]
+    with pytest.raises(RuntimeError):  # a double backward through the closed form fails loudly
+        xx = torch.randn(2, 4, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+        g, = torch.autograd.grad((block(xx) ** 3).sum(), xx, create_graph=True)
+        torch.autograd.grad(g.pow(2).sum(), xx)
+    assert _adn(act="PRELU") is None  # only the leaky ReLU is fused
+    no_drop = _adn(p=0.0).train()(x)  # p = 0: the children in turn, nothing dropped
+    assert torch.allclose(no_drop, torch.nn.functional.leaky_relu(torch.nn.InstanceNorm3d(4)(x), 0.25), atol=1e-5)
+    leaky = build_model("compact", 3, spatial_shape=(19, 23, 20))
+    prelu = build_model("compact", 3, spatial_shape=(19, 23, 20), activation="prelu")
+    assert sum(type(m) is FastADN for m in leaky.modules()) == 4
+    assert not any(type(m) is FastADN for m in prelu.modules())
+
+
+def test_fast_dropout_mask_has_no_overflow_near_p_one():
+    from neuroml.models.layers import FastDropout
+
+    x = torch.ones(10_000)
+    assert (FastDropout(1 - 1e-7)(x) == 0).float().mean().item() > 0.999
+    assert (FastDropout(1e-7)(x) != 0).all()

@@ -2,7 +2,9 @@
 
 ``compact`` is the CPU network (a MONAI :class:`~monai.networks.nets.Classifier`, about
 0.2 M parameters at 2 mm, leaky ReLU activations, with :class:`~neuroml.models.layers.FastDropout`
-and :class:`~neuroml.models.layers.FastInstanceNorm3d` for its dropout and norm layers), optionally behind an average pooling of its input (``input_pool``: what
+and :class:`~neuroml.models.layers.FastInstanceNorm3d` for its dropout and norm layers, and each
+block's norm, dropout and activation fused in training by :class:`~neuroml.models.layers.FastADN`),
+optionally behind an average pooling of its input (``input_pool``: what
 :func:`resolve_input_pool` picks by default pools the 2 mm grid 2x, so the network convolves
 the brain at about 4 mm and a CPU training step is ~3.6x cheaper; README, Benchmarks); ``densenet121`` and
 the ResNets are GPU networks (see ``/work/shared/MEASUREMENTS.md``: ResNet10 trains ~15x
