@@ -49,7 +49,7 @@ def _keep_mask(x, p):
         bits = bits.view(b, *spatial, c).permute(0, 4, 1, 2, 3)
     else:
         bits = bits.view(x.shape)
-    threshold = min(round(p * _LEVELS), _LEVELS - 1) - _LEVELS // 2
+    threshold = round(p * _LEVELS) - _LEVELS // 2  # up to 2**15, above every int16: in float32, not int16
     # integers in float32 are exact: bits - threshold + 1 is >= 1 where kept and <= 0 where dropped
     return bits.to(torch.float32).sub_(threshold - 1).clamp_(0, 1)
 
@@ -80,7 +80,7 @@ class FastDropout(torch.nn.Dropout):
     def forward(self, x):
         if not self._fast(x):
             return super().forward(x)
-        return x * _keep_mask(x, self.p).mul_(1 / (1 - self.p)).to(x.dtype)  # what torch's CPU dropout multiplies by
+        return x * _keep_mask(x, self.p).to(x.dtype).div_(1 - self.p)  # what torch's CPU dropout multiplies by
 
 
 class _InstanceNorm(torch.autograd.Function):
