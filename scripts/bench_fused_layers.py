@@ -22,7 +22,6 @@ within the round. Usage::
 """
 
 import argparse
-import collections
 import os
 import statistics
 import sys
@@ -43,24 +42,12 @@ from _benchdata import report_result  # noqa: E402
 GRID = (73, 91, 78)  # the 2 mm MNI grid
 
 
-def _network(version, n_classes, seed=0):
-    from bench_throughput import _PreviousDropout
+def _network(version, n_classes):
+    from bench_throughput import _model, _unfuse
 
-    from neuroml.models import build_model, resolve_input_pool
-    from neuroml.models.layers import FastADN
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model("compact", n_classes, spatial_shape=GRID,
-                            input_pool=resolve_input_pool("auto", "compact", GRID))
+    model = _model(GRID, n_classes)
     if version != "fused":
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is FastADN:
-                    kids = collections.OrderedDict(child.named_children())
-                    if version == "unfused_previous_mask":
-                        kids["D"] = _PreviousDropout(kids["D"].p)
-                    setattr(module, name, torch.nn.Sequential(kids))
+        _unfuse(model, previous_mask=version == "unfused_previous_mask")
     return model.to(memory_format=torch.channels_last_3d).train()
 
 

@@ -63,14 +63,30 @@ class _PreviousDropout(torch.nn.Dropout):
         return x * keep.to(x.dtype).div_(1 - self.p).view(x.shape)
 
 
+def _unfuse(model, previous_mask=True):
+    """Each :class:`~neuroml.models.layers.FastADN` of ``model`` as its children in turn (in place);
+    ``previous_mask``: with :class:`_PreviousDropout` for the dropout. Returns ``model``."""
+    import collections
+
+    from neuroml.models.layers import FastADN, _swap
+
+    def unfused(child):
+        if type(child) is not FastADN:
+            return None
+        kids = collections.OrderedDict(child.named_children())
+        if previous_mask:
+            kids["D"] = _PreviousDropout(kids["D"].p)
+        return torch.nn.Sequential(kids)
+
+    return _swap(model, unfused)
+
+
 def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", earlier=False, unfused=False):
     """The compact network as ``train_run`` builds it; ``earlier``: as it was until commit 1865fa9
     (PReLU activations and torch's ``InstanceNorm3d``); ``unfused``: as it was until commit 4085d8f
     (each block's norm, dropout and leaky ReLU in turn, :class:`_PreviousDropout`), for comparison."""
-    import collections
-
     from neuroml.models import build_model, resolve_input_pool
-    from neuroml.models.layers import FastADN, FastDropout, FastInstanceNorm3d
+    from neuroml.models.layers import FastDropout, FastInstanceNorm3d, _swap
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -78,26 +94,12 @@ def _model(shape, n_classes, seed=0, torch_dropout=False, input_pool="auto", ear
                             input_pool=resolve_input_pool(input_pool, "compact", shape),
                             activation="prelu" if earlier else "leakyrelu")
     if earlier:
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is FastInstanceNorm3d:
-                    setattr(module, name, torch.nn.InstanceNorm3d(child.num_features, eps=child.eps))
+        _swap(model, lambda c: torch.nn.InstanceNorm3d(c.num_features, eps=c.eps)
+              if type(c) is FastInstanceNorm3d else None)
     if unfused:
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is FastADN:
-                    kids = collections.OrderedDict(child.named_children())
-                    kids["D"] = _PreviousDropout(kids["D"].p)
-                    setattr(module, name, torch.nn.Sequential(kids))
+        _unfuse(model)
     if torch_dropout:  # the network as MONAI builds it
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is FastADN:
-                    setattr(module, name, torch.nn.Sequential(collections.OrderedDict(child.named_children())))
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is FastDropout:
-                    setattr(module, name, torch.nn.Dropout(child.p))
+        _swap(_unfuse(model, previous_mask=False), lambda c: torch.nn.Dropout(c.p) if type(c) is FastDropout else None)
     return model
 
 
