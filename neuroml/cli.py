@@ -45,6 +45,16 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _resolution(text):
     try:
         value = float(text)
@@ -127,6 +137,11 @@ def build_parser():
     s.add_argument("--inputs", nargs="+", action="extend", default=None, metavar="INPUT",
                    help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
                         "default T1w")
+    s.add_argument("--n-bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples for the 95%% intervals of every metric (default 1000; 0: none)")
+    s.add_argument("--n-permutations", type=_non_negative_int, default=0,
+                   help="label permutations of the out-of-fold predictions for a p-value of the balanced "
+                        "accuracy, CNN and baseline (default 0: none; e.g. 1000)")
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
@@ -308,8 +323,9 @@ def _dispatch(args):
                  batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                  lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
                  amp=args.precision == "bf16", compile=args.compile, site_column=args.leave_one_site_out,
-                 harmonize=args.harmonize, audit_columns=args.audit_column,
-                 show_progress=not args.quiet, **({"inputs": args.inputs} if args.inputs else {}))
+                 harmonize=args.harmonize, audit_columns=args.audit_column, n_bootstrap=args.n_bootstrap,
+                 n_permutations=args.n_permutations, show_progress=not args.quiet,
+                 **({"inputs": args.inputs} if args.inputs else {}))
         print(args.run_dir)
         return 0
     if c == "predict":

@@ -36,7 +36,8 @@ def flow(tmp_path_factory):
     new = parts.iloc[9:]  # three subjects (one per class) kept out of training
     parts.iloc[:9].to_csv(root / "train.tsv", sep="\t", index=False)
     neuroml("train", deriv, "--run-dir", run, "--participants", root / "train.tsv",
-            "--epochs", 2, "--folds", 3, "--batch-size", 3, "--device", "cpu")
+            "--epochs", 2, "--folds", 3, "--batch-size", 3, "--device", "cpu", "--n-permutations", 200,
+            "--n-bootstrap", 100)
     return dict(root=root, bids=bids, deriv=deriv, run=run, new=list(new["participant_id"]),
                 train=list(parts["participant_id"][:9]), parts=parts)
 
@@ -77,6 +78,10 @@ def test_train_writes_a_complete_run_folder(flow):
     assert {"prob_control", "prob_MDD", "prob_SCZ"} <= set(preds.columns)
     assert np.allclose(preds[["prob_control", "prob_MDD", "prob_SCZ"]].sum(axis=1), 1, atol=1e-4)
     assert len(list(run.rglob("*.pt"))) >= 3
+    for model in ("cnn", "baseline"):  # --n-permutations and --n-bootstrap reached the metrics
+        assert metrics[model]["n_permutations"] == 200
+        assert 1 / 201 <= metrics[model]["permutation_p"] <= 1
+    assert "Permutation test of the balanced accuracy (200 label permutations" in (run / "model_card.md").read_text()
 
 
 def test_predict_refuses_training_subjects_and_predicts_new_ones(flow):

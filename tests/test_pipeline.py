@@ -157,6 +157,8 @@ def test_shipped_pipelines_are_valid():
         (["train", "x"], "required: --run-dir"),
         (["preprocess", "a", "b", "subject"], "invalid choice"),
         (["synth", "out", "--n-subjects", "0"], "positive integer"),
+        (["train", "d", "--run-dir", "r", "--n-permutations", "-1"], "integer >= 0, got '-1'"),
+        (["train", "d", "--run-dir", "r", "--n-bootstrap", "many"], "integer >= 0, got 'many'"),
         (["preprocess", "a", "b", "participant", "--resolution", "20"], "between 0.5 and 8"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -435,3 +435,21 @@ def test_report_of_the_current_folder_is_titled_with_its_name(tmp_path, rng, mon
     text = build_report(".").read_text()
     assert "<title>neuroml report: run</title>" in text and "<td>run folder</td><td>run</td>" in text
     assert (run / "model_card.md").read_text().startswith("# Model card: run\n")
+
+
+def test_model_card_gives_the_permutation_test_when_the_run_has_one(tmp_path, rng):
+    from neuroml.reports.model_card import model_card_text
+    from neuroml.training.metrics import classification_report
+
+    run = make_run(tmp_path, rng, attribution=False)
+    assert "No permutation test in this run (`neuroml train --n-permutations 1000`" in model_card_text(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    y = np.repeat([0, 1], 20)
+    metrics["cnn"] = classification_report(y, np.eye(2)[y] * 0.8 + 0.1, CLASSES, n_bootstrap=0, n_permutations=99)
+    metrics["baseline"] = classification_report(y, np.full((40, 2), 0.5), CLASSES, n_bootstrap=0,
+                                                 n_permutations=99)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text = model_card_text(run)
+    # a perfect CNN beats every permutation: p = 1 / (1 + 99); a constant baseline none
+    assert ("Permutation test of the balanced accuracy (99 label permutations of the out-of-fold predictions, "
+            "the models not retrained): CNN p = 0.0100; baseline p = 1.0000.") in text

@@ -265,6 +265,27 @@ def test_rerun_keeps_completed_folds_and_refuses_other_settings(trained, tmp_pat
         train_run(deriv, run_dir, **{**FAST, "lr": 0.01})
 
 
+def test_a_finished_run_gains_a_permutation_test_without_retraining(trained, tmp_path):
+    deriv, run_dir, summary = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert "permutation_p" not in json.loads((copy / "metrics.json").read_text())["cnn"]
+    weights = {p: p.read_bytes() for p in copy.rglob("*.pt")}
+    again = train_run(deriv, copy, **{**FAST, "n_permutations": 50})
+    assert all(f["status"].startswith("skipped") for f in json.loads((copy / "provenance.json").read_text())["folds"])
+    assert {p: p.read_bytes() for p in copy.rglob("*.pt")} == weights  # nothing retrained
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for model in ("cnn", "baseline"):
+        assert metrics[model]["n_permutations"] == 50 and 1 / 51 <= metrics[model]["permutation_p"] <= 1
+    assert again["balanced_accuracy"] == summary["balanced_accuracy"]
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="n_permutations"):
+            train_run(deriv, tmp_path / "other", **{**FAST, "n_permutations": bad})
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="n_bootstrap"):
+        train_run(deriv, tmp_path / "other", **{**FAST, "n_bootstrap": -5})
+
+
 def test_a_run_continues_only_in_its_precision_and_process_count(trained, tmp_path, neuroml_log):
     """Folds kept from a bf16 (CUDA) or multi-process run are not mixed with fp32 or one-process ones."""
     deriv, run_dir, summary = trained

@@ -62,8 +62,22 @@ def _performance(metrics, classes):
                      _f(m.get("auc_macro")), _ci(ci.get("auc_macro")), sens, spec))
     if not rows:
         return "No metrics in this run."
-    return _table(["model", "n", "balanced accuracy", "95% CI", "AUC (macro)", "95% CI", "sensitivity",
-                   "specificity"], rows)
+    table = _table(["model", "n", "balanced accuracy", "95% CI", "AUC (macro)", "95% CI", "sensitivity",
+                    "specificity"], rows)
+    return table + "\n\n" + _permutation_line(metrics, cnn)
+
+
+def _permutation_line(metrics, cnn):
+    tested = [(name, m) for name, m in ((cnn, metrics.get("cnn")), ("baseline", metrics.get("baseline")),
+                                        ("baseline, ComBat inside folds", metrics.get("baseline_harmonized")))
+              if isinstance(m, dict) and isinstance(m.get("permutation_p"), (int, float))]
+    if not tested:
+        return ("No permutation test in this run (`neuroml train --n-permutations 1000`, or `n_permutations` "
+                "in Python and YAML).")
+    n = tested[0][1].get("n_permutations")
+    ps = "; ".join(f"{_md(name)} p = {_f(m['permutation_p'], 4)}" for name, m in tested)
+    return (f"Permutation test of the balanced accuracy ({_md(n)} label permutations of the out-of-fold "
+            f"predictions, the models not retrained): {ps}.")
 
 
 def _subgroups(audit):

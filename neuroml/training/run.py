@@ -323,6 +323,8 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
                   grad_accum=grad_accum, schedule=schedule, amp=amp, channels_last=channels_last,
                   compile=compile, num_workers=num_workers, device=device, show_progress=show_progress).validate()
     check_in_range("seed", seed, 0, None, kind=int)
+    check_in_range("n_bootstrap", n_bootstrap, 0, None, kind=int)  # before training, not after it
+    check_in_range("n_permutations", n_permutations, 0, None, kind=int)
     dev, created = dist.init_distributed(device)
     try:
         return _train_run(dev=dev, **params)
