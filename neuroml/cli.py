@@ -206,6 +206,11 @@ def build_parser():
 
     s = sub.add_parser("demo", help="run pipelines/demo.yaml on data_samples/ and print the report path")
     s.add_argument("--workdir", type=Path, default=Path("neuroml-demo"))
+    for s in sub.choices.values():  # -v / -q after the command too (SUPPRESS: absent unless given there)
+        s.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log output (-vv for debug)")
+        s.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors (no progress bars)")
     return p
 
 

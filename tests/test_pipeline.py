@@ -465,3 +465,15 @@ def test_a_log_line_never_continues_a_progress_bar_line_in_a_log_file():
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=True).stderr.decode()
     lines = err.split("\n")
     assert "WARNING: scan sub-02 failed" in lines and "INFO: done" in lines  # each a line of its own
+
+
+@pytest.mark.parametrize("argv, quiet, verbose", [
+    (["report", "r"], False, 0), (["-q", "report", "r"], True, 0), (["report", "r", "-q"], True, 0),
+    (["report", "--quiet", "r"], True, 0), (["-v", "report", "r"], False, 1), (["report", "r", "-vv"], False, 2),
+    (["-q", "train", "d", "--run-dir", "r", "--epochs", "2"], True, 0),
+    (["train", "d", "--run-dir", "r", "-q", "--epochs", "2"], True, 0)])
+def test_quiet_and_verbose_go_before_or_after_the_command(argv, quiet, verbose):
+    from neuroml.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.verbose) == (quiet, verbose)

@@ -328,7 +328,11 @@ def test_train_run_input_errors(trained, tmp_path):
         train_run(deriv, tmp_path / "r5", model="resnet10", input_pool=2, **FAST)
     with pytest.raises(ConfigError, match="after the input pooling by 2"):  # 8 mm: 19 -> 10 voxels
         train_run(deriv, tmp_path / "r6", input_pool=2, **FAST)
-    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 7))
+    with pytest.raises(ConfigError, match=r"raw/participants.tsv \(label column 'diagnosis'\): folds=5 but some "
+                                          r"classes have fewer participants: \{'MDD': 4, 'SCZ': 4, 'control': 4\}; "
+                                          r"use folds <= 4"):
+        train_run(deriv, tmp_path / "r7", **{**FAST, "folds": 5})
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 8))
 
 
 def test_train_run_with_numeric_class_labels(trained, tmp_path):

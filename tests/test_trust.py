@@ -93,6 +93,25 @@ def test_association_tests_flag_entangled_columns_only():
     assert out["scanner"]["test"] is None and not out["scanner"]["entangled"]
 
 
+def test_a_stray_entry_in_an_age_column_is_left_out_not_a_category():
+    """One "unknown" among 40 ages used to make the column categorical (one level per age, a
+    chi-square flagging an association that is not there)."""
+    from neuroml.reports.model_card import _confounds
+
+    rng = np.random.default_rng(1)
+    labels = ["a"] * 20 + ["b"] * 20
+    ages = [f"{v:.1f}" for v in rng.normal(40, 8, 40)]  # no association with the labels
+    ages[3] = "unknown"
+    out = association_tests(labels, {"age": ages})["age"]
+    assert out["test"] == "Kruskal-Wallis" and out["n"] == 39 and not out["entangled"]
+    assert out["note"] == "1 value(s) that are not numbers left out of the test: ['unknown']"
+    assert "Notes: age: 1 value(s) that are not numbers left out of the test: ['unknown']." in \
+        _confounds({"tests": {"age": out}}, {})
+    # a column that is mostly words stays categorical
+    words = ["young", "old"] * 19 + ["31", "45"]
+    assert association_tests(labels, {"age": words})["age"]["test"] == "chi-square"
+
+
 def test_sites_coded_as_numbers_are_categories(tmp_path):
     """Sites 1..8 that decide the diagnosis are entangled (chi-square), not a weak numeric trend."""
     labels = (["MDD", "HC"] * 16)

@@ -123,6 +123,9 @@ def _confounds(conf, metrics):
              "**yes**" if t.get("entangled") else "no") for col, t in tests.items()]
     if rows:
         parts.append(_table(["column", "test", "statistic", "p", "effect size", "entangled"], rows))
+        notes = [f"{_md(col)}: {_md(t['note'])}" for col, t in tests.items() if t.get("note")]
+        if notes:
+            parts.append("Notes: " + "; ".join(notes) + ".")
     else:
         parts.append("No site, age or sex column to test.")
     probe = (metrics or {}).get("site_probe")

@@ -48,12 +48,25 @@ def cramers_v(table):
     return float(np.sqrt(chi2 / (t.sum() * (min(t.shape) - 1))))
 
 
-def _numeric(values):
+def _float(v):
     try:
-        arr = np.asarray([float(v) for v in values], dtype=float)
+        return float(v)
     except (TypeError, ValueError):
-        return None
-    return arr if np.isfinite(arr).all() and len(np.unique(arr)) > 5 else None
+        return np.nan
+
+
+def _numeric(values):
+    """``(numbers, ok)`` for a numeric column (more than 5 distinct finite numbers, at least 90 % of
+    the values), ``ok`` marking the values that are numbers; ``(None, None)`` for any other column.
+
+    A few stray entries ("unknown", "45y") in an age column leave those rows out of the test
+    instead of making the column categorical (one level per age, a misleading association).
+    """
+    arr = np.asarray([_float(v) for v in values], dtype=float)
+    ok = np.isfinite(arr)
+    if ok.sum() < max(3, 0.9 * len(arr)) or len(np.unique(arr[ok])) <= 5:
+        return None, None
+    return arr, ok
 
 
 def is_missing(v):
@@ -110,8 +123,13 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
         if len(vals) < 3 or len(levels) < 2:
             out[name] = {"test": None, "n": len(vals), "entangled": False, "note": "too few participants or classes"}
             continue
-        num = None if name in categorical else _numeric(vals)
+        num, ok = (None, None) if name in categorical else _numeric(vals)
+        if num is not None and len(set(lab[ok].tolist())) < 2:
+            num = None  # the numbers fall in one class: the categorical test below says what it can
         if num is not None:
+            dropped = sorted({str(vals[i]) for i in np.flatnonzero(~ok)})
+            num, lab = num[ok], lab[ok]
+            levels = sorted(set(lab.tolist()))
             groups = [num[lab == c] for c in levels]
             groups = [g for g in groups if len(g)]
             with warnings.catch_warnings():
@@ -128,6 +146,9 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
                          "anova_p": None if not np.isfinite(anova.pvalue) else float(anova.pvalue),
                          "effect": "eta squared", "effect_size": round(eta2, 6), "n": int(len(num)),
                          "by_label": {c: float(np.median(num[lab == c])) for c in levels if np.any(lab == c)}}
+            if dropped:
+                out[name]["note"] = (f"{int((~ok).sum())} value(s) that are not numbers left out of the test: "
+                                     f"{dropped[:5]}")
             strength = np.sqrt(eta2)
         else:
             from scipy.stats import chi2_contingency

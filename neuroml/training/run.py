@@ -365,8 +365,11 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     sources = source_identity(cache.deriv_dir, cache.index["path"].iloc[cohort.rows].tolist())
     _check_one_id_per_scan(cohort.participant_ids, sources[1])
     sites = _loso_sites(cohort, site_column) if site_column else None
-    splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
-                         val_fraction=val_fraction, sites=sites)
+    try:
+        splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
+                             val_fraction=val_fraction, sites=sites)
+    except ConfigError as exc:  # e.g. a class too small for the folds: say which table and column
+        raise ConfigError(f"{cohort.participants_path} (label column {label_column!r}): {exc}") from None
     if dist.broadcast_object((splits, cohort.digest)) != (splits, cohort.digest):
         raise NeuromlError(f"rank {dist.rank()} sees other data or splits than rank 0 (are all nodes reading "
                            f"the same {deriv_dir}?)")
