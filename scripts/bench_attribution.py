@@ -18,7 +18,9 @@ Figures per method (from ``RUN/attribution/<method>/sanity.json``):
                 (target < 0.2);
 * ``deletion``  area under the deletion curve, top regions first vs random orders
                 (target: below the random orders' area);
-* ``stability`` median Spearman rho of region scores between folds;
+* ``stability`` median Spearman rho of region scores between folds / median share of their
+                top-10 regions in common, and the check's verdict (rho >= 0.5, or that
+                overlap above chance at p < 0.01; reported, not among the targets);
 * ``s/subject`` seconds to explain one subject (median of ``--timing-subjects``), on the
                 chosen device with the chosen number of threads, with the layer
                 ``attribute_run`` gives the method (HiResCAM: its own fine default layer).
@@ -124,7 +126,9 @@ def summarize(trust, seconds):
     row["rand_passed"] = rnd.get("passed")
     row["deletion_auc"], row["deletion_auc_random"] = dele.get("auc"), dele.get("auc_random")
     row["deletion_passed"] = dele.get("passed")
-    row["stability"] = {c: v.get("median_rho") for c, v in (trust.get("stability") or {}).items()}
+    row["stability"] = {c: {"rho": v.get("median_rho"), "top_overlap": v.get("median_top_overlap"),
+                            "top_overlap_p": v.get("top_overlap_p"), "passed": v.get("passed")}
+                        for c, v in (trust.get("stability") or {}).items()}
     row["classes"] = {}
     for c, g in (trust.get("ground_truth") or {}).items():
         ranks = [v for v in (g.get("planted_ranks") or {}).values() if v is not None]
@@ -163,7 +167,7 @@ def markdown(results, classes):
     head = ["method", "s/subject"]
     for c in classes:
         head += [f"{c} top-5 planted", f"{c} planted ranks", f"{c} mass x share", f"{c} AUC"]
-    head += ["rand. median abs rho", "deletion AUC (random)", "fold stability rho", "targets met"]
+    head += ["rand. median abs rho", "deletion AUC (random)", "fold stability rho / top-10 overlap", "targets met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in results.items():
         cells = [method, f"{r['s_per_subject']:.2f}" if r["s_per_subject"] is not None else "n/a"]
@@ -171,7 +175,8 @@ def markdown(results, classes):
             g = r["classes"].get(c, {})
             cells += [f"{g.get('top5_planted')}/5", f"{g.get('planted_rank_best')}-{g.get('planted_rank_worst')}",
                       f"{g.get('mass_enrichment')}", f"{g.get('roc_auc')}"]
-        stab = ", ".join(f"{k} {v}" for k, v in r["stability"].items()) or "n/a"
+        stab = ", ".join(f"{k} {v.get('rho')} / {v.get('top_overlap')}" + ("" if v.get("passed") else " (fails)")
+                         for k, v in r["stability"].items()) or "n/a"
         cells += [f"{r['rand_median_abs_rho']}", f"{r['deletion_auc']} ({r['deletion_auc_random']})", stab,
                   "yes" if r["all_targets_met"] else f"no ({', '.join(r['failed'])})"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -65,7 +65,7 @@ def _sanity(run_dir, method):
     out = {"seconds": doc.get("seconds"),
            "randomization": {k: rnd.get(k) for k in ("median_abs_rho", "passed")} if rnd else None,
            "deletion": {k: dele.get(k) for k in ("auc", "auc_random", "passed")} if dele else None,
-           "stability": {c: {k: v.get(k) for k in ("median_rho", "median_top_overlap", "passed")}
+           "stability": {c: {k: v.get(k) for k in ("median_rho", "median_top_overlap", "top_overlap_p", "passed")}
                          for c, v in (doc.get("stability") or {}).items()} or None,
            "ground_truth": {c: {k: v.get(k) for k in ("mass_accuracy", "planted_share", "mass_enrichment", "roc_auc",
                                                        "planted_ranks", "top_k_planted", "top_k", "passed")}

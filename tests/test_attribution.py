@@ -615,8 +615,37 @@ def test_fold_stability():
     assert [p[2] for p in res["pairs"]] == [1.0, -1.0, -1.0]
     assert [p[3] for p in res["pairs"]] == [1.0, 0.0, 0.0]  # shared top-3 regions
 
-    assert res["median_rho"] == -1.0 and res["passed"] is False
+    assert res["median_rho"] == -1.0 and res["passed"] is False and res["passed_by"] is None
+    assert res["top_overlap_p"] == 1.0  # no region in common
     assert sanity.fold_stability({0: v})["median_rho"] is None
+
+
+def test_fold_stability_passes_a_sparse_effect_on_its_leading_regions_only():
+    """A few regions carry the effect, ~110 score near zero in a random order: rho stays low, the
+    folds agree on the top regions, and random maps agree on neither."""
+    from scipy.stats import hypergeom
+
+    rng = np.random.default_rng(0)
+    sparse = {f: np.r_[[9.0, 8, 7, 6], rng.uniform(0, 1e-3, 112)] for f in range(3)}
+    res = sanity.fold_stability(sparse)
+    assert res["median_rho"] < 0.5 and res["n_regions"] == 116 and res["chance_top_overlap"] == round(10 / 116, 4)
+    shared = round(res["median_top_overlap"] * 10)
+    assert shared >= 4 and res["top_overlap_p"] == pytest.approx(hypergeom.sf(shared - 1, 116, 10, 10), rel=1e-3)
+    assert res["passed"] is True and res["passed_by"] == "top_overlap"
+    # exactly 4 of 10 shared among 116 regions: p = 0.0047, below 0.01
+    four = {0: np.r_[np.arange(20.0, 10, -1), np.zeros(106)],
+            1: np.r_[[20.0, 19, 18, 17], np.zeros(6), np.arange(10.0, 4, -1), np.zeros(100)]}
+    res = sanity.fold_stability(four)
+    assert res["median_top_overlap"] == 0.4 and res["top_overlap_p"] == pytest.approx(0.00472, abs=1e-5)
+    assert res["passed"] is True
+    assert sanity.fold_stability(four, overlap_p=0.001)["passed"] is False  # the rule's threshold is used
+    # independent random maps: neither rule
+    noise = {f: rng.normal(size=116) for f in range(5)}
+    res = sanity.fold_stability(noise)
+    assert res["passed"] is False and res["top_overlap_p"] > 0.01 and abs(res["median_rho"]) < 0.3
+    # every region in the top set: overlap is certain, so only rho can pass
+    v = np.arange(5.0)
+    assert sanity.fold_stability({0: v, 1: v[::-1]}, top_k=10)["top_overlap_p"] is None
 
 
 def test_ground_truth_scores_hand_computed():

@@ -704,6 +704,7 @@ def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_mod
     brain = _brain(cache, cfg, atlas_labels)
     doc = {"method": method, "target": "true class of each subject", "n_subjects_pool": len(pool),
            "thresholds": {"randomization_rho": checks.RANDOMIZATION_RHO, "stability_rho": checks.STABILITY_RHO,
+                          "stability_overlap_p": checks.STABILITY_OVERLAP_P,
                           "mass_enrichment": checks.MASS_ENRICHMENT, "top_k": checks.TOP_K}}
 
     def explain(model, x, targets):
@@ -775,7 +776,8 @@ def _trust_summary(trust):
     if trust.get("deletion"):
         out["deletion"] = {k: trust["deletion"][k] for k in ("auc", "auc_random", "passed")}
     if trust.get("stability"):
-        out["stability"] = {c: v["median_rho"] for c, v in trust["stability"].items()}
+        out["stability"] = {c: {k: v.get(k) for k in ("median_rho", "median_top_overlap", "passed")}
+                            for c, v in trust["stability"].items()}
     if trust.get("ground_truth"):
         out["ground_truth"] = {c: {k: v.get(k) for k in ("mass_enrichment", "roc_auc", "top_k_planted", "passed")}
                                for c, v in trust["ground_truth"].items()}

@@ -65,9 +65,11 @@ def check_lines(method, sanity):
         add(dele, f"deletion: area {fmt_num(dele.get('auc'))} removing top-ranked regions first vs "
                   f"{fmt_num(dele.get('auc_random'))} in random order")
     for cls, st in (sanity.get("stability") or {}).items():
+        chance = (f", chance {fmt_num(st.get('chance_top_overlap'), 2)}, p = {fmt_num(st.get('top_overlap_p'), 4)}"
+                  if st.get("top_overlap_p") is not None else "")
         add(st, f"stability of class {cls}: median Spearman rho of region scores between folds "
                 f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
-                f"{fmt_num(st.get('median_top_overlap'), 2)} ({len(st.get('pairs') or [])} fold pairs; "
+                f"{fmt_num(st.get('median_top_overlap'), 2)}{chance} ({len(st.get('pairs') or [])} fold pairs; "
                 f"rule {st.get('rule')})")
     for cls, g in (sanity.get("ground_truth") or {}).items():
         add(g, f"ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % of the positive "
