@@ -322,6 +322,15 @@ def test_failures_tsv_is_rewritten_in_parallel_runs(tmp_path, subject):
     assert not any(p.exists() for p in paths.values())
 
 
+def test_failures_tsv_lists_files_in_order_whatever_the_runs(tmp_path):
+    root = write_bids(tmp_path / "bids", {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": b"garbage" * 100 for i in (1, 2, 3)})
+    out = tmp_path / "out"
+    run_participant_level(root, out, participant_labels=["03"], **FAST)
+    run_participant_level(root, out, participant_labels=["01"], **FAST)  # appended after sub-03's row before
+    run_participant_level(root, out, participant_labels=["02"], **FAST)
+    assert [r["participant_id"] for r in read_failures(out)] == ["sub-01", "sub-02", "sub-03"]
+
+
 def test_failure_of_a_renamed_or_deleted_file_is_cleared(tmp_path, subject):
     # a bad file fixed by renaming it (gzip named .nii) or deleting it leaves no stale failures.tsv entry
     root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii": b"garbage" * 100,

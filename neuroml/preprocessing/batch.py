@@ -305,6 +305,7 @@ def _update_failures(out_dir, processed_files, failures, bids_dir=None):
         rows = [r for r in read_failures(out_dir) if r["file"] not in processed_files
                 and (bids_dir is None or os.path.lexists(Path(bids_dir) / r["file"]))]
         rows += [dataclasses.asdict(f) for f in failures]
+        rows.sort(key=lambda r: (r["file"], r["participant_id"]))  # not completion order: reruns diff cleanly
         if rows:
             text = "\t".join(_FAILURE_COLUMNS) + "\n" + "".join(
                 "\t".join(_clean(r[c]) for c in _FAILURE_COLUMNS) + "\n" for r in rows)
