@@ -277,6 +277,26 @@ def _run_pipeline(path, overrides, quiet):
     return result, failed
 
 
+def _result_line(result):
+    """One line for the last step of a pipeline: its output (a report, a run or a derivatives
+    folder), a preprocessing count, or the result itself when it is short (a whole training
+    summary or predictions table would fill the terminal)."""
+    if isinstance(result, (str, os.PathLike)):
+        return str(result)
+    if isinstance(result, dict):
+        for key in ("report", "run_dir", "out_dir", "path"):
+            if result.get(key) is not None:
+                return str(result[key])
+        if "balanced_accuracy" in result:
+            return f"balanced accuracy {result['balanced_accuracy']}"
+    if all(hasattr(result, k) for k in ("n_done", "n_skipped", "failures")):
+        return f"{result.n_done} processed, {result.n_skipped} already done, {len(result.failures)} failed"
+    if hasattr(result, "columns") and hasattr(result, "__len__"):  # a predictions table
+        return f"{len(result)} rows: {', '.join(map(str, result.columns))}"
+    lines = str(result).splitlines() or [""]
+    return lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
+
+
 def _dispatch(args):
     from neuroml.pipeline import run_step
 
@@ -367,7 +387,7 @@ def _dispatch(args):
     if c == "run":
         result, failed = _run_pipeline(args.pipeline, dict(args.set), args.quiet)
         if result is not None:
-            print(result)
+            print(_result_line(result))
         return 1 if failed else 0
     if c == "demo":
         pipeline = _repo_file("pipelines", "demo.yaml")

@@ -1,6 +1,7 @@
 """Attribution: explainers on a tiny MONAI network, region tables, group maps, a run end to end."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -958,3 +959,18 @@ def test_the_progress_bar_counts_scans(tmp_path, monkeypatch):
     n = len(doc["subjects"])
     assert n > 2  # more scans than one batch
     assert [b for b in bars if b["unit"] == "scan"] == [dict(total=n, unit="scan", done=n)]
+
+
+def test_derivatives_on_another_grid_are_refused_with_the_resolution_to_use(tmp_path):
+    from types import SimpleNamespace
+
+    from neuroml.attribution.run import _check_grid
+    from neuroml.io.templates import target_grid
+
+    affine2, shape2 = target_grid(2.0)
+    affine4, shape4 = target_grid(4.0)
+    cfg = {"grid": {"affine": affine2.tolist(), "shape": list(shape2)}, "resolution": "2", "resolution_mm": 2.0}
+    _check_grid(SimpleNamespace(shape=tuple(shape2), affine=affine2), cfg, tmp_path)  # the run's grid: fine
+    with pytest.raises(InputError, match=rf"grid {re.escape(str(tuple(shape4)))} differs from the run's "
+                                         rf"{re.escape(str(tuple(shape2)))}: preprocess with --resolution 2 \(res-2\)"):
+        _check_grid(SimpleNamespace(shape=tuple(shape4), affine=affine4), cfg, tmp_path)

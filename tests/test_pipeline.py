@@ -477,3 +477,32 @@ def test_quiet_and_verbose_go_before_or_after_the_command(argv, quiet, verbose):
 
     args = build_parser().parse_args(argv)
     assert (args.quiet, args.verbose) == (quiet, verbose)
+
+
+def test_run_prints_one_line_for_the_last_step(tmp_path):
+    import dataclasses
+
+    import pandas as pd
+
+    from neuroml.cli import _result_line
+
+    assert _result_line(tmp_path / "report.html") == str(tmp_path / "report.html")
+    summary = {"run_dir": "/runs/a", "balanced_accuracy": 0.9, "folds": [{"fold": i} for i in range(5)]}
+    assert _result_line(summary) == "/runs/a"  # not the whole training summary
+    assert _result_line({"out_dir": "/bids", "participants": [{}] * 90}) == "/bids"
+    assert _result_line({"balanced_accuracy": 0.75, "model": "tangent"}) == "balanced accuracy 0.75"
+
+    @dataclasses.dataclass
+    class Batch:
+        n_done: int = 3
+        n_skipped: int = 9
+        failures: list = dataclasses.field(default_factory=lambda: ["x"])
+
+    assert _result_line(Batch()) == "3 processed, 9 already done, 1 failed"
+    table = pd.DataFrame({"participant_id": ["sub-01"] * 40, "predicted_label": ["MDD"] * 40})
+    assert _result_line(table) == "40 rows: participant_id, predicted_label"
+    class Long:
+        def __str__(self):
+            return "first line\nsecond line"
+
+    assert _result_line(Long()) == "first line ..." and _result_line(7) == "7"

@@ -89,8 +89,10 @@ def _check_grid(cache, cfg, deriv_dir):
     if "shape" not in grid or "affine" not in grid:
         return
     if tuple(grid["shape"]) != cache.shape or not np.allclose(np.asarray(grid["affine"]), cache.affine, atol=1e-4):
-        raise InputError(f"the derivatives' grid {cache.shape} differs from the run's {tuple(grid['shape'])} "
-                         f"(preprocess with the run's resolution, res-{cfg.get('resolution')})", deriv_dir)
+        mm = cfg.get("resolution_mm")
+        how = f"--resolution {mm:g}" if isinstance(mm, (int, float)) else "the run's resolution"
+        raise InputError(f"the derivatives' grid {cache.shape} differs from the run's {tuple(grid['shape'])}: "
+                         f"preprocess with {how} (res-{cfg.get('resolution')})", deriv_dir)
 
 
 def _true_labels(run, run_dir, deriv_dir):
