@@ -14,7 +14,7 @@ from pathlib import Path
 from neuroml import __version__
 from neuroml._utils.threads import configure_openmp
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 log = logging.getLogger("neuroml")
 
@@ -206,12 +206,21 @@ def build_parser():
 
     s = sub.add_parser("demo", help="run pipelines/demo.yaml on data_samples/ and print the report path")
     s.add_argument("--workdir", type=Path, default=Path("neuroml-demo"))
-    for s in sub.choices.values():  # -v / -q after the command too (SUPPRESS: absent unless given there)
-        s.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+    for s in sub.choices.values():  # -v / -q after the command too, added to those before it (parse_args)
+        s.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
                        help="more log output (-vv for debug)")
-        s.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="only warnings and errors (no progress bars)")
+        s.add_argument("-q", "--quiet", dest="sub_quiet", action="store_true", help="only warnings and errors "
+                                                                                      "(no progress bars)")
     return p
+
+
+def parse_args(argv=None):
+    """The ``neuroml`` command's arguments, with ``-v``/``-q`` counted before and after the command."""
+    args = build_parser().parse_args(argv)
+    args.verbose += args.__dict__.pop("sub_verbose", 0)
+    sub_quiet = args.__dict__.pop("sub_quiet", False)
+    args.quiet = args.quiet or sub_quiet
+    return args
 
 
 class _BarSafeHandler(logging.Handler):
@@ -436,8 +445,7 @@ def main(argv=None):
     _progress_for_logs()  # before anything loads tqdm
     from neuroml.errors import NeuromlError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     shown = warnings.showwarning
     _setup_logging(args)
     try:

@@ -644,6 +644,16 @@ def test_fold_stability_passes_a_sparse_effect_on_its_leading_regions_only():
     noise = {f: rng.normal(size=116) for f in range(5)}
     res = sanity.fold_stability(noise)
     assert res["passed"] is False and res["top_overlap_p"] > 0.01 and abs(res["median_rho"]) < 0.3
+    # ties are not agreement: constant, NaN or mostly-zero maps would share index-ordered "top" regions
+    assert sanity.fold_stability({f: np.zeros(116) for f in range(3)})["passed"] is False
+    assert sanity.fold_stability({f: np.full(116, np.nan) for f in range(2)})["top_overlap_p"] == 1.0
+    two = {f: np.bincount([2 * f, 2 * f + 1], minlength=116).astype(float) for f in range(3)}  # 2 regions each
+    assert sanity.fold_stability(two)["passed"] is False
+    # the shared count is exact for any top_k (4 of 7 among 60 is p = 0.0022)
+    a = np.r_[np.arange(10.0, 3, -1), np.zeros(53)]
+    b = np.r_[[10.0, 9, 8, 7], np.zeros(3), np.arange(6.0, 3, -1), np.zeros(50)]
+    res = sanity.fold_stability({0: a, 1: b}, top_k=7)
+    assert res["top_overlap_p"] == pytest.approx(hypergeom.sf(3, 60, 7, 7), rel=1e-3) and res["passed"] is True
     # every region in the top set: overlap is certain, so only rho can pass
     v = np.arange(5.0)
     assert sanity.fold_stability({0: v, 1: v[::-1]}, top_k=10)["top_overlap_p"] is None

@@ -471,12 +471,15 @@ def test_a_log_line_never_continues_a_progress_bar_line_in_a_log_file():
     (["report", "r"], False, 0), (["-q", "report", "r"], True, 0), (["report", "r", "-q"], True, 0),
     (["report", "--quiet", "r"], True, 0), (["-v", "report", "r"], False, 1), (["report", "r", "-vv"], False, 2),
     (["-q", "train", "d", "--run-dir", "r", "--epochs", "2"], True, 0),
-    (["train", "d", "--run-dir", "r", "-q", "--epochs", "2"], True, 0)])
+    (["train", "d", "--run-dir", "r", "-q", "--epochs", "2"], True, 0),
+    (["-vv", "report", "r", "-v"], False, 3), (["-v", "train", "d", "--run-dir", "r", "-v"], False, 2),
+    (["-q", "report", "r", "-v"], True, 1)])
 def test_quiet_and_verbose_go_before_or_after_the_command(argv, quiet, verbose):
-    from neuroml.cli import build_parser
+    from neuroml.cli import parse_args
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     assert (args.quiet, args.verbose) == (quiet, verbose)
+    assert not hasattr(args, "sub_verbose") and not hasattr(args, "sub_quiet")
 
 
 def test_run_prints_one_line_for_the_last_step(tmp_path):

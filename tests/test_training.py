@@ -332,7 +332,11 @@ def test_train_run_input_errors(trained, tmp_path):
                                           r"classes have fewer participants: \{'MDD': 4, 'SCZ': 4, 'control': 4\}; "
                                           r"use folds <= 4"):
         train_run(deriv, tmp_path / "r7", **{**FAST, "folds": 5})
-    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 8))
+    with pytest.raises(ConfigError, match=r"^The 'folds' parameter must be in \[2, None\]. Got 1 instead.$"):
+        train_run(deriv, tmp_path / "r8", **{**FAST, "folds": 1})  # a parameter error, not the table's
+    with pytest.raises(ConfigError, match=r"^The 'val_fraction' parameter must be in \[0.0, 0.5\]"):
+        train_run(deriv, tmp_path / "r9", **{**FAST, "val_fraction": 0.9})
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 10))
 
 
 def test_train_run_with_numeric_class_labels(trained, tmp_path):

@@ -319,14 +319,15 @@ def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=
     folds = list(scores_by_fold)
     n = min((len(v) for v in scores_by_fold.values()), default=0)
     k = max(1, min(int(top_k), n))
-    top = {f: set(np.argsort(-np.asarray(v), kind="stable")[:k].tolist()) for f, v in scores_by_fold.items()}
-    pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4),
-              round(len(top[a] & top[b]) / k, 4)] for i, a in enumerate(folds) for b in folds[i + 1:]]
+    top = {f: _top_regions(v, k) for f, v in scores_by_fold.items()}
+    counts = {(a, b): len(top[a] & top[b]) for i, a in enumerate(folds) for b in folds[i + 1:]}
+    pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4), round(c / k, 4)]
+             for (a, b), c in counts.items()]
     med = float(np.median([p[2] for p in pairs])) if pairs else None
-    overlap = float(np.median([p[3] for p in pairs])) if pairs else None
+    overlap = round(float(np.median(list(counts.values())) / k), 4) if pairs else None
     p_overlap = None
     if pairs and n > k:  # with every region in the top set any overlap is certain
-        shared = int(np.floor(overlap * k + 1e-9))  # the median of an even number of pairs may be x.5: rounded down
+        shared = int(np.floor(np.median(list(counts.values()))))  # of an even number of pairs, x.5: rounded down
         p_overlap = float(hypergeom.sf(shared - 1, n, k, k)) if shared > 0 else 1.0
     by_rho = med is not None and med >= threshold
     by_overlap = p_overlap is not None and p_overlap < overlap_p
@@ -339,6 +340,21 @@ def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=
             "passed_by": "rho" if by_rho else ("top_overlap" if by_overlap else None),
             "rule": f"median Spearman rho of region scores between folds >= {threshold}, or a median top-{k} "
                     f"overlap above chance (hypergeometric p < {overlap_p})"}
+
+
+def _top_regions(scores, k):
+    """Indices of the ``k`` highest finite scores, without the regions tied with the next one.
+
+    A region tied with the (k+1)-th score is not in the set (it could as well be left out), so a
+    constant or NaN map, or one with fewer than ``k`` regions above the rest, has a smaller set
+    (an empty one when constant): ties broken by index would look the same in every fold.
+    """
+    v = np.asarray(scores, dtype=float)
+    v = np.where(np.isfinite(v), v, -np.inf)
+    order = np.argsort(-v, kind="stable")
+    if len(v) <= k:
+        return set(order.tolist())
+    return {int(i) for i in order[:k] if v[i] > v[order[k]]}
 
 
 def ground_truth_scores(attribution, mask, brain=None, region_table=None, planted_regions=(), top_k=TOP_K,

@@ -124,8 +124,11 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
             out[name] = {"test": None, "n": len(vals), "entangled": False, "note": "too few participants or classes"}
             continue
         num, ok = (None, None) if name in categorical else _numeric(vals)
-        if num is not None and len(set(lab[ok].tolist())) < 2:
-            num = None  # the numbers fall in one class: the categorical test below says what it can
+        if num is not None and len(set(lab[ok].tolist())) < 2:  # not a category per number either
+            out[name] = {"test": None, "n": int(ok.sum()), "entangled": False,
+                         "note": f"the numbers all belong to one class ({sorted(set(lab[ok].tolist()))[0]}); "
+                                 f"{int((~ok).sum())} value(s) that are not numbers"}
+            continue
         if num is not None:
             dropped = sorted({str(vals[i]) for i in np.flatnonzero(~ok)})
             num, lab = num[ok], lab[ok]

@@ -325,6 +325,9 @@ def train_run(deriv_dir, run_dir, label_column="diagnosis", model="compact", epo
     check_in_range("seed", seed, 0, None, kind=int)
     check_in_range("n_bootstrap", n_bootstrap, 0, None, kind=int)  # before training, not after it
     check_in_range("n_permutations", n_permutations, 0, None, kind=int)
+    check_in_range("val_fraction", val_fraction, 0.0, 0.5)  # before the cohort is read (make_splits checks again)
+    if site_column is None:
+        check_in_range("folds", folds, 2, None, kind=int)
     dev, created = dist.init_distributed(device)
     try:
         return _train_run(dev=dev, **params)
@@ -368,8 +371,9 @@ def _train_run(deriv_dir, run_dir, label_column, model, epochs, folds, batch_siz
     try:
         splits = make_splits(cohort.participant_ids, cohort.labels, folds=folds, seed=seed,
                              val_fraction=val_fraction, sites=sites)
-    except ConfigError as exc:  # e.g. a class too small for the folds: say which table and column
-        raise ConfigError(f"{cohort.participants_path} (label column {label_column!r}): {exc}") from None
+    except ConfigError as exc:  # a class too small for the folds, too few sites: say which table and column
+        column = f"site column {site_column!r}" if site_column else f"label column {label_column!r}"
+        raise ConfigError(f"{cohort.participants_path} ({column}): {exc}") from None
     if dist.broadcast_object((splits, cohort.digest)) != (splits, cohort.digest):
         raise NeuromlError(f"rank {dist.rank()} sees other data or splits than rank 0 (are all nodes reading "
                            f"the same {deriv_dir}?)")
