@@ -33,6 +33,9 @@ def _confounds(metrics, confounds):
                  f"{t.get('effect')} {_num(t.get('effect_size'))}" if t.get("effect") else "n/a",
                  "ENTANGLED" if t.get("entangled") else "no") for col, t in tests.items()]
         out.append(_table(["column", "test against the label", "statistic", "p", "effect size", "entangled"], rows))
+        notes = [f"{_e(col)}: {_e(t['note'])}" for col, t in tests.items() if t.get("note")]
+        if notes:
+            out.append("<p class='note'>Notes: " + "; ".join(notes) + ".</p>")
         for col in confounds.get("entangled") or []:
             out.append(f"<p class='warn'>Warning: the label is associated with {_e(col)} in this cohort. A model "
                        f"can reach high accuracy by recognising {_e(col)}; "
