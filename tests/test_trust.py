@@ -110,9 +110,11 @@ def test_a_stray_entry_in_an_age_column_is_left_out_not_a_category():
     from neuroml.reports.trust_sections import _confounds as report_confounds
 
     html = report_confounds({}, {"tests": {"age": {**out, "note": out["note"].replace("unknown", "<b>x</b>")}}})
-    assert "Notes: age: 1 value(s) that are not numbers left out of the test: [&#x27;&lt;b&gt;x&lt;/b&gt;&#x27;]." in html
+    assert ("Notes: age: 1 value(s) that are not numbers left out of the test: "
+            "[&#x27;&lt;b&gt;x&lt;/b&gt;&#x27;].") in html
     # numbers in one class only (the other's ages all unknown): no per-age chi-square either
-    lopsided = [f"{v:.1f}" for v in rng.normal(40, 8, 20)] + ["unknown"] * 2 + [f"{v:.1f}" for v in rng.normal(40, 8, 18)]
+    lopsided = ([f"{v:.1f}" for v in rng.normal(40, 8, 20)] + ["unknown"] * 2
+                + [f"{v:.1f}" for v in rng.normal(40, 8, 18)])
     out = association_tests(["a"] * 20 + ["b"] * 2 + ["a"] * 18, {"age": lopsided})["age"]
     assert out["test"] is None and not out["entangled"] and "all belong to one class (a)" in out["note"]
     # a column that is mostly words stays categorical

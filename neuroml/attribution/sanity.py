@@ -44,9 +44,9 @@ import torch
 
 from neuroml.errors import InputError
 
-__all__ = ["RANDOMIZATION_RHO", "STABILITY_RHO", "STABILITY_OVERLAP_P", "MASS_ENRICHMENT", "TOP_K", "DELETION_STEPS", "randomize_weights",
-           "randomization_summary", "spearman", "model_randomization", "deletion_curve", "region_scores",
-           "fold_stability", "ground_truth_scores", "planted_ground_truth"]
+__all__ = ["RANDOMIZATION_RHO", "STABILITY_RHO", "STABILITY_OVERLAP_P", "MASS_ENRICHMENT", "TOP_K", "DELETION_STEPS",
+           "randomize_weights", "randomization_summary", "spearman", "model_randomization", "deletion_curve",
+           "region_scores", "fold_stability", "ground_truth_scores", "planted_ground_truth"]
 
 #: Largest median |Spearman rho| (trained vs randomized maps) for a method to pass.
 RANDOMIZATION_RHO = 0.2
