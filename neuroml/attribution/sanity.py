@@ -324,10 +324,11 @@ def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=
     pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4), round(c / k, 4)]
              for (a, b), c in counts.items()]
     med = float(np.median([p[2] for p in pairs])) if pairs else None
-    overlap = round(float(np.median(list(counts.values())) / k), 4) if pairs else None
+    median_shared = float(np.median(list(counts.values()))) if pairs else None
+    overlap = None if median_shared is None else round(median_shared / k, 4)
     p_overlap = None
     if pairs and n > k:  # with every region in the top set any overlap is certain
-        shared = int(np.floor(np.median(list(counts.values()))))  # of an even number of pairs, x.5: rounded down
+        shared = int(np.floor(median_shared))  # the median of an even number of pairs may be x.5: rounded down
         p_overlap = float(hypergeom.sf(shared - 1, n, k, k)) if shared > 0 else 1.0
     by_rho = med is not None and med >= threshold
     by_overlap = p_overlap is not None and p_overlap < overlap_p

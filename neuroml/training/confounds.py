@@ -48,13 +48,6 @@ def cramers_v(table):
     return float(np.sqrt(chi2 / (t.sum() * (min(t.shape) - 1))))
 
 
-def _float(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return np.nan
-
-
 def _numeric(values):
     """``(numbers, ok)`` for a numeric column (more than 5 distinct finite numbers, at least 90 % of
     the values), ``ok`` marking the values that are numbers; ``(None, None)`` for any other column.
@@ -62,7 +55,9 @@ def _numeric(values):
     A few stray entries ("unknown", "45y") in an age column leave those rows out of the test
     instead of making the column categorical (one level per age, a misleading association).
     """
-    arr = np.asarray([_float(v) for v in values], dtype=float)
+    import pandas as pd
+
+    arr = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
     ok = np.isfinite(arr)
     if ok.sum() < max(3, 0.9 * len(arr)) or len(np.unique(arr[ok])) <= 5:
         return None, None
