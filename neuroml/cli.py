@@ -37,6 +37,7 @@ def _input_pool(text):
 
 def _int_at_least(low, what):
     """An argparse type: an integer >= ``low``, else a one-line error saying ``what`` was expected."""
+
     def parse(text):
         try:
             value = int(text)
@@ -45,6 +46,7 @@ def _int_at_least(low, what):
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     return parse
 
 
@@ -64,10 +66,17 @@ def _resolution(text):
 
 def build_parser():
     """Build the argument parser of the ``neuroml`` command."""
-    p = _Parser(prog="neuroml", description="BIDS MRI to 3D CNN classification and region attribution reports.")
+    p = _Parser(
+        prog="neuroml",
+        description="BIDS MRI to 3D CNN classification and region attribution reports.",
+    )
     p.add_argument("--version", action="version", version=f"neuroml {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress bars)")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors (no progress bars)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -75,139 +84,347 @@ def build_parser():
     s.add_argument("out_bids", type=Path, help="output BIDS folder")
     s.add_argument("--n-subjects", type=_positive_int, default=30)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", nargs="+", action="extend", default=None,  # None: neuroml.synth.DEFAULT_CLASSES
-                   help="class labels, healthy class first (default: control MDD SCZ, for anat and func)")
-    s.add_argument("--voxel-scale", type=float, default=1.0,
-                   help="anat only: multiply every site's voxel size (2 = coarser, smaller files)")
+    s.add_argument(
+        "--classes",
+        nargs="+",
+        action="extend",
+        default=None,  # None: neuroml.synth.DEFAULT_CLASSES
+        help="class labels, healthy class first (default: control MDD SCZ, for anat and func)",
+    )
+    s.add_argument(
+        "--voxel-scale",
+        type=float,
+        default=1.0,
+        help="anat only: multiply every site's voxel size (2 = coarser, smaller files)",
+    )
     s.add_argument("--n-jobs", type=_positive_int, default=1, help="anat only: parallel subjects")
-    s.add_argument("--n-volumes", type=_positive_int, default=100, help="func only: BOLD volumes per run (TR 2 s)")
-    s.add_argument("--func-resolution", type=float, default=4.0, help="func only: voxel size in mm (default 4)")
-    s.add_argument("--modality", default="anat", choices=["anat", "func"],
-                   help="anat: T1w scans; func: resting-state BOLD in fMRIPrep style with confounds")
-    s.add_argument("--func-layout", default="fmriprep", choices=["fmriprep", "raw"],
-                   help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds")
+    s.add_argument(
+        "--n-volumes",
+        type=_positive_int,
+        default=100,
+        help="func only: BOLD volumes per run (TR 2 s)",
+    )
+    s.add_argument(
+        "--func-resolution", type=float, default=4.0, help="func only: voxel size in mm (default 4)"
+    )
+    s.add_argument(
+        "--modality",
+        default="anat",
+        choices=["anat", "func"],
+        help="anat: T1w scans; func: resting-state BOLD in fMRIPrep style with confounds",
+    )
+    s.add_argument(
+        "--func-layout",
+        default="fmriprep",
+        choices=["fmriprep", "raw"],
+        help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds",
+    )
 
-    s = sub.add_parser("preprocess", help="T1w and/or BOLD to MNI space (BIDS-App: participant or group level)")
+    s = sub.add_parser(
+        "preprocess", help="T1w and/or BOLD to MNI space (BIDS-App: participant or group level)"
+    )
     s.add_argument("bids_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("analysis_level", choices=["participant", "group"])
     s.add_argument("--participant-label", nargs="+", action="extend", default=None, metavar="LABEL")
     s.add_argument("--n-jobs", type=_positive_int, default=1)
-    s.add_argument("--resolution", type=_resolution, default=2.0, help="target grid voxel size in mm (default 2)")
+    s.add_argument(
+        "--resolution",
+        type=_resolution,
+        default=2.0,
+        help="target grid voxel size in mm (default 2)",
+    )
     s.add_argument("--normalization", default="zscore", help="zscore or percentile")
-    s.add_argument("--modality", default="anat", choices=["anat", "func", "both"],
-                   help="T1w scans, BOLD series (maps on the same MNI grid), or both (default anat)")
-    s.add_argument("--confounds", default="auto",
-                   help="BOLD confounds: auto (simple with an fMRIPrep table, none without), simple, "
-                        "scrubbing, compcor, none")
+    s.add_argument(
+        "--modality",
+        default="anat",
+        choices=["anat", "func", "both"],
+        help="T1w scans, BOLD series (maps on the same MNI grid), or both (default anat)",
+    )
+    s.add_argument(
+        "--confounds",
+        default="auto",
+        help="BOLD confounds: auto (simple with an fMRIPrep table, none without), simple, "
+        "scrubbing, compcor, none",
+    )
 
     s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
     s.add_argument("deriv_dir", type=Path)
     s.add_argument("--run-dir", type=Path, required=True)
-    s.add_argument("--label-column", default="diagnosis", help="participants.tsv column of the labels (default "
-                                                                "diagnosis)")
-    s.add_argument("--participants", type=Path, default=None, help="participants.tsv (default: the raw dataset's)")
-    s.add_argument("--model", default="compact", help="compact (default), densenet121, resnet10, resnet18, resnet34")
-    s.add_argument("--input-pool", default="auto", type=_input_pool, metavar="{auto,1,2,4}",
-                   help="compact network: average-pool the input by this factor (default auto: 2x on the 2 mm "
-                        "grid: a CPU training step ~3.6x cheaper; 1 keeps the full resolution)")
-    s.add_argument("--epochs", type=_positive_int, default=20, help="most epochs per fold (default 20)")
-    s.add_argument("--folds", type=_positive_int, default=None,
-                   help="cross-validation folds (default 3; not with --leave-one-site-out, one fold per site)")
-    s.add_argument("--batch-size", type=_positive_int, default=4, help="volumes per batch and process (default 4)")
-    s.add_argument("--seed", type=int, default=0, help="seed of splits, weights, shuffling, augmentation (default 0)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto: cuda if present")
+    s.add_argument(
+        "--label-column",
+        default="diagnosis",
+        help="participants.tsv column of the labels (default diagnosis)",
+    )
+    s.add_argument(
+        "--participants",
+        type=Path,
+        default=None,
+        help="participants.tsv (default: the raw dataset's)",
+    )
+    s.add_argument(
+        "--model",
+        default="compact",
+        help="compact (default), densenet121, resnet10, resnet18, resnet34",
+    )
+    s.add_argument(
+        "--input-pool",
+        default="auto",
+        type=_input_pool,
+        metavar="{auto,1,2,4}",
+        help="compact network: average-pool the input by this factor (default auto: 2x on the 2 mm "
+        "grid: a CPU training step ~3.6x cheaper; 1 keeps the full resolution)",
+    )
+    s.add_argument(
+        "--epochs", type=_positive_int, default=20, help="most epochs per fold (default 20)"
+    )
+    s.add_argument(
+        "--folds",
+        type=_positive_int,
+        default=None,
+        help="cross-validation folds (default 3; not with --leave-one-site-out, one fold per site)",
+    )
+    s.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=4,
+        help="volumes per batch and process (default 4)",
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of splits, weights, shuffling, augmentation (default 0)",
+    )
+    s.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="default auto: cuda if present",
+    )
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
-    s.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)")
-    s.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    s.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
-                   help="CUDA: bf16 autocast (default) or plain fp32; the CPU always trains in fp32")
-    s.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on long GPU runs)")
-    s.add_argument("--leave-one-site-out", nargs="?", const="site", default=None, metavar="COLUMN",
-                   help="leave-one-site-out folds on this participants.tsv column (default column: site)")
-    s.add_argument("--harmonize", default=None, choices=["combat"],
-                   help="ComBat fitted on each fold's training participants: harmonizes the CNN's input voxels "
-                        "(saved per fold for predict/attribute) and a second baseline's region means")
-    s.add_argument("--audit-column", nargs="+", action="extend", default=[], metavar="COLUMN",
-                   help="more participants.tsv columns for the bias audit (sex, age, site always)")
-    s.add_argument("--inputs", nargs="+", action="extend", default=None, metavar="INPUT",
-                   help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
-                        "default T1w")
-    s.add_argument("--n-bootstrap", type=_non_negative_int, default=1000,
-                   help="bootstrap resamples for the 95%% intervals of every metric (default 1000; 0: none)")
-    s.add_argument("--n-permutations", type=_non_negative_int, default=0,
-                   help="label permutations of the out-of-fold predictions for a p-value of the balanced "
-                        "accuracy, CNN and baseline (default 0: none; e.g. 1000)")
+    s.add_argument(
+        "--grad-accum", type=_positive_int, default=1, help="batches per optimiser step (default 1)"
+    )
+    s.add_argument(
+        "--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)"
+    )
+    s.add_argument(
+        "--precision",
+        default="bf16",
+        choices=["bf16", "fp32"],
+        help="CUDA: bf16 autocast (default) or plain fp32; the CPU always trains in fp32",
+    )
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (pays off on long GPU runs)",
+    )
+    s.add_argument(
+        "--leave-one-site-out",
+        nargs="?",
+        const="site",
+        default=None,
+        metavar="COLUMN",
+        help="leave-one-site-out folds on this participants.tsv column (default column: site)",
+    )
+    s.add_argument(
+        "--harmonize",
+        default=None,
+        choices=["combat"],
+        help="ComBat fitted on each fold's training participants: harmonizes the CNN's input voxels "
+        "(saved per fold for predict/attribute) and a second baseline's region means",
+    )
+    s.add_argument(
+        "--audit-column",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="COLUMN",
+        help="more participants.tsv columns for the bias audit (sex, age, site always)",
+    )
+    s.add_argument(
+        "--inputs",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="INPUT",
+        help="input channels: T1w and/or BOLD map desc labels (alff falff reho mean conn<name>); "
+        "default T1w",
+    )
+    s.add_argument(
+        "--n-bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        help="bootstrap resamples for the 95%% intervals of every metric (default 1000; 0: none)",
+    )
+    s.add_argument(
+        "--n-permutations",
+        type=_non_negative_int,
+        default=0,
+        help="label permutations of the out-of-fold predictions for a p-value of the balanced "
+        "accuracy, CNN and baseline (default 0: none; e.g. 1000)",
+    )
 
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
-    s.add_argument("--out", type=Path, default=None, help="predictions TSV (default RUN/predict/predictions.tsv)")
-    s.add_argument("--participant-label", nargs="+", action="extend", default=None, metavar="LABEL",
-                   help="only these participants (default: every participant in DERIV_DIR)")
-    s.add_argument("--force", action="store_true", help="also predict subjects the model was trained on")
-    s.add_argument("--participants", type=Path, default=None,
-                   help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
-                        "(default: the raw dataset's)")
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="predictions TSV (default RUN/predict/predictions.tsv)",
+    )
+    s.add_argument(
+        "--participant-label",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="LABEL",
+        help="only these participants (default: every participant in DERIV_DIR)",
+    )
+    s.add_argument(
+        "--force", action="store_true", help="also predict subjects the model was trained on"
+    )
+    s.add_argument(
+        "--participants",
+        type=Path,
+        default=None,
+        help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
+        "(default: the raw dataset's)",
+    )
 
     s = sub.add_parser("attribute", help="attribution maps and region tables")
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
-    s.add_argument("--method", default="region_occlusion",
-                   help="region_occlusion (default: each atlas region hidden in turn), gradcam, gradcampp, hirescam, "
-                        "saliency, integrated_gradients, smoothgrad, occlusion")
+    s.add_argument(
+        "--method",
+        default="region_occlusion",
+        help="region_occlusion (default: each atlas region hidden in turn), gradcam, gradcampp, hirescam, "
+        "saliency, integrated_gradients, smoothgrad, occlusion",
+    )
     s.add_argument("--atlas", default="aal")
     s.add_argument("--target", default="predicted", help="predicted, true, or a class name")
-    s.add_argument("--participant-label", nargs="+", action="extend", default=None, metavar="LABEL",
-                   help="explain only these participants (default: all); the others already in the folder are "
-                        "kept while their maps are valid")
+    s.add_argument(
+        "--participant-label",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="LABEL",
+        help="explain only these participants (default: all); the others already in the folder are "
+        "kept while their maps are valid",
+    )
     s.add_argument("--force", action="store_true", help="allow subjects a model was trained on")
     s.add_argument("--no-sanity", action="store_true", help="skip the trust checks (sanity.json)")
-    s.add_argument("--n-sanity", type=_positive_int, default=None,
-                   help="subjects explained again for the randomization and deletion checks (default 8; not with "
-                        "--no-sanity)")
-    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                   help="cpu (default), cuda, or auto (cuda when available)")
-    s.add_argument("--participants", type=Path, default=None,
-                   help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
-                        "(default: the raw dataset's)")
-    s.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="write maps, group maps, tables, sanity.json and attribution.json to DIR (default "
-                        "RUN/attribution/<method>, which holds one derivatives folder's attribution; "
-                        "`neuroml report` reads that one)")
+    s.add_argument(
+        "--n-sanity",
+        type=_positive_int,
+        default=None,
+        help="subjects explained again for the randomization and deletion checks (default 8; not with "
+        "--no-sanity)",
+    )
+    s.add_argument(
+        "--device",
+        default="cpu",
+        choices=["auto", "cpu", "cuda"],
+        help="cpu (default), cuda, or auto (cuda when available)",
+    )
+    s.add_argument(
+        "--participants",
+        type=Path,
+        default=None,
+        help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
+        "(default: the raw dataset's)",
+    )
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write maps, group maps, tables, sanity.json and attribution.json to DIR (default "
+        "RUN/attribution/<method>, which holds one derivatives folder's attribution; "
+        "`neuroml report` reads that one)",
+    )
 
-    s = sub.add_parser("connectome", help="connectome baseline (BOLD) in the folds of a training run")
+    s = sub.add_parser(
+        "connectome", help="connectome baseline (BOLD) in the folds of a training run"
+    )
     s.add_argument("run_dir", type=Path)
-    s.add_argument("deriv_dir", type=Path, help="derivatives of `neuroml preprocess --modality func`")
+    s.add_argument(
+        "deriv_dir", type=Path, help="derivatives of `neuroml preprocess --modality func`"
+    )
     s.add_argument("--atlas", default="aal")
-    s.add_argument("--kind", default="tangent", help="tangent, correlation, partial correlation, covariance, precision")
+    s.add_argument(
+        "--kind",
+        default="tangent",
+        help="tangent, correlation, partial correlation, covariance, precision",
+    )
 
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
     s.add_argument("run_dir", type=Path)
 
-    s = sub.add_parser("deidentify", help="de-identified copy of a BIDS dataset (keyed pseudonyms, scrubbed headers)")
+    s = sub.add_parser(
+        "deidentify",
+        help="de-identified copy of a BIDS dataset (keyed pseudonyms, scrubbed headers)",
+    )
     s.add_argument("bids_dir", type=Path)
     s.add_argument("out_dir", type=Path)
-    s.add_argument("--key-file", type=Path, default=None,
-                   help="file holding the secret key (default: $NEUROML_PSEUDONYM_KEY); never written anywhere")
-    s.add_argument("--keep-ids", action="store_true", help="scrub headers and sidecars but keep participant labels")
-    s.add_argument("--keep-columns", nargs="+", action="extend", default=[], metavar="COLUMN",
-                   help="more participants.tsv columns to keep (default: participant_id, diagnosis, label, group, "
-                        "site, scanner, age, sex, gender, handedness; all others are dropped)")
+    s.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="file holding the secret key (default: $NEUROML_PSEUDONYM_KEY); never written anywhere",
+    )
+    s.add_argument(
+        "--keep-ids",
+        action="store_true",
+        help="scrub headers and sidecars but keep participant labels",
+    )
+    s.add_argument(
+        "--keep-columns",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="COLUMN",
+        help="more participants.tsv columns to keep (default: participant_id, diagnosis, label, group, "
+        "site, scanner, age, sex, gender, handedness; all others are dropped)",
+    )
 
     s = sub.add_parser("run", help="run a YAML pipeline")
     s.add_argument("pipeline", type=Path)
-    s.add_argument("--set", nargs="+", action="extend", default=[], type=_key_value, metavar="KEY=VALUE",
-                   help="override pipeline vars (before they are expanded: vars derived from KEY follow it)")
+    s.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        type=_key_value,
+        metavar="KEY=VALUE",
+        help="override pipeline vars (before they are expanded: vars derived from KEY follow it)",
+    )
 
-    s = sub.add_parser("demo", help="run pipelines/demo.yaml on data_samples/ and print the report path")
+    s = sub.add_parser(
+        "demo", help="run pipelines/demo.yaml on data_samples/ and print the report path"
+    )
     s.add_argument("--workdir", type=Path, default=Path("neuroml-demo"))
-    for s in sub.choices.values():  # -v / -q after the command too, added to those before it (parse_args)
-        s.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
-                       help="more log output (-vv for debug)")
-        s.add_argument("-q", "--quiet", dest="sub_quiet", action="store_true", help="only warnings and errors "
-                                                                                      "(no progress bars)")
+    for s in (
+        sub.choices.values()
+    ):  # -v / -q after the command too, added to those before it (parse_args)
+        s.add_argument(
+            "-v",
+            "--verbose",
+            dest="sub_verbose",
+            action="count",
+            default=0,
+            help="more log output (-vv for debug)",
+        )
+        s.add_argument(
+            "-q",
+            "--quiet",
+            dest="sub_quiet",
+            action="store_true",
+            help="only warnings and errors (no progress bars)",
+        )
     return p
 
 
@@ -278,8 +495,10 @@ def _run_pipeline(path, overrides, quiet):
         for name, f in failed[:20]:
             print(f"  FAILED ({name}) {f}", file=sys.stderr)
         if failed:
-            print(f"{len(failed)} scan(s) failed: see failures.tsv in the output folder of each step above",
-                  file=sys.stderr)
+            print(
+                f"{len(failed)} scan(s) failed: see failures.tsv in the output folder of each step above",
+                file=sys.stderr,
+            )
     return result, failed
 
 
@@ -310,16 +529,28 @@ def _dispatch(args):
     if c == "synth":
         from neuroml.synth import DEFAULT_CLASSES
 
-        params = dict(out_dir=args.out_bids, n_subjects=args.n_subjects, seed=args.seed,
-                      classes=tuple(args.classes or DEFAULT_CLASSES), show_progress=not args.quiet)
+        params = dict(
+            out_dir=args.out_bids,
+            n_subjects=args.n_subjects,
+            seed=args.seed,
+            classes=tuple(args.classes or DEFAULT_CLASSES),
+            show_progress=not args.quiet,
+        )
         if args.modality == "func":
             if args.voxel_scale != 1.0 or args.n_jobs != 1:
                 from neuroml.errors import ConfigError
 
-                raise ConfigError("--voxel-scale and --n-jobs apply to --modality anat only; "
-                                  "use --func-resolution and --n-volumes for func")
-            run_step("synth_func", layout=args.func_layout, n_volumes=args.n_volumes,
-                     resolution=args.func_resolution, **params)
+                raise ConfigError(
+                    "--voxel-scale and --n-jobs apply to --modality anat only; "
+                    "use --func-resolution and --n-volumes for func"
+                )
+            run_step(
+                "synth_func",
+                layout=args.func_layout,
+                n_volumes=args.n_volumes,
+                resolution=args.func_resolution,
+                **params,
+            )
         else:
             run_step("synth", voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, **params)
         print(args.out_bids)
@@ -328,12 +559,22 @@ def _dispatch(args):
         if args.analysis_level == "group":
             print(run_step("preprocess_group", out_dir=args.out_dir))
             return 0
-        result = run_step("preprocess", bids_dir=args.bids_dir, out_dir=args.out_dir,
-                          participant_labels=args.participant_label, n_jobs=args.n_jobs,
-                          resolution=args.resolution, normalization=args.normalization,
-                          show_progress=not args.quiet, modality=args.modality,
-                          **({"func_params": {"confounds": args.confounds}}
-                             if args.modality != "anat" or args.confounds != "auto" else {}))
+        result = run_step(
+            "preprocess",
+            bids_dir=args.bids_dir,
+            out_dir=args.out_dir,
+            participant_labels=args.participant_label,
+            n_jobs=args.n_jobs,
+            resolution=args.resolution,
+            normalization=args.normalization,
+            show_progress=not args.quiet,
+            modality=args.modality,
+            **(
+                {"func_params": {"confounds": args.confounds}}
+                if args.modality != "anat" or args.confounds != "auto"
+                else {}
+            ),
+        )
         failures = list(getattr(result, "failures", []) or [])
         print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
         if failures:
@@ -346,48 +587,104 @@ def _dispatch(args):
         if args.folds is not None and args.leave_one_site_out:
             from neuroml.errors import ConfigError
 
-            raise ConfigError(f"--folds {args.folds} and --leave-one-site-out conflict: leave-one-site-out makes "
-                              "one fold per site; drop one of them")
-        run_step("train", deriv_dir=args.deriv_dir, run_dir=args.run_dir, label_column=args.label_column,
-                 participants=args.participants, model=args.model, input_pool=args.input_pool,
-                 epochs=args.epochs, folds=3 if args.folds is None else args.folds,
-                 batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                 lr=args.lr, grad_accum=args.grad_accum, num_workers=args.num_workers,
-                 amp=args.precision == "bf16", compile=args.compile, site_column=args.leave_one_site_out,
-                 harmonize=args.harmonize, audit_columns=args.audit_column, n_bootstrap=args.n_bootstrap,
-                 n_permutations=args.n_permutations, show_progress=not args.quiet,
-                 **({"inputs": args.inputs} if args.inputs else {}))
+            raise ConfigError(
+                f"--folds {args.folds} and --leave-one-site-out conflict: leave-one-site-out makes "
+                "one fold per site; drop one of them"
+            )
+        run_step(
+            "train",
+            deriv_dir=args.deriv_dir,
+            run_dir=args.run_dir,
+            label_column=args.label_column,
+            participants=args.participants,
+            model=args.model,
+            input_pool=args.input_pool,
+            epochs=args.epochs,
+            folds=3 if args.folds is None else args.folds,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            resume=args.resume,
+            lr=args.lr,
+            grad_accum=args.grad_accum,
+            num_workers=args.num_workers,
+            amp=args.precision == "bf16",
+            compile=args.compile,
+            site_column=args.leave_one_site_out,
+            harmonize=args.harmonize,
+            audit_columns=args.audit_column,
+            n_bootstrap=args.n_bootstrap,
+            n_permutations=args.n_permutations,
+            show_progress=not args.quiet,
+            **({"inputs": args.inputs} if args.inputs else {}),
+        )
         print(args.run_dir)
         return 0
     if c == "predict":
         out = args.out or args.run_dir / "predict" / "predictions.tsv"
-        run_step("predict", run_dir=args.run_dir, deriv_dir=args.deriv_dir, out_path=out, force=args.force,
-                 participant_labels=args.participant_label, participants=args.participants)
+        run_step(
+            "predict",
+            run_dir=args.run_dir,
+            deriv_dir=args.deriv_dir,
+            out_path=out,
+            force=args.force,
+            participant_labels=args.participant_label,
+            participants=args.participants,
+        )
         print(out)
         return 0
     if c == "attribute":
         if args.no_sanity and args.n_sanity is not None:
             from neuroml.errors import ConfigError
 
-            raise ConfigError(f"--n-sanity {args.n_sanity} and --no-sanity conflict: --no-sanity skips the checks "
-                              "that --n-sanity sizes; drop one of them")
-        print(run_step("attribute", run_dir=args.run_dir, deriv_dir=args.deriv_dir, method=args.method,
-                       atlas=args.atlas, target=args.target, participant_labels=args.participant_label,
-                       force=args.force, sanity=not args.no_sanity,
-                       n_sanity=8 if args.n_sanity is None else args.n_sanity, device=args.device,
-                       show_progress=not args.quiet, participants=args.participants, out_dir=args.out))
+            raise ConfigError(
+                f"--n-sanity {args.n_sanity} and --no-sanity conflict: --no-sanity skips the checks "
+                "that --n-sanity sizes; drop one of them"
+            )
+        print(
+            run_step(
+                "attribute",
+                run_dir=args.run_dir,
+                deriv_dir=args.deriv_dir,
+                method=args.method,
+                atlas=args.atlas,
+                target=args.target,
+                participant_labels=args.participant_label,
+                force=args.force,
+                sanity=not args.no_sanity,
+                n_sanity=8 if args.n_sanity is None else args.n_sanity,
+                device=args.device,
+                show_progress=not args.quiet,
+                participants=args.participants,
+                out_dir=args.out,
+            )
+        )
         return 0
     if c == "connectome":
-        out = run_step("connectome", run_dir=args.run_dir, deriv_dir=args.deriv_dir, atlas=args.atlas, kind=args.kind)
-        print(f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
-              f"-> {args.run_dir / 'connectome_metrics.json'}")
+        out = run_step(
+            "connectome",
+            run_dir=args.run_dir,
+            deriv_dir=args.deriv_dir,
+            atlas=args.atlas,
+            kind=args.kind,
+        )
+        print(
+            f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
+            f"-> {args.run_dir / 'connectome_metrics.json'}"
+        )
         return 0
     if c == "report":
         print(run_step("report", run_dir=args.run_dir))
         return 0
     if c == "deidentify":
-        result = run_step("deidentify", bids_dir=args.bids_dir, out_dir=args.out_dir, key_file=args.key_file,
-                          pseudonymize=not args.keep_ids, keep_columns=args.keep_columns)
+        result = run_step(
+            "deidentify",
+            bids_dir=args.bids_dir,
+            out_dir=args.out_dir,
+            key_file=args.key_file,
+            pseudonymize=not args.keep_ids,
+            keep_columns=args.keep_columns,
+        )
         print(result["out_dir"])
         return 0
     if c == "run":
@@ -400,9 +697,14 @@ def _dispatch(args):
         if not pipeline.is_file():
             from neuroml.errors import InputError
 
-            raise InputError("the demo needs the source checkout (pipelines/ and data_samples/); "
-                             "clone the repository and `pip install -e .`", pipeline)
-        report, failed = _run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())}, args.quiet)
+            raise InputError(
+                "the demo needs the source checkout (pipelines/ and data_samples/); "
+                "clone the repository and `pip install -e .`",
+                pipeline,
+            )
+        report, failed = _run_pipeline(
+            pipeline, {"workdir": str(args.workdir.resolve())}, args.quiet
+        )
         print(f"report: {report}")
         return 1 if failed else 0
     raise AssertionError(c)  # pragma: no cover - argparse restricts the choices
@@ -416,8 +718,12 @@ def _quiet_threads_after_interrupt():
 
     def hook(args):
         if args.exc_type is not SystemExit:
-            log.debug("after the interrupt, thread %s: %s: %s", getattr(args.thread, "name", "?"),
-                      args.exc_type.__name__, args.exc_value)
+            log.debug(
+                "after the interrupt, thread %s: %s: %s",
+                getattr(args.thread, "name", "?"),
+                args.exc_type.__name__,
+                args.exc_value,
+            )
 
     threading.excepthook = hook
     warnings.filterwarnings("ignore", message="Failed to kill subprocesses")

@@ -68,14 +68,20 @@ def _names_of(target):
 
 def _unknown(key, allowed, what, prefix):
     close = closest(key, allowed)
-    hint = f" Did you mean {close!r}?" if close is not None else f" Valid: {', '.join(sorted(allowed))}."
+    hint = (
+        f" Did you mean {close!r}?"
+        if close is not None
+        else f" Valid: {', '.join(sorted(allowed))}."
+    )
     return ConfigError(f"{prefix}unknown {what} {key!r}.{hint}")
 
 
 def step_parameters(name):
     """Return the names of the parameters step ``name`` accepts (its ``**kwargs`` spelled out)."""
     sig = inspect.signature(_resolve(name))
-    allowed = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    allowed = [
+        p.name for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         if name not in KWARGS_NAMES:  # pragma: no cover - tests check every such step is listed
             return None
@@ -103,9 +109,13 @@ def _check_params(name, params, where=None):
                 if key not in names:
                     raise _unknown(key, names, f"{param} key", prefix)
     sig = inspect.signature(_resolve(name))
-    missing = [p.name for p in sig.parameters.values()
-               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-               and p.name not in params]
+    missing = [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in params
+    ]
     if missing:
         raise ConfigError(f"{prefix}missing parameter(s) {', '.join(missing)}")
 
@@ -136,11 +146,16 @@ def _substitute(value, variables, where):
         def repl(match):
             key = match.group(1)
             if key not in variables:
-                raise ConfigError(f"{where}: unknown variable ${{{key}}} (known: {sorted(variables)})")
+                raise ConfigError(
+                    f"{where}: unknown variable ${{{key}}} (known: {sorted(variables)})"
+                )
             if variables[key] is None:  # never "None/bids": an empty --set value or YAML null (~)
-                raise ConfigError(f"{where}: variable ${{{key}}} is empty (null) but used in {value!r}; "
-                                  f"give it a value (--set {key}=VALUE)")
+                raise ConfigError(
+                    f"{where}: variable ${{{key}}} is empty (null) but used in {value!r}; "
+                    f"give it a value (--set {key}=VALUE)"
+                )
             return str(variables[key])
+
         return _VAR.sub(repl, value)
     if isinstance(value, list):
         return [_substitute(v, variables, where) for v in value]
@@ -188,8 +203,12 @@ def load_pipeline(path, overrides=None):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError("is a folder, not a pipeline file (PIPELINE.yaml)" if path.is_dir() else
-                         "pipeline file not found", path)
+        raise InputError(
+            "is a folder, not a pipeline file (PIPELINE.yaml)"
+            if path.is_dir()
+            else "pipeline file not found",
+            path,
+        )
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -210,14 +229,19 @@ def load_pipeline(path, overrides=None):
         try:
             given[key] = yaml.safe_load(value) if isinstance(value, str) else value
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}=...: not a valid YAML value ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(
+                f"--set {key}=...: not a valid YAML value ({str(exc).splitlines()[0]})"
+            ) from None
     used = _references(doc)
     for key in given:
         if key not in file_vars and key != "pipeline_dir" and key not in used:
             known = sorted({*file_vars, *used})
             close = closest(key, known)
-            hint = (f" Did you mean {close!r}?" if close is not None
-                    else f" Its variables: {', '.join(known) or 'none'}.")
+            hint = (
+                f" Did you mean {close!r}?"
+                if close is not None
+                else f" Its variables: {', '.join(known) or 'none'}."
+            )
             raise ConfigError(f"{path}: --set {key}: the pipeline has no variable {key!r}.{hint}")
     # overrides replace the file's values before anything is expanded, so derived variables
     # (derivatives: ${workdir}/derivatives) follow an overridden workdir
@@ -229,15 +253,17 @@ def load_pipeline(path, overrides=None):
             continue
         late = sorted(r for r in _references(value) if r not in variables and r in file_vars)
         if late:  # "unknown variable" would be wrong: the file has it, below (or it is the variable itself)
-            raise ConfigError(f"{path}: vars: {key!r} uses ${{{late[0]}}}, which is not defined above it "
-                              "(vars are expanded in order; define a variable before those built from it)")
+            raise ConfigError(
+                f"{path}: vars: {key!r} uses ${{{late[0]}}}, which is not defined above it "
+                "(vars are expanded in order; define a variable before those built from it)"
+            )
         variables[key] = _substitute(value, variables, str(path))
     steps = []
     for i, entry in enumerate(doc["steps"]):
         where = f"{path} step {i + 1}"
         if not isinstance(entry, dict) or len(entry) != 1:
             raise InputError(f"step {i + 1} must be a mapping with one key, the step name", path)
-        (name, params), = entry.items()
+        ((name, params),) = entry.items()
         try:
             name = look_up_option("step", name, STEPS)
         except ConfigError as exc:
@@ -266,8 +292,11 @@ def iter_pipeline(path, overrides=None, show_progress=None):
     """
     steps = load_pipeline(path, overrides)
     for i, (name, params) in enumerate(steps, 1):
-        if show_progress is not None and "show_progress" not in params and \
-                "show_progress" in inspect.signature(_resolve(name)).parameters:
+        if (
+            show_progress is not None
+            and "show_progress" not in params
+            and "show_progress" in inspect.signature(_resolve(name)).parameters
+        ):
             params = {**params, "show_progress": bool(show_progress)}
         log.info("pipeline step %d/%d: %s", i, len(steps), name)
         try:
@@ -276,8 +305,11 @@ def iter_pipeline(path, overrides=None, show_progress=None):
             raise ConfigError(f"{path} step {i} ({name}): {exc}") from None
         failures = getattr(result, "failures", None)
         if failures:
-            log.warning("step %s: %d scan(s) failed (see failures.tsv); continuing with the rest",
-                        name, len(failures))
+            log.warning(
+                "step %s: %d scan(s) failed (see failures.tsv); continuing with the rest",
+                name,
+                len(failures),
+            )
         yield name, result
 
 
@@ -287,6 +319,6 @@ def run_pipeline(path, overrides=None, show_progress=None):
     See :func:`iter_pipeline` for ``show_progress`` and the errors.
     """
     result = None
-    for _, result in iter_pipeline(path, overrides, show_progress):
+    for _, result in iter_pipeline(path, overrides, show_progress):  # noqa: B007 (the last step's)
         pass
     return result

@@ -63,35 +63,117 @@ IDENTIFYING_HEADER_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 #: Sidecar keys dropped by :func:`clean_sidecar` (DICOM patient, study, date/time, institution,
 #: staff, device and procedure fields), besides those matched by :data:`IDENTIFYING_KEY_WORDS`.
 IDENTIFYING_SIDECAR_FIELDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
-    "PatientWeight", "PatientSize", "PatientPosition", "PatientAddress", "PatientTelephoneNumbers",
-    "PatientComments", "DateOfBirth", "BirthDate", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime",
-    "ContentDate", "ContentTime", "SeriesDate", "SeriesTime", "StudyDate", "StudyTime", "InstanceCreationDate",
-    "InstanceCreationTime", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedProcedureStepID",
-    "PerformedProcedureStepDescription", "ProcedureStepDescription", "RequestedProcedureDescription",
-    "RequestedProcedureID", "ScheduledProcedureStepID", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "AccessionNumber",
-    "StudyID", "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments", "RequestingPhysician",
-    "RequestingService", "OtherPatientIDs", "OtherPatientNames", "EthnicGroup", "MedicalRecordLocator",
-    "AdmissionID", "AdmittingDiagnosesDescription", "Occupation", "AdditionalPatientHistory",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientWeight",
+    "PatientSize",
+    "PatientPosition",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientComments",
+    "DateOfBirth",
+    "BirthDate",
+    "AcquisitionDateTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "SeriesDate",
+    "SeriesTime",
+    "StudyDate",
+    "StudyTime",
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription",
+    "ProcedureStepDescription",
+    "RequestedProcedureDescription",
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "ImageComments",
+    "RequestingPhysician",
+    "RequestingService",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "EthnicGroup",
+    "MedicalRecordLocator",
+    "AdmissionID",
+    "AdmittingDiagnosesDescription",
+    "Occupation",
+    "AdditionalPatientHistory",
 )
 
 #: A sidecar key (at any depth) is dropped when one of its words (CamelCase or ``_``-separated,
 #: case-insensitive) is one of these; a key whose last word is ``Time`` is dropped when its
 #: value is text (a time of day such as ``"10:11:12"``; ``RepetitionTime: 2.0`` is kept).
 IDENTIFYING_KEY_WORDS = (
-    "patient", "patients", "date", "birth", "institution", "institutional", "physician", "physicians",
-    "operator", "operators", "serial", "address", "accession", "procedure", "station", "referring",
-    "requesting", "performing", "uid", "ethnic", "telephone", "comments", "admitting", "admission",
+    "patient",
+    "patients",
+    "date",
+    "birth",
+    "institution",
+    "institutional",
+    "physician",
+    "physicians",
+    "operator",
+    "operators",
+    "serial",
+    "address",
+    "accession",
+    "procedure",
+    "station",
+    "referring",
+    "requesting",
+    "performing",
+    "uid",
+    "ethnic",
+    "telephone",
+    "comments",
+    "admitting",
+    "admission",
 )
 
 #: participants.tsv columns kept by :func:`deidentify_bids` (others are dropped unless named
 #: in ``keep_columns``): the label, grouping and demographic columns the toolkit uses.
-PARTICIPANT_COLUMNS = ("participant_id", "diagnosis", "label", "group", "site", "scanner", "age", "sex", "gender",
-                       "handedness")
+PARTICIPANT_COLUMNS = (
+    "participant_id",
+    "diagnosis",
+    "label",
+    "group",
+    "site",
+    "scanner",
+    "age",
+    "sex",
+    "gender",
+    "handedness",
+)
 
 #: Environment variable holding the pseudonymization key.
 KEY_ENV = "NEUROML_PSEUDONYM_KEY"
@@ -197,9 +279,11 @@ def load_key(key_file=None, env=KEY_ENV):
         key = os.environ.get(env, "").encode()
         where = f"${env} (or a key file: --key-file FILE, key_file=)"
     if len(key) < _MIN_KEY_BYTES:
-        raise ConfigError(f"pseudonymization needs a secret key of at least {_MIN_KEY_BYTES} bytes in {where} "
-                          f"(got {len(key)}); e.g. `python -c \"import secrets; print(secrets.token_hex(32))\" "
-                          "> ~/neuroml.key` kept away from the data, then --key-file ~/neuroml.key")
+        raise ConfigError(
+            f"pseudonymization needs a secret key of at least {_MIN_KEY_BYTES} bytes in {where} "
+            f'(got {len(key)}); e.g. `python -c "import secrets; print(secrets.token_hex(32))" '
+            "> ~/neuroml.key` kept away from the data, then --key-file ~/neuroml.key"
+        )
     return key
 
 
@@ -220,7 +304,7 @@ def pseudonym(participant_id, key, length=12):
     label = label[4:] if label.startswith("sub-") else label
     if isinstance(key, str):
         key = key.encode()
-    return "sub-" + hmac.new(key, label.encode("utf-8"), hashlib.sha256).hexdigest()[:int(length)]
+    return "sub-" + hmac.new(key, label.encode("utf-8"), hashlib.sha256).hexdigest()[: int(length)]
 
 
 def _inside(path, folder):
@@ -239,13 +323,19 @@ def _participants_table(table_path, rename, keep):
         raise InputError("participants.tsv has no participant_id column", table_path)
     missing = [c for c in keep if c not in table.columns and c not in PARTICIPANT_COLUMNS]
     if missing:
-        raise InputError(f"keep_columns {missing} not found in participants.tsv (columns: {list(table.columns)})",
-                         table_path)
+        raise InputError(
+            f"keep_columns {missing} not found in participants.tsv (columns: {list(table.columns)})",
+            table_path,
+        )
     kept = [c for c in table.columns if c in keep]
     dropped = [c for c in table.columns if c not in keep]
     if dropped:
-        log.info("de-identify: dropped participants.tsv columns %s (not in the allow-list %s; keep_columns= "
-                 "keeps more)", ", ".join(dropped), ", ".join(PARTICIPANT_COLUMNS))
+        log.info(
+            "de-identify: dropped participants.tsv columns %s (not in the allow-list %s; keep_columns= "
+            "keeps more)",
+            ", ".join(dropped),
+            ", ".join(PARTICIPANT_COLUMNS),
+        )
     table = table[kept].copy()
     table["participant_id"] = [rename(p) for p in table["participant_id"]]
     if table["participant_id"].duplicated().any():
@@ -302,44 +392,70 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
     if not (bids_dir / "dataset_description.json").is_file():
         raise InputError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(f"out_dir {str(out_dir)!r} is not empty; choose a new folder for the de-identified copy")
+        raise ConfigError(
+            f"out_dir {str(out_dir)!r} is not empty; choose a new folder for the de-identified copy"
+        )
     if key_file is not None and _inside(key_file, out_dir):
-        raise ConfigError(f"key_file {str(key_file)!r} lies inside out_dir: keep the key away from the data")
+        raise ConfigError(
+            f"key_file {str(key_file)!r} lies inside out_dir: keep the key away from the data"
+        )
     if isinstance(keep_columns, str) or not all(isinstance(c, str) for c in keep_columns or ()):
-        raise ConfigError(f"keep_columns must be a list of participants.tsv column names. Got {keep_columns!r} "
-                          "instead.")
-    keep = list(PARTICIPANT_COLUMNS) + [c for c in keep_columns or () if c not in PARTICIPANT_COLUMNS]
+        raise ConfigError(
+            f"keep_columns must be a list of participants.tsv column names. Got {keep_columns!r} "
+            "instead."
+        )
+    keep = list(PARTICIPANT_COLUMNS) + [
+        c for c in keep_columns or () if c not in PARTICIPANT_COLUMNS
+    ]
     key = load_key(key_file) if pseudonymize else None
     rename = (lambda p: pseudonym(p, key)) if pseudonymize else (lambda p: p)
 
     # read everything that can be refused before writing anything
     table_path = bids_dir / "participants.tsv"
-    table, dropped = _participants_table(table_path, rename, keep) if table_path.is_file() else (None, [])
+    table, dropped = (
+        _participants_table(table_path, rename, keep) if table_path.is_file() else (None, [])
+    )
     desc = read_json(bids_dir / "dataset_description.json")
     if not isinstance(desc, dict):
-        raise InputError("dataset_description.json is not a JSON object", bids_dir / "dataset_description.json")
-    scans = [p for p in sorted(bids_dir.glob("sub-*/**/*"))
-             if p.is_file() and {"anat", "func"} & set(p.relative_to(bids_dir).parts[:-1])]
+        raise InputError(
+            "dataset_description.json is not a JSON object", bids_dir / "dataset_description.json"
+        )
+    scans = [
+        p
+        for p in sorted(bids_dir.glob("sub-*/**/*"))
+        if p.is_file() and {"anat", "func"} & set(p.relative_to(bids_dir).parts[:-1])
+    ]
     # the dataset-, subject- and session-level sidecars that apply to the copied images
-    inherited = {side for p in scans if p.name.endswith((".nii", ".nii.gz")) for side in sidecar_chain(p)}
+    inherited = {
+        side for p in scans if p.name.endswith((".nii", ".nii.gz")) for side in sidecar_chain(p)
+    }
     files = scans + sorted(inherited - set(scans))
     sessions = {}  # (sub, ses label) -> new ses label
     for path in files:
         parts = path.relative_to(bids_dir).parts
         if len(parts) > 2 and parts[1].startswith("ses-"):
             sessions.setdefault(parts[0], set()).add(parts[1][4:])
-    ses_map = {(sub, lab): (f"{i + 1}" if pseudonymize else lab)
-               for sub, labs in sessions.items() for i, lab in enumerate(sorted(labs))}
+    ses_map = {
+        (sub, lab): (f"{i + 1}" if pseudonymize else lab)
+        for sub, labs in sessions.items()
+        for i, lab in enumerate(sorted(labs))
+    }
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     from neuroml._utils.fileio import _OWNER, _umask, stale_temporaries
 
-    for stale in stale_temporaries(out_dir.parent, f".{glob.escape(out_dir.name)}.*.partial"):  # a killed run's
+    for stale in stale_temporaries(
+        out_dir.parent, f".{glob.escape(out_dir.name)}.*.partial"
+    ):  # a killed run's
         shutil.rmtree(stale, ignore_errors=True)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_OWNER}.", suffix=".partial", dir=out_dir.parent))
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.{_OWNER}.", suffix=".partial", dir=out_dir.parent)
+    )
     try:
-        result = _write_copy(nib, bids_dir, work, files, table, desc, rename, ses_map, pseudonymize, keep)
+        result = _write_copy(
+            nib, bids_dir, work, files, table, desc, rename, ses_map, pseudonymize, keep
+        )
         # mkdtemp makes the folder 0700: give the copy the mode of an empty folder the user made,
         # else that of a new folder under the umask (a copy is made to be shared)
         mode = out_dir.stat().st_mode & 0o7777 if out_dir.exists() else 0o777 & ~_umask()
@@ -357,14 +473,19 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
 def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pseudonymize, keep):
     if table is not None:
         write_text_atomic(out_dir / "participants.tsv", table.to_csv(sep="\t", index=False))
-    write_json_atomic(out_dir / "dataset_description.json", {k: v for k, v in desc.items()
-                                                              if k in ("Name", "BIDSVersion", "DatasetType",
-                                                                       "License")})
+    write_json_atomic(
+        out_dir / "dataset_description.json",
+        {k: v for k, v in desc.items() if k in ("Name", "BIDSVersion", "DatasetType", "License")},
+    )
     if (bids_dir / "participants.json").is_file():
         meta = read_json(bids_dir / "participants.json")
         if not isinstance(meta, dict):
-            raise InputError("participants.json is not a JSON object", bids_dir / "participants.json")
-        write_json_atomic(out_dir / "participants.json", {k: v for k, v in meta.items() if k in keep})
+            raise InputError(
+                "participants.json is not a JSON object", bids_dir / "participants.json"
+            )
+        write_json_atomic(
+            out_dir / "participants.json", {k: v for k, v in meta.items() if k in keep}
+        )
 
     removed, n_img, n_side, subjects = set(), 0, 0, set()
 
@@ -376,7 +497,7 @@ def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pse
             elif tok.startswith("ses-") and sub is not None:
                 m = re.match(r"^ses-([A-Za-z0-9]+)", tok)
                 if m and (sub, m.group(1)) in ses_map:
-                    tokens[i] = f"ses-{ses_map[(sub, m.group(1))]}" + tok[m.end():]
+                    tokens[i] = f"ses-{ses_map[(sub, m.group(1))]}" + tok[m.end() :]
         return "_".join(tokens)
 
     for path in files:
@@ -406,24 +527,36 @@ def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pse
             # fMRIPrep's motion and noise regressors (numbers under column names): without them
             # the copy's BOLD series would be cleaned without confound regression
             write_text_atomic(target, path.read_text(encoding="utf-8"))
-    write_json_atomic(out_dir / "deidentification.json", {
-        "method": "HMAC-SHA256 keyed pseudonyms (first 12 hex digits)" if pseudonymize else "none (labels kept)",
-        "sessions": "ses-1, ses-2, ... per participant in sorted order" if pseudonymize else "labels kept",
-        "key": "not stored", "mapping": "not stored",
-        "nifti_fields_blanked": list(IDENTIFYING_HEADER_FIELDS) + ["extensions"],
-        "sidecar_fields_removed": sorted(removed),
-        "participant_columns_kept": [c for c in table.columns] if table is not None else [],
-    })
-    return {"n_participants": len(subjects), "n_images": n_img, "n_sidecars": n_side,
-            "removed_sidecar_fields": sorted(removed)}
+    write_json_atomic(
+        out_dir / "deidentification.json",
+        {
+            "method": "HMAC-SHA256 keyed pseudonyms (first 12 hex digits)"
+            if pseudonymize
+            else "none (labels kept)",
+            "sessions": "ses-1, ses-2, ... per participant in sorted order"
+            if pseudonymize
+            else "labels kept",
+            "key": "not stored",
+            "mapping": "not stored",
+            "nifti_fields_blanked": list(IDENTIFYING_HEADER_FIELDS) + ["extensions"],
+            "sidecar_fields_removed": sorted(removed),
+            "participant_columns_kept": [c for c in table.columns] if table is not None else [],
+        },
+    )
+    return {
+        "n_participants": len(subjects),
+        "n_images": n_img,
+        "n_sidecars": n_side,
+        "removed_sidecar_fields": sorted(removed),
+    }
 
 
 def _png_texts(data):
     """Decoded text chunks (tEXt, zTXt, iTXt) of PNG bytes."""
     out, pos = [], 8
     while pos + 8 <= len(data):
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
         if kind == b"tEXt":
             out.append(body)
         elif kind == b"zTXt":
@@ -473,7 +606,11 @@ def find_strings(root, strings):
         hits = [s for s, forms in needles.items() if forms[0] in name]
         if path.is_file():
             blobs = [b.lower() for b in _readable_bytes(path)]
-            hits += [s for s, forms in needles.items() if s not in hits and any(f in b for f in forms for b in blobs)]
+            hits += [
+                s
+                for s, forms in needles.items()
+                if s not in hits and any(f in b for f in forms for b in blobs)
+            ]
         if hits:
             found[rel] = [s for s in strings if s in hits]
     return found

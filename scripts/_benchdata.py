@@ -32,7 +32,10 @@ def cpu_seconds():
     """CPU time of this process and its finished children (preprocessing runs in workers)."""
     import resource
 
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
@@ -43,14 +46,23 @@ def timed(fn, *args, **kwargs):
 
     load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), cpu_seconds()
     out = fn(*args, **kwargs)
-    timing = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1),
-              "load_avg_1min_start": round(load0, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2)}
+    timing = {
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
+        "load_avg_1min_start": round(load0, 2),
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
+    }
     return out, timing
 
 
 def make_derivatives(root, n_volumes=32, resolution=2.0, seed=0):
     """Write ``root/raw/participants.tsv`` and ``root/deriv`` (preprocessed-like volumes); return deriv."""
-    from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, res_entity, template_on_grid
+    from neuroml.io.templates import (
+        TEMPLATE_SPACE,
+        brain_mask_on_grid,
+        res_entity,
+        template_on_grid,
+    )
 
     root = Path(root)
     raw, deriv = root / "raw", root / "deriv"
@@ -58,9 +70,14 @@ def make_derivatives(root, n_volumes=32, resolution=2.0, seed=0):
     tpl = template_on_grid(resolution)
     data = np.asarray(tpl.dataobj, dtype=np.float32)
     mask = np.asarray(brain_mask_on_grid(resolution).dataobj) > 0
-    data = np.where(mask, (data - data[mask].mean()) / (data[mask].std() + 1e-6), 0).astype(np.float32)
+    data = np.where(mask, (data - data[mask].mean()) / (data[mask].std() + 1e-6), 0).astype(
+        np.float32
+    )
     shape = data.shape
-    boxes = [tuple(slice(int(a * s), int(a * s) + max(2, s // 6)) for s in shape) for a in (0.3, 0.5, 0.6)]
+    boxes = [
+        tuple(slice(int(a * s), int(a * s) + max(2, s // 6)) for s in shape)
+        for a in (0.3, 0.5, 0.6)
+    ]
     rng = np.random.default_rng(seed)
     rows = ["participant_id\tdiagnosis"]
     key = res_entity(resolution)
@@ -75,8 +92,18 @@ def make_derivatives(root, n_volumes=32, resolution=2.0, seed=0):
         nib.save(nib.Nifti1Image(vol * mask, tpl.affine), str(folder / name))
         rows.append(f"{pid}\t{CLASSES[cls]}")
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (raw / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.9.0"}))
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "bench derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "scripts/_benchdata.py"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    (raw / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.9.0"})
+    )
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "bench derivatives",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "scripts/_benchdata.py"}],
+                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
+            }
+        )
+    )
     return deriv

@@ -36,7 +36,6 @@ from neuroml._utils.threads import configure_openmp  # noqa: E402
 configure_openmp()  # as the neuroml command does, before torch loads
 
 import torch  # noqa: E402
-
 from _benchdata import report_result  # noqa: E402
 
 GRID = (73, 91, 78)  # the 2 mm MNI grid
@@ -87,22 +86,33 @@ def main(argv=None):
     ms = {v: [] for v in versions}
     load = [os.getloadavg()[0]]
     for r in range(args.rounds):
-        order = versions[r % 3:] + versions[:r % 3]
+        order = versions[r % 3 :] + versions[: r % 3]
         for v in order:
             t = time.perf_counter()
             for _ in range(args.steps):
                 step(*runs[v])
             ms[v].append((time.perf_counter() - t) / args.steps * 1e3)
     load.append(os.getloadavg()[0])
-    res = {"batch_size": bs, "grid": GRID, "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
-           "torch": torch.__version__, "load_avg": [round(v, 2) for v in load],
-           "ms_per_step_median": {v: round(statistics.median(t), 3) for v, t in ms.items()}, "speedup_of_fused": {}}
+    res = {
+        "batch_size": bs,
+        "grid": GRID,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "load_avg": [round(v, 2) for v in load],
+        "ms_per_step_median": {v: round(statistics.median(t), 3) for v, t in ms.items()},
+        "speedup_of_fused": {},
+    }
     for v in versions[1:]:
         ratios = [b / a for a, b in zip(ms["fused"], ms[v])]
-        res["speedup_of_fused"][f"against_{v}"] = {"median": round(statistics.median(ratios), 3),
-                                                  "q25": round(statistics.quantiles(ratios, n=4)[0], 3),
-                                                  "q75": round(statistics.quantiles(ratios, n=4)[2], 3),
-                                                  "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+        res["speedup_of_fused"][f"against_{v}"] = {
+            "median": round(statistics.median(ratios), 3),
+            "q25": round(statistics.quantiles(ratios, n=4)[0], 3),
+            "q75": round(statistics.quantiles(ratios, n=4)[2], 3),
+            "min": round(min(ratios), 3),
+            "max": round(max(ratios), 3),
+        }
     for v in versions:
         print(f"{v}: {res['ms_per_step_median'][v]:.2f} ms a step (median of {args.rounds} rounds)")
     for k, d in res["speedup_of_fused"].items():

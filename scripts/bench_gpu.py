@@ -17,9 +17,9 @@ pooling, 2x on the 2 mm grid) and precision it measures volumes per second of
 
 and reports ``full / compute`` (target >= 0.9), taken within each of ``--repeats`` rounds
 (compute and loops in turn, so that a clock or load change hits them alike) and its median.
-It prints the card, versions and one JSON document (also written with ``--json``). Without ``--deriv`` it writes its own synthetic
-preprocessed volumes (``scripts/_benchdata.py``), so it runs on a bare machine with only
-the repository copied::
+It prints the card, versions and one JSON document (also written with ``--json``).
+Without ``--deriv`` it writes its own synthetic preprocessed volumes
+(``scripts/_benchdata.py``), so it runs on a bare machine with only the repository copied::
 
     python scripts/bench_gpu.py                          # GPU, ~4-6 min on an H100 (3 rounds)
     python scripts/bench_gpu.py --device cpu --quick     # smoke test on CPU (seconds)
@@ -33,7 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's neuroml, installed or not
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # the repository's neuroml, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from neuroml._utils.threads import configure_openmp  # noqa: E402
@@ -42,7 +44,6 @@ configure_openmp()  # as the neuroml command does, before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from _benchdata import report_result  # noqa: E402
 
 
@@ -51,13 +52,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def compute_only(model_name, shape, n_classes, batch_size, precision, device, steps, warmup, seed=0):
+def compute_only(
+    model_name, shape, n_classes, batch_size, precision, device, steps, warmup, seed=0
+):
     """Volumes/s of forward+backward+step on a batch already on the device."""
     from neuroml.models import build_model
     from neuroml.training.trainer import make_optimizer
 
     torch.manual_seed(seed)
-    net = build_model(model_name, n_classes, spatial_shape=shape, input_pool="auto").to(device)  # as train_run
+    net = build_model(model_name, n_classes, spatial_shape=shape, input_pool="auto").to(
+        device
+    )  # as train_run
     cl = device.type == "cuda"
     if cl:
         net = net.to(memory_format=torch.channels_last_3d)
@@ -88,8 +93,20 @@ def compute_only(model_name, shape, n_classes, batch_size, precision, device, st
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def full_loop(model_name, volumes, labels, n_classes, batch_size, precision, device, epochs, num_workers,
-              preload="auto", seed=0, augment=False):
+def full_loop(
+    model_name,
+    volumes,
+    labels,
+    n_classes,
+    batch_size,
+    precision,
+    device,
+    epochs,
+    num_workers,
+    preload="auto",
+    seed=0,
+    augment=False,
+):
     """Volumes/s of neuroml's fit() over a VolumeDataset (first epoch excluded)."""
     from neuroml.data import VolumeDataset, make_augmentation
     from neuroml.models import build_model
@@ -97,20 +114,39 @@ def full_loop(model_name, volumes, labels, n_classes, batch_size, precision, dev
 
     torch.manual_seed(seed)
     net = build_model(model_name, n_classes, spatial_shape=volumes.shape[1:], input_pool="auto")
-    data = VolumeDataset(volumes, labels, transform=make_augmentation(seed=seed) if augment else None)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=1e-4, patience=None, schedule="constant",
-                             amp=precision == "bf16", channels_last=True, num_workers=num_workers,
-                             device=str(device), show_progress=False, preload=preload)
+    data = VolumeDataset(
+        volumes, labels, transform=make_augmentation(seed=seed) if augment else None
+    )
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=1e-4,
+        patience=None,
+        schedule="constant",
+        amp=precision == "bf16",
+        channels_last=True,
+        num_workers=num_workers,
+        device=str(device),
+        show_progress=False,
+        preload=preload,
+    )
     res = fit(net, data, None, settings, class_weights=np.ones(n_classes), stream=(seed,))
     seconds = [r["seconds"] for r in res.history[1:]] or [res.history[0]["seconds"]]
-    n_per_epoch = (len(data) // batch_size) * batch_size if len(data) % batch_size == 1 else len(data)
+    n_per_epoch = (
+        (len(data) // batch_size) * batch_size if len(data) % batch_size == 1 else len(data)
+    )
     return n_per_epoch * len(seconds) / sum(seconds)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    p.add_argument("--deriv", type=Path, default=None, help="preprocessed derivatives (default: synthetic ones)")
+    p.add_argument(
+        "--deriv",
+        type=Path,
+        default=None,
+        help="preprocessed derivatives (default: synthetic ones)",
+    )
     p.add_argument("--resolution", type=float, default=2.0)
     p.add_argument("--n-volumes", type=int, default=160)
     p.add_argument("--models", nargs="+", default=["compact", "densenet121"])
@@ -118,13 +154,24 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=5, help="full-loop epochs (the first is warm-up)")
     p.add_argument("--steps", type=int, default=100, help="compute-only timed steps")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="rounds of compute and full loops in turn; medians are reported (default 3)")
-    p.add_argument("--num-workers", type=int, nargs="+", default=None,
-                   help="DataLoader workers to try in the full loop without preloading (default: 0 and 4 on CUDA, "
-                        "0 on CPU)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of compute and full loops in turn; medians are reported (default 3)",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="DataLoader workers to try in the full loop without preloading (default: 0 and 4 on CUDA, "
+        "0 on CPU)",
+    )
     p.add_argument("--no-cudnn-benchmark", action="store_true")
-    p.add_argument("--quick", action="store_true", help="tiny smoke test (4 mm grid, 12 volumes, few steps)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny smoke test (4 mm grid, 12 volumes, few steps)"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -132,10 +179,16 @@ def main(argv=None):
         args.repeats = min(args.repeats, 2)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_gpu: error: no CUDA device visible to torch; use --device cpu --quick for a smoke test")
+        sys.exit(
+            "bench_gpu: error: no CUDA device visible to torch; use --device cpu --quick for a smoke test"
+        )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
-    workers = args.num_workers if args.num_workers is not None else ([0, 4] if device.type == "cuda" else [0])
+    workers = (
+        args.num_workers
+        if args.num_workers is not None
+        else ([0, 4] if device.type == "cuda" else [0])
+    )
 
     from neuroml.data import build_cache, load_cohort
 
@@ -152,11 +205,21 @@ def main(argv=None):
         labels, n_classes, shape = cohort.y, len(cohort.classes), cohort.cache.shape
         t_data = time.perf_counter() - t0
 
-        card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        print(f"device: {card} | torch {torch.__version__} | CUDA {torch.version.cuda} | "
-              f"cuDNN {torch.backends.cudnn.version() if device.type == 'cuda' else None}", flush=True)
-        print(f"data: {len(volumes)} volumes of {shape} from {'synthetic' if args.deriv is None else deriv} "
-              f"({t_data:.1f} s to write/cache/load); batch {args.batch_size}; workers {workers}", flush=True)
+        card = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or "cpu"
+        )
+        print(
+            f"device: {card} | torch {torch.__version__} | CUDA {torch.version.cuda} | "
+            f"cuDNN {torch.backends.cudnn.version() if device.type == 'cuda' else None}",
+            flush=True,
+        )
+        print(
+            f"data: {len(volumes)} volumes of {shape} from {'synthetic' if args.deriv is None else deriv} "
+            f"({t_data:.1f} s to write/cache/load); batch {args.batch_size}; workers {workers}",
+            flush=True,
+        )
         results = []
         for model_name in args.models:
             for precision in args.precisions:
@@ -164,46 +227,110 @@ def main(argv=None):
                 # and the ratio is taken within each round (its median is reported)
                 comps, fulls_by_round = [], []
                 for _ in range(args.repeats):
-                    comps.append(compute_only(model_name, shape, n_classes, args.batch_size, precision, device,
-                                              steps=args.steps, warmup=max(2, args.steps // 5)))
+                    comps.append(
+                        compute_only(
+                            model_name,
+                            shape,
+                            n_classes,
+                            args.batch_size,
+                            precision,
+                            device,
+                            steps=args.steps,
+                            warmup=max(2, args.steps // 5),
+                        )
+                    )
                     # the default loop: fit(preload="auto") keeps an un-augmented cohort on the GPU when it
                     # fits; train_run's default batch augmentation (random affine, intensity, noise) on the
                     # GPU; then the DataLoader path (pinned host memory, per-batch copies) per worker count
-                    fulls = {"default": full_loop(model_name, volumes, labels, n_classes, args.batch_size,
-                                                  precision, device, epochs=args.epochs, num_workers=0,
-                                                  preload="auto")}
-                    fulls["augmented"] = full_loop(model_name, volumes, labels, n_classes, args.batch_size,
-                                                   precision, device, epochs=args.epochs, num_workers=0,
-                                                   preload="auto", augment=True)
+                    fulls = {
+                        "default": full_loop(
+                            model_name,
+                            volumes,
+                            labels,
+                            n_classes,
+                            args.batch_size,
+                            precision,
+                            device,
+                            epochs=args.epochs,
+                            num_workers=0,
+                            preload="auto",
+                        )
+                    }
+                    fulls["augmented"] = full_loop(
+                        model_name,
+                        volumes,
+                        labels,
+                        n_classes,
+                        args.batch_size,
+                        precision,
+                        device,
+                        epochs=args.epochs,
+                        num_workers=0,
+                        preload="auto",
+                        augment=True,
+                    )
                     for w in workers:
-                        fulls[f"dataloader_{w}_workers"] = full_loop(model_name, volumes, labels, n_classes,
-                                                                     args.batch_size, precision, device,
-                                                                     epochs=args.epochs, num_workers=w, preload=False)
+                        fulls[f"dataloader_{w}_workers"] = full_loop(
+                            model_name,
+                            volumes,
+                            labels,
+                            n_classes,
+                            args.batch_size,
+                            precision,
+                            device,
+                            epochs=args.epochs,
+                            num_workers=w,
+                            preload=False,
+                        )
                     fulls_by_round.append(fulls)
                 comp = float(np.median(comps))
-                fulls = {k: float(np.median([f[k] for f in fulls_by_round])) for k in fulls_by_round[0]}
+                fulls = {
+                    k: float(np.median([f[k] for f in fulls_by_round])) for k in fulls_by_round[0]
+                }
                 ratios = [f["default"] / c for f, c in zip(fulls_by_round, comps)]
                 ratio = float(np.median(ratios))
                 full = fulls["default"]
-                row = {"model": model_name, "precision": precision, "compute_vol_per_s": round(comp, 2),
-                       "full_loop_vol_per_s": round(full, 2), "full_over_compute": round(ratio, 3),
-                       "full_over_compute_per_round": [round(r, 3) for r in ratios],
-                       "compute_vol_per_s_per_round": [round(c, 2) for c in comps],
-                       "full_loop_variants": {k: round(v, 2) for k, v in fulls.items()},
-                       "variants_over_compute": {k: round(float(np.median([f[k] / c for f, c in
-                                                                           zip(fulls_by_round, comps)])), 3)
-                                                 for k in fulls}}
+                row = {
+                    "model": model_name,
+                    "precision": precision,
+                    "compute_vol_per_s": round(comp, 2),
+                    "full_loop_vol_per_s": round(full, 2),
+                    "full_over_compute": round(ratio, 3),
+                    "full_over_compute_per_round": [round(r, 3) for r in ratios],
+                    "compute_vol_per_s_per_round": [round(c, 2) for c in comps],
+                    "full_loop_variants": {k: round(v, 2) for k, v in fulls.items()},
+                    "variants_over_compute": {
+                        k: round(
+                            float(np.median([f[k] / c for f, c in zip(fulls_by_round, comps)])), 3
+                        )
+                        for k in fulls
+                    },
+                }
                 results.append(row)
                 by = ", ".join(f"{k} {v:.1f}" for k, v in fulls.items())
-                print(f"{model_name:12s} {precision:5s} compute {comp:8.1f} vol/s | full loop {full:8.1f} vol/s "
-                      f"| ratio {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.90) "
-                      f"[{by}]", flush=True)
-    doc = {"device": card, "device_type": device.type, "torch": torch.__version__, "cuda": torch.version.cuda,
-           "grid_shape": list(shape), "resolution_mm": args.resolution, "n_volumes": int(len(volumes)),
-           "batch_size": args.batch_size, "num_workers_tried": workers, "epochs_timed": args.epochs - 1,
-           "steps_timed": args.steps, "repeats": args.repeats,
-           "cudnn_benchmark": bool(device.type == "cuda" and not args.no_cudnn_benchmark),
-           "seconds_total": round(time.perf_counter() - t0, 1), "results": results}
+                print(
+                    f"{model_name:12s} {precision:5s} compute {comp:8.1f} vol/s | full loop {full:8.1f} vol/s "
+                    f"| ratio {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.90) "
+                    f"[{by}]",
+                    flush=True,
+                )
+    doc = {
+        "device": card,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "grid_shape": list(shape),
+        "resolution_mm": args.resolution,
+        "n_volumes": int(len(volumes)),
+        "batch_size": args.batch_size,
+        "num_workers_tried": workers,
+        "epochs_timed": args.epochs - 1,
+        "steps_timed": args.steps,
+        "repeats": args.repeats,
+        "cudnn_benchmark": bool(device.type == "cuda" and not args.no_cudnn_benchmark),
+        "seconds_total": round(time.perf_counter() - t0, 1),
+        "results": results,
+    }
     return report_result(doc, args.json)
 
 

@@ -22,9 +22,8 @@ reused when the workdir already holds it. Usage::
         --activations leakyrelu prelu relu
 """
 
-import contextlib
-
 import argparse
+import contextlib
 import itertools
 import shutil
 import sys
@@ -51,7 +50,9 @@ def _harder_cohort(workdir, n_jobs):
     bids, deriv = workdir / "harder" / "bids", workdir / "harder" / "deriv"
     if not (bids / "participants.tsv").is_file():
         make_cohort(bids, n_jobs=n_jobs, **HARDER)
-    run_participant_level(bids, deriv, resolution=2.0, n_jobs=n_jobs, show_progress=False)  # skips finished work
+    run_participant_level(
+        bids, deriv, resolution=2.0, n_jobs=n_jobs, show_progress=False
+    )  # skips finished work
     return deriv
 
 
@@ -69,7 +70,9 @@ def _network(activation):
     chosen = activation
 
     def build(name, *args, activation=None, **kwargs):  # the run's own choice is overridden
-        model = build_model(name, *args, activation="prelu" if chosen == "prelu" else "leakyrelu", **kwargs)
+        model = build_model(
+            name, *args, activation="prelu" if chosen == "prelu" else "leakyrelu", **kwargs
+        )
         if chosen == "relu":
             for module in model.modules():
                 if isinstance(module, torch.nn.LeakyReLU):
@@ -81,14 +84,26 @@ def _network(activation):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cohort", action="append", default=[], metavar="NAME=DERIV_DIR",
-                   help="preprocessed derivatives to train on (repeatable)")
+    p.add_argument(
+        "--cohort",
+        action="append",
+        default=[],
+        metavar="NAME=DERIV_DIR",
+        help="preprocessed derivatives to train on (repeatable)",
+    )
     p.add_argument("--no-harder", action="store_true", help="skip the harder synthetic cohort")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/neuroml-bench-pool"))
-    p.add_argument("--pools", type=int, nargs="+", default=[2, 1], help="input_pool values to compare")
+    p.add_argument(
+        "--pools", type=int, nargs="+", default=[2, 1], help="input_pool values to compare"
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="batch sizes to compare")
-    p.add_argument("--activations", nargs="+", default=["leakyrelu"], choices=["leakyrelu", "prelu", "relu"],
-                   help="activations of the compact network to compare")
+    p.add_argument(
+        "--activations",
+        nargs="+",
+        default=["leakyrelu"],
+        choices=["leakyrelu", "prelu", "relu"],
+        help="activations of the compact network to compare",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-jobs", type=int, default=2, help="processes for making the harder cohort")
     p.add_argument("--json", type=Path, default=None)
@@ -108,27 +123,57 @@ def main(argv=None):
     if not args.no_harder:
         t0 = time.perf_counter()
         cohorts["harder"] = _harder_cohort(args.workdir, args.n_jobs)
-        print(f"harder cohort ready in {time.perf_counter() - t0:.0f} s: {cohorts['harder']}", flush=True)
+        print(
+            f"harder cohort ready in {time.perf_counter() - t0:.0f} s: {cohorts['harder']}",
+            flush=True,
+        )
     if not cohorts:
         p.error("no cohort: give --cohort NAME=DERIV_DIR or drop --no-harder")
-    doc = {"threads": args.threads, "harder_cohort": HARDER, "cohorts": {k: str(v) for k, v in cohorts.items()},
-           "runs": {}}
-    for (name, deriv), pool, bs, act in itertools.product(cohorts.items(), args.pools, args.batch_sizes,
-                                                          args.activations):
-        tag = f"pool{pool}" + (f"-batch{bs}" if bs != 4 else "") + (f"-{act}" if act != "leakyrelu" else "")
+    doc = {
+        "threads": args.threads,
+        "harder_cohort": HARDER,
+        "cohorts": {k: str(v) for k, v in cohorts.items()},
+        "runs": {},
+    }
+    for (name, deriv), pool, bs, act in itertools.product(
+        cohorts.items(), args.pools, args.batch_sizes, args.activations
+    ):
+        tag = (
+            f"pool{pool}"
+            + (f"-batch{bs}" if bs != 4 else "")
+            + (f"-{act}" if act != "leakyrelu" else "")
+        )
         run_dir = args.workdir / f"run-{name}-{tag}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch (train_run would keep finished folds)
+        shutil.rmtree(
+            run_dir, ignore_errors=True
+        )  # timed from scratch (train_run would keep finished folds)
         with _network(act):
-            s, timing = timed(train_run, deriv, run_dir, input_pool=pool, batch_size=bs, show_progress=False)
-        row = {"input_pool": pool, "batch_size": bs, "activation": act, "balanced_accuracy": s["balanced_accuracy"],
-               "balanced_accuracy_ci95": s["balanced_accuracy_ci"], "auc_macro": s["auc_macro"],
-               "baseline_balanced_accuracy": s["baseline_balanced_accuracy"], **timing, "run_dir": str(run_dir)}
-        doc["runs"][f"{name}/input_pool={pool}" + (f"/batch_size={bs}" if bs != 4 else "")
-                    + (f"/activation={act}" if act != "leakyrelu" else "")] = row
-        print(f"{name}, input_pool={pool}, batch {bs}, {act}: balanced accuracy {row['balanced_accuracy']:.3f} "
-              f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "
-              f"{row['baseline_balanced_accuracy']:.3f}; {row['wall_s']} s wall, {row['cpu_s']} s CPU "
-              f"(load {row['load_avg_1min_start']}->{row['load_avg_1min_end']})", flush=True)
+            s, timing = timed(
+                train_run, deriv, run_dir, input_pool=pool, batch_size=bs, show_progress=False
+            )
+        row = {
+            "input_pool": pool,
+            "batch_size": bs,
+            "activation": act,
+            "balanced_accuracy": s["balanced_accuracy"],
+            "balanced_accuracy_ci95": s["balanced_accuracy_ci"],
+            "auc_macro": s["auc_macro"],
+            "baseline_balanced_accuracy": s["baseline_balanced_accuracy"],
+            **timing,
+            "run_dir": str(run_dir),
+        }
+        doc["runs"][
+            f"{name}/input_pool={pool}"
+            + (f"/batch_size={bs}" if bs != 4 else "")
+            + (f"/activation={act}" if act != "leakyrelu" else "")
+        ] = row
+        print(
+            f"{name}, input_pool={pool}, batch {bs}, {act}: balanced accuracy {row['balanced_accuracy']:.3f} "
+            f"{row['balanced_accuracy_ci95']}, AUC {row['auc_macro']:.3f}, baseline "
+            f"{row['baseline_balanced_accuracy']:.3f}; {row['wall_s']} s wall, {row['cpu_s']} s CPU "
+            f"(load {row['load_avg_1min_start']}->{row['load_avg_1min_end']})",
+            flush=True,
+        )
     return report_result(doc, args.json)
 
 

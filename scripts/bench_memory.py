@@ -75,7 +75,9 @@ def make_big_volume(path, shape=(512, 512, 400), seed=0):
     out = np.empty(shape, dtype=np.int16)
     ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     for k in range(shape[2]):  # slice by slice: the preparation itself stays small
-        coords = vox[:3, :3] @ np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)]) + vox[:3, 3:4]
+        coords = (
+            vox[:3, :3] @ np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)]) + vox[:3, 3:4]
+        )
         sl = map_coordinates(data, coords, order=1, mode="constant", cval=0.0).reshape(shape[:2])
         out[:, :, k] = np.clip(np.rint(sl * 8), 0, 32767)
     img = nib.Nifti1Image(out, affine)
@@ -86,13 +88,17 @@ def make_big_volume(path, shape=(512, 512, 400), seed=0):
 
 
 def run_child(stage, path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, stage, str(path)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, stage, str(path)], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{proc.stderr[-3000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -109,9 +115,13 @@ def main(argv=None):
     if not path.is_file():
         t0 = time.perf_counter()
         make_big_volume(path, tuple(args.shape))
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s"
+        )
     voxels = int(args.shape[0]) * int(args.shape[1]) * int(args.shape[2])
-    print(f"volume {tuple(args.shape)}: {voxels / 1e6:.1f} M voxels = {voxels * 4 / 2**20:.0f} MiB as float32")
+    print(
+        f"volume {tuple(args.shape)}: {voxels / 1e6:.1f} M voxels = {voxels * 4 / 2**20:.0f} MiB as float32"
+    )
     rows = []
     print("| stage | peak RSS (MiB) | CPU (s) | wall (s) | notes |")
     print("|---|---|---|---|---|")
@@ -119,9 +129,15 @@ def main(argv=None):
         r = run_child(stage, path)
         r["stage"] = stage
         rows.append(r)
-        notes = {k: v for k, v in r.items() if k not in ("stage", "peak_rss_mib", "wall_s", "seconds", "cpu_s")}
-        print(f"| {stage} | {r['peak_rss_mib']:.0f} | {r['cpu_s']} | {r['wall_s']} | {json.dumps(notes)} |",
-              flush=True)
+        notes = {
+            k: v
+            for k, v in r.items()
+            if k not in ("stage", "peak_rss_mib", "wall_s", "seconds", "cpu_s")
+        }
+        print(
+            f"| {stage} | {r['peak_rss_mib']:.0f} | {r['cpu_s']} | {r['wall_s']} | {json.dumps(notes)} |",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps({"shape": args.shape, "rows": rows}, indent=2) + "\n")
     return rows

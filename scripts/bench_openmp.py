@@ -72,8 +72,13 @@ def _child_env(policy_env):
 
 
 def measure(policy, policy_env, threads, batch, steps):
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(threads), str(batch), str(steps)],
-                         capture_output=True, text=True, env=_child_env(policy_env), timeout=1800)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(threads), str(batch), str(steps)],
+        capture_output=True,
+        text=True,
+        env=_child_env(policy_env),
+        timeout=1800,
+    )
     if out.returncode:
         raise SystemExit(f"child ({policy}) failed:\n{out.stderr[-3000:]}")
     return float(out.stdout.split()[-1])
@@ -81,20 +86,41 @@ def measure(policy, policy_env, threads, batch, steps):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2], help="busy loops beside the child")
+    p.add_argument(
+        "--busy", type=int, nargs="+", default=[0, 1, 2], help="busy loops beside the child"
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--spin-counts", type=int, nargs="*", default=[], metavar="N",
-                   help="also time GOMP_SPINCOUNT=N for each N")
+    p.add_argument(
+        "--spin-counts",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also time GOMP_SPINCOUNT=N for each N",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     policies = dict(POLICIES)
-    policies.update({f"spincount={n}": {"GOMP_SPINCOUNT": str(n), "KMP_BLOCKTIME": "0"} for n in args.spin_counts})
-    doc = {"command": "python scripts/bench_openmp.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "cpus": os.cpu_count(), "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps,
-           "policies": policies, "load_avg_start": round(os.getloadavg()[0], 2), "vol_per_s": {}}
+    policies.update(
+        {
+            f"spincount={n}": {"GOMP_SPINCOUNT": str(n), "KMP_BLOCKTIME": "0"}
+            for n in args.spin_counts
+        }
+    )
+    doc = {
+        "command": "python scripts/bench_openmp.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "policies": policies,
+        "load_avg_start": round(os.getloadavg()[0], 2),
+        "vol_per_s": {},
+    }
     for busy in args.busy:
         loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
         try:
@@ -102,17 +128,28 @@ def main(argv=None):
             rounds = {name: [] for name in policies}
             for _ in range(args.repeats):
                 for name, policy_env in policies.items():
-                    rounds[name].append(round(measure(name, policy_env, args.threads, args.batch_size, args.steps), 1))
+                    rounds[name].append(
+                        round(
+                            measure(name, policy_env, args.threads, args.batch_size, args.steps), 1
+                        )
+                    )
         finally:
             for proc in loops:
                 proc.kill()
                 proc.wait()
         med = {name: statistics.median(v) for name, v in rounds.items()}
         doc["vol_per_s"][f"busy={busy}"] = {
-            "rounds": rounds, "median": med,
-            "median_vs_passive": {name: round(v / med["passive"], 2) for name, v in med.items()}}
-        print(f"busy={busy}: " + ", ".join(f"{n} {v:.0f} vol/s ({v / med['passive']:.2f}x passive)"
-                                            for n, v in med.items()), flush=True)
+            "rounds": rounds,
+            "median": med,
+            "median_vs_passive": {name: round(v / med["passive"], 2) for name, v in med.items()},
+        }
+        print(
+            f"busy={busy}: "
+            + ", ".join(
+                f"{n} {v:.0f} vol/s ({v / med['passive']:.2f}x passive)" for n, v in med.items()
+            ),
+            flush=True,
+        )
     doc["load_avg_end"] = round(os.getloadavg()[0], 2)
     report_result(doc, args.json)
 

@@ -20,7 +20,12 @@ Usage::
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
@@ -39,11 +44,15 @@ STEPS = ("load", "n4", "registration", "resample", "qc", "normalize", "write")
 
 
 def _make_cohort(bids, n_subjects, seed, voxel_scale):
-    code = ("import sys; from neuroml.synth import make_cohort; "
-            "make_cohort(sys.argv[1], n_subjects=int(sys.argv[2]), seed=int(sys.argv[3]), "
-            "voxel_scale=float(sys.argv[4]))")
-    subprocess.run([sys.executable, "-c", code, str(bids), str(n_subjects), str(seed), str(voxel_scale)],
-                   check=True)
+    code = (
+        "import sys; from neuroml.synth import make_cohort; "
+        "make_cohort(sys.argv[1], n_subjects=int(sys.argv[2]), seed=int(sys.argv[3]), "
+        "voxel_scale=float(sys.argv[4]))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(bids), str(n_subjects), str(seed), str(voxel_scale)],
+        check=True,
+    )
 
 
 def _brain_points(step):
@@ -92,7 +101,10 @@ def main(argv=None):
     _fixed_images(params["registration_resolution"])
     template_on_grid(args.resolution)
     brain_mask_on_grid(args.resolution)
-    startup = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - c, 2)}
+    startup = {
+        "wall_s": round(time.perf_counter() - t, 2),
+        "cpu_s": round(time.process_time() - c, 2),
+    }
 
     participants = read_participants(bids)
     points = _brain_points(args.point_step)
@@ -106,8 +118,10 @@ def main(argv=None):
         row = {
             "participant_id": scan.participant_id,
             "site": str(participants.loc[scan.participant_id, "site"]),
-            "voxel_mm": [round(float(v), 3) for v in
-                         np.linalg.norm(nib.load(str(scan.path)).affine[:3, :3], axis=0)],
+            "voxel_mm": [
+                round(float(v), 3)
+                for v in np.linalg.norm(nib.load(str(scan.path)).affine[:3, :3], axis=0)
+            ],
             "error_mm": round(float(err.mean()), 3),
             "error_p95_mm": round(float(np.percentile(err, 95)), 3),
             "affine_floor_mm": round(_affine_floor(points, true), 3),
@@ -116,9 +130,12 @@ def main(argv=None):
             "wall_s": res["timings"]["wall_s"],
         }
         rows.append(row)
-        print(f"{row['participant_id']} {row['site']}: error {row['error_mm']:.2f} mm "
-              f"(affine floor {row['affine_floor_mm']:.2f}), r {row['r']:.3f}, "
-              f"cpu {row['cpu_s']['total']:.1f} s, wall {row['wall_s']['total']:.1f} s", flush=True)
+        print(
+            f"{row['participant_id']} {row['site']}: error {row['error_mm']:.2f} mm "
+            f"(affine floor {row['affine_floor_mm']:.2f}), r {row['r']:.3f}, "
+            f"cpu {row['cpu_s']['total']:.1f} s, wall {row['wall_s']['total']:.1f} s",
+            flush=True,
+        )
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     sites = {}
@@ -133,8 +150,10 @@ def main(argv=None):
         }
     steps = {}
     for kind in ("cpu_s", "wall_s"):
-        steps[kind] = {s: round(float(np.median([r[kind].get(s, 0.0) for r in rows])), 3)
-                       for s in STEPS + ("total",)}
+        steps[kind] = {
+            s: round(float(np.median([r[kind].get(s, 0.0) for r in rows])), 3)
+            for s in STEPS + ("total",)
+        }
     summary = {
         "n_subjects": len(rows),
         "resolution": args.resolution,
@@ -154,8 +173,10 @@ def main(argv=None):
     print(f"peak memory: {peak_mb:.0f} MB")
     print("registration error per site (mean over template brain voxels):")
     for site, v in sites.items():
-        print(f"  {site} voxel {v['voxel_mm']} mm: mean {v['mean_error_mm']:.2f} mm, "
-              f"max {v['max_error_mm']:.2f} mm (affine floor {v['affine_floor_mm']:.2f} mm), n={v['n']}")
+        print(
+            f"  {site} voxel {v['voxel_mm']} mm: mean {v['mean_error_mm']:.2f} mm, "
+            f"max {v['max_error_mm']:.2f} mm (affine floor {v['affine_floor_mm']:.2f} mm), n={v['n']}"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -64,8 +64,14 @@ def planted_contrast(out_dir, resolution=4.0):
     for c in ("MDD", "SCZ"):
         mimg = nib.load(str(planted_mask_path(gt, c)))
         mimg = nib.Nifti1Image(np.asarray(mimg.dataobj, dtype=np.float32), mimg.affine)
-        m = resample_img(mimg, target_affine=affine, target_shape=shape,
-                         interpolation="continuous", force_resample=True, copy_header=True)
+        m = resample_img(
+            mimg,
+            target_affine=affine,
+            target_shape=shape,
+            interpolation="continuous",
+            force_resample=True,
+            copy_header=True,
+        )
         masks[c] = np.asarray(m.dataobj)[brain] >= 0.5
     out = {c: {} for c in masks}
     for pid, diagnosis, *_ in rows:
@@ -82,22 +88,33 @@ def planted_contrast(out_dir, resolution=4.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "data_samples"), help="output folder (default: data_samples/)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a sample made with other parameters")
-    parser.add_argument("--check", action="store_true", help="print the planted-region contrast per class")
+    parser.add_argument(
+        "--out", default=str(REPO / "data_samples"), help="output folder (default: data_samples/)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a sample made with other parameters"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="print the planted-region contrast per class"
+    )
     parser.add_argument("--n-jobs", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    summary = make_cohort(args.out, overwrite=args.overwrite, n_jobs=args.n_jobs, show_progress=True,
-                          **SAMPLE_PARAMS)
+    summary = make_cohort(
+        args.out, overwrite=args.overwrite, n_jobs=args.n_jobs, show_progress=True, **SAMPLE_PARAMS
+    )
     size = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
-    print(f"{args.out}: {len(summary['participants'])} subjects, {size / 1e6:.2f} MB, "
-          f"{time.perf_counter() - t0:.1f} s{' (already up to date)' if summary['skipped'] else ''}")
+    print(
+        f"{args.out}: {len(summary['participants'])} subjects, {size / 1e6:.2f} MB, "
+        f"{time.perf_counter() - t0:.1f} s{' (already up to date)' if summary['skipped'] else ''}"
+    )
     if args.check:
         for res in (2.0, 4.0):
             for c, per_class in planted_contrast(args.out, res).items():
-                text = "  ".join(f"{d}: {np.mean(v):.3f} (sd {np.std(v):.3f})" for d, v in per_class.items())
+                text = "  ".join(
+                    f"{d}: {np.mean(v):.3f} (sd {np.std(v):.3f})" for d, v in per_class.items()
+                )
                 print(f"{res:g} mm, {c} regions: {text}")
     return 0
 

@@ -15,9 +15,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["Case", "IMAGE_CASES", "make_image_corpus", "make_participants_corpus", "make_bids_corpus",
-           "good_volume", "snapshot", "make_derivatives",
-           "assert_every_final_file_is_complete", "assert_no_temporaries"]
+__all__ = [
+    "Case",
+    "IMAGE_CASES",
+    "make_image_corpus",
+    "make_participants_corpus",
+    "make_bids_corpus",
+    "good_volume",
+    "snapshot",
+    "make_derivatives",
+    "assert_every_final_file_is_complete",
+    "assert_no_temporaries",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,35 +100,85 @@ def _image_cases(rng):
     inf_vox = vol.copy()
     inf_vox[1, 2, 3] = -np.inf
     return [
-        ("truncated", "truncated.nii.gz", good_gz[: len(good_gz) // 2], r"truncated|cannot be read|not a readable"),
+        (
+            "truncated",
+            "truncated.nii.gz",
+            good_gz[: len(good_gz) // 2],
+            r"truncated|cannot be read|not a readable",
+        ),
         ("gzipgarbage", "garbage.nii.gz", _gz(rng.bytes(4000)), r"not a readable image"),
         ("rawgarbage", "garbage.nii", rng.bytes(4000), r"not a readable image"),
         ("notgzip", "notgzip.nii.gz", rng.bytes(4000), r"not a readable image"),
-        ("absurddims", "absurd.nii", _patched_header(vol, dim=[3, 30000, 30000, 30000, 1, 1, 1, 1]),
-         r"implausibly large|not a readable"),
-        ("negativedim", "negdim.nii", _patched_header(vol, dim=[3, -5, 16, 18, 1, 1, 1, 1]),
-         r"not a readable|empty axis"),
-        ("negativezoom", "negzoom.nii", _patched_header(vol, pixdim=[1, -2, 2, 2, 1, 1, 1, 1],
-                                                        qform_code=0, sform_code=0),
-         r"voxel sizes .* negative|not a readable"),
-        ("nanzoom", "nanzoom.nii", _patched_header(vol, pixdim=[1, np.nan, 2, 2, 1, 1, 1, 1],
-                                                   qform_code=0, sform_code=0),
-         r"not finite|NaN or infinite|not a readable"),
+        (
+            "absurddims",
+            "absurd.nii",
+            _patched_header(vol, dim=[3, 30000, 30000, 30000, 1, 1, 1, 1]),
+            r"implausibly large|not a readable",
+        ),
+        (
+            "negativedim",
+            "negdim.nii",
+            _patched_header(vol, dim=[3, -5, 16, 18, 1, 1, 1, 1]),
+            r"not a readable|empty axis",
+        ),
+        (
+            "negativezoom",
+            "negzoom.nii",
+            _patched_header(vol, pixdim=[1, -2, 2, 2, 1, 1, 1, 1], qform_code=0, sform_code=0),
+            r"voxel sizes .* negative|not a readable",
+        ),
+        (
+            "nanzoom",
+            "nanzoom.nii",
+            _patched_header(vol, pixdim=[1, np.nan, 2, 2, 1, 1, 1, 1], qform_code=0, sform_code=0),
+            r"not finite|NaN or infinite|not a readable",
+        ),
         ("singularaffine", "singular.nii", _with_sform(vol, singular), r"singular"),
         ("nanaffine", "nanaffine.nii", _with_sform(vol, nan_affine), r"NaN or infinite values"),
-        ("twod", "twod.nii.gz", nib.Nifti1Image(vol[:, :, 0], _affine()), r"expected a 3D image and got a 2D"),
-        ("fived", "fived.nii.gz", nib.Nifti1Image(np.stack([vol, vol + 1], -1)[..., None].repeat(2, -1),
-                                                  _affine()), r"expected a 3D image and got a 5D"),
-        ("fourd", "fourd.nii.gz", nib.Nifti1Image(np.stack([vol, vol + 1], -1), _affine()),
-         r"expected a 3D image and got a 4D"),
+        (
+            "twod",
+            "twod.nii.gz",
+            nib.Nifti1Image(vol[:, :, 0], _affine()),
+            r"expected a 3D image and got a 2D",
+        ),
+        (
+            "fived",
+            "fived.nii.gz",
+            nib.Nifti1Image(np.stack([vol, vol + 1], -1)[..., None].repeat(2, -1), _affine()),
+            r"expected a 3D image and got a 5D",
+        ),
+        (
+            "fourd",
+            "fourd.nii.gz",
+            nib.Nifti1Image(np.stack([vol, vol + 1], -1), _affine()),
+            r"expected a 3D image and got a 4D",
+        ),
         ("allzero", "zero.nii.gz", nib.Nifti1Image(np.zeros_like(vol), _affine()), r"constant"),
-        ("constant", "constant.nii.gz", nib.Nifti1Image(np.full_like(vol, 7.5), _affine()), r"constant"),
-        ("nanvoxels", "nan.nii.gz", nib.Nifti1Image(nan_vox, _affine()), r"1 of \d+ voxels are NaN or infinite"),
+        (
+            "constant",
+            "constant.nii.gz",
+            nib.Nifti1Image(np.full_like(vol, 7.5), _affine()),
+            r"constant",
+        ),
+        (
+            "nanvoxels",
+            "nan.nii.gz",
+            nib.Nifti1Image(nan_vox, _affine()),
+            r"1 of \d+ voxels are NaN or infinite",
+        ),
         ("infvoxels", "inf.nii.gz", nib.Nifti1Image(inf_vox, _affine()), r"NaN or infinite"),
-        ("scaleoverflow", "overflow.nii", _patched_header(i16, scl_slope=1e38, scl_inter=0),
-         r"NaN or infinite"),
-        ("truncatedraw", "short.nii", _nifti_bytes(nib.Nifti1Image(vol, _affine()))[:1000],
-         r"truncated|cannot be read|not a readable"),
+        (
+            "scaleoverflow",
+            "overflow.nii",
+            _patched_header(i16, scl_slope=1e38, scl_inter=0),
+            r"NaN or infinite",
+        ),
+        (
+            "truncatedraw",
+            "short.nii",
+            _nifti_bytes(nib.Nifti1Image(vol, _affine()))[:1000],
+            r"truncated|cannot be read|not a readable",
+        ),
         ("empty", "empty.nii.gz", b"", r"empty file"),
         ("directory", "folder.nii.gz", "DIR", r"is a directory"),
         ("symlinkloop", "loop.nii.gz", "LOOP", r"symbolic link|loop"),
@@ -173,7 +232,9 @@ def make_bids_corpus(root, good=None, seed=0):
     """
     root = Path(root)
     root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text('{"Name": "bad corpus", "BIDSVersion": "1.9.0"}\n')
+    (root / "dataset_description.json").write_text(
+        '{"Name": "bad corpus", "BIDSVersion": "1.9.0"}\n'
+    )
     rows = ["participant_id\tdiagnosis"]
     if good is not None:
         path = root / "sub-good" / "anat" / "sub-good_T1w.nii.gz"
@@ -208,20 +269,50 @@ def make_participants_corpus(root, participants, label_column="diagnosis"):
         "missing": (None, r"participants file not found"),
         "empty": ("", r"cannot parse|missing column"),
         "binary": (bytes(range(256)) * 4, r"cannot parse|missing column|invalid participant_id"),
-        "nocolumn": ("participant_id\tage\n" + "".join(f"{p}\t30\n" for p in ids),
-                     rf"label column '{label_column}' not found"),
-        "noid": (f"subject\t{label_column}\n" + "".join(r + "\n" for r in good_rows), r"missing column 'participant_id'"),
-        "ragged": (header + "\n" + "\n".join(r + "\textra\tmore" for r in good_rows) + "\n", r"cannot parse"),
-        "duplicate": (header + "\n" + "\n".join(good_rows + [good_rows[0]]) + "\n", r"listed more than once"),
-        "traversal": (header + "\n" + "\n".join(good_rows + ["sub-../../etc\tMDD"]) + "\n",
-                      r"invalid participant_id"),
-        "separator": (header + "\n" + "\n".join(good_rows + ["sub-a/b\tMDD"]) + "\n", r"invalid participant_id"),
-        "nolabels": (header + "\n" + "\n".join(f"{p}\tn/a" for p in ids) + "\n", r"no preprocessed image has"),
-        "unknown": (header + "\n" + "\n".join(f"sub-zz{i}\t{labels[i % 2]}" for i in range(4)) + "\n",
-                    r"no preprocessed image has"),
-        "oneclass": (header + "\n" + "\n".join(f"{p}\tcontrol" for p in ids) + "\n", r"single class"),
+        "nocolumn": (
+            "participant_id\tage\n" + "".join(f"{p}\t30\n" for p in ids),
+            rf"label column '{label_column}' not found",
+        ),
+        "noid": (
+            f"subject\t{label_column}\n" + "".join(r + "\n" for r in good_rows),
+            r"missing column 'participant_id'",
+        ),
+        "ragged": (
+            header + "\n" + "\n".join(r + "\textra\tmore" for r in good_rows) + "\n",
+            r"cannot parse",
+        ),
+        "duplicate": (
+            header + "\n" + "\n".join(good_rows + [good_rows[0]]) + "\n",
+            r"listed more than once",
+        ),
+        "traversal": (
+            header + "\n" + "\n".join(good_rows + ["sub-../../etc\tMDD"]) + "\n",
+            r"invalid participant_id",
+        ),
+        "separator": (
+            header + "\n" + "\n".join(good_rows + ["sub-a/b\tMDD"]) + "\n",
+            r"invalid participant_id",
+        ),
+        "nolabels": (
+            header + "\n" + "\n".join(f"{p}\tn/a" for p in ids) + "\n",
+            r"no preprocessed image has",
+        ),
+        "unknown": (
+            header + "\n" + "\n".join(f"sub-zz{i}\t{labels[i % 2]}" for i in range(4)) + "\n",
+            r"no preprocessed image has",
+        ),
+        "oneclass": (
+            header + "\n" + "\n".join(f"{p}\tcontrol" for p in ids) + "\n",
+            r"single class",
+        ),
         # labels for images that are not there: warned about, the rest trains
-        "extralabels": (header + "\n" + "\n".join(good_rows + ["sub-ghost1\tMDD", "sub-ghost2\tcontrol"]) + "\n", None),
+        "extralabels": (
+            header
+            + "\n"
+            + "\n".join(good_rows + ["sub-ghost1\tMDD", "sub-ghost2\tcontrol"])
+            + "\n",
+            None,
+        ),
     }
     cases = []
     for name, (content, match) in files.items():
@@ -254,7 +345,9 @@ def snapshot(root, exclude=()):
             if p.is_dir() and any(p.resolve() == e or p.resolve() in e.parents for e in exclude):
                 continue  # the output folder and the folders made to hold it
             st = p.lstat()
-            out[p.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns) if not p.is_dir() else "dir"
+            out[p.relative_to(root).as_posix()] = (
+                (st.st_size, st.st_mtime_ns) if not p.is_dir() else "dir"
+            )
     return out
 
 
@@ -286,9 +379,18 @@ def make_derivatives(root, n=8, res=8.0, seed=0):
         (folder / f"{stem}.json").write_text("{}\n")
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
     (raw / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}\n')
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}) + "\n")
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "derivatives",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "neuroml"}],
+                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
+            }
+        )
+        + "\n"
+    )
     return raw, deriv, ids
 
 

@@ -73,9 +73,11 @@ def interrupt_fold(monkeypatch):
     def arm(fold, epoch):
         def crashing_fit(*args, **kwargs):
             if kwargs.get("desc", "").startswith(f"fold {fold}/"):
+
                 def crash(done, record):
                     if done == epoch:
                         raise KeyboardInterrupt
+
                 kwargs["callback"] = crash
             return real_fit(*args, **kwargs)
 

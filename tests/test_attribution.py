@@ -10,12 +10,27 @@ import pytest
 import torch
 from scipy import stats
 
-from neuroml.attribution import (METHODS, Explainer, attribute_run, block_mask, class_group_maps, group_statistics,
-                                 map_name, region_occlusion, region_table, write_group_maps, write_region_table)
+from neuroml.attribution import (
+    METHODS,
+    Explainer,
+    attribute_run,
+    block_mask,
+    class_group_maps,
+    group_statistics,
+    map_name,
+    region_occlusion,
+    region_table,
+    write_group_maps,
+    write_region_table,
+)
 from neuroml.errors import ConfigError, InputError, LeakageError
 
 SHAPE = (16, 20, 18)  # unequal sides: swapped axes fail
-BOX = (slice(3, 9), slice(8, 12), slice(6, 9))  # on the 6-per-axis occlusion block grid (3 x 4 x 3 blocks)
+BOX = (
+    slice(3, 9),
+    slice(8, 12),
+    slice(6, 9),
+)  # on the 6-per-axis occlusion block grid (3 x 4 x 3 blocks)
 
 
 def tiny_classifier(seed=0):
@@ -31,10 +46,18 @@ class InplaceNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(1)
-        self.features = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2, padding=1), torch.nn.ReLU(inplace=True),
-                                            torch.nn.Conv3d(4, 6, 3, padding=1), torch.nn.ReLU(inplace=True))
-        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Dropout(0.2),
-                                        torch.nn.Linear(6, 3))
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv3d(1, 4, 3, stride=2, padding=1),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Conv3d(4, 6, 3, padding=1),
+            torch.nn.ReLU(inplace=True),
+        )
+        self.head = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool3d(1),
+            torch.nn.Flatten(),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(6, 3),
+        )
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -60,7 +83,9 @@ def x(rng):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_maps_have_input_shape_and_are_finite(method, x):
-    ex = Explainer(tiny_classifier(), method, classes=["a", "b", "c"], batch_size=4, nt_samples=4, n_steps=8)
+    ex = Explainer(
+        tiny_classifier(), method, classes=["a", "b", "c"], batch_size=4, nt_samples=4, n_steps=8
+    )
     maps = ex.attribute(x, target="b")
     assert maps.shape == (2, *SHAPE)
     assert maps.dtype == np.float32
@@ -82,7 +107,10 @@ def test_model_is_never_modified(method, make, x):
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [getattr(m, "inplace", None) for m in model.modules()] == inplace
-    assert all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(
+        not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+        for m in model.modules()
+    )
     assert all(p.requires_grad for p in model.parameters())
     model.eval()
     fresh = make().eval()
@@ -134,8 +162,9 @@ def test_region_occlusion_ranks_the_box_region_first():
     labels[BOX] = 1
     labels[0] = 0
     x = np.ones((2, *SHAPE), dtype=np.float32)
-    table, drops = region_occlusion(BoxModel(), x, labels, {1: "Box_L", 2: "Rest_R", 3: "Absent"}, target=0,
-                                    batch_size=2)
+    table, drops = region_occlusion(
+        BoxModel(), x, labels, {1: "Box_L", 2: "Rest_R", 3: "Absent"}, target=0, batch_size=2
+    )
     assert table["region"].tolist() == ["Box_L", "Rest_R"]
     assert table["rank"].tolist() == [1, 2]
     assert drops.shape == (2, 2)
@@ -192,13 +221,15 @@ def test_block_mask_tiles_every_voxel():
 
 def test_region_table_hand_computed():
     labels = np.zeros((2, 3, 4), dtype=np.int16)
-    labels[0, :, :2] = 1        # region 1: 6 voxels
-    labels[1, 0, :] = 2         # region 2: 4 voxels
+    labels[0, :, :2] = 1  # region 1: 6 voxels
+    labels[1, 0, :] = 2  # region 2: 4 voxels
     att = np.zeros((2, 3, 4))
-    att[0, :, :2] = [[1, 2], [3, 0], [-1, 1]]   # sum 6, positive 7, mean 1
-    att[1, 0, :] = [4, 4, -2, 2]                 # sum 8, positive 10, mean 2
-    att[1, 2, 3] = 3                              # background, positive 3
-    table = region_table(att, labels, {1: "Frontal_L", 2: "Insula_R", 7: "Absent"}, voxel_volume_ml=0.008)
+    att[0, :, :2] = [[1, 2], [3, 0], [-1, 1]]  # sum 6, positive 7, mean 1
+    att[1, 0, :] = [4, 4, -2, 2]  # sum 8, positive 10, mean 2
+    att[1, 2, 3] = 3  # background, positive 3
+    table = region_table(
+        att, labels, {1: "Frontal_L", 2: "Insula_R", 7: "Absent"}, voxel_volume_ml=0.008
+    )
     assert table["region"].tolist() == ["Insula_R", "Frontal_L"]
     assert table["hemisphere"].tolist() == ["R", "L"]
     assert table["rank"].tolist() == [1, 2]
@@ -212,7 +243,9 @@ def test_region_table_hand_computed():
 def test_region_table_writers_are_readable(tmp_path):
     labels = np.array([[[1, 2, 2]]])
     table = region_table(np.array([[[1.0, 2.0, 4.0]]]), labels, {1: "A_L", 2: "B_R"})
-    tsv, js = write_region_table(table, tmp_path / "r.tsv", tmp_path / "r.json", meta={"class": "MDD"})
+    tsv, js = write_region_table(
+        table, tmp_path / "r.tsv", tmp_path / "r.json", meta={"class": "MDD"}
+    )
     back = pd.read_csv(tsv, sep="\t")
     assert back["region"].tolist() == ["B_R", "A_L"]
     doc = json.loads(js.read_text())
@@ -225,8 +258,12 @@ def test_group_statistics_match_scipy(rng):
     maps = rng.normal(0.3, 1.0, size=(6, 3, 4, 5)).astype(np.float32)
     maps[:, 0, 0, 0] = 2.0  # no variance: t is set to 0
     mean, t = group_statistics(maps, chunk=7)  # several chunks
-    ref = np.array([stats.ttest_1samp(maps[:, i, j, k], 0.0).statistic if (i, j, k) != (0, 0, 0) else 0.0
-                    for i, j, k in np.ndindex(3, 4, 5)]).reshape(3, 4, 5)
+    ref = np.array(
+        [
+            stats.ttest_1samp(maps[:, i, j, k], 0.0).statistic if (i, j, k) != (0, 0, 0) else 0.0
+            for i, j, k in np.ndindex(3, 4, 5)
+        ]
+    ).reshape(3, 4, 5)
     np.testing.assert_allclose(t, ref, rtol=1e-5)
     np.testing.assert_allclose(mean, maps.mean(0), rtol=1e-6)
     assert group_statistics(maps[:1])[1] is None
@@ -264,32 +301,75 @@ def _make_run(root, extra_trained=False, channels=1):
     raw, deriv, run = root / "raw", root / "deriv", root / "run"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    labels = {"sub-01": "control", "sub-02": "control", "sub-03": "control", "sub-04": "MDD", "sub-05": "MDD",
-              "sub-06": "MDD", "sub-07": "MDD"}
+    labels = {
+        "sub-01": "control",
+        "sub-02": "control",
+        "sub-03": "control",
+        "sub-04": "MDD",
+        "sub-05": "MDD",
+        "sub-06": "MDD",
+        "sub-07": "MDD",
+    }
     for pid in labels:
-        path = deriv / pid / "anat" / f"{pid}_space-MNI152NLin2009aSym_res-8_desc-preproc_T1w.nii.gz"
+        path = (
+            deriv / pid / "anat" / f"{pid}_space-MNI152NLin2009aSym_res-8_desc-preproc_T1w.nii.gz"
+        )
         path.parent.mkdir(parents=True)
         nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), str(path))
         if channels == 2:
-            path = deriv / pid / "func" / f"{pid}_task-rest_space-{TEMPLATE_SPACE}_res-8_desc-alff_boldmap.nii.gz"
+            path = (
+                deriv
+                / pid
+                / "func"
+                / f"{pid}_task-rest_space-{TEMPLATE_SPACE}_res-8_desc-alff_boldmap.nii.gz"
+            )
             path.parent.mkdir(parents=True)
             nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), str(path))
-    (raw / "participants.tsv").write_text("participant_id\tdiagnosis\n" +
-                                          "".join(f"{p}\t{c}\n" for p, c in labels.items()))
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "t", "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "neuroml"}],
-        "SourceDatasets": [{"URL": f"file://{raw.resolve()}"}]}))
+    (raw / "participants.tsv").write_text(
+        "participant_id\tdiagnosis\n" + "".join(f"{p}\t{c}\n" for p, c in labels.items())
+    )
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "t",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "neuroml"}],
+                "SourceDatasets": [{"URL": f"file://{raw.resolve()}"}],
+            }
+        )
+    )
     classes = ["control", "MDD"]
-    splits = [{"fold": 0, "train": ["sub-03", "sub-06"], "val": ["sub-02"], "test": ["sub-01", "sub-04"],
-               "test_site": None},
-              {"fold": 1, "train": ["sub-01", "sub-04"], "val": ["sub-05"], "test": ["sub-02", "sub-03", "sub-06"],
-               "test_site": None}]
+    splits = [
+        {
+            "fold": 0,
+            "train": ["sub-03", "sub-06"],
+            "val": ["sub-02"],
+            "test": ["sub-01", "sub-04"],
+            "test_site": None,
+        },
+        {
+            "fold": 1,
+            "train": ["sub-01", "sub-04"],
+            "val": ["sub-05"],
+            "test": ["sub-02", "sub-03", "sub-06"],
+            "test_site": None,
+        },
+    ]
     if extra_trained:  # sub-05 is now trained on by both folds and tested by none
         splits[0]["train"].append("sub-05")
     run.mkdir()
-    config = {"classes": classes, "n_classes": 2, "model": "compact", "in_channels": channels,
-              "label_column": "diagnosis", "resolution": "8", "resolution_mm": RES,
-              "grid": {"affine": affine.tolist(), "shape": list(shape)}, "participants": str(raw / "participants.tsv")}
+    config = {
+        "classes": classes,
+        "n_classes": 2,
+        "model": "compact",
+        "in_channels": channels,
+        "label_column": "diagnosis",
+        "resolution": "8",
+        "resolution_mm": RES,
+        "grid": {"affine": affine.tolist(), "shape": list(shape)},
+        "participants": str(raw / "participants.tsv"),
+    }
     if channels == 2:
         config["inputs"] = ["T1w", "alff"]
     (run / "config.json").write_text(json.dumps(config))
@@ -297,8 +377,15 @@ def _make_run(root, extra_trained=False, channels=1):
     for k in (0, 1):
         torch.manual_seed(k)
         net = build_model("compact", 2, in_channels=channels, spatial_shape=shape)
-        meta = {"model": "compact", "n_classes": 2, "in_channels": channels, "spatial_shape": list(shape)}
-        save_checkpoint({"state_dict": net.state_dict(), "meta": meta}, run / f"fold-{k}" / "model.pt")
+        meta = {
+            "model": "compact",
+            "n_classes": 2,
+            "in_channels": channels,
+            "spatial_shape": list(shape),
+        }
+        save_checkpoint(
+            {"state_dict": net.state_dict(), "meta": meta}, run / f"fold-{k}" / "model.pt"
+        )
     return run, deriv
 
 
@@ -317,7 +404,9 @@ def test_attribute_run_end_to_end(tmp_path):
     assert subjects["sub-01"]["model_use"] == "out-of-fold"
     assert subjects["sub-07"]["folds"] == [0, 1] and subjects["sub-07"]["model_use"] == "not-in-run"
     assert subjects["sub-05"]["folds"] == [0]  # validation in fold 1 only: explained by fold 0
-    assert subjects["sub-04"]["target_label"] == "MDD" and len(subjects["sub-04"]["top_regions"]) == 5
+    assert (
+        subjects["sub-04"]["target_label"] == "MDD" and len(subjects["sub-04"]["top_regions"]) == 5
+    )
 
     cache = build_cache(deriv)
     src = nib.load(next(deriv.glob("sub-01/anat/*preproc_T1w.nii.gz")))
@@ -329,7 +418,9 @@ def test_attribute_run_end_to_end(tmp_path):
     run = load_run(run_dir)
     fold0 = dict(run.fold_models("cpu"))[0]
     row = int(cache.index.set_index("participant_id").loc["sub-01", "row"])
-    direct = Explainer(fold0, "gradcam", target_layer="net.layer_4").attribute(cache.load([row]), target=0)[0]
+    direct = Explainer(fold0, "gradcam", target_layer="net.layer_4").attribute(
+        cache.load([row]), target=0
+    )[0]
     np.testing.assert_allclose(np.asarray(img.dataobj), direct, rtol=1e-4, atol=1e-7)
 
     for c, n in (("control", 3), ("MDD", 4)):
@@ -340,14 +431,24 @@ def test_attribute_run_end_to_end(tmp_path):
         table = pd.read_csv(folder / f"regions_atlas-aal_class-{c}.tsv", sep="\t")
         assert table["rank"].tolist() == list(range(1, len(table) + 1))
         assert (folder / f"regions_atlas-aal_class-{c}.json").is_file()
-    members = [nib.load(folder / map_name(p, method="gradcam")).get_fdata()
-               for p in ("sub-04", "sub-05", "sub-06", "sub-07")]
-    np.testing.assert_allclose(nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata(),
-                               np.mean(members, 0), rtol=1e-4, atol=1e-8)
+    members = [
+        nib.load(folder / map_name(p, method="gradcam")).get_fdata()
+        for p in ("sub-04", "sub-05", "sub-06", "sub-07")
+    ]
+    np.testing.assert_allclose(
+        nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata(),
+        np.mean(members, 0),
+        rtol=1e-4,
+        atol=1e-8,
+    )
 
     # a rerun skips the maps already written
     stamp = (folder / map_name("sub-03", method="gradcam")).stat().st_mtime_ns
-    doc2 = json.loads(attribute_run(run_dir, deriv, method="gradcam", target="true", show_progress=False).read_text())
+    doc2 = json.loads(
+        attribute_run(
+            run_dir, deriv, method="gradcam", target="true", show_progress=False
+        ).read_text()
+    )
     assert all(s["skipped"] for s in doc2["subjects"])
     assert (folder / map_name("sub-03", method="gradcam")).stat().st_mtime_ns == stamp
 
@@ -367,12 +468,24 @@ def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
     some = ["sub-01", "sub-04"]
 
     def call(atlas, method="region_occlusion"):
-        doc = json.loads(attribute_run(run_dir, deriv, method=method, atlas=atlas, target="true",
-                                       participant_labels=some, sanity=False, show_progress=False).read_text())
+        doc = json.loads(
+            attribute_run(
+                run_dir,
+                deriv,
+                method=method,
+                atlas=atlas,
+                target="true",
+                participant_labels=some,
+                sanity=False,
+                show_progress=False,
+            ).read_text()
+        )
         return doc, {s["participant_id"]: s["skipped"] for s in doc["subjects"]}
 
     def read(pid, method="region_occlusion"):
-        return np.asarray(nib.load(run_dir / "attribution" / method / map_name(pid, method=method)).dataobj)
+        return np.asarray(
+            nib.load(run_dir / "attribution" / method / map_name(pid, method=method)).dataobj
+        )
 
     doc, skipped = call("aal")
     assert not any(skipped.values())
@@ -382,7 +495,9 @@ def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
     assert skipped == {"sub-01": False, "sub-04": False}
     ho = read("sub-01")
     assert not np.allclose(aal, ho)
-    assert not (folder / "sub-01_desc-regionocclusion_atlas-aal_regions.tsv").exists()  # it described the old map
+    assert not (
+        folder / "sub-01_desc-regionocclusion_atlas-aal_regions.tsv"
+    ).exists()  # it described the old map
     assert (folder / "sub-01_desc-regionocclusion_atlas-harvardoxford_regions.tsv").is_file()
     assert doc["identity"]["atlas"] == "harvard_oxford"
     stamp = (folder / map_name("sub-01", method="region_occlusion")).stat().st_mtime_ns
@@ -390,8 +505,10 @@ def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
     assert all(skipped.values()) and doc2["identity_sha256"] == doc["identity_sha256"]
     assert (folder / map_name("sub-01", method="region_occlusion")).stat().st_mtime_ns == stamp
     # a map replaced since that call wrote it (a crashed call with other settings, a hand edit) is redone
-    nib.save(nib.Nifti1Image(np.zeros(SHAPE_8MM(), np.float32), np.eye(4)),
-             folder / map_name("sub-04", method="region_occlusion"))
+    nib.save(
+        nib.Nifti1Image(np.zeros(SHAPE_8MM(), np.float32), np.eye(4)),
+        folder / map_name("sub-04", method="region_occlusion"),
+    )
     assert call("harvard_oxford")[1] == {"sub-01": True, "sub-04": False}
     assert np.abs(read("sub-04")).max() > 0
 
@@ -401,7 +518,10 @@ def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
     path = run_dir / "fold-0" / "model.pt"  # fold 0 tests sub-01 and sub-04
     ckpt = load_checkpoint(path, require=("state_dict", "meta"))
     torch.manual_seed(7)
-    save_checkpoint({**ckpt, "state_dict": build_model("compact", 2, spatial_shape=SHAPE_8MM()).state_dict()}, path)
+    save_checkpoint(
+        {**ckpt, "state_dict": build_model("compact", 2, spatial_shape=SHAPE_8MM()).state_dict()},
+        path,
+    )
     before = read("sub-01", "saliency")
     assert call("harvard_oxford", "saliency")[1] == {"sub-01": False, "sub-04": False}
     assert not np.allclose(before, read("sub-01", "saliency"))
@@ -418,17 +538,33 @@ def test_sanity_json_names_its_call_and_is_never_left_stale(tmp_path):
     folder = run_dir / "attribution" / "saliency"
 
     def call(**kw):
-        return json.loads(attribute_run(run_dir, deriv, method="saliency", target="true", n_sanity=2,
-                                        show_progress=False, **kw).read_text())
+        return json.loads(
+            attribute_run(
+                run_dir,
+                deriv,
+                method="saliency",
+                target="true",
+                n_sanity=2,
+                show_progress=False,
+                **kw,
+            ).read_text()
+        )
 
     doc = call()
     trust = json.loads((folder / "sanity.json").read_text())
     doc2 = call(sanity=False, participant_labels=["sub-01"])
-    assert not (folder / "sanity.json").exists()  # the checks of the earlier call, on other subjects
+    assert not (
+        folder / "sanity.json"
+    ).exists()  # the checks of the earlier call, on other subjects
     assert trust["call_id"] == doc["call_id"] == doc["sanity"]["call_id"] == doc["trust"]["call_id"]
     assert trust["identity_sha256"] == doc["identity_sha256"]
-    assert doc["sanity"] == {"run": True, "reason": None, "file": "sanity.json", "call_id": doc["call_id"],
-                             "superseded": None}
+    assert doc["sanity"] == {
+        "run": True,
+        "reason": None,
+        "file": "sanity.json",
+        "call_id": doc["call_id"],
+        "superseded": None,
+    }
     assert doc2["call_id"] != doc["call_id"]
     assert json.loads((folder / "sanity_superseded.json").read_text())["call_id"] == doc["call_id"]
     assert doc2["sanity"]["run"] is False and "--no-sanity" in doc2["sanity"]["reason"]
@@ -441,8 +577,16 @@ def test_sanity_json_names_its_call_and_is_never_left_stale(tmp_path):
     # checks asked for, but no explained scan has a class label: not run, and said why
     tsv = tmp_path / "raw" / "participants.tsv"
     tsv.write_text(tsv.read_text().replace("sub-07\tMDD", "sub-07\tn/a"))
-    doc4 = json.loads(attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-07"], n_sanity=2,
-                                    show_progress=False).read_text())
+    doc4 = json.loads(
+        attribute_run(
+            run_dir,
+            deriv,
+            method="saliency",
+            participant_labels=["sub-07"],
+            n_sanity=2,
+            show_progress=False,
+        ).read_text()
+    )
     assert not (folder / "sanity.json").exists()
     assert doc4["sanity"]["run"] is False and "class label" in doc4["sanity"]["reason"]
     assert json.loads((folder / "sanity_superseded.json").read_text())["call_id"] == doc3["call_id"]
@@ -455,23 +599,42 @@ def test_every_method_explains_a_two_channel_run(tmp_path):
     run_dir, deriv = _make_run(tmp_path, channels=2)
     shape = SHAPE_8MM()
     for method in ALL_METHODS:
-        out = attribute_run(run_dir, deriv, method=method, target="true", participant_labels=["sub-01", "sub-07"],
-                            sanity=method == "region_occlusion", n_sanity=2, show_progress=False)
+        out = attribute_run(
+            run_dir,
+            deriv,
+            method=method,
+            target="true",
+            participant_labels=["sub-01", "sub-07"],
+            sanity=method == "region_occlusion",
+            n_sanity=2,
+            show_progress=False,
+        )
         doc = json.loads(out.read_text())
         for s in doc["subjects"]:
             m = np.asarray(nib.load(out.parent / s["map"]).dataobj)
             assert m.shape == tuple(shape), method
             assert np.isfinite(m).all() and np.abs(m).max() > 0, method
-    assert doc["sanity"]["run"] and json.loads((out.parent / "sanity.json").read_text())["deletion"] is not None
+    assert (
+        doc["sanity"]["run"]
+        and json.loads((out.parent / "sanity.json").read_text())["deletion"] is not None
+    )
 
 
 def test_attribute_run_refuses_training_subjects(tmp_path):
     run_dir, deriv = _make_run(tmp_path, extra_trained=True)
     with pytest.raises(LeakageError, match="sub-05"):
-        attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-05"], show_progress=False)
+        attribute_run(
+            run_dir, deriv, method="saliency", participant_labels=["sub-05"], show_progress=False
+        )
     assert not (run_dir / "attribution" / "saliency").exists()
-    out = attribute_run(run_dir, deriv, method="saliency", participant_labels=["05", "sub-01"], force=True,
-                        show_progress=False)
+    out = attribute_run(
+        run_dir,
+        deriv,
+        method="saliency",
+        participant_labels=["05", "sub-01"],
+        force=True,
+        show_progress=False,
+    )
     uses = {s["participant_id"]: s["model_use"] for s in json.loads(out.read_text())["subjects"]}
     assert uses == {"sub-05": "trained-on", "sub-01": "out-of-fold"}
 
@@ -481,19 +644,33 @@ def test_group_maps_explain_each_subjects_own_class(tmp_path):
     from neuroml.training import load_run
 
     run_dir, deriv = _make_run(tmp_path)
-    out = attribute_run(run_dir, deriv, method="saliency", target="control", participant_labels=["sub-04", "sub-05"],
-                        show_progress=False)
+    out = attribute_run(
+        run_dir,
+        deriv,
+        method="saliency",
+        target="control",
+        participant_labels=["sub-04", "sub-05"],
+        show_progress=False,
+    )
     doc = json.loads(out.read_text())
     assert {s["target_label"] for s in doc["subjects"]} == {"control"}
     assert list(doc["group"]) == ["MDD"]
     cache = build_cache(deriv)
-    fold0 = dict(load_run(run_dir).fold_models("cpu"))[0]  # tests sub-04; sub-05 was only fold 1's validation
+    fold0 = dict(load_run(run_dir).fold_models("cpu"))[
+        0
+    ]  # tests sub-04; sub-05 was only fold 1's validation
     rows = cache.index.set_index("participant_id").loc[["sub-04", "sub-05"], "row"].to_numpy()
     expected = Explainer(fold0, "saliency").attribute(cache.load(rows), target=1).mean(0)
     folder = run_dir / "attribution" / "saliency"
     group = nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata()
     np.testing.assert_allclose(group, expected, rtol=1e-4, atol=1e-9)
-    saved = np.mean([nib.load(folder / map_name(p, method="saliency")).get_fdata() for p in ("sub-04", "sub-05")], 0)
+    saved = np.mean(
+        [
+            nib.load(folder / map_name(p, method="saliency")).get_fdata()
+            for p in ("sub-04", "sub-05")
+        ],
+        0,
+    )
     assert not np.allclose(group, saved)
 
 
@@ -508,7 +685,9 @@ def _box_labels():
 
 def test_occlusion_block_value_is_exact():
     """One 3x4x3 block hides 36 of the box's 72 voxels: the box mean halves, and the drop is known."""
-    maps = Explainer(BoxModel(), "occlusion").attribute(np.ones((1, *SHAPE), np.float32), target=0)[0]
+    maps = Explainer(BoxModel(), "occlusion").attribute(np.ones((1, *SHAPE), np.float32), target=0)[
+        0
+    ]
     p = lambda v: float(torch.softmax(torch.tensor([4.0 * v, -4.0 * v, 0.0]), 0)[0])  # noqa: E731
     block = (slice(3, 6), slice(8, 12), slice(6, 9))
     assert _inside(block).sum() * 2 == _inside(BOX).sum()
@@ -541,7 +720,9 @@ def test_randomize_weights_copies_and_is_seeded():
     a, b = sanity.randomize_weights(model, 3), sanity.randomize_weights(model, 3)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in before)
-    changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], a.state_dict()[k])]
+    changed = [
+        k for k in before if k.endswith("weight") and not torch.equal(before[k], a.state_dict()[k])
+    ]
     assert len(changed) >= 3
     c = sanity.randomize_weights(model, 4)
     assert not torch.equal(a.state_dict()[changed[0]], c.state_dict()[changed[0]])
@@ -557,7 +738,10 @@ def test_model_randomization_flags_a_map_that_ignores_the_model(x):
     def weight_driven(m, xx, t):  # depends only on the weights: uncorrelated once they are redrawn
         w = max(m.parameters(), key=lambda q: q.numel()).detach().numpy().ravel()
         return np.stack([np.resize(w, SHAPE)] * len(xx))
-    res = sanity.model_randomization(weight_driven, model, x, weight_driven(model, x, targets), targets)
+
+    res = sanity.model_randomization(
+        weight_driven, model, x, weight_driven(model, x, targets), targets
+    )
     assert res["median_abs_rho"] < 0.2 and res["passed"]
     assert "Spearman" in res["rule"]
 
@@ -580,7 +764,9 @@ def test_deletion_curve_rewards_the_right_order():
     p1 = float(torch.softmax(torch.tensor([4.0, -4.0, 0.0]), 0)[0])
     assert res["steps"] == [0, 1, 2, 3, 4]
     np.testing.assert_allclose(res["probability"], [p1, 1 / 3, 1 / 3, 1 / 3, 1 / 3], atol=1e-4)
-    assert res["fraction_removed"][1] == pytest.approx((labels == 1).sum() / (labels > 0).sum(), abs=1e-4)
+    assert res["fraction_removed"][1] == pytest.approx(
+        (labels == 1).sum() / (labels > 0).sum(), abs=1e-4
+    )
     assert res["auc"] < res["auc_random"] and res["passed"]
     bad = sanity.deletion_curve(BoxModel(), x, -good, [0], labels, n_random=8)
     assert bad["probability"][:4] == pytest.approx([p1] * 4, abs=1e-4)
@@ -601,7 +787,9 @@ def test_deletion_curve_removes_regions_from_every_channel():
             return self.box(x[:, 1:2])
 
     good = np.where(labels == 1, 1.0, 0.0)[None].astype(np.float32)
-    one = sanity.deletion_curve(BoxModel(), np.ones((1, *SHAPE), np.float32), good, [0], labels, n_random=2)
+    one = sanity.deletion_curve(
+        BoxModel(), np.ones((1, *SHAPE), np.float32), good, [0], labels, n_random=2
+    )
     x2 = np.stack([np.zeros(SHAPE), np.ones(SHAPE)]).astype(np.float32)[None]  # (1, 2, X, Y, Z)
     two = sanity.deletion_curve(SecondChannel(), x2, good, [0], labels, n_random=2)
     assert two["probability"] == one["probability"] and two["auc"] == one["auc"]
@@ -629,31 +817,50 @@ def test_fold_stability_passes_a_sparse_effect_on_its_leading_regions_only():
     rng = np.random.default_rng(0)
     sparse = {f: np.r_[[9.0, 8, 7, 6], rng.uniform(0, 1e-3, 112)] for f in range(3)}
     res = sanity.fold_stability(sparse)
-    assert res["median_rho"] < 0.5 and res["n_regions"] == 116 and res["chance_top_overlap"] == round(10 / 116, 4)
+    assert (
+        res["median_rho"] < 0.5
+        and res["n_regions"] == 116
+        and res["chance_top_overlap"] == round(10 / 116, 4)
+    )
     shared = round(res["median_top_overlap"] * 10)
-    assert shared >= 4 and res["top_overlap_p"] == pytest.approx(hypergeom.sf(shared - 1, 116, 10, 10), rel=1e-3)
+    assert shared >= 4 and res["top_overlap_p"] == pytest.approx(
+        hypergeom.sf(shared - 1, 116, 10, 10), rel=1e-3
+    )
     assert res["passed"] is True and res["passed_by"] == "top_overlap"
     # exactly 4 of 10 shared among 116 regions: p = 0.0047, below 0.01
-    four = {0: np.r_[np.arange(20.0, 10, -1), np.zeros(106)],
-            1: np.r_[[20.0, 19, 18, 17], np.zeros(6), np.arange(10.0, 4, -1), np.zeros(100)]}
+    four = {
+        0: np.r_[np.arange(20.0, 10, -1), np.zeros(106)],
+        1: np.r_[[20.0, 19, 18, 17], np.zeros(6), np.arange(10.0, 4, -1), np.zeros(100)],
+    }
     res = sanity.fold_stability(four)
-    assert res["median_top_overlap"] == 0.4 and res["top_overlap_p"] == pytest.approx(0.00472, abs=1e-5)
+    assert res["median_top_overlap"] == 0.4 and res["top_overlap_p"] == pytest.approx(
+        0.00472, abs=1e-5
+    )
     assert res["passed"] is True
-    assert sanity.fold_stability(four, overlap_p=0.001)["passed"] is False  # the rule's threshold is used
+    assert (
+        sanity.fold_stability(four, overlap_p=0.001)["passed"] is False
+    )  # the rule's threshold is used
     # independent random maps: neither rule
     noise = {f: rng.normal(size=116) for f in range(5)}
     res = sanity.fold_stability(noise)
     assert res["passed"] is False and res["top_overlap_p"] > 0.01 and abs(res["median_rho"]) < 0.3
     # ties are not agreement: constant, NaN or mostly-zero maps would share index-ordered "top" regions
     assert sanity.fold_stability({f: np.zeros(116) for f in range(3)})["passed"] is False
-    assert sanity.fold_stability({f: np.full(116, np.nan) for f in range(2)})["top_overlap_p"] == 1.0
-    two = {f: np.bincount([2 * f, 2 * f + 1], minlength=116).astype(float) for f in range(3)}  # 2 regions each
+    assert (
+        sanity.fold_stability({f: np.full(116, np.nan) for f in range(2)})["top_overlap_p"] == 1.0
+    )
+    two = {
+        f: np.bincount([2 * f, 2 * f + 1], minlength=116).astype(float) for f in range(3)
+    }  # 2 regions each
     assert sanity.fold_stability(two)["passed"] is False
     # the shared count is exact for any top_k (4 of 7 among 60 is p = 0.0022)
     a = np.r_[np.arange(10.0, 3, -1), np.zeros(53)]
     b = np.r_[[10.0, 9, 8, 7], np.zeros(3), np.arange(6.0, 3, -1), np.zeros(50)]
     res = sanity.fold_stability({0: a, 1: b}, top_k=7)
-    assert res["top_overlap_p"] == pytest.approx(hypergeom.sf(3, 60, 7, 7), rel=1e-3) and res["passed"] is True
+    assert (
+        res["top_overlap_p"] == pytest.approx(hypergeom.sf(3, 60, 7, 7), rel=1e-3)
+        and res["passed"] is True
+    )
     # every region in the top set: overlap is certain, so only rho can pass
     v = np.arange(5.0)
     assert sanity.fold_stability({0: v, 1: v[::-1]}, top_k=10)["top_overlap_p"] is None
@@ -690,25 +897,41 @@ def test_planted_ground_truth_from_a_synthetic_cohort(tmp_path):
     samples = Path(__file__).resolve().parents[1] / "data_samples"
     deriv = tmp_path / "deriv"
     deriv.mkdir()
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "d", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "SourceDatasets": [{"URL": f"file://{samples.resolve()}"}]}))
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "d",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "SourceDatasets": [{"URL": f"file://{samples.resolve()}"}],
+            }
+        )
+    )
     affine, shape = target_grid(RES)
     truth = sanity.planted_ground_truth(deriv, affine, shape)
     assert sorted(truth) == ["MDD", "SCZ"]
     labels, names = atlas_on_grid("aal", affine, shape)
     index = {v: k for k, v in names.items()}
-    for cls, info in truth.items():
+    for info in truth.values():
         assert info["mask"].shape == shape and info["mask"].any()
         planted = np.isin(labels, [index[r] for r in info["regions"] if r in index])
-        assert (info["mask"] & planted).sum() > 0.6 * info["mask"].sum()  # on the planted atlas regions
+        assert (info["mask"] & planted).sum() > 0.6 * info[
+            "mask"
+        ].sum()  # on the planted atlas regions
     # not a synthetic cohort: no ground truth
     other = tmp_path / "raw"
     other.mkdir()
     shutil.copy(samples / "participants.tsv", other / "participants.tsv")
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "d", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "SourceDatasets": [{"URL": f"file://{other.resolve()}"}]}))
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "d",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "SourceDatasets": [{"URL": f"file://{other.resolve()}"}],
+            }
+        )
+    )
     assert sanity.planted_ground_truth(deriv, affine, shape) is None
 
 
@@ -725,11 +948,29 @@ def test_attribute_run_region_occlusion_and_trust_checks(tmp_path):
     samples = Path(__file__).resolve().parents[1] / "data_samples" / "derivatives" / "groundtruth"
     gt = tmp_path / "raw" / "derivatives" / "groundtruth"
     gt.mkdir(parents=True)
-    for f in ("planted_regions.json", "space-MNI152NLin2009aSym_desc-MDD_mask.nii.gz",
-              "space-MNI152NLin2009aSym_desc-SCZ_mask.nii.gz"):
+    for f in (
+        "planted_regions.json",
+        "space-MNI152NLin2009aSym_desc-MDD_mask.nii.gz",
+        "space-MNI152NLin2009aSym_desc-SCZ_mask.nii.gz",
+    ):
         shutil.copy(samples / f, gt / f)
-    assert main(["-q", "attribute", str(run_dir), str(deriv), "--method", "region_occlusion", "--target", "true",
-                 "--n-sanity", "3"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "attribute",
+                str(run_dir),
+                str(deriv),
+                "--method",
+                "region_occlusion",
+                "--target",
+                "true",
+                "--n-sanity",
+                "3",
+            ]
+        )
+        == 0
+    )
     folder = run_dir / "attribution" / "region_occlusion"
     doc = json.loads((folder / "attribution.json").read_text())
     assert doc["method"] == "region_occlusion" and doc["n_subjects"] == 7
@@ -747,16 +988,34 @@ def test_attribute_run_region_occlusion_and_trust_checks(tmp_path):
     assert (img[labels == 0] == 0).all()
 
     trust = json.loads((folder / "sanity.json").read_text())
-    assert len(trust["subjects"]) == 3 and {"randomization", "deletion", "stability", "ground_truth"} <= set(trust)
+    assert len(trust["subjects"]) == 3 and {
+        "randomization",
+        "deletion",
+        "stability",
+        "ground_truth",
+    } <= set(trust)
     assert len(trust["randomization"]["rho"]) == 3
     assert trust["randomization"]["passed"] == (trust["randomization"]["median_abs_rho"] < 0.2)
     assert len(trust["deletion"]["probability"]) == len(trust["deletion"]["steps"])
     assert trust["deletion"]["probability"][0] == pytest.approx(
-        np.mean([s["probabilities"][s["true_label"]] for s in doc["subjects"]
-                 if s["participant_id"] in trust["subjects"]]), abs=1e-3)
-    assert list(trust["ground_truth"]) == ["MDD"]  # control has nothing planted; SCZ is not in this run
+        np.mean(
+            [
+                s["probabilities"][s["true_label"]]
+                for s in doc["subjects"]
+                if s["participant_id"] in trust["subjects"]
+            ]
+        ),
+        abs=1e-3,
+    )
+    assert list(trust["ground_truth"]) == [
+        "MDD"
+    ]  # control has nothing planted; SCZ is not in this run
     mdd = trust["ground_truth"]["MDD"]
-    assert 0 <= mdd["mass_accuracy"] <= 1 and 0 <= mdd["roc_auc"] <= 1 and "Hippocampus_L" in mdd["planted_ranks"]
+    assert (
+        0 <= mdd["mass_accuracy"] <= 1
+        and 0 <= mdd["roc_auc"] <= 1
+        and "Hippocampus_L" in mdd["planted_ranks"]
+    )
     assert doc["trust"]["file"] == "sanity.json" and "deletion" in doc["trust"]
 
 
@@ -767,7 +1026,9 @@ def test_hirescam_is_exact_for_a_linear_head(rng):
     with torch.no_grad():
         conv.weight.fill_(1.0)
         w = torch.zeros((2, *SHAPE))
-        w[1][BOX] = torch.as_tensor(rng.normal(size=_inside(BOX).sum()).astype(np.float32)).reshape(w[1][BOX].shape)
+        w[1][BOX] = torch.as_tensor(rng.normal(size=_inside(BOX).sum()).astype(np.float32)).reshape(
+            w[1][BOX].shape
+        )
         linear.weight.copy_(w.reshape(2, -1))
     model = torch.nn.Sequential(conv, torch.nn.Flatten(), linear)
     x = rng.normal(size=(2, *SHAPE)).astype(np.float32)
@@ -789,20 +1050,40 @@ def test_bench_script_summary_applies_the_targets():
     spec = importlib.util.spec_from_file_location("bench_attribution", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    gt = {"mass_accuracy": 0.5, "planted_share": 0.02, "mass_enrichment": 25.0, "roc_auc": 0.9, "top_k_planted": 5,
-          "top_k": 5, "planted_ranks": {"A_L": 1, "B_R": 7}, "top_regions": ["A_L"], "passed": True}
-    trust = {"randomization": {"median_abs_rho": 0.05, "passed": True},
-             "deletion": {"auc": 0.3, "auc_random": 0.9, "passed": True},
-             "stability": {"MDD": {"median_rho": 0.6}},
-             "ground_truth": {"MDD": gt, "SCZ": dict(gt, passed=False, top_k_planted=4)}}
+    gt = {
+        "mass_accuracy": 0.5,
+        "planted_share": 0.02,
+        "mass_enrichment": 25.0,
+        "roc_auc": 0.9,
+        "top_k_planted": 5,
+        "top_k": 5,
+        "planted_ranks": {"A_L": 1, "B_R": 7},
+        "top_regions": ["A_L"],
+        "passed": True,
+    }
+    trust = {
+        "randomization": {"median_abs_rho": 0.05, "passed": True},
+        "deletion": {"auc": 0.3, "auc_random": 0.9, "passed": True},
+        "stability": {"MDD": {"median_rho": 0.6}},
+        "ground_truth": {"MDD": gt, "SCZ": dict(gt, passed=False, top_k_planted=4)},
+    }
     row = bench.summarize(trust, 1.5)
-    assert row["classes"]["MDD"]["planted_rank_best"] == 1 and row["classes"]["MDD"]["planted_rank_worst"] == 7
+    assert (
+        row["classes"]["MDD"]["planted_rank_best"] == 1
+        and row["classes"]["MDD"]["planted_rank_worst"] == 7
+    )
     assert not row["all_targets_met"]
     trust["ground_truth"]["SCZ"]["passed"] = True
     assert bench.summarize(trust, 1.5)["all_targets_met"]
-    trust["deletion"]["passed"] = False  # a deletion curve no better than random orders: a target missed
+    trust["deletion"]["passed"] = (
+        False  # a deletion curve no better than random orders: a target missed
+    )
     row = bench.summarize(trust, 1.5)
-    assert not row["all_targets_met"] and row["failed"] == ["deletion"] and row["deletion_passed"] is False
+    assert (
+        not row["all_targets_met"]
+        and row["failed"] == ["deletion"]
+        and row["deletion_passed"] is False
+    )
     trust["randomization"]["passed"] = False
     trust["ground_truth"]["SCZ"].update(passed=False, mass_enrichment=8.6)
     assert bench.summarize(trust, 1.5)["failed"] == ["SCZ mass", "randomization", "deletion"]
@@ -822,8 +1103,19 @@ def test_bench_script_times_each_method_on_attribute_runs_layer(tmp_path):
     spec.loader.exec_module(bench)
     run_dir, deriv = _make_run(tmp_path)
     seconds, layers = bench.time_methods(run_dir, deriv, ["gradcam", "hirescam"], "cpu", 1)
-    used = {m: json.loads(attribute_run(run_dir, deriv, method=m, participant_labels=["sub-01"], sanity=False,
-                                        show_progress=False).read_text())["target_layer"] for m in layers}
+    used = {
+        m: json.loads(
+            attribute_run(
+                run_dir,
+                deriv,
+                method=m,
+                participant_labels=["sub-01"],
+                sanity=False,
+                show_progress=False,
+            ).read_text()
+        )["target_layer"]
+        for m in layers
+    }
     assert layers == used and layers["hirescam"] != layers["gradcam"]
     assert set(seconds) == {"gradcam", "hirescam"} and all(v >= 0 for v in seconds.values())
 
@@ -832,11 +1124,18 @@ def test_bench_script_times_each_method_on_attribute_runs_layer(tmp_path):
 def _listed(folder, doc):
     """The attribution files of ``folder`` and those its ``attribution.json`` (``doc``) lists."""
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    listed = {"attribution.json", *(v for v in (doc["sanity"]["file"], doc["sanity"]["superseded"]) if v)}
+    listed = {
+        "attribution.json",
+        *(v for v in (doc["sanity"]["file"], doc["sanity"]["superseded"]) if v),
+    }
     for s in doc["subjects"]:
         listed.update((s["map"], s["regions_tsv"], s["regions_json"]))
     for g in doc["group"].values():
-        listed.update(v for k, v in g.items() if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v)
+        listed.update(
+            v
+            for k, v in g.items()
+            if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v
+        )
     return on_disk, listed
 
 
@@ -845,8 +1144,18 @@ def test_a_call_on_some_participants_keeps_the_others_and_recomputes_the_group(t
     folder = run_dir / "attribution" / "saliency"
 
     def call(labels=None, target="true", **kw):
-        return json.loads(attribute_run(run_dir, deriv, method="saliency", target=target, participant_labels=labels,
-                                        n_sanity=2, show_progress=False, **kw).read_text())
+        return json.loads(
+            attribute_run(
+                run_dir,
+                deriv,
+                method="saliency",
+                target=target,
+                participant_labels=labels,
+                n_sanity=2,
+                show_progress=False,
+                **kw,
+            ).read_text()
+        )
 
     full = call()
     pool = json.loads((folder / "sanity.json").read_text())["n_subjects_pool"]
@@ -854,11 +1163,16 @@ def test_a_call_on_some_participants_keeps_the_others_and_recomputes_the_group(t
     stamp = (folder / map_name("sub-05", method="saliency")).stat().st_mtime_ns
     doc = call(["sub-01"])
     subjects = {s["participant_id"]: s for s in doc["subjects"]}
-    assert sorted(subjects) == sorted(s["participant_id"] for s in full["subjects"]) and doc["n_subjects"] == 7
+    assert (
+        sorted(subjects) == sorted(s["participant_id"] for s in full["subjects"])
+        and doc["n_subjects"] == 7
+    )
     assert all(s["skipped"] for s in doc["subjects"])
     assert (folder / map_name("sub-05", method="saliency")).stat().st_mtime_ns == stamp
     assert {c: g["n"] for c, g in doc["group"].items()} == {"control": 3, "MDD": 4}
-    np.testing.assert_allclose(nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata(), mdd)
+    np.testing.assert_allclose(
+        nib.load(folder / "group" / "class-MDD_desc-mean_map.nii.gz").get_fdata(), mdd
+    )
     trust = json.loads((folder / "sanity.json").read_text())  # the checks cover every kept subject
     assert trust["call_id"] == doc["call_id"] and trust["n_subjects_pool"] == pool
     on_disk, listed = _listed(folder, doc)
@@ -866,23 +1180,36 @@ def test_a_call_on_some_participants_keeps_the_others_and_recomputes_the_group(t
 
     # sub-02's and sub-03's maps replaced since (not by a call): not kept; control has one subject, no t map
     for pid in ("sub-02", "sub-03"):
-        nib.save(nib.Nifti1Image(np.ones(SHAPE_8MM(), np.float32), np.eye(4)),
-                 folder / map_name(pid, method="saliency"))
+        nib.save(
+            nib.Nifti1Image(np.ones(SHAPE_8MM(), np.float32), np.eye(4)),
+            folder / map_name(pid, method="saliency"),
+        )
     assert (folder / "group" / "class-control_desc-tstat_map.nii.gz").is_file()
     doc = call(["sub-04"])
-    assert sorted(s["participant_id"] for s in doc["subjects"]) == ["sub-01", "sub-04", "sub-05", "sub-06", "sub-07"]
+    assert sorted(s["participant_id"] for s in doc["subjects"]) == [
+        "sub-01",
+        "sub-04",
+        "sub-05",
+        "sub-06",
+        "sub-07",
+    ]
     assert doc["group"]["control"]["n"] == 1 and doc["group"]["control"]["tstat_map"] is None
     assert not (folder / "group" / "class-control_desc-tstat_map.nii.gz").exists()
     assert not (folder / map_name("sub-02", method="saliency")).exists()
     assert not list(folder.glob("sub-03_*"))  # its map and region tables
-    np.testing.assert_allclose(nib.load(folder / "group" / "class-control_desc-mean_map.nii.gz").get_fdata(),
-                               nib.load(folder / map_name("sub-01", method="saliency")).get_fdata(), atol=1e-7)
+    np.testing.assert_allclose(
+        nib.load(folder / "group" / "class-control_desc-mean_map.nii.gz").get_fdata(),
+        nib.load(folder / map_name("sub-01", method="saliency")).get_fdata(),
+        atol=1e-7,
+    )
     on_disk, listed = _listed(folder, doc)
     assert on_disk == listed
 
     # another target is another identity: the earlier maps are not kept, and their files go
     doc = call(["sub-04"], target="MDD", sanity=False)
-    assert [s["participant_id"] for s in doc["subjects"]] == ["sub-04"] and list(doc["group"]) == ["MDD"]
+    assert [s["participant_id"] for s in doc["subjects"]] == ["sub-04"] and list(doc["group"]) == [
+        "MDD"
+    ]
     on_disk, listed = _listed(folder, doc)
     assert on_disk == listed and "sanity_superseded.json" in on_disk
 
@@ -897,14 +1224,25 @@ def test_other_derivatives_are_refused_unless_written_elsewhere(tmp_path):
     other = tmp_path / "deriv2"
     shutil.copytree(deriv, other)
     with pytest.raises(InputError) as err:
-        attribute_run(run_dir, other, method="saliency", participant_labels=["sub-01"], show_progress=False)
+        attribute_run(
+            run_dir, other, method="saliency", participant_labels=["sub-01"], show_progress=False
+        )
     message = str(err.value)
-    assert "\n" not in message and str(deriv.resolve()) in message and str(other.resolve()) in message
+    assert (
+        "\n" not in message and str(deriv.resolve()) in message and str(other.resolve()) in message
+    )
     assert str(folder / "attribution.json") in message and "--out" in message
     assert (folder / "attribution.json").read_bytes() == before
 
-    out = attribute_run(run_dir, other, method="saliency", participant_labels=["sub-01", "sub-04"], n_sanity=2,
-                        show_progress=False, out_dir=tmp_path / "elsewhere")
+    out = attribute_run(
+        run_dir,
+        other,
+        method="saliency",
+        participant_labels=["sub-01", "sub-04"],
+        n_sanity=2,
+        show_progress=False,
+        out_dir=tmp_path / "elsewhere",
+    )
     assert out == tmp_path / "elsewhere" / "attribution.json"
     doc = json.loads(out.read_text())
     assert doc["deriv_dir"] == str(other.resolve()) and doc["n_subjects"] == 2
@@ -913,17 +1251,31 @@ def test_other_derivatives_are_refused_unless_written_elsewhere(tmp_path):
     assert (folder / "attribution.json").read_bytes() == before
     assert sorted(p.name for p in (run_dir / "attribution").iterdir()) == ["saliency"]
     # a folder of another method, or with files attribute did not write, is refused (never cleaned)
-    with pytest.raises(InputError, match="holds the saliency attribution, not gradcam: one method per folder"):
-        attribute_run(run_dir, other, method="gradcam", sanity=False, show_progress=False,
-                      out_dir=tmp_path / "elsewhere")
+    with pytest.raises(
+        InputError, match="holds the saliency attribution, not gradcam: one method per folder"
+    ):
+        attribute_run(
+            run_dir,
+            other,
+            method="gradcam",
+            sanity=False,
+            show_progress=False,
+            out_dir=tmp_path / "elsewhere",
+        )
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "my_custom_map.nii.gz").write_bytes(b"keep me")
-    with pytest.raises(InputError, match=r"holds files attribute did not write \(my_custom_map.nii.gz\)"):
-        attribute_run(run_dir, other, method="saliency", sanity=False, show_progress=False, out_dir=mine)
+    with pytest.raises(
+        InputError, match=r"holds files attribute did not write \(my_custom_map.nii.gz\)"
+    ):
+        attribute_run(
+            run_dir, other, method="saliency", sanity=False, show_progress=False, out_dir=mine
+        )
     assert (mine / "my_custom_map.nii.gz").read_bytes() == b"keep me"
     with pytest.raises(ConfigError, match="participant labels go in participant_labels="):
-        attribute_run(run_dir, other, method="saliency", participants=["sub-01"], show_progress=False)
+        attribute_run(
+            run_dir, other, method="saliency", participants=["sub-01"], show_progress=False
+        )
 
 
 def test_attribute_options_are_checked_with_helpful_messages(tmp_path):
@@ -931,7 +1283,9 @@ def test_attribute_options_are_checked_with_helpful_messages(tmp_path):
 
     run_dir, deriv = _make_run(tmp_path)
     missing = tmp_path / "no" / "such.tsv"
-    with pytest.raises(InputError, match="participants file not found") as err:  # the run is not harmonized
+    with pytest.raises(
+        InputError, match="participants file not found"
+    ) as err:  # the run is not harmonized
         attribute_run(run_dir, deriv, method="saliency", participants=missing, show_progress=False)
     assert str(missing) in str(err.value)
     with pytest.raises(ConfigError, match="Did you mean 'aal'"):
@@ -943,8 +1297,17 @@ def test_attribute_options_are_checked_with_helpful_messages(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device cpu"):
             attribute_run(run_dir, deriv, method="saliency", device="cuda", show_progress=False)
-    doc = json.loads(attribute_run(run_dir, deriv, method="saliency", participant_labels=["sub-01"], device="auto",
-                                   sanity=False, show_progress=False).read_text())
+    doc = json.loads(
+        attribute_run(
+            run_dir,
+            deriv,
+            method="saliency",
+            participant_labels=["sub-01"],
+            device="auto",
+            sanity=False,
+            show_progress=False,
+        ).read_text()
+    )
     assert doc["n_subjects"] == 1
 
 
@@ -964,8 +1327,17 @@ def test_the_progress_bar_counts_scans(tmp_path, monkeypatch):
 
     run_dir, deriv = _make_run(tmp_path)
     monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
-    doc = json.loads(attribute_run(run_dir, deriv, method="gradcam", target="true", sanity=False,
-                                   batch_size=2, show_progress=True).read_text())
+    doc = json.loads(
+        attribute_run(
+            run_dir,
+            deriv,
+            method="gradcam",
+            target="true",
+            sanity=False,
+            batch_size=2,
+            show_progress=True,
+        ).read_text()
+    )
     n = len(doc["subjects"])
     assert n > 2  # more scans than one batch
     assert [b for b in bars if b["unit"] == "scan"] == [dict(total=n, unit="scan", done=n)]
@@ -979,8 +1351,17 @@ def test_derivatives_on_another_grid_are_refused_with_the_resolution_to_use(tmp_
 
     affine2, shape2 = target_grid(2.0)
     affine4, shape4 = target_grid(4.0)
-    cfg = {"grid": {"affine": affine2.tolist(), "shape": list(shape2)}, "resolution": "2", "resolution_mm": 2.0}
-    _check_grid(SimpleNamespace(shape=tuple(shape2), affine=affine2), cfg, tmp_path)  # the run's grid: fine
-    with pytest.raises(InputError, match=rf"grid {re.escape(str(tuple(shape4)))} differs from the run's "
-                                         rf"{re.escape(str(tuple(shape2)))}: preprocess with --resolution 2 \(res-2\)"):
+    cfg = {
+        "grid": {"affine": affine2.tolist(), "shape": list(shape2)},
+        "resolution": "2",
+        "resolution_mm": 2.0,
+    }
+    _check_grid(
+        SimpleNamespace(shape=tuple(shape2), affine=affine2), cfg, tmp_path
+    )  # the run's grid: fine
+    with pytest.raises(
+        InputError,
+        match=rf"grid {re.escape(str(tuple(shape4)))} differs from the run's "
+        rf"{re.escape(str(tuple(shape2)))}: preprocess with --resolution 2 \(res-2\)",
+    ):
         _check_grid(SimpleNamespace(shape=tuple(shape4), affine=affine4), cfg, tmp_path)

@@ -29,19 +29,27 @@ def _validator():
     local = REPO / ".ci" / "node" / "node_modules" / ".bin" / "bids-validator"
     if local.exists():
         return str(local)
-    pytest.skip("BIDS validator not installed: run `npm install --prefix .ci/node bids-validator@1.15.0` "
-                "or set NEUROML_BIDS_VALIDATOR")
+    pytest.skip(
+        "BIDS validator not installed: run `npm install --prefix .ci/node bids-validator@1.15.0` "
+        "or set NEUROML_BIDS_VALIDATOR"
+    )
 
 
 def _validate(dataset):
-    proc = subprocess.run([_validator(), str(dataset), "--json"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [_validator(), str(dataset), "--json"], capture_output=True, text=True, timeout=600
+    )
     start = proc.stdout.find("{")
-    assert start >= 0, f"validator gave no JSON (exit {proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    assert start >= 0, (
+        f"validator gave no JSON (exit {proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    )
     report = json.loads(proc.stdout[start:])
     errors = report["issues"]["errors"]
-    text = "\n".join(f"{e['key']}: {e.get('reason', '')} "
-                     f"{[(f.get('file') or {}).get('relativePath') for f in e.get('files', [])][:5]}"
-                     for e in errors)
+    text = "\n".join(
+        f"{e['key']}: {e.get('reason', '')} "
+        f"{[(f.get('file') or {}).get('relativePath') for f in e.get('files', [])][:5]}"
+        for e in errors
+    )
     assert not errors, f"BIDS validator errors in {dataset}:\n{text}"
     assert proc.returncode == 0, proc.stderr[-2000:]
     return report

@@ -38,16 +38,30 @@ def _fit(x, y, n_train, hook=None, checkpoint_path=None, **options):
         model.net.layer_1.conv.register_forward_hook(hook)
     opts = dict(epochs=8, batch_size=4, device="cuda", show_progress=False, patience=None)
     opts.update(options)
-    return fit(model, VolumeDataset(x[:n_train], y[:n_train]), VolumeDataset(x[n_train:], y[n_train:]),
-               TrainSettings(**opts), stream=(1,), checkpoint_path=checkpoint_path)
+    return fit(
+        model,
+        VolumeDataset(x[:n_train], y[:n_train]),
+        VolumeDataset(x[n_train:], y[n_train:]),
+        TrainSettings(**opts),
+        stream=(1,),
+        checkpoint_path=checkpoint_path,
+    )
 
 
-def test_bf16_channels_last_training_learns_and_its_checkpoint_predicts_like_fp32_on_the_cpu(tmp_path):
+def test_bf16_channels_last_training_learns_and_its_checkpoint_predicts_like_fp32_on_the_cpu(
+    tmp_path,
+):
     seen = []  # (training?, autocast dtype of the output, output channels-last?)
 
     def hook(module, inputs, output):
-        seen.append((module.training, output.dtype, output.is_contiguous(memory_format=torch.channels_last_3d)
-                     and not output.is_contiguous()))
+        seen.append(
+            (
+                module.training,
+                output.dtype,
+                output.is_contiguous(memory_format=torch.channels_last_3d)
+                and not output.is_contiguous(),
+            )
+        )
 
     x, y = _blobs(36)
     res = _fit(x, y, 24, hook=hook, checkpoint_path=tmp_path / "last.pt")
@@ -82,7 +96,9 @@ def test_the_gpu_preload_trains_like_the_dataloader():
     finally:
         torch.backends.cudnn.deterministic = False
     losses = {p: [h["train_loss"] for h in r.history] for p, r in runs.items()}
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)  # same batches, same dropout masks
+    assert losses[True] == pytest.approx(
+        losses[False], rel=1e-4
+    )  # same batches, same dropout masks
     assert losses[True][0] != losses[True][-1]
 
 
@@ -95,7 +111,9 @@ def test_torch_compile_trains_and_hands_back_the_plain_module():
     assert res.best_val_balanced_accuracy >= 0.8
     for name in res.model.state_dict():  # the plain module's weights, not OptimizedModule's
         assert not name.startswith("_orig_mod"), name
-    proba, _ = evaluate(res.model, VolumeDataset(x[21:], y[21:]), device="cuda", amp=False)  # eager, best weights
+    proba, _ = evaluate(
+        res.model, VolumeDataset(x[21:], y[21:]), device="cuda", amp=False
+    )  # eager, best weights
     assert balanced_accuracy(y[21:], proba.argmax(1), 3) >= 0.8
 
 
@@ -105,7 +123,9 @@ def test_gpu_augmentation_warps_and_scales_like_the_cpu():
     x = torch.from_numpy(_blobs(6)[0])[:, None]
     out = {}
     for dev in ("cpu", "cuda"):
-        aug = make_augmentation(seed=3, noise_std=0.0, prob=0.9)  # noise is drawn on the batch's device
+        aug = make_augmentation(
+            seed=3, noise_std=0.0, prob=0.9
+        )  # noise is drawn on the batch's device
         aug.set_random_state(5)
         out[dev] = aug.apply_batch(x.to(dev)).cpu()
     assert not torch.equal(out["cpu"], x)  # something was applied
@@ -118,8 +138,16 @@ def _cohort(tmp_path):
 
 def test_train_run_on_cuda_records_the_gpu_and_its_fold_models_load_on_the_cpu(tmp_path):
     deriv = _cohort(tmp_path)
-    summary = train_run(deriv, tmp_path / "run", epochs=6, folds=2, batch_size=4, device="cuda",
-                        show_progress=False, n_bootstrap=50)
+    summary = train_run(
+        deriv,
+        tmp_path / "run",
+        epochs=6,
+        folds=2,
+        batch_size=4,
+        device="cuda",
+        show_progress=False,
+        n_bootstrap=50,
+    )
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["runtime"]["device"].startswith("cuda") and cfg["runtime"]["amp"] is True
     assert summary["balanced_accuracy"] >= 0.8
@@ -130,10 +158,30 @@ def test_train_run_on_cuda_records_the_gpu_and_its_fold_models_load_on_the_cpu(t
 
 def test_torchrun_single_gpu_joins_nccl_and_trains(tmp_path):
     deriv = _cohort(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "neuroml",
-           "-q", "train", str(deriv), "--run-dir", str(tmp_path / "run"), "--device", "cuda", "--epochs", "4",
-           "--folds", "2"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "neuroml",
+        "-q",
+        "train",
+        str(deriv),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--device",
+        "cuda",
+        "--epochs",
+        "4",
+        "--folds",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -142,7 +190,9 @@ def test_torchrun_single_gpu_joins_nccl_and_trains(tmp_path):
     assert cfg["runtime"]["device"].startswith("cuda")
 
 
-@pytest.mark.parametrize("method", ["saliency", "hirescam", "integrated_gradients", "region_occlusion"])
+@pytest.mark.parametrize(
+    "method", ["saliency", "hirescam", "integrated_gradients", "region_occlusion"]
+)
 def test_attribution_on_the_gpu_matches_the_cpu(method):
     from neuroml.attribution import Explainer
     from neuroml.models import build_model
@@ -154,8 +204,12 @@ def test_attribution_on_the_gpu_matches_the_cpu(method):
     labels[:6], labels[6:13], labels[13:] = 1, 2, 3
     maps = {}
     for dev in ("cpu", "cuda"):
-        explainer = Explainer(model.to(dev), method, feature_mask=labels if method == "region_occlusion" else None,
-                              n_steps=8)
+        explainer = Explainer(
+            model.to(dev),
+            method,
+            feature_mask=labels if method == "region_occlusion" else None,
+            n_steps=8,
+        )
         maps[dev] = explainer.attribute(x, target=y)
         assert maps[dev].shape == x.shape and np.isfinite(maps[dev]).all()
     assert np.abs(maps["cpu"]).max() > 0

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from neuroml._utils.fileio import sha256_file
-from neuroml.data import (TensorCache, VolumeDataset, build_cache, find_preprocessed, load_cohort,
-                          make_augmentation, participants_file, resolution_key)
+from neuroml.data import (
+    TensorCache,
+    VolumeDataset,
+    build_cache,
+    find_preprocessed,
+    load_cohort,
+    make_augmentation,
+    participants_file,
+    resolution_key,
+)
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.templates import target_grid
 
@@ -28,8 +36,15 @@ def _write_volume(deriv, pid, data, affine, ses=None, res="8"):
     return path
 
 
-def make_derivatives(root, n=6, labels=("control", "MDD", "SCZ"), sessions=("1", "2"), extra_images=(),
-                     extra_rows=(), seed=0):
+def make_derivatives(
+    root,
+    n=6,
+    labels=("control", "MDD", "SCZ"),
+    sessions=("1", "2"),
+    extra_images=(),
+    extra_rows=(),
+    seed=0,
+):
     """Raw folder with participants.tsv + derivatives on the 8 mm grid (19 x 23 x 20).
 
     sub-01 has two sessions; ``extra_images`` are unlabelled participants with images,
@@ -43,17 +58,27 @@ def make_derivatives(root, n=6, labels=("control", "MDD", "SCZ"), sessions=("1",
     for i in range(n):
         pid = f"sub-{i + 1:02d}"
         rows.append(f"{pid}\t{labels[i % len(labels)]}\t{30 + i}")
-        for ses in (sessions if i == 0 else (None,)):
+        for ses in sessions if i == 0 else (None,):
             _write_volume(deriv, pid, rng.normal(size=shape), affine, ses)
     for pid in extra_images:
         _write_volume(deriv, pid, rng.normal(size=shape), affine)
     for pid in extra_rows:
         rows.append(f"{pid}\tcontrol\t50")
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (raw / "dataset_description.json").write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.9.0"}))
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "neuroml derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    (raw / "dataset_description.json").write_text(
+        json.dumps({"Name": "raw", "BIDSVersion": "1.9.0"})
+    )
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "neuroml derivatives",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "neuroml"}],
+                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
+            }
+        )
+    )
     return deriv
 
 
@@ -71,11 +96,21 @@ def test_resolution_key():
 
 def test_find_preprocessed_lists_sessions_sorted(deriv):
     df = find_preprocessed(deriv)
-    assert df["participant_id"].tolist() == ["sub-01", "sub-01", "sub-02", "sub-03", "sub-04", "sub-05", "sub-06"]
+    assert df["participant_id"].tolist() == [
+        "sub-01",
+        "sub-01",
+        "sub-02",
+        "sub-03",
+        "sub-04",
+        "sub-05",
+        "sub-06",
+    ]
     assert df["session"].tolist()[:3] == ["1", "2", None]
     assert set(df["resolution"]) == {"8"}
     assert all((deriv / p).is_file() for p in df["path"])
-    with pytest.raises(InputError, match=r"no preprocessed images at res-2 \(resolutions present: \['8'\]\)"):
+    with pytest.raises(
+        InputError, match=r"no preprocessed images at res-2 \(resolutions present: \['8'\]\)"
+    ):
         find_preprocessed(deriv, resolution=2)
 
 
@@ -196,7 +231,9 @@ def test_load_cohort_joins_labels(tmp_path, caplog):
     assert cohort.column("age")[2] == "31"
     other = load_cohort(deriv, classes=["SCZ", "MDD", "control"])
     assert other.classes == ["SCZ", "MDD", "control"] and other.digest == cohort.digest
-    with pytest.raises(InputError, match=r"label column 'dx' not found; available columns: \['diagnosis', 'age'\]"):
+    with pytest.raises(
+        InputError, match=r"label column 'dx' not found; available columns: \['diagnosis', 'age'\]"
+    ):
         load_cohort(deriv, label_column="dx")
     with pytest.raises(ConfigError, match="not in classes"):
         load_cohort(deriv, classes=["control", "MDD"])
@@ -261,15 +298,29 @@ def test_batch_warp_resamples_exactly_like_monai_rand_affine(rot, shift, scale):
     x = torch.randn(2, 1, 19, 23, 20)
     mats, refs = [], []
     for i, seed in enumerate((3, 4)):
-        t = RandAffine(prob=1.0, rotate_range=(rot,) * 3, translate_range=(shift,) * 3, scale_range=(scale,) * 3,
-                       mode="bilinear", padding_mode="border")
+        t = RandAffine(
+            prob=1.0,
+            rotate_range=(rot,) * 3,
+            translate_range=(shift,) * 3,
+            scale_range=(scale,) * 3,
+            mode="bilinear",
+            padding_mode="border",
+        )
         t.set_random_state(seed)
         refs.append(t(x[i]).as_tensor())
         g = t.rand_affine_grid
-        mats.append(_monai_affine(*(torch.tensor(p, dtype=torch.float64)
-                                    for p in (g.rotate_params, g.translate_params, g.scale_params))))
+        mats.append(
+            _monai_affine(
+                *(
+                    torch.tensor(p, dtype=torch.float64)
+                    for p in (g.rotate_params, g.translate_params, g.scale_params)
+                )
+            )
+        )
     got = warp_affine(x, torch.stack(mats))
-    assert (got - torch.stack(refs)).abs().max() < 1e-4  # float32 rounding; the warp itself moves values by ~1
+    assert (
+        got - torch.stack(refs)
+    ).abs().max() < 1e-4  # float32 rounding; the warp itself moves values by ~1
     assert (got - x).abs().max() > 0.5
 
 
@@ -284,19 +335,28 @@ def test_batch_augmentation_steps_probabilities_and_seeding():
     only = dict(rotate_deg=0, translate_vox=0, scale=0, noise_std=0, intensity=0.1, prob=1.0)
     out = BatchAugmentation(seed=1, **only).apply_batch(x)
     flat_x, flat_o = x.flatten(1).double(), out.flatten(1).double()
-    a = ((flat_o - flat_o.mean(1, keepdim=True)) * (flat_x - flat_x.mean(1, keepdim=True))).sum(1) / \
-        ((flat_x - flat_x.mean(1, keepdim=True)) ** 2).sum(1)
+    a = ((flat_o - flat_o.mean(1, keepdim=True)) * (flat_x - flat_x.mean(1, keepdim=True))).sum(
+        1
+    ) / ((flat_x - flat_x.mean(1, keepdim=True)) ** 2).sum(1)
     b = flat_o.mean(1) - a * flat_x.mean(1)
-    assert torch.allclose(flat_o, a[:, None] * flat_x + b[:, None], atol=1e-4)  # (after an identity resampling)
+    assert torch.allclose(
+        flat_o, a[:, None] * flat_x + b[:, None], atol=1e-4
+    )  # (after an identity resampling)
     assert a.min() >= 0.9 - 1e-6 and a.max() <= 1.1 + 1e-6 and a.max() - a.min() > 0.15
     assert b.abs().max() <= 0.1 + 1e-6 and b.max() - b.min() > 0.15
     # noise only, prob 0.5: about half the items change, each by N(0, s), s <= noise_std
-    noisy = BatchAugmentation(seed=2, **{**only, "intensity": 0, "noise_std": 0.5, "prob": 0.5}).apply_batch(x)
-    changed = (noisy - x).abs().flatten(1).amax(1) > 1e-3  # not just the identity resampling's rounding
+    noisy = BatchAugmentation(
+        seed=2, **{**only, "intensity": 0, "noise_std": 0.5, "prob": 0.5}
+    ).apply_batch(x)
+    changed = (noisy - x).abs().flatten(1).amax(
+        1
+    ) > 1e-3  # not just the identity resampling's rounding
     assert 0.4 < changed.float().mean() < 0.6
     assert (noisy - x)[changed].flatten(1).std(1).max() < 0.6
     # flip only: an item is itself or flipped along its first spatial axis, both happen
-    flipped = BatchAugmentation(seed=3, **{**only, "intensity": 0, "prob": 0.0}, flip=True).apply_batch(x)
+    flipped = BatchAugmentation(
+        seed=3, **{**only, "intensity": 0, "prob": 0.0}, flip=True
+    ).apply_batch(x)
     same = (flipped == x).flatten(1).all(1)
     assert torch.equal(flipped[~same], x[~same].flip(2)) and 0.4 < same.float().mean() < 0.6
     # seeded, per item as well, and the input is never modified
@@ -317,30 +377,47 @@ def test_augmenting_the_pooled_grid_matches_pooling_the_augmented_grid():
     from neuroml.data import BatchAugmentation
     from neuroml.io.templates import template_on_grid
 
-    tpl = torch.from_numpy(np.asarray(template_on_grid(2.0).dataobj, dtype=np.float32))  # the 2 mm brain
+    tpl = torch.from_numpy(
+        np.asarray(template_on_grid(2.0).dataobj, dtype=np.float32)
+    )  # the 2 mm brain
     x = (tpl / tpl.max()).expand(4, 1, *tpl.shape).contiguous()
 
     def pool(v):
         return F.avg_pool3d(v, 2, ceil_mode=True)
 
-    geometry = dict(rotate_deg=3.0, translate_vox=2.0, scale=0.03, intensity=0.1, noise_std=0.0, prob=1.0)
+    geometry = dict(
+        rotate_deg=3.0, translate_vox=2.0, scale=0.03, intensity=0.1, noise_std=0.0, prob=1.0
+    )
     full = pool(BatchAugmentation(seed=5, **geometry).apply_batch(x))
     coarse = BatchAugmentation(seed=5, **geometry).apply_batch(pool(x), pooled=2)
-    wrong = BatchAugmentation(seed=5, **geometry).apply_batch(pool(x))  # shifts not rescaled: twice as far
+    wrong = BatchAugmentation(seed=5, **geometry).apply_batch(
+        pool(x)
+    )  # shifts not rescaled: twice as far
     changed = (full - pool(x)).abs().mean()
-    assert (coarse - full).abs().mean() < 0.2 * changed  # interpolation on the coarser grid only (0.13 here)
+    assert (
+        coarse - full
+    ).abs().mean() < 0.2 * changed  # interpolation on the coarser grid only (0.13 here)
     assert (wrong - full).abs().mean() > 2 * (coarse - full).abs().mean()  # (3.9x here)
     # noise alone: the pooled grid gets the standard deviation of 8 averaged noise voxels
     noise = dict(rotate_deg=0, translate_vox=0, scale=0, intensity=0, noise_std=0.4, prob=1.0)
     big = torch.zeros(40, 1, 32, 32, 32)
     sd_full = pool(BatchAugmentation(seed=1, **noise).apply_batch(big)).flatten(1).std(1)
-    sd_coarse = BatchAugmentation(seed=1, **noise).apply_batch(pool(big), pooled=2).flatten(1).std(1)
+    sd_coarse = (
+        BatchAugmentation(seed=1, **noise).apply_batch(pool(big), pooled=2).flatten(1).std(1)
+    )
     assert torch.allclose(sd_coarse, sd_full, rtol=0.1)  # same per-item noise level drawn for both
 
 
-@pytest.mark.parametrize("what, content", [("npy", b""), ("npy", b"\x93NUMPY\x01\x00v\x00{'descr'"),
-                                           ("meta", b"[1, 2]"), ("meta", b'{"entries": [1]}'),
-                                           ("meta", b'{"entries": {"res-8": 5}}')])
+@pytest.mark.parametrize(
+    "what, content",
+    [
+        ("npy", b""),
+        ("npy", b"\x93NUMPY\x01\x00v\x00{'descr'"),
+        ("meta", b"[1, 2]"),
+        ("meta", b'{"entries": [1]}'),
+        ("meta", b'{"entries": {"res-8": 5}}'),
+    ],
+)
 def test_corrupt_cache_files_are_rebuilt_not_a_crash(deriv, what, content):
     expected = build_cache(deriv).load()
     path = deriv / "cache" / ("res-8_T1w.npy" if what == "npy" else "meta.json")
@@ -358,12 +435,20 @@ def test_concurrent_builds_of_two_caches_keep_both_meta_entries(deriv, monkeypat
 
     affine6, shape6 = target_grid(6.0)
     for i in range(3):
-        _write_volume(deriv, f"sub-{i + 1:02d}", np.random.default_rng(i).normal(size=shape6), affine6, res="6")
+        _write_volume(
+            deriv,
+            f"sub-{i + 1:02d}",
+            np.random.default_rng(i).normal(size=shape6),
+            affine6,
+            res="6",
+        )
     build_cache(deriv, resolution=8), build_cache(deriv, resolution=6)
     affine8, shape8 = target_grid(8.0)  # both caches are now out of date
     _write_volume(deriv, "sub-02", np.random.default_rng(8).normal(size=shape8), affine8)
     _write_volume(deriv, "sub-02", np.random.default_rng(6).normal(size=shape6), affine6, res="6")
-    both_read = threading.Barrier(2, timeout=3)  # both builders read meta.json before either writes it
+    both_read = threading.Barrier(
+        2, timeout=3
+    )  # both builders read meta.json before either writes it
     seen, real_read_json = set(), cache_mod.read_json
 
     def read_json(path):
@@ -394,10 +479,14 @@ def test_concurrent_builds_of_two_caches_keep_both_meta_entries(deriv, monkeypat
     assert not errors
     for res in (8, 6):
         cache = TensorCache.open(deriv, resolution=res)
-        assert cache.sha256 == {p: sha256_file(deriv / p) for p in find_preprocessed(deriv, res)["path"]}
+        assert cache.sha256 == {
+            p: sha256_file(deriv / p) for p in find_preprocessed(deriv, res)["path"]
+        }
 
 
-@pytest.mark.parametrize("field, value", [("shape", 5), ("shape", None), ("affine", [1, 2]), ("affine", None)])
+@pytest.mark.parametrize(
+    "field, value", [("shape", 5), ("shape", None), ("affine", [1, 2]), ("affine", None)]
+)
 def test_a_cache_entry_without_a_valid_grid_is_rebuilt(deriv, field, value):
     expected = build_cache(deriv).load()
     meta_path = deriv / "cache" / "meta.json"

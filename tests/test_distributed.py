@@ -80,13 +80,30 @@ def test_torchrun_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "run"
     import neuroml
 
-    src = str(Path(neuroml.__file__).resolve().parents[1])  # the neuroml under test, installed or not
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    src = str(
+        Path(neuroml.__file__).resolve().parents[1]
+    )  # the neuroml under test, installed or not
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+    }
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", str(worker), str(tmp_path), str(deriv), str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=127.0.0.1:0",
+        str(worker),
+        str(tmp_path),
+        str(deriv),
+        str(run_dir),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -94,12 +111,21 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # only rank 0 writes, and each run-level file once
     assert ranks[1]["writes"] == []
     writes = ranks[0]["writes"]
-    for name in ("config.json", "splits.json", "metrics.json", "predictions.tsv", "provenance.json",
-                 "training_curve.png", "baseline_predictions.tsv"):
+    for name in (
+        "config.json",
+        "splits.json",
+        "metrics.json",
+        "predictions.tsv",
+        "provenance.json",
+        "training_curve.png",
+        "baseline_predictions.tsv",
+    ):
         assert writes.count(name) == 1, (name, writes)
         assert (run_dir / name).is_file()
     for k in range(3):
-        assert writes.count(f"fold-{k}/model.pt") == 1 and writes.count(f"fold-{k}/history.tsv") == 1
+        assert (
+            writes.count(f"fold-{k}/model.pt") == 1 and writes.count(f"fold-{k}/history.tsv") == 1
+        )
         assert not (run_dir / f"fold-{k}" / "last.pt").exists()
     assert not list(run_dir.rglob(".*.tmp*"))  # no stray temporary files
     assert all(r["group_left"] for r in ranks)  # train_run tears down the group it created
@@ -116,7 +142,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     yhat = pred["predicted_label"].map(CLASSES.index).to_numpy()
     assert metrics["cnn"]["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, yhat, 3))
     assert summary["balanced_accuracy"] == metrics["cnn"]["balanced_accuracy"]
-    assert summary["balanced_accuracy"] > 0.6  # the easy blob task is learnt under DDP too (chance 1/3)
+    assert (
+        summary["balanced_accuracy"] > 0.6
+    )  # the easy blob task is learnt under DDP too (chance 1/3)
     splits = json.loads((run_dir / "splits.json").read_text())["folds"]
     for f in splits:
         assert set(pred.loc[pred["fold"] == f["fold"], "participant_id"]) == set(f["test"])
@@ -136,7 +164,12 @@ def test_single_process_helpers_without_torchrun(monkeypatch):
     assert not dist.launched_by_torchrun()
     dev, created = dist.init_distributed("cpu")
     assert str(dev) == "cpu" and created is False
-    assert (dist.rank(), dist.world_size(), dist.is_main_process(), dist.is_distributed()) == (0, 1, True, False)
+    assert (dist.rank(), dist.world_size(), dist.is_main_process(), dist.is_distributed()) == (
+        0,
+        1,
+        True,
+        False,
+    )
     assert dist.broadcast_object({"a": 1}) == {"a": 1}
     assert dist.all_reduce_mean(2.5, 3) == 2.5
     monkeypatch.setenv("WORLD_SIZE", "2")

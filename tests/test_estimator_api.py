@@ -14,16 +14,28 @@ def _volumes(n=6, seed=0):
     return np.random.default_rng(seed).normal(size=(n, *SHAPE)).astype(np.float32)
 
 
-@pytest.mark.parametrize("labels", [["a", "b", None, "a", "b", "a"], [0.0, 1.0, np.nan, 0.0, 1.0, 0.0],
-                                    ["a", "b", " ", "a", "b", "a"]])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["a", "b", None, "a", "b", "a"],
+        [0.0, 1.0, np.nan, 0.0, 1.0, 0.0],
+        ["a", "b", " ", "a", "b", "a"],
+    ],
+)
 def test_missing_labels_are_refused_not_made_a_class(labels):
     with pytest.raises(InputError, match=r"1 label\(s\) are missing.*\[2\]"):
         NeuroClassifier(epochs=1, val_fraction=0).fit(_volumes(), labels)
 
 
-@pytest.mark.parametrize("params, name", [({"val_fraction": 2.0}, "val_fraction"),
-                                          ({"val_fraction": -0.1}, "val_fraction"),
-                                          ({"seed": None}, "seed"), ({"seed": -1}, "seed")])
+@pytest.mark.parametrize(
+    "params, name",
+    [
+        ({"val_fraction": 2.0}, "val_fraction"),
+        ({"val_fraction": -0.1}, "val_fraction"),
+        ({"seed": None}, "seed"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_parameters_are_checked_in_fit(params, name):
     clf = NeuroClassifier(epochs=1, **params)  # __init__ stores them unchanged
     assert clf.get_params()[name] is params[name]
@@ -32,7 +44,9 @@ def test_parameters_are_checked_in_fit(params, name):
 
 
 def test_numpy_integer_seed_is_accepted():
-    clf = NeuroClassifier(epochs=1, val_fraction=0, augment=False, seed=np.int64(3)).fit(_volumes(), [0, 1] * 3)
+    clf = NeuroClassifier(epochs=1, val_fraction=0, augment=False, seed=np.int64(3)).fit(
+        _volumes(), [0, 1] * 3
+    )
     assert clf.classes_.tolist() == [0, 1]
 
 
@@ -56,8 +70,9 @@ def test_unusable_image_inputs_are_clear_errors():
 
 def test_predicting_images_with_another_affine_says_so():
     x = _volumes()
-    clf = NeuroClassifier(epochs=1, val_fraction=0, augment=False).fit([nib.Nifti1Image(v, np.eye(4)) for v in x],
-                                                                      ["a", "b"] * 3)
+    clf = NeuroClassifier(epochs=1, val_fraction=0, augment=False).fit(
+        [nib.Nifti1Image(v, np.eye(4)) for v in x], ["a", "b"] * 3
+    )
     shifted = np.eye(4)
     shifted[0, 3] = 10
     with pytest.raises(InputError, match="affine.*another position or voxel size"):
@@ -78,7 +93,9 @@ def test_an_image_loaded_from_a_file_is_named_by_its_file(tmp_path):
 
 @pytest.mark.parametrize("val_fraction", [np.float32(0.25), np.int64(0)])
 def test_numpy_val_fraction_is_accepted(val_fraction):
-    clf = NeuroClassifier(epochs=1, val_fraction=val_fraction, augment=False).fit(_volumes(), ["a", "b"] * 3)
+    clf = NeuroClassifier(epochs=1, val_fraction=val_fraction, augment=False).fit(
+        _volumes(), ["a", "b"] * 3
+    )
     assert clf.classes_.tolist() == ["a", "b"]
 
 

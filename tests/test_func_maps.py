@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from neuroml.errors import ConfigError, InputError
-from neuroml.functional.maps import (alff_array, amplitude_spectrum, falff_array, reho_array,
-                                     seed_connectivity_array, sphere_mask, zscore_in_mask)
+from neuroml.functional.maps import (
+    alff_array,
+    amplitude_spectrum,
+    falff_array,
+    reho_array,
+    seed_connectivity_array,
+    sphere_mask,
+    zscore_in_mask,
+)
 
 TR = 2.0
 T = 100  # frequency grid: k / (T * TR) = k * 0.005 Hz
@@ -28,9 +35,9 @@ def test_amplitude_of_a_sinusoid_is_its_amplitude():
 
 def test_alff_falff_of_pure_sinusoids():
     x = np.zeros((3, 4, 5, T))
-    x[0, 0, 0] = _sin(0.05, 2.0)                      # in band
-    x[1, 1, 1] = _sin(0.15, 2.0)                      # out of band
-    x[2, 3, 4] = _sin(0.05, 3.0) + _sin(0.20, 1.0)    # both
+    x[0, 0, 0] = _sin(0.05, 2.0)  # in band
+    x[1, 1, 1] = _sin(0.15, 2.0)  # out of band
+    x[2, 3, 4] = _sin(0.05, 3.0) + _sin(0.20, 1.0)  # both
     n_band = sum(0.01 <= k * 0.005 <= 0.08 for k in range(1, 51))  # 0.010 .. 0.080 -> 15 bins
     assert n_band == 15
     alff = alff_array(x, TR)
@@ -70,7 +77,7 @@ def _kendall_w(series):
     k, n = r.shape
     rt = r.sum(0)
     s = ((rt - rt.mean()) ** 2).sum()
-    return 12 * s / (k ** 2 * (n ** 3 - n))
+    return 12 * s / (k**2 * (n**3 - n))
 
 
 def test_reho_is_kendalls_w_over_the_27_neighbourhood():
@@ -85,9 +92,13 @@ def test_reho_is_kendalls_w_over_the_27_neighbourhood():
         if not mask[i, j, k]:
             assert out[i, j, k] == 0
             continue
-        neigh = [x[a, b, c] for a, b, c in itertools.product(range(i - 1, i + 2), range(j - 1, j + 2),
-                                                                range(k - 1, k + 2))
-                 if 0 <= a < shape[0] and 0 <= b < shape[1] and 0 <= c < shape[2] and mask[a, b, c]]
+        neigh = [
+            x[a, b, c]
+            for a, b, c in itertools.product(
+                range(i - 1, i + 2), range(j - 1, j + 2), range(k - 1, k + 2)
+            )
+            if 0 <= a < shape[0] and 0 <= b < shape[1] and 0 <= c < shape[2] and mask[a, b, c]
+        ]
         assert out[i, j, k] == pytest.approx(_kendall_w(neigh), rel=1e-5, abs=1e-6), (i, j, k)
 
 
@@ -135,7 +146,9 @@ def test_sphere_and_zscore_and_shape_errors():
     assert m.sum() == 7 and m[3, 3, 3]
     v = np.arange(24.0).reshape(2, 3, 4)
     z = zscore_in_mask(v, v > 5)
-    assert z[v > 5].mean() == pytest.approx(0, abs=1e-6) and z[v > 5].std() == pytest.approx(1, rel=1e-5)
+    assert z[v > 5].mean() == pytest.approx(0, abs=1e-6) and z[v > 5].std() == pytest.approx(
+        1, rel=1e-5
+    )
     assert (z[v <= 5] == 0).all()
     with pytest.raises(InputError, match="4D"):
         alff_array(np.zeros((3, 4, 5)), TR)

@@ -35,7 +35,9 @@ def _dataset(root, tr=2.5, sidecars=None):
     """A BIDS dataset with one BOLD series and ``sidecars`` (relative path -> JSON content)."""
     func = root / "sub-01" / "func"
     func.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "x", "BIDSVersion": "1.9.0"})
+    )
     for rel, content in (sidecars or {}).items():
         (root / rel).write_text(json.dumps(content))
     nib.save(_series(tr), str(func / NAME))
@@ -47,18 +49,33 @@ def test_check_img_keeps_the_repetition_time(tmp_path):
     img.header.set_xyzt_units("mm", "msec")
     nib.save(img, str(tmp_path / "x.nii.gz"))
     out = check_img(tmp_path / "x.nii.gz", ndim=4)  # read from disk: a new header
-    assert out.header.get_zooms()[3] == pytest.approx(2.5) and out.header.get_xyzt_units()[1] == "sec"
+    assert (
+        out.header.get_zooms()[3] == pytest.approx(2.5) and out.header.get_xyzt_units()[1] == "sec"
+    )
     assert repetition_time(out) == pytest.approx(2.5)
 
 
-@pytest.mark.parametrize("header_tr,sidecars,expect", [
-    (2.5, {"task-rest_bold.json": {"RepetitionTime": 2.5}}, 2.5),       # dataset-level sidecar only
-    (2.5, {}, 2.5),                                                      # header only (was 1.0)
-    (2.0, {"task-rest_bold.json": {"RepetitionTime": 2.5}}, 2.5),       # the sidecar wins over the header
-    (2.0, {"task-rest_bold.json": {"RepetitionTime": 3.0},              # the nearest sidecar wins
-           "sub-01/sub-01_task-rest_bold.json": {"RepetitionTime": 2.5},
-           "task-other_bold.json": {"RepetitionTime": 9.0}}, 2.5),
-])
+@pytest.mark.parametrize(
+    "header_tr,sidecars,expect",
+    [
+        (2.5, {"task-rest_bold.json": {"RepetitionTime": 2.5}}, 2.5),  # dataset-level sidecar only
+        (2.5, {}, 2.5),  # header only (was 1.0)
+        (
+            2.0,
+            {"task-rest_bold.json": {"RepetitionTime": 2.5}},
+            2.5,
+        ),  # the sidecar wins over the header
+        (
+            2.0,
+            {
+                "task-rest_bold.json": {"RepetitionTime": 3.0},  # the nearest sidecar wins
+                "sub-01/sub-01_task-rest_bold.json": {"RepetitionTime": 2.5},
+                "task-other_bold.json": {"RepetitionTime": 9.0},
+            },
+            2.5,
+        ),
+    ],
+)
 def test_repetition_time_reaches_the_cleaning(tmp_path, header_tr, sidecars, expect):
     path = _dataset(tmp_path / "bids", header_tr, sidecars)
     paths = preprocess_bold(path, tmp_path / "out", bids_dir=tmp_path / "bids", **FAST)
@@ -98,7 +115,10 @@ def test_truncated_output_is_not_complete_and_group_qc_reports_it(tmp_path, capl
     t0 = time.perf_counter()
     assert is_func_complete(path, out, **params)
     assert time.perf_counter() - t0 < 2.0  # checksums of a few small files
-    assert paths == {**func_output_paths({"sub": "01", "task": "rest"}, out, params), "info": paths["info"]}
+    assert paths == {
+        **func_output_paths({"sub": "01", "task": "rest"}, out, params),
+        "info": paths["info"],
+    }
     mean = paths["map-mean"]
     mean.write_bytes(mean.read_bytes()[: mean.stat().st_size // 2])
     assert not is_func_complete(path, out, **params)

@@ -45,7 +45,10 @@ def test_single_volume_4d_is_accepted_as_3d(rng):
     "maker, match",
     [
         (lambda p: p.write_bytes(b""), "empty file"),
-        (lambda p: p.write_bytes(gzip.compress(b"not an image at all" * 50)), "not a readable image"),
+        (
+            lambda p: p.write_bytes(gzip.compress(b"not an image at all" * 50)),
+            "not a readable image",
+        ),
         (lambda p: p.mkdir(), "is a directory"),
     ],
 )
@@ -86,7 +89,9 @@ def test_non_finite_and_constant_data(rng):
         check_img(nib.Nifti1Image(data, np.eye(4)), name="bad.nii")
     with pytest.raises(InputError, match="volume is constant"):
         check_img(nib.Nifti1Image(np.zeros((7, 8, 9), np.float32), np.eye(4)))
-    assert check_img(nib.Nifti1Image(np.zeros((7, 8, 9), np.float32), np.eye(4)), allow_constant=True)
+    assert check_img(
+        nib.Nifti1Image(np.zeros((7, 8, 9), np.float32), np.eye(4)), allow_constant=True
+    )
 
 
 def _patched_sform(tmp_path, name, row, values):
@@ -98,7 +103,7 @@ def _patched_sform(tmp_path, name, row, values):
     nib.save(img, path)
     raw = bytearray(path.read_bytes())
     offset = 280 + 16 * row  # srow_x, srow_y, srow_z: four float32 each from byte 280
-    raw[offset:offset + 16] = np.asarray(values, dtype="<f4").tobytes()
+    raw[offset : offset + 16] = np.asarray(values, dtype="<f4").tobytes()
     path.write_bytes(bytes(raw))
     return path
 

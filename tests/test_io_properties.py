@@ -47,12 +47,20 @@ def test_low_dimensional_arrays_are_refused(shape):
         raise AssertionError(f"shape {shape} accepted as 3D")
 
 
-alnum = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=8)
+alnum = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    min_size=1,
+    max_size=8,
+)
 
 
 @settings(max_examples=100, deadline=None)
-@given(sub=alnum, ses=st.none() | alnum, run=st.none() | st.integers(1, 99).map(str),
-       desc=st.none() | alnum)
+@given(
+    sub=alnum,
+    ses=st.none() | alnum,
+    run=st.none() | st.integers(1, 99).map(str),
+    desc=st.none() | alnum,
+)
 def test_derivative_names_round_trip(sub, ses, run, desc):
     ents = {"sub": sub}
     if ses:

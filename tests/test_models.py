@@ -7,8 +7,13 @@ from neuroml.errors import ConfigError
 from neuroml.models import MODELS, build_model, count_parameters, default_target_layer
 
 # smallest inputs each network accepts (DenseNet121 pools 5 times; the ResNets pool globally)
-_SHAPES = {"compact": (19, 23, 20), "densenet121": (32, 32, 32), "resnet10": (16, 16, 16),
-           "resnet18": (16, 16, 16), "resnet34": (16, 16, 16)}
+_SHAPES = {
+    "compact": (19, 23, 20),
+    "densenet121": (32, 32, 32),
+    "resnet10": (16, 16, 16),
+    "resnet18": (16, 16, 16),
+    "resnet34": (16, 16, 16),
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,7 +64,9 @@ def test_two_input_channels():
     assert model(torch.zeros(1, 2, 19, 23, 20)).shape == (1, 2)
 
 
-@pytest.mark.parametrize("bad, hint", [("densenet", "densenet121"), ("resnet81", "resnet18"), ("Compakt", "compact")])
+@pytest.mark.parametrize(
+    "bad, hint", [("densenet", "densenet121"), ("resnet81", "resnet18"), ("Compakt", "compact")]
+)
 def test_unknown_model_name_suggests(bad, hint):
     with pytest.raises(ConfigError, match=f"Did you mean '{hint}'"):
         build_model(bad, 3, spatial_shape=(19, 23, 20))
@@ -80,15 +87,19 @@ def test_bad_arguments():
 
 # ---------------------------------------------------------------- input pooling
 
-@pytest.mark.parametrize("shape, name, expected", [
-    ((73, 91, 78), "compact", 2),      # 2 mm MNI grid: the network sees ~4 mm
-    ((146, 182, 156), "compact", 4),   # 1 mm
-    ((97, 121, 104), "compact", 2),    # 1.5 mm: 4x would leave 25 voxels
-    ((49, 61, 52), "compact", 1),      # 3 mm
-    ((37, 46, 39), "compact", 1),      # 4 mm
-    ((19, 23, 20), "compact", 1),      # 8 mm
-    ((73, 91, 78), "densenet121", 1),  # the GPU networks are never pooled
-])
+
+@pytest.mark.parametrize(
+    "shape, name, expected",
+    [
+        ((73, 91, 78), "compact", 2),  # 2 mm MNI grid: the network sees ~4 mm
+        ((146, 182, 156), "compact", 4),  # 1 mm
+        ((97, 121, 104), "compact", 2),  # 1.5 mm: 4x would leave 25 voxels
+        ((49, 61, 52), "compact", 1),  # 3 mm
+        ((37, 46, 39), "compact", 1),  # 4 mm
+        ((19, 23, 20), "compact", 1),  # 8 mm
+        ((73, 91, 78), "densenet121", 1),  # the GPU networks are never pooled
+    ],
+)
 def test_auto_input_pool_depends_on_the_grid_only(shape, name, expected):
     from neuroml.models import resolve_input_pool
 
@@ -164,6 +175,7 @@ def test_weights_never_load_across_input_pools():
 
 # ---------------------------------------------------------------- FastDropout
 
+
 @pytest.mark.parametrize("activation", ["leakyrelu", "prelu"])
 def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
     from monai.networks import nets
@@ -175,15 +187,27 @@ def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
     assert len(drops) == 4 and all(type(m) is FastDropout and m.p == 0.1 for m in drops)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
     assert len(norms) == 4 and all(type(m) is FastInstanceNorm3d and not m.affine for m in norms)
-    acts = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.PReLU))]
+    acts = [
+        m
+        for m in model.modules()
+        if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.PReLU))
+    ]
     if activation == "leakyrelu":
         assert [(type(m), m.negative_slope) for m in acts] == [(torch.nn.LeakyReLU, 0.25)] * 4
     else:
         assert [type(m) for m in acts] == [torch.nn.PReLU] * 4
     act = ("LEAKYRELU", {"negative_slope": 0.25}) if activation == "leakyrelu" else "PRELU"
-    plain = nets.Classifier(in_shape=(1, 19, 23, 20), classes=3, channels=(8, 16, 32, 64, 64),
-                            strides=(2, 2, 2, 2, 1), kernel_size=3, num_res_units=0, act=act,
-                            norm="INSTANCE", dropout=0.1)
+    plain = nets.Classifier(
+        in_shape=(1, 19, 23, 20),
+        classes=3,
+        channels=(8, 16, 32, 64, 64),
+        strides=(2, 2, 2, 2, 1),
+        kernel_size=3,
+        num_res_units=0,
+        act=act,
+        norm="INSTANCE",
+        dropout=0.1,
+    )
     assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     plain.load_state_dict(model.state_dict())
     plain.eval(), model.eval()
@@ -194,7 +218,9 @@ def test_compact_uses_fast_layers_with_monai_state_dict_keys(activation):
 def test_activation_argument():
     leaky = build_model("compact", 3, spatial_shape=(19, 23, 20))
     prelu = build_model("compact", 3, spatial_shape=(19, 23, 20), activation="prelu")
-    with pytest.raises(RuntimeError, match="Unexpected key.*adn.A.weight"):  # the two never mix silently
+    with pytest.raises(
+        RuntimeError, match="Unexpected key.*adn.A.weight"
+    ):  # the two never mix silently
         leaky.load_state_dict(prelu.state_dict())
     with pytest.raises(ConfigError, match="activation.*'leakyrelu'"):
         build_model("compact", 3, spatial_shape=(19, 23, 20), activation="leaky_relu")
@@ -203,6 +229,7 @@ def test_activation_argument():
 
 
 # ---------------------------------------------------------------- FastInstanceNorm3d
+
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_instance_norm_matches_torch_in_value_gradient_and_layout(channels_last):
@@ -217,12 +244,18 @@ def test_fast_instance_norm_matches_torch_in_value_gradient_and_layout(channels_
     fast, ref = FastInstanceNorm3d(4), torch.nn.InstanceNorm3d(4)
     y, y_ref = fast(x), ref(x)
     assert y.grad_fn is not None and "InstanceNorm" in type(y.grad_fn).__name__  # the fast path ran
-    assert y.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    assert y.is_contiguous(
+        memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
+    )
     assert torch.allclose(y, y_ref, atol=1e-10)
     g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
-    assert torch.allclose(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], atol=1e-9)
-    assert torch.autograd.gradcheck(lambda t: _InstanceNorm.apply(t, 1e-5), (x[:2, :2, :4, :3, :3].detach()
-                                                                           .clone().requires_grad_(True),))
+    assert torch.allclose(
+        torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], atol=1e-9
+    )
+    assert torch.autograd.gradcheck(
+        lambda t: _InstanceNorm.apply(t, 1e-5),
+        (x[:2, :2, :4, :3, :3].detach().clone().requires_grad_(True),),
+    )
     x32 = x.detach().float()
     assert torch.allclose(fast.eval()(x32), ref(x32), atol=1e-4)  # float32, eval mode too
 
@@ -239,7 +272,9 @@ def test_fast_instance_norm_falls_back_to_torch():
         ref.weight.fill_(3.0)
     assert torch.allclose(affine(x), ref(x), atol=1e-6)  # torch's own kernel, with the scale
     unbatched = torch.randn(2, 4, 5, 6)
-    assert torch.allclose(FastInstanceNorm3d(2)(unbatched), torch.nn.InstanceNorm3d(2)(unbatched), atol=1e-6)
+    assert torch.allclose(
+        FastInstanceNorm3d(2)(unbatched), torch.nn.InstanceNorm3d(2)(unbatched), atol=1e-6
+    )
     assert FastInstanceNorm3d(2)(x.bfloat16()).dtype == torch.bfloat16
 
 
@@ -248,13 +283,15 @@ def test_fast_instance_norm_edge_cases_behave_as_torch():
 
     fast, ref = FastInstanceNorm3d(2), torch.nn.InstanceNorm3d(2)
     empty = torch.zeros(0, 2, 4, 5, 6)
-    assert fast(empty).shape == ref(empty).shape == empty.shape  # an empty batch (was an IndexError)
+    assert (
+        fast(empty).shape == ref(empty).shape == empty.shape
+    )  # an empty batch (was an IndexError)
     for m in (fast, ref):  # one voxel: torch refuses rather than returning zeros
         with pytest.raises(ValueError, match="more than 1 spatial element"):
             m(torch.randn(2, 2, 1, 1, 1))
     # the closed-form backward is not differentiable again: a double backward must fail, not be wrong
     x = torch.randn(2, 2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
-    g, = torch.autograd.grad((fast(x) ** 3).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad((fast(x) ** 3).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.pow(2).sum(), x)
 
@@ -305,13 +342,17 @@ def test_fast_dropout_same_mask_in_channels_last_and_bf16_and_identity_in_eval()
 
 # ---------------------------------------------------------------- FastADN
 
+
 def _adn(channels=4, p=0.3, act=("LEAKYRELU", {"negative_slope": 0.25})):
     from monai.networks.blocks import ADN
 
     from neuroml.models.layers import FastADN, use_fast_layers
 
-    return FastADN.from_adn(use_fast_layers(ADN("NDA", channels, norm="INSTANCE", norm_dim=3, dropout=p,
-                                                dropout_dim=1, act=act)))
+    return FastADN.from_adn(
+        use_fast_layers(
+            ADN("NDA", channels, norm="INSTANCE", norm_dim=3, dropout=p, dropout_dim=1, act=act)
+        )
+    )
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -333,12 +374,16 @@ def test_fast_adn_is_norm_dropout_leaky_relu_in_value_gradient_mask_and_layout(c
     dropped = (y == 0).double().mean().item()
     assert 0.27 < dropped < 0.33  # p = 0.3 over 2,016 values (sd 0.01; no input is exactly 0)
     assert torch.allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    assert y.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    assert y.is_contiguous(
+        memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
+    )
     g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
-    grad, = torch.autograd.grad(y, x, g)
-    grad_ref, = torch.autograd.grad(y_ref, x, g)
+    (grad,) = torch.autograd.grad(y, x, g)
+    (grad_ref,) = torch.autograd.grad(y_ref, x, g)
     assert torch.allclose(grad, grad_ref, rtol=1e-10, atol=1e-12)
-    assert grad.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    assert grad.is_contiguous(
+        memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
+    )
 
     def seeded(t):  # gradcheck evaluates many times: the same mask each time
         torch.manual_seed(4)
@@ -360,18 +405,21 @@ def test_fast_adn_runs_its_children_in_eval_mode_and_on_other_inputs():
     assert calls == []  # fused: the activation module itself did not run
     block.eval()
     y = block(x)
-    assert calls == ["A"] and torch.allclose(y, torch.nn.functional.leaky_relu(torch.nn.InstanceNorm3d(4)(x), 0.25),
-                                             atol=1e-5)  # eval: no dropout, hooks fire
+    assert calls == ["A"] and torch.allclose(
+        y, torch.nn.functional.leaky_relu(torch.nn.InstanceNorm3d(4)(x), 0.25), atol=1e-5
+    )  # eval: no dropout, hooks fire
     block.train()
     half = block(x.bfloat16())  # torch's norm for bf16: the children in turn
     assert half.dtype == torch.bfloat16 and calls == ["A", "A"]
     with pytest.raises(RuntimeError):  # a double backward through the closed form fails loudly
         xx = torch.randn(2, 4, 5, 6, 7, dtype=torch.float64, requires_grad=True)
-        g, = torch.autograd.grad((block(xx) ** 3).sum(), xx, create_graph=True)
+        (g,) = torch.autograd.grad((block(xx) ** 3).sum(), xx, create_graph=True)
         torch.autograd.grad(g.pow(2).sum(), xx)
     assert _adn(act="PRELU") is None  # only the leaky ReLU is fused
     no_drop = _adn(p=0.0).train()(x)  # p = 0: the children in turn, nothing dropped
-    assert torch.allclose(no_drop, torch.nn.functional.leaky_relu(torch.nn.InstanceNorm3d(4)(x), 0.25), atol=1e-5)
+    assert torch.allclose(
+        no_drop, torch.nn.functional.leaky_relu(torch.nn.InstanceNorm3d(4)(x), 0.25), atol=1e-5
+    )
     leaky = build_model("compact", 3, spatial_shape=(19, 23, 20))
     prelu = build_model("compact", 3, spatial_shape=(19, 23, 20), activation="prelu")
     assert sum(type(m) is FastADN for m in leaky.modules()) == 4
@@ -382,10 +430,14 @@ def test_fast_dropout_near_p_zero_and_one_and_in_float64():
     from neuroml.models.layers import FastADN, FastDropout
 
     x = torch.ones(100_000)
-    assert torch.equal(FastDropout(1 - 1e-7)(x), torch.zeros_like(x))  # all dropped, none scaled by 1e7
+    assert torch.equal(
+        FastDropout(1 - 1e-7)(x), torch.zeros_like(x)
+    )  # all dropped, none scaled by 1e7
     assert torch.equal(FastDropout(1e-7)(x), x / (1 - 1e-7))  # none dropped
     block = _adn(p=1 - 1e-7)
-    assert type(block) is FastADN and torch.equal(block(torch.randn(2, 4, 5, 6, 7)), torch.zeros(2, 4, 5, 6, 7))
+    assert type(block) is FastADN and torch.equal(
+        block(torch.randn(2, 4, 5, 6, 7)), torch.zeros(2, 4, 5, 6, 7)
+    )
     x64 = torch.randn(1000, dtype=torch.float64)
     y = FastDropout(0.1)(x64)
     kept = y != 0

@@ -33,9 +33,16 @@ def test_the_command_sets_it_before_torch_loads(monkeypatch):
     assert exc.value.code == 0
     assert env["GOMP_SPINCOUNT"] == "1000" and env["KMP_BLOCKTIME"] == "0"
     # the setting only works if the command module does not load torch (and OpenMP) on import
-    code = "import sys, neuroml.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "import sys, neuroml.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -21,7 +21,13 @@ from scipy.spatial.transform import Rotation
 
 from neuroml._utils.fileio import sha256_file
 from neuroml.errors import ConfigError, InputError
-from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, mni_brain_mask, mni_template, target_grid
+from neuroml.io.templates import (
+    TEMPLATE_SPACE,
+    brain_mask_on_grid,
+    mni_brain_mask,
+    mni_template,
+    target_grid,
+)
 from neuroml.preprocessing import (
     T1wPreprocessor,
     is_complete,
@@ -64,7 +70,9 @@ def make_subject(seed=0, vox=(4.0, 3.5, 4.5), shape=(50, 66, 46), noise=0.02):
     rng = np.random.default_rng(seed + 100)
     mni2scan = _true_affine(seed)
     # scanner grid in 'LIP'-like order (axes permuted and flipped) around the head
-    scan_affine = np.array([[-vox[0], 0, 0, 0], [0, 0, -vox[2], 0], [0, -vox[1], 0, 0], [0, 0, 0, 1.0]])
+    scan_affine = np.array(
+        [[-vox[0], 0, 0, 0], [0, 0, -vox[2], 0], [0, -vox[1], 0, 0], [0, 0, 0, 1.0]]
+    )
     centre = mni2scan[:3, :3] @ [0, -18, 10] + mni2scan[:3, 3]
     scan_affine[:3, 3] = centre - scan_affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
     tpl = mni_template()
@@ -94,9 +102,13 @@ def mean_error(transform, mni2scan):
 def write_bids(root, scans):
     """A BIDS dataset: ``scans`` maps relative paths to images (or bytes)."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"})
+    )
     subs = sorted({p.split("/")[0] for p in scans})
-    (root / "participants.tsv").write_text("participant_id\tdiagnosis\n" + "".join(f"{s}\tcontrol\n" for s in subs))
+    (root / "participants.tsv").write_text(
+        "participant_id\tdiagnosis\n" + "".join(f"{s}\tcontrol\n" for s in subs)
+    )
     for rel, content in scans.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +207,9 @@ def test_estimator_is_fitted_before_transform(subject):
 def test_same_input_same_output(subject, processed):
     """The sampler's seed is fixed: a second run gives bit-identical voxels."""
     again = preprocess_scan(subject[0], resolution=RES)
-    np.testing.assert_array_equal(np.asarray(again.image.dataobj),
-                                  np.asarray(processed[0].image.dataobj))
+    np.testing.assert_array_equal(
+        np.asarray(again.image.dataobj), np.asarray(processed[0].image.dataobj)
+    )
 
 
 # --------------------------------------------------------------------------- files
@@ -204,7 +217,9 @@ def test_same_input_same_output(subject, processed):
 def dataset(tmp_path_factory, subject):
     """sub-01 (ok), sub-02 (random bytes), sub-03 (4D), sub-04 with session and two runs."""
     root = tmp_path_factory.mktemp("bids")
-    img4d = nib.Nifti1Image(np.random.default_rng(0).random((9, 10, 11, 3)).astype(np.float32), np.eye(4))
+    img4d = nib.Nifti1Image(
+        np.random.default_rng(0).random((9, 10, 11, 3)).astype(np.float32), np.eye(4)
+    )
     scans = {
         "sub-01/anat/sub-01_T1w.nii.gz": subject[0],
         "sub-02/anat/sub-02_T1w.nii.gz": np.random.default_rng(1).bytes(3000),
@@ -288,8 +303,8 @@ def test_resume_skips_and_redoes(batch, dataset):
     p4 = _paths(out, {"sub": "04", "ses": "a", "run": "1"})
     p5 = _paths(out, {"sub": "04", "ses": "a", "run": "2"})
     before = {k: p.stat().st_mtime_ns for k, p in p1.items()}
-    os.unlink(p4["xfm"])                       # a deleted output
-    p5["sidecar"].write_text("{ not json")     # a corrupt sidecar
+    os.unlink(p4["xfm"])  # a deleted output
+    p5["sidecar"].write_text("{ not json")  # a corrupt sidecar
     result = run_participant_level(dataset, out, **FAST)
     assert result.n_skipped == 1 and result.n_done == 2
     assert {k: p.stat().st_mtime_ns for k, p in p1.items()} == before
@@ -303,8 +318,13 @@ def test_resume_skips_and_redoes(batch, dataset):
 
 
 def test_failures_tsv_is_rewritten_in_parallel_runs(tmp_path, subject):
-    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": b"garbage" * 100,
-                                          "sub-02/anat/sub-02_T1w.nii.gz": subject[0]})
+    root = write_bids(
+        tmp_path / "bids",
+        {
+            "sub-01/anat/sub-01_T1w.nii.gz": b"garbage" * 100,
+            "sub-02/anat/sub-02_T1w.nii.gz": subject[0],
+        },
+    )
     out = tmp_path / "out"
     result = run_participant_level(root, out, n_jobs=2, **FAST)
     assert result.n_done == 1 and [f.participant_id for f in result.failures] == ["sub-01"]
@@ -323,30 +343,44 @@ def test_failures_tsv_is_rewritten_in_parallel_runs(tmp_path, subject):
 
 
 def test_failures_tsv_lists_files_in_order_whatever_the_runs(tmp_path):
-    root = write_bids(tmp_path / "bids", {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": b"garbage" * 100 for i in (1, 2, 3)})
+    root = write_bids(
+        tmp_path / "bids",
+        {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": b"garbage" * 100 for i in (1, 2, 3)},
+    )
     out = tmp_path / "out"
     run_participant_level(root, out, participant_labels=["03"], **FAST)
-    run_participant_level(root, out, participant_labels=["01"], **FAST)  # appended after sub-03's row before
+    run_participant_level(
+        root, out, participant_labels=["01"], **FAST
+    )  # appended after sub-03's row before
     run_participant_level(root, out, participant_labels=["02"], **FAST)
     assert [r["participant_id"] for r in read_failures(out)] == ["sub-01", "sub-02", "sub-03"]
 
 
 def test_failure_of_a_renamed_or_deleted_file_is_cleared(tmp_path, subject):
     # a bad file fixed by renaming it (gzip named .nii) or deleting it leaves no stale failures.tsv entry
-    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii": b"garbage" * 100,
-                                          "sub-02/anat/sub-02_T1w.nii.gz": b"garbage" * 100,
-                                          "sub-03/anat/sub-03_T1w.nii.gz": b"garbage" * 100})
+    root = write_bids(
+        tmp_path / "bids",
+        {
+            "sub-01/anat/sub-01_T1w.nii": b"garbage" * 100,
+            "sub-02/anat/sub-02_T1w.nii.gz": b"garbage" * 100,
+            "sub-03/anat/sub-03_T1w.nii.gz": b"garbage" * 100,
+        },
+    )
     out = tmp_path / "out"
     result = run_participant_level(root, out, **FAST)
     assert len(result.failures) == 3 and len(read_failures(out)) == 3
     (root / "sub-01/anat/sub-01_T1w.nii").unlink()
     nib.save(subject[0], str(root / "sub-01/anat/sub-01_T1w.nii.gz"))
     (root / "sub-02/anat/sub-02_T1w.nii.gz").unlink()
-    (root / "sub-02/anat/sub-02_T1w.nii.gz").symlink_to("missing.nii.gz")  # a broken link stays listed
+    (root / "sub-02/anat/sub-02_T1w.nii.gz").symlink_to(
+        "missing.nii.gz"
+    )  # a broken link stays listed
     result = run_participant_level(root, out, participant_labels=["01"], **FAST)
     assert result.n_done == 1 and not result.failures
-    assert sorted(r["file"] for r in read_failures(out)) == ["sub-02/anat/sub-02_T1w.nii.gz",
-                                                              "sub-03/anat/sub-03_T1w.nii.gz"]
+    assert sorted(r["file"] for r in read_failures(out)) == [
+        "sub-02/anat/sub-02_T1w.nii.gz",
+        "sub-03/anat/sub-03_T1w.nii.gz",
+    ]
     (root / "sub-03/anat/sub-03_T1w.nii.gz").unlink()
     run_participant_level(root, out, participant_labels=["01"], **FAST)
     assert [r["file"] for r in read_failures(out)] == ["sub-02/anat/sub-02_T1w.nii.gz"]
@@ -355,12 +389,22 @@ def test_failure_of_a_renamed_or_deleted_file_is_cleared(tmp_path, subject):
 def test_misnamed_t1w_files_are_failures(tmp_path, subject):
     # a T1w the BIDS search skips (no 'sub-' in its name, lower-case suffix, upper-case extension,
     # another participant's label) is reported in failures.tsv, not ignored in silence
-    names = ["sub-01/anat/sub01_T1w.nii.gz", "sub-02/anat/sub-02_t1w.nii", "sub-02/anat/sub-02_T1w.NII.GZ",
-             "sub-02/ses-1/anat/sub-03_ses-1_T1w.nii.gz", "sub-03_old/anat/sub-03_T1w.nii.gz"]
-    root = write_bids(tmp_path / "bids", {**{n: b"x" for n in names},
-                                          "sub-02/anat/sub-02_T1w.json": b"{}",
-                                          "sub-02/anat/sub-02_T2w.nii.gz": b"x",
-                                          "sub-03/anat/sub-03_T1w.nii.gz": subject[0]})
+    names = [
+        "sub-01/anat/sub01_T1w.nii.gz",
+        "sub-02/anat/sub-02_t1w.nii",
+        "sub-02/anat/sub-02_T1w.NII.GZ",
+        "sub-02/ses-1/anat/sub-03_ses-1_T1w.nii.gz",
+        "sub-03_old/anat/sub-03_T1w.nii.gz",
+    ]
+    root = write_bids(
+        tmp_path / "bids",
+        {
+            **{n: b"x" for n in names},
+            "sub-02/anat/sub-02_T1w.json": b"{}",
+            "sub-02/anat/sub-02_T2w.nii.gz": b"x",
+            "sub-03/anat/sub-03_T1w.nii.gz": subject[0],
+        },
+    )
     out = tmp_path / "out"
     result = run_participant_level(root, out, participant_labels=["01"], **FAST)
     assert result.n_done == 0 and [f.file for f in result.failures] == [names[0]]
@@ -387,8 +431,10 @@ def test_stale_temporaries_of_skipped_scans_are_removed(tmp_path, subject):
     assert run_participant_level(root, out, **FAST).n_done == 1
     host = _OWNER.rsplit("-", 1)[0]
     image = output_paths({"sub": "01"}, out, RES)["preproc"]
-    dead = [image.parent / f".{image.name}.{host}-4194303.x1.tmp.nii.gz",
-            out / f".failures.tsv.{host}-4194303.x2.tmp.tsv"]
+    dead = [
+        image.parent / f".{image.name}.{host}-4194303.x1.tmp.nii.gz",
+        out / f".failures.tsv.{host}-4194303.x2.tmp.tsv",
+    ]
     live = image.parent / f".{image.name}.{_OWNER}.x3.tmp.nii.gz"
     for path in dead + [live]:
         path.write_bytes(b"partial")
@@ -399,9 +445,14 @@ def test_stale_temporaries_of_skipped_scans_are_removed(tmp_path, subject):
 
 def test_two_inputs_with_one_output_name_are_failures(tmp_path, subject):
     # sub-01_T1w.nii beside sub-01_T1w.nii.gz would write the same outputs (one at random each run)
-    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0],
-                                          "sub-01/anat/sub-01_T1w.nii": subject[0],
-                                          "sub-02/anat/sub-02_T1w.nii.gz": subject[0]})
+    root = write_bids(
+        tmp_path / "bids",
+        {
+            "sub-01/anat/sub-01_T1w.nii.gz": subject[0],
+            "sub-01/anat/sub-01_T1w.nii": subject[0],
+            "sub-02/anat/sub-02_T1w.nii.gz": subject[0],
+        },
+    )
     out = tmp_path / "out"
     result = run_participant_level(root, out, n_jobs=2, **FAST)
     dups = ["sub-01/anat/sub-01_T1w.nii", "sub-01/anat/sub-01_T1w.nii.gz"]
@@ -425,8 +476,16 @@ def test_group_level_escapes_html(batch):
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.count("data:image/png;base64,") == 3
     tsv = (out / "group_qc.tsv").read_text().splitlines()
-    assert tsv[0].split("\t") == ["participant_id", "file", "correlation", "coverage", "brain_volume_ml",
-                                  "qc_pass", "robust_z", "outlier"]
+    assert tsv[0].split("\t") == [
+        "participant_id",
+        "file",
+        "correlation",
+        "coverage",
+        "brain_volume_ml",
+        "qc_pass",
+        "robust_z",
+        "outlier",
+    ]
     assert len(tsv) == 4
 
 
@@ -444,11 +503,34 @@ def test_group_qc_scores_each_resolution_against_its_own(tmp_path):
     """At 3 mm every r is lower than at 1 mm: pooled, the whole 3 mm group would look like outliers."""
     from neuroml.preprocessing.qc import write_group_qc
 
-    rows = [{"participant_id": f"sub-{i}", "file": f"f{i}", "correlation": r, "coverage": 1.0,
-             "brain_volume_ml": 1200.0, "qc_pass": True, "figure": None, "resolution": res}
-            for i, (r, res) in enumerate([(0.95, 1.0), (0.96, 1.0), (0.94, 1.0), (0.95, 1.0), (0.955, 1.0),
-                                          (0.945, 1.0), (0.952, 1.0), (0.948, 1.0),
-                                          (0.80, 3.0), (0.81, 3.0), (0.79, 3.0), (0.40, 3.0)])]
+    rows = [
+        {
+            "participant_id": f"sub-{i}",
+            "file": f"f{i}",
+            "correlation": r,
+            "coverage": 1.0,
+            "brain_volume_ml": 1200.0,
+            "qc_pass": True,
+            "figure": None,
+            "resolution": res,
+        }
+        for i, (r, res) in enumerate(
+            [
+                (0.95, 1.0),
+                (0.96, 1.0),
+                (0.94, 1.0),
+                (0.95, 1.0),
+                (0.955, 1.0),
+                (0.945, 1.0),
+                (0.952, 1.0),
+                (0.948, 1.0),
+                (0.80, 3.0),
+                (0.81, 3.0),
+                (0.79, 3.0),
+                (0.40, 3.0),
+            ]
+        )
+    ]
     write_group_qc(rows, tmp_path)
     assert [r["outlier"] for r in rows] == [False] * 11 + [True]
     assert max(abs(r["robust_z"]) for r in rows[:11]) < 3
@@ -517,8 +599,10 @@ run_participant_level(sys.argv[1], sys.argv[2], resolution=4.0, show_progress=Fa
 
 
 def _voxels(out):
-    return {p.relative_to(out).as_posix(): np.asarray(nib.load(str(p)).dataobj)
-            for p in sorted(out.glob("sub-*/**/*_desc-preproc_T1w.nii.gz"))}
+    return {
+        p.relative_to(out).as_posix(): np.asarray(nib.load(str(p)).dataobj)
+        for p in sorted(out.glob("sub-*/**/*_desc-preproc_T1w.nii.gz"))
+    }
 
 
 @pytest.mark.slow
@@ -527,8 +611,9 @@ def test_kill_and_resume_gives_identical_outputs(tmp_path):
     root = write_bids(tmp_path / "bids", scans)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     env = dict(os.environ, PYTHONHASHSEED="0")
-    proc = subprocess.Popen([sys.executable, "-c", _BATCH, str(root), str(killed)], env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BATCH, str(root), str(killed)], env=env, start_new_session=True
+    )
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -592,14 +677,21 @@ def test_failed_attempt_keeps_the_previous_version(tmp_path, subject, monkeypatc
     monkeypatch.setattr(t1w, "preprocess_scan", boom)
     result = run_participant_level(root, out, **{**FAST, "normalization": "percentile"})
     assert [f.participant_id for f in result.failures] == ["sub-01"]
-    assert {k: p.read_bytes() for k, p in paths.items()} == before  # the same input's earlier version stays
+    assert {
+        k: p.read_bytes() for k, p in paths.items()
+    } == before  # the same input's earlier version stays
     assert is_complete(root / "sub-01/anat/sub-01_T1w.nii.gz", out, resolution=RES, n4=False)
     assert not list(out.rglob(".*.tmp*"))
 
 
 def test_two_resolutions_in_one_folder_keep_their_own_files(tmp_path, subject):
-    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0],
-                                          "sub-02/anat/sub-02_T1w.nii.gz": make_subject(2)[0]})
+    root = write_bids(
+        tmp_path / "bids",
+        {
+            "sub-01/anat/sub-01_T1w.nii.gz": subject[0],
+            "sub-02/anat/sub-02_T1w.nii.gz": make_subject(2)[0],
+        },
+    )
     out = tmp_path / "out"
     for res in (4.0, 6.0):
         assert run_participant_level(root, out, **{**FAST, "resolution": res}).n_done == 2
@@ -609,10 +701,12 @@ def test_two_resolutions_in_one_folder_keep_their_own_files(tmp_path, subject):
     assert all(p.is_file() for p in [*p4.values(), *p6.values()])
     run_group_level(out)
     rows = [r.split("\t") for r in (out / "group_qc.tsv").read_text().splitlines()[1:]]
-    assert sorted(r[1] for r in rows) == ["sub-01/anat/sub-01_T1w.nii.gz (res-4)",
-                                          "sub-01/anat/sub-01_T1w.nii.gz (res-6)",
-                                          "sub-02/anat/sub-02_T1w.nii.gz (res-4)",
-                                          "sub-02/anat/sub-02_T1w.nii.gz (res-6)"]
+    assert sorted(r[1] for r in rows) == [
+        "sub-01/anat/sub-01_T1w.nii.gz (res-4)",
+        "sub-01/anat/sub-01_T1w.nii.gz (res-6)",
+        "sub-02/anat/sub-02_T1w.nii.gz (res-4)",
+        "sub-02/anat/sub-02_T1w.nii.gz (res-6)",
+    ]
     # a failure at one resolution leaves the other's files alone
     (root / "sub-01/anat/sub-01_T1w.nii.gz").write_bytes(b"\x1f\x8b broken")
     result = run_participant_level(root, out, **{**FAST, "resolution": 6.0})
@@ -630,7 +724,9 @@ def test_outputs_named_before_the_resolution_are_redone(tmp_path, subject):
     paths["sidecar"].write_text(json.dumps(side))
     old_fig = paths["figure"].with_name("sub-01_desc-qc_T1w.png")
     paths["figure"].rename(old_fig)
-    paths["xfm"].rename(paths["xfm"].with_name(f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"))
+    paths["xfm"].rename(
+        paths["xfm"].with_name(f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.txt")
+    )
     assert "data:image/png;base64," in run_group_level(out).read_text()  # the old picture is found
     result = run_participant_level(root, out, **FAST)
     assert (result.n_done, result.n_skipped) == (1, 0) and all(p.is_file() for p in paths.values())
@@ -641,12 +737,16 @@ def test_a_dead_worker_fails_only_its_scan(tmp_path, subject, monkeypatch):
 
     import neuroml.preprocessing.batch as batch
 
-    root = write_bids(tmp_path / "bids", {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": subject[0] for i in (1, 2, 3)})
+    root = write_bids(
+        tmp_path / "bids", {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": subject[0] for i in (1, 2, 3)}
+    )
     out = tmp_path / "out"
 
     def parallel(todo, n_workers, args_of):  # the first scan finishes, then a worker dies
         yield batch._indexed(0, *args_of(todo[0]))
-        raise TerminatedWorkerError("A worker process managed by the executor was unexpectedly terminated.")
+        raise TerminatedWorkerError(
+            "A worker process managed by the executor was unexpectedly terminated."
+        )
 
     def dies_on_sub02(i, scan, *args):  # runs in a child process (pickled by value)
         if scan.subject == "02":
@@ -655,11 +755,15 @@ def test_a_dead_worker_fails_only_its_scan(tmp_path, subject, monkeypatch):
 
     isolated = batch._isolated
     monkeypatch.setattr(batch, "_parallel", parallel)
-    monkeypatch.setattr(batch, "_isolated", lambda items, n: isolated(items, n, target=dies_on_sub02))
+    monkeypatch.setattr(
+        batch, "_isolated", lambda items, n: isolated(items, n, target=dies_on_sub02)
+    )
     result = run_participant_level(root, out, n_jobs=2, **FAST)
     assert result.n_done == 2 and [f.participant_id for f in result.failures] == ["sub-02"]
     rows = read_failures(out)
-    assert [r["participant_id"] for r in rows] == ["sub-02"] and "worker process died" in rows[0]["reason"]
+    assert [r["participant_id"] for r in rows] == ["sub-02"] and "worker process died" in rows[0][
+        "reason"
+    ]
     assert is_complete(root / "sub-03/anat/sub-03_T1w.nii.gz", out, resolution=RES, n4=False)
 
 

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+from badcorpus import (
+    IMAGE_CASES,
+    make_bids_corpus,
+    make_derivatives,
+    make_image_corpus,
+    make_participants_corpus,
+    snapshot,
+)
 
-from badcorpus import IMAGE_CASES, make_bids_corpus, make_derivatives, make_image_corpus, \
-    make_participants_corpus, snapshot
 from neuroml.cli import main
 from neuroml.errors import InputError
 from neuroml.io import check_img, find_scans, read_participants
@@ -27,16 +33,28 @@ RES = 6.0
 
 def cli(*args, cwd=None, timeout=300):
     """Run ``python -m neuroml -q ARGS`` in a subprocess; return (exit code, stdout, stderr lines)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "neuroml", "-q", *map(str, args)], capture_output=True, text=True,
-                         env=env, cwd=cwd, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_WAIT_POLICY="PASSIVE",
+        OMP_NUM_THREADS="1",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "neuroml", "-q", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
     return out.returncode, out.stdout, [line for line in out.stderr.splitlines() if line.strip()]
 
 
 def assert_one_line_error(lines, *needles):
     assert len(lines) == 1, lines
-    assert "Traceback" not in lines[0] and lines[0].startswith("neuroml ") and ": error: " in lines[0]
+    assert (
+        "Traceback" not in lines[0] and lines[0].startswith("neuroml ") and ": error: " in lines[0]
+    )
     for needle in needles:
         assert re.search(needle, lines[0]), (needle, lines[0])
 
@@ -77,10 +95,21 @@ def bids_corpus(tmp_path_factory):
     bids, cases = make_bids_corpus(root / "bids", good)
     out = root / "work" / "deriv"
     before = snapshot(root, exclude=[out])
-    code, stdout, err = cli("preprocess", bids, out, "participant", "--resolution", RES, cwd=root / "bids")
+    code, stdout, err = cli(
+        "preprocess", bids, out, "participant", "--resolution", RES, cwd=root / "bids"
+    )
     after = snapshot(root, exclude=[out])
-    return {"root": root, "bids": bids, "cases": cases, "out": out, "code": code, "stdout": stdout, "err": err,
-            "before": before, "after": after}
+    return {
+        "root": root,
+        "bids": bids,
+        "cases": cases,
+        "out": out,
+        "code": code,
+        "stdout": stdout,
+        "err": err,
+        "before": before,
+        "after": after,
+    }
 
 
 def test_cli_batch_completes_the_good_subject(bids_corpus):
@@ -91,8 +120,9 @@ def test_cli_batch_completes_the_good_subject(bids_corpus):
     assert len(list(anat.glob("*_desc-preproc_T1w.json"))) == 1
     assert len(list(anat.glob("*_desc-preproc_T1w.nii.gz"))) == 1
     for case in b["cases"]:  # a failed scan leaves no outputs
-        assert not (b["out"] / f"sub-{case.name}" / "anat").exists() or \
-            not list((b["out"] / f"sub-{case.name}" / "anat").glob("*desc-preproc*")), case.name
+        assert not (b["out"] / f"sub-{case.name}" / "anat").exists() or not list(
+            (b["out"] / f"sub-{case.name}" / "anat").glob("*desc-preproc*")
+        ), case.name
 
 
 def test_cli_batch_names_each_bad_file_on_one_line(bids_corpus):
@@ -129,14 +159,18 @@ def test_api_rerun_skips_the_good_subject_and_reports_the_rest(bids_corpus):
     before = snapshot(b["root"], exclude=[b["out"]])
     result = run_participant_level(b["bids"], b["out"], resolution=RES, show_progress=False)
     assert result.n_skipped == 1 and result.n_done == 0
-    assert sorted(f.participant_id for f in result.failures) == sorted(f"sub-{c.name}" for c in b["cases"])
+    assert sorted(f.participant_id for f in result.failures) == sorted(
+        f"sub-{c.name}" for c in b["cases"]
+    )
     for f in result.failures:
         assert "\n" not in f.reason and "Traceback" not in f.reason
     assert snapshot(b["root"], exclude=[b["out"]]) == before
 
 
 # --------------------------------------------------------------------------- labels and paths
-@pytest.mark.parametrize("label", ["../x", "..", "a/b", "a\\b", "/abs", "sub-../../etc", "sub-a/b", "", "a b", "é1"])
+@pytest.mark.parametrize(
+    "label", ["../x", "..", "a/b", "a\\b", "/abs", "sub-../../etc", "sub-a/b", "", "a b", "é1"]
+)
 def test_unsafe_participant_labels_cli_and_api(tmp_path, capsys, label):
     bids = tmp_path / "bids"
     (bids / "sub-01" / "anat").mkdir(parents=True)
@@ -146,7 +180,9 @@ def test_unsafe_participant_labels_cli_and_api(tmp_path, capsys, label):
     with pytest.raises(InputError, match="invalid participant label"):
         find_scans(bids, participant_labels=[label])
     out = tmp_path / "out"
-    code = main(["-q", "preprocess", str(bids), str(out), "participant", "--participant-label", label])
+    code = main(
+        ["-q", "preprocess", str(bids), str(out), "participant", "--participant-label", label]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2
     assert_one_line_error(err, "invalid participant label")
@@ -158,7 +194,9 @@ def test_unsafe_label_subprocess(tmp_path):
     (bids / "sub-01" / "anat").mkdir(parents=True)
     (bids / "dataset_description.json").write_text("{}")
     before = snapshot(tmp_path)
-    code, _, err = cli("preprocess", bids, tmp_path / "out", "participant", "--participant-label", "../../x")
+    code, _, err = cli(
+        "preprocess", bids, tmp_path / "out", "participant", "--participant-label", "../../x"
+    )
     assert code == 2
     assert_one_line_error(err, r"invalid participant label '\.\./\.\./x'")
     assert snapshot(tmp_path) == before
@@ -173,8 +211,20 @@ def labelled(tmp_path_factory):
     return root, raw, deriv, ids, {c.name: c for c in cases}
 
 
-PARTICIPANTS_CASES = ["missing", "empty", "binary", "nocolumn", "noid", "ragged", "duplicate", "traversal",
-                      "separator", "nolabels", "unknown", "oneclass"]
+PARTICIPANTS_CASES = [
+    "missing",
+    "empty",
+    "binary",
+    "nocolumn",
+    "noid",
+    "ragged",
+    "duplicate",
+    "traversal",
+    "separator",
+    "nolabels",
+    "unknown",
+    "oneclass",
+]
 
 
 @pytest.mark.parametrize("name", PARTICIPANTS_CASES)
@@ -189,8 +239,21 @@ def test_broken_participants_tsv_api_and_cli(labelled, tmp_path, capsys, name):
     msg = str(info.value)
     assert re.search(case.match, msg) and str(case.path) in msg and "\n" not in msg, msg
     before = snapshot(root, exclude=[deriv / "cache"])
-    code = main(["-q", "train", str(deriv), "--run-dir", str(run_dir), "--participants", str(case.path),
-                 "--epochs", "1", "--folds", "2"])
+    code = main(
+        [
+            "-q",
+            "train",
+            str(deriv),
+            "--run-dir",
+            str(run_dir),
+            "--participants",
+            str(case.path),
+            "--epochs",
+            "1",
+            "--folds",
+            "2",
+        ]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2
     assert_one_line_error(err, re.escape(str(case.path)), case.match)
@@ -210,18 +273,40 @@ def test_labels_for_missing_images_warn_and_train(labelled, tmp_path, caplog):
 
     _, _, deriv, ids, cases = labelled
     with caplog.at_level("WARNING", logger="neuroml"):
-        summary = train_run(deriv, tmp_path / "run", participants=cases["extralabels"].path, epochs=1, folds=2,
-                            show_progress=False, n_bootstrap=10, baseline=False)
+        summary = train_run(
+            deriv,
+            tmp_path / "run",
+            participants=cases["extralabels"].path,
+            epochs=1,
+            folds=2,
+            show_progress=False,
+            n_bootstrap=10,
+            baseline=False,
+        )
     assert summary["n_participants"] == len(ids)
     warned = [r.getMessage() for r in caplog.records if "sub-ghost1" in r.getMessage()]
-    assert len(warned) == 1 and "sub-ghost2" in warned[0] and str(cases["extralabels"].path) in warned[0]
+    assert (
+        len(warned) == 1
+        and "sub-ghost2" in warned[0]
+        and str(cases["extralabels"].path) in warned[0]
+    )
 
 
 def test_subprocess_cli_on_a_duplicate_participants_file(labelled, tmp_path):
     root, _, deriv, _, cases = labelled
     before = snapshot(root, exclude=[deriv / "cache"])
-    code, _, err = cli("train", deriv, "--run-dir", tmp_path / "run", "--participants", cases["duplicate"].path,
-                       "--epochs", "1", "--folds", "2")
+    code, _, err = cli(
+        "train",
+        deriv,
+        "--run-dir",
+        tmp_path / "run",
+        "--participants",
+        cases["duplicate"].path,
+        "--epochs",
+        "1",
+        "--folds",
+        "2",
+    )
     assert code == 2
     assert_one_line_error(err, re.escape(str(cases["duplicate"].path)), "listed more than once")
     assert snapshot(root, exclude=[deriv / "cache"]) == before and not (tmp_path / "run").exists()

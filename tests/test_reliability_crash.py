@@ -21,9 +21,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
-from badcorpus import (assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives,
-                       small_raw_cohort)
+from badcorpus import (
+    assert_every_final_file_is_complete,
+    assert_no_temporaries,
+    make_derivatives,
+    small_raw_cohort,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +61,14 @@ sys.exit(code)
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_WAIT_POLICY="PASSIVE",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONHASHSEED="0",
+    )
 
 
 def _cmd(args, n=0, when="after", count_file=os.devnull):
@@ -69,8 +78,13 @@ def _cmd(args, n=0, when="after", count_file=os.devnull):
 def run_counted(args, tmp_path, marker):
     """Uninterrupted run: (number of atomic writes, seconds from ``marker`` appearing to the end)."""
     count_file = tmp_path / f"count-{time.monotonic_ns()}.txt"
-    proc = subprocess.Popen(_cmd(args, 0, "after", count_file), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(args, 0, "after", count_file),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t_marker = None
     while proc.poll() is None:
         if t_marker is None and Path(marker).exists():
@@ -84,14 +98,21 @@ def run_counted(args, tmp_path, marker):
 
 def kill_at_write(args, n, when):
     """Run until the ``n``-th atomic write, then SIGKILL (before or after the rename)."""
-    out = subprocess.run(_cmd(args, n, when), env=_env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        _cmd(args, n, when), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == -signal.SIGKILL, (n, when, out.returncode, out.stderr[-2000:])
 
 
 def kill_after_delay(args, marker, delay):
     """Start the command, wait for ``marker``, then ``delay`` seconds, then SIGKILL. True if it was killed."""
-    proc = subprocess.Popen(_cmd(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(args),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and not Path(marker).exists() and time.monotonic() < deadline:
@@ -111,8 +132,11 @@ def rerun(args):
 
 
 def _files(folder):
-    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
-                  if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts))
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in Path(folder).rglob("*")
+        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+    )
 
 
 def assert_same_nifti(a, b):
@@ -137,7 +161,9 @@ def crash_and_resume(args_for, clean_args, tmp_path, marker_for, seed, resume_fl
     when = str(rng.choice(["before", "after"]))
     kill_at_write(args_for(), n, when)
     assert_every_final_file_is_complete(marker_for("killed").parent)
-    killed = kill_after_delay([*args_for(), *resume_flag], marker_for("killed"), float(rng.uniform(0, seconds)))
+    killed = kill_after_delay(
+        [*args_for(), *resume_flag], marker_for("killed"), float(rng.uniform(0, seconds))
+    )
     assert_every_final_file_is_complete(marker_for("killed").parent)
     rerun([*args_for(), *resume_flag])
     return n_writes, (n, when), killed
@@ -156,8 +182,13 @@ def test_preprocess_killed_at_random_points_resumes_to_identical_derivatives(raw
     def args(out):
         return ["preprocess", raw, out, "participant", "--resolution", "8"]
 
-    n_writes, point, _ = crash_and_resume(lambda: args(killed), args(clean), tmp_path,
-                                          lambda which: tmp_path / which / "dataset_description.json", seed)
+    n_writes, point, _ = crash_and_resume(
+        lambda: args(killed),
+        args(clean),
+        tmp_path,
+        lambda which: tmp_path / which / "dataset_description.json",
+        seed,
+    )
     assert n_writes >= 2 * 5  # five files per scan
     assert_no_temporaries(killed)
     assert _files(killed) == _files(clean), point
@@ -166,7 +197,9 @@ def test_preprocess_killed_at_random_points_resumes_to_identical_derivatives(raw
         if rel.endswith(".nii.gz"):
             assert_same_nifti(a, b)
         elif rel.endswith("_T1w.json"):
-            assert _drop(json.loads(a.read_text()), {"Timings"}) == _drop(json.loads(b.read_text()), {"Timings"})
+            assert _drop(json.loads(a.read_text()), {"Timings"}) == _drop(
+                json.loads(b.read_text()), {"Timings"}
+            )
         else:
             assert a.read_bytes() == b.read_bytes(), rel
 
@@ -185,8 +218,9 @@ TRAIN = ["--epochs", "4", "--folds", "2", "--batch-size", "2", "--seed", "3", "-
 @pytest.fixture(scope="module")
 def clean_run(deriv, tmp_path_factory):
     root = tmp_path_factory.mktemp("crash_clean_run")
-    n_writes, seconds = run_counted(["train", deriv, "--run-dir", root / "run", *TRAIN], root,
-                                    root / "run" / "splits.json")
+    n_writes, seconds = run_counted(
+        ["train", deriv, "--run-dir", root / "run", *TRAIN], root, root / "run" / "splits.json"
+    )
     return root / "run", n_writes, seconds
 
 
@@ -196,7 +230,9 @@ def _copy_deriv_without_cache(deriv, dest):
 
 
 @pytest.mark.parametrize("seed", [5])
-def test_train_killed_at_random_points_resumes_to_identical_predictions(deriv, clean_run, tmp_path, seed):
+def test_train_killed_at_random_points_resumes_to_identical_predictions(
+    deriv, clean_run, tmp_path, seed
+):
     import torch
 
     clean, n_writes, seconds = clean_run
@@ -218,8 +254,9 @@ def test_train_killed_at_random_points_resumes_to_identical_predictions(deriv, c
     for name in ("predictions.tsv", "baseline_predictions.tsv", "splits.json"):
         assert (run / name).read_bytes() == (clean / name).read_bytes(), (name, n, when)
     status = {"status"}  # "trained" / "resumed" / "skipped (already trained)": how, not what
-    assert _drop(json.loads((run / "metrics.json").read_text()), status) == \
-        _drop(json.loads((clean / "metrics.json").read_text()), status)
+    assert _drop(json.loads((run / "metrics.json").read_text()), status) == _drop(
+        json.loads((clean / "metrics.json").read_text()), status
+    )
     for k in (0, 1):
         a = torch.load(clean / f"fold-{k}" / "model.pt", weights_only=True)
         b = torch.load(run / f"fold-{k}" / "model.pt", weights_only=True)
@@ -234,7 +271,9 @@ def test_train_killed_at_random_points_resumes_to_identical_predictions(deriv, c
 
 # --------------------------------------------------------------------------- attribute
 @pytest.mark.parametrize("seed", [2])
-def test_attribute_killed_at_random_points_resumes_to_identical_maps(deriv, clean_run, tmp_path, seed):
+def test_attribute_killed_at_random_points_resumes_to_identical_maps(
+    deriv, clean_run, tmp_path, seed
+):
     clean, *_ = clean_run
     runs = {}
     for which in ("clean", "killed"):
@@ -251,16 +290,25 @@ def test_attribute_killed_at_random_points_resumes_to_identical_maps(deriv, clea
     a_dir, b_dir = marker("clean"), marker("killed")
     assert_no_temporaries(b_dir)
     # the resumed call's checks are its own: the report would show them
-    assert json.loads((b_dir / "sanity.json").read_text())["call_id"] == \
-        json.loads((b_dir / "attribution.json").read_text())["call_id"]
+    assert (
+        json.loads((b_dir / "sanity.json").read_text())["call_id"]
+        == json.loads((b_dir / "attribution.json").read_text())["call_id"]
+    )
     assert _files(a_dir) == _files(b_dir)
     for rel in _files(a_dir):
         if rel.endswith(".nii.gz"):
             assert_same_nifti(a_dir / rel, b_dir / rel)
         elif rel in ("attribution.json", "sanity.json"):
             # wall-clock fields differ between any two runs; every number computed from the maps must not
-            skip = {"timing", "seconds", "skipped", "versions", "call_id"}  # call_id: new in every call
-            assert _drop(json.loads((a_dir / rel).read_text()), skip) == \
-                _drop(json.loads((b_dir / rel).read_text()), skip)
+            skip = {
+                "timing",
+                "seconds",
+                "skipped",
+                "versions",
+                "call_id",
+            }  # call_id: new in every call
+            assert _drop(json.loads((a_dir / rel).read_text()), skip) == _drop(
+                json.loads((b_dir / rel).read_text()), skip
+            )
         else:
             assert (a_dir / rel).read_bytes() == (b_dir / rel).read_bytes(), rel

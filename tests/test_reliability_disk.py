@@ -15,9 +15,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from badcorpus import (
+    assert_every_final_file_is_complete,
+    assert_no_temporaries,
+    make_derivatives,
+    small_raw_cohort,
+)
 
-from badcorpus import (assert_every_final_file_is_complete, assert_no_temporaries, make_derivatives,
-                       small_raw_cohort)
 from neuroml._utils import fileio
 from neuroml.cli import main
 from neuroml.errors import OutputError
@@ -54,9 +58,13 @@ def _writers(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["text", "json", "nifti", "npy", "checkpoint"])
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk is full"), (errno.EDQUOT, "quota"),
-                                         (errno.EROFS, "read-only")])
-def test_a_failed_write_keeps_the_old_file_and_names_the_new_one(tmp_path, monkeypatch, kind, code, words):
+@pytest.mark.parametrize(
+    "code, words",
+    [(errno.ENOSPC, "disk is full"), (errno.EDQUOT, "quota"), (errno.EROFS, "read-only")],
+)
+def test_a_failed_write_keeps_the_old_file_and_names_the_new_one(
+    tmp_path, monkeypatch, kind, code, words
+):
     write, name = _writers(tmp_path)[kind]
     path = tmp_path / name
     path.write_bytes(b"old version")
@@ -72,7 +80,9 @@ def test_a_failed_write_keeps_the_old_file_and_names_the_new_one(tmp_path, monke
 
 def test_torch_reports_a_full_disk_as_runtime_error(tmp_path, monkeypatch):
     def failing_save(obj, f):
-        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file"
+        )
 
     monkeypatch.setattr(torch, "save", failing_save)
     monkeypatch.setattr(fileio, "_disk_full", lambda folder: True)
@@ -106,7 +116,10 @@ def test_preprocess_disk_full_stops_with_one_line_then_resumes(raw, tmp_path, mo
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2
     assert len(err) == 1 and "Traceback" not in err[0], err
-    assert err[0].startswith("neuroml preprocess: error: ") and "cannot write: the disk is full" in err[0]
+    assert (
+        err[0].startswith("neuroml preprocess: error: ")
+        and "cannot write: the disk is full" in err[0]
+    )
     assert str(out) in err[0] and "rerun the same command" in err[0]
     assert disk.calls == 1 + 5 + 3  # stopped at the first failed write: the batch did not go on
     assert_every_final_file_is_complete(out)
@@ -119,8 +132,10 @@ def test_preprocess_disk_full_stops_with_one_line_then_resumes(raw, tmp_path, mo
     assert len(list(out.glob("sub-*/anat/*_desc-preproc_T1w.json"))) == 2
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="running as root: chmod does not stop writes (the EROFS tests cover it)")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="running as root: chmod does not stop writes (the EROFS tests cover it)",
+)
 def test_read_only_output_folder_chmod(raw, tmp_path, capsys):
     out = tmp_path / "deriv"
     out.mkdir()
@@ -144,8 +159,12 @@ def deriv(tmp_path_factory):
 def test_train_disk_full_then_resume(deriv, tmp_path, monkeypatch):
     from neuroml.training import load_run, train_run
 
-    kwargs = dict(epochs=2, folds=2, batch_size=2, n_bootstrap=20, show_progress=False, device="cpu")
-    train_run(deriv, tmp_path / "warm", **kwargs)  # builds the cache: the writes below are the run's own
+    kwargs = dict(
+        epochs=2, folds=2, batch_size=2, n_bootstrap=20, show_progress=False, device="cpu"
+    )
+    train_run(
+        deriv, tmp_path / "warm", **kwargs
+    )  # builds the cache: the writes below are the run's own
     run = tmp_path / "run"
     monkeypatch.setattr(fileio, "os", _FullDisk(ok=6))
     with pytest.raises(OutputError, match="cannot write: the disk is full"):
@@ -156,15 +175,26 @@ def test_train_disk_full_then_resume(deriv, tmp_path, monkeypatch):
     monkeypatch.undo()
     train_run(deriv, run, resume=True, **kwargs)
     assert len(load_run(run).predictions()) == 8
-    assert (run / "predictions.tsv").read_bytes() == (tmp_path / "warm" / "predictions.tsv").read_bytes()
+    assert (run / "predictions.tsv").read_bytes() == (
+        tmp_path / "warm" / "predictions.tsv"
+    ).read_bytes()
 
 
 def test_report_on_a_read_only_run_folder(deriv, tmp_path, monkeypatch, capsys):
     from neuroml.training import train_run
 
     run = tmp_path / "run"
-    train_run(deriv, run, epochs=1, folds=2, batch_size=2, n_bootstrap=10, show_progress=False, device="cpu",
-              baseline=False)
+    train_run(
+        deriv,
+        run,
+        epochs=1,
+        folds=2,
+        batch_size=2,
+        n_bootstrap=10,
+        show_progress=False,
+        device="cpu",
+        baseline=False,
+    )
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     def refuse(*args, **kwargs):

@@ -14,17 +14,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from badcorpus import good_volume
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from badcorpus import good_volume
 from neuroml.errors import InputError
 from neuroml.io import check_img, find_scans, parse_entities, read_participants
 from neuroml.io.bids import ENTITY_ORDER, check_label, derivative_name
 
 # NEUROML_HYPOTHESIS_EXAMPLES=1000 for a longer fuzzing session
-SETTINGS = settings(max_examples=int(os.environ.get("NEUROML_HYPOTHESIS_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("NEUROML_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
@@ -42,8 +46,10 @@ def _refused(exc, name):
 
 
 @SETTINGS
-@given(affine=arrays(np.float64, (3, 4), elements=st.one_of(finite, any_float)),
-       shape=st.tuples(*[st.integers(2, 6)] * 3))
+@given(
+    affine=arrays(np.float64, (3, 4), elements=st.one_of(finite, any_float)),
+    shape=st.tuples(*[st.integers(2, 6)] * 3),
+)
 def test_any_affine_is_accepted_only_when_usable(tmp_path_factory, affine, shape):
     """Any sform in a file's header: accepted (and kept) only when finite and invertible."""
     data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
@@ -71,14 +77,22 @@ def test_any_affine_is_accepted_only_when_usable(tmp_path_factory, affine, shape
 
 
 @SETTINGS
-@given(dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]),
-       slope=st.one_of(st.just(1.0), any_float), inter=st.one_of(st.just(0.0), any_float),
-       seed=st.integers(0, 2**16))
+@given(
+    dtype=st.sampled_from(
+        [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
+    ),
+    slope=st.one_of(st.just(1.0), any_float),
+    inter=st.one_of(st.just(0.0), any_float),
+    seed=st.integers(0, 2**16),
+)
 def test_scaling_factors_never_leak_non_finite_values(tmp_path_factory, dtype, slope, inter, seed):
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-    raw = rng.integers(info.min, info.max, size=(4, 5, 6), endpoint=True).astype(dtype) if info \
+    raw = (
+        rng.integers(info.min, info.max, size=(4, 5, 6), endpoint=True).astype(dtype)
+        if info
         else rng.normal(0, 1e3, size=(4, 5, 6)).astype(dtype)
+    )
     img = nib.Nifti1Image(raw, np.eye(4))
     img.header.set_data_dtype(dtype)
     path = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp())) / "s.nii"
@@ -107,8 +121,13 @@ VALID = _valid_nifti_bytes()
 
 
 @SETTINGS
-@given(edits=st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       cut=st.one_of(st.none(), st.integers(0, len(VALID))), gz=st.booleans())
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+    cut=st.one_of(st.none(), st.integers(0, len(VALID))),
+    gz=st.booleans(),
+)
 def test_mutated_files_give_an_image_or_a_one_line_error(tmp_path_factory, edits, cut, gz):
     """Fuzzing: random byte edits (mostly in the header) and truncation of a valid file."""
     raw = bytearray(VALID)
@@ -145,8 +164,12 @@ label_text = st.text(alphabet=string.ascii_letters + string.digits, min_size=1, 
 
 
 @SETTINGS
-@given(entities=st.dictionaries(st.sampled_from(ENTITY_ORDER[1:]), label_text, max_size=5), sub=label_text,
-       suffix=st.sampled_from(["T1w", "bold", "mask", "xfm"]), ext=st.sampled_from([".nii.gz", ".nii", ".json"]))
+@given(
+    entities=st.dictionaries(st.sampled_from(ENTITY_ORDER[1:]), label_text, max_size=5),
+    sub=label_text,
+    suffix=st.sampled_from(["T1w", "bold", "mask", "xfm"]),
+    ext=st.sampled_from([".nii.gz", ".nii", ".json"]),
+)
 def test_any_entity_set_round_trips(entities, sub, suffix, ext):
     name = derivative_name({"sub": sub, **entities}, suffix, ext)
     parsed, sfx, e = parse_entities(name)
@@ -177,9 +200,14 @@ cell = st.text(alphabet=string.ascii_letters + string.digits + " -_./\\<>&\"'\t\
 
 
 @SETTINGS
-@given(header=st.lists(cell, min_size=1, max_size=4), rows=st.lists(st.lists(cell, max_size=5), max_size=6),
-       raw=st.one_of(st.none(), st.binary(max_size=200)))
-def test_read_participants_gives_a_clean_table_or_a_one_line_error(tmp_path_factory, header, rows, raw):
+@given(
+    header=st.lists(cell, min_size=1, max_size=4),
+    rows=st.lists(st.lists(cell, max_size=5), max_size=6),
+    raw=st.one_of(st.none(), st.binary(max_size=200)),
+)
+def test_read_participants_gives_a_clean_table_or_a_one_line_error(
+    tmp_path_factory, header, rows, raw
+):
     path = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp())) / "participants.tsv"
     if raw is not None:
         path.write_bytes(raw)

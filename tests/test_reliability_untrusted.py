@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from badcorpus import make_derivatives
+
 from neuroml.cli import main
 from neuroml.errors import InputError
 from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
@@ -47,8 +47,17 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("untrusted")
     raw, deriv, ids = make_derivatives(root, n=8, res=8.0)
     run = root / "run"
-    train_run(deriv, run, epochs=1, folds=2, batch_size=2, n_bootstrap=10, show_progress=False, device="cpu",
-              baseline=False)
+    train_run(
+        deriv,
+        run,
+        epochs=1,
+        folds=2,
+        batch_size=2,
+        n_bootstrap=10,
+        show_progress=False,
+        device="cpu",
+        baseline=False,
+    )
     return root, deriv, run
 
 
@@ -77,7 +86,9 @@ def _evil_checkpoints(target, good_bytes):
 def test_hostile_checkpoints_are_refused_without_running_code(tmp_path):
     target = tmp_path / "pwned"
     save_checkpoint({"state_dict": {"w": torch.ones(2)}, "meta": {}}, tmp_path / "good.pt")
-    for name, (content, match) in _evil_checkpoints(target, (tmp_path / "good.pt").read_bytes()).items():
+    for name, (content, match) in _evil_checkpoints(
+        target, (tmp_path / "good.pt").read_bytes()
+    ).items():
         path = tmp_path / f"{name}.pt"
         path.write_bytes(content)
         with pytest.raises(InputError, match=match) as info:
@@ -106,14 +117,28 @@ def test_tampered_checkpoint_subprocess(trained, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     target = tmp_path / "pwned"
-    (copy / "fold-0" / "model.pt").write_bytes(pickle.dumps({"state_dict": {}, "meta": Payload(target)}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "neuroml", "-q", "attribute", str(copy), str(deriv)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    (copy / "fold-0" / "model.pt").write_bytes(
+        pickle.dumps({"state_dict": {}, "meta": Payload(target)})
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "neuroml", "-q", "attribute", str(copy), str(deriv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     err = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(err) == 1, out.stderr
-    assert "refusing to load" in err[0] and "fold-0/model.pt" in err[0] and "Traceback" not in out.stderr
+    assert (
+        "refusing to load" in err[0]
+        and "fold-0/model.pt" in err[0]
+        and "Traceback" not in out.stderr
+    )
     assert not target.exists()
 
 
@@ -123,8 +148,22 @@ def test_tampered_epoch_checkpoint_on_resume(trained, tmp_path, capsys):
     target = tmp_path / "pwned"
     (run / "fold-0").mkdir(parents=True)
     torch.save({"model": Payload(target)}, run / "fold-0" / "last.pt")
-    code = main(["-q", "train", str(deriv), "--run-dir", str(run), "--epochs", "1", "--folds", "2",
-                 "--batch-size", "2", "--resume"])
+    code = main(
+        [
+            "-q",
+            "train",
+            str(deriv),
+            "--run-dir",
+            str(run),
+            "--epochs",
+            "1",
+            "--folds",
+            "2",
+            "--batch-size",
+            "2",
+            "--resume",
+        ]
+    )
     err = _stderr(capsys)
     assert code == 2 and len(err) == 1 and "last.pt: refusing to load" in err[0], err
     assert not target.exists()
@@ -147,8 +186,8 @@ def test_a_pickled_tensor_cache_is_never_unpickled(trained, tmp_path):
 YAML_PAYLOADS = [
     '!!python/object/apply:os.makedirs ["{target}"]',
     '!!python/object/new:os.makedirs ["{target}"]',
-    '!!python/name:os.system',
-    '!!python/module:os',
+    "!!python/name:os.system",
+    "!!python/module:os",
 ]
 
 
@@ -157,7 +196,9 @@ def test_yaml_python_tags_are_refused(tmp_path, capsys, payload):
     target = tmp_path / "pwned"
     text = payload.format(target=target)
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(f"name: evil\nvars:\n  x: {text}\nsteps:\n  - report: {{run_dir: /nowhere}}\n")
+    pipeline.write_text(
+        f"name: evil\nvars:\n  x: {text}\nsteps:\n  - report: {{run_dir: /nowhere}}\n"
+    )
     code = main(["-q", "run", str(pipeline)])
     err = _stderr(capsys)
     assert code == 2 and len(err) == 1, err
@@ -168,8 +209,12 @@ def test_yaml_python_tags_are_refused(tmp_path, capsys, payload):
 def test_yaml_tag_in_a_set_override_is_refused(tmp_path, capsys):
     target = tmp_path / "pwned"
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text("name: ok\nvars:\n  run: /nowhere\nsteps:\n  - report: {run_dir: '${run}'}\n")
-    code = main(["-q", "run", str(pipeline), "--set", f'run=!!python/object/apply:os.makedirs ["{target}"]'])
+    pipeline.write_text(
+        "name: ok\nvars:\n  run: /nowhere\nsteps:\n  - report: {run_dir: '${run}'}\n"
+    )
+    code = main(
+        ["-q", "run", str(pipeline), "--set", f'run=!!python/object/apply:os.makedirs ["{target}"]']
+    )
     err = _stderr(capsys)
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
     assert "--set" in err[0] or "YAML" in err[0]
@@ -187,11 +232,23 @@ def test_report_of_a_real_run_escapes_hostile_labels(tmp_path, capsys):
 
     raw, deriv, ids = make_derivatives(tmp_path / "data", n=8, res=8.0)
     tsv = tmp_path / "participants.tsv"
-    tsv.write_text(f"participant_id\t{EVIL_COLUMN}\n" +
-                   "".join(f"{p}\t{['control', EVIL][i % 2]}\n" for i, p in enumerate(ids)))
+    tsv.write_text(
+        f"participant_id\t{EVIL_COLUMN}\n"
+        + "".join(f"{p}\t{['control', EVIL][i % 2]}\n" for i, p in enumerate(ids))
+    )
     run = tmp_path / "run"
-    train_run(deriv, run, label_column=EVIL_COLUMN, participants=tsv, epochs=1, folds=2, batch_size=2,
-              n_bootstrap=10, show_progress=False, device="cpu")
+    train_run(
+        deriv,
+        run,
+        label_column=EVIL_COLUMN,
+        participants=tsv,
+        epochs=1,
+        folds=2,
+        batch_size=2,
+        n_bootstrap=10,
+        show_progress=False,
+        device="cpu",
+    )
     attribute_run(run, deriv, method="saliency", show_progress=False)
     for path in (run / "attribution").rglob("*"):  # file names stay BIDS-safe
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+", path.name), path.name

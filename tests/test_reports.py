@@ -13,19 +13,40 @@ import pytest
 from neuroml.attribution import region_table, write_group_maps, write_region_table
 from neuroml.attribution.group import class_entity, class_group_maps
 from neuroml.errors import InputError
-from neuroml.reports import build_report
-from neuroml.reports import figures
+from neuroml.reports import build_report, figures
 
 EVIL = "<script>alert(1)</script>"
 CLASSES = ["control", EVIL]
 RES = 8.0
 SANITY = {
-    "randomization": {"rho": [0.05, 0.61, 0.4], "median_abs_rho": 0.4, "passed": False, "rule": f"rule {EVIL}"},
-    "deletion": {"steps": [0, 1, 2, 4], "probability": [0.9, 0.5, 0.4, 0.3],
-                 "probability_random": [0.9, 0.85, 0.8, 0.7], "auc": 0.44, "auc_random": 0.8, "passed": True},
-    "stability": {EVIL: {"pairs": [["0", "1", 0.7]], "median_rho": 0.7, "passed": True, "rule": "rho >= 0.5"}},
-    "ground_truth": {EVIL: {"mass_accuracy": 0.42, "planted_share": 0.021, "mass_enrichment": 20.0,
-                            "roc_auc": 0.93, "top_k_planted": 5, "top_k": 5, "passed": True}},
+    "randomization": {
+        "rho": [0.05, 0.61, 0.4],
+        "median_abs_rho": 0.4,
+        "passed": False,
+        "rule": f"rule {EVIL}",
+    },
+    "deletion": {
+        "steps": [0, 1, 2, 4],
+        "probability": [0.9, 0.5, 0.4, 0.3],
+        "probability_random": [0.9, 0.85, 0.8, 0.7],
+        "auc": 0.44,
+        "auc_random": 0.8,
+        "passed": True,
+    },
+    "stability": {
+        EVIL: {"pairs": [["0", "1", 0.7]], "median_rho": 0.7, "passed": True, "rule": "rho >= 0.5"}
+    },
+    "ground_truth": {
+        EVIL: {
+            "mass_accuracy": 0.42,
+            "planted_share": 0.021,
+            "mass_enrichment": 20.0,
+            "roc_auc": 0.93,
+            "top_k_planted": 5,
+            "top_k": 5,
+            "passed": True,
+        }
+    },
     "subjects": ["sub-03", "sub-05"],
 }
 
@@ -62,16 +83,36 @@ def _attribution(run, rng):
     for c, g in groups.items():
         stem = f"regions_atlas-aal_class-{class_entity(c, CLASSES)}"
         write_region_table(region_table(g["mean"], labels, names, 0.512), folder / f"{stem}.tsv")
-        info[c] = {"n": g["n"], "mean_map": f"group/{written[c]['mean'].name}", "regions_tsv": f"{stem}.tsv",
-                   "tstat_map": f"group/{written[c]['tstat'].name}"}
-    subjects = [{"participant_id": f"sub-0{i + 1}", "map": f"sub-0{i + 1}_desc-gradcam_map.nii.gz",
-                 "model_use": "out-of-fold", "folds": [0], "true_label": CLASSES[i // 2],
-                 "probabilities": {c: 0.5 for c in CLASSES},
-                 "top_regions": [{"region": EVIL, "mean_attribution": 0.25}]} for i in range(4)]
-    doc = {"method": "gradcam", "target": "predicted", "atlas": "aal", "n_subjects": 4, "subjects": subjects,
-           "group": info}
+        info[c] = {
+            "n": g["n"],
+            "mean_map": f"group/{written[c]['mean'].name}",
+            "regions_tsv": f"{stem}.tsv",
+            "tstat_map": f"group/{written[c]['tstat'].name}",
+        }
+    subjects = [
+        {
+            "participant_id": f"sub-0{i + 1}",
+            "map": f"sub-0{i + 1}_desc-gradcam_map.nii.gz",
+            "model_use": "out-of-fold",
+            "folds": [0],
+            "true_label": CLASSES[i // 2],
+            "probabilities": {c: 0.5 for c in CLASSES},
+            "top_regions": [{"region": EVIL, "mean_attribution": 0.25}],
+        }
+        for i in range(4)
+    ]
+    doc = {
+        "method": "gradcam",
+        "target": "predicted",
+        "atlas": "aal",
+        "n_subjects": 4,
+        "subjects": subjects,
+        "group": info,
+    }
     _write(folder / "attribution.json", json.dumps(doc))
-    nib.save(nib.Nifti1Image(maps[0], affine), str(folder / subjects[0]["map"]))  # one subject's map on disk
+    nib.save(
+        nib.Nifti1Image(maps[0], affine), str(folder / subjects[0]["map"])
+    )  # one subject's map on disk
     _write(folder / "sanity.json", json.dumps(SANITY))
 
 
@@ -80,20 +121,38 @@ def make_run(root, rng, attribution=True):
 
     affine, shape = target_grid(RES)
     run = root / "run"
-    config = {"classes": CLASSES, "model": "compact", "label_column": EVIL, "resolution": "8", "resolution_mm": RES,
-              "grid": {"affine": affine.tolist(), "shape": list(shape)}, "note": EVIL}
+    config = {
+        "classes": CLASSES,
+        "model": "compact",
+        "label_column": EVIL,
+        "resolution": "8",
+        "resolution_mm": RES,
+        "grid": {"affine": affine.tolist(), "shape": list(shape)},
+        "note": EVIL,
+    }
     _write(run / "config.json", json.dumps(config))
     metrics, y, proba = _metrics(rng)
     _write(run / "metrics.json", json.dumps(metrics))
-    splits = {"folds": [{"fold": 0, "train": ["sub-03"], "val": [], "test": ["sub-01", "sub-04"]},
-                        {"fold": 1, "train": ["sub-01"], "val": [], "test": ["sub-02", "sub-03", "sub-05", "sub-06"]}]}
+    splits = {
+        "folds": [
+            {"fold": 0, "train": ["sub-03"], "val": [], "test": ["sub-01", "sub-04"]},
+            {
+                "fold": 1,
+                "train": ["sub-01"],
+                "val": [],
+                "test": ["sub-02", "sub-03", "sub-05", "sub-06"],
+            },
+        ]
+    }
     _write(run / "splits.json", json.dumps(splits))
     _write(run / "provenance.json", json.dumps({"packages": {"numpy": "2.x", EVIL: "1.0"}}))
     rows = ["participant_id\ttrue_label\tpredicted_label\tprob_control\tprob_" + EVIL + "\tfold"]
     for i in range(6):
         pid = EVIL if i == 5 else f"sub-0{i + 1}"
         pred = CLASSES[int(proba[i].argmax())]
-        rows.append(f"{pid}\t{CLASSES[y[i]]}\t{pred}\t{proba[i, 0]:.4f}\t{proba[i, 1]:.4f}\t{i % 2}")
+        rows.append(
+            f"{pid}\t{CLASSES[y[i]]}\t{pred}\t{proba[i, 0]:.4f}\t{proba[i, 1]:.4f}\t{i % 2}"
+        )
     _write(run / "predictions.tsv", "\n".join(rows) + "\n")
     from matplotlib.figure import Figure
 
@@ -120,8 +179,12 @@ def test_report_escapes_every_string(text):
     assert EVIL not in text
     assert "<script" not in text.lower()
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
-    assert text.count(escaped) >= 8  # class, label column, config, package, baseline, region, participant, ...
-    assert re.search(r"<td>&lt;script&gt;alert\(1\)&lt;/script&gt;</td>", text)  # the participant id cell
+    assert (
+        text.count(escaped) >= 8
+    )  # class, label column, config, package, baseline, region, participant, ...
+    assert re.search(
+        r"<td>&lt;script&gt;alert\(1\)&lt;/script&gt;</td>", text
+    )  # the participant id cell
 
 
 def test_report_is_self_contained_with_embedded_pngs(report, text):
@@ -138,12 +201,21 @@ def test_report_is_self_contained_with_embedded_pngs(report, text):
 
 
 def test_report_sections(text):
-    for heading in ("Run summary", "Classification (out-of-fold)", "ROC curves", "Training curves",
-                    "Attribution: gradcam", "Subjects", "Trust checks"):
+    for heading in (
+        "Run summary",
+        "Classification (out-of-fold)",
+        "ROC curves",
+        "Training curves",
+        "Attribution: gradcam",
+        "Subjects",
+        "Trust checks",
+    ):
         assert heading in text
     assert "[0." in text  # confidence intervals
     assert "not computed in this run" in text  # the permutation test is not faked
-    assert "Per-subject attribution (gradcam)" in text and text.count("<details class='subject'>") == 4
+    assert (
+        "Per-subject attribution (gradcam)" in text and text.count("<details class='subject'>") == 4
+    )
     assert "participants in both" not in text
     assert "6 participants tested once each" in text
 
@@ -165,8 +237,16 @@ def test_report_without_attribution_and_leaky_splits(tmp_path, rng):
 def _connectome_metrics(rng):
     metrics, y, proba = _metrics(rng)
     conn = dict(metrics["cnn"])
-    conn.update({"model": f"logistic regression {EVIL}", "kind": EVIL, "atlas": "aal", "n_regions": 116,
-                 "n_participants": 6, "features": f"tangent connectivity {EVIL}"})
+    conn.update(
+        {
+            "model": f"logistic regression {EVIL}",
+            "kind": EVIL,
+            "atlas": "aal",
+            "n_regions": 116,
+            "n_participants": 6,
+            "features": f"tangent connectivity {EVIL}",
+        }
+    )
     return conn
 
 
@@ -175,24 +255,32 @@ def test_report_shows_the_connectome_baseline_and_the_inputs(tmp_path, rng):
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "inputs": ["alff", "falff", EVIL]}))
     conn = _connectome_metrics(rng)
-    conn["balanced_accuracy"], conn["ci"]["balanced_accuracy"], conn["auc_macro"] = 0.8125, [0.6, 0.975], 0.9375
+    conn["balanced_accuracy"], conn["ci"]["balanced_accuracy"], conn["auc_macro"] = (
+        0.8125,
+        [0.6, 0.975],
+        0.9375,
+    )
     (run / "connectome_metrics.json").write_text(json.dumps(conn))
     text = build_report(run).read_text()
     assert EVIL not in text and "<script" not in text.lower()
     esc = "&lt;script&gt;alert(1)&lt;/script&gt;"
-    metrics = text[text.index("id='metrics'"):text.index("id='trust'")]
+    metrics = text[text.index("id='metrics'") : text.index("id='trust'")]
     assert "<th>connectome baseline</th><th>connectome baseline 95% CI</th>" in metrics
     assert "<td>0.812</td><td>[0.600, 0.975]</td>" in metrics  # balanced accuracy and its CI
     assert "<td>0.938</td>" in metrics  # AUC
     assert f"kind {esc}, atlas aal; tangent connectivity {esc}" in metrics
     assert f"CNN inputs: alff, falff, {esc} (3 channels)" in metrics
-    assert f"<td>CNN inputs (channels)</td><td>alff, falff, {esc} (3 channels)</td>" in text  # run summary
+    assert (
+        f"<td>CNN inputs (channels)</td><td>alff, falff, {esc} (3 channels)</td>" in text
+    )  # run summary
     assert "Connectome baseline 0.812 (95% CI [0.600, 0.975])" in text  # trust checks line
     for key in ("kind", "atlas"):  # a file written before these keys existed
         del conn[key]
     (run / "connectome_metrics.json").write_text(json.dumps(conn))
     text = build_report(run).read_text()
-    assert f"connectome_metrics.json): tangent connectivity {esc};" in text and "kind n/a" not in text
+    assert (
+        f"connectome_metrics.json): tangent connectivity {esc};" in text and "kind n/a" not in text
+    )
 
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
@@ -202,20 +290,25 @@ def test_report_without_a_usable_connectome_file(tmp_path, rng, content):
         (run / "connectome_metrics.json").write_text(content)
     text = build_report(run).read_text()
     assert "connectome baseline" not in text.lower() and "id='connectome'" not in text
-    assert "<td>CNN inputs (channels)</td><td>T1w (1 channel)</td>" in text  # no "inputs" in config: the T1w
+    assert (
+        "<td>CNN inputs (channels)</td><td>T1w (1 channel)</td>" in text
+    )  # no "inputs" in config: the T1w
     assert "Classification (out-of-fold)" in text
 
 
-@pytest.mark.parametrize("name, content", [
-    ("metrics.json", '[{"epoch": 1, "loss": 0.7}]'),  # another tool's per-epoch metrics
-    ("provenance.json", "[1, 2]"),
-    ("provenance.json", '{"packages": ["numpy"]}'),
-    ("confounds.json", '"site"'),
-    ("splits.json", '{"folds": 3}'),
-    ("attribution/gradcam/attribution.json", '{"subjects": ["sub-01"], "group": {}}'),
-    ("attribution/gradcam/attribution.json", '{"subjects": [], "group": ["control"]}'),
-    ("attribution/gradcam/attribution.json", '{"subjects": 5}'),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("metrics.json", '[{"epoch": 1, "loss": 0.7}]'),  # another tool's per-epoch metrics
+        ("provenance.json", "[1, 2]"),
+        ("provenance.json", '{"packages": ["numpy"]}'),
+        ("confounds.json", '"site"'),
+        ("splits.json", '{"folds": 3}'),
+        ("attribution/gradcam/attribution.json", '{"subjects": ["sub-01"], "group": {}}'),
+        ("attribution/gradcam/attribution.json", '{"subjects": [], "group": ["control"]}'),
+        ("attribution/gradcam/attribution.json", '{"subjects": 5}'),
+    ],
+)
 def test_a_file_of_another_format_is_skipped_not_a_traceback(tmp_path, rng, name, content):
     run = make_run(tmp_path, rng)
     (run / name).write_text(content)
@@ -234,7 +327,7 @@ def test_subjects_table_and_per_subject_sections_show_the_same_method(tmp_path, 
         s["top_regions"] = [{"region": "Precuneus_L", "mean_attribution": 0.5}]
     (folder / "attribution.json").write_text(json.dumps(doc))
     text = build_report(run).read_text()
-    subjects = text[text.index("id='subjects'"):text.index("id='per-subject'")]
+    subjects = text[text.index("id='subjects'") : text.index("id='per-subject'")]
     assert "Top 5 regions by mean region_occlusion attribution" in subjects
     assert "Precuneus_L" in subjects and "alert(1)&lt;/script&gt; (0.2500)" not in subjects
     assert "Per-subject attribution (region_occlusion)" in text
@@ -248,7 +341,9 @@ def test_report_needs_a_run_folder(tmp_path):
 def test_report_refuses_a_model_folder_of_another_tool(tmp_path, capsys):
     from neuroml.cli import main
 
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["BertModel"], "hidden_size": 768})
+    )
     with pytest.raises(InputError, match=r"config.json: not a neuroml run folder's config.json"):
         build_report(tmp_path)
     assert main(["-q", "report", str(tmp_path)]) == 2
@@ -261,9 +356,10 @@ def test_figures_return_png():
     png = figures.roc_png({"a": {"fpr": [0, 0.5, 1], "tpr": [0, 1, 1]}}, {"a": 0.75})
     assert png[:4] == b"\x89PNG"
     assert figures.confusion_png([[2, 1], [0, 3]], ["a", "b"])[:4] == b"\x89PNG"
-    img = nib.Nifti1Image(np.random.default_rng(0).random((7, 8, 9)).astype(np.float32), np.diag([8, 8, 8, 1.0]))
+    img = nib.Nifti1Image(
+        np.random.default_rng(0).random((7, 8, 9)).astype(np.float32), np.diag([8, 8, 8, 1.0])
+    )
     assert figures.glass_brain_png(img)[:4] == b"\x89PNG"
-
 
 
 def test_flat_region_map_still_gets_a_picture():
@@ -279,13 +375,20 @@ def test_flat_region_map_still_gets_a_picture():
     thr = _threshold(data)
     assert 0 < thr < 3e-6
     assert _threshold(np.zeros(shape)) is None
-    heavy = np.random.default_rng(0).pareto(1.5, size=shape).astype(np.float32)  # the usual case is unchanged
+    heavy = (
+        np.random.default_rng(0).pareto(1.5, size=shape).astype(np.float32)
+    )  # the usual case is unchanged
     vals = np.abs(heavy[heavy != 0])
     assert _threshold(heavy) == pytest.approx(max(np.percentile(vals, 75), 0.05 * vals.max()))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="empty mask")
-        assert figures.glass_brain_png(nib.Nifti1Image(data, affine), threshold=thr)[:4] == b"\x89PNG"
-    with pytest.raises(UserWarning, match="empty mask"), warnings.catch_warnings():  # what it replaced
+        assert (
+            figures.glass_brain_png(nib.Nifti1Image(data, affine), threshold=thr)[:4] == b"\x89PNG"
+        )
+    with (
+        pytest.raises(UserWarning, match="empty mask"),
+        warnings.catch_warnings(),
+    ):  # what it replaced
         warnings.filterwarnings("error", message="empty mask")
         figures.glass_brain_png(nib.Nifti1Image(data, affine), threshold=3e-6)
 
@@ -315,22 +418,39 @@ def _chromium():
 def test_report_renders_in_headless_chromium(report, text, tmp_path):
     """Chromium decodes every embedded picture and lays out every table; the screenshot shows them."""
     exe = _chromium()
-    args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000", "--virtual-time-budget=10000"]
+    args = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,3000",
+        "--virtual-time-budget=10000",
+    ]
     n_images, n_tables = text.count("<img "), text.count("<table>")
     # a copy of the report with a probe script (the report itself has none) that reports what the browser decoded
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    dom = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
     assert found, dom.stderr[-2000:]
     seen = json.loads(found.group(1).replace("&quot;", '"'))
-    assert seen == {"images": n_images, "decoded": n_images, "visible_images": n_images, "tables": n_tables,
-                    "visible_tables": n_tables}
+    assert seen == {
+        "images": n_images,
+        "decoded": n_images,
+        "visible_images": n_images,
+        "tables": n_tables,
+        "visible_tables": n_tables,
+    }
     assert n_images == 11 and n_tables >= 8
 
     shot = tmp_path / "shot.png"
-    subprocess.run(args + [f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        args + [f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120
+    )
     from PIL import Image
 
     with Image.open(shot) as im:
@@ -343,36 +463,57 @@ def test_report_renders_in_headless_chromium(report, text, tmp_path):
 
 
 def test_report_trust_checks_show_verdicts(text):
-    trust = text[text.index("id='trust'"):]
+    trust = text[text.index("id='trust'") :]
     assert "model randomization: median |rho| = 0.400 over 3 subjects; FAILED" in trust
     assert "<li class='warn'>gradcam, model randomization" in trust
-    assert "<li class='ok'>gradcam, deletion: area 0.440 removing top-ranked regions first vs 0.800" in trust
+    assert (
+        "<li class='ok'>gradcam, deletion: area 0.440 removing top-ranked regions first vs 0.800"
+        in trust
+    )
     assert "20.0x), voxel ROC AUC 0.930, 5/5 of the top regions planted" in trust
     assert "stability of class &lt;script&gt;" in trust
     assert "Attribution trust checks, method by method" in trust
-    assert re.search(r"<td>gradcam</td><td class=\"num\">0.400</td>", trust) or "<td>0.400</td>" in trust
+    assert (
+        re.search(r"<td>gradcam</td><td class=\"num\">0.400</td>", trust)
+        or "<td>0.400</td>" in trust
+    )
     assert 'alt="deletion curves of every method"' in trust
 
 
 def test_model_card_gives_trust_verdicts_and_names_no_participant(report, text):
     """The card summarises sanity.json check by check (as the report does), never its subject list."""
     card = (report.parent / "model_card.md").read_text(encoding="utf-8")
-    section = card[card.index("## Attribution trust checks"):]
-    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
-    assert "gradcam, model randomization: median \\|rho\\| = 0.400 over 3 subjects; FAILED" in section  # | escaped
-    assert "gradcam, deletion: area 0.440 removing top-ranked regions first vs 0.800 in random order; PASSED" in section
+    section = card[card.index("## Attribution trust checks") :]
+    section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    assert (
+        "gradcam, model randomization: median \\|rho\\| = 0.400 over 3 subjects; FAILED" in section
+    )  # | escaped
+    assert (
+        "gradcam, deletion: area 0.440 removing top-ranked regions first vs 0.800 in random order; PASSED"
+        in section
+    )
     assert "5/5 of the top regions planted; PASSED" in section and "regions in common" in section
     assert "sub-03" not in card and "sub-05" not in card and "'subjects'" not in card
-    assert "sub-03" not in text[text.index("id='model-card'"):]
+    assert "sub-03" not in text[text.index("id='model-card'") :]
 
 
 def test_undecided_randomization_is_neither_passed_nor_failed():
     from neuroml.reports.checks import check_lines
 
-    lines = check_lines("region_occlusion", {"randomization": {
-        "rho": [None, None], "median_abs_rho": None, "passed": None, "n_constant": 2,
-        "note": "every trained map is constant over the brain: the method found no signal to test", "rule": "r"}})
-    (state, line), = lines
+    lines = check_lines(
+        "region_occlusion",
+        {
+            "randomization": {
+                "rho": [None, None],
+                "median_abs_rho": None,
+                "passed": None,
+                "n_constant": 2,
+                "note": "every trained map is constant over the brain: the method found no signal to test",
+                "rule": "r",
+            }
+        },
+    )
+    ((state, line),) = lines
     assert state == "na" and "not decided: every trained map is constant" in line
     assert "over 0 subjects (2 left out: constant trained map)" in line and "FAILED" not in line
 
@@ -411,12 +552,19 @@ def test_a_sanity_json_of_another_call_is_not_reported(tmp_path, rng):
     assert "not computed by the call that made these maps (--no-sanity)." in html
     assert "ground truth): not computed (--no-sanity)." in card
     (folder / "sanity.json").write_text(json.dumps({**SANITY, "call_id": "new"}))
-    assert "model randomization: median |rho| = 0.400" in build_report(run).read_text(encoding="utf-8")
+    assert "model randomization: median |rho| = 0.400" in build_report(run).read_text(
+        encoding="utf-8"
+    )
 
 
-@pytest.mark.parametrize("inputs, modality", [
-    (None, "structural MRI carries"), (["alff", "reho"], "resting-state fMRI carries"),
-    (["T1w", "alff"], "structural MRI and resting-state fMRI carries")])
+@pytest.mark.parametrize(
+    "inputs, modality",
+    [
+        (None, "structural MRI carries"),
+        (["alff", "reho"], "resting-state fMRI carries"),
+        (["T1w", "alff"], "structural MRI and resting-state fMRI carries"),
+    ],
+)
 def test_model_card_says_what_the_network_read(tmp_path, rng, inputs, modality):
     from neuroml.reports.model_card import model_card_text
 
@@ -433,7 +581,9 @@ def test_report_of_the_current_folder_is_titled_with_its_name(tmp_path, rng, mon
     run = make_run(tmp_path, rng, attribution=False)
     monkeypatch.chdir(run)
     text = build_report(".").read_text()
-    assert "<title>neuroml report: run</title>" in text and "<td>run folder</td><td>run</td>" in text
+    assert (
+        "<title>neuroml report: run</title>" in text and "<td>run folder</td><td>run</td>" in text
+    )
     assert (run / "model_card.md").read_text().startswith("# Model card: run\n")
 
 
@@ -442,14 +592,22 @@ def test_model_card_gives_the_permutation_test_when_the_run_has_one(tmp_path, rn
     from neuroml.training.metrics import classification_report
 
     run = make_run(tmp_path, rng, attribution=False)
-    assert "No permutation test in this run (`neuroml train --n-permutations 1000`" in model_card_text(run)
+    assert (
+        "No permutation test in this run (`neuroml train --n-permutations 1000`"
+        in model_card_text(run)
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     y = np.repeat([0, 1], 20)
-    metrics["cnn"] = classification_report(y, np.eye(2)[y] * 0.8 + 0.1, CLASSES, n_bootstrap=0, n_permutations=99)
-    metrics["baseline"] = classification_report(y, np.full((40, 2), 0.5), CLASSES, n_bootstrap=0,
-                                                 n_permutations=99)
+    metrics["cnn"] = classification_report(
+        y, np.eye(2)[y] * 0.8 + 0.1, CLASSES, n_bootstrap=0, n_permutations=99
+    )
+    metrics["baseline"] = classification_report(
+        y, np.full((40, 2), 0.5), CLASSES, n_bootstrap=0, n_permutations=99
+    )
     (run / "metrics.json").write_text(json.dumps(metrics))
     text = model_card_text(run)
     # a perfect CNN beats every permutation: p = 1 / (1 + 99); a constant baseline none
-    assert ("Permutation test of the balanced accuracy (99 label permutations of the out-of-fold predictions, "
-            "the models not retrained): CNN p = 0.0100; baseline p = 1.0000.") in text
+    assert (
+        "Permutation test of the balanced accuracy (99 label permutations of the out-of-fold predictions, "
+        "the models not retrained): CNN p = 0.0100; baseline p = 1.0000."
+    ) in text

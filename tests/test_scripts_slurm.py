@@ -23,8 +23,13 @@ def _bids(root, folders=("01", "03"), tsv="participant_id\tage\r\nsub-01\t30\r\n
 
 
 def _run(*args, env=None):
-    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_list_takes_every_folder_and_skips_tsv_rows_without_one(tmp_path):
@@ -46,12 +51,15 @@ def test_list_without_participants_tsv(tmp_path):
     assert proc.returncode == 0 and proc.stdout.split() == ["a10", "a2", "b"] and proc.stderr == ""
 
 
-@pytest.mark.parametrize("setup, match", [
-    (lambda root: _bids(root, folders=()), "no participants found"),
-    (lambda root: _bids(root, tsv="id\tage\nsub-01\t3\n"), "has no participant_id column"),
-    (lambda root: root.mkdir(), "not a BIDS dataset"),
-    (lambda root: None, "BIDS folder not found"),
-])
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda root: _bids(root, folders=()), "no participants found"),
+        (lambda root: _bids(root, tsv="id\tage\nsub-01\t3\n"), "has no participant_id column"),
+        (lambda root: root.mkdir(), "not a BIDS dataset"),
+        (lambda root: None, "BIDS folder not found"),
+    ],
+)
 def test_list_errors_exit_2(tmp_path, setup, match):
     root = tmp_path / "bids"
     setup(root)
@@ -69,13 +77,16 @@ def test_submission_passes_options_after_dashdash_to_every_task(tmp_path):
     # fake sbatch: records its arguments and the job script, prints a job id
     (bin_dir / "sbatch").write_text(
         '#!/usr/bin/env bash\nn=$(ls "$JOBS" | grep -c args)\n'
-        '{ printf "%s\\n" "$@" > "$JOBS/args$n"; cat > "$JOBS/script$n"; }\necho $((100 + n))\n')
+        '{ printf "%s\\n" "$@" > "$JOBS/args$n"; cat > "$JOBS/script$n"; }\necho $((100 + n))\n'
+    )
     # fake neuroml: records the arguments a task gives it
     (bin_dir / "neuroml").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLED"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "JOBS": str(jobs), "NEUROML_RESOLUTION": "3"}
-    proc = _run(bids, out, "--partition=short", "--", "--modality", "both", "--confounds", "a b", env=env)
+    proc = _run(
+        bids, out, "--partition=short", "--", "--modality", "both", "--confounds", "a b", env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 participants listed" in proc.stdout and "sub-05" in proc.stderr
     assert (out / "logs" / "participants.txt").read_text().split() == ["01", "03"]
@@ -86,20 +97,51 @@ def test_submission_passes_options_after_dashdash_to_every_task(tmp_path):
     assert "--dependency=afterany:100" in (jobs / "args1").read_text().splitlines()
     # run task 2 of the array job script as SLURM would
     called = tmp_path / "called.txt"
-    task = subprocess.run(["bash", str(jobs / "script0")], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env, "SLURM_ARRAY_TASK_ID": "2", "CALLED": str(called)})
+    task = subprocess.run(
+        ["bash", str(jobs / "script0")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env, "SLURM_ARRAY_TASK_ID": "2", "CALLED": str(called)},
+    )
     assert task.returncode == 0, task.stderr
     assert called.read_text().splitlines() == [
-        "preprocess", str(bids.resolve()), str(out.resolve()), "participant", "--participant-label", "03",
-        "--resolution", "3", "--normalization", "zscore", "--modality", "both", "--confounds", "a b"]
-    subprocess.run(["bash", str(jobs / "script1")], env={**os.environ, **env, "CALLED": str(called)},
-                   check=True, timeout=60)
-    assert called.read_text().splitlines() == ["preprocess", str(bids.resolve()), str(out.resolve()), "group"]
+        "preprocess",
+        str(bids.resolve()),
+        str(out.resolve()),
+        "participant",
+        "--participant-label",
+        "03",
+        "--resolution",
+        "3",
+        "--normalization",
+        "zscore",
+        "--modality",
+        "both",
+        "--confounds",
+        "a b",
+    ]
+    subprocess.run(
+        ["bash", str(jobs / "script1")],
+        env={**os.environ, **env, "CALLED": str(called)},
+        check=True,
+        timeout=60,
+    )
+    assert called.read_text().splitlines() == [
+        "preprocess",
+        str(bids.resolve()),
+        str(out.resolve()),
+        "group",
+    ]
 
 
 def test_help_and_usage(tmp_path):
     proc = _run("--help")
-    assert proc.returncode == 0 and "--list BIDS" in proc.stdout and "-- neuroml preprocess options" in proc.stdout
+    assert (
+        proc.returncode == 0
+        and "--list BIDS" in proc.stdout
+        and "-- neuroml preprocess options" in proc.stdout
+    )
     assert "set -euo" not in proc.stdout
     proc = _run(tmp_path)
     assert proc.returncode == 2 and "Usage" in proc.stderr

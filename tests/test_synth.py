@@ -31,8 +31,11 @@ TINY = dict(n_subjects=4, voxel_scale=3.0)
 
 def _digests(root):
     root = Path(root)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _participants(root):
@@ -114,7 +117,9 @@ def test_participants_and_balance(cohort):
     assert [r["diagnosis"] for r in rows] == ["control", "MDD", "SCZ", "control"]
     assert len({r["site"] for r in rows}) == 3
     assert all(18 <= int(r["age"]) <= 65 and r["sex"] in ("M", "F") for r in rows)
-    assert [p["participant_id"] for p in summary["participants"]] == [r["participant_id"] for r in rows]
+    assert [p["participant_id"] for p in summary["participants"]] == [
+        r["participant_id"] for r in rows
+    ]
     meta = json.loads((out / "participants.json").read_text())
     assert set(meta) == {"participant_id", "diagnosis", "site", "age", "sex"}
     for pid in ("sub-001", "sub-004"):
@@ -147,9 +152,11 @@ def test_dataset_files(cohort):
 
 def test_scans_are_int16_with_site_geometry(cohort):
     out, _ = cohort
-    expected = {"siteA": (("R", "A", "S"), (3.0, 3.0, 3.0)),
-                "siteB": (("L", "A", "S"), (3.6, 3.0, 3.0)),
-                "siteC": (("P", "I", "R"), (3.0, 3.0, 3.6))}
+    expected = {
+        "siteA": (("R", "A", "S"), (3.0, 3.0, 3.0)),
+        "siteB": (("L", "A", "S"), (3.6, 3.0, 3.0)),
+        "siteC": (("P", "I", "R"), (3.0, 3.0, 3.6)),
+    }
     for row in _participants(out):
         pid = row["participant_id"]
         img = nib.load(str(out / pid / "anat" / f"{pid}_T1w.nii.gz"))
@@ -222,16 +229,21 @@ def test_true_coords_match_the_scans(cohort, brain_points):
         vals, vox, shape = _sample(out, pid, pts)
         # the whole brain, and its centre, lie inside the field of view
         assert np.all((vox >= 0) & (vox <= np.asarray(shape) - 1))
-        cvox = nib.affines.apply_affine(np.linalg.inv(nib.load(str(out / pid / "anat" / f"{pid}_T1w.nii.gz")).affine),
-                                        true_scanner_coords(gt, pid, centre))
+        cvox = nib.affines.apply_affine(
+            np.linalg.inv(nib.load(str(out / pid / "anat" / f"{pid}_T1w.nii.gz")).affine),
+            true_scanner_coords(gt, pid, centre),
+        )
         assert np.all(np.abs(cvox - (np.asarray(shape) - 1) / 2) < np.asarray(shape) / 4)
         r = np.corrcoef(vals, tvals)[0, 1]
         if row["diagnosis"] == "control":
             assert r > 0.8, (pid, r)
         # a wrong mapping (ignoring the subject's transform) does much worse
         img = nib.load(str(out / pid / "anat" / f"{pid}_T1w.nii.gz"))
-        wrong = map_coordinates(np.asarray(img.dataobj, dtype=np.float32),
-                                nib.affines.apply_affine(np.linalg.inv(img.affine), pts).T, order=1)
+        wrong = map_coordinates(
+            np.asarray(img.dataobj, dtype=np.float32),
+            nib.affines.apply_affine(np.linalg.inv(img.affine), pts).T,
+            order=1,
+        )
         assert np.corrcoef(wrong, tvals)[0, 1] < r - 0.2
 
 
@@ -281,7 +293,12 @@ def test_resume_skip_and_conflict(cohort, tmp_path):
     before = _digests(out)
     again = make_cohort(out, seed=1, **TINY)
     assert again["skipped"] and again["n_generated"] == 0
-    assert [p["participant_id"] for p in again["participants"]] == ["sub-001", "sub-002", "sub-003", "sub-004"]
+    assert [p["participant_id"] for p in again["participants"]] == [
+        "sub-001",
+        "sub-002",
+        "sub-003",
+        "sub-004",
+    ]
     # a lost subject is regenerated, identically
     (out / "sub-003" / "anat" / "sub-003_T1w.nii.gz").unlink()
     resumed = make_cohort(out, seed=1, **TINY)
@@ -293,7 +310,9 @@ def test_resume_skip_and_conflict(cohort, tmp_path):
     redone = make_cohort(out, seed=2, n_subjects=2, voxel_scale=3.0, overwrite=True)
     assert redone["n_generated"] == 2
     assert not (out / "sub-003").exists()
-    assert json.loads((out / "derivatives/groundtruth/planted_regions.json").read_text())["seed"] == 2
+    assert (
+        json.loads((out / "derivatives/groundtruth/planted_regions.json").read_text())["seed"] == 2
+    )
 
 
 def test_refuses_a_foreign_folder(tmp_path):
@@ -305,10 +324,15 @@ def test_refuses_a_foreign_folder(tmp_path):
 
 def test_custom_classes_and_sites(tmp_path):
     out = tmp_path / "custom"
-    summary = make_cohort(out, n_subjects=2, seed=3, classes=("HC", "ADHD"),
-                          planted={"ADHD": ["Caudate_L", "Caudate_R", "Putamen_L"]},
-                          sites={"scan1": {"voxel_size": (1.0, 1.0, 1.0), "orientation": "LPS"}},
-                          voxel_scale=4.0)
+    summary = make_cohort(
+        out,
+        n_subjects=2,
+        seed=3,
+        classes=("HC", "ADHD"),
+        planted={"ADHD": ["Caudate_L", "Caudate_R", "Putamen_L"]},
+        sites={"scan1": {"voxel_size": (1.0, 1.0, 1.0), "orientation": "LPS"}},
+        voxel_scale=4.0,
+    )
     assert [p["diagnosis"] for p in summary["participants"]] == ["HC", "ADHD"]
     assert (out / "derivatives/groundtruth/space-MNI152NLin2009aSym_desc-ADHD_mask.nii.gz").exists()
     img = nib.load(str(out / "sub-002" / "anat" / "sub-002_T1w.nii.gz"))
@@ -319,28 +343,31 @@ def test_custom_classes_and_sites(tmp_path):
 # --------------------------------------------------------------------------- bad parameters
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n_subjects=0), "n_subjects"),
-    (dict(n_subjects=2.5), "n_subjects"),
-    (dict(seed=-1), "seed"),
-    (dict(classes=("control",)), "classes"),
-    (dict(classes=("control", "MDD", "mdd")), "duplicate"),
-    (dict(classes="control"), "classes"),
-    (dict(planted={"MDD": ["Hipocampus_L"]}), "Did you mean 'Hippocampus_L'"),
-    (dict(planted={"MDD": []}), "MDD"),
-    (dict(planted={"control": ["Insula_L"]}), "healthy"),
-    (dict(planted={"BPD": ["Insula_L"]}), "planted class"),
-    (dict(classes=("control", "ADHD")), "ADHD"),
-    (dict(voxel_scale=0.1), "voxel_scale"),
-    (dict(voxel_scale="2"), "voxel_scale"),
-    (dict(effect_size=1.5), "effect_size"),
-    (dict(sites=["siteD"]), "Did you mean"),
-    (dict(sites={"x": {"orientation": "RRS"}}), "orientation"),
-    (dict(sites={"x": {"voxel_size": (1, 1)}}), "voxel_size"),
-    (dict(sites={"x": {"colour": "red"}}), "colour"),
-    (dict(n_jobs=0), "n_jobs"),
-    (dict(warp_mm=-1.0), "warp_mm"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_subjects=0), "n_subjects"),
+        (dict(n_subjects=2.5), "n_subjects"),
+        (dict(seed=-1), "seed"),
+        (dict(classes=("control",)), "classes"),
+        (dict(classes=("control", "MDD", "mdd")), "duplicate"),
+        (dict(classes="control"), "classes"),
+        (dict(planted={"MDD": ["Hipocampus_L"]}), "Did you mean 'Hippocampus_L'"),
+        (dict(planted={"MDD": []}), "MDD"),
+        (dict(planted={"control": ["Insula_L"]}), "healthy"),
+        (dict(planted={"BPD": ["Insula_L"]}), "planted class"),
+        (dict(classes=("control", "ADHD")), "ADHD"),
+        (dict(voxel_scale=0.1), "voxel_scale"),
+        (dict(voxel_scale="2"), "voxel_scale"),
+        (dict(effect_size=1.5), "effect_size"),
+        (dict(sites=["siteD"]), "Did you mean"),
+        (dict(sites={"x": {"orientation": "RRS"}}), "orientation"),
+        (dict(sites={"x": {"voxel_size": (1, 1)}}), "voxel_size"),
+        (dict(sites={"x": {"colour": "red"}}), "colour"),
+        (dict(n_jobs=0), "n_jobs"),
+        (dict(warp_mm=-1.0), "warp_mm"),
+    ],
+)
 def test_bad_parameters(tmp_path, kwargs, match):
     out = tmp_path / "bad"
     params = dict(n_subjects=2, voxel_scale=4.0)
@@ -361,7 +388,9 @@ def test_out_dir_is_a_file(tmp_path):
 
 
 def _sample_params():
-    spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_sample_data", REPO / "scripts" / "make_sample_data.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.SAMPLE_PARAMS
@@ -380,7 +409,9 @@ def test_committed_sample_is_complete_and_up_to_date(tmp_path):
     copy = tmp_path / "sample"
     shutil.copytree(SAMPLE, copy)
     summary = make_cohort(copy, **_sample_params())  # same parameters: nothing to regenerate
-    assert summary["skipped"], "data_samples/ is out of date: rerun scripts/make_sample_data.py --overwrite"
+    assert summary["skipped"], (
+        "data_samples/ is out of date: rerun scripts/make_sample_data.py --overwrite"
+    )
 
 
 # ---------------------------------------------------------------- functional cohorts
@@ -400,7 +431,9 @@ def test_an_interrupted_func_cohort_is_generated_again(tmp_path, monkeypatch):
     import neuroml.synth.func as func
 
     fresh = func.make_func_cohort(tmp_path / "fresh", **FUNC_TINY)
-    record = json.loads((tmp_path / "fresh" / "derivatives/groundtruth/planted_regions.json").read_text())
+    record = json.loads(
+        (tmp_path / "fresh" / "derivatives/groundtruth/planted_regions.json").read_text()
+    )
     assert "sqrt(1 - c^2 - c_other^2)" in record["effect_model"]
     real, calls = func._write_nifti_gz, []
 
@@ -429,8 +462,13 @@ def test_groundtruth_helpers_on_a_func_cohort(tmp_path):
     make_func_cohort(tmp_path / "f", **FUNC_TINY)
     mask = nib.load(planted_mask_path(tmp_path / "f", "MDD"))
     assert np.allclose(nib.affines.voxel_sizes(mask.affine), 8.0)  # the cohort's grid, not MNI 1 mm
-    for call in (lambda: load_subject_transform(tmp_path / "f", "sub-001"),
-                 lambda: true_scanner_coords(tmp_path / "f", "sub-001", [0.0, 0.0, 0.0])):
-        with pytest.raises(InputError, match="planted_regions.json: a functional synthetic cohort.*no MNI -> "
-                                             "scanner warp.*scanner_from_mni"):
+    for call in (
+        lambda: load_subject_transform(tmp_path / "f", "sub-001"),
+        lambda: true_scanner_coords(tmp_path / "f", "sub-001", [0.0, 0.0, 0.0]),
+    ):
+        with pytest.raises(
+            InputError,
+            match="planted_regions.json: a functional synthetic cohort.*no MNI -> "
+            "scanner warp.*scanner_from_mni",
+        ):
             call()

@@ -14,10 +14,24 @@ from neuroml.data import VolumeDataset
 from neuroml.errors import ConfigError, InputError, LeakageError
 from neuroml.io.templates import target_grid
 from neuroml.models import build_model
-from neuroml.training import (NeuroClassifier, TrainSettings, balanced_accuracy, bootstrap_ci,
-                              classification_report, confusion_matrix, fit, load_checkpoint, load_run,
-                              make_splits, permutation_pvalue, predict_run, roc_auc_ovr, save_checkpoint,
-                              sensitivity_specificity, train_run)
+from neuroml.training import (
+    NeuroClassifier,
+    TrainSettings,
+    balanced_accuracy,
+    bootstrap_ci,
+    classification_report,
+    confusion_matrix,
+    fit,
+    load_checkpoint,
+    load_run,
+    make_splits,
+    permutation_pvalue,
+    predict_run,
+    roc_auc_ovr,
+    save_checkpoint,
+    sensitivity_specificity,
+    train_run,
+)
 from neuroml.training.splits import check_splits, validation_split
 
 CLASSES = ("control", "MDD", "SCZ")
@@ -31,7 +45,16 @@ def _blob_volume(rng, cls, shape, noise=0.5):
     return (rng.normal(0, noise, shape) + 3.0 * np.exp(-d2 / 8.0)).astype(np.float32)
 
 
-def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), res=8.0, shape=None, source_sha=None):
+def make_cohort(
+    root,
+    n_per_class=4,
+    prefix="",
+    seed=0,
+    two_sessions=("01",),
+    res=8.0,
+    shape=None,
+    source_sha=None,
+):
     """Raw participants.tsv + derivatives: 3 classes told apart by where a bright blob is.
 
     ``source_sha(pid, ses)``: write each scan's JSON sidecar with that ``SourceSHA256`` (the raw input's)."""
@@ -45,17 +68,30 @@ def make_cohort(root, n_per_class=4, prefix="", seed=0, two_sessions=("01",), re
         cls, label = i % 3, f"{prefix}{i + 1:02d}"
         pid = f"sub-{label}"
         rows.append(f"{pid}\t{CLASSES[cls]}\t{'AB'[i % 2]}")
-        for ses in (("1", "2") if label in two_sessions else (None,)):
+        for ses in ("1", "2") if label in two_sessions else (None,):
             folder = deriv / pid / (f"ses-{ses}" if ses else "") / "anat"
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{pid}{f'_ses-{ses}' if ses else ''}_space-MNI152NLin2009aSym_res-{res:g}_desc-preproc_T1w"
-            nib.save(nib.Nifti1Image(_blob_volume(rng, cls, shape), affine), str(folder / f"{name}.nii.gz"))
+            nib.save(
+                nib.Nifti1Image(_blob_volume(rng, cls, shape), affine),
+                str(folder / f"{name}.nii.gz"),
+            )
             if source_sha is not None:
-                (folder / f"{name}.json").write_text(json.dumps({"SourceSHA256": source_sha(pid, ses)}))
+                (folder / f"{name}.json").write_text(
+                    json.dumps({"SourceSHA256": source_sha(pid, ses)})
+                )
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "neuroml"}], "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "derivatives",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "neuroml"}],
+                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
+            }
+        )
+    )
     return deriv
 
 
@@ -73,6 +109,7 @@ def trained(tmp_path_factory, one_torch_thread):
 
 # ---------------------------------------------------------------- splits
 
+
 def test_splits_group_sessions_stratify_and_are_seeded():
     pids = [f"sub-{i:02d}" for i in range(18)] + ["sub-00", "sub-01", "sub-01"]  # repeated scans
     labels = [CLASSES[i % 3] for i in range(18)] + [CLASSES[0], CLASSES[1], CLASSES[1]]
@@ -82,15 +119,23 @@ def test_splits_group_sessions_stratify_and_are_seeded():
     assert sorted(tested) == sorted(set(pids))  # each participant tested exactly once
     label_of = dict(zip(pids, labels))
     for f in splits:
-        assert not (set(f["train"]) & set(f["test"]) or set(f["val"]) & set(f["test"]) or set(f["train"]) & set(f["val"]))
+        assert not (
+            set(f["train"]) & set(f["test"])
+            or set(f["val"]) & set(f["test"])
+            or set(f["train"]) & set(f["val"])
+        )
         assert set(f["train"]) | set(f["val"]) | set(f["test"]) == set(pids)
-        assert sorted(label_of[p] for p in f["test"]).count("control") == 2  # stratified: 2 of each class
+        assert (
+            sorted(label_of[p] for p in f["test"]).count("control") == 2
+        )  # stratified: 2 of each class
         assert {label_of[p] for p in f["val"]} == set(CLASSES)
         assert {label_of[p] for p in f["train"]} == set(CLASSES)
     assert make_splits(pids, labels, folds=3, seed=1, val_fraction=0.5) == splits
     assert make_splits(pids, labels, folds=3, seed=2, val_fraction=0.5) != splits
     # 0.2 of 4 per class would hold out one participant per class: too few to early-stop on, so none
-    assert all(f["val"] == [] and len(f["train"]) == 12 for f in make_splits(pids, labels, folds=3, seed=1))
+    assert all(
+        f["val"] == [] and len(f["train"]) == 12 for f in make_splits(pids, labels, folds=3, seed=1)
+    )
 
 
 def test_leave_one_site_out_and_errors():
@@ -106,7 +151,9 @@ def test_leave_one_site_out_and_errors():
         make_splits(pids, labels, folds=1)
     with pytest.raises(ConfigError, match=r"fewer participants: \{'b': 3\}; use folds <= 3"):
         make_splits(pids, ["a"] * 5 + ["b"] * 3, folds=4)
-    with pytest.raises(ConfigError, match=r"\{'b': 1\}; every class needs at least two participants"):
+    with pytest.raises(
+        ConfigError, match=r"\{'b': 1\}; every class needs at least two participants"
+    ):
         make_splits(pids, ["a"] * 7 + ["b"], folds=2)  # no "use folds <= 1": folds must be >= 2
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="'val_fraction' parameter must be a finite number"):
@@ -120,18 +167,24 @@ def test_leave_one_site_out_and_errors():
     train, val = validation_split(pids, labels, 0.5, seed=0)
     assert len(val) == 4 and sorted(labels[pids.index(p)] for p in val) == ["a", "a", "b", "b"]
     assert set(train) == set(pids) - set(val)
-    assert validation_split(pids, labels, 0.25, seed=0) == (pids, [])  # one per class: none held out
+    assert validation_split(pids, labels, 0.25, seed=0) == (
+        pids,
+        [],
+    )  # one per class: none held out
 
 
 def test_leave_one_site_out_names_a_class_missing_from_training(neuroml_log):
     """The warning names the class as written ('P'), not as a numpy repr (np.str_('P'))."""
     pids = [f"sub-{i}" for i in range(8)]
-    make_splits(pids, ["P", "P", "HC", "HC", "HC", "HC", "HC", "HC"], sites=["X"] * 2 + ["Y"] * 6, seed=0)
+    make_splits(
+        pids, ["P", "P", "HC", "HC", "HC", "HC", "HC", "HC"], sites=["X"] * 2 + ["Y"] * 6, seed=0
+    )
     assert "fold 0: no training participant of class(es) ['P']" in neuroml_log.text
     assert "np.str_" not in neuroml_log.text
 
 
 # ---------------------------------------------------------------- metrics
+
 
 def test_metrics_against_hand_computed_values():
     y_true = [0, 0, 1, 1, 2, 2]
@@ -143,17 +196,21 @@ def test_metrics_against_hand_computed_values():
     assert sens.tolist() == [0.5, 1.0, 0.5]
     assert spec == pytest.approx([3 / 4, 3 / 4, 1.0])
     # binary AUC: pairs (pos > neg): 0.35>0.1, 0.8>0.1, 0.8>0.4, not 0.35>0.4 -> 3/4
-    macro, per = roc_auc_ovr([0, 0, 1, 1], [[.9, .1], [.6, .4], [.65, .35], [.2, .8]])
+    macro, per = roc_auc_ovr([0, 0, 1, 1], [[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
     assert per.tolist() == [0.75, 0.75] and macro == 0.75
     # a tie counts one half
-    assert roc_auc_ovr([0, 1], [[.5, .5], [.5, .5]])[1].tolist() == [0.5, 0.5]
+    assert roc_auc_ovr([0, 1], [[0.5, 0.5], [0.5, 0.5]])[1].tolist() == [0.5, 0.5]
     # three classes, one-vs-rest by hand: class 0 perfect, class 1 3/4 ... see pairs below
-    proba = np.array([[.8, .1, .1], [.6, .3, .1], [.3, .4, .3], [.2, .2, .6]])
+    proba = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.3, 0.4, 0.3], [0.2, 0.2, 0.6]])
     y = [0, 0, 1, 2]
     macro, per = roc_auc_ovr(y, proba)
     # class 1: pos .4 vs negs .1,.3,.2 -> 1; class 2: pos .6 vs .1,.1,.3 -> 1; class 0: pos .8,.6 vs .3,.2 -> 1
     assert per.tolist() == [1.0, 1.0, 1.0]
-    proba[3] = [.7, .2, .1]  # class 0 now: .8 > .3,.7; .6 > .3 not .7 -> 3/4; class 2: .1 vs .1,.1,.3 -> (0.5+0.5)/3
+    proba[3] = [
+        0.7,
+        0.2,
+        0.1,
+    ]  # class 0 now: .8 > .3,.7; .6 > .3 not .7 -> 3/4; class 2: .1 vs .1,.1,.3 -> (0.5+0.5)/3
     macro, per = roc_auc_ovr(y, proba)
     assert per == pytest.approx([0.75, 1.0, 1 / 3])
     assert macro == pytest.approx((0.75 + 1 + 1 / 3) / 3)
@@ -181,16 +238,32 @@ def test_bootstrap_and_permutation():
 
 # ---------------------------------------------------------------- train_run
 
+
 def test_train_run_writes_the_run_folder(trained):
     deriv, run_dir, summary = trained
-    for name in ("config.json", "provenance.json", "splits.json", "metrics.json", "predictions.tsv",
-                 "training_curve.png", "baseline_predictions.tsv"):
+    for name in (
+        "config.json",
+        "provenance.json",
+        "splits.json",
+        "metrics.json",
+        "predictions.tsv",
+        "training_curve.png",
+        "baseline_predictions.tsv",
+    ):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["classes"] == list(CLASSES) and config["model"] == "compact"
-    assert config["label_column"] == "diagnosis" and config["resolution"] == "8" and config["seed"] == 0
-    assert config["grid"]["shape"] == [19, 23, 20] and np.allclose(config["grid"]["affine"], target_grid(8.0)[0])
-    assert "input_pool" not in config  # "auto" does not pool the 8 mm grid: the config of earlier runs
+    assert (
+        config["label_column"] == "diagnosis"
+        and config["resolution"] == "8"
+        and config["seed"] == 0
+    )
+    assert config["grid"]["shape"] == [19, 23, 20] and np.allclose(
+        config["grid"]["affine"], target_grid(8.0)[0]
+    )
+    assert (
+        "input_pool" not in config
+    )  # "auto" does not pool the 8 mm grid: the config of earlier runs
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["packages"]["torch"] and prov["seed"] == 0 and prov["device"] == "cpu"
     assert len(prov["inputs"]["volumes_sha256"]) == 13  # 12 participants, one with two sessions
@@ -200,7 +273,14 @@ def test_train_run_writes_the_run_folder(trained):
     assert len(splits) == 3 and sum(len(f["test"]) for f in splits) == 12
     for k in range(3):
         hist = pd.read_csv(run_dir / f"fold-{k}" / "history.tsv", sep="\t")
-        assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_balanced_accuracy", "lr", "seconds"]
+        assert list(hist.columns) == [
+            "epoch",
+            "train_loss",
+            "val_loss",
+            "val_balanced_accuracy",
+            "lr",
+            "seconds",
+        ]
         assert hist["epoch"].tolist() == list(range(1, len(hist) + 1)) and len(hist) >= 1
         assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
         ckpt = load_checkpoint(run_dir / f"fold-{k}" / "model.pt", require=("state_dict", "meta"))
@@ -208,8 +288,15 @@ def test_train_run_writes_the_run_folder(trained):
         assert ckpt["meta"]["input_pool"] == 1
         assert not (run_dir / f"fold-{k}" / "last.pt").exists()
     pred = pd.read_csv(run_dir / "predictions.tsv", sep="\t")
-    assert list(pred.columns) == ["participant_id", "true_label", "predicted_label", "prob_control", "prob_MDD",
-                                  "prob_SCZ", "fold"]
+    assert list(pred.columns) == [
+        "participant_id",
+        "true_label",
+        "predicted_label",
+        "prob_control",
+        "prob_MDD",
+        "prob_SCZ",
+        "fold",
+    ]
     assert len(pred) == 12 and pred["participant_id"].is_unique
     assert np.allclose(pred.filter(like="prob_").sum(axis=1), 1, atol=1e-5)
     for f in splits:  # every prediction comes from the fold that held the participant out
@@ -236,13 +323,24 @@ def test_training_curve_says_when_there_is_no_validation_set(tmp_path, monkeypat
     def capture(fig, *args, **kwargs):
         texts[len(texts)] = [t.get_text() for ax in fig.axes for t in ax.texts]
         return save(fig, *args, **kwargs)
+
     monkeypatch.setattr(Figure, "savefig", capture)
     nan = float("nan")
-    plain = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [nan, nan],
-                          "val_balanced_accuracy": [nan, nan]})
+    plain = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "train_loss": [1.0, 0.5],
+            "val_loss": [nan, nan],
+            "val_balanced_accuracy": [nan, nan],
+        }
+    )
     plot_training_curves(tmp_path / "a.png", {0: plain})
-    plot_training_curves(tmp_path / "b.png", {0: plain.assign(val_loss=[0.9, 0.8], val_balanced_accuracy=[0.5, 0.6])})
-    assert any("no validation set" in t for t in texts[0]) and not any("no validation" in t for t in texts[1])
+    plot_training_curves(
+        tmp_path / "b.png", {0: plain.assign(val_loss=[0.9, 0.8], val_balanced_accuracy=[0.5, 0.6])}
+    )
+    assert any("no validation set" in t for t in texts[0]) and not any(
+        "no validation" in t for t in texts[1]
+    )
 
 
 def test_train_run_learns_the_easy_task(trained):
@@ -272,11 +370,17 @@ def test_a_finished_run_gains_a_permutation_test_without_retraining(trained, tmp
     assert "permutation_p" not in json.loads((copy / "metrics.json").read_text())["cnn"]
     weights = {p: p.read_bytes() for p in copy.rglob("*.pt")}
     again = train_run(deriv, copy, **{**FAST, "n_permutations": 50})
-    assert all(f["status"].startswith("skipped") for f in json.loads((copy / "provenance.json").read_text())["folds"])
+    assert all(
+        f["status"].startswith("skipped")
+        for f in json.loads((copy / "provenance.json").read_text())["folds"]
+    )
     assert {p: p.read_bytes() for p in copy.rglob("*.pt")} == weights  # nothing retrained
     metrics = json.loads((copy / "metrics.json").read_text())
     for model in ("cnn", "baseline"):
-        assert metrics[model]["n_permutations"] == 50 and 1 / 51 <= metrics[model]["permutation_p"] <= 1
+        assert (
+            metrics[model]["n_permutations"] == 50
+            and 1 / 51 <= metrics[model]["permutation_p"] <= 1
+        )
     assert again["balanced_accuracy"] == summary["balanced_accuracy"]
     for bad in (-1, 2.5, True):
         with pytest.raises(ConfigError, match="n_permutations"):
@@ -292,19 +396,27 @@ def test_a_run_continues_only_in_its_precision_and_process_count(trained, tmp_pa
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     config = json.loads((copy / "config.json").read_text())
-    for runtime, message in (({"device": "cuda:0", "amp": True, "world_size": 1}, "trained in bf16 on 1"),
-                             ({"device": "cpu", "amp": True, "world_size": 4}, "fp32 on 4 process")):
-        (copy / "config.json").write_text(json.dumps({**config, "runtime": {**config["runtime"], **runtime}}))
+    for runtime, message in (
+        ({"device": "cuda:0", "amp": True, "world_size": 1}, "trained in bf16 on 1"),
+        ({"device": "cpu", "amp": True, "world_size": 4}, "fp32 on 4 process"),
+    ):
+        (copy / "config.json").write_text(
+            json.dumps({**config, "runtime": {**config["runtime"], **runtime}})
+        )
         with pytest.raises(ConfigError, match=message):
             train_run(deriv, copy, resume=True, **FAST)
     # fp32 on the GPU (autocast off) gives the same kind of weights: allowed, with a warning
-    (copy / "config.json").write_text(json.dumps({**config, "runtime": {**config["runtime"], "device": "cuda:0",
-                                                                        "amp": False}}))
+    (copy / "config.json").write_text(
+        json.dumps({**config, "runtime": {**config["runtime"], "device": "cuda:0", "amp": False}})
+    )
     import logging
 
     with neuroml_log.at_level(logging.WARNING, logger="neuroml"):
         again = train_run(deriv, copy, resume=True, **FAST)
-    assert "it ran on cuda:0" in neuroml_log.text and again["balanced_accuracy"] == summary["balanced_accuracy"]
+    assert (
+        "it ran on cuda:0" in neuroml_log.text
+        and again["balanced_accuracy"] == summary["balanced_accuracy"]
+    )
     # folds recomputed otherwise (e.g. by another scikit-learn) than the kept ones: refused
     doc = json.loads((copy / "splits.json").read_text())
     a, b = doc["folds"][0], doc["folds"][1]
@@ -316,7 +428,9 @@ def test_a_run_continues_only_in_its_precision_and_process_count(trained, tmp_pa
 
 def test_train_run_input_errors(trained, tmp_path):
     deriv, _, _ = trained
-    with pytest.raises(InputError, match=r"label column 'dx' not found; available columns: \['diagnosis', 'site'\]"):
+    with pytest.raises(
+        InputError, match=r"label column 'dx' not found; available columns: \['diagnosis', 'site'\]"
+    ):
         train_run(deriv, tmp_path / "r1", label_column="dx", **FAST)
     with pytest.raises(ConfigError, match="Did you mean 'densenet121'"):
         train_run(deriv, tmp_path / "r2", model="densenet", **FAST)
@@ -328,12 +442,19 @@ def test_train_run_input_errors(trained, tmp_path):
         train_run(deriv, tmp_path / "r5", model="resnet10", input_pool=2, **FAST)
     with pytest.raises(ConfigError, match="after the input pooling by 2"):  # 8 mm: 19 -> 10 voxels
         train_run(deriv, tmp_path / "r6", input_pool=2, **FAST)
-    with pytest.raises(ConfigError, match=r"raw/participants.tsv \(label column 'diagnosis'\): folds=5 but some "
-                                          r"classes have fewer participants: \{'MDD': 4, 'SCZ': 4, 'control': 4\}; "
-                                          r"use folds <= 4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"raw/participants.tsv \(label column 'diagnosis'\): folds=5 but some "
+        r"classes have fewer participants: \{'MDD': 4, 'SCZ': 4, 'control': 4\}; "
+        r"use folds <= 4",
+    ):
         train_run(deriv, tmp_path / "r7", **{**FAST, "folds": 5})
-    with pytest.raises(ConfigError, match=r"^The 'folds' parameter must be in \[2, None\]. Got 1 instead.$"):
-        train_run(deriv, tmp_path / "r8", **{**FAST, "folds": 1})  # a parameter error, not the table's
+    with pytest.raises(
+        ConfigError, match=r"^The 'folds' parameter must be in \[2, None\]. Got 1 instead.$"
+    ):
+        train_run(
+            deriv, tmp_path / "r8", **{**FAST, "folds": 1}
+        )  # a parameter error, not the table's
     with pytest.raises(ConfigError, match=r"^The 'val_fraction' parameter must be in \[0.0, 0.5\]"):
         train_run(deriv, tmp_path / "r9", **{**FAST, "val_fraction": 0.9})
     assert not any((tmp_path / f"r{i}").exists() for i in range(1, 10))
@@ -346,11 +467,21 @@ def test_train_run_with_numeric_class_labels(trained, tmp_path):
     table = pd.read_csv(deriv.parent / "raw" / "participants.tsv", sep="\t")
     table["code"] = table["diagnosis"].map({c: i for i, c in enumerate(CLASSES)})
     table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
-    train_run(deriv, tmp_path / "run", label_column="code", participants=tmp_path / "participants.tsv", **FAST)
+    train_run(
+        deriv,
+        tmp_path / "run",
+        label_column="code",
+        participants=tmp_path / "participants.tsv",
+        **FAST,
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["classes"] == ["0", "1", "2"] and "baseline" in metrics["audit"]
     pred = load_run(tmp_path / "run").predictions()
-    assert set(pred["true_label"]) == {"0", "1", "2"} and set(pred["predicted_label"]) <= {"0", "1", "2"}
+    assert set(pred["true_label"]) == {"0", "1", "2"} and set(pred["predicted_label"]) <= {
+        "0",
+        "1",
+        "2",
+    }
 
 
 def test_a_balanced_accuracy_of_zero_is_logged_as_zero(trained, tmp_path, monkeypatch, neuroml_log):
@@ -358,7 +489,9 @@ def test_a_balanced_accuracy_of_zero_is_logged_as_zero(trained, tmp_path, monkey
 
     deriv, _, _ = trained
     report = run_module._report
-    monkeypatch.setattr(run_module, "_report", lambda *args: {**report(*args), "balanced_accuracy": 0.0})
+    monkeypatch.setattr(
+        run_module, "_report", lambda *args: {**report(*args), "balanced_accuracy": 0.0}
+    )
     summary = train_run(deriv, tmp_path / "run", **{**FAST, "epochs": 1, "baseline": False})
     assert summary["balanced_accuracy"] == 0.0
     assert "balanced accuracy 0.000 (baseline n/a)" in neuroml_log.text
@@ -369,11 +502,16 @@ def test_leave_one_site_out_errors_name_the_participants_file(trained, tmp_path)
     table = pd.read_csv(deriv.parent / "raw" / "participants.tsv", sep="\t")
     path = tmp_path / "participants.tsv"
     table.assign(site=["n/a"] + list(table["site"][1:])).to_csv(path, sep="\t", index=False)
-    with pytest.raises(InputError, match=r"participants.tsv: leave-one-site-out needs the 'site' of every "
-                                         r"participant; it is missing for 1: sub-01"):
+    with pytest.raises(
+        InputError,
+        match=r"participants.tsv: leave-one-site-out needs the 'site' of every "
+        r"participant; it is missing for 1: sub-01",
+    ):
         train_run(deriv, tmp_path / "r1", participants=path, site_column="site", **FAST)
     table.assign(site="A").to_csv(path, sep="\t", index=False)
-    with pytest.raises(InputError, match=r"participants.tsv: leave-one-site-out needs at least two sites"):
+    with pytest.raises(
+        InputError, match=r"participants.tsv: leave-one-site-out needs at least two sites"
+    ):
         train_run(deriv, tmp_path / "r2", participants=path, site_column="site", **FAST)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
@@ -381,8 +519,17 @@ def test_leave_one_site_out_errors_name_the_participants_file(trained, tmp_path)
 def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
     deriv = make_cohort(tmp_path, n_per_class=3, res=4.0, two_sessions=())  # 37 x 46 x 39
     run_dir = tmp_path / "run"
-    train_run(deriv, run_dir, epochs=2, folds=3, batch_size=4, show_progress=False, n_bootstrap=50, baseline=False,
-              input_pool=2)
+    train_run(
+        deriv,
+        run_dir,
+        epochs=2,
+        folds=3,
+        batch_size=4,
+        show_progress=False,
+        n_bootstrap=50,
+        baseline=False,
+        input_pool=2,
+    )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["input_pool"] == 2 and config["grid"]["shape"] == [37, 46, 39]
     assert "input average-pooled 2x, ~8 mm" in (run_dir / "model_card.md").read_text()
@@ -392,11 +539,17 @@ def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
         assert int(model.net.input_pool.factor) == 2
         assert load_checkpoint(run_dir / f"fold-{fold}" / "model.pt")["meta"]["input_pool"] == 2
         test = pred[pred["fold"] == fold]
-        vols = np.stack([nib.load(next(deriv.glob(f"{p}/anat/*.nii.gz"))).get_fdata(dtype=np.float32)
-                         for p in test["participant_id"]])
+        vols = np.stack(
+            [
+                nib.load(next(deriv.glob(f"{p}/anat/*.nii.gz"))).get_fdata(dtype=np.float32)
+                for p in test["participant_id"]
+            ]
+        )
         with torch.no_grad():
             proba = torch.softmax(model(torch.from_numpy(vols[:, None])).double(), 1).numpy()
-        assert np.allclose(proba, test.filter(like="prob_").to_numpy(), atol=1e-4)  # the rebuilt network
+        assert np.allclose(
+            proba, test.filter(like="prob_").to_numpy(), atol=1e-4
+        )  # the rebuilt network
     # weights of the pooled network are refused by a network rebuilt without the pooling
     path = run_dir / "fold-0" / "model.pt"
     ckpt = load_checkpoint(path)
@@ -417,7 +570,9 @@ def test_runs_of_the_earlier_prelu_network_still_load_but_do_not_continue(traine
     ckpt = load_checkpoint(path)
     meta = {k: v for k, v in ckpt["meta"].items() if k != "activation"}
     torch.manual_seed(0)
-    prelu = build_model("compact", meta["n_classes"], spatial_shape=meta["spatial_shape"], activation="prelu")
+    prelu = build_model(
+        "compact", meta["n_classes"], spatial_shape=meta["spatial_shape"], activation="prelu"
+    )
     with torch.no_grad():
         for module in prelu.modules():
             if isinstance(module, torch.nn.PReLU):
@@ -436,7 +591,9 @@ def test_runs_of_the_earlier_prelu_network_still_load_but_do_not_continue(traine
         train_run(deriv, old_dir, **FAST, resume=True)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, monkeypatch, interrupt_fold):
+def test_resume_after_interruption_matches_uninterrupted_run(
+    trained, tmp_path, monkeypatch, interrupt_fold
+):
     deriv, ref_dir, _ = trained
     disarm = interrupt_fold(2, epoch=3)
     with pytest.raises(KeyboardInterrupt):
@@ -450,11 +607,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path, 
 
     calls = []
     real_epoch = trainer._train_epoch
-    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
+    monkeypatch.setattr(
+        trainer, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k)
+    )
     train_run(deriv, tmp_path / "run", resume=True, **FAST)
-    assert len(calls) == (FAST["epochs"] - 3) + FAST["epochs"]  # fold 0 kept, fold 1 continued, fold 2 trained
-    statuses = [f["status"] for f in json.loads((tmp_path / "run" / "provenance.json").read_text())["folds"]]
-    assert statuses[0].startswith("skipped") and statuses[1] == "resumed" and statuses[2] == "trained"
+    assert (
+        len(calls) == (FAST["epochs"] - 3) + FAST["epochs"]
+    )  # fold 0 kept, fold 1 continued, fold 2 trained
+    statuses = [
+        f["status"] for f in json.loads((tmp_path / "run" / "provenance.json").read_text())["folds"]
+    ]
+    assert (
+        statuses[0].startswith("skipped") and statuses[1] == "resumed" and statuses[2] == "trained"
+    )
     ref = pd.read_csv(ref_dir / "predictions.tsv", sep="\t")
     got = pd.read_csv(tmp_path / "run" / "predictions.tsv", sep="\t")
     assert got["participant_id"].tolist() == ref["participant_id"].tolist()
@@ -471,8 +636,14 @@ def test_fit_resume_is_exact(schedule, accum, tmp_path):
     shape = (19, 23, 20)
     y = np.arange(9) % 3
     x = np.stack([_blob_volume(rng, c, shape) for c in y])
-    settings = TrainSettings(epochs=4, batch_size=2, grad_accum=accum, schedule=schedule, patience=None,
-                             show_progress=False)
+    settings = TrainSettings(
+        epochs=4,
+        batch_size=2,
+        grad_accum=accum,
+        schedule=schedule,
+        patience=None,
+        show_progress=False,
+    )
 
     epochs_run = []
 
@@ -487,9 +658,17 @@ def test_fit_resume_is_exact(schedule, accum, tmp_path):
             epochs_run.append(epoch)
             if epoch == stop:
                 raise RuntimeError("killed")
-        return fit(model, VolumeDataset(x, y[:6], np.arange(6), transform=make_augmentation(0)),
-                   VolumeDataset(x, y[6:], np.arange(6, 9)), settings, stream=(0, 1), checkpoint_path=ckpt,
-                   resume=True, callback=cb)
+
+        return fit(
+            model,
+            VolumeDataset(x, y[:6], np.arange(6), transform=make_augmentation(0)),
+            VolumeDataset(x, y[6:], np.arange(6, 9)),
+            settings,
+            stream=(0, 1),
+            checkpoint_path=ckpt,
+            resume=True,
+            callback=cb,
+        )
 
     whole = run(tmp_path / "a.pt")
     assert epochs_run == [1, 2, 3, 4]
@@ -499,7 +678,9 @@ def test_fit_resume_is_exact(schedule, accum, tmp_path):
     assert epochs_run == [3, 4]  # continued, not restarted
     for (k, v), (_, w) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.allclose(v, w, atol=1e-6), k
-    assert [h["train_loss"] for h in whole.history] == pytest.approx([h["train_loss"] for h in resumed.history])
+    assert [h["train_loss"] for h in whole.history] == pytest.approx(
+        [h["train_loss"] for h in resumed.history]
+    )
     assert whole.history[-1]["lr"] == pytest.approx(resumed.history[-1]["lr"])
 
 
@@ -513,12 +694,28 @@ def test_fit_refuses_to_resume_a_checkpoint_of_another_network(tmp_path):
 
     def stop(epoch, rec):
         raise RuntimeError("killed")
+
     with pytest.raises(RuntimeError, match="killed"):  # leaves last.pt of the PReLU network
-        fit(build_model("compact", 3, spatial_shape=shape, activation="prelu"), VolumeDataset(x, y), None,
-            settings, checkpoint_path=ckpt, resume=True, callback=stop)
-    with pytest.raises(ConfigError, match=r"last.pt holds the weights of another network .*adn.A.weight"):
-        fit(build_model("compact", 3, spatial_shape=shape), VolumeDataset(x, y), None, settings,
-            checkpoint_path=ckpt, resume=True)
+        fit(
+            build_model("compact", 3, spatial_shape=shape, activation="prelu"),
+            VolumeDataset(x, y),
+            None,
+            settings,
+            checkpoint_path=ckpt,
+            resume=True,
+            callback=stop,
+        )
+    with pytest.raises(
+        ConfigError, match=r"last.pt holds the weights of another network .*adn.A.weight"
+    ):
+        fit(
+            build_model("compact", 3, spatial_shape=shape),
+            VolumeDataset(x, y),
+            None,
+            settings,
+            checkpoint_path=ckpt,
+            resume=True,
+        )
 
 
 def test_weights_only_refuses_pickled_objects(trained, tmp_path):
@@ -541,13 +738,18 @@ def test_weights_only_refuses_pickled_objects(trained, tmp_path):
     with pytest.raises(InputError, match="refusing to load"):
         load_run(copy).fold_models()
     assert not (tmp_path / "pwned").exists()
-    save_checkpoint({"state_dict": {"w": torch.ones(2)}, "meta": {"a": [1, "x", None]}}, tmp_path / "ok.pt")
-    assert load_checkpoint(tmp_path / "ok.pt", require=("state_dict",))["meta"] == {"a": [1, "x", None]}
+    save_checkpoint(
+        {"state_dict": {"w": torch.ones(2)}, "meta": {"a": [1, "x", None]}}, tmp_path / "ok.pt"
+    )
+    assert load_checkpoint(tmp_path / "ok.pt", require=("state_dict",))["meta"] == {
+        "a": [1, "x", None]
+    }
     with pytest.raises(InputError, match="lacks"):
         load_checkpoint(tmp_path / "ok.pt", require=("optimizer",))
 
 
 # ---------------------------------------------------------------- load_run / predict_run
+
 
 def test_load_run(trained):
     _, run_dir, _ = trained
@@ -570,7 +772,10 @@ def test_predict_on_an_unfinished_run_says_how_to_finish_it(trained, tmp_path):
     deriv, run_dir, _ = trained
     shutil.copytree(run_dir, tmp_path / "run")
     (tmp_path / "run" / "fold-2" / "model.pt").unlink()
-    with pytest.raises(InputError, match=r"fold\(s\) \[2\] have no model.pt; rerun the training command with --resume"):
+    with pytest.raises(
+        InputError,
+        match=r"fold\(s\) \[2\] have no model.pt; rerun the training command with --resume",
+    ):
         predict_run(tmp_path / "run", deriv, out_path=tmp_path / "p.tsv", force=True)
 
 
@@ -578,13 +783,19 @@ def test_predict_run_refuses_trained_subjects(trained, tmp_path):
     deriv, run_dir, _ = trained
     with pytest.raises(LeakageError, match=r"12 participant\(s\) were used to train.*sub-01"):
         predict_run(run_dir, deriv)
-    out = predict_run(run_dir, deriv, out_path=tmp_path / "p.tsv", force=True, participant_labels=["01", "sub-02"])
+    out = predict_run(
+        run_dir, deriv, out_path=tmp_path / "p.tsv", force=True, participant_labels=["01", "sub-02"]
+    )
     assert out["participant_id"].tolist() == ["sub-01", "sub-02"]
     assert (tmp_path / "p.tsv").is_file()
-    one = predict_run(run_dir, deriv, out_path=tmp_path / "one.tsv", force=True, participant_labels="sub-02")
+    one = predict_run(
+        run_dir, deriv, out_path=tmp_path / "one.tsv", force=True, participant_labels="sub-02"
+    )
     assert one["participant_id"].tolist() == ["sub-02"]  # a string is one label, not its characters
     with pytest.raises(InputError, match="invalid participant label"):
-        predict_run(run_dir, deriv, out_path=tmp_path / "bad.tsv", force=True, participant_labels=["../01"])
+        predict_run(
+            run_dir, deriv, out_path=tmp_path / "bad.tsv", force=True, participant_labels=["../01"]
+        )
 
 
 def test_predict_run_new_subjects_and_grid_check(trained, tmp_path, monkeypatch):
@@ -593,12 +804,22 @@ def test_predict_run_new_subjects_and_grid_check(trained, tmp_path, monkeypatch)
     _, run_dir, _ = trained
     new = make_cohort(tmp_path / "new", n_per_class=2, prefix="new", seed=7)
     seen, original = [], trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: seen.append(k.get("amp")) or original(*a, **k))
+    monkeypatch.setattr(
+        trainer, "evaluate", lambda *a, **k: seen.append(k.get("amp")) or original(*a, **k)
+    )
     table = predict_run(run_dir, new)
     n_folds = len(json.loads((run_dir / "splits.json").read_text())["folds"])
-    assert seen == [json.loads((run_dir / "config.json").read_text())["runtime"]["amp"]] * n_folds  # the run's
+    assert (
+        seen == [json.loads((run_dir / "config.json").read_text())["runtime"]["amp"]] * n_folds
+    )  # the run's
     assert (run_dir / "predict" / "predictions.tsv").is_file()
-    assert list(table.columns) == ["participant_id", "predicted_label", "prob_control", "prob_MDD", "prob_SCZ"]
+    assert list(table.columns) == [
+        "participant_id",
+        "predicted_label",
+        "prob_control",
+        "prob_MDD",
+        "prob_SCZ",
+    ]
     assert len(table) == 6 and np.allclose(table.filter(like="prob_").sum(axis=1), 1, atol=1e-6)
     truth = [CLASSES[i % 3] for i in range(6)]
     assert (table["predicted_label"].to_numpy() == truth).mean() >= 0.5
@@ -618,7 +839,9 @@ def test_predict_finds_training_scans_by_id_and_by_raw_checksum(tmp_path):
     train_run(deriv, tmp_path / "run", **{**FAST, "epochs": 1, "folds": 2, "baseline": False})
     inputs = json.loads((tmp_path / "run" / "provenance.json").read_text())["inputs"]
     assert inputs["source_datasets"] == [(tmp_path / "a" / "raw").resolve().as_uri()]
-    assert inputs["source_sha256"]["sub-01"] == sorted([sha("a")("sub-01", "1"), sha("a")("sub-01", "2")])
+    assert inputs["source_sha256"]["sub-01"] == sorted(
+        [sha("a")("sub-01", "1"), sha("a")("sub-01", "2")]
+    )
     # training IDs are refused even from another study with other scans (a re-converted or
     # de-identified copy of the training data would look the same); --force predicts them
     other = make_cohort(tmp_path / "b", n_per_class=3, seed=5, source_sha=sha("b"))
@@ -626,24 +849,48 @@ def test_predict_finds_training_scans_by_id_and_by_raw_checksum(tmp_path):
         predict_run(tmp_path / "run", other)
     assert len(predict_run(tmp_path / "run", other, force=True)) == 9
     # a training scan under a new ID, from any folder, is refused by its raw checksum
-    renamed = make_cohort(tmp_path / "d", n_per_class=1, prefix="x", seed=6,
-                          source_sha=lambda pid, ses: sha("a")("sub-05", None) if pid == "sub-x02" else sha("d")(pid, ses))
-    with pytest.raises(LeakageError, match=r"\['sub-x02'\] \(sub-x02: a training scan under another ID\)"):
+    renamed = make_cohort(
+        tmp_path / "d",
+        n_per_class=1,
+        prefix="x",
+        seed=6,
+        source_sha=lambda pid, ses: (
+            sha("a")("sub-05", None) if pid == "sub-x02" else sha("d")(pid, ses)
+        ),
+    )
+    with pytest.raises(
+        LeakageError, match=r"\['sub-x02'\] \(sub-x02: a training scan under another ID\)"
+    ):
         predict_run(tmp_path / "run", renamed)
     # attribute explains the renamed scan with the one fold model that did not train on sub-05
     from neuroml.attribution import attribute_run
 
-    attribute_run(tmp_path / "run", renamed, method="saliency", sanity=False, out_dir=tmp_path / "attr")
+    attribute_run(
+        tmp_path / "run", renamed, method="saliency", sanity=False, out_dir=tmp_path / "attr"
+    )
     doc = json.loads((tmp_path / "attr" / "attribution.json").read_text())
     entry = next(e for e in doc["subjects"] if e["participant_id"] == "sub-x02")
     folds = json.loads((tmp_path / "run" / "splits.json").read_text())["folds"]
-    assert entry["folds"] == [f["fold"] for f in folds if "sub-05" in f["test"]] and entry["model_use"] == "out-of-fold"
-    assert next(e for e in doc["subjects"] if e["participant_id"] == "sub-x01")["model_use"] == "not-in-run"
+    assert (
+        entry["folds"] == [f["fold"] for f in folds if "sub-05" in f["test"]]
+        and entry["model_use"] == "out-of-fold"
+    )
+    assert (
+        next(e for e in doc["subjects"] if e["participant_id"] == "sub-x01")["model_use"]
+        == "not-in-run"
+    )
     # one raw scan under two IDs inside a training cohort: refused before any fold is made
-    dup = make_cohort(tmp_path / "f", n_per_class=2, seed=8,
-                      source_sha=lambda pid, ses: sha("f")("sub-02" if pid == "sub-05" else pid, ses))
-    with pytest.raises(LeakageError, match=r"1 raw scan\(s\) appear under several participant IDs, e\.g\. "
-                                           r"sub-02 and sub-05"):
+    dup = make_cohort(
+        tmp_path / "f",
+        n_per_class=2,
+        seed=8,
+        source_sha=lambda pid, ses: sha("f")("sub-02" if pid == "sub-05" else pid, ses),
+    )
+    with pytest.raises(
+        LeakageError,
+        match=r"1 raw scan\(s\) appear under several participant IDs, e\.g\. "
+        r"sub-02 and sub-05",
+    ):
         train_run(dup, tmp_path / "dup-run", **FAST)
     assert not (tmp_path / "dup-run").exists()
     # BOLD maps: the series' desc-maps_bold.json holds the raw checksum
@@ -652,9 +899,12 @@ def test_predict_finds_training_scans_by_id_and_by_raw_checksum(tmp_path):
     func = tmp_path / "g" / "sub-01" / "func"
     func.mkdir(parents=True)
     (func / "sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-maps_bold.json").write_text(
-        json.dumps({"SourceSHA256": "abc"}))
-    assert source_identity(tmp_path / "g", ["sub-01/func/sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-alff_"
-                                            "boldmap.nii.gz"])[1] == ["abc"]
+        json.dumps({"SourceSHA256": "abc"})
+    )
+    assert source_identity(
+        tmp_path / "g",
+        ["sub-01/func/sub-01_task-rest_space-MNI152NLin2009aSym_res-4_desc-alff_boldmap.nii.gz"],
+    )[1] == ["abc"]
     # mistakes named before any work
     with pytest.raises(InputError, match="nope.tsv: participants file not found"):
         predict_run(tmp_path / "run", other, participants=tmp_path / "nope.tsv")
@@ -663,6 +913,7 @@ def test_predict_finds_training_scans_by_id_and_by_raw_checksum(tmp_path):
 
 
 # ---------------------------------------------------------------- NeuroClassifier
+
 
 def test_neuro_classifier_input_pool():
     from sklearn.base import clone
@@ -674,7 +925,9 @@ def test_neuro_classifier_input_pool():
     assert pooled.input_pool_ == 2 and int(pooled.model_.net.input_pool.factor) == 2
     assert pooled.predict_proba(x).shape == (6, 2)
     auto = clone(pooled).set_params(input_pool="auto").fit(x, y)
-    assert auto.input_pool_ == 1 and not hasattr(auto.model_.net, "input_pool")  # 4 mm is not pooled
+    assert auto.input_pool_ == 1 and not hasattr(
+        auto.model_.net, "input_pool"
+    )  # 4 mm is not pooled
     with pytest.raises(ConfigError, match="input_pool"):
         NeuroClassifier(epochs=1, input_pool=3).fit(x, y)
 

@@ -11,9 +11,16 @@ import torch
 
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.templates import target_grid
-from neuroml.privacy import (clean_sidecar, deidentify_bids, find_strings, load_key, pseudonym, scrub_nifti)
-from neuroml.training import make_splits, train_run
+from neuroml.privacy import (
+    clean_sidecar,
+    deidentify_bids,
+    find_strings,
+    load_key,
+    pseudonym,
+    scrub_nifti,
+)
 from neuroml.training import harmonize as harmonize_module
+from neuroml.training import make_splits, train_run
 from neuroml.training import trust as trust_module
 from neuroml.training.audit import age_bands, subgroup_audit
 from neuroml.training.baseline import baseline_cv
@@ -42,18 +49,29 @@ def make_site_cohort(root, n=16, entangled=True, seed=0, extra=None):
         vol = rng.normal(0, 1, shape).astype(np.float32) + (1.5 if site == "B" else 0.0)
         folder = deriv / pid / "anat"
         folder.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(vol, affine),
-                 str(folder / f"{pid}_space-MNI152NLin2009aSym_res-{RES:g}_desc-preproc_T1w.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(vol, affine),
+            str(folder / f"{pid}_space-MNI152NLin2009aSym_res-{RES:g}_desc-preproc_T1w.nii.gz"),
+        )
         row = f"{pid}\t{dx}\t{site}\t{20 + 3 * i}\t{'MF'[(i // 4) % 2]}"
         rows.append(row + (f"\t{extra[i % len(extra)]}" if extra else ""))
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "d", "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "neuroml"}],
-        "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "d",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "neuroml"}],
+                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
+            }
+        )
+    )
     return deriv
 
 
 # ---------------------------------------------------------------- audit
+
 
 def test_age_bands_and_subgroup_metrics_by_hand():
     assert age_bands([18, 44.9, 45, 80, None]) == ["18-29", "30-44", "45-59", "60+", "n/a"]
@@ -69,7 +87,12 @@ def test_age_bands_and_subgroup_metrics_by_hand():
     assert t["sensitivity"] == {"c": 0.0, "d": 0.0} and s["specificity"] == {"c": 1.0, "d": 1.0}
     assert s["ci"]["balanced_accuracy"] == [1.0, 1.0] and t["ci"]["sensitivity"]["d"] == [0.0, 0.0]
     gap = out["largest_gap"]
-    assert gap["attribute"] == "site" and gap["best"] == "S" and gap["worst"] == "T" and gap["value"] == 1.0
+    assert (
+        gap["attribute"] == "site"
+        and gap["best"] == "S"
+        and gap["worst"] == "T"
+        and gap["value"] == 1.0
+    )
     assert gap["intervals_separate"] is True
     # sex F holds only class c and M only class d: no balanced accuracy gap to compare
     assert out["attributes"]["sex"]["gap"] is None
@@ -77,19 +100,31 @@ def test_age_bands_and_subgroup_metrics_by_hand():
 
 # ---------------------------------------------------------------- confounds
 
+
 def test_association_tests_flag_entangled_columns_only():
     rng = np.random.default_rng(0)
     labels = ["a"] * 20 + ["b"] * 20
-    out = association_tests(labels, {
-        "site": ["S"] * 18 + ["T"] * 2 + ["T"] * 18 + ["S"] * 2,
-        "sex": ["M", "F"] * 20,
-        "age": np.r_[rng.normal(30, 3, 20), rng.normal(50, 3, 20)],
-        "scanner": ["n/a"] * 40,
-    })
-    assert out["site"]["entangled"] and out["site"]["test"] == "chi-square" and out["site"]["p_value"] < 1e-4
+    out = association_tests(
+        labels,
+        {
+            "site": ["S"] * 18 + ["T"] * 2 + ["T"] * 18 + ["S"] * 2,
+            "sex": ["M", "F"] * 20,
+            "age": np.r_[rng.normal(30, 3, 20), rng.normal(50, 3, 20)],
+            "scanner": ["n/a"] * 40,
+        },
+    )
+    assert (
+        out["site"]["entangled"]
+        and out["site"]["test"] == "chi-square"
+        and out["site"]["p_value"] < 1e-4
+    )
     assert out["site"]["table"] == {"a": {"S": 18, "T": 2}, "b": {"S": 2, "T": 18}}
     assert not out["sex"]["entangled"] and out["sex"]["effect_size"] == 0.0
-    assert out["age"]["test"] == "Kruskal-Wallis" and out["age"]["entangled"] and out["age"]["effect_size"] > 0.8
+    assert (
+        out["age"]["test"] == "Kruskal-Wallis"
+        and out["age"]["entangled"]
+        and out["age"]["effect_size"] > 0.8
+    )
     assert out["scanner"]["test"] is None and not out["scanner"]["entangled"]
 
 
@@ -105,18 +140,31 @@ def test_a_stray_entry_in_an_age_column_is_left_out_not_a_category():
     out = association_tests(labels, {"age": ages})["age"]
     assert out["test"] == "Kruskal-Wallis" and out["n"] == 39 and not out["entangled"]
     assert out["note"] == "1 value(s) that are not numbers left out of the test: ['unknown']"
-    assert "Notes: age: 1 value(s) that are not numbers left out of the test: ['unknown']." in \
-        _confounds({"tests": {"age": out}}, {})
+    assert (
+        "Notes: age: 1 value(s) that are not numbers left out of the test: ['unknown']."
+        in _confounds({"tests": {"age": out}}, {})
+    )
     from neuroml.reports.trust_sections import _confounds as report_confounds
 
-    html = report_confounds({}, {"tests": {"age": {**out, "note": out["note"].replace("unknown", "<b>x</b>")}}})
-    assert ("Notes: age: 1 value(s) that are not numbers left out of the test: "
-            "[&#x27;&lt;b&gt;x&lt;/b&gt;&#x27;].") in html
+    html = report_confounds(
+        {}, {"tests": {"age": {**out, "note": out["note"].replace("unknown", "<b>x</b>")}}}
+    )
+    assert (
+        "Notes: age: 1 value(s) that are not numbers left out of the test: "
+        "[&#x27;&lt;b&gt;x&lt;/b&gt;&#x27;]."
+    ) in html
     # numbers in one class only (the other's ages all unknown): no per-age chi-square either
-    lopsided = ([f"{v:.1f}" for v in rng.normal(40, 8, 20)] + ["unknown"] * 2
-                + [f"{v:.1f}" for v in rng.normal(40, 8, 18)])
+    lopsided = (
+        [f"{v:.1f}" for v in rng.normal(40, 8, 20)]
+        + ["unknown"] * 2
+        + [f"{v:.1f}" for v in rng.normal(40, 8, 18)]
+    )
     out = association_tests(["a"] * 20 + ["b"] * 2 + ["a"] * 18, {"age": lopsided})["age"]
-    assert out["test"] is None and not out["entangled"] and "all belong to one class (a)" in out["note"]
+    assert (
+        out["test"] is None
+        and not out["entangled"]
+        and "all belong to one class (a)" in out["note"]
+    )
     # a column that is mostly words stays categorical
     words = ["young", "old"] * 19 + ["31", "45"]
     assert association_tests(labels, {"age": words})["age"]["test"] == "chi-square"
@@ -124,9 +172,13 @@ def test_a_stray_entry_in_an_age_column_is_left_out_not_a_category():
 
 def test_sites_coded_as_numbers_are_categories(tmp_path):
     """Sites 1..8 that decide the diagnosis are entangled (chi-square), not a weak numeric trend."""
-    labels = (["MDD", "HC"] * 16)
-    sites = [str(1 + (i % 2) + 2 * ((i // 2) % 4)) for i in range(32)]  # MDD at 1, 3, 5, 7; HC at 2, 4, 6, 8
-    assert association_tests(labels, {"site": sites})["site"]["test"] == "Kruskal-Wallis"  # what it looks like
+    labels = ["MDD", "HC"] * 16
+    sites = [
+        str(1 + (i % 2) + 2 * ((i // 2) % 4)) for i in range(32)
+    ]  # MDD at 1, 3, 5, 7; HC at 2, 4, 6, 8
+    assert (
+        association_tests(labels, {"site": sites})["site"]["test"] == "Kruskal-Wallis"
+    )  # what it looks like
     out = association_tests(labels, {"site": sites}, categorical=["site"])["site"]
     assert out["test"] == "chi-square" and out["effect_size"] == 1.0 and out["entangled"]
     # a run's confound check always treats its site column as categorical
@@ -151,7 +203,11 @@ def test_missing_values_are_missing_and_a_missing_site_is_no_site(tmp_path):
     table = tmp_path / "raw" / "participants.tsv"
     rows = [line.split("\t") for line in table.read_text().splitlines()]
     rows[1][1] = "NA"  # sub-01 has no label
-    rows[2][2], rows[3][2], rows[4][3] = "n/a", "NaN", "NA"  # sub-02 and sub-03 have no site, sub-04 no age
+    rows[2][2], rows[3][2], rows[4][3] = (
+        "n/a",
+        "NaN",
+        "NA",
+    )  # sub-02 and sub-03 have no site, sub-04 no age
     table.write_text("\n".join("\t".join(r) for r in rows) + "\n")
     cohort = load_cohort(deriv)
     assert "sub-01" not in cohort.participant_ids and cohort.classes == ["control", "MDD"]
@@ -161,8 +217,11 @@ def test_missing_values_are_missing_and_a_missing_site_is_no_site(tmp_path):
     sites = cohort.column("site")
     probe = site_probe(x, sites, cohort.participant_ids, seed=0, n_bootstrap=0)
     assert probe["sites"] == ["A", "B"] and probe["n_without_site"] == 2 and probe["n"] == 17
-    with pytest.raises(InputError, match=r"participants.tsv.*'site' of every participant; it is missing for 2: "
-                                         r"sub-02, sub-03"):
+    with pytest.raises(
+        InputError,
+        match=r"participants.tsv.*'site' of every participant; it is missing for 2: "
+        r"sub-02, sub-03",
+    ):
         train_run(deriv, tmp_path / "run", harmonize="combat", **FAST)
 
 
@@ -174,11 +233,14 @@ def test_site_probe_reads_a_site_offset_and_not_noise():
     shifted = site_probe(x + (sites == "B")[:, None] * 2.0, sites, pids, seed=0, n_bootstrap=50)
     assert shifted["balanced_accuracy"] > 0.9 and shifted["chance"] == 0.5
     assert site_probe(x, sites, pids, seed=0, n_bootstrap=0)["balanced_accuracy"] < 0.8
-    after = site_probe(x + (sites == "B")[:, None] * 2.0, sites, pids, seed=0, n_bootstrap=0, harmonizer=ComBat)
+    after = site_probe(
+        x + (sites == "B")[:, None] * 2.0, sites, pids, seed=0, n_bootstrap=0, harmonizer=ComBat
+    )
     assert after["balanced_accuracy"] < 0.8
 
 
 # ---------------------------------------------------------------- ComBat
+
 
 def test_combat_removes_site_location_and_scale_and_keeps_covariates():
     rng = np.random.default_rng(0)
@@ -197,7 +259,9 @@ def test_combat_removes_site_location_and_scale_and_keeps_covariates():
     slope = np.polyfit(age, out.mean(1), 1)[0]
     assert abs(slope - 0.1) < 0.03  # the age effect survives
     plain = ComBat(empirical_bayes=False).fit_transform(x, site, age[:, None])
-    assert np.allclose([(plain - 0.1 * age[:, None])[site == s].mean() for s in "ABC"], np.mean(means), atol=0.3)
+    assert np.allclose(
+        [(plain - 0.1 * age[:, None])[site == s].mean() for s in "ABC"], np.mean(means), atol=0.3
+    )
 
 
 def test_combat_errors_and_unseen_site(neuroml_log):
@@ -280,15 +344,28 @@ def test_train_run_fits_combat_inside_folds_and_reports_it(tmp_path, monkeypatch
     run = tmp_path / "run"
     conf = json.loads((run / "confounds.json").read_text())
     assert conf["entangled"] == ["site"] and conf["tests"]["site"]["effect_size"] == 1.0
-    assert conf["demographics"]["MDD"]["site"] == {"B": 8} and conf["demographics"]["control"]["n"] == 8
+    assert (
+        conf["demographics"]["MDD"]["site"] == {"B": 8}
+        and conf["demographics"]["control"]["n"] == 8
+    )
     m = json.loads((run / "metrics.json").read_text())
     assert set(m["audit"]["cnn"]["attributes"]) == {"sex", "age_band", "site", "group"}
     assert "baseline" in m["audit"] and m["site_probe"]["balanced_accuracy"] > 0.9
     assert m["baseline_harmonized"]["n"] == 16 and m["confounds"]["entangled"] == ["site"]
-    assert 0.0 <= m["site_probe"]["cnn"]["balanced_accuracy"] <= 1.0 and m["site_probe"]["cnn"]["n"] == 16
+    assert (
+        0.0 <= m["site_probe"]["cnn"]["balanced_accuracy"] <= 1.0
+        and m["site_probe"]["cnn"]["n"] == 16
+    )
     card = (run / "model_card.md").read_text()
-    for heading in ("## Intended use", "## Not intended for", "## Training data", "## Performance per subgroup",
-                    "## Attribution trust checks", "## Known limits", "entangled with site"):
+    for heading in (
+        "## Intended use",
+        "## Not intended for",
+        "## Training data",
+        "## Performance per subgroup",
+        "## Attribution trust checks",
+        "## Known limits",
+        "entangled with site",
+    ):
         assert heading in card
     from neuroml.reports import build_report
 
@@ -306,8 +383,14 @@ def test_pooled_against_leave_one_site_out_on_an_entangled_cohort(tmp_path):
     assert pooled["baseline_balanced_accuracy"] >= 0.9  # the site offset gives the label away
     assert loso["baseline_balanced_accuracy"] <= 0.5  # a site never seen: nothing to go on
     m = json.loads((tmp_path / "loso" / "metrics.json").read_text())
-    assert m["site_probe"]["balanced_accuracy"] > 0.9 and "stratified group" in m["site_probe"]["scheme"]
-    assert m["site_probe"]["cnn"]["balanced_accuracy"] is None and "leave-one-site-out" in m["site_probe"]["cnn"]["note"]
+    assert (
+        m["site_probe"]["balanced_accuracy"] > 0.9
+        and "stratified group" in m["site_probe"]["scheme"]
+    )
+    assert (
+        m["site_probe"]["cnn"]["balanced_accuracy"] is None
+        and "leave-one-site-out" in m["site_probe"]["cnn"]["note"]
+    )
 
 
 def test_penultimate_features_are_the_last_linear_layers_input():
@@ -336,6 +419,7 @@ def test_train_run_option_errors(tmp_path):
 
 # ---------------------------------------------------------------- privacy
 
+
 def test_scrub_and_clean_and_pseudonyms(tmp_path):
     img = nib.Nifti1Image(np.zeros((3, 4, 5), np.float32), np.eye(4))
     for field in ("descrip", "aux_file", "db_name", "intent_name"):
@@ -346,8 +430,9 @@ def test_scrub_and_clean_and_pseudonyms(tmp_path):
     assert find_strings(tmp_path, ["janedoe"]) == {}
     nib.save(img, tmp_path / "y.nii.gz")
     assert find_strings(tmp_path, ["JANEDOE"]) == {"y.nii.gz": ["JANEDOE"]}
-    assert clean_sidecar({"PatientName": "a", "PatientFoo": 1, "EchoTime": 0.1, "AcquisitionDateTime": "x"}) == \
-        {"EchoTime": 0.1}
+    assert clean_sidecar(
+        {"PatientName": "a", "PatientFoo": 1, "EchoTime": 0.1, "AcquisitionDateTime": "x"}
+    ) == {"EchoTime": 0.1}
     key = b"0123456789abcdef"
     assert pseudonym("sub-01", key) == pseudonym("01", key) != pseudonym("sub-01", key + b"x")
     assert len(pseudonym("02", key)) == 4 + 12
@@ -374,23 +459,34 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
 
     bids = tmp_path / "bids"
     (bids / "sub-01" / "ses-a" / "anat").mkdir(parents=True)
-    (bids / "dataset_description.json").write_text('{"Name": "d", "BIDSVersion": "1.9.0", "Authors": ["Dr X"]}')
+    (bids / "dataset_description.json").write_text(
+        '{"Name": "d", "BIDSVersion": "1.9.0", "Authors": ["Dr X"]}'
+    )
     (bids / "participants.tsv").write_text("participant_id\tdiagnosis\nsub-01\tMDD\n")
     img = nib.Nifti1Image(np.asarray(img_3d.dataobj), img_3d.affine)
     img.header["descrip"] = b"ZZ Jane Doe"
     nib.save(img, bids / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_T1w.nii.gz")
     (bids / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_T1w.json").write_text(
-        json.dumps({"PatientName": "ZZ Jane Doe", "EchoTime": 0.003}))
+        json.dumps({"PatientName": "ZZ Jane Doe", "EchoTime": 0.003})
+    )
     (bids / "sub-01" / "ses-a" / "func").mkdir()
     bold = nib.Nifti1Image(np.zeros((4, 4, 3, 5), np.float32), np.eye(4))
     bold.header["aux_file"] = b"ZZ Jane"
     nib.save(bold, bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_bold.nii.gz")
     (bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_bold.json").write_text(
-        json.dumps({"InstitutionName": "ZZ Jane Hospital", "RepetitionTime": 2.0, "TaskName": "rest"}))
-    (bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_events.tsv").write_text("onset\nZZ Jane\n")
+        json.dumps(
+            {"InstitutionName": "ZZ Jane Hospital", "RepetitionTime": 2.0, "TaskName": "rest"}
+        )
+    )
+    (bids / "sub-01" / "ses-a" / "func" / "sub-01_ses-a_task-rest_events.tsv").write_text(
+        "onset\nZZ Jane\n"
+    )
     key_file = tmp_path / "key.txt"
     key_file.write_bytes(b"a-secret-key-of-enough-bytes")
-    assert main(["-q", "deidentify", str(bids), str(tmp_path / "out"), "--key-file", str(key_file)]) == 0
+    assert (
+        main(["-q", "deidentify", str(bids), str(tmp_path / "out"), "--key-file", str(key_file)])
+        == 0
+    )
     new = pseudonym("01", b"a-secret-key-of-enough-bytes")
     scan = tmp_path / "out" / new / "ses-1" / "anat" / f"{new}_ses-1_T1w.nii.gz"
     assert scan.is_file() and nib.load(scan).header["descrip"].item() == b""
@@ -398,42 +494,82 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
     side = json.loads(scan.with_name(f"{new}_ses-1_T1w.json").read_text())
     assert side == {"EchoTime": 0.003}
     func = tmp_path / "out" / new / "ses-1" / "func"
-    assert sorted(p.name for p in func.iterdir()) == [f"{new}_ses-1_task-rest_bold.json",
-                                                      f"{new}_ses-1_task-rest_bold.nii.gz"]  # events left out
+    assert sorted(p.name for p in func.iterdir()) == [
+        f"{new}_ses-1_task-rest_bold.json",
+        f"{new}_ses-1_task-rest_bold.nii.gz",
+    ]  # events left out
     assert nib.load(func / f"{new}_ses-1_task-rest_bold.nii.gz").shape == (4, 4, 3, 5)
-    assert json.loads((func / f"{new}_ses-1_task-rest_bold.json").read_text()) == {"RepetitionTime": 2.0,
-                                                                                   "TaskName": "rest"}
+    assert json.loads((func / f"{new}_ses-1_task-rest_bold.json").read_text()) == {
+        "RepetitionTime": 2.0,
+        "TaskName": "rest",
+    }
     assert (tmp_path / "out" / "participants.tsv").read_text().splitlines()[1] == f"{new}\tMDD"
     assert find_strings(tmp_path / "out", ["ZZ Jane", "sub-01", "a-secret-key", "Dr X"]) == {}
-    args = build_parser().parse_args(["train", "d", "--run-dir", "r", "--leave-one-site-out", "--harmonize", "combat"])
+    args = build_parser().parse_args(
+        ["train", "d", "--run-dir", "r", "--leave-one-site-out", "--harmonize", "combat"]
+    )
     assert args.leave_one_site_out == "site" and args.harmonize == "combat"
-    assert build_parser().parse_args(["train", "d", "--run-dir", "r", "--leave-one-site-out", "scanner",
-                                      ]).leave_one_site_out == "scanner"
+    assert (
+        build_parser()
+        .parse_args(
+            [
+                "train",
+                "d",
+                "--run-dir",
+                "r",
+                "--leave-one-site-out",
+                "scanner",
+            ]
+        )
+        .leave_one_site_out
+        == "scanner"
+    )
 
 
 def test_confound_warning_says_when_a_large_effect_is_not_significant():
     from neuroml.training.trust import confound_message
 
-    small = confound_message("diagnosis", "sex", {"test": "chi-square", "p_value": 0.223, "effect": "Cramér's V",
-                                                  "effect_size": 0.5})
+    small = confound_message(
+        "diagnosis",
+        "sex",
+        {"test": "chi-square", "p_value": 0.223, "effect": "Cramér's V", "effect_size": 0.5},
+    )
     assert "p = 0.223" in small and "not significant at this sample size" in small
-    big = confound_message("diagnosis", "site", {"test": "chi-square", "p_value": 1e-6, "effect": "Cramér's V",
-                                                 "effect_size": 0.8}, site_column="site")
+    big = confound_message(
+        "diagnosis",
+        "site",
+        {"test": "chi-square", "p_value": 1e-6, "effect": "Cramér's V", "effect_size": 0.8},
+        site_column="site",
+    )
     assert "diagnosis is associated with site" in big and "not significant" not in big
     assert big.endswith("(see confounds.json and the site probe)")
-    assert small.endswith("instead of the diagnosis (see confounds.json and the bias audit's per-sex results)")
+    assert small.endswith(
+        "instead of the diagnosis (see confounds.json and the bias audit's per-sex results)"
+    )
 
 
 def test_confound_advice_fits_the_column():
     """Leave-one-site-out is advice for an entangled site, not for an entangled sex column."""
     from neuroml.reports.trust_sections import _confounds
 
-    test = {"test": "chi-square", "statistic": 9.0, "p_value": 0.001, "effect": "Cramér's V", "effect_size": 0.8,
-            "entangled": True}
-    html = _confounds({}, {"tests": {"site": test, "sex": test}, "entangled": ["site", "sex"], "site_column": "site"})
+    test = {
+        "test": "chi-square",
+        "statistic": 9.0,
+        "p_value": 0.001,
+        "effect": "Cramér's V",
+        "effect_size": 0.8,
+        "entangled": True,
+    }
+    html = _confounds(
+        {},
+        {"tests": {"site": test, "sex": test}, "entangled": ["site", "sex"], "site_column": "site"},
+    )
     site, sex = html.split("associated with site")[1], html.split("associated with sex")[1]
     assert "compare leave-one-site-out" in site.split("</p>")[0]
-    assert "leave-one-site-out" not in sex.split("</p>")[0] and "per-sex results" in sex.split("</p>")[0]
+    assert (
+        "leave-one-site-out" not in sex.split("</p>")[0]
+        and "per-sex results" in sex.split("</p>")[0]
+    )
 
 
 def test_covariates_leave_out_a_sex_column_with_missing_values():
@@ -456,7 +592,9 @@ def test_demographics_count_participants_without_sex_or_site():
     import pandas as pd
 
     pids = ["sub-1", "sub-2", "sub-3", "sub-4"]
-    table = pd.DataFrame({"sex": ["F", np.nan, "M", "F"], "site": ["A", "B", np.nan, "A"]}, index=pids)
+    table = pd.DataFrame(
+        {"sex": ["F", np.nan, "M", "F"], "site": ["A", "B", np.nan, "A"]}, index=pids
+    )
     demo = trust_module.demographics(table, pids, ["x", "x", "y", "y"], ["x", "y"], site_col="site")
     for c in ("x", "y"):
         assert sum(demo[c]["sex"].values()) == sum(demo[c]["site"].values()) == demo[c]["n"] == 2

@@ -19,11 +19,19 @@ from neuroml.privacy import find_strings, pseudonym
 pytestmark = pytest.mark.slow
 
 KEY = b"e2e-test-key-0123456789abcdef"
-PLANTED_HEADER = {"descrip": "ZZDESCRIP Doe^Jane 1970-01-01", "aux_file": "ZZAUXFILE-JaneDoe",
-                  "db_name": "ZZDBNAME-4711", "intent_name": "ZZINTENT-Jane"}
-PLANTED_SIDECAR = {"PatientName": "ZZPATIENT^Jane^Doe", "PatientID": "ZZPID-0815-4711",
-                   "AcquisitionDateTime": "2019-03-04T10:11:12.345", "InstitutionName": "ZZ St Elsewhere Hospital",
-                   "PatientBirthDate": "19700101"}
+PLANTED_HEADER = {
+    "descrip": "ZZDESCRIP Doe^Jane 1970-01-01",
+    "aux_file": "ZZAUXFILE-JaneDoe",
+    "db_name": "ZZDBNAME-4711",
+    "intent_name": "ZZINTENT-Jane",
+}
+PLANTED_SIDECAR = {
+    "PatientName": "ZZPATIENT^Jane^Doe",
+    "PatientID": "ZZPID-0815-4711",
+    "AcquisitionDateTime": "2019-03-04T10:11:12.345",
+    "InstitutionName": "ZZ St Elsewhere Hospital",
+    "PatientBirthDate": "19700101",
+}
 PLANTED_EXTENSION = "ZZEXTENSION Jane Doe MRN 99887766"
 PLANTED = [*PLANTED_HEADER.values(), *PLANTED_SIDECAR.values(), PLANTED_EXTENSION]
 
@@ -35,7 +43,9 @@ def _plant(bids):
         img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
         for field, text in PLANTED_HEADER.items():
             img.header[field] = text.encode()
-        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", PLANTED_EXTENSION.encode()))
+        img.header.extensions.append(
+            nib.nifti1.Nifti1Extension("comment", PLANTED_EXTENSION.encode())
+        )
         nib.save(img, path)
         side = path.with_name(path.name.replace(".nii.gz", ".json"))
         side.write_text(json.dumps({**json.loads(side.read_text()), **PLANTED_SIDECAR}))
@@ -75,9 +85,16 @@ def e2e(tmp_path_factory):
     from neuroml.synth import make_cohort
 
     root = tmp_path_factory.mktemp("e2e")
-    summary = make_cohort(root / "raw", n_subjects=12, seed=3, classes=("control", "MDD"),
-                          sites={"siteA": {"contrast": 0.15}, "siteB": {"contrast": -0.15}}, voxel_scale=4.0,
-                          effect_size=0.0, site_entanglement=1.0)
+    summary = make_cohort(
+        root / "raw",
+        n_subjects=12,
+        seed=3,
+        classes=("control", "MDD"),
+        sites={"siteA": {"contrast": 0.15}, "siteB": {"contrast": -0.15}},
+        voxel_scale=4.0,
+        effect_size=0.0,
+        site_entanglement=1.0,
+    )
     _plant(root / "raw")
     (root / "secret").mkdir()
     (root / "secret" / "key.txt").write_bytes(KEY)
@@ -110,30 +127,50 @@ def e2e(tmp_path_factory):
             socket.socket()
         attempts.clear()
         try:
-            report = run_pipeline(pipeline, {"workdir": str(work), "bids": str(root / "raw"),
-                                             "key_file": str(root / "secret" / "key.txt")})
+            report = run_pipeline(
+                pipeline,
+                {
+                    "workdir": str(work),
+                    "bids": str(root / "raw"),
+                    "key_file": str(root / "secret" / "key.txt"),
+                },
+            )
         finally:
             logger.removeHandler(records)
             torch.set_num_threads(threads)
-    return {"root": root, "work": work, "report": report, "attempts": attempts, "warnings": records.messages,
-            "participants": summary["participants"]}
+    return {
+        "root": root,
+        "work": work,
+        "report": report,
+        "attempts": attempts,
+        "warnings": records.messages,
+        "participants": summary["participants"],
+    }
 
 
 def test_the_tiny_demo_completes_with_sockets_blocked(e2e):
     assert e2e["attempts"] == []
-    assert (e2e["work"] / "run" / "report.html").is_file() and (e2e["work"] / "run_loso" / "report.html").is_file()
+    assert (e2e["work"] / "run" / "report.html").is_file() and (
+        e2e["work"] / "run_loso" / "report.html"
+    ).is_file()
     assert (e2e["work"] / "run" / "attribution" / "gradcam" / "attribution.json").is_file()
     # the tiny pipeline runs every step the shipped demo runs
     from pathlib import Path
 
     demo = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
-    assert {n for n, _ in load_pipeline(demo, {"workdir": "/tmp/x"})} <= {n for n, _ in load_pipeline(
-        e2e["root"] / "tiny.yaml", {"workdir": "/tmp/x", "bids": "/b", "key_file": "/k"})}
+    assert {n for n, _ in load_pipeline(demo, {"workdir": "/tmp/x"})} <= {
+        n
+        for n, _ in load_pipeline(
+            e2e["root"] / "tiny.yaml", {"workdir": "/tmp/x", "bids": "/b", "key_file": "/k"}
+        )
+    }
 
 
 def test_planted_identifiers_reach_no_output(e2e):
     raw_hits = find_strings(e2e["root"] / "raw", PLANTED)
-    assert set().union(*raw_hits.values()) == set(PLANTED)  # the search does find them where they are
+    assert set().union(*raw_hits.values()) == set(
+        PLANTED
+    )  # the search does find them where they are
     originals = [p["participant_id"] for p in e2e["participants"]]
     outputs = find_strings(e2e["work"], PLANTED + originals + [KEY.decode()])
     assert outputs == {}
@@ -155,7 +192,10 @@ def test_pseudonyms_are_consistent_across_outputs(e2e):
     table = (work / "run" / "predictions.tsv").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in table[1:]) == expected
     assert sorted(p.name for p in (work / "derivatives").glob("sub-*")) == expected
-    maps = sorted(p.name.split("_")[0] for p in (work / "run" / "attribution" / "gradcam").glob("sub-*_map.nii.gz"))
+    maps = sorted(
+        p.name.split("_")[0]
+        for p in (work / "run" / "attribution" / "gradcam").glob("sub-*_map.nii.gz")
+    )
     assert maps == expected
     html = (work / "run" / "report.html").read_text()
     assert all(p in html for p in expected)
@@ -170,8 +210,11 @@ def test_derivative_pictures_and_volumes_are_brain_masked(e2e):
     for path in sorted((e2e["work"] / "derivatives").glob("sub-*/anat/*desc-preproc_T1w.nii.gz")):
         img = nib.load(path)
         assert not np.asarray(img.dataobj)[~mask].any(), path
-        assert all(img.header[f].item() in (b"", b"neuroml 0.1.0 preproc") or b"neuroml" in img.header[f].item()
-                   for f in ("descrip", "aux_file", "db_name", "intent_name"))
+        assert all(
+            img.header[f].item() in (b"", b"neuroml 0.1.0 preproc")
+            or b"neuroml" in img.header[f].item()
+            for f in ("descrip", "aux_file", "db_name", "intent_name")
+        )
 
 
 def test_entangled_site_warns_probes_and_separates_pooled_from_loso(e2e):
@@ -185,4 +228,7 @@ def test_entangled_site_warns_probes_and_separates_pooled_from_loso(e2e):
     assert pooled["baseline"]["balanced_accuracy"] - loso["baseline"]["balanced_accuracy"] >= 0.3
     assert loso["baseline"]["balanced_accuracy"] <= 0.5 and loso["cnn"]["balanced_accuracy"] <= 0.5
     html = (work / "run" / "report.html").read_text()
-    assert "the label is associated with site" in html and "Site probe beside diagnosis accuracy" in html
+    assert (
+        "the label is associated with site" in html
+        and "Site probe beside diagnosis accuracy" in html
+    )

@@ -19,8 +19,15 @@ from neuroml.training.harmonize import FOLD_FILE, VolumeComBat, covariate_matrix
 from neuroml.training.trainer import evaluate
 
 RES = 8.0
-FAST = dict(epochs=2, folds=2, batch_size=4, show_progress=False, n_bootstrap=20, baseline=False,
-            val_fraction=0.5)  # 3 of the 6 training participants per class validate (>= 2 needed)
+FAST = dict(
+    epochs=2,
+    folds=2,
+    batch_size=4,
+    show_progress=False,
+    n_bootstrap=20,
+    baseline=False,
+    val_fraction=0.5,
+)  # 3 of the 6 training participants per class validate (>= 2 needed)
 SITE_OFFSET = {"A": 0.0, "B": 2.0, "C": -2.0}
 
 
@@ -49,18 +56,30 @@ def make_cohort(root, n=24, prefix="", seed=0, changed=(), sites=None, drop_age=
         site = sites[i % len(sites)] if sites else ("A", "B")[(i // 2) % 2]
         vol = rng.normal(0, 1, shape) + SITE_OFFSET[site] + (1.5 * blob if dx == "MDD" else 0.0)
         if pid in changed:
-            vol = vol + 3.0 + np.random.default_rng([seed, i, 99]).normal(0, 1, shape)  # the cohort's rng untouched
+            vol = (
+                vol + 3.0 + np.random.default_rng([seed, i, 99]).normal(0, 1, shape)
+            )  # the cohort's rng untouched
         vol = (vol * mask).astype(np.float32)
         folder = deriv / pid / "anat"
         folder.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(vol, affine),
-                 str(folder / f"{pid}_space-MNI152NLin2009aSym_res-{RES:g}_desc-preproc_T1w.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(vol, affine),
+            str(folder / f"{pid}_space-MNI152NLin2009aSym_res-{RES:g}_desc-preproc_T1w.nii.gz"),
+        )
         age = "n/a" if pid in drop_age else str(20 + 3 * i)
         rows.append(f"{pid}\t{dx}\t{site}\t{age}\t{'MF'[(i // 4) % 2]}")
     (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (deriv / "dataset_description.json").write_text(json.dumps({
-        "Name": "d", "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "neuroml"}],
-        "SourceDatasets": [{"URL": raw.resolve().as_uri()}]}))
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "d",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "neuroml"}],
+                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
+            }
+        )
+    )
     return deriv
 
 
@@ -74,8 +93,12 @@ def harmonized(tmp_path_factory, one_torch_thread):
 
     def spy(net, train_ds, val_ds, *args, **kwargs):
         k = int(kwargs["desc"].split()[1].split("/")[0]) - 1
-        seen[k] = (np.stack([np.asarray(train_ds.volumes[r]) for r in train_ds.rows]),
-                   None if val_ds is None else np.stack([np.asarray(val_ds.volumes[r]) for r in val_ds.rows]))
+        seen[k] = (
+            np.stack([np.asarray(train_ds.volumes[r]) for r in train_ds.rows]),
+            None
+            if val_ds is None
+            else np.stack([np.asarray(val_ds.volumes[r]) for r in val_ds.rows]),
+        )
         return real_fit(net, train_ds, val_ds, *args, **kwargs)
 
     run_module.fit = spy
@@ -90,11 +113,18 @@ def _cohort_arrays(deriv, run):
     """Raw volumes, participant ids, sites and covariates of the run's cohort, in cache order."""
     cache = build_cache(deriv)
     index = cache.index
-    table = pd.read_csv(deriv.parent / "raw" / "participants.tsv", sep="\t", dtype=str).set_index("participant_id")
+    table = pd.read_csv(deriv.parent / "raw" / "participants.tsv", sep="\t", dtype=str).set_index(
+        "participant_id"
+    )
     pids = index["participant_id"].tolist()
     spec = run.config["harmonized_inputs"]
     cov = covariate_matrix(table, pids, spec["covariates"], spec["sex_levels"])
-    return cache.load(index["row"].to_numpy()), np.array(pids, dtype=object), table.loc[pids, "site"].to_numpy(), cov
+    return (
+        cache.load(index["row"].to_numpy()),
+        np.array(pids, dtype=object),
+        table.loc[pids, "site"].to_numpy(),
+        cov,
+    )
 
 
 def _site_gap(volumes, sites, mask):
@@ -103,6 +133,7 @@ def _site_gap(volumes, sites, mask):
 
 
 # ---------------------------------------------------------------- (a) leakage
+
 
 def test_input_combat_is_fitted_on_each_folds_training_scans_only(tmp_path, harmonized):
     """Changing a test or validation scan of fold 0 leaves fold 0's saved ComBat unchanged;
@@ -119,10 +150,13 @@ def test_input_combat_is_fitted_on_each_folds_training_scans_only(tmp_path, harm
         got = np.load(tmp_path / name / "run" / "fold-0" / FOLD_FILE)
         assert sorted(got.files) == sorted(ref.files)
         equal = all(np.array_equal(got[k], ref[k]) for k in ref.files)
-        assert equal is same, f"changing {changed} {'changed' if not same else 'kept'} fold 0's ComBat"
+        assert equal is same, (
+            f"changing {changed} {'changed' if not same else 'kept'} fold 0's ComBat"
+        )
 
 
 # ---------------------------------------------------------------- (b) the CNN sees harmonized inputs
+
 
 def test_cnn_trains_on_harmonized_inputs_with_a_smaller_site_gap(harmonized):
     deriv, run_dir, seen = harmonized
@@ -132,25 +166,47 @@ def test_cnn_trains_on_harmonized_inputs_with_a_smaller_site_gap(harmonized):
     for split in run.splits:
         k = split["fold"]
         hv = VolumeComBat.load(run_dir / f"fold-{k}" / FOLD_FILE)
-        assert hv.n_voxels == int(mask.sum()) and hv.covariates == ["age", "sex"] and hv.site_column == "site"
+        assert (
+            hv.n_voxels == int(mask.sum())
+            and hv.covariates == ["age", "sex"]
+            and hv.site_column == "site"
+        )
         train = np.isin(pids, split["train"])
         manual = hv.transform(vols, np.flatnonzero(train), sites[train], cov[train])
-        np.testing.assert_array_equal(seen[k][0], manual)  # exactly what the fold's CNN was trained on
-        raw_gap, harm_gap = _site_gap(vols[train], sites[train], mask), _site_gap(manual, sites[train], mask)
+        np.testing.assert_array_equal(
+            seen[k][0], manual
+        )  # exactly what the fold's CNN was trained on
+        raw_gap, harm_gap = (
+            _site_gap(vols[train], sites[train], mask),
+            _site_gap(manual, sites[train], mask),
+        )
         assert raw_gap > 1.5 and harm_gap < 0.1 * raw_gap
         val = np.isin(pids, split["val"])  # validation scans: harmonized with the training fit
-        np.testing.assert_array_equal(seen[k][1], hv.transform(vols, np.flatnonzero(val), sites[val], cov[val]))
-        assert np.array_equal(manual[:, ~mask], vols[train][:, ~mask])  # outside the brain: untouched
+        np.testing.assert_array_equal(
+            seen[k][1], hv.transform(vols, np.flatnonzero(val), sites[val], cov[val])
+        )
+        assert np.array_equal(
+            manual[:, ~mask], vols[train][:, ~mask]
+        )  # outside the brain: untouched
         meta = load_checkpoint(run_dir / f"fold-{k}" / "model.pt")["meta"]
         assert meta["harmonized_inputs"] == FOLD_FILE
-        test = np.isin(pids, split["test"])  # out-of-fold predictions: the fold model on harmonized test scans
+        test = np.isin(
+            pids, split["test"]
+        )  # out-of-fold predictions: the fold model on harmonized test scans
         x = hv.transform(vols, np.flatnonzero(test), sites[test], cov[test])
         manual = evaluate(dict(run.fold_models())[k], VolumeDataset(x))[0]
-        oof = pd.read_csv(run_dir / "predictions.tsv", sep="\t").set_index("participant_id").loc[pids[test]]
+        oof = (
+            pd.read_csv(run_dir / "predictions.tsv", sep="\t")
+            .set_index("participant_id")
+            .loc[pids[test]]
+        )
         np.testing.assert_allclose(oof.filter(like="prob_").to_numpy(), manual, atol=2e-6)
 
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["harmonize"] == "combat" and config["harmonized_inputs"]["voxels"] == "template brain mask"
+    assert (
+        config["harmonize"] == "combat"
+        and config["harmonized_inputs"]["voxels"] == "template brain mask"
+    )
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["cnn"]["harmonized_inputs"] == "combat" and m["harmonization"]["cnn_inputs"] is True
     assert [f["voxels"] for f in m["harmonization"]["folds"]] == [int(mask.sum())] * 2
@@ -160,16 +216,25 @@ def test_cnn_trains_on_harmonized_inputs_with_a_smaller_site_gap(harmonized):
     from neuroml.reports import build_report
 
     html = build_report(run_dir).read_text()
-    assert "CNN, ComBat on input voxels inside folds" in html and "region means of the CNN&#x27;s harmonized" in html
+    assert (
+        "CNN, ComBat on input voxels inside folds" in html
+        and "region means of the CNN&#x27;s harmonized" in html
+    )
 
 
 # ---------------------------------------------------------------- (c) predict and attribute
 
+
 def _manual_proba(run, vols, sites, cov, harmonize=True):
     probs = []
     for k, model in run.fold_models():
-        x = VolumeComBat.load(run.run_dir / f"fold-{k}" / FOLD_FILE).transform(
-            vols, np.arange(len(vols)), sites, cov) if harmonize else vols
+        x = (
+            VolumeComBat.load(run.run_dir / f"fold-{k}" / FOLD_FILE).transform(
+                vols, np.arange(len(vols)), sites, cov
+            )
+            if harmonize
+            else vols
+        )
         probs.append(evaluate(model, VolumeDataset(x), batch_size=8)[0])
     return np.mean(probs, axis=0)
 
@@ -207,9 +272,18 @@ def test_attribute_explains_harmonized_inputs(harmonized):
     run = load_run(run_dir)
     vols, pids, sites, cov = _cohort_arrays(deriv, run)
     chosen = [run.splits[0]["test"][0], run.splits[1]["test"][0]]
-    out = attribute_run(run_dir, deriv, method="saliency", participant_labels=chosen, show_progress=False, n_sanity=2)
+    out = attribute_run(
+        run_dir,
+        deriv,
+        method="saliency",
+        participant_labels=chosen,
+        show_progress=False,
+        n_sanity=2,
+    )
     doc = json.loads(out.read_text())
-    assert doc["harmonized_inputs"]["method"] == "combat" and doc["trust"]["randomization"] is not None
+    assert (
+        doc["harmonized_inputs"]["method"] == "combat" and doc["trust"]["randomization"] is not None
+    )
     models = dict(run.fold_models())
     for s in doc["subjects"]:
         i = list(pids).index(s["participant_id"])
@@ -225,7 +299,10 @@ def test_attribute_explains_harmonized_inputs(harmonized):
 
 # ---------------------------------------------------------------- (d) resume
 
-def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(tmp_path, harmonized, interrupt_fold):
+
+def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(
+    tmp_path, harmonized, interrupt_fold
+):
     deriv, ref_dir, _ = harmonized
     run_dir = tmp_path / "run"
     disarm = interrupt_fold(2, epoch=1)
@@ -237,7 +314,9 @@ def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(tmp_path, harmo
     train_run(deriv, run_dir, harmonize="combat", resume=True, **FAST)
     statuses = [f["status"] for f in json.loads((run_dir / "provenance.json").read_text())["folds"]]
     assert statuses[0].startswith("skipped") and statuses[1] == "resumed"
-    assert (run_dir / "fold-0" / FOLD_FILE).stat().st_mtime_ns == stamp  # a kept fold reads its saved ComBat
+    assert (
+        run_dir / "fold-0" / FOLD_FILE
+    ).stat().st_mtime_ns == stamp  # a kept fold reads its saved ComBat
 
     def probs(folder):
         df = pd.read_csv(folder / "predictions.tsv", sep="\t")
@@ -247,7 +326,10 @@ def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(tmp_path, harmo
     ids, got = probs(run_dir)
     assert ids == ref_ids and np.abs(got - ref).max() <= 1e-6
     for k in (0, 1):
-        a, b = np.load(ref_dir / f"fold-{k}" / FOLD_FILE), np.load(run_dir / f"fold-{k}" / FOLD_FILE)
+        a, b = (
+            np.load(ref_dir / f"fold-{k}" / FOLD_FILE),
+            np.load(run_dir / f"fold-{k}" / FOLD_FILE),
+        )
         assert all(np.array_equal(a[key], b[key]) for key in a.files)
 
     # a fold whose ComBat file is gone is trained again (its model was made for those inputs)
@@ -267,6 +349,7 @@ def test_resume_of_a_harmonized_run_matches_an_uninterrupted_one(tmp_path, harmo
 
 # ---------------------------------------------------------------- VolumeComBat
 
+
 def test_volume_combat_round_trip_and_errors(tmp_path):
     rng = np.random.default_rng(0)
     mask = np.zeros((4, 5, 6), bool)
@@ -278,7 +361,12 @@ def test_volume_combat_round_trip_and_errors(tmp_path):
     assert hv.n_voxels == int(mask.sum()) - 1 and not hv.mask_[1, 1, 1]
     out = hv.transform(vols, np.arange(12), sites, chunk=5)
     assert out.dtype == np.float32 and np.all(out[:, ~mask] == 0) and np.all(out[:, 1, 1, 1] == 7.0)
-    assert _site_gap(out[:10], sites[:10], hv.mask_) < 0.1 < 2.5 < _site_gap(vols[:10], sites[:10], hv.mask_)
+    assert (
+        _site_gap(out[:10], sites[:10], hv.mask_)
+        < 0.1
+        < 2.5
+        < _site_gap(vols[:10], sites[:10], hv.mask_)
+    )
     hv.save(tmp_path / "c.npz")
     again = VolumeComBat.load(tmp_path / "c.npz")
     np.testing.assert_array_equal(again.transform(vols, np.arange(12), sites), out)
@@ -286,10 +374,14 @@ def test_volume_combat_round_trip_and_errors(tmp_path):
 
     # channels share the (X, Y, Z) mask
     two = np.stack([vols, 2 * vols], axis=1)
-    out2 = VolumeComBat(mask).fit(two, np.arange(10), sites[:10]).transform(two, np.arange(12), sites)
+    out2 = (
+        VolumeComBat(mask).fit(two, np.arange(10), sites[:10]).transform(two, np.arange(12), sites)
+    )
     assert out2.shape == two.shape and _site_gap(out2[:10, 1], sites[:10], hv.mask_) < 0.2
 
-    with pytest.raises(ConfigError, match=r"fitted on volumes of shape \(4, 5, 6\); got \(4, 5, 7\)"):
+    with pytest.raises(
+        ConfigError, match=r"fitted on volumes of shape \(4, 5, 6\); got \(4, 5, 7\)"
+    ):
         hv.transform(np.zeros((1, 4, 5, 7)), [0], ["A"])
     with pytest.raises(ConfigError, match="at least two training scans"):
         VolumeComBat(mask).fit(vols, [0], ["A"])
@@ -309,8 +401,12 @@ def test_cli_passes_the_participants_file():
     from neuroml.cli import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["predict", "r", "d", "--participants", "p.tsv"]).participants == Path("p.tsv")
-    assert parser.parse_args(["attribute", "r", "d", "--participants", "p.tsv"]).participants == Path("p.tsv")
+    assert parser.parse_args(["predict", "r", "d", "--participants", "p.tsv"]).participants == Path(
+        "p.tsv"
+    )
+    assert parser.parse_args(
+        ["attribute", "r", "d", "--participants", "p.tsv"]
+    ).participants == Path("p.tsv")
     assert parser.parse_args(["predict", "r", "d"]).participants is None
 
 
@@ -328,9 +424,15 @@ def test_site_probe_features_of_multichannel_inputs():
     feats = penultimate_features(model, vols, np.array([3, 1]), batch_size=1)
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
-        np.testing.assert_allclose(last(torch.from_numpy(feats).float()).numpy(),
-                                   model(torch.from_numpy(vols[[3, 1]])).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            last(torch.from_numpy(feats).float()).numpy(),
+            model(torch.from_numpy(vols[[3, 1]])).numpy(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
     atlas = rng.integers(0, 4, size=shape)
     both = channel_region_means(vols, atlas)
-    np.testing.assert_allclose(both, np.concatenate([region_means(vols[:, c], atlas)[0] for c in (0, 1)], axis=1))
+    np.testing.assert_allclose(
+        both, np.concatenate([region_means(vols[:, c], atlas)[0] for c in (0, 1)], axis=1)
+    )
     np.testing.assert_allclose(channel_region_means(vols[:, 0], atlas), both[:, :3])

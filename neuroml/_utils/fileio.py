@@ -83,9 +83,13 @@ def stale_temporaries(folder, pattern):
     host = _OWNER.rsplit("-", 1)[0]
     for tmp in folder.glob(pattern):
         match = None
-        for match in _TMP_RE.finditer(tmp.name):
+        for match in _TMP_RE.finditer(tmp.name):  # noqa: B007 (keep the last match)
             pass
-        if match is not None and match.group("host") == host and not _pid_alive(int(match.group("pid"))):
+        if (
+            match is not None
+            and match.group("host") == host
+            and not _pid_alive(int(match.group("pid")))
+        ):
             yield tmp
 
 
@@ -135,7 +139,9 @@ def atomic_path(path, suffix=None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, path.name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".tmp" + suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{_OWNER}.", suffix=".tmp" + suffix, dir=path.parent
+        )
         os.close(fd)
     except OSError as exc:
         _raise_output_error(exc, path)
@@ -167,9 +173,14 @@ def _disk_full(folder):
 
 
 #: errno values that mean "the output cannot be written here", whatever the file.
-_OUTPUT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                  errno.EPERM: "operation not permitted", errno.EFBIG: "the file is too large for this file system"}
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "the file is too large for this file system",
+}
 
 
 def _raise_output_error(exc, path):
@@ -186,7 +197,10 @@ def _raise_output_error(exc, path):
     raise OutputError(
         f"cannot write: {_OUTPUT_ERRNOS[code]} ({exc.strerror or exc}); nothing was left under this name. "
         "Free space or fix the folder's permissions (or choose another output folder), then rerun the "
-        "same command: finished work is kept", path, errno=code) from None
+        "same command: finished work is kept",
+        path,
+        errno=code,
+    ) from None
 
 
 def write_text_atomic(path, text):
@@ -209,7 +223,9 @@ def plain_value(obj):
 
 def write_json_atomic(path, obj):
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=plain_value) + "\n")
+    return write_text_atomic(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=plain_value) + "\n"
+    )
 
 
 def read_json(path):

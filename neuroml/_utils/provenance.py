@@ -9,8 +9,17 @@ import numpy as np
 __all__ = ["package_versions", "seed_everything"]
 
 _PACKAGES = (
-    "neuroml", "numpy", "scipy", "nibabel", "nilearn", "torch", "monai",
-    "scikit-learn", "SimpleITK", "captum", "pandas",
+    "neuroml",
+    "numpy",
+    "scipy",
+    "nibabel",
+    "nilearn",
+    "torch",
+    "monai",
+    "scikit-learn",
+    "SimpleITK",
+    "captum",
+    "pandas",
 )
 
 

@@ -8,13 +8,36 @@ randomization, deletion curve, fold stability, synthetic ground truth);
 :func:`attribute_run` does all of it for a training run, out of fold.
 """
 
-from neuroml.attribution.group import class_entity, class_group_maps, group_statistics, write_group_maps
-from neuroml.attribution.methods import ALL_METHODS, METHODS, Explainer, block_mask, guess_target_layer
-from neuroml.attribution.regions import (REGION_COLUMNS, read_region_table, region_occlusion, region_table,
-                                         region_table_img, write_region_table)
+from neuroml.attribution.group import (
+    class_entity,
+    class_group_maps,
+    group_statistics,
+    write_group_maps,
+)
+from neuroml.attribution.methods import (
+    ALL_METHODS,
+    METHODS,
+    Explainer,
+    block_mask,
+    guess_target_layer,
+)
+from neuroml.attribution.regions import (
+    REGION_COLUMNS,
+    read_region_table,
+    region_occlusion,
+    region_table,
+    region_table_img,
+    write_region_table,
+)
 from neuroml.attribution.run import attribute_run, map_name
-from neuroml.attribution.sanity import (deletion_curve, fold_stability, ground_truth_scores, model_randomization,
-                                        planted_ground_truth, randomize_weights)
+from neuroml.attribution.sanity import (
+    deletion_curve,
+    fold_stability,
+    ground_truth_scores,
+    model_randomization,
+    planted_ground_truth,
+    randomize_weights,
+)
 
 __all__ = [
     "METHODS",

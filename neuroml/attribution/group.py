@@ -50,10 +50,12 @@ def group_statistics(maps, chunk=65536):
         return mean, None
     t = np.empty(flat.shape[1], dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # constant voxels (outside the brain): t set to 0 below
+        warnings.simplefilter(
+            "ignore", RuntimeWarning
+        )  # constant voxels (outside the brain): t set to 0 below
         for i in range(0, flat.shape[1], chunk):
-            part = flat[:, i:i + chunk].astype(np.float64)
-            t[i:i + chunk] = ttest_1samp(part, 0.0, axis=0).statistic
+            part = flat[:, i : i + chunk].astype(np.float64)
+            t[i : i + chunk] = ttest_1samp(part, 0.0, axis=0).statistic
     t[~np.isfinite(t)] = 0.0
     return mean, t.reshape(maps.shape[1:])
 
@@ -132,9 +134,13 @@ def write_group_maps(groups, affine, out_dir, classes=None):
     for c, g in groups.items():
         stem = f"class-{class_entity(c, classes)}"
         entry = {"n": g["n"], "tstat": None}
-        entry["mean"] = save_nifti_atomic(_img(g["mean"], affine), out_dir / f"{stem}_desc-mean_map.nii.gz")
+        entry["mean"] = save_nifti_atomic(
+            _img(g["mean"], affine), out_dir / f"{stem}_desc-mean_map.nii.gz"
+        )
         if g["tstat"] is not None:
-            entry["tstat"] = save_nifti_atomic(_img(g["tstat"], affine), out_dir / f"{stem}_desc-tstat_map.nii.gz")
+            entry["tstat"] = save_nifti_atomic(
+                _img(g["tstat"], affine), out_dir / f"{stem}_desc-tstat_map.nii.gz"
+            )
         written[c] = entry
     return written
 

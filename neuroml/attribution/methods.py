@@ -43,7 +43,15 @@ __all__ = ["METHODS", "ALL_METHODS", "Explainer", "block_mask", "guess_target_la
 log = logging.getLogger("neuroml")
 
 #: Method names accepted by :class:`Explainer`.
-METHODS = ("gradcam", "gradcampp", "hirescam", "saliency", "integrated_gradients", "smoothgrad", "occlusion")
+METHODS = (
+    "gradcam",
+    "gradcampp",
+    "hirescam",
+    "saliency",
+    "integrated_gradients",
+    "smoothgrad",
+    "occlusion",
+)
 #: :data:`METHODS` and ``"region_occlusion"`` (which needs atlas labels as ``feature_mask``).
 ALL_METHODS = METHODS + ("region_occlusion",)
 #: Default layer of ``hirescam``: the last whose sides are at least 1/4 of the input's
@@ -75,7 +83,9 @@ def block_mask(shape, n_blocks=6):
     sizes = [max(1, -(-s // int(n_blocks))) for s in shape]
     axes = [np.arange(s) // w for s, w in zip(shape, sizes)]
     counts = [int(a.max()) + 1 for a in axes]
-    ids = (axes[0][:, None, None] * counts[1] + axes[1][None, :, None]) * counts[2] + axes[2][None, None, :]
+    ids = (axes[0][:, None, None] * counts[1] + axes[1][None, :, None]) * counts[2] + axes[2][
+        None, None, :
+    ]
     return ids.astype(np.int64)
 
 
@@ -118,17 +128,27 @@ def guess_target_layer(model, x, max_stride=None):
 
         def hook(_m, _inp, out, name=name):
             # a container returns its last child's tensor: keep the name of the child that made it
-            fine = max_stride is None or all(o * max_stride >= i for o, i in zip(out.shape[2:], x.shape[2:]))
-            if isinstance(out, torch.Tensor) and out.ndim == 5 and int(np.prod(out.shape[2:])) > 1 \
-                    and out is not last["out"] and fine:
+            fine = max_stride is None or all(
+                o * max_stride >= i for o, i in zip(out.shape[2:], x.shape[2:])
+            )
+            if (
+                isinstance(out, torch.Tensor)
+                and out.ndim == 5
+                and int(np.prod(out.shape[2:])) > 1
+                and out is not last["out"]
+                and fine
+            ):
                 last.update(name=name, out=out)
+
         handles.append(mod.register_forward_hook(hook))
     with torch.no_grad():
         work(x[:1])
     for h in handles:
         h.remove()
     if last["name"] is None:
-        raise ConfigError("no layer of the model outputs a 3D feature map; pass target_layer= explicitly")
+        raise ConfigError(
+            "no layer of the model outputs a 3D feature map; pass target_layer= explicitly"
+        )
     return last["name"]
 
 
@@ -138,14 +158,16 @@ def _as_input(x, device):
     if x.ndim == 4:
         x = x[:, None]
     if x.ndim != 5:
-        raise InputError(f"expected x of shape (N, X, Y, Z) or (N, C, X, Y, Z), got shape {tuple(x.shape)}"
-                         " (for one volume use x[None])")
+        raise InputError(
+            f"expected x of shape (N, X, Y, Z) or (N, C, X, Y, Z), got shape {tuple(x.shape)}"
+            " (for one volume use x[None])"
+        )
     return x.to(device=device, dtype=torch.float32)
 
 
 def _batches(indices, size):
     for i in range(0, len(indices), size):
-        yield indices[i:i + size]
+        yield indices[i : i + size]
 
 
 class Explainer:
@@ -200,9 +222,21 @@ class Explainer:
     (2, 16, 20, 18)
     """
 
-    def __init__(self, model, method="gradcam", target_layer=None, classes=None, batch_size=8,
-                 n_steps=32, nt_samples=16, noise_level=0.15, n_blocks=6, feature_mask=None, baseline=0.0,
-                 seed=0):
+    def __init__(
+        self,
+        model,
+        method="gradcam",
+        target_layer=None,
+        classes=None,
+        batch_size=8,
+        n_steps=32,
+        nt_samples=16,
+        noise_level=0.15,
+        n_blocks=6,
+        feature_mask=None,
+        baseline=0.0,
+        seed=0,
+    ):
         self.model = model
         self.method = method
         self.target_layer = target_layer
@@ -236,7 +270,11 @@ class Explainer:
             return probs.argmax(1).astype(np.int64)
         if isinstance(target, (str, int, np.integer)):
             return np.full(n, self._class_index(target, n_classes), dtype=np.int64)
-        target = list(np.asarray(target).tolist()) if isinstance(target, (np.ndarray, torch.Tensor)) else list(target)
+        target = (
+            list(np.asarray(target).tolist())
+            if isinstance(target, (np.ndarray, torch.Tensor))
+            else list(target)
+        )
         if len(target) != n:
             raise ConfigError(f"got {len(target)} targets for {n} inputs")
         return np.array([self._class_index(t, n_classes) for t in target], dtype=np.int64)
@@ -261,8 +299,11 @@ class Explainer:
         out = []
         for idx in _batches(np.arange(x.shape[0]), int(self.batch_size)):
             a = LayerGradientXActivation(work, layer).attribute(
-                x[idx], target=torch.as_tensor(targets[idx], device=x.device))
-            a = LayerAttribution.interpolate(a.sum(1, keepdim=True), tuple(x.shape[2:]), interpolate_mode="trilinear")
+                x[idx], target=torch.as_tensor(targets[idx], device=x.device)
+            )
+            a = LayerAttribution.interpolate(
+                a.sum(1, keepdim=True), tuple(x.shape[2:]), interpolate_mode="trilinear"
+            )
             out.append(a.detach()[:, 0].float().cpu())
         return torch.cat(out)
 
@@ -278,17 +319,26 @@ class Explainer:
                 a = Saliency(work).attribute(xi, target=ti, abs=True)
             elif self.method == "integrated_gradients":
                 a = IntegratedGradients(work).attribute(
-                    xi, baselines=float(self.baseline), target=ti, n_steps=int(self.n_steps),
-                    internal_batch_size=max(int(self.batch_size), 1))
+                    xi,
+                    baselines=float(self.baseline),
+                    target=ti,
+                    n_steps=int(self.n_steps),
+                    internal_batch_size=max(int(self.batch_size), 1),
+                )
             else:  # smoothgrad
                 sd = float(self.noise_level) * float(x[idx].max() - x[idx].min())
                 devices = [xi.device.index or 0] if xi.device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(int(self.seed))
                     a = NoiseTunnel(Saliency(work)).attribute(
-                        xi, nt_type="smoothgrad", nt_samples=int(self.nt_samples),
-                        nt_samples_batch_size=max(int(self.batch_size), 1), stdevs=sd,
-                        target=ti, abs=True)
+                        xi,
+                        nt_type="smoothgrad",
+                        nt_samples=int(self.nt_samples),
+                        nt_samples_batch_size=max(int(self.batch_size), 1),
+                        stdevs=sd,
+                        target=ti,
+                        abs=True,
+                    )
             out.append(a.detach().sum(1).float().cpu())
         return torch.cat(out)
 
@@ -296,16 +346,22 @@ class Explainer:
         from captum.attr import FeatureAblation
 
         if regions and self.feature_mask is None:
-            raise ConfigError("method 'region_occlusion' needs feature_mask= (atlas labels on the input grid)")
+            raise ConfigError(
+                "method 'region_occlusion' needs feature_mask= (atlas labels on the input grid)"
+            )
         if self.feature_mask is None:
             ids = block_mask(x.shape[2:], check_in_range("n_blocks", self.n_blocks, 1, 64, int))
         else:
             mask = np.asarray(self.feature_mask)
             if mask.shape != tuple(x.shape[2:]):
-                raise InputError(f"feature_mask has shape {mask.shape}, the input grid is {tuple(x.shape[2:])}")
+                raise InputError(
+                    f"feature_mask has shape {mask.shape}, the input grid is {tuple(x.shape[2:])}"
+                )
             if regions and (not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0):
-                raise InputError(f"feature_mask must hold integer labels >= 0 (0 = background), got dtype "
-                                 f"{mask.dtype} and minimum {mask.min(initial=0)}")
+                raise InputError(
+                    f"feature_mask must hold integer labels >= 0 (0 = background), got dtype "
+                    f"{mask.dtype} and minimum {mask.min(initial=0)}"
+                )
             ids = np.unique(mask, return_inverse=True)[1].reshape(mask.shape)  # contiguous 0..K-1
         mask_t = torch.as_tensor(ids, device=x.device)[None, None]
 
@@ -317,8 +373,12 @@ class Explainer:
         for idx in _batches(np.arange(x.shape[0]), per_subject):
             per_eval = max(1, int(self.batch_size) // len(idx))
             a = FeatureAblation(prob).attribute(
-                x[idx], baselines=float(self.baseline), target=torch.as_tensor(targets[idx], device=x.device),
-                feature_mask=mask_t, perturbations_per_eval=per_eval)
+                x[idx],
+                baselines=float(self.baseline),
+                target=torch.as_tensor(targets[idx], device=x.device),
+                feature_mask=mask_t,
+                perturbations_per_eval=per_eval,
+            )
             out.append(a.detach()[:, 0].float().cpu())
         out = torch.cat(out)
         if regions:  # background (label 0) is reported as 0, whatever hiding it did
@@ -359,22 +419,31 @@ class Explainer:
         x = _as_input(x, device)
         work = _working_copy(self.model)
         with torch.no_grad():
-            probs = torch.cat([torch.softmax(work(x[i:i + self.batch_size]), 1).float().cpu()
-                               for i in range(0, x.shape[0], self.batch_size)])
+            probs = torch.cat(
+                [
+                    torch.softmax(work(x[i : i + self.batch_size]), 1).float().cpu()
+                    for i in range(0, x.shape[0], self.batch_size)
+                ]
+            )
         self.probabilities_ = probs.numpy()
         self.targets_ = self._resolve_targets(target, self.probabilities_)
         self.target_layer_ = None
         if method in ("gradcam", "gradcampp", "hirescam"):
             layers = [n for n, _ in work.named_modules() if n]
             stride = HIRESCAM_MAX_STRIDE if method == "hirescam" else None
-            self.target_layer_ = (look_up_option("target_layer", self.target_layer, layers) if self.target_layer
-                                  else guess_target_layer(work, x, stride))
+            self.target_layer_ = (
+                look_up_option("target_layer", self.target_layer, layers)
+                if self.target_layer
+                else guess_target_layer(work, x, stride)
+            )
             if method == "hirescam":
                 maps = self._hirescam(work, x, self.targets_)
             else:
                 from monai.visualize import GradCAM, GradCAMpp
 
-                maps = self._cam(work, x, self.targets_, GradCAM if method == "gradcam" else GradCAMpp)
+                maps = self._cam(
+                    work, x, self.targets_, GradCAM if method == "gradcam" else GradCAMpp
+                )
         elif method in ("occlusion", "region_occlusion"):
             maps = self._occlusion(work, x, self.targets_, regions=method == "region_occlusion")
         else:

@@ -15,19 +15,36 @@ from neuroml._utils.fileio import write_text_atomic
 from neuroml.errors import InputError
 from neuroml.io.atlases import atlas_on_grid, hemisphere
 
-__all__ = ["REGION_COLUMNS", "region_table", "region_table_img", "region_occlusion",
-           "write_region_table", "read_region_table"]
+__all__ = [
+    "REGION_COLUMNS",
+    "region_table",
+    "region_table_img",
+    "region_occlusion",
+    "write_region_table",
+    "read_region_table",
+]
 
 #: Columns of a region table, in order.
-REGION_COLUMNS = ("index", "region", "hemisphere", "n_voxels", "volume_ml", "mean_attribution",
-                  "positive_sum", "positive_share", "rank")
+REGION_COLUMNS = (
+    "index",
+    "region",
+    "hemisphere",
+    "n_voxels",
+    "volume_ml",
+    "mean_attribution",
+    "positive_sum",
+    "positive_share",
+    "rank",
+)
 
 
 def _check_labels(attribution, labels):
     attribution = np.asarray(attribution, dtype=np.float64)
     labels = np.asarray(labels)
     if attribution.shape != labels.shape:
-        raise InputError(f"attribution map shape {attribution.shape} differs from the atlas labels' {labels.shape}")
+        raise InputError(
+            f"attribution map shape {attribution.shape} differs from the atlas labels' {labels.shape}"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"atlas labels must be integers, got dtype {labels.dtype}")
     if labels.size and labels.min() < 0:
@@ -72,16 +89,18 @@ def region_table(attribution, labels, names, voxel_volume_ml=0.008):
     total_pos = float(np.clip(values, 0, None).sum())
     idx = np.array(sorted(k for k in names if k > 0 and counts[k] > 0), dtype=np.int64)
     mean = sums[idx] / np.maximum(counts[idx], 1)
-    table = pd.DataFrame({
-        "index": idx,
-        "region": [names[int(k)] for k in idx],
-        "hemisphere": [hemisphere(names[int(k)]) for k in idx],
-        "n_voxels": counts[idx].astype(np.int64),
-        "volume_ml": counts[idx] * float(voxel_volume_ml),
-        "mean_attribution": mean,
-        "positive_sum": pos[idx],
-        "positive_share": pos[idx] / total_pos if total_pos > 0 else np.zeros(len(idx)),
-    })
+    table = pd.DataFrame(
+        {
+            "index": idx,
+            "region": [names[int(k)] for k in idx],
+            "hemisphere": [hemisphere(names[int(k)]) for k in idx],
+            "n_voxels": counts[idx].astype(np.int64),
+            "volume_ml": counts[idx] * float(voxel_volume_ml),
+            "mean_attribution": mean,
+            "positive_sum": pos[idx],
+            "positive_share": pos[idx] / total_pos if total_pos > 0 else np.zeros(len(idx)),
+        }
+    )
     order = np.argsort(-mean, kind="stable")
     table = table.iloc[order].reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
@@ -103,7 +122,9 @@ def region_table_img(img, atlas="aal"):
     return region_table(np.asarray(img.dataobj), labels, names, voxel_volume_ml=volume_ml)
 
 
-def region_occlusion(model, x, labels, names, target="predicted", classes=None, baseline=0.0, batch_size=8):
+def region_occlusion(
+    model, x, labels, names, target="predicted", classes=None, baseline=0.0, batch_size=8
+):
     """Exact region importance: the drop in class probability when a region is hidden.
 
     Each region of ``labels`` in turn is set to ``baseline`` in a copy of the input; the
@@ -137,20 +158,38 @@ def region_occlusion(model, x, labels, names, target="predicted", classes=None, 
 
     labels = np.asarray(labels).astype(np.int64)
     if tuple(np.shape(x)[-3:]) != labels.shape:
-        raise InputError(f"atlas labels shape {labels.shape} differs from the input grid {tuple(np.shape(x)[-3:])}")
+        raise InputError(
+            f"atlas labels shape {labels.shape} differs from the input grid {tuple(np.shape(x)[-3:])}"
+        )
     counts = np.bincount(labels.ravel(), minlength=max(names, default=0) + 1)
-    ids = np.array(sorted(k for k in names if 0 < k < len(counts) and counts[k] > 0), dtype=np.int64)
+    ids = np.array(
+        sorted(k for k in names if 0 < k < len(counts) and counts[k] > 0), dtype=np.int64
+    )
     mask = np.where(np.isin(labels, ids), labels, 0)
-    explainer = Explainer(model, "occlusion", classes=classes, batch_size=batch_size,
-                          feature_mask=mask, baseline=baseline)
+    explainer = Explainer(
+        model,
+        "occlusion",
+        classes=classes,
+        batch_size=batch_size,
+        feature_mask=mask,
+        baseline=baseline,
+    )
     maps = explainer.attribute(x, target=target)
     values, first = np.unique(mask.ravel(), return_index=True)
     first = first[np.searchsorted(values, ids)]
     drops = maps.reshape(maps.shape[0], -1)[:, first]
-    table = pd.DataFrame({"index": ids, "region": [names[int(k)] for k in ids],
-                          "hemisphere": [hemisphere(names[int(k)]) for k in ids],
-                          "n_voxels": counts[ids], "probability_drop": drops.mean(0)})
-    table = table.iloc[np.argsort(-table["probability_drop"].to_numpy(), kind="stable")].reset_index(drop=True)
+    table = pd.DataFrame(
+        {
+            "index": ids,
+            "region": [names[int(k)] for k in ids],
+            "hemisphere": [hemisphere(names[int(k)]) for k in ids],
+            "n_voxels": counts[ids],
+            "probability_drop": drops.mean(0),
+        }
+    )
+    table = table.iloc[
+        np.argsort(-table["probability_drop"].to_numpy(), kind="stable")
+    ].reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
     return table, drops
 

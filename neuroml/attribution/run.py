@@ -48,12 +48,17 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroml._utils.fileio import (read_json, remove_stale_temporaries, save_nifti_atomic, sha256_file,
-                                   write_json_atomic)
+from neuroml._utils.fileio import (
+    read_json,
+    remove_stale_temporaries,
+    save_nifti_atomic,
+    sha256_file,
+    write_json_atomic,
+)
 from neuroml._utils.options import look_up_option
 from neuroml._utils.provenance import package_versions
-from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
 from neuroml.attribution import sanity as checks
+from neuroml.attribution.group import _img, class_entity, class_group_maps, write_group_maps
 from neuroml.attribution.methods import ALL_METHODS, Explainer
 from neuroml.attribution.regions import region_table, write_region_table
 from neuroml.errors import ConfigError, InputError, LeakageError
@@ -81,18 +86,27 @@ def map_name(participant_id, session=None, run=None, method="gradcam"):
 
 
 def _given(value):
-    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) not in ("", "n/a")
+    return (
+        value is not None
+        and not (isinstance(value, float) and np.isnan(value))
+        and str(value) not in ("", "n/a")
+    )
 
 
 def _check_grid(cache, cfg, deriv_dir):
     grid = cfg.get("grid", cfg)
     if "shape" not in grid or "affine" not in grid:
         return
-    if tuple(grid["shape"]) != cache.shape or not np.allclose(np.asarray(grid["affine"]), cache.affine, atol=1e-4):
+    if tuple(grid["shape"]) != cache.shape or not np.allclose(
+        np.asarray(grid["affine"]), cache.affine, atol=1e-4
+    ):
         mm = cfg.get("resolution_mm")
         how = f"--resolution {mm:g}" if isinstance(mm, (int, float)) else "the run's resolution"
-        raise InputError(f"the derivatives' grid {cache.shape} differs from the run's {tuple(grid['shape'])}: "
-                         f"preprocess with {how} (res-{cfg.get('resolution')})", deriv_dir)
+        raise InputError(
+            f"the derivatives' grid {cache.shape} differs from the run's {tuple(grid['shape'])}: "
+            f"preprocess with {how} (res-{cfg.get('resolution')})",
+            deriv_dir,
+        )
 
 
 def _true_labels(run, run_dir, deriv_dir):
@@ -128,8 +142,10 @@ def _folds_for(pid, run, folds, used_by, force, quiet=False):
     if clean:
         return clean, "not-in-run" if len(clean) == len(folds) else "unseen-folds"
     if not force:
-        raise LeakageError(f"{pid} was used to train every fold model and is in no fold's test set; "
-                           "its maps would explain training data (pass force=True to do it anyway)")
+        raise LeakageError(
+            f"{pid} was used to train every fold model and is in no fold's test set; "
+            "its maps would explain training data (pass force=True to do it anyway)"
+        )
     if not quiet:
         log.warning("%s: every model was trained on it; explaining it anyway (force=True)", pid)
     return tuple(folds), "trained-on"
@@ -160,8 +176,14 @@ def _explain(models, xs, targets, method, target_layer, classes, feature_mask=No
     """Maps and probabilities averaged over models (``xs``: each model's inputs), for given target indices."""
     maps, probs = 0.0, 0.0
     for model, x in zip(models, xs):
-        ex = Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8,
-                       feature_mask=feature_mask if method == "region_occlusion" else None)
+        ex = Explainer(
+            model,
+            method,
+            target_layer=target_layer,
+            classes=classes,
+            batch_size=8,
+            feature_mask=feature_mask if method == "region_occlusion" else None,
+        )
         maps = maps + ex.attribute(x, target=targets)
         probs = probs + ex.probabilities_
     return maps / len(models), probs / len(models)
@@ -206,9 +228,12 @@ def method_target_layer(method, model_name, model, x):
 
 
 #: Settings of :class:`Explainer` each method's maps depend on (their values are part of a call's identity).
-_METHOD_SETTINGS = {"integrated_gradients": ("n_steps", "baseline"),
-                    "smoothgrad": ("nt_samples", "noise_level", "seed"),
-                    "occlusion": ("n_blocks", "baseline"), "region_occlusion": ("baseline",)}
+_METHOD_SETTINGS = {
+    "integrated_gradients": ("n_steps", "baseline"),
+    "smoothgrad": ("nt_samples", "noise_level", "seed"),
+    "occlusion": ("n_blocks", "baseline"),
+    "region_occlusion": ("baseline",),
+}
 
 
 def _digest(obj):
@@ -219,31 +244,58 @@ def _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds,
     """What every map of a call depends on besides the subject's own input (``attribution.json`` ``identity``)."""
     ex = Explainer(None, method)
     run_dir = Path(run_dir)
-    ident = {"method": method, "target": target, "target_layer": target_layer if method in ("gradcam", "gradcampp",
-                                                                                            "hirescam") else None,
-             "settings": {k: getattr(ex, k) for k in _METHOD_SETTINGS.get(method, ())},
-             "models": {str(f): sha256_file(run_dir / f"fold-{f}" / "model.pt") for f in folds},
-             "inputs": cfg.get("inputs")}
+    ident = {
+        "method": method,
+        "target": target,
+        "target_layer": target_layer if method in ("gradcam", "gradcampp", "hirescam") else None,
+        "settings": {k: getattr(ex, k) for k in _METHOD_SETTINGS.get(method, ())},
+        "models": {str(f): sha256_file(run_dir / f"fold-{f}" / "model.pt") for f in folds},
+        "inputs": cfg.get("inputs"),
+    }
     if method == "region_occlusion":  # its atlas's regions are what is hidden
         ident["atlas"] = atlas
-        ident["atlas_labels_sha256"] = hashlib.sha256(np.ascontiguousarray(atlas_labels).tobytes()).hexdigest()
+        ident["atlas_labels_sha256"] = hashlib.sha256(
+            np.ascontiguousarray(atlas_labels).tobytes()
+        ).hexdigest()
     if cfg.get("harmonized_inputs"):
         from neuroml.training.harmonize import FOLD_FILE
 
         ident["harmonized_inputs"] = cfg["harmonized_inputs"]
-        ident["combat"] = {str(f): sha256_file(run_dir / f"fold-{f}" / FOLD_FILE)
-                           if (run_dir / f"fold-{f}" / FOLD_FILE).is_file() else None for f in folds}
+        ident["combat"] = {
+            str(f): sha256_file(run_dir / f"fold-{f}" / FOLD_FILE)
+            if (run_dir / f"fold-{f}" / FOLD_FILE).is_file()
+            else None
+            for f in folds
+        }
     return ident
 
 
 def _top_regions(table, n=5):
-    return [{"region": r, "hemisphere": h, "mean_attribution": round(float(m), 8)}
-            for r, h, m in zip(table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n])]
+    return [
+        {"region": r, "hemisphere": h, "mean_attribution": round(float(m), 8)}
+        for r, h, m in zip(
+            table["region"][:n], table["hemisphere"][:n], table["mean_attribution"][:n]
+        )
+    ]
 
 
-def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", target="predicted",
-                  participant_labels=None, force=False, device="cpu", show_progress=True, batch_size=4, sanity=True,
-                  n_sanity=8, seed=0, participants=None, out_dir=None):
+def attribute_run(
+    run_dir,
+    deriv_dir,
+    method="region_occlusion",
+    atlas="aal",
+    target="predicted",
+    participant_labels=None,
+    force=False,
+    device="cpu",
+    show_progress=True,
+    batch_size=4,
+    sanity=True,
+    n_sanity=8,
+    seed=0,
+    participants=None,
+    out_dir=None,
+):
     """Attribution maps, group maps and region tables for the subjects of a run.
 
     Parameters
@@ -314,10 +366,14 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     from neuroml.training.trainer import resolve_device
 
     method = look_up_option("method", method, ALL_METHODS)
-    atlas = load_atlas(atlas).name  # checks the name ("did you mean"); atlas_on_grid reads it again from the cache
+    atlas = load_atlas(
+        atlas
+    ).name  # checks the name ("did you mean"); atlas_on_grid reads it again from the cache
     if isinstance(participants, (list, tuple, set)):
-        raise ConfigError("participants= is the participants.tsv path (site, age, sex of new subjects); "
-                          "participant labels go in participant_labels=")
+        raise ConfigError(
+            "participants= is the participants.tsv path (site, age, sex of new subjects); "
+            "participant labels go in participant_labels="
+        )
     if participants is not None and not Path(participants).is_file():
         raise InputError("participants file not found", participants)
     device = resolve_device(device)
@@ -326,18 +382,28 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     deriv_key = str(Path(deriv_dir).resolve())
     earlier_doc = _read_doc(json_path)
     if earlier_doc.get("method") not in (None, method):
-        raise InputError(f"holds the {earlier_doc.get('method')} attribution, not {method}: one method per "
-                         "folder (give another --out DIR)", out_dir)
-    foreign = _foreign_files(out_dir, method)  # unlisted files are removed at the end: only ever ours
+        raise InputError(
+            f"holds the {earlier_doc.get('method')} attribution, not {method}: one method per "
+            "folder (give another --out DIR)",
+            out_dir,
+        )
+    foreign = _foreign_files(
+        out_dir, method
+    )  # unlisted files are removed at the end: only ever ours
     if foreign:
-        raise InputError(f"holds files attribute did not write ({', '.join(foreign[:3])}): give attribute an empty "
-                         "or new folder", out_dir)
+        raise InputError(
+            f"holds files attribute did not write ({', '.join(foreign[:3])}): give attribute an empty "
+            "or new folder",
+            out_dir,
+        )
     recorded = earlier_doc.get("deriv_dir")
     if recorded is not None and str(recorded) != deriv_key:
-        raise InputError(f"holds the attribution of the derivatives {recorded}, not of {deriv_key}: "
-                         "pass out_dir=... (--out DIR) to write the attribution of these derivatives elsewhere "
-                         "(or remove that folder first)",
-                         json_path)
+        raise InputError(
+            f"holds the attribution of the derivatives {recorded}, not of {deriv_key}: "
+            "pass out_dir=... (--out DIR) to write the attribution of these derivatives elsewhere "
+            "(or remove that folder first)",
+            json_path,
+        )
     run = load_run(run_dir)
     classes = [str(c) for c in run.classes]
     if target not in ("predicted", "true"):
@@ -351,19 +417,42 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     used_by = _used_by(run, folds)
     from neuroml.training.predict import training_twins
 
-    twins = training_twins(run, cache.deriv_dir, cache.index["participant_id"].tolist(), cache.index["path"].tolist())
-    for pid, twin in sorted(twins.items()):  # the same raw scan under another ID: its folds are the twin's
-        log.warning("%s: its scan is the raw scan %s was trained with; explained as %s (by a fold model that did "
-                    "not train on it)", pid, twin, twin)
-    plan = {r.row: _folds_for(twins.get(r.participant_id, r.participant_id), run, folds, used_by, force)
-            for r in rows.itertuples()}
+    twins = training_twins(
+        run, cache.deriv_dir, cache.index["participant_id"].tolist(), cache.index["path"].tolist()
+    )
+    for pid, twin in sorted(
+        twins.items()
+    ):  # the same raw scan under another ID: its folds are the twin's
+        log.warning(
+            "%s: its scan is the raw scan %s was trained with; explained as %s (by a fold model that did "
+            "not train on it)",
+            pid,
+            twin,
+            twin,
+        )
+    plan = {
+        r.row: _folds_for(twins.get(r.participant_id, r.participant_id), run, folds, used_by, force)
+        for r in rows.itertuples()
+    }
     labels = _true_labels(run, run_dir, deriv_dir)
     if target == "true":
-        unlabeled = sorted({r.participant_id for r in rows.itertuples() if labels.get(r.participant_id) not in classes})
+        unlabeled = sorted(
+            {
+                r.participant_id
+                for r in rows.itertuples()
+                if labels.get(r.participant_id) not in classes
+            }
+        )
         if unlabeled:
-            raise InputError(f"target='true' but these participants have no class label: {unlabeled[:10]}")
-    target_layer = method_target_layer(method, cfg.get("model"), next(iter(fold_models.values())),
-                                       cache.load([rows["row"].iloc[0]]) if len(rows) else None)
+            raise InputError(
+                f"target='true' but these participants have no class label: {unlabeled[:10]}"
+            )
+    target_layer = method_target_layer(
+        method,
+        cfg.get("model"),
+        next(iter(fold_models.values())),
+        cache.load([rows["row"].iloc[0]]) if len(rows) else None,
+    )
 
     for folder in (out_dir, out_dir / "group"):
         remove_stale_temporaries(folder)  # left by a killed run
@@ -372,8 +461,20 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     identity = _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds, cfg)
     identity_sha256 = _digest(identity)
     previous = _previous_entries(earlier_doc, identity_sha256) if recorded is not None else {}
-    earlier = _earlier_rows(previous, rows, cache.index, method, out_dir, run, folds, used_by, force, target, labels,
-                            twins)
+    earlier = _earlier_rows(
+        previous,
+        rows,
+        cache.index,
+        method,
+        out_dir,
+        run,
+        folds,
+        used_by,
+        force,
+        target,
+        labels,
+        twins,
+    )
     for row, how in earlier.items():
         plan[row] = how
     harmonized = None
@@ -381,14 +482,24 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         from neuroml.training.harmonize import InputHarmonization
 
         try:
-            harmonized = InputHarmonization(run, rows["participant_id"].tolist() + [
-                r.participant_id for r in cache.index.itertuples() if r.row in earlier], deriv_dir, participants)
+            harmonized = InputHarmonization(
+                run,
+                rows["participant_id"].tolist()
+                + [r.participant_id for r in cache.index.itertuples() if r.row in earlier],
+                deriv_dir,
+                participants,
+            )
         except InputError:
             if not earlier:
                 raise
-            harmonized = InputHarmonization(run, rows["participant_id"].tolist(), deriv_dir, participants)
-            log.warning("attribution %s: the earlier subjects of %s cannot be harmonized any more; dropped",
-                        method, out_dir)
+            harmonized = InputHarmonization(
+                run, rows["participant_id"].tolist(), deriv_dir, participants
+            )
+            log.warning(
+                "attribution %s: the earlier subjects of %s cannot be harmonized any more; dropped",
+                method,
+                out_dir,
+            )
             earlier = {}
     sha = dict(zip(cache.index["row"], cache.index["sha256"]))
 
@@ -397,11 +508,21 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         if harmonized is None:
             return str(sha[r.row])
         cov = harmonized.cov.get(r.participant_id)
-        return _digest([str(sha[r.row]), harmonized.site.get(r.participant_id),
-                        None if cov is None else np.asarray(cov).tolist()])
-    earlier = {r.row: earlier[r.row] for r in cache.index.itertuples()  # kept while the input is the one explained
-               if r.row in earlier and previous[map_name(r.participant_id, r.session, r.run, method)].get(
-                   "input_sha256") == input_key(r)}
+        return _digest(
+            [
+                str(sha[r.row]),
+                harmonized.site.get(r.participant_id),
+                None if cov is None else np.asarray(cov).tolist(),
+            ]
+        )
+
+    earlier = {
+        r.row: earlier[r.row]
+        for r in cache.index.itertuples()  # kept while the input is the one explained
+        if r.row in earlier
+        and previous[map_name(r.participant_id, r.session, r.run, method)].get("input_sha256")
+        == input_key(r)
+    }
     if earlier:
         log.info("attribution %s: keeping %d earlier scan(s) of %s", method, len(earlier), out_dir)
     rows = cache.index[cache.index["row"].isin(set(rows["row"]) | set(earlier))]
@@ -409,6 +530,7 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     def inputs_for(fold, x, pids):
         """What fold ``fold``'s model was trained on: ``x`` itself, or harmonized with the fold's ComBat."""
         return x if harmonized is None else harmonized.apply(fold, x, np.arange(len(x)), pids)
+
     voxel_ml = abs(float(np.linalg.det(cache.affine[:3, :3]))) / 1000.0
 
     feature_mask = atlas_labels if method == "region_occlusion" else None
@@ -416,10 +538,18 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
     batches = {}
     for r in rows.itertuples():
         batches.setdefault(plan[r.row], []).append(r)
-    todo = [(fk, chunk[i:i + batch_size]) for fk, chunk in batches.items() for i in range(0, len(chunk), batch_size)]
+    todo = [
+        (fk, chunk[i : i + batch_size])
+        for fk, chunk in batches.items()
+        for i in range(0, len(chunk), batch_size)
+    ]
     t_start = time.perf_counter()
-    bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc=f"attribution {method}", unit="scan",
-               disable=not show_progress)
+    bar = tqdm(
+        total=sum(len(chunk) for _, chunk in todo),
+        desc=f"attribution {method}",
+        unit="scan",
+        disable=not show_progress,
+    )
     for fk, chunk in todo:
         models = [fold_models[f] for f in fk[0]]
         x = cache.load([r.row for r in chunk])
@@ -427,33 +557,69 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
         names = [map_name(r.participant_id, r.session, r.run, method) for r in chunk]
         t0 = time.perf_counter()
         probs = _predict(models, xs)
-        true = np.array([classes.index(labels[r.participant_id]) if labels.get(r.participant_id) in classes else -1
-                         for r in chunk])
+        true = np.array(
+            [
+                classes.index(labels[r.participant_id])
+                if labels.get(r.participant_id) in classes
+                else -1
+                for r in chunk
+            ]
+        )
         tidx = {"predicted": probs.argmax(1), "true": true}.get(target)
         if tidx is None:
             tidx = np.full(len(chunk), classes.index(target))
         keys = [input_key(r) for r in chunk]
         fold_ids = _fold_ids(fk[0])
-        redo = [i for i, n in enumerate(names)
-                if not (n in previous and (out_dir / n).is_file() and previous[n].get("input_sha256") == keys[i]
-                        and previous[n].get("folds") == fold_ids
-                        and previous[n].get("target_label") == classes[tidx[i]]
-                        # not replaced since (the earlier call's other scans were checked by _earlier_rows)
-                        and (chunk[i].row in earlier or previous[n].get("map_sha256") == sha256_file(out_dir / n)))]
-        maps, true_maps = _batch_maps(models, xs, tidx, true, redo, [out_dir / n for n in names],
-                                      method, target_layer, classes, feature_mask)
+        redo = [
+            i
+            for i, n in enumerate(names)
+            if not (
+                n in previous
+                and (out_dir / n).is_file()
+                and previous[n].get("input_sha256") == keys[i]
+                and previous[n].get("folds") == fold_ids
+                and previous[n].get("target_label") == classes[tidx[i]]
+                # not replaced since (the earlier call's other scans were checked by _earlier_rows)
+                and (
+                    chunk[i].row in earlier
+                    or previous[n].get("map_sha256") == sha256_file(out_dir / n)
+                )
+            )
+        ]
+        maps, true_maps = _batch_maps(
+            models,
+            xs,
+            tidx,
+            true,
+            redo,
+            [out_dir / n for n in names],
+            method,
+            target_layer,
+            classes,
+            feature_mask,
+        )
         seconds = (time.perf_counter() - t0) / len(chunk)
         for i, r in enumerate(chunk):
-            stem = names[i].replace("_map.nii.gz", "_atlas-" + "".join(ch for ch in atlas if ch.isalnum()) + "_regions")
+            stem = names[i].replace(
+                "_map.nii.gz", "_atlas-" + "".join(ch for ch in atlas if ch.isalnum()) + "_regions"
+            )
             if i in redo:
                 save_nifti_atomic(_img(maps[i], cache.affine), out_dir / names[i])
                 map_sha[names[i]] = sha256_file(out_dir / names[i])
                 _remove_other_tables(out_dir, names[i], stem)  # they describe the map just replaced
             table = region_table(maps[i], atlas_labels, atlas_names, voxel_ml)
             if i in redo or not (out_dir / f"{stem}.tsv").is_file():
-                write_region_table(table, out_dir / f"{stem}.tsv", out_dir / f"{stem}.json",
-                                   {"participant_id": r.participant_id, "method": method, "atlas": atlas,
-                                    "target_label": classes[tidx[i]]})
+                write_region_table(
+                    table,
+                    out_dir / f"{stem}.tsv",
+                    out_dir / f"{stem}.json",
+                    {
+                        "participant_id": r.participant_id,
+                        "method": method,
+                        "atlas": atlas,
+                        "target_label": classes[tidx[i]],
+                    },
+                )
             old = previous.get(names[i], {})
             entries[names[i]] = {
                 "participant_id": r.participant_id,
@@ -471,62 +637,142 @@ def attribute_run(run_dir, deriv_dir, method="region_occlusion", atlas="aal", ta
                 "predicted_label": classes[int(probs[i].argmax())],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs[i])},
                 "top_regions": _top_regions(table),
-                "seconds": old.get("seconds") if i not in redo and old.get("seconds") is not None
+                "seconds": old.get("seconds")
+                if i not in redo and old.get("seconds") is not None
                 else round(seconds, 3),
                 "skipped": i not in redo,
             }
             if true[i] >= 0:
                 if len(fk[0]) == 1:
-                    pool.append({"row": r.row, "fold": fk[0][0], "target": int(true[i]), "map": len(group_maps),
-                                 "participant_id": r.participant_id})
+                    pool.append(
+                        {
+                            "row": r.row,
+                            "fold": fk[0][0],
+                            "target": int(true[i]),
+                            "map": len(group_maps),
+                            "participant_id": r.participant_id,
+                        }
+                    )
                 group_maps.append(true_maps[i])
                 group_owner.append((r.participant_id, classes[true[i]]))
         bar.update(len(chunk))  # scans, as the summary line counts them (not batches)
     bar.close()
     total = time.perf_counter() - t_start
 
-    group_info, groups, tables = _write_groups(group_maps, group_owner, classes, cache.affine, out_dir, atlas,
-                                               atlas_labels, atlas_names, voxel_ml, method)
+    group_info, groups, tables = _write_groups(
+        group_maps,
+        group_owner,
+        classes,
+        cache.affine,
+        out_dir,
+        atlas,
+        atlas_labels,
+        atlas_names,
+        voxel_ml,
+        method,
+    )
     trust = None
     sanity_path, superseded = out_dir / "sanity.json", out_dir / "sanity_superseded.json"
     if sanity and group_maps:
         t0 = time.perf_counter()
-        trust = _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps,
-                              groups, tables, atlas_labels, feature_mask, n_sanity, seed, inputs_for)
+        trust = _trust_checks(
+            method,
+            target_layer,
+            classes,
+            cache,
+            cfg,
+            deriv_dir,
+            fold_models,
+            pool,
+            group_maps,
+            groups,
+            tables,
+            atlas_labels,
+            feature_mask,
+            n_sanity,
+            seed,
+            inputs_for,
+        )
         trust["seconds"] = round(time.perf_counter() - t0, 3)
-        trust.update(call_id=call_id, identity_sha256=identity_sha256, attribution="attribution.json")
+        trust.update(
+            call_id=call_id, identity_sha256=identity_sha256, attribution="attribution.json"
+        )
         write_json_atomic(sanity_path, trust)
         superseded.unlink(missing_ok=True)
-        sanity_doc = {"run": True, "reason": None, "file": "sanity.json", "call_id": call_id, "superseded": None}
+        sanity_doc = {
+            "run": True,
+            "reason": None,
+            "file": "sanity.json",
+            "call_id": call_id,
+            "superseded": None,
+        }
     else:
-        reason = ("sanity=False (--no-sanity)" if not sanity else
-                  "no explained scan has a class label (the checks explain each subject's true class)")
+        reason = (
+            "sanity=False (--no-sanity)"
+            if not sanity
+            else "no explained scan has a class label (the checks explain each subject's true class)"
+        )
         moved = None
-        if sanity_path.is_file():  # an earlier call's checks: never left where readers take them as this call's
+        if (
+            sanity_path.is_file()
+        ):  # an earlier call's checks: never left where readers take them as this call's
             os.replace(sanity_path, superseded)
             moved = superseded.name
         elif superseded.is_file():
             moved = superseded.name
-        sanity_doc = {"run": False, "reason": reason, "file": None, "call_id": None, "superseded": moved}
-        log.info("attribution %s: trust checks not run (%s)%s", method, reason,
-                 f"; the earlier sanity.json is now {moved}" if moved else "")
+        sanity_doc = {
+            "run": False,
+            "reason": reason,
+            "file": None,
+            "call_id": None,
+            "superseded": moved,
+        }
+        log.info(
+            "attribution %s: trust checks not run (%s)%s",
+            method,
+            reason,
+            f"; the earlier sanity.json is now {moved}" if moved else "",
+        )
     doc = {
-        "call_id": call_id, "identity": identity, "identity_sha256": identity_sha256,
-        "method": method, "target": target, "atlas": atlas, "target_layer": target_layer,
-        "classes": classes, "grid": {"affine": cache.affine.tolist(), "shape": list(cache.shape)},
-        "deriv_dir": deriv_key, "n_subjects": len(entries),
-        "subjects": [entries[k] for k in sorted(entries)], "group": group_info,
-        "timing": {"total_seconds": round(total, 3),
-                   "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)}},
+        "call_id": call_id,
+        "identity": identity,
+        "identity_sha256": identity_sha256,
+        "method": method,
+        "target": target,
+        "atlas": atlas,
+        "target_layer": target_layer,
+        "classes": classes,
+        "grid": {"affine": cache.affine.tolist(), "shape": list(cache.shape)},
+        "deriv_dir": deriv_key,
+        "n_subjects": len(entries),
+        "subjects": [entries[k] for k in sorted(entries)],
+        "group": group_info,
+        "timing": {
+            "total_seconds": round(total, 3),
+            "seconds_per_subject": {n: entries[n]["seconds"] for n in sorted(entries)},
+        },
         "sanity": sanity_doc,
         "trust": _trust_summary(trust),
-        **({"harmonized_inputs": {"method": cfg["harmonized_inputs"].get("method"),
-                                  "unseen_sites": {str(k): h.unseen_sites_ for k, h in harmonized._folds.items()
-                                                   if h.unseen_sites_}}} if harmonized is not None else {}),
+        **(
+            {
+                "harmonized_inputs": {
+                    "method": cfg["harmonized_inputs"].get("method"),
+                    "unseen_sites": {
+                        str(k): h.unseen_sites_
+                        for k, h in harmonized._folds.items()
+                        if h.unseen_sites_
+                    },
+                }
+            }
+            if harmonized is not None
+            else {}
+        ),
         "versions": package_versions(),
     }
     write_json_atomic(json_path, doc)
-    _remove_unlisted(out_dir, doc)  # after the new list: a killed call leaves extra files, never missing ones
+    _remove_unlisted(
+        out_dir, doc
+    )  # after the new list: a killed call leaves extra files, never missing ones
     log.info("attribution %s: %d scans, %.1f s; %s", method, len(entries), total, out_dir)
     return json_path
 
@@ -544,7 +790,9 @@ def _read_doc(json_path):
 
 def _previous_entries(doc, identity_sha256):
     """Subjects of an earlier call with the same identity (method, target, settings, models...), by map name."""
-    if doc.get("identity_sha256") != identity_sha256:  # also an older file without one: maps recomputed
+    if (
+        doc.get("identity_sha256") != identity_sha256
+    ):  # also an older file without one: maps recomputed
         return {}
     return {s["map"]: s for s in doc.get("subjects", []) if isinstance(s, dict) and "map" in s}
 
@@ -555,7 +803,9 @@ def _fold_ids(folds):
     return [f if isinstance(f, (int, str)) else str(f) for f in folds]
 
 
-def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, force, target, labels, twins=None):
+def _earlier_rows(
+    previous, rows, index, method, out_dir, run, folds, used_by, force, target, labels, twins=None
+):
     """``{row: (folds, how)}`` of the earlier call's scans outside ``rows`` that are still valid:
     in the derivatives, explained by the same folds, the map file the one that call wrote
     (``map_sha256``) and, for ``target="true"``, the same label (the input is checked later)."""
@@ -567,8 +817,14 @@ def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, f
         if r.row in wanted or e is None or e.get("participant_id") != r.participant_id:
             continue
         try:  # a subject explained with force=True stays (flagged "trained-on")
-            how = _folds_for((twins or {}).get(r.participant_id, r.participant_id), run, folds, used_by,
-                             force or e.get("model_use") == "trained-on", quiet=True)
+            how = _folds_for(
+                (twins or {}).get(r.participant_id, r.participant_id),
+                run,
+                folds,
+                used_by,
+                force or e.get("model_use") == "trained-on",
+                quiet=True,
+            )
         except LeakageError:
             continue
         if _fold_ids(how[0]) != e.get("folds"):
@@ -583,10 +839,19 @@ def _earlier_rows(previous, rows, index, method, out_dir, run, folds, used_by, f
 
 def _own_patterns(method):
     """Glob patterns of the files a call of ``method`` writes in its folder, besides ``attribution.json``."""
-    desc = map_name("sub-x", method=method)[len("sub-x_"):-len("_map.nii.gz")]  # desc-<method entity>
-    return (f"*_{desc}_map.nii.gz", f"*_{desc}_atlas-*_regions.tsv", f"*_{desc}_atlas-*_regions.json",
-            "regions_atlas-*.tsv", "regions_atlas-*.json", "sanity.json", "sanity_superseded.json",
-            "group/*_map.nii.gz")
+    desc = map_name("sub-x", method=method)[
+        len("sub-x_") : -len("_map.nii.gz")
+    ]  # desc-<method entity>
+    return (
+        f"*_{desc}_map.nii.gz",
+        f"*_{desc}_atlas-*_regions.tsv",
+        f"*_{desc}_atlas-*_regions.json",
+        "regions_atlas-*.tsv",
+        "regions_atlas-*.json",
+        "sanity.json",
+        "sanity_superseded.json",
+        "group/*_map.nii.gz",
+    )
 
 
 def _foreign_files(out_dir, method):
@@ -594,8 +859,14 @@ def _foreign_files(out_dir, method):
     if not out_dir.is_dir():
         return []
     ours = {p for pattern in _own_patterns(method) for p in out_dir.glob(pattern)}
-    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                  if p.is_file() and p not in ours and p.name != "attribution.json" and not p.name.startswith("."))
+    return sorted(
+        p.relative_to(out_dir).as_posix()
+        for p in out_dir.rglob("*")
+        if p.is_file()
+        and p not in ours
+        and p.name != "attribution.json"
+        and not p.name.startswith(".")
+    )
 
 
 def _remove_unlisted(out_dir, doc):
@@ -604,7 +875,11 @@ def _remove_unlisted(out_dir, doc):
     for s in doc["subjects"]:
         keep.update((s["map"], s["regions_tsv"], s["regions_json"]))
     for g in doc["group"].values():
-        keep.update(v for k, v in g.items() if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v)
+        keep.update(
+            v
+            for k, v in g.items()
+            if k in ("mean_map", "tstat_map", "regions_tsv", "regions_json") and v
+        )
     keep.update(v for v in (doc["sanity"]["file"], doc["sanity"]["superseded"]) if v)
     for pattern in _own_patterns(doc["method"]):
         for path in out_dir.glob(pattern):
@@ -621,7 +896,9 @@ def _remove_other_tables(out_dir, name, keep_stem):
             path.unlink(missing_ok=True)
 
 
-def _batch_maps(models, xs, targets, true, redo, paths, method, target_layer, classes, feature_mask=None):
+def _batch_maps(
+    models, xs, targets, true, redo, paths, method, target_layer, classes, feature_mask=None
+):
     """Maps of one batch for the requested targets (new ones for ``redo``, the others read
     back), and the maps explaining each subject's true class (for the group maps).
     ``xs``: the batch as each model takes it."""
@@ -630,19 +907,29 @@ def _batch_maps(models, xs, targets, true, redo, paths, method, target_layer, cl
     n = len(xs[0])
     maps = np.zeros((n, *xs[0].shape[-3:]), dtype=np.float32)
     if redo:
-        maps[redo] = _explain(models, [x[redo] for x in xs], targets[redo], method, target_layer, classes,
-                              feature_mask)[0]
+        maps[redo] = _explain(
+            models,
+            [x[redo] for x in xs],
+            targets[redo],
+            method,
+            target_layer,
+            classes,
+            feature_mask,
+        )[0]
     for i in sorted(set(range(n)) - set(redo)):
         maps[i] = load_data(paths[i], allow_constant=True)
     true_maps = maps.copy()
     extra = [i for i in range(n) if true[i] >= 0 and true[i] != targets[i]]
     if extra:
-        true_maps[extra] = _explain(models, [x[extra] for x in xs], true[extra], method, target_layer, classes,
-                                    feature_mask)[0]
+        true_maps[extra] = _explain(
+            models, [x[extra] for x in xs], true[extra], method, target_layer, classes, feature_mask
+        )[0]
     return maps, true_maps
 
 
-def _write_groups(maps, owners, classes, affine, out_dir, atlas, atlas_labels, atlas_names, voxel_ml, method):
+def _write_groups(
+    maps, owners, classes, affine, out_dir, atlas, atlas_labels, atlas_names, voxel_ml, method
+):
     """Average each participant's scans, then class group maps and their region tables."""
     if not maps:
         return {}, {}, {}
@@ -661,13 +948,22 @@ def _write_groups(maps, owners, classes, affine, out_dir, atlas, atlas_labels, a
     for c, g in groups.items():
         stem = f"regions_atlas-{atlas_key}_class-{class_entity(c, classes)}"
         table = tables[c] = region_table(g["mean"], atlas_labels, atlas_names, voxel_ml)
-        meta = {"method": method, "atlas": atlas, "class": c, "n_subjects": g["n"],
-                "map": f"group/{written[c]['mean'].name}"}
+        meta = {
+            "method": method,
+            "atlas": atlas,
+            "class": c,
+            "n_subjects": g["n"],
+            "map": f"group/{written[c]['mean'].name}",
+        }
         write_region_table(table, out_dir / f"{stem}.tsv", out_dir / f"{stem}.json", meta)
-        info[c] = {"n": g["n"], "participants": sorted(k[0] for k in keys if k[1] == c),
-                   "mean_map": f"group/{written[c]['mean'].name}",
-                   "tstat_map": f"group/{written[c]['tstat'].name}" if written[c]["tstat"] else None,
-                   "regions_tsv": f"{stem}.tsv", "regions_json": f"{stem}.json"}
+        info[c] = {
+            "n": g["n"],
+            "participants": sorted(k[0] for k in keys if k[1] == c),
+            "mean_map": f"group/{written[c]['mean'].name}",
+            "tstat_map": f"group/{written[c]['tstat'].name}" if written[c]["tstat"] else None,
+            "regions_tsv": f"{stem}.tsv",
+            "regions_json": f"{stem}.json",
+        }
     return info, groups, tables
 
 
@@ -700,18 +996,48 @@ def _pick(pool, n, seed):
     return out
 
 
-def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_models, pool, group_maps, groups,
-                  tables, atlas_labels, feature_mask, n_sanity, seed, inputs_for=None):
+def _trust_checks(
+    method,
+    target_layer,
+    classes,
+    cache,
+    cfg,
+    deriv_dir,
+    fold_models,
+    pool,
+    group_maps,
+    groups,
+    tables,
+    atlas_labels,
+    feature_mask,
+    n_sanity,
+    seed,
+    inputs_for=None,
+):
     """The four trust checks of :mod:`neuroml.attribution.sanity` for one method (``sanity.json``)."""
     brain = _brain(cache, cfg, atlas_labels)
-    doc = {"method": method, "target": "true class of each subject", "n_subjects_pool": len(pool),
-           "thresholds": {"randomization_rho": checks.RANDOMIZATION_RHO, "stability_rho": checks.STABILITY_RHO,
-                          "stability_overlap_p": checks.STABILITY_OVERLAP_P,
-                          "mass_enrichment": checks.MASS_ENRICHMENT, "top_k": checks.TOP_K}}
+    doc = {
+        "method": method,
+        "target": "true class of each subject",
+        "n_subjects_pool": len(pool),
+        "thresholds": {
+            "randomization_rho": checks.RANDOMIZATION_RHO,
+            "stability_rho": checks.STABILITY_RHO,
+            "stability_overlap_p": checks.STABILITY_OVERLAP_P,
+            "mass_enrichment": checks.MASS_ENRICHMENT,
+            "top_k": checks.TOP_K,
+        },
+    }
 
     def explain(model, x, targets):
-        return Explainer(model, method, target_layer=target_layer, classes=classes, batch_size=8,
-                         feature_mask=feature_mask).attribute(x, target=targets)
+        return Explainer(
+            model,
+            method,
+            target_layer=target_layer,
+            classes=classes,
+            batch_size=8,
+            feature_mask=feature_mask,
+        ).attribute(x, target=targets)
 
     chosen = _pick(pool, int(n_sanity), seed)
     rand, dele = [], []
@@ -722,21 +1048,38 @@ def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_mod
             x = inputs_for(fold, x, [e["participant_id"] for e in part])
         maps = np.stack([group_maps[e["map"]] for e in part])
         targets = np.array([e["target"] for e in part])
-        rand.append(checks.model_randomization(explain, fold_models[fold], x, maps, targets, brain, seed=seed))
-        dele.append(checks.deletion_curve(fold_models[fold], x, maps, targets, atlas_labels, seed=seed))
+        rand.append(
+            checks.model_randomization(
+                explain, fold_models[fold], x, maps, targets, brain, seed=seed
+            )
+        )
+        dele.append(
+            checks.deletion_curve(fold_models[fold], x, maps, targets, atlas_labels, seed=seed)
+        )
     doc["subjects"] = [e["participant_id"] for e in chosen]
     if rand:
         rho = [r for d in rand for r in d["rho"]]
-        doc["randomization"] = {**{k: v for k, v in rand[0].items() if k != "note"}, "rho": rho,
-                                **checks.randomization_summary(rho)}  # over every fold's subjects
+        doc["randomization"] = {
+            **{k: v for k, v in rand[0].items() if k != "note"},
+            "rho": rho,
+            **checks.randomization_summary(rho),
+        }  # over every fold's subjects
         w = np.array([len(d["auc_per_subject"]) for d in dele], dtype=float)
-        curves = {k: np.round(np.average([d[k] for d in dele], axis=0, weights=w), 4).tolist()
-                  for k in ("fraction_removed", "probability", "probability_random")}
+        curves = {
+            k: np.round(np.average([d[k] for d in dele], axis=0, weights=w), 4).tolist()
+            for k in ("fraction_removed", "probability", "probability_random")
+        }
         auc = [a for d in dele for a in d["auc_per_subject"]]
         auc_r = [a for d in dele for a in d["auc_random_per_subject"]]
-        doc["deletion"] = {**dele[0], **curves, "auc_per_subject": auc, "auc_random_per_subject": auc_r,
-                           "auc": round(float(np.mean(auc)), 4), "auc_random": round(float(np.mean(auc_r)), 4),
-                           "passed": bool(np.mean(auc) < np.mean(auc_r))}
+        doc["deletion"] = {
+            **dele[0],
+            **curves,
+            "auc_per_subject": auc,
+            "auc_random_per_subject": auc_r,
+            "auc": round(float(np.mean(auc)), 4),
+            "auc_random": round(float(np.mean(auc_r)), 4),
+            "passed": bool(np.mean(auc) < np.mean(auc_r)),
+        }
     else:
         doc["randomization"] = doc["deletion"] = None
 
@@ -747,7 +1090,10 @@ def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_mod
         for e in pool:
             if e["target"] == c:
                 by_fold.setdefault(e["fold"], []).append(group_maps[e["map"]])
-        scores = {f: checks.region_scores(np.mean(m, 0)[None], atlas_labels, ids)[0] for f, m in by_fold.items()}
+        scores = {
+            f: checks.region_scores(np.mean(m, 0)[None], atlas_labels, ids)[0]
+            for f, m in by_fold.items()
+        }
         if len(scores) >= 2:
             stability[classes[c]] = checks.fold_stability(scores)
     doc["stability"] = stability or None
@@ -757,11 +1103,19 @@ def _trust_checks(method, target_layer, classes, cache, cfg, deriv_dir, fold_mod
     for c, info in (truth or {}).items():
         if c not in groups:
             continue
-        entry = checks.ground_truth_scores(groups[c]["mean"], info["mask"], brain, tables.get(c), info["regions"])
+        entry = checks.ground_truth_scores(
+            groups[c]["mean"], info["mask"], brain, tables.get(c), info["regions"]
+        )
         members = [group_maps[e["map"]] for e in pool if classes[e["target"]] == c]
         per = [checks.ground_truth_scores(m, info["mask"], brain) for m in members]
-        entry["per_subject_median"] = {k: float(np.median([p[k] for p in per if p[k] is not None]))
-                                       for k in ("mass_accuracy", "mass_enrichment", "roc_auc")} if per else None
+        entry["per_subject_median"] = (
+            {
+                k: float(np.median([p[k] for p in per if p[k] is not None]))
+                for k in ("mass_accuracy", "mass_enrichment", "roc_auc")
+            }
+            if per
+            else None
+        )
         entry["planted_regions"] = info["regions"]
         gt[c] = entry
     doc["ground_truth"] = gt or None
@@ -778,9 +1132,13 @@ def _trust_summary(trust):
     if trust.get("deletion"):
         out["deletion"] = {k: trust["deletion"][k] for k in ("auc", "auc_random", "passed")}
     if trust.get("stability"):
-        out["stability"] = {c: {k: v.get(k) for k in ("median_rho", "median_top_overlap", "passed")}
-                            for c, v in trust["stability"].items()}
+        out["stability"] = {
+            c: {k: v.get(k) for k in ("median_rho", "median_top_overlap", "passed")}
+            for c, v in trust["stability"].items()
+        }
     if trust.get("ground_truth"):
-        out["ground_truth"] = {c: {k: v.get(k) for k in ("mass_enrichment", "roc_auc", "top_k_planted", "passed")}
-                               for c, v in trust["ground_truth"].items()}
+        out["ground_truth"] = {
+            c: {k: v.get(k) for k in ("mass_enrichment", "roc_auc", "top_k_planted", "passed")}
+            for c, v in trust["ground_truth"].items()
+        }
     return out

@@ -44,9 +44,23 @@ import torch
 
 from neuroml.errors import InputError
 
-__all__ = ["RANDOMIZATION_RHO", "STABILITY_RHO", "STABILITY_OVERLAP_P", "MASS_ENRICHMENT", "TOP_K", "DELETION_STEPS",
-           "randomize_weights", "randomization_summary", "spearman", "model_randomization", "deletion_curve",
-           "region_scores", "fold_stability", "ground_truth_scores", "planted_ground_truth"]
+__all__ = [
+    "RANDOMIZATION_RHO",
+    "STABILITY_RHO",
+    "STABILITY_OVERLAP_P",
+    "MASS_ENRICHMENT",
+    "TOP_K",
+    "DELETION_STEPS",
+    "randomize_weights",
+    "randomization_summary",
+    "spearman",
+    "model_randomization",
+    "deletion_curve",
+    "region_scores",
+    "fold_stability",
+    "ground_truth_scores",
+    "planted_ground_truth",
+]
 
 #: Largest median |Spearman rho| (trained vs randomized maps) for a method to pass.
 RANDOMIZATION_RHO = 0.2
@@ -121,7 +135,9 @@ def _mask(mask, shape):
     return mask
 
 
-def model_randomization(explain, model, x, maps, targets, mask=None, seed=0, threshold=RANDOMIZATION_RHO):
+def model_randomization(
+    explain, model, x, maps, targets, mask=None, seed=0, threshold=RANDOMIZATION_RHO
+):
     """Model-parameter randomization test (Adebayo et al., 2018).
 
     Parameters
@@ -150,10 +166,17 @@ def model_randomization(explain, model, x, maps, targets, mask=None, seed=0, thr
     keep = _mask(mask, maps.shape[1:])
     random_maps = explain(randomize_weights(model, seed), x, np.asarray(targets))
     # a constant trained map has no ranking to lose: its rho is undefined (None), not 0
-    rho = [None if np.ptp(a[keep]) == 0 else round(spearman(a[keep], b[keep]), 4) for a, b in zip(maps, random_maps)]
-    return {"rho": rho, **randomization_summary(rho, threshold), "seed": int(seed),
-            "rule": f"median |Spearman rho| (trained vs randomized-weights maps, brain voxels) < {threshold}; "
-                    "subjects whose trained map is constant are left out"}
+    rho = [
+        None if np.ptp(a[keep]) == 0 else round(spearman(a[keep], b[keep]), 4)
+        for a, b in zip(maps, random_maps)
+    ]
+    return {
+        "rho": rho,
+        **randomization_summary(rho, threshold),
+        "seed": int(seed),
+        "rule": f"median |Spearman rho| (trained vs randomized-weights maps, brain voxels) < {threshold}; "
+        "subjects whose trained map is constant are left out",
+    }
 
 
 def randomization_summary(rho, threshold=RANDOMIZATION_RHO):
@@ -169,10 +192,16 @@ def randomization_summary(rho, threshold=RANDOMIZATION_RHO):
     """
     defined = [abs(r) for r in rho if r is not None]
     med = float(np.median(defined)) if defined else None
-    out = {"median_abs_rho": None if med is None else round(med, 4), "threshold": threshold,
-           "passed": None if med is None else bool(med < threshold), "n_constant": len(rho) - len(defined)}
+    out = {
+        "median_abs_rho": None if med is None else round(med, 4),
+        "threshold": threshold,
+        "passed": None if med is None else bool(med < threshold),
+        "n_constant": len(rho) - len(defined),
+    }
     if med is None:
-        out["note"] = "every trained map is constant over the brain: the method found no signal to test"
+        out["note"] = (
+            "every trained map is constant over the brain: the method found no signal to test"
+        )
     return out
 
 
@@ -193,8 +222,18 @@ def _auc(y, x):
     return np.sum((y[..., 1:] + y[..., :-1]) * np.diff(x) / 2, axis=-1)
 
 
-def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_random=3, baseline=0.0, seed=0,
-                   batch_size=8):
+def deletion_curve(
+    model,
+    x,
+    maps,
+    targets,
+    labels,
+    steps=DELETION_STEPS,
+    n_random=3,
+    baseline=0.0,
+    seed=0,
+    batch_size=8,
+):
     """Faithfulness: target probability as the top-ranked regions are removed, against random orders.
 
     For each subject the atlas regions are ordered by their mean attribution (highest
@@ -235,7 +274,9 @@ def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_rand
     if x.ndim == maps.ndim:  # one channel: (N, X, Y, Z)
         x = x[:, None]
     if x.ndim != 5 or x.shape[:1] + x.shape[2:] != maps.shape or maps.shape[1:] != labels.shape:
-        raise InputError(f"deletion curve: x {x.shape}, maps {maps.shape} and labels {labels.shape} must agree")
+        raise InputError(
+            f"deletion curve: x {x.shape}, maps {maps.shape} and labels {labels.shape} must agree"
+        )
     ids = np.array(sorted(set(np.unique(labels).tolist()) - {0}), dtype=np.int64)
     if not len(ids):
         raise InputError("deletion curve: the atlas labels hold no region")
@@ -243,41 +284,64 @@ def deletion_curve(model, x, maps, targets, labels, steps=DELETION_STEPS, n_rand
     counts = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1)[ids]
     scores = region_scores(maps, labels, ids)
     rng = np.random.default_rng(seed)
-    orders = [[np.argsort(-s, kind="stable")] + [rng.permutation(len(ids)) for _ in range(n_random)] for s in scores]
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    orders = [
+        [np.argsort(-s, kind="stable")] + [rng.permutation(len(ids)) for _ in range(n_random)]
+        for s in scores
+    ]
+    device = (
+        next(model.parameters()).device
+        if any(True for _ in model.parameters())
+        else torch.device("cpu")
+    )
     work = _working_copy(model)
-    pos = np.searchsorted(ids, np.clip(labels, ids[0], ids[-1]))  # region position per voxel (valid where labels>0)
+    pos = np.searchsorted(
+        ids, np.clip(labels, ids[0], ids[-1])
+    )  # region position per voxel (valid where labels>0)
     inside = np.isin(labels, ids)
-    jobs = [(i, o, k) for i in range(len(x)) for o in range(n_random + 1) for k in range(len(steps))]
+    jobs = [
+        (i, o, k) for i in range(len(x)) for o in range(n_random + 1) for k in range(len(steps))
+    ]
     probs = np.zeros((len(x), n_random + 1, len(steps)))
     for start in range(0, len(jobs), batch_size):
-        part = jobs[start:start + batch_size]
+        part = jobs[start : start + batch_size]
         batch = np.empty((len(part), *x.shape[1:]), dtype=np.float32)
         for j, (i, o, k) in enumerate(part):
             rank = np.empty(len(ids), dtype=np.int64)
             rank[orders[i][o]] = np.arange(len(ids))
             removed = inside & (rank[pos] < steps[k])
-            batch[j] = np.where(removed, np.float32(baseline), x[i])  # every channel of a removed region
+            batch[j] = np.where(
+                removed, np.float32(baseline), x[i]
+            )  # every channel of a removed region
         with torch.no_grad():
             p = torch.softmax(work(torch.as_tensor(batch, device=device)), 1).float().cpu().numpy()
         for j, (i, o, k) in enumerate(part):
             probs[i, o, k] = p[j, int(targets[i])]
-    frac = np.array([[counts[orders[i][0][:k]].sum() / counts.sum() for k in steps] for i in range(len(x))])
+    frac = np.array(
+        [[counts[orders[i][0][:k]].sum() / counts.sum() for k in steps] for i in range(len(x))]
+    )
     xs = np.asarray(steps, dtype=np.float64) / max(steps[-1], 1)
     auc_subj = _auc(probs[:, 0], xs)
     auc_rand = _auc(probs[:, 1:], xs).mean(1) if n_random else np.full(len(x), np.nan)
     auc, auc_r = float(np.mean(auc_subj)), float(np.mean(auc_rand))
-    return {"steps": steps, "fraction_removed": np.round(frac.mean(0), 4).tolist(),
-            "probability": np.round(probs[:, 0].mean(0), 4).tolist(),
-            "probability_random": np.round(probs[:, 1:].mean((0, 1)), 4).tolist() if n_random else None,
-            "auc": round(auc, 4), "auc_random": round(auc_r, 4),
-            "auc_per_subject": np.round(auc_subj, 4).tolist(), "auc_random_per_subject": np.round(auc_rand, 4).tolist(),
-            "n_random": int(n_random), "passed": bool(auc < auc_r),
-            "rule": "area under the target-probability deletion curve (top-ranked regions removed first) "
-                    "below the area for random region orders"}
+    return {
+        "steps": steps,
+        "fraction_removed": np.round(frac.mean(0), 4).tolist(),
+        "probability": np.round(probs[:, 0].mean(0), 4).tolist(),
+        "probability_random": np.round(probs[:, 1:].mean((0, 1)), 4).tolist() if n_random else None,
+        "auc": round(auc, 4),
+        "auc_random": round(auc_r, 4),
+        "auc_per_subject": np.round(auc_subj, 4).tolist(),
+        "auc_random_per_subject": np.round(auc_rand, 4).tolist(),
+        "n_random": int(n_random),
+        "passed": bool(auc < auc_r),
+        "rule": "area under the target-probability deletion curve (top-ranked regions removed first) "
+        "below the area for random region orders",
+    }
 
 
-def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=STABILITY_OVERLAP_P):
+def fold_stability(
+    scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=STABILITY_OVERLAP_P
+):
     """Agreement of region scores between the models of different folds.
 
     Two figures for every pair of folds: the Spearman rho of all region scores, and the share
@@ -320,27 +384,37 @@ def fold_stability(scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=
     n = min((len(v) for v in scores_by_fold.values()), default=0)
     k = max(1, min(int(top_k), n))
     top = {f: _top_regions(v, k) for f, v in scores_by_fold.items()}
-    counts = {(a, b): len(top[a] & top[b]) for i, a in enumerate(folds) for b in folds[i + 1:]}
-    pairs = [[str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4), round(c / k, 4)]
-             for (a, b), c in counts.items()]
+    counts = {(a, b): len(top[a] & top[b]) for i, a in enumerate(folds) for b in folds[i + 1 :]}
+    pairs = [
+        [str(a), str(b), round(spearman(scores_by_fold[a], scores_by_fold[b]), 4), round(c / k, 4)]
+        for (a, b), c in counts.items()
+    ]
     med = float(np.median([p[2] for p in pairs])) if pairs else None
     median_shared = float(np.median(list(counts.values()))) if pairs else None
     overlap = None if median_shared is None else round(median_shared / k, 4)
     p_overlap = None
     if pairs and n > k:  # with every region in the top set any overlap is certain
-        shared = int(np.floor(median_shared))  # the median of an even number of pairs may be x.5: rounded down
+        shared = int(
+            np.floor(median_shared)
+        )  # the median of an even number of pairs may be x.5: rounded down
         p_overlap = float(hypergeom.sf(shared - 1, n, k, k)) if shared > 0 else 1.0
     by_rho = med is not None and med >= threshold
     by_overlap = p_overlap is not None and p_overlap < overlap_p
-    return {"pairs": pairs, "median_rho": None if med is None else round(med, 4),
-            "median_top_overlap": overlap, "top_k": k, "n_regions": int(n),
-            "chance_top_overlap": None if not n else round(k / n, 4),
-            "top_overlap_p": None if p_overlap is None else float(f"{p_overlap:.4g}"), "threshold": threshold,
-            "overlap_p_threshold": overlap_p,
-            "passed": None if med is None else bool(by_rho or by_overlap),
-            "passed_by": "rho" if by_rho else ("top_overlap" if by_overlap else None),
-            "rule": f"median Spearman rho of region scores between folds >= {threshold}, or a median top-{k} "
-                    f"overlap above chance (hypergeometric p < {overlap_p})"}
+    return {
+        "pairs": pairs,
+        "median_rho": None if med is None else round(med, 4),
+        "median_top_overlap": overlap,
+        "top_k": k,
+        "n_regions": int(n),
+        "chance_top_overlap": None if not n else round(k / n, 4),
+        "top_overlap_p": None if p_overlap is None else float(f"{p_overlap:.4g}"),
+        "threshold": threshold,
+        "overlap_p_threshold": overlap_p,
+        "passed": None if med is None else bool(by_rho or by_overlap),
+        "passed_by": "rho" if by_rho else ("top_overlap" if by_overlap else None),
+        "rule": f"median Spearman rho of region scores between folds >= {threshold}, or a median top-{k} "
+        f"overlap above chance (hypergeometric p < {overlap_p})",
+    }
 
 
 def _top_regions(scores, k):
@@ -358,8 +432,15 @@ def _top_regions(scores, k):
     return {int(i) for i in order[:k] if v[i] > v[order[k]]}
 
 
-def ground_truth_scores(attribution, mask, brain=None, region_table=None, planted_regions=(), top_k=TOP_K,
-                        enrichment=MASS_ENRICHMENT):
+def ground_truth_scores(
+    attribution,
+    mask,
+    brain=None,
+    region_table=None,
+    planted_regions=(),
+    top_k=TOP_K,
+    enrichment=MASS_ENRICHMENT,
+):
     """Score one map against a planted (true) mask.
 
     Parameters
@@ -397,16 +478,26 @@ def ground_truth_scores(attribution, mask, brain=None, region_table=None, plante
     share = float(m.sum() / max(keep.sum(), 1))
     y = m[keep]
     auc = float(roc_auc_score(y, a[keep])) if 0 < y.sum() < y.size else None
-    out = {"mass_accuracy": round(mass, 4), "planted_share": round(share, 4),
-           "mass_enrichment": round(mass / share, 3) if share > 0 else None,
-           "roc_auc": None if auc is None else round(auc, 4)}
+    out = {
+        "mass_accuracy": round(mass, 4),
+        "planted_share": round(share, 4),
+        "mass_enrichment": round(mass / share, 3) if share > 0 else None,
+        "roc_auc": None if auc is None else round(auc, 4),
+    }
     ok = out["mass_enrichment"] is not None and out["mass_enrichment"] >= enrichment
     if region_table is not None and len(planted_regions):
         names = list(region_table["region"])
-        ranks = {r: (int(region_table["rank"].iloc[names.index(r)]) if r in names else None) for r in planted_regions}
+        ranks = {
+            r: (int(region_table["rank"].iloc[names.index(r)]) if r in names else None)
+            for r in planted_regions
+        }
         top = names[:top_k]
-        out.update(planted_ranks=ranks, top_regions=top, top_k=int(top_k),
-                   top_k_planted=int(sum(r in set(planted_regions) for r in top)))
+        out.update(
+            planted_ranks=ranks,
+            top_regions=top,
+            top_k=int(top_k),
+            top_k_planted=int(sum(r in set(planted_regions) for r in top)),
+        )
         ok = ok and out["top_k_planted"] == min(top_k, len(planted_regions))
     out["passed"] = bool(ok)
     return out
@@ -449,7 +540,16 @@ def planted_ground_truth(deriv_dir, affine, shape):
         img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
         with warnings.catch_warnings():  # a 0/1 mask on purpose: linear, then >= 0.5
             warnings.filterwarnings("ignore", message="Resampling binary images")
-            res = resample_img(img, target_affine=np.asarray(affine), target_shape=tuple(shape),
-                               interpolation="linear", force_resample=True, copy_header=True)
-        out[str(cls)] = {"mask": np.asarray(res.dataobj) >= 0.5, "regions": [str(r) for r in regions]}
+            res = resample_img(
+                img,
+                target_affine=np.asarray(affine),
+                target_shape=tuple(shape),
+                interpolation="linear",
+                force_resample=True,
+                copy_header=True,
+            )
+        out[str(cls)] = {
+            "mask": np.asarray(res.dataobj) >= 0.5,
+            "regions": [str(r) for r in regions],
+        }
     return out

@@ -2,8 +2,15 @@
 
 from neuroml.data.augment import BatchAugmentation
 from neuroml.data.cache import TensorCache, build_cache, find_preprocessed, resolution_key
+from neuroml.data.dataset import (
+    Augmentation,
+    Cohort,
+    VolumeDataset,
+    load_cohort,
+    make_augmentation,
+    participants_file,
+)
 from neuroml.data.stack import StackedCache, open_inputs
-from neuroml.data.dataset import Augmentation, Cohort, VolumeDataset, load_cohort, make_augmentation, participants_file
 
 __all__ = [
     "TensorCache",

@@ -39,8 +39,17 @@ class BatchAugmentation:
     Parameters are documented in :func:`~neuroml.data.make_augmentation`, which builds it.
     """
 
-    def __init__(self, seed=0, rotate_deg=3.0, translate_vox=2.0, scale=0.03, intensity=0.1, noise_std=0.05,
-                 flip=False, prob=0.5):
+    def __init__(
+        self,
+        seed=0,
+        rotate_deg=3.0,
+        translate_vox=2.0,
+        scale=0.03,
+        intensity=0.1,
+        noise_std=0.05,
+        flip=False,
+        prob=0.5,
+    ):
         self.rotate = math.radians(float(rotate_deg))
         self.translate_vox, self.scale = float(translate_vox), float(scale)
         self.intensity, self.noise_std = float(intensity), float(noise_std)
@@ -93,25 +102,31 @@ class BatchAugmentation:
         scales = 1 + self._uniform((n, 3), -self.scale, self.scale)
         factor = 1 + self._uniform((n,), -self.intensity, self.intensity)
         offset = self._uniform((n,), -self.intensity, self.intensity)
-        noise_sd = self._uniform((n,), 0.0, self.noise_std) / pooled ** 1.5
+        noise_sd = self._uniform((n,), 0.0, self.noise_std) / pooled**1.5
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
 
         out = x.float().clone()
         dev = out.device
         warp = do[:, 0].nonzero().flatten()
         if len(warp):
-            mats = torch.stack([_monai_affine(angles[i], shifts[i], scales[i]) for i in warp.tolist()])
+            mats = torch.stack(
+                [_monai_affine(angles[i], shifts[i], scales[i]) for i in warp.tolist()]
+            )
             warp = _upload(warp, dev)
             out[warp] = warp_affine(out[warp], _upload(mats, dev))
         a = torch.where(do[:, 1], factor, 1.0)
         b = torch.where(do[:, 2], offset, 0.0)
         view = (n,) + (1,) * (x.ndim - 1)
-        out.mul_(_upload(a.to(out.dtype), dev).view(view)).add_(_upload(b.to(out.dtype), dev).view(view))
+        out.mul_(_upload(a.to(out.dtype), dev).view(view)).add_(
+            _upload(b.to(out.dtype), dev).view(view)
+        )
         noisy = do[:, 3].nonzero().flatten()
         if len(noisy):
             gen = torch.Generator(device=dev).manual_seed(noise_seed)
             sd = _upload(noise_sd[noisy].to(out.dtype), dev).view((-1,) + (1,) * (x.ndim - 1))
-            noise = torch.randn((len(noisy), *out.shape[1:]), generator=gen, device=dev, dtype=out.dtype)
+            noise = torch.randn(
+                (len(noisy), *out.shape[1:]), generator=gen, device=dev, dtype=out.dtype
+            )
             out[_upload(noisy, dev)] += noise.mul_(sd)
         if self.flip:
             flipped = do[:, 4].nonzero().flatten()
@@ -136,9 +151,11 @@ def _monai_affine(angles, shifts, scales):
     """4x4 matrix of MONAI's ``AffineGrid``: rotate @ translate @ scale (output to input voxel coordinates)."""
     from monai.transforms.utils import create_rotate, create_scale, create_translate
 
-    return (create_rotate(3, angles.tolist(), backend="torch").double()
-            @ create_translate(3, shifts.tolist(), backend="torch").double()
-            @ create_scale(3, scales.tolist(), backend="torch").double())
+    return (
+        create_rotate(3, angles.tolist(), backend="torch").double()
+        @ create_translate(3, shifts.tolist(), backend="torch").double()
+        @ create_scale(3, scales.tolist(), backend="torch").double()
+    )
 
 
 def warp_affine(x, matrices, mode="bilinear", padding_mode="border"):
@@ -153,12 +170,17 @@ def warp_affine(x, matrices, mode="bilinear", padding_mode="border"):
     mats = matrices.to(device=x.device, dtype=torch.float64)
     # normalised input coordinate of axis a: 2 * (M[a, :3] @ c + M[a, 3]) / shape[a]
     norm = _upload(torch.tensor([2.0 / max(2, s) for s in shape], dtype=torch.float64), x.device)
-    lin, shift = mats[:, :3, :3] * norm[:, None], mats[:, :3, 3] * norm  # (N, 3 in, 3 out), (N, 3 in)
+    lin, shift = (
+        mats[:, :3, :3] * norm[:, None],
+        mats[:, :3, 3] * norm,
+    )  # (N, 3 in, 3 out), (N, 3 in)
     # grid_sample wants (x, y, z) = (last axis, ..., first axis): reverse the input-axis order
     lin, shift = lin.flip(1), shift.flip(1)
     terms = []
     for b, size in enumerate(shape):
-        c = torch.arange(size, dtype=torch.float64, device=x.device) - (size - 1) / 2  # centred coordinates
+        c = (
+            torch.arange(size, dtype=torch.float64, device=x.device) - (size - 1) / 2
+        )  # centred coordinates
         term = c[None, :, None] * lin[:, None, :, b]  # (N, size, 3)
         view = [n, 1, 1, 1, 3]
         view[1 + b] = size

@@ -68,10 +68,18 @@ def resolution_key(resolution):
         try:
             resolution = float(text)
         except ValueError:
-            raise ConfigError(f"The 'resolution' parameter must be a voxel size in mm such as 2 or 1.5. "
-                              f"Got {resolution!r} instead.") from None
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not resolution > 0:
-        raise ConfigError(f"The 'resolution' parameter must be a positive voxel size in mm. Got {resolution!r} instead.")
+            raise ConfigError(
+                f"The 'resolution' parameter must be a voxel size in mm such as 2 or 1.5. "
+                f"Got {resolution!r} instead."
+            ) from None
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, (int, float))
+        or not resolution > 0
+    ):
+        raise ConfigError(
+            f"The 'resolution' parameter must be a positive voxel size in mm. Got {resolution!r} instead."
+        )
     return res_entity(resolution)
 
 
@@ -84,8 +92,10 @@ def _pattern(input):
     if input in (None, "T1w"):
         return "anat", "*_desc-preproc_T1w.nii.gz"
     if not re.fullmatch(r"[A-Za-z0-9]+", str(input)):
-        raise ConfigError(f"The 'inputs' parameter takes 'T1w' or desc labels of BOLD maps such as 'alff', "
-                          f"'falff', 'reho', 'connpcc'. Got {input!r} instead.")
+        raise ConfigError(
+            f"The 'inputs' parameter takes 'T1w' or desc labels of BOLD maps such as 'alff', "
+            f"'falff', 'reho', 'connpcc'. Got {input!r} instead."
+        )
     return "func", f"*_desc-{input}_boldmap.nii.gz"
 
 
@@ -119,29 +129,50 @@ def find_preprocessed(deriv_dir, resolution=None, input="T1w"):
     if not deriv_dir.is_dir():
         raise InputError("derivatives folder not found", deriv_dir)
     folder, pattern = _pattern(input)
-    found = sorted(set(deriv_dir.glob(f"sub-*/{folder}/{pattern}")) | set(deriv_dir.glob(f"sub-*/ses-*/{folder}/{pattern}")))
+    found = sorted(
+        set(deriv_dir.glob(f"sub-*/{folder}/{pattern}"))
+        | set(deriv_dir.glob(f"sub-*/ses-*/{folder}/{pattern}"))
+    )
     records = []
     for path in found:
         ent, _, _ = parse_entities(path.name)
         rel = path.relative_to(deriv_dir)
-        if ent.get("space") != TEMPLATE_SPACE or "res" not in ent or f"sub-{ent.get('sub')}" != rel.parts[0]:
+        if (
+            ent.get("space") != TEMPLATE_SPACE
+            or "res" not in ent
+            or f"sub-{ent.get('sub')}" != rel.parts[0]
+        ):
             continue
-        records.append({"participant_id": f"sub-{ent['sub']}", "session": ent.get("ses"),
-                        "run": ent.get("run"), "path": rel.as_posix(), "resolution": ent["res"]})
+        records.append(
+            {
+                "participant_id": f"sub-{ent['sub']}",
+                "session": ent.get("ses"),
+                "run": ent.get("run"),
+                "path": rel.as_posix(),
+                "resolution": ent["res"],
+            }
+        )
     if not records:
         what = "--modality func" if folder == "func" else ""
         raise InputError(
-            f"no preprocessed images (sub-*/[ses-*/]{folder}/{pattern.replace('*_', f'*_space-{TEMPLATE_SPACE}_res-*_')}) "
-            f"found; run `neuroml preprocess BIDS DERIV participant{' ' + what if what else ''}` first", deriv_dir)
+            f"no preprocessed images (sub-*/[ses-*/]{folder}/"
+            f"{pattern.replace('*_', f'*_space-{TEMPLATE_SPACE}_res-*_')}) "
+            f"found; run `neuroml preprocess BIDS DERIV participant{' ' + what if what else ''}` first",
+            deriv_dir,
+        )
     df = pd.DataFrame.from_records(records)
     present = sorted(df["resolution"].unique(), key=_res_mm)
     key = resolution_key(resolution)
     if key is None:
         if len(present) > 1:
-            raise ConfigError(f"{deriv_dir} holds several resolutions {present}; pass resolution= one of them")
+            raise ConfigError(
+                f"{deriv_dir} holds several resolutions {present}; pass resolution= one of them"
+            )
         key = present[0]
     elif key not in present:
-        raise InputError(f"no preprocessed images at res-{key} (resolutions present: {present})", deriv_dir)
+        raise InputError(
+            f"no preprocessed images at res-{key} (resolutions present: {present})", deriv_dir
+        )
     df = df[df["resolution"] == key]
     order = df.assign(_s=df["session"].fillna(""), _r=df["run"].fillna(""))
     order = order.sort_values(["participant_id", "_s", "_r", "path"], kind="mergesort")
@@ -150,8 +181,10 @@ def find_preprocessed(deriv_dir, resolution=None, input="T1w"):
 
 def _missing_as_none(df):
     for col in ("session", "run"):
-        values = [None if v is None or v == "n/a" or (isinstance(v, float) and np.isnan(v)) else str(v)
-                  for v in df[col]]
+        values = [
+            None if v is None or v == "n/a" or (isinstance(v, float) and np.isnan(v)) else str(v)
+            for v in df[col]
+        ]
         df[col] = pd.Series(values, index=df.index, dtype=object)
     return df
 
@@ -212,8 +245,10 @@ class TensorCache:
         self.digest = digest
 
     def __repr__(self):
-        return (f"TensorCache({str(self.deriv_dir)!r}, res-{self.resolution}, {len(self)} volumes "
-                f"of {self.shape})")
+        return (
+            f"TensorCache({str(self.deriv_dir)!r}, res-{self.resolution}, {len(self)} volumes "
+            f"of {self.shape})"
+        )
 
     def __len__(self):
         return int(self.data.shape[0])
@@ -254,11 +289,17 @@ class TensorCache:
         deriv_dir = Path(deriv_dir)
         key = resolution_key(resolution)
         if key is None:
-            tail = _stem("", input)[len("res-"):] + ".npy"
-            present = sorted(p.name[len("res-"):-len(tail)] for p in (deriv_dir / CACHE_DIR).glob(f"res-*{tail}"))
+            tail = _stem("", input)[len("res-") :] + ".npy"
+            present = sorted(
+                p.name[len("res-") : -len(tail)]
+                for p in (deriv_dir / CACHE_DIR).glob(f"res-*{tail}")
+            )
             if len(present) != 1:
-                raise InputError(f"{'no' if not present else 'several'} tensor caches found ({present}); "
-                                 "build one with neuroml.data.build_cache(deriv_dir, resolution)", deriv_dir / CACHE_DIR)
+                raise InputError(
+                    f"{'no' if not present else 'several'} tensor caches found ({present}); "
+                    "build one with neuroml.data.build_cache(deriv_dir, resolution)",
+                    deriv_dir / CACHE_DIR,
+                )
             key = present[0]
         npy, tsv, meta_path = _paths(deriv_dir, key, input)
         hint = "; rebuild it with neuroml.data.build_cache(deriv_dir)"
@@ -273,7 +314,9 @@ class TensorCache:
         index = _read_index(tsv)
         digest = _index_digest(index)
         if digest != meta.get("index_sha256"):
-            raise InputError(f"cache index does not match meta.json (interrupted build?){hint}", tsv)
+            raise InputError(
+                f"cache index does not match meta.json (interrupted build?){hint}", tsv
+            )
         try:
             data = np.load(npy, mmap_mode="r")
         except (ValueError, EOFError) as exc:  # truncated or not an .npy file
@@ -282,10 +325,15 @@ class TensorCache:
             shape = tuple(int(n) for n in meta["shape"])
             affine = np.asarray(meta["affine"], dtype=np.float64).reshape(4, 4)
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"entry {_entry(key, input)} lacks a valid shape or affine{hint}", meta_path) from None
+            raise InputError(
+                f"entry {_entry(key, input)} lacks a valid shape or affine{hint}", meta_path
+            ) from None
         if data.dtype != np.float16 or data.shape != (len(index), *shape):
-            raise InputError(f"cache array is {data.dtype} {data.shape}, expected float16 "
-                             f"{(len(index), *shape)}{hint}", npy)
+            raise InputError(
+                f"cache array is {data.dtype} {data.shape}, expected float16 "
+                f"{(len(index), *shape)}{hint}",
+                npy,
+            )
         return cls(deriv_dir, key, data, index, affine, shape, digest)
 
 
@@ -308,12 +356,18 @@ def _check_grids(deriv_dir, paths):
     ref_affine, ref_shape, _ = _header_grid(deriv_dir / paths[0])
     for p in paths[1:]:
         affine, shape, full = _header_grid(deriv_dir / p)
-        if shape != ref_shape or len(full) > 3 and any(s != 1 for s in full[3:]) \
-                or not np.allclose(affine, ref_affine, atol=_AFFINE_ATOL):
+        if (
+            shape != ref_shape
+            or len(full) > 3
+            and any(s != 1 for s in full[3:])
+            or not np.allclose(affine, ref_affine, atol=_AFFINE_ATOL)
+        ):
             raise InputError(
                 f"not on the grid of the other volumes: shape {tuple(full)} affine {affine[:3].round(4).tolist()}, "
                 f"expected shape {ref_shape} affine {ref_affine[:3].round(4).tolist()} (as {paths[0]}); "
-                "preprocess every subject with the same --resolution", deriv_dir / p)
+                "preprocess every subject with the same --resolution",
+                deriv_dir / p,
+            )
     return ref_affine, ref_shape
 
 
@@ -321,8 +375,11 @@ def _to_float16(path, deriv_dir):
     data = np.asarray(check_img(deriv_dir / path).dataobj, dtype=np.float32)
     peak = float(np.abs(data).max())
     if peak > _F16_MAX:
-        raise InputError(f"values up to {peak:g} exceed the float16 range of the tensor cache; the cache "
-                         "expects intensity-normalised volumes (neuroml preprocess normalises them)", deriv_dir / path)
+        raise InputError(
+            f"values up to {peak:g} exceed the float16 range of the tensor cache; the cache "
+            "expects intensity-normalised volumes (neuroml preprocess normalises them)",
+            deriv_dir / path,
+        )
     return data.astype(np.float16)
 
 
@@ -349,21 +406,42 @@ def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
     paths, shas = index["path"].tolist(), index["sha256"].tolist()
     affine, shape = _check_grids(deriv_dir, paths)
     reuse = {}
-    if old is not None and old.shape == shape and np.allclose(old.affine, affine, atol=_AFFINE_ATOL):
-        reuse = {(p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])}
+    if (
+        old is not None
+        and old.shape == shape
+        and np.allclose(old.affine, affine, atol=_AFFINE_ATOL)
+    ):
+        reuse = {
+            (p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])
+        }
     npy, tsv, meta_path = _paths(deriv_dir, key, input)
     n_read = sum((p, s) not in reuse for p, s in zip(paths, shas))
-    log.info("building tensor cache res-%s: %d volumes (%d read, %d reused)", key, len(paths), n_read, len(paths) - n_read)
+    log.info(
+        "building tensor cache res-%s: %d volumes (%d read, %d reused)",
+        key,
+        len(paths),
+        n_read,
+        len(paths) - n_read,
+    )
     write_text_atomic(tsv, index.fillna("n/a").to_csv(sep="\t", index=False))
     with atomic_path(npy, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), *shape))
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float16, shape=(len(paths), *shape)
+        )
         _allocate(tmp)  # a sparse memmap on a full disk dies of SIGBUS; fail with ENOSPC instead
-        for i, (p, s) in enumerate(tqdm(list(zip(paths, shas)), desc=f"cache res-{key}",
-                                        disable=not show_progress or n_read == 0)):
+        for i, (p, s) in enumerate(
+            tqdm(
+                list(zip(paths, shas)),
+                desc=f"cache res-{key}",
+                disable=not show_progress or n_read == 0,
+            )
+        ):
             out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)
         out.flush()
         del out
-    with advisory_lock(meta_path.parent / ".meta.lock"):  # caches of other resolutions or inputs share meta.json
+    with advisory_lock(
+        meta_path.parent / ".meta.lock"
+    ):  # caches of other resolutions or inputs share meta.json
         meta = {}
         if meta_path.is_file():
             try:
@@ -373,8 +451,15 @@ def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
         meta = meta if isinstance(meta, dict) else {}
         entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
         entries[_entry(key, input)] = {
-            "resolution": key, "resolution_mm": _res_mm(key), "affine": affine.tolist(), "shape": list(shape),
-            "n_volumes": len(paths), "dtype": "float16", "data": npy.name, "index": tsv.name, "index_sha256": digest,
+            "resolution": key,
+            "resolution_mm": _res_mm(key),
+            "affine": affine.tolist(),
+            "shape": list(shape),
+            "n_volumes": len(paths),
+            "dtype": "float16",
+            "data": npy.name,
+            "index": tsv.name,
+            "index_sha256": digest,
         }
         write_json_atomic(meta_path, {"format": 1, "entries": entries})
     return TensorCache.open(deriv_dir, key, input)
@@ -421,15 +506,21 @@ def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
     index.insert(0, "row", np.arange(len(index)))
     index["sha256"] = shas
     digest = _index_digest(index)
-    remove_stale_temporaries(deriv_dir / CACHE_DIR)  # a killed build may have left a large temporary array
+    remove_stale_temporaries(
+        deriv_dir / CACHE_DIR
+    )  # a killed build may have left a large temporary array
     old = _try_open(deriv_dir, key, input)
     if old is not None and old.digest == digest:
         log.debug("tensor cache res-%s is up to date (%d volumes)", key, len(old))
         return old
     npy = _paths(deriv_dir, key, input)[0]
-    with advisory_lock(npy.parent / f".{npy.stem}.lock"):  # a concurrent build of this cache finishes first
+    with advisory_lock(
+        npy.parent / f".{npy.stem}.lock"
+    ):  # a concurrent build of this cache finishes first
         old = _try_open(deriv_dir, key, input)
         if old is not None and old.digest == digest:
-            log.debug("tensor cache res-%s was built by another process (%d volumes)", key, len(old))
+            log.debug(
+                "tensor cache res-%s was built by another process (%d volumes)", key, len(old)
+            )
             return old
         return _write_cache(deriv_dir, key, input, index, digest, old, show_progress)

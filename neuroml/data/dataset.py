@@ -13,7 +13,14 @@ from neuroml._utils.fileio import read_json
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import read_participants
 
-__all__ = ["Cohort", "load_cohort", "participants_file", "VolumeDataset", "Augmentation", "make_augmentation"]
+__all__ = [
+    "Cohort",
+    "load_cohort",
+    "participants_file",
+    "VolumeDataset",
+    "Augmentation",
+    "make_augmentation",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -43,8 +50,10 @@ def participants_file(deriv_dir, participants=None):
     desc_path = Path(deriv_dir) / "dataset_description.json"
     hint = "; pass participants=<path to participants.tsv>"
     if not desc_path.is_file():
-        raise InputError(f"dataset_description.json missing, cannot locate the raw dataset's participants.tsv{hint}",
-                         Path(deriv_dir))
+        raise InputError(
+            f"dataset_description.json missing, cannot locate the raw dataset's participants.tsv{hint}",
+            Path(deriv_dir),
+        )
     desc = read_json(desc_path)
     sources = desc.get("SourceDatasets") or []
     url = sources[0].get("URL") if sources and isinstance(sources[0], dict) else None
@@ -58,7 +67,9 @@ def participants_file(deriv_dir, participants=None):
         raw = (desc_path.parent / raw).resolve()
     path = raw / "participants.tsv"
     if not path.is_file():
-        raise InputError(f"participants.tsv of the raw dataset (from {desc_path.name}) not found{hint}", path)
+        raise InputError(
+            f"participants.tsv of the raw dataset (from {desc_path.name}) not found{hint}", path
+        )
     return path
 
 
@@ -122,7 +133,10 @@ class Cohort:
     def column(self, name):
         """Values of a ``participants.tsv`` column for each volume (e.g. the site)."""
         if name not in self.table.columns:
-            raise InputError(f"column {name!r} not found (columns: {list(self.table.columns)})", self.participants_path)
+            raise InputError(
+                f"column {name!r} not found (columns: {list(self.table.columns)})",
+                self.participants_path,
+            )
         return self.table[name].reindex(self.participant_ids).tolist()
 
 
@@ -134,8 +148,15 @@ def _order_classes(values):
         return sorted(values, key=lambda v: (v.lower(), v))
 
 
-def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resolution=None, classes=None,
-                show_progress=False, inputs=None):
+def load_cohort(
+    deriv_dir,
+    label_column="diagnosis",
+    participants=None,
+    resolution=None,
+    classes=None,
+    show_progress=False,
+    inputs=None,
+):
     """Build the tensor cache and join it with the labels of ``participants.tsv``.
 
     Parameters
@@ -165,11 +186,16 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
     """
     from neuroml.data.stack import open_inputs
 
-    cache = open_inputs(deriv_dir, resolution=resolution, inputs=inputs, show_progress=show_progress)
+    cache = open_inputs(
+        deriv_dir, resolution=resolution, inputs=inputs, show_progress=show_progress
+    )
     path = participants_file(deriv_dir, participants)
     table = read_participants(path)
     if label_column not in table.columns:
-        raise InputError(f"label column {label_column!r} not found; available columns: {list(table.columns)}", path)
+        raise InputError(
+            f"label column {label_column!r} not found; available columns: {list(table.columns)}",
+            path,
+        )
     labels = table[label_column].dropna().astype(str).str.strip()
     labels = labels[labels != ""]
     index = cache.index
@@ -178,14 +204,27 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
     without = sorted(set(labels.index) - set(index["participant_id"]))
     keep = index[mapped.notna()]
     if keep.empty:
-        raise InputError(f"no preprocessed image has a {label_column!r} label (image participants: "
-                         f"{sorted(set(index['participant_id']))[:5]}..., labelled: {list(labels.index[:5])}...)", path)
+        raise InputError(
+            f"no preprocessed image has a {label_column!r} label (image participants: "
+            f"{sorted(set(index['participant_id']))[:5]}..., labelled: {list(labels.index[:5])}...)",
+            path,
+        )
     if unlabeled:
-        log.warning("%d participant(s) have images but no %r label in %s and are skipped: %s",
-                    len(unlabeled), label_column, path, ", ".join(unlabeled[:20]) + (" ..." if len(unlabeled) > 20 else ""))
+        log.warning(
+            "%d participant(s) have images but no %r label in %s and are skipped: %s",
+            len(unlabeled),
+            label_column,
+            path,
+            ", ".join(unlabeled[:20]) + (" ..." if len(unlabeled) > 20 else ""),
+        )
     if without:
-        log.warning("%d participant(s) labelled in %s have no preprocessed image at res-%s: %s", len(without),
-                    path, cache.resolution, ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""))
+        log.warning(
+            "%d participant(s) labelled in %s have no preprocessed image at res-%s: %s",
+            len(without),
+            path,
+            cache.resolution,
+            ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""),
+        )
     lab = mapped[mapped.notna()].tolist()
     if classes is None:
         classes = _order_classes(lab)
@@ -193,15 +232,29 @@ def load_cohort(deriv_dir, label_column="diagnosis", participants=None, resoluti
         classes = [str(c) for c in classes]
         unknown = sorted(set(lab) - set(classes))
         if unknown:
-            raise ConfigError(f"labels {unknown} of column {label_column!r} are not in classes={classes}")
+            raise ConfigError(
+                f"labels {unknown} of column {label_column!r} are not in classes={classes}"
+            )
     if len(set(lab)) < 2:
-        raise InputError(f"column {label_column!r} has a single class {sorted(set(lab))} among the imaged "
-                         "participants; classification needs at least two", path)
-    return Cohort(cache=cache, rows=keep["row"].to_numpy(dtype=np.int64),
-                  participant_ids=keep["participant_id"].tolist(), sessions=keep["session"].tolist(),
-                  labels=lab, y=np.array([classes.index(v) for v in lab], dtype=np.int64), classes=list(classes),
-                  label_column=label_column, participants_path=path, table=table,
-                  unlabeled=unlabeled, without_images=without)
+        raise InputError(
+            f"column {label_column!r} has a single class {sorted(set(lab))} among the imaged "
+            "participants; classification needs at least two",
+            path,
+        )
+    return Cohort(
+        cache=cache,
+        rows=keep["row"].to_numpy(dtype=np.int64),
+        participant_ids=keep["participant_id"].tolist(),
+        sessions=keep["session"].tolist(),
+        labels=lab,
+        y=np.array([classes.index(v) for v in lab], dtype=np.int64),
+        classes=list(classes),
+        label_column=label_column,
+        participants_path=path,
+        table=table,
+        unlabeled=unlabeled,
+        without_images=without,
+    )
 
 
 class Augmentation:
@@ -226,8 +279,17 @@ class Augmentation:
         return f"Augmentation({[type(t).__name__ for t in self.compose.transforms]})"
 
 
-def make_augmentation(seed=0, rotate_deg=3.0, translate_vox=2.0, scale=0.03, intensity=0.1, noise_std=0.05,
-                      flip=False, prob=0.5, batched=True):
+def make_augmentation(
+    seed=0,
+    rotate_deg=3.0,
+    translate_vox=2.0,
+    scale=0.03,
+    intensity=0.1,
+    noise_std=0.05,
+    flip=False,
+    prob=0.5,
+    batched=True,
+):
     """Small random augmentations for channel-first 3D tensors, with their own seeded random state.
 
     A random affine (rotation, translation, scaling), intensity scaling and shift, and
@@ -269,14 +331,34 @@ def make_augmentation(seed=0, rotate_deg=3.0, translate_vox=2.0, scale=0.03, int
     if batched:
         from neuroml.data.augment import BatchAugmentation
 
-        return BatchAugmentation(seed=seed, rotate_deg=rotate_deg, translate_vox=translate_vox, scale=scale,
-                                 intensity=intensity, noise_std=noise_std, flip=flip, prob=prob)
-    from monai.transforms import RandAffine, RandFlip, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+        return BatchAugmentation(
+            seed=seed,
+            rotate_deg=rotate_deg,
+            translate_vox=translate_vox,
+            scale=scale,
+            intensity=intensity,
+            noise_std=noise_std,
+            flip=flip,
+            prob=prob,
+        )
+    from monai.transforms import (
+        RandAffine,
+        RandFlip,
+        RandGaussianNoise,
+        RandScaleIntensity,
+        RandShiftIntensity,
+    )
 
     rot = float(np.deg2rad(rotate_deg))
     steps = [
-        RandAffine(prob=prob, rotate_range=(rot, rot, rot), translate_range=(translate_vox,) * 3,
-                   scale_range=(scale,) * 3, mode="bilinear", padding_mode="border"),
+        RandAffine(
+            prob=prob,
+            rotate_range=(rot, rot, rot),
+            translate_range=(translate_vox,) * 3,
+            scale_range=(scale,) * 3,
+            mode="bilinear",
+            padding_mode="border",
+        ),
         RandScaleIntensity(factors=intensity, prob=prob),
         RandShiftIntensity(offsets=intensity, prob=prob),
         RandGaussianNoise(prob=prob, std=noise_std),
@@ -307,15 +389,20 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def __init__(self, volumes, labels=None, rows=None, transform=None, in_memory=False):
         if volumes.ndim not in (4, 5):
-            raise InputError(f"expected volumes of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {tuple(volumes.shape)}")
+            raise InputError(
+                f"expected volumes of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {tuple(volumes.shape)}"
+            )
         rows = np.arange(len(volumes)) if rows is None else np.asarray(rows, dtype=np.int64)
         if labels is not None:
             labels = np.asarray(labels, dtype=np.int64)
             if len(labels) != len(rows):
                 raise InputError(f"{len(labels)} labels for {len(rows)} volumes")
         if in_memory:
-            volumes = np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows]) if len(rows) else \
-                np.zeros((0, *volumes.shape[1:]), np.float32)
+            volumes = (
+                np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows])
+                if len(rows)
+                else np.zeros((0, *volumes.shape[1:]), np.float32)
+            )
             rows = np.arange(len(rows))
         self.volumes, self.rows, self.labels, self.transform = volumes, rows, labels, transform
 

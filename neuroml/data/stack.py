@@ -28,7 +28,9 @@ def check_inputs(inputs):
         inputs = [s for s in inputs.replace(",", " ").split() if s]
     inputs = [str(i) for i in inputs]
     if not inputs or len(set(inputs)) != len(inputs):
-        raise ConfigError(f"The 'inputs' parameter must list distinct inputs such as ['T1w', 'alff']. Got {inputs!r}.")
+        raise ConfigError(
+            f"The 'inputs' parameter must list distinct inputs such as ['T1w', 'alff']. Got {inputs!r}."
+        )
     return inputs
 
 
@@ -44,7 +46,10 @@ class StackedCache(TensorCache):
         self.inputs = list(inputs)
 
     def __repr__(self):
-        return f"StackedCache({str(self.deriv_dir)!r}, res-{self.resolution}, {len(self)} x {self.inputs} of {self.shape})"
+        return (
+            f"StackedCache({str(self.deriv_dir)!r}, res-{self.resolution}, "
+            f"{len(self)} x {self.inputs} of {self.shape})"
+        )
 
     @property
     def n_channels(self):
@@ -57,11 +62,16 @@ class StackedCache(TensorCache):
 
 
 def _first_rows(cache):
-    idx = cache.index.assign(_s=cache.index["session"].fillna("")).sort_values(["participant_id", "_s", "path"])
+    idx = cache.index.assign(_s=cache.index["session"].fillna("")).sort_values(
+        ["participant_id", "_s", "path"]
+    )
     first = idx.drop_duplicates(["participant_id", "_s"])
     if len(first) < len(idx):
-        log.warning("%s: %d participant/session(s) have several volumes; the first (by name) is used",
-                    cache.index["path"].iloc[0].rsplit("/", 1)[-1], len(idx) - len(first))
+        log.warning(
+            "%s: %d participant/session(s) have several volumes; the first (by name) is used",
+            cache.index["path"].iloc[0].rsplit("/", 1)[-1],
+            len(idx) - len(first),
+        )
     return {(p, s): r for p, s, r in zip(first["participant_id"], first["_s"], first["row"])}
 
 
@@ -76,21 +86,31 @@ def open_inputs(deriv_dir, resolution=None, inputs=None, show_progress=False):
     inputs = check_inputs(inputs)
     if inputs is None:
         return build_cache(deriv_dir, resolution=resolution, show_progress=show_progress)
-    caches = [build_cache(deriv_dir, resolution=resolution, show_progress=show_progress, input=i) for i in inputs]
+    caches = [
+        build_cache(deriv_dir, resolution=resolution, show_progress=show_progress, input=i)
+        for i in inputs
+    ]
     if len(caches) == 1:
         return caches[0]
     ref = caches[0]
     for name, c in zip(inputs[1:], caches[1:]):
         if c.shape != ref.shape or not np.allclose(c.affine, ref.affine, atol=1e-4):
-            raise InputError(f"input {name!r} lies on grid {c.shape}, input {inputs[0]!r} on {ref.shape}; "
-                             "preprocess both with the same --resolution", deriv_dir)
+            raise InputError(
+                f"input {name!r} lies on grid {c.shape}, input {inputs[0]!r} on {ref.shape}; "
+                "preprocess both with the same --resolution",
+                deriv_dir,
+            )
     maps = [_first_rows(c) for c in caches]
     keys = sorted(set.intersection(*(set(m) for m in maps)))
     for name, m in zip(inputs, maps):
         lost = sorted({p for p, _ in set(m) - set(keys)})
         if lost:
-            log.warning("input %s: %d participant(s) lack another input and are left out: %s", name, len(lost),
-                        ", ".join(lost[:10]))
+            log.warning(
+                "input %s: %d participant(s) lack another input and are left out: %s",
+                name,
+                len(lost),
+                ", ".join(lost[:10]),
+            )
     if not keys:
         raise InputError(f"no participant has all of the inputs {inputs}", deriv_dir)
     data = np.empty((len(keys), len(caches), *ref.shape), dtype=np.float16)
@@ -101,9 +121,21 @@ def open_inputs(deriv_dir, resolution=None, inputs=None, show_progress=False):
             data[i, c] = cache.data[r]
         paths = [cache.index["path"].iloc[r] for cache, r in zip(caches, rows)]
         shas = [cache.index["sha256"].iloc[r] for cache, r in zip(caches, rows)]
-        records.append({"row": i, "participant_id": key[0], "session": key[1] or None, "run": None,
-                        "path": "|".join(paths), "sha256": hashlib.sha256("|".join(shas).encode()).hexdigest()})
+        records.append(
+            {
+                "row": i,
+                "participant_id": key[0],
+                "session": key[1] or None,
+                "run": None,
+                "path": "|".join(paths),
+                "sha256": hashlib.sha256("|".join(shas).encode()).hexdigest(),
+            }
+        )
     index = pd.DataFrame.from_records(records)
-    digest = hashlib.sha256("".join(f"{p}\t{s}\n" for p, s in zip(index["path"], index["sha256"])).encode()).hexdigest()
+    digest = hashlib.sha256(
+        "".join(f"{p}\t{s}\n" for p, s in zip(index["path"], index["sha256"])).encode()
+    ).hexdigest()
     data.setflags(write=False)
-    return StackedCache(deriv_dir, ref.resolution, data, index, ref.affine, ref.shape, digest, inputs)
+    return StackedCache(
+        deriv_dir, ref.resolution, data, index, ref.affine, ref.shape, digest, inputs
+    )

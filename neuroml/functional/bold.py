@@ -35,8 +35,15 @@ from neuroml._utils.fileio import read_json
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError
 from neuroml.functional.clean import STRATEGIES, clean_series, find_confounds_file, load_confounds
-from neuroml.functional.maps import (alff_array, check_band, falff_array, reho_array, seed_connectivity_array,
-                                     sphere_mask, zscore_in_mask)
+from neuroml.functional.maps import (
+    alff_array,
+    check_band,
+    falff_array,
+    reho_array,
+    seed_connectivity_array,
+    sphere_mask,
+    zscore_in_mask,
+)
 from neuroml.io.bids import check_label, parse_entities, sidecar_chain
 from neuroml.io.image import check_img, header_tr
 from neuroml.io.templates import brain_mask_on_grid, target_grid
@@ -62,8 +69,8 @@ FUNC_PIPELINE_VERSION = "1"
 #: Parameters that change the outputs (recorded in the sidecar, compared on resume).
 FUNC_DEFAULT_PARAMS = {
     "resolution": 2.0,
-    "confounds": "auto",           # auto: "simple" with an fMRIPrep table, "none" without
-    "confound_options": {},        # passed to nilearn's load_confounds_strategy
+    "confounds": "auto",  # auto: "simple" with an fMRIPrep table, "none" without
+    "confound_options": {},  # passed to nilearn's load_confounds_strategy
     "detrend": True,
     "high_pass": 0.01,
     "low_pass": 0.1,
@@ -86,8 +93,10 @@ FUNC_DEFAULT_PARAMS = {
 
 _BASE_MAPS = ("mean", "alff", "falff", "reho")
 _DROP = ("space", "res", "den", "desc", "cohort")
-_PLAIN_NOTE = ("none: plain BOLD without an fMRIPrep confounds table, so no motion or physiological "
-               "regression and no scrubbing; only detrending and band-pass filtering")
+_PLAIN_NOTE = (
+    "none: plain BOLD without an fMRIPrep confounds table, so no motion or physiological "
+    "regression and no scrubbing; only detrending and band-pass filtering"
+)
 
 
 def check_func_params(**params):
@@ -104,25 +113,47 @@ def check_func_params(**params):
     out["resolution"] = float(check_in_range("resolution", out["resolution"], 0.5, 8.0))
     out["confounds"] = look_up_option("confounds", out["confounds"], ["auto", *STRATEGIES])
     if not isinstance(out["confound_options"], dict):
-        raise ConfigError("The 'confound_options' parameter must be a mapping of load_confounds options.")
+        raise ConfigError(
+            "The 'confound_options' parameter must be a mapping of load_confounds options."
+        )
     for key in ("detrend", "standardize"):
         if not isinstance(out[key], bool):
-            raise ConfigError(f"The {key!r} parameter must be True or False. Got {out[key]!r} instead.")
+            raise ConfigError(
+                f"The {key!r} parameter must be True or False. Got {out[key]!r} instead."
+            )
     for key in ("high_pass", "low_pass"):
         if out[key] is not None:
             out[key] = float(check_in_range(key, out[key], 0.0, 10.0))
-    if out["high_pass"] is not None and out["low_pass"] is not None and out["high_pass"] >= out["low_pass"]:
-        raise ConfigError(f"high_pass ({out['high_pass']}) must be below low_pass ({out['low_pass']}).")
-    out["smoothing_fwhm"] = float(check_in_range("smoothing_fwhm", out["smoothing_fwhm"] or 0.0, 0.0, 30.0))
+    if (
+        out["high_pass"] is not None
+        and out["low_pass"] is not None
+        and out["high_pass"] >= out["low_pass"]
+    ):
+        raise ConfigError(
+            f"high_pass ({out['high_pass']}) must be below low_pass ({out['low_pass']})."
+        )
+    out["smoothing_fwhm"] = float(
+        check_in_range("smoothing_fwhm", out["smoothing_fwhm"] or 0.0, 0.0, 30.0)
+    )
     band = out["band"]
-    if not isinstance(band, (list, tuple)) or len(band) != 2 or not 0 <= float(band[0]) < float(band[1]):
-        raise ConfigError(f"The 'band' parameter must be [low, high] in Hz with low < high. Got {band!r} instead.")
+    if (
+        not isinstance(band, (list, tuple))
+        or len(band) != 2
+        or not 0 <= float(band[0]) < float(band[1])
+    ):
+        raise ConfigError(
+            f"The 'band' parameter must be [low, high] in Hz with low < high. Got {band!r} instead."
+        )
     out["band"] = [float(band[0]), float(band[1])]
-    out["reho_neighbourhood"] = int(look_up_option("reho_neighbourhood", out["reho_neighbourhood"], [7, 19, 27]))
+    out["reho_neighbourhood"] = int(
+        look_up_option("reho_neighbourhood", out["reho_neighbourhood"], [7, 19, 27])
+    )
     for key in ("seeds", "networks"):
         if not isinstance(out[key], dict):
-            raise ConfigError(f"The {key!r} parameter must be a mapping of name -> "
-                              f"{'[x, y, z] in MNI mm' if key == 'seeds' else 'list of atlas region names'}.")
+            raise ConfigError(
+                f"The {key!r} parameter must be a mapping of name -> "
+                f"{'[x, y, z] in MNI mm' if key == 'seeds' else 'list of atlas region names'}."
+            )
         for name in out[key]:
             check_label(name, what=f"{key[:-1]} name")
     for name, xyz in out["seeds"].items():
@@ -132,19 +163,26 @@ def check_func_params(**params):
     clash = set(out["seeds"]) & set(out["networks"])
     if clash:
         raise ConfigError(f"names used both as seed and network: {sorted(clash)}")
-    out["seed_radius_mm"] = float(check_in_range("seed_radius_mm", out["seed_radius_mm"], 1.0, 50.0))
+    out["seed_radius_mm"] = float(
+        check_in_range("seed_radius_mm", out["seed_radius_mm"], 1.0, 50.0)
+    )
     from neuroml.io.atlases import ATLASES
 
     out["atlas"] = look_up_option("atlas", out["atlas"], ATLASES)
-    out["map_normalization"] = look_up_option("map_normalization", out["map_normalization"], ["zscore", "none"])
+    out["map_normalization"] = look_up_option(
+        "map_normalization", out["map_normalization"], ["zscore", "none"]
+    )
     if out["tr"] is not None:
         out["tr"] = float(check_in_range("tr", out["tr"], 0.01, 60.0))
-    out["min_volumes"] = int(check_in_range("min_volumes", out["min_volumes"], 3, 100000, kind=(int,)))
+    out["min_volumes"] = int(
+        check_in_range("min_volumes", out["min_volumes"], 3, 100000, kind=(int,))
+    )
     out["min_coverage"] = float(check_in_range("min_coverage", out["min_coverage"], 0.0, 1.0))
     if out["registration_resolution"] is None:
         out["registration_resolution"] = float(min(max(out["resolution"], 3.0), 4.0))
-    out["registration_resolution"] = float(check_in_range("registration_resolution",
-                                                          out["registration_resolution"], 1.0, 8.0))
+    out["registration_resolution"] = float(
+        check_in_range("registration_resolution", out["registration_resolution"], 1.0, 8.0)
+    )
     out["sampling"] = float(check_in_range("sampling", out["sampling"], 0.01, 1.0))
     out["seed"] = int(check_in_range("seed", out["seed"], 0, 2**31 - 3, kind=(int, np.integer)))
     return out
@@ -158,7 +196,11 @@ def map_names(params):
     >>> map_names(check_func_params())
     ['mean', 'alff', 'falff', 'reho', 'connpcc']
     """
-    return [*_BASE_MAPS, *(f"conn{n}" for n in params["seeds"]), *(f"conn{n}" for n in params["networks"])]
+    return [
+        *_BASE_MAPS,
+        *(f"conn{n}" for n in params["seeds"]),
+        *(f"conn{n}" for n in params["networks"]),
+    ]
 
 
 def repetition_time(img, path=None, override=None):
@@ -183,23 +225,41 @@ def repetition_time(img, path=None, override=None):
             try:
                 meta = read_json(side)
             except OSError as exc:
-                raise InputError(f"cannot read the sidecar that applies to {Path(path).name} ({exc.strerror or exc})",
-                                 side) from None
-            except InputError as exc:  # a broken sidecar must not let a farther one's TR win silently
+                raise InputError(
+                    f"cannot read the sidecar that applies to {Path(path).name} ({exc.strerror or exc})",
+                    side,
+                ) from None
+            except (
+                InputError
+            ) as exc:  # a broken sidecar must not let a farther one's TR win silently
                 reason = str(exc).removeprefix(f"{exc.path}: ") if exc.path else str(exc)
-                raise InputError(f"{reason}; it applies to {Path(path).name} under BIDS "
-                                 "inheritance: fix it (or pass tr=)", side) from None
+                raise InputError(
+                    f"{reason}; it applies to {Path(path).name} under BIDS "
+                    "inheritance: fix it (or pass tr=)",
+                    side,
+                ) from None
             if not isinstance(meta, dict):
-                raise InputError(f"sidecar is not a JSON object; it applies to {Path(path).name} under BIDS "
-                                 "inheritance: fix it (or pass tr=)", side)
+                raise InputError(
+                    f"sidecar is not a JSON object; it applies to {Path(path).name} under BIDS "
+                    "inheritance: fix it (or pass tr=)",
+                    side,
+                )
             tr = meta.get("RepetitionTime")
-            if isinstance(tr, (int, float)) and not isinstance(tr, bool) and np.isfinite(tr) and tr > 0:
+            if (
+                isinstance(tr, (int, float))
+                and not isinstance(tr, bool)
+                and np.isfinite(tr)
+                and tr > 0
+            ):
                 return float(tr)
     tr = header_tr(img)
     if tr is not None:
         return tr
-    raise InputError("repetition time unknown (no positive RepetitionTime in the JSON sidecars that apply under "
-                     "BIDS inheritance, none in the header); pass tr=", path)
+    raise InputError(
+        "repetition time unknown (no positive RepetitionTime in the JSON sidecars that apply under "
+        "BIDS inheritance, none in the header); pass tr=",
+        path,
+    )
 
 
 def in_mni_space(entities):
@@ -251,33 +311,57 @@ def bold_to_grid(img, resolution, in_mni, params):
     if in_mni:
         from nilearn.image import resample_img
 
-        out = resample_img(img, target_affine=affine, target_shape=shape, interpolation="linear",
-                           force_resample=True, copy_header=True)
-        return (np.asarray(out.dataobj, dtype=np.float32),
-                {"space_handling": "already in MNI space (space- entity): resampled linearly onto the grid"}, None)
+        out = resample_img(
+            img,
+            target_affine=affine,
+            target_shape=shape,
+            interpolation="linear",
+            force_resample=True,
+            copy_header=True,
+        )
+        return (
+            np.asarray(out.dataobj, dtype=np.float32),
+            {
+                "space_handling": "already in MNI space (space- entity): resampled linearly onto the grid"
+            },
+            None,
+        )
     import SimpleITK as sitk
 
-    from neuroml.preprocessing.registration import nib_to_sitk, register_to_template, resample_to_grid
+    from neuroml.preprocessing.registration import (
+        nib_to_sitk,
+        register_to_template,
+        resample_to_grid,
+    )
 
     canon = nib.as_closest_canonical(img)
     mean = _mean_volume(canon)
     zooms = np.linalg.norm(np.asarray(canon.affine)[:3, :3], axis=0)
     extent = zooms * np.asarray(canon.shape[:3])
     if np.any(extent < 40.0) or np.any(zooms > 8.0 + 1e-3):
-        raise InputError(f"cannot register to MNI: field of view {' x '.join(f'{e:.0f}' for e in extent)} mm "
-                         f"with {' x '.join(f'{z:g}' for z in zooms)} mm voxels (needs at least 40 mm along "
-                         "every axis and voxels up to 8 mm); pass a series already in MNI space (space-MNI*)")
+        raise InputError(
+            f"cannot register to MNI: field of view {' x '.join(f'{e:.0f}' for e in extent)} mm "
+            f"with {' x '.join(f'{z:g}' for z in zooms)} mm voxels (needs at least 40 mm along "
+            "every axis and voxels up to 8 mm); pass a series already in MNI space (space-MNI*)"
+        )
     moving = sitk.Clamp(nib_to_sitk(mean), sitk.sitkFloat32, 0.0)
-    res = register_to_template(moving, params["registration_resolution"], seed=params["seed"],
-                               sampling=params["sampling"])
+    res = register_to_template(
+        moving, params["registration_resolution"], seed=params["seed"], sampling=params["sampling"]
+    )
     data = np.asarray(canon.dataobj, dtype=np.float32)
     out = np.empty((*shape, data.shape[3]), dtype=np.float32)
     for t in range(data.shape[3]):
         vol = nib.Nifti1Image(data[..., t], canon.affine)
         out[..., t] = np.asarray(resample_to_grid(vol, res.transform, resolution).dataobj)
-    info = {"space_handling": "registered to MNI through its mean volume (rigid then affine, SimpleITK "
-                              "Mattes MI, as the T1w), each volume resampled once",
-            "registration": {"init": res.init, "metric": round(res.metric, 5), "iterations": res.iterations}}
+    info = {
+        "space_handling": "registered to MNI through its mean volume (rigid then affine, SimpleITK "
+        "Mattes MI, as the T1w), each volume resampled once",
+        "registration": {
+            "init": res.init,
+            "metric": round(res.metric, 5),
+            "iterations": res.iterations,
+        },
+    }
     return out, info, res.transform
 
 
@@ -307,8 +391,10 @@ def _to_4d(values, mask):
 def _seed_masks(params, affine, shape):
     from neuroml.io.atlases import atlas_on_grid
 
-    seeds = {f"conn{n}": sphere_mask(affine, shape, xyz, params["seed_radius_mm"])
-             for n, xyz in params["seeds"].items()}
+    seeds = {
+        f"conn{n}": sphere_mask(affine, shape, xyz, params["seed_radius_mm"])
+        for n, xyz in params["seeds"].items()
+    }
     if params["networks"]:
         labels, names = atlas_on_grid(params["atlas"], affine, shape)
         index = {v: k for k, v in names.items()}
@@ -316,8 +402,10 @@ def _seed_masks(params, affine, shape):
             regions = [regions] if isinstance(regions, str) else list(regions)
             unknown = [r for r in regions if r not in index]
             if unknown:
-                raise ConfigError(f"network {n!r}: regions {unknown} are not in the {params['atlas']} atlas "
-                                  f"on this grid")
+                raise ConfigError(
+                    f"network {n!r}: regions {unknown} are not in the {params['atlas']} atlas "
+                    f"on this grid"
+                )
             seeds[f"conn{n}"] = np.isin(labels, [index[r] for r in regions])
     return seeds
 
@@ -369,9 +457,16 @@ def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **pa
     n = data.shape[3]
     voxel_mm = float(np.mean(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
     maps = {"mean": data.mean(axis=3) * mask}
-    resid, filt, filter_used = clean_series(data[mask].T, tr, regressors, sample_mask, detrend=params["detrend"],
-                               high_pass=params["high_pass"], low_pass=params["low_pass"],
-                               standardize=params["standardize"])
+    resid, filt, filter_used = clean_series(
+        data[mask].T,
+        tr,
+        regressors,
+        sample_mask,
+        detrend=params["detrend"],
+        high_pass=params["high_pass"],
+        low_pass=params["low_pass"],
+        standardize=params["standardize"],
+    )
     filt4d = _to_4d(filt, mask)
     maps["reho"] = reho_array(filt4d, mask, params["reho_neighbourhood"])
     resid4d = _smooth(_to_4d(resid, mask), mask, params["smoothing_fwhm"], voxel_mm)
@@ -391,8 +486,14 @@ def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **pa
         maps = {k: zscore_in_mask(v, mask) for k, v in maps.items()}
     maps = {k: np.asarray(v, dtype=np.float32) for k, v in maps.items()}
     kept = n if sample_mask is None else len(sample_mask)
-    info = {"n_volumes": int(n), "n_volumes_kept": int(kept), "repetition_time": float(tr), "filter": filter_used,
-            "alff_band_hz": [float(band[0]), float(band[1])], "regions_without_coverage": empty}
+    info = {
+        "n_volumes": int(n),
+        "n_volumes_kept": int(kept),
+        "repetition_time": float(tr),
+        "filter": filter_used,
+        "alff_band_hz": [float(band[0]), float(band[1])],
+        "regions_without_coverage": empty,
+    }
     return maps, timeseries, info
 
 
@@ -403,15 +504,24 @@ def _confounds_for(path, entities, params):
     if strategy == "auto":
         strategy = "simple" if table is not None else "none"
     if strategy == "none":
-        note = _PLAIN_NOTE if table is None else "none (confounds='none' requested; the fMRIPrep table was ignored)"
+        note = (
+            _PLAIN_NOTE
+            if table is None
+            else "none (confounds='none' requested; the fMRIPrep table was ignored)"
+        )
         return None, None, {"strategy": "none", "description": note, "dropped_volumes": []}
     if path is None or table is None:
-        raise InputError(f"confounds={strategy!r} needs an fMRIPrep confounds table "
-                         "(*_desc-confounds_timeseries.tsv) beside the BOLD file; use confounds='none' "
-                         "for plain BOLD", path)
+        raise InputError(
+            f"confounds={strategy!r} needs an fMRIPrep confounds table "
+            "(*_desc-confounds_timeseries.tsv) beside the BOLD file; use confounds='none' "
+            "for plain BOLD",
+            path,
+        )
     confounds, kept, info = load_confounds(path, strategy, **params["confound_options"])
-    info["description"] = (f"nilearn load_confounds_strategy({strategy!r}): {info['n_regressors']} regressors"
-                           + (f", {len(info['dropped_volumes'])} volumes scrubbed" if info["dropped_volumes"] else ""))
+    info["description"] = (
+        f"nilearn load_confounds_strategy({strategy!r}): {info['n_regressors']} regressors"
+        + (f", {len(info['dropped_volumes'])} volumes scrubbed" if info["dropped_volumes"] else "")
+    )
     return confounds.to_numpy(), kept, info
 
 
@@ -452,10 +562,14 @@ def preprocess_bold_scan(img, path=None, entities=None, **params):
         img = check_img(img, ndim=4, name=label)
         n = img.shape[3]
         if n < params["min_volumes"]:
-            raise InputError(f"only {n} volumes: ALFF, ReHo and connectivity need at least "
-                             f"{params['min_volumes']} (min_volumes)")
+            raise InputError(
+                f"only {n} volumes: ALFF, ReHo and connectivity need at least "
+                f"{params['min_volumes']} (min_volumes)"
+            )
         tr = repetition_time(img, path, params["tr"])
-        band = list(check_band(params["band"], tr, where=label or "BOLD series"))  # fail early; warn once
+        band = list(
+            check_band(params["band"], tr, where=label or "BOLD series")
+        )  # fail early; warn once
         confounds, kept, conf_info = _confounds_for(path, entities, params)
         if confounds is not None and confounds.shape[0] != n:
             raise InputError(f"the confounds table has {confounds.shape[0]} rows for {n} volumes")
@@ -466,28 +580,53 @@ def preprocess_bold_scan(img, path=None, entities=None, **params):
         timings["to_grid"] = round(time.perf_counter() - t1, 3)
         affine, shape = target_grid(res)
         brain = np.asarray(brain_mask_on_grid(res).dataobj) > 0
-        covered = np.all(np.isfinite(data), axis=3) & (data.std(axis=3) > 0) & (np.abs(data.mean(axis=3)) > 0)
+        covered = (
+            np.all(np.isfinite(data), axis=3)
+            & (data.std(axis=3) > 0)
+            & (np.abs(data.mean(axis=3)) > 0)
+        )
         mask = brain & covered
         coverage = float(mask.sum() / max(brain.sum(), 1))
         if coverage < params["min_coverage"]:
-            raise InputError(f"the series covers {100 * coverage:.0f}% of the template brain on the grid "
-                             f"(min_coverage {100 * params['min_coverage']:.0f}%)")
+            raise InputError(
+                f"the series covers {100 * coverage:.0f}% of the template brain on the grid "
+                f"(min_coverage {100 * params['min_coverage']:.0f}%)"
+            )
         t1 = time.perf_counter()
-        maps, timeseries, info = compute_maps(data, mask, affine, tr, confounds, kept,
-                                               **{k: v for k, v in params.items() if k not in ("tr", "band")},
-                                               band=band)
+        maps, timeseries, info = compute_maps(
+            data,
+            mask,
+            affine,
+            tr,
+            confounds,
+            kept,
+            **{k: v for k, v in params.items() if k not in ("tr", "band")},
+            band=band,
+        )
         timings["clean_and_maps"] = round(time.perf_counter() - t1, 3)
     except InputError as exc:
         if label and exc.path is None:
             raise InputError(str(exc), label) from None
         raise
-    info.update({"confounds": conf_info, "dropped_volumes": conf_info.get("dropped_volumes", []),
-                 "coverage": round(coverage, 4), **space_info, "timings_s": timings})
+    info.update(
+        {
+            "confounds": conf_info,
+            "dropped_volumes": conf_info.get("dropped_volumes", []),
+            "coverage": round(coverage, 4),
+            **space_info,
+            "timings_s": timings,
+        }
+    )
     out_maps = {}
     for k, v in maps.items():
         m = nib.Nifti1Image(v, affine)
         m.header.set_xyzt_units("mm", "sec")
         m.header["descrip"] = f"neuroml {__version__} {k}".encode()[:79]
         out_maps[k] = m
-    return BoldResult(maps=out_maps, mask=nib.Nifti1Image(mask.astype(np.uint8), affine), timeseries=timeseries,
-                      info=info, transform=transform)
+    return BoldResult(
+        maps=out_maps,
+        mask=nib.Nifti1Image(mask.astype(np.uint8), affine),
+        timeseries=timeseries,
+        info=info,
+        transform=transform,
+    )

@@ -21,8 +21,14 @@ from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import derivative_name, parse_entities
 
-__all__ = ["STRATEGIES", "find_confounds_file", "load_confounds", "clean_series", "interpolate_censored",
-           "framewise_displacement_summary"]
+__all__ = [
+    "STRATEGIES",
+    "find_confounds_file",
+    "load_confounds",
+    "clean_series",
+    "interpolate_censored",
+    "framewise_displacement_summary",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -72,14 +78,23 @@ def framewise_displacement_summary(table):
 
     try:
         fd = pd.read_csv(table, sep="\t", usecols=["framewise_displacement"], na_values=["n/a"])
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+    except (
+        ValueError,
+        OSError,
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+    ):
         return None
     values = pd.to_numeric(fd["framewise_displacement"], errors="coerce").to_numpy(dtype=np.float64)
     values = values[np.isfinite(values)]
     if not values.size:
         return None
-    return {"mean_fd_mm": round(float(values.mean()), 4), "max_fd_mm": round(float(values.max()), 4),
-            "n_volumes": int(values.size)}
+    return {
+        "mean_fd_mm": round(float(values.mean()), 4),
+        "max_fd_mm": round(float(values.max()), 4),
+        "n_volumes": int(values.size),
+    }
 
 
 def load_confounds(bold_path, strategy="simple", **options):
@@ -116,18 +131,29 @@ def load_confounds(bold_path, strategy="simple", **options):
     path = Path(bold_path)
     table = find_confounds_file(path)
     if table is None:
-        raise InputError("no fMRIPrep confounds table (*_desc-confounds_timeseries.tsv) beside it", path)
+        raise InputError(
+            "no fMRIPrep confounds table (*_desc-confounds_timeseries.tsv) beside it", path
+        )
     try:
-        confounds, sample_mask = load_confounds_strategy(str(path), denoise_strategy=strategy, **options)
+        confounds, sample_mask = load_confounds_strategy(
+            str(path), denoise_strategy=strategy, **options
+        )
     except (ValueError, KeyError, TypeError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"cannot read confounds with strategy {strategy!r} ({first})", path) from None
+        raise InputError(
+            f"cannot read confounds with strategy {strategy!r} ({first})", path
+        ) from None
     n = len(confounds)
     kept = None if sample_mask is None else np.asarray(sample_mask, dtype=np.int64)
     dropped = [] if kept is None else sorted(set(range(n)) - set(kept.tolist()))
-    info = {"strategy": strategy, "options": dict(options), "file": table.name,
-            "columns": list(confounds.columns), "n_regressors": int(confounds.shape[1]),
-            "dropped_volumes": dropped}
+    info = {
+        "strategy": strategy,
+        "options": dict(options),
+        "file": table.name,
+        "columns": list(confounds.columns),
+        "n_regressors": int(confounds.shape[1]),
+        "dropped_volumes": dropped,
+    }
     return confounds, kept, info
 
 
@@ -166,8 +192,16 @@ def interpolate_censored(series, kept, n_volumes):
     return out
 
 
-def clean_series(series, tr, confounds=None, sample_mask=None, detrend=True, high_pass=0.01, low_pass=0.1,
-                 standardize=True):
+def clean_series(
+    series,
+    tr,
+    confounds=None,
+    sample_mask=None,
+    detrend=True,
+    high_pass=0.01,
+    low_pass=0.1,
+    standardize=True,
+):
     """Clean ``(T, V)`` time series twice: for spectra (``residual``) and for correlations (``filtered``).
 
     Parameters
@@ -211,33 +245,66 @@ def clean_series(series, tr, confounds=None, sample_mask=None, detrend=True, hig
     n_kept = len(kept)
     n_conf = 0 if confounds is None else confounds.shape[1]
     if n_kept < max(10, n_conf + 3):
-        raise InputError(f"only {n_kept} usable volumes for {n_conf} confounds: too few to clean "
-                         "(at least 10, and more than the confounds)")
+        raise InputError(
+            f"only {n_kept} usable volumes for {n_conf} confounds: too few to clean "
+            "(at least 10, and more than the confounds)"
+        )
     nyquist = 0.5 / float(tr)
     if high_pass is not None and high_pass >= nyquist:
-        raise InputError(f"high-pass {high_pass:g} Hz is above the Nyquist frequency {nyquist:g} Hz (TR {tr:g} s)")
+        raise InputError(
+            f"high-pass {high_pass:g} Hz is above the Nyquist frequency {nyquist:g} Hz (TR {tr:g} s)"
+        )
     if low_pass is not None and low_pass >= nyquist:
         low_pass = None  # nothing above it to remove
     if high_pass is not None and high_pass <= 1.0 / (n * float(tr)):
         log.debug("high-pass %.4g Hz is below the series' frequency resolution", high_pass)
     sm = None if sample_mask is None else kept
     try:
-        resid = signal.clean(series, detrend=detrend, standardize=None, confounds=confounds, sample_mask=sm,
-                             filter=False, t_r=float(tr))
+        resid = signal.clean(
+            series,
+            detrend=detrend,
+            standardize=None,
+            confounds=confounds,
+            sample_mask=sm,
+            filter=False,
+            t_r=float(tr),
+        )
         do_filter = "butterworth" if (high_pass is not None or low_pass is not None) else False
         used = "butterworth (nilearn.signal.clean)" if do_filter else "none"
         try:
-            filt = signal.clean(series, detrend=detrend, standardize="zscore_sample" if standardize else None,
-                                confounds=confounds, sample_mask=sm, filter=do_filter, high_pass=high_pass,
-                                low_pass=low_pass, t_r=float(tr), butterworth__copy=True)
+            filt = signal.clean(
+                series,
+                detrend=detrend,
+                standardize="zscore_sample" if standardize else None,
+                confounds=confounds,
+                sample_mask=sm,
+                filter=do_filter,
+                high_pass=high_pass,
+                low_pass=low_pass,
+                t_r=float(tr),
+                butterworth__copy=True,
+            )
         except ValueError as exc:
             if "padlen" not in str(exc):
                 raise
             # too short for the Butterworth filter's padding: ideal (FFT) band-pass instead
-            used = f"FFT band-pass (series of {n_kept} volumes too short for the Butterworth filter)"
-            filt = _fft_bandpass(signal.clean(series, detrend=detrend, standardize=None, confounds=confounds,
-                                              sample_mask=sm, filter=False, t_r=float(tr)),
-                                 tr, high_pass, low_pass)
+            used = (
+                f"FFT band-pass (series of {n_kept} volumes too short for the Butterworth filter)"
+            )
+            filt = _fft_bandpass(
+                signal.clean(
+                    series,
+                    detrend=detrend,
+                    standardize=None,
+                    confounds=confounds,
+                    sample_mask=sm,
+                    filter=False,
+                    t_r=float(tr),
+                ),
+                tr,
+                high_pass,
+                low_pass,
+            )
             if standardize:
                 sd = filt.std(axis=0, ddof=1)
                 filt = (filt - filt.mean(axis=0)) / np.where(sd > 0, sd, 1.0)

@@ -45,7 +45,10 @@ def find_timeseries(deriv_dir, resolution=None, atlas="aal"):
     deriv_dir = Path(deriv_dir)
     key = resolution_key(resolution)
     pattern = f"*_atlas-{atlas}_timeseries.tsv"
-    found = sorted(set(deriv_dir.glob(f"sub-*/func/{pattern}")) | set(deriv_dir.glob(f"sub-*/ses-*/func/{pattern}")))
+    found = sorted(
+        set(deriv_dir.glob(f"sub-*/func/{pattern}"))
+        | set(deriv_dir.glob(f"sub-*/ses-*/func/{pattern}"))
+    )
     rows, seen = [], set()
     for path in found:
         ent = parse_entities(path.name)[0]
@@ -57,12 +60,17 @@ def find_timeseries(deriv_dir, resolution=None, atlas="aal"):
         seen.add(k)
         rows.append({"participant_id": k[0], "session": k[1], "path": path, "res": ent.get("res")})
     if not rows:
-        raise InputError(f"no atlas time series (sub-*/func/{pattern}); run `neuroml preprocess BIDS DERIV "
-                         "participant --modality func` first", deriv_dir)
+        raise InputError(
+            f"no atlas time series (sub-*/func/{pattern}); run `neuroml preprocess BIDS DERIV "
+            "participant --modality func` first",
+            deriv_dir,
+        )
     df = pd.DataFrame(rows)
     if df["res"].nunique() > 1:
-        raise InputError(f"atlas time series at several resolutions {sorted(df['res'].unique())}; pass resolution=",
-                         deriv_dir)
+        raise InputError(
+            f"atlas time series at several resolutions {sorted(df['res'].unique())}; pass resolution=",
+            deriv_dir,
+        )
     return df.drop(columns="res")
 
 
@@ -83,16 +91,28 @@ def load_timeseries(paths, drop_constant=True):
     for p in paths:
         try:
             tables.append(pd.read_csv(p, sep="\t"))
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        except (
+            OSError,
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+            UnicodeDecodeError,
+        ) as exc:
             raise InputError(f"unreadable time series ({str(exc).splitlines()[0]})", p) from None
     common = [c for c in tables[0].columns if all(c in t.columns for t in tables)]
     keep = [c for c in common if all(t[c].std() > 0 for t in tables)] if drop_constant else common
     if len(keep) < 2:
-        raise InputError(f"fewer than 2 regions {'have signal' if drop_constant else 'are present'} in every "
-                         f"subject ({len(keep)})", paths[0])
+        raise InputError(
+            f"fewer than 2 regions {'have signal' if drop_constant else 'are present'} in every "
+            f"subject ({len(keep)})",
+            paths[0],
+        )
     if len(keep) < len(tables[0].columns):
-        log.info("connectome: %d of %d regions kept (%s in every subject)", len(keep), len(tables[0].columns),
-                 "signal" if drop_constant else "present")
+        log.info(
+            "connectome: %d of %d regions kept (%s in every subject)",
+            len(keep),
+            len(tables[0].columns),
+            "signal" if drop_constant else "present",
+        )
     return [t[keep].to_numpy(dtype=np.float64) for t in tables], keep
 
 
@@ -146,19 +166,34 @@ def _connectome_cv(series, participant_ids, y, splits, n_classes, seed, kind, C)
         test = np.flatnonzero(np.isin(pids, list(f["test"])))
         if not len(test) or len(set(y[train])) < 2:
             continue
-        regions = np.flatnonzero(signal[train].all(axis=0))  # chosen from the training subjects only
+        regions = np.flatnonzero(
+            signal[train].all(axis=0)
+        )  # chosen from the training subjects only
         if len(regions) < 2:
-            raise InputError(f"fold {f['fold']}: fewer than 2 regions have signal in every training subject "
-                             f"({len(regions)})")
+            raise InputError(
+                f"fold {f['fold']}: fewer than 2 regions have signal in every training subject "
+                f"({len(regions)})"
+            )
         if len(regions) < signal.shape[1]:
-            log.info("connectome fold %s: %d of %d regions (signal in every training subject)", f["fold"],
-                     len(regions), signal.shape[1])
-        conn = ConnectivityMeasure(cov_estimator=LedoitWolf(store_precision=False), kind=kind, vectorize=True,
-                                   discard_diagonal=True, standardize="zscore_sample")
+            log.info(
+                "connectome fold %s: %d of %d regions (signal in every training subject)",
+                f["fold"],
+                len(regions),
+                signal.shape[1],
+            )
+        conn = ConnectivityMeasure(
+            cov_estimator=LedoitWolf(store_precision=False),
+            kind=kind,
+            vectorize=True,
+            discard_diagonal=True,
+            standardize="zscore_sample",
+        )
         x_train = conn.fit_transform([series[i][:, regions] for i in train])
         x_test = conn.transform([series[i][:, regions] for i in test])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced",
-                                                                 random_state=seed))
+        clf = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed),
+        )
         clf.fit(x_train, y[train])
         p = np.zeros((len(test), n_classes))
         p[:, clf[-1].classes_] = clf.predict_proba(x_test)
@@ -167,7 +202,9 @@ def _connectome_cv(series, participant_ids, y, splits, n_classes, seed, kind, C)
     return proba, fold_of
 
 
-def connectome_run(run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=1000, n_permutations=0):
+def connectome_run(
+    run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=1000, n_permutations=0
+):
     """The connectome baseline in the folds of a training run; writes its predictions and metrics.
 
     Parameters
@@ -204,23 +241,48 @@ def connectome_run(run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=
     files, labels = files[keep].reset_index(drop=True), labels[keep].tolist()
     if not len(files):
         raise InputError("no participant of the run has atlas time series", deriv_dir)
-    series, regions = load_timeseries(files["path"].tolist(), drop_constant=False)  # regions chosen in each fold
+    series, regions = load_timeseries(
+        files["path"].tolist(), drop_constant=False
+    )  # regions chosen in each fold
     y = np.array([classes.index(v) for v in labels])
     seed = int(cfg.get("seed", 0))
-    proba, fold = connectome_cv(series, files["participant_id"].tolist(), y, run.splits, len(classes), seed, kind)
+    proba, fold = connectome_cv(
+        series, files["participant_id"].tolist(), y, run.splits, len(classes), seed, kind
+    )
     tested = fold >= 0
-    pred = predictions_table(files["participant_id"][tested].tolist(), proba[tested], classes, y[tested], fold[tested])
-    write_text_atomic(Path(run_dir) / "connectome_predictions.tsv",
-                      pred.to_csv(sep="\t", index=False, float_format="%.6f"))
+    pred = predictions_table(
+        files["participant_id"][tested].tolist(), proba[tested], classes, y[tested], fold[tested]
+    )
+    write_text_atomic(
+        Path(run_dir) / "connectome_predictions.tsv",
+        pred.to_csv(sep="\t", index=False, float_format="%.6f"),
+    )
     yt = pred["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    out = classification_report(yt, pred[[f"prob_{c}" for c in classes]].to_numpy(), classes,
-                                n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed)
-    out.update({"model": "StandardScaler + LogisticRegression(C=1, class_weight='balanced')",
-                "features": f"{kind} connectivity (nilearn ConnectivityMeasure, LedoitWolf, fitted in each "
-                            f"training fold) of {len(regions)} {atlas} regions (in each fold those with "
-                            "signal in every training subject)",
-                "kind": kind, "atlas": atlas, "n_regions": len(regions), "n_participants": int(tested.sum()),
-                "folds": "the run's splits.json"})
+    out = classification_report(
+        yt,
+        pred[[f"prob_{c}" for c in classes]].to_numpy(),
+        classes,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        seed=seed,
+    )
+    out.update(
+        {
+            "model": "StandardScaler + LogisticRegression(C=1, class_weight='balanced')",
+            "features": f"{kind} connectivity (nilearn ConnectivityMeasure, LedoitWolf, fitted in each "
+            f"training fold) of {len(regions)} {atlas} regions (in each fold those with "
+            "signal in every training subject)",
+            "kind": kind,
+            "atlas": atlas,
+            "n_regions": len(regions),
+            "n_participants": int(tested.sum()),
+            "folds": "the run's splits.json",
+        }
+    )
     write_json_atomic(Path(run_dir) / "connectome_metrics.json", out)
-    log.info("connectome baseline (%s): balanced accuracy %.3f", kind, out.get("balanced_accuracy") or float("nan"))
+    log.info(
+        "connectome baseline (%s): balanced accuracy %.3f",
+        kind,
+        out.get("balanced_accuracy") or float("nan"),
+    )
     return out

@@ -11,11 +11,23 @@ import json
 import time
 from pathlib import Path
 
-from neuroml._utils.fileio import read_json, save_nifti_atomic, sha256_file, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    read_json,
+    save_nifti_atomic,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml._utils.provenance import package_versions
 from neuroml.errors import InputError
-from neuroml.functional.bold import (_DROP, FUNC_PIPELINE_VERSION, check_func_params, in_mni_space, map_names,
-                                     preprocess_bold_scan)
+from neuroml.functional.bold import (
+    _DROP,
+    FUNC_PIPELINE_VERSION,
+    check_func_params,
+    in_mni_space,
+    map_names,
+    preprocess_bold_scan,
+)
 from neuroml.functional.clean import find_confounds_file, framewise_displacement_summary
 from neuroml.io.bids import derivative_name, scan_entities
 from neuroml.io.templates import TEMPLATE_SPACE, res_entity
@@ -46,12 +58,21 @@ def func_output_paths(entities, out_dir, params):
         folder = folder / f"ses-{base['ses']}"
     folder = folder / "func"
     space = {"space": TEMPLATE_SPACE, "res": res_entity(params["resolution"])}
-    out = {f"map-{m}": folder / derivative_name(base, "boldmap", ".nii.gz", desc=m, **space)
-           for m in map_names(params)}
+    out = {
+        f"map-{m}": folder / derivative_name(base, "boldmap", ".nii.gz", desc=m, **space)
+        for m in map_names(params)
+    }
     out["mask"] = folder / derivative_name(base, "mask", ".nii.gz", desc="bold", **space)
-    out["timeseries"] = folder / derivative_name(base, "timeseries", ".tsv", atlas=params["atlas"], **space)
-    out["xfm"] = folder / derivative_name(base, "xfm", ".txt", res=space["res"],
-                                          **{"from": "boldref", "to": TEMPLATE_SPACE, "mode": "image"})
+    out["timeseries"] = folder / derivative_name(
+        base, "timeseries", ".tsv", atlas=params["atlas"], **space
+    )
+    out["xfm"] = folder / derivative_name(
+        base,
+        "xfm",
+        ".txt",
+        res=space["res"],
+        **{"from": "boldref", "to": TEMPLATE_SPACE, "mode": "image"},
+    )
     out["sidecar"] = folder / derivative_name(base, "bold", ".json", desc="maps", **space)
     return out
 
@@ -89,12 +110,15 @@ def is_func_complete(scan, out_dir, sha256=None, **params):
     if not all(p.is_file() for p in _required(paths, side)):
         return False
     table = find_confounds_file(path)
-    if side.get("ConfoundsSHA256") != (sha256_file(table) if table is not None and params["confounds"] != "none"
-                                       else None):
+    if side.get("ConfoundsSHA256") != (
+        sha256_file(table) if table is not None and params["confounds"] != "none" else None
+    ):
         return False
     if side.get("SourceSHA256") != (sha256 or sha256_file(path)):
         return False
-    return outputs_intact(paths["sidecar"], side, [p for p in _required(paths, side) if p != paths["sidecar"]])
+    return outputs_intact(
+        paths["sidecar"], side, [p for p in _required(paths, side) if p != paths["sidecar"]]
+    )
 
 
 def _relative_source(path, bids_dir):
@@ -102,7 +126,9 @@ def _relative_source(path, bids_dir):
     if bids_dir is not None:
         with contextlib.suppress(ValueError, OSError, RuntimeError):
             # the folder, not the file: a symlinked series (git-annex) keeps its BIDS name
-            return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+            return (
+                (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+            )
     return path.name
 
 
@@ -144,7 +170,9 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     for name, img in result.maps.items():
         save_nifti_atomic(img, paths[f"map-{name}"])
     save_nifti_atomic(result.mask, paths["mask"])
-    write_text_atomic(paths["timeseries"], result.timeseries.to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_text_atomic(
+        paths["timeseries"], result.timeseries.to_csv(sep="\t", index=False, float_format="%.6g")
+    )
     if result.transform is not None:
         from neuroml.preprocessing.registration import write_transform
 
@@ -155,9 +183,12 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     info = result.info
     info["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     sidecar = {
-        "Description": "BOLD maps on the T1w's MNI grid: " + info["space_handling"] + "; cleaning with nilearn "
-                       "(detrend, confound regression, band-pass, standardize), smoothing, then "
-                       + ", ".join(map_names(params)) + " (see neuroml.functional.bold)",
+        "Description": "BOLD maps on the T1w's MNI grid: "
+        + info["space_handling"]
+        + "; cleaning with nilearn "
+        "(detrend, confound regression, band-pass, standardize), smoothing, then "
+        + ", ".join(map_names(params))
+        + " (see neuroml.functional.bold)",
         "SourceFile": source,
         "SourceSHA256": sha,
         "Sources": [f"bids:raw:{source}"],
@@ -180,7 +211,11 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
             "Filter": info["filter"],
             "Standardize": params["standardize"],
             "ALFFInput": "detrended and confound-regressed, not band-passed"
-                         + ("; scrubbed volumes filled by linear interpolation" if info["dropped_volumes"] else ""),
+            + (
+                "; scrubbed volumes filled by linear interpolation"
+                if info["dropped_volumes"]
+                else ""
+            ),
             "SmoothingFWHMmm": params["smoothing_fwhm"],
             "SmoothingAppliesTo": "alff, falff, conn* (not reho, not the atlas time series)",
         },
@@ -193,8 +228,14 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
         "Parameters": _params_key(params),
         "Timings": info["timings_s"],
         "SoftwareVersions": package_versions(),
-        "OutputFiles": output_records(paths["sidecar"], {k: p for k, p in paths.items() if k != "sidecar"
-                                                         and (k != "xfm" or result.transform is not None)}),
+        "OutputFiles": output_records(
+            paths["sidecar"],
+            {
+                k: p
+                for k, p in paths.items()
+                if k != "sidecar" and (k != "xfm" or result.transform is not None)
+            },
+        ),
     }
     write_json_atomic(paths["sidecar"], sidecar)
     return {**paths, "info": info}
@@ -223,7 +264,11 @@ def find_bold_scans(bids_dir, participant_labels=None):
 
     def rank(scan):
         space = str(scan.entities.get("space", ""))
-        return (scan.entities.get("desc") != "preproc", space != TEMPLATE_SPACE, not in_mni_space(scan.entities),
-                scan.path.name)
+        return (
+            scan.entities.get("desc") != "preproc",
+            space != TEMPLATE_SPACE,
+            not in_mni_space(scan.entities),
+            scan.path.name,
+        )
 
     return [sorted(v, key=rank)[0] for _, v in sorted(groups.items())]

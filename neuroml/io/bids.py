@@ -27,9 +27,42 @@ __all__ = [
 
 #: Order of entities in BIDS file names (the BIDS specification's entity table); the transform
 #: entities of BIDS derivatives (``from``, ``to``, ``mode``) come before ``desc``, which is last.
-ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
-                "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording",
-                "chunk", "seg", "res", "den", "label", "from", "to", "mode", "desc")
+ENTITY_ORDER = (
+    "sub",
+    "ses",
+    "sample",
+    "task",
+    "tracksys",
+    "acq",
+    "nuc",
+    "voi",
+    "ce",
+    "trc",
+    "stain",
+    "rec",
+    "dir",
+    "run",
+    "mod",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+    "proc",
+    "hemi",
+    "space",
+    "split",
+    "recording",
+    "chunk",
+    "seg",
+    "res",
+    "den",
+    "label",
+    "from",
+    "to",
+    "mode",
+    "desc",
+)
 
 #: Cells of a participants table read as missing: BIDS's ``n/a``, an empty cell, and the spellings
 #: that R and pandas write (``NA``, ``N/A``, ``NaN``, ``nan``).
@@ -51,7 +84,7 @@ def check_label(label, what="participant label"):
     text = str(label)
     for prefix in ("sub-", "ses-"):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
     if not _LABEL_RE.match(text):
         raise InputError(
             f"invalid {what} {str(label)!r}: BIDS labels contain only letters and digits"
@@ -69,7 +102,20 @@ def parse_entities(filename):
     """
     name = Path(filename).name
     ext = ""
-    for candidate in (".nii.gz", ".nii", ".json", ".tsv", ".tsv.gz", ".mnc", ".mgz", ".PAR", ".txt", ".h5", ".png", ".npy"):
+    for candidate in (
+        ".nii.gz",
+        ".nii",
+        ".json",
+        ".tsv",
+        ".tsv.gz",
+        ".mnc",
+        ".mgz",
+        ".PAR",
+        ".txt",
+        ".h5",
+        ".png",
+        ".npy",
+    ):
         if name.endswith(candidate):
             ext = candidate
             name = name[: -len(candidate)]
@@ -125,13 +171,19 @@ def sidecar_chain(path):
     chain = []
     for folder in folders:
         try:
-            candidates = sorted(folder.glob(f"*_{suffix}.json")) + sorted(folder.glob(f"{suffix}.json"))
+            candidates = sorted(folder.glob(f"*_{suffix}.json")) + sorted(
+                folder.glob(f"{suffix}.json")
+            )
         except OSError:
             continue
         found = []
         for side in candidates:
             ents, sfx, ext = parse_entities(side.name)
-            if sfx == suffix and ext == ".json" and all(entities.get(k) == v for k, v in ents.items()):
+            if (
+                sfx == suffix
+                and ext == ".json"
+                and all(entities.get(k) == v for k, v in ents.items())
+            ):
                 found.append((len(ents), side))
         chain += [side for _, side in sorted(found, key=lambda t: (-t[0], t[1].name))]
     return chain
@@ -155,7 +207,9 @@ def _subject_dirs(bids_dir, participant_labels):
         for lab in checked_labels(participant_labels):
             d = bids_dir / f"sub-{lab}"
             if not d.is_dir():
-                raise InputError(f"participant 'sub-{lab}' not found (no folder {d.name})", bids_dir)
+                raise InputError(
+                    f"participant 'sub-{lab}' not found (no folder {d.name})", bids_dir
+                )
             dirs.append(d)
         return dirs
     return sorted(p for p in bids_dir.glob("sub-*") if p.is_dir())
@@ -207,8 +261,15 @@ def find_scans(bids_dir, suffix="T1w", datatype="anat", participant_labels=None)
                     continue
                 if entities.get("sub") != subject:
                     continue
-                scans.append(Scan(path=path, subject=subject, session=entities.get("ses"),
-                                  entities=entities, suffix=sfx))
+                scans.append(
+                    Scan(
+                        path=path,
+                        subject=subject,
+                        session=entities.get("ses"),
+                        entities=entities,
+                        suffix=sfx,
+                    )
+                )
     return scans
 
 
@@ -219,12 +280,17 @@ def _check_table_shape(path):
     except UnicodeDecodeError:
         raise InputError("cannot parse as a tab-separated table (not UTF-8 text)", path) from None
     if not lines or not lines[0].strip():
-        raise InputError("cannot parse as a tab-separated table (empty file or empty header line)", path)
+        raise InputError(
+            "cannot parse as a tab-separated table (empty file or empty header line)", path
+        )
     n = len(lines[0].split("\t"))
     for i, line in enumerate(lines[1:], start=2):
         if line.strip() and len(line.split("\t")) != n:
-            raise InputError(f"cannot parse as a tab-separated table (line {i} has {len(line.split(chr(9)))} "
-                             f"fields, the header has {n})", path)
+            raise InputError(
+                f"cannot parse as a tab-separated table (line {i} has {len(line.split(chr(9)))} "
+                f"fields, the header has {n})",
+                path,
+            )
 
 
 def read_participants(path, required=("participant_id",)):
@@ -246,16 +312,22 @@ def read_participants(path, required=("participant_id",)):
         raise InputError("participants file not found", path)
     _check_table_shape(path)
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=sorted(MISSING_VALUES))
+        df = pd.read_csv(
+            path, sep="\t", dtype=str, keep_default_na=False, na_values=sorted(MISSING_VALUES)
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"cannot parse as a tab-separated table ({str(exc).splitlines()[0]})", path) from None
+        raise InputError(
+            f"cannot parse as a tab-separated table ({str(exc).splitlines()[0]})", path
+        ) from None
     for col in required:
         if col not in df.columns:
             raise InputError(f"missing column {col!r} (columns: {list(df.columns)})", path)
     df["participant_id"] = df["participant_id"].astype(str).str.strip()
     bad = [p for p in df["participant_id"] if not re.match(r"^sub-[A-Za-z0-9]+$", p)]
     if bad:
-        raise InputError(f"invalid participant_id values {bad[:3]} (expected 'sub-<alphanumeric>')", path)
+        raise InputError(
+            f"invalid participant_id values {bad[:3]} (expected 'sub-<alphanumeric>')", path
+        )
     dup = df["participant_id"][df["participant_id"].duplicated()].unique().tolist()
     if dup:
         raise InputError(f"participants listed more than once: {dup[:5]}", path)
@@ -284,10 +356,16 @@ def scan_entities(scan, participant_label=None):
     path = Path(scan)
     entities, _, _ = parse_entities(path.name)
     if participant_label is not None:
-        entities = {"sub": check_label(participant_label), **{k: v for k, v in entities.items() if k != "sub"}}
+        entities = {
+            "sub": check_label(participant_label),
+            **{k: v for k, v in entities.items() if k != "sub"},
+        }
     if "sub" not in entities:
-        raise InputError("cannot name the outputs: the file name has no 'sub-<label>' entity "
-                         "(pass participant_label)", path)
+        raise InputError(
+            "cannot name the outputs: the file name has no 'sub-<label>' entity "
+            "(pass participant_label)",
+            path,
+        )
     for key, value in entities.items():
         check_label(value, what=f"'{key}' entity")
     return path, entities

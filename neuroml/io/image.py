@@ -59,9 +59,11 @@ def _raw_nifti_problem(path):
         nifti2 = len(block) >= 540 and block[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(block), check=False)
+            hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(
+                io.BytesIO(block), check=False
+            )
         ndim = int(hdr["dim"][0])
-        pixdim = np.asarray(hdr["pixdim"][1:1 + min(max(ndim, 0), 3)], dtype=np.float64)
+        pixdim = np.asarray(hdr["pixdim"][1 : 1 + min(max(ndim, 0), 3)], dtype=np.float64)
     except Exception:  # noqa: BLE001 - unreadable headers are reported by nib.load below
         return None
     if pixdim.size and not np.all(np.isfinite(pixdim)):
@@ -79,7 +81,9 @@ def _load(path):
                 os.stat(path)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    raise InputError("symbolic link loop (the link points back to itself)", path) from None
+                    raise InputError(
+                        "symbolic link loop (the link points back to itself)", path
+                    ) from None
             raise InputError("broken symbolic link", path)
         raise InputError("file not found", path)
     try:
@@ -118,7 +122,9 @@ def _check_header(img, label):
         raise InputError("affine is singular (zero voxel size or collapsed axes)", label)
     zooms = img.header.get_zooms()[:3] if hasattr(img, "header") else ()
     if any((not np.isfinite(z)) or z < 0 for z in zooms):
-        raise InputError(f"header voxel sizes {tuple(float(z) for z in zooms)} are negative or not finite", label)
+        raise InputError(
+            f"header voxel sizes {tuple(float(z) for z in zooms)} are negative or not finite", label
+        )
     return affine
 
 
@@ -140,10 +146,12 @@ def _read_voxels(img):
     out = np.empty(raw.shape, dtype=np.float32, order="F")
     flat_raw = raw.reshape(raw.shape[0], -1, order="F") if raw.ndim > 1 else raw.reshape(-1, 1)
     flat_out = out.reshape(flat_raw.shape, order="F")
-    step = max(1, (1 << 18) // max(1, flat_raw.shape[0]))  # about 256 k voxels (2 MiB float64) per slab
+    step = max(
+        1, (1 << 18) // max(1, flat_raw.shape[0])
+    )  # about 256 k voxels (2 MiB float64) per slab
     with np.errstate(over="ignore", invalid="ignore"):
         for j in range(0, flat_raw.shape[1], step):
-            flat_out[:, j:j + step] = flat_raw[:, j:j + step] * slope + inter
+            flat_out[:, j : j + step] = flat_raw[:, j : j + step] * slope + inter
     return out
 
 
@@ -172,12 +180,15 @@ def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constan
     if data.ndim not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
         raise InputError(
-            f"expected a {want} image and got a {data.ndim}D image of shape {tuple(data.shape)}", label
+            f"expected a {want} image and got a {data.ndim}D image of shape {tuple(data.shape)}",
+            label,
         )
     with np.errstate(over="ignore", invalid="ignore"):
         data = np.asarray(data, dtype=np.float32)
     if ensure_finite:
-        n_bad = data.size - int(np.count_nonzero(np.isfinite(data)))  # one boolean temporary, not two
+        n_bad = data.size - int(
+            np.count_nonzero(np.isfinite(data))
+        )  # one boolean temporary, not two
         if n_bad:
             raise InputError(
                 f"{n_bad} of {data.size} voxels are NaN or infinite "
@@ -185,7 +196,9 @@ def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constan
                 label,
             )
     if not allow_constant and data.size and float(np.nanmax(data)) == float(np.nanmin(data)):
-        raise InputError(f"volume is constant (every voxel is {float(data.flat[0]):g}): no image content", label)
+        raise InputError(
+            f"volume is constant (every voxel is {float(data.flat[0]):g}): no image content", label
+        )
     return data
 
 
@@ -270,17 +283,25 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
     try:
         data = _read_voxels(img)
     except _READ_ERRORS as exc:
-        raise InputError(f"voxel data cannot be read ({_short(exc)}); the file may be truncated", label) from None
+        raise InputError(
+            f"voxel data cannot be read ({_short(exc)}); the file may be truncated", label
+        ) from None
     if data.ndim == 4 and 3 in ndims and 4 not in ndims and data.shape[3] == 1:
         data = data[..., 0]
     while data.ndim > 4 and data.shape[-1] == 1 and data.ndim - 1 >= min(ndims):
         data = data[..., 0]
     if np.iscomplexobj(data):
         raise InputError("complex-valued data is not supported (expected a magnitude image)", label)
-    data = check_array(data, label, ndim=ndims, ensure_finite=ensure_finite, allow_constant=allow_constant)
-    if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) \
-            and img.get_data_dtype() == np.float32 and img.dataobj.__class__ is np.ndarray \
-            and data.shape == img.shape:
+    data = check_array(
+        data, label, ndim=ndims, ensure_finite=ensure_finite, allow_constant=allow_constant
+    )
+    if (
+        isinstance(img, nib.Nifti1Image)
+        and not isinstance(img, nib.Nifti2Image)
+        and img.get_data_dtype() == np.float32
+        and img.dataobj.__class__ is np.ndarray
+        and data.shape == img.shape
+    ):
         return img
     out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm", "sec")

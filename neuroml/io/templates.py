@@ -27,7 +27,7 @@ __all__ = [
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mni_template():
     """The 1 mm MNI152 2009a T1 template (197 x 233 x 189), as shipped by nilearn."""
     from nilearn.datasets import load_mni152_template
@@ -36,7 +36,7 @@ def mni_template():
     return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mni_brain_mask():
     """The 1 mm MNI152 brain mask (uint8), as shipped by nilearn."""
     from nilearn.datasets import load_mni152_brain_mask
@@ -45,7 +45,7 @@ def mni_brain_mask():
     return nib.Nifti1Image((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mni_gm_map():
     """The 1 mm MNI152 grey-matter probability map (float32, 0..1)."""
     from nilearn.datasets import load_mni152_gm_template
@@ -54,7 +54,7 @@ def mni_gm_map():
     return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _brain_bbox_mm():
     mask = mni_brain_mask()
     idx = np.argwhere(np.asarray(mask.dataobj) > 0)
@@ -84,7 +84,7 @@ def target_grid(resolution=2.0):
     """
     resolution = float(check_in_range("resolution", resolution, 0.5, 8.0))
     lo, hi = _brain_bbox_mm()
-    shape = tuple(int(np.floor((h - l) / resolution + 1e-6)) + 1 for l, h in zip(lo, hi))
+    shape = tuple(int(np.floor((h - lo_) / resolution + 1e-6)) + 1 for lo_, h in zip(lo, hi))
     affine = np.diag([resolution, resolution, resolution, 1.0])
     affine[:3, 3] = lo
     return affine, shape
@@ -102,8 +102,14 @@ def template_on_grid(resolution=2.0):
     from nilearn.image import resample_img
 
     affine, shape = target_grid(resolution)
-    img = resample_img(mni_template(), target_affine=affine, target_shape=shape,
-                       interpolation="continuous", force_resample=True, copy_header=True)
+    img = resample_img(
+        mni_template(),
+        target_affine=affine,
+        target_shape=shape,
+        interpolation="continuous",
+        force_resample=True,
+        copy_header=True,
+    )
     return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), affine)
 
 
@@ -115,7 +121,14 @@ def brain_mask_on_grid(resolution=2.0):
     affine, shape = target_grid(resolution)
     with warnings.catch_warnings():  # linear on purpose: the fraction is thresholded at 0.5 below
         warnings.filterwarnings("ignore", message="Resampling binary images", category=UserWarning)
-        img = resample_img(nib.Nifti1Image(np.asarray(mni_brain_mask().dataobj, dtype=np.float32),
-                                           mni_brain_mask().affine), target_affine=affine, target_shape=shape,
-                           interpolation="linear", force_resample=True, copy_header=True)
+        img = resample_img(
+            nib.Nifti1Image(
+                np.asarray(mni_brain_mask().dataobj, dtype=np.float32), mni_brain_mask().affine
+            ),
+            target_affine=affine,
+            target_shape=shape,
+            interpolation="linear",
+            force_resample=True,
+            copy_header=True,
+        )
     return nib.Nifti1Image((np.asarray(img.dataobj) >= 0.5).astype(np.uint8), affine)

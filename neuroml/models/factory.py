@@ -19,9 +19,22 @@ import torch
 from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError
 
-__all__ = ["MODELS", "build_model", "default_target_layer", "count_parameters", "COMPACT_MIN_SIDE",
-           "INPUT_POOLS", "AUTO_POOL_MIN_SIDE", "resolve_input_pool", "check_input", "InputPool", "input_pool_of",
-           "COMPACT_ACTIVATIONS", "COMPACT_ACTIVATION", "LEAKY_SLOPE"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "default_target_layer",
+    "count_parameters",
+    "COMPACT_MIN_SIDE",
+    "INPUT_POOLS",
+    "AUTO_POOL_MIN_SIDE",
+    "resolve_input_pool",
+    "check_input",
+    "InputPool",
+    "input_pool_of",
+    "COMPACT_ACTIVATIONS",
+    "COMPACT_ACTIVATION",
+    "LEAKY_SLOPE",
+]
 
 #: Network names accepted by :func:`build_model`.
 MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
@@ -67,7 +80,9 @@ def _check_shape(spatial_shape, name):
         raise ConfigError(f"model {name!r} needs spatial_shape (the grid's (X, Y, Z)), got None")
     shape = tuple(int(s) for s in spatial_shape)
     if len(shape) != 3 or any(s < 1 for s in shape):
-        raise ConfigError(f"spatial_shape must be three positive sides (X, Y, Z), got {spatial_shape!r}")
+        raise ConfigError(
+            f"spatial_shape must be three positive sides (X, Y, Z), got {spatial_shape!r}"
+        )
     return shape
 
 
@@ -131,11 +146,15 @@ def resolve_input_pool(input_pool, name, spatial_shape=None):
         side = min(_check_shape(spatial_shape, name))
         return max(p for p in INPUT_POOLS if p == 1 or math.ceil(side / p) >= AUTO_POOL_MIN_SIDE)
     if isinstance(input_pool, bool) or input_pool not in INPUT_POOLS:
-        raise ConfigError(f"The 'input_pool' parameter must be 'auto' or one of {list(INPUT_POOLS)}. "
-                          f"Got {input_pool!r} instead.")
+        raise ConfigError(
+            f"The 'input_pool' parameter must be 'auto' or one of {list(INPUT_POOLS)}. "
+            f"Got {input_pool!r} instead."
+        )
     if input_pool != 1 and name != "compact":
-        raise ConfigError(f"input_pool={input_pool!r} applies to the compact network only, not {name!r} "
-                          "(use input_pool=1 or 'auto')")
+        raise ConfigError(
+            f"input_pool={input_pool!r} applies to the compact network only, not {name!r} "
+            "(use input_pool=1 or 'auto')"
+        )
     return int(input_pool)
 
 
@@ -153,11 +172,14 @@ def check_input(name, spatial_shape=None, input_pool=1):
             pooled = f" after the input pooling by {pool} ({inner})" if pool > 1 else ""
             raise ConfigError(
                 f"model 'compact' needs at least {COMPACT_MIN_SIDE} voxels per axis{pooled}, got spatial_shape "
-                f"{shape}; use a finer resolution (the 8 mm grid is 19 x 23 x 20) or a smaller input_pool")
+                f"{shape}; use a finer resolution (the 8 mm grid is 19 x 23 x 20) or a smaller input_pool"
+            )
     return pool
 
 
-def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation=COMPACT_ACTIVATION):
+def build_model(
+    name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation=COMPACT_ACTIVATION
+):
     """Build a freshly initialised MONAI 3D classifier.
 
     Parameters
@@ -200,11 +222,17 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
     name = look_up_option("model", name, MODELS)
     activation = look_up_option("activation", activation, COMPACT_ACTIVATIONS)
     if activation != COMPACT_ACTIVATION and name != "compact":
-        raise ConfigError(f"activation={activation!r} applies to the compact network only, not {name!r}")
+        raise ConfigError(
+            f"activation={activation!r} applies to the compact network only, not {name!r}"
+        )
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-        raise ConfigError(f"The 'n_classes' parameter must be an integer >= 2. Got {n_classes!r} instead.")
+        raise ConfigError(
+            f"The 'n_classes' parameter must be an integer >= 2. Got {n_classes!r} instead."
+        )
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ConfigError(f"The 'in_channels' parameter must be a positive integer. Got {in_channels!r} instead.")
+        raise ConfigError(
+            f"The 'in_channels' parameter must be a positive integer. Got {in_channels!r} instead."
+        )
     from monai.networks import nets
 
     pool = check_input(name, spatial_shape, input_pool)
@@ -214,21 +242,39 @@ def build_model(name, n_classes, in_channels=1, spatial_shape=None, input_pool=1
 
         n_down = _COMPACT_STRIDES.count(2) - int(math.log2(pool))
         strides = (2,) * n_down + (1,) * (len(_COMPACT_STRIDES) - n_down)
-        model = use_fast_layers(nets.Classifier(in_shape=(in_channels, *_pooled(shape, pool)), classes=n_classes,
-                                                channels=_COMPACT_CHANNELS, strides=strides, kernel_size=3,
-                                                num_res_units=0, norm="INSTANCE", dropout=0.1,
-                                                act=("LEAKYRELU", {"negative_slope": LEAKY_SLOPE})
-                                                if activation == COMPACT_ACTIVATION else "PRELU"))
+        model = use_fast_layers(
+            nets.Classifier(
+                in_shape=(in_channels, *_pooled(shape, pool)),
+                classes=n_classes,
+                channels=_COMPACT_CHANNELS,
+                strides=strides,
+                kernel_size=3,
+                num_res_units=0,
+                norm="INSTANCE",
+                dropout=0.1,
+                act=("LEAKYRELU", {"negative_slope": LEAKY_SLOPE})
+                if activation == COMPACT_ACTIVATION
+                else "PRELU",
+            )
+        )
         if pool > 1:  # first in model.net: the blocks keep their names (and state-dict keys)
-            model.net = torch.nn.Sequential(collections.OrderedDict(
-                [("input_pool", InputPool(pool, shape)), *model.net.named_children()]))
+            model.net = torch.nn.Sequential(
+                collections.OrderedDict(
+                    [("input_pool", InputPool(pool, shape)), *model.net.named_children()]
+                )
+            )
         return model
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=n_classes)
-    depth = int(name[len("resnet"):])
+    depth = int(name[len("resnet") :])
     factory = {10: nets.resnet10, 18: nets.resnet18, 34: nets.resnet34}[depth]
-    return factory(pretrained=False, spatial_dims=3, n_input_channels=in_channels,
-                   num_classes=n_classes, conv1_t_stride=2)
+    return factory(
+        pretrained=False,
+        spatial_dims=3,
+        n_input_channels=in_channels,
+        num_classes=n_classes,
+        conv1_t_stride=2,
+    )
 
 
 def default_target_layer(name):

@@ -43,13 +43,17 @@ def _keep_mask(x, p):
     (a permuting copy of the mask cost more than the rest of it); other tensors in C order.
     """
     n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None).view(torch.int16)[:n]
+    bits = (
+        torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None).view(torch.int16)[:n]
+    )
     if x.ndim == 5:
         b, c, *spatial = x.shape
         bits = bits.view(b, *spatial, c).permute(0, 4, 1, 2, 3)
     else:
         bits = bits.view(x.shape)
-    threshold = round(p * _LEVELS) - _LEVELS // 2  # up to 2**15, above every int16: in float32, not int16
+    threshold = (
+        round(p * _LEVELS) - _LEVELS // 2
+    )  # up to 2**15, above every int16: in float32, not int16
     # integers in float32 are exact: bits - threshold + 1 is >= 1 where kept and <= 0 where dropped
     return bits.to(torch.float32).sub_(threshold - 1).clamp_(0, 1)
 
@@ -75,12 +79,20 @@ class FastDropout(torch.nn.Dropout):
     """
 
     def _fast(self, x):
-        return self.training and not self.inplace and 0 < self.p < 1 and x.device.type == "cpu" and x.numel() > 0
+        return (
+            self.training
+            and not self.inplace
+            and 0 < self.p < 1
+            and x.device.type == "cpu"
+            and x.numel() > 0
+        )
 
     def forward(self, x):
         if not self._fast(x):
             return super().forward(x)
-        return x * _keep_mask(x, self.p).to(x.dtype).div_(1 - self.p)  # what torch's CPU dropout multiplies by
+        return x * _keep_mask(x, self.p).to(x.dtype).div_(
+            1 - self.p
+        )  # what torch's CPU dropout multiplies by
 
 
 class _InstanceNorm(torch.autograd.Function):
@@ -128,9 +140,16 @@ class FastInstanceNorm3d(torch.nn.InstanceNorm3d):
     """
 
     def _fast(self, x):
-        return not (self.affine or self.track_running_stats or x.ndim != 5 or x.device.type != "cpu"
-                    or x.dtype not in (torch.float32, torch.float64) or x.shape[1] != self.num_features
-                    or not x.shape[0] or x.shape[2:].numel() < 2)  # else torch's errors and empty results
+        return not (
+            self.affine
+            or self.track_running_stats
+            or x.ndim != 5
+            or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.float64)
+            or x.shape[1] != self.num_features
+            or not x.shape[0]
+            or x.shape[2:].numel() < 2
+        )  # else torch's errors and empty results
 
     def forward(self, x):
         if not self._fast(x):
@@ -200,8 +219,12 @@ class FastADN(torch.nn.Sequential):
     def from_adn(cls, adn):
         """The block with the children of ``adn`` (the same modules), or None where it does not apply."""
         kids = collections.OrderedDict(adn.named_children())
-        if (list(kids) != ["N", "D", "A"] or type(kids["N"]) is not FastInstanceNorm3d
-                or type(kids["D"]) is not FastDropout or type(kids["A"]) is not torch.nn.LeakyReLU):
+        if (
+            list(kids) != ["N", "D", "A"]
+            or type(kids["N"]) is not FastInstanceNorm3d
+            or type(kids["D"]) is not FastDropout
+            or type(kids["A"]) is not torch.nn.LeakyReLU
+        ):
             return None
         return cls(kids)
 
@@ -216,7 +239,11 @@ def _fast_dropout(child):
 
 
 def _fast_norm(child):
-    if type(child) is torch.nn.InstanceNorm3d and not child.affine and not child.track_running_stats:
+    if (
+        type(child) is torch.nn.InstanceNorm3d
+        and not child.affine
+        and not child.track_running_stats
+    ):
         return FastInstanceNorm3d(child.num_features, eps=child.eps)
     return None
 

@@ -72,11 +72,15 @@ def check_plausible_t1w(img, label=None):
     if np.any(zooms > MAX_VOXEL_MM):
         raise InputError(
             f"voxel size {' x '.join(f'{z:g}' for z in zooms)} mm is too coarse for a T1w "
-            f"(largest accepted {MAX_VOXEL_MM:g} mm)", label)
+            f"(largest accepted {MAX_VOXEL_MM:g} mm)",
+            label,
+        )
     if np.any(extent < MIN_EXTENT_MM):
         raise InputError(
             f"field of view {' x '.join(f'{e:.0f}' for e in extent)} mm is too small for a head "
-            f"(at least {MIN_EXTENT_MM:g} mm along every axis)", label)
+            f"(at least {MIN_EXTENT_MM:g} mm along every axis)",
+            label,
+        )
     return img
 
 
@@ -87,8 +91,14 @@ def head_mask(image):
     return mask
 
 
-def n4_bias_correct_sitk(image, shrink_factor=None, n_iterations=(50, 50, 30), convergence=1e-3,
-                         n_control_points=4, target_spacing_mm=4.0):
+def n4_bias_correct_sitk(
+    image,
+    shrink_factor=None,
+    n_iterations=(50, 50, 30),
+    convergence=1e-3,
+    n_control_points=4,
+    target_spacing_mm=4.0,
+):
     """N4 bias-field correction of a SimpleITK image; the field is fitted on a shrunk copy.
 
     Parameters
@@ -123,7 +133,9 @@ def n4_bias_correct_sitk(image, shrink_factor=None, n_iterations=(50, 50, 30), c
     # N4 works on log intensities: only positive voxels may be in the mask
     mask = sitk.And(mask, sitk.Cast(small > 0, sitk.sitkUInt8))
     if int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) < 64:
-        raise InputError("too few foreground voxels for bias-field correction (is the image empty?)")
+        raise InputError(
+            "too few foreground voxels for bias-field correction (is the image empty?)"
+        )
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([int(i) for i in n_iterations])
     corrector.SetConvergenceThreshold(float(convergence))
@@ -196,12 +208,16 @@ def normalize_array(data, mask, method="zscore"):
         q1, med, q3 = np.percentile(values, [25, 50, 75])
         scale = (q3 - q1) / 1.349
         if not scale > 0:
-            raise InputError("intensities inside the brain mask do not vary (interquartile range 0)")
+            raise InputError(
+                "intensities inside the brain mask do not vary (interquartile range 0)"
+            )
         out[mask] = (values - med) / scale
     else:
         lo, hi = np.percentile(values, [1, 99])
         if not hi > lo:
-            raise InputError("intensities inside the brain mask do not vary (1st = 99th percentile)")
+            raise InputError(
+                "intensities inside the brain mask do not vary (1st = 99th percentile)"
+            )
         out[mask] = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
     return out
 

@@ -24,8 +24,13 @@ import zlib
 from pathlib import Path
 
 from neuroml import __version__
-from neuroml._utils.fileio import (advisory_lock, read_json, remove_stale_temporaries, write_json_atomic,
-                                   write_text_atomic)
+from neuroml._utils.fileio import (
+    advisory_lock,
+    read_json,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml._utils.options import check_in_range
 from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
 from neuroml.io.bids import derivative_name, find_scans, parse_entities
@@ -109,15 +114,21 @@ def write_dataset_description(out_dir, bids_dir):
         if old_urls and url not in old_urls:
             raise ConfigError(
                 f"{out_dir} already holds derivatives of another dataset ({old_urls[0]}); "
-                "choose another output folder, or delete its dataset_description.json to reuse it")
+                "choose another output folder, or delete its dataset_description.json to reuse it"
+            )
     desc = {
         "Name": "neuroml preprocessing (T1w and resting-state BOLD on the MNI grid)",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "neuroml", "Version": __version__,
-                         "Description": "T1w: N4, affine registration to MNI152NLin2009aSym, intensity "
-                                        "normalization (SimpleITK); BOLD: onto the same grid, cleaning, "
-                                        "ALFF/fALFF/ReHo/connectivity maps (nilearn)"}],
+        "GeneratedBy": [
+            {
+                "Name": "neuroml",
+                "Version": __version__,
+                "Description": "T1w: N4, affine registration to MNI152NLin2009aSym, intensity "
+                "normalization (SimpleITK); BOLD: onto the same grid, cleaning, "
+                "ALFF/fALFF/ReHo/connectivity maps (nilearn)",
+            }
+        ],
         "SourceDatasets": [{"URL": url}],
         "DatasetLinks": {"raw": url},
     }
@@ -130,10 +141,14 @@ def _one_line(exc):
         text = str(exc)
         path = getattr(exc, "path", None)
         if path and text.startswith(f"{path}: "):
-            text = text[len(path) + 2:]
+            text = text[len(path) + 2 :]
     else:
         first = (str(exc).strip().splitlines() or [""])[0]
-        text = f"unexpected {type(exc).__name__}: {first}" if first else f"unexpected {type(exc).__name__}"
+        text = (
+            f"unexpected {type(exc).__name__}: {first}"
+            if first
+            else f"unexpected {type(exc).__name__}"
+        )
     text = " ".join(text.split())
     return text[:500]
 
@@ -169,14 +184,19 @@ def _worker(scan, out_dir, bids_dir, params, n_threads):
 
         run, outputs = preprocess_bold, lambda: func_output_paths(scan.entities, out_dir, params)
     else:
-        run, outputs = preprocess_t1w, lambda: output_paths(scan.entities, out_dir, params["resolution"])
+        run, outputs = (
+            preprocess_t1w,
+            lambda: output_paths(scan.entities, out_dir, params["resolution"]),
+        )
     try:
         run(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
         return "done", None, None
     except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
         tb = traceback.format_exc()
         with contextlib.suppress(Exception):
-            paths = outputs()  # this attempt's temporaries are gone already (atomic_path removes them)
+            paths = (
+                outputs()
+            )  # this attempt's temporaries are gone already (atomic_path removes them)
             if not _previous_version_kept(scan, paths["sidecar"]):
                 for path in paths.values():
                     with contextlib.suppress(FileNotFoundError):
@@ -187,8 +207,10 @@ def _worker(scan, out_dir, bids_dir, params, n_threads):
 
 
 #: The reason recorded for a scan whose worker process was killed.
-WORKER_DIED = ("worker process died while processing this scan (out of memory? a crash in a library?); "
-               "try again with fewer --n-jobs")
+WORKER_DIED = (
+    "worker process died while processing this scan (out of memory? a crash in a library?); "
+    "try again with fewer --n-jobs"
+)
 
 
 def _isolated(items, n_workers, target=None):
@@ -236,7 +258,8 @@ def _parallel(todo, n_workers, args_of):
     from joblib import Parallel, delayed
 
     return Parallel(n_jobs=n_workers, backend="loky", return_as="generator_unordered")(
-        delayed(_indexed)(i, *args_of(scan)) for i, scan in enumerate(todo))
+        delayed(_indexed)(i, *args_of(scan)) for i, scan in enumerate(todo)
+    )
 
 
 def _relative(path, bids_dir):
@@ -249,9 +272,11 @@ def _relative(path, bids_dir):
 
 
 #: The reason recorded for a file that looks like a T1w image but is not found as one.
-MISNAMED_T1W = ("looks like a T1w image but its path is not BIDS, so it is not processed: rename it "
-                "sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_...]_T1w.nii[.gz] "
-                "(this folder's participant label, suffix and extension as written)")
+MISNAMED_T1W = (
+    "looks like a T1w image but its path is not BIDS, so it is not processed: rename it "
+    "sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_...]_T1w.nii[.gz] "
+    "(this folder's participant label, suffix and extension as written)"
+)
 
 
 def _misnamed_t1w(bids_dir, scans, participant_labels):
@@ -273,8 +298,12 @@ def _misnamed_t1w(bids_dir, scans, participant_labels):
                 continue
             for path in sorted(folder.iterdir()):
                 name = path.name.lower()
-                if (path not in found and not name.startswith(".") and "t1w" in name
-                        and name.endswith((".nii", ".nii.gz", ".mnc", ".mgz", ".par"))):
+                if (
+                    path not in found
+                    and not name.startswith(".")
+                    and "t1w" in name
+                    and name.endswith((".nii", ".nii.gz", ".mnc", ".mgz", ".par"))
+                ):
                     out.append((participant_id, path))
     return out
 
@@ -302,13 +331,22 @@ def _update_failures(out_dir, processed_files, failures, bids_dir=None):
     entries of files no longer in it (renamed or deleted since) are dropped."""
     path = out_dir / "failures.tsv"
     with advisory_lock(out_dir / ".failures.lock"):
-        rows = [r for r in read_failures(out_dir) if r["file"] not in processed_files
-                and (bids_dir is None or os.path.lexists(Path(bids_dir) / r["file"]))]
+        rows = [
+            r
+            for r in read_failures(out_dir)
+            if r["file"] not in processed_files
+            and (bids_dir is None or os.path.lexists(Path(bids_dir) / r["file"]))
+        ]
         rows += [dataclasses.asdict(f) for f in failures]
-        rows.sort(key=lambda r: (r["file"], r["participant_id"]))  # not completion order: reruns diff cleanly
+        rows.sort(
+            key=lambda r: (r["file"], r["participant_id"])
+        )  # not completion order: reruns diff cleanly
         if rows:
-            text = "\t".join(_FAILURE_COLUMNS) + "\n" + "".join(
-                "\t".join(_clean(r[c]) for c in _FAILURE_COLUMNS) + "\n" for r in rows)
+            text = (
+                "\t".join(_FAILURE_COLUMNS)
+                + "\n"
+                + "".join("\t".join(_clean(r[c]) for c in _FAILURE_COLUMNS) + "\n" for r in rows)
+            )
             write_text_atomic(path, text)
         elif path.exists():
             path.unlink()
@@ -320,8 +358,17 @@ def _progress(total, show):
     return tqdm(total=total, desc="preprocess", unit="scan", disable=not show or total == 0)
 
 
-def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution=2.0, n_jobs=1,
-                          show_progress=True, modality="anat", func_params=None, **params):
+def run_participant_level(
+    bids_dir,
+    out_dir,
+    participant_labels=None,
+    resolution=2.0,
+    n_jobs=1,
+    show_progress=True,
+    modality="anat",
+    func_params=None,
+    **params,
+):
     """Preprocess every T1w scan (and/or BOLD series) of a BIDS dataset (BIDS-App participant level).
 
     Parameters
@@ -369,8 +416,10 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     params = check_params(resolution=resolution, **params)
     fparams = None
     if modality == "anat" and func_params:
-        raise ConfigError(f"func_params {sorted(func_params)} apply to BOLD series: use modality 'func' or 'both' "
-                          "(on the command line: --modality func|both with --confounds)")
+        raise ConfigError(
+            f"func_params {sorted(func_params)} apply to BOLD series: use modality 'func' or 'both' "
+            "(on the command line: --modality func|both with --confounds)"
+        )
     if modality != "anat":
         from neuroml.functional.bold import check_func_params
 
@@ -387,14 +436,19 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
     scans = find_scans(bids_dir, "T1w", "anat", participant_labels) if modality != "func" else []
     misnamed = _misnamed_t1w(bids_dir, scans, participant_labels) if modality != "func" else []
     if not scans and not misnamed and modality == "anat":
-        raise InputError("no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir)
+        raise InputError(
+            "no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir
+        )
     if modality != "anat":
         from neuroml.functional.files import find_bold_scans
 
         bold = find_bold_scans(bids_dir, participant_labels)
         if not bold and not scans:
-            raise InputError("no BOLD series found (looked for sub-*/[ses-*/]func/*_bold.nii[.gz])"
-                             + (" nor T1w scans" if modality == "both" else ""), bids_dir)
+            raise InputError(
+                "no BOLD series found (looked for sub-*/[ses-*/]func/*_bold.nii[.gz])"
+                + (" nor T1w scans" if modality == "both" else ""),
+                bids_dir,
+            )
         if not bold:
             log.warning("no BOLD series found in %s: only T1w scans processed", bids_dir)
         scans = scans + bold
@@ -464,8 +518,10 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
         for scan in group:
             rel = _relative(scan.path, bids_dir)
             others = ", ".join(_relative(o.path, bids_dir) for o in group if o is not scan)
-            reason = (f"same BIDS name as {others} (one image per name, whatever the extension): "
-                      "not processed; remove or rename one of them")
+            reason = (
+                f"same BIDS name as {others} (one image per name, whatever the extension): "
+                "not processed; remove or rename one of them"
+            )
             log.warning("%s: %s", rel, reason)
             handled.add(rel)
             failures.append(Failure(scan.participant_id, rel, reason))
@@ -492,8 +548,11 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
                     handle(todo[i], outcome)
             except TerminatedWorkerError:
                 # joblib cannot tell which scan the dead process held: the rest run one per process
-                log.warning("a worker process died (out of memory?): the %d scans not finished run again, "
-                            "each in a process of its own", len(left))
+                log.warning(
+                    "a worker process died (out of memory?): the %d scans not finished run again, "
+                    "each in a process of its own",
+                    len(left),
+                )
                 for i, outcome in _isolated([(i, args_of(todo[i])) for i in left], n_workers):
                     handle(todo[i], outcome)
         finished = True
@@ -506,7 +565,9 @@ def run_participant_level(bids_dir, out_dir, participant_labels=None, resolution
             if finished:
                 raise
             log.debug("failures.tsv not updated", exc_info=True)  # the error in flight says why
-    log.info("preprocessing: %d processed, %d already done, %d failed", n_done, n_skipped, len(failures))
+    log.info(
+        "preprocessing: %d processed, %d already done, %d failed", n_done, n_skipped, len(failures)
+    )
     return BatchResult(n_done=n_done, n_skipped=n_skipped, failures=failures)
 
 
@@ -526,7 +587,9 @@ def _figure_path(out_dir, entities, suffix, old_name=False):
     folder = out_dir / f"sub-{raw['sub']}" / "figures"
     path = folder / derivative_name(raw, suffix, ".png", desc="qc")
     if old_name and not path.is_file() and "res" in raw:
-        old = folder / derivative_name({k: v for k, v in raw.items() if k != "res"}, suffix, ".png", desc="qc")
+        old = folder / derivative_name(
+            {k: v for k, v in raw.items() if k != "res"}, suffix, ".png", desc="qc"
+        )
         if old.is_file():
             return old
     return path
@@ -566,7 +629,12 @@ def _bold_row(out_dir, path, side, raw_root):
     dropped = side.get("DroppedVolumes") or []
     registration = side.get("Registration") or {}
     fd = side.get("FramewiseDisplacement")
-    if fd is None and "FramewiseDisplacement" not in side and side.get("ConfoundsFile") and raw_root is not None:
+    if (
+        fd is None
+        and "FramewiseDisplacement" not in side
+        and side.get("ConfoundsFile")
+        and raw_root is not None
+    ):
         # sidecar written before the field existed: read the confounds table of the raw dataset
         table = raw_root / Path(str(side["SourceFile"])).parent / str(side["ConfoundsFile"])
         fd = framewise_displacement_summary(table) if table.is_file() else None
@@ -576,7 +644,9 @@ def _bold_row(out_dir, path, side, raw_root):
         "file": str(side["SourceFile"]),
         "n_volumes": n,
         "volumes_dropped": len(dropped),
-        "mean_fd_mm": float(fd["mean_fd_mm"]) if isinstance(fd, dict) and fd.get("mean_fd_mm") is not None else None,
+        "mean_fd_mm": float(fd["mean_fd_mm"])
+        if isinstance(fd, dict) and fd.get("mean_fd_mm") is not None
+        else None,
         "coverage": float(side["Coverage"]),
         "registered": bool(side.get("Registered")),
         "registration_metric": float(metric) if metric is not None else None,
@@ -611,12 +681,23 @@ def _bold_figure(row, out_dir):
         fov = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask.is_file() else None
         fig.parent.mkdir(parents=True, exist_ok=True)
         qc_figure(data, row["resolution"], fig, title=f"{row['participant_id']} mean BOLD", fov=fov)
-    except (OSError, ValueError, EOFError, zlib.error, NeuromlError) as exc:  # a picture never stops the group QC
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zlib.error,
+        NeuromlError,
+    ) as exc:  # a picture never stops the group QC
         # a truncated .nii.gz: EOFError, zlib.error or gzip.BadGzipFile (an OSError)
-        log.warning("%s: unreadable, QC picture not drawn (%s: %s)", mean_map, type(exc).__name__, exc)
-        return {"participant_id": row["participant_id"], "file": _relative(mean_map, out_dir),
-                "reason": f"derivative unreadable (truncated?), QC picture not drawn: {type(exc).__name__}: "
-                          + (" ".join(str(exc).split()) or "no detail")}
+        log.warning(
+            "%s: unreadable, QC picture not drawn (%s: %s)", mean_map, type(exc).__name__, exc
+        )
+        return {
+            "participant_id": row["participant_id"],
+            "file": _relative(mean_map, out_dir),
+            "reason": f"derivative unreadable (truncated?), QC picture not drawn: {type(exc).__name__}: "
+            + (" ".join(str(exc).split()) or "no detail"),
+        }
     return None
 
 
@@ -661,7 +742,9 @@ def run_group_level(out_dir):
                 "brain_volume_ml": float(qc["brain_volume_ml"]),
                 "qc_pass": bool(qc["qc_pass"]),
                 "reasons": [str(r) for r in qc.get("reasons", [])],
-                "resolution": float(side["Resolution"]) if side.get("Resolution") is not None else None,
+                "resolution": float(side["Resolution"])
+                if side.get("Resolution") is not None
+                else None,
             }
         except (InputError, KeyError, TypeError, ValueError) as exc:
             log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
@@ -686,9 +769,15 @@ def run_group_level(out_dir):
         raise InputError("no preprocessed scans found (run the participant level first)", out_dir)
     _label_resolutions(rows)
     _label_resolutions(bold_rows)
-    _, html_path = write_group_qc(rows, out_dir, failures=read_failures(out_dir) + problems,
-                                   bold_rows=bold_rows)
+    _, html_path = write_group_qc(
+        rows, out_dir, failures=read_failures(out_dir) + problems, bold_rows=bold_rows
+    )
     n_bad = sum(not r["qc_pass"] or r["outlier"] for r in rows + bold_rows)
-    log.info("group QC: %d T1w scans, %d BOLD series, %d flagged -> %s", len(rows), len(bold_rows), n_bad,
-             html_path)
+    log.info(
+        "group QC: %d T1w scans, %d BOLD series, %d flagged -> %s",
+        len(rows),
+        len(bold_rows),
+        n_bad,
+        html_path,
+    )
     return html_path

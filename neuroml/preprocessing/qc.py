@@ -35,8 +35,15 @@ import numpy as np
 from neuroml._utils.fileio import atomic_path, write_text_atomic
 from neuroml.io.templates import brain_mask_on_grid, target_grid, template_on_grid
 
-__all__ = ["fov_mask", "registration_qc", "correlation_in_mask", "qc_figure", "robust_z", "write_group_qc",
-           "bold_qc_rows"]
+__all__ = [
+    "fov_mask",
+    "registration_qc",
+    "correlation_in_mask",
+    "qc_figure",
+    "robust_z",
+    "write_group_qc",
+    "bold_qc_rows",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -44,10 +51,20 @@ log = logging.getLogger("neuroml")
 OUTLIER_Z = -3.0
 
 #: BOLD QC measures: column -> (+1 when larger is worse, -1 when smaller is worse).
-BOLD_MEASURES = {"coverage": -1, "registration_metric": +1, "dropped_fraction": +1, "mean_fd_mm": +1}
+BOLD_MEASURES = {
+    "coverage": -1,
+    "registration_metric": +1,
+    "dropped_fraction": +1,
+    "mean_fd_mm": +1,
+}
 
 #: Smallest scale of each BOLD measure's robust z (a difference this large is one z unit).
-BOLD_MIN_SCALE = {"coverage": 0.01, "registration_metric": 0.02, "dropped_fraction": 0.02, "mean_fd_mm": 0.02}
+BOLD_MIN_SCALE = {
+    "coverage": 0.01,
+    "registration_metric": 0.02,
+    "dropped_fraction": 0.02,
+    "mean_fd_mm": 0.02,
+}
 
 #: Exclusion rules of ``qc_pass`` for BOLD: largest mean FD (mm), largest share of dropped volumes.
 BOLD_MAX_MEAN_FD = 0.5
@@ -86,13 +103,19 @@ def fov_mask(resolution, mni_to_scanner_affine, native_affine, native_shape):
     out = np.ones(shape, dtype=bool)
     i, j, k = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
     for axis in range(3):
-        v = to_native[axis, 0] * i + to_native[axis, 1] * j + to_native[axis, 2] * k + to_native[axis, 3]
+        v = (
+            to_native[axis, 0] * i
+            + to_native[axis, 1] * j
+            + to_native[axis, 2] * k
+            + to_native[axis, 3]
+        )
         out &= (v >= -0.5) & (v <= lim[axis])
     return out
 
 
-def registration_qc(registered, resolution, mni_to_scanner_affine, fov=None, min_r=0.6,
-                    min_coverage=0.8):
+def registration_qc(
+    registered, resolution, mni_to_scanner_affine, fov=None, min_r=0.6, min_coverage=0.8
+):
     """Quality figures of one registered scan.
 
     Parameters
@@ -127,14 +150,16 @@ def registration_qc(registered, resolution, mni_to_scanner_affine, fov=None, min
     if not r >= min_r:
         reasons.append(f"correlation with the template {r:.2f} < {min_r:g}")
     if not coverage >= min_coverage:
-        reasons.append(f"only {coverage:.0%} of the template brain lies in the field of view "
-                       f"(< {min_coverage:.0%})")
+        reasons.append(
+            f"only {coverage:.0%} of the template brain lies in the field of view "
+            f"(< {min_coverage:.0%})"
+        )
     return {
         "correlation": round(r, 4),
         "coverage": round(coverage, 4),
         "brain_volume_ml": round(volume, 1),
         "brain_volume_method": "template brain mask mapped to native space "
-                               "(template brain volume x |det| of the MNI-to-scanner affine)",
+        "(template brain volume x |det| of the MNI-to-scanner affine)",
         "qc_pass": not reasons,
         "reasons": reasons,
         "thresholds": {"min_r": float(min_r), "min_coverage": float(min_coverage)},
@@ -166,23 +191,31 @@ def qc_figure(data, resolution, path, title="", fov=None):
     data = np.asarray(data, dtype=np.float32)
     mask_img = brain_mask_on_grid(resolution)
     mask = np.asarray(mask_img.dataobj) > 0
-    template = gaussian_filter(np.asarray(template_on_grid(resolution).dataobj, dtype=np.float32), 0.5)
+    template = gaussian_filter(
+        np.asarray(template_on_grid(resolution).dataobj, dtype=np.float32), 0.5
+    )
     inside = template[mask]
     wm_level = float(np.percentile(inside, 60)) if inside.size else 0.5  # grey/white boundary
     vals = data[mask]
-    lo, hi = (np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0))
+    lo, hi = np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0)
     if not hi > lo:
         hi = lo + 1.0
     shown = np.where(mask if fov is None else mask & np.asarray(fov, dtype=bool), data, lo)
     # slices through the MNI point (0, -18, 18) mm: thalamus, ventricles, cingulate
     centre = np.round(np.linalg.solve(mask_img.affine, [0.0, -18.0, 18.0, 1.0])[:3]).astype(int)
     centre = np.clip(centre, 0, np.asarray(data.shape) - 1)
-    take = [lambda a: a[centre[0], :, :], lambda a: a[:, centre[1], :], lambda a: a[:, :, centre[2]]]
+    take = [
+        lambda a: a[centre[0], :, :],
+        lambda a: a[:, centre[1], :],
+        lambda a: a[:, :, centre[2]],
+    ]
     fig = Figure(figsize=(9, 3.4), dpi=80, facecolor="black")
     FigureCanvasAgg(fig)
     for k, (name, cut) in enumerate(zip(("sagittal", "coronal", "axial"), take)):
         ax = fig.add_subplot(1, 3, k + 1)
-        ax.imshow(cut(shown).T, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.imshow(
+            cut(shown).T, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest"
+        )
         ax.contour(cut(mask.astype(np.float32)).T, levels=[0.5], colors="red", linewidths=0.8)
         ax.contour(cut(template).T, levels=[wm_level], colors="orangered", linewidths=0.6)
         ax.set_axis_off()
@@ -242,17 +275,30 @@ def bold_qc_rows(rows):
     """
     for r in rows:
         n, d = r.get("n_volumes"), r.get("volumes_dropped")
-        r["dropped_fraction"] = round(d / n, 4) if isinstance(n, (int, float)) and n and d is not None else None
-    for col, sign in BOLD_MEASURES.items():
-        known = [i for i, r in enumerate(rows) if isinstance(r.get(col), (int, float)) and np.isfinite(r[col])]
-        z = robust_z([rows[i][col] for i in known], BOLD_MIN_SCALE[col]) if len(known) >= 3 else np.zeros(len(known))
+        r["dropped_fraction"] = (
+            round(d / n, 4) if isinstance(n, (int, float)) and n and d is not None else None
+        )
+    for col in BOLD_MEASURES:
+        known = [
+            i
+            for i, r in enumerate(rows)
+            if isinstance(r.get(col), (int, float)) and np.isfinite(r[col])
+        ]
+        z = (
+            robust_z([rows[i][col] for i in known], BOLD_MIN_SCALE[col])
+            if len(known) >= 3
+            else np.zeros(len(known))
+        )
         for r in rows:
             r[f"z_{col}"] = None
         for i, zi in zip(known, z):
             rows[i][f"z_{col}"] = round(float(zi), 2)
     for r in rows:
-        bad = [c for c, sign in BOLD_MEASURES.items()
-               if r[f"z_{c}"] is not None and sign * r[f"z_{c}"] > -OUTLIER_Z]
+        bad = [
+            c
+            for c, sign in BOLD_MEASURES.items()
+            if r[f"z_{c}"] is not None and sign * r[f"z_{c}"] > -OUTLIER_Z
+        ]
         r["outlier"] = bool(bad)
         r["outlier_reasons"] = ", ".join(f"{c} z {r[f'z_{c}']:+.1f}" for c in bad)
         reasons = list(r.get("reasons") or [])
@@ -260,7 +306,9 @@ def bold_qc_rows(rows):
         if fd is not None and fd > BOLD_MAX_MEAN_FD:
             reasons.append(f"mean framewise displacement {fd:.2f} mm > {BOLD_MAX_MEAN_FD:g} mm")
         if frac is not None and frac > BOLD_MAX_DROPPED:
-            reasons.append(f"{frac:.0%} of the volumes dropped by scrubbing (> {BOLD_MAX_DROPPED:.0%})")
+            reasons.append(
+                f"{frac:.0%} of the volumes dropped by scrubbing (> {BOLD_MAX_DROPPED:.0%})"
+            )
         r["reasons"] = reasons
         r["qc_pass"] = not reasons
     return rows
@@ -277,9 +325,24 @@ tr.bad td { background: #fde2e2; }
 """
 
 
-BOLD_COLUMNS = ["participant_id", "file", "n_volumes", "volumes_dropped", "dropped_fraction", "mean_fd_mm",
-                "coverage", "registered", "registration_metric", "qc_pass", "z_coverage", "z_registration_metric",
-                "z_dropped_fraction", "z_mean_fd_mm", "outlier", "outlier_reasons"]
+BOLD_COLUMNS = [
+    "participant_id",
+    "file",
+    "n_volumes",
+    "volumes_dropped",
+    "dropped_fraction",
+    "mean_fd_mm",
+    "coverage",
+    "registered",
+    "registration_metric",
+    "qc_pass",
+    "z_coverage",
+    "z_registration_metric",
+    "z_dropped_fraction",
+    "z_mean_fd_mm",
+    "outlier",
+    "outlier_reasons",
+]
 
 
 def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
@@ -306,8 +369,16 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
     """
     import pandas as pd
 
-    cols = ["participant_id", "file", "correlation", "coverage", "brain_volume_ml", "qc_pass",
-            "robust_z", "outlier"]
+    cols = [
+        "participant_id",
+        "file",
+        "correlation",
+        "coverage",
+        "brain_volume_ml",
+        "qc_pass",
+        "robust_z",
+        "outlier",
+    ]
     groups = {}  # the template correlation depends on the grid: each resolution is its own reference group
     for row in rows:
         groups.setdefault(row.get("resolution"), []).append(row)
@@ -322,44 +393,73 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
         write_text_atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a"))
     bold_rows = bold_qc_rows(list(bold_rows))
     if bold_rows:
-        df = pd.DataFrame([{c: r.get(c) for c in BOLD_COLUMNS} for r in bold_rows], columns=BOLD_COLUMNS)
-        write_text_atomic(out_dir / "group_qc_bold.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a"))
+        df = pd.DataFrame(
+            [{c: r.get(c) for c in BOLD_COLUMNS} for r in bold_rows], columns=BOLD_COLUMNS
+        )
+        write_text_atomic(
+            out_dir / "group_qc_bold.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a")
+        )
 
     e = html.escape
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuroml preprocessing QC</title>",
-             f"<style>{_CSS}</style></head><body>",
-             "<h1>Preprocessing quality control</h1>",
-             f"<p>{len(rows)} T1w scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
-             f"{sum(r['outlier'] for r in rows)} outliers (robust z of r &lt; {OUTLIER_Z:g}); "
-             + (f"{len(bold_rows)} BOLD series processed; {sum(not r['qc_pass'] for r in bold_rows)} fail QC; "
-                f"{sum(r['outlier'] for r in bold_rows)} outliers; " if bold_rows else "")
-             + f"{len(failures)} could not be processed.</p>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuroml preprocessing QC</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Preprocessing quality control</h1>",
+        f"<p>{len(rows)} T1w scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
+        f"{sum(r['outlier'] for r in rows)} outliers (robust z of r &lt; {OUTLIER_Z:g}); "
+        + (
+            f"{len(bold_rows)} BOLD series processed; {sum(not r['qc_pass'] for r in bold_rows)} fail QC; "
+            f"{sum(r['outlier'] for r in bold_rows)} outliers; "
+            if bold_rows
+            else ""
+        )
+        + f"{len(failures)} could not be processed.</p>",
+    ]
     if rows:
-        parts.append("<h2>T1w</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+        parts.append(
+            "<h2>T1w</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
+        )
         for r in rows:
             bad = (not r["qc_pass"]) or r["outlier"]
-            parts.append(f"<tr class='{'bad' if bad else 'ok'}'>"
-                         + "".join(f"<td>{e(str(r.get(c)))}</td>" for c in cols) + "</tr>")
+            parts.append(
+                f"<tr class='{'bad' if bad else 'ok'}'>"
+                + "".join(f"<td>{e(str(r.get(c)))}</td>" for c in cols)
+                + "</tr>"
+            )
         parts.append("</table>")
     if bold_rows:
-        parts.append("<h2 id='bold'>Resting-state BOLD</h2>"
-                     f"<p>Robust z-scores (median, 1.4826 MAD with a floor) in each measure's bad direction; "
-                     f"outlier beyond {-OUTLIER_Z:g}. QC fails when the mean framewise displacement exceeds "
-                     f"{BOLD_MAX_MEAN_FD:g} mm or more than {BOLD_MAX_DROPPED:.0%} of the volumes were dropped "
-                     "by scrubbing. The registration metric (Mattes mutual information, lower is better) exists "
-                     "only for series neuroml registered; n/a: not known.</p>")
+        parts.append(
+            "<h2 id='bold'>Resting-state BOLD</h2>"
+            f"<p>Robust z-scores (median, 1.4826 MAD with a floor) in each measure's bad direction; "
+            f"outlier beyond {-OUTLIER_Z:g}. QC fails when the mean framewise displacement exceeds "
+            f"{BOLD_MAX_MEAN_FD:g} mm or more than {BOLD_MAX_DROPPED:.0%} of the volumes were dropped "
+            "by scrubbing. The registration metric (Mattes mutual information, lower is better) exists "
+            "only for series neuroml registered; n/a: not known.</p>"
+        )
         parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in BOLD_COLUMNS) + "</tr>")
         for r in bold_rows:
             bad = (not r["qc_pass"]) or r["outlier"]
-            parts.append(f"<tr class='{'bad' if bad else 'ok'}'>"
-                         + "".join(f"<td>{e('n/a' if r.get(c) is None else str(r.get(c)))}</td>"
-                                   for c in BOLD_COLUMNS) + "</tr>")
+            parts.append(
+                f"<tr class='{'bad' if bad else 'ok'}'>"
+                + "".join(
+                    f"<td>{e('n/a' if r.get(c) is None else str(r.get(c)))}</td>"
+                    for c in BOLD_COLUMNS
+                )
+                + "</tr>"
+            )
         parts.append("</table>")
     if failures:
-        parts.append("<h2>Not processed</h2><table><tr><th>participant_id</th><th>file</th><th>reason</th></tr>")
+        parts.append(
+            "<h2>Not processed</h2><table><tr><th>participant_id</th><th>file</th><th>reason</th></tr>"
+        )
         for f in failures:
-            parts.append("<tr class='bad'>" + "".join(
-                f"<td>{e(str(f.get(k, '')))}</td>" for k in ("participant_id", "file", "reason")) + "</tr>")
+            parts.append(
+                "<tr class='bad'>"
+                + "".join(
+                    f"<td>{e(str(f.get(k, '')))}</td>" for k in ("participant_id", "file", "reason")
+                )
+                + "</tr>"
+            )
         parts.append("</table>")
     if rows:
         parts.append("<h2>Registered T1w scans with the template's edges</h2>")
@@ -370,8 +470,10 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
         parts.append("<h2>Mean BOLD volumes on the grid with the template's edges</h2>")
     for r in bold_rows:
         fd = "n/a" if r.get("mean_fd_mm") is None else f"{r['mean_fd_mm']:.3f} mm"
-        text = (f"coverage {r['coverage']:.0%}, mean FD {fd}, "
-                f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped")
+        text = (
+            f"coverage {r['coverage']:.0%}, mean FD {fd}, "
+            f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped"
+        )
         parts.append(_card(r, _flags(r, r["outlier_reasons"]), text))
     parts.append("</body></html>\n")
     out = out_dir / "group_qc.html"
@@ -397,6 +499,9 @@ def _card(r, flags, figures_text):
         img = f"<img alt='{e(fig.name)}' src='data:image/png;base64,{b64}'>"
     else:
         img = "<p>(no picture)</p>"
-    return (f"<div class='card {'bad' if bad else 'ok'}'>{img}"
-            f"<p><b>{e(str(r['participant_id']))}</b> {e(str(r['file']))}</p><p>{e(figures_text)}</p>"
-            + "".join(f"<p style='color:#c00'>{e(f)}</p>" for f in flags) + "</div>")
+    return (
+        f"<div class='card {'bad' if bad else 'ok'}'>{img}"
+        f"<p><b>{e(str(r['participant_id']))}</b> {e(str(r['file']))}</p><p>{e(figures_text)}</p>"
+        + "".join(f"<p style='color:#c00'>{e(f)}</p>" for f in flags)
+        + "</div>"
+    )

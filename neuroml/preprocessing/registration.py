@@ -145,7 +145,9 @@ def _prepare_moving(moving, resolution):
     ref.SetDirection(moving.GetDirection())
     # keep the outer edge of the field of view where it was
     direction = np.asarray(moving.GetDirection()).reshape(3, 3)
-    corner = np.asarray(moving.GetOrigin()) - direction @ (spacing / 2) + direction @ (new_spacing / 2)
+    corner = (
+        np.asarray(moving.GetOrigin()) - direction @ (spacing / 2) + direction @ (new_spacing / 2)
+    )
     ref.SetOrigin([float(c) for c in corner])
     return sitk.Resample(smoothed, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
@@ -190,9 +192,14 @@ def _method(fixed_mask, seed, sampling, levels, iterations, bins):
     # once the translation gradient has vanished after the rigid stage (observed: 26 mm
     # error from a good start); the estimate keeps the first step to about one voxel.
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-3, numberOfIterations=int(iterations),
-        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6,
-        estimateLearningRate=reg.Once, maximumStepSizeInPhysicalUnits=0.0)
+        learningRate=1.0,
+        minStep=1e-3,
+        numberOfIterations=int(iterations),
+        relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-6,
+        estimateLearningRate=reg.Once,
+        maximumStepSizeInPhysicalUnits=0.0,
+    )
     reg.SetOptimizerScalesFromPhysicalShift()
     shrink = [int(s) for s, _ in levels]
     sigma = [float(g) for _, g in levels]
@@ -208,8 +215,11 @@ def _initial_rigid(fixed, moving, mode):
         tx = sitk.Euler3DTransform()
         tx.SetCenter(center)
         return tx
-    flag = (sitk.CenteredTransformInitializerFilter.MOMENTS if mode == "moments"
-            else sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    flag = (
+        sitk.CenteredTransformInitializerFilter.MOMENTS
+        if mode == "moments"
+        else sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
     return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), flag)
 
 
@@ -228,9 +238,19 @@ def _as_affine(tx):
     return out
 
 
-def register_to_template(moving, resolution=2.0, *, init=INIT_MODES, seed=0, sampling=0.15,
-                         rigid_levels=((4, 4.0), (2, 2.0)), affine_levels=((2, 2.0), (1, 0.0)),
-                         iterations=100, bins=32, use_fixed_mask=True):
+def register_to_template(
+    moving,
+    resolution=2.0,
+    *,
+    init=INIT_MODES,
+    seed=0,
+    sampling=0.15,
+    rigid_levels=((4, 4.0), (2, 2.0)),
+    affine_levels=((2, 2.0), (1, 0.0)),
+    iterations=100,
+    bins=32,
+    use_fixed_mask=True,
+):
     """Register a subject to the MNI template: rigid from several starts, then affine.
 
     Parameters
@@ -299,8 +319,10 @@ def register_to_template(moving, resolution=2.0, *, init=INIT_MODES, seed=0, sam
         if best is None or value < best[1]:
             best = (mode, value, tx)
     if best is None:
-        raise InputError("registration to the template failed from every starting point "
-                         "(the image probably does not contain a head)")
+        raise InputError(
+            "registration to the template failed from every starting point "
+            "(the image probably does not contain a head)"
+        )
     mode, _, rigid = best
     affine = _as_affine(rigid)
     reg = _method(fixed_mask, seed, sampling, affine_levels, iterations, bins)
@@ -312,8 +334,9 @@ def register_to_template(moving, resolution=2.0, *, init=INIT_MODES, seed=0, sam
     except RuntimeError as exc:
         log.debug("affine stage failed, keeping the rigid transform: %s", exc)
         tx, metric = affine, float(best[1])
-    return RegistrationResult(transform=tx, metric=metric, init=mode,
-                              init_metrics=init_metrics, iterations=iters)
+    return RegistrationResult(
+        transform=tx, metric=metric, init=mode, init_metrics=init_metrics, iterations=iters
+    )
 
 
 # --------------------------------------------------------------------------- applying
@@ -337,13 +360,16 @@ def resample_to_grid(img, transform, resolution=2.0, interpolation="linear", def
     nibabel.Nifti1Image
         float32, exactly ``target_grid(resolution)``.
     """
-    interp = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline,
-              "nearest": sitk.sitkNearestNeighbor}[look_up_option("interpolation", interpolation,
-                                                                  ["linear", "bspline", "nearest"])]
+    interp = {
+        "linear": sitk.sitkLinear,
+        "bspline": sitk.sitkBSpline,
+        "nearest": sitk.sitkNearestNeighbor,
+    }[look_up_option("interpolation", interpolation, ["linear", "bspline", "nearest"])]
     affine, shape = target_grid(resolution)
     image = img if isinstance(img, sitk.Image) else nib_to_sitk(img)
-    out = sitk.Resample(image, grid_reference(affine, shape), transform, interp, float(default),
-                        sitk.sitkFloat32)
+    out = sitk.Resample(
+        image, grid_reference(affine, shape), transform, interp, float(default), sitk.sitkFloat32
+    )
     data = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
     result = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
     result.header.set_xyzt_units("mm", "sec")
@@ -395,4 +421,6 @@ def read_transform(path):
     try:
         return _as_affine(sitk.ReadTransform(str(path)))
     except RuntimeError as exc:
-        raise InputError(f"not a readable ITK transform ({str(exc).strip().splitlines()[-1]})", path) from None
+        raise InputError(
+            f"not a readable ITK transform ({str(exc).strip().splitlines()[-1]})", path
+        ) from None

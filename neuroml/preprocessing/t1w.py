@@ -20,8 +20,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from neuroml import __version__
-from neuroml._utils.fileio import (read_json, remove_stale_temporaries, save_nifti_atomic, sha256_file,
-                                   write_json_atomic)
+from neuroml._utils.fileio import (
+    read_json,
+    remove_stale_temporaries,
+    save_nifti_atomic,
+    sha256_file,
+    write_json_atomic,
+)
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.errors import ConfigError, InputError
@@ -94,7 +99,8 @@ def check_params(**params):
     if out["registration_resolution"] is None:
         out["registration_resolution"] = float(min(max(out["resolution"], 2.0), 3.0))
     out["registration_resolution"] = float(
-        check_in_range("registration_resolution", out["registration_resolution"], 1.0, 8.0))
+        check_in_range("registration_resolution", out["registration_resolution"], 1.0, 8.0)
+    )
     init = out["init"]
     init = [init] if isinstance(init, str) else list(init)
     if not init:
@@ -107,7 +113,9 @@ def check_params(**params):
     out["n4"] = bool(out["n4"])
     out["n4_spacing_mm"] = float(check_in_range("n4_spacing_mm", out["n4_spacing_mm"], 1.0, 16.0))
     out["qc_min_r"] = float(check_in_range("qc_min_r", out["qc_min_r"], -1.0, 1.0))
-    out["qc_min_coverage"] = float(check_in_range("qc_min_coverage", out["qc_min_coverage"], 0.0, 1.0))
+    out["qc_min_coverage"] = float(
+        check_in_range("qc_min_coverage", out["qc_min_coverage"], 0.0, 1.0)
+    )
     return out
 
 
@@ -190,12 +198,16 @@ def downsample_fine(img, resolution):
     nx, ny, nz = (s // f for s, f in zip(data.shape[:3], factors))
     out = np.empty((nx, ny, nz), dtype=np.float32, order="F")
     for k in range(nz):  # slab by slab: no full-size temporary
-        slab = np.asarray(data[:nx * fx, :ny * fy, k * fz:(k + 1) * fz], dtype=np.float32)
+        slab = np.asarray(data[: nx * fx, : ny * fy, k * fz : (k + 1) * fz], dtype=np.float32)
         out[:, :, k] = slab.reshape(nx, fx, ny, fy, fz).mean(axis=(1, 3, 4), dtype=np.float64)
     scale = np.diag([fx, fy, fz, 1.0])
     scale[:3, 3] = (np.asarray(factors) - 1) / 2.0
-    log.info("voxels %s mm are finer than needed for a %g mm grid: block-averaged by %s",
-             tuple(round(float(z), 3) for z in zooms), resolution, tuple(factors))
+    log.info(
+        "voxels %s mm are finer than needed for a %g mm grid: block-averaged by %s",
+        tuple(round(float(z), 3) for z in zooms),
+        resolution,
+        tuple(factors),
+    )
     reduced = nib.Nifti1Image(out, img.affine @ scale)
     reduced.header.set_xyzt_units("mm", "sec")
     return reduced
@@ -221,11 +233,21 @@ def _bias_correct(img, params, label=None):
 
 
 def _register(image, params):
-    res = register_to_template(image, params["registration_resolution"], init=params["init"],
-                               seed=params["seed"], sampling=params["sampling"])
-    info = {"init": res.init, "metric": round(res.metric, 5),
-            "init_metrics": {k: (None if v is None else round(v, 5)) for k, v in res.init_metrics.items()},
-            "iterations": res.iterations}
+    res = register_to_template(
+        image,
+        params["registration_resolution"],
+        init=params["init"],
+        seed=params["seed"],
+        sampling=params["sampling"],
+    )
+    info = {
+        "init": res.init,
+        "metric": round(res.metric, 5),
+        "init_metrics": {
+            k: (None if v is None else round(v, 5)) for k, v in res.init_metrics.items()
+        },
+        "iterations": res.iterations,
+    }
     return res.transform, info
 
 
@@ -259,15 +281,22 @@ def _finish(image, native, transform, params, timer, label=None):
         data = np.asarray(registered.dataobj)
         to_scanner = affine_matrix(transform)
         fov = fov_mask(res, to_scanner, native.affine, native.shape)
-        qc = registration_qc(data, res, to_scanner, fov, min_r=params["qc_min_r"],
-                             min_coverage=params["qc_min_coverage"])
+        qc = registration_qc(
+            data,
+            res,
+            to_scanner,
+            fov,
+            min_r=params["qc_min_r"],
+            min_coverage=params["qc_min_coverage"],
+        )
     with timer("normalize"):
         try:
             # statistics over the brain the scan covers; voxels it does not cover stay 0
             norm = normalize_array(data, mask & fov, params["normalization"])
         except InputError as exc:
-            raise InputError(f"{exc} after registration (the registration probably failed)",
-                             label) from None
+            raise InputError(
+                f"{exc} after registration (the registration probably failed)", label
+            ) from None
         out = nib.Nifti1Image(norm, registered.affine)
         out.header.set_xyzt_units("mm", "sec")
         out.header["descrip"] = f"neuroml {__version__} preproc".encode()[:79]
@@ -318,8 +347,9 @@ def preprocess_scan(img, n_threads=1, name=None, **params):
             except InputError as exc:
                 raise InputError(str(exc), label) from None
         out, mask, qc, fov = _finish(image, native, transform, params, timer, label)
-    return T1wResult(image=out, mask=mask, transform=transform, qc=qc, timings=timer,
-                     registration=info, fov=fov)
+    return T1wResult(
+        image=out, mask=mask, transform=transform, qc=qc, timings=timer, registration=info, fov=fov
+    )
 
 
 # --------------------------------------------------------------------------- files
@@ -354,9 +384,17 @@ def output_paths(entities, out_dir, resolution):
         "preproc": anat / derivative_name(entities, "T1w", ".nii.gz", desc="preproc", **space),
         "sidecar": anat / derivative_name(entities, "T1w", ".json", desc="preproc", **space),
         "mask": anat / derivative_name(entities, "mask", ".nii.gz", desc="brain", **space),
-        "xfm": anat / derivative_name(entities, "xfm", ".txt", res=space["res"],
-                                      **{"from": "T1w", "to": TEMPLATE_SPACE, "mode": "image"}),
-        "figure": out_dir / f"sub-{entities['sub']}" / "figures"
+        "xfm": anat
+        / derivative_name(
+            entities,
+            "xfm",
+            ".txt",
+            res=space["res"],
+            **{"from": "T1w", "to": TEMPLATE_SPACE, "mode": "image"},
+        ),
+        "figure": out_dir
+        / f"sub-{entities['sub']}"
+        / "figures"
         / derivative_name(entities, "T1w", ".png", res=space["res"], desc="qc"),
     }
 
@@ -366,7 +404,9 @@ def _relative_source(path, bids_dir):
     if bids_dir is not None:
         try:
             # the folder, not the file: a symlinked scan (git-annex) keeps its BIDS name
-            return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+            return (
+                (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
+            )
         except (ValueError, OSError, RuntimeError):
             pass
     return path.name
@@ -394,8 +434,11 @@ def output_records(sidecar, paths):
     out = {}
     for kind, path in paths.items():
         path = Path(path)
-        out[kind] = {"File": Path(os.path.relpath(path, Path(sidecar).parent)).as_posix(),
-                     "Size": path.stat().st_size, "SHA256": sha256_file(path)}
+        out[kind] = {
+            "File": Path(os.path.relpath(path, Path(sidecar).parent)).as_posix(),
+            "Size": path.stat().st_size,
+            "SHA256": sha256_file(path),
+        }
     return out
 
 
@@ -415,8 +458,10 @@ def outputs_intact(sidecar, side, paths):
     """
     records = side.get("OutputFiles")
     if records is None:
-        return all(Path(p).is_file() and (not str(p).endswith((".nii", ".nii.gz")) or _readable_image(p))
-                   for p in paths)
+        return all(
+            Path(p).is_file() and (not str(p).endswith((".nii", ".nii.gz")) or _readable_image(p))
+            for p in paths
+        )
     if not isinstance(records, dict):
         return False
     by_file = {}
@@ -426,7 +471,11 @@ def outputs_intact(sidecar, side, paths):
     for path in paths:
         rec = by_file.get(os.path.normpath(path))
         try:
-            if rec is None or Path(path).stat().st_size != rec.get("Size") or sha256_file(path) != rec.get("SHA256"):
+            if (
+                rec is None
+                or Path(path).stat().st_size != rec.get("Size")
+                or sha256_file(path) != rec.get("SHA256")
+            ):
                 return False
         except OSError:
             return False
@@ -466,8 +515,17 @@ def is_complete(scan, out_dir, sha256=None, **params):
     return outputs_intact(paths["sidecar"], side, [p for k, p in paths.items() if k != "sidecar"])
 
 
-def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bids_dir=None,
-                   participant_label=None, n_threads=1, **params):
+def preprocess_t1w(
+    scan,
+    out_dir,
+    resolution=2.0,
+    normalization="zscore",
+    *,
+    bids_dir=None,
+    participant_label=None,
+    n_threads=1,
+    **params,
+):
     """Preprocess one T1w scan and write its derivatives (``docs/layout.md``).
 
     Parameters
@@ -516,8 +574,13 @@ def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bid
         paths["sidecar"].unlink()
     with itk_threads(n_threads):
         with timer("qc"):
-            qc_figure(np.asarray(result.image.dataobj), params["resolution"], paths["figure"],
-                      title=f"{name}   r={result.qc['correlation']:.2f}", fov=result.fov)
+            qc_figure(
+                np.asarray(result.image.dataobj),
+                params["resolution"],
+                paths["figure"],
+                title=f"{name}   r={result.qc['correlation']:.2f}",
+                fov=result.fov,
+            )
         with timer("write"):
             save_nifti_atomic(result.image, paths["preproc"])
             save_nifti_atomic(result.mask, paths["mask"])
@@ -528,10 +591,10 @@ def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bid
     source = _relative_source(path, bids_dir)
     sidecar = {
         "Description": "T1w: N4 bias-field correction, rigid then affine registration to "
-                       f"{TEMPLATE_SPACE} (SimpleITK, Mattes MI), one linear resampling onto the "
-                       f"{params['resolution']:g} mm template grid, intensity normalization "
-                       "inside the template brain mask (0 outside it, and 0 where the mask "
-                       "lies outside the scan's field of view)",
+        f"{TEMPLATE_SPACE} (SimpleITK, Mattes MI), one linear resampling onto the "
+        f"{params['resolution']:g} mm template grid, intensity normalization "
+        "inside the template brain mask (0 outside it, and 0 where the mask "
+        "lies outside the scan's field of view)",
         "SourceFile": source,
         "SourceSHA256": sha,
         "Sources": [f"bids:raw:{source}"],
@@ -547,7 +610,9 @@ def preprocess_t1w(scan, out_dir, resolution=2.0, normalization="zscore", *, bid
         "Timings": timings,
         "Threads": n_threads,
         "SoftwareVersions": package_versions(),
-        "OutputFiles": output_records(paths["sidecar"], {k: p for k, p in paths.items() if k != "sidecar"}),
+        "OutputFiles": output_records(
+            paths["sidecar"], {k: p for k, p in paths.items() if k != "sidecar"}
+        ),
     }
     write_json_atomic(paths["sidecar"], sidecar)  # last: its presence marks completion
     return {**paths, "qc": result.qc, "timings": timings}
@@ -596,12 +661,21 @@ class T1wPreprocessor:
         self.params = params
 
     def _params(self):
-        return check_params(resolution=self.resolution, normalization=self.normalization,
-                            seed=self.seed, **self.params)
+        return check_params(
+            resolution=self.resolution,
+            normalization=self.normalization,
+            seed=self.seed,
+            **self.params,
+        )
 
     def get_params(self, deep=True):
-        return {"resolution": self.resolution, "normalization": self.normalization,
-                "seed": self.seed, "n_threads": self.n_threads, **self.params}
+        return {
+            "resolution": self.resolution,
+            "normalization": self.normalization,
+            "seed": self.seed,
+            "n_threads": self.n_threads,
+            **self.params,
+        }
 
     def set_params(self, **params):
         for key, value in params.items():
@@ -628,15 +702,17 @@ class T1wPreprocessor:
     def transform(self, img):
         """Resample ``img`` (same subject) onto the MNI grid and normalize it."""
         if not hasattr(self, "transform_"):
-            raise ConfigError("This T1wPreprocessor is not fitted yet: call fit(img) or "
-                              "fit_transform(img) first.")
+            raise ConfigError(
+                "This T1wPreprocessor is not fitted yet: call fit(img) or fit_transform(img) first."
+            )
         params = self._params()
         label = _label(img)
         with itk_threads(self.n_threads):
             native = _load(img, label, params)
             image = _bias_correct(native, params, label)
-            out, _, self.qc_, _ = _finish(image, native, self.transform_, params, StepTimer(),
-                                          label)
+            out, _, self.qc_, _ = _finish(
+                image, native, self.transform_, params, StepTimer(), label
+            )
         return out
 
     def fit_transform(self, img, y=None):

@@ -25,8 +25,10 @@ def current_sanity(attribution, sanity):
 
     Examples
     --------
-    >>> current_sanity({"call_id": "a"}, {"call_id": "a"}) is not None, current_sanity({"call_id": "b"}, {"call_id": "a"})
-    (True, None)
+    >>> current_sanity({"call_id": "a"}, {"call_id": "a"}) is not None
+    True
+    >>> current_sanity({"call_id": "b"}, {"call_id": "a"}) is None
+    True
     """
     if not isinstance(sanity, dict) or not isinstance(attribution, dict):
         return None
@@ -49,33 +51,50 @@ def check_lines(method, sanity):
 
     def add(check, text, failed="FAILED", detail=""):
         passed = check.get("passed")
-        items.append((check_state(passed), f"{method}, {text}; {_verdict(passed, failed)}{detail}."))
+        items.append(
+            (check_state(passed), f"{method}, {text}; {_verdict(passed, failed)}{detail}.")
+        )
 
     rnd = sanity.get("randomization")
     if isinstance(rnd, dict):
         constant = rnd.get("n_constant") or 0
-        add(rnd, f"model randomization: median |rho| = {fmt_num(rnd.get('median_abs_rho'))} over "
-                 f"{len(rnd.get('rho') or []) - constant} subjects"
-                 + (f" ({constant} left out: constant trained map)" if constant else ""),
+        add(
+            rnd,
+            f"model randomization: median |rho| = {fmt_num(rnd.get('median_abs_rho'))} over "
+            f"{len(rnd.get('rho') or []) - constant} subjects"
+            + (f" ({constant} left out: constant trained map)" if constant else ""),
             "FAILED: the map does not depend enough on the learned weights",
             (f": {rnd['note']}" if rnd.get("passed") is None and rnd.get("note") else "")
-            + f" (rule: {rnd.get('rule')})")
+            + f" (rule: {rnd.get('rule')})",
+        )
     dele = sanity.get("deletion")
     if isinstance(dele, dict):
-        add(dele, f"deletion: area {fmt_num(dele.get('auc'))} removing top-ranked regions first vs "
-                  f"{fmt_num(dele.get('auc_random'))} in random order")
+        add(
+            dele,
+            f"deletion: area {fmt_num(dele.get('auc'))} removing top-ranked regions first vs "
+            f"{fmt_num(dele.get('auc_random'))} in random order",
+        )
     for cls, st in (sanity.get("stability") or {}).items():
-        chance = (f", chance {fmt_num(st.get('chance_top_overlap'), 2)}, p = {fmt_num(st.get('top_overlap_p'), 4)}"
-                  if st.get("top_overlap_p") is not None else "")
-        add(st, f"stability of class {cls}: median Spearman rho of region scores between folds "
-                f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
-                f"{fmt_num(st.get('median_top_overlap'), 2)}{chance} ({len(st.get('pairs') or [])} fold pairs; "
-                f"rule {st.get('rule')})")
+        chance = (
+            f", chance {fmt_num(st.get('chance_top_overlap'), 2)}, p = {fmt_num(st.get('top_overlap_p'), 4)}"
+            if st.get("top_overlap_p") is not None
+            else ""
+        )
+        add(
+            st,
+            f"stability of class {cls}: median Spearman rho of region scores between folds "
+            f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
+            f"{fmt_num(st.get('median_top_overlap'), 2)}{chance} ({len(st.get('pairs') or [])} fold pairs; "
+            f"rule {st.get('rule')})",
+        )
     for cls, g in (sanity.get("ground_truth") or {}).items():
-        add(g, f"ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % of the positive "
-               f"attribution inside the planted regions ({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of "
-               f"the brain, {fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
-               f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted")
+        add(
+            g,
+            f"ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % of the positive "
+            f"attribution inside the planted regions ({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of "
+            f"the brain, {fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
+            f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted",
+        )
     if not items:
         items.append(("na", f"{method}: sanity.json holds no check."))
     return items

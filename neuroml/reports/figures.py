@@ -10,7 +10,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["figure_png", "roc_png", "confusion_png", "curves_png", "glass_brain_png", "stat_map_png", "deletion_png"]
+__all__ = [
+    "figure_png",
+    "roc_png",
+    "confusion_png",
+    "curves_png",
+    "glass_brain_png",
+    "stat_map_png",
+    "deletion_png",
+]
 
 
 def _figure(size):
@@ -49,8 +57,13 @@ def roc_png(curves, aucs=None, title="ROC, one class vs rest"):
             auc = (aucs or {}).get(name)
             label = f"{name} (AUC {auc:.2f})" if isinstance(auc, (int, float)) else str(name)
             ax.plot(c["fpr"], c["tpr"], lw=1.8, label=label, drawstyle="steps-post")
-    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=title)
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        title=title,
+    )
     ax.legend(loc="lower right", fontsize=8)
     return figure_png(fig)
 
@@ -66,7 +79,9 @@ def confusion_png(matrix, classes, title="Confusion matrix"):
     ax.set_yticks(ticks, [str(c) for c in classes])
     top = cm.max() if cm.size else 0
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, f"{int(v)}", ha="center", va="center", color="white" if v > top / 2 else "black")
+        ax.text(
+            j, i, f"{int(v)}", ha="center", va="center", color="white" if v > top / 2 else "black"
+        )
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(title, fontsize=9)
     return figure_png(fig)
@@ -99,18 +114,31 @@ def deletion_png(curves, title="Deletion curves: target probability as regions a
     ax = fig.add_subplot()
     for i, (name, c) in enumerate(curves.items()):
         color = f"C{i % 10}"
-        ax.plot(c["steps"], c["probability"], color=color, lw=1.8, marker="o", ms=3, label=f"{name}")
+        ax.plot(
+            c["steps"], c["probability"], color=color, lw=1.8, marker="o", ms=3, label=f"{name}"
+        )
         if c.get("probability_random"):
-            ax.plot(c["steps"], c["probability_random"], color=color, lw=1.2, ls="--", label=f"{name}: random order")
-    ax.set(xlabel="atlas regions removed (highest attribution first)", ylabel="target class probability",
-           ylim=(-0.02, 1.02), title=title)
+            ax.plot(
+                c["steps"],
+                c["probability_random"],
+                color=color,
+                lw=1.2,
+                ls="--",
+                label=f"{name}: random order",
+            )
+    ax.set(
+        xlabel="atlas regions removed (highest attribution first)",
+        ylabel="target class probability",
+        ylim=(-0.02, 1.02),
+        title=title,
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure_png(fig)
 
 
 def _cmap(img):
-    """"hot" for a map without negative values, "cold_hot" (symmetric) for a signed one."""
+    """ "hot" for a map without negative values, "cold_hot" (symmetric) for a signed one."""
     return "hot" if float(np.nanmin(np.asarray(img.dataobj))) >= 0 else "cold_hot"
 
 
@@ -123,9 +151,16 @@ def glass_brain_png(img, title=None, threshold=None):
 
     fig = _figure((7.5, 2.6))
     fig.set_layout_engine(None)
-    plotting.plot_glass_brain(img, figure=fig, display_mode="lyrz", colorbar=True, plot_abs=False,
-                              cmap=_cmap(img), title=title,
-                              threshold="auto" if threshold is None else threshold)
+    plotting.plot_glass_brain(
+        img,
+        figure=fig,
+        display_mode="lyrz",
+        colorbar=True,
+        plot_abs=False,
+        cmap=_cmap(img),
+        title=title,
+        threshold="auto" if threshold is None else threshold,
+    )
     return figure_png(fig)
 
 
@@ -139,7 +174,16 @@ def stat_map_png(img, bg_img=None, title=None, n_cuts=6, threshold=None):
         bg_img = mni_template()
     fig = _figure((9.0, 2.4))
     fig.set_layout_engine(None)
-    plotting.plot_stat_map(img, bg_img=bg_img, figure=fig, display_mode="z", cut_coords=n_cuts,
-                           colorbar=True, cmap=_cmap(img), title=title, draw_cross=False,
-                           threshold=threshold)
+    plotting.plot_stat_map(
+        img,
+        bg_img=bg_img,
+        figure=fig,
+        display_mode="z",
+        cut_coords=n_cuts,
+        colorbar=True,
+        cmap=_cmap(img),
+        title=title,
+        draw_cross=False,
+        threshold=threshold,
+    )
     return figure_png(fig)

@@ -30,7 +30,11 @@ def _f(v, digits=3):
 
 
 def _ci(ci):
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+    if (
+        isinstance(ci, (list, tuple))
+        and len(ci) == 2
+        and all(isinstance(v, (int, float)) for v in ci)
+    ):
         return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
     return "n/a"
 
@@ -49,35 +53,73 @@ def _load(path):
 
 def _performance(metrics, classes):
     rows = []
-    cnn = "CNN, ComBat-harmonized inputs" if ((metrics or {}).get("cnn") or {}).get("harmonized_inputs") else "CNN"
-    for name, key in ((cnn, "cnn"), ("baseline (AAL region means)", "baseline"),
-                      ("baseline, ComBat inside folds", "baseline_harmonized")):
+    cnn = (
+        "CNN, ComBat-harmonized inputs"
+        if ((metrics or {}).get("cnn") or {}).get("harmonized_inputs")
+        else "CNN"
+    )
+    for name, key in (
+        (cnn, "cnn"),
+        ("baseline (AAL region means)", "baseline"),
+        ("baseline, ComBat inside folds", "baseline_harmonized"),
+    ):
         m = (metrics or {}).get(key)
         if not isinstance(m, dict) or "balanced_accuracy" not in m:
             continue
         ci = m.get("ci") or {}
         sens = ", ".join(f"{c} {_f((m.get('sensitivity') or {}).get(c))}" for c in classes)
         spec = ", ".join(f"{c} {_f((m.get('specificity') or {}).get(c))}" for c in classes)
-        rows.append((name, m.get("n"), _f(m.get("balanced_accuracy")), _ci(ci.get("balanced_accuracy")),
-                     _f(m.get("auc_macro")), _ci(ci.get("auc_macro")), sens, spec))
+        rows.append(
+            (
+                name,
+                m.get("n"),
+                _f(m.get("balanced_accuracy")),
+                _ci(ci.get("balanced_accuracy")),
+                _f(m.get("auc_macro")),
+                _ci(ci.get("auc_macro")),
+                sens,
+                spec,
+            )
+        )
     if not rows:
         return "No metrics in this run."
-    table = _table(["model", "n", "balanced accuracy", "95% CI", "AUC (macro)", "95% CI", "sensitivity",
-                    "specificity"], rows)
+    table = _table(
+        [
+            "model",
+            "n",
+            "balanced accuracy",
+            "95% CI",
+            "AUC (macro)",
+            "95% CI",
+            "sensitivity",
+            "specificity",
+        ],
+        rows,
+    )
     return table + "\n\n" + _permutation_line(metrics, cnn)
 
 
 def _permutation_line(metrics, cnn):
-    tested = [(name, m) for name, m in ((cnn, metrics.get("cnn")), ("baseline", metrics.get("baseline")),
-                                        ("baseline, ComBat inside folds", metrics.get("baseline_harmonized")))
-              if isinstance(m, dict) and isinstance(m.get("permutation_p"), (int, float))]
+    tested = [
+        (name, m)
+        for name, m in (
+            (cnn, metrics.get("cnn")),
+            ("baseline", metrics.get("baseline")),
+            ("baseline, ComBat inside folds", metrics.get("baseline_harmonized")),
+        )
+        if isinstance(m, dict) and isinstance(m.get("permutation_p"), (int, float))
+    ]
     if not tested:
-        return ("No permutation test in this run (`neuroml train --n-permutations 1000`, or `n_permutations` "
-                "in Python and YAML).")
+        return (
+            "No permutation test in this run (`neuroml train --n-permutations 1000`, or `n_permutations` "
+            "in Python and YAML)."
+        )
     n = tested[0][1].get("n_permutations")
     ps = "; ".join(f"{_md(name)} p = {_f(m['permutation_p'], 4)}" for name, m in tested)
-    return (f"Permutation test of the balanced accuracy ({_md(n)} label permutations of the out-of-fold "
-            f"predictions, the models not retrained): {ps}.")
+    return (
+        f"Permutation test of the balanced accuracy ({_md(n)} label permutations of the out-of-fold "
+        f"predictions, the models not retrained): {ps}."
+    )
 
 
 def _subgroups(audit):
@@ -87,16 +129,30 @@ def _subgroups(audit):
     for attr, info in audit.get("attributes", {}).items():
         for g, m in info.get("groups", {}).items():
             ci = m.get("ci") or {}
-            rows.append((attr, g, m.get("n"), _f(m.get("balanced_accuracy")), _ci(ci.get("balanced_accuracy")),
-                         _f(m.get("auc_macro")), _ci(ci.get("auc_macro"))))
-    text = _table(["attribute", "group", "n", "balanced accuracy", "95% CI", "AUC", "95% CI"], rows) if rows else \
-        "No subgroup attributes (sex, age, site) in participants.tsv."
+            rows.append(
+                (
+                    attr,
+                    g,
+                    m.get("n"),
+                    _f(m.get("balanced_accuracy")),
+                    _ci(ci.get("balanced_accuracy")),
+                    _f(m.get("auc_macro")),
+                    _ci(ci.get("auc_macro")),
+                )
+            )
+    text = (
+        _table(["attribute", "group", "n", "balanced accuracy", "95% CI", "AUC", "95% CI"], rows)
+        if rows
+        else "No subgroup attributes (sex, age, site) in participants.tsv."
+    )
     gap = audit.get("largest_gap")
     if gap:
-        text += (f"\n\n**Largest gap**: {_md(gap['metric'])} differs by {_f(gap['value'])} across "
-                 f"{_md(gap['attribute'])} ({_md(gap['best'])} {_f(gap['best_value'])} vs "
-                 f"{_md(gap['worst'])} {_f(gap['worst_value'])}); the 95% intervals "
-                 f"{'do not overlap' if gap.get('intervals_separate') else 'overlap'}.")
+        text += (
+            f"\n\n**Largest gap**: {_md(gap['metric'])} differs by {_f(gap['value'])} across "
+            f"{_md(gap['attribute'])} ({_md(gap['best'])} {_f(gap['best_value'])} vs "
+            f"{_md(gap['worst'])} {_f(gap['worst_value'])}); the 95% intervals "
+            f"{'do not overlap' if gap.get('intervals_separate') else 'overlap'}."
+        )
     return text
 
 
@@ -108,19 +164,37 @@ def _demographics(conf, classes):
     for c in classes:
         d = demo.get(c, {})
         age = d.get("age")
-        age_txt = (f"{age['mean']:.1f} ± {age['sd']:.1f} ({age['min']:g}-{age['max']:g})"
-                   if age and age.get("sd") is not None else (f"{age['mean']:.1f}" if age else "n/a"))
-        rows.append((c, d.get("n"), ", ".join(f"{k}: {v}" for k, v in (d.get("sex") or {}).items()) or "n/a",
-                     age_txt, ", ".join(f"{k}: {v}" for k, v in (d.get("site") or {}).items()) or "n/a"))
+        age_txt = (
+            f"{age['mean']:.1f} ± {age['sd']:.1f} ({age['min']:g}-{age['max']:g})"
+            if age and age.get("sd") is not None
+            else (f"{age['mean']:.1f}" if age else "n/a")
+        )
+        rows.append(
+            (
+                c,
+                d.get("n"),
+                ", ".join(f"{k}: {v}" for k, v in (d.get("sex") or {}).items()) or "n/a",
+                age_txt,
+                ", ".join(f"{k}: {v}" for k, v in (d.get("site") or {}).items()) or "n/a",
+            )
+        )
     return _table(["class", "participants", "sex", "age, mean ± sd (range)", "site"], rows)
 
 
 def _confounds(conf, metrics):
     parts = []
     tests = (conf or {}).get("tests") or {}
-    rows = [(col, t.get("test") or "not tested", _f(t.get("statistic")), _f(t.get("p_value"), 4),
-             f"{t.get('effect')} {_f(t.get('effect_size'))}" if t.get("effect") else "n/a",
-             "**yes**" if t.get("entangled") else "no") for col, t in tests.items()]
+    rows = [
+        (
+            col,
+            t.get("test") or "not tested",
+            _f(t.get("statistic")),
+            _f(t.get("p_value"), 4),
+            f"{t.get('effect')} {_f(t.get('effect_size'))}" if t.get("effect") else "n/a",
+            "**yes**" if t.get("entangled") else "no",
+        )
+        for col, t in tests.items()
+    ]
     if rows:
         parts.append(_table(["column", "test", "statistic", "p", "effect size", "entangled"], rows))
         notes = [f"{_md(col)}: {_md(t['note'])}" for col, t in tests.items() if t.get("note")]
@@ -131,13 +205,17 @@ def _confounds(conf, metrics):
     probe = (metrics or {}).get("site_probe")
     if probe and probe.get("balanced_accuracy") is not None:
         cnn = (metrics or {}).get("cnn") or {}
-        line = (f"Site probe: the site is predicted from {_md(probe.get('features'))} with balanced accuracy "
-                f"{_f(probe['balanced_accuracy'])} {_ci(probe.get('ci'))} (chance {_f(probe.get('chance'))}), "
-                f"beside a diagnosis balanced accuracy of {_f(cnn.get('balanced_accuracy'))} (CNN).")
+        line = (
+            f"Site probe: the site is predicted from {_md(probe.get('features'))} with balanced accuracy "
+            f"{_f(probe['balanced_accuracy'])} {_ci(probe.get('ci'))} (chance {_f(probe.get('chance'))}), "
+            f"beside a diagnosis balanced accuracy of {_f(cnn.get('balanced_accuracy'))} (CNN)."
+        )
         cnn_probe = probe.get("cnn") or {}
         if cnn_probe.get("balanced_accuracy") is not None:
-            line += (f" From the CNN's penultimate features: {_f(cnn_probe['balanced_accuracy'])} "
-                     f"{_ci(cnn_probe.get('ci'))}.")
+            line += (
+                f" From the CNN's penultimate features: {_f(cnn_probe['balanced_accuracy'])} "
+                f"{_ci(cnn_probe.get('ci'))}."
+            )
         after = probe.get("after_combat")
         if after and after.get("balanced_accuracy") is not None:
             line += f" After ComBat inside folds: {_f(after['balanced_accuracy'])} {_ci(after.get('ci'))}."
@@ -149,21 +227,30 @@ def _attribution(run_dir):
     lines = []
     for path in sorted((Path(run_dir) / "attribution").glob("*/attribution.json")):
         doc = _load(path) or {}
-        if not isinstance(doc.get("subjects", []), list):  # as the report: not a neuroml attribution.json
+        if not isinstance(
+            doc.get("subjects", []), list
+        ):  # as the report: not a neuroml attribution.json
             log.warning("model card: skipping %s: no list of subjects", path)
             continue
         uses = {}
         for s in [s for s in doc.get("subjects") or [] if isinstance(s, dict)]:
             uses[s.get("model_use", "unknown")] = uses.get(s.get("model_use", "unknown"), 0) + 1
-        line = (f"- {_md(doc.get('method', path.parent.name))}: maps of {sum(uses.values())} scans, "
-                + ", ".join(f"{v} {_md(k)}" for k, v in sorted(uses.items())) + ".")
+        line = (
+            f"- {_md(doc.get('method', path.parent.name))}: maps of {sum(uses.values())} scans, "
+            + ", ".join(f"{v} {_md(k)}" for k, v in sorted(uses.items()))
+            + "."
+        )
         sanity = current_sanity(doc, _load(path.parent / "sanity.json"))
         if isinstance(sanity, dict):  # verdicts only: sanity.json also lists the subjects it used
-            line += "\n" + "\n".join(f"  - {_md(text)}" for _, text in check_lines(doc.get("method", ""), sanity))
+            line += "\n" + "\n".join(
+                f"  - {_md(text)}" for _, text in check_lines(doc.get("method", ""), sanity)
+            )
         else:
             why = doc.get("sanity") if isinstance(doc.get("sanity"), dict) else {}
-            line += (" Attribution trust checks (model randomization, deletion, stability, ground truth): not "
-                     "computed" + (f" ({_md(why['reason'])})." if why.get("reason") else "."))
+            line += (
+                " Attribution trust checks (model randomization, deletion, stability, ground truth): not "
+                "computed" + (f" ({_md(why['reason'])})." if why.get("reason") else ".")
+            )
         lines.append(line)
     return "\n".join(lines) or "No attribution maps in this run yet (`neuroml attribute`)."
 
@@ -173,8 +260,10 @@ def _harmonization(config):
     if not method:
         return "none"
     if config.get("harmonized_inputs"):
-        return (f"{method}: the CNN's input voxels, fitted on each fold's training participants (saved per fold, "
-                "applied by predict and attribute); and a second baseline on harmonized region means")
+        return (
+            f"{method}: the CNN's input voxels, fitted on each fold's training participants (saved per fold, "
+            "applied by predict and attribute); and a second baseline on harmonized region means"
+        )
     return f"{method}: a second baseline on harmonized region means (the CNN's inputs are not harmonized)"
 
 
@@ -217,58 +306,74 @@ def model_card_text(run_dir):
         "Labels are taken as given in participants.tsv; diagnostic error and comorbidity are not modelled.",
     ]
     if entangled:
-        limits.insert(0, f"**The label is entangled with {', '.join(entangled)} in the training data**: the "
-                         "model may have learned the site (or age/sex) rather than the diagnosis. Compare "
-                         "leave-one-site-out results and the site probe before trusting any figure.")
+        limits.insert(
+            0,
+            f"**The label is entangled with {', '.join(entangled)} in the training data**: the "
+            "model may have learned the site (or age/sex) rather than the diagnosis. Compare "
+            "leave-one-site-out results and the site probe before trusting any figure.",
+        )
     if cv == "leave-one-site-out":
-        limits.append("Leave-one-site-out: each figure is measured on a site the fold model never saw.")
+        limits.append(
+            "Leave-one-site-out: each figure is measured on a site the fold model never saw."
+        )
     else:
-        limits.append("Pooled k-fold: test participants share sites with training participants; site "
-                      "effects can inflate these figures (run with leave-one-site-out to check).")
-    return "\n".join([
-        f"# Model card: {_md(run_dir.resolve().name)}",
-        "",
-        "## Model details",
-        _table(["item", "value"], [
-            ("network", _network(config)), ("inputs (channels)", _inputs_text(config)),
-            ("classes", ", ".join(classes)),
-            ("label column", config.get("label_column")), ("evaluation", f"{cv}, {config.get('folds')} folds"),
-            ("grid resolution (mm)", config.get("resolution_mm")), ("seed", config.get("seed")),
-            ("harmonization", _harmonization(config)),
-            ("neuroml version", config.get("neuroml_version", __version__))]),
-        "",
-        "## Intended use",
-        f"Research: studying whether {_modality(config)} carries group-level information about the classes above, "
-        "comparing methods, and generating hypotheses about brain regions, on data like the training data.",
-        "",
-        "## Not intended for",
-        "- Diagnosing, screening or treating any individual, or any decision about a person's care, "
-        "insurance, employment or legal situation.",
-        "- Data from scanners, sites, age ranges or populations absent from the training data (see below).",
-        "- Claims of causal or mechanistic brain differences between the classes.",
-        "",
-        "## Training data",
-        f"{config.get('n_participants')} participants, {config.get('n_scans')} scans; label column "
-        f"'{_md(config.get('label_column'))}'. Demographics per class:",
-        "",
-        _demographics(conf, classes),
-        "",
-        "## Confounds checked before training",
-        _confounds(conf, metrics),
-        "",
-        "## Performance (out-of-fold, 95% bootstrap intervals)",
-        _performance(metrics, classes),
-        "",
-        "## Performance per subgroup (CNN)",
-        _subgroups((metrics.get("audit") or {}).get("cnn")),
-        "",
-        "## Attribution trust checks",
-        _attribution(run_dir),
-        "",
-        "## Known limits",
-        *[f"- {x}" for x in limits],
-        "",
-    ])
+        limits.append(
+            "Pooled k-fold: test participants share sites with training participants; site "
+            "effects can inflate these figures (run with leave-one-site-out to check)."
+        )
+    return "\n".join(
+        [
+            f"# Model card: {_md(run_dir.resolve().name)}",
+            "",
+            "## Model details",
+            _table(
+                ["item", "value"],
+                [
+                    ("network", _network(config)),
+                    ("inputs (channels)", _inputs_text(config)),
+                    ("classes", ", ".join(classes)),
+                    ("label column", config.get("label_column")),
+                    ("evaluation", f"{cv}, {config.get('folds')} folds"),
+                    ("grid resolution (mm)", config.get("resolution_mm")),
+                    ("seed", config.get("seed")),
+                    ("harmonization", _harmonization(config)),
+                    ("neuroml version", config.get("neuroml_version", __version__)),
+                ],
+            ),
+            "",
+            "## Intended use",
+            f"Research: studying whether {_modality(config)} carries group-level information about the classes above, "
+            "comparing methods, and generating hypotheses about brain regions, on data like the training data.",
+            "",
+            "## Not intended for",
+            "- Diagnosing, screening or treating any individual, or any decision about a person's care, "
+            "insurance, employment or legal situation.",
+            "- Data from scanners, sites, age ranges or populations absent from the training data (see below).",
+            "- Claims of causal or mechanistic brain differences between the classes.",
+            "",
+            "## Training data",
+            f"{config.get('n_participants')} participants, {config.get('n_scans')} scans; label column "
+            f"'{_md(config.get('label_column'))}'. Demographics per class:",
+            "",
+            _demographics(conf, classes),
+            "",
+            "## Confounds checked before training",
+            _confounds(conf, metrics),
+            "",
+            "## Performance (out-of-fold, 95% bootstrap intervals)",
+            _performance(metrics, classes),
+            "",
+            "## Performance per subgroup (CNN)",
+            _subgroups((metrics.get("audit") or {}).get("cnn")),
+            "",
+            "## Attribution trust checks",
+            _attribution(run_dir),
+            "",
+            "## Known limits",
+            *[f"- {x}" for x in limits],
+            "",
+        ]
+    )
 
 
 def write_model_card(run_dir, path=None):

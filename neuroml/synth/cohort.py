@@ -53,22 +53,27 @@ DEFAULT_CLASSES = ("control", "MDD", "SCZ")
 
 #: Default planted AAL regions per patient class.
 DEFAULT_PLANTED = {
-    "MDD": ["Hippocampus_L", "Hippocampus_R", "Amygdala_L", "Amygdala_R",
-            "Cingulate_Ant_L", "Cingulate_Ant_R"],
-    "SCZ": ["Insula_L", "Insula_R", "Temporal_Sup_L", "Temporal_Sup_R",
-            "Thalamus_L", "Thalamus_R"],
+    "MDD": [
+        "Hippocampus_L",
+        "Hippocampus_R",
+        "Amygdala_L",
+        "Amygdala_R",
+        "Cingulate_Ant_L",
+        "Cingulate_Ant_R",
+    ],
+    "SCZ": ["Insula_L", "Insula_R", "Temporal_Sup_L", "Temporal_Sup_R", "Thalamus_L", "Thalamus_R"],
 }
 
 #: Keys of a site description and their defaults (a site dict may give any subset).
 _SITE_DEFAULTS = {
-    "voxel_size": (1.0, 1.0, 1.0),    # mm along the array axes i, j, k (times voxel_scale)
-    "orientation": "RAS",             # nibabel axis codes of the array axes
+    "voxel_size": (1.0, 1.0, 1.0),  # mm along the array axes i, j, k (times voxel_scale)
+    "orientation": "RAS",  # nibabel axis codes of the array axes
     "fov_mm": (192.0, 232.0, 208.0),  # extent along world x (L-R), y (P-A), z (I-S)
-    "field_strength": 3.0,            # tesla, for the sidecar
-    "noise": 0.02,                    # Rician sigma relative to the template's full scale
-    "bias": 0.12,                     # largest log-amplitude of the bias field
-    "gain": 1.0,                      # scanner intensity gain
-    "int_max": 1000,                  # stored integer of the brightest voxel
+    "field_strength": 3.0,  # tesla, for the sidecar
+    "noise": 0.02,  # Rician sigma relative to the template's full scale
+    "bias": 0.12,  # largest log-amplitude of the bias field
+    "gain": 1.0,  # scanner intensity gain
+    "int_max": 1000,  # stored integer of the brightest voxel
 }
 
 #: Optional keys of a site description, absent from the defaults (so default cohorts keep their
@@ -78,19 +83,40 @@ _SITE_OPTIONAL = {"contrast": 0.0}
 
 #: Default scanner sites: voxel sizes and orientations differ.
 DEFAULT_SITES = {
-    "siteA": dict(_SITE_DEFAULTS, voxel_size=(1.0, 1.0, 1.0), orientation="RAS",
-                  field_strength=3.0, noise=0.02, bias=0.10, gain=1.0),
-    "siteB": dict(_SITE_DEFAULTS, voxel_size=(1.2, 1.0, 1.0), orientation="LAS",
-                  field_strength=1.5, noise=0.03, bias=0.18, gain=0.8),
-    "siteC": dict(_SITE_DEFAULTS, voxel_size=(1.0, 1.0, 1.2), orientation="PIR",
-                  field_strength=3.0, noise=0.025, bias=0.14, gain=1.25),
+    "siteA": dict(
+        _SITE_DEFAULTS,
+        voxel_size=(1.0, 1.0, 1.0),
+        orientation="RAS",
+        field_strength=3.0,
+        noise=0.02,
+        bias=0.10,
+        gain=1.0,
+    ),
+    "siteB": dict(
+        _SITE_DEFAULTS,
+        voxel_size=(1.2, 1.0, 1.0),
+        orientation="LAS",
+        field_strength=1.5,
+        noise=0.03,
+        bias=0.18,
+        gain=0.8,
+    ),
+    "siteC": dict(
+        _SITE_DEFAULTS,
+        voxel_size=(1.0, 1.0, 1.2),
+        orientation="PIR",
+        field_strength=3.0,
+        noise=0.025,
+        bias=0.14,
+        gain=1.25,
+    ),
 }
 
 _ATLAS = "aal"
-_TEMPLATE_SCALE = 1000.0      # template intensity 1.0 -> 1000 scanner units (times gains)
-_WARP_SPACING_MM = 12.0       # spacing of the stored coarse displacement grid
-_WARP_QUANTUM = 2.0 ** -8     # stored displacements are multiples of this (mm): compressible
-_MIN_REGION_VOXELS = 500      # 1 mm voxels; smaller planted regions get a warning
+_TEMPLATE_SCALE = 1000.0  # template intensity 1.0 -> 1000 scanner units (times gains)
+_WARP_SPACING_MM = 12.0  # spacing of the stored coarse displacement grid
+_WARP_QUANTUM = 2.0**-8  # stored displacements are multiples of this (mm): compressible
+_MIN_REGION_VOXELS = 500  # 1 mm voxels; smaller planted regions get a warning
 _N_BLOBS = 4
 
 
@@ -153,17 +179,25 @@ def _as_int(name, value, low, high=None):
 
 def _check_classes(classes):
     if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
-        raise ConfigError(f"The 'classes' parameter must be a tuple of class names. Got {classes!r} instead.")
+        raise ConfigError(
+            f"The 'classes' parameter must be a tuple of class names. Got {classes!r} instead."
+        )
     classes = tuple(classes)
     if len(classes) < 2:
-        raise ConfigError(f"The 'classes' parameter needs at least 2 classes (healthy first). Got {classes!r}.")
+        raise ConfigError(
+            f"The 'classes' parameter needs at least 2 classes (healthy first). Got {classes!r}."
+        )
     labels = []
     for c in classes:
         if not isinstance(c, str) or not _label(c):
-            raise ConfigError(f"The 'classes' parameter must hold non-empty names with letters or digits. Got {c!r}.")
+            raise ConfigError(
+                f"The 'classes' parameter must hold non-empty names with letters or digits. Got {c!r}."
+            )
         labels.append(_label(c).lower())
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"The 'classes' parameter has duplicate names (ignoring case and punctuation): {classes!r}.")
+        raise ConfigError(
+            f"The 'classes' parameter has duplicate names (ignoring case and punctuation): {classes!r}."
+        )
     return classes
 
 
@@ -171,22 +205,30 @@ def _check_planted(planted, classes, atlas_labels):
     patients = classes[1:]
     given = {} if planted is None else planted
     if not isinstance(given, dict):
-        raise ConfigError(f"The 'planted' parameter must be a dict class -> list of AAL region names. Got {planted!r}.")
+        raise ConfigError(
+            f"The 'planted' parameter must be a dict class -> list of AAL region names. Got {planted!r}."
+        )
     for key in given:
         if key == classes[0]:
-            raise ConfigError(f"The 'planted' parameter gives regions for {key!r}, the healthy class "
-                              "(first in 'classes'), which has no atrophy.")
+            raise ConfigError(
+                f"The 'planted' parameter gives regions for {key!r}, the healthy class "
+                "(first in 'classes'), which has no atrophy."
+            )
         look_up_option("planted class", key, patients)
     names = sorted(atlas_labels.values())
     out = {}
     for c in patients:
         regions = given.get(c, DEFAULT_PLANTED.get(c))
         if regions is None:
-            raise ConfigError(f"The 'planted' parameter has no regions for class {c!r}: classes other than "
-                              f"{sorted(DEFAULT_PLANTED)} need an entry, e.g. planted={{{c!r}: ['Hippocampus_L']}}.")
+            raise ConfigError(
+                f"The 'planted' parameter has no regions for class {c!r}: classes other than "
+                f"{sorted(DEFAULT_PLANTED)} need an entry, e.g. planted={{{c!r}: ['Hippocampus_L']}}."
+            )
         if isinstance(regions, str) or not isinstance(regions, (list, tuple)) or not regions:
-            raise ConfigError(f"The 'planted' entry of {c!r} must be a non-empty list of AAL region names. "
-                              f"Got {regions!r}.")
+            raise ConfigError(
+                f"The 'planted' entry of {c!r} must be a non-empty list of AAL region names. "
+                f"Got {regions!r}."
+            )
         checked = []
         for r in regions:
             r = look_up_option(f"planted region of {c!r}", r, names)
@@ -218,30 +260,54 @@ def _check_sites(sites, voxel_scale):
             if not isinstance(desc, dict):
                 raise ConfigError(f"The description of site {name!r} must be a dict. Got {desc!r}.")
             for key in desc:
-                look_up_option(f"key of site {name!r}", key, list(_SITE_DEFAULTS) + list(_SITE_OPTIONAL))
+                look_up_option(
+                    f"key of site {name!r}", key, list(_SITE_DEFAULTS) + list(_SITE_OPTIONAL)
+                )
             base = DEFAULT_SITES.get(name, _SITE_DEFAULTS)
             spec[name] = dict(copy.deepcopy(base), **desc)
     else:
-        raise ConfigError(f"The 'sites' parameter must be None, a list of site names or a dict. Got {sites!r}.")
+        raise ConfigError(
+            f"The 'sites' parameter must be None, a list of site names or a dict. Got {sites!r}."
+        )
     resolved = {}
     for name, d in spec.items():
         vs = d["voxel_size"]
         fov = d["fov_mm"]
         for key, val in (("voxel_size", vs), ("fov_mm", fov)):
-            if (isinstance(val, (str, bytes)) or not hasattr(val, "__len__") or len(val) != 3
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in val)):
-                raise ConfigError(f"The {key!r} of site {name!r} must be 3 positive numbers. Got {val!r}.")
+            if (
+                isinstance(val, (str, bytes))
+                or not hasattr(val, "__len__")
+                or len(val) != 3
+                or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in val
+                )
+            ):
+                raise ConfigError(
+                    f"The {key!r} of site {name!r} must be 3 positive numbers. Got {val!r}."
+                )
         orient = d["orientation"]
-        if not isinstance(orient, str) or len(orient) != 3 or \
-                sorted(_axis_of(c) for c in orient.upper()) != [0, 1, 2]:
-            raise ConfigError(f"The 'orientation' of site {name!r} must be 3 axis codes, one of each of "
-                              f"L/R, P/A, I/S (e.g. 'RAS', 'LPS', 'PIR'). Got {orient!r}.")
-        for key, low, high in (("field_strength", 0.1, 20.0), ("noise", 0.0, 0.5), ("bias", 0.0, 1.0),
-                               ("gain", 0.01, 100.0), ("int_max", 10, 32000)):
+        if (
+            not isinstance(orient, str)
+            or len(orient) != 3
+            or sorted(_axis_of(c) for c in orient.upper()) != [0, 1, 2]
+        ):
+            raise ConfigError(
+                f"The 'orientation' of site {name!r} must be 3 axis codes, one of each of "
+                f"L/R, P/A, I/S (e.g. 'RAS', 'LPS', 'PIR'). Got {orient!r}."
+            )
+        for key, low, high in (
+            ("field_strength", 0.1, 20.0),
+            ("noise", 0.0, 0.5),
+            ("bias", 0.0, 1.0),
+            ("gain", 0.01, 100.0),
+            ("int_max", 10, 32000),
+        ):
             check_in_range(f"{key} of site {name!r}", d[key], low, high)
         vox = [round(float(v) * voxel_scale, 6) for v in vs]
         if min(vox) < 0.5:
-            raise ConfigError(f"Site {name!r}: voxel size {vox} mm is below 0.5 mm; raise 'voxel_scale'.")
+            raise ConfigError(
+                f"Site {name!r}: voxel size {vox} mm is below 0.5 mm; raise 'voxel_scale'."
+            )
         resolved[name] = {
             "voxel_size": vox,
             "orientation": orient.upper(),
@@ -253,7 +319,9 @@ def _check_sites(sites, voxel_scale):
             "int_max": int(d["int_max"]),
         }
         if "contrast" in d:
-            resolved[name]["contrast"] = float(check_in_range(f"contrast of site {name!r}", d["contrast"], -0.5, 0.5))
+            resolved[name]["contrast"] = float(
+                check_in_range(f"contrast of site {name!r}", d["contrast"], -0.5, 0.5)
+            )
     return resolved
 
 
@@ -342,8 +410,9 @@ def _atlas_on_template():
     from neuroml.io.templates import mni_template
 
     atlas = load_atlas(_ATLAS)
-    lab_img = resample_to_img(atlas.img, mni_template(), interpolation="nearest",
-                              force_resample=True, copy_header=True)
+    lab_img = resample_to_img(
+        atlas.img, mni_template(), interpolation="nearest", force_resample=True, copy_header=True
+    )
     labels = np.asarray(lab_img.dataobj).astype(np.int32)
     labels.setflags(write=False)
     return labels, {name: k for k, name in atlas.labels.items()}
@@ -384,8 +453,12 @@ class _Context:
                 rm = labels_full == index[r]
                 self.region_voxels[r] = int(rm.sum())
                 if self.region_voxels[r] < _MIN_REGION_VOXELS:
-                    logger.warning("planted region %s has only %d voxels of 1 mm: it may not be "
-                                   "detectable at 2-4 mm", r, self.region_voxels[r])
+                    logger.warning(
+                        "planted region %s has only %d voxels of 1 mm: it may not be "
+                        "detectable at 2-4 mm",
+                        r,
+                        self.region_voxels[r],
+                    )
                 m |= rm
             self.masks_full[c] = m.astype(np.uint8)
             self.masks[c] = m[self.crop]
@@ -396,21 +469,29 @@ class _Context:
         self.mask_bbox = {}
         for c, m in self.masks.items():
             idx = np.argwhere(m)
-            self.mask_bbox[c] = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
+            self.mask_bbox[c] = tuple(
+                slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0))
+            )
 
         # brain centre (mm), which the subject affine puts near the scanner isocentre
         bidx = np.argwhere(brain_full)
-        corners = nib.affines.apply_affine(self.full_affine, np.array([bidx.min(0), bidx.max(0)], float))
+        corners = nib.affines.apply_affine(
+            self.full_affine, np.array([bidx.min(0), bidx.max(0)], float)
+        )
         self.brain_centre = corners.mean(0)
 
         # coarse MNI grid of the stored warp: covers the whole template box
         tl = nib.affines.apply_affine(self.full_affine, np.zeros(3))
         th = nib.affines.apply_affine(self.full_affine, np.asarray(self.full_shape, float) - 1)
         wlo, whi = np.minimum(tl, th), np.maximum(tl, th)
-        self.warp_shape = tuple(int(np.ceil((h - l) / _WARP_SPACING_MM)) + 1 for l, h in zip(wlo, whi))
+        self.warp_shape = tuple(
+            int(np.ceil((h - lo) / _WARP_SPACING_MM)) + 1 for lo, h in zip(wlo, whi)
+        )
         self.warp_affine = np.diag([_WARP_SPACING_MM] * 3 + [1.0])
         self.warp_affine[:3, 3] = wlo
-        nodes = nib.affines.apply_affine(self.warp_affine, np.indices(self.warp_shape).reshape(3, -1).T)
+        nodes = nib.affines.apply_affine(
+            self.warp_affine, np.indices(self.warp_shape).reshape(3, -1).T
+        )
         inside = np.all((nodes >= corners.min(0) - 5) & (nodes <= corners.max(0) + 5), axis=1)
         self.warp_brain_nodes = inside.reshape(self.warp_shape)
 
@@ -439,11 +520,13 @@ def _plan_subject(rng, params, ctx, diagnosis, site):
     blobs = []
     for _ in range(_N_BLOBS):
         v = int(ctx.blob_candidates[rng.integers(len(ctx.blob_candidates))])
-        blobs.append({
-            "centre_voxel": [int(i) for i in np.unravel_index(v, ctx.shape)],
-            "sigma_mm": float(rng.uniform(4.0, 8.0)),
-            "amplitude": float(rng.uniform(0.04, 0.12) * (1 if rng.random() < 0.5 else -1)),
-        })
+        blobs.append(
+            {
+                "centre_voxel": [int(i) for i in np.unravel_index(v, ctx.shape)],
+                "sigma_mm": float(rng.uniform(4.0, 8.0)),
+                "amplitude": float(rng.uniform(0.04, 0.12) * (1 if rng.random() < 0.5 else -1)),
+            }
+        )
     plan["blobs"] = blobs
     mr, mt = params["max_rotation_deg"], params["max_translation_mm"]
     plan["rotation_deg"] = rng.uniform(-mr, mr, 3)
@@ -474,7 +557,7 @@ def _subject_affine(plan, ctx):
 def _subject_warp(plan, ctx):
     """Displacement field (mm, float32, quantized) on the coarse MNI grid."""
     field = np.stack([_smooth_field(w, ctx.warp_shape) for w in plan["warp_weights"]], axis=-1)
-    peak = np.sqrt((field ** 2).sum(-1))[ctx.warp_brain_nodes].max()
+    peak = np.sqrt((field**2).sum(-1))[ctx.warp_brain_nodes].max()
     field *= plan["warp_max_mm"] / max(peak, 1e-12)
     return (np.round(field / _WARP_QUANTUM) * _WARP_QUANTUM).astype(np.float32)
 
@@ -493,8 +576,13 @@ def _subject_mni_image(plan, ctx, diagnosis):
     for blob in plan["blobs"]:
         c = np.asarray(blob["centre_voxel"])
         r = int(np.ceil(3 * blob["sigma_mm"]))
-        sl = tuple(slice(max(int(ci) - r, 0), min(int(ci) + r + 1, n)) for ci, n in zip(c, ctx.shape))
-        g = [np.exp(-0.5 * ((np.arange(s.start, s.stop) - ci) / blob["sigma_mm"]) ** 2) for s, ci in zip(sl, c)]
+        sl = tuple(
+            slice(max(int(ci) - r, 0), min(int(ci) + r + 1, n)) for ci, n in zip(c, ctx.shape)
+        )
+        g = [
+            np.exp(-0.5 * ((np.arange(s.start, s.stop) - ci) / blob["sigma_mm"]) ** 2)
+            for s, ci in zip(sl, c)
+        ]
         gauss = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
         img[sl] *= (1.0 + blob["amplitude"] * ctx.gm[sl] * gauss).astype(np.float32)
     return img.astype(np.float32, copy=False)
@@ -520,7 +608,9 @@ def _render(plan, ctx, diagnosis, site, affine_mni2scan, warp, noise_rng):
     knots = [_knots(n, step) for n in shape]
     kk = np.stack(np.meshgrid(*knots, indexing="ij"), axis=-1).reshape(-1, 3)
     q = kk @ vox2q[:3, :3].T + vox2q[:3, 3]
-    resid = (_inverse_warp_points(warp, ctx.warp_affine, q) - q).reshape(*[len(k) for k in knots], 3)
+    resid = (_inverse_warp_points(warp, ctx.warp_affine, q) - q).reshape(
+        *[len(k) for k in knots], 3
+    )
     mats = [_interp_matrix(n, k) for n, k in zip(shape, knots)]
     vox2tpl = mm2tpl @ vox2q
     ii = [np.arange(n, dtype=np.float64) for n in shape]
@@ -528,10 +618,15 @@ def _render(plan, ctx, diagnosis, site, affine_mni2scan, warp, noise_rng):
     for d in range(3):
         rd = sum(mm2tpl[d, e] * resid[..., e] for e in range(3) if mm2tpl[d, e] != 0)
         coords[d] = np.einsum("ia,jb,kc,abc->ijk", *mats, rd, optimize=True)
-        coords[d] += (vox2tpl[d, 0] * ii[0][:, None, None] + vox2tpl[d, 1] * ii[1][None, :, None]
-                      + vox2tpl[d, 2] * ii[2][None, None, :] + vox2tpl[d, 3])
-    out = map_coordinates(mni_img, coords, order=1, mode="constant", cval=0.0, prefilter=False,
-                          output=np.float32)
+        coords[d] += (
+            vox2tpl[d, 0] * ii[0][:, None, None]
+            + vox2tpl[d, 1] * ii[1][None, :, None]
+            + vox2tpl[d, 2] * ii[2][None, None, :]
+            + vox2tpl[d, 3]
+        )
+    out = map_coordinates(
+        mni_img, coords, order=1, mode="constant", cval=0.0, prefilter=False, output=np.float32
+    )
     del coords
     # smooth multiplicative bias field (scanner space) and scanner gain
     bias = _smooth_field(plan["bias_weights"], shape)
@@ -561,17 +656,29 @@ def _subject_files(root, pid):
 
 def _make_subject(root, ctx, params, subj):
     """Generate and write one subject's scan, sidecar and ground truth."""
-    pid, diagnosis, site, plan, noise_seq = (subj["participant_id"], subj["diagnosis"], subj["site"],
-                                            subj["plan"], subj["noise_seed"])
+    pid, diagnosis, site, plan, noise_seq = (
+        subj["participant_id"],
+        subj["diagnosis"],
+        subj["site"],
+        subj["plan"],
+        subj["noise_seed"],
+    )
     files = _subject_files(root, pid)
     affine = _subject_affine(plan, ctx)
     warp = _subject_warp(plan, ctx)
     plan = dict(plan, noise_scale=params["noise_scale"])
-    ints, slope, scan_affine, sigma = _render(plan, ctx, diagnosis, site, affine, warp,
-                                              np.random.default_rng(noise_seq))
+    ints, slope, scan_affine, sigma = _render(
+        plan, ctx, diagnosis, site, affine, warp, np.random.default_rng(noise_seq)
+    )
     sdesc = ctx.sites[site]
-    _write_nifti_gz(files["t1w"], ints, scan_affine, slope=slope, zooms=sdesc["voxel_size"],
-                    descrip=f"neuroml synthetic T1w {site}")
+    _write_nifti_gz(
+        files["t1w"],
+        ints,
+        scan_affine,
+        slope=slope,
+        zooms=sdesc["voxel_size"],
+        descrip=f"neuroml synthetic T1w {site}",
+    )
     sidecar = {
         "Manufacturer": "synthetic",
         "ManufacturersModelName": f"neuroml-synth-{site}",
@@ -582,15 +689,22 @@ def _make_subject(root, ctx, params, subj):
         "ConversionSoftwareVersion": str(SYNTH_VERSION),
     }
     write_json_atomic(files["sidecar"], sidecar)
-    _write_nifti_gz(files["warp"], warp, ctx.warp_affine, zooms=[_WARP_SPACING_MM] * 3 + [1.0],
-                    descrip="displacement mm, MNI coarse grid")
+    _write_nifti_gz(
+        files["warp"],
+        warp,
+        ctx.warp_affine,
+        zooms=[_WARP_SPACING_MM] * 3 + [1.0],
+        descrip="displacement mm, MNI coarse grid",
+    )
     xfm = {
         "participant_id": pid,
         "diagnosis": diagnosis,
         "site": site,
-        "convention": ("scanner_mm = affine_mni_to_scanner @ (p + d(p)), p in MNI152NLin2009aSym mm, "
-                       "d the displacement field (mm) of 'warp.file' interpolated trilinearly "
-                       "(nearest grid value outside the grid)"),
+        "convention": (
+            "scanner_mm = affine_mni_to_scanner @ (p + d(p)), p in MNI152NLin2009aSym mm, "
+            "d the displacement field (mm) of 'warp.file' interpolated trilinearly "
+            "(nearest grid value outside the grid)"
+        ),
         "affine_mni_to_scanner": affine,
         "warp": {
             "file": files["warp"].name,
@@ -598,7 +712,9 @@ def _make_subject(root, ctx, params, subj):
             "units": "mm",
             "grid_spacing_mm": _WARP_SPACING_MM,
             "max_displacement_mm": float(np.sqrt((warp.astype(float) ** 2).sum(-1)).max()),
-            "max_displacement_brain_mm": float(np.sqrt((warp.astype(float) ** 2).sum(-1))[ctx.warp_brain_nodes].max()),
+            "max_displacement_brain_mm": float(
+                np.sqrt((warp.astype(float) ** 2).sum(-1))[ctx.warp_brain_nodes].max()
+            ),
         },
         "rotation_deg": plan["rotation_deg"],
         "translation_mm": plan["translation_mm"],
@@ -641,7 +757,9 @@ def _assign(n_subjects, classes, sites, entanglement=0.0, seed=0):
     """
     site_names = list(sites)
     out = []
-    draws = np.random.default_rng([int(seed) % (2**32), 8]).random(n_subjects) if entanglement else None
+    draws = (
+        np.random.default_rng([int(seed) % (2**32), 8]).random(n_subjects) if entanglement else None
+    )
     for i in range(n_subjects):
         c = i % len(classes)
         r = i // len(classes)
@@ -659,61 +777,111 @@ def _is_complete(root, pid):
 def _write_dataset_files(root, params, subjects, ctx):
     from neuroml.io.templates import TEMPLATE_SPACE
 
-    write_json_atomic(root / "dataset_description.json", {
-        "Name": "neuroml synthetic cohort",
-        "BIDSVersion": "1.8.0",
-        "DatasetType": "raw",
-        "License": "CC0",
-        "Authors": ["neuroml synthetic data generator"],
-        "GeneratedBy": [{"Name": "neuroml", "Description": "neuroml.synth.make_cohort",
-                         "Version": f"synth-{SYNTH_VERSION}"}],
-        "HowToAcknowledge": "Derived from the MNI152 2009a template (McGill) as shipped by nilearn.",
-    })
+    write_json_atomic(
+        root / "dataset_description.json",
+        {
+            "Name": "neuroml synthetic cohort",
+            "BIDSVersion": "1.8.0",
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["neuroml synthetic data generator"],
+            "GeneratedBy": [
+                {
+                    "Name": "neuroml",
+                    "Description": "neuroml.synth.make_cohort",
+                    "Version": f"synth-{SYNTH_VERSION}",
+                }
+            ],
+            "HowToAcknowledge": "Derived from the MNI152 2009a template (McGill) as shipped by nilearn.",
+        },
+    )
     planted_lines = "\n".join(f"- {c}: {', '.join(r)}" for c, r in ctx.planted.items())
-    write_text_atomic(root / "README", (
-        "neuroml synthetic cohort\n"
-        "========================\n\n"
-        "Synthetic T1-weighted scans made from the MNI152 2009a template shipped by nilearn.\n"
-        f"Classes: {', '.join(params['classes'])} (the first is healthy). Patients have grey-matter\n"
-        f"'atrophy' (intensity reduced by about {params['effect_size']:g} x the grey-matter probability)\n"
-        "in planted AAL regions:\n"
-        f"{planted_lines}\n\n"
-        "Each scan is the template seen through a random affine and a smooth warp, resampled onto\n"
-        "a site-specific grid, with a bias field and Rician noise. The true transforms and the\n"
-        "planted masks are in derivatives/groundtruth. Not real data: for testing only.\n"
-        f"Generated with seed {params['seed']}.\n"))
-    write_text_atomic(root / "CHANGES", (
-        "1.0.0\n"
-        f"  - Synthetic cohort generated by neuroml.synth.make_cohort (seed {params['seed']}, "
-        f"generator version {SYNTH_VERSION}).\n"))
+    write_text_atomic(
+        root / "README",
+        (
+            "neuroml synthetic cohort\n"
+            "========================\n\n"
+            "Synthetic T1-weighted scans made from the MNI152 2009a template shipped by nilearn.\n"
+            f"Classes: {', '.join(params['classes'])} (the first is healthy). Patients have grey-matter\n"
+            f"'atrophy' (intensity reduced by about {params['effect_size']:g} x the grey-matter probability)\n"
+            "in planted AAL regions:\n"
+            f"{planted_lines}\n\n"
+            "Each scan is the template seen through a random affine and a smooth warp, resampled onto\n"
+            "a site-specific grid, with a bias field and Rician noise. The true transforms and the\n"
+            "planted masks are in derivatives/groundtruth. Not real data: for testing only.\n"
+            f"Generated with seed {params['seed']}.\n"
+        ),
+    )
+    write_text_atomic(
+        root / "CHANGES",
+        (
+            "1.0.0\n"
+            f"  - Synthetic cohort generated by neuroml.synth.make_cohort (seed {params['seed']}, "
+            f"generator version {SYNTH_VERSION}).\n"
+        ),
+    )
     lines = ["participant_id\tdiagnosis\tsite\tage\tsex"]
     for s in subjects:
-        lines.append(f"{s['participant_id']}\t{s['diagnosis']}\t{s['site']}\t{s['plan']['age']}\t{s['plan']['sex']}")
+        lines.append(
+            f"{s['participant_id']}\t{s['diagnosis']}\t{s['site']}\t{s['plan']['age']}\t{s['plan']['sex']}"
+        )
     write_text_atomic(root / "participants.tsv", "\n".join(lines) + "\n")
-    write_json_atomic(root / "participants.json", {
-        "participant_id": {"Description": "Unique participant identifier"},
-        "diagnosis": {"Description": "Diagnostic group (synthetic)",
-                      "Levels": {c: ("healthy control (no planted atrophy)" if c == params["classes"][0]
-                                     else f"patient, atrophy in {', '.join(ctx.planted[c])}")
-                                 for c in params["classes"]}},
-        "site": {"Description": "Acquisition site (scanner grid, orientation, noise, bias)",
-                 "Levels": {s: f"{d['voxel_size']} mm voxels, {d['orientation']} orientation, "
-                               f"{d['field_strength']:g} T" for s, d in ctx.sites.items()}},
-        "age": {"Description": "Age of the participant", "Units": "year"},
-        "sex": {"Description": "Sex of the participant", "Levels": {"M": "male", "F": "female"}},
-    })
+    write_json_atomic(
+        root / "participants.json",
+        {
+            "participant_id": {"Description": "Unique participant identifier"},
+            "diagnosis": {
+                "Description": "Diagnostic group (synthetic)",
+                "Levels": {
+                    c: (
+                        "healthy control (no planted atrophy)"
+                        if c == params["classes"][0]
+                        else f"patient, atrophy in {', '.join(ctx.planted[c])}"
+                    )
+                    for c in params["classes"]
+                },
+            },
+            "site": {
+                "Description": "Acquisition site (scanner grid, orientation, noise, bias)",
+                "Levels": {
+                    s: f"{d['voxel_size']} mm voxels, {d['orientation']} orientation, "
+                    f"{d['field_strength']:g} T"
+                    for s, d in ctx.sites.items()
+                },
+            },
+            "age": {"Description": "Age of the participant", "Units": "year"},
+            "sex": {
+                "Description": "Sex of the participant",
+                "Levels": {"M": "male", "F": "female"},
+            },
+        },
+    )
     gt = root / GROUNDTRUTH_SUBDIR
-    write_json_atomic(gt / "dataset_description.json", {
-        "Name": "neuroml synthetic cohort: ground truth",
-        "BIDSVersion": "1.8.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "neuroml", "Description": "neuroml.synth.make_cohort",
-                         "Version": f"synth-{SYNTH_VERSION}"}],
-    })
+    write_json_atomic(
+        gt / "dataset_description.json",
+        {
+            "Name": "neuroml synthetic cohort: ground truth",
+            "BIDSVersion": "1.8.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [
+                {
+                    "Name": "neuroml",
+                    "Description": "neuroml.synth.make_cohort",
+                    "Version": f"synth-{SYNTH_VERSION}",
+                }
+            ],
+        },
+    )
     for c in ctx.planted:
-        _write_nifti_gz(gt / mask_filename(c), ctx.masks_full[c], ctx.full_affine,
-                        zooms=[1.0, 1.0, 1.0], qform_code=4, sform_code=4,
-                        descrip=f"planted regions of {c} ({TEMPLATE_SPACE})")
+        _write_nifti_gz(
+            gt / mask_filename(c),
+            ctx.masks_full[c],
+            ctx.full_affine,
+            zooms=[1.0, 1.0, 1.0],
+            qform_code=4,
+            sform_code=4,
+            descrip=f"planted regions of {c} ({TEMPLATE_SPACE})",
+        )
 
 
 def _record(params, ctx, status):
@@ -730,7 +898,10 @@ def _record(params, ctx, status):
         "masks": {c: mask_filename(c) for c in ctx.planted},
         "region_voxels_1mm": {r: ctx.region_voxels[r] for rs in ctx.planted.values() for r in rs},
         "effect_size": params["effect_size"],
-        "effect_model": "I *= 1 - a * gm_probability in the planted regions; a = effect_size * (1 + N(0, effect_jitter))",
+        "effect_model": (
+            "I *= 1 - a * gm_probability in the planted regions; "
+            "a = effect_size * (1 + N(0, effect_jitter))"
+        ),
         "seed": params["seed"],
         "parameters": params,
     }
@@ -742,10 +913,26 @@ def _resolve_jobs(n_jobs):
     return _as_int("n_jobs", n_jobs, 1, 256)
 
 
-def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted=None, sites=None,
-                voxel_scale=1.0, effect_size=0.35, n_jobs=1, show_progress=False, *,
-                effect_jitter=0.15, noise_scale=1.0, warp_mm=1.5, max_rotation_deg=8.0,
-                max_translation_mm=10.0, overwrite=False, site_entanglement=0.0):
+def make_cohort(
+    out_dir,
+    n_subjects=30,
+    seed=0,
+    classes=DEFAULT_CLASSES,
+    planted=None,
+    sites=None,
+    voxel_scale=1.0,
+    effect_size=0.35,
+    n_jobs=1,
+    show_progress=False,
+    *,
+    effect_jitter=0.15,
+    noise_scale=1.0,
+    warp_mm=1.5,
+    max_rotation_deg=8.0,
+    max_translation_mm=10.0,
+    overwrite=False,
+    site_entanglement=0.0,
+):
     """Write a synthetic BIDS cohort with planted atrophy and its ground truth.
 
     Parameters
@@ -830,15 +1017,27 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
     n_jobs = _resolve_jobs(n_jobs)
     planted = _check_planted(planted, classes, load_atlas(_ATLAS).labels)
     sites = _check_sites(sites, voxel_scale)
-    params = json.loads(json.dumps({
-        "n_subjects": n_subjects, "seed": seed, "classes": list(classes), "planted": planted,
-        "sites": sites, "voxel_scale": voxel_scale, "effect_size": effect_size,
-        "effect_jitter": effect_jitter, "noise_scale": noise_scale, "warp_mm": warp_mm,
-        "max_rotation_deg": max_rotation_deg, "max_translation_mm": max_translation_mm,
-        "generator_version": SYNTH_VERSION,
-        # only when used, so that cohorts made before the option keep their parameters
-        **({"site_entanglement": site_entanglement} if site_entanglement else {}),
-    }))
+    params = json.loads(
+        json.dumps(
+            {
+                "n_subjects": n_subjects,
+                "seed": seed,
+                "classes": list(classes),
+                "planted": planted,
+                "sites": sites,
+                "voxel_scale": voxel_scale,
+                "effect_size": effect_size,
+                "effect_jitter": effect_jitter,
+                "noise_scale": noise_scale,
+                "warp_mm": warp_mm,
+                "max_rotation_deg": max_rotation_deg,
+                "max_translation_mm": max_translation_mm,
+                "generator_version": SYNTH_VERSION,
+                # only when used, so that cohorts made before the option keep their parameters
+                **({"site_entanglement": site_entanglement} if site_entanglement else {}),
+            }
+        )
+    )
 
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
@@ -847,21 +1046,33 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
     resume = False
     if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
         if not record_path.exists():
-            raise ConfigError(f"out_dir {str(root)!r} is not empty and holds no neuroml synthetic cohort; "
-                              "choose a new or empty folder.")
+            raise ConfigError(
+                f"out_dir {str(root)!r} is not empty and holds no neuroml synthetic cohort; "
+                "choose a new or empty folder."
+            )
         old = read_json(record_path)
         if old.get("parameters") != params:
             if not overwrite:
-                diff = sorted(k for k in set(params) | set(old.get("parameters") or {})
-                              if (old.get("parameters") or {}).get(k) != params.get(k))
-                raise ConfigError(f"out_dir {str(root)!r} holds a synthetic cohort made with other parameters "
-                                  f"(differing: {', '.join(diff)}); choose another folder or pass overwrite=True.")
+                diff = sorted(
+                    k
+                    for k in set(params) | set(old.get("parameters") or {})
+                    if (old.get("parameters") or {}).get(k) != params.get(k)
+                )
+                raise ConfigError(
+                    f"out_dir {str(root)!r} holds a synthetic cohort made with other parameters "
+                    f"(differing: {', '.join(diff)}); choose another folder or pass overwrite=True."
+                )
             logger.info("removing the synthetic cohort in %s (overwrite=True)", root)
             for p in root.iterdir():
                 if p.name.startswith("sub-") and p.is_dir():
                     shutil.rmtree(p)
-                elif p.name in ("dataset_description.json", "README", "CHANGES", "participants.tsv",
-                                "participants.json"):
+                elif p.name in (
+                    "dataset_description.json",
+                    "README",
+                    "CHANGES",
+                    "participants.tsv",
+                    "participants.json",
+                ):
                     p.unlink()
             shutil.rmtree(root / GROUNDTRUTH_SUBDIR)
         else:
@@ -875,7 +1086,9 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
     pids = [f"sub-{i + 1:0{width}d}" for i in range(n_subjects)]
 
     if resume and old.get("status") == "complete" and all(_is_complete(root, p) for p in pids):
-        logger.info("synthetic cohort in %s is complete with the same parameters: nothing to do", root)
+        logger.info(
+            "synthetic cohort in %s is complete with the same parameters: nothing to do", root
+        )
         participants = _read_participants(root)
         return _summary(root, participants, params, skipped=True, n_generated=0, t0=t0)
 
@@ -884,8 +1097,15 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
     for pid, (diagnosis, site), ss in zip(pids, assignment, subj_seqs):
         plan_ss, noise_ss = ss.spawn(2)
         plan = _plan_subject(np.random.default_rng(plan_ss), params, ctx, diagnosis, site)
-        subjects.append({"participant_id": pid, "diagnosis": diagnosis, "site": site,
-                         "plan": plan, "noise_seed": noise_ss})
+        subjects.append(
+            {
+                "participant_id": pid,
+                "diagnosis": diagnosis,
+                "site": site,
+                "plan": plan,
+                "noise_seed": noise_ss,
+            }
+        )
 
     write_json_atomic(record_path, _record(params, ctx, "incomplete"))
     _write_dataset_files(root, params, subjects, ctx)
@@ -911,8 +1131,16 @@ def make_cohort(out_dir, n_subjects=30, seed=0, classes=DEFAULT_CLASSES, planted
         if bar is not None:
             bar.close()
     write_json_atomic(record_path, _record(params, ctx, "complete"))
-    participants = [{"participant_id": s["participant_id"], "diagnosis": s["diagnosis"], "site": s["site"],
-                     "age": s["plan"]["age"], "sex": s["plan"]["sex"]} for s in subjects]
+    participants = [
+        {
+            "participant_id": s["participant_id"],
+            "diagnosis": s["diagnosis"],
+            "site": s["site"],
+            "age": s["plan"]["age"],
+            "sex": s["plan"]["sex"],
+        }
+        for s in subjects
+    ]
     return _summary(root, participants, params, skipped=False, n_generated=len(todo), t0=t0)
 
 

@@ -34,7 +34,13 @@ from neuroml.errors import ConfigError
 from neuroml.synth.cohort import _as_int, _check_classes, _write_nifti_gz, mask_filename
 from neuroml.synth.groundtruth import GROUNDTRUTH_SUBDIR
 
-__all__ = ["FUNC_SYNTH_VERSION", "DEFAULT_NETWORKS", "DEFAULT_FUNC_PLANTED", "make_func_cohort", "bold_filename"]
+__all__ = [
+    "FUNC_SYNTH_VERSION",
+    "DEFAULT_NETWORKS",
+    "DEFAULT_FUNC_PLANTED",
+    "make_func_cohort",
+    "bold_filename",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -42,10 +48,24 @@ FUNC_SYNTH_VERSION = 1
 
 #: Networks of AAL regions sharing a latent time course.
 DEFAULT_NETWORKS = {
-    "dmn": ["Cingulate_Post_L", "Cingulate_Post_R", "Precuneus_L", "Precuneus_R", "Angular_L", "Angular_R",
-            "Frontal_Sup_Medial_L", "Frontal_Sup_Medial_R"],
-    "salience": ["Insula_L", "Insula_R", "Cingulate_Ant_L", "Cingulate_Ant_R", "Supp_Motor_Area_L",
-                 "Supp_Motor_Area_R"],
+    "dmn": [
+        "Cingulate_Post_L",
+        "Cingulate_Post_R",
+        "Precuneus_L",
+        "Precuneus_R",
+        "Angular_L",
+        "Angular_R",
+        "Frontal_Sup_Medial_L",
+        "Frontal_Sup_Medial_R",
+    ],
+    "salience": [
+        "Insula_L",
+        "Insula_R",
+        "Cingulate_Ant_L",
+        "Cingulate_Ant_R",
+        "Supp_Motor_Area_L",
+        "Supp_Motor_Area_R",
+    ],
     "sensorimotor": ["Precentral_L", "Precentral_R", "Postcentral_L", "Postcentral_R"],
     "visual": ["Calcarine_L", "Calcarine_R", "Cuneus_L", "Cuneus_R", "Lingual_L", "Lingual_R"],
     "auditory": ["Temporal_Sup_L", "Temporal_Sup_R", "Heschl_L", "Heschl_R"],
@@ -86,8 +106,13 @@ def _band_noise(rng, n, tr, lo=0.01, hi=0.1, size=()):
 def _cosines(n, tr, cutoff_s=128.0):
     k = int(np.floor(2 * n * tr / cutoff_s))
     t = np.arange(n)
-    return np.stack([np.sqrt(2.0 / n) * np.cos(np.pi * (t + 0.5) * j / n) for j in range(1, k + 1)], axis=1) \
-        if k else np.zeros((n, 0))
+    return (
+        np.stack(
+            [np.sqrt(2.0 / n) * np.cos(np.pi * (t + 0.5) * j / n) for j in range(1, k + 1)], axis=1
+        )
+        if k
+        else np.zeros((n, 0))
+    )
 
 
 def _with_expansions(df, names):
@@ -95,7 +120,7 @@ def _with_expansions(df, names):
         d = np.r_[np.nan, np.diff(df[c].to_numpy())]
         df[f"{c}_derivative1"] = d
         df[f"{c}_power2"] = df[c] ** 2
-        df[f"{c}_derivative1_power2"] = d ** 2
+        df[f"{c}_derivative1_power2"] = d**2
     return df
 
 
@@ -105,15 +130,27 @@ def _fmt(v):
 
 class _Grid:
     def __init__(self, resolution, networks, planted):
-        from neuroml.io.atlases import atlas_on_grid
-        from neuroml.io.templates import brain_mask_on_grid, mni_gm_map, target_grid, template_on_grid
         from nilearn.image import resample_img
+
+        from neuroml.io.atlases import atlas_on_grid
+        from neuroml.io.templates import (
+            brain_mask_on_grid,
+            mni_gm_map,
+            target_grid,
+            template_on_grid,
+        )
 
         self.affine, self.shape = target_grid(resolution)
         self.brain = np.asarray(brain_mask_on_grid(resolution).dataobj) > 0
         self.template = np.asarray(template_on_grid(resolution).dataobj, dtype=np.float32)
-        gm = resample_img(mni_gm_map(), target_affine=self.affine, target_shape=self.shape,
-                          interpolation="linear", force_resample=True, copy_header=True)
+        gm = resample_img(
+            mni_gm_map(),
+            target_affine=self.affine,
+            target_shape=self.shape,
+            interpolation="linear",
+            force_resample=True,
+            copy_header=True,
+        )
         self.gm = np.clip(np.asarray(gm.dataobj, dtype=np.float32), 0, 1)
         labels, names = atlas_on_grid("aal", self.affine, self.shape)
         self.labels = np.where(self.brain, labels, 0)
@@ -123,14 +160,18 @@ class _Grid:
             for key, regions in group.items():
                 missing = [r for r in regions if r not in self.index]
                 if missing:
-                    raise ConfigError(f"{key!r}: regions {missing} are not AAL regions present on the "
-                                      f"{resolution:g} mm grid")
+                    raise ConfigError(
+                        f"{key!r}: regions {missing} are not AAL regions present on the "
+                        f"{resolution:g} mm grid"
+                    )
         self.vox = np.flatnonzero(self.brain.reshape(-1))
         self.vox_labels = self.labels.reshape(-1)[self.vox]
         ijk = np.argwhere(self.brain)
         c = (ijk - ijk.mean(0)) / (np.abs(ijk - ijk.mean(0)).max(0) + 1e-9)
         self.gradients = c  # (V, 3) in [-1, 1]
-        self.base = (100.0 + 600.0 * self.template.reshape(-1)[self.vox] / max(self.template.max(), 1e-6))
+        self.base = 100.0 + 600.0 * self.template.reshape(-1)[self.vox] / max(
+            self.template.max(), 1e-6
+        )
         self.vox_gm = self.gm.reshape(-1)[self.vox]
 
 
@@ -151,7 +192,11 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
     for r in region_ids:
         sel = grid.vox_labels == r
         net = net_of.get(r)
-        amp = (_NET_AMP if net else _OTHER_AMP) * global_amp * float(np.exp(rng.normal(0, params["region_jitter"])))
+        amp = (
+            (_NET_AMP if net else _OTHER_AMP)
+            * global_amp
+            * float(np.exp(rng.normal(0, params["region_jitter"])))
+        )
         coup = _NET_COUPLING if net else 0.0
         other, c_other = None, 0.0
         if r in planted_ids:
@@ -159,15 +204,18 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
             other = params["rewire_to"] if params["rewire_to"] != net else None
             c_other = coup * params["decoupling"] if other else 0.0
             coup *= 1.0 - params["decoupling"]
-        sig = lat_reg[r] * np.sqrt(max(1 - coup ** 2 - c_other ** 2, 0.0))
+        sig = lat_reg[r] * np.sqrt(max(1 - coup**2 - c_other**2, 0.0))
         if net:
             sig = sig + coup * lat_net[net]
         if other:
             sig = sig + c_other * lat_net[other]
         fluct[sel] = amp * grid.vox_gm[sel, None] * sig[None, :]
-        region_truth[grid.names[r]] = {"amplitude": round(amp, 4), "coupling": round(coup, 4), "network": net,
-                                       **({"rewired_to": other, "rewired_coupling": round(c_other, 4)}
-                                          if other else {})}
+        region_truth[grid.names[r]] = {
+            "amplitude": round(amp, 4),
+            "coupling": round(coup, 4),
+            "network": net,
+            **({"rewired_to": other, "rewired_coupling": round(c_other, 4)} if other else {}),
+        }
     fluct += _WHITE * rng.normal(size=(V, n))
     # physiological noise: strongest outside grey matter
     physio = rng.normal(size=n)
@@ -178,7 +226,11 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
     trans = np.cumsum(rng.normal(0, 0.015 * ms, size=(n, 3)), axis=0)
     rot = np.cumsum(rng.normal(0, 0.0002 * ms, size=(n, 3)), axis=0)
     n_spikes = params["n_spikes"]
-    spikes = sorted(rng.choice(np.arange(8, n - 8), size=n_spikes, replace=False).tolist()) if n_spikes else []
+    spikes = (
+        sorted(rng.choice(np.arange(8, n - 8), size=n_spikes, replace=False).tolist())
+        if n_spikes
+        else []
+    )
     for s in spikes:
         trans[s] += rng.choice([-1, 1], size=3) * rng.uniform(0.4, 0.8, size=3)
     motion = np.concatenate([trans, rot], axis=1)
@@ -189,10 +241,12 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
         fluct[:, s] += 4.0
     bold = grid.base[:, None] * (1.0 + 0.01 * fluct)
     # fMRIPrep-style confounds
-    fd = np.r_[np.nan, np.abs(np.diff(trans, axis=0)).sum(1) + 50.0 * np.abs(np.diff(rot, axis=0)).sum(1)]
+    fd = np.r_[
+        np.nan, np.abs(np.diff(trans, axis=0)).sum(1) + 50.0 * np.abs(np.diff(rot, axis=0)).sum(1)
+    ]
     dv = np.r_[np.nan, np.sqrt(np.mean(np.diff(bold, axis=1) ** 2, axis=0))]
     std_dv = dv / np.nanmedian(dv)
-    wm = (grid.vox_gm < 0.2)
+    wm = grid.vox_gm < 0.2
     wm_sig = bold[wm].mean(0)
     csf = 1000.0 + 30.0 * physio + rng.normal(0, 3, size=n)
     df = pd.DataFrame({"global_signal": bold.mean(0), "csf": csf, "white_matter": wm_sig})
@@ -211,17 +265,27 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
     evals, evecs = np.linalg.eigh(x.T @ x)  # (T, T): the left singular vectors of x.T
     order = np.argsort(evals)[::-1]
     u, sv = evecs[:, order], np.sqrt(np.clip(evals[order], 0, None))
-    var = sv ** 2 / (sv ** 2).sum()
+    var = sv**2 / (sv**2).sum()
     comp_meta = {}
     for j in range(min(5, u.shape[1])):
         df[f"a_comp_cor_{j:02d}"] = u[:, j]
-        comp_meta[f"a_comp_cor_{j:02d}"] = {"Method": "aCompCor", "Mask": "combined", "Retained": True,
-                                            "SingularValue": float(sv[j]), "VarianceExplained": float(var[j]),
-                                            "CumulativeVarianceExplained": float(var[:j + 1].sum())}
+        comp_meta[f"a_comp_cor_{j:02d}"] = {
+            "Method": "aCompCor",
+            "Mask": "combined",
+            "Retained": True,
+            "SingularValue": float(sv[j]),
+            "VarianceExplained": float(var[j]),
+            "CumulativeVarianceExplained": float(var[: j + 1].sum()),
+        }
     out = np.zeros((*grid.shape, n), dtype=np.float32)
     out.reshape(-1, n)[grid.vox] = bold
-    truth = {"diagnosis": diagnosis, "spike_volumes": spikes, "global_amplitude": round(global_amp, 4),
-             "planted_regions": planted.get(diagnosis, []), "regions": region_truth}
+    truth = {
+        "diagnosis": diagnosis,
+        "spike_volumes": spikes,
+        "global_amplitude": round(global_amp, 4),
+        "planted_regions": planted.get(diagnosis, []),
+        "regions": region_truth,
+    }
     return out, df, comp_meta, truth
 
 
@@ -235,10 +299,28 @@ def _rigid(rng, max_rot_deg, max_trans_mm):
     return m
 
 
-def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"), planted=None, networks=None,
-                     resolution=4.0, n_volumes=100, tr=2.0, amplitude_effect=0.8, decoupling=0.8, n_spikes=3,
-                     layout="fmriprep", *, rewire_to="dmn", subject_jitter=0.15, region_jitter=0.15,
-                     motion_scale=1.0, overwrite=False, show_progress=False):
+def make_func_cohort(
+    out_dir,
+    n_subjects=20,
+    seed=0,
+    classes=("control", "MDD"),
+    planted=None,
+    networks=None,
+    resolution=4.0,
+    n_volumes=100,
+    tr=2.0,
+    amplitude_effect=0.8,
+    decoupling=0.8,
+    n_spikes=3,
+    layout="fmriprep",
+    *,
+    rewire_to="dmn",
+    subject_jitter=0.15,
+    region_jitter=0.15,
+    motion_scale=1.0,
+    overwrite=False,
+    show_progress=False,
+):
     """Write a synthetic resting-state cohort (see the module docstring) and its ground truth.
 
     Parameters
@@ -295,39 +377,66 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
     seed = _as_int("seed", seed, 0, 2**63 - 1)
     classes = _check_classes(classes)
     layout = look_up_option("layout", layout, ["fmriprep", "raw"])
-    planted = {c: list(v) for c, v in (planted or {c: DEFAULT_FUNC_PLANTED[c] for c in classes[1:]
-                                                   if c in DEFAULT_FUNC_PLANTED}).items()}
+    planted = {
+        c: list(v)
+        for c, v in (
+            planted
+            or {c: DEFAULT_FUNC_PLANTED[c] for c in classes[1:] if c in DEFAULT_FUNC_PLANTED}
+        ).items()
+    }
     missing = [c for c in classes[1:] if c not in planted]
     if missing:
-        raise ConfigError(f"no planted regions for patient class(es) {missing}: pass planted={{class: [AAL regions]}}")
+        raise ConfigError(
+            f"no planted regions for patient class(es) {missing}: pass planted={{class: [AAL regions]}}"
+        )
     networks = {k: list(v) for k, v in (networks or DEFAULT_NETWORKS).items()}
     if rewire_to is not None and rewire_to not in networks:
-        raise ConfigError(f"The 'rewire_to' parameter must be one of the networks {sorted(networks)} or None. "
-                          f"Got {rewire_to!r} instead.")
-    params = json.loads(json.dumps({
-        "n_subjects": n_subjects, "seed": seed, "classes": list(classes), "planted": planted, "networks": networks,
-        "resolution": float(check_in_range("resolution", resolution, 2.0, 8.0)),
-        "n_volumes": _as_int("n_volumes", n_volumes, 30, 2000),
-        "tr": float(check_in_range("tr", tr, 0.3, 5.0)),
-        "amplitude_effect": float(check_in_range("amplitude_effect", amplitude_effect, 0.0, 5.0)),
-        "decoupling": float(check_in_range("decoupling", decoupling, 0.0, 1.0)),
-        "n_spikes": _as_int("n_spikes", n_spikes, 0, 20), "layout": layout, "rewire_to": rewire_to,
-        "subject_jitter": float(check_in_range("subject_jitter", subject_jitter, 0.0, 1.0)),
-        "region_jitter": float(check_in_range("region_jitter", region_jitter, 0.0, 1.0)),
-        "motion_scale": float(check_in_range("motion_scale", motion_scale, 0.0, 10.0)),
-        "generator_version": FUNC_SYNTH_VERSION,
-    }))
-    spike_room = params["n_volumes"] - 16  # spikes go to distinct volumes, none in the first or last 8
+        raise ConfigError(
+            f"The 'rewire_to' parameter must be one of the networks {sorted(networks)} or None. "
+            f"Got {rewire_to!r} instead."
+        )
+    params = json.loads(
+        json.dumps(
+            {
+                "n_subjects": n_subjects,
+                "seed": seed,
+                "classes": list(classes),
+                "planted": planted,
+                "networks": networks,
+                "resolution": float(check_in_range("resolution", resolution, 2.0, 8.0)),
+                "n_volumes": _as_int("n_volumes", n_volumes, 30, 2000),
+                "tr": float(check_in_range("tr", tr, 0.3, 5.0)),
+                "amplitude_effect": float(
+                    check_in_range("amplitude_effect", amplitude_effect, 0.0, 5.0)
+                ),
+                "decoupling": float(check_in_range("decoupling", decoupling, 0.0, 1.0)),
+                "n_spikes": _as_int("n_spikes", n_spikes, 0, 20),
+                "layout": layout,
+                "rewire_to": rewire_to,
+                "subject_jitter": float(check_in_range("subject_jitter", subject_jitter, 0.0, 1.0)),
+                "region_jitter": float(check_in_range("region_jitter", region_jitter, 0.0, 1.0)),
+                "motion_scale": float(check_in_range("motion_scale", motion_scale, 0.0, 10.0)),
+                "generator_version": FUNC_SYNTH_VERSION,
+            }
+        )
+    )
+    spike_room = (
+        params["n_volumes"] - 16
+    )  # spikes go to distinct volumes, none in the first or last 8
     if params["n_spikes"] > spike_room:
-        raise ConfigError(f"The 'n_spikes' parameter must be at most n_volumes - 16 = {spike_room} (spikes go to "
-                          f"distinct volumes, none in the first or last 8). Got {params['n_spikes']} instead.")
+        raise ConfigError(
+            f"The 'n_spikes' parameter must be at most n_volumes - 16 = {spike_room} (spikes go to "
+            f"distinct volumes, none in the first or last 8). Got {params['n_spikes']} instead."
+        )
     root = Path(out_dir)
     gt = root / GROUNDTRUTH_SUBDIR
     record = gt / "planted_regions.json"
     if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
         old = read_json(record) if record.is_file() else None
         if old is not None and old.get("parameters") == params and old.get("status") == "complete":
-            log.info("synthetic func cohort in %s exists with the same parameters: nothing to do", root)
+            log.info(
+                "synthetic func cohort in %s exists with the same parameters: nothing to do", root
+            )
             return _summary(root, params, _participants(root), True, t0)
         if old is not None and old.get("parameters") == params:
             # an interrupted run with the same parameters: generation is deterministic, so redo it
@@ -335,13 +444,20 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
             log.info("synthetic func cohort in %s was interrupted: generating it again", root)
         elif old is None or not overwrite:
             if isinstance(old, dict) and isinstance(old.get("parameters"), dict):
-                diff = sorted(k for k in set(params) | set(old["parameters"])
-                              if old["parameters"].get(k) != params.get(k))
-                raise ConfigError(f"out_dir {str(root)!r} holds a synthetic func cohort made with other parameters "
-                                  f"(differing: {', '.join(diff)}); choose a new folder or pass overwrite=True")
-            raise ConfigError(f"out_dir {str(root)!r} is not empty and holds "
-                              f"{'another' if old else 'no'} neuroml synthetic cohort; choose a new folder"
-                              + (" or pass overwrite=True" if old else ""))
+                diff = sorted(
+                    k
+                    for k in set(params) | set(old["parameters"])
+                    if old["parameters"].get(k) != params.get(k)
+                )
+                raise ConfigError(
+                    f"out_dir {str(root)!r} holds a synthetic func cohort made with other parameters "
+                    f"(differing: {', '.join(diff)}); choose a new folder or pass overwrite=True"
+                )
+            raise ConfigError(
+                f"out_dir {str(root)!r} is not empty and holds "
+                f"{'another' if old else 'no'} neuroml synthetic cohort; choose a new folder"
+                + (" or pass overwrite=True" if old else "")
+            )
         else:
             for p in root.iterdir():
                 if p.is_dir():
@@ -369,48 +485,109 @@ def make_func_cohort(out_dir, n_subjects=20, seed=0, classes=("control", "MDD"),
         func = root / pid / "func"
         slope = float(np.abs(bold).max() / 30000.0) or 1.0
         data = np.round(bold / slope).astype(np.int16)
-        _write_nifti_gz(func / bold_filename(pid, layout, params["resolution"]), data, affine, slope=slope,
-                        zooms=[params["resolution"]] * 3 + [params["tr"]], qform_code=4 if layout != "raw" else 1,
-                        sform_code=4 if layout != "raw" else 1, descrip="neuroml synthetic BOLD")
+        _write_nifti_gz(
+            func / bold_filename(pid, layout, params["resolution"]),
+            data,
+            affine,
+            slope=slope,
+            zooms=[params["resolution"]] * 3 + [params["tr"]],
+            qform_code=4 if layout != "raw" else 1,
+            sform_code=4 if layout != "raw" else 1,
+            descrip="neuroml synthetic BOLD",
+        )
         side = {"RepetitionTime": params["tr"], "TaskName": _TASK, "SkullStripped": False}
         if layout == "fmriprep":
             side["SpatialReference"] = "MNI152NLin2009aSym"
         stem = bold_filename(pid, layout, params["resolution"]).replace(".nii.gz", "")
         write_json_atomic(func / f"{stem}.json", side)
         if layout == "fmriprep":
-            write_text_atomic(func / f"{pid}_task-{_TASK}_desc-confounds_timeseries.tsv",
-                              "\t".join(conf.columns) + "\n" + "".join(
-                                  "\t".join(_fmt(v) for v in row) + "\n" for row in conf.to_numpy()))
-            write_json_atomic(func / f"{pid}_task-{_TASK}_desc-confounds_timeseries.json", comp_meta)
+            write_text_atomic(
+                func / f"{pid}_task-{_TASK}_desc-confounds_timeseries.tsv",
+                "\t".join(conf.columns)
+                + "\n"
+                + "".join("\t".join(_fmt(v) for v in row) + "\n" for row in conf.to_numpy()),
+            )
+            write_json_atomic(
+                func / f"{pid}_task-{_TASK}_desc-confounds_timeseries.json", comp_meta
+            )
         write_json_atomic(gt / pid / f"{pid}_task-{_TASK}_truth.json", truth)
-        participants.append({"participant_id": pid, "diagnosis": diagnosis,
-                             "age": int(rng.integers(20, 65)), "sex": str(rng.choice(["F", "M"]))})
-    write_text_atomic(root / "participants.tsv", "participant_id\tdiagnosis\tage\tsex\n" + "".join(
-        f"{p['participant_id']}\t{p['diagnosis']}\t{p['age']}\t{p['sex']}\n" for p in participants))
-    write_json_atomic(root / "dataset_description.json", {
-        "Name": "neuroml synthetic resting-state cohort", "BIDSVersion": "1.8.0",
-        "DatasetType": "derivative" if layout == "fmriprep" else "raw", "License": "CC0",
-        "GeneratedBy": [{"Name": "neuroml", "Description": "neuroml.synth.make_func_cohort "
-                         + ("(fMRIPrep-style outputs)" if layout == "fmriprep" else "(plain BOLD)"),
-                         "Version": f"synth-func-{FUNC_SYNTH_VERSION}"}]})
-    write_json_atomic(gt / "dataset_description.json", {
-        "Name": "neuroml synthetic resting-state cohort: ground truth", "BIDSVersion": "1.8.0",
-        "DatasetType": "derivative", "GeneratedBy": [{"Name": "neuroml"}]})
+        participants.append(
+            {
+                "participant_id": pid,
+                "diagnosis": diagnosis,
+                "age": int(rng.integers(20, 65)),
+                "sex": str(rng.choice(["F", "M"])),
+            }
+        )
+    write_text_atomic(
+        root / "participants.tsv",
+        "participant_id\tdiagnosis\tage\tsex\n"
+        + "".join(
+            f"{p['participant_id']}\t{p['diagnosis']}\t{p['age']}\t{p['sex']}\n"
+            for p in participants
+        ),
+    )
+    write_json_atomic(
+        root / "dataset_description.json",
+        {
+            "Name": "neuroml synthetic resting-state cohort",
+            "BIDSVersion": "1.8.0",
+            "DatasetType": "derivative" if layout == "fmriprep" else "raw",
+            "License": "CC0",
+            "GeneratedBy": [
+                {
+                    "Name": "neuroml",
+                    "Description": "neuroml.synth.make_func_cohort "
+                    + ("(fMRIPrep-style outputs)" if layout == "fmriprep" else "(plain BOLD)"),
+                    "Version": f"synth-func-{FUNC_SYNTH_VERSION}",
+                }
+            ],
+        },
+    )
+    write_json_atomic(
+        gt / "dataset_description.json",
+        {
+            "Name": "neuroml synthetic resting-state cohort: ground truth",
+            "BIDSVersion": "1.8.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "neuroml"}],
+        },
+    )
     for c, regions in planted.items():
         m = np.isin(grid.labels, [grid.index[r] for r in regions]).astype(np.uint8)
-        _write_nifti_gz(gt / mask_filename(c), m, grid.affine, zooms=[params["resolution"]] * 3,
-                        qform_code=4, sform_code=4, descrip=f"planted regions of {c}")
-    write_json_atomic(record, {
-        "status": "complete", "modality": "func", "generator": "neuroml.synth.make_func_cohort",
-        "generator_version": FUNC_SYNTH_VERSION, "atlas": "aal", "space": "MNI152NLin2009aSym",
-        "healthy_class": classes[0], "planted": planted, "masks": {c: mask_filename(c) for c in planted},
-        "networks": networks, "effect_model": (
-            "voxel % signal = amp * gm * (c * network_latent + c_other * other_network_latent + "
-            "sqrt(1 - c^2 - c_other^2) * region_latent) + noise (c_other = 0 outside planted regions); "
-            f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c_other = c * "
-            f"{params['decoupling']} to the {params['rewire_to']!r} network (0 when it is their own network), "
-            f"then c *= 1 - {params['decoupling']}"),
-        "seed": seed, "parameters": params})
+        _write_nifti_gz(
+            gt / mask_filename(c),
+            m,
+            grid.affine,
+            zooms=[params["resolution"]] * 3,
+            qform_code=4,
+            sform_code=4,
+            descrip=f"planted regions of {c}",
+        )
+    write_json_atomic(
+        record,
+        {
+            "status": "complete",
+            "modality": "func",
+            "generator": "neuroml.synth.make_func_cohort",
+            "generator_version": FUNC_SYNTH_VERSION,
+            "atlas": "aal",
+            "space": "MNI152NLin2009aSym",
+            "healthy_class": classes[0],
+            "planted": planted,
+            "masks": {c: mask_filename(c) for c in planted},
+            "networks": networks,
+            "effect_model": (
+                "voxel % signal = amp * gm * (c * network_latent + c_other * other_network_latent + "
+                "sqrt(1 - c^2 - c_other^2) * region_latent) + noise (c_other = 0 outside planted regions); "
+                f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c_other = c * "
+                f"{params['decoupling']} to the {params['rewire_to']!r} network (0 when it is their own network), "
+                f"then c *= 1 - {params['decoupling']}"
+            ),
+            "seed": seed,
+            "parameters": params,
+        },
+    )
     return _summary(root, params, participants, False, t0)
 
 
@@ -421,6 +598,14 @@ def _participants(root):
 
 
 def _summary(root, params, participants, skipped, t0):
-    return {"out_dir": str(root), "groundtruth_dir": str(root / GROUNDTRUTH_SUBDIR), "participants": participants,
-            "classes": params["classes"], "planted": params["planted"], "networks": params["networks"],
-            "parameters": params, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "out_dir": str(root),
+        "groundtruth_dir": str(root / GROUNDTRUTH_SUBDIR),
+        "participants": participants,
+        "classes": params["classes"],
+        "planted": params["planted"],
+        "networks": params["networks"],
+        "parameters": params,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -56,7 +56,9 @@ def normalize_participant_id(participant_id):
     """
     m = _PID_RE.match(str(participant_id))
     if not m:
-        raise InputError(f"{participant_id!r} is not a BIDS participant id (expected 'sub-<alphanumeric>')")
+        raise InputError(
+            f"{participant_id!r} is not a BIDS participant id (expected 'sub-<alphanumeric>')"
+        )
     return f"sub-{m.group(2)}"
 
 
@@ -91,7 +93,10 @@ def warp_displacement(field, field_affine, points_mm):
     inv = np.linalg.inv(np.asarray(field_affine, dtype=np.float64))
     vox = (pts @ inv[:3, :3].T + inv[:3, 3]).T
     return np.stack(
-        [map_coordinates(field[..., c], vox, order=1, mode="nearest", prefilter=False) for c in range(3)],
+        [
+            map_coordinates(field[..., c], vox, order=1, mode="nearest", prefilter=False)
+            for c in range(3)
+        ],
         axis=1,
     )
 
@@ -103,9 +108,12 @@ def _refuse_func_cohort(gt):
     except (InputError, AttributeError):
         return
     if modality == "func":
-        raise InputError("a functional synthetic cohort (make_func_cohort) has no MNI -> scanner warp: its BOLD "
-                         "is made on the MNI grid and, in the raw layout, only rigidly moved (scanner_from_mni "
-                         "in each subject's sub-XXX_task-rest_truth.json)", record)
+        raise InputError(
+            "a functional synthetic cohort (make_func_cohort) has no MNI -> scanner warp: its BOLD "
+            "is made on the MNI grid and, in the raw layout, only rigidly moved (scanner_from_mni "
+            "in each subject's sub-XXX_task-rest_truth.json)",
+            record,
+        )
 
 
 def load_subject_transform(groundtruth_dir, participant_id):
@@ -137,20 +145,28 @@ def load_subject_transform(groundtruth_dir, participant_id):
         affine = np.asarray(rec["affine_mni_to_scanner"], dtype=np.float64)
         warp_name = rec["warp"]["file"]
     except (KeyError, TypeError):
-        raise InputError("transform record lacks 'affine_mni_to_scanner' or 'warp.file'",
-                         gt / pid / f"{pid}_xfm.json") from None
+        raise InputError(
+            "transform record lacks 'affine_mni_to_scanner' or 'warp.file'",
+            gt / pid / f"{pid}_xfm.json",
+        ) from None
     if affine.shape != (4, 4):
-        raise InputError(f"'affine_mni_to_scanner' must be 4x4, got shape {affine.shape}",
-                         gt / pid / f"{pid}_xfm.json")
+        raise InputError(
+            f"'affine_mni_to_scanner' must be 4x4, got shape {affine.shape}",
+            gt / pid / f"{pid}_xfm.json",
+        )
     warp_path = gt / pid / warp_name
     if not warp_path.exists():
         raise InputError("warp file not found", warp_path)
     img = nib.load(str(warp_path))
     field = np.asarray(img.dataobj, dtype=np.float64)
     if field.ndim != 4 or field.shape[3] != 3:
-        raise InputError(f"warp must be a 4D (x, y, z, 3) field, got shape {field.shape}", warp_path)
+        raise InputError(
+            f"warp must be a 4D (x, y, z, 3) field, got shape {field.shape}", warp_path
+        )
     out = dict(rec)
-    out.update(affine=affine, warp_field=field, warp_affine=np.asarray(img.affine, dtype=np.float64))
+    out.update(
+        affine=affine, warp_field=field, warp_affine=np.asarray(img.affine, dtype=np.float64)
+    )
     return out
 
 
@@ -210,5 +226,7 @@ def planted_mask_path(groundtruth_dir, diagnosis):
         rec = read_json(gt / "planted_regions.json")
         raise InputError(
             f"no planted-region mask for class {diagnosis!r}; classes with planted regions: "
-            f"{sorted(rec.get('planted', {}))}", path)
+            f"{sorted(rec.get('planted', {}))}",
+            path,
+        )
     return path

@@ -3,8 +3,16 @@ reading runs back and predicting new subjects, and a scikit-learn style classifi
 
 from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
 from neuroml.training.estimator import NeuroClassifier
-from neuroml.training.metrics import (balanced_accuracy, bootstrap_ci, classification_report, confusion_matrix,
-                                      permutation_pvalue, roc_auc_ovr, roc_curves, sensitivity_specificity)
+from neuroml.training.metrics import (
+    balanced_accuracy,
+    bootstrap_ci,
+    classification_report,
+    confusion_matrix,
+    permutation_pvalue,
+    roc_auc_ovr,
+    roc_curves,
+    sensitivity_specificity,
+)
 from neuroml.training.predict import predict_run
 from neuroml.training.run import Run, load_run, train_run
 from neuroml.training.splits import make_splits

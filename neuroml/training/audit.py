@@ -83,8 +83,10 @@ def audit_groups(table, participant_ids, columns=("sex", "age", "site"), extra_c
     for col in list(columns) + [c for c in extra_columns if c not in columns]:
         if col not in table.columns:
             if col in extra_columns:
-                raise InputError(f"audit column {col!r} not found in participants.tsv "
-                                 f"(columns: {list(table.columns)})")
+                raise InputError(
+                    f"audit column {col!r} not found in participants.tsv "
+                    f"(columns: {list(table.columns)})"
+                )
             continue
         values = table[col].reindex(list(participant_ids)).tolist()
         if col == "age":
@@ -133,8 +135,13 @@ def _group_metrics(y, proba, classes, n_bootstrap, seed):
 
 
 def _gap(groups, metric, min_size):
-    ok = {g: m[metric] for g, m in groups.items()
-          if m["n"] >= min_size and m[metric] is not None and sum(v > 0 for v in m["n_per_class"].values()) >= 2}
+    ok = {
+        g: m[metric]
+        for g, m in groups.items()
+        if m["n"] >= min_size
+        and m[metric] is not None
+        and sum(v > 0 for v in m["n_per_class"].values()) >= 2
+    }
     if len(ok) < 2:
         return None
     order = sorted(ok, key=lambda g: (ok[g], g))
@@ -142,11 +149,20 @@ def _gap(groups, metric, min_size):
     ci_lo = (groups[lo]["ci"].get(metric) or [None, None])[1]
     ci_hi = (groups[hi]["ci"].get(metric) or [None, None])[0]
     separate = None if ci_lo is None or ci_hi is None else bool(ci_lo < ci_hi)
-    return {"metric": metric, "value": round(ok[hi] - ok[lo], 6), "best": hi, "worst": lo,
-            "best_value": ok[hi], "worst_value": ok[lo], "intervals_separate": separate}
+    return {
+        "metric": metric,
+        "value": round(ok[hi] - ok[lo], 6),
+        "best": hi,
+        "worst": lo,
+        "best_value": ok[hi],
+        "worst_value": ok[lo],
+        "intervals_separate": separate,
+    }
 
 
-def subgroup_audit(y_true, proba, classes, groups, n_bootstrap=1000, seed=0, min_group_size=MIN_GROUP_SIZE):
+def subgroup_audit(
+    y_true, proba, classes, groups, n_bootstrap=1000, seed=0, min_group_size=MIN_GROUP_SIZE
+):
     """Per-subgroup performance with bootstrap intervals and the largest gap.
 
     Parameters
@@ -186,8 +202,12 @@ def subgroup_audit(y_true, proba, classes, groups, n_bootstrap=1000, seed=0, min
         per = {}
         for i, g in enumerate(sorted(set(labels.tolist()) - {"n/a"})):
             sel = labels == g
-            per[g] = _group_metrics(y_true[sel], proba[sel], classes, n_bootstrap, [int(seed) % (2**32), i])
-        gap = _gap(per, "balanced_accuracy", min_group_size) or _gap(per, "auc_macro", min_group_size)
+            per[g] = _group_metrics(
+                y_true[sel], proba[sel], classes, n_bootstrap, [int(seed) % (2**32), i]
+            )
+        gap = _gap(per, "balanced_accuracy", min_group_size) or _gap(
+            per, "auc_macro", min_group_size
+        )
         out[attr] = {"groups": per, "gap": gap, "n_missing": int(np.sum(labels == "n/a"))}
         if gap and (best is None or gap["value"] > best["value"]):
             best = {"attribute": attr, **gap}

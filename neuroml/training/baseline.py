@@ -37,21 +37,36 @@ def region_means(volumes, labels, chunk=64):
 
     labels = np.asarray(labels)
     if labels.shape != tuple(volumes.shape[1:]):
-        raise ValueError(f"atlas labels of shape {labels.shape} are not on the volumes' grid {tuple(volumes.shape[1:])}")
+        raise ValueError(
+            f"atlas labels of shape {labels.shape} are not on the volumes' grid {tuple(volumes.shape[1:])}"
+        )
     labels = labels.reshape(-1).astype(np.int64)
     region_ids, column = np.unique(labels[labels > 0], return_inverse=True)
     counts = np.bincount(column, minlength=len(region_ids)).astype(np.float64)
     voxels = np.flatnonzero(labels > 0)
-    indicator = sparse.csr_matrix((np.ones(len(voxels)), (voxels, column)), shape=(labels.size, len(region_ids)))
+    indicator = sparse.csr_matrix(
+        (np.ones(len(voxels)), (voxels, column)), shape=(labels.size, len(region_ids))
+    )
     out = np.empty((len(volumes), len(region_ids)))
     for start in range(0, len(volumes), chunk):
-        block = np.asarray(volumes[start:start + chunk], dtype=np.float64).reshape(-1, labels.size)
-        out[start:start + chunk] = np.asarray(indicator.T @ block.T).T / counts
+        block = np.asarray(volumes[start : start + chunk], dtype=np.float64).reshape(
+            -1, labels.size
+        )
+        out[start : start + chunk] = np.asarray(indicator.T @ block.T).T / counts
     return out, region_ids
 
 
-def baseline_cv(features, participant_ids, y, splits, n_classes, seed=0, harmonizer=None, sites=None,
-                covariates=None):
+def baseline_cv(
+    features,
+    participant_ids,
+    y,
+    splits,
+    n_classes,
+    seed=0,
+    harmonizer=None,
+    sites=None,
+    covariates=None,
+):
     """Out-of-fold probabilities of a standardised logistic regression, trained on each fold's train + val.
 
     Parameters
@@ -105,11 +120,17 @@ def baseline_cv(features, participant_ids, y, splits, n_classes, seed=0, harmoni
         p = np.zeros((int(test.sum()), n_classes))
         present = np.unique(y[train])
         if len(present) < 2:  # e.g. leave-one-site-out with a site holding a whole class
-            log.warning("baseline fold %s: one class in training; it predicts that class", f["fold"])
+            log.warning(
+                "baseline fold %s: one class in training; it predicts that class", f["fold"]
+            )
             p[:, present] = 1.0
         else:
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced",
-                                                                     random_state=seed))
+            clf = make_pipeline(
+                StandardScaler(),
+                LogisticRegression(
+                    C=1.0, max_iter=5000, class_weight="balanced", random_state=seed
+                ),
+            )
             clf.fit(x_train, y[train])
             p[:, clf[-1].classes_] = clf.predict_proba(x_test)
         proba[test] = p

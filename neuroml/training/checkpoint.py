@@ -57,20 +57,28 @@ def load_checkpoint(path, map_location="cpu", require=()):
     if not path.is_file():
         raise InputError("checkpoint not found", path)
     try:
-        with warnings.catch_warnings():  # torch warns about legacy (non-zip) files: the error says enough
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns about legacy (non-zip) files: the error says enough
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if "weights only" not in str(exc).lower():  # garbage, not a pickle of Python objects
-            raise InputError(f"not a readable torch checkpoint (UnpicklingError: {first[:200]})", path) from None
+            raise InputError(
+                f"not a readable torch checkpoint (UnpicklingError: {first[:200]})", path
+            ) from None
         raise InputError(
             "refusing to load: the checkpoint holds pickled Python objects, not only tensors and plain "
             f"types (loaded with weights_only=True for safety; {first[:200]}). Only load checkpoints "
-            "written by neuroml from sources you trust", path) from None
+            "written by neuroml from sources you trust",
+            path,
+        ) from None
     except Exception as exc:  # noqa: BLE001 - hostile bytes raise KeyError, RuntimeError, EOFError...
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: {first[:200]})", path) from None
+        raise InputError(
+            f"not a readable torch checkpoint ({type(exc).__name__}: {first[:200]})", path
+        ) from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a dict checkpoint, got {type(obj).__name__}", path)
     missing = [k for k in require if k not in obj]

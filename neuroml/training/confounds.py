@@ -17,7 +17,15 @@ import numpy as np
 from neuroml.io.bids import MISSING_VALUES as MISSING
 from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
 
-__all__ = ["association_tests", "cramers_v", "is_missing", "site_probe", "ALPHA", "MISSING", "STRONG_V"]
+__all__ = [
+    "association_tests",
+    "cramers_v",
+    "is_missing",
+    "site_probe",
+    "ALPHA",
+    "MISSING",
+    "STRONG_V",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -57,7 +65,9 @@ def _numeric(values):
     """
     import pandas as pd
 
-    arr = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
+    arr = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(
+        dtype=float
+    )
     ok = np.isfinite(arr)
     if ok.sum() < max(3, 0.9 * len(arr)) or len(np.unique(arr[ok])) <= 5:
         return None, None
@@ -116,13 +126,22 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
         vals = [values[i] for i in np.flatnonzero(keep)]
         levels = sorted(set(lab.tolist()))
         if len(vals) < 3 or len(levels) < 2:
-            out[name] = {"test": None, "n": len(vals), "entangled": False, "note": "too few participants or classes"}
+            out[name] = {
+                "test": None,
+                "n": len(vals),
+                "entangled": False,
+                "note": "too few participants or classes",
+            }
             continue
         num, ok = (None, None) if name in categorical else _numeric(vals)
         if num is not None and len(set(lab[ok].tolist())) < 2:  # not a category per number either
-            out[name] = {"test": None, "n": int(ok.sum()), "entangled": False,
-                         "note": f"the numbers all belong to one class ({sorted(set(lab[ok].tolist()))[0]}); "
-                                 f"{int((~ok).sum())} value(s) that are not numbers"}
+            out[name] = {
+                "test": None,
+                "n": int(ok.sum()),
+                "entangled": False,
+                "note": f"the numbers all belong to one class ({sorted(set(lab[ok].tolist()))[0]}); "
+                f"{int((~ok).sum())} value(s) that are not numbers",
+            }
             continue
         if num is not None:
             dropped = sorted({str(vals[i]) for i in np.flatnonzero(~ok)})
@@ -139,37 +158,71 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
             ss_total = float(((num - grand) ** 2).sum())
             eta2 = float(ss_between / ss_total) if ss_total > 0 else 0.0
             p = float(kw.pvalue) if np.isfinite(kw.pvalue) else 1.0
-            out[name] = {"test": "Kruskal-Wallis", "statistic": round(float(kw.statistic), 6), "p_value": p,
-                         "anova_F": None if not np.isfinite(anova.statistic) else round(float(anova.statistic), 6),
-                         "anova_p": None if not np.isfinite(anova.pvalue) else float(anova.pvalue),
-                         "effect": "eta squared", "effect_size": round(eta2, 6), "n": int(len(num)),
-                         "by_label": {c: float(np.median(num[lab == c])) for c in levels if np.any(lab == c)}}
+            out[name] = {
+                "test": "Kruskal-Wallis",
+                "statistic": round(float(kw.statistic), 6),
+                "p_value": p,
+                "anova_F": None
+                if not np.isfinite(anova.statistic)
+                else round(float(anova.statistic), 6),
+                "anova_p": None if not np.isfinite(anova.pvalue) else float(anova.pvalue),
+                "effect": "eta squared",
+                "effect_size": round(eta2, 6),
+                "n": int(len(num)),
+                "by_label": {
+                    c: float(np.median(num[lab == c])) for c in levels if np.any(lab == c)
+                },
+            }
             if dropped:
-                out[name]["note"] = (f"{int((~ok).sum())} value(s) that are not numbers left out of the test: "
-                                     f"{dropped[:5]}")
+                out[name]["note"] = (
+                    f"{int((~ok).sum())} value(s) that are not numbers left out of the test: "
+                    f"{dropped[:5]}"
+                )
             strength = np.sqrt(eta2)
         else:
             from scipy.stats import chi2_contingency
 
             vals = np.asarray([str(v) for v in vals], dtype=object)
             cats = sorted(set(vals.tolist()))
-            table = np.array([[int(np.sum((lab == c) & (vals == s))) for s in cats] for c in levels])
+            table = np.array(
+                [[int(np.sum((lab == c) & (vals == s))) for s in cats] for c in levels]
+            )
             if len(cats) < 2:
-                out[name] = {"test": None, "n": int(len(vals)), "entangled": False, "note": "a single value"}
+                out[name] = {
+                    "test": None,
+                    "n": int(len(vals)),
+                    "entangled": False,
+                    "note": "a single value",
+                }
                 continue
             chi2, p, dof, _ = chi2_contingency(table, correction=False)
             v = cramers_v(table)
-            out[name] = {"test": "chi-square", "statistic": round(float(chi2), 6), "dof": int(dof),
-                         "p_value": float(p), "effect": "Cramér's V", "effect_size": round(v, 6),
-                         "n": int(len(vals)), "table": {c: dict(zip(cats, map(int, row)))
-                                                        for c, row in zip(levels, table)}}
+            out[name] = {
+                "test": "chi-square",
+                "statistic": round(float(chi2), 6),
+                "dof": int(dof),
+                "p_value": float(p),
+                "effect": "Cramér's V",
+                "effect_size": round(v, 6),
+                "n": int(len(vals)),
+                "table": {c: dict(zip(cats, map(int, row))) for c, row in zip(levels, table)},
+            }
             strength = v
         out[name]["entangled"] = bool(out[name]["p_value"] < alpha or strength >= strong)
     return out
 
 
-def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n_bootstrap=1000,
-               harmonizer=None, covariates=None):
+def site_probe(
+    features,
+    sites,
+    participant_ids,
+    splits=None,
+    folds=3,
+    seed=0,
+    n_bootstrap=1000,
+    harmonizer=None,
+    covariates=None,
+):
     """How well the site can be predicted from ``features``, out of fold.
 
     A standardised logistic regression (balanced class weights) predicts the site of each
@@ -203,7 +256,9 @@ def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n
     from sklearn.preprocessing import StandardScaler
 
     features = np.asarray(features, dtype=float)
-    known = np.array([not is_missing(s) for s in sites], dtype=bool)  # a missing site is no site of its own
+    known = np.array(
+        [not is_missing(s) for s in sites], dtype=bool
+    )  # a missing site is no site of its own
     sites = np.asarray([str(s) for s in sites], dtype=object)[known]
     pids = np.asarray(participant_ids, dtype=object)[known]
     features = features[known]
@@ -211,18 +266,28 @@ def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n
         covariates = np.asarray(covariates, float)[known]
     levels = sorted(set(sites.tolist()))
     if len(levels) < 2:
-        return {"balanced_accuracy": None, "note": "a single site", "n_sites": len(levels), "sites": levels}
+        return {
+            "balanced_accuracy": None,
+            "note": "a single site",
+            "n_sites": len(levels),
+            "sites": levels,
+        }
     y = np.array([levels.index(s) for s in sites])
     if splits and splits[0].get("test_site") is None:
-        parts = [(np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"]))) for f in splits]
+        parts = [
+            (np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"])))
+            for f in splits
+        ]
         scheme = "the run's folds"
     else:
         n_f = int(max(2, min(folds, np.bincount(y).min())))
         sgkf = StratifiedGroupKFold(n_splits=n_f, shuffle=True, random_state=int(seed) % (2**32))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            parts = [(np.isin(np.arange(len(y)), tr), np.isin(np.arange(len(y)), te))
-                     for tr, te in sgkf.split(features, y, groups=pids)]
+            parts = [
+                (np.isin(np.arange(len(y)), tr), np.isin(np.arange(len(y)), te))
+                for tr, te in sgkf.split(features, y, groups=pids)
+            ]
         scheme = f"stratified group {n_f}-fold on the site"
     proba = np.full((len(y), len(levels)), np.nan)
     for train, test in parts:
@@ -234,18 +299,32 @@ def site_probe(features, sites, participant_ids, splits=None, folds=3, seed=0, n
             h = harmonizer().fit(xtr, sites[train], None if cov is None else cov[train])
             xtr = h.transform(xtr, sites[train], None if cov is None else cov[train])
             xte = h.transform(xte, sites[test], None if cov is None else cov[test])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
-                                                                 random_state=seed))
+        clf = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed),
+        )
         clf.fit(xtr, y[train])
         p = np.zeros((int(test.sum()), len(levels)))
         p[:, clf[-1].classes_] = clf.predict_proba(xte)
         proba[test] = p
     done = np.isfinite(proba).all(1)
     if not done.any():
-        return {"balanced_accuracy": None, "note": "no fold could be trained", "n_sites": len(levels), "sites": levels}
+        return {
+            "balanced_accuracy": None,
+            "note": "no fold could be trained",
+            "n_sites": len(levels),
+            "sites": levels,
+        }
     bacc = balanced_accuracy(y[done], proba[done].argmax(1), len(levels))
-    return {"balanced_accuracy": round(bacc, 6),
-            "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
-            "chance": round(1.0 / len(levels), 6), "n_sites": len(levels), "sites": levels,
-            "n": int(done.sum()), "n_without_site": int((~known).sum()), "folds": len(parts), "scheme": scheme,
-            "model": "StandardScaler + LogisticRegression(class_weight='balanced')"}
+    return {
+        "balanced_accuracy": round(bacc, 6),
+        "ci": bootstrap_ci(y[done], proba[done], n_bootstrap, seed).get("balanced_accuracy"),
+        "chance": round(1.0 / len(levels), 6),
+        "n_sites": len(levels),
+        "sites": levels,
+        "n": int(done.sum()),
+        "n_without_site": int((~known).sum()),
+        "folds": len(parts),
+        "scheme": scheme,
+        "model": "StandardScaler + LogisticRegression(class_weight='balanced')",
+    }

@@ -24,8 +24,18 @@ import torch
 
 from neuroml.errors import ConfigError
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "local_rank", "is_main_process",
-           "barrier", "broadcast_object", "all_reduce_mean", "launched_by_torchrun"]
+__all__ = [
+    "init_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main_process",
+    "barrier",
+    "broadcast_object",
+    "all_reduce_mean",
+    "launched_by_torchrun",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -101,8 +111,10 @@ def init_distributed(device="auto", timeout_s=1800):
         if dev.type == "cuda":
             n_gpu = torch.cuda.device_count()
             if local_rank() >= n_gpu:
-                raise ConfigError(f"LOCAL_RANK={local_rank()} but this node has {n_gpu} CUDA device(s); "
-                                  f"use --nproc_per_node={n_gpu}")
+                raise ConfigError(
+                    f"LOCAL_RANK={local_rank()} but this node has {n_gpu} CUDA device(s); "
+                    f"use --nproc_per_node={n_gpu}"
+                )
             torch.cuda.set_device(local_rank())
         d.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=int(timeout_s)))
         created = True

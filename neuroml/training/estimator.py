@@ -35,7 +35,9 @@ def _as_volumes(images, grid=None):
         if vols.ndim == 4:
             vols = vols[:, None]
         if vols.ndim != 5:
-            raise InputError(f"expected an array of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {vols.shape}")
+            raise InputError(
+                f"expected an array of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {vols.shape}"
+            )
         if not np.isfinite(vols).all():
             raise InputError("images contain NaN or infinite values")
         if not len(vols):
@@ -45,29 +47,43 @@ def _as_volumes(images, grid=None):
         try:
             images = list(images)
         except TypeError:
-            raise InputError(f"expected NIfTI paths, nibabel images or an array of volumes, got "
-                             f"{type(images).__name__}") from None
+            raise InputError(
+                f"expected NIfTI paths, nibabel images or an array of volumes, got "
+                f"{type(images).__name__}"
+            ) from None
         if not images:
             raise InputError("no images given")
         # paths and images loaded from a file are named by the file, in-memory images by their position
-        names = [im if isinstance(im, (str, os.PathLike)) else _filename(im) or f"images[{i}]"
-                 for i, im in enumerate(images)]
+        names = [
+            im if isinstance(im, (str, os.PathLike)) else _filename(im) or f"images[{i}]"
+            for i, im in enumerate(images)
+        ]
         imgs = [check_img(im, name=name) for im, name in zip(images, names)]
         affine, shape = np.asarray(imgs[0].affine), imgs[0].shape[:3]
         for i, im in enumerate(imgs):
             if im.shape[:3] != shape or not np.allclose(im.affine, affine, atol=1e-4):
                 name = names[i]
-                raise InputError(f"not on the grid of the first image (shape {im.shape}, expected {shape})", name)
+                raise InputError(
+                    f"not on the grid of the first image (shape {im.shape}, expected {shape})", name
+                )
         vols = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in imgs])[:, None]
         found = (affine, tuple(shape))
     if grid is not None:
         shape = tuple(vols.shape[2:])
         if shape != tuple(grid[1]):
-            raise InputError(f"images are on grid {shape} but the classifier was fitted on {tuple(grid[1])}")
-        if found is not None and grid[0] is not None and not np.allclose(found[0], grid[0], atol=1e-4):
-            raise InputError(f"images have the affine {np.round(found[0][:3], 4).tolist()} but the classifier was "
-                             f"fitted on images with {np.round(np.asarray(grid[0])[:3], 4).tolist()} (same shape, "
-                             "another position or voxel size); resample them to the training grid")
+            raise InputError(
+                f"images are on grid {shape} but the classifier was fitted on {tuple(grid[1])}"
+            )
+        if (
+            found is not None
+            and grid[0] is not None
+            and not np.allclose(found[0], grid[0], atol=1e-4)
+        ):
+            raise InputError(
+                f"images have the affine {np.round(found[0][:3], 4).tolist()} but the classifier was "
+                f"fitted on images with {np.round(np.asarray(grid[0])[:3], 4).tolist()} (same shape, "
+                "another position or voxel size); resample them to the training grid"
+            )
     return vols, found
 
 
@@ -124,9 +140,22 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
     (2,)
     """
 
-    def __init__(self, model="compact", epochs=20, batch_size=4, lr=1e-3, weight_decay=1e-4, patience=10,
-                 val_fraction=0.2, augment=True, seed=0, device="auto", amp=True, show_progress=False,
-                 input_pool="auto"):
+    def __init__(
+        self,
+        model="compact",
+        epochs=20,
+        batch_size=4,
+        lr=1e-3,
+        weight_decay=1e-4,
+        patience=10,
+        val_fraction=0.2,
+        augment=True,
+        seed=0,
+        device="auto",
+        amp=True,
+        show_progress=False,
+        input_pool="auto",
+    ):
         self.model = model
         self.epochs = epochs
         self.batch_size = batch_size
@@ -159,40 +188,71 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         from neuroml.training.splits import validation_split
         from neuroml.training.trainer import TrainSettings, fit, seed_for
 
-        check_in_range("val_fraction", self.val_fraction, 0.0, 0.5, kind=(int, float, np.integer, np.floating))
+        check_in_range(
+            "val_fraction", self.val_fraction, 0.0, 0.5, kind=(int, float, np.integer, np.floating)
+        )
         seed = int(check_in_range("seed", self.seed, 0, None, kind=(int, np.integer)))
         vols, grid = _as_volumes(images)
         self.input_pool_ = resolve_input_pool(self.input_pool, self.model, vols.shape[2:])
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(vols):
             raise InputError(f"got {len(vols)} images but labels of shape {labels.shape}")
-        missing = [i for i, v in enumerate(labels.tolist()) if pd.isna(v) or (isinstance(v, str) and not v.strip())]
+        missing = [
+            i
+            for i, v in enumerate(labels.tolist())
+            if pd.isna(v) or (isinstance(v, str) and not v.strip())
+        ]
         if missing:
-            raise InputError(f"{len(missing)} label(s) are missing (None, NaN or empty) at position(s) "
-                             f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; label every image or leave "
-                             "the unlabelled ones out")
+            raise InputError(
+                f"{len(missing)} label(s) are missing (None, NaN or empty) at position(s) "
+                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; label every image or leave "
+                "the unlabelled ones out"
+            )
         self.classes_, y = np.unique(labels, return_inverse=True)
         if len(self.classes_) < 2:
-            raise InputError(f"labels hold a single class {self.classes_.tolist()}; need at least two")
+            raise InputError(
+                f"labels hold a single class {self.classes_.tolist()}; need at least two"
+            )
         ids = [f"sub-{i}" for i in range(len(vols))]
         train_ids, val_ids = validation_split(ids, y, self.val_fraction, seed=seed)
         train, val = [int(p[4:]) for p in train_ids], [int(p[4:]) for p in val_ids]
-        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                 weight_decay=self.weight_decay, patience=self.patience if val else None,
-                                 amp=self.amp, device=self.device, show_progress=self.show_progress).validate()
+        settings = TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            patience=self.patience if val else None,
+            amp=self.amp,
+            device=self.device,
+            show_progress=self.show_progress,
+        ).validate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(seed, "init"))
-            net = build_model(self.model, len(self.classes_), in_channels=vols.shape[1], spatial_shape=vols.shape[2:],
-                              input_pool=self.input_pool_)
+            net = build_model(
+                self.model,
+                len(self.classes_),
+                in_channels=vols.shape[1],
+                spatial_shape=vols.shape[2:],
+                input_pool=self.input_pool_,
+            )
         aug = make_augmentation(seed=seed_for(seed, "augment")) if self.augment else None
-        result = fit(net, VolumeDataset(vols, y[train], train, transform=aug),
-                     VolumeDataset(vols, y[val], val) if val else None, settings,
-                     class_weights=_class_weights(y[train], len(self.classes_)), stream=(seed,), desc="fit")
+        result = fit(
+            net,
+            VolumeDataset(vols, y[train], train, transform=aug),
+            VolumeDataset(vols, y[val], val) if val else None,
+            settings,
+            class_weights=_class_weights(y[train], len(self.classes_)),
+            stream=(seed,),
+            desc="fit",
+        )
         self.model_ = result.model.cpu().eval()
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.grid_ = grid
-        self.n_channels_, self.spatial_shape_ = int(vols.shape[1]), tuple(int(s) for s in vols.shape[2:])
+        self.n_channels_, self.spatial_shape_ = (
+            int(vols.shape[1]),
+            tuple(int(s) for s in vols.shape[2:]),
+        )
         return self
 
     def predict_proba(self, images):
@@ -205,7 +265,9 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         grid = (None if self.grid_ is None else self.grid_[0], self.spatial_shape_)
         vols, _ = _as_volumes(images, grid=grid)
         if vols.shape[1] != self.n_channels_:
-            raise InputError(f"images have {vols.shape[1]} channel(s), the classifier was fitted on {self.n_channels_}")
+            raise InputError(
+                f"images have {vols.shape[1]} channel(s), the classifier was fitted on {self.n_channels_}"
+            )
         return predict_proba(self.model_, vols, batch_size=max(self.batch_size, 8), device="cpu")
 
     def predict(self, images):

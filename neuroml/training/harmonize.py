@@ -24,13 +24,22 @@ import numpy as np
 
 from neuroml.errors import ConfigError
 
-__all__ = ["ComBat", "VolumeComBat", "InputHarmonization", "covariate_spec", "covariate_matrix", "FOLD_FILE"]
+__all__ = [
+    "ComBat",
+    "VolumeComBat",
+    "InputHarmonization",
+    "covariate_spec",
+    "covariate_matrix",
+    "FOLD_FILE",
+]
 
 log = logging.getLogger("neuroml")
 
 
 def _onehot(batch, levels):
-    return (np.asarray(batch, dtype=object)[:, None] == np.asarray(levels, dtype=object)[None, :]).astype(float)
+    return (
+        np.asarray(batch, dtype=object)[:, None] == np.asarray(levels, dtype=object)[None, :]
+    ).astype(float)
 
 
 def _solve_eb(s, onehot, gamma_hat, delta_hat, conv=1e-4, max_iter=1000):
@@ -39,8 +48,8 @@ def _solve_eb(s, onehot, gamma_hat, delta_hat, conv=1e-4, max_iter=1000):
     t2 = gamma_hat.var(1, ddof=1)
     m, v = delta_hat.mean(1), delta_hat.var(1, ddof=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        a = (2 * v + m ** 2) / v
-        b = (m * v + m ** 3) / v
+        a = (2 * v + m**2) / v
+        b = (m * v + m**3) / v
     g_star, d_star = np.empty_like(gamma_hat), np.empty_like(delta_hat)
     for k in range(onehot.shape[1]):
         rows = s[onehot[:, k] > 0]
@@ -53,8 +62,10 @@ def _solve_eb(s, onehot, gamma_hat, delta_hat, conv=1e-4, max_iter=1000):
             g_new = (t2[k] * n * gamma_hat[k] + d_old * gamma_bar[k]) / (t2[k] * n + d_old)
             sum2 = ((rows - g_new) ** 2).sum(0)
             d_new = (0.5 * sum2 + b[k]) / (n / 2.0 + a[k] - 1.0)
-            change = max(np.max(np.abs(g_new - g_old) / np.maximum(np.abs(g_old), 1e-12)),
-                         np.max(np.abs(d_new - d_old) / np.maximum(np.abs(d_old), 1e-12)))
+            change = max(
+                np.max(np.abs(g_new - g_old) / np.maximum(np.abs(g_old), 1e-12)),
+                np.max(np.abs(d_new - d_old) / np.maximum(np.abs(d_old), 1e-12)),
+            )
             g_old, d_old = g_new, d_new
             if change < conv:
                 break
@@ -111,7 +122,9 @@ class ComBat:
     def _check(X, batch, covariates, p=None):
         X = np.asarray(X, dtype=float)
         if X.ndim != 2:
-            raise ConfigError(f"ComBat expects a 2D feature matrix (rows, features). Got shape {X.shape}.")
+            raise ConfigError(
+                f"ComBat expects a 2D feature matrix (rows, features). Got shape {X.shape}."
+            )
         if p is not None and X.shape[1] != p:
             raise ConfigError(f"ComBat was fitted on {p} features; got {X.shape[1]}.")
         batch = np.asarray([str(b) for b in batch], dtype=object)
@@ -120,7 +133,9 @@ class ComBat:
         if covariates is not None:
             covariates = np.asarray(covariates, dtype=float).reshape(len(X), -1)
             if not np.isfinite(covariates).all():
-                raise ConfigError("ComBat covariates must be finite numbers (encode or drop missing values).")
+                raise ConfigError(
+                    "ComBat covariates must be finite numbers (encode or drop missing values)."
+                )
         return X, batch, covariates
 
     def fit(self, X, batch, covariates=None):
@@ -145,7 +160,10 @@ class ComBat:
         if len(small) == len(counts):
             raise ConfigError(f"ComBat needs at least two rows of some site; got {counts}")
         if small:
-            log.warning("ComBat: site(s) %s have a single training row: left out of the fit and unadjusted", small)
+            log.warning(
+                "ComBat: site(s) %s have a single training row: left out of the fit and unadjusted",
+                small,
+            )
             keep = ~np.isin(batch, small)
             X, batch, cov = X[keep], batch[keep], None if cov is None else cov[keep]
         levels = sorted(set(batch.tolist()))
@@ -185,9 +203,13 @@ class ComBat:
         if not hasattr(self, "gamma_"):
             raise ConfigError("this ComBat is not fitted yet; call fit(X_train, sites_train) first")
         X, batch, cov = self._check(X, batch, covariates, p=len(self.alpha_))
-        if (cov is None) != (self.beta_.shape[0] == 0) or (cov is not None and cov.shape[1] != self.beta_.shape[0]):
-            raise ConfigError(f"ComBat was fitted with {self.beta_.shape[0]} covariate(s); transform got "
-                              f"{0 if cov is None else cov.shape[1]}.")
+        if (cov is None) != (self.beta_.shape[0] == 0) or (
+            cov is not None and cov.shape[1] != self.beta_.shape[0]
+        ):
+            raise ConfigError(
+                f"ComBat was fitted with {self.beta_.shape[0]} covariate(s); transform got "
+                f"{0 if cov is None else cov.shape[1]}."
+            )
         mean = self.alpha_ + (np.zeros_like(X) if cov is None else cov @ self.beta_)
         s = (X - mean) / self.sigma_
         out = X.copy()
@@ -196,10 +218,15 @@ class ComBat:
             if lev not in self.sites_:
                 if lev not in self.unseen_sites_:
                     self.unseen_sites_.append(lev)
-                    log.warning("ComBat: site %r was not in the training rows; its rows are left unadjusted", lev)
+                    log.warning(
+                        "ComBat: site %r was not in the training rows; its rows are left unadjusted",
+                        lev,
+                    )
                 continue
             k = self.sites_.index(lev)
-            out[rows] = (s[rows] - self.gamma_[k]) / np.sqrt(self.delta_[k]) * self.sigma_ + mean[rows]
+            out[rows] = (s[rows] - self.gamma_[k]) / np.sqrt(self.delta_[k]) * self.sigma_ + mean[
+                rows
+            ]
         return out
 
     def fit_transform(self, X, batch, covariates=None):
@@ -231,7 +258,9 @@ def covariate_spec(table, participant_ids):
 
     names, sex_levels = [], []
     if "age" in table.columns:
-        age = pd.to_numeric(table["age"].reindex(participant_ids), errors="coerce").to_numpy(dtype=float)
+        age = pd.to_numeric(table["age"].reindex(participant_ids), errors="coerce").to_numpy(
+            dtype=float
+        )
         if np.isfinite(age).all() and np.ptp(age) > 0:
             names.append("age")
     if "sex" in table.columns:
@@ -260,13 +289,18 @@ def covariate_matrix(table, participant_ids, names, sex_levels=(), where=None):
     pids = list(participant_ids)
     absent = sorted(set(pids) - set(table.index))
     if absent:
-        raise InputError(f"no row for {absent[:5]}: the run's ComBat harmonization needs their site and "
-                         f"{', '.join(names)}", where)
+        raise InputError(
+            f"no row for {absent[:5]}: the run's ComBat harmonization needs their site and "
+            f"{', '.join(names)}",
+            where,
+        )
     cols = []
     for name in names:
         if name not in table.columns:
-            raise InputError(f"column {name!r} missing: the run's ComBat harmonization keeps {name} as a covariate",
-                             where)
+            raise InputError(
+                f"column {name!r} missing: the run's ComBat harmonization keeps {name} as a covariate",
+                where,
+            )
         values = table[name].reindex(pids)
         if name == "age":
             col = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
@@ -277,9 +311,12 @@ def covariate_matrix(table, participant_ids, names, sex_levels=(), where=None):
             col = (text == sex_levels[-1]).astype(float)
         if bad.any():
             who = sorted({p for p, b in zip(pids, bad) if b})
-            raise InputError(f"{name} missing or not one of the training values for {who[:5]} (training "
-                             f"{'levels ' + str(list(sex_levels)) if name == 'sex' else 'ages were numbers'}); the "
-                             "run's ComBat harmonization needs it", where)
+            raise InputError(
+                f"{name} missing or not one of the training values for {who[:5]} (training "
+                f"{'levels ' + str(list(sex_levels)) if name == 'sex' else 'ages were numbers'}); the "
+                "run's ComBat harmonization needs it",
+                where,
+            )
         cols.append(col)
     return np.stack(cols, axis=1)
 
@@ -313,7 +350,11 @@ class VolumeComBat:
 
     def __init__(self, mask=None, site_column="site", covariates=(), sex_levels=()):
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
-        self.site_column, self.covariates, self.sex_levels = str(site_column), list(covariates), list(sex_levels)
+        self.site_column, self.covariates, self.sex_levels = (
+            str(site_column),
+            list(covariates),
+            list(sex_levels),
+        )
 
     def _full_mask(self, vshape):
         if self.mask is None:
@@ -348,13 +389,25 @@ class VolumeComBat:
             mask = (x != 0).all(0).reshape(vshape)
         flat = mask.reshape(-1)
         x = x[:, flat]
-        keep = x.min(0) < x.max(0)  # a voxel constant in training (e.g. outside the head) has no site effect
+        keep = x.min(0) < x.max(
+            0
+        )  # a voxel constant in training (e.g. outside the head) has no site effect
         flat[np.flatnonzero(flat)[~keep]] = False
         if not flat.any():
             raise ConfigError("ComBat: no voxel of the mask varies across the training scans")
         self.combat_ = ComBat().fit(x[:, keep], sites, covariates)
-        for name in ("alpha_", "sigma_", "beta_", "gamma_", "delta_"):  # the precision saved, used alike
-            setattr(self.combat_, name, getattr(self.combat_, name).astype(np.float32).astype(np.float64))
+        for name in (
+            "alpha_",
+            "sigma_",
+            "beta_",
+            "gamma_",
+            "delta_",
+        ):  # the precision saved, used alike
+            setattr(
+                self.combat_,
+                name,
+                getattr(self.combat_, name).astype(np.float32).astype(np.float64),
+            )
         self.mask_ = flat.reshape(vshape)
         self.unseen_sites_ = []
         return self
@@ -379,27 +432,41 @@ class VolumeComBat:
         rows = np.asarray(rows, dtype=np.int64)
         vshape = tuple(np.shape(volumes)[1:])
         if vshape != self.mask_.shape:
-            raise ConfigError(f"ComBat was fitted on volumes of shape {self.mask_.shape}; got {vshape}")
+            raise ConfigError(
+                f"ComBat was fitted on volumes of shape {self.mask_.shape}; got {vshape}"
+            )
         sites = np.asarray([str(s) for s in sites], dtype=object)
         if len(sites) != len(rows):
             raise ConfigError(f"ComBat: {len(rows)} volumes but {len(sites)} site labels")
         if not len(rows):  # e.g. no validation participants
             return np.empty((0, *vshape), dtype=np.float32)
-        cov = None if covariates is None else np.asarray(covariates, dtype=float).reshape(len(rows), -1)
+        cov = (
+            None
+            if covariates is None
+            else np.asarray(covariates, dtype=float).reshape(len(rows), -1)
+        )
         for site in sorted(set(sites.tolist()) - set(self.combat_.sites_)):
             if site not in self.unseen_sites_:
                 self.unseen_sites_.append(site)
                 if warn:
-                    log.warning("%s: site %r was not estimated from the training scans (none or a single one; "
-                                "estimated: %s): its scans are left unharmonized for this model", label, site,
-                                ", ".join(self.combat_.sites_))
+                    log.warning(
+                        "%s: site %r was not estimated from the training scans (none or a single one; "
+                        "estimated: %s): its scans are left unharmonized for this model",
+                        label,
+                        site,
+                        ", ".join(self.combat_.sites_),
+                    )
         self.combat_.unseen_sites_ = list(self.unseen_sites_)  # warned above, once
         out = np.empty((len(rows), *vshape), dtype=np.float32)
         flat, chunk = self.mask_.reshape(-1), max(1, int(chunk))
         for start in range(0, len(rows), chunk):
             sel = slice(start, start + chunk)
-            block = np.stack([np.asarray(volumes[r], dtype=np.float32).reshape(-1) for r in rows[sel]])
-            block[:, flat] = self.combat_.transform(block[:, flat], sites[sel], None if cov is None else cov[sel])
+            block = np.stack(
+                [np.asarray(volumes[r], dtype=np.float32).reshape(-1) for r in rows[sel]]
+            )
+            block[:, flat] = self.combat_.transform(
+                block[:, flat], sites[sel], None if cov is None else cov[sel]
+            )
             out[sel] = block.reshape(-1, *vshape)
         return out
 
@@ -408,12 +475,19 @@ class VolumeComBat:
         from neuroml._utils.fileio import atomic_path
 
         c = self.combat_
-        arrays = {"format": np.int64(_FILE_FORMAT), "mask": self.mask_,
-                  **{k: getattr(c, k + "_").astype(np.float32) for k in ("alpha", "sigma", "beta", "gamma", "delta")},
-                  "sites": np.asarray(c.sites_, dtype=str), "n_fit": np.int64(c.n_fit_),
-                  "site_column": np.asarray(self.site_column, dtype=str),
-                  "covariates": np.asarray(self.covariates, dtype=str).reshape(-1),
-                  "sex_levels": np.asarray(self.sex_levels, dtype=str).reshape(-1)}
+        arrays = {
+            "format": np.int64(_FILE_FORMAT),
+            "mask": self.mask_,
+            **{
+                k: getattr(c, k + "_").astype(np.float32)
+                for k in ("alpha", "sigma", "beta", "gamma", "delta")
+            },
+            "sites": np.asarray(c.sites_, dtype=str),
+            "n_fit": np.int64(c.n_fit_),
+            "site_column": np.asarray(self.site_column, dtype=str),
+            "covariates": np.asarray(self.covariates, dtype=str).reshape(-1),
+            "sex_levels": np.asarray(self.sex_levels, dtype=str).reshape(-1),
+        }
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
@@ -432,10 +506,25 @@ class VolumeComBat:
 
         path = Path(path)
         if not path.is_file():
-            raise InputError("ComBat parameters not found (the fold was trained on harmonized inputs; retrain "
-                             "it with resume=True)", path)
-        keys = ("format", "mask", "alpha", "sigma", "beta", "gamma", "delta", "sites", "n_fit", "site_column",
-                "covariates", "sex_levels")
+            raise InputError(
+                "ComBat parameters not found (the fold was trained on harmonized inputs; retrain "
+                "it with resume=True)",
+                path,
+            )
+        keys = (
+            "format",
+            "mask",
+            "alpha",
+            "sigma",
+            "beta",
+            "gamma",
+            "delta",
+            "sites",
+            "n_fit",
+            "site_column",
+            "covariates",
+            "sex_levels",
+        )
         try:
             with np.load(path, allow_pickle=False) as npz:
                 missing = [k for k in keys if k not in npz.files]
@@ -445,16 +534,27 @@ class VolumeComBat:
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged zip raises BadZipFile, ValueError, OSError, EOFError
-            raise InputError(f"not a readable ComBat file ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+            raise InputError(
+                f"not a readable ComBat file ({type(exc).__name__}: {str(exc)[:200]})", path
+            ) from None
         if int(d["format"]) != _FILE_FORMAT:
             raise InputError(f"ComBat file format {int(d['format'])} is not {_FILE_FORMAT}", path)
         p, k = d["alpha"].shape[0], len(d["sites"])
-        if (d["mask"].dtype != bool or int(d["mask"].sum()) != p or d["sigma"].shape != (p,)
-                or d["gamma"].shape != (k, p) or d["delta"].shape != (k, p) or d["beta"].shape[1:] != (p,)
-                or d["beta"].shape[0] != len(d["covariates"])):
+        if (
+            d["mask"].dtype != bool
+            or int(d["mask"].sum()) != p
+            or d["sigma"].shape != (p,)
+            or d["gamma"].shape != (k, p)
+            or d["delta"].shape != (k, p)
+            or d["beta"].shape[1:] != (p,)
+            or d["beta"].shape[0] != len(d["covariates"])
+        ):
             raise InputError("inconsistent ComBat file (array shapes do not match)", path)
-        self = cls(site_column=str(d["site_column"]), covariates=[str(s) for s in d["covariates"]],
-                   sex_levels=[str(s) for s in d["sex_levels"]])
+        self = cls(
+            site_column=str(d["site_column"]),
+            covariates=[str(s) for s in d["covariates"]],
+            sex_levels=[str(s) for s in d["sex_levels"]],
+        )
         c = ComBat()
         for name in ("alpha", "sigma", "beta", "gamma", "delta"):
             setattr(c, name + "_", d[name].astype(np.float64))
@@ -509,20 +609,29 @@ class InputHarmonization:
             path, table = next(((p, t) for p, t in tables if set(pids) <= set(t.index)), tables[0])
         column = self.spec["site_column"]
         if column not in table.columns:
-            raise InputError(f"column {column!r} missing: the run was trained on ComBat-harmonized inputs and needs "
-                             "each subject's site (another file: --participants TSV, or participants=... in "
-                             "Python)", path)
+            raise InputError(
+                f"column {column!r} missing: the run was trained on ComBat-harmonized inputs and needs "
+                "each subject's site (another file: --participants TSV, or participants=... in "
+                "Python)",
+                path,
+            )
         absent = sorted(set(pids) - set(table.index))
         if absent:
-            raise InputError(f"no row for {absent[:5]}: the run was trained on ComBat-harmonized inputs and needs "
-                             "each subject's site" + (f" and {', '.join(self.spec['covariates'])}"
-                                                      if self.spec["covariates"] else ""), path)
+            raise InputError(
+                f"no row for {absent[:5]}: the run was trained on ComBat-harmonized inputs and needs "
+                "each subject's site"
+                + (f" and {', '.join(self.spec['covariates'])}" if self.spec["covariates"] else ""),
+                path,
+            )
         from neuroml.training.confounds import is_missing
 
         unknown = [p for p in pids if is_missing(table.at[p, column])]
         if unknown:
-            raise InputError(f"{column!r} is missing for {unknown[:5]}: the run was trained on ComBat-harmonized "
-                             "inputs and needs each subject's site", path)
+            raise InputError(
+                f"{column!r} is missing for {unknown[:5]}: the run was trained on ComBat-harmonized "
+                "inputs and needs each subject's site",
+                path,
+            )
         cov = covariate_matrix(table, pids, self.spec["covariates"], self.spec["sex_levels"], path)
         self.path = path
         self.site = {p: str(table.at[p, column]) for p in pids}
@@ -537,6 +646,15 @@ class InputHarmonization:
 
     def apply(self, k, volumes, rows, participant_ids):
         """``volumes[rows]`` (scans of ``participant_ids``) harmonized for fold ``k``'s model (float32)."""
-        cov = None if not self.spec["covariates"] else np.stack([self.cov[p] for p in participant_ids])
-        return self.fold(k).transform(volumes, rows, [self.site[p] for p in participant_ids], cov,
-                                      label=f"fold {k} input ComBat")
+        cov = (
+            None
+            if not self.spec["covariates"]
+            else np.stack([self.cov[p] for p in participant_ids])
+        )
+        return self.fold(k).transform(
+            volumes,
+            rows,
+            [self.site[p] for p in participant_ids],
+            cov,
+            label=f"fold {k} input ComBat",
+        )

@@ -94,7 +94,9 @@ def _weighted_auc(scores, positive, weights):
 
 def _aucs(y_true, proba, weights):
     """(B, C) one-vs-rest AUCs."""
-    return np.stack([_weighted_auc(proba[:, c], y_true == c, weights) for c in range(proba.shape[1])], axis=1)
+    return np.stack(
+        [_weighted_auc(proba[:, c], y_true == c, weights) for c in range(proba.shape[1])], axis=1
+    )
 
 
 def roc_auc_ovr(y_true, proba):
@@ -233,6 +235,8 @@ def classification_report(y_true, proba, classes, n_bootstrap=1000, n_permutatio
         "roc": {c: r for c, r in zip(classes, roc_curves(y_true, proba))},
     }
     if n_permutations:
-        out["permutation_p"] = permutation_pvalue(y_true, y_pred, n_permutations, seed, len(classes))
+        out["permutation_p"] = permutation_pvalue(
+            y_true, y_pred, n_permutations, seed, len(classes)
+        )
         out["n_permutations"] = int(n_permutations)
     return out

@@ -24,7 +24,9 @@ def now_iso():
 def write_history(path, history):
     """Write a fit's per-epoch records as ``history.tsv`` (n/a for missing values)."""
     df = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    return write_text_atomic(path, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
+    return write_text_atomic(
+        path, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+    )
 
 
 def read_history(path):
@@ -49,16 +51,38 @@ def plot_training_curves(path, histories):
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
     for k, df in sorted(histories.items()):
-        line, = ax_loss.plot(df["epoch"], df["train_loss"], label=f"fold {k} train")
+        (line,) = ax_loss.plot(df["epoch"], df["train_loss"], label=f"fold {k} train")
         if df["val_loss"].notna().any():
-            ax_loss.plot(df["epoch"], df["val_loss"], "--", color=line.get_color(), label=f"fold {k} val")
+            ax_loss.plot(
+                df["epoch"], df["val_loss"], "--", color=line.get_color(), label=f"fold {k} val"
+            )
         if df["val_balanced_accuracy"].notna().any():
-            ax_acc.plot(df["epoch"], df["val_balanced_accuracy"], color=line.get_color(), marker=".", label=f"fold {k}")
+            ax_acc.plot(
+                df["epoch"],
+                df["val_balanced_accuracy"],
+                color=line.get_color(),
+                marker=".",
+                label=f"fold {k}",
+            )
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    ax_acc.set(xlabel="epoch", ylabel="balanced accuracy", title="Validation balanced accuracy", ylim=(-0.02, 1.02))
-    if not ax_acc.lines:  # small cohorts hold no validation participants out (splits.MIN_VAL_PER_CLASS)
-        ax_acc.text(0.5, 0.5, "no validation set:\nevery epoch trained, last weights kept", ha="center",
-                    va="center", transform=ax_acc.transAxes, color="0.4")
+    ax_acc.set(
+        xlabel="epoch",
+        ylabel="balanced accuracy",
+        title="Validation balanced accuracy",
+        ylim=(-0.02, 1.02),
+    )
+    if (
+        not ax_acc.lines
+    ):  # small cohorts hold no validation participants out (splits.MIN_VAL_PER_CLASS)
+        ax_acc.text(
+            0.5,
+            0.5,
+            "no validation set:\nevery epoch trained, last weights kept",
+            ha="center",
+            va="center",
+            transform=ax_acc.transAxes,
+            color="0.4",
+        )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -72,11 +96,23 @@ def write_provenance(path, seed, start, device, inputs, folds, extra=None):
     """Write ``provenance.json``: versions, command, seed, times, device, input checksums."""
     import torch
 
-    dev = {"device": str(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-           "openmp_env": {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}}  # speed, not results
+    dev = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "openmp_env": {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ},
+    }  # speed, not results
     if getattr(device, "type", str(device)) == "cuda":
         dev["cuda_device_name"] = torch.cuda.get_device_name(device)
-    doc = {"packages": package_versions(), "command": list(sys.argv), "seed": int(seed), "start": start,
-           "end": now_iso(), **dev, "inputs": inputs, "folds": folds}
+    doc = {
+        "packages": package_versions(),
+        "command": list(sys.argv),
+        "seed": int(seed),
+        "start": start,
+        "end": now_iso(),
+        **dev,
+        "inputs": inputs,
+        "folds": folds,
+    }
     doc.update(extra or {})
     return write_json_atomic(path, doc)

@@ -10,7 +10,14 @@ import pandas as pd
 from neuroml._utils.fileio import write_text_atomic
 from neuroml.errors import InputError, LeakageError
 
-__all__ = ["predict_run", "predictions_table", "check_grid", "source_identity", "trained_on", "training_twins"]
+__all__ = [
+    "predict_run",
+    "predictions_table",
+    "check_grid",
+    "source_identity",
+    "trained_on",
+    "training_twins",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -46,8 +53,13 @@ def predictions_table(participant_ids, proba, classes, y_true=None, fold=None):
     out = df.groupby("participant_id", sort=True).agg(agg).reset_index()
     probs = out[[f"prob_{c}" for c in classes]].to_numpy()
     out.insert(1, "predicted_label", [classes[i] for i in probs.argmax(1)])
-    cols = ["participant_id"] + (["true_label"] if y_true is not None else []) + ["predicted_label"] + \
-        [f"prob_{c}" for c in classes] + (["fold"] if fold is not None else [])
+    cols = (
+        ["participant_id"]
+        + (["true_label"] if y_true is not None else [])
+        + ["predicted_label"]
+        + [f"prob_{c}" for c in classes]
+        + (["fold"] if fold is not None else [])
+    )
     return out[cols]
 
 
@@ -58,7 +70,9 @@ def check_grid(affine, shape, run_config, where):
         raise InputError(
             f"volumes are on grid shape {tuple(shape)} affine {np.round(affine, 4)[:3].tolist()} but the run was "
             f"trained on shape {tuple(grid['shape'])} affine {np.round(grid['affine'], 4)[:3].tolist()} "
-            f"(res-{run_config['resolution']}); preprocess with --resolution {run_config['resolution_mm']:g}", where)
+            f"(res-{run_config['resolution']}); preprocess with --resolution {run_config['resolution_mm']:g}",
+            where,
+        )
 
 
 def source_identity(deriv_dir, paths):
@@ -81,15 +95,24 @@ def source_identity(deriv_dir, paths):
     deriv_dir = Path(deriv_dir)
     try:
         desc = read_json(deriv_dir / "dataset_description.json")
-        urls = sorted({str(d["URL"]) for d in desc.get("SourceDatasets") or [] if isinstance(d, dict) and "URL" in d})
+        urls = sorted(
+            {
+                str(d["URL"])
+                for d in desc.get("SourceDatasets") or []
+                if isinstance(d, dict) and "URL" in d
+            }
+        )
     except (InputError, OSError, AttributeError, TypeError):
         urls = []
     shas = []
     for rel in paths:
         first = str(rel).split("|")[0]
         # a BOLD map's record is the series' desc-maps_bold.json; a T1w's sits beside it
-        stem = re.sub(r"_desc-[A-Za-z0-9]+_boldmap$", "_desc-maps_bold",
-                      first[:-len(".nii.gz")] if first.endswith(".nii.gz") else first.rsplit(".", 1)[0])
+        stem = re.sub(
+            r"_desc-[A-Za-z0-9]+_boldmap$",
+            "_desc-maps_bold",
+            first[: -len(".nii.gz")] if first.endswith(".nii.gz") else first.rsplit(".", 1)[0],
+        )
         try:
             sha = read_json(deriv_dir / f"{stem}.json").get("SourceSHA256")
         except (InputError, OSError, AttributeError):
@@ -138,8 +161,16 @@ def trained_on(run, deriv_dir, participant_ids, paths):
     return by_content | by_id, by_content - by_id
 
 
-def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labels=None, device="auto",
-                batch_size=8, participants=None):
+def predict_run(
+    run_dir,
+    deriv_dir,
+    out_path=None,
+    force=False,
+    participant_labels=None,
+    device="auto",
+    batch_size=8,
+    participants=None,
+):
     """Predict subjects of a derivatives folder with the mean probability of a run's fold models.
 
     Parameters
@@ -184,10 +215,16 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
     run = load_run(run_dir)
     if participants is not None and not Path(participants).is_file():
         raise InputError("participants file not found", participants)
-    out_path = Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
+    out_path = (
+        Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
+    )
     if out_path.is_dir():
-        raise InputError("is a folder: give the predictions a file name (e.g. predictions.tsv)", out_path)
-    cache = open_inputs(deriv_dir, resolution=run.config["resolution"], inputs=run.config.get("inputs"))
+        raise InputError(
+            "is a folder: give the predictions a file name (e.g. predictions.tsv)", out_path
+        )
+    cache = open_inputs(
+        deriv_dir, resolution=run.config["resolution"], inputs=run.config.get("inputs")
+    )
     check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
     index = cache.index
     if participant_labels:
@@ -198,19 +235,31 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
         if missing:
             raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
         index = index[index["participant_id"].isin(wanted)]
-    leaked, renamed = trained_on(run, cache.deriv_dir, index["participant_id"].tolist(), index["path"].tolist())
+    leaked, renamed = trained_on(
+        run, cache.deriv_dir, index["participant_id"].tolist(), index["path"].tolist()
+    )
     leaked = sorted(leaked)
     if leaked:
-        msg = (f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
-               f"{' ...' if len(leaked) > 20 else ''}"
-               + (f" ({', '.join(sorted(renamed)[:10])}: a training scan under another ID)" if renamed else ""))
+        msg = (
+            f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
+            f"{' ...' if len(leaked) > 20 else ''}"
+            + (
+                f" ({', '.join(sorted(renamed)[:10])}: a training scan under another ID)"
+                if renamed
+                else ""
+            )
+        )
         if not force:
-            raise LeakageError(msg + "; their predictions would be optimistic. Predict only new subjects "
-                               "(--participant-label / participant_labels=...), or, if these IDs name other people "
-                               "(another study), force it (--force / force=True)")
+            raise LeakageError(
+                msg + "; their predictions would be optimistic. Predict only new subjects "
+                "(--participant-label / participant_labels=...), or, if these IDs name other people "
+                "(another study), force it (--force / force=True)"
+            )
         log.warning("%s; predicting them anyway (force=True)", msg)
     dev = resolve_device(device)
-    amp = bool((run.config.get("runtime") or {}).get("amp", True))  # the run's precision (bf16 on CUDA only)
+    amp = bool(
+        (run.config.get("runtime") or {}).get("amp", True)
+    )  # the run's precision (bf16 on CUDA only)
     rows, pids = index["row"].to_numpy(), index["participant_id"].tolist()
     harmonized = None
     if run.config.get("harmonized_inputs"):
@@ -219,8 +268,11 @@ def predict_run(run_dir, deriv_dir, out_path=None, force=False, participant_labe
         harmonized = InputHarmonization(run, pids, deriv_dir, participants)
     probs = []
     for k, model in run.fold_models(device=dev):
-        data = VolumeDataset(cache.data, rows=rows) if harmonized is None else \
-            VolumeDataset(harmonized.apply(k, cache.data, rows, pids))
+        data = (
+            VolumeDataset(cache.data, rows=rows)
+            if harmonized is None
+            else VolumeDataset(harmonized.apply(k, cache.data, rows, pids))
+        )
         probs.append(evaluate(model, data, batch_size=batch_size, device=dev, amp=amp)[0])
     table = predictions_table(index["participant_id"].tolist(), np.mean(probs, axis=0), run.classes)
     write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))

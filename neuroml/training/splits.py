@@ -23,12 +23,16 @@ def _participant_table(participant_ids, labels, sites=None):
     pids = np.asarray(participant_ids, dtype=object)
     labels = np.asarray(labels)
     if len(pids) != len(labels) or (sites is not None and len(sites) != len(pids)):
-        raise ConfigError(f"participant_ids ({len(pids)}), labels ({len(labels)}) and sites must have the same length")
+        raise ConfigError(
+            f"participant_ids ({len(pids)}), labels ({len(labels)}) and sites must have the same length"
+        )
     table = {}
     for i, p in enumerate(pids):
         entry = (labels[i], None if sites is None else sites[i])
         if table.setdefault(p, entry) != entry:
-            raise InputError(f"participant {p} has scans with different labels or sites: {table[p]} and {entry}")
+            raise InputError(
+                f"participant {p} has scans with different labels or sites: {table[p]} and {entry}"
+            )
     uniq = sorted(table)
     return uniq, np.array([table[p][0] for p in uniq]), [table[p][1] for p in uniq]
 
@@ -64,7 +68,9 @@ def validation_split(participant_ids, labels, val_fraction=0.2, seed=0):
     if not val_fraction:
         return list(uniq), []
     rng = np.random.default_rng(seed)
-    groups = [[uniq[i] for i in np.flatnonzero(lab == c)] for c in sorted(set(lab.tolist()), key=str)]
+    groups = [
+        [uniq[i] for i in np.flatnonzero(lab == c)] for c in sorted(set(lab.tolist()), key=str)
+    ]
     sizes = [min(int(round(val_fraction * len(m))), len(m) - 1) for m in groups]
     if min(sizes) < MIN_VAL_PER_CLASS:
         return list(uniq), []
@@ -129,20 +135,32 @@ def make_splits(participant_ids, labels, folds=3, seed=0, val_fraction=0.2, site
         tests = [[p for p, s in zip(uniq, site) if s == lev] for lev in levels]
     else:
         if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-            raise ConfigError(f"The 'folds' parameter must be an integer >= 2. Got {folds!r} instead.")
+            raise ConfigError(
+                f"The 'folds' parameter must be an integer >= 2. Got {folds!r} instead."
+            )
         small = {str(c): int(n) for c, n in zip(classes, counts) if n < folds}
         if small:
-            fix = (f"use folds <= {int(min(counts))}" if min(counts) >= 2 else
-                   "every class needs at least two participants for cross-validation: add participants, or "
-                   "leave that class out (classes=...)")
-            raise ConfigError(f"folds={folds} but some classes have fewer participants: {small}; {fix}")
+            fix = (
+                f"use folds <= {int(min(counts))}"
+                if min(counts) >= 2
+                else "every class needs at least two participants for cross-validation: add participants, or "
+                "leave that class out (classes=...)"
+            )
+            raise ConfigError(
+                f"folds={folds} but some classes have fewer participants: {small}; {fix}"
+            )
         # one row per participant, so a participant with many sessions weighs like any other;
         # the groups keep every scan of a participant in the same part
-        sgkf = StratifiedGroupKFold(n_splits=int(folds), shuffle=True, random_state=int(seed) % (2**32))
+        sgkf = StratifiedGroupKFold(
+            n_splits=int(folds), shuffle=True, random_state=int(seed) % (2**32)
+        )
         members = np.asarray(uniq, dtype=object)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            tests = [sorted(members[te]) for _, te in sgkf.split(np.zeros(len(uniq)), lab.astype(str), groups=members)]
+            tests = [
+                sorted(members[te])
+                for _, te in sgkf.split(np.zeros(len(uniq)), lab.astype(str), groups=members)
+            ]
         levels = [None] * len(tests)
     label_of = dict(zip(uniq, lab))
     for k, (test, lev) in enumerate(zip(tests, levels)):
@@ -166,17 +184,25 @@ def check_splits(splits):
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             both = parts[a] & parts[b]
             if both:
-                raise LeakageError(f"fold {f['fold']}: participants in both {a} and {b}: {sorted(both)[:10]}")
+                raise LeakageError(
+                    f"fold {f['fold']}: participants in both {a} and {b}: {sorted(both)[:10]}"
+                )
         for p in parts["test"]:
             if p in tested:
-                raise LeakageError(f"participant {p} is tested in folds {tested[p]} and {f['fold']}")
+                raise LeakageError(
+                    f"participant {p} is tested in folds {tested[p]} and {f['fold']}"
+                )
             tested[p] = f["fold"]
     return splits
 
 
 def save_splits(path, splits, **info):
     """Write ``splits.json``: ``{"scheme", ..., "folds": [per-fold dicts]}`` (atomic)."""
-    scheme = "leave-one-site-out" if splits and splits[0].get("test_site") is not None else "stratified-group-kfold"
+    scheme = (
+        "leave-one-site-out"
+        if splits and splits[0].get("test_site") is not None
+        else "stratified-group-kfold"
+    )
     return write_json_atomic(path, {"scheme": scheme, **info, "folds": list(splits)})
 
 

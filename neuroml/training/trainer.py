@@ -35,8 +35,20 @@ from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
-__all__ = ["TrainSettings", "FitResult", "fit", "evaluate", "predict_proba", "resolve_device",
-           "resolve_channels_last", "make_loader", "make_optimizer", "seed_for", "is_main_process", "SCHEDULES"]
+__all__ = [
+    "TrainSettings",
+    "FitResult",
+    "fit",
+    "evaluate",
+    "predict_proba",
+    "resolve_device",
+    "resolve_channels_last",
+    "make_loader",
+    "make_optimizer",
+    "seed_for",
+    "is_main_process",
+    "SCHEDULES",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -80,7 +92,9 @@ class TrainSettings:
         for name in ("preload", "channels_last"):
             value = getattr(self, name)
             if value not in ("auto", True, False):
-                raise ConfigError(f"The {name!r} parameter must be 'auto', True or False. Got {value!r} instead.")
+                raise ConfigError(
+                    f"The {name!r} parameter must be 'auto', True or False. Got {value!r} instead."
+                )
         resolve_device(self.device)
         return self
 
@@ -104,18 +118,27 @@ def resolve_device(device="auto"):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.") from None
+        raise ConfigError(
+            f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead."
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r} was requested but torch sees no CUDA device; use --device cpu "
-                          "or --device auto (device=\"cpu\" or \"auto\" in Python)")
+        raise ConfigError(
+            f"device {str(device)!r} was requested but torch sees no CUDA device; use --device cpu "
+            'or --device auto (device="cpu" or "auto" in Python)'
+        )
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
+        raise ConfigError(
+            f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead."
+        )
     return dev
 
 
 def seed_for(*keys):
     """A 32-bit seed derived from integers and strings (e.g. ``seed_for(seed, fold, epoch)``)."""
-    ints = [int(k) % (2**63) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode()) for k in keys]
+    ints = [
+        int(k) % (2**63) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode())
+        for k in keys
+    ]
     return int(np.random.SeedSequence(ints).generate_state(1)[0])
 
 
@@ -131,8 +154,16 @@ class _WorkerInit:
             info.dataset.set_seed(seed_for(self.seed, worker_id))
 
 
-def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, sampler=None, pin_memory=False,
-                drop_last=False):
+def make_loader(
+    dataset,
+    batch_size,
+    shuffle=False,
+    seed=0,
+    num_workers=0,
+    sampler=None,
+    pin_memory=False,
+    drop_last=False,
+):
     """A DataLoader with a seeded shuffling generator and seeded workers.
 
     ``sampler`` replaces the seeded random sampler (e.g. a ``DistributedSampler``).
@@ -142,8 +173,15 @@ def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, sampl
     if sampler is None and shuffle:
         sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=gen,
-        worker_init_fn=_WorkerInit(seed) if num_workers else None, pin_memory=pin_memory, drop_last=drop_last)
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=gen,
+        worker_init_fn=_WorkerInit(seed) if num_workers else None,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+    )
 
 
 def resolve_channels_last(channels_last, device):
@@ -170,11 +208,17 @@ def _autocast(device, amp):
 def _to_device(x, device, channels_last, augment=None, pool=None):
     x = x.to(device, non_blocking=True)
     if augment is not None:
-        if pool is not None:  # warp the pooled batch (8x fewer voxels at 2x); the network passes it through
-            x = augment.apply_batch(pool(x), pooled=pool.kernel_size)  # a pooled batch passes pool() unchanged
+        if (
+            pool is not None
+        ):  # warp the pooled batch (8x fewer voxels at 2x); the network passes it through
+            x = augment.apply_batch(
+                pool(x), pooled=pool.kernel_size
+            )  # a pooled batch passes pool() unchanged
         else:
             x = augment.apply_batch(x)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
+    return (
+        x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
+    )
 
 
 #: :func:`fit` average-pools the volumes once for a network with an input pooling when the pooled
@@ -216,15 +260,19 @@ def _prepooled(data, pool, chunk=16):
         return data
     channels = data.volumes.shape[1] if data.volumes.ndim == 5 else 1
     # only the grid the network was built for (another one fails in the network, as it would have)
-    if tuple(data.volumes.shape[-3:]) != pool.in_shape or \
-            len(data) * channels * int(np.prod(pool.pooled_shape)) * 4 > PREPOOL_MAX_BYTES:
+    if (
+        tuple(data.volumes.shape[-3:]) != pool.in_shape
+        or len(data) * channels * int(np.prod(pool.pooled_shape)) * 4 > PREPOOL_MAX_BYTES
+    ):
         return data
     out = np.empty((len(data), channels, *pool.pooled_shape), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(data), chunk):
-            rows = data.rows[start:start + chunk]
-            x = torch.from_numpy(np.stack([np.asarray(data.volumes[r], dtype=np.float32) for r in rows]))
-            out[start:start + len(rows)] = pool(x if x.ndim == 5 else x[:, None]).numpy()
+            rows = data.rows[start : start + chunk]
+            x = torch.from_numpy(
+                np.stack([np.asarray(data.volumes[r], dtype=np.float32) for r in rows])
+            )
+            out[start : start + len(rows)] = pool(x if x.ndim == 5 else x[:, None]).numpy()
     return VolumeDataset(out, data.labels)
 
 
@@ -245,8 +293,16 @@ def _batch_augmentation(data):
     return plain, transform
 
 
-def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last=False, num_workers=0,
-             criterion=None):
+def evaluate(
+    model,
+    dataset,
+    batch_size=8,
+    device="cpu",
+    amp=True,
+    channels_last=False,
+    num_workers=0,
+    criterion=None,
+):
     """Class probabilities of every item (in order) and, for labelled data, the loss.
 
     ``amp`` (bf16 autocast) applies on CUDA only. ``channels_last`` feeds 5D batches in
@@ -259,7 +315,9 @@ def evaluate(model, dataset, batch_size=8, device="cpu", amp=True, channels_last
     """
     device = resolve_device(device)
     model.eval()
-    loader = make_loader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = make_loader(
+        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     logits, labels = [], []
     with torch.no_grad():
         for batch in loader:
@@ -292,9 +350,13 @@ def predict_proba(model, volumes, batch_size=8, device="cpu", amp=True):
 def _make_scheduler(opt, settings, total_steps):
     total_steps = max(int(total_steps), 1)
     if settings.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=settings.lr * 0.01)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=total_steps, eta_min=settings.lr * 0.01
+        )
     if settings.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.2)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.2
+        )
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
@@ -347,45 +409,91 @@ def _preload(data, settings, device):
     """
     from neuroml.data.dataset import VolumeDataset
 
-    if settings.preload is False or not isinstance(data, VolumeDataset) or data.transform is not None \
-            or data.labels is None:
+    if (
+        settings.preload is False
+        or not isinstance(data, VolumeDataset)
+        or data.transform is not None
+        or data.labels is None
+    ):
         return None
     shape = data.volumes.shape[1:]
     n_bytes = len(data) * int(np.prod(shape)) * 4
     if settings.preload == "auto":
-        if device.type != "cuda" or n_bytes > PRELOAD_GPU_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+        if (
+            device.type != "cuda"
+            or n_bytes
+            > PRELOAD_GPU_FRACTION * torch.cuda.get_device_properties(device).total_memory
+        ):
             return None
-    vols = torch.from_numpy(np.stack([np.asarray(data.volumes[r], dtype=np.float32) for r in data.rows]))
+    vols = torch.from_numpy(
+        np.stack([np.asarray(data.volumes[r], dtype=np.float32) for r in data.rows])
+    )
     if vols.ndim == 4:
         vols = vols[:, None]
     log.info("training volumes preloaded to %s (%.0f MB)", device, n_bytes / 2**20)
     return vols.to(device), torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
 
 
-def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_last, seed, drop_last, preloaded=None,
-                 augment=None, pool=None):
+def _train_epoch(
+    net,
+    data,
+    opt,
+    sched,
+    criterion,
+    settings,
+    device,
+    channels_last,
+    seed,
+    drop_last,
+    preloaded=None,
+    augment=None,
+    pool=None,
+):
     net.train()
     sampler = None
     if ddp.is_distributed():
         # each rank its own share of the epoch (same permutation on every rank, padded to equal
         # length) and its own augmentation stream
-        sampler = torch.utils.data.DistributedSampler(data, num_replicas=ddp.world_size(), rank=ddp.rank(),
-                                                      shuffle=True, seed=seed, drop_last=False)
+        sampler = torch.utils.data.DistributedSampler(
+            data,
+            num_replicas=ddp.world_size(),
+            rank=ddp.rank(),
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
         seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
     if augment is not None:
         augment.set_random_state(seed)
     if preloaded is None:
-        loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, num_workers=settings.num_workers,
-                             sampler=sampler, pin_memory=device.type == "cuda", drop_last=drop_last)
+        loader = make_loader(
+            data,
+            settings.batch_size,
+            shuffle=True,
+            seed=seed,
+            num_workers=settings.num_workers,
+            sampler=sampler,
+            pin_memory=device.type == "cuda",
+            drop_last=drop_last,
+        )
     else:  # the same batches in the same order, gathered from the volumes already on the device
         vols, labels = preloaded
-        index = make_loader(_Indices(len(data)), settings.batch_size, shuffle=True, seed=seed, sampler=sampler,
-                            drop_last=drop_last)
+        index = make_loader(
+            _Indices(len(data)),
+            settings.batch_size,
+            shuffle=True,
+            seed=seed,
+            sampler=sampler,
+            drop_last=drop_last,
+        )
         loader = _Gathered(index, vols, labels)
     n, accum = len(loader), settings.grad_accum
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step
+    total, count = (
+        torch.zeros((), dtype=torch.float64, device=device),
+        0,
+    )  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
         x, y = _to_device(x, device, channels_last, augment, pool), y.to(device, non_blocking=True)
@@ -407,12 +515,24 @@ def _train_epoch(net, data, opt, sched, criterion, settings, device, channels_la
 
 def _cpu_state(model):
     """A CPU copy of the weights in the default (contiguous) memory format, whatever the model's."""
-    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-            for k, v in model.state_dict().items()}
+    return {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for k, v in model.state_dict().items()
+    }
 
 
-def fit(model, train_data, val_data=None, settings=None, class_weights=None, stream=(0,), checkpoint_path=None,
-        resume=False, desc="train", callback=None):
+def fit(
+    model,
+    train_data,
+    val_data=None,
+    settings=None,
+    class_weights=None,
+    stream=(0,),
+    checkpoint_path=None,
+    resume=False,
+    desc="train",
+    callback=None,
+):
     """Train ``model`` in place and return it with its best weights.
 
     Parameters
@@ -456,36 +576,66 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
     net = model
     if distributed:  # weights broadcast from rank 0; gradients averaged over ranks
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     net = torch.compile(net) if settings.compile else net
     eval_net = model if distributed else net
     opt = make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
     n_train, bs = len(train_data), settings.batch_size
-    n_local = math.ceil(n_train / ddp.world_size())  # items per rank and epoch (DistributedSampler pads)
+    n_local = math.ceil(
+        n_train / ddp.world_size()
+    )  # items per rank and epoch (DistributedSampler pads)
     drop_last = n_local > bs and n_local % bs == 1  # a batch of one breaks batch norm
     n_batches = n_local // bs if drop_last else math.ceil(n_local / bs)
-    sched = _make_scheduler(opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum))
-    weight = None if class_weights is None else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
+    sched = _make_scheduler(
+        opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum)
+    )
+    weight = (
+        None
+        if class_weights is None
+        else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
+    )
     criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
-    state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_epochs": 0, "stopped_early": False}
-    identity = {"stream": [int(s) for s in stream], "n_train": n_train, "n_val": len(val_data or []),
-                "settings": {k: getattr(settings, k) for k in _RESUME_KEYS}}
+    state = {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "best_state": None,
+        "bad_epochs": 0,
+        "stopped_early": False,
+    }
+    identity = {
+        "stream": [int(s) for s in stream],
+        "n_train": n_train,
+        "n_val": len(val_data or []),
+        "settings": {k: getattr(settings, k) for k in _RESUME_KEYS},
+    }
     if distributed:
         identity["world_size"] = ddp.world_size()
-    if settings.amp and device.type == "cuda":  # bf16 weights differ from fp32 ones (key absent in fp32 runs)
+    if (
+        settings.amp and device.type == "cuda"
+    ):  # bf16 weights differ from fp32 ones (key absent in fp32 runs)
         identity["precision"] = "bf16"
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and resume and ckpt.is_file():
-        saved = load_checkpoint(ckpt, require=("model", "optimizer", "scheduler", "state", "identity"))
+        saved = load_checkpoint(
+            ckpt, require=("model", "optimizer", "scheduler", "state", "identity")
+        )
         if saved["identity"] != plain(identity):
-            raise ConfigError(f"{ckpt} was written by a fit with other settings or data ({saved['identity']}); "
-                              f"delete it or rerun without resume")
+            raise ConfigError(
+                f"{ckpt} was written by a fit with other settings or data ({saved['identity']}); "
+                f"delete it or rerun without resume"
+            )
         try:
             model.load_state_dict(saved["model"])
-        except RuntimeError as exc:  # e.g. a checkpoint of the compact network's earlier PReLU version
+        except (
+            RuntimeError
+        ) as exc:  # e.g. a checkpoint of the compact network's earlier PReLU version
             detail = " ".join(line.strip() for line in str(exc).splitlines())[:300]
-            raise ConfigError(f"{ckpt} holds the weights of another network ({detail}); delete it or rerun "
-                              "without resume") from None
+            raise ConfigError(
+                f"{ckpt} holds the weights of another network ({detail}); delete it or rerun "
+                "without resume"
+            ) from None
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
@@ -495,8 +645,13 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
     train_data, val_data = _prepooled(train_data, pool), _prepooled(val_data, pool)
     preloaded = _preload(train_data, settings, device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc, disable=not settings.show_progress,
-               leave=False)
+    bar = tqdm(
+        total=settings.epochs,
+        initial=state["epoch"],
+        desc=desc,
+        disable=not settings.show_progress,
+        leave=False,
+    )
     for epoch in range(state["epoch"], settings.epochs):
         if state["stopped_early"]:
             break
@@ -504,24 +659,58 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         seed = seed_for(*stream, epoch)
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
-            train_loss = _train_epoch(net, train_data, opt, sched, criterion, settings, device, channels_last,
-                                      seed, drop_last, preloaded, augment, pool if augment is not None else None)
-        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "val_balanced_accuracy": None,
-               "lr": float(opt.param_groups[0]["lr"])}
+            train_loss = _train_epoch(
+                net,
+                train_data,
+                opt,
+                sched,
+                criterion,
+                settings,
+                device,
+                channels_last,
+                seed,
+                drop_last,
+                preloaded,
+                augment,
+                pool if augment is not None else None,
+            )
+        rec = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": None,
+            "val_balanced_accuracy": None,
+            "lr": float(opt.param_groups[0]["lr"]),
+        }
         best = state["best"]
         if val_data is not None and len(val_data):
-            proba, vloss = evaluate(eval_net, val_data, batch_size=bs * 2, device=device, amp=settings.amp,
-                                    channels_last=channels_last, num_workers=settings.num_workers, criterion=criterion)
+            proba, vloss = evaluate(
+                eval_net,
+                val_data,
+                batch_size=bs * 2,
+                device=device,
+                amp=settings.amp,
+                channels_last=channels_last,
+                num_workers=settings.num_workers,
+                criterion=criterion,
+            )
             bacc = balanced_accuracy(val_data.labels, proba.argmax(1), proba.shape[1])
-            bacc, vloss = ddp.broadcast_object((bacc, vloss))  # every rank takes rank 0's early-stopping decision
+            bacc, vloss = ddp.broadcast_object(
+                (bacc, vloss)
+            )  # every rank takes rank 0's early-stopping decision
             rec.update(val_loss=vloss, val_balanced_accuracy=bacc)
-            improved = best is None or bacc > best["val_balanced_accuracy"] + 1e-12 or (
-                bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])
+            improved = (
+                best is None
+                or bacc > best["val_balanced_accuracy"] + 1e-12
+                or (bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])
+            )
         else:
             improved = True
         if improved:
-            state["best"] = {"epoch": epoch + 1, "val_balanced_accuracy": rec["val_balanced_accuracy"],
-                             "val_loss": rec["val_loss"]}
+            state["best"] = {
+                "epoch": epoch + 1,
+                "val_balanced_accuracy": rec["val_balanced_accuracy"],
+                "val_loss": rec["val_loss"],
+            }
             state["best_state"] = _cpu_state(model)
             state["bad_epochs"] = 0
         else:
@@ -532,18 +721,35 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         state["history"].append(rec)
         state["epoch"] = epoch + 1
         if ckpt is not None and is_main_process():
-            save_checkpoint({"format": 1, "identity": plain(identity), "model": _cpu_state(model),
-                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "state": plain(state), "rng": {"epoch_seed": seed, "torch": torch.get_rng_state()}},
-                            ckpt)
+            save_checkpoint(
+                {
+                    "format": 1,
+                    "identity": plain(identity),
+                    "model": _cpu_state(model),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": plain(state),
+                    "rng": {"epoch_seed": seed, "torch": torch.get_rng_state()},
+                },
+                ckpt,
+            )
         bar.update(1)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_bacc="-" if rec["val_balanced_accuracy"] is None
-                        else f"{rec['val_balanced_accuracy']:.2f}")
+        bar.set_postfix(
+            loss=f"{train_loss:.3f}",
+            val_bacc="-"
+            if rec["val_balanced_accuracy"] is None
+            else f"{rec['val_balanced_accuracy']:.2f}",
+        )
         log.debug("%s epoch %d: %s", desc, epoch + 1, rec)
         if callback is not None:
             callback(epoch + 1, rec)
         if state["stopped_early"]:
-            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, state["best"]["epoch"])
+            log.info(
+                "%s: early stop after epoch %d (best epoch %d)",
+                desc,
+                epoch + 1,
+                state["best"]["epoch"],
+            )
     bar.close()
     if channels_last:  # hand the model back in the default memory format (attribution, export, ...)
         model.to(memory_format=torch.contiguous_format)
@@ -551,6 +757,11 @@ def fit(model, train_data, val_data=None, settings=None, class_weights=None, str
         model.load_state_dict(state["best_state"])
     model.eval()
     best = state["best"] or {}
-    return FitResult(model=model, history=state["history"], best_epoch=int(best.get("epoch", 0)),
-                     best_val_balanced_accuracy=best.get("val_balanced_accuracy"),
-                     best_val_loss=best.get("val_loss"), stopped_early=bool(state["stopped_early"]))
+    return FitResult(
+        model=model,
+        history=state["history"],
+        best_epoch=int(best.get("epoch", 0)),
+        best_val_balanced_accuracy=best.get("val_balanced_accuracy"),
+        best_val_loss=best.get("val_loss"),
+        stopped_early=bool(state["stopped_early"]),
+    )

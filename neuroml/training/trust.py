@@ -50,14 +50,29 @@ def demographics(table, pids, labels, classes, site_col=None):
         sel = sub[lab == c]
         entry = {"n": int(len(sel))}
         if "sex" in sub.columns:
-            entry["sex"] = {str(k): int(v) for k, v in sel["sex"].fillna("n/a").astype(str).value_counts().sort_index().items()}
+            entry["sex"] = {
+                str(k): int(v)
+                for k, v in sel["sex"].fillna("n/a").astype(str).value_counts().sort_index().items()
+            }
         if "age" in sub.columns:
             age = pd.to_numeric(sel["age"], errors="coerce").dropna()
             if len(age):
-                entry["age"] = {"mean": round(float(age.mean()), 2), "sd": round(float(age.std(ddof=1)), 2)
-                                if len(age) > 1 else None, "min": float(age.min()), "max": float(age.max())}
+                entry["age"] = {
+                    "mean": round(float(age.mean()), 2),
+                    "sd": round(float(age.std(ddof=1)), 2) if len(age) > 1 else None,
+                    "min": float(age.min()),
+                    "max": float(age.max()),
+                }
         if site_col and site_col in sub.columns:
-            entry["site"] = {str(k): int(v) for k, v in sel[site_col].fillna("n/a").astype(str).value_counts().sort_index().items()}
+            entry["site"] = {
+                str(k): int(v)
+                for k, v in sel[site_col]
+                .fillna("n/a")
+                .astype(str)
+                .value_counts()
+                .sort_index()
+                .items()
+            }
         out[str(c)] = entry
     return out
 
@@ -71,12 +86,21 @@ def confound_message(label_column, column, test, site_column=None):
     ...                                       "effect_size": 0.5})[:65]
     'confound: diagnosis is associated with sex (chi-square, p = 0.223'
     """
-    why = ("" if test["p_value"] < ALPHA else
-           "; not significant at this sample size, but an effect this large is flagged whatever its p-value")
-    return (f"confound: {label_column} is associated with {column} ({test['test']}, p = {test['p_value']:.3g}, "
-            f"{test['effect']} = {test['effect_size']:.2f}{why}); a model may learn {column} instead of the "
-            f"{label_column} (see confounds.json and "
-            + ("the site probe)" if column == site_column else f"the bias audit's per-{column} results)"))
+    why = (
+        ""
+        if test["p_value"] < ALPHA
+        else "; not significant at this sample size, but an effect this large is flagged whatever its p-value"
+    )
+    return (
+        f"confound: {label_column} is associated with {column} ({test['test']}, p = {test['p_value']:.3g}, "
+        f"{test['effect']} = {test['effect_size']:.2f}{why}); a model may learn {column} instead of the "
+        f"{label_column} (see confounds.json and "
+        + (
+            "the site probe)"
+            if column == site_column
+            else f"the bias audit's per-{column} results)"
+        )
+    )
 
 
 def confound_check(cohort, site_col=None, extra_columns=()):
@@ -94,8 +118,10 @@ def confound_check(cohort, site_col=None, extra_columns=()):
     if missing:  # before training, not after it
         from neuroml.errors import InputError
 
-        raise InputError(f"audit column {missing[0]!r} not found (columns: {list(table.columns)})",
-                         cohort.participants_path)
+        raise InputError(
+            f"audit column {missing[0]!r} not found (columns: {list(table.columns)})",
+            cohort.participants_path,
+        )
     columns = {}
     for col in [site_col, "age", "sex", *extra_columns]:
         if col and col in table.columns and col != cohort.label_column and col not in columns:
@@ -105,9 +131,14 @@ def confound_check(cohort, site_col=None, extra_columns=()):
     for c in entangled:
         t = tests[c]
         log.warning("%s", confound_message(cohort.label_column, c, t, site_col))
-    return {"label_column": cohort.label_column, "site_column": site_col, "n_participants": len(pids),
-            "tests": tests, "entangled": entangled,
-            "demographics": demographics(table, pids, labels, cohort.classes, site_col)}
+    return {
+        "label_column": cohort.label_column,
+        "site_column": site_col,
+        "n_participants": len(pids),
+        "tests": tests,
+        "entangled": entangled,
+        "demographics": demographics(table, pids, labels, cohort.classes, site_col),
+    }
 
 
 def _covariates(table, pids):
@@ -120,7 +151,9 @@ def _covariates(table, pids):
             cols.append((age - age.mean()) / age.std())
             names.append("age")
     if "sex" in table.columns:
-        sex = table["sex"].reindex(pids).fillna("n/a").astype(str).to_numpy()  # pandas 3 keeps NaN in astype(str)
+        sex = (
+            table["sex"].reindex(pids).fillna("n/a").astype(str).to_numpy()
+        )  # pandas 3 keeps NaN in astype(str)
         levels = sorted(set(sex.tolist()))
         if len(levels) == 2 and "nan" not in levels and "n/a" not in levels:
             cols.append((sex == levels[1]).astype(float))
@@ -156,7 +189,9 @@ def channel_region_means(volumes, atlas):
     from neuroml.training.baseline import region_means
 
     if np.ndim(volumes) == 5:
-        return np.concatenate([region_means(volumes[:, c], atlas)[0] for c in range(volumes.shape[1])], axis=1)
+        return np.concatenate(
+            [region_means(volumes[:, c], atlas)[0] for c in range(volumes.shape[1])], axis=1
+        )
     return region_means(volumes, atlas)[0]
 
 
@@ -165,7 +200,9 @@ def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
     y = table_pred["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     proba = table_pred[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     cols = ("sex", "age") + ((site_col,) if site_col else ())
-    groups = audit_groups(cohort.table, table_pred["participant_id"].tolist(), cols, tuple(audit_columns))
+    groups = audit_groups(
+        cohort.table, table_pred["participant_id"].tolist(), cols, tuple(audit_columns)
+    )
     return subgroup_audit(y, proba, classes, groups, n_bootstrap=n_bootstrap, seed=seed)
 
 
@@ -180,14 +217,23 @@ def penultimate_features(model, volumes, rows, batch_size=8, device="cpu"):
 
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linear:
-        raise NeuromlError(f"{type(model).__name__} has no linear layer to read penultimate features from")
+        raise NeuromlError(
+            f"{type(model).__name__} has no linear layer to read penultimate features from"
+        )
     captured = []
-    handle = linear[-1].register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach().float().cpu()))
+    handle = linear[-1].register_forward_hook(
+        lambda mod, inp, out: captured.append(inp[0].detach().float().cpu())
+    )
     try:
         model.eval()
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
-                block = np.stack([np.asarray(volumes[r], dtype=np.float32) for r in rows[start:start + batch_size]])
+                block = np.stack(
+                    [
+                        np.asarray(volumes[r], dtype=np.float32)
+                        for r in rows[start : start + batch_size]
+                    ]
+                )
                 model(torch.from_numpy(block if block.ndim == 5 else block[:, None]).to(device))
     finally:
         handle.remove()
@@ -207,7 +253,9 @@ def _fold_probes(feature_sets, splits, sites, participant_ids, seed=0, n_bootstr
 
     from neuroml.training.metrics import balanced_accuracy, bootstrap_ci
 
-    known = np.array([not is_missing(s) for s in sites], dtype=bool)  # rows without a site are not probed
+    known = np.array(
+        [not is_missing(s) for s in sites], dtype=bool
+    )  # rows without a site are not probed
     sites = np.asarray([str(s) for s in sites], dtype=object)
     pids = np.asarray(participant_ids, dtype=object)
     levels = sorted(set(sites[known].tolist()))
@@ -222,8 +270,10 @@ def _fold_probes(feature_sets, splits, sites, participant_ids, seed=0, n_bootstr
             feats = features_of(f["fold"])
             if feats is None:
                 continue
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
-                                                                     random_state=seed))
+            clf = make_pipeline(
+                StandardScaler(),
+                LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed),
+            )
             clf.fit(feats[train], y[train])
             p = np.zeros((int(test.sum()), len(levels)))
             p[:, clf[-1].classes_] = clf.predict_proba(feats[test])
@@ -234,14 +284,31 @@ def _fold_probes(feature_sets, splits, sites, participant_ids, seed=0, n_bootstr
         if not done.any():
             out[name] = {"balanced_accuracy": None, "note": "no fold could be probed"}
             continue
-        out[name] = {"balanced_accuracy": round(balanced_accuracy(y[done], pr[done].argmax(1), len(levels)), 6),
-                     "ci": bootstrap_ci(y[done], pr[done], n_bootstrap, seed).get("balanced_accuracy"),
-                     "chance": round(1.0 / len(levels), 6), "n": int(done.sum()), "scheme": "the run's folds"}
+        out[name] = {
+            "balanced_accuracy": round(
+                balanced_accuracy(y[done], pr[done].argmax(1), len(levels)), 6
+            ),
+            "ci": bootstrap_ci(y[done], pr[done], n_bootstrap, seed).get("balanced_accuracy"),
+            "chance": round(1.0 / len(levels), 6),
+            "n": int(done.sum()),
+            "scheme": "the run's folds",
+        }
     return out
 
 
-def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, seed=0, n_bootstrap=1000,
-                   device="cpu", fold_inputs=None, atlas=None):
+def cnn_site_probe(
+    fold_models,
+    splits,
+    src,
+    src_rows,
+    sites,
+    participant_ids,
+    seed=0,
+    n_bootstrap=1000,
+    device="cpu",
+    fold_inputs=None,
+    atlas=None,
+):
     """Site probe on each fold model's penultimate features (k-fold runs only).
 
     For fold ``k``, a logistic regression learns the site from the features that fold's
@@ -263,7 +330,10 @@ def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, s
         plus ``"inputs"`` when asked.
     """
     if splits and splits[0].get("test_site") is not None:
-        return {"balanced_accuracy": None, "note": "not defined for leave-one-site-out (the test site is unseen)"}
+        return {
+            "balanced_accuracy": None,
+            "note": "not defined for leave-one-site-out (the test site is unseen)",
+        }
     models = dict(fold_models)
     memo = {}
 
@@ -289,17 +359,34 @@ def cnn_site_probe(fold_models, splits, src, src_rows, sites, participant_ids, s
     probes = _fold_probes(sets, splits, sites, participant_ids, seed, n_bootstrap)
     out = probes["cnn"]
     if out.get("balanced_accuracy") is not None:
-        out["features"] = "penultimate features of each fold's CNN (input of its last linear layer)" + (
-            ", on the fold's harmonized inputs" if fold_inputs is not None else "")
+        out["features"] = (
+            "penultimate features of each fold's CNN (input of its last linear layer)"
+            + (", on the fold's harmonized inputs" if fold_inputs is not None else "")
+        )
     if "inputs" in probes:
         out["inputs"] = probes["inputs"]
-        out["inputs"]["features"] = "mean intensity of AAL regions of each fold's harmonized CNN inputs"
+        out["inputs"]["features"] = (
+            "mean intensity of AAL regions of each fold's harmonized CNN inputs"
+        )
     return out
 
 
-def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstrap=1000, site_col=None,
-                  audit_columns=(), harmonize=None, baseline_predictions=None, fold_models=None, device="cpu",
-                  fold_inputs=None):
+def trust_metrics(
+    cohort,
+    predictions,
+    splits,
+    src,
+    src_rows,
+    seed=0,
+    n_bootstrap=1000,
+    site_col=None,
+    audit_columns=(),
+    harmonize=None,
+    baseline_predictions=None,
+    fold_models=None,
+    device="cpu",
+    fold_inputs=None,
+):
     """Bias audit, site probe and harmonized baseline of a trained run (a dict for metrics.json).
 
     Parameters
@@ -334,34 +421,64 @@ def trust_metrics(cohort, predictions, splits, src, src_rows, seed=0, n_bootstra
         ``{"audit": {"cnn": ..., "baseline": ...}, "site_probe": {...}, "baseline_harmonized": {...}}``
         (keys present when computed).
     """
-    out = {"audit": {"cnn": _audit(predictions, cohort, site_col, audit_columns, n_bootstrap, seed)}}
+    out = {
+        "audit": {"cnn": _audit(predictions, cohort, site_col, audit_columns, n_bootstrap, seed)}
+    }
     if baseline_predictions is not None:
-        out["audit"]["baseline"] = _audit(baseline_predictions, cohort, site_col, audit_columns, n_bootstrap, seed)
+        out["audit"]["baseline"] = _audit(
+            baseline_predictions, cohort, site_col, audit_columns, n_bootstrap, seed
+        )
     if harmonize is not None:
         harmonize = look_up_option("harmonize", harmonize, HARMONIZERS)
         if not site_col:
-            raise NeuromlError("harmonize='combat' needs a site column in participants.tsv "
-                               "(site_info_column or site_column)")
+            raise NeuromlError(
+                "harmonize='combat' needs a site column in participants.tsv "
+                "(site_info_column or site_column)"
+            )
     if not site_col:
         return out
     features = region_features(cohort, src, src_rows)
     if features is None:
         return out
-    sites = [None if is_missing(s) else str(s) for s in cohort.column(site_col)]  # None: left out of the probes
-    probe = site_probe(features, sites, cohort.participant_ids, splits, seed=seed, n_bootstrap=n_bootstrap)
+    sites = [
+        None if is_missing(s) else str(s) for s in cohort.column(site_col)
+    ]  # None: left out of the probes
+    probe = site_probe(
+        features, sites, cohort.participant_ids, splits, seed=seed, n_bootstrap=n_bootstrap
+    )
     probe["features"] = f"mean intensity of {features.shape[1]} AAL regions"
     cov, cov_names = _covariates(cohort.table, cohort.participant_ids)
     if harmonize == "combat":
         try:
             out["baseline_harmonized"], probe["after_combat"] = _harmonized(
-                cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, probe["features"])
+                cohort,
+                features,
+                sites,
+                cov,
+                cov_names,
+                splits,
+                seed,
+                n_bootstrap,
+                probe["features"],
+            )
         except NeuromlError as exc:  # a harmonization failure must not lose the trained run
             log.warning("harmonized baseline skipped: %s", exc)
             out["baseline_harmonized"] = {"error": str(exc)}
     if fold_models:
         try:
-            probe["cnn"] = cnn_site_probe(fold_models, splits, src, src_rows, sites, cohort.participant_ids, seed,
-                                          n_bootstrap, device, fold_inputs, _atlas(cohort) if fold_inputs else None)
+            probe["cnn"] = cnn_site_probe(
+                fold_models,
+                splits,
+                src,
+                src_rows,
+                sites,
+                cohort.participant_ids,
+                seed,
+                n_bootstrap,
+                device,
+                fold_inputs,
+                _atlas(cohort) if fold_inputs else None,
+            )
         except (NeuromlError, RuntimeError) as exc:
             log.warning("CNN site probe skipped: %s", exc)
             probe["cnn"] = {"balanced_accuracy": None, "note": str(exc)[:200]}
@@ -376,17 +493,46 @@ def _harmonized(cohort, features, sites, cov, cov_names, splits, seed, n_bootstr
     from neuroml.training.metrics import classification_report
     from neuroml.training.predict import predictions_table
 
-    after = site_probe(features, sites, cohort.participant_ids, splits, seed=seed,
-                       n_bootstrap=n_bootstrap, harmonizer=ComBat, covariates=cov)
-    proba, fold = baseline_cv(features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), seed,
-                              harmonizer=ComBat, sites=sites, covariates=cov)
+    after = site_probe(
+        features,
+        sites,
+        cohort.participant_ids,
+        splits,
+        seed=seed,
+        n_bootstrap=n_bootstrap,
+        harmonizer=ComBat,
+        covariates=cov,
+    )
+    proba, fold = baseline_cv(
+        features,
+        cohort.participant_ids,
+        cohort.y,
+        splits,
+        len(cohort.classes),
+        seed,
+        harmonizer=ComBat,
+        sites=sites,
+        covariates=cov,
+    )
     tested = fold >= 0
-    table = predictions_table(np.asarray(cohort.participant_ids, dtype=object)[tested], proba[tested],
-                              cohort.classes, cohort.y[tested], fold[tested])
+    table = predictions_table(
+        np.asarray(cohort.participant_ids, dtype=object)[tested],
+        proba[tested],
+        cohort.classes,
+        cohort.y[tested],
+        fold[tested],
+    )
     y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
-    rep = classification_report(y, table[[f"prob_{c}" for c in cohort.classes]].to_numpy(), cohort.classes,
-                                n_bootstrap=n_bootstrap, seed=seed)
-    rep["model"] = "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
+    rep = classification_report(
+        y,
+        table[[f"prob_{c}" for c in cohort.classes]].to_numpy(),
+        cohort.classes,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    rep["model"] = (
+        "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"
+    )
     rep["covariates_kept"] = cov_names
     rep["features"] = feature_text
     return rep, after
