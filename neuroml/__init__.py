@@ -7,7 +7,7 @@ Stages (one subpackage each, data flows one way through files on disk):
 
 import logging
 
-__version__ = "0.1.0"
+from neuroml._version import __version__
 
 logging.getLogger("neuroml").addHandler(logging.NullHandler())
 

@@ -1,7 +1,7 @@
 """The ``neuroml`` command: BIDS-App style faces of the library.
 
 Each subcommand turns its arguments into parameters of one library step
-(:func:`neuroml.pipeline.run_step`); no processing happens here.
+(:func:`neuroml.workflows.pipeline.run_step`); no processing happens here.
 """
 
 import argparse
@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from neuroml import __version__
+from neuroml._version import __version__
 from neuroml._utils.threads import configure_openmp
 
 __all__ = ["main", "build_parser", "parse_args"]
@@ -485,7 +485,7 @@ def _repo_file(*parts):
 def _run_pipeline(path, overrides, quiet):
     """Run a pipeline; return its last step's result and the failed scans of all its steps
     (each also listed on stderr), so the command can exit with status 1 as ``preprocess`` does."""
-    from neuroml.pipeline import iter_pipeline
+    from neuroml.workflows.pipeline import iter_pipeline
 
     result, failed = None, []
     try:
@@ -523,7 +523,7 @@ def _result_line(result):
 
 
 def _dispatch(args):
-    from neuroml.pipeline import run_step
+    from neuroml.workflows.pipeline import run_step
 
     c = args.command
     if c == "synth":

@@ -74,9 +74,8 @@ def _log(msg):
 
 def prepare(workdir, n_subjects, seed, device, n_jobs, epochs):
     """Cohort, derivatives and a trained run under ``workdir`` (each step reused when done)."""
-    from neuroml.preprocessing import run_participant_level
     from neuroml.synth import make_cohort
-    from neuroml.training import train_run
+    from neuroml.workflows import run_participant_level, train_run
 
     bids, deriv = workdir / "bids", workdir / "deriv"
     run = workdir / f"run-{device}"
@@ -107,7 +106,7 @@ def time_methods(run, deriv, methods, device, n_subjects):
     from neuroml.attribution.run import method_target_layer
     from neuroml.data.stack import open_inputs
     from neuroml.io.atlases import atlas_on_grid
-    from neuroml.training import load_run
+    from neuroml.runs import load_run
 
     r = load_run(run)
     model = r.fold_model(0, device)
@@ -284,7 +283,7 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
     from neuroml.attribution import attribute_run
-    from neuroml.training import load_run
+    from neuroml.runs import load_run
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.run is None:

@@ -134,10 +134,9 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from neuroml.attribution import attribute_run
-    from neuroml.functional.connectome import connectome_run
-    from neuroml.preprocessing import run_participant_level
     from neuroml.synth.func import make_func_cohort
-    from neuroml.training import train_run
+    from neuroml.training.connectome import connectome_run
+    from neuroml.workflows import run_participant_level, train_run
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="neuroml-bench-func-"))
     if work.exists() and any(work.iterdir()):

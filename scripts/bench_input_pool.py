@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Accuracy and training time of the compact network with and without its input pooling.
 
-For every cohort it runs :func:`neuroml.training.train_run` with every parameter at its
+For every cohort it runs :func:`neuroml.workflows.train_run` with every parameter at its
 default except ``input_pool`` (2, the default on the 2 mm grid, then 1, the full-resolution
 network), with ``--batch-sizes`` the batch size (default only 4, the default), and with
 ``--activations`` the compact network's activation (default only ``leakyrelu``, the default;
@@ -44,8 +44,8 @@ HARDER = dict(n_subjects=90, seed=1, effect_size=0.12, voxel_scale=2.0)
 
 
 def _harder_cohort(workdir, n_jobs):
-    from neuroml.preprocessing import run_participant_level
     from neuroml.synth.cohort import make_cohort
+    from neuroml.workflows import run_participant_level
 
     bids, deriv = workdir / "harder" / "bids", workdir / "harder" / "deriv"
     if not (bids / "participants.tsv").is_file():
@@ -64,7 +64,7 @@ def _network(activation):
 
     import torch
 
-    import neuroml.training.run as run_module
+    import neuroml.workflows.train as run_module
     from neuroml.models.factory import build_model
 
     chosen = activation
@@ -111,7 +111,7 @@ def main(argv=None):
 
     import torch
 
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     torch.set_num_threads(args.threads)
     cohorts = {}

@@ -9,7 +9,7 @@ its known transform:
     error = mean over template brain voxels of | T_est(p) - T_true(p) |   (mm, scanner space)
 
 where ``T_est`` is the estimated MNI -> scanner affine (the ``_xfm.txt``) and ``T_true`` the
-generator's mapping (``neuroml.synth.true_scanner_coords``: a small non-linear warp, then an
+generator's mapping (``neuroml.io.groundtruth.true_scanner_coords``: a small non-linear warp, then an
 affine). Because an affine cannot follow the warp, the error of the best affine fit to the
 true mapping (least squares over the same points) is reported as the floor.
 
@@ -89,11 +89,11 @@ def main(argv=None):
     print(f"cohort: {bids} ({time.perf_counter() - t:.1f} s)", flush=True)
 
     from neuroml.io.bids import find_scans, read_participants
+    from neuroml.io.groundtruth import true_scanner_coords
     from neuroml.io.templates import brain_mask_on_grid, template_on_grid
     from neuroml.preprocessing import mni_to_scanner, preprocess_t1w, read_transform
     from neuroml.preprocessing.registration import _fixed_images
     from neuroml.preprocessing.t1w import check_params
-    from neuroml.synth import true_scanner_coords
 
     # one-off costs of a process (template loading and resampling), reported apart
     t, c = time.perf_counter(), time.process_time()

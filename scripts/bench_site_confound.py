@@ -48,9 +48,8 @@ def main(argv=None):
 
     import torch
 
-    from neuroml.preprocessing import run_participant_level
     from neuroml.synth import make_cohort
-    from neuroml.training import train_run
+    from neuroml.workflows import run_participant_level, train_run
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -79,9 +79,8 @@ def main(argv=None):
 
     import torch
 
-    from neuroml.preprocessing import run_group_level, run_participant_level
     from neuroml.synth import make_cohort
-    from neuroml.training import train_run
+    from neuroml.workflows import run_group_level, run_participant_level, train_run
 
     torch.set_num_threads(args.threads)
     work = args.workdir

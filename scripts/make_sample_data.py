@@ -49,8 +49,8 @@ def planted_contrast(out_dir, resolution=4.0):
     from nilearn.image import resample_img
     from scipy.ndimage import map_coordinates
 
+    from neuroml.io.groundtruth import planted_mask_path, true_scanner_coords
     from neuroml.io.templates import brain_mask_on_grid, target_grid
-    from neuroml.synth import planted_mask_path, true_scanner_coords
 
     warnings.filterwarnings("ignore", message="Resampling binary images", category=UserWarning)
     root = Path(out_dir)

@@ -66,7 +66,7 @@ def interrupt_fold(monkeypatch):
     """``interrupt_fold(fold, epoch)``: the next ``train_run`` raises KeyboardInterrupt after
     ``epoch`` of training fold ``fold`` (1-based, as in the progress bar), like a killed run;
     ``fit`` is restored once the fixture ends."""
-    from neuroml.training import run as run_module
+    from neuroml.workflows import train as run_module
 
     real_fit = run_module.fit
 

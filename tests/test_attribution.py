@@ -294,8 +294,8 @@ def _make_run(root, extra_trained=False, channels=1):
     (``channels=2``: T1w and ALFF maps stacked, a 2-channel run)."""
     from neuroml.io.templates import TEMPLATE_SPACE, target_grid
     from neuroml.models import build_model
-    from neuroml.training.checkpoint import save_checkpoint
-    from neuroml.training.splits import save_splits
+    from neuroml.runs.checkpoint import save_checkpoint
+    from neuroml.runs.folder import save_splits
 
     affine, shape = target_grid(RES)
     raw, deriv, run = root / "raw", root / "deriv", root / "run"
@@ -391,7 +391,7 @@ def _make_run(root, extra_trained=False, channels=1):
 
 def test_attribute_run_end_to_end(tmp_path):
     from neuroml.data import build_cache
-    from neuroml.training import load_run
+    from neuroml.runs import load_run
 
     run_dir, deriv = _make_run(tmp_path)
     out = attribute_run(run_dir, deriv, method="gradcam", target="true", show_progress=False)
@@ -461,7 +461,7 @@ def test_attribute_run_end_to_end(tmp_path):
 def test_a_rerun_redoes_maps_whose_atlas_or_models_changed(tmp_path):
     """A region_occlusion map hides the atlas's regions: another atlas recomputes it; the same one skips it."""
     from neuroml.models import build_model
-    from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
+    from neuroml.runs.checkpoint import load_checkpoint, save_checkpoint
 
     run_dir, deriv = _make_run(tmp_path)
     folder = run_dir / "attribution" / "region_occlusion"
@@ -641,7 +641,7 @@ def test_attribute_run_refuses_training_subjects(tmp_path):
 
 def test_group_maps_explain_each_subjects_own_class(tmp_path):
     from neuroml.data import build_cache
-    from neuroml.training import load_run
+    from neuroml.runs import load_run
 
     run_dir, deriv = _make_run(tmp_path)
     out = attribute_run(
@@ -942,7 +942,7 @@ def test_attribute_run_region_occlusion_and_trust_checks(tmp_path):
     from neuroml.cli import main
     from neuroml.data import build_cache
     from neuroml.io.atlases import atlas_on_grid
-    from neuroml.training import load_run
+    from neuroml.runs import load_run
 
     run_dir, deriv = _make_run(tmp_path)
     samples = Path(__file__).resolve().parents[1] / "data_samples" / "derivatives" / "groundtruth"

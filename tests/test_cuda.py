@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from neuroml.data import VolumeDataset
-from neuroml.training import TrainSettings, fit, load_checkpoint, load_run, train_run
+from neuroml.runs import load_checkpoint, load_run
+from neuroml.training import TrainSettings, fit
 from neuroml.training.metrics import balanced_accuracy
 from neuroml.training.trainer import evaluate
+from neuroml.workflows import train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_training import make_cohort  # noqa: E402

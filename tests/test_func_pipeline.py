@@ -274,7 +274,7 @@ def test_nibabel_functional_loads_cleans_and_gives_native_maps_or_a_reason():
 def test_batch_modality_func_is_resumable_and_records_failures(cohort, tmp_path):
     import shutil
 
-    from neuroml.preprocessing import read_failures, run_participant_level
+    from neuroml.workflows import read_failures, run_participant_level
 
     bids = tmp_path / "bids"
     shutil.copytree(
@@ -454,7 +454,7 @@ def test_batch_modality_both_puts_t1w_and_bold_maps_on_one_grid(cohort, tmp_path
     import shutil
 
     from neuroml.data import open_inputs
-    from neuroml.preprocessing import run_participant_level
+    from neuroml.workflows import run_participant_level
 
     sample = Path(__file__).resolve().parents[1] / "data_samples"
     bids = tmp_path / "bids"
@@ -485,7 +485,7 @@ def test_group_level_qc_includes_bold_series(cohort, tmp_path):
     import shutil
 
     from neuroml.cli import main
-    from neuroml.preprocessing import run_participant_level
+    from neuroml.workflows import run_participant_level
 
     bids = tmp_path / "bids"
     shutil.copytree(cohort, bids, ignore=shutil.ignore_patterns("derivatives"))

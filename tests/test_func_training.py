@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 
 from neuroml.errors import ConfigError, InputError
-from neuroml.functional.connectome import connectome_cv, load_timeseries
+from neuroml.training.connectome import connectome_cv, load_timeseries
 
 RES = 6.0
 
 
 @pytest.fixture(scope="module")
 def func_deriv(tmp_path_factory):
-    from neuroml.preprocessing import run_participant_level
     from neuroml.synth.func import make_func_cohort
+    from neuroml.workflows import run_participant_level
 
     base = tmp_path_factory.mktemp("functrain")
     make_func_cohort(
@@ -35,7 +35,7 @@ def func_deriv(tmp_path_factory):
 
 
 def _train(deriv, run_dir, inputs):
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     return train_run(
         deriv,
@@ -82,7 +82,7 @@ def test_train_on_one_map_and_attribute_it(func_deriv):
 @pytest.mark.slow
 def test_train_on_stacked_maps_uses_channels(func_deriv):
     from neuroml.attribution import attribute_run
-    from neuroml.training import predict_run
+    from neuroml.workflows import predict_run
 
     run = func_deriv / "run_stack"
     _train(func_deriv / "deriv", run, ["alff", "reho", "connsalience"])

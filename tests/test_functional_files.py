@@ -105,7 +105,7 @@ def test_symlinked_series_keeps_its_bids_name(tmp_path):
 
 
 def test_truncated_output_is_not_complete_and_group_qc_reports_it(tmp_path, caplog):
-    from neuroml.preprocessing import run_group_level
+    from neuroml.workflows import run_group_level
 
     root = tmp_path / "bids"
     path = _dataset(root)

@@ -51,7 +51,7 @@ def test_a_run_records_the_policy_it_ran_under(tmp_path, monkeypatch):
 
     import torch
 
-    from neuroml.training.outputs import write_provenance
+    from neuroml.runs.outputs import write_provenance
 
     for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", *OPENMP_DEFAULTS):
         monkeypatch.delenv(name, raising=False)

@@ -7,7 +7,7 @@ import pytest
 
 from neuroml.cli import main
 from neuroml.errors import ConfigError, InputError
-from neuroml.pipeline import load_pipeline, run_step
+from neuroml.workflows.pipeline import load_pipeline, run_step
 
 
 def _write(tmp_path, text):
@@ -98,7 +98,7 @@ def test_run_step_unknown_parameter():
 def test_typos_in_forwarded_parameters_fail_at_load_time(tmp_path, monkeypatch, params, match):
     # preprocess takes **params (forwarded to the T1w checker): a typo must stop the pipeline
     # before the (slow) first step runs, naming the file, the step and the closest valid name
-    from neuroml import pipeline
+    from neuroml.workflows import pipeline
 
     path = _write(
         tmp_path,
@@ -121,7 +121,7 @@ def test_forwarded_parameters_that_exist_pass():
         seed=1,
         func_params={"confounds": "scrubbing"},
     )
-    from neuroml.pipeline import _check_params
+    from neuroml.workflows.pipeline import _check_params
 
     _check_params("preprocess", path_params)  # no error
 
@@ -129,7 +129,7 @@ def test_forwarded_parameters_that_exist_pass():
 def test_every_kwargs_step_has_its_names_listed():
     import inspect
 
-    from neuroml.pipeline import KWARGS_NAMES, STEPS, _resolve, step_parameters
+    from neuroml.workflows.pipeline import KWARGS_NAMES, STEPS, _resolve, step_parameters
 
     for name in STEPS:
         takes_kwargs = any(
@@ -233,8 +233,8 @@ def test_run_reports_a_typo_in_a_yaml_step_with_exit_2(tmp_path, capsys):
 
 
 def test_synth_default_classes_are_the_same_for_anat_and_func(monkeypatch, tmp_path):
-    from neuroml import pipeline
     from neuroml.synth.cohort import DEFAULT_CLASSES
+    from neuroml.workflows import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append((name, kw)))
@@ -271,7 +271,7 @@ def test_every_command_has_help():
 
 
 def test_quiet_pipelines_turn_off_progress_bars_of_the_steps_that_have_them(tmp_path, monkeypatch):
-    from neuroml import pipeline
+    from neuroml.workflows import pipeline
 
     path = _write(
         tmp_path,
@@ -304,7 +304,7 @@ def test_a_value_a_step_refuses_names_the_pipeline_file_and_step(tmp_path, capsy
 def test_run_exits_1_when_a_step_reports_failed_scans(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from neuroml import pipeline
+    from neuroml.workflows import pipeline
 
     path = _write(
         tmp_path, "steps:\n  - preprocess: {bids_dir: b, out_dir: d}\n  - report: {run_dir: r}\n"
@@ -327,8 +327,8 @@ def test_failed_scans_are_listed_when_a_later_step_stops_the_pipeline(
 ):
     from types import SimpleNamespace
 
-    from neuroml import pipeline
     from neuroml.errors import InputError
+    from neuroml.workflows import pipeline
 
     path = _write(
         tmp_path,
@@ -350,7 +350,7 @@ def test_failed_scans_are_listed_when_a_later_step_stops_the_pipeline(
 def test_an_os_error_names_the_file_then_the_problem(tmp_path, monkeypatch, capsys):
     import errno
 
-    from neuroml import pipeline
+    from neuroml.workflows import pipeline
 
     path = tmp_path / "a-file"
 
@@ -364,7 +364,7 @@ def test_an_os_error_names_the_file_then_the_problem(tmp_path, monkeypatch, caps
 
 
 def test_folds_with_leave_one_site_out_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
-    from neuroml import pipeline
+    from neuroml.workflows import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append(kw))
@@ -407,7 +407,7 @@ def test_an_empty_variable_is_refused_inside_a_path_not_written_as_none(tmp_path
 
 
 def test_n_sanity_with_no_sanity_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
-    from neuroml import pipeline
+    from neuroml.workflows import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append(kw))
@@ -503,10 +503,10 @@ def test_repeated_column_and_input_options_keep_every_value():
 
 def test_each_pipeline_step_is_announced_once(tmp_path, monkeypatch, neuroml_log):
     # "pipeline step 1/2: report" followed by "step report" said the same thing twice per step
-    import neuroml.pipeline
-    from neuroml.pipeline import run_pipeline
+    import neuroml.workflows.pipeline
+    from neuroml.workflows.pipeline import run_pipeline
 
-    monkeypatch.setattr(neuroml.pipeline, "_resolve", lambda name: lambda **params: None)
+    monkeypatch.setattr(neuroml.workflows.pipeline, "_resolve", lambda name: lambda **params: None)
     path = _write(tmp_path, "steps:\n  - report: {run_dir: a}\n  - report: {run_dir: b}\n")
     run_pipeline(path)
     infos = [r.getMessage() for r in neuroml_log.records if r.levelname == "INFO"]
@@ -548,8 +548,8 @@ def test_progress_bars_in_a_log_file_update_rarely(monkeypatch):
 
 
 def test_repeated_synth_classes_all_apply_and_the_default_is_kept(tmp_path, monkeypatch):
-    from neuroml import pipeline
     from neuroml.synth import DEFAULT_CLASSES
+    from neuroml.workflows import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "run_step", lambda name, **kw: calls.append(kw) or {})

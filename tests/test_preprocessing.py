@@ -36,13 +36,11 @@ from neuroml.preprocessing import (
     output_paths,
     preprocess_scan,
     preprocess_t1w,
-    read_failures,
     read_transform,
-    run_group_level,
-    run_participant_level,
 )
 from neuroml.preprocessing.anat import check_plausible_t1w
 from neuroml.preprocessing.qc import robust_z
+from neuroml.workflows import read_failures, run_group_level, run_participant_level
 
 RES = 4.0
 #: Batch tests are about files and bookkeeping: they skip N4 (2 s a scan even at 4 mm).
@@ -735,7 +733,7 @@ def test_outputs_named_before_the_resolution_are_redone(tmp_path, subject):
 def test_a_dead_worker_fails_only_its_scan(tmp_path, subject, monkeypatch):
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    import neuroml.preprocessing.batch as batch
+    import neuroml.workflows.bids_app as batch
 
     root = write_bids(
         tmp_path / "bids", {f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": subject[0] for i in (1, 2, 3)}

@@ -9,7 +9,7 @@ import pytest
 
 from neuroml.errors import InputError
 from neuroml.functional.bold import repetition_time
-from neuroml.privacy import clean_sidecar, deidentify_bids, find_strings, pseudonym
+from neuroml.io.privacy import clean_sidecar, deidentify_bids, find_strings, pseudonym
 
 KEY = b"a-secret-key-of-enough-bytes"
 
@@ -143,7 +143,7 @@ def test_deidentify_keep_columns_and_unknown_column(tmp_path):
 
 
 def test_a_failed_copy_leaves_nothing_and_can_be_rerun(tmp_path, monkeypatch):
-    import neuroml.privacy as privacy
+    import neuroml.io.privacy as privacy
 
     raw = _dataset(tmp_path / "raw", sessions=("a", "b"))
     out = tmp_path / "out"
@@ -203,7 +203,7 @@ def test_a_missing_key_names_both_ways_to_give_one(tmp_path, monkeypatch):
     # a first user runs `neuroml deidentify BIDS OUT` with no key: the error must say how to pass the
     # key file it suggests writing, not only the environment variable
     from neuroml.errors import ConfigError
-    from neuroml.privacy import KEY_ENV, load_key
+    from neuroml.io.privacy import KEY_ENV, load_key
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ConfigError, match=r"--key-file") as info:

@@ -25,7 +25,7 @@ from neuroml.cli import main
 from neuroml.errors import InputError
 from neuroml.io import check_img, find_scans, read_participants
 from neuroml.io.bids import check_label
-from neuroml.preprocessing import read_failures, run_participant_level
+from neuroml.workflows import read_failures, run_participant_level
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 6.0
@@ -229,7 +229,7 @@ PARTICIPANTS_CASES = [
 
 @pytest.mark.parametrize("name", PARTICIPANTS_CASES)
 def test_broken_participants_tsv_api_and_cli(labelled, tmp_path, capsys, name):
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     root, _, deriv, _, cases = labelled
     case = cases[name]
@@ -269,7 +269,7 @@ def test_read_participants_names_the_file(labelled):
 
 
 def test_labels_for_missing_images_warn_and_train(labelled, tmp_path, caplog):
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     _, _, deriv, ids, cases = labelled
     with caplog.at_level("WARNING", logger="neuroml"):

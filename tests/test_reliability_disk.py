@@ -25,7 +25,7 @@ from badcorpus import (
 from neuroml._utils import fileio
 from neuroml.cli import main
 from neuroml.errors import OutputError
-from neuroml.training.checkpoint import save_checkpoint
+from neuroml.runs.checkpoint import save_checkpoint
 
 
 class _FullDisk:
@@ -107,7 +107,7 @@ def raw(tmp_path_factory):
 
 
 def test_preprocess_disk_full_stops_with_one_line_then_resumes(raw, tmp_path, monkeypatch, capsys):
-    from neuroml.preprocessing import read_failures, run_participant_level
+    from neuroml.workflows import read_failures, run_participant_level
 
     out = tmp_path / "deriv"
     disk = _FullDisk(ok=1 + 5 + 2)  # dataset_description, the first scan, part of the second
@@ -157,7 +157,8 @@ def deriv(tmp_path_factory):
 
 
 def test_train_disk_full_then_resume(deriv, tmp_path, monkeypatch):
-    from neuroml.training import load_run, train_run
+    from neuroml.runs import load_run
+    from neuroml.workflows import train_run
 
     kwargs = dict(
         epochs=2, folds=2, batch_size=2, n_bootstrap=20, show_progress=False, device="cpu"
@@ -181,7 +182,7 @@ def test_train_disk_full_then_resume(deriv, tmp_path, monkeypatch):
 
 
 def test_report_on_a_read_only_run_folder(deriv, tmp_path, monkeypatch, capsys):
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     run = tmp_path / "run"
     train_run(

@@ -21,7 +21,7 @@ from badcorpus import make_derivatives
 
 from neuroml.cli import main
 from neuroml.errors import InputError
-from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
+from neuroml.runs.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def _stderr(capsys):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     root = tmp_path_factory.mktemp("untrusted")
     raw, deriv, ids = make_derivatives(root, n=8, res=8.0)
@@ -228,7 +228,7 @@ EVIL_COLUMN = "<img src=x onerror=alert(2)>"
 
 def test_report_of_a_real_run_escapes_hostile_labels(tmp_path, capsys):
     from neuroml.attribution import attribute_run
-    from neuroml.training import train_run
+    from neuroml.workflows import train_run
 
     raw, deriv, ids = make_derivatives(tmp_path / "data", n=8, res=8.0)
     tsv = tmp_path / "participants.tsv"

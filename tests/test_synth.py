@@ -14,14 +14,9 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from neuroml.errors import ConfigError, InputError
+from neuroml.io.groundtruth import load_subject_transform, planted_mask_path, true_scanner_coords
 from neuroml.io.templates import brain_mask_on_grid, mni_brain_mask, template_on_grid
-from neuroml.synth import (
-    DEFAULT_PLANTED,
-    load_subject_transform,
-    make_cohort,
-    planted_mask_path,
-    true_scanner_coords,
-)
+from neuroml.synth import DEFAULT_PLANTED, make_cohort
 from neuroml.synth.cohort import _assign
 
 REPO = Path(__file__).resolve().parents[1]
@@ -456,8 +451,8 @@ def test_an_interrupted_func_cohort_is_generated_again(tmp_path, monkeypatch):
 
 
 def test_groundtruth_helpers_on_a_func_cohort(tmp_path):
+    from neuroml.io.groundtruth import planted_mask_path
     from neuroml.synth.func import make_func_cohort
-    from neuroml.synth.groundtruth import planted_mask_path
 
     make_func_cohort(tmp_path / "f", **FUNC_TINY)
     mask = nib.load(planted_mask_path(tmp_path / "f", "MDD"))

@@ -14,6 +14,7 @@ from neuroml.data import VolumeDataset
 from neuroml.errors import ConfigError, InputError, LeakageError
 from neuroml.io.templates import target_grid
 from neuroml.models import build_model
+from neuroml.runs import load_checkpoint, load_run, save_checkpoint
 from neuroml.training import (
     NeuroClassifier,
     TrainSettings,
@@ -22,17 +23,13 @@ from neuroml.training import (
     classification_report,
     confusion_matrix,
     fit,
-    load_checkpoint,
-    load_run,
     make_splits,
     permutation_pvalue,
-    predict_run,
     roc_auc_ovr,
-    save_checkpoint,
     sensitivity_specificity,
-    train_run,
 )
 from neuroml.training.splits import check_splits, validation_split
+from neuroml.workflows import predict_run, train_run
 
 CLASSES = ("control", "MDD", "SCZ")
 CENTERS = ((5, 6, 5), (13, 6, 14), (9, 17, 10))  # a bright blob per class on the 19 x 23 x 20 grid
@@ -315,7 +312,7 @@ def test_training_curve_says_when_there_is_no_validation_set(tmp_path, monkeypat
     """Without validation participants the accuracy panel states why it is empty (it was blank)."""
     from matplotlib.figure import Figure
 
-    from neuroml.training.outputs import plot_training_curves
+    from neuroml.runs.outputs import plot_training_curves
 
     texts = {}
     save = Figure.savefig
@@ -485,7 +482,7 @@ def test_train_run_with_numeric_class_labels(trained, tmp_path):
 
 
 def test_a_balanced_accuracy_of_zero_is_logged_as_zero(trained, tmp_path, monkeypatch, neuroml_log):
-    import neuroml.training.run as run_module
+    import neuroml.workflows.train as run_module
 
     deriv, _, _ = trained
     report = run_module._report
@@ -894,7 +891,7 @@ def test_predict_finds_training_scans_by_id_and_by_raw_checksum(tmp_path):
         train_run(dup, tmp_path / "dup-run", **FAST)
     assert not (tmp_path / "dup-run").exists()
     # BOLD maps: the series' desc-maps_bold.json holds the raw checksum
-    from neuroml.training.predict import source_identity
+    from neuroml.runs.sources import source_identity
 
     func = tmp_path / "g" / "sub-01" / "func"
     func.mkdir(parents=True)

@@ -85,7 +85,7 @@ def test_a_last_partial_accumulation_group_still_steps():
 def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, capsys):
     import logging
 
-    import neuroml.pipeline
+    import neuroml.workflows.pipeline
     from neuroml.cli import main
 
     log = logging.getLogger(
@@ -97,7 +97,7 @@ def test_cli_train_passes_loop_options_to_the_library(monkeypatch, tmp_path, cap
 
     calls = []
     monkeypatch.setattr(
-        neuroml.pipeline, "run_step", lambda name, **params: calls.append((name, params))
+        neuroml.workflows.pipeline, "run_step", lambda name, **params: calls.append((name, params))
     )
     assert (
         main(
@@ -255,7 +255,7 @@ def _fit_compact(x, y, tmp_path=None, hook=None, **options):
 
 
 def test_fit_trains_channels_last_on_cpu_and_hands_back_contiguous_weights(tmp_path):
-    from neuroml.training import load_checkpoint
+    from neuroml.runs import load_checkpoint
 
     cl = torch.channels_last_3d
     seen = []  # (training?, weight channels-last?, output channels-last?) of a 8 -> 16 channel convolution
@@ -500,7 +500,7 @@ def test_an_interrupted_train_says_to_rerun_it_with_resume(
     # "rerun the same command" alone restarts the interrupted fold: the hint must name --resume
     import logging
 
-    import neuroml.pipeline
+    import neuroml.workflows.pipeline
     from neuroml.cli import main
 
     log = logging.getLogger("neuroml")
@@ -511,7 +511,7 @@ def test_an_interrupted_train_says_to_rerun_it_with_resume(
     def interrupted(name, **params):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(neuroml.pipeline, "run_step", interrupted)
+    monkeypatch.setattr(neuroml.workflows.pipeline, "run_step", interrupted)
     assert main(["-q", "train", str(tmp_path), "--run-dir", str(tmp_path / "run")] + extra) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and ("with --resume" in err) == resume_hint
@@ -526,7 +526,7 @@ def test_after_an_interrupt_a_failing_worker_thread_prints_no_traceback(
     import threading
     import warnings
 
-    import neuroml.pipeline
+    import neuroml.workflows.pipeline
     from neuroml.cli import main
 
     log = logging.getLogger("neuroml")
@@ -539,7 +539,7 @@ def test_after_an_interrupt_a_failing_worker_thread_prints_no_traceback(
     def interrupted(name, **params):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(neuroml.pipeline, "run_step", interrupted)
+    monkeypatch.setattr(neuroml.workflows.pipeline, "run_step", interrupted)
     assert (
         main(
             [

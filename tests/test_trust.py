@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from neuroml.errors import ConfigError, InputError
-from neuroml.io.templates import target_grid
-from neuroml.privacy import (
+from neuroml.io.privacy import (
     clean_sidecar,
     deidentify_bids,
     find_strings,
@@ -19,13 +18,15 @@ from neuroml.privacy import (
     pseudonym,
     scrub_nifti,
 )
-from neuroml.training import harmonize as harmonize_module
-from neuroml.training import make_splits, train_run
-from neuroml.training import trust as trust_module
-from neuroml.training.audit import age_bands, subgroup_audit
+from neuroml.io.templates import target_grid
+from neuroml.training import make_splits
 from neuroml.training.baseline import baseline_cv
-from neuroml.training.confounds import association_tests, site_probe
-from neuroml.training.harmonize import ComBat
+from neuroml.trust import checks as trust_module
+from neuroml.trust import harmonize as harmonize_module
+from neuroml.trust.audit import age_bands, subgroup_audit
+from neuroml.trust.confounds import association_tests, site_probe
+from neuroml.trust.harmonize import ComBat
+from neuroml.workflows import train_run
 
 RES = 8.0
 FAST = dict(epochs=1, folds=2, batch_size=4, show_progress=False, n_bootstrap=50)
@@ -395,7 +396,7 @@ def test_pooled_against_leave_one_site_out_on_an_entangled_cohort(tmp_path):
 
 def test_penultimate_features_are_the_last_linear_layers_input():
     from neuroml.models.factory import build_model
-    from neuroml.training.trust import penultimate_features
+    from neuroml.trust.checks import penultimate_features
 
     shape = (17, 18, 19)
     model = build_model("compact", 2, spatial_shape=shape)
@@ -527,7 +528,7 @@ def test_deidentify_command_renames_scrubs_and_never_writes_the_key(tmp_path, im
 
 
 def test_confound_warning_says_when_a_large_effect_is_not_significant():
-    from neuroml.training.trust import confound_message
+    from neuroml.trust.checks import confound_message
 
     small = confound_message(
         "diagnosis",

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuroml.pipeline import load_pipeline, run_pipeline
-from neuroml.privacy import find_strings, pseudonym
+from neuroml.io.privacy import find_strings, pseudonym
+from neuroml.workflows.pipeline import load_pipeline, run_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,11 @@ import torch
 from neuroml.data import VolumeDataset, build_cache
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.templates import brain_mask_on_grid, target_grid
-from neuroml.training import load_checkpoint, load_run, predict_run, train_run
-from neuroml.training import run as run_module
-from neuroml.training.harmonize import FOLD_FILE, VolumeComBat, covariate_matrix
+from neuroml.runs import load_checkpoint, load_run
 from neuroml.training.trainer import evaluate
+from neuroml.trust.harmonize import FOLD_FILE, VolumeComBat, covariate_matrix
+from neuroml.workflows import predict_run, train_run
+from neuroml.workflows import train as run_module
 
 RES = 8.0
 FAST = dict(
@@ -415,7 +416,7 @@ def test_site_probe_features_of_multichannel_inputs():
     are taken per channel side by side (the site probes of a harmonized multi-channel run)."""
     from neuroml.models.factory import build_model
     from neuroml.training.baseline import region_means
-    from neuroml.training.trust import channel_region_means, penultimate_features
+    from neuroml.trust.checks import channel_region_means, penultimate_features
 
     shape = (17, 18, 19)
     rng = np.random.default_rng(0)

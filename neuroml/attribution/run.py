@@ -258,7 +258,7 @@ def _identity(method, target, atlas, atlas_labels, target_layer, run_dir, folds,
             np.ascontiguousarray(atlas_labels).tobytes()
         ).hexdigest()
     if cfg.get("harmonized_inputs"):
-        from neuroml.training.harmonize import FOLD_FILE
+        from neuroml.trust.harmonize import FOLD_FILE
 
         ident["harmonized_inputs"] = cfg["harmonized_inputs"]
         ident["combat"] = {
@@ -361,9 +361,9 @@ def attribute_run(
     """
     from tqdm.auto import tqdm
 
+    from neuroml._utils.device import resolve_device
     from neuroml.data.stack import open_inputs
-    from neuroml.training.run import load_run
-    from neuroml.training.trainer import resolve_device
+    from neuroml.runs.folder import load_run
 
     method = look_up_option("method", method, ALL_METHODS)
     atlas = load_atlas(
@@ -415,7 +415,7 @@ def attribute_run(
     fold_models = dict(run.fold_models(device))
     folds = list(fold_models)
     used_by = _used_by(run, folds)
-    from neuroml.training.predict import training_twins
+    from neuroml.runs.sources import training_twins
 
     twins = training_twins(
         run, cache.deriv_dir, cache.index["participant_id"].tolist(), cache.index["path"].tolist()
@@ -479,7 +479,7 @@ def attribute_run(
         plan[row] = how
     harmonized = None
     if cfg.get("harmonized_inputs"):
-        from neuroml.training.harmonize import InputHarmonization
+        from neuroml.trust.harmonize import InputHarmonization
 
         try:
             harmonized = InputHarmonization(

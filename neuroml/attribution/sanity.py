@@ -524,7 +524,7 @@ def planted_ground_truth(deriv_dir, affine, shape):
 
     from neuroml._utils.fileio import read_json
     from neuroml.data import participants_file
-    from neuroml.synth.groundtruth import GROUNDTRUTH_SUBDIR, planted_mask_path
+    from neuroml.io.groundtruth import GROUNDTRUTH_SUBDIR, planted_mask_path
 
     try:
         raw = participants_file(deriv_dir).parent

@@ -30,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neuroml import __version__
+from neuroml._version import __version__
 from neuroml._utils.fileio import read_json
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError, InputError

@@ -92,9 +92,9 @@ def is_func_complete(scan, out_dir, sha256=None, **params):
     """True when a BOLD scan's outputs exist, are intact and its sidecar matches the input and parameters.
 
     Intact: the size and SHA-256 that the sidecar records (see
-    :func:`neuroml.preprocessing.t1w.outputs_intact`), so a truncated map makes the scan incomplete.
+    :func:`neuroml.io.derivatives.outputs_intact`), so a truncated map makes the scan incomplete.
     """
-    from neuroml.preprocessing.t1w import outputs_intact
+    from neuroml.io.derivatives import outputs_intact
 
     path, entities = scan_entities(scan)
     params = check_func_params(**params)
@@ -154,7 +154,7 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     dict
         Output paths (see :func:`func_output_paths`) and ``info``.
     """
-    from neuroml.preprocessing.t1w import itk_threads, output_records
+    from neuroml.io.derivatives import itk_threads, output_records
 
     params = check_func_params(**params)
     path, entities = scan_entities(scan, participant_label)

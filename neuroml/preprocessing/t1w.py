@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from neuroml import __version__
+from neuroml._version import __version__
 from neuroml._utils.fileio import (
     read_json,
     remove_stale_temporaries,
@@ -31,6 +31,7 @@ from neuroml._utils.options import check_in_range, look_up_option
 from neuroml._utils.provenance import package_versions
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import derivative_name, scan_entities
+from neuroml.io.derivatives import StepTimer, itk_threads, output_records, outputs_intact
 from neuroml.io.image import check_img
 from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, res_entity
 from neuroml.preprocessing.anat import (
@@ -53,14 +54,12 @@ __all__ = [
     "PIPELINE_VERSION",
     "DEFAULT_PARAMS",
     "T1wResult",
-    "StepTimer",
     "T1wPreprocessor",
     "check_params",
     "output_paths",
     "preprocess_scan",
     "preprocess_t1w",
     "is_complete",
-    "itk_threads",
 ]
 
 log = logging.getLogger("neuroml")
@@ -117,20 +116,6 @@ def check_params(**params):
         check_in_range("qc_min_coverage", out["qc_min_coverage"], 0.0, 1.0)
     )
     return out
-
-
-@contextlib.contextmanager
-def itk_threads(n_threads):
-    """Set SimpleITK's default number of threads inside a ``with`` block (None: unchanged)."""
-    if n_threads is None:
-        yield
-        return
-    old = sitk.ProcessObject_GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(int(n_threads))
-    try:
-        yield
-    finally:
-        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(old)
 
 
 @dataclasses.dataclass
@@ -249,26 +234,6 @@ def _register(image, params):
         "iterations": res.iterations,
     }
     return res.transform, info
-
-
-class StepTimer:
-    """Wall-clock and CPU seconds of named steps (``with timer("n4"): ...``)."""
-
-    def __init__(self):
-        self.wall = {}
-        self.cpu = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name):
-        w, c = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.wall[name] = round(self.wall.get(name, 0.0) + time.perf_counter() - w, 3)
-            self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c, 3)
-
-    def as_dict(self):
-        return {"wall_s": dict(self.wall), "cpu_s": dict(self.cpu)}
 
 
 def _finish(image, native, transform, params, timer, label=None):
@@ -424,62 +389,6 @@ def _params_key(params):
     import json
 
     return json.loads(json.dumps({"pipeline_version": PIPELINE_VERSION, **params}))
-
-
-def output_records(sidecar, paths):
-    """``{kind: {"File", "Size", "SHA256"}}`` of written outputs, for the sidecar ``sidecar``.
-
-    ``File`` is relative to the sidecar's folder (the figure lives in another one).
-    """
-    out = {}
-    for kind, path in paths.items():
-        path = Path(path)
-        out[kind] = {
-            "File": Path(os.path.relpath(path, Path(sidecar).parent)).as_posix(),
-            "Size": path.stat().st_size,
-            "SHA256": sha256_file(path),
-        }
-    return out
-
-
-def _readable_image(path):
-    try:
-        np.asarray(nib.load(str(path)).dataobj)
-        return True
-    except Exception:  # noqa: BLE001 - truncated gzip (EOFError, zlib.error), bad header...: not readable
-        return False
-
-
-def outputs_intact(sidecar, side, paths):
-    """True when each of ``paths`` is the file the sidecar recorded (same size and SHA-256).
-
-    A sidecar written before the records existed (no ``OutputFiles``) is trusted when each
-    NIfTI output can be read in full (header and voxels): a truncated file fails.
-    """
-    records = side.get("OutputFiles")
-    if records is None:
-        return all(
-            Path(p).is_file() and (not str(p).endswith((".nii", ".nii.gz")) or _readable_image(p))
-            for p in paths
-        )
-    if not isinstance(records, dict):
-        return False
-    by_file = {}
-    for rec in records.values():
-        if isinstance(rec, dict) and isinstance(rec.get("File"), str):
-            by_file[os.path.normpath(Path(sidecar).parent / rec["File"])] = rec
-    for path in paths:
-        rec = by_file.get(os.path.normpath(path))
-        try:
-            if (
-                rec is None
-                or Path(path).stat().st_size != rec.get("Size")
-                or sha256_file(path) != rec.get("SHA256")
-            ):
-                return False
-        except OSError:
-            return False
-    return True
 
 
 def is_complete(scan, out_dir, sha256=None, **params):

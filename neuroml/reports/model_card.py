@@ -1,7 +1,7 @@
 """``RUN/model_card.md``: what a trained run is for, what it was trained on, how well it does
 overall and per subgroup, what the trust checks found, and its known limits.
 
-Written at the end of :func:`~neuroml.training.train_run` and refreshed by
+Written at the end of :func:`~neuroml.workflows.train_run` and refreshed by
 :func:`~neuroml.reports.build_report` (so attribution checks made later are included).
 It names no participant.
 """
@@ -9,11 +9,11 @@ It names no participant.
 import logging
 from pathlib import Path
 
-from neuroml import __version__
+from neuroml._version import __version__
 from neuroml._utils.fileio import write_text_atomic
 from neuroml.errors import InputError
+from neuroml.reports._common import _inputs_text, _load_json
 from neuroml.reports.checks import check_lines, current_sanity
-from neuroml.reports.html import _inputs_text, _load_json
 
 __all__ = ["write_model_card", "model_card_text"]
 

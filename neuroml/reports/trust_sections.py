@@ -5,7 +5,8 @@ import logging
 from pathlib import Path
 
 from neuroml._utils.fileio import write_text_atomic
-from neuroml.reports.html import _e, _num, _table
+from neuroml.reports._common import _e, _table
+from neuroml.reports.checks import fmt_num as _num
 
 __all__ = ["sections", "NAV"]
 

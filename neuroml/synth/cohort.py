@@ -9,7 +9,7 @@ site), multiplied by a smooth bias field, given Rician noise and stored as int16
 ``scl_slope``.
 
 The transform that made each scan is stored under ``derivatives/groundtruth`` so that a
-registration can be scored (see :func:`neuroml.synth.groundtruth.true_scanner_coords`).
+registration can be scored (see :func:`neuroml.io.groundtruth.true_scanner_coords`).
 Same seed and parameters give byte-identical files.
 """
 
@@ -32,7 +32,7 @@ from scipy.ndimage import binary_dilation, map_coordinates
 from neuroml._utils.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
-from neuroml.synth.groundtruth import GROUNDTRUTH_SUBDIR, warp_displacement
+from neuroml.io.groundtruth import GROUNDTRUTH_SUBDIR, mask_filename, warp_displacement
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -155,13 +155,6 @@ def _write_nifti_gz(path, data, affine, **kwargs):
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf)
     return Path(path)
-
-
-def mask_filename(diagnosis):
-    """File name of the planted-region mask of a class (in the ground-truth folder)."""
-    from neuroml.io.templates import TEMPLATE_SPACE
-
-    return f"space-{TEMPLATE_SPACE}_desc-{_label(diagnosis)}_mask.nii.gz"
 
 
 def _label(name):

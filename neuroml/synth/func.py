@@ -31,8 +31,8 @@ import numpy as np
 from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
-from neuroml.synth.cohort import _as_int, _check_classes, _write_nifti_gz, mask_filename
-from neuroml.synth.groundtruth import GROUNDTRUTH_SUBDIR
+from neuroml.io.groundtruth import GROUNDTRUTH_SUBDIR, mask_filename
+from neuroml.synth.cohort import _as_int, _check_classes, _write_nifti_gz
 
 __all__ = [
     "FUNC_SYNTH_VERSION",

@@ -1,7 +1,6 @@
-"""Training: subject-level cross-validation of MONAI networks, metrics, a classical baseline,
-reading runs back and predicting new subjects, and a scikit-learn style classifier."""
+"""Training: the fit loop of MONAI networks, subject-level splits, metrics, a classical baseline,
+the connectome baseline, and a scikit-learn style classifier."""
 
-from neuroml.training.checkpoint import load_checkpoint, save_checkpoint
 from neuroml.training.estimator import NeuroClassifier
 from neuroml.training.metrics import (
     balanced_accuracy,
@@ -13,23 +12,15 @@ from neuroml.training.metrics import (
     roc_curves,
     sensitivity_specificity,
 )
-from neuroml.training.predict import predict_run
-from neuroml.training.run import Run, load_run, train_run
 from neuroml.training.splits import make_splits
 from neuroml.training.trainer import FitResult, TrainSettings, fit
 
 __all__ = [
-    "train_run",
-    "load_run",
-    "Run",
-    "predict_run",
     "NeuroClassifier",
     "fit",
     "TrainSettings",
     "FitResult",
     "make_splits",
-    "save_checkpoint",
-    "load_checkpoint",
     "classification_report",
     "balanced_accuracy",
     "confusion_matrix",

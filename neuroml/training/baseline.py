@@ -82,7 +82,7 @@ def baseline_cv(
     seed : int
     harmonizer : callable, optional
         Factory of a site harmonizer with ``fit(X, sites, covariates)`` and
-        ``transform(X, sites, covariates)`` (e.g. :class:`~neuroml.training.harmonize.ComBat`):
+        ``transform(X, sites, covariates)`` (e.g. :class:`~neuroml.trust.harmonize.ComBat`):
         a fresh one is fitted on each fold's training rows only, then applied to its
         training and test rows.
     sites : sequence of str, optional

@@ -101,7 +101,7 @@ def init_distributed(device="auto", timeout_s=1800):
     ConfigError
         If CUDA is requested and this node has fewer GPUs than ``LOCAL_RANK + 1``.
     """
-    from neuroml.training.trainer import resolve_device
+    from neuroml._utils.device import resolve_device
 
     dev = resolve_device(device)
     d = _dist()

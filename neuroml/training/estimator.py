@@ -90,7 +90,7 @@ def _as_volumes(images, grid=None):
 class NeuroClassifier(ClassifierMixin, BaseEstimator):
     """A MONAI 3D CNN classifier with the scikit-learn interface.
 
-    It runs the same training loop as :func:`~neuroml.training.train_run` (early stopping
+    It runs the same training loop as :func:`~neuroml.workflows.train_run` (early stopping
     on a stratified validation split of the training data).
 
     Parameters
@@ -184,9 +184,9 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         """
         from neuroml.data.dataset import VolumeDataset, make_augmentation
         from neuroml.models.factory import build_model, resolve_input_pool
-        from neuroml.training.run import _class_weights
         from neuroml.training.splits import validation_split
         from neuroml.training.trainer import TrainSettings, fit, seed_for
+        from neuroml.training.trainer import class_weights as _class_weights
 
         check_in_range(
             "val_fraction", self.val_fraction, 0.0, 0.5, kind=(int, float, np.integer, np.floating)

@@ -9,11 +9,10 @@ import warnings
 
 import numpy as np
 
-from neuroml._utils.fileio import read_json, write_json_atomic
 from neuroml._utils.options import check_in_range
 from neuroml.errors import ConfigError, InputError, LeakageError
 
-__all__ = ["make_splits", "validation_split", "check_splits", "save_splits", "load_splits"]
+__all__ = ["make_splits", "validation_split", "check_splits"]
 
 log = logging.getLogger("neuroml")
 
@@ -194,21 +193,3 @@ def check_splits(splits):
                 )
             tested[p] = f["fold"]
     return splits
-
-
-def save_splits(path, splits, **info):
-    """Write ``splits.json``: ``{"scheme", ..., "folds": [per-fold dicts]}`` (atomic)."""
-    scheme = (
-        "leave-one-site-out"
-        if splits and splits[0].get("test_site") is not None
-        else "stratified-group-kfold"
-    )
-    return write_json_atomic(path, {"scheme": scheme, **info, "folds": list(splits)})
-
-
-def load_splits(path):
-    """Read the per-fold list written by :func:`save_splits`."""
-    doc = read_json(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("folds"), list):
-        raise InputError("not a neuroml splits file (no 'folds' list)", path)
-    return doc["folds"]

@@ -1,4 +1,4 @@
-"""The one training loop (used by :func:`~neuroml.training.train_run` and :class:`NeuroClassifier`).
+"""The one training loop (used by :func:`~neuroml.workflows.train_run` and :class:`NeuroClassifier`).
 
 AdamW, a per-step learning-rate schedule, class-weighted cross-entropy, early stopping on
 the validation balanced accuracy (ties broken by the validation loss) keeping the best
@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuroml._utils.device import resolve_device
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
 from neuroml.models.factory import input_pool_of
+from neuroml.runs.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training import distributed as ddp
-from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
 
@@ -60,7 +61,7 @@ _RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "grad_
 
 @dataclasses.dataclass
 class TrainSettings:
-    """Hyper-parameters and runtime options of :func:`fit` (see :func:`~neuroml.training.train_run`)."""
+    """Hyper-parameters and runtime options of :func:`fit` (see :func:`~neuroml.workflows.train_run`)."""
 
     epochs: int = 20
     batch_size: int = 4
@@ -109,28 +110,6 @@ class FitResult:
     best_val_balanced_accuracy: float | None
     best_val_loss: float | None
     stopped_early: bool
-
-
-def resolve_device(device="auto"):
-    """``"auto"`` -> CUDA when available, else CPU; check that a requested CUDA device exists."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(
-            f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead."
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {str(device)!r} was requested but torch sees no CUDA device; use --device cpu "
-            'or --device auto (device="cpu" or "auto" in Python)'
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(
-            f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead."
-        )
-    return dev
 
 
 def seed_for(*keys):
@@ -765,3 +744,9 @@ def fit(
         best_val_loss=best.get("val_loss"),
         stopped_early=bool(state["stopped_early"]),
     )
+
+
+def class_weights(y, n_classes):
+    """Balanced class weights ``n / (C * count)``; 0 for a class without samples."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)

@@ -11,8 +11,8 @@ import warnings
 
 import numpy as np
 
-from neuroml.training.confounds import is_missing
 from neuroml.training.metrics import _stratified_weights, bootstrap_ci, classification_report
+from neuroml.trust.confounds import is_missing
 
 __all__ = ["age_bands", "subgroup_audit", "audit_groups", "DEFAULT_AGE_EDGES"]
 

@@ -31,14 +31,14 @@ log = logging.getLogger("neuroml")
 STEPS = {
     "synth": "neuroml.synth:make_cohort",
     "synth_func": "neuroml.synth.func:make_func_cohort",
-    "preprocess": "neuroml.preprocessing:run_participant_level",
-    "preprocess_group": "neuroml.preprocessing:run_group_level",
-    "connectome": "neuroml.functional.connectome:connectome_run",
-    "train": "neuroml.training:train_run",
-    "predict": "neuroml.training:predict_run",
+    "preprocess": "neuroml.workflows:run_participant_level",
+    "preprocess_group": "neuroml.workflows:run_group_level",
+    "connectome": "neuroml.training.connectome:connectome_run",
+    "train": "neuroml.workflows:train_run",
+    "predict": "neuroml.workflows:predict_run",
     "attribute": "neuroml.attribution:attribute_run",
     "report": "neuroml.reports:build_report",
-    "deidentify": "neuroml.privacy:deidentify_bids",
+    "deidentify": "neuroml.io.privacy:deidentify_bids",
 }
 
 

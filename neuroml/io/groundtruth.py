@@ -218,7 +218,7 @@ def planted_mask_path(groundtruth_dir, diagnosis):
     InputError
         If the class has no mask (the healthy class, or an unknown class).
     """
-    from neuroml.synth.cohort import mask_filename
+    from neuroml.io.groundtruth import mask_filename
 
     gt = _groundtruth_dir(groundtruth_dir)
     path = gt / mask_filename(diagnosis)
@@ -230,3 +230,10 @@ def planted_mask_path(groundtruth_dir, diagnosis):
             path,
         )
     return path
+
+
+def mask_filename(diagnosis):
+    """File name of the planted-region mask of a class (in the ground-truth folder)."""
+    from neuroml.io.templates import TEMPLATE_SPACE
+
+    return f"space-{TEMPLATE_SPACE}_desc-{re.sub(r'[^A-Za-z0-9]', '', str(diagnosis))}_mask.nii.gz"

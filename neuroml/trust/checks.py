@@ -1,4 +1,4 @@
-"""The trust checks of a training run, called by :func:`~neuroml.training.train_run`.
+"""The trust checks of a training run, called by :func:`~neuroml.workflows.train_run`.
 
 Before training, :func:`confound_check` summarises the cohort per class and tests
 diagnosis against site, age and sex (``RUN/confounds.json``, with a logged warning when
@@ -14,8 +14,8 @@ import pandas as pd
 
 from neuroml._utils.options import look_up_option
 from neuroml.errors import NeuromlError
-from neuroml.training.audit import audit_groups, subgroup_audit
-from neuroml.training.confounds import ALPHA, association_tests, is_missing, site_probe
+from neuroml.trust.audit import audit_groups, subgroup_audit
+from neuroml.trust.confounds import ALPHA, association_tests, is_missing, site_probe
 
 __all__ = ["HARMONIZERS", "confound_check", "trust_metrics", "demographics", "site_column_of"]
 
@@ -488,10 +488,10 @@ def trust_metrics(
 
 def _harmonized(cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, feature_text):
     """Baseline and site probe with ComBat fitted inside each fold's training rows."""
+    from neuroml.runs.folder import predictions_table
     from neuroml.training.baseline import baseline_cv
-    from neuroml.training.harmonize import ComBat
     from neuroml.training.metrics import classification_report
-    from neuroml.training.predict import predictions_table
+    from neuroml.trust.harmonize import ComBat
 
     after = site_probe(
         features,

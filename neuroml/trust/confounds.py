@@ -240,7 +240,7 @@ def site_probe(
     splits : list of dict, optional
     folds, seed, n_bootstrap : int
     harmonizer : callable, optional
-        Factory of a site harmonizer (e.g. :class:`~neuroml.training.harmonize.ComBat`),
+        Factory of a site harmonizer (e.g. :class:`~neuroml.trust.harmonize.ComBat`),
         fitted on each fold's training rows only; the probe then measures what is left.
     covariates : ndarray of shape (n, q), optional
         Passed to the harmonizer.

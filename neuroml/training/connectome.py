@@ -225,9 +225,8 @@ def connectome_run(
     """
     from neuroml.data import participants_file
     from neuroml.io.bids import read_participants
+    from neuroml.runs.folder import load_run, predictions_table
     from neuroml.training.metrics import classification_report
-    from neuroml.training.predict import predictions_table
-    from neuroml.training.run import load_run
 
     run = load_run(run_dir)
     cfg = run.config

@@ -23,7 +23,7 @@ import traceback
 import zlib
 from pathlib import Path
 
-from neuroml import __version__
+from neuroml._version import __version__
 from neuroml._utils.fileio import (
     advisory_lock,
     read_json,
@@ -156,7 +156,7 @@ def _one_line(exc):
 def _previous_version_kept(scan, sidecar):
     """True when ``sidecar`` describes a whole earlier version made from the scan's current input."""
     from neuroml._utils.fileio import sha256_file
-    from neuroml.preprocessing.t1w import outputs_intact
+    from neuroml.io.derivatives import outputs_intact
 
     try:
         side = read_json(sidecar)

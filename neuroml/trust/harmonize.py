@@ -246,7 +246,7 @@ def covariate_spec(table, participant_ids):
     """Which of ``age`` and ``sex`` ComBat keeps for a cohort, and the two sex levels.
 
     A column is kept when present, complete for every participant and not constant (sex:
-    exactly two levels), as :func:`neuroml.training.trust` does for the baseline.
+    exactly two levels), as :func:`neuroml.trust.checks` does for the baseline.
 
     Returns
     -------
@@ -576,7 +576,7 @@ class InputHarmonization:
 
     Parameters
     ----------
-    run : neuroml.training.Run
+    run : neuroml.runs.Run
     participant_ids : sequence of str
     deriv_dir : str or Path
         Derivatives of the scans (their raw dataset's ``participants.tsv`` is the default).
@@ -623,7 +623,7 @@ class InputHarmonization:
                 + (f" and {', '.join(self.spec['covariates'])}" if self.spec["covariates"] else ""),
                 path,
             )
-        from neuroml.training.confounds import is_missing
+        from neuroml.trust.confounds import is_missing
 
         unknown = [p for p in pids if is_missing(table.at[p, column])]
         if unknown:

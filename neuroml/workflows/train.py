@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuroml import __version__
+from neuroml._version import __version__
 from neuroml._utils.fileio import (
     read_json,
     remove_stale_temporaries,
@@ -26,23 +26,31 @@ from neuroml.models.factory import (
     check_input,
     resolve_input_pool,
 )
+from neuroml.runs import outputs
+from neuroml.runs.checkpoint import load_checkpoint, plain, save_checkpoint
+from neuroml.runs.folder import (
+    PREDICTION_DTYPES,
+    Run,
+    load_splits,
+    predictions_table,
+    save_splits,
+)
+from neuroml.runs.sources import source_identity
 from neuroml.training import distributed as dist
-from neuroml.training import outputs, trust
-from neuroml.training.checkpoint import load_checkpoint, plain, save_checkpoint
-from neuroml.training.harmonize import FOLD_FILE
 from neuroml.training.metrics import balanced_accuracy, classification_report
-from neuroml.training.predict import predictions_table, source_identity
-from neuroml.training.splits import check_splits, load_splits, make_splits, save_splits
+from neuroml.training.splits import check_splits, make_splits
 from neuroml.training.trainer import (
     TrainSettings,
+    class_weights,
     evaluate,
     fit,
     resolve_channels_last,
-    resolve_device,
     seed_for,
 )
+from neuroml.trust import checks as trust
+from neuroml.trust.harmonize import FOLD_FILE
 
-__all__ = ["train_run", "load_run", "Run"]
+__all__ = ["train_run"]
 
 log = logging.getLogger("neuroml")
 
@@ -51,117 +59,6 @@ log = logging.getLogger("neuroml")
 _RUNTIME_KEYS = ("runtime", "deriv_dir", "participants", "neuroml_version")
 #: Cohorts up to this size (float32) are read into RAM once; larger ones stay memory-mapped.
 IN_MEMORY_BYTES = 2 * 1024**3
-#: Columns of a predictions table read back as strings: class names may look like numbers ("0", "1").
-PREDICTION_DTYPES = {"participant_id": str, "true_label": str, "predicted_label": str}
-
-
-class Run:
-    """A trained run folder, read back.
-
-    Attributes
-    ----------
-    run_dir : Path
-    config : dict
-        ``config.json``.
-    splits : list of dict
-        Per fold ``{"fold", "train", "val", "test", "test_site"}`` participant ids.
-    classes : list of str
-    """
-
-    def __init__(self, run_dir, config, splits):
-        self.run_dir, self.config, self.splits = Path(run_dir), config, splits
-
-    def __repr__(self):
-        return (
-            f"Run({str(self.run_dir)!r}, model={self.config['model']!r}, "
-            f"classes={self.classes}, folds={len(self.splits)})"
-        )
-
-    @property
-    def classes(self):
-        return list(self.config["classes"])
-
-    @property
-    def grid(self):
-        """``(affine, shape)`` of the grid the run was trained on."""
-        return np.asarray(self.config["grid"]["affine"]), tuple(self.config["grid"]["shape"])
-
-    def fold_model(self, fold, device="cpu"):
-        """The model of one fold, with its best weights, in eval mode (loaded with ``weights_only=True``)."""
-        path = self.run_dir / f"fold-{int(fold)}" / "model.pt"
-        ckpt = load_checkpoint(path, require=("state_dict", "meta"))
-        meta = ckpt["meta"]
-        act = meta.get("activation")
-        if act is None:  # compact networks saved before the leaky ReLU have PReLU weights
-            act = (
-                "prelu"
-                if any(str(k).endswith(".adn.A.weight") for k in ckpt["state_dict"])
-                else COMPACT_ACTIVATION
-            )
-        model = build_model(
-            meta["model"],
-            int(meta["n_classes"]),
-            in_channels=int(meta.get("in_channels", 1)),
-            spatial_shape=meta.get("spatial_shape"),
-            input_pool=int(meta.get("input_pool", 1)),
-            activation=act,
-        )
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            raise InputError(
-                f"weights do not fit a {meta['model']!r} network ({str(exc).splitlines()[0]})", path
-            ) from None
-        return model.to(resolve_device(device)).eval()
-
-    def fold_models(self, device="cpu"):
-        """``[(fold, model in eval mode), ...]`` for every fold; raises InputError if a fold is untrained."""
-        missing = [
-            f["fold"]
-            for f in self.splits
-            if not (self.run_dir / f"fold-{f['fold']}" / "model.pt").is_file()
-        ]
-        if missing:
-            raise InputError(
-                f"run incomplete: fold(s) {missing} have no model.pt; rerun the training command "
-                "with --resume (resume=True)",
-                self.run_dir,
-            )
-        return [(f["fold"], self.fold_model(f["fold"], device)) for f in self.splits]
-
-    def trained_ids(self):
-        """Participants used to train or validate a model in any fold."""
-        return {p for f in self.splits for part in ("train", "val") for p in f[part]}
-
-    def test_fold_of(self, participant_id):
-        """The fold whose model never saw ``participant_id`` (it is in that fold's test set), or None."""
-        pid = participant_id if str(participant_id).startswith("sub-") else f"sub-{participant_id}"
-        return next((f["fold"] for f in self.splits if pid in f["test"]), None)
-
-    def predictions(self):
-        """The out-of-fold ``predictions.tsv`` as a DataFrame."""
-        path = self.run_dir / "predictions.tsv"
-        if not path.is_file():
-            raise InputError("predictions.tsv missing: the run did not finish", path)
-        return pd.read_csv(path, sep="\t", dtype=PREDICTION_DTYPES)
-
-
-def load_run(run_dir):
-    """Read a run folder written by :func:`train_run`.
-
-    Raises
-    ------
-    InputError
-        If ``config.json`` or ``splits.json`` is missing.
-    """
-    run_dir = Path(run_dir)
-    for name in ("config.json", "splits.json"):
-        if not (run_dir / name).is_file():
-            raise InputError(
-                f"not a neuroml run folder ({name} missing); train one with `neuroml train`",
-                run_dir,
-            )
-    return Run(run_dir, read_json(run_dir / "config.json"), load_splits(run_dir / "splits.json"))
 
 
 def _identity(config):
@@ -252,11 +149,6 @@ def _fold_done(fold_dir, digest, harmonized=False):
         log.warning("%s; retraining the fold", exc)
         return False
     return meta.get("data_sha256") == digest
-
-
-def _class_weights(y, n_classes):
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
 def train_run(
@@ -667,7 +559,7 @@ def _train_run(
                 train_ds,
                 val_ds,
                 settings,
-                _class_weights(cohort.y[part["train"]], n_classes),
+                class_weights(cohort.y[part["train"]], n_classes),
                 stream=(seed, k),
                 checkpoint_path=fold_dir / "last.pt",
                 resume=resume,
@@ -904,7 +796,7 @@ def _finish(
 def _site_of_everyone(cohort, site_column, purpose):
     """Every participant's value in ``site_column``; InputError naming the participants file and the
     participants without one (``purpose`` says what needs it)."""
-    from neuroml.training.confounds import is_missing
+    from neuroml.trust.confounds import is_missing
 
     sites = cohort.column(site_column)
     unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
@@ -947,7 +839,7 @@ def _input_mask(cache):
 
 def _input_harmonization(cohort, site_col):
     """What the fold loop needs to harmonize the CNN's inputs, and its record for config.json."""
-    from neuroml.training.harmonize import covariate_matrix, covariate_spec
+    from neuroml.trust.harmonize import covariate_matrix, covariate_spec
 
     sites = _site_of_everyone(cohort, site_col, "harmonize='combat'")
     names, levels = covariate_spec(cohort.table, cohort.participant_ids)
@@ -981,7 +873,7 @@ def _harmonize_fold(harm, fold_dir, k, src, src_rows, train_pos, fit, quiet=Fals
     ``fit``: estimate ComBat on the fold's training scans (``train_pos``) and save it as
     ``fold_dir/combat.npz`` (rank 0; the other ranks read it); otherwise read that file.
     """
-    from neuroml.training.harmonize import VolumeComBat
+    from neuroml.trust.harmonize import VolumeComBat
 
     path = fold_dir / FOLD_FILE
     if fit:

@@ -1,0 +1,43 @@
+"""Workflows: the stages put together, as the command line and the YAML pipelines run them.
+
+:func:`run_participant_level` and :func:`run_group_level` are the BIDS-App batch (resumable,
+parallel, one bad scan never stops it); :func:`train_run` trains and evaluates a network with
+subject-level cross-validation and writes the run folder and its model card; :func:`predict_run`
+predicts new subjects; :func:`run_pipeline` runs a YAML pipeline of these steps.
+"""
+
+from neuroml.workflows.bids_app import (
+    BatchResult,
+    Failure,
+    read_failures,
+    run_group_level,
+    run_participant_level,
+    write_dataset_description,
+)
+from neuroml.workflows.pipeline import (
+    STEPS,
+    iter_pipeline,
+    load_pipeline,
+    run_pipeline,
+    run_step,
+    step_parameters,
+)
+from neuroml.workflows.predict import predict_run
+from neuroml.workflows.train import train_run
+
+__all__ = [
+    "BatchResult",
+    "Failure",
+    "read_failures",
+    "run_group_level",
+    "run_participant_level",
+    "write_dataset_description",
+    "train_run",
+    "predict_run",
+    "STEPS",
+    "iter_pipeline",
+    "load_pipeline",
+    "run_pipeline",
+    "run_step",
+    "step_parameters",
+]
