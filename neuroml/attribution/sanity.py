@@ -266,8 +266,29 @@ def deletion_curve(
         ``auc``, ``auc_random``, ``auc_per_subject``, ``auc_random_per_subject``,
         ``passed`` (``auc < auc_random``) and ``rule``.
     """
-    from neuroml.attribution.methods import _working_copy
+    x, maps, labels, ids = _deletion_inputs(x, maps, labels)
+    steps = sorted({min(int(k), len(ids)) for k in steps} | {0})
+    counts = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1)[ids]
+    rng = np.random.default_rng(seed)
+    orders = np.array(  # (N, 1 + n_random, n_regions): attribution order, then random ones
+        [
+            [np.argsort(-s, kind="stable")] + [rng.permutation(len(ids)) for _ in range(n_random)]
+            for s in region_scores(maps, labels, ids)
+        ],
+        dtype=np.int64,
+    ).reshape(len(x), 1 + n_random, len(ids))
+    probs = _deletion_probabilities(
+        model, x, targets, labels, ids, orders, steps, baseline, batch_size
+    )
+    frac = np.array(
+        [[counts[orders[i][0][:k]].sum() / counts.sum() for k in steps] for i in range(len(x))]
+    )
+    return _deletion_result(probs, frac, steps, n_random)
 
+
+def _deletion_inputs(x, maps, labels):
+    """``x`` as ``(N, C, X, Y, Z)`` float32, ``maps``, ``labels`` as int64 and the region ids,
+    after checking their shapes agree and the atlas holds a region."""
     x = np.asarray(x, dtype=np.float32)
     maps = np.asarray(maps)
     labels = np.asarray(labels).astype(np.int64)
@@ -280,28 +301,27 @@ def deletion_curve(
     ids = np.array(sorted(set(np.unique(labels).tolist()) - {0}), dtype=np.int64)
     if not len(ids):
         raise InputError("deletion curve: the atlas labels hold no region")
-    steps = sorted({min(int(k), len(ids)) for k in steps} | {0})
-    counts = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1)[ids]
-    scores = region_scores(maps, labels, ids)
-    rng = np.random.default_rng(seed)
-    orders = [
-        [np.argsort(-s, kind="stable")] + [rng.permutation(len(ids)) for _ in range(n_random)]
-        for s in scores
-    ]
+    return x, maps, labels, ids
+
+
+def _deletion_probabilities(model, x, targets, labels, ids, orders, steps, baseline, batch_size):
+    """``(N, n_orders, n_steps)`` target probabilities with the first ``steps[k]`` regions of
+    each order of each subject (``orders``: region positions, ``(N, n_orders, n_regions)``) set
+    to ``baseline`` (in every channel)."""
+    from neuroml.attribution.methods import _working_copy
+
     device = (
         next(model.parameters()).device
         if any(True for _ in model.parameters())
         else torch.device("cpu")
     )
     work = _working_copy(model)
-    pos = np.searchsorted(
-        ids, np.clip(labels, ids[0], ids[-1])
-    )  # region position per voxel (valid where labels>0)
+    # region position per voxel (valid where labels > 0)
+    pos = np.searchsorted(ids, np.clip(labels, ids[0], ids[-1]))
     inside = np.isin(labels, ids)
-    jobs = [
-        (i, o, k) for i in range(len(x)) for o in range(n_random + 1) for k in range(len(steps))
-    ]
-    probs = np.zeros((len(x), n_random + 1, len(steps)))
+    n_orders = orders.shape[1]
+    jobs = [(i, o, k) for i in range(len(x)) for o in range(n_orders) for k in range(len(steps))]
+    probs = np.zeros((len(x), n_orders, len(steps)))
     for start in range(0, len(jobs), batch_size):
         part = jobs[start : start + batch_size]
         batch = np.empty((len(part), *x.shape[1:]), dtype=np.float32)
@@ -309,19 +329,20 @@ def deletion_curve(
             rank = np.empty(len(ids), dtype=np.int64)
             rank[orders[i][o]] = np.arange(len(ids))
             removed = inside & (rank[pos] < steps[k])
-            batch[j] = np.where(
-                removed, np.float32(baseline), x[i]
-            )  # every channel of a removed region
+            batch[j] = np.where(removed, np.float32(baseline), x[i])  # every channel of a region
         with torch.no_grad():
             p = torch.softmax(work(torch.as_tensor(batch, device=device)), 1).float().cpu().numpy()
         for j, (i, o, k) in enumerate(part):
             probs[i, o, k] = p[j, int(targets[i])]
-    frac = np.array(
-        [[counts[orders[i][0][:k]].sum() / counts.sum() for k in steps] for i in range(len(x))]
-    )
+    return probs
+
+
+def _deletion_result(probs, frac, steps, n_random):
+    """The result of :func:`deletion_curve` from its probabilities and removed fractions."""
+    n = len(probs)
     xs = np.asarray(steps, dtype=np.float64) / max(steps[-1], 1)
     auc_subj = _auc(probs[:, 0], xs)
-    auc_rand = _auc(probs[:, 1:], xs).mean(1) if n_random else np.full(len(x), np.nan)
+    auc_rand = _auc(probs[:, 1:], xs).mean(1) if n_random else np.full(n, np.nan)
     auc, auc_r = float(np.mean(auc_subj)), float(np.mean(auc_rand))
     return {
         "steps": steps,
