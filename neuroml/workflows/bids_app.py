@@ -109,13 +109,13 @@ def write_dataset_description(out_dir, bids_dir):
     path = out_dir / "dataset_description.json"
     if path.is_file():
         try:
-            old = read_json(path)
-            old_urls = [d.get("URL") for d in old.get("SourceDatasets", []) if isinstance(d, dict)]
+            existing = read_json(path).get("SourceDatasets", [])
+            existing_urls = [d.get("URL") for d in existing if isinstance(d, dict)]
         except (InputError, AttributeError):
-            old_urls = []
-        if old_urls and url not in old_urls:
+            existing_urls = []
+        if existing_urls and url not in existing_urls:
             raise ConfigError(
-                f"{out_dir} already holds derivatives of another dataset ({old_urls[0]}); "
+                f"{out_dir} already holds derivatives of another dataset ({existing_urls[0]}); "
                 "choose another output folder, or delete its dataset_description.json to reuse it"
             )
     desc = {

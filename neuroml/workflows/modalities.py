@@ -1,8 +1,9 @@
-"""The modality pipelines of the BIDS-App batch: what the batch needs to know about each kind of scan.
+"""The modality pipelines of the BIDS-App batch: what it needs to know about each kind of scan.
 
-Each pipeline (:class:`T1wPipeline`, :class:`BoldPipeline`) holds its checked parameters and
-answers the same questions: which scans a dataset holds (:meth:`~T1wPipeline.find_scans`),
-where a scan's outputs go (:meth:`~T1wPipeline.output_paths`), whether they are complete
+Each pipeline (:class:`T1wPipeline`, :class:`BoldPipeline`) holds its checked parameters
+(:meth:`~T1wPipeline.checked`) and answers the same questions: which scans a dataset holds
+(:meth:`~T1wPipeline.find_scans`), where a scan's outputs go
+(:meth:`~T1wPipeline.output_paths`), whether they are complete
 (:meth:`~T1wPipeline.is_complete`), how to process one scan (:meth:`~T1wPipeline.run`, in a
 worker process), and the rows of the group-level QC (:meth:`~T1wPipeline.group_rows`). The
 batch (:mod:`neuroml.workflows.bids_app`) loops over the pipelines that
@@ -57,10 +58,8 @@ def select_pipelines(modality, resolution, func_params, params):
     ConfigError
         For an unknown modality or a bad parameter.
     """
-    from neuroml.preprocessing.t1w import check_params
-
     modality = look_up_option("modality", modality, MODALITIES)
-    t1w = T1wPipeline(check_params(resolution=resolution, **params))
+    t1w = T1wPipeline.checked(resolution=resolution, **params)
     if modality == "anat" and func_params:
         raise ConfigError(
             f"func_params {sorted(func_params)} apply to BOLD series: use modality 'func' or 'both' "
@@ -68,9 +67,7 @@ def select_pipelines(modality, resolution, func_params, params):
         )
     if modality == "anat":
         return [t1w]
-    from neuroml.functional.bold import check_func_params
-
-    bold = BoldPipeline(check_func_params(**{**(func_params or {}), "resolution": resolution}))
+    bold = BoldPipeline.checked(**{**(func_params or {}), "resolution": resolution})
     return [bold] if modality == "func" else [t1w, bold]
 
 
@@ -151,6 +148,13 @@ class T1wPipeline(_Pipeline):
     not_found = "no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])"
     sidecar_glob = "sub-*/**/anat/*_desc-preproc_T1w.json"
 
+    @classmethod
+    def checked(cls, **params):
+        """The pipeline with ``params`` checked and completed (a :class:`ConfigError` if bad)."""
+        from neuroml.preprocessing.t1w import check_params
+
+        return cls(check_params(**params))
+
     def find_scans(self, bids_dir, participant_labels):
         """The T1w scans, and ``(participant_id, path, reason)`` of files not processed."""
         scans = find_scans(bids_dir, "T1w", "anat", participant_labels)
@@ -207,6 +211,13 @@ class BoldPipeline(_Pipeline):
     not_found = "no BOLD series found (looked for sub-*/[ses-*/]func/*_bold.nii[.gz])"
     sidecar_glob = "sub-*/**/func/*_desc-maps_bold.json"
     row_errors = (InputError, KeyError, TypeError, ValueError, AttributeError)
+
+    @classmethod
+    def checked(cls, **params):
+        """The pipeline with ``params`` checked and completed (a :class:`ConfigError` if bad)."""
+        from neuroml.functional.bold import check_func_params
+
+        return cls(check_func_params(**params))
 
     def find_scans(self, bids_dir, participant_labels):
         """The BOLD series (one per acquisition), and no files not processed."""
