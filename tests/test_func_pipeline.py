@@ -1,6 +1,5 @@
 """BOLD pipeline: confound strategies, scrubbing, plain BOLD, registration, real nibabel 4D files, batch."""
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -502,11 +501,9 @@ def test_group_level_qc_includes_bold_series(cohort, tmp_path):
     assert side["FramewiseDisplacement"]["mean_fd_mm"] == pytest.approx(
         conf["framewise_displacement"].mean(), abs=1e-3
     )
-    # a sidecar of an older version (no FramewiseDisplacement): read from the raw confounds table
-    old = next(out.glob("sub-001/func/*_desc-maps_bold.json"))
-    doc = read_json(old)
-    fd1 = doc.pop("FramewiseDisplacement")["mean_fd_mm"]
-    old.write_text(json.dumps(doc))
+    fd1 = read_json(next(out.glob("sub-001/func/*_desc-maps_bold.json")))["FramewiseDisplacement"][
+        "mean_fd_mm"
+    ]
     with open(out / "failures.tsv", "w") as fh:  # a hostile reason must come out escaped
         fh.write("participant_id\tfile\treason\nsub-99\tx<b>.nii\t<script>alert(1)</script>\n")
     assert main(["-q", "preprocess", str(bids), str(out), "group"]) == 0

@@ -591,7 +591,7 @@ def test_plausibility_check():
 # --------------------------------------------------------------------------- kill -9
 _BATCH = """
 import sys
-from neuroml.preprocessing import run_participant_level
+from neuroml.workflows import run_participant_level
 run_participant_level(sys.argv[1], sys.argv[2], resolution=4.0, show_progress=False)
 """
 
@@ -651,13 +651,6 @@ def test_truncated_output_is_redone(tmp_path, subject):
     result = run_participant_level(root, out, **FAST)
     assert (result.n_done, result.n_skipped) == (1, 0)
     assert np.asarray(nib.load(str(paths["preproc"])).dataobj).shape == target_grid(RES)[1]
-    # a sidecar written before the checksums were recorded: the images must read in full
-    side = json.loads(paths["sidecar"].read_text())
-    del side["OutputFiles"]
-    paths["sidecar"].write_text(json.dumps(side))
-    assert is_complete(scan, out, resolution=RES, n4=False)
-    paths["mask"].write_bytes(paths["mask"].read_bytes()[:200])
-    assert not is_complete(scan, out, resolution=RES, n4=False)
 
 
 def test_failed_attempt_keeps_the_previous_version(tmp_path, subject, monkeypatch):
@@ -710,24 +703,6 @@ def test_two_resolutions_in_one_folder_keep_their_own_files(tmp_path, subject):
     result = run_participant_level(root, out, **{**FAST, "resolution": 6.0})
     assert [f.participant_id for f in result.failures] == ["sub-01"]
     assert not any(p.exists() for p in p6.values()) and all(p.is_file() for p in p4.values())
-
-
-def test_outputs_named_before_the_resolution_are_redone(tmp_path, subject):
-    root = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": subject[0]})
-    out = tmp_path / "out"
-    run_participant_level(root, out, **FAST)
-    paths = output_paths({"sub": "01"}, out, RES)
-    side = json.loads(paths["sidecar"].read_text())
-    del side["OutputFiles"]
-    paths["sidecar"].write_text(json.dumps(side))
-    old_fig = paths["figure"].with_name("sub-01_desc-qc_T1w.png")
-    paths["figure"].rename(old_fig)
-    paths["xfm"].rename(
-        paths["xfm"].with_name(f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.txt")
-    )
-    assert "data:image/png;base64," in run_group_level(out).read_text()  # the old picture is found
-    result = run_participant_level(root, out, **FAST)
-    assert (result.n_done, result.n_skipped) == (1, 0) and all(p.is_file() for p in paths.values())
 
 
 def test_a_dead_worker_fails_only_its_scan(tmp_path, subject, monkeypatch):

@@ -6,20 +6,12 @@ presence marks a finished scan); :func:`is_func_complete` decides whether a scan
 skipped on resume; :func:`find_bold_scans` lists the series of a dataset.
 """
 
-import contextlib
-import json
+import functools
 import time
 from pathlib import Path
 
-from neuroml._utils.fileio import (
-    read_json,
-    save_nifti_atomic,
-    sha256_file,
-    write_json_atomic,
-    write_text_atomic,
-)
+from neuroml._utils.fileio import save_nifti_atomic, sha256_file, write_text_atomic
 from neuroml._utils.provenance import package_versions
-from neuroml.errors import InputError
 from neuroml.functional.bold import (
     _DROP,
     FUNC_PIPELINE_VERSION,
@@ -30,6 +22,14 @@ from neuroml.functional.bold import (
 )
 from neuroml.functional.clean import find_confounds_file, framewise_displacement_summary
 from neuroml.io.bids import derivative_name, scan_entities
+from neuroml.io.derivatives import (
+    discard_sidecar,
+    itk_threads,
+    params_key,
+    relative_source,
+    sidecar_is_current,
+    write_sidecar_last,
+)
 from neuroml.io.templates import TEMPLATE_SPACE, res_entity
 
 __all__ = ["func_output_paths", "is_func_complete", "preprocess_bold", "find_bold_scans"]
@@ -77,59 +77,38 @@ def func_output_paths(entities, out_dir, params):
     return out
 
 
-def _params_key(params):
-    return json.loads(json.dumps({"pipeline_version": FUNC_PIPELINE_VERSION, **params}))
-
-
 def _required(paths, side):
-    need = [p for k, p in paths.items() if k not in ("xfm",)]
+    """The outputs of a scan besides its sidecar (the transform only when it was registered)."""
+    need = [p for k, p in paths.items() if k not in ("xfm", "sidecar")]
     if side.get("Registered"):
         need.append(paths["xfm"])
     return need
+
+
+def _confounds_sha256(path, params):
+    """SHA-256 of the confounds table the scan uses (None when it uses none)."""
+    table = find_confounds_file(path)
+    return sha256_file(table) if table is not None and params["confounds"] != "none" else None
 
 
 def is_func_complete(scan, out_dir, sha256=None, **params):
     """True when a BOLD scan's outputs exist, are intact and its sidecar matches the input and parameters.
 
     Intact: the size and SHA-256 that the sidecar records (see
-    :func:`neuroml.io.derivatives.outputs_intact`), so a truncated map makes the scan incomplete.
+    :func:`neuroml.io.derivatives.sidecar_is_current`), so a truncated map makes the scan
+    incomplete. The sidecar also records the confounds table's SHA-256.
     """
-    from neuroml.io.derivatives import outputs_intact
-
     path, entities = scan_entities(scan)
     params = check_func_params(**params)
     paths = func_output_paths(entities, out_dir, params)
-    if not paths["sidecar"].is_file():
-        return False
-    try:
-        side = read_json(paths["sidecar"])
-    except InputError:
-        return False
-    if not isinstance(side, dict) or side.get("Parameters") != _params_key(params):
-        return False
-    if not all(p.is_file() for p in _required(paths, side)):
-        return False
-    table = find_confounds_file(path)
-    if side.get("ConfoundsSHA256") != (
-        sha256_file(table) if table is not None and params["confounds"] != "none" else None
-    ):
-        return False
-    if side.get("SourceSHA256") != (sha256 or sha256_file(path)):
-        return False
-    return outputs_intact(
-        paths["sidecar"], side, [p for p in _required(paths, side) if p != paths["sidecar"]]
+    return sidecar_is_current(
+        paths["sidecar"],
+        functools.partial(_required, paths),
+        params_key(FUNC_PIPELINE_VERSION, params),
+        path,
+        sha256,
+        check=lambda side: side.get("ConfoundsSHA256") == _confounds_sha256(path, params),
     )
-
-
-def _relative_source(path, bids_dir):
-    path = Path(path)
-    if bids_dir is not None:
-        with contextlib.suppress(ValueError, OSError, RuntimeError):
-            # the folder, not the file: a symlinked series (git-annex) keeps its BIDS name
-            return (
-                (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
-            )
-    return path.name
 
 
 def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_threads=1, **params):
@@ -154,8 +133,6 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     dict
         Output paths (see :func:`func_output_paths`) and ``info``.
     """
-    from neuroml.io.derivatives import itk_threads, output_records
-
     params = check_func_params(**params)
     path, entities = scan_entities(scan, participant_label)
     paths = func_output_paths(entities, out_dir, params)
@@ -163,10 +140,24 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
     sha = sha256_file(path) if Path(path).is_file() else None
     with itk_threads(n_threads):
         result = preprocess_bold_scan(path, path=path, entities=entities, **params)
-    # a previous version stays whole until now (a failure above keeps it); from here on the
-    # files are replaced one by one, so the scan is incomplete until the new sidecar is written
-    with contextlib.suppress(FileNotFoundError):
-        paths["sidecar"].unlink()
+    discard_sidecar(paths["sidecar"])
+    written = _write_outputs(result, paths)
+    result.info["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    source = relative_source(path, bids_dir)
+    write_sidecar_last(
+        paths["sidecar"], _sidecar(result, paths, params, path, source, sha), written
+    )
+    return {**paths, "info": result.info}
+
+
+def _write_outputs(result, paths):
+    """Write the maps, the mask, the atlas time series and the transform (each atomically).
+
+    Returns
+    -------
+    dict
+        ``{kind: path}`` of the files written.
+    """
     for name, img in result.maps.items():
         save_nifti_atomic(img, paths[f"map-{name}"])
     save_nifti_atomic(result.mask, paths["mask"])
@@ -177,12 +168,34 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
         from neuroml.preprocessing.registration import write_transform
 
         write_transform(result.transform, paths["xfm"])
-    table = find_confounds_file(path)
-    used_table = result.info["confounds"]["strategy"] != "none"
-    source = _relative_source(path, bids_dir)
+    return {
+        k: p
+        for k, p in paths.items()
+        if k != "sidecar" and (k != "xfm" or result.transform is not None)
+    }
+
+
+def _cleaning(info, params):
+    """The sidecar's ``Cleaning`` record."""
+    return {
+        "Confounds": info["confounds"],
+        "Detrend": params["detrend"],
+        "BandPassHz": [params["high_pass"], params["low_pass"]],
+        "Filter": info["filter"],
+        "Standardize": params["standardize"],
+        "ALFFInput": "detrended and confound-regressed, not band-passed"
+        + ("; scrubbed volumes filled by linear interpolation" if info["dropped_volumes"] else ""),
+        "SmoothingFWHMmm": params["smoothing_fwhm"],
+        "SmoothingAppliesTo": "alff, falff, conn* (not reho, not the atlas time series)",
+    }
+
+
+def _sidecar(result, paths, params, path, source, sha):
+    """The sidecar's fields (``OutputFiles`` is added when it is written)."""
     info = result.info
-    info["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-    sidecar = {
+    table = find_confounds_file(path)
+    used_table = table is not None and info["confounds"]["strategy"] != "none"
+    return {
         "Description": "BOLD maps on the T1w's MNI grid: "
         + info["space_handling"]
         + "; cleaning with nilearn "
@@ -192,8 +205,8 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
         "SourceFile": source,
         "SourceSHA256": sha,
         "Sources": [f"bids:raw:{source}"],
-        "ConfoundsFile": table.name if (table is not None and used_table) else None,
-        "ConfoundsSHA256": sha256_file(table) if (table is not None and used_table) else None,
+        "ConfoundsFile": table.name if used_table else None,
+        "ConfoundsSHA256": sha256_file(table) if used_table else None,
         "Space": TEMPLATE_SPACE,
         "Resolution": params["resolution"],
         "RepetitionTime": info["repetition_time"],
@@ -204,41 +217,17 @@ def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_t
         "Registered": result.transform is not None,
         "SpaceHandling": info["space_handling"],
         "Registration": info.get("registration"),
-        "Cleaning": {
-            "Confounds": info["confounds"],
-            "Detrend": params["detrend"],
-            "BandPassHz": [params["high_pass"], params["low_pass"]],
-            "Filter": info["filter"],
-            "Standardize": params["standardize"],
-            "ALFFInput": "detrended and confound-regressed, not band-passed"
-            + (
-                "; scrubbed volumes filled by linear interpolation"
-                if info["dropped_volumes"]
-                else ""
-            ),
-            "SmoothingFWHMmm": params["smoothing_fwhm"],
-            "SmoothingAppliesTo": "alff, falff, conn* (not reho, not the atlas time series)",
-        },
+        "Cleaning": _cleaning(info, params),
         "Maps": {m: paths[f"map-{m}"].name for m in map_names(params)},
         "MapNormalization": params["map_normalization"],
         "Mask": paths["mask"].name,
         "Coverage": info["coverage"],
         "AtlasTimeseries": paths["timeseries"].name,
         "RegionsWithoutCoverage": info["regions_without_coverage"],
-        "Parameters": _params_key(params),
+        "Parameters": params_key(FUNC_PIPELINE_VERSION, params),
         "Timings": info["timings_s"],
         "SoftwareVersions": package_versions(),
-        "OutputFiles": output_records(
-            paths["sidecar"],
-            {
-                k: p
-                for k, p in paths.items()
-                if k != "sidecar" and (k != "xfm" or result.transform is not None)
-            },
-        ),
     }
-    write_json_atomic(paths["sidecar"], sidecar)
-    return {**paths, "info": info}
 
 
 def find_bold_scans(bids_dir, participant_labels=None):

@@ -8,7 +8,6 @@ files of ``docs/layout.md`` (sidecar last, so its presence marks a finished scan
 :class:`T1wPreprocessor` is the same as a scikit-learn-style transformer.
 """
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -19,19 +18,22 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from neuroml._version import __version__
-from neuroml._utils.fileio import (
-    read_json,
-    remove_stale_temporaries,
-    save_nifti_atomic,
-    sha256_file,
-    write_json_atomic,
-)
+from neuroml._utils.fileio import save_nifti_atomic, sha256_file
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml._utils.provenance import package_versions
+from neuroml._version import __version__
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import derivative_name, scan_entities
-from neuroml.io.derivatives import StepTimer, itk_threads, output_records, outputs_intact
+from neuroml.io.derivatives import (
+    StepTimer,
+    discard_sidecar,
+    itk_threads,
+    params_key,
+    relative_source,
+    remove_stale_temporaries_beside,
+    sidecar_is_current,
+    write_sidecar_last,
+)
 from neuroml.io.image import check_img
 from neuroml.io.templates import TEMPLATE_SPACE, brain_mask_on_grid, res_entity
 from neuroml.preprocessing.anat import (
@@ -64,7 +66,8 @@ __all__ = [
 
 log = logging.getLogger("neuroml")
 
-#: Bumped whenever a change makes earlier outputs stale (checked on resume).
+#: The pipeline's version, recorded in each sidecar and compared on resume: a change that
+#: alters the outputs bumps it.
 PIPELINE_VERSION = "1"
 
 #: Parameters that change the outputs (all recorded in the sidecar and compared on resume).
@@ -364,38 +367,12 @@ def output_paths(entities, out_dir, resolution):
     }
 
 
-def _relative_source(path, bids_dir):
-    path = Path(path)
-    if bids_dir is not None:
-        try:
-            # the folder, not the file: a symlinked scan (git-annex) keeps its BIDS name
-            return (
-                (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
-            )
-        except (ValueError, OSError, RuntimeError):
-            pass
-    return path.name
-
-
-def _remove_stale_temporaries(paths):
-    """Delete temporary files a killed run left beside these outputs (see ``atomic_path``): only
-    those of dead writers of this host, so a concurrent task redoing the same scan keeps its own."""
-    for path in paths:
-        remove_stale_temporaries(path.parent, path.name)
-
-
-def _params_key(params):
-    """The parameters as they read back from JSON (for comparison on resume)."""
-    import json
-
-    return json.loads(json.dumps({"pipeline_version": PIPELINE_VERSION, **params}))
-
-
 def is_complete(scan, out_dir, sha256=None, **params):
     """True when a scan's outputs are all there, intact, and its sidecar matches input and parameters.
 
     Intact: each output has the size and SHA-256 that the sidecar records (see
-    :func:`outputs_intact`), so a truncated or replaced file makes the scan incomplete.
+    :func:`~neuroml.io.derivatives.sidecar_is_current`), so a truncated or replaced file makes
+    the scan incomplete.
 
     Parameters
     ----------
@@ -409,19 +386,13 @@ def is_complete(scan, out_dir, sha256=None, **params):
     path, entities = scan_entities(scan)
     params = check_params(**params)
     paths = output_paths(entities, out_dir, params["resolution"])
-    if not all(p.is_file() for p in paths.values()):
-        return False
-    try:
-        side = read_json(paths["sidecar"])
-    except InputError:
-        return False
-    if not isinstance(side, dict):
-        return False
-    if side.get("Parameters") != _params_key(params):
-        return False
-    if side.get("SourceSHA256") != (sha256 or sha256_file(path)):
-        return False
-    return outputs_intact(paths["sidecar"], side, [p for k, p in paths.items() if k != "sidecar"])
+    return sidecar_is_current(
+        paths["sidecar"],
+        [p for k, p in paths.items() if k != "sidecar"],
+        params_key(PIPELINE_VERSION, params),
+        path,
+        sha256,
+    )
 
 
 def preprocess_t1w(
@@ -471,16 +442,27 @@ def preprocess_t1w(
     params = check_params(resolution=resolution, normalization=normalization, **params)
     path, entities = scan_entities(scan, participant_label)
     paths = output_paths(entities, out_dir, params["resolution"])
-    _remove_stale_temporaries(paths.values())
+    remove_stale_temporaries_beside(paths.values())
     t0, c0 = time.perf_counter(), time.process_time()
     sha = sha256_file(path) if path.is_file() else None
     result = preprocess_scan(path, n_threads=n_threads, **params)
+    discard_sidecar(paths["sidecar"])
+    _write_images(result, paths, params, derivative_name(entities, "T1w", ""), n_threads)
+    timings = result.timings.as_dict()
+    timings["wall_s"]["total"] = round(time.perf_counter() - t0, 3)
+    timings["cpu_s"]["total"] = round(time.process_time() - c0, 3)
+    source = relative_source(path, bids_dir)
+    write_sidecar_last(
+        paths["sidecar"],
+        _sidecar(result, paths, params, source, sha, timings, n_threads),
+        {k: p for k, p in paths.items() if k != "sidecar"},
+    )
+    return {**paths, "qc": result.qc, "timings": timings}
+
+
+def _write_images(result, paths, params, name, n_threads):
+    """Write the QC figure, the image, the mask and the transform (each atomically), timed."""
     timer = result.timings
-    name = derivative_name(entities, "T1w", "")
-    # a previous version stays whole until now (a failure above keeps it); from here on the
-    # files are replaced one by one, so the scan is incomplete until the new sidecar is written
-    with contextlib.suppress(FileNotFoundError):
-        paths["sidecar"].unlink()
     with itk_threads(n_threads):
         with timer("qc"):
             qc_figure(
@@ -494,11 +476,11 @@ def preprocess_t1w(
             save_nifti_atomic(result.image, paths["preproc"])
             save_nifti_atomic(result.mask, paths["mask"])
             write_transform(result.transform, paths["xfm"])
-    timings = timer.as_dict()
-    timings["wall_s"]["total"] = round(time.perf_counter() - t0, 3)
-    timings["cpu_s"]["total"] = round(time.process_time() - c0, 3)
-    source = _relative_source(path, bids_dir)
-    sidecar = {
+
+
+def _sidecar(result, paths, params, source, sha, timings, n_threads):
+    """The sidecar's fields (``OutputFiles`` is added when it is written)."""
+    return {
         "Description": "T1w: N4 bias-field correction, rigid then affine registration to "
         f"{TEMPLATE_SPACE} (SimpleITK, Mattes MI), one linear resampling onto the "
         f"{params['resolution']:g} mm template grid, intensity normalization "
@@ -511,7 +493,7 @@ def preprocess_t1w(
         "Resolution": params["resolution"],
         "SkullStripped": True,
         "Normalization": params["normalization"],
-        "Parameters": _params_key(params),
+        "Parameters": params_key(PIPELINE_VERSION, params),
         "Transform": paths["xfm"].name,
         "Mask": paths["mask"].name,
         "Registration": result.registration,
@@ -519,12 +501,7 @@ def preprocess_t1w(
         "Timings": timings,
         "Threads": n_threads,
         "SoftwareVersions": package_versions(),
-        "OutputFiles": output_records(
-            paths["sidecar"], {k: p for k, p in paths.items() if k != "sidecar"}
-        ),
     }
-    write_json_atomic(paths["sidecar"], sidecar)  # last: its presence marks completion
-    return {**paths, "qc": result.qc, "timings": timings}
 
 
 # --------------------------------------------------------------------------- estimator

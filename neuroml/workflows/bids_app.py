@@ -1,10 +1,13 @@
 """Preprocessing a whole BIDS dataset: participant level (resumable, parallel) and group level.
 
+Each modality is a pipeline object (:mod:`neuroml.workflows.modalities`); the batch loops over
+them and has no modality of its own.
+
 Resuming: a scan is skipped when its sidecar exists, is valid JSON, records the input's
 SHA-256 and the same parameters, and all its other outputs exist with the size and SHA-256
-the sidecar records (a truncated file is redone; a sidecar written before these records
-existed is trusted when its images read in full). Every file is written atomically and the
-sidecar last, so a killed run leaves either a complete scan or one that is redone.
+the sidecar records (a truncated file is redone; see :mod:`neuroml.io.derivatives`). Every
+file is written atomically and the sidecar last, so a killed run leaves either a complete scan
+or one that is redone.
 
 Failures: one bad scan never stops the batch, nor does a worker process that dies (killed
 for memory, a crash): the scans it may have held run again, each in a process of its own,
@@ -20,10 +23,8 @@ import dataclasses
 import logging
 import os
 import traceback
-import zlib
 from pathlib import Path
 
-from neuroml._version import __version__
 from neuroml._utils.fileio import (
     advisory_lock,
     read_json,
@@ -32,10 +33,11 @@ from neuroml._utils.fileio import (
     write_text_atomic,
 )
 from neuroml._utils.options import check_in_range
+from neuroml._version import __version__
 from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
-from neuroml.io.bids import derivative_name, find_scans, parse_entities
+from neuroml.io.derivatives import discard_failed_attempt, relative_path
 from neuroml.preprocessing.qc import write_group_qc
-from neuroml.preprocessing.t1w import check_params, is_complete, output_paths, preprocess_t1w
+from neuroml.workflows.modalities import BoldPipeline, T1wPipeline, select_pipelines
 
 __all__ = [
     "Failure",
@@ -107,13 +109,13 @@ def write_dataset_description(out_dir, bids_dir):
     path = out_dir / "dataset_description.json"
     if path.is_file():
         try:
-            old = read_json(path)
-            old_urls = [d.get("URL") for d in old.get("SourceDatasets", []) if isinstance(d, dict)]
+            existing = read_json(path).get("SourceDatasets", [])
+            existing_urls = [d.get("URL") for d in existing if isinstance(d, dict)]
         except (InputError, AttributeError):
-            old_urls = []
-        if old_urls and url not in old_urls:
+            existing_urls = []
+        if existing_urls and url not in existing_urls:
             raise ConfigError(
-                f"{out_dir} already holds derivatives of another dataset ({old_urls[0]}); "
+                f"{out_dir} already holds derivatives of another dataset ({existing_urls[0]}); "
                 "choose another output folder, or delete its dataset_description.json to reuse it"
             )
     desc = {
@@ -153,54 +155,21 @@ def _one_line(exc):
     return text[:500]
 
 
-def _previous_version_kept(scan, sidecar):
-    """True when ``sidecar`` describes a whole earlier version made from the scan's current input."""
-    from neuroml._utils.fileio import sha256_file
-    from neuroml.io.derivatives import outputs_intact
+def _worker(scan, pipeline, out_dir, bids_dir, n_threads):
+    """Process one scan with its pipeline; never raises (returns the status, reason and
+    traceback) except for an :class:`OutputError`.
 
-    try:
-        side = read_json(sidecar)
-        records = side.get("OutputFiles")
-        if not isinstance(records, dict) or side.get("SourceSHA256") != sha256_file(scan.path):
-            return False
-        files = [sidecar.parent / str(rec["File"]) for rec in records.values()]
-        return outputs_intact(sidecar, side, files)
-    except (InputError, OSError, AttributeError, KeyError, TypeError):
-        return False
-
-
-def _worker(scan, out_dir, bids_dir, params, n_threads):
-    """Process one scan (T1w, or a BOLD series through ``neuroml.functional``); never raises
-    (returns the status, reason and traceback) except for an :class:`OutputError`.
-
-    A scan that fails leaves no outputs of this attempt behind. An earlier version is kept
-    when it is whole (its sidecar and every file it records, by size and SHA-256) and was
-    made from the same input, e.g. with other parameters: the failure is recorded in
-    ``failures.tsv`` and the earlier files stay as they were. Outputs of another input are
-    deleted (they would not match the scan any more).
+    A scan that fails leaves no outputs of this attempt behind; a whole earlier version made
+    from the same input stays (see :func:`neuroml.io.derivatives.discard_failed_attempt`) and
+    the failure is recorded in ``failures.tsv``.
     """
-    if scan.suffix == "bold":
-        from neuroml.functional.files import func_output_paths, preprocess_bold
-
-        run, outputs = preprocess_bold, lambda: func_output_paths(scan.entities, out_dir, params)
-    else:
-        run, outputs = (
-            preprocess_t1w,
-            lambda: output_paths(scan.entities, out_dir, params["resolution"]),
-        )
     try:
-        run(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **params)
+        pipeline.run(scan, out_dir, bids_dir, n_threads)
         return "done", None, None
     except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
         tb = traceback.format_exc()
         with contextlib.suppress(Exception):
-            paths = (
-                outputs()
-            )  # this attempt's temporaries are gone already (atomic_path removes them)
-            if not _previous_version_kept(scan, paths["sidecar"]):
-                for path in paths.values():
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+            discard_failed_attempt(pipeline.output_paths(scan, out_dir), scan.path)
         if isinstance(exc, OutputError):
             raise  # a full disk or a read-only folder stops the batch: every scan would fail
         return "failed", _one_line(exc), tb
@@ -263,49 +232,9 @@ def _parallel(todo, n_workers, args_of):
 
 
 def _relative(path, bids_dir):
-    try:
-        # resolve the folder, not the file: a symlinked scan (git-annex, a loop) keeps its own name
-        path = Path(path)
-        return (path.parent.resolve() / path.name).relative_to(Path(bids_dir).resolve()).as_posix()
-    except (ValueError, OSError, RuntimeError):
-        return str(path)
-
-
-#: The reason recorded for a file that looks like a T1w image but is not found as one.
-MISNAMED_T1W = (
-    "looks like a T1w image but its path is not BIDS, so it is not processed: rename it "
-    "sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_...]_T1w.nii[.gz] "
-    "(this folder's participant label, suffix and extension as written)"
-)
-
-
-def _misnamed_t1w(bids_dir, scans, participant_labels):
-    """``(participant_id, path)`` of files in the participants' ``anat`` folders whose name says
-    T1w and an image extension in any case (``sub01_T1w.nii.gz``, ``sub-01_t1w.nii``,
-    ``sub-01_T1w.NII.GZ``, another participant's label, a folder ``sub-01_old``) but that are
-    not among ``scans``."""
-    from neuroml.io.bids import _subject_dirs, check_label
-
-    found = {Path(scan.path) for scan in scans}
-    out = []
-    for sub_dir in _subject_dirs(bids_dir, participant_labels):
-        try:
-            participant_id = f"sub-{check_label(sub_dir.name)}"
-        except InputError:  # 'sub-01 copy', 'sub-01_old': the BIDS search skips the whole folder
-            participant_id = sub_dir.name
-        for folder in [sub_dir / "anat"] + sorted(sub_dir.glob("ses-*/anat")):
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.iterdir()):
-                name = path.name.lower()
-                if (
-                    path not in found
-                    and not name.startswith(".")
-                    and "t1w" in name
-                    and name.endswith((".nii", ".nii.gz", ".mnc", ".mgz", ".par"))
-                ):
-                    out.append((participant_id, path))
-    return out
+    """``path`` relative to ``bids_dir`` (a symlinked scan keeps its own name), else in full."""
+    rel = relative_path(path, bids_dir)
+    return str(path) if rel is None else rel
 
 
 def read_failures(out_dir):
@@ -410,48 +339,118 @@ def run_participant_level(
     ConfigError
         For a bad parameter.
     """
-    from neuroml._utils.options import look_up_option
-
-    modality = look_up_option("modality", modality, ["anat", "func", "both"])
-    params = check_params(resolution=resolution, **params)
-    fparams = None
-    if modality == "anat" and func_params:
-        raise ConfigError(
-            f"func_params {sorted(func_params)} apply to BOLD series: use modality 'func' or 'both' "
-            "(on the command line: --modality func|both with --confounds)"
-        )
-    if modality != "anat":
-        from neuroml.functional.bold import check_func_params
-
-        fparams = check_func_params(**{**(func_params or {}), "resolution": resolution})
-
-    def params_of(scan):
-        return fparams if scan.suffix == "bold" else params
-
+    pipelines = select_pipelines(modality, resolution, func_params, params)
     n_jobs = int(check_in_range("n_jobs", n_jobs, -1, 1024, kind=(int,)))
     if n_jobs == 0:
         raise ConfigError("The 'n_jobs' parameter must be a positive number of processes or -1.")
-    bids_dir = Path(bids_dir)
-    out_dir = Path(out_dir)
-    scans = find_scans(bids_dir, "T1w", "anat", participant_labels) if modality != "func" else []
-    misnamed = _misnamed_t1w(bids_dir, scans, participant_labels) if modality != "func" else []
-    if not scans and not misnamed and modality == "anat":
-        raise InputError(
-            "no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])", bids_dir
-        )
-    if modality != "anat":
-        from neuroml.functional.files import find_bold_scans
-
-        bold = find_bold_scans(bids_dir, participant_labels)
-        if not bold and not scans:
-            raise InputError(
-                "no BOLD series found (looked for sub-*/[ses-*/]func/*_bold.nii[.gz])"
-                + (" nor T1w scans" if modality == "both" else ""),
-                bids_dir,
+    batch = _Batch({p.suffix: p for p in pipelines}, Path(out_dir), Path(bids_dir))
+    scans, not_processed = _find_scans(pipelines, batch.bids_dir, participant_labels)
+    _prepare_out_dir(batch.out_dir, batch.bids_dir, scans)
+    scans, clashes = _without_clashes(scans, batch)
+    todo, n_skipped = _not_complete(scans, batch)
+    n_workers = _cpu_count() if n_jobs == -1 else n_jobs
+    n_workers = max(1, min(n_workers, len(todo)))
+    tally = _Tally(batch.bids_dir, _progress(len(todo), show_progress))
+    for group in clashes:
+        for scan in group:
+            others = ", ".join(_relative(o.path, batch.bids_dir) for o in group if o is not scan)
+            reason = (
+                f"same BIDS name as {others} (one image per name, whatever the extension): "
+                "not processed; remove or rename one of them"
             )
-        if not bold:
-            log.warning("no BOLD series found in %s: only T1w scans processed", bids_dir)
-        scans = scans + bold
+            tally.not_processed(scan.participant_id, scan.path, reason)
+    for participant_id, path, reason in not_processed:
+        tally.not_processed(participant_id, path, reason)
+    _process_and_record(todo, n_workers, batch, tally)
+    log.info(
+        "preprocessing: %d processed, %d already done, %d failed",
+        tally.n_done,
+        n_skipped,
+        len(tally.failures),
+    )
+    return BatchResult(n_done=tally.n_done, n_skipped=n_skipped, failures=tally.failures)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """What every scan of a batch shares: its pipeline (by BIDS suffix) and the folders.
+
+    Results depend on the thread count: each scan uses ``n_threads`` SimpleITK threads whatever
+    ``n_jobs``.
+    """
+
+    pipelines: dict
+    out_dir: Path
+    bids_dir: Path
+    n_threads: int = 1
+
+    def pipeline(self, scan):
+        return self.pipelines[scan.suffix]
+
+    def args_of(self, scan):
+        """The arguments of :func:`_worker` for ``scan``."""
+        return scan, self.pipeline(scan), self.out_dir, self.bids_dir, self.n_threads
+
+
+@dataclasses.dataclass
+class _Tally:
+    """The outcome of a batch so far: scans done, failures, and the files handled."""
+
+    bids_dir: Path
+    bar: object
+    n_done: int = 0
+    failures: list = dataclasses.field(default_factory=list)
+    handled: set = dataclasses.field(default_factory=set)
+
+    def not_processed(self, participant_id, path, reason):
+        """Record a file that is not processed (before the batch runs)."""
+        rel = _relative(path, self.bids_dir)
+        log.warning("%s: %s", rel, reason)
+        self.handled.add(rel)
+        self.failures.append(Failure(participant_id, rel, reason))
+
+    def record(self, scan, outcome):
+        """Record the outcome ``(status, reason, traceback)`` of a scan's worker."""
+        status, reason, tb = outcome
+        rel = _relative(scan.path, self.bids_dir)
+        self.handled.add(rel)
+        if status == "done":
+            self.n_done += 1
+        else:
+            log.warning("%s: %s", rel, reason)
+            log.debug("traceback of %s:\n%s", rel, tb)
+            self.failures.append(Failure(scan.participant_id, rel, reason))
+        self.bar.update(1)
+
+
+def _find_scans(pipelines, bids_dir, participant_labels):
+    """The scans of each pipeline in turn, and ``(participant_id, path, reason)`` of the files
+    not processed.
+
+    Raises :class:`InputError` when there is nothing to do: no scan of any pipeline (with a
+    single pipeline, files not processed are something to report too); warns when the last
+    pipeline finds nothing but the others do.
+    """
+    scans, not_processed = [], []
+    for n, pipeline in enumerate(pipelines, 1):
+        found, odd = pipeline.find_scans(bids_dir, participant_labels)
+        if n == len(pipelines) and not found and not scans and not (n == 1 and odd):
+            others = "".join(f" nor {p.kind}" for p in pipelines[:-1])
+            raise InputError(pipeline.not_found + others, bids_dir)
+        if n == len(pipelines) and not found and scans:
+            log.warning(
+                "no %s found in %s: only %s processed",
+                pipeline.kind,
+                bids_dir,
+                " and ".join(p.kind for p in pipelines[:-1]),
+            )
+        scans += found
+        not_processed += odd
+    return scans, not_processed
+
+
+def _prepare_out_dir(out_dir, bids_dir, scans):
+    """Create the derivatives folder, clear what killed runs left in it, describe it."""
     if out_dir.resolve() == bids_dir.resolve():
         raise ConfigError("the output folder must differ from the BIDS folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -462,30 +461,28 @@ def run_participant_level(
         remove_stale_temporaries(folder, recursive=True)
     write_dataset_description(out_dir, bids_dir)
 
-    # two inputs with one output name (sub-01_T1w.nii beside sub-01_T1w.nii.gz) would overwrite each
-    # other's outputs, one at random on every run: none of them is processed
+
+def _without_clashes(scans, batch):
+    """The scans whose outputs are their own, and the groups of scans that share one sidecar.
+
+    Two inputs with one output name (``sub-01_T1w.nii`` beside ``sub-01_T1w.nii.gz``) would
+    overwrite each other's outputs, one at random on every run: none of them is processed.
+    """
     by_output = {}
     for scan in scans:
-        if scan.suffix == "bold":
-            from neuroml.functional.files import func_output_paths
-
-            sidecar = func_output_paths(scan.entities, out_dir, fparams)["sidecar"]
-        else:
-            sidecar = output_paths(scan.entities, out_dir, params["resolution"])["sidecar"]
+        sidecar = batch.pipeline(scan).output_paths(scan, batch.out_dir)["sidecar"]
         by_output.setdefault(sidecar, []).append(scan)
     clashes = [group for group in by_output.values() if len(group) > 1]
     clashing = {id(scan) for group in clashes for scan in group}
-    scans = [scan for scan in scans if id(scan) not in clashing]
+    return [scan for scan in scans if id(scan) not in clashing], clashes
 
+
+def _not_complete(scans, batch):
+    """The scans to process, and the number already complete (skipped)."""
     todo, n_skipped = [], 0
     for scan in scans:
         try:
-            if scan.suffix == "bold":
-                from neuroml.functional.files import is_func_complete
-
-                done = is_func_complete(scan, out_dir, **fparams)
-            else:
-                done = is_complete(scan, out_dir, **params)
+            done = batch.pipeline(scan).is_complete(scan, batch.out_dir)
         except (NeuromlError, OSError):
             done = False
         if done:
@@ -494,211 +491,55 @@ def run_participant_level(
             todo.append(scan)
     if n_skipped:
         log.info("%d of %d scans already preprocessed: skipped", n_skipped, len(scans))
+    return todo, n_skipped
 
-    n_workers = _cpu_count() if n_jobs == -1 else n_jobs
-    n_workers = max(1, min(n_workers, len(todo)))
-    n_threads = 1  # results depend on the thread count: keep them independent of n_jobs
-    failures, handled, n_done = [], set(), 0
-    bar = _progress(len(todo), show_progress)
 
-    def handle(scan, outcome):
-        nonlocal n_done
-        status, reason, tb = outcome
-        rel = _relative(scan.path, bids_dir)
-        handled.add(rel)
-        if status == "done":
-            n_done += 1
-        else:
-            log.warning("%s: %s", rel, reason)
-            log.debug("traceback of %s:\n%s", rel, tb)
-            failures.append(Failure(scan.participant_id, rel, reason))
-        bar.update(1)
-
-    for group in clashes:
-        for scan in group:
-            rel = _relative(scan.path, bids_dir)
-            others = ", ".join(_relative(o.path, bids_dir) for o in group if o is not scan)
-            reason = (
-                f"same BIDS name as {others} (one image per name, whatever the extension): "
-                "not processed; remove or rename one of them"
-            )
-            log.warning("%s: %s", rel, reason)
-            handled.add(rel)
-            failures.append(Failure(scan.participant_id, rel, reason))
-    for participant_id, path in misnamed:
-        rel = _relative(path, bids_dir)
-        log.warning("%s: %s", rel, MISNAMED_T1W)
-        handled.add(rel)
-        failures.append(Failure(participant_id, rel, MISNAMED_T1W))
+def _process_and_record(todo, n_workers, batch, tally):
+    """Process ``todo``, then merge the outcome into ``failures.tsv`` (also on Ctrl-C: what was
+    handled is recorded, older entries of the rest are kept)."""
     finished = False
     try:
-        if n_workers == 1:
-            for scan in todo:
-                handle(scan, _worker(scan, out_dir, bids_dir, params_of(scan), n_threads))
-        elif todo:
-            from joblib.externals.loky.process_executor import TerminatedWorkerError
-
-            def args_of(scan):
-                return scan, out_dir, bids_dir, params_of(scan), n_threads
-
-            left = dict.fromkeys(range(len(todo)))
-            try:
-                for i, outcome in _parallel(todo, n_workers, args_of):
-                    left.pop(i, None)
-                    handle(todo[i], outcome)
-            except TerminatedWorkerError:
-                # joblib cannot tell which scan the dead process held: the rest run one per process
-                log.warning(
-                    "a worker process died (out of memory?): the %d scans not finished run again, "
-                    "each in a process of its own",
-                    len(left),
-                )
-                for i, outcome in _isolated([(i, args_of(todo[i])) for i in left], n_workers):
-                    handle(todo[i], outcome)
+        _process(todo, n_workers, batch, tally)
         finished = True
     finally:
-        bar.close()
-        # also on Ctrl-C: record what was handled, keep older entries of the rest
+        tally.bar.close()
         try:
-            _update_failures(out_dir, handled, failures, bids_dir)
+            _update_failures(batch.out_dir, tally.handled, tally.failures, batch.bids_dir)
         except (OSError, NeuromlError):
             if finished:
                 raise
             log.debug("failures.tsv not updated", exc_info=True)  # the error in flight says why
-    log.info(
-        "preprocessing: %d processed, %d already done, %d failed", n_done, n_skipped, len(failures)
-    )
-    return BatchResult(n_done=n_done, n_skipped=n_skipped, failures=failures)
 
 
-def _indexed(i, scan, out_dir, bids_dir, params, n_threads):
-    return i, _worker(scan, out_dir, bids_dir, params, n_threads)
+def _process(todo, n_workers, batch, tally):
+    """Run :func:`_worker` on each scan of ``todo``, ``n_workers`` at a time; record each outcome.
 
-
-def _sidecars(out_dir):
-    """T1w sidecars, one per scan and resolution (``res-`` tells them apart)."""
-    yield from sorted(out_dir.glob("sub-*/**/anat/*_desc-preproc_T1w.json"))
-
-
-def _figure_path(out_dir, entities, suffix, old_name=False):
-    """The QC picture of a derivative named by ``entities``, with its ``res-``; with ``old_name``,
-    the name without it when only that exists (outputs written before figures named their resolution)."""
-    raw = {k: v for k, v in entities.items() if k not in ("space", "desc")}
-    folder = out_dir / f"sub-{raw['sub']}" / "figures"
-    path = folder / derivative_name(raw, suffix, ".png", desc="qc")
-    if old_name and not path.is_file() and "res" in raw:
-        old = folder / derivative_name(
-            {k: v for k, v in raw.items() if k != "res"}, suffix, ".png", desc="qc"
-        )
-        if old.is_file():
-            return old
-    return path
-
-
-def _label_resolutions(rows):
-    """With several resolutions in one folder, add ``(res-R)`` to each row's ``file``."""
-    from neuroml.io.templates import res_entity
-
-    if len({r["resolution"] for r in rows if r.get("resolution") is not None}) > 1:
-        for r in rows:
-            if r.get("resolution") is not None:
-                r["file"] = f"{r['file']} (res-{res_entity(r['resolution'])})"
-    return rows
-
-
-def _bold_sidecars(out_dir):
-    yield from sorted(out_dir.glob("sub-*/**/func/*_desc-maps_bold.json"))
-
-
-def _raw_root(out_dir):
-    """The raw dataset of a derivatives folder, or None."""
-    from neuroml.data import participants_file
-
-    try:
-        return participants_file(out_dir).parent
-    except (InputError, OSError):
-        return None
-
-
-def _bold_row(out_dir, path, side, raw_root):
-    """One BOLD QC row (see :func:`neuroml.preprocessing.qc.bold_qc_rows`) from a maps sidecar."""
-    from neuroml.functional.clean import framewise_displacement_summary
-
-    entities = parse_entities(path.name)[0]
-    n = int(side["NumberOfVolumes"])
-    dropped = side.get("DroppedVolumes") or []
-    registration = side.get("Registration") or {}
-    fd = side.get("FramewiseDisplacement")
-    if (
-        fd is None
-        and "FramewiseDisplacement" not in side
-        and side.get("ConfoundsFile")
-        and raw_root is not None
-    ):
-        # sidecar written before the field existed: read the confounds table of the raw dataset
-        table = raw_root / Path(str(side["SourceFile"])).parent / str(side["ConfoundsFile"])
-        fd = framewise_displacement_summary(table) if table.is_file() else None
-    metric = registration.get("metric") if isinstance(registration, dict) else None
-    return {
-        "participant_id": f"sub-{entities['sub']}",
-        "file": str(side["SourceFile"]),
-        "n_volumes": n,
-        "volumes_dropped": len(dropped),
-        "mean_fd_mm": float(fd["mean_fd_mm"])
-        if isinstance(fd, dict) and fd.get("mean_fd_mm") is not None
-        else None,
-        "coverage": float(side["Coverage"]),
-        "registered": bool(side.get("Registered")),
-        "registration_metric": float(metric) if metric is not None else None,
-        "figure": _figure_path(out_dir, entities, "bold"),
-        "mean_map": path.parent / str((side.get("Maps") or {}).get("mean", "")),
-        "mask": path.parent / str(side.get("Mask", "")),
-        "resolution": float(side["Resolution"]),
-        "sidecar": path,
-    }
-
-
-def _bold_figure(row, out_dir):
-    """The mean BOLD volume with the template's edges (made when missing or older than its sidecar).
-
-    Returns
-    -------
-    dict or None
-        A row for the report's "not processed" table when the mean map cannot be read.
+    When a worker process dies, joblib cannot tell which scan it held: the scans not finished
+    run again, each in a process of its own (:func:`_isolated`).
     """
-    import nibabel as nib
-    import numpy as np
+    if n_workers == 1:
+        for scan in todo:
+            tally.record(scan, _worker(*batch.args_of(scan)))
+        return
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    from neuroml.preprocessing.qc import qc_figure
-
-    fig, mean_map, mask = row["figure"], row["mean_map"], row["mask"]
-    if fig.is_file() and fig.stat().st_mtime >= row["sidecar"].stat().st_mtime:
-        return None
-    if not mean_map.is_file():
-        return None
+    left = dict.fromkeys(range(len(todo)))
     try:
-        data = np.asarray(nib.load(str(mean_map)).dataobj, dtype=np.float32)
-        fov = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask.is_file() else None
-        fig.parent.mkdir(parents=True, exist_ok=True)
-        qc_figure(data, row["resolution"], fig, title=f"{row['participant_id']} mean BOLD", fov=fov)
-    except (
-        OSError,
-        ValueError,
-        EOFError,
-        zlib.error,
-        NeuromlError,
-    ) as exc:  # a picture never stops the group QC
-        # a truncated .nii.gz: EOFError, zlib.error or gzip.BadGzipFile (an OSError)
+        for i, outcome in _parallel(todo, n_workers, batch.args_of):
+            left.pop(i, None)
+            tally.record(todo[i], outcome)
+    except TerminatedWorkerError:
         log.warning(
-            "%s: unreadable, QC picture not drawn (%s: %s)", mean_map, type(exc).__name__, exc
+            "a worker process died (out of memory?): the %d scans not finished run again, "
+            "each in a process of its own",
+            len(left),
         )
-        return {
-            "participant_id": row["participant_id"],
-            "file": _relative(mean_map, out_dir),
-            "reason": f"derivative unreadable (truncated?), QC picture not drawn: {type(exc).__name__}: "
-            + (" ".join(str(exc).split()) or "no detail"),
-        }
-    return None
+        for i, outcome in _isolated([(i, batch.args_of(todo[i])) for i in left], n_workers):
+            tally.record(todo[i], outcome)
+
+
+def _indexed(i, scan, pipeline, out_dir, bids_dir, n_threads):
+    return i, _worker(scan, pipeline, out_dir, bids_dir, n_threads)
 
 
 def run_group_level(out_dir):
@@ -729,46 +570,11 @@ def run_group_level(out_dir):
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise InputError("derivatives folder not found", out_dir)
-    rows = []
-    for path in _sidecars(out_dir):
-        try:
-            side = read_json(path)
-            qc = side["QC"]
-            row = {
-                "participant_id": f"sub-{parse_entities(path.name)[0]['sub']}",
-                "file": str(side["SourceFile"]),
-                "correlation": float(qc["correlation"]),
-                "coverage": float(qc["coverage"]),
-                "brain_volume_ml": float(qc["brain_volume_ml"]),
-                "qc_pass": bool(qc["qc_pass"]),
-                "reasons": [str(r) for r in qc.get("reasons", [])],
-                "resolution": float(side["Resolution"])
-                if side.get("Resolution") is not None
-                else None,
-            }
-        except (InputError, KeyError, TypeError, ValueError) as exc:
-            log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
-            continue
-        row["figure"] = _figure_path(out_dir, parse_entities(path.name)[0], "T1w", old_name=True)
-        rows.append(row)
-    bold_rows, raw_root, looked, problems = [], None, False, []
-    for path in _bold_sidecars(out_dir):
-        try:
-            side = read_json(path)
-            if not looked and "FramewiseDisplacement" not in side:
-                raw_root, looked = _raw_root(out_dir), True
-            row = _bold_row(out_dir, path, side, raw_root)
-        except (InputError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("%s: unreadable sidecar skipped (%s)", path, exc)
-            continue
-        problem = _bold_figure(row, out_dir)
-        if problem is not None:
-            problems.append(problem)
-        bold_rows.append(row)
+    rows, problems = T1wPipeline.group_rows(out_dir)
+    bold_rows, bold_problems = BoldPipeline.group_rows(out_dir)
+    problems += bold_problems
     if not rows and not bold_rows:
         raise InputError("no preprocessed scans found (run the participant level first)", out_dir)
-    _label_resolutions(rows)
-    _label_resolutions(bold_rows)
     _, html_path = write_group_qc(
         rows, out_dir, failures=read_failures(out_dir) + problems, bold_rows=bold_rows
     )
