@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "atomic_folder",
     "remove_stale_temporaries",
     "write_text_atomic",
     "write_json_atomic",
@@ -161,6 +163,40 @@ def atomic_path(path, suffix=None):
         elif isinstance(exc, Exception) and _disk_full(path.parent):
             # writers in C++ (torch.save) report a full disk as a RuntimeError
             _raise_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a new temporary folder beside ``path``; rename it onto ``path`` on success.
+
+    ``path`` must not exist or be an empty folder. On success the folder gets the mode of the
+    empty folder it replaces, else that of a new folder under the umask; on failure it is
+    deleted, so nothing is left under ``path``. Temporary folders of killed writers of ``path``
+    are deleted first.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.{_OWNER}.", suffix=".partial", dir=path.parent)
+    )
+    try:
+        yield work
+        # mkdtemp makes the folder 0700
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o777 & ~_umask()
+        os.chmod(work, mode)
+        if path.exists():
+            path.rmdir()  # fails if something appeared in it meanwhile
+        os.rename(work, path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
         raise
 
 

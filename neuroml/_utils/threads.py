@@ -5,8 +5,7 @@ them OpenMP threads either spin (torch's default) or sleep (``OMP_WAIT_POLICY=PA
 On the 2-core development machine (README, Benchmarks, "OpenMP wait policy"):
 
 * spinning is fastest on idle cores, but when other processes keep the cores busy, the
-  spinning threads take their time slices and a step runs about 2x slower than sleeping
-  (10-25x in some earlier measurements);
+  spinning threads take their time slices and a step runs about 2x slower than sleeping;
 * sleeping at once never collapses, but wakes the threads for every region: about 1.4x slower
   than spinning on idle cores;
 * a short bounded spin (``GOMP_SPINCOUNT=1000``, GNU OpenMP: torch's Linux wheels) keeps

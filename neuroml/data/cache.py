@@ -405,15 +405,7 @@ def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
 
     paths, shas = index["path"].tolist(), index["sha256"].tolist()
     affine, shape = _check_grids(deriv_dir, paths)
-    reuse = {}
-    if (
-        old is not None
-        and old.shape == shape
-        and np.allclose(old.affine, affine, atol=_AFFINE_ATOL)
-    ):
-        reuse = {
-            (p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])
-        }
+    reuse = _reusable_rows(old, affine, shape)
     npy, tsv, meta_path = _paths(deriv_dir, key, input)
     n_read = sum((p, s) not in reuse for p, s in zip(paths, shas))
     log.info(
@@ -439,18 +431,10 @@ def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
             out[i] = old.data[reuse[(p, s)]] if (p, s) in reuse else _to_float16(p, deriv_dir)
         out.flush()
         del out
-    with advisory_lock(
-        meta_path.parent / ".meta.lock"
-    ):  # caches of other resolutions or inputs share meta.json
-        meta = {}
-        if meta_path.is_file():
-            try:
-                meta = read_json(meta_path)
-            except InputError:
-                meta = {}
-        meta = meta if isinstance(meta, dict) else {}
-        entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
-        entries[_entry(key, input)] = {
+    _record_entry(
+        meta_path,
+        _entry(key, input),
+        {
             "resolution": key,
             "resolution_mm": _res_mm(key),
             "affine": affine.tolist(),
@@ -460,9 +444,35 @@ def _write_cache(deriv_dir, key, input, index, digest, old, show_progress):
             "data": npy.name,
             "index": tsv.name,
             "index_sha256": digest,
-        }
-        write_json_atomic(meta_path, {"format": 1, "entries": entries})
+        },
+    )
     return TensorCache.open(deriv_dir, key, input)
+
+
+def _reusable_rows(old, affine, shape):
+    """``(path, sha256) -> row`` of the volumes of ``old`` that can be copied (same grid), else {}."""
+    if old is None or old.shape != shape or not np.allclose(old.affine, affine, atol=_AFFINE_ATOL):
+        return {}
+    return {(p, s): r for p, s, r in zip(old.index["path"], old.index["sha256"], old.index["row"])}
+
+
+def _record_entry(meta_path, name, entry):
+    """Set ``entries[name]`` of ``meta.json``, keeping the entries of the other caches.
+
+    Caches of other resolutions or inputs share ``meta.json``: it is read and written under
+    its lock; an unreadable one is replaced.
+    """
+    with advisory_lock(meta_path.parent / ".meta.lock"):
+        meta = {}
+        if meta_path.is_file():
+            try:
+                meta = read_json(meta_path)
+            except InputError:
+                meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        entries = meta.get("entries") if isinstance(meta.get("entries"), dict) else {}
+        entries[name] = entry
+        write_json_atomic(meta_path, {"format": 1, "entries": entries})
 
 
 def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):

@@ -141,6 +141,7 @@ class Cohort:
 
 
 def _order_classes(values):
+    """Distinct values sorted numerically when all are numbers, else case-insensitively."""
     values = list(dict.fromkeys(values))
     try:
         return [v for _, v in sorted((float(v), v) for v in values)]
@@ -191,13 +192,7 @@ def load_cohort(
     )
     path = participants_file(deriv_dir, participants)
     table = read_participants(path)
-    if label_column not in table.columns:
-        raise InputError(
-            f"label column {label_column!r} not found; available columns: {list(table.columns)}",
-            path,
-        )
-    labels = table[label_column].dropna().astype(str).str.strip()
-    labels = labels[labels != ""]
+    labels = _label_series(table, label_column, path)
     index = cache.index
     mapped = index["participant_id"].map(labels)
     unlabeled = sorted(set(index.loc[mapped.isna(), "participant_id"]))
@@ -209,6 +204,44 @@ def load_cohort(
             f"{sorted(set(index['participant_id']))[:5]}..., labelled: {list(labels.index[:5])}...)",
             path,
         )
+    _log_unmatched(unlabeled, without, label_column, path, cache.resolution)
+    lab = mapped[mapped.notna()].tolist()
+    classes = _class_order(lab, classes, label_column, path)
+    return Cohort(
+        cache=cache,
+        rows=keep["row"].to_numpy(dtype=np.int64),
+        participant_ids=keep["participant_id"].tolist(),
+        sessions=keep["session"].tolist(),
+        labels=lab,
+        y=np.array([classes.index(v) for v in lab], dtype=np.int64),
+        classes=list(classes),
+        label_column=label_column,
+        participants_path=path,
+        table=table,
+        unlabeled=unlabeled,
+        without_images=without,
+    )
+
+
+def _label_series(table, label_column, path):
+    """The non-empty labels of ``label_column`` (stripped text), indexed by participant_id.
+
+    Raises
+    ------
+    InputError
+        If the participants table has no such column (listing those it has).
+    """
+    if label_column not in table.columns:
+        raise InputError(
+            f"label column {label_column!r} not found; available columns: {list(table.columns)}",
+            path,
+        )
+    labels = table[label_column].dropna().astype(str).str.strip()
+    return labels[labels != ""]
+
+
+def _log_unmatched(unlabeled, without, label_column, path, resolution):
+    """Warn about participants with images but no label, and labelled ones without images."""
     if unlabeled:
         log.warning(
             "%d participant(s) have images but no %r label in %s and are skipped: %s",
@@ -222,10 +255,22 @@ def load_cohort(
             "%d participant(s) labelled in %s have no preprocessed image at res-%s: %s",
             len(without),
             path,
-            cache.resolution,
+            resolution,
             ", ".join(without[:20]) + (" ..." if len(without) > 20 else ""),
         )
-    lab = mapped[mapped.notna()].tolist()
+
+
+def _class_order(lab, classes, label_column, path):
+    """The class names in order: ``classes`` (as text), or the sorted labels (see
+    :func:`_order_classes`).
+
+    Raises
+    ------
+    ConfigError
+        If a label is not in ``classes``.
+    InputError
+        If the labels hold fewer than two classes.
+    """
     if classes is None:
         classes = _order_classes(lab)
     else:
@@ -241,20 +286,7 @@ def load_cohort(
             "participants; classification needs at least two",
             path,
         )
-    return Cohort(
-        cache=cache,
-        rows=keep["row"].to_numpy(dtype=np.int64),
-        participant_ids=keep["participant_id"].tolist(),
-        sessions=keep["session"].tolist(),
-        labels=lab,
-        y=np.array([classes.index(v) for v in lab], dtype=np.int64),
-        classes=list(classes),
-        label_column=label_column,
-        participants_path=path,
-        table=table,
-        unlabeled=unlabeled,
-        without_images=without,
-    )
+    return classes
 
 
 class Augmentation:

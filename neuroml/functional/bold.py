@@ -30,9 +30,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neuroml._version import __version__
 from neuroml._utils.fileio import read_json
 from neuroml._utils.options import check_in_range, look_up_option
+from neuroml._version import __version__
 from neuroml.errors import ConfigError, InputError
 from neuroml.functional.clean import STRATEGIES, clean_series, find_confounds_file, load_confounds
 from neuroml.functional.maps import (
@@ -111,6 +111,14 @@ def check_func_params(**params):
     for key, value in params.items():
         out[look_up_option("functional parameter", key, list(FUNC_DEFAULT_PARAMS))] = value
     out["resolution"] = float(check_in_range("resolution", out["resolution"], 0.5, 8.0))
+    _check_cleaning_params(out)
+    _check_map_params(out)
+    _check_run_params(out)
+    return out
+
+
+def _check_cleaning_params(out):
+    """Check and convert, in place, the confound, filter and smoothing parameters."""
     out["confounds"] = look_up_option("confounds", out["confounds"], ["auto", *STRATEGIES])
     if not isinstance(out["confound_options"], dict):
         raise ConfigError(
@@ -135,6 +143,10 @@ def check_func_params(**params):
     out["smoothing_fwhm"] = float(
         check_in_range("smoothing_fwhm", out["smoothing_fwhm"] or 0.0, 0.0, 30.0)
     )
+
+
+def _check_map_params(out):
+    """Check and convert, in place, the parameters of the maps: band, ReHo, seeds, networks, atlas."""
     band = out["band"]
     if (
         not isinstance(band, (list, tuple))
@@ -172,6 +184,10 @@ def check_func_params(**params):
     out["map_normalization"] = look_up_option(
         "map_normalization", out["map_normalization"], ["zscore", "none"]
     )
+
+
+def _check_run_params(out):
+    """Check and convert, in place, TR, minimum volumes and coverage, registration and seed."""
     if out["tr"] is not None:
         out["tr"] = float(check_in_range("tr", out["tr"], 0.01, 60.0))
     out["min_volumes"] = int(
@@ -185,7 +201,6 @@ def check_func_params(**params):
     )
     out["sampling"] = float(check_in_range("sampling", out["sampling"], 0.01, 1.0))
     out["seed"] = int(check_in_range("seed", out["seed"], 0, 2**31 - 3, kind=(int, np.integer)))
-    return out
 
 
 def map_names(params):
@@ -229,9 +244,8 @@ def repetition_time(img, path=None, override=None):
                     f"cannot read the sidecar that applies to {Path(path).name} ({exc.strerror or exc})",
                     side,
                 ) from None
-            except (
-                InputError
-            ) as exc:  # a broken sidecar must not let a farther one's TR win silently
+            # a broken sidecar must not let a farther one's TR win silently
+            except InputError as exc:
                 reason = str(exc).removeprefix(f"{exc.path}: ") if exc.path else str(exc)
                 raise InputError(
                     f"{reason}; it applies to {Path(path).name} under BIDS "
@@ -557,51 +571,26 @@ def preprocess_bold_scan(img, path=None, entities=None, **params):
     if entities is None:
         entities = parse_entities(Path(path).name)[0] if path is not None else {}
     timings = {}
-    t0 = time.perf_counter()
     try:
-        img = check_img(img, ndim=4, name=label)
-        n = img.shape[3]
-        if n < params["min_volumes"]:
-            raise InputError(
-                f"only {n} volumes: ALFF, ReHo and connectivity need at least "
-                f"{params['min_volumes']} (min_volumes)"
-            )
-        tr = repetition_time(img, path, params["tr"])
-        band = list(
-            check_band(params["band"], tr, where=label or "BOLD series")
-        )  # fail early; warn once
-        confounds, kept, conf_info = _confounds_for(path, entities, params)
-        if confounds is not None and confounds.shape[0] != n:
-            raise InputError(f"the confounds table has {confounds.shape[0]} rows for {n} volumes")
+        t0 = time.perf_counter()
+        series = _load_series(img, path, entities, params, label)
         timings["load"] = round(time.perf_counter() - t0, 3)
         t1 = time.perf_counter()
         res = params["resolution"]
-        data, space_info, transform = bold_to_grid(img, res, in_mni_space(entities), params)
+        data, space_info, transform = bold_to_grid(series.img, res, in_mni_space(entities), params)
         timings["to_grid"] = round(time.perf_counter() - t1, 3)
-        affine, shape = target_grid(res)
-        brain = np.asarray(brain_mask_on_grid(res).dataobj) > 0
-        covered = (
-            np.all(np.isfinite(data), axis=3)
-            & (data.std(axis=3) > 0)
-            & (np.abs(data.mean(axis=3)) > 0)
-        )
-        mask = brain & covered
-        coverage = float(mask.sum() / max(brain.sum(), 1))
-        if coverage < params["min_coverage"]:
-            raise InputError(
-                f"the series covers {100 * coverage:.0f}% of the template brain on the grid "
-                f"(min_coverage {100 * params['min_coverage']:.0f}%)"
-            )
+        affine, _ = target_grid(res)
+        mask, coverage = _covered_brain(data, res, params["min_coverage"])
         t1 = time.perf_counter()
         maps, timeseries, info = compute_maps(
             data,
             mask,
             affine,
-            tr,
-            confounds,
-            kept,
+            series.tr,
+            series.confounds,
+            series.sample_mask,
             **{k: v for k, v in params.items() if k not in ("tr", "band")},
-            band=band,
+            band=series.band,
         )
         timings["clean_and_maps"] = round(time.perf_counter() - t1, 3)
     except InputError as exc:
@@ -610,23 +599,90 @@ def preprocess_bold_scan(img, path=None, entities=None, **params):
         raise
     info.update(
         {
-            "confounds": conf_info,
-            "dropped_volumes": conf_info.get("dropped_volumes", []),
+            "confounds": series.confounds_info,
+            "dropped_volumes": series.confounds_info.get("dropped_volumes", []),
             "coverage": round(coverage, 4),
             **space_info,
             "timings_s": timings,
         }
     )
-    out_maps = {}
-    for k, v in maps.items():
-        m = nib.Nifti1Image(v, affine)
-        m.header.set_xyzt_units("mm", "sec")
-        m.header["descrip"] = f"neuroml {__version__} {k}".encode()[:79]
-        out_maps[k] = m
     return BoldResult(
-        maps=out_maps,
+        maps={k: _map_image(k, v, affine) for k, v in maps.items()},
         mask=nib.Nifti1Image(mask.astype(np.uint8), affine),
         timeseries=timeseries,
         info=info,
         transform=transform,
     )
+
+
+@dataclasses.dataclass
+class _Series:
+    """A checked 4D BOLD series with its TR, ALFF band and confounds."""
+
+    img: nib.Nifti1Image
+    tr: float
+    band: list
+    confounds: np.ndarray | None
+    sample_mask: np.ndarray | None
+    confounds_info: dict
+
+
+def _load_series(img, path, entities, params, label):
+    """Read and check a BOLD series, its TR, ALFF band and confounds (before any resampling).
+
+    Raises
+    ------
+    InputError
+        Not 4D, fewer than ``min_volumes`` volumes, unknown TR, band above Nyquist, confounds
+        missing or of the wrong length.
+    """
+    img = check_img(img, ndim=4, name=label)
+    n = img.shape[3]
+    if n < params["min_volumes"]:
+        raise InputError(
+            f"only {n} volumes: ALFF, ReHo and connectivity need at least "
+            f"{params['min_volumes']} (min_volumes)"
+        )
+    tr = repetition_time(img, path, params["tr"])
+    # checked here to fail before the resampling, and to warn once about a cut band
+    band = list(check_band(params["band"], tr, where=label or "BOLD series"))
+    confounds, kept, conf_info = _confounds_for(path, entities, params)
+    if confounds is not None and confounds.shape[0] != n:
+        raise InputError(f"the confounds table has {confounds.shape[0]} rows for {n} volumes")
+    return _Series(img, tr, band, confounds, kept, conf_info)
+
+
+def _covered_brain(data, resolution, min_coverage):
+    """Template brain voxels where the series on the grid has finite, varying, non-zero values.
+
+    Returns
+    -------
+    mask : ndarray of bool
+    coverage : float
+        Fraction of the template brain in ``mask``.
+
+    Raises
+    ------
+    InputError
+        If the coverage is below ``min_coverage``.
+    """
+    brain = np.asarray(brain_mask_on_grid(resolution).dataobj) > 0
+    covered = (
+        np.all(np.isfinite(data), axis=3) & (data.std(axis=3) > 0) & (np.abs(data.mean(axis=3)) > 0)
+    )
+    mask = brain & covered
+    coverage = float(mask.sum() / max(brain.sum(), 1))
+    if coverage < min_coverage:
+        raise InputError(
+            f"the series covers {100 * coverage:.0f}% of the template brain on the grid "
+            f"(min_coverage {100 * min_coverage:.0f}%)"
+        )
+    return mask, coverage
+
+
+def _map_image(desc, values, affine):
+    """A map as a NIfTI image (units mm and s, ``descrip`` naming neuroml and the map)."""
+    m = nib.Nifti1Image(values, affine)
+    m.header.set_xyzt_units("mm", "sec")
+    m.header["descrip"] = f"neuroml {__version__} {desc}".encode()[:79]
+    return m

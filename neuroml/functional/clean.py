@@ -13,12 +13,13 @@ array function that cleans ``(T, V)`` series twice from one set of inputs:
 """
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from neuroml._utils.options import look_up_option
-from neuroml.errors import ConfigError, InputError
+from neuroml.errors import InputError
 from neuroml.io.bids import derivative_name, parse_entities
 
 __all__ = [
@@ -230,25 +231,58 @@ def clean_series(
     InputError
         If too few volumes remain, or the band is above the Nyquist frequency.
     """
-    from nilearn import signal
-
     series = np.asarray(series, dtype=np.float64)
     n = series.shape[0]
-    if confounds is not None:
-        confounds = np.asarray(confounds, dtype=np.float64)
-        if confounds.ndim == 1:
-            confounds = confounds[:, None]
-        if confounds.shape[0] != n:
-            raise InputError(f"confounds have {confounds.shape[0]} rows for {n} volumes")
-        confounds = np.nan_to_num(confounds)  # first-row derivatives are n/a in fMRIPrep tables
+    confounds = _checked_confounds(confounds, n)
     kept = np.arange(n) if sample_mask is None else np.asarray(sample_mask, dtype=np.int64)
-    n_kept = len(kept)
-    n_conf = 0 if confounds is None else confounds.shape[1]
+    _check_usable_volumes(len(kept), 0 if confounds is None else confounds.shape[1])
+    low_pass = _checked_band(tr, n, high_pass, low_pass)
+    fit = _SignalFit(series, float(tr), confounds, None if sample_mask is None else kept, detrend)
+    try:
+        resid = fit.clean(standardize=None, filter=False)
+        filt, used = _band_passed(fit, high_pass, low_pass, standardize)
+    except ValueError as exc:
+        raise InputError(f"cleaning failed ({str(exc).splitlines()[0]})") from None
+    if sample_mask is not None:
+        resid = interpolate_censored(resid, kept, n)
+    return resid.astype(np.float32), filt.astype(np.float32), used
+
+
+def _checked_confounds(confounds, n):
+    """Confounds as a float ``(n, K)`` array with n/a as 0 (None stays None).
+
+    Raises
+    ------
+    InputError
+        If the confounds do not have one row per volume.
+    """
+    if confounds is None:
+        return None
+    confounds = np.asarray(confounds, dtype=np.float64)
+    if confounds.ndim == 1:
+        confounds = confounds[:, None]
+    if confounds.shape[0] != n:
+        raise InputError(f"confounds have {confounds.shape[0]} rows for {n} volumes")
+    return np.nan_to_num(confounds)  # first-row derivatives are n/a in fMRIPrep tables
+
+
+def _check_usable_volumes(n_kept, n_conf):
+    """Raise :class:`InputError` when too few volumes are kept to regress ``n_conf`` confounds."""
     if n_kept < max(10, n_conf + 3):
         raise InputError(
             f"only {n_kept} usable volumes for {n_conf} confounds: too few to clean "
             "(at least 10, and more than the confounds)"
         )
+
+
+def _checked_band(tr, n, high_pass, low_pass):
+    """The low-pass cutoff to apply (None at or above the Nyquist frequency).
+
+    Raises
+    ------
+    InputError
+        If the high-pass cutoff is at or above the Nyquist frequency.
+    """
     nyquist = 0.5 / float(tr)
     if high_pass is not None and high_pass >= nyquist:
         raise InputError(
@@ -258,61 +292,63 @@ def clean_series(
         low_pass = None  # nothing above it to remove
     if high_pass is not None and high_pass <= 1.0 / (n * float(tr)):
         log.debug("high-pass %.4g Hz is below the series' frequency resolution", high_pass)
-    sm = None if sample_mask is None else kept
-    try:
-        resid = signal.clean(
-            series,
-            detrend=detrend,
-            standardize=None,
-            confounds=confounds,
-            sample_mask=sm,
-            filter=False,
-            t_r=float(tr),
+    return low_pass
+
+
+@dataclass(frozen=True)
+class _SignalFit:
+    """What every :func:`nilearn.signal.clean` call of one :func:`clean_series` shares."""
+
+    series: np.ndarray
+    tr: float
+    confounds: np.ndarray | None
+    sample_mask: np.ndarray | None
+    detrend: bool
+
+    @property
+    def n_kept(self):
+        """Number of volumes the fits use."""
+        return len(self.series) if self.sample_mask is None else len(self.sample_mask)
+
+    def clean(self, **kwargs):
+        """:func:`nilearn.signal.clean` of the series with ``kwargs`` added."""
+        from nilearn import signal
+
+        return signal.clean(
+            self.series,
+            detrend=self.detrend,
+            confounds=self.confounds,
+            sample_mask=self.sample_mask,
+            t_r=self.tr,
+            **kwargs,
         )
-        do_filter = "butterworth" if (high_pass is not None or low_pass is not None) else False
-        used = "butterworth (nilearn.signal.clean)" if do_filter else "none"
-        try:
-            filt = signal.clean(
-                series,
-                detrend=detrend,
-                standardize="zscore_sample" if standardize else None,
-                confounds=confounds,
-                sample_mask=sm,
-                filter=do_filter,
-                high_pass=high_pass,
-                low_pass=low_pass,
-                t_r=float(tr),
-                butterworth__copy=True,
-            )
-        except ValueError as exc:
-            if "padlen" not in str(exc):
-                raise
-            # too short for the Butterworth filter's padding: ideal (FFT) band-pass instead
-            used = (
-                f"FFT band-pass (series of {n_kept} volumes too short for the Butterworth filter)"
-            )
-            filt = _fft_bandpass(
-                signal.clean(
-                    series,
-                    detrend=detrend,
-                    standardize=None,
-                    confounds=confounds,
-                    sample_mask=sm,
-                    filter=False,
-                    t_r=float(tr),
-                ),
-                tr,
-                high_pass,
-                low_pass,
-            )
-            if standardize:
-                sd = filt.std(axis=0, ddof=1)
-                filt = (filt - filt.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def _band_passed(fit, high_pass, low_pass, standardize):
+    """The ``filtered`` output of :func:`clean_series` and the name of the filter used.
+
+    A Butterworth band-pass (nilearn); an ideal (FFT) band-pass of the residuals for series
+    too short for the Butterworth filter's padding.
+    """
+    do_filter = "butterworth" if (high_pass is not None or low_pass is not None) else False
+    try:
+        filt = fit.clean(
+            standardize="zscore_sample" if standardize else None,
+            filter=do_filter,
+            high_pass=high_pass,
+            low_pass=low_pass,
+            butterworth__copy=True,
+        )
+        return filt, "butterworth (nilearn.signal.clean)" if do_filter else "none"
     except ValueError as exc:
-        raise InputError(f"cleaning failed ({str(exc).splitlines()[0]})") from None
-    if sample_mask is not None:
-        resid = interpolate_censored(resid, kept, n)
-    return resid.astype(np.float32), filt.astype(np.float32), used
+        if "padlen" not in str(exc):
+            raise
+    used = f"FFT band-pass (series of {fit.n_kept} volumes too short for the Butterworth filter)"
+    filt = _fft_bandpass(fit.clean(standardize=None, filter=False), fit.tr, high_pass, low_pass)
+    if standardize:
+        sd = filt.std(axis=0, ddof=1)
+        filt = (filt - filt.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return filt, used
 
 
 def _fft_bandpass(x, tr, high_pass, low_pass):
@@ -333,7 +369,4 @@ def check_strategy(strategy):
     """Validate a confound strategy name (``auto`` means: ``simple`` when a table exists)."""
     if strategy == "auto":
         return strategy
-    try:
-        return look_up_option("confounds", strategy, [*STRATEGIES, "auto"])
-    except ConfigError:
-        raise
+    return look_up_option("confounds", strategy, [*STRATEGIES, "auto"])

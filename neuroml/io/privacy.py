@@ -23,21 +23,26 @@ What neuroml guarantees:
 strings (and file and folder names), to check outputs before sharing them.
 """
 
-import glob
+import functools
 import gzip
 import hashlib
 import hmac
 import logging
 import os
 import re
-import shutil
-import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from neuroml._utils.fileio import read_json, save_nifti_atomic, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import (
+    atomic_folder,
+    read_json,
+    save_nifti_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuroml.errors import ConfigError, InputError
 
 __all__ = [
@@ -308,6 +313,7 @@ def pseudonym(participant_id, key, length=12):
 
 
 def _inside(path, folder):
+    """Whether ``path`` lies in ``folder`` (both resolved)."""
     try:
         Path(path).resolve().relative_to(Path(folder).resolve())
         return True
@@ -316,6 +322,14 @@ def _inside(path, folder):
 
 
 def _participants_table(table_path, rename, keep):
+    """participants.tsv with only the ``keep`` columns and renamed labels, and the columns dropped.
+
+    Raises
+    ------
+    InputError
+        Without a participant_id column, for ``keep_columns`` it lacks, or when two labels
+        get the same pseudonym.
+    """
     import pandas as pd
 
     table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
@@ -384,11 +398,18 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
     ------
     InputError, ConfigError
     """
-    import nibabel as nib
-
-    from neuroml.io.bids import sidecar_chain
-
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
+    keep = _check_request(bids_dir, out_dir, key_file, keep_columns)
+    key = load_key(key_file) if pseudonymize else None
+    plan = _plan_copy(bids_dir, key, keep)
+    with atomic_folder(out_dir) as work:
+        result = _write_copy(plan, work)
+    log.info("de-identified copy of %d participants in %s", result["n_participants"], out_dir)
+    return {"out_dir": str(out_dir), **result, "dropped_participant_columns": plan.dropped}
+
+
+def _check_request(bids_dir, out_dir, key_file, keep_columns):
+    """Refuse a bad :func:`deidentify_bids` request; return the participants.tsv columns kept."""
     if not (bids_dir / "dataset_description.json").is_file():
         raise InputError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -404,78 +425,146 @@ def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_co
             f"keep_columns must be a list of participants.tsv column names. Got {keep_columns!r} "
             "instead."
         )
-    keep = list(PARTICIPANT_COLUMNS) + [
+    return list(PARTICIPANT_COLUMNS) + [
         c for c in keep_columns or () if c not in PARTICIPANT_COLUMNS
     ]
-    key = load_key(key_file) if pseudonymize else None
-    rename = (lambda p: pseudonym(p, key)) if pseudonymize else (lambda p: p)
 
-    # read everything that can be refused before writing anything
+
+@dataclass(frozen=True)
+class _CopyPlan:
+    """What a de-identified copy holds, read (and refused if bad) before anything is written.
+
+    Attributes
+    ----------
+    bids_dir : Path
+    files : list of Path
+        Scans under ``anat/`` and ``func/``, then the inherited sidecars that apply to them.
+    table : pandas.DataFrame or None
+        The participants.tsv of the copy (columns kept, labels renamed).
+    dropped : list of str
+        participants.tsv columns left out.
+    description : dict
+        The original dataset_description.json.
+    key : bytes or None
+        Pseudonymization key (None: labels kept).
+    keep : list of str
+        participants.tsv (and participants.json) columns kept.
+    sessions : dict
+        ``(sub-label, ses label) -> new ses label``.
+    """
+
+    bids_dir: Path
+    files: list
+    table: object
+    dropped: list
+    description: dict
+    key: bytes | None
+    keep: list
+    sessions: dict
+
+    @property
+    def pseudonymize(self):
+        """Whether labels are replaced."""
+        return self.key is not None
+
+    def rename(self, participant_id):
+        """The participant label of the copy."""
+        return _new_label(participant_id, self.key)
+
+
+def _new_label(participant_id, key):
+    """:func:`pseudonym` of a participant label, or the label itself when ``key`` is None."""
+    return participant_id if key is None else pseudonym(participant_id, key)
+
+
+def _plan_copy(bids_dir, key, keep):
+    """Read participants.tsv, dataset_description.json and the list of files to copy."""
     table_path = bids_dir / "participants.tsv"
     table, dropped = (
-        _participants_table(table_path, rename, keep) if table_path.is_file() else (None, [])
+        _participants_table(table_path, functools.partial(_new_label, key=key), keep)
+        if table_path.is_file()
+        else (None, [])
     )
-    desc = read_json(bids_dir / "dataset_description.json")
-    if not isinstance(desc, dict):
+    description = read_json(bids_dir / "dataset_description.json")
+    if not isinstance(description, dict):
         raise InputError(
             "dataset_description.json is not a JSON object", bids_dir / "dataset_description.json"
         )
+    files = _files_to_copy(bids_dir)
+    sessions = _session_labels(bids_dir, files, pseudonymize=key is not None)
+    return _CopyPlan(bids_dir, files, table, dropped, description, key, keep, sessions)
+
+
+def _files_to_copy(bids_dir):
+    """Files under ``anat/`` and ``func/``, then the dataset-, subject- and session-level
+    sidecars that apply to the images among them (BIDS inheritance)."""
+    from neuroml.io.bids import sidecar_chain
+
     scans = [
         p
         for p in sorted(bids_dir.glob("sub-*/**/*"))
         if p.is_file() and {"anat", "func"} & set(p.relative_to(bids_dir).parts[:-1])
     ]
-    # the dataset-, subject- and session-level sidecars that apply to the copied images
     inherited = {
         side for p in scans if p.name.endswith((".nii", ".nii.gz")) for side in sidecar_chain(p)
     }
-    files = scans + sorted(inherited - set(scans))
-    sessions = {}  # (sub, ses label) -> new ses label
+    return scans + sorted(inherited - set(scans))
+
+
+def _session_labels(bids_dir, files, pseudonymize):
+    """``(sub-label, ses label) -> new label``: ``1``, ``2``, ... per participant in sorted
+    order of the original labels (the labels themselves without ``pseudonymize``)."""
+    sessions = {}
     for path in files:
         parts = path.relative_to(bids_dir).parts
         if len(parts) > 2 and parts[1].startswith("ses-"):
             sessions.setdefault(parts[0], set()).add(parts[1][4:])
-    ses_map = {
+    return {
         (sub, lab): (f"{i + 1}" if pseudonymize else lab)
         for sub, labs in sessions.items()
         for i, lab in enumerate(sorted(labs))
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    from neuroml._utils.fileio import _OWNER, _umask, stale_temporaries
 
-    for stale in stale_temporaries(
-        out_dir.parent, f".{glob.escape(out_dir.name)}.*.partial"
-    ):  # a killed run's
-        shutil.rmtree(stale, ignore_errors=True)
+def _write_copy(plan, out_dir):
+    """Write the de-identified copy of ``plan`` into ``out_dir``; return its counts."""
+    _write_dataset_files(plan, out_dir)
+    removed, n_img, n_side, subjects = set(), 0, 0, set()
+    for path in plan.files:
+        rel = path.relative_to(plan.bids_dir)
+        if len(rel.parts) == 1:  # dataset level: no sub- or ses- entity to rename
+            target = out_dir / rel
+        else:
+            sub = rel.parts[0]
+            new_sub = plan.rename(sub)
+            subjects.add(new_sub)
+            target = out_dir.joinpath(
+                new_sub, *(_renamed_part(p, sub, new_sub, plan.sessions) for p in rel.parts[1:])
+            )
+        kind = _copy_file(path, target, removed)
+        n_img += kind == "image"
+        n_side += kind == "sidecar"
+    write_json_atomic(out_dir / "deidentification.json", _deidentification_record(plan, removed))
+    return {
+        "n_participants": len(subjects),
+        "n_images": n_img,
+        "n_sidecars": n_side,
+        "removed_sidecar_fields": sorted(removed),
+    }
 
-    work = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.{_OWNER}.", suffix=".partial", dir=out_dir.parent)
-    )
-    try:
-        result = _write_copy(
-            nib, bids_dir, work, files, table, desc, rename, ses_map, pseudonymize, keep
-        )
-        # mkdtemp makes the folder 0700: give the copy the mode of an empty folder the user made,
-        # else that of a new folder under the umask (a copy is made to be shared)
-        mode = out_dir.stat().st_mode & 0o7777 if out_dir.exists() else 0o777 & ~_umask()
-        os.chmod(work, mode)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); fails if something appeared meanwhile
-        os.rename(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log.info("de-identified copy of %d participants in %s", result["n_participants"], out_dir)
-    return {"out_dir": str(out_dir), **result, "dropped_participant_columns": dropped}
 
-
-def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pseudonymize, keep):
-    if table is not None:
-        write_text_atomic(out_dir / "participants.tsv", table.to_csv(sep="\t", index=False))
+def _write_dataset_files(plan, out_dir):
+    """Write participants.tsv, dataset_description.json and participants.json of the copy."""
+    bids_dir = plan.bids_dir
+    if plan.table is not None:
+        write_text_atomic(out_dir / "participants.tsv", plan.table.to_csv(sep="\t", index=False))
     write_json_atomic(
         out_dir / "dataset_description.json",
-        {k: v for k, v in desc.items() if k in ("Name", "BIDSVersion", "DatasetType", "License")},
+        {
+            k: v
+            for k, v in plan.description.items()
+            if k in ("Name", "BIDSVersion", "DatasetType", "License")
+        },
     )
     if (bids_dir / "participants.json").is_file():
         meta = read_json(bids_dir / "participants.json")
@@ -484,70 +573,69 @@ def _write_copy(nib, bids_dir, out_dir, files, table, desc, rename, ses_map, pse
                 "participants.json is not a JSON object", bids_dir / "participants.json"
             )
         write_json_atomic(
-            out_dir / "participants.json", {k: v for k, v in meta.items() if k in keep}
+            out_dir / "participants.json", {k: v for k, v in meta.items() if k in plan.keep}
         )
 
-    removed, n_img, n_side, subjects = set(), 0, 0, set()
 
-    def new_part(part, sub, new_sub):
-        tokens = part.split("_")
-        for i, tok in enumerate(tokens):
-            if tok.startswith("sub-") and sub is not None and re.match(r"^sub-[A-Za-z0-9]+", tok):
-                tokens[i] = re.sub(r"^sub-[A-Za-z0-9]+", new_sub, tok)
-            elif tok.startswith("ses-") and sub is not None:
-                m = re.match(r"^ses-([A-Za-z0-9]+)", tok)
-                if m and (sub, m.group(1)) in ses_map:
-                    tokens[i] = f"ses-{ses_map[(sub, m.group(1))]}" + tok[m.end() :]
-        return "_".join(tokens)
+def _renamed_part(part, sub, new_sub, sessions):
+    """A file or folder name with its ``sub-`` label replaced and its ``ses-`` label mapped."""
+    tokens = part.split("_")
+    for i, tok in enumerate(tokens):
+        if tok.startswith("sub-") and sub is not None and re.match(r"^sub-[A-Za-z0-9]+", tok):
+            tokens[i] = re.sub(r"^sub-[A-Za-z0-9]+", new_sub, tok)
+        elif tok.startswith("ses-") and sub is not None:
+            m = re.match(r"^ses-([A-Za-z0-9]+)", tok)
+            if m and (sub, m.group(1)) in sessions:
+                tokens[i] = f"ses-{sessions[(sub, m.group(1))]}" + tok[m.end() :]
+    return "_".join(tokens)
 
-    for path in files:
-        rel = path.relative_to(bids_dir)
-        if len(rel.parts) == 1:  # dataset level: no sub- or ses- entity to rename
-            target = out_dir / rel
-        else:
-            sub = rel.parts[0]
-            new_sub = rename(sub)
-            subjects.add(new_sub)
-            target = out_dir.joinpath(new_sub, *(new_part(p, sub, new_sub) for p in rel.parts[1:]))
-        if path.name.endswith((".nii", ".nii.gz")):
-            try:
-                img = nib.load(str(path))
-            except Exception as exc:  # noqa: BLE001 - an unreadable file is named and skipped
-                log.warning("de-identify: skipping unreadable %s (%s)", path, exc)
-                continue
-            save_nifti_atomic(scrub_nifti(img), target)
-            n_img += 1
-        elif path.suffix == ".json":
-            side = read_json(path)
-            if not isinstance(side, dict):
-                raise InputError("sidecar is not a JSON object", path)
-            write_json_atomic(target, clean_sidecar(side, removed))
-            n_side += 1
-        elif path.name.endswith("_desc-confounds_timeseries.tsv"):
-            # fMRIPrep's motion and noise regressors (numbers under column names): without them
-            # the copy's BOLD series would be cleaned without confound regression
-            write_text_atomic(target, path.read_text(encoding="utf-8"))
-    write_json_atomic(
-        out_dir / "deidentification.json",
-        {
-            "method": "HMAC-SHA256 keyed pseudonyms (first 12 hex digits)"
-            if pseudonymize
-            else "none (labels kept)",
-            "sessions": "ses-1, ses-2, ... per participant in sorted order"
-            if pseudonymize
-            else "labels kept",
-            "key": "not stored",
-            "mapping": "not stored",
-            "nifti_fields_blanked": list(IDENTIFYING_HEADER_FIELDS) + ["extensions"],
-            "sidecar_fields_removed": sorted(removed),
-            "participant_columns_kept": [c for c in table.columns] if table is not None else [],
-        },
-    )
+
+def _copy_file(path, target, removed):
+    """Copy one file de-identified: ``"image"``, ``"sidecar"``, or None (table, or skipped).
+
+    NIfTI images are scrubbed (an unreadable one is logged and skipped), sidecars cleaned
+    (the dotted names of dropped fields are added to ``removed``), fMRIPrep confounds tables
+    copied as they are.
+    """
+    import nibabel as nib
+
+    if path.name.endswith((".nii", ".nii.gz")):
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is named and skipped
+            log.warning("de-identify: skipping unreadable %s (%s)", path, exc)
+            return None
+        save_nifti_atomic(scrub_nifti(img), target)
+        return "image"
+    if path.suffix == ".json":
+        side = read_json(path)
+        if not isinstance(side, dict):
+            raise InputError("sidecar is not a JSON object", path)
+        write_json_atomic(target, clean_sidecar(side, removed))
+        return "sidecar"
+    if path.name.endswith("_desc-confounds_timeseries.tsv"):
+        # fMRIPrep's motion and noise regressors (numbers under column names): without them
+        # the copy's BOLD series would be cleaned without confound regression
+        write_text_atomic(target, path.read_text(encoding="utf-8"))
+    return None
+
+
+def _deidentification_record(plan, removed):
+    """The content of ``deidentification.json``: how the copy was made (no key, no mapping)."""
     return {
-        "n_participants": len(subjects),
-        "n_images": n_img,
-        "n_sidecars": n_side,
-        "removed_sidecar_fields": sorted(removed),
+        "method": "HMAC-SHA256 keyed pseudonyms (first 12 hex digits)"
+        if plan.pseudonymize
+        else "none (labels kept)",
+        "sessions": "ses-1, ses-2, ... per participant in sorted order"
+        if plan.pseudonymize
+        else "labels kept",
+        "key": "not stored",
+        "mapping": "not stored",
+        "nifti_fields_blanked": list(IDENTIFYING_HEADER_FIELDS) + ["extensions"],
+        "sidecar_fields_removed": sorted(removed),
+        "participant_columns_kept": [c for c in plan.table.columns]
+        if plan.table is not None
+        else [],
     }
 
 

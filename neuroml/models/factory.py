@@ -44,16 +44,15 @@ MODELS = ("compact", "densenet121", "resnet10", "resnet18", "resnet34")
 #: pooling of p, the first log2(16 / p) blocks have stride 2, so the map keeps its size.
 _COMPACT_CHANNELS = (8, 16, 32, 64, 64)
 _COMPACT_STRIDES = (2, 2, 2, 2, 1)
-#: Activations of the compact network: ``"leakyrelu"`` (the default since 2026-11-27: a leaky
-#: ReLU of the slope :data:`LEAKY_SLOPE`; its backward pass is one element-wise kernel, PReLU's
-#: also reduces the slope's gradient, ~10 % of a CPU step) and ``"prelu"`` (MONAI's default,
-#: one learnt slope per layer, starting at 0.25), which networks trained before it have. A
-#: checkpoint records its own.
+#: Activations of the compact network: ``"leakyrelu"`` (the default: a leaky ReLU of the slope
+#: :data:`LEAKY_SLOPE`; its backward pass is one element-wise kernel, PReLU's also reduces the
+#: slope's gradient, ~10 % of a CPU step) and ``"prelu"`` (MONAI's default, one learnt slope
+#: per layer, starting at 0.25). A checkpoint records its own.
 COMPACT_ACTIVATIONS = ("leakyrelu", "prelu")
 #: The compact network's activation unless one is asked for (the one runs and checkpoints record).
 COMPACT_ACTIVATION = COMPACT_ACTIVATIONS[0]
 #: Negative slope of the compact network's leaky ReLU: PReLU's initial slope, so that the network
-#: starts as the PReLU network did (a plain ReLU scored 0.956 and 0.856 instead of 0.989 and 0.967
+#: starts as the PReLU network does (a plain ReLU scored 0.956 and 0.856 instead of 0.989 and 0.967
 #: on the harder benchmark cohort at batch 4 and 8; README, Benchmarks).
 LEAKY_SLOPE = 0.25
 #: Smallest side the compact network accepts (after its input pooling): below it an
@@ -199,8 +198,8 @@ def build_model(
         first convolution; ``"auto"``: :func:`resolve_input_pool`. The network still takes
         the full grid, and its Grad-CAM map keeps its size. 1 is the network without pooling.
     activation : {"leakyrelu", "prelu"}, default="leakyrelu"
-        ``"compact"`` only (:data:`COMPACT_ACTIVATIONS`): ``"prelu"`` builds the network as
-        neuroml built it before the leaky ReLU became the default, so that older checkpoints load.
+        ``"compact"`` only (:data:`COMPACT_ACTIVATIONS`): ``"prelu"`` builds the network with
+        MONAI's PReLU (one learnt slope per layer), for checkpoints that record it.
 
     Returns
     -------

@@ -3,13 +3,13 @@
 :class:`FastDropout` is ``torch.nn.Dropout`` with a cheaper random mask on the CPU. On this
 project's CPUs ``torch.nn.Dropout`` draws one Bernoulli variate per activation from torch's
 single-threaded Mersenne Twister (oneMKL's vectorised path is taken on Intel CPUs only): in
-the compact network at 2 mm that was a quarter of a training step (README, Benchmarks).
+the compact network at 2 mm that is a quarter of a training step (README, Benchmarks).
 
 :class:`FastInstanceNorm3d` is ``torch.nn.InstanceNorm3d`` (without affine parameters or
 running statistics) computed on the CPU in the input's own memory layout. torch's CPU
 instance norm runs batch norm over a ``(1, batch * channels, ...)`` view, which needs a
 C-contiguous tensor, so a channels-last network (:func:`~neuroml.training.fit` on the CPU)
-paid a layout copy of the activations and of their gradients at every norm layer.
+would pay a layout copy of the activations and of their gradients at every norm layer.
 
 :class:`FastADN` is MONAI's ``ADN`` block "instance norm, dropout, leaky ReLU" (the compact
 network's) with the three computed by one autograd function when training on the CPU: the

@@ -345,6 +345,18 @@ BOLD_COLUMNS = [
 ]
 
 
+T1W_COLUMNS = [
+    "participant_id",
+    "file",
+    "correlation",
+    "coverage",
+    "brain_volume_ml",
+    "qc_pass",
+    "robust_z",
+    "outlier",
+]
+
+
 def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
     """Write ``group_qc.tsv`` (T1w), ``group_qc_bold.tsv`` (BOLD) and ``group_qc.html`` in ``out_dir``.
 
@@ -367,100 +379,134 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
     (Path or None, Path)
         The T1w TSV (None without T1w rows) and the HTML.
     """
-    import pandas as pd
+    _t1w_qc_rows(rows)
+    tsv = None
+    if rows:
+        tsv = _write_tsv(out_dir / "group_qc.tsv", rows, T1W_COLUMNS)
+    bold_rows = bold_qc_rows(list(bold_rows))
+    if bold_rows:
+        _write_tsv(out_dir / "group_qc_bold.tsv", bold_rows, BOLD_COLUMNS)
+    out = out_dir / "group_qc.html"
+    write_text_atomic(out, _group_qc_page(rows, bold_rows, failures))
+    return tsv, out
 
-    cols = [
-        "participant_id",
-        "file",
-        "correlation",
-        "coverage",
-        "brain_volume_ml",
-        "qc_pass",
-        "robust_z",
-        "outlier",
-    ]
-    groups = {}  # the template correlation depends on the grid: each resolution is its own reference group
+
+def _t1w_qc_rows(rows):
+    """Robust z-scores of the template correlation and outlier flags of T1w QC rows (in place).
+
+    The template correlation depends on the grid: the rows of each ``resolution`` are their
+    own reference group.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per scan: ``correlation`` and optionally ``resolution``.
+
+    Returns
+    -------
+    list of dict
+        The rows, with ``robust_z`` and ``outlier`` (robust z below :data:`OUTLIER_Z`).
+    """
+    groups = {}
     for row in rows:
         groups.setdefault(row.get("resolution"), []).append(row)
     for group in groups.values():
         for row, zi in zip(group, robust_z([r["correlation"] for r in group])):
             row["robust_z"] = round(float(zi), 2)
             row["outlier"] = bool(zi < OUTLIER_Z)
-    tsv = None
-    if rows:
-        df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
-        tsv = out_dir / "group_qc.tsv"
-        write_text_atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a"))
-    bold_rows = bold_qc_rows(list(bold_rows))
-    if bold_rows:
-        df = pd.DataFrame(
-            [{c: r.get(c) for c in BOLD_COLUMNS} for r in bold_rows], columns=BOLD_COLUMNS
-        )
-        write_text_atomic(
-            out_dir / "group_qc_bold.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a")
-        )
+    return rows
 
-    e = html.escape
+
+def _write_tsv(path, rows, columns):
+    """Write ``columns`` of ``rows`` as a TSV (atomically; missing values as ``n/a``)."""
+    import pandas as pd
+
+    df = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
+    write_text_atomic(path, df.to_csv(sep="\t", index=False, na_rep="n/a"))
+    return path
+
+
+def _group_qc_page(rows, bold_rows, failures):
+    """The HTML of ``group_qc.html``: summary, tables, then the picture cards."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuroml preprocessing QC</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Preprocessing quality control</h1>",
-        f"<p>{len(rows)} T1w scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
-        f"{sum(r['outlier'] for r in rows)} outliers (robust z of r &lt; {OUTLIER_Z:g}); "
-        + (
-            f"{len(bold_rows)} BOLD series processed; {sum(not r['qc_pass'] for r in bold_rows)} fail QC; "
-            f"{sum(r['outlier'] for r in bold_rows)} outliers; "
-            if bold_rows
-            else ""
-        )
-        + f"{len(failures)} could not be processed.</p>",
+        _summary_html(rows, bold_rows, failures),
     ]
     if rows:
-        parts.append(
-            "<h2>T1w</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
-        )
-        for r in rows:
-            bad = (not r["qc_pass"]) or r["outlier"]
-            parts.append(
-                f"<tr class='{'bad' if bad else 'ok'}'>"
-                + "".join(f"<td>{e(str(r.get(c)))}</td>" for c in cols)
-                + "</tr>"
-            )
-        parts.append("</table>")
+        parts += _table_html(rows, T1W_COLUMNS, str, heading="<h2>T1w</h2>")
     if bold_rows:
-        parts.append(
-            "<h2 id='bold'>Resting-state BOLD</h2>"
-            f"<p>Robust z-scores (median, 1.4826 MAD with a floor) in each measure's bad direction; "
-            f"outlier beyond {-OUTLIER_Z:g}. QC fails when the mean framewise displacement exceeds "
-            f"{BOLD_MAX_MEAN_FD:g} mm or more than {BOLD_MAX_DROPPED:.0%} of the volumes were dropped "
-            "by scrubbing. The registration metric (Mattes mutual information, lower is better) exists "
-            "only for series neuroml registered; n/a: not known.</p>"
-        )
-        parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in BOLD_COLUMNS) + "</tr>")
-        for r in bold_rows:
-            bad = (not r["qc_pass"]) or r["outlier"]
-            parts.append(
-                f"<tr class='{'bad' if bad else 'ok'}'>"
-                + "".join(
-                    f"<td>{e('n/a' if r.get(c) is None else str(r.get(c)))}</td>"
-                    for c in BOLD_COLUMNS
-                )
-                + "</tr>"
-            )
-        parts.append("</table>")
+        parts.append(_BOLD_INTRO)
+        parts += _table_html(bold_rows, BOLD_COLUMNS, lambda v: "n/a" if v is None else str(v))
     if failures:
+        parts += _failures_html(failures)
+    parts += _cards_html(rows, bold_rows)
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _summary_html(rows, bold_rows, failures):
+    """The counts paragraph at the top of the QC page."""
+    bold = (
+        f"{len(bold_rows)} BOLD series processed; {sum(not r['qc_pass'] for r in bold_rows)} fail QC; "
+        f"{sum(r['outlier'] for r in bold_rows)} outliers; "
+        if bold_rows
+        else ""
+    )
+    return (
+        f"<p>{len(rows)} T1w scans processed; {sum(not r['qc_pass'] for r in rows)} fail QC; "
+        f"{sum(r['outlier'] for r in rows)} outliers (robust z of r &lt; {OUTLIER_Z:g}); "
+        + bold
+        + f"{len(failures)} could not be processed.</p>"
+    )
+
+
+_BOLD_INTRO = (
+    "<h2 id='bold'>Resting-state BOLD</h2>"
+    f"<p>Robust z-scores (median, 1.4826 MAD with a floor) in each measure's bad direction; "
+    f"outlier beyond {-OUTLIER_Z:g}. QC fails when the mean framewise displacement exceeds "
+    f"{BOLD_MAX_MEAN_FD:g} mm or more than {BOLD_MAX_DROPPED:.0%} of the volumes were dropped "
+    "by scrubbing. The registration metric (Mattes mutual information, lower is better) exists "
+    "only for series neuroml registered; n/a: not known.</p>"
+)
+
+
+def _table_html(rows, columns, text, heading=""):
+    """Lines of one QC table; rows that fail QC or are outliers are marked ``bad``.
+
+    ``text`` turns a cell's value (None where missing) into its text, escaped here;
+    ``heading`` goes on the line of the table's header.
+    """
+    e = html.escape
+    parts = [heading + "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"]
+    for r in rows:
+        bad = (not r["qc_pass"]) or r["outlier"]
         parts.append(
-            "<h2>Not processed</h2><table><tr><th>participant_id</th><th>file</th><th>reason</th></tr>"
+            f"<tr class='{'bad' if bad else 'ok'}'>"
+            + "".join(f"<td>{e(text(r.get(c)))}</td>" for c in columns)
+            + "</tr>"
         )
-        for f in failures:
-            parts.append(
-                "<tr class='bad'>"
-                + "".join(
-                    f"<td>{e(str(f.get(k, '')))}</td>" for k in ("participant_id", "file", "reason")
-                )
-                + "</tr>"
-            )
-        parts.append("</table>")
+    parts.append("</table>")
+    return parts
+
+
+def _failures_html(failures):
+    """Lines of the table of scans that could not be processed."""
+    e = html.escape
+    keys = ("participant_id", "file", "reason")
+    parts = ["<h2>Not processed</h2><table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"]
+    for f in failures:
+        parts.append(
+            "<tr class='bad'>" + "".join(f"<td>{e(str(f.get(k, '')))}</td>" for k in keys) + "</tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _cards_html(rows, bold_rows):
+    """Lines of the picture cards: T1w scans, then BOLD series."""
+    parts = []
     if rows:
         parts.append("<h2>Registered T1w scans with the template's edges</h2>")
     for r in rows:
@@ -475,10 +521,7 @@ def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
             f"{r.get('volumes_dropped') or 0} of {r.get('n_volumes')} volumes dropped"
         )
         parts.append(_card(r, _flags(r, r["outlier_reasons"]), text))
-    parts.append("</body></html>\n")
-    out = out_dir / "group_qc.html"
-    write_text_atomic(out, "\n".join(parts))
-    return tsv, out
+    return parts
 
 
 def _flags(row, outlier_why):

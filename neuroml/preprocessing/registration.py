@@ -290,53 +290,105 @@ def register_to_template(
     if not isinstance(moving, sitk.Image):
         moving = nib_to_sitk(moving)
     fixed, mask = _fixed_images(float(resolution))
-    fixed_mask = mask if use_fixed_mask else None
-    moving = _prepare_moving(sitk.Cast(moving, sitk.sitkFloat32), float(resolution))
-
+    problem = _Problem(
+        fixed=fixed,
+        moving=_prepare_moving(sitk.Cast(moving, sitk.sitkFloat32), float(resolution)),
+        fixed_mask=mask if use_fixed_mask else None,
+        seed=seed,
+        sampling=sampling,
+        iterations=iterations,
+        bins=bins,
+    )
+    init_metrics, iters = {}, {}
     best = None
-    init_metrics = {}
-    iters = {}
     for mode in modes:
-        reg = _method(fixed_mask, seed, sampling, rigid_levels, iterations, bins)
-        reg.SetInitialTransform(_initial_rigid(fixed, moving, mode), inPlace=False)
-        try:
-            tx = reg.Execute(fixed, moving)
-            value = float(reg.GetMetricValue())
-        except RuntimeError as exc:  # e.g. "too many samples map outside moving image buffer"
-            log.debug("rigid registration from %s start failed: %s", mode, exc)
-            init_metrics[mode] = None
+        start = _rigid_stage(problem, mode, rigid_levels)
+        init_metrics[mode] = None if start is None else start.metric
+        if start is None:
             continue
-        # Compare the starts on the same (finest, unsmoothed) footing.
-        ev = _method(fixed_mask, seed, sampling, ((1, 0.0),), iterations, bins)
-        ev.SetInitialTransform(tx)
-        try:
-            value = float(ev.MetricEvaluate(fixed, moving))
-        except RuntimeError:
-            pass
-        init_metrics[mode] = value
-        iters[f"rigid_{mode}"] = int(reg.GetOptimizerIteration())
-        log.debug("rigid from %s start: metric %.4f", mode, value)
-        if best is None or value < best[1]:
-            best = (mode, value, tx)
+        iters[f"rigid_{mode}"] = start.iterations
+        if best is None or start.metric < best.metric:
+            best = start
     if best is None:
         raise InputError(
             "registration to the template failed from every starting point "
             "(the image probably does not contain a head)"
         )
-    mode, _, rigid = best
-    affine = _as_affine(rigid)
-    reg = _method(fixed_mask, seed, sampling, affine_levels, iterations, bins)
+    tx, metric = _affine_stage(problem, best, affine_levels, iters)
+    return RegistrationResult(
+        transform=tx, metric=metric, init=best.mode, init_metrics=init_metrics, iterations=iters
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+    """The images and metric settings shared by every stage of one registration."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    fixed_mask: sitk.Image | None
+    seed: int
+    sampling: float
+    iterations: int
+    bins: int
+
+    def method(self, levels):
+        """A registration method with this metric over the multi-resolution ``levels``."""
+        return _method(
+            self.fixed_mask, self.seed, self.sampling, levels, self.iterations, self.bins
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _RigidStart:
+    """The rigid stage from one starting point."""
+
+    mode: str
+    metric: float
+    transform: sitk.Transform
+    iterations: int
+
+
+def _rigid_stage(problem, mode, levels):
+    """Rigid registration from the starting point ``mode``; None when it fails.
+
+    The metric is evaluated again at full resolution without smoothing, so that the starting
+    points are compared on the same footing.
+    """
+    reg = problem.method(levels)
+    reg.SetInitialTransform(_initial_rigid(problem.fixed, problem.moving, mode), inPlace=False)
+    try:
+        tx = reg.Execute(problem.fixed, problem.moving)
+        value = float(reg.GetMetricValue())
+    except RuntimeError as exc:  # e.g. "too many samples map outside moving image buffer"
+        log.debug("rigid registration from %s start failed: %s", mode, exc)
+        return None
+    ev = problem.method(((1, 0.0),))
+    ev.SetInitialTransform(tx)
+    try:
+        value = float(ev.MetricEvaluate(problem.fixed, problem.moving))
+    except RuntimeError:
+        pass
+    log.debug("rigid from %s start: metric %.4f", mode, value)
+    return _RigidStart(mode, value, tx, int(reg.GetOptimizerIteration()))
+
+
+def _affine_stage(problem, start, levels, iters):
+    """Affine registration from the best rigid start: (AffineTransform, metric).
+
+    Records its iterations in ``iters``; when it fails, the rigid transform is kept.
+    """
+    affine = _as_affine(start.transform)
+    reg = problem.method(levels)
     reg.SetInitialTransform(affine, inPlace=False)
     try:
-        tx = _as_affine(reg.Execute(fixed, moving))
+        tx = _as_affine(reg.Execute(problem.fixed, problem.moving))
         metric = float(reg.GetMetricValue())
         iters["affine"] = int(reg.GetOptimizerIteration())
     except RuntimeError as exc:
         log.debug("affine stage failed, keeping the rigid transform: %s", exc)
-        tx, metric = affine, float(best[1])
-    return RegistrationResult(
-        transform=tx, metric=metric, init=mode, init_metrics=init_metrics, iterations=iters
-    )
+        tx, metric = affine, float(start.metric)
+    return tx, metric
 
 
 # --------------------------------------------------------------------------- applying
