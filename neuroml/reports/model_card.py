@@ -44,6 +44,7 @@ def _load(path):
 
 
 def _performance(metrics, classes):
+    """The out-of-fold metrics of the CNN and the baselines, and the permutation test."""
     rows = []
     cnn = (
         "CNN, ComBat-harmonized inputs"
@@ -92,6 +93,7 @@ def _performance(metrics, classes):
 
 
 def _permutation_line(metrics, cnn):
+    """The permutation p of each model tested, or how to run the test."""
     tested = [
         (name, m)
         for name, m in (
@@ -103,18 +105,19 @@ def _permutation_line(metrics, cnn):
     ]
     if not tested:
         return (
-            "No permutation test in this run (`neuroml train --n-permutations 1000`, or `n_permutations` "
-            "in Python and YAML)."
+            "No permutation test in this run (`neuroml train --n-permutations 1000`, or "
+            "`n_permutations` in Python and YAML)."
         )
     n = tested[0][1].get("n_permutations")
     ps = "; ".join(f"{_md(name)} p = {_f(m['permutation_p'], 4)}" for name, m in tested)
     return (
-        f"Permutation test of the balanced accuracy ({_md(n)} label permutations of the out-of-fold "
-        f"predictions, the models not retrained): {ps}."
+        f"Permutation test of the balanced accuracy ({_md(n)} label permutations of the "
+        f"out-of-fold predictions, the models not retrained): {ps}."
     )
 
 
 def _subgroups(audit):
+    """The CNN's metrics per subgroup and the largest gap between two of them."""
     if not audit:
         return "No bias audit in this run."
     rows = []
@@ -149,6 +152,7 @@ def _subgroups(audit):
 
 
 def _demographics(conf, classes):
+    """Participants, sex, age and site per class (``confounds.json``)."""
     demo = (conf or {}).get("demographics") or {}
     if not demo:
         return "No demographics recorded (confounds.json missing)."
@@ -261,18 +265,24 @@ def _attribution(run_dir):
 
 
 def _harmonization(config):
+    """What the run harmonized, in words."""
     method = config.get("harmonize")
     if not method:
         return "none"
     if config.get("harmonized_inputs"):
         return (
-            f"{method}: the CNN's input voxels, fitted on each fold's training participants (saved per fold, "
-            "applied by predict and attribute); and a second baseline on harmonized region means"
+            f"{method}: the CNN's input voxels, fitted on each fold's training participants (saved "
+            "per fold, applied by predict and attribute); and a second baseline on harmonized "
+            "region means"
         )
-    return f"{method}: a second baseline on harmonized region means (the CNN's inputs are not harmonized)"
+    return (
+        f"{method}: a second baseline on harmonized region means (the CNN's inputs are not "
+        "harmonized)"
+    )
 
 
 def _network(config):
+    """The network, and the pooling of its input when it has one."""
     pool = int(config.get("input_pool", 1))
     if pool == 1:
         return config.get("model")
@@ -282,7 +292,8 @@ def _network(config):
 
 
 def _modality(config):
-    """What the network read, in words: structural MRI (the T1w), resting-state fMRI (BOLD maps), or both."""
+    """What the network read, in words: structural MRI (the T1w), resting-state fMRI (BOLD maps),
+    or both."""
     inputs = config.get("inputs") or ["T1w"]
     inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
     if inputs == ["T1w"]:

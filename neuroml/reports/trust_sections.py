@@ -323,13 +323,17 @@ def _model_card(run_dir):
         text = model_card_text(run_dir)
     except NeuromlError as exc:
         log.warning("report: model card not made: %s", exc)
-        return f"<h2 id='model-card'>Model card</h2><p class='warn'>Model card not made: {escape(exc)}</p>"
+        return (
+            "<h2 id='model-card'>Model card</h2>"
+            f"<p class='warn'>Model card not made: {escape(exc)}</p>"
+        )
     try:  # a read-only run folder fails the report itself, with one clear line
         write_text_atomic(Path(run_dir) / "model_card.md", text)
     except OSError as exc:
         log.debug("model card not written: %s", exc)
     return (
-        "<h2 id='model-card'>Model card</h2><p class='note'>model_card.md of this run (Markdown).</p>"
+        "<h2 id='model-card'>Model card</h2>"
+        "<p class='note'>model_card.md of this run (Markdown).</p>"
         f"<pre style='white-space:pre-wrap'>{escape(text)}</pre>"
     )
 
