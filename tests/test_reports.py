@@ -274,13 +274,6 @@ def test_report_shows_the_connectome_baseline_and_the_inputs(tmp_path, rng):
         f"<td>CNN inputs (channels)</td><td>alff, falff, {esc} (3 channels)</td>" in text
     )  # run summary
     assert "Connectome baseline 0.812 (95% CI [0.600, 0.975])" in text  # trust checks line
-    for key in ("kind", "atlas"):  # a file written before these keys existed
-        del conn[key]
-    (run / "connectome_metrics.json").write_text(json.dumps(conn))
-    text = build_report(run).read_text()
-    assert (
-        f"connectome_metrics.json): tangent connectivity {esc};" in text and "kind n/a" not in text
-    )
 
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
@@ -367,7 +360,7 @@ def test_flat_region_map_still_gets_a_picture():
     import warnings
 
     from neuroml.io.templates import target_grid
-    from neuroml.reports.html import _threshold
+    from neuroml.reports.attribution_sections import _threshold
 
     affine, shape = target_grid(8.0)
     data = np.zeros(shape, np.float32)

@@ -19,9 +19,8 @@ def fmt_num(v, digits=3):
 
 def current_sanity(attribution, sanity):
     """``sanity`` (a ``sanity.json``) when it belongs to the attribution call that wrote
-    ``attribution`` (an ``attribution.json``: the same ``call_id``), else None.
-
-    Files written before calls had an id are accepted only when neither has one.
+    ``attribution`` (an ``attribution.json``: the same ``call_id``, or neither has one), else
+    None.
 
     Examples
     --------
@@ -41,6 +40,7 @@ def check_state(passed):
 
 
 def _verdict(passed, failed="FAILED"):
+    """``PASSED``, ``failed`` or ``not decided``."""
     return "not decided" if passed is None else ("PASSED" if passed else failed)
 
 
@@ -76,23 +76,25 @@ def check_lines(method, sanity):
         )
     for cls, st in (sanity.get("stability") or {}).items():
         chance = (
-            f", chance {fmt_num(st.get('chance_top_overlap'), 2)}, p = {fmt_num(st.get('top_overlap_p'), 4)}"
+            f", chance {fmt_num(st.get('chance_top_overlap'), 2)}, "
+            f"p = {fmt_num(st.get('top_overlap_p'), 4)}"
             if st.get("top_overlap_p") is not None
             else ""
         )
         add(
             st,
             f"stability of class {cls}: median Spearman rho of region scores between folds "
-            f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions in common "
-            f"{fmt_num(st.get('median_top_overlap'), 2)}{chance} ({len(st.get('pairs') or [])} fold pairs; "
-            f"rule {st.get('rule')})",
+            f"{fmt_num(st.get('median_rho'))}, median share of top-{st.get('top_k', 10)} regions "
+            f"in common {fmt_num(st.get('median_top_overlap'), 2)}{chance} "
+            f"({len(st.get('pairs') or [])} fold pairs; rule {st.get('rule')})",
         )
     for cls, g in (sanity.get("ground_truth") or {}).items():
         add(
             g,
-            f"ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % of the positive "
-            f"attribution inside the planted regions ({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of "
-            f"the brain, {fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
+            f"ground truth of class {cls}: {fmt_num(100 * (g.get('mass_accuracy') or 0), 1)} % of "
+            "the positive attribution inside the planted regions "
+            f"({fmt_num(100 * (g.get('planted_share') or 0), 1)} % of the brain, "
+            f"{fmt_num(g.get('mass_enrichment'), 1)}x), voxel ROC AUC {fmt_num(g.get('roc_auc'))}, "
             f"{g.get('top_k_planted')}/{g.get('top_k')} of the top regions planted",
         )
     if not items:

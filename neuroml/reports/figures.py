@@ -22,6 +22,7 @@ __all__ = [
 
 
 def _figure(size):
+    """A matplotlib figure of ``size`` inches drawn off screen (no pyplot state)."""
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -138,7 +139,8 @@ def deletion_png(curves, title="Deletion curves: target probability as regions a
 
 
 def _cmap(img):
-    """ "hot" for a map without negative values, "cold_hot" (symmetric) for a signed one."""
+    """The colormap: "hot" for a map without negative values, "cold_hot" (symmetric) for a
+    signed one."""
     return "hot" if float(np.nanmin(np.asarray(img.dataobj))) >= 0 else "cold_hot"
 
 

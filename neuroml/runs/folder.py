@@ -15,6 +15,7 @@ from neuroml.runs.checkpoint import load_checkpoint
 __all__ = [
     "Run",
     "load_run",
+    "check_run_folder",
     "PREDICTION_DTYPES",
     "predictions_table",
     "check_grid",
@@ -118,6 +119,18 @@ class Run:
         return pd.read_csv(path, sep="\t", dtype=PREDICTION_DTYPES)
 
 
+def check_run_folder(run_dir, names=("config.json", "splits.json")):
+    """``run_dir`` as a Path; raises :class:`InputError` if one of the files ``names`` is missing."""
+    run_dir = Path(run_dir)
+    for name in names:
+        if not (run_dir / name).is_file():
+            raise InputError(
+                f"not a neuroml run folder ({name} missing); train one with `neuroml train`",
+                run_dir,
+            )
+    return run_dir
+
+
 def load_run(run_dir):
     """Read a run folder written by :func:`train_run`.
 
@@ -126,13 +139,7 @@ def load_run(run_dir):
     InputError
         If ``config.json`` or ``splits.json`` is missing.
     """
-    run_dir = Path(run_dir)
-    for name in ("config.json", "splits.json"):
-        if not (run_dir / name).is_file():
-            raise InputError(
-                f"not a neuroml run folder ({name} missing); train one with `neuroml train`",
-                run_dir,
-            )
+    run_dir = check_run_folder(run_dir)
     return Run(run_dir, read_json(run_dir / "config.json"), load_splits(run_dir / "splits.json"))
 
 
