@@ -72,7 +72,7 @@ WORKER = textwrap.dedent("""
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     sys.path.insert(0, str(TESTS))
-    from test_training import CLASSES, make_cohort
+    from _cohorts import CLASSES, make_cohort
 
     deriv = make_cohort(tmp_path)
     worker = tmp_path / "worker.py"
