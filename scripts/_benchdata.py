@@ -9,12 +9,10 @@ results.
 """
 
 import json
+import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-CLASSES = ("control", "MDD", "SCZ")
+CLASSES = ("control", "MDD", "SCZ")  # as in tests/_cohorts.py
 
 
 def report_result(doc, path=None):
@@ -56,54 +54,13 @@ def timed(fn, *args, **kwargs):
 
 
 def make_derivatives(root, n_volumes=32, resolution=2.0, seed=0):
-    """Write ``root/raw/participants.tsv`` and ``root/deriv`` (preprocessed-like volumes); return deriv."""
-    from neuroml.io.templates import (
-        TEMPLATE_SPACE,
-        brain_mask_on_grid,
-        res_entity,
-        template_on_grid,
-    )
+    """Write ``root/raw/participants.tsv`` and ``root/deriv`` (preprocessed-like volumes); return deriv.
 
-    root = Path(root)
-    raw, deriv = root / "raw", root / "deriv"
-    raw.mkdir(parents=True, exist_ok=True)
-    tpl = template_on_grid(resolution)
-    data = np.asarray(tpl.dataobj, dtype=np.float32)
-    mask = np.asarray(brain_mask_on_grid(resolution).dataobj) > 0
-    data = np.where(mask, (data - data[mask].mean()) / (data[mask].std() + 1e-6), 0).astype(
-        np.float32
-    )
-    shape = data.shape
-    boxes = [
-        tuple(slice(int(a * s), int(a * s) + max(2, s // 6)) for s in shape)
-        for a in (0.3, 0.5, 0.6)
-    ]
-    rng = np.random.default_rng(seed)
-    rows = ["participant_id\tdiagnosis"]
-    key = res_entity(resolution)
-    for i in range(n_volumes):
-        pid, cls = f"sub-{i + 1:03d}", i % len(CLASSES)
-        vol = data + rng.normal(0, 0.3, shape).astype(np.float32)
-        if cls:
-            vol[boxes[cls]] -= 0.5
-        folder = deriv / pid / "anat"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{pid}_space-{TEMPLATE_SPACE}_res-{key}_desc-preproc_T1w.nii.gz"
-        nib.save(nib.Nifti1Image(vol * mask, tpl.affine), str(folder / name))
-        rows.append(f"{pid}\t{CLASSES[cls]}")
-    (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (raw / "dataset_description.json").write_text(
-        json.dumps({"Name": "bench", "BIDSVersion": "1.9.0"})
-    )
-    (deriv / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": "bench derivatives",
-                "BIDSVersion": "1.9.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "scripts/_benchdata.py"}],
-                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
-            }
-        )
-    )
-    return deriv
+    The cohort is the test suite's :func:`_cohorts.make_template_derivatives` (``tests/`` holds
+    the one cohort builder; the benchmarks run from a copy of the whole repository)."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from _cohorts import make_template_derivatives
+
+    return make_template_derivatives(root, n_volumes=n_volumes, resolution=resolution, seed=seed)

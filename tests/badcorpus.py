@@ -4,6 +4,7 @@
 writes broken ``participants.tsv`` files; :func:`make_bids_corpus` writes a BIDS dataset with
 one good subject and one subject per bad image. Each case carries a regular expression that
 the one-line error must match. Everything is seeded: the same call writes the same bytes.
+The good cohorts these are set against are built by :mod:`_cohorts`.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from _cohorts import good_volume
 
 __all__ = [
     "Case",
@@ -21,9 +23,7 @@ __all__ = [
     "make_image_corpus",
     "make_participants_corpus",
     "make_bids_corpus",
-    "good_volume",
     "snapshot",
-    "make_derivatives",
     "assert_every_final_file_is_complete",
     "assert_no_temporaries",
 ]
@@ -36,14 +36,6 @@ class Case:
     name: str
     path: Path
     match: str
-
-
-def good_volume(shape=(14, 16, 18), seed=0):
-    """A small smooth positive volume with unequal sides (float32)."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    blob = np.exp(-(x**2 + y**2 + z**2) * 2) * 100
-    return (blob + rng.normal(0, 1, shape)).astype(np.float32)
 
 
 def _affine(zoom=2.0):
@@ -351,49 +343,6 @@ def snapshot(root, exclude=()):
     return out
 
 
-def make_derivatives(root, n=8, res=8.0, seed=0):
-    """A raw folder (participants.tsv, alternating control/MDD) and derivatives on the ``res`` grid.
-
-    Each participant has a preprocessed-like volume (a blob, brighter for MDD) and a sidecar.
-    Returns ``(raw, deriv, participant ids)``.
-    """
-    import json
-
-    from neuroml.io.templates import target_grid
-
-    root = Path(root)
-    raw, deriv = root / "raw", root / "deriv"
-    raw.mkdir(parents=True)
-    affine, shape = target_grid(res)
-    rng = np.random.default_rng(seed)
-    ids, rows = [], ["participant_id\tdiagnosis"]
-    for i in range(n):
-        pid = f"sub-{i + 1:02d}"
-        ids.append(pid)
-        rows.append(f"{pid}\t{['control', 'MDD'][i % 2]}")
-        vol = good_volume(shape, seed=seed + i) / 50 + (i % 2) * 0.5 + rng.normal(0, 0.1, shape)
-        folder = deriv / pid / "anat"
-        folder.mkdir(parents=True)
-        stem = f"{pid}_space-MNI152NLin2009aSym_res-{res:g}_desc-preproc_T1w"
-        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(folder / f"{stem}.nii.gz"))
-        (folder / f"{stem}.json").write_text("{}\n")
-    (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (raw / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}\n')
-    (deriv / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": "derivatives",
-                "BIDSVersion": "1.9.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "neuroml"}],
-                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
-            }
-        )
-        + "\n"
-    )
-    return raw, deriv, ids
-
-
 def assert_every_final_file_is_complete(folder):
     """Every file under a final (non-hidden) name reads back completely."""
     import json
@@ -421,14 +370,3 @@ def assert_every_final_file_is_complete(folder):
 
 def assert_no_temporaries(folder):
     assert not [p for p in Path(folder).rglob(".*.tmp*")], "temporary files left behind"
-
-
-def small_raw_cohort(root, seed):
-    """``root/bids``: two coarse synthetic subjects, raw BIDS only (ground truth removed)."""
-    import shutil
-
-    from neuroml.synth import make_cohort
-
-    make_cohort(Path(root) / "bids", n_subjects=2, voxel_scale=3.0, seed=seed)
-    shutil.rmtree(Path(root) / "bids" / "derivatives", ignore_errors=True)
-    return Path(root) / "bids"

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny seeded images with unequal sides, so swapped axes fail."""
+"""Shared fixtures: tiny seeded images with unequal sides, so swapped axes fail; and the
+session's cohorts (built once by :mod:`_cohorts`, read-only: a test that writes copies them)."""
 
 import os
 
@@ -9,6 +10,7 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
+from _cohorts import copy_cohort, make_derivatives, small_raw_cohort
 
 
 @pytest.fixture
@@ -85,3 +87,49 @@ def interrupt_fold(monkeypatch):
         return lambda: monkeypatch.setattr(run_module, "fit", real_fit)  # disarm
 
     return arm
+
+
+# -- the session's cohorts: built once, never written to (copy_cohort / shutil.copytree first) --
+@pytest.fixture(scope="session")
+def synthetic_derivatives(tmp_path_factory):
+    """``(raw, deriv, ids)``: :func:`_cohorts.make_derivatives` (8 participants, control/MDD,
+    8 mm grid). Training writes the tensor cache into ``deriv``: train on a
+    ``copy_cohort(raw.parent, ...)``."""
+    return make_derivatives(tmp_path_factory.mktemp("synthetic_derivatives"), n=8, res=8.0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_derivatives, tmp_path_factory):
+    """``(root, deriv, run)``: a 1-epoch 2-fold run (no baseline) on a copy of
+    :func:`synthetic_derivatives`, whose ``deriv`` now holds the cache. Copy ``run`` (and
+    ``deriv``) before writing into them."""
+    import torch
+
+    from neuroml.workflows import train_run
+
+    root = copy_cohort(
+        synthetic_derivatives[0].parent, tmp_path_factory.mktemp("trained_run") / "cohort"
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(
+            root / "deriv",
+            root / "run",
+            epochs=1,
+            folds=2,
+            batch_size=2,
+            n_bootstrap=10,
+            show_progress=False,
+            device="cpu",
+            baseline=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return root, root / "deriv", root / "run"
+
+
+@pytest.fixture(scope="session")
+def synthetic_bids(tmp_path_factory):
+    """Raw BIDS of two coarse synthetic subjects (:func:`_cohorts.small_raw_cohort`, seed 1)."""
+    return small_raw_cohort(tmp_path_factory.mktemp("synthetic_bids"), seed=1)

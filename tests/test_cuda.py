@@ -23,7 +23,7 @@ from neuroml.training.trainer import evaluate
 from neuroml.workflows import train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_training import make_cohort  # noqa: E402
+from _cohorts import make_cohort  # noqa: E402
 from test_training_loop import _blobs  # noqa: E402  (three classes told apart by a bright block)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -30,7 +30,8 @@ WORKER = textwrap.dedent("""
         writes.append(os.path.relpath(str(dst), run_dir))
         return real_replace(src, dst, *a, **k)
     os.replace = recording_replace
-    from neuroml.training import train_run, fit, TrainSettings
+    from neuroml.training import fit, TrainSettings
+    from neuroml.workflows import train_run
     from neuroml.training import distributed as dist
     summary = train_run(deriv, run_dir, epochs=4, folds=3, batch_size=2, device="cpu", show_progress=False,
                         n_bootstrap=50)
@@ -72,7 +73,7 @@ WORKER = textwrap.dedent("""
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     sys.path.insert(0, str(TESTS))
-    from test_training import CLASSES, make_cohort
+    from _cohorts import CLASSES, make_cohort
 
     deriv = make_cohort(tmp_path)
     worker = tmp_path / "worker.py"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+from _cohorts import copy_cohort
 from badcorpus import (
     IMAGE_CASES,
     make_bids_corpus,
-    make_derivatives,
     make_image_corpus,
     make_participants_corpus,
     snapshot,
@@ -86,12 +86,9 @@ def test_corpus_is_reproducible(tmp_path):
 
 # --------------------------------------------------------------------------- a batch, CLI and API
 @pytest.fixture(scope="module")
-def bids_corpus(tmp_path_factory):
-    from neuroml.synth import make_cohort
-
+def bids_corpus(synthetic_bids, tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    make_cohort(root / "synth", n_subjects=1, voxel_scale=3.0, seed=0)
-    good = nib.load(str(root / "synth" / "sub-001" / "anat" / "sub-001_T1w.nii.gz"))
+    good = nib.load(str(synthetic_bids / "sub-001" / "anat" / "sub-001_T1w.nii.gz"))
     bids, cases = make_bids_corpus(root / "bids", good)
     out = root / "work" / "deriv"
     before = snapshot(root, exclude=[out])
@@ -204,9 +201,10 @@ def test_unsafe_label_subprocess(tmp_path):
 
 # --------------------------------------------------------------------------- participants.tsv
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labelled")
-    raw, deriv, ids = make_derivatives(root)
+def labelled(synthetic_derivatives, tmp_path_factory):
+    # a copy of the session's derivatives: training writes the cache into it
+    root = copy_cohort(synthetic_derivatives[0].parent, tmp_path_factory.mktemp("labelled") / "c")
+    raw, deriv, ids = root / "raw", root / "deriv", synthetic_derivatives[2]
     cases = make_participants_corpus(root / "tsv", ids)
     return root, raw, deriv, ids, {c.name: c for c in cases}
 

@@ -21,11 +21,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from _cohorts import make_derivatives
 from badcorpus import (
     assert_every_final_file_is_complete,
     assert_no_temporaries,
-    make_derivatives,
-    small_raw_cohort,
 )
 
 pytestmark = pytest.mark.slow
@@ -171,8 +170,8 @@ def crash_and_resume(args_for, clean_args, tmp_path, marker_for, seed, resume_fl
 
 # --------------------------------------------------------------------------- preprocess
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    return small_raw_cohort(tmp_path_factory.mktemp("crash_raw"), seed=1)
+def raw(synthetic_bids):
+    return synthetic_bids  # read-only: preprocessing writes elsewhere
 
 
 @pytest.mark.parametrize("seed", [11])

@@ -10,16 +10,16 @@ rerun once the problem is gone must finish the work.
 
 import errno
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _cohorts import copy_cohort
 from badcorpus import (
     assert_every_final_file_is_complete,
     assert_no_temporaries,
-    make_derivatives,
-    small_raw_cohort,
 )
 
 from neuroml._utils import fileio
@@ -102,8 +102,8 @@ def test_unwritable_folder_creation(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- preprocess
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    return small_raw_cohort(tmp_path_factory.mktemp("disk_raw"), seed=2)
+def raw(synthetic_bids):
+    return synthetic_bids  # read-only: preprocessing writes elsewhere
 
 
 def test_preprocess_disk_full_stops_with_one_line_then_resumes(raw, tmp_path, monkeypatch, capsys):
@@ -151,9 +151,10 @@ def test_read_only_output_folder_chmod(raw, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- train and report
 @pytest.fixture(scope="module")
-def deriv(tmp_path_factory):
-    _, deriv, _ = make_derivatives(tmp_path_factory.mktemp("disk_deriv"), n=8, res=8.0)
-    return deriv
+def deriv(synthetic_derivatives, tmp_path_factory):
+    """A copy of the session's derivatives: this module's training writes the cache into it."""
+    root = tmp_path_factory.mktemp("disk_deriv") / "cohort"
+    return copy_cohort(synthetic_derivatives[0].parent, root) / "deriv"
 
 
 def test_train_disk_full_then_resume(deriv, tmp_path, monkeypatch):
@@ -181,21 +182,9 @@ def test_train_disk_full_then_resume(deriv, tmp_path, monkeypatch):
     ).read_bytes()
 
 
-def test_report_on_a_read_only_run_folder(deriv, tmp_path, monkeypatch, capsys):
-    from neuroml.workflows import train_run
-
+def test_report_on_a_read_only_run_folder(trained_run, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    train_run(
-        deriv,
-        run,
-        epochs=1,
-        folds=2,
-        batch_size=2,
-        n_bootstrap=10,
-        show_progress=False,
-        device="cpu",
-        baseline=False,
-    )
+    shutil.copytree(trained_run[2], run)  # the session's 1-epoch 2-fold run
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     def refuse(*args, **kwargs):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from badcorpus import make_derivatives
+from _cohorts import copy_cohort
 
 from neuroml.cli import main
 from neuroml.errors import InputError
@@ -41,24 +41,9 @@ def _stderr(capsys):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from neuroml.workflows import train_run
-
-    root = tmp_path_factory.mktemp("untrusted")
-    raw, deriv, ids = make_derivatives(root, n=8, res=8.0)
-    run = root / "run"
-    train_run(
-        deriv,
-        run,
-        epochs=1,
-        folds=2,
-        batch_size=2,
-        n_bootstrap=10,
-        show_progress=False,
-        device="cpu",
-        baseline=False,
-    )
-    return root, deriv, run
+def trained(trained_run):
+    """The session's tiny run (conftest ``trained_run``): ``(root, deriv, run)``, read-only."""
+    return trained_run
 
 
 def _evil_checkpoints(target, good_bytes):
@@ -226,11 +211,12 @@ EVIL = "<script>alert(1)</script>"
 EVIL_COLUMN = "<img src=x onerror=alert(2)>"
 
 
-def test_report_of_a_real_run_escapes_hostile_labels(tmp_path, capsys):
+def test_report_of_a_real_run_escapes_hostile_labels(synthetic_derivatives, tmp_path, capsys):
     from neuroml.attribution import attribute_run
     from neuroml.workflows import train_run
 
-    raw, deriv, ids = make_derivatives(tmp_path / "data", n=8, res=8.0)
+    ids = synthetic_derivatives[2]
+    deriv = copy_cohort(synthetic_derivatives[0].parent, tmp_path / "data") / "deriv"
     tsv = tmp_path / "participants.tsv"
     tsv.write_text(
         f"participant_id\t{EVIL_COLUMN}\n"

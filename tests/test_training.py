@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _cohorts import CLASSES, make_cohort
+from _cohorts import blob_volume as _blob_volume
 
 from neuroml.data import VolumeDataset
 from neuroml.errors import ConfigError, InputError, LeakageError
@@ -31,65 +33,7 @@ from neuroml.training import (
 from neuroml.training.splits import check_splits, validation_split
 from neuroml.workflows import predict_run, train_run
 
-CLASSES = ("control", "MDD", "SCZ")
-CENTERS = ((5, 6, 5), (13, 6, 14), (9, 17, 10))  # a bright blob per class on the 19 x 23 x 20 grid
 FAST = dict(epochs=6, folds=3, batch_size=4, show_progress=False, n_bootstrap=200)
-
-
-def _blob_volume(rng, cls, shape, noise=0.5):
-    grid = np.indices(shape)
-    d2 = sum((g - c) ** 2 for g, c in zip(grid, CENTERS[cls]))
-    return (rng.normal(0, noise, shape) + 3.0 * np.exp(-d2 / 8.0)).astype(np.float32)
-
-
-def make_cohort(
-    root,
-    n_per_class=4,
-    prefix="",
-    seed=0,
-    two_sessions=("01",),
-    res=8.0,
-    shape=None,
-    source_sha=None,
-):
-    """Raw participants.tsv + derivatives: 3 classes told apart by where a bright blob is.
-
-    ``source_sha(pid, ses)``: write each scan's JSON sidecar with that ``SourceSHA256`` (the raw input's)."""
-    raw, deriv = root / "raw", root / "deriv"
-    raw.mkdir(parents=True)
-    affine, grid_shape = target_grid(res)
-    shape = shape or grid_shape
-    rng = np.random.default_rng(seed)
-    rows = ["participant_id\tdiagnosis\tsite"]
-    for i in range(n_per_class * len(CLASSES)):
-        cls, label = i % 3, f"{prefix}{i + 1:02d}"
-        pid = f"sub-{label}"
-        rows.append(f"{pid}\t{CLASSES[cls]}\t{'AB'[i % 2]}")
-        for ses in ("1", "2") if label in two_sessions else (None,):
-            folder = deriv / pid / (f"ses-{ses}" if ses else "") / "anat"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"{pid}{f'_ses-{ses}' if ses else ''}_space-MNI152NLin2009aSym_res-{res:g}_desc-preproc_T1w"
-            nib.save(
-                nib.Nifti1Image(_blob_volume(rng, cls, shape), affine),
-                str(folder / f"{name}.nii.gz"),
-            )
-            if source_sha is not None:
-                (folder / f"{name}.json").write_text(
-                    json.dumps({"SourceSHA256": source_sha(pid, ses)})
-                )
-    (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
-    (deriv / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": "derivatives",
-                "BIDSVersion": "1.9.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "neuroml"}],
-                "SourceDatasets": [{"URL": raw.resolve().as_uri()}],
-            }
-        )
-    )
-    return deriv
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -79,7 +79,7 @@ def is_missing(v):
 
     Examples
     --------
-    >>> [is_missing(v) for v in (None, float("nan"), "n/a", " NA ", "S1", 0, "None")]
+    >>> [bool(is_missing(v)) for v in (None, float("nan"), "n/a", " NA ", "S1", 0, "None")]
     [True, True, True, True, False, False, False]
     """
     return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() in MISSING
