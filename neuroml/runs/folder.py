@@ -112,7 +112,7 @@ class Run:
 
 
 def load_run(run_dir):
-    """Read a run folder written by :func:`train_run`.
+    """Read a run folder written by :func:`~neuroml.workflows.train_run`.
 
     Raises
     ------
