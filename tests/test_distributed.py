@@ -30,7 +30,8 @@ WORKER = textwrap.dedent("""
         writes.append(os.path.relpath(str(dst), run_dir))
         return real_replace(src, dst, *a, **k)
     os.replace = recording_replace
-    from neuroml.training import train_run, fit, TrainSettings
+    from neuroml.training import fit, TrainSettings
+    from neuroml.workflows import train_run
     from neuroml.training import distributed as dist
     summary = train_run(deriv, run_dir, epochs=4, folds=3, batch_size=2, device="cpu", show_progress=False,
                         n_bootstrap=50)
