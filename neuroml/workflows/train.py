@@ -257,14 +257,20 @@ def _cross_validate(job, data, volumes):
     for split in data.splits:
         k = split["fold"]
         part = {name: pos[np.isin(pids, split[name])] for name in ("train", "val", "test")}
-        fold = _Fold(k, job.run_dir / f"fold-{k}", split, part)
-        status, inputs = _train_or_keep(job, data, volumes, fold, results)
-        if not job.main:  # rank 0 evaluates and writes; the others wait for the next fold
-            continue
-        if data.plan is not None and inputs is None:  # a kept fold: its saved ComBat
-            inputs = _harmonized_inputs(data, volumes, fold, results, fit=False)
-        _test_fold(job, data, volumes if inputs is None else inputs, fold, status, results)
+        _run_fold(job, data, volumes, _Fold(k, job.run_dir / f"fold-{k}", split, part), results)
     return results
+
+
+def _run_fold(job, data, volumes, fold, results):
+    """Train (or keep) one fold and, on rank 0, predict its test participants into ``results``
+    (the fold's network and harmonized inputs are released on return)."""
+    status, inputs = _train_or_keep(job, data, volumes, fold, results)
+    if not job.main:  # rank 0 evaluates and writes; the others go on to the next fold
+        return
+    net = Run(job.run_dir, data.config, data.splits).fold_model(fold.k, job.dev)
+    if data.plan is not None and inputs is None:  # a kept fold: its saved ComBat
+        inputs = _harmonized_inputs(data, volumes, fold, results, fit=False)
+    _test_fold(job, net, volumes if inputs is None else inputs, fold, status, results)
 
 
 def _harmonized_inputs(data, volumes, fold, results, fit):
@@ -283,8 +289,9 @@ def _train_or_keep(job, data, volumes, fold, results):
     when it trained on ``volumes`` or was kept.
     """
     last = fold.dir / "last.pt"
-    done = fold_done(fold.dir, data.config["data_sha256"], data.plan is not None)
-    if dist.broadcast_object(done if job.main else None):
+    harmonized = data.plan is not None
+    done = fold_done(fold.dir, data.config["data_sha256"], harmonized) if job.main else None
+    if dist.broadcast_object(done):
         log.info("fold %d/%d (fold-%d) already trained: kept", fold.k + 1, len(data.splits), fold.k)
         return "skipped (already trained)", None
     if job.main and not job.cfg.resume and last.is_file():
@@ -370,13 +377,12 @@ def _fold_meta(job, data, fold, res):
     }
 
 
-def _test_fold(job, data, inputs, fold, status, results):
-    """Rank 0: predict the fold's test scans with its saved model into ``results``, with the
-    fold's history and status."""
+def _test_fold(job, net, inputs, fold, status, results):
+    """Rank 0: predict the fold's test scans with its saved model ``net`` into ``results``, with
+    the fold's history and status."""
     from neuroml.data.dataset import VolumeDataset
 
     part, split = fold.part, fold.split
-    net = Run(job.run_dir, data.config, data.splits).fold_model(fold.k, job.dev)
     if len(part["test"]):
         proba, _ = evaluate(
             net,
