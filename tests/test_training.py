@@ -500,38 +500,6 @@ def test_train_run_input_pool_is_recorded_and_rebuilt(tmp_path):
         run.fold_model(0)
 
 
-def test_runs_of_the_earlier_prelu_network_still_load_but_do_not_continue(trained, tmp_path):
-    """Compact runs saved before ReLU became the default (PReLU, no "activation") keep working."""
-    deriv, run_dir, _ = trained
-    assert json.loads((run_dir / "config.json").read_text())["activation"] == "leakyrelu"
-    assert load_checkpoint(run_dir / "fold-0" / "model.pt")["meta"]["activation"] == "leakyrelu"
-    old_dir = tmp_path / "old"
-    shutil.copytree(run_dir, old_dir)
-    path = old_dir / "fold-0" / "model.pt"
-    ckpt = load_checkpoint(path)
-    meta = {k: v for k, v in ckpt["meta"].items() if k != "activation"}
-    torch.manual_seed(0)
-    prelu = build_model(
-        "compact", meta["n_classes"], spatial_shape=meta["spatial_shape"], activation="prelu"
-    )
-    with torch.no_grad():
-        for module in prelu.modules():
-            if isinstance(module, torch.nn.PReLU):
-                module.weight.fill_(0.4)  # a learnt slope, not the initial 0.25
-    torch.save({"state_dict": prelu.state_dict(), "meta": meta}, path)
-    loaded = load_run(old_dir).fold_model(0)
-    slopes = [m.weight.item() for m in loaded.modules() if isinstance(m, torch.nn.PReLU)]
-    assert slopes == pytest.approx([0.4] * 4)
-    x = torch.randn(2, 1, *meta["spatial_shape"])
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), prelu.eval()(x), atol=1e-5)
-    config = json.loads((old_dir / "config.json").read_text())
-    del config["activation"]
-    (old_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="already holds a run.*activation: None -> 'leakyrelu'"):
-        train_run(deriv, old_dir, **FAST, resume=True)
-
-
 def test_resume_after_interruption_matches_uninterrupted_run(
     trained, tmp_path, monkeypatch, interrupt_fold
 ):

@@ -64,20 +64,13 @@ class Run:
         path = self.run_dir / f"fold-{int(fold)}" / "model.pt"
         ckpt = load_checkpoint(path, require=("state_dict", "meta"))
         meta = ckpt["meta"]
-        act = meta.get("activation")
-        if act is None:  # compact networks saved before the leaky ReLU have PReLU weights
-            act = (
-                "prelu"
-                if any(str(k).endswith(".adn.A.weight") for k in ckpt["state_dict"])
-                else COMPACT_ACTIVATION
-            )
         model = build_model(
             meta["model"],
             int(meta["n_classes"]),
             in_channels=int(meta.get("in_channels", 1)),
             spatial_shape=meta.get("spatial_shape"),
             input_pool=int(meta.get("input_pool", 1)),
-            activation=act,
+            activation=meta.get("activation", COMPACT_ACTIVATION),
         )
         try:
             model.load_state_dict(ckpt["state_dict"])
@@ -132,7 +125,7 @@ def check_run_folder(run_dir, names=("config.json", "splits.json")):
 
 
 def load_run(run_dir):
-    """Read a run folder written by :func:`train_run`.
+    """Read a run folder written by :func:`~neuroml.workflows.train_run`.
 
     Raises
     ------

@@ -413,22 +413,34 @@ def _preload(data, settings, device):
     return vols.to(device), torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
 
 
-def _train_epoch(
-    net,
-    data,
-    opt,
-    sched,
-    criterion,
-    settings,
-    device,
-    channels_last,
-    seed,
-    drop_last,
-    preloaded=None,
-    augment=None,
-    pool=None,
-):
-    net.train()
+@dataclasses.dataclass
+class _Loop:
+    """What every epoch of :func:`fit` works with.
+
+    ``model`` is the network itself (its weights are saved and returned), ``net`` what trains
+    (``model`` behind DDP and/or ``torch.compile``), ``eval_net`` what validates; ``preloaded``:
+    the training volumes and labels on the device (:func:`_preload`) or None; ``augment``: the
+    batch augmentation or None; ``pool``: the network's input pooling when batches are augmented
+    on the pooled grid, else None.
+    """
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    eval_net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    criterion: torch.nn.Module
+    settings: TrainSettings
+    device: torch.device
+    channels_last: bool
+    drop_last: bool
+    preloaded: tuple | None = None
+    augment: object = None
+    pool: torch.nn.Module | None = None
+
+
+def _epoch_loader(loop, data, seed):
+    """The loader of one training epoch (this rank's share of it under DDP), seeded with ``seed``."""
     sampler = None
     if ddp.is_distributed():
         # each rank its own share of the epoch (same permutation on every rank, padded to equal
@@ -444,43 +456,53 @@ def _train_epoch(
         seed = seed_for(seed, "rank", ddp.rank())
     if hasattr(data, "set_seed"):
         data.set_seed(seed)
-    if augment is not None:
-        augment.set_random_state(seed)
-    if preloaded is None:
-        loader = make_loader(
+    if loop.augment is not None:
+        loop.augment.set_random_state(seed)
+    settings = loop.settings
+    if loop.preloaded is None:
+        return make_loader(
             data,
             settings.batch_size,
             shuffle=True,
             seed=seed,
             num_workers=settings.num_workers,
             sampler=sampler,
-            pin_memory=device.type == "cuda",
-            drop_last=drop_last,
+            pin_memory=loop.device.type == "cuda",
+            drop_last=loop.drop_last,
         )
-    else:  # the same batches in the same order, gathered from the volumes already on the device
-        vols, labels = preloaded
-        index = make_loader(
-            _Indices(len(data)),
-            settings.batch_size,
-            shuffle=True,
-            seed=seed,
-            sampler=sampler,
-            drop_last=drop_last,
-        )
-        loader = _Gathered(index, vols, labels)
-    n, accum = len(loader), settings.grad_accum
+    # the same batches in the same order, gathered from the volumes already on the device
+    vols, labels = loop.preloaded
+    index = make_loader(
+        _Indices(len(data)),
+        settings.batch_size,
+        shuffle=True,
+        seed=seed,
+        sampler=sampler,
+        drop_last=loop.drop_last,
+    )
+    return _Gathered(index, vols, labels)
+
+
+def _train_epoch(loop, data, seed):
+    """One epoch of training; returns the mean training loss (over every rank)."""
+    loop.net.train()
+    loader = _epoch_loader(loop, data, seed)
+    device, opt, sched = loop.device, loop.opt, loop.sched
+    n, accum = len(loader), loop.settings.grad_accum
     total, count = (
         torch.zeros((), dtype=torch.float64, device=device),
         0,
     )  # summed on the device: no sync per step
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
-        x, y = _to_device(x, device, channels_last, augment, pool), y.to(device, non_blocking=True)
+        x = _to_device(x, device, loop.channels_last, loop.augment, loop.pool)
+        y = y.to(device, non_blocking=True)
         step = (i + 1) % accum == 0 or i + 1 == n
-        with ddp.no_sync_if(net, not step):  # DDP: all-reduce gradients only on the stepping batch
-            with _autocast(device, settings.amp):
-                logits = net(x)
-            loss = criterion(logits.float(), y)
+        # DDP: all-reduce gradients only on the stepping batch
+        with ddp.no_sync_if(loop.net, not step):
+            with _autocast(device, loop.settings.amp):
+                logits = loop.net(x)
+            loss = loop.criterion(logits.float(), y)
             group = min(accum, n - (i // accum) * accum)
             (loss / group).backward()
         total += loss.detach().double() * len(y)
@@ -498,6 +520,204 @@ def _cpu_state(model):
         k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
         for k, v in model.state_dict().items()
     }
+
+
+def _placed(model, settings, device, channels_last):
+    """``(model, net, eval_net)``: the model on ``device`` (sync batch norm under DDP on CUDA), the
+    network that trains (behind DDP and/or ``torch.compile``) and the one that validates."""
+    distributed = ddp.is_distributed()
+    if distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    net = model
+    if distributed:  # weights broadcast from rank 0; gradients averaged over ranks
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    net = torch.compile(net) if settings.compile else net
+    return model, net, model if distributed else net
+
+
+def _epoch_batches(n_train, batch_size):
+    """``(drop_last, batches per epoch and rank)`` for ``n_train`` items (DistributedSampler pads)."""
+    n_local = math.ceil(n_train / ddp.world_size())  # items per rank and epoch
+    drop_last = (
+        n_local > batch_size and n_local % batch_size == 1
+    )  # a batch of one breaks batch norm
+    n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
+    return drop_last, n_batches
+
+
+def _fit_identity(stream, n_train, n_val, settings, device):
+    """What a resumed fit must share with the checkpoint it continues."""
+    identity = {
+        "stream": [int(s) for s in stream],
+        "n_train": n_train,
+        "n_val": n_val,
+        "settings": {k: getattr(settings, k) for k in _RESUME_KEYS},
+    }
+    if ddp.is_distributed():
+        identity["world_size"] = ddp.world_size()
+    if settings.amp and device.type == "cuda":  # bf16 weights differ from fp32 ones
+        identity["precision"] = "bf16"  # (key absent in fp32 runs)
+    return identity
+
+
+def _new_state():
+    """The loop state of a fit that has not run an epoch yet (what ``last.pt`` saves)."""
+    return {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "best_state": None,
+        "bad_epochs": 0,
+        "stopped_early": False,
+    }
+
+
+def _resume(ckpt, identity, loop):
+    """The loop state saved in ``ckpt``, with the model, optimiser and scheduler restored from it.
+
+    Raises :class:`ConfigError` when it was written by a fit with another identity or holds the
+    weights of another network.
+    """
+    saved = load_checkpoint(ckpt, require=("model", "optimizer", "scheduler", "state", "identity"))
+    if saved["identity"] != plain(identity):
+        raise ConfigError(
+            f"{ckpt} was written by a fit with other settings or data ({saved['identity']}); "
+            f"delete it or rerun without resume"
+        )
+    try:
+        loop.model.load_state_dict(saved["model"])
+    except RuntimeError as exc:  # e.g. the compact network with another activation
+        detail = " ".join(line.strip() for line in str(exc).splitlines())[:300]
+        raise ConfigError(
+            f"{ckpt} holds the weights of another network ({detail}); delete it or rerun "
+            "without resume"
+        ) from None
+    loop.opt.load_state_dict(saved["optimizer"])
+    loop.sched.load_state_dict(saved["scheduler"])
+    return saved["state"]
+
+
+def _validate(loop, val_data, rec, best):
+    """Score the epoch on ``val_data`` into ``rec``; whether it improves on ``best``.
+
+    Every rank takes rank 0's early-stopping decision.
+    """
+    settings = loop.settings
+    proba, vloss = evaluate(
+        loop.eval_net,
+        val_data,
+        batch_size=settings.batch_size * 2,
+        device=loop.device,
+        amp=settings.amp,
+        channels_last=loop.channels_last,
+        num_workers=settings.num_workers,
+        criterion=loop.criterion,
+    )
+    bacc = balanced_accuracy(val_data.labels, proba.argmax(1), proba.shape[1])
+    bacc, vloss = ddp.broadcast_object((bacc, vloss))
+    rec.update(val_loss=vloss, val_balanced_accuracy=bacc)
+    return (
+        best is None
+        or bacc > best["val_balanced_accuracy"] + 1e-12
+        or (bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])
+    )
+
+
+def _run_epoch(loop, train_data, val_data, state, epoch, seed):
+    """Train and validate epoch ``epoch`` (0-based), updating ``state``; returns its history row."""
+    t0 = time.perf_counter()
+    cuda_devices = [loop.device.index or 0] if loop.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        train_loss = _train_epoch(loop, train_data, seed)
+    rec = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "val_loss": None,
+        "val_balanced_accuracy": None,
+        "lr": float(loop.opt.param_groups[0]["lr"]),
+    }
+    improved = True
+    if val_data is not None and len(val_data):
+        improved = _validate(loop, val_data, rec, state["best"])
+    if improved:
+        state["best"] = {
+            "epoch": epoch + 1,
+            "val_balanced_accuracy": rec["val_balanced_accuracy"],
+            "val_loss": rec["val_loss"],
+        }
+        state["best_state"] = _cpu_state(loop.model)
+        state["bad_epochs"] = 0
+    else:
+        state["bad_epochs"] += 1
+    if loop.settings.patience and state["bad_epochs"] >= loop.settings.patience:
+        state["stopped_early"] = True
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    state["history"].append(rec)
+    state["epoch"] = epoch + 1
+    return rec
+
+
+def _save_last(ckpt, loop, identity, state, seed):
+    """Write the epoch-level checkpoint ``last.pt`` (atomic)."""
+    save_checkpoint(
+        {
+            "format": 1,
+            "identity": plain(identity),
+            "model": _cpu_state(loop.model),
+            "optimizer": loop.opt.state_dict(),
+            "scheduler": loop.sched.state_dict(),
+            "state": plain(state),
+            "rng": {"epoch_seed": seed, "torch": torch.get_rng_state()},
+        },
+        ckpt,
+    )
+
+
+def _fit_result(loop, state):
+    """The model with its best weights, in the default memory format and eval mode, and its history."""
+    model = loop.model
+    if loop.channels_last:  # hand the model back in the default memory format (attribution, ...)
+        model.to(memory_format=torch.contiguous_format)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    model.eval()
+    best = state["best"] or {}
+    return FitResult(
+        model=model,
+        history=state["history"],
+        best_epoch=int(best.get("epoch", 0)),
+        best_val_balanced_accuracy=best.get("val_balanced_accuracy"),
+        best_val_loss=best.get("val_loss"),
+        stopped_early=bool(state["stopped_early"]),
+    )
+
+
+def _fit_loop(model, n_train, settings, class_weights):
+    """The :class:`_Loop` of a fit (its data path still unset): the network placed on the device,
+    its optimiser, learning-rate schedule and loss."""
+    device = resolve_device(settings.device)
+    channels_last = resolve_channels_last(settings.channels_last, device)
+    model, net, eval_net = _placed(model, settings, device, channels_last)
+    opt = make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
+    drop_last, n_batches = _epoch_batches(n_train, settings.batch_size)
+    sched = _make_scheduler(
+        opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum)
+    )
+    weight = (
+        None
+        if class_weights is None
+        else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
+    )
+    criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+    return _Loop(
+        model, net, eval_net, opt, sched, criterion, settings, device, channels_last, drop_last
+    )
 
 
 def fit(
@@ -544,86 +764,18 @@ def fit(
     from tqdm.auto import tqdm
 
     settings = (settings or TrainSettings()).validate()
-    device = resolve_device(settings.device)
-    channels_last = resolve_channels_last(settings.channels_last, device)
-    distributed = ddp.is_distributed()
-    if distributed and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last_3d)
-    net = model
-    if distributed:  # weights broadcast from rank 0; gradients averaged over ranks
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    net = torch.compile(net) if settings.compile else net
-    eval_net = model if distributed else net
-    opt = make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
-    n_train, bs = len(train_data), settings.batch_size
-    n_local = math.ceil(
-        n_train / ddp.world_size()
-    )  # items per rank and epoch (DistributedSampler pads)
-    drop_last = n_local > bs and n_local % bs == 1  # a batch of one breaks batch norm
-    n_batches = n_local // bs if drop_last else math.ceil(n_local / bs)
-    sched = _make_scheduler(
-        opt, settings, settings.epochs * math.ceil(n_batches / settings.grad_accum)
-    )
-    weight = (
-        None
-        if class_weights is None
-        else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32)
-    )
-    criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
-    state = {
-        "epoch": 0,
-        "history": [],
-        "best": None,
-        "best_state": None,
-        "bad_epochs": 0,
-        "stopped_early": False,
-    }
-    identity = {
-        "stream": [int(s) for s in stream],
-        "n_train": n_train,
-        "n_val": len(val_data or []),
-        "settings": {k: getattr(settings, k) for k in _RESUME_KEYS},
-    }
-    if distributed:
-        identity["world_size"] = ddp.world_size()
-    if (
-        settings.amp and device.type == "cuda"
-    ):  # bf16 weights differ from fp32 ones (key absent in fp32 runs)
-        identity["precision"] = "bf16"
+    loop = _fit_loop(model, len(train_data), settings, class_weights)
+    identity = _fit_identity(stream, len(train_data), len(val_data or []), settings, loop.device)
     ckpt = Path(checkpoint_path) if checkpoint_path else None
+    state = _new_state()
     if ckpt is not None and resume and ckpt.is_file():
-        saved = load_checkpoint(
-            ckpt, require=("model", "optimizer", "scheduler", "state", "identity")
-        )
-        if saved["identity"] != plain(identity):
-            raise ConfigError(
-                f"{ckpt} was written by a fit with other settings or data ({saved['identity']}); "
-                f"delete it or rerun without resume"
-            )
-        try:
-            model.load_state_dict(saved["model"])
-        except (
-            RuntimeError
-        ) as exc:  # e.g. a checkpoint of the compact network's earlier PReLU version
-            detail = " ".join(line.strip() for line in str(exc).splitlines())[:300]
-            raise ConfigError(
-                f"{ckpt} holds the weights of another network ({detail}); delete it or rerun "
-                "without resume"
-            ) from None
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+        state = _resume(ckpt, identity, loop)
         log.info("%s: resuming after epoch %d", desc, state["epoch"])
-    train_data, augment = _batch_augmentation(train_data)
-    pool = input_pool_of(model)
+    train_data, loop.augment = _batch_augmentation(train_data)
+    pool = input_pool_of(loop.model)
     train_data, val_data = _prepooled(train_data, pool), _prepooled(val_data, pool)
-    preloaded = _preload(train_data, settings, device)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    loop.preloaded = _preload(train_data, settings, loop.device)
+    loop.pool = pool if loop.augment is not None else None
     bar = tqdm(
         total=settings.epochs,
         initial=state["epoch"],
@@ -634,87 +786,13 @@ def fit(
     for epoch in range(state["epoch"], settings.epochs):
         if state["stopped_early"]:
             break
-        t0 = time.perf_counter()
         seed = seed_for(*stream, epoch)
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(seed)
-            train_loss = _train_epoch(
-                net,
-                train_data,
-                opt,
-                sched,
-                criterion,
-                settings,
-                device,
-                channels_last,
-                seed,
-                drop_last,
-                preloaded,
-                augment,
-                pool if augment is not None else None,
-            )
-        rec = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": None,
-            "val_balanced_accuracy": None,
-            "lr": float(opt.param_groups[0]["lr"]),
-        }
-        best = state["best"]
-        if val_data is not None and len(val_data):
-            proba, vloss = evaluate(
-                eval_net,
-                val_data,
-                batch_size=bs * 2,
-                device=device,
-                amp=settings.amp,
-                channels_last=channels_last,
-                num_workers=settings.num_workers,
-                criterion=criterion,
-            )
-            bacc = balanced_accuracy(val_data.labels, proba.argmax(1), proba.shape[1])
-            bacc, vloss = ddp.broadcast_object(
-                (bacc, vloss)
-            )  # every rank takes rank 0's early-stopping decision
-            rec.update(val_loss=vloss, val_balanced_accuracy=bacc)
-            improved = (
-                best is None
-                or bacc > best["val_balanced_accuracy"] + 1e-12
-                or (bacc >= best["val_balanced_accuracy"] - 1e-12 and vloss < best["val_loss"])
-            )
-        else:
-            improved = True
-        if improved:
-            state["best"] = {
-                "epoch": epoch + 1,
-                "val_balanced_accuracy": rec["val_balanced_accuracy"],
-                "val_loss": rec["val_loss"],
-            }
-            state["best_state"] = _cpu_state(model)
-            state["bad_epochs"] = 0
-        else:
-            state["bad_epochs"] += 1
-        if settings.patience and state["bad_epochs"] >= settings.patience:
-            state["stopped_early"] = True
-        rec["seconds"] = round(time.perf_counter() - t0, 3)
-        state["history"].append(rec)
-        state["epoch"] = epoch + 1
+        rec = _run_epoch(loop, train_data, val_data, state, epoch, seed)
         if ckpt is not None and is_main_process():
-            save_checkpoint(
-                {
-                    "format": 1,
-                    "identity": plain(identity),
-                    "model": _cpu_state(model),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "state": plain(state),
-                    "rng": {"epoch_seed": seed, "torch": torch.get_rng_state()},
-                },
-                ckpt,
-            )
+            _save_last(ckpt, loop, identity, state, seed)
         bar.update(1)
         bar.set_postfix(
-            loss=f"{train_loss:.3f}",
+            loss=f"{rec['train_loss']:.3f}",
             val_bacc="-"
             if rec["val_balanced_accuracy"] is None
             else f"{rec['val_balanced_accuracy']:.2f}",
@@ -730,20 +808,7 @@ def fit(
                 state["best"]["epoch"],
             )
     bar.close()
-    if channels_last:  # hand the model back in the default memory format (attribution, export, ...)
-        model.to(memory_format=torch.contiguous_format)
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    model.eval()
-    best = state["best"] or {}
-    return FitResult(
-        model=model,
-        history=state["history"],
-        best_epoch=int(best.get("epoch", 0)),
-        best_val_balanced_accuracy=best.get("val_balanced_accuracy"),
-        best_val_loss=best.get("val_loss"),
-        stopped_early=bool(state["stopped_early"]),
-    )
+    return _fit_result(loop, state)
 
 
 def class_weights(y, n_classes):

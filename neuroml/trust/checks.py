@@ -13,11 +13,18 @@ import numpy as np
 import pandas as pd
 
 from neuroml._utils.options import look_up_option
-from neuroml.errors import NeuromlError
+from neuroml.errors import InputError, NeuromlError
 from neuroml.trust.audit import audit_groups, subgroup_audit
 from neuroml.trust.confounds import ALPHA, association_tests, is_missing, site_probe
 
-__all__ = ["HARMONIZERS", "confound_check", "trust_metrics", "demographics", "site_column_of"]
+__all__ = [
+    "HARMONIZERS",
+    "confound_check",
+    "trust_metrics",
+    "demographics",
+    "site_column_of",
+    "site_of_everyone",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -31,6 +38,20 @@ def site_column_of(table, site_column=None, site_info_column="site"):
     if site_column:
         return site_column
     return site_info_column if site_info_column and site_info_column in table.columns else None
+
+
+def site_of_everyone(cohort, site_column, purpose):
+    """Every participant's value in ``site_column``; InputError naming the participants file and the
+    participants without one (``purpose`` says what needs it)."""
+    sites = cohort.column(site_column)
+    unknown = sorted({p for p, s in zip(cohort.participant_ids, sites) if is_missing(s)})
+    if unknown:
+        raise InputError(
+            f"{purpose} needs the {site_column!r} of every participant; it is missing for "
+            f"{len(unknown)}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+            cohort.participants_path,
+        )
+    return sites
 
 
 def _participant_rows(cohort):

@@ -115,8 +115,6 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
     >>> out["site"]["entangled"], out["site"]["effect_size"]
     (True, 1.0)
     """
-    from scipy import stats
-
     labels = np.asarray([str(v) for v in labels], dtype=object)
     out = {}
     for name, values in columns.items():
@@ -124,92 +122,96 @@ def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical
         keep = np.array([not is_missing(v) for v in values])
         lab = labels[keep]
         vals = [values[i] for i in np.flatnonzero(keep)]
-        levels = sorted(set(lab.tolist()))
-        if len(vals) < 3 or len(levels) < 2:
-            out[name] = {
-                "test": None,
-                "n": len(vals),
-                "entangled": False,
-                "note": "too few participants or classes",
-            }
+        if len(vals) < 3 or len(set(lab.tolist())) < 2:
+            out[name] = _untested(len(vals), "too few participants or classes")
             continue
         num, ok = (None, None) if name in categorical else _numeric(vals)
-        if num is not None and len(set(lab[ok].tolist())) < 2:  # not a category per number either
-            out[name] = {
-                "test": None,
-                "n": int(ok.sum()),
-                "entangled": False,
-                "note": f"the numbers all belong to one class ({sorted(set(lab[ok].tolist()))[0]}); "
-                f"{int((~ok).sum())} value(s) that are not numbers",
-            }
-            continue
         if num is not None:
-            dropped = sorted({str(vals[i]) for i in np.flatnonzero(~ok)})
-            num, lab = num[ok], lab[ok]
-            levels = sorted(set(lab.tolist()))
-            groups = [num[lab == c] for c in levels]
-            groups = [g for g in groups if len(g)]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                kw = stats.kruskal(*groups)
-                anova = stats.f_oneway(*groups)
-            grand = num.mean()
-            ss_between = sum(len(g) * (g.mean() - grand) ** 2 for g in groups)
-            ss_total = float(((num - grand) ** 2).sum())
-            eta2 = float(ss_between / ss_total) if ss_total > 0 else 0.0
-            p = float(kw.pvalue) if np.isfinite(kw.pvalue) else 1.0
-            out[name] = {
-                "test": "Kruskal-Wallis",
-                "statistic": round(float(kw.statistic), 6),
-                "p_value": p,
-                "anova_F": None
-                if not np.isfinite(anova.statistic)
-                else round(float(anova.statistic), 6),
-                "anova_p": None if not np.isfinite(anova.pvalue) else float(anova.pvalue),
-                "effect": "eta squared",
-                "effect_size": round(eta2, 6),
-                "n": int(len(num)),
-                "by_label": {
-                    c: float(np.median(num[lab == c])) for c in levels if np.any(lab == c)
-                },
-            }
-            if dropped:
-                out[name]["note"] = (
-                    f"{int((~ok).sum())} value(s) that are not numbers left out of the test: "
-                    f"{dropped[:5]}"
-                )
-            strength = np.sqrt(eta2)
+            out[name], strength = _numeric_test(num, ok, lab, vals)
         else:
-            from scipy.stats import chi2_contingency
-
-            vals = np.asarray([str(v) for v in vals], dtype=object)
-            cats = sorted(set(vals.tolist()))
-            table = np.array(
-                [[int(np.sum((lab == c) & (vals == s))) for s in cats] for c in levels]
-            )
-            if len(cats) < 2:
-                out[name] = {
-                    "test": None,
-                    "n": int(len(vals)),
-                    "entangled": False,
-                    "note": "a single value",
-                }
-                continue
-            chi2, p, dof, _ = chi2_contingency(table, correction=False)
-            v = cramers_v(table)
-            out[name] = {
-                "test": "chi-square",
-                "statistic": round(float(chi2), 6),
-                "dof": int(dof),
-                "p_value": float(p),
-                "effect": "Cramér's V",
-                "effect_size": round(v, 6),
-                "n": int(len(vals)),
-                "table": {c: dict(zip(cats, map(int, row))) for c, row in zip(levels, table)},
-            }
-            strength = v
-        out[name]["entangled"] = bool(out[name]["p_value"] < alpha or strength >= strong)
+            out[name], strength = _categorical_test(vals, lab)
+        if strength is not None:
+            out[name]["entangled"] = bool(out[name]["p_value"] < alpha or strength >= strong)
     return out
+
+
+def _untested(n, note):
+    """The record of a column that could not be tested."""
+    return {"test": None, "n": n, "entangled": False, "note": note}
+
+
+def _numeric_test(num, ok, lab, vals):
+    """Kruskal-Wallis (and one-way ANOVA) of a numeric column across the labels.
+
+    ``num``: the column as floats, ``ok``: the rows that are numbers, ``lab``: each row's label,
+    ``vals``: the raw values. Returns ``(record, strength)``, ``strength`` (the square root of eta
+    squared) None when the column cannot be tested.
+    """
+    from scipy import stats
+
+    if len(set(lab[ok].tolist())) < 2:  # not a category per number either
+        note = (
+            f"the numbers all belong to one class ({sorted(set(lab[ok].tolist()))[0]}); "
+            f"{int((~ok).sum())} value(s) that are not numbers"
+        )
+        return _untested(int(ok.sum()), note), None
+    dropped = sorted({str(vals[i]) for i in np.flatnonzero(~ok)})
+    num, lab = num[ok], lab[ok]
+    levels = sorted(set(lab.tolist()))
+    groups = [num[lab == c] for c in levels]
+    groups = [g for g in groups if len(g)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = stats.kruskal(*groups)
+        anova = stats.f_oneway(*groups)
+    grand = num.mean()
+    ss_between = sum(len(g) * (g.mean() - grand) ** 2 for g in groups)
+    ss_total = float(((num - grand) ** 2).sum())
+    eta2 = float(ss_between / ss_total) if ss_total > 0 else 0.0
+    record = {
+        "test": "Kruskal-Wallis",
+        "statistic": round(float(kw.statistic), 6),
+        "p_value": float(kw.pvalue) if np.isfinite(kw.pvalue) else 1.0,
+        "anova_F": None if not np.isfinite(anova.statistic) else round(float(anova.statistic), 6),
+        "anova_p": None if not np.isfinite(anova.pvalue) else float(anova.pvalue),
+        "effect": "eta squared",
+        "effect_size": round(eta2, 6),
+        "n": int(len(num)),
+        "by_label": {c: float(np.median(num[lab == c])) for c in levels if np.any(lab == c)},
+    }
+    if dropped:
+        record["note"] = (
+            f"{int((~ok).sum())} value(s) that are not numbers left out of the test: {dropped[:5]}"
+        )
+    return record, np.sqrt(eta2)
+
+
+def _categorical_test(vals, lab):
+    """Chi-square test (and Cramér's V) of a categorical column against the labels.
+
+    Returns ``(record, strength)``, ``strength`` (Cramér's V) None for a single value.
+    """
+    from scipy.stats import chi2_contingency
+
+    levels = sorted(set(lab.tolist()))
+    vals = np.asarray([str(v) for v in vals], dtype=object)
+    cats = sorted(set(vals.tolist()))
+    table = np.array([[int(np.sum((lab == c) & (vals == s))) for s in cats] for c in levels])
+    if len(cats) < 2:
+        return _untested(int(len(vals)), "a single value"), None
+    chi2, p, dof, _ = chi2_contingency(table, correction=False)
+    v = cramers_v(table)
+    record = {
+        "test": "chi-square",
+        "statistic": round(float(chi2), 6),
+        "dof": int(dof),
+        "p_value": float(p),
+        "effect": "Cramér's V",
+        "effect_size": round(v, 6),
+        "n": int(len(vals)),
+        "table": {c: dict(zip(cats, map(int, row))) for c, row in zip(levels, table)},
+    }
+    return record, v
 
 
 def site_probe(
@@ -250,11 +252,6 @@ def site_probe(
     dict
         ``balanced_accuracy``, ``ci``, ``chance``, ``n_sites``, ``sites``, ``folds``, ``scheme``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     features = np.asarray(features, dtype=float)
     known = np.array(
         [not is_missing(s) for s in sites], dtype=bool
@@ -273,40 +270,8 @@ def site_probe(
             "sites": levels,
         }
     y = np.array([levels.index(s) for s in sites])
-    if splits and splits[0].get("test_site") is None:
-        parts = [
-            (np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"])))
-            for f in splits
-        ]
-        scheme = "the run's folds"
-    else:
-        n_f = int(max(2, min(folds, np.bincount(y).min())))
-        sgkf = StratifiedGroupKFold(n_splits=n_f, shuffle=True, random_state=int(seed) % (2**32))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            parts = [
-                (np.isin(np.arange(len(y)), tr), np.isin(np.arange(len(y)), te))
-                for tr, te in sgkf.split(features, y, groups=pids)
-            ]
-        scheme = f"stratified group {n_f}-fold on the site"
-    proba = np.full((len(y), len(levels)), np.nan)
-    for train, test in parts:
-        if not test.any() or len(set(y[train])) < 2:
-            continue
-        xtr, xte = features[train], features[test]
-        if harmonizer is not None:
-            cov = None if covariates is None else np.asarray(covariates, float)
-            h = harmonizer().fit(xtr, sites[train], None if cov is None else cov[train])
-            xtr = h.transform(xtr, sites[train], None if cov is None else cov[train])
-            xte = h.transform(xte, sites[test], None if cov is None else cov[test])
-        clf = make_pipeline(
-            StandardScaler(),
-            LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed),
-        )
-        clf.fit(xtr, y[train])
-        p = np.zeros((int(test.sum()), len(levels)))
-        p[:, clf[-1].classes_] = clf.predict_proba(xte)
-        proba[test] = p
+    parts, scheme = _probe_folds(features, y, pids, splits, folds, seed)
+    proba = _probe_proba(features, y, sites, parts, len(levels), seed, harmonizer, covariates)
     done = np.isfinite(proba).all(1)
     if not done.any():
         return {
@@ -328,3 +293,51 @@ def site_probe(
         "scheme": scheme,
         "model": "StandardScaler + LogisticRegression(class_weight='balanced')",
     }
+
+
+def _probe_folds(features, y, pids, splits, folds, seed):
+    """``([(train mask, test mask), ...], scheme)``: the site probe's folds (see :func:`site_probe`)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if splits and splits[0].get("test_site") is None:
+        parts = [
+            (np.isin(pids, list(f["train"]) + list(f["val"])), np.isin(pids, list(f["test"])))
+            for f in splits
+        ]
+        return parts, "the run's folds"
+    n_f = int(max(2, min(folds, np.bincount(y).min())))
+    sgkf = StratifiedGroupKFold(n_splits=n_f, shuffle=True, random_state=int(seed) % (2**32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        parts = [
+            (np.isin(np.arange(len(y)), tr), np.isin(np.arange(len(y)), te))
+            for tr, te in sgkf.split(features, y, groups=pids)
+        ]
+    return parts, f"stratified group {n_f}-fold on the site"
+
+
+def _probe_proba(features, y, sites, parts, n_sites, seed, harmonizer=None, covariates=None):
+    """Out-of-fold site probabilities of the probe (NaN rows: in no trained fold's test set)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    proba = np.full((len(y), n_sites), np.nan)
+    for train, test in parts:
+        if not test.any() or len(set(y[train])) < 2:
+            continue
+        xtr, xte = features[train], features[test]
+        if harmonizer is not None:
+            cov = None if covariates is None else np.asarray(covariates, float)
+            h = harmonizer().fit(xtr, sites[train], None if cov is None else cov[train])
+            xtr = h.transform(xtr, sites[train], None if cov is None else cov[train])
+            xte = h.transform(xte, sites[test], None if cov is None else cov[test])
+        clf = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed),
+        )
+        clf.fit(xtr, y[train])
+        p = np.zeros((int(test.sum()), n_sites))
+        p[:, clf[-1].classes_] = clf.predict_proba(xte)
+        proba[test] = p
+    return proba

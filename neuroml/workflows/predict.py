@@ -62,13 +62,34 @@ def predict_run(
         for a harmonized run, if a subject has no ``participants.tsv`` row or lacks a kept covariate.
     """
     from neuroml._utils.device import resolve_device
-    from neuroml.data.dataset import VolumeDataset
     from neuroml.data.stack import open_inputs
-    from neuroml.training.trainer import evaluate
 
     run = load_run(run_dir)
     if participants is not None and not Path(participants).is_file():
         raise InputError("participants file not found", participants)
+    out_path = _out_path(run_dir, out_path)
+    cache = open_inputs(
+        deriv_dir, resolution=run.config["resolution"], inputs=run.config.get("inputs")
+    )
+    check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
+    index = _selected(cache, participant_labels)
+    _refuse_training_subjects(run, cache, index, force)
+    dev = resolve_device(device)
+    rows, pids = index["row"].to_numpy(), index["participant_id"].tolist()
+    harmonized = None
+    if run.config.get("harmonized_inputs"):
+        from neuroml.trust.harmonize import InputHarmonization
+
+        harmonized = InputHarmonization(run, pids, deriv_dir, participants)
+    proba = _ensemble_proba(run, cache, rows, pids, harmonized, dev, batch_size)
+    table = predictions_table(index["participant_id"].tolist(), proba, run.classes)
+    write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))
+    log.info("predictions of %d participant(s) -> %s", len(table), out_path)
+    return table
+
+
+def _out_path(run_dir, out_path):
+    """Where the predictions go (default ``RUN/predict/predictions.tsv``); InputError for a folder."""
     out_path = (
         Path(out_path) if out_path is not None else Path(run_dir) / "predict" / "predictions.tsv"
     )
@@ -76,10 +97,11 @@ def predict_run(
         raise InputError(
             "is a folder: give the predictions a file name (e.g. predictions.tsv)", out_path
         )
-    cache = open_inputs(
-        deriv_dir, resolution=run.config["resolution"], inputs=run.config.get("inputs")
-    )
-    check_grid(cache.affine, cache.shape, run.config, cache.deriv_dir)
+    return out_path
+
+
+def _selected(cache, participant_labels):
+    """The rows of the cache's index to predict: every one, or those of ``participant_labels``."""
     index = cache.index
     if participant_labels:
         from neuroml.io.bids import checked_labels
@@ -89,37 +111,48 @@ def predict_run(
         if missing:
             raise InputError(f"no preprocessed image for participant(s) {missing}", cache.deriv_dir)
         index = index[index["participant_id"].isin(wanted)]
+    return index
+
+
+def _refuse_training_subjects(run, cache, index, force):
+    """LeakageError listing the subjects of ``index`` a fold model was trained on (a warning with
+    ``force``)."""
     leaked, renamed = trained_on(
         run, cache.deriv_dir, index["participant_id"].tolist(), index["path"].tolist()
     )
     leaked = sorted(leaked)
-    if leaked:
-        msg = (
-            f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
-            f"{' ...' if len(leaked) > 20 else ''}"
-            + (
-                f" ({', '.join(sorted(renamed)[:10])}: a training scan under another ID)"
-                if renamed
-                else ""
-            )
+    if not leaked:
+        return
+    msg = (
+        f"{len(leaked)} participant(s) were used to train the run's models: {leaked[:20]}"
+        f"{' ...' if len(leaked) > 20 else ''}"
+        + (
+            f" ({', '.join(sorted(renamed)[:10])}: a training scan under another ID)"
+            if renamed
+            else ""
         )
-        if not force:
-            raise LeakageError(
-                msg + "; their predictions would be optimistic. Predict only new subjects "
-                "(--participant-label / participant_labels=...), or, if these IDs name other people "
-                "(another study), force it (--force / force=True)"
-            )
-        log.warning("%s; predicting them anyway (force=True)", msg)
-    dev = resolve_device(device)
+    )
+    if not force:
+        raise LeakageError(
+            msg + "; their predictions would be optimistic. Predict only new subjects "
+            "(--participant-label / participant_labels=...), or, if these IDs name other people "
+            "(another study), force it (--force / force=True)"
+        )
+    log.warning("%s; predicting them anyway (force=True)", msg)
+
+
+def _ensemble_proba(run, cache, rows, pids, harmonized, dev, batch_size):
+    """The mean class probabilities of the run's fold models for the cache's ``rows``.
+
+    ``harmonized``: an :class:`~neuroml.trust.harmonize.InputHarmonization` giving each fold
+    model its scans harmonized with the fold's saved ComBat, or None.
+    """
+    from neuroml.data.dataset import VolumeDataset
+    from neuroml.training.trainer import evaluate
+
     amp = bool(
         (run.config.get("runtime") or {}).get("amp", True)
     )  # the run's precision (bf16 on CUDA only)
-    rows, pids = index["row"].to_numpy(), index["participant_id"].tolist()
-    harmonized = None
-    if run.config.get("harmonized_inputs"):
-        from neuroml.trust.harmonize import InputHarmonization
-
-        harmonized = InputHarmonization(run, pids, deriv_dir, participants)
     probs = []
     for k, model in run.fold_models(device=dev):
         data = (
@@ -128,7 +161,4 @@ def predict_run(
             else VolumeDataset(harmonized.apply(k, cache.data, rows, pids))
         )
         probs.append(evaluate(model, data, batch_size=batch_size, device=dev, amp=amp)[0])
-    table = predictions_table(index["participant_id"].tolist(), np.mean(probs, axis=0), run.classes)
-    write_text_atomic(out_path, table.to_csv(sep="\t", index=False, float_format="%.6f"))
-    log.info("predictions of %d participant(s) -> %s", len(table), out_path)
-    return table
+    return np.mean(probs, axis=0)
