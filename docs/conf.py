@@ -65,7 +65,13 @@ nitpick_ignore = [
     ("py:meth", "open"),
     ("py:func", "write_transform"),
     ("py:func", "n4_bias_correct_sitk"),
+    ("py:mod", "figures"),
+    ("py:data", "INPUT_POOLS"),
 ]
+# Docstrings write |rho| for an absolute correlation: keep it as text, not a substitution.
+rst_prolog = r"""
+.. |rho| replace:: \|rho\|
+"""
 
 # Gallery: examples run at build time on data_samples/ or small generated volumes.
 sphinx_gallery_conf = {
