@@ -99,3 +99,4 @@ html_theme_options = {
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
 html_static_path = []
 html_show_sourcelink = False
+html_show_sphinx = False

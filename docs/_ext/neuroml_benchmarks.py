@@ -7,7 +7,8 @@ Each JSON file is one benchmark run. A page places it with the ``benchmark`` dir
     What the benchmark measures and how to read it (MyST or reST, as the page).
     ```
 
-The directive makes a section titled with the JSON's ``title``: the prose of its body,
+The directive makes a section titled with the JSON's ``title`` (anchor: the file's stem,
+``#bench-training-cpu``): the prose of its body,
 then a field list read from the JSON (``command``, ``machine``, ``commit``, ``date`` are
 required; ``time_utc``, ``torch``, ``device`` and ``note`` are shown when present), then one
 table per ``:tables:`` entry. An entry is a path into the JSON (keys joined by ``/``, list
@@ -33,7 +34,6 @@ from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
-from sphinx.util.nodes import make_id
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def table_from_value(value, columns: list[str] | None, caption: str) -> nodes.ta
         return not isinstance(v, dict)
 
     if isinstance(value, dict) and (
-        all(plain(v) for v in value.values()) or (columns and all(plain(value.get(c)) for c in columns))
+        all(plain(v) for v in value.values()) or (columns and all(c in value and plain(value[c]) for c in columns))
     ):
         items = [(k, v) for k, v in value.items() if columns is None or k in columns]
         return text_table(["key", "value"], [[str(k), format_value(v)] for k, v in items], caption)
@@ -207,7 +207,7 @@ class BenchmarkDirective(SphinxDirective):
         seen.setdefault(name, []).append(self.env.docname)
 
         title = self.options.get("title") or doc.get("title") or name
-        section = nodes.section(ids=[make_id(self.env, self.state.document, "", title)])
+        section = nodes.section(ids=[nodes.make_id(Path(name).stem)], names=[nodes.fully_normalize_name(title)])
         section += nodes.title(text=title)
         self.state.document.note_implicit_target(section)
 
