@@ -28,7 +28,9 @@ class Page(HTMLParser):
             if attrs.get(key):
                 self.ids.add(attrs[key])
         for key in ("href", "src"):
-            if attrs.get(key) and not (tag == "link" and attrs.get("rel") in ("preconnect", "dns-prefetch")):
+            if attrs.get(key) and not (
+                tag == "link" and attrs.get("rel") in ("preconnect", "dns-prefetch")
+            ):
                 self.links.append(attrs[key])
 
 
@@ -71,7 +73,10 @@ def main(argv: list[str]) -> int:
     broken, internal, external = check(site)
     for line in broken:
         print(f"broken link: {line}", file=sys.stderr)
-    print(f"check_links: {internal} internal links checked, {len(broken)} broken; {external} external links not fetched")
+    print(
+        f"check_links: {internal} internal links checked, {len(broken)} broken; "
+        f"{external} external links not fetched"
+    )
     return 1 if broken else 0
 
 

@@ -37,7 +37,13 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "examples", "auto_examples/*.ipynb", "auto_examples/*.py", "**/*.codeobj.json"]
+exclude_patterns = [
+    "_build",
+    "examples",
+    "auto_examples/*.ipynb",
+    "auto_examples/*.py",
+    "**/*.codeobj.json",
+]
 templates_path = ["_templates"]
 
 # MyST: heading anchors so that pages link to each other's sections (``page.md#section``).
@@ -56,7 +62,10 @@ numpydoc_xref_param_type = False
 # numpydoc's docstring validation is left to the linters; the build only renders.
 nitpick_ignore_regex = [
     # Types of third-party libraries named in docstrings; no intersphinx (no network at build time).
-    (r"py:.*", r"(numpy|np|nibabel|nib|torch|pandas|pd|SimpleITK|sitk|sklearn|monai|pathlib|os)(\..*)?"),
+    (
+        r"py:.*",
+        r"(numpy|np|nibabel|nib|torch|pandas|pd|SimpleITK|sitk|sklearn|monai|pathlib|os)(\..*)?",
+    ),
     (r"py:.*", r"(Path|ndarray|DataFrame|Nifti1Image)"),
 ]
 # Summary lines (autosummary tables) that name a private helper or a method by its bare name:

@@ -34,13 +34,20 @@ def test_tutorial_commands_are_found():
 @pytest.mark.slow
 def test_tutorial_runs_as_written(tmp_path):
     shutil.copytree(ROOT / "data_samples", tmp_path / "data_samples")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     env.setdefault("MPLBACKEND", "Agg")
     bindir = Path(sys.executable).parent
     env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
     for command in tutorial_commands(TUTORIAL.read_text(encoding="utf-8")):
         done = subprocess.run(
-            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     study = tmp_path / "study"
@@ -66,7 +73,9 @@ def test_built_site_opens_in_chromium(tmp_path):
     if browser is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
     if not (SITE / "index.html").is_file():
-        pytest.skip(f"the documentation is not built ({SITE}/index.html missing): run bash .ci/docs")
+        pytest.skip(
+            f"the documentation is not built ({SITE}/index.html missing): run bash .ci/docs"
+        )
     done = subprocess.run(
         [
             browser,
@@ -86,11 +95,27 @@ def test_built_site_opens_in_chromium(tmp_path):
     dom = done.stdout
     title = re.search(r"<title>(.*?)</title>", dom, flags=re.S)
     assert title and "neuroml" in title.group(1)
-    nav = re.search(r'<div class="sphinxsidebar" role="navigation".*?</div>\s*</div>', dom, flags=re.S)
+    nav = re.search(
+        r'<div class="sphinxsidebar" role="navigation".*?</div>\s*</div>', dom, flags=re.S
+    )
     assert nav, "no navigation sidebar in the rendered page"
-    for entry in ("Installation", "Tutorial", "User guide", "Examples", "Python API", "Benchmarks", "Changelog"):
+    for entry in (
+        "Installation",
+        "Tutorial",
+        "User guide",
+        "Examples",
+        "Python API",
+        "Benchmarks",
+        "Changelog",
+    ):
         assert f">{entry}" in nav.group(0), f"{entry!r} missing from the navigation"
-    for page in ("tutorial.html", "api.html", "benchmarks.html", "layout.html", "auto_examples/index.html"):
+    for page in (
+        "tutorial.html",
+        "api.html",
+        "benchmarks.html",
+        "layout.html",
+        "auto_examples/index.html",
+    ):
         assert (SITE / page).is_file(), page
 
 
@@ -109,7 +134,9 @@ def test_link_checker_finds_broken_files_and_anchors(tmp_path):
         ' <a href="missing.html">file</a> <a href="https://example.org/">external</a>'
         ' <a href="#top">self</a><h1 id="top">t</h1>'
     )
-    (tmp_path / "sub" / "page.html").write_text('<section id="here"></section><a href="../index.html">up</a>')
+    (tmp_path / "sub" / "page.html").write_text(
+        '<section id="here"></section><a href="../index.html">up</a>'
+    )
     broken, internal, external = check_links.check(tmp_path)
     assert internal == 5 and external == 1
     assert sorted(broken) == [

@@ -86,7 +86,9 @@ def flatten(row: dict, prefix: str = "", depth: int = 0) -> dict:
         name = f"{prefix}{key}"
         if isinstance(value, dict) and depth < 2:
             out.update(flatten(value, name + ".", depth + 1))
-        elif isinstance(value, list) and (len(value) > 4 or any(isinstance(v, (dict, list)) for v in value)):
+        elif isinstance(value, list) and (
+            len(value) > 4 or any(isinstance(v, (dict, list)) for v in value)
+        ):
             continue
         elif not isinstance(value, dict):
             out[name] = value
@@ -145,11 +147,13 @@ def _row(cells: list[str]) -> nodes.row:
 
 def table_from_value(value, columns: list[str] | None, caption: str) -> nodes.table:
     """A docutils table from a dict of scalars, a dict of dicts or a list of dicts."""
+
     def plain(v):
         return not isinstance(v, dict)
 
     if isinstance(value, dict) and (
-        all(plain(v) for v in value.values()) or (columns and all(c in value and plain(value[c]) for c in columns))
+        all(plain(v) for v in value.values())
+        or (columns and all(c in value and plain(value[c]) for c in columns))
     ):
         items = [(k, v) for k, v in value.items() if columns is None or k in columns]
         return text_table(["key", "value"], [[str(k), format_value(v)] for k, v in items], caption)
@@ -207,7 +211,9 @@ class BenchmarkDirective(SphinxDirective):
         seen.setdefault(name, []).append(self.env.docname)
 
         title = self.options.get("title") or doc.get("title") or name
-        section = nodes.section(ids=[nodes.make_id(Path(name).stem)], names=[nodes.fully_normalize_name(title)])
+        section = nodes.section(
+            ids=[nodes.make_id(Path(name).stem)], names=[nodes.fully_normalize_name(title)]
+        )
         section += nodes.title(text=title)
         self.state.document.note_implicit_target(section)
 
@@ -263,7 +269,9 @@ class BenchmarkDirective(SphinxDirective):
                 else:
                     section += table_from_value(value, columns, key)
             except (KeyError, IndexError, ValueError) as exc:
-                logger.warning(f"benchmark {name}: table {spec.strip()!r}: {exc}", location=self.get_location())
+                logger.warning(
+                    f"benchmark {name}: table {spec.strip()!r}: {exc}", location=self.get_location()
+                )
         return [section]
 
 
@@ -285,9 +293,13 @@ def check_all_rendered(app, env):
     for path in sorted(folder.glob("*.json")):
         count = len(seen.get(path.name, []))
         if count == 0:
-            logger.warning(f"benchmarks/{path.name} is not rendered by any page (add a benchmark directive)")
+            logger.warning(
+                f"benchmarks/{path.name} is not rendered by any page (add a benchmark directive)"
+            )
         elif count > 1:
-            logger.warning(f"benchmarks/{path.name} is rendered {count} times ({', '.join(seen[path.name])})")
+            logger.warning(
+                f"benchmarks/{path.name} is rendered {count} times ({', '.join(seen[path.name])})"
+            )
     return []
 
 

@@ -82,7 +82,9 @@ def resolve(app, env, node, contnode):
             continue
         name, objtype = found
         for reftype in (node["reftype"], "obj"):
-            ref = domain.resolve_xref(env, node.get("refdoc", ""), app.builder, reftype, name, node, contnode)
+            ref = domain.resolve_xref(
+                env, node.get("refdoc", ""), app.builder, reftype, name, node, contnode
+            )
             if ref is not None:
                 return ref
     if importable:

@@ -44,7 +44,11 @@ print("test accuracy:", clf.score(X_test, y_test))
 # The predicted probability of ``patient`` for each test volume.
 proba = clf.predict_proba(X_test)[:, list(clf.classes_).index("patient")]
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.bar(np.arange(len(proba)), proba, color=["tab:blue" if t == "control" else "tab:red" for t in y_test])
+ax.bar(
+    np.arange(len(proba)),
+    proba,
+    color=["tab:blue" if t == "control" else "tab:red" for t in y_test],
+)
 ax.axhline(0.5, color="grey", linewidth=0.8)
 ax.set_xlabel("test volume (blue: control, red: patient)")
 ax.set_ylabel("P(patient)")
