@@ -74,7 +74,6 @@ nitpick_ignore = [
     ("py:meth", "open"),
     ("py:func", "write_transform"),
     ("py:func", "n4_bias_correct_sitk"),
-    ("py:mod", "figures"),
     ("py:data", "INPUT_POOLS"),
 ]
 # Docstrings write |rho| for an absolute correlation: keep it as text, not a substitution.

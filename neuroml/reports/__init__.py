@@ -1,5 +1,5 @@
 """Reports: one self-contained HTML file per run (:func:`build_report`), pictures in
-:mod:`.figures`, the model card in :mod:`.model_card`."""
+``neuroml.reports.figures``, the model card in ``neuroml.reports.model_card``."""
 
 from neuroml.reports.html import build_report
 

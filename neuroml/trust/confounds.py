@@ -75,7 +75,7 @@ def _numeric(values):
 
 
 def is_missing(v):
-    """Whether a participants-table value is missing (None, NaN or one of :data:`MISSING`).
+    """Whether a participants-table value is missing (None, NaN or one of ``MISSING``).
 
     Examples
     --------
