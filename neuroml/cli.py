@@ -11,8 +11,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from neuroml._version import __version__
 from neuroml._utils.threads import configure_openmp
+from neuroml._version import __version__
+from neuroml.errors import ConfigError, InputError, NeuromlError
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -79,8 +80,35 @@ def build_parser():
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for add_command in _COMMANDS:
+        add_command(sub)
+    for s in sub.choices.values():
+        _add_verbosity(s)
+    return p
 
+
+def _add_verbosity(s):
+    """``-v``/``-q`` after the command too; :func:`parse_args` adds them to those before it."""
+    s.add_argument(
+        "-v",
+        "--verbose",
+        dest="sub_verbose",
+        action="count",
+        default=0,
+        help="more log output (-vv for debug)",
+    )
+    s.add_argument(
+        "-q",
+        "--quiet",
+        dest="sub_quiet",
+        action="store_true",
+        help="only warnings and errors (no progress bars)",
+    )
+
+
+def _add_synth(sub):
     s = sub.add_parser("synth", help="write a synthetic BIDS cohort with ground truth")
+    s.set_defaults(handler=_cmd_synth)
     s.add_argument("out_bids", type=Path, help="output BIDS folder")
     s.add_argument("--n-subjects", type=_positive_int, default=30)
     s.add_argument("--seed", type=int, default=0)
@@ -120,9 +148,12 @@ def build_parser():
         help="func only: fMRIPrep outputs in MNI space, or plain BOLD off MNI without confounds",
     )
 
+
+def _add_preprocess(sub):
     s = sub.add_parser(
         "preprocess", help="T1w and/or BOLD to MNI space (BIDS-App: participant or group level)"
     )
+    s.set_defaults(handler=_cmd_preprocess)
     s.add_argument("bids_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("analysis_level", choices=["participant", "group"])
@@ -148,7 +179,10 @@ def build_parser():
         "scrubbing, compcor, none",
     )
 
+
+def _add_train(sub):
     s = sub.add_parser("train", help="train a 3D CNN with subject-level cross-validation")
+    s.set_defaults(handler=_cmd_train)
     s.add_argument("deriv_dir", type=Path)
     s.add_argument("--run-dir", type=Path, required=True)
     s.add_argument(
@@ -162,6 +196,12 @@ def build_parser():
         default=None,
         help="participants.tsv (default: the raw dataset's)",
     )
+    _add_train_fitting(s)
+    _add_train_evaluation(s)
+
+
+def _add_train_fitting(s):
+    """The options of ``train`` that choose the network and how it is fitted."""
     s.add_argument(
         "--model",
         default="compact",
@@ -221,6 +261,10 @@ def build_parser():
         action="store_true",
         help="torch.compile the network (pays off on long GPU runs)",
     )
+
+
+def _add_train_evaluation(s):
+    """The options of ``train`` that shape the folds, the inputs and the statistics."""
     s.add_argument(
         "--leave-one-site-out",
         nargs="?",
@@ -267,7 +311,21 @@ def build_parser():
         "accuracy, CNN and baseline (default 0: none; e.g. 1000)",
     )
 
+
+def _add_harmonization_participants(s):
+    """``--participants`` of the commands that apply a run's harmonization to new subjects."""
+    s.add_argument(
+        "--participants",
+        type=Path,
+        default=None,
+        help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
+        "(default: the raw dataset's)",
+    )
+
+
+def _add_predict(sub):
     s = sub.add_parser("predict", help="predict new subjects with the run's fold ensemble")
+    s.set_defaults(handler=_cmd_predict)
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
     s.add_argument(
@@ -287,15 +345,12 @@ def build_parser():
     s.add_argument(
         "--force", action="store_true", help="also predict subjects the model was trained on"
     )
-    s.add_argument(
-        "--participants",
-        type=Path,
-        default=None,
-        help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
-        "(default: the raw dataset's)",
-    )
+    _add_harmonization_participants(s)
 
+
+def _add_attribute(sub):
     s = sub.add_parser("attribute", help="attribution maps and region tables")
+    s.set_defaults(handler=_cmd_attribute)
     s.add_argument("run_dir", type=Path)
     s.add_argument("deriv_dir", type=Path)
     s.add_argument(
@@ -330,13 +385,7 @@ def build_parser():
         choices=["auto", "cpu", "cuda"],
         help="cpu (default), cuda, or auto (cuda when available)",
     )
-    s.add_argument(
-        "--participants",
-        type=Path,
-        default=None,
-        help="participants.tsv with the subjects' site (age, sex) for a run trained with --harmonize "
-        "(default: the raw dataset's)",
-    )
+    _add_harmonization_participants(s)
     s.add_argument(
         "--out",
         type=Path,
@@ -347,9 +396,12 @@ def build_parser():
         "`neuroml report` reads that one)",
     )
 
+
+def _add_connectome(sub):
     s = sub.add_parser(
         "connectome", help="connectome baseline (BOLD) in the folds of a training run"
     )
+    s.set_defaults(handler=_cmd_connectome)
     s.add_argument("run_dir", type=Path)
     s.add_argument(
         "deriv_dir", type=Path, help="derivatives of `neuroml preprocess --modality func`"
@@ -361,13 +413,19 @@ def build_parser():
         help="tangent, correlation, partial correlation, covariance, precision",
     )
 
+
+def _add_report(sub):
     s = sub.add_parser("report", help="one self-contained HTML report of a run")
+    s.set_defaults(handler=_cmd_report)
     s.add_argument("run_dir", type=Path)
 
+
+def _add_deidentify(sub):
     s = sub.add_parser(
         "deidentify",
         help="de-identified copy of a BIDS dataset (keyed pseudonyms, scrubbed headers)",
     )
+    s.set_defaults(handler=_cmd_deidentify)
     s.add_argument("bids_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument(
@@ -391,7 +449,10 @@ def build_parser():
         "site, scanner, age, sex, gender, handedness; all others are dropped)",
     )
 
+
+def _add_run(sub):
     s = sub.add_parser("run", help="run a YAML pipeline")
+    s.set_defaults(handler=_cmd_run)
     s.add_argument("pipeline", type=Path)
     s.add_argument(
         "--set",
@@ -403,29 +464,28 @@ def build_parser():
         help="override pipeline vars (before they are expanded: vars derived from KEY follow it)",
     )
 
+
+def _add_demo(sub):
     s = sub.add_parser(
         "demo", help="run pipelines/demo.yaml on data_samples/ and print the report path"
     )
+    s.set_defaults(handler=_cmd_demo)
     s.add_argument("--workdir", type=Path, default=Path("neuroml-demo"))
-    for s in (
-        sub.choices.values()
-    ):  # -v / -q after the command too, added to those before it (parse_args)
-        s.add_argument(
-            "-v",
-            "--verbose",
-            dest="sub_verbose",
-            action="count",
-            default=0,
-            help="more log output (-vv for debug)",
-        )
-        s.add_argument(
-            "-q",
-            "--quiet",
-            dest="sub_quiet",
-            action="store_true",
-            help="only warnings and errors (no progress bars)",
-        )
-    return p
+
+
+#: The subcommands, in the order ``neuroml --help`` lists them.
+_COMMANDS = (
+    _add_synth,
+    _add_preprocess,
+    _add_train,
+    _add_predict,
+    _add_attribute,
+    _add_connectome,
+    _add_report,
+    _add_deidentify,
+    _add_run,
+    _add_demo,
+)
 
 
 def parse_args(argv=None):
@@ -522,192 +582,213 @@ def _result_line(result):
     return lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
 
 
+def _run_step(name, **params):
+    """Run one library step (:func:`neuroml.workflows.pipeline.run_step`)."""
+    from neuroml.workflows import pipeline
+
+    return pipeline.run_step(name, **params)
+
+
+def _default(step, parameter, given):
+    """``given``, or the library's default of ``parameter`` of ``step`` when it is None."""
+    from neuroml.workflows.pipeline import step_default
+
+    return step_default(step, parameter) if given is None else given
+
+
+def _cmd_synth(args):
+    from neuroml.synth import DEFAULT_CLASSES
+
+    params = dict(
+        out_dir=args.out_bids,
+        n_subjects=args.n_subjects,
+        seed=args.seed,
+        classes=tuple(args.classes or DEFAULT_CLASSES),
+        show_progress=not args.quiet,
+    )
+    if args.modality == "func":
+        if args.voxel_scale != 1.0 or args.n_jobs != 1:
+            raise ConfigError(
+                "--voxel-scale and --n-jobs apply to --modality anat only; "
+                "use --func-resolution and --n-volumes for func"
+            )
+        _run_step(
+            "synth_func",
+            layout=args.func_layout,
+            n_volumes=args.n_volumes,
+            resolution=args.func_resolution,
+            **params,
+        )
+    else:
+        _run_step("synth", voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, **params)
+    print(args.out_bids)
+    return 0
+
+
+def _cmd_preprocess(args):
+    if args.analysis_level == "group":
+        print(_run_step("preprocess_group", out_dir=args.out_dir))
+        return 0
+    func_params = (
+        {"func_params": {"confounds": args.confounds}}
+        if args.modality != "anat" or args.confounds != "auto"
+        else {}
+    )
+    result = _run_step(
+        "preprocess",
+        bids_dir=args.bids_dir,
+        out_dir=args.out_dir,
+        participant_labels=args.participant_label,
+        n_jobs=args.n_jobs,
+        resolution=args.resolution,
+        normalization=args.normalization,
+        show_progress=not args.quiet,
+        modality=args.modality,
+        **func_params,
+    )
+    failures = list(getattr(result, "failures", []) or [])
+    print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
+    if not failures:
+        return 0
+    for f in failures[:20]:
+        print(f"  FAILED {f}", file=sys.stderr)
+    print(f"see {args.out_dir / 'failures.tsv'}", file=sys.stderr)
+    return 1
+
+
+def _cmd_train(args):
+    if args.folds is not None and args.leave_one_site_out:
+        raise ConfigError(
+            f"--folds {args.folds} and --leave-one-site-out conflict: leave-one-site-out makes "
+            "one fold per site; drop one of them"
+        )
+    _run_step(
+        "train",
+        deriv_dir=args.deriv_dir,
+        run_dir=args.run_dir,
+        label_column=args.label_column,
+        participants=args.participants,
+        model=args.model,
+        input_pool=args.input_pool,
+        epochs=args.epochs,
+        folds=_default("train", "folds", args.folds),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        lr=args.lr,
+        grad_accum=args.grad_accum,
+        num_workers=args.num_workers,
+        amp=args.precision == "bf16",
+        compile=args.compile,
+        site_column=args.leave_one_site_out,
+        harmonize=args.harmonize,
+        audit_columns=args.audit_column,
+        n_bootstrap=args.n_bootstrap,
+        n_permutations=args.n_permutations,
+        show_progress=not args.quiet,
+        **({"inputs": args.inputs} if args.inputs else {}),
+    )
+    print(args.run_dir)
+    return 0
+
+
+def _cmd_predict(args):
+    out = args.out or args.run_dir / "predict" / "predictions.tsv"
+    _run_step(
+        "predict",
+        run_dir=args.run_dir,
+        deriv_dir=args.deriv_dir,
+        out_path=out,
+        force=args.force,
+        participant_labels=args.participant_label,
+        participants=args.participants,
+    )
+    print(out)
+    return 0
+
+
+def _cmd_attribute(args):
+    if args.no_sanity and args.n_sanity is not None:
+        raise ConfigError(
+            f"--n-sanity {args.n_sanity} and --no-sanity conflict: --no-sanity skips the checks "
+            "that --n-sanity sizes; drop one of them"
+        )
+    out_dir = _run_step(
+        "attribute",
+        run_dir=args.run_dir,
+        deriv_dir=args.deriv_dir,
+        method=args.method,
+        atlas=args.atlas,
+        target=args.target,
+        participant_labels=args.participant_label,
+        force=args.force,
+        sanity=not args.no_sanity,
+        n_sanity=_default("attribute", "n_sanity", args.n_sanity),
+        device=args.device,
+        show_progress=not args.quiet,
+        participants=args.participants,
+        out_dir=args.out,
+    )
+    print(out_dir)
+    return 0
+
+
+def _cmd_connectome(args):
+    out = _run_step(
+        "connectome",
+        run_dir=args.run_dir,
+        deriv_dir=args.deriv_dir,
+        atlas=args.atlas,
+        kind=args.kind,
+    )
+    print(
+        f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
+        f"-> {args.run_dir / 'connectome_metrics.json'}"
+    )
+    return 0
+
+
+def _cmd_report(args):
+    print(_run_step("report", run_dir=args.run_dir))
+    return 0
+
+
+def _cmd_deidentify(args):
+    result = _run_step(
+        "deidentify",
+        bids_dir=args.bids_dir,
+        out_dir=args.out_dir,
+        key_file=args.key_file,
+        pseudonymize=not args.keep_ids,
+        keep_columns=args.keep_columns,
+    )
+    print(result["out_dir"])
+    return 0
+
+
+def _cmd_run(args):
+    result, failed = _run_pipeline(args.pipeline, dict(args.set), args.quiet)
+    if result is not None:
+        print(_result_line(result))
+    return 1 if failed else 0
+
+
+def _cmd_demo(args):
+    pipeline = _repo_file("pipelines", "demo.yaml")
+    if not pipeline.is_file():
+        raise InputError(
+            "the demo needs the source checkout (pipelines/ and data_samples/); "
+            "clone the repository and `pip install -e .`",
+            pipeline,
+        )
+    report, failed = _run_pipeline(pipeline, {"workdir": str(args.workdir.resolve())}, args.quiet)
+    print(f"report: {report}")
+    return 1 if failed else 0
+
+
 def _dispatch(args):
-    from neuroml.workflows.pipeline import run_step
-
-    c = args.command
-    if c == "synth":
-        from neuroml.synth import DEFAULT_CLASSES
-
-        params = dict(
-            out_dir=args.out_bids,
-            n_subjects=args.n_subjects,
-            seed=args.seed,
-            classes=tuple(args.classes or DEFAULT_CLASSES),
-            show_progress=not args.quiet,
-        )
-        if args.modality == "func":
-            if args.voxel_scale != 1.0 or args.n_jobs != 1:
-                from neuroml.errors import ConfigError
-
-                raise ConfigError(
-                    "--voxel-scale and --n-jobs apply to --modality anat only; "
-                    "use --func-resolution and --n-volumes for func"
-                )
-            run_step(
-                "synth_func",
-                layout=args.func_layout,
-                n_volumes=args.n_volumes,
-                resolution=args.func_resolution,
-                **params,
-            )
-        else:
-            run_step("synth", voxel_scale=args.voxel_scale, n_jobs=args.n_jobs, **params)
-        print(args.out_bids)
-        return 0
-    if c == "preprocess":
-        if args.analysis_level == "group":
-            print(run_step("preprocess_group", out_dir=args.out_dir))
-            return 0
-        result = run_step(
-            "preprocess",
-            bids_dir=args.bids_dir,
-            out_dir=args.out_dir,
-            participant_labels=args.participant_label,
-            n_jobs=args.n_jobs,
-            resolution=args.resolution,
-            normalization=args.normalization,
-            show_progress=not args.quiet,
-            modality=args.modality,
-            **(
-                {"func_params": {"confounds": args.confounds}}
-                if args.modality != "anat" or args.confounds != "auto"
-                else {}
-            ),
-        )
-        failures = list(getattr(result, "failures", []) or [])
-        print(f"{result.n_done} processed, {result.n_skipped} already done, {len(failures)} failed")
-        if failures:
-            for f in failures[:20]:
-                print(f"  FAILED {f}", file=sys.stderr)
-            print(f"see {args.out_dir / 'failures.tsv'}", file=sys.stderr)
-            return 1
-        return 0
-    if c == "train":
-        if args.folds is not None and args.leave_one_site_out:
-            from neuroml.errors import ConfigError
-
-            raise ConfigError(
-                f"--folds {args.folds} and --leave-one-site-out conflict: leave-one-site-out makes "
-                "one fold per site; drop one of them"
-            )
-        run_step(
-            "train",
-            deriv_dir=args.deriv_dir,
-            run_dir=args.run_dir,
-            label_column=args.label_column,
-            participants=args.participants,
-            model=args.model,
-            input_pool=args.input_pool,
-            epochs=args.epochs,
-            folds=3 if args.folds is None else args.folds,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            resume=args.resume,
-            lr=args.lr,
-            grad_accum=args.grad_accum,
-            num_workers=args.num_workers,
-            amp=args.precision == "bf16",
-            compile=args.compile,
-            site_column=args.leave_one_site_out,
-            harmonize=args.harmonize,
-            audit_columns=args.audit_column,
-            n_bootstrap=args.n_bootstrap,
-            n_permutations=args.n_permutations,
-            show_progress=not args.quiet,
-            **({"inputs": args.inputs} if args.inputs else {}),
-        )
-        print(args.run_dir)
-        return 0
-    if c == "predict":
-        out = args.out or args.run_dir / "predict" / "predictions.tsv"
-        run_step(
-            "predict",
-            run_dir=args.run_dir,
-            deriv_dir=args.deriv_dir,
-            out_path=out,
-            force=args.force,
-            participant_labels=args.participant_label,
-            participants=args.participants,
-        )
-        print(out)
-        return 0
-    if c == "attribute":
-        if args.no_sanity and args.n_sanity is not None:
-            from neuroml.errors import ConfigError
-
-            raise ConfigError(
-                f"--n-sanity {args.n_sanity} and --no-sanity conflict: --no-sanity skips the checks "
-                "that --n-sanity sizes; drop one of them"
-            )
-        print(
-            run_step(
-                "attribute",
-                run_dir=args.run_dir,
-                deriv_dir=args.deriv_dir,
-                method=args.method,
-                atlas=args.atlas,
-                target=args.target,
-                participant_labels=args.participant_label,
-                force=args.force,
-                sanity=not args.no_sanity,
-                n_sanity=8 if args.n_sanity is None else args.n_sanity,
-                device=args.device,
-                show_progress=not args.quiet,
-                participants=args.participants,
-                out_dir=args.out,
-            )
-        )
-        return 0
-    if c == "connectome":
-        out = run_step(
-            "connectome",
-            run_dir=args.run_dir,
-            deriv_dir=args.deriv_dir,
-            atlas=args.atlas,
-            kind=args.kind,
-        )
-        print(
-            f"connectome baseline ({args.kind}): balanced accuracy {out['balanced_accuracy']:.3f} "
-            f"-> {args.run_dir / 'connectome_metrics.json'}"
-        )
-        return 0
-    if c == "report":
-        print(run_step("report", run_dir=args.run_dir))
-        return 0
-    if c == "deidentify":
-        result = run_step(
-            "deidentify",
-            bids_dir=args.bids_dir,
-            out_dir=args.out_dir,
-            key_file=args.key_file,
-            pseudonymize=not args.keep_ids,
-            keep_columns=args.keep_columns,
-        )
-        print(result["out_dir"])
-        return 0
-    if c == "run":
-        result, failed = _run_pipeline(args.pipeline, dict(args.set), args.quiet)
-        if result is not None:
-            print(_result_line(result))
-        return 1 if failed else 0
-    if c == "demo":
-        pipeline = _repo_file("pipelines", "demo.yaml")
-        if not pipeline.is_file():
-            from neuroml.errors import InputError
-
-            raise InputError(
-                "the demo needs the source checkout (pipelines/ and data_samples/); "
-                "clone the repository and `pip install -e .`",
-                pipeline,
-            )
-        report, failed = _run_pipeline(
-            pipeline, {"workdir": str(args.workdir.resolve())}, args.quiet
-        )
-        print(f"report: {report}")
-        return 1 if failed else 0
-    raise AssertionError(c)  # pragma: no cover - argparse restricts the choices
+    return args.handler(args)
 
 
 def _quiet_threads_after_interrupt():
@@ -746,8 +827,6 @@ def main(argv=None):
     """Entry point of the ``neuroml`` console script; returns the exit status."""
     configure_openmp()  # before anything loads torch
     _progress_for_logs()  # before anything loads tqdm
-    from neuroml.errors import NeuromlError
-
     args = parse_args(argv)
     shown = warnings.showwarning
     _setup_logging(args)

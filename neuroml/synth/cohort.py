@@ -14,12 +14,11 @@ Same seed and parameters give byte-identical files.
 """
 
 import copy
+import dataclasses
 import functools
-import gzip
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +28,12 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import binary_dilation, map_coordinates
 
-from neuroml._utils.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
+from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomic
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
 from neuroml.io.groundtruth import GROUNDTRUTH_SUBDIR, mask_filename, warp_displacement
+from neuroml.synth._checks import _as_int, _check_classes, _label
+from neuroml.synth._write import _write_nifti_gz
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -76,8 +77,8 @@ _SITE_DEFAULTS = {
     "int_max": 1000,  # stored integer of the brightest voxel
 }
 
-#: Optional keys of a site description, absent from the defaults (so default cohorts keep their
-#: parameters): ``contrast`` adds to every subject's grey-matter contrast at that site, a
+#: Optional keys of a site description, absent from the defaults so that a site without them
+#: records none: ``contrast`` adds to every subject's grey-matter contrast at that site, a
 #: scanner effect that survives intensity normalization (for site-confound studies).
 _SITE_OPTIONAL = {"contrast": 0.0}
 
@@ -120,78 +121,7 @@ _MIN_REGION_VOXELS = 500  # 1 mm voxels; smaller planted regions get a warning
 _N_BLOBS = 4
 
 
-# --------------------------------------------------------------------------- NIfTI writing
-
-
-def _nifti_bytes(data, affine, slope=None, descrip="", zooms=None, qform_code=1, sform_code=1):
-    """Uncompressed single-file NIfTI-1 bytes, written field by field (deterministic).
-
-    nibabel recomputes scaling when it saves; writing the header ourselves keeps the
-    chosen ``scl_slope`` of int16 data.
-    """
-    data = np.asarray(data)
-    hdr = nib.Nifti1Header()
-    hdr.set_data_dtype(data.dtype)
-    hdr.set_data_shape(data.shape)
-    hdr.set_qform(affine, code=int(qform_code))
-    hdr.set_sform(affine, code=int(sform_code))
-    if zooms is not None:
-        hdr.set_zooms(tuple(float(z) for z in zooms))
-    hdr.set_xyzt_units("mm", "sec")
-    hdr["scl_slope"] = 1.0 if slope is None else float(slope)
-    hdr["scl_inter"] = 0.0
-    hdr["vox_offset"] = 352.0
-    hdr["descrip"] = descrip[:79].encode("ascii")
-    hdr["magic"] = b"n+1"
-    le = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    hdr = hdr.as_byteswapped("<") if hdr.endianness != "<" else hdr
-    return hdr.binaryblock + b"\x00" * 4 + le.tobytes(order="F")
-
-
-def _write_nifti_gz(path, data, affine, **kwargs):
-    """Write a ``.nii.gz`` atomically and reproducibly (gzip mtime 0, no file name)."""
-    raw = _nifti_bytes(data, affine, **kwargs)
-    buf = gzip.compress(raw, compresslevel=3, mtime=0)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf)
-    return Path(path)
-
-
-def _label(name):
-    return re.sub(r"[^A-Za-z0-9]", "", str(name))
-
-
 # --------------------------------------------------------------------------- validation
-
-
-def _as_int(name, value, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"The {name!r} parameter must be an integer. Got {value!r} instead.")
-    return int(check_in_range(name, int(value), low, high))
-
-
-def _check_classes(classes):
-    if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
-        raise ConfigError(
-            f"The 'classes' parameter must be a tuple of class names. Got {classes!r} instead."
-        )
-    classes = tuple(classes)
-    if len(classes) < 2:
-        raise ConfigError(
-            f"The 'classes' parameter needs at least 2 classes (healthy first). Got {classes!r}."
-        )
-    labels = []
-    for c in classes:
-        if not isinstance(c, str) or not _label(c):
-            raise ConfigError(
-                f"The 'classes' parameter must hold non-empty names with letters or digits. Got {c!r}."
-            )
-        labels.append(_label(c).lower())
-    if len(set(labels)) != len(labels):
-        raise ConfigError(
-            f"The 'classes' parameter has duplicate names (ignoring case and punctuation): {classes!r}."
-        )
-    return classes
 
 
 def _check_planted(planted, classes, atlas_labels):
@@ -232,90 +162,100 @@ def _check_planted(planted, classes, atlas_labels):
 
 
 def _check_sites(sites, voxel_scale):
+    """The site descriptions, checked and completed: site name -> every key of a site."""
+    return {name: _resolve_site(name, d, voxel_scale) for name, d in _site_specs(sites).items()}
+
+
+def _site_specs(sites):
+    """Site name -> description (defaults filled in) from None, a list of names or a dict."""
     if sites is None:
-        spec = copy.deepcopy(DEFAULT_SITES)
-    elif isinstance(sites, (list, tuple)):
+        return copy.deepcopy(DEFAULT_SITES)
+    if isinstance(sites, (list, tuple)):
         if not sites:
             raise ConfigError("The 'sites' parameter must name at least one site.")
         spec = {}
         for s in sites:
             s = look_up_option("sites", s, list(DEFAULT_SITES))
             spec[s] = copy.deepcopy(DEFAULT_SITES[s])
-    elif isinstance(sites, dict):
+        return spec
+    if isinstance(sites, dict):
         if not sites:
             raise ConfigError("The 'sites' parameter must describe at least one site.")
-        spec = {}
-        for name, desc in sites.items():
-            if not isinstance(name, str) or not _label(name) or _label(name) != name:
-                raise ConfigError(f"Site names must be alphanumeric. Got {name!r}.")
-            if desc is None:
-                desc = {}
-            if not isinstance(desc, dict):
-                raise ConfigError(f"The description of site {name!r} must be a dict. Got {desc!r}.")
-            for key in desc:
-                look_up_option(
-                    f"key of site {name!r}", key, list(_SITE_DEFAULTS) + list(_SITE_OPTIONAL)
-                )
-            base = DEFAULT_SITES.get(name, _SITE_DEFAULTS)
-            spec[name] = dict(copy.deepcopy(base), **desc)
-    else:
+        return {name: _site_from_dict(name, desc) for name, desc in sites.items()}
+    raise ConfigError(
+        f"The 'sites' parameter must be None, a list of site names or a dict. Got {sites!r}."
+    )
+
+
+def _site_from_dict(name, desc):
+    """One site of a ``sites`` dict: its keys over those of the default site of that name."""
+    if not isinstance(name, str) or not _label(name) or _label(name) != name:
+        raise ConfigError(f"Site names must be alphanumeric. Got {name!r}.")
+    if desc is None:
+        desc = {}
+    if not isinstance(desc, dict):
+        raise ConfigError(f"The description of site {name!r} must be a dict. Got {desc!r}.")
+    for key in desc:
+        look_up_option(f"key of site {name!r}", key, list(_SITE_DEFAULTS) + list(_SITE_OPTIONAL))
+    base = DEFAULT_SITES.get(name, _SITE_DEFAULTS)
+    return dict(copy.deepcopy(base), **desc)
+
+
+def _resolve_site(name, d, voxel_scale):
+    """Check one site's values; return them as plain floats, ints and lists (voxel size scaled)."""
+    for key in ("voxel_size", "fov_mm"):
+        _check_three_positive(name, key, d[key])
+    _check_orientation(name, d["orientation"])
+    for key, low, high in (
+        ("field_strength", 0.1, 20.0),
+        ("noise", 0.0, 0.5),
+        ("bias", 0.0, 1.0),
+        ("gain", 0.01, 100.0),
+        ("int_max", 10, 32000),
+    ):
+        check_in_range(f"{key} of site {name!r}", d[key], low, high)
+    vox = [round(float(v) * voxel_scale, 6) for v in d["voxel_size"]]
+    if min(vox) < 0.5:
         raise ConfigError(
-            f"The 'sites' parameter must be None, a list of site names or a dict. Got {sites!r}."
+            f"Site {name!r}: voxel size {vox} mm is below 0.5 mm; raise 'voxel_scale'."
         )
-    resolved = {}
-    for name, d in spec.items():
-        vs = d["voxel_size"]
-        fov = d["fov_mm"]
-        for key, val in (("voxel_size", vs), ("fov_mm", fov)):
-            if (
-                isinstance(val, (str, bytes))
-                or not hasattr(val, "__len__")
-                or len(val) != 3
-                or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in val
-                )
-            ):
-                raise ConfigError(
-                    f"The {key!r} of site {name!r} must be 3 positive numbers. Got {val!r}."
-                )
-        orient = d["orientation"]
-        if (
-            not isinstance(orient, str)
-            or len(orient) != 3
-            or sorted(_axis_of(c) for c in orient.upper()) != [0, 1, 2]
-        ):
-            raise ConfigError(
-                f"The 'orientation' of site {name!r} must be 3 axis codes, one of each of "
-                f"L/R, P/A, I/S (e.g. 'RAS', 'LPS', 'PIR'). Got {orient!r}."
-            )
-        for key, low, high in (
-            ("field_strength", 0.1, 20.0),
-            ("noise", 0.0, 0.5),
-            ("bias", 0.0, 1.0),
-            ("gain", 0.01, 100.0),
-            ("int_max", 10, 32000),
-        ):
-            check_in_range(f"{key} of site {name!r}", d[key], low, high)
-        vox = [round(float(v) * voxel_scale, 6) for v in vs]
-        if min(vox) < 0.5:
-            raise ConfigError(
-                f"Site {name!r}: voxel size {vox} mm is below 0.5 mm; raise 'voxel_scale'."
-            )
-        resolved[name] = {
-            "voxel_size": vox,
-            "orientation": orient.upper(),
-            "fov_mm": [float(v) for v in fov],
-            "field_strength": float(d["field_strength"]),
-            "noise": float(d["noise"]),
-            "bias": float(d["bias"]),
-            "gain": float(d["gain"]),
-            "int_max": int(d["int_max"]),
-        }
-        if "contrast" in d:
-            resolved[name]["contrast"] = float(
-                check_in_range(f"contrast of site {name!r}", d["contrast"], -0.5, 0.5)
-            )
+    resolved = {
+        "voxel_size": vox,
+        "orientation": d["orientation"].upper(),
+        "fov_mm": [float(v) for v in d["fov_mm"]],
+        "field_strength": float(d["field_strength"]),
+        "noise": float(d["noise"]),
+        "bias": float(d["bias"]),
+        "gain": float(d["gain"]),
+        "int_max": int(d["int_max"]),
+    }
+    if "contrast" in d:
+        resolved["contrast"] = float(
+            check_in_range(f"contrast of site {name!r}", d["contrast"], -0.5, 0.5)
+        )
     return resolved
+
+
+def _check_three_positive(name, key, val):
+    if (
+        isinstance(val, (str, bytes))
+        or not hasattr(val, "__len__")
+        or len(val) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in val)
+    ):
+        raise ConfigError(f"The {key!r} of site {name!r} must be 3 positive numbers. Got {val!r}.")
+
+
+def _check_orientation(name, orient):
+    if (
+        not isinstance(orient, str)
+        or len(orient) != 3
+        or sorted(_axis_of(c) for c in orient.upper()) != [0, 1, 2]
+    ):
+        raise ConfigError(
+            f"The 'orientation' of site {name!r} must be 3 axis codes, one of each of "
+            f"L/R, P/A, I/S (e.g. 'RAS', 'LPS', 'PIR'). Got {orient!r}."
+        )
 
 
 def _axis_of(code):
@@ -649,30 +589,48 @@ def _subject_files(root, pid):
 
 def _make_subject(root, ctx, params, subj):
     """Generate and write one subject's scan, sidecar and ground truth."""
-    pid, diagnosis, site, plan, noise_seq = (
-        subj["participant_id"],
-        subj["diagnosis"],
-        subj["site"],
-        subj["plan"],
-        subj["noise_seed"],
-    )
-    files = _subject_files(root, pid)
-    affine = _subject_affine(plan, ctx)
-    warp = _subject_warp(plan, ctx)
-    plan = dict(plan, noise_scale=params["noise_scale"])
+    files = _subject_files(root, subj.participant_id)
+    affine = _subject_affine(subj.plan, ctx)
+    warp = _subject_warp(subj.plan, ctx)
+    plan = dict(subj.plan, noise_scale=params["noise_scale"])
     ints, slope, scan_affine, sigma = _render(
-        plan, ctx, diagnosis, site, affine, warp, np.random.default_rng(noise_seq)
+        plan, ctx, subj.diagnosis, subj.site, affine, warp, np.random.default_rng(subj.noise_seed)
     )
-    sdesc = ctx.sites[site]
+    sdesc = ctx.sites[subj.site]
     _write_nifti_gz(
         files["t1w"],
         ints,
         scan_affine,
         slope=slope,
         zooms=sdesc["voxel_size"],
-        descrip=f"neuroml synthetic T1w {site}",
+        descrip=f"neuroml synthetic T1w {subj.site}",
     )
-    sidecar = {
+    write_json_atomic(files["sidecar"], _sidecar(subj.site, sdesc))
+    _write_nifti_gz(
+        files["warp"],
+        warp,
+        ctx.warp_affine,
+        zooms=[_WARP_SPACING_MM] * 3 + [1.0],
+        descrip="displacement mm, MNI coarse grid",
+    )
+    scanner = {
+        "affine": scan_affine,
+        "shape": list(ints.shape),
+        "voxel_size_mm": sdesc["voxel_size"],
+        "orientation": sdesc["orientation"],
+        "bias_amplitude": plan["bias_amp"],
+        "gain": plan["gain"],
+        "noise_sigma": sigma,
+        "scl_slope": slope,
+    }
+    xfm = _transform_record(subj, plan, ctx, affine, warp, files["warp"].name, scanner)
+    write_json_atomic(files["xfm"], xfm)
+    return subj.participant_id
+
+
+def _sidecar(site, sdesc):
+    """The JSON sidecar of a T1w scan made at ``site``."""
+    return {
         "Manufacturer": "synthetic",
         "ManufacturersModelName": f"neuroml-synth-{site}",
         "InstitutionName": site,
@@ -681,18 +639,15 @@ def _make_subject(root, ctx, params, subj):
         "ConversionSoftware": "neuroml.synth",
         "ConversionSoftwareVersion": str(SYNTH_VERSION),
     }
-    write_json_atomic(files["sidecar"], sidecar)
-    _write_nifti_gz(
-        files["warp"],
-        warp,
-        ctx.warp_affine,
-        zooms=[_WARP_SPACING_MM] * 3 + [1.0],
-        descrip="displacement mm, MNI coarse grid",
-    )
-    xfm = {
-        "participant_id": pid,
-        "diagnosis": diagnosis,
-        "site": site,
+
+
+def _transform_record(subj, plan, ctx, affine, warp, warp_file, scanner):
+    """The ground truth of one subject (``<pid>_xfm.json``): its transforms, effect and nuisance."""
+    displacement = np.sqrt((warp.astype(float) ** 2).sum(-1))
+    return {
+        "participant_id": subj.participant_id,
+        "diagnosis": subj.diagnosis,
+        "site": subj.site,
         "convention": (
             "scanner_mm = affine_mni_to_scanner @ (p + d(p)), p in MNI152NLin2009aSym mm, "
             "d the displacement field (mm) of 'warp.file' interpolated trilinearly "
@@ -700,14 +655,12 @@ def _make_subject(root, ctx, params, subj):
         ),
         "affine_mni_to_scanner": affine,
         "warp": {
-            "file": files["warp"].name,
+            "file": warp_file,
             "space": "MNI152NLin2009aSym",
             "units": "mm",
             "grid_spacing_mm": _WARP_SPACING_MM,
-            "max_displacement_mm": float(np.sqrt((warp.astype(float) ** 2).sum(-1)).max()),
-            "max_displacement_brain_mm": float(
-                np.sqrt((warp.astype(float) ** 2).sum(-1))[ctx.warp_brain_nodes].max()
-            ),
+            "max_displacement_mm": float(displacement.max()),
+            "max_displacement_brain_mm": float(displacement[ctx.warp_brain_nodes].max()),
         },
         "rotation_deg": plan["rotation_deg"],
         "translation_mm": plan["translation_mm"],
@@ -715,7 +668,7 @@ def _make_subject(root, ctx, params, subj):
         "shear": plan["shear"],
         "effect": {
             "atrophy": plan["atrophy"],
-            "regions": ctx.planted.get(diagnosis, []),
+            "regions": ctx.planted.get(subj.diagnosis, []),
             "model": "I *= 1 - atrophy * gm_probability inside the planted regions (MNI space)",
         },
         "nuisance": {
@@ -723,19 +676,8 @@ def _make_subject(root, ctx, params, subj):
             "global_amplitude": plan["global_amp"],
             "blobs": plan["blobs"],
         },
-        "scanner": {
-            "affine": scan_affine,
-            "shape": list(ints.shape),
-            "voxel_size_mm": sdesc["voxel_size"],
-            "orientation": sdesc["orientation"],
-            "bias_amplitude": plan["bias_amp"],
-            "gain": plan["gain"],
-            "noise_sigma": sigma,
-            "scl_slope": slope,
-        },
+        "scanner": scanner,
     }
-    write_json_atomic(files["xfm"], xfm)
-    return pid
 
 
 # --------------------------------------------------------------------------- cohort
@@ -768,8 +710,15 @@ def _is_complete(root, pid):
 
 
 def _write_dataset_files(root, params, subjects, ctx):
-    from neuroml.io.templates import TEMPLATE_SPACE
+    """Write the dataset-level files: BIDS description, README, CHANGES, participants, truth."""
+    _write_description(root)
+    _write_readme(root, params, ctx)
+    _write_participants(root, params, subjects, ctx)
+    _write_groundtruth_files(root, ctx)
 
+
+def _write_description(root):
+    """``dataset_description.json`` of the raw dataset."""
     write_json_atomic(
         root / "dataset_description.json",
         {
@@ -788,6 +737,10 @@ def _write_dataset_files(root, params, subjects, ctx):
             "HowToAcknowledge": "Derived from the MNI152 2009a template (McGill) as shipped by nilearn.",
         },
     )
+
+
+def _write_readme(root, params, ctx):
+    """README and CHANGES: what the cohort holds and how it was made."""
     planted_lines = "\n".join(f"- {c}: {', '.join(r)}" for c, r in ctx.planted.items())
     write_text_atomic(
         root / "README",
@@ -813,10 +766,14 @@ def _write_dataset_files(root, params, subjects, ctx):
             f"generator version {SYNTH_VERSION}).\n"
         ),
     )
+
+
+def _write_participants(root, params, subjects, ctx):
+    """``participants.tsv`` and its data dictionary ``participants.json``."""
     lines = ["participant_id\tdiagnosis\tsite\tage\tsex"]
     for s in subjects:
         lines.append(
-            f"{s['participant_id']}\t{s['diagnosis']}\t{s['site']}\t{s['plan']['age']}\t{s['plan']['sex']}"
+            f"{s.participant_id}\t{s.diagnosis}\t{s.site}\t{s.plan['age']}\t{s.plan['sex']}"
         )
     write_text_atomic(root / "participants.tsv", "\n".join(lines) + "\n")
     write_json_atomic(
@@ -849,6 +806,12 @@ def _write_dataset_files(root, params, subjects, ctx):
             },
         },
     )
+
+
+def _write_groundtruth_files(root, ctx):
+    """The ground truth's own description and the planted masks (1 mm template grid)."""
+    from neuroml.io.templates import TEMPLATE_SPACE
+
     gt = root / GROUNDTRUTH_SUBDIR
     write_json_atomic(
         gt / "dataset_description.json",
@@ -994,90 +957,27 @@ def make_cohort(
     'MDD'
     """
     t0 = time.perf_counter()
-    from neuroml.io.atlases import load_atlas
-
-    n_subjects = _as_int("n_subjects", n_subjects, 1, 9999)
-    seed = _as_int("seed", seed, 0, 2**63 - 1)
-    classes = _check_classes(classes)
-    voxel_scale = float(check_in_range("voxel_scale", voxel_scale, 0.5, 8.0))
-    effect_size = float(check_in_range("effect_size", effect_size, 0.0, 0.95))
-    effect_jitter = float(check_in_range("effect_jitter", effect_jitter, 0.0, 1.0))
-    noise_scale = float(check_in_range("noise_scale", noise_scale, 0.0, 10.0))
-    warp_mm = float(check_in_range("warp_mm", warp_mm, 0.0, 10.0))
-    max_rotation_deg = float(check_in_range("max_rotation_deg", max_rotation_deg, 0.0, 30.0))
-    max_translation_mm = float(check_in_range("max_translation_mm", max_translation_mm, 0.0, 30.0))
-    site_entanglement = float(check_in_range("site_entanglement", site_entanglement, 0.0, 1.0))
-    n_jobs = _resolve_jobs(n_jobs)
-    planted = _check_planted(planted, classes, load_atlas(_ATLAS).labels)
-    sites = _check_sites(sites, voxel_scale)
-    params = json.loads(
-        json.dumps(
-            {
-                "n_subjects": n_subjects,
-                "seed": seed,
-                "classes": list(classes),
-                "planted": planted,
-                "sites": sites,
-                "voxel_scale": voxel_scale,
-                "effect_size": effect_size,
-                "effect_jitter": effect_jitter,
-                "noise_scale": noise_scale,
-                "warp_mm": warp_mm,
-                "max_rotation_deg": max_rotation_deg,
-                "max_translation_mm": max_translation_mm,
-                "generator_version": SYNTH_VERSION,
-                # only when used, so that cohorts made before the option keep their parameters
-                **({"site_entanglement": site_entanglement} if site_entanglement else {}),
-            }
-        )
+    params, n_jobs = _checked_parameters(
+        n_subjects=n_subjects,
+        seed=seed,
+        classes=classes,
+        voxel_scale=voxel_scale,
+        effect_size=effect_size,
+        effect_jitter=effect_jitter,
+        noise_scale=noise_scale,
+        warp_mm=warp_mm,
+        max_rotation_deg=max_rotation_deg,
+        max_translation_mm=max_translation_mm,
+        site_entanglement=site_entanglement,
+        n_jobs=n_jobs,
+        planted=planted,
+        sites=sites,
     )
-
     root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"The 'out_dir' parameter must be a folder; {str(root)!r} is a file.")
     record_path = root / GROUNDTRUTH_SUBDIR / "planted_regions.json"
-    resume = False
-    if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
-        if not record_path.exists():
-            raise ConfigError(
-                f"out_dir {str(root)!r} is not empty and holds no neuroml synthetic cohort; "
-                "choose a new or empty folder."
-            )
-        old = read_json(record_path)
-        if old.get("parameters") != params:
-            if not overwrite:
-                diff = sorted(
-                    k
-                    for k in set(params) | set(old.get("parameters") or {})
-                    if (old.get("parameters") or {}).get(k) != params.get(k)
-                )
-                raise ConfigError(
-                    f"out_dir {str(root)!r} holds a synthetic cohort made with other parameters "
-                    f"(differing: {', '.join(diff)}); choose another folder or pass overwrite=True."
-                )
-            logger.info("removing the synthetic cohort in %s (overwrite=True)", root)
-            for p in root.iterdir():
-                if p.name.startswith("sub-") and p.is_dir():
-                    shutil.rmtree(p)
-                elif p.name in (
-                    "dataset_description.json",
-                    "README",
-                    "CHANGES",
-                    "participants.tsv",
-                    "participants.json",
-                ):
-                    p.unlink()
-            shutil.rmtree(root / GROUNDTRUTH_SUBDIR)
-        else:
-            resume = True
-
-    # plan every subject (cheap): classes, sites and all per-subject random draws
-    assignment = _assign(n_subjects, classes, sites, site_entanglement, seed)
-    width = max(3, len(str(n_subjects)))
-    subject_root = np.random.SeedSequence(seed).spawn(1)[0]
-    subj_seqs = subject_root.spawn(n_subjects)
-    pids = [f"sub-{i + 1:0{width}d}" for i in range(n_subjects)]
-
+    old = _prepare_out_dir(root, record_path, params, overwrite)
+    resume = old is not None
+    pids = _participant_ids(params["n_subjects"])
     if resume and old.get("status") == "complete" and all(_is_complete(root, p) for p in pids):
         logger.info(
             "synthetic cohort in %s is complete with the same parameters: nothing to do", root
@@ -1085,25 +985,162 @@ def make_cohort(
         participants = _read_participants(root)
         return _summary(root, participants, params, skipped=True, n_generated=0, t0=t0)
 
-    ctx = _Context(classes, planted, sites)
-    subjects = []
-    for pid, (diagnosis, site), ss in zip(pids, assignment, subj_seqs):
-        plan_ss, noise_ss = ss.spawn(2)
-        plan = _plan_subject(np.random.default_rng(plan_ss), params, ctx, diagnosis, site)
-        subjects.append(
-            {
-                "participant_id": pid,
-                "diagnosis": diagnosis,
-                "site": site,
-                "plan": plan,
-                "noise_seed": noise_ss,
-            }
-        )
-
+    ctx = _Context(tuple(params["classes"]), params["planted"], params["sites"])
+    subjects = _plan_subjects(params, ctx, pids)
     write_json_atomic(record_path, _record(params, ctx, "incomplete"))
     _write_dataset_files(root, params, subjects, ctx)
-    todo = [s for s in subjects if not (resume and _is_complete(root, s["participant_id"]))]
+    todo = [s for s in subjects if not (resume and _is_complete(root, s.participant_id))]
     logger.info("generating %d synthetic subjects in %s", len(todo), root)
+    _make_subjects(root, ctx, params, todo, n_jobs, show_progress)
+    write_json_atomic(record_path, _record(params, ctx, "complete"))
+    participants = [s.participant_row() for s in subjects]
+    return _summary(root, participants, params, skipped=False, n_generated=len(todo), t0=t0)
+
+
+def _checked_parameters(n_subjects, seed, classes, n_jobs, planted, sites, **numbers):
+    """Check the parameters of :func:`make_cohort` (``numbers``: its float parameters by name).
+
+    Returns the parameters as they are recorded in the ground truth (plain JSON values) and
+    the number of threads.
+    """
+    from neuroml.io.atlases import load_atlas
+
+    n_subjects = _as_int("n_subjects", n_subjects, 1, 9999)
+    seed = _as_int("seed", seed, 0, 2**63 - 1)
+    classes = _check_classes(classes)
+    numbers = {
+        key: float(check_in_range(key, numbers[key], low, high))
+        for key, low, high in _NUMBER_RANGES
+    }
+    n_jobs = _resolve_jobs(n_jobs)
+    planted = _check_planted(planted, classes, load_atlas(_ATLAS).labels)
+    sites = _check_sites(sites, numbers["voxel_scale"])
+    entanglement = numbers.pop("site_entanglement")
+    params = {
+        "n_subjects": n_subjects,
+        "seed": seed,
+        "classes": list(classes),
+        "planted": planted,
+        "sites": sites,
+        **numbers,
+        "generator_version": SYNTH_VERSION,
+        # recorded only when set: a cohort without entanglement has no such parameter
+        **({"site_entanglement": entanglement} if entanglement else {}),
+    }
+    return json.loads(json.dumps(params)), n_jobs
+
+
+#: The float parameters of :func:`make_cohort` and their ranges, in the order they are checked.
+_NUMBER_RANGES = (
+    ("voxel_scale", 0.5, 8.0),
+    ("effect_size", 0.0, 0.95),
+    ("effect_jitter", 0.0, 1.0),
+    ("noise_scale", 0.0, 10.0),
+    ("warp_mm", 0.0, 10.0),
+    ("max_rotation_deg", 0.0, 30.0),
+    ("max_translation_mm", 0.0, 30.0),
+    ("site_entanglement", 0.0, 1.0),
+)
+
+
+def _prepare_out_dir(root, record_path, params, overwrite):
+    """Make ``root`` ready for a cohort with ``params``.
+
+    Returns the record of the cohort already there with the same parameters (to resume it),
+    or None when the cohort is to be generated from scratch (a new or empty folder, or another
+    cohort removed because ``overwrite`` is True).
+    """
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"The 'out_dir' parameter must be a folder; {str(root)!r} is a file.")
+    if not (root.exists() and any(not p.name.startswith(".") for p in root.iterdir())):
+        return None
+    if not record_path.exists():
+        raise ConfigError(
+            f"out_dir {str(root)!r} is not empty and holds no neuroml synthetic cohort; "
+            "choose a new or empty folder."
+        )
+    old = read_json(record_path)
+    if old.get("parameters") == params:
+        return old
+    if not overwrite:
+        old_params = old.get("parameters") or {}
+        diff = sorted(
+            k for k in set(params) | set(old_params) if old_params.get(k) != params.get(k)
+        )
+        raise ConfigError(
+            f"out_dir {str(root)!r} holds a synthetic cohort made with other parameters "
+            f"(differing: {', '.join(diff)}); choose another folder or pass overwrite=True."
+        )
+    logger.info("removing the synthetic cohort in %s (overwrite=True)", root)
+    _remove_cohort(root)
+    return None
+
+
+#: The files :func:`make_cohort` writes at the root of a dataset, besides the subject folders.
+_DATASET_FILES = (
+    "dataset_description.json",
+    "README",
+    "CHANGES",
+    "participants.tsv",
+    "participants.json",
+)
+
+
+def _remove_cohort(root):
+    """Delete what :func:`make_cohort` wrote in ``root`` (and nothing else)."""
+    for p in root.iterdir():
+        if p.name.startswith("sub-") and p.is_dir():
+            shutil.rmtree(p)
+        elif p.name in _DATASET_FILES:
+            p.unlink()
+    shutil.rmtree(root / GROUNDTRUTH_SUBDIR)
+
+
+def _participant_ids(n_subjects):
+    """``sub-001``, ``sub-002``, ... (more digits for more than 999 subjects)."""
+    width = max(3, len(str(n_subjects)))
+    return [f"sub-{i + 1:0{width}d}" for i in range(n_subjects)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+    """One planned subject: its class and site, every random draw but the noise, and the
+    seed of its noise."""
+
+    participant_id: str
+    diagnosis: str
+    site: str
+    plan: dict
+    noise_seed: np.random.SeedSequence
+
+    def participant_row(self):
+        """The subject's row of ``participants.tsv`` as a dict."""
+        return {
+            "participant_id": self.participant_id,
+            "diagnosis": self.diagnosis,
+            "site": self.site,
+            "age": self.plan["age"],
+            "sex": self.plan["sex"],
+        }
+
+
+def _plan_subjects(params, ctx, pids):
+    """Plan every subject (cheap): classes, sites and all per-subject random draws."""
+    seed = params["seed"]
+    assignment = _assign(
+        len(pids), ctx.classes, ctx.sites, params.get("site_entanglement", 0.0), seed
+    )
+    subject_root = np.random.SeedSequence(seed).spawn(1)[0]
+    subjects = []
+    for pid, (diagnosis, site), ss in zip(pids, assignment, subject_root.spawn(len(pids))):
+        plan_ss, noise_ss = ss.spawn(2)
+        plan = _plan_subject(np.random.default_rng(plan_ss), params, ctx, diagnosis, site)
+        subjects.append(_Subject(pid, diagnosis, site, plan, noise_ss))
+    return subjects
+
+
+def _make_subjects(root, ctx, params, todo, n_jobs, show_progress):
+    """Generate the subjects ``todo``, in ``n_jobs`` threads, with an optional progress bar."""
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
@@ -1117,24 +1154,12 @@ def make_cohort(
                     bar.update(1)
         else:
             with ThreadPoolExecutor(max_workers=n_jobs) as ex:
-                for _ in ex.map(lambda s: _make_subject(root, ctx, params, s), todo):
+                for _ in ex.map(functools.partial(_make_subject, root, ctx, params), todo):
                     if bar is not None:
                         bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    write_json_atomic(record_path, _record(params, ctx, "complete"))
-    participants = [
-        {
-            "participant_id": s["participant_id"],
-            "diagnosis": s["diagnosis"],
-            "site": s["site"],
-            "age": s["plan"]["age"],
-            "sex": s["plan"]["sex"],
-        }
-        for s in subjects
-    ]
-    return _summary(root, participants, params, skipped=False, n_generated=len(todo), t0=t0)
 
 
 def _read_participants(root):

@@ -23,6 +23,7 @@ The truth (planted regions, networks, spike volumes, transforms) is under
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from neuroml._utils.fileio import read_json, write_json_atomic, write_text_atomi
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml.errors import ConfigError
 from neuroml.io.groundtruth import GROUNDTRUTH_SUBDIR, mask_filename
-from neuroml.synth.cohort import _as_int, _check_classes, _write_nifti_gz
+from neuroml.synth._checks import _as_int, _check_classes
+from neuroml.synth._write import _write_nifti_gz
 
 __all__ = [
     "FUNC_SYNTH_VERSION",
@@ -176,18 +178,51 @@ class _Grid:
 
 
 def _subject(rng, grid, params, diagnosis, networks, planted):
-    """Generate one subject: (bold 4D float32, confounds DataFrame, truth dict)."""
-    import pandas as pd
+    """Generate one subject: (bold 4D float32, confounds DataFrame, aCompCor metadata, truth)."""
+    n = params["n_volumes"]
+    fluct, region_truth, global_amp = _region_fluctuations(
+        rng, grid, params, diagnosis, networks, planted
+    )
+    fluct += _WHITE * rng.normal(size=(len(grid.vox), n))
+    # physiological noise: strongest outside grey matter
+    physio = rng.normal(size=n)
+    physio = np.convolve(physio, np.ones(2) / np.sqrt(2), mode="same")
+    fluct += 0.6 * (1 - grid.vox_gm)[:, None] * physio[None, :]
+    trans, rot, spikes = _head_motion(rng, n, params["n_spikes"], params["motion_scale"])
+    motion = np.concatenate([trans, rot], axis=1)
+    mz = (motion - motion.mean(0)) / (motion.std(0) + 1e-12)
+    beta = np.concatenate([grid.gradients, grid.gradients], axis=1) * 0.4 * params["motion_scale"]
+    fluct += beta @ mz.T
+    for s in spikes:
+        fluct[:, s] += 4.0
+    bold = grid.base[:, None] * (1.0 + 0.01 * fluct)
+    df, comp_meta = _confounds(rng, grid, bold, physio, trans, rot, params["tr"])
+    out = np.zeros((*grid.shape, n), dtype=np.float32)
+    out.reshape(-1, n)[grid.vox] = bold
+    truth = {
+        "diagnosis": diagnosis,
+        "spike_volumes": spikes,
+        "global_amplitude": round(global_amp, 4),
+        "planted_regions": planted.get(diagnosis, []),
+        "regions": region_truth,
+    }
+    return out, df, comp_meta, truth
 
+
+def _region_fluctuations(rng, grid, params, diagnosis, networks, planted):
+    """The neural signal of every brain voxel: network and region latents mixed per region.
+
+    Returns the (V, T) fluctuations (% signal before scaling), the truth of each region
+    and the subject-wide amplitude.
+    """
     n, tr = params["n_volumes"], params["tr"]
-    V = len(grid.vox)
     region_ids = sorted(set(grid.vox_labels.tolist()) - {0})
     net_of = {grid.index[r]: k for k, rs in networks.items() for r in rs}
     planted_ids = {grid.index[r] for r in planted.get(diagnosis, [])}
     lat_net = {k: _band_noise(rng, n, tr) for k in networks}
     lat_reg = {r: _band_noise(rng, n, tr) for r in region_ids}
     global_amp = float(np.exp(rng.normal(0, params["subject_jitter"])))
-    fluct = np.zeros((V, n), dtype=np.float64)
+    fluct = np.zeros((len(grid.vox), n), dtype=np.float64)
     region_truth = {}
     for r in region_ids:
         sel = grid.vox_labels == r
@@ -197,13 +232,7 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
             * global_amp
             * float(np.exp(rng.normal(0, params["region_jitter"])))
         )
-        coup = _NET_COUPLING if net else 0.0
-        other, c_other = None, 0.0
-        if r in planted_ids:
-            amp *= 1.0 + params["amplitude_effect"]
-            other = params["rewire_to"] if params["rewire_to"] != net else None
-            c_other = coup * params["decoupling"] if other else 0.0
-            coup *= 1.0 - params["decoupling"]
+        amp, coup, other, c_other = _region_mixing(amp, net, r in planted_ids, params)
         sig = lat_reg[r] * np.sqrt(max(1 - coup**2 - c_other**2, 0.0))
         if net:
             sig = sig + coup * lat_net[net]
@@ -216,16 +245,27 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
             "network": net,
             **({"rewired_to": other, "rewired_coupling": round(c_other, 4)} if other else {}),
         }
-    fluct += _WHITE * rng.normal(size=(V, n))
-    # physiological noise: strongest outside grey matter
-    physio = rng.normal(size=n)
-    physio = np.convolve(physio, np.ones(2) / np.sqrt(2), mode="same")
-    fluct += 0.6 * (1 - grid.vox_gm)[:, None] * physio[None, :]
-    # motion: slow random walk plus spikes (jump at one volume, back at the next)
-    ms = params["motion_scale"]
-    trans = np.cumsum(rng.normal(0, 0.015 * ms, size=(n, 3)), axis=0)
-    rot = np.cumsum(rng.normal(0, 0.0002 * ms, size=(n, 3)), axis=0)
-    n_spikes = params["n_spikes"]
+    return fluct, region_truth, global_amp
+
+
+def _region_mixing(amp, net, is_planted, params):
+    """A region's amplitude, coupling to its network, and the network it is rewired to (with
+    that coupling): a planted region of a patient fluctuates more and decouples."""
+    coup = _NET_COUPLING if net else 0.0
+    other, c_other = None, 0.0
+    if is_planted:
+        amp *= 1.0 + params["amplitude_effect"]
+        other = params["rewire_to"] if params["rewire_to"] != net else None
+        c_other = coup * params["decoupling"] if other else 0.0
+        coup *= 1.0 - params["decoupling"]
+    return amp, coup, other, c_other
+
+
+def _head_motion(rng, n, n_spikes, motion_scale):
+    """Translations (mm) and rotations (rad), (T, 3) each: a slow random walk plus spikes
+    (a jump at one volume, back at the next); and the spike volumes."""
+    trans = np.cumsum(rng.normal(0, 0.015 * motion_scale, size=(n, 3)), axis=0)
+    rot = np.cumsum(rng.normal(0, 0.0002 * motion_scale, size=(n, 3)), axis=0)
     spikes = (
         sorted(rng.choice(np.arange(8, n - 8), size=n_spikes, replace=False).tolist())
         if n_spikes
@@ -233,14 +273,14 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
     )
     for s in spikes:
         trans[s] += rng.choice([-1, 1], size=3) * rng.uniform(0.4, 0.8, size=3)
-    motion = np.concatenate([trans, rot], axis=1)
-    mz = (motion - motion.mean(0)) / (motion.std(0) + 1e-12)
-    beta = np.concatenate([grid.gradients, grid.gradients], axis=1) * 0.4 * ms
-    fluct += beta @ mz.T
-    for s in spikes:
-        fluct[:, s] += 4.0
-    bold = grid.base[:, None] * (1.0 + 0.01 * fluct)
-    # fMRIPrep-style confounds
+    return trans, rot, spikes
+
+
+def _confounds(rng, grid, bold, physio, trans, rot, tr):
+    """The fMRIPrep-style confounds table of a series, and the metadata of its aCompCor."""
+    import pandas as pd
+
+    n = bold.shape[1]
     fd = np.r_[
         np.nan, np.abs(np.diff(trans, axis=0)).sum(1) + 50.0 * np.abs(np.diff(rot, axis=0)).sum(1)
     ]
@@ -251,6 +291,7 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
     csf = 1000.0 + 30.0 * physio + rng.normal(0, 3, size=n)
     df = pd.DataFrame({"global_signal": bold.mean(0), "csf": csf, "white_matter": wm_sig})
     df = _with_expansions(df, ["global_signal", "csf", "white_matter"])
+    motion = np.concatenate([trans, rot], axis=1)
     names = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
     for j, c in enumerate(names):
         df[c] = motion[:, j]
@@ -261,7 +302,14 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
     cos = _cosines(n, tr)
     for j in range(cos.shape[1]):
         df[f"cosine{j:02d}"] = cos[:, j]
-    x = bold[wm] - bold[wm].mean(1, keepdims=True)
+    comp_meta = _add_acompcor(df, bold[wm])
+    return df, comp_meta
+
+
+def _add_acompcor(df, wm_bold):
+    """Add the first 5 aCompCor components of the white-matter series to ``df``; return their
+    metadata (the confounds JSON)."""
+    x = wm_bold - wm_bold.mean(1, keepdims=True)
     evals, evecs = np.linalg.eigh(x.T @ x)  # (T, T): the left singular vectors of x.T
     order = np.argsort(evals)[::-1]
     u, sv = evecs[:, order], np.sqrt(np.clip(evals[order], 0, None))
@@ -277,16 +325,7 @@ def _subject(rng, grid, params, diagnosis, networks, planted):
             "VarianceExplained": float(var[j]),
             "CumulativeVarianceExplained": float(var[: j + 1].sum()),
         }
-    out = np.zeros((*grid.shape, n), dtype=np.float32)
-    out.reshape(-1, n)[grid.vox] = bold
-    truth = {
-        "diagnosis": diagnosis,
-        "spike_volumes": spikes,
-        "global_amplitude": round(global_amp, 4),
-        "planted_regions": planted.get(diagnosis, []),
-        "regions": region_truth,
-    }
-    return out, df, comp_meta, truth
+    return comp_meta
 
 
 def _rigid(rng, max_rot_deg, max_trans_mm):
@@ -370,56 +409,88 @@ def make_func_cohort(
     ConfigError
         For a bad parameter, or a non-empty ``out_dir`` holding something else.
     """
-    import shutil
-
     t0 = time.perf_counter()
+    params = _checked_parameters(
+        n_subjects,
+        seed,
+        classes,
+        planted,
+        networks,
+        layout,
+        rewire_to,
+        resolution=resolution,
+        n_volumes=n_volumes,
+        tr=tr,
+        amplitude_effect=amplitude_effect,
+        decoupling=decoupling,
+        n_spikes=n_spikes,
+        subject_jitter=subject_jitter,
+        region_jitter=region_jitter,
+        motion_scale=motion_scale,
+    )
+    root = Path(out_dir)
+    record = root / GROUNDTRUTH_SUBDIR / "planted_regions.json"
+    if _prepare_out_dir(root, record, params, overwrite):
+        log.info("synthetic func cohort in %s exists with the same parameters: nothing to do", root)
+        return _summary(root, params, _participants(root), True, t0)
+    grid = _Grid(params["resolution"], params["networks"], params["planted"])
+    subject_seqs = np.random.SeedSequence(params["seed"]).spawn(params["n_subjects"])
+    width = max(3, len(str(params["n_subjects"])))
+    classes = params["classes"]
+    participants = []
+    write_json_atomic(record, {"status": "incomplete", "parameters": params})
+    from tqdm.auto import tqdm
+
+    for i in tqdm(
+        range(params["n_subjects"]), desc="synthetic func subjects", disable=not show_progress
+    ):
+        pid = f"sub-{i + 1:0{width}d}"
+        rng = np.random.default_rng(subject_seqs[i])
+        participants.append(_make_subject(root, grid, params, pid, classes[i % len(classes)], rng))
+    _write_dataset_files(root, params, participants, grid)
+    write_json_atomic(record, _record(params))
+    return _summary(root, params, participants, False, t0)
+
+
+def _checked_parameters(n_subjects, seed, classes, planted, networks, layout, rewire_to, **numbers):
+    """Check the parameters of :func:`make_func_cohort` (``numbers``: the others, by name).
+
+    Returns them as they are recorded in the ground truth (plain JSON values).
+    """
     n_subjects = _as_int("n_subjects", n_subjects, 1, 9999)
     seed = _as_int("seed", seed, 0, 2**63 - 1)
     classes = _check_classes(classes)
     layout = look_up_option("layout", layout, ["fmriprep", "raw"])
-    planted = {
-        c: list(v)
-        for c, v in (
-            planted
-            or {c: DEFAULT_FUNC_PLANTED[c] for c in classes[1:] if c in DEFAULT_FUNC_PLANTED}
-        ).items()
-    }
-    missing = [c for c in classes[1:] if c not in planted]
-    if missing:
-        raise ConfigError(
-            f"no planted regions for patient class(es) {missing}: pass planted={{class: [AAL regions]}}"
-        )
+    planted = _check_planted(planted, classes)
     networks = {k: list(v) for k, v in (networks or DEFAULT_NETWORKS).items()}
     if rewire_to is not None and rewire_to not in networks:
         raise ConfigError(
             f"The 'rewire_to' parameter must be one of the networks {sorted(networks)} or None. "
             f"Got {rewire_to!r} instead."
         )
-    params = json.loads(
-        json.dumps(
-            {
-                "n_subjects": n_subjects,
-                "seed": seed,
-                "classes": list(classes),
-                "planted": planted,
-                "networks": networks,
-                "resolution": float(check_in_range("resolution", resolution, 2.0, 8.0)),
-                "n_volumes": _as_int("n_volumes", n_volumes, 30, 2000),
-                "tr": float(check_in_range("tr", tr, 0.3, 5.0)),
-                "amplitude_effect": float(
-                    check_in_range("amplitude_effect", amplitude_effect, 0.0, 5.0)
-                ),
-                "decoupling": float(check_in_range("decoupling", decoupling, 0.0, 1.0)),
-                "n_spikes": _as_int("n_spikes", n_spikes, 0, 20),
-                "layout": layout,
-                "rewire_to": rewire_to,
-                "subject_jitter": float(check_in_range("subject_jitter", subject_jitter, 0.0, 1.0)),
-                "region_jitter": float(check_in_range("region_jitter", region_jitter, 0.0, 1.0)),
-                "motion_scale": float(check_in_range("motion_scale", motion_scale, 0.0, 10.0)),
-                "generator_version": FUNC_SYNTH_VERSION,
-            }
-        )
-    )
+    params = {
+        "n_subjects": n_subjects,
+        "seed": seed,
+        "classes": list(classes),
+        "planted": planted,
+        "networks": networks,
+        "resolution": float(check_in_range("resolution", numbers["resolution"], 2.0, 8.0)),
+        "n_volumes": _as_int("n_volumes", numbers["n_volumes"], 30, 2000),
+        "tr": float(check_in_range("tr", numbers["tr"], 0.3, 5.0)),
+        "amplitude_effect": float(
+            check_in_range("amplitude_effect", numbers["amplitude_effect"], 0.0, 5.0)
+        ),
+        "decoupling": float(check_in_range("decoupling", numbers["decoupling"], 0.0, 1.0)),
+        "n_spikes": _as_int("n_spikes", numbers["n_spikes"], 0, 20),
+        "layout": layout,
+        "rewire_to": rewire_to,
+        "subject_jitter": float(
+            check_in_range("subject_jitter", numbers["subject_jitter"], 0.0, 1.0)
+        ),
+        "region_jitter": float(check_in_range("region_jitter", numbers["region_jitter"], 0.0, 1.0)),
+        "motion_scale": float(check_in_range("motion_scale", numbers["motion_scale"], 0.0, 10.0)),
+        "generator_version": FUNC_SYNTH_VERSION,
+    }
     spike_room = (
         params["n_volumes"] - 16
     )  # spikes go to distinct volumes, none in the first or last 8
@@ -428,97 +499,129 @@ def make_func_cohort(
             f"The 'n_spikes' parameter must be at most n_volumes - 16 = {spike_room} (spikes go to "
             f"distinct volumes, none in the first or last 8). Got {params['n_spikes']} instead."
         )
-    root = Path(out_dir)
-    gt = root / GROUNDTRUTH_SUBDIR
-    record = gt / "planted_regions.json"
-    if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
-        old = read_json(record) if record.is_file() else None
-        if old is not None and old.get("parameters") == params and old.get("status") == "complete":
-            log.info(
-                "synthetic func cohort in %s exists with the same parameters: nothing to do", root
-            )
-            return _summary(root, params, _participants(root), True, t0)
-        if old is not None and old.get("parameters") == params:
-            # an interrupted run with the same parameters: generation is deterministic, so redo it
-            # over the files already there (each is rewritten atomically)
-            log.info("synthetic func cohort in %s was interrupted: generating it again", root)
-        elif old is None or not overwrite:
-            if isinstance(old, dict) and isinstance(old.get("parameters"), dict):
-                diff = sorted(
-                    k
-                    for k in set(params) | set(old["parameters"])
-                    if old["parameters"].get(k) != params.get(k)
-                )
-                raise ConfigError(
-                    f"out_dir {str(root)!r} holds a synthetic func cohort made with other parameters "
-                    f"(differing: {', '.join(diff)}); choose a new folder or pass overwrite=True"
-                )
-            raise ConfigError(
-                f"out_dir {str(root)!r} is not empty and holds "
-                f"{'another' if old else 'no'} neuroml synthetic cohort; choose a new folder"
-                + (" or pass overwrite=True" if old else "")
-            )
-        else:
-            for p in root.iterdir():
-                if p.is_dir():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-    grid = _Grid(params["resolution"], networks, planted)
-    rng_root = np.random.SeedSequence(seed)
-    subject_seqs = rng_root.spawn(n_subjects)
-    width = max(3, len(str(n_subjects)))
-    participants = []
-    write_json_atomic(record, {"status": "incomplete", "parameters": params})
-    from tqdm.auto import tqdm
+    return json.loads(json.dumps(params))
 
-    for i in tqdm(range(n_subjects), desc="synthetic func subjects", disable=not show_progress):
-        pid = f"sub-{i + 1:0{width}d}"
-        diagnosis = classes[i % len(classes)]
-        rng = np.random.default_rng(subject_seqs[i])
-        bold, conf, comp_meta, truth = _subject(rng, grid, params, diagnosis, networks, planted)
-        affine = grid.affine
-        if layout == "raw":
-            move = _rigid(rng, 6.0, 8.0)
-            affine = move @ grid.affine
-            truth["scanner_from_mni"] = move.tolist()
-        func = root / pid / "func"
-        slope = float(np.abs(bold).max() / 30000.0) or 1.0
-        data = np.round(bold / slope).astype(np.int16)
-        _write_nifti_gz(
-            func / bold_filename(pid, layout, params["resolution"]),
-            data,
-            affine,
-            slope=slope,
-            zooms=[params["resolution"]] * 3 + [params["tr"]],
-            qform_code=4 if layout != "raw" else 1,
-            sform_code=4 if layout != "raw" else 1,
-            descrip="neuroml synthetic BOLD",
+
+def _check_planted(planted, classes):
+    """Class -> planted regions (lists); every patient class needs an entry."""
+    given = planted or {
+        c: DEFAULT_FUNC_PLANTED[c] for c in classes[1:] if c in DEFAULT_FUNC_PLANTED
+    }
+    planted = {c: list(v) for c, v in given.items()}
+    missing = [c for c in classes[1:] if c not in planted]
+    if missing:
+        raise ConfigError(
+            f"no planted regions for patient class(es) {missing}: pass planted={{class: [AAL regions]}}"
         )
-        side = {"RepetitionTime": params["tr"], "TaskName": _TASK, "SkullStripped": False}
-        if layout == "fmriprep":
-            side["SpatialReference"] = "MNI152NLin2009aSym"
-        stem = bold_filename(pid, layout, params["resolution"]).replace(".nii.gz", "")
-        write_json_atomic(func / f"{stem}.json", side)
-        if layout == "fmriprep":
-            write_text_atomic(
-                func / f"{pid}_task-{_TASK}_desc-confounds_timeseries.tsv",
-                "\t".join(conf.columns)
-                + "\n"
-                + "".join("\t".join(_fmt(v) for v in row) + "\n" for row in conf.to_numpy()),
-            )
-            write_json_atomic(
-                func / f"{pid}_task-{_TASK}_desc-confounds_timeseries.json", comp_meta
-            )
-        write_json_atomic(gt / pid / f"{pid}_task-{_TASK}_truth.json", truth)
-        participants.append(
-            {
-                "participant_id": pid,
-                "diagnosis": diagnosis,
-                "age": int(rng.integers(20, 65)),
-                "sex": str(rng.choice(["F", "M"])),
-            }
+    return planted
+
+
+def _prepare_out_dir(root, record, params, overwrite):
+    """Make ``root`` ready for a cohort with ``params``; return True when it holds that cohort
+    complete already.
+
+    A cohort with the same parameters that was interrupted is generated again over the files
+    already there (generation is deterministic and each file is rewritten atomically); another
+    cohort is removed when ``overwrite`` is True.
+    """
+    if not (root.exists() and any(not p.name.startswith(".") for p in root.iterdir())):
+        return False
+    old = read_json(record) if record.is_file() else None
+    if old is not None and old.get("parameters") == params:
+        if old.get("status") == "complete":
+            return True
+        log.info("synthetic func cohort in %s was interrupted: generating it again", root)
+        return False
+    if old is None or not overwrite:
+        raise _not_this_cohort(root, old, params)
+    for p in root.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return False
+
+
+def _not_this_cohort(root, old, params):
+    """The error for a non-empty ``out_dir`` that holds no cohort with ``params``."""
+    if isinstance(old, dict) and isinstance(old.get("parameters"), dict):
+        diff = sorted(
+            k
+            for k in set(params) | set(old["parameters"])
+            if old["parameters"].get(k) != params.get(k)
         )
+        return ConfigError(
+            f"out_dir {str(root)!r} holds a synthetic func cohort made with other parameters "
+            f"(differing: {', '.join(diff)}); choose a new folder or pass overwrite=True"
+        )
+    return ConfigError(
+        f"out_dir {str(root)!r} is not empty and holds "
+        f"{'another' if old else 'no'} neuroml synthetic cohort; choose a new folder"
+        + (" or pass overwrite=True" if old else "")
+    )
+
+
+def _make_subject(root, grid, params, pid, diagnosis, rng):
+    """Generate and write one subject's series, sidecar, confounds and truth; return its
+    ``participants.tsv`` row."""
+    bold, conf, comp_meta, truth = _subject(
+        rng, grid, params, diagnosis, params["networks"], params["planted"]
+    )
+    layout = params["layout"]
+    affine = grid.affine
+    if layout == "raw":
+        move = _rigid(rng, 6.0, 8.0)
+        affine = move @ grid.affine
+        truth["scanner_from_mni"] = move.tolist()
+    func = root / pid / "func"
+    _write_bold(func, pid, bold, affine, params)
+    if layout == "fmriprep":
+        _write_confounds(func, pid, conf, comp_meta)
+    write_json_atomic(root / GROUNDTRUTH_SUBDIR / pid / f"{pid}_task-{_TASK}_truth.json", truth)
+    return {
+        "participant_id": pid,
+        "diagnosis": diagnosis,
+        "age": int(rng.integers(20, 65)),
+        "sex": str(rng.choice(["F", "M"])),
+    }
+
+
+def _write_bold(func, pid, bold, affine, params):
+    """The BOLD series (int16 with a slope) and its JSON sidecar in the folder ``func``."""
+    layout = params["layout"]
+    slope = float(np.abs(bold).max() / 30000.0) or 1.0
+    data = np.round(bold / slope).astype(np.int16)
+    name = bold_filename(pid, layout, params["resolution"])
+    _write_nifti_gz(
+        func / name,
+        data,
+        affine,
+        slope=slope,
+        zooms=[params["resolution"]] * 3 + [params["tr"]],
+        qform_code=4 if layout != "raw" else 1,
+        sform_code=4 if layout != "raw" else 1,
+        descrip="neuroml synthetic BOLD",
+    )
+    side = {"RepetitionTime": params["tr"], "TaskName": _TASK, "SkullStripped": False}
+    if layout == "fmriprep":
+        side["SpatialReference"] = "MNI152NLin2009aSym"
+    write_json_atomic(func / f"{name.replace('.nii.gz', '')}.json", side)
+
+
+def _write_confounds(func, pid, conf, comp_meta):
+    """The fMRIPrep-style confounds table (``n/a`` for missing values) and its JSON."""
+    stem = f"{pid}_task-{_TASK}_desc-confounds_timeseries"
+    write_text_atomic(
+        func / f"{stem}.tsv",
+        "\t".join(conf.columns)
+        + "\n"
+        + "".join("\t".join(_fmt(v) for v in row) + "\n" for row in conf.to_numpy()),
+    )
+    write_json_atomic(func / f"{stem}.json", comp_meta)
+
+
+def _write_dataset_files(root, params, participants, grid):
+    """``participants.tsv``, the dataset descriptions and the planted masks."""
     write_text_atomic(
         root / "participants.tsv",
         "participant_id\tdiagnosis\tage\tsex\n"
@@ -527,23 +630,25 @@ def make_func_cohort(
             for p in participants
         ),
     )
+    fmriprep = params["layout"] == "fmriprep"
     write_json_atomic(
         root / "dataset_description.json",
         {
             "Name": "neuroml synthetic resting-state cohort",
             "BIDSVersion": "1.8.0",
-            "DatasetType": "derivative" if layout == "fmriprep" else "raw",
+            "DatasetType": "derivative" if fmriprep else "raw",
             "License": "CC0",
             "GeneratedBy": [
                 {
                     "Name": "neuroml",
                     "Description": "neuroml.synth.make_func_cohort "
-                    + ("(fMRIPrep-style outputs)" if layout == "fmriprep" else "(plain BOLD)"),
+                    + ("(fMRIPrep-style outputs)" if fmriprep else "(plain BOLD)"),
                     "Version": f"synth-func-{FUNC_SYNTH_VERSION}",
                 }
             ],
         },
     )
+    gt = root / GROUNDTRUTH_SUBDIR
     write_json_atomic(
         gt / "dataset_description.json",
         {
@@ -553,7 +658,7 @@ def make_func_cohort(
             "GeneratedBy": [{"Name": "neuroml"}],
         },
     )
-    for c, regions in planted.items():
+    for c, regions in params["planted"].items():
         m = np.isin(grid.labels, [grid.index[r] for r in regions]).astype(np.uint8)
         _write_nifti_gz(
             gt / mask_filename(c),
@@ -564,31 +669,31 @@ def make_func_cohort(
             sform_code=4,
             descrip=f"planted regions of {c}",
         )
-    write_json_atomic(
-        record,
-        {
-            "status": "complete",
-            "modality": "func",
-            "generator": "neuroml.synth.make_func_cohort",
-            "generator_version": FUNC_SYNTH_VERSION,
-            "atlas": "aal",
-            "space": "MNI152NLin2009aSym",
-            "healthy_class": classes[0],
-            "planted": planted,
-            "masks": {c: mask_filename(c) for c in planted},
-            "networks": networks,
-            "effect_model": (
-                "voxel % signal = amp * gm * (c * network_latent + c_other * other_network_latent + "
-                "sqrt(1 - c^2 - c_other^2) * region_latent) + noise (c_other = 0 outside planted regions); "
-                f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c_other = c * "
-                f"{params['decoupling']} to the {params['rewire_to']!r} network (0 when it is their own network), "
-                f"then c *= 1 - {params['decoupling']}"
-            ),
-            "seed": seed,
-            "parameters": params,
-        },
-    )
-    return _summary(root, params, participants, False, t0)
+
+
+def _record(params):
+    """The record of a complete cohort (``planted_regions.json``)."""
+    return {
+        "status": "complete",
+        "modality": "func",
+        "generator": "neuroml.synth.make_func_cohort",
+        "generator_version": FUNC_SYNTH_VERSION,
+        "atlas": "aal",
+        "space": "MNI152NLin2009aSym",
+        "healthy_class": params["classes"][0],
+        "planted": params["planted"],
+        "masks": {c: mask_filename(c) for c in params["planted"]},
+        "networks": params["networks"],
+        "effect_model": (
+            "voxel % signal = amp * gm * (c * network_latent + c_other * other_network_latent + "
+            "sqrt(1 - c^2 - c_other^2) * region_latent) + noise (c_other = 0 outside planted regions); "
+            f"planted regions of patients: amp *= 1 + {params['amplitude_effect']}, c_other = c * "
+            f"{params['decoupling']} to the {params['rewire_to']!r} network (0 when it is their own network), "
+            f"then c *= 1 - {params['decoupling']}"
+        ),
+        "seed": params["seed"],
+        "parameters": params,
+    }
 
 
 def _participants(root):

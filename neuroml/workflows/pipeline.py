@@ -23,7 +23,15 @@ from pathlib import Path
 from neuroml._utils.options import closest, look_up_option
 from neuroml.errors import ConfigError, InputError
 
-__all__ = ["STEPS", "run_step", "step_parameters", "load_pipeline", "iter_pipeline", "run_pipeline"]
+__all__ = [
+    "STEPS",
+    "run_step",
+    "step_parameters",
+    "step_default",
+    "load_pipeline",
+    "iter_pipeline",
+    "run_pipeline",
+]
 
 log = logging.getLogger("neuroml")
 
@@ -87,6 +95,15 @@ def step_parameters(name):
             return None
         allowed += [k for k in _names_of(KWARGS_NAMES[name]) if k not in allowed]
     return allowed
+
+
+def step_default(name, parameter):
+    """Return the default value of ``parameter`` of step ``name``, read from its library function.
+
+    The command line leaves an option unset (None) when the user does not give it and takes
+    this value, so that the default has one source.
+    """
+    return inspect.signature(_resolve(name)).parameters[parameter].default
 
 
 def _check_params(name, params, where=None):
@@ -199,9 +216,18 @@ def load_pipeline(path, overrides=None):
     list of (str, dict)
         The steps with their substituted parameters.
     """
+    path = Path(path)
+    doc = _read_document(path)
+    given = _read_overrides(overrides)
+    _check_overrides(path, doc, given)
+    variables = _expand_vars(path, doc.get("vars") or {}, given)
+    return [_load_step(path, i, entry, variables) for i, entry in enumerate(doc["steps"])]
+
+
+def _read_document(path):
+    """The parsed pipeline file, with its top-level keys, ``steps`` and ``vars`` checked."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise InputError(
             "is a folder, not a pipeline file (PIPELINE.yaml)"
@@ -220,18 +246,29 @@ def load_pipeline(path, overrides=None):
             look_up_option("pipeline key", key, ["name", "description", "vars", "steps"])
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    file_vars = doc.get("vars") or {}
-    if not isinstance(file_vars, dict):
+    if not isinstance(doc.get("vars") or {}, dict):
         raise InputError("'vars' must be a mapping", path)
+    return doc
+
+
+def _read_overrides(overrides):
+    """The override values; text (from the command line) is read as a YAML scalar ("90" -> 90)."""
+    import yaml
+
     given = {}
     for key, value in (overrides or {}).items():
-        # command-line overrides arrive as text: read them as YAML scalars ("90" -> 90), safely
         try:
             given[key] = yaml.safe_load(value) if isinstance(value, str) else value
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"--set {key}=...: not a valid YAML value ({str(exc).splitlines()[0]})"
             ) from None
+    return given
+
+
+def _check_overrides(path, doc, given):
+    """Refuse an override of a variable the file neither defines nor uses."""
+    file_vars = doc.get("vars") or {}
     used = _references(doc)
     for key in given:
         if key not in file_vars and key != "pipeline_dir" and key not in used:
@@ -243,8 +280,14 @@ def load_pipeline(path, overrides=None):
                 else f" Its variables: {', '.join(known) or 'none'}."
             )
             raise ConfigError(f"{path}: --set {key}: the pipeline has no variable {key!r}.{hint}")
-    # overrides replace the file's values before anything is expanded, so derived variables
-    # (derivatives: ${workdir}/derivatives) follow an overridden workdir
+
+
+def _expand_vars(path, file_vars, given):
+    """The pipeline's variables: ``pipeline_dir``, the overrides, then the file's ``vars`` in order.
+
+    Overrides replace the file's values before anything is expanded, so derived variables
+    (``derivatives: ${workdir}/derivatives``) follow an overridden ``workdir``.
+    """
     variables = {"pipeline_dir": str(path.resolve().parent)}
     variables.update({k: v for k, v in given.items() if k not in file_vars})
     for key, value in file_vars.items():
@@ -258,23 +301,25 @@ def load_pipeline(path, overrides=None):
                 "(vars are expanded in order; define a variable before those built from it)"
             )
         variables[key] = _substitute(value, variables, str(path))
-    steps = []
-    for i, entry in enumerate(doc["steps"]):
-        where = f"{path} step {i + 1}"
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise InputError(f"step {i + 1} must be a mapping with one key, the step name", path)
-        ((name, params),) = entry.items()
-        try:
-            name = look_up_option("step", name, STEPS)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        params = params or {}
-        if not isinstance(params, dict):
-            raise InputError(f"step {i + 1} ({name}): parameters must be a mapping", path)
-        params = _substitute(params, variables, where)
-        _check_params(name, params, where)
-        steps.append((name, params))
-    return steps
+    return variables
+
+
+def _load_step(path, i, entry, variables):
+    """Step ``i`` (from 0) of the file as ``(name, params)``, substituted and checked."""
+    where = f"{path} step {i + 1}"
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise InputError(f"step {i + 1} must be a mapping with one key, the step name", path)
+    ((name, params),) = entry.items()
+    try:
+        name = look_up_option("step", name, STEPS)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    params = params or {}
+    if not isinstance(params, dict):
+        raise InputError(f"step {i + 1} ({name}): parameters must be a mapping", path)
+    params = _substitute(params, variables, where)
+    _check_params(name, params, where)
+    return name, params
 
 
 def iter_pipeline(path, overrides=None, show_progress=None):
