@@ -63,7 +63,7 @@ def check_in_range(
     value: Any,
     low: float | None = None,
     high: float | None = None,
-    kind: type | tuple[type, ...] = (int, float),
+    kind: type[Any] | tuple[type[Any], ...] = (int, float),
 ) -> Any:
     """Check that a number lies in ``[low, high]``; raise :class:`ConfigError` otherwise."""
     if isinstance(value, bool) or not isinstance(value, kind):

@@ -78,7 +78,7 @@ def _check_tr(tr):
 
 def amplitude_spectrum(
     series: npt.ArrayLike, tr: float
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any]]:
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[Any]]:
     """One-sided amplitude spectrum of time series along the last axis.
 
     Parameters
