@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from neuroml._utils.fileio import read_json
 from neuroml._utils.options import look_up_option
@@ -25,6 +25,9 @@ from neuroml._utils.types import PathLike
 from neuroml.errors import ConfigError, InputError, NeuromlError
 from neuroml.io.bids import Scan, derivative_name, find_scans, parse_entities
 from neuroml.io.derivatives import relative_path
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage as _Image
 
 __all__ = ["MODALITIES", "MISNAMED_T1W", "T1wPipeline", "BoldPipeline", "select_pipelines"]
 
@@ -108,7 +111,9 @@ class _Pipeline:
     :meth:`group_row`.
     """
 
-    row_errors = (InputError, KeyError, TypeError, ValueError)
+    row_errors: tuple[type[Exception], ...] = (InputError, KeyError, TypeError, ValueError)
+    sidecar_glob: str
+    group_row: Callable[[PathLike, Path, Mapping[str, Any]], dict[str, Any]]
 
     @classmethod
     def group_rows(cls, out_dir: PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -306,8 +311,12 @@ class BoldPipeline(_Pipeline):
         if not mean_map.is_file():
             return None
         try:
-            data = np.asarray(nib.load(str(mean_map)).dataobj, dtype=np.float32)
-            fov = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask.is_file() else None
+            data = np.asarray(cast("_Image", nib.load(str(mean_map))).dataobj, dtype=np.float32)
+            fov = (
+                np.asarray(cast("_Image", nib.load(str(mask))).dataobj) > 0
+                if mask.is_file()
+                else None
+            )
             fig.parent.mkdir(parents=True, exist_ok=True)
             title = f"{row['participant_id']} mean BOLD"
             qc_figure(data, row["resolution"], fig, title=title, fov=fov)
