@@ -4,6 +4,10 @@ Every error a user can trigger with bad input derives from :class:`NeuromlError`
 so the command line can print a one-line message instead of a traceback.
 """
 
+from __future__ import annotations
+
+import os
+
 __all__ = ["NeuromlError", "InputError", "OutputError", "ConfigError", "LeakageError"]
 
 
@@ -17,7 +21,7 @@ class InputError(NeuromlError, ValueError):
     The message names the file (when there is one) and the problem.
     """
 
-    def __init__(self, message, path=None):
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
@@ -29,12 +33,14 @@ class OutputError(NeuromlError, OSError):
     the file and what to do. ``errno`` is the operating system's error number.
     """
 
-    def __init__(self, message, path=None, errno=None):
+    def __init__(
+        self, message: str, path: str | os.PathLike[str] | None = None, errno: int | None = None
+    ) -> None:
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
         self.errno = errno
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.args[0]
 
 

@@ -1,11 +1,13 @@
 """Choosing the torch device."""
 
+from __future__ import annotations
+
 import torch
 
 from neuroml.errors import ConfigError
 
 
-def resolve_device(device="auto"):
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; check that a requested CUDA device exists."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,6 +5,8 @@ a temporary file in the destination folder, flushed, then renamed over the final
 name, so a crash never leaves a half-written file under a final name.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import glob
@@ -16,9 +18,16 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from neuroml._utils.types import PathLike
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 __all__ = [
     "atomic_path",
@@ -55,7 +64,9 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temporaries(folder, name=None, recursive=False):
+def remove_stale_temporaries(
+    folder: PathLike, name: str | None = None, recursive: bool = False
+) -> int:
     """Delete temporary files that a killed writer left in ``folder`` (optionally only those of
     ``name``; with ``recursive``, also in every folder below it).
 
@@ -124,7 +135,7 @@ def _fsync_dir(folder):
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=None):
+def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     Parameters
@@ -167,7 +178,7 @@ def atomic_path(path, suffix=None):
 
 
 @contextlib.contextmanager
-def atomic_folder(path):
+def atomic_folder(path: PathLike) -> Iterator[Path]:
     """Yield a new temporary folder beside ``path``; rename it onto ``path`` on success.
 
     ``path`` must not exist or be an empty folder. On success the folder gets the mode of the
@@ -239,7 +250,7 @@ def _raise_output_error(exc, path):
     ) from None
 
 
-def write_text_atomic(path, text):
+def write_text_atomic(path: PathLike, text: str) -> Path:
     """Write ``text`` (str) to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -257,14 +268,14 @@ def plain_value(obj):
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path: PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return write_text_atomic(
         path, json.dumps(obj, indent=2, sort_keys=False, default=plain_value) + "\n"
     )
 
 
-def read_json(path):
+def read_json(path: PathLike) -> Any:
     """Read a JSON file, raising :class:`~neuroml.errors.InputError` naming it when broken."""
     from neuroml.errors import InputError
 
@@ -277,7 +288,7 @@ def read_json(path):
         raise InputError(f"not valid JSON ({exc})", path) from None
 
 
-def save_nifti_atomic(img, path):
+def save_nifti_atomic(img: nib.Nifti1Image, path: PathLike) -> Path:
     """Save a nibabel image to ``path`` atomically; the format follows the suffix."""
     import nibabel as nib
 
@@ -286,14 +297,14 @@ def save_nifti_atomic(img, path):
     return Path(path)
 
 
-def save_npy_atomic(array, path):
+def save_npy_atomic(array: np.ndarray, path: PathLike) -> Path:
     """Save a numpy array as ``.npy`` atomically."""
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
     return Path(path)
 
 
-def sha256_file(path, chunk_size=1 << 20):
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Return the hex SHA-256 digest of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -303,7 +314,7 @@ def sha256_file(path, chunk_size=1 << 20):
 
 
 @contextlib.contextmanager
-def advisory_lock(path):
+def advisory_lock(path: PathLike) -> Iterator[None]:
     """Hold an exclusive advisory lock (``flock``) on the file ``path`` while the block runs.
 
     Writers that share a file (``meta.json`` of the tensor cache, ``failures.tsv`` of a batch)

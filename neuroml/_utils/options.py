@@ -1,14 +1,20 @@
 """Checking option strings against their allowed values, with a "did you mean" hint."""
 
+from __future__ import annotations
+
 import difflib
 import math
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from neuroml.errors import ConfigError
 
 __all__ = ["look_up_option", "closest", "check_in_range"]
 
+_T = TypeVar("_T")
 
-def look_up_option(name, value, allowed):
+
+def look_up_option(name: str, value: Any, allowed: Iterable[_T]) -> _T:
     """Return ``value`` if it is one of ``allowed``; raise a helpful :class:`ConfigError` otherwise.
 
     Parameters
@@ -39,7 +45,7 @@ def look_up_option(name, value, allowed):
     )
 
 
-def closest(value, allowed):
+def closest(value: Any, allowed: Iterable[_T]) -> _T | None:
     """The allowed value closest to ``value`` (case ignored), for a "did you mean" hint; or None.
 
     Examples
@@ -52,7 +58,13 @@ def closest(value, allowed):
     return names[close[0]] if close else None
 
 
-def check_in_range(name, value, low=None, high=None, kind=(int, float)):
+def check_in_range(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    kind: type[Any] | tuple[type[Any], ...] = (int, float),
+) -> Any:
     """Check that a number lies in ``[low, high]``; raise :class:`ConfigError` otherwise."""
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"The {name!r} parameter must be a number. Got {value!r} instead.")

@@ -1,5 +1,7 @@
 """Provenance: package versions and seeds recorded with every output."""
 
+from __future__ import annotations
+
 import importlib.metadata
 import platform
 import random
@@ -23,9 +25,9 @@ _PACKAGES = (
 )
 
 
-def package_versions():
+def package_versions() -> dict[str, str | None]:
     """Return a dict of the versions of Python and of the packages neuroml relies on."""
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -34,7 +36,7 @@ def package_versions():
     return out
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> int:
     """Seed Python's, numpy's and torch's global generators; return the seed."""
     seed = int(seed)
     random.seed(seed)

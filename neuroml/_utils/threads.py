@@ -16,7 +16,10 @@ Other OpenMP runtimes (LLVM/Intel: macOS, some conda builds) have no spin count 
 iterations; ``KMP_BLOCKTIME=0`` makes them sleep at once, as ``PASSIVE`` did.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import MutableMapping
 
 __all__ = ["OPENMP_DEFAULTS", "OPENMP_VARIABLES", "configure_openmp"]
 
@@ -26,7 +29,7 @@ OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
 OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def configure_openmp(environ=None):
+def configure_openmp(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set :data:`OPENMP_DEFAULTS` in ``environ`` (default ``os.environ``) unless the user
     chose a wait policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set).
 

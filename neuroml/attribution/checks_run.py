@@ -6,12 +6,22 @@ each explained again by its fold model; stability of the class maps across folds
 a ``neuroml synth`` cohort, the planted ground truth.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from neuroml._utils.types import PathLike
 from neuroml.attribution import sanity as checks
 from neuroml.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from neuroml.attribution.compute import Explained, ExplainerSpec
+    from neuroml.attribution.plan import ModelInputs, Sources
 
 __all__ = ["CheckInputs", "trust_checks"]
 
@@ -35,13 +45,13 @@ class CheckInputs:
         ``{class: region table of its mean map}``.
     """
 
-    spec: object
-    src: object
-    inputs: object
-    deriv_dir: object
-    explained: object
-    groups: dict
-    tables: dict
+    spec: ExplainerSpec
+    src: Sources
+    inputs: ModelInputs
+    deriv_dir: PathLike
+    explained: Explained
+    groups: dict[str, dict[str, Any]]
+    tables: dict[str, pd.DataFrame]
 
 
 def _brain(cache, cfg, atlas_labels):
@@ -174,7 +184,7 @@ def _ground_truth(ci, brain):
     return gt or None
 
 
-def trust_checks(ci, n_sanity, seed):
+def trust_checks(ci: CheckInputs, n_sanity: int, seed: int) -> dict[str, Any]:
     """The four trust checks of :mod:`neuroml.attribution.sanity` for one method (``sanity.json``).
 
     Parameters

@@ -6,10 +6,15 @@ models, writes each new map and its region tables, reads back the maps it keeps,
 collects each labelled scan's map of its true class for the group maps and trust checks.
 """
 
+from __future__ import annotations
+
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.fileio import save_nifti_atomic, sha256_file
 from neuroml.attribution.files import _given, map_name, region_stem, remove_other_tables
@@ -17,6 +22,11 @@ from neuroml.attribution.group import _img
 from neuroml.attribution.methods import Explainer
 from neuroml.attribution.plan import _fold_ids
 from neuroml.attribution.regions import region_table, write_region_table
+
+if TYPE_CHECKING:
+    import torch
+
+    from neuroml.attribution.plan import AttributionCall, AttributionPlan, Sources
 
 __all__ = ["EXPLAINER_BATCH_SIZE", "ExplainerSpec", "Explained", "explain_scans"]
 
@@ -30,11 +40,11 @@ class ExplainerSpec:
     ``region_occlusion``, the atlas labels of the regions it hides (``feature_mask``)."""
 
     method: str
-    target_layer: object
-    classes: list
-    feature_mask: object = None
+    target_layer: str | None
+    classes: list[str]
+    feature_mask: npt.NDArray[np.integer[Any]] | None = None
 
-    def explainer(self, model):
+    def explainer(self, model: torch.nn.Module) -> Explainer:
         """The :class:`Explainer` of ``model``."""
         return Explainer(
             model,
@@ -45,7 +55,9 @@ class ExplainerSpec:
             feature_mask=self.feature_mask if self.method == "region_occlusion" else None,
         )
 
-    def attribute(self, model, x, targets):
+    def attribute(
+        self, model: torch.nn.Module, x: npt.NDArray[Any], targets: Sequence[int] | npt.NDArray[Any]
+    ) -> npt.NDArray[np.float32]:
         """Maps of ``x`` by ``model`` for the target indices ``targets``."""
         return self.explainer(model).attribute(x, target=targets)
 
@@ -122,10 +134,10 @@ class Explained:
         Time taken.
     """
 
-    entries: dict = field(default_factory=dict)
-    maps: list = field(default_factory=list)
-    owners: list = field(default_factory=list)
-    pool: list = field(default_factory=list)
+    entries: dict[str, Any] = field(default_factory=dict)
+    maps: list[npt.NDArray[Any]] = field(default_factory=list)
+    owners: list[tuple[str, str]] = field(default_factory=list)
+    pool: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -295,7 +307,14 @@ def _collect(out, src, batch, i):
     out.owners.append((r.participant_id, src.classes[true]))
 
 
-def explain_scans(call, src, plan, spec, batch_size=4, show_progress=True):
+def explain_scans(
+    call: AttributionCall,
+    src: Sources,
+    plan: AttributionPlan,
+    spec: ExplainerSpec,
+    batch_size: int = 4,
+    show_progress: bool = True,
+) -> Explained:
     """Explain (or read back) the maps of ``plan.rows``, write the new ones and every scan's
     region tables.
 

@@ -5,6 +5,8 @@ one method and one derivatives folder; :func:`check_folder` refuses any other, a
 :func:`remove_unlisted` deletes the files a call's ``attribution.json`` no longer lists.
 """
 
+from __future__ import annotations
+
 import logging
 
 import numpy as np
@@ -17,7 +19,9 @@ __all__ = ["map_name"]
 log = logging.getLogger("neuroml")
 
 
-def map_name(participant_id, session=None, run=None, method="gradcam"):
+def map_name(
+    participant_id: str, session: str | None = None, run: str | None = None, method: str = "gradcam"
+) -> str:
     """File name of a subject's map: ``sub-X[_ses-Y][_run-Z]_desc-<method>_map.nii.gz``.
 
     Examples

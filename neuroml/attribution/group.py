@@ -6,19 +6,28 @@ attribution differs from 0 (:func:`scipy.stats.ttest_1samp` over subjects, vecto
 over voxels in chunks to bound memory).
 """
 
+from __future__ import annotations
+
 import re
 import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.fileio import save_nifti_atomic
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 
 __all__ = ["group_statistics", "class_group_maps", "class_entity", "write_group_maps"]
 
 
-def group_statistics(maps, chunk=65536):
+def group_statistics(
+    maps: npt.NDArray[Any], chunk: int = 65536
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
     """Mean map and one-sample t map (against 0) over subjects.
 
     Parameters
@@ -60,7 +69,9 @@ def group_statistics(maps, chunk=65536):
     return mean, t.reshape(maps.shape[1:])
 
 
-def class_group_maps(maps, labels, classes):
+def class_group_maps(
+    maps: npt.NDArray[Any], labels: Sequence[str | None] | npt.NDArray[Any], classes: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     """:func:`group_statistics` for every class that has subjects.
 
     Parameters
@@ -88,7 +99,7 @@ def class_group_maps(maps, labels, classes):
     return out
 
 
-def class_entity(label, classes=None):
+def class_entity(label: str, classes: Sequence[str] | None = None) -> str:
     """A BIDS-safe ``class-`` value (letters and digits only) for a class label.
 
     Falls back to the class's position in ``classes`` when nothing is left or two
@@ -108,7 +119,12 @@ def class_entity(label, classes=None):
     return safe or "unnamed"
 
 
-def write_group_maps(groups, affine, out_dir, classes=None):
+def write_group_maps(
+    groups: Mapping[str, Mapping[str, Any]],
+    affine: npt.ArrayLike,
+    out_dir: PathLike,
+    classes: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Save group maps as ``class-<C>_desc-mean_map.nii.gz`` / ``..._desc-tstat_map.nii.gz``.
 
     Parameters
@@ -126,7 +142,6 @@ def write_group_maps(groups, affine, out_dir, classes=None):
     dict
         ``{class: {"mean": Path, "tstat": Path or None, "n": int}}``.
     """
-    from pathlib import Path
 
     out_dir = Path(out_dir)
     classes = list(classes) if classes is not None else list(groups)

@@ -29,10 +29,15 @@ covered once. It is Captum's ``Occlusion`` with stride equal to the window, writ
 feature mask so that sides that are not multiples of the window (73 at 2 mm) are covered.
 """
 
+from __future__ import annotations
+
 import copy
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from neuroml._utils.options import check_in_range, look_up_option
@@ -59,7 +64,7 @@ ALL_METHODS = METHODS + ("region_occlusion",)
 HIRESCAM_MAX_STRIDE = 4
 
 
-def block_mask(shape, n_blocks=6):
+def block_mask(shape: Sequence[int], n_blocks: int = 6) -> npt.NDArray[np.int64]:
     """Integer mask that tiles a grid with ``n_blocks`` blocks per axis.
 
     Parameters
@@ -101,7 +106,9 @@ def _working_copy(model):
     return work
 
 
-def guess_target_layer(model, x, max_stride=None):
+def guess_target_layer(
+    model: torch.nn.Module, x: torch.Tensor, max_stride: int | None = None
+) -> str:
     """Name of the last module whose output is still a spatial feature map.
 
     Runs one forward pass of ``x`` (a copy of the model is used) and returns the module
@@ -152,7 +159,7 @@ def guess_target_layer(model, x, max_stride=None):
     return last["name"]
 
 
-def _as_input(x, device):
+def _as_input(x: Any, device: torch.device | str | None) -> torch.Tensor:
     if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor):
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if x.ndim == 4:
@@ -224,19 +231,19 @@ class Explainer:
 
     def __init__(
         self,
-        model,
-        method="gradcam",
-        target_layer=None,
-        classes=None,
-        batch_size=8,
-        n_steps=32,
-        nt_samples=16,
-        noise_level=0.15,
-        n_blocks=6,
-        feature_mask=None,
-        baseline=0.0,
-        seed=0,
-    ):
+        model: torch.nn.Module,
+        method: str = "gradcam",
+        target_layer: str | None = None,
+        classes: Sequence[str] | None = None,
+        batch_size: int = 8,
+        n_steps: int = 32,
+        nt_samples: int = 16,
+        noise_level: float = 0.15,
+        n_blocks: int = 6,
+        feature_mask: npt.NDArray[np.integer[Any]] | None = None,
+        baseline: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.model = model
         self.method = method
         self.target_layer = target_layer
@@ -385,7 +392,11 @@ class Explainer:
             out[:, torch.as_tensor(np.asarray(self.feature_mask) == 0)] = 0.0
         return out
 
-    def attribute(self, x, target="predicted"):
+    def attribute(
+        self,
+        x: npt.NDArray[Any] | torch.Tensor,
+        target: str | int | Sequence[int | str] | npt.NDArray[np.integer[Any]] = "predicted",
+    ) -> npt.NDArray[np.float32]:
         """Attribution maps of ``x`` for the target classes.
 
         Parameters

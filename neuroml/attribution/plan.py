@@ -7,21 +7,35 @@ every map depends on (the call's ``identity``) and which maps of the earlier cal
 same folder are still valid and kept (:class:`AttributionPlan`).
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.fileio import remove_stale_temporaries, sha256_file
 from neuroml._utils.options import look_up_option
+from neuroml._utils.types import PathLike
 from neuroml.attribution.files import map_name
 from neuroml.attribution.methods import Explainer
 from neuroml.errors import ConfigError, InputError, LeakageError
 from neuroml.io.atlases import atlas_on_grid
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from neuroml.data.cache import TensorCache
+    from neuroml.runs.folder import Run
+    from neuroml.trust.harmonize import InputHarmonization
 
 __all__ = [
     "AttributionCall",
@@ -49,17 +63,17 @@ _METHOD_SETTINGS = {
 class AttributionCall:
     """The checked arguments of one :func:`~neuroml.attribution.attribute_run` call."""
 
-    run_dir: object
-    deriv_dir: object
+    run_dir: PathLike
+    deriv_dir: PathLike
     out_dir: Path
     method: str
     atlas: str
     target: str = "predicted"
     force: bool = False
-    participants: object = None
+    participants: PathLike | None = None
 
     @property
-    def deriv_key(self):
+    def deriv_key(self) -> str:
         """The derivatives folder as ``attribution.json`` records it (``deriv_dir``)."""
         return str(Path(self.deriv_dir).resolve())
 
@@ -69,25 +83,25 @@ class Sources:
     """What a call reads: the run, its fold models, the derivatives' tensor cache and the atlas
     (``atlas_labels``, ``atlas_names``) on the cache's grid."""
 
-    run: object
-    classes: list
-    cache: object
-    fold_models: dict
-    atlas_labels: np.ndarray
-    atlas_names: dict
+    run: Run
+    classes: list[str]
+    cache: TensorCache
+    fold_models: dict[Any, torch.nn.Module]
+    atlas_labels: npt.NDArray[np.integer[Any]]
+    atlas_names: dict[int, str]
 
     @property
-    def cfg(self):
+    def cfg(self) -> dict[str, Any]:
         """The run's ``config.json``."""
         return self.run.config
 
     @property
-    def folds(self):
+    def folds(self) -> list[Any]:
         """The fold keys, in the run's order."""
         return list(self.fold_models)
 
     @property
-    def voxel_ml(self):
+    def voxel_ml(self) -> float:
         """Volume of one voxel of the grid, in millilitres."""
         return abs(float(np.linalg.det(self.cache.affine[:3, :3]))) / 1000.0
 
@@ -120,7 +134,14 @@ def _select(index, participants):
     return index[index["participant_id"].isin(wanted)]
 
 
-def open_sources(run_dir, deriv_dir, atlas, target, participant_labels, device):
+def open_sources(
+    run_dir: PathLike,
+    deriv_dir: PathLike,
+    atlas: str,
+    target: str,
+    participant_labels: str | Iterable[str] | None,
+    device: str | torch.device | None,
+) -> tuple[Sources, str, pd.DataFrame]:
     """What a call reads, its checked ``target`` and the requested scans.
 
     Returns
@@ -161,17 +182,17 @@ class ModelUse:
         under another ID (explained as that participant).
     """
 
-    run: object
-    folds: list
-    used_by: dict
-    twins: dict
+    run: Run
+    folds: list[Any]
+    used_by: dict[Any, set[str]]
+    twins: dict[str, str]
 
     @classmethod
-    def of(cls, run, folds, cache):
+    def of(cls, run: Run, folds: Iterable[Any], cache: TensorCache) -> ModelUse:
         """The model use of ``run``'s ``folds`` for the scans of ``cache`` (warns of each twin)."""
         from neuroml.runs.sources import training_twins
 
-        used_by = {f: set() for f in folds}
+        used_by: dict[Any, set[str]] = {f: set() for f in folds}
         for entry in run.splits:
             f = entry.get("fold")
             if f in used_by:
@@ -193,7 +214,7 @@ class ModelUse:
             )
         return cls(run, list(folds), used_by, twins)
 
-    def folds_for(self, pid, force, quiet=False):
+    def folds_for(self, pid: str, force: bool, quiet: bool = False) -> tuple[tuple[Any, ...], str]:
         """(folds to use, how) for a participant; raise LeakageError if all trained on it.
 
         ``how`` is ``"out-of-fold"`` (the fold that tested it), ``"not-in-run"`` (every fold),
@@ -229,10 +250,10 @@ class ModelInputs:
         For a run trained on harmonized inputs.
     """
 
-    sha: dict
-    harmonized: object = None
+    sha: dict[int, str]
+    harmonized: InputHarmonization | None = None
 
-    def key(self, r):
+    def key(self, r: Any) -> str:
         """The subject's input: its volume's checksum (and, harmonized, its site and covariates)."""
         if self.harmonized is None:
             return str(self.sha[r.row])
@@ -245,16 +266,18 @@ class ModelInputs:
             ]
         )
 
-    def for_fold(self, fold, x, pids):
+    def for_fold(self, fold: Any, x: npt.NDArray[Any], pids: Sequence[str]) -> npt.NDArray[Any]:
         """What fold ``fold``'s model was trained on: ``x`` itself, or harmonized with the fold's ComBat."""
         if self.harmonized is None:
             return x
         return self.harmonized.apply(fold, x, np.arange(len(x)), pids)
 
-    def unseen_sites(self):
+    def unseen_sites(self) -> dict[str, Any]:
         """``{fold: sites its ComBat did not see}`` for the folds with any."""
         return {
-            str(k): h.unseen_sites_ for k, h in self.harmonized._folds.items() if h.unseen_sites_
+            str(k): h.unseen_sites_
+            for k, h in cast("InputHarmonization", self.harmonized)._folds.items()
+            if h.unseen_sites_
         }
 
 
@@ -284,14 +307,14 @@ class AttributionPlan:
     call_id : str
     """
 
-    rows: object
-    model_use: dict
-    labels: dict
-    target_layer: object
-    identity: dict
+    rows: pd.DataFrame
+    model_use: dict[Any, tuple[tuple[Any, ...], str]]
+    labels: dict[str, str]
+    target_layer: str | None
+    identity: dict[str, Any]
     identity_sha256: str
-    previous: dict
-    earlier: dict
+    previous: dict[str, Any]
+    earlier: dict[int, tuple[tuple[Any, ...], str]]
     inputs: ModelInputs
     call_id: str
 
@@ -338,7 +361,9 @@ def _as_tensor(x, model):
     return torch.as_tensor(x if x.ndim == 5 else x[:, None], device=next(model.parameters()).device)
 
 
-def method_target_layer(method, model_name, model, x):
+def method_target_layer(
+    method: str, model_name: str | None, model: torch.nn.Module, x: npt.NDArray[Any] | None
+) -> str | None:
     """The layer :func:`attribute_run` gives ``method``: HiResCAM's own default (the last layer at most
     :data:`~neuroml.attribution.methods.HIRESCAM_MAX_STRIDE` times coarser than ``x``, one scan as
     ``(N, [C,] X, Y, Z)``), else the network's Grad-CAM layer (None if unknown: the Explainer guesses)."""
@@ -349,7 +374,7 @@ def method_target_layer(method, model_name, model, x):
     try:
         from neuroml.models import default_target_layer
 
-        return default_target_layer(model_name)
+        return default_target_layer(cast(str, model_name))  # None: a ConfigError, caught
     except (ImportError, ConfigError, KeyError, TypeError):
         return None
 
@@ -465,7 +490,9 @@ def _same_inputs(earlier, previous, inputs, index, method):
     }
 
 
-def plan_attribution(call, src, rows, earlier_doc):
+def plan_attribution(
+    call: AttributionCall, src: Sources, rows: pd.DataFrame, earlier_doc: Mapping[str, Any]
+) -> AttributionPlan:
     """What ``call`` computes for the scans ``rows`` and keeps of ``earlier_doc`` (the folder's
     earlier ``attribution.json``, {} when none); removes temporaries a killed call left.
 
@@ -477,7 +504,9 @@ def plan_attribution(call, src, rows, earlier_doc):
         If ``target="true"`` and a scan has no class label, or its inputs cannot be harmonized.
     """
     use = ModelUse.of(src.run, src.folds, src.cache)
-    model_use = {r.row: use.folds_for(r.participant_id, call.force) for r in rows.itertuples()}
+    model_use = {
+        r.row: use.folds_for(cast(str, r.participant_id), call.force) for r in rows.itertuples()
+    }
     labels = _true_labels(src.run, call.run_dir, call.deriv_dir)
     if call.target == "true":
         _check_labelled(rows, labels, src.classes)

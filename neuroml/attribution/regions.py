@@ -6,14 +6,25 @@ region, how much the class probability drops when that region is replaced by the
 baseline (0, the normalized mean); all masked copies go through the model in batches.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from neuroml._utils.fileio import write_text_atomic
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 from neuroml.io.atlases import atlas_on_grid, hemisphere
+
+if TYPE_CHECKING:
+    import nibabel as nib
+    import torch
 
 __all__ = [
     "REGION_COLUMNS",
@@ -52,7 +63,12 @@ def _check_labels(attribution, labels):
     return attribution, labels.astype(np.int64)
 
 
-def region_table(attribution, labels, names, voxel_volume_ml=0.008):
+def region_table(
+    attribution: npt.NDArray[Any],
+    labels: npt.NDArray[np.integer[Any]],
+    names: Mapping[int, str],
+    voxel_volume_ml: float = 0.008,
+) -> pd.DataFrame:
     """Per-region summary of one attribution map.
 
     Parameters
@@ -107,7 +123,7 @@ def region_table(attribution, labels, names, voxel_volume_ml=0.008):
     return table
 
 
-def region_table_img(img, atlas="aal"):
+def region_table_img(img: nib.Nifti1Image, atlas: str = "aal") -> pd.DataFrame:
     """:func:`region_table` of a NIfTI map with an atlas resampled onto its grid.
 
     Parameters
@@ -123,8 +139,15 @@ def region_table_img(img, atlas="aal"):
 
 
 def region_occlusion(
-    model, x, labels, names, target="predicted", classes=None, baseline=0.0, batch_size=8
-):
+    model: torch.nn.Module,
+    x: npt.NDArray[Any] | torch.Tensor,
+    labels: npt.NDArray[np.integer[Any]],
+    names: Mapping[int, str],
+    target: str | int | Sequence[int | str] | npt.NDArray[np.integer[Any]] = "predicted",
+    classes: Sequence[str] | None = None,
+    baseline: float = 0.0,
+    batch_size: int = 8,
+) -> tuple[pd.DataFrame, npt.NDArray[Any]]:
     """Exact region importance: the drop in class probability when a region is hidden.
 
     Each region of ``labels`` in turn is set to ``baseline`` in a copy of the input; the
@@ -194,7 +217,12 @@ def region_occlusion(
     return table, drops
 
 
-def write_region_table(table, tsv_path, json_path=None, meta=None):
+def write_region_table(
+    table: pd.DataFrame,
+    tsv_path: PathLike,
+    json_path: PathLike | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Write a region table as TSV (and JSON with ``meta``), atomically.
 
     Parameters
@@ -217,7 +245,7 @@ def write_region_table(table, tsv_path, json_path=None, meta=None):
     return paths
 
 
-def read_region_table(path):
+def read_region_table(path: PathLike) -> pd.DataFrame:
     """Read a region table TSV written by :func:`write_region_table`."""
     try:
         return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])

@@ -38,12 +38,17 @@ when that region alone is hidden, so its region table ranks regions by exact imp
 ``<method>`` in ``desc-`` loses its underscores (BIDS labels are alphanumeric).
 """
 
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neuroml._utils.fileio import write_json_atomic
 from neuroml._utils.options import look_up_option
+from neuroml._utils.types import PathLike
 from neuroml.attribution.checks_run import CheckInputs, trust_checks
 from neuroml.attribution.compute import ExplainerSpec, explain_scans
 from neuroml.attribution.files import check_folder, map_name, remove_unlisted
@@ -64,28 +69,31 @@ from neuroml.attribution.writing import (
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.atlases import load_atlas
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["attribute_run", "map_name", "method_target_layer"]
 
 log = logging.getLogger("neuroml")
 
 
 def attribute_run(
-    run_dir,
-    deriv_dir,
-    method="region_occlusion",
-    atlas="aal",
-    target="predicted",
-    participant_labels=None,
-    force=False,
-    device="cpu",
-    show_progress=True,
-    batch_size=4,
-    sanity=True,
-    n_sanity=8,
-    seed=0,
-    participants=None,
-    out_dir=None,
-):
+    run_dir: PathLike,
+    deriv_dir: PathLike,
+    method: str = "region_occlusion",
+    atlas: str = "aal",
+    target: str = "predicted",
+    participant_labels: str | Iterable[str] | None = None,
+    force: bool = False,
+    device: str | torch.device | None = "cpu",
+    show_progress: bool = True,
+    batch_size: int = 4,
+    sanity: bool = True,
+    n_sanity: int = 8,
+    seed: int = 0,
+    participants: PathLike | None = None,
+    out_dir: PathLike | None = None,
+) -> Path:
     """Attribution maps, group maps and region tables for the subjects of a run.
 
     Parameters

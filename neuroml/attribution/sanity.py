@@ -36,13 +36,22 @@ Every function here works on arrays; :func:`neuroml.attribution.attribute_run` c
 and writes ``sanity.json`` beside the maps.
 """
 
+from __future__ import annotations
+
 import copy
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "RANDOMIZATION_RHO",
@@ -76,7 +85,7 @@ TOP_K = 5
 DELETION_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
 
 
-def randomize_weights(model, seed=0):
+def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """A copy of ``model`` with every parameter re-initialised (the original is untouched).
 
     Each module with ``reset_parameters`` (convolutions, linear layers, norms, PReLU) is
@@ -100,13 +109,13 @@ def randomize_weights(model, seed=0):
         torch.manual_seed(int(np.random.SeedSequence([int(seed), 0x5A17]).generate_state(1)[0]))
         for mod in work.modules():
             if hasattr(mod, "reset_running_stats"):
-                mod.reset_running_stats()
+                mod.reset_running_stats()  # type: ignore[operator]
             if hasattr(mod, "reset_parameters"):
-                mod.reset_parameters()
+                mod.reset_parameters()  # type: ignore[operator]
     return work
 
 
-def spearman(a, b):
+def spearman(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """Spearman rank correlation of two flat arrays (0 when either is constant).
 
     Examples
@@ -136,8 +145,15 @@ def _mask(mask, shape):
 
 
 def model_randomization(
-    explain, model, x, maps, targets, mask=None, seed=0, threshold=RANDOMIZATION_RHO
-):
+    explain: Callable[[torch.nn.Module, npt.NDArray[Any], npt.NDArray[Any]], npt.NDArray[Any]],
+    model: torch.nn.Module,
+    x: npt.NDArray[Any],
+    maps: npt.NDArray[Any],
+    targets: npt.NDArray[np.integer[Any]],
+    mask: npt.NDArray[np.bool_] | None = None,
+    seed: int = 0,
+    threshold: float = RANDOMIZATION_RHO,
+) -> dict[str, Any]:
     """Model-parameter randomization test (Adebayo et al., 2018).
 
     Parameters
@@ -179,7 +195,9 @@ def model_randomization(
     }
 
 
-def randomization_summary(rho, threshold=RANDOMIZATION_RHO):
+def randomization_summary(
+    rho: Sequence[float | None], threshold: float = RANDOMIZATION_RHO
+) -> dict[str, Any]:
     """``median_abs_rho``, ``threshold``, ``passed`` and ``n_constant`` of per-subject rhos.
 
     ``None`` entries (a constant trained map: the method found nothing to randomize away) are
@@ -192,7 +210,7 @@ def randomization_summary(rho, threshold=RANDOMIZATION_RHO):
     """
     defined = [abs(r) for r in rho if r is not None]
     med = float(np.median(defined)) if defined else None
-    out = {
+    out: dict[str, Any] = {
         "median_abs_rho": None if med is None else round(med, 4),
         "threshold": threshold,
         "passed": None if med is None else bool(med < threshold),
@@ -205,7 +223,11 @@ def randomization_summary(rho, threshold=RANDOMIZATION_RHO):
     return out
 
 
-def region_scores(maps, labels, ids):
+def region_scores(
+    maps: npt.NDArray[Any],
+    labels: npt.NDArray[np.integer[Any]],
+    ids: Sequence[int] | npt.NDArray[Any],
+) -> npt.NDArray[np.float64]:
     """Mean of each map over each region: ``(N, len(ids))``."""
     maps = np.asarray(maps, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
@@ -223,17 +245,17 @@ def _auc(y, x):
 
 
 def deletion_curve(
-    model,
-    x,
-    maps,
-    targets,
-    labels,
-    steps=DELETION_STEPS,
-    n_random=3,
-    baseline=0.0,
-    seed=0,
-    batch_size=8,
-):
+    model: torch.nn.Module,
+    x: npt.NDArray[Any],
+    maps: npt.NDArray[Any],
+    targets: npt.NDArray[np.integer[Any]],
+    labels: npt.NDArray[np.integer[Any]],
+    steps: Sequence[int] = DELETION_STEPS,
+    n_random: int = 3,
+    baseline: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """Faithfulness: target probability as the top-ranked regions are removed, against random orders.
 
     For each subject the atlas regions are ordered by their mean attribution (highest
@@ -361,8 +383,11 @@ def _deletion_result(probs, frac, steps, n_random):
 
 
 def fold_stability(
-    scores_by_fold, threshold=STABILITY_RHO, top_k=10, overlap_p=STABILITY_OVERLAP_P
-):
+    scores_by_fold: Mapping[Any, npt.NDArray[Any]],
+    threshold: float = STABILITY_RHO,
+    top_k: int = 10,
+    overlap_p: float = STABILITY_OVERLAP_P,
+) -> dict[str, Any]:
     """Agreement of region scores between the models of different folds.
 
     Two figures for every pair of folds: the Spearman rho of all region scores, and the share
@@ -416,7 +441,7 @@ def fold_stability(
     p_overlap = None
     if pairs and n > k:  # with every region in the top set any overlap is certain
         shared = int(
-            np.floor(median_shared)
+            np.floor(cast(float, median_shared))
         )  # the median of an even number of pairs may be x.5: rounded down
         p_overlap = float(hypergeom.sf(shared - 1, n, k, k)) if shared > 0 else 1.0
     by_rho = med is not None and med >= threshold
@@ -454,14 +479,14 @@ def _top_regions(scores, k):
 
 
 def ground_truth_scores(
-    attribution,
-    mask,
-    brain=None,
-    region_table=None,
-    planted_regions=(),
-    top_k=TOP_K,
-    enrichment=MASS_ENRICHMENT,
-):
+    attribution: npt.NDArray[Any],
+    mask: npt.NDArray[np.bool_],
+    brain: npt.NDArray[np.bool_] | None = None,
+    region_table: pd.DataFrame | None = None,
+    planted_regions: Sequence[str] = (),
+    top_k: int = TOP_K,
+    enrichment: float = MASS_ENRICHMENT,
+) -> dict[str, Any]:
     """Score one map against a planted (true) mask.
 
     Parameters
@@ -499,7 +524,7 @@ def ground_truth_scores(
     share = float(m.sum() / max(keep.sum(), 1))
     y = m[keep]
     auc = float(roc_auc_score(y, a[keep])) if 0 < y.sum() < y.size else None
-    out = {
+    out: dict[str, Any] = {
         "mass_accuracy": round(mass, 4),
         "planted_share": round(share, 4),
         "mass_enrichment": round(mass / share, 3) if share > 0 else None,
@@ -524,7 +549,9 @@ def ground_truth_scores(
     return out
 
 
-def planted_ground_truth(deriv_dir, affine, shape):
+def planted_ground_truth(
+    deriv_dir: PathLike, affine: npt.ArrayLike, shape: Sequence[int]
+) -> dict[str, dict[str, Any]] | None:
     """The planted-region masks of a ``neuroml synth`` cohort, on a grid.
 
     Parameters
@@ -557,7 +584,7 @@ def planted_ground_truth(deriv_dir, affine, shape):
     rec = read_json(gt / "planted_regions.json")
     out = {}
     for cls, regions in (rec.get("planted") or {}).items():
-        img = nib.load(str(planted_mask_path(gt, cls)))
+        img = cast(nib.Nifti1Image, nib.load(str(planted_mask_path(gt, cls))))
         img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
         with warnings.catch_warnings():  # a 0/1 mask on purpose: linear, then >= 0.5
             warnings.filterwarnings("ignore", message="Resampling binary images")

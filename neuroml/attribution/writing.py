@@ -1,8 +1,12 @@
 """What a call of :func:`~neuroml.attribution.attribute_run` writes once its maps are made:
 the class group maps and their region tables, ``sanity.json`` and ``attribution.json``."""
 
+from __future__ import annotations
+
 import logging
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,6 +15,10 @@ from neuroml._utils.provenance import package_versions
 from neuroml.attribution.files import atlas_entity
 from neuroml.attribution.group import class_entity, class_group_maps, write_group_maps
 from neuroml.attribution.regions import region_table, write_region_table
+
+if TYPE_CHECKING:
+    from neuroml.attribution.compute import Explained
+    from neuroml.attribution.plan import AttributionCall, AttributionPlan, Sources
 
 __all__ = ["write_groups", "write_sanity", "supersede_sanity", "attribution_doc"]
 
@@ -30,7 +38,9 @@ def _per_participant(maps, owners):
     return keys, sums / counts[:, None, None, None]
 
 
-def write_groups(call, src, explained):
+def write_groups(
+    call: AttributionCall, src: Sources, explained: Explained
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
     """Average each participant's scans, then write the class group maps and their region tables.
 
     Returns
@@ -69,7 +79,7 @@ def write_groups(call, src, explained):
     return info, groups, tables
 
 
-def write_sanity(out_dir, trust, plan):
+def write_sanity(out_dir: Path, trust: dict[str, Any], plan: AttributionPlan) -> dict[str, Any]:
     """Write the checks ``trust`` of the call of ``plan`` as ``sanity.json`` (removing a
     superseded one); return ``sanity`` of ``attribution.json``."""
     trust.update(
@@ -86,7 +96,7 @@ def write_sanity(out_dir, trust, plan):
     }
 
 
-def supersede_sanity(out_dir, method, sanity):
+def supersede_sanity(out_dir: Path, method: str, sanity: bool) -> dict[str, Any]:
     """For a call that does not run the checks (``sanity`` False, or no labelled scan): move an
     earlier ``sanity.json`` to ``sanity_superseded.json``; return ``sanity`` of ``attribution.json``."""
     sanity_path, superseded = out_dir / "sanity.json", out_dir / "sanity_superseded.json"
@@ -133,7 +143,15 @@ def _trust_summary(trust):
     return out
 
 
-def attribution_doc(call, src, plan, explained, group_info, sanity_doc, trust):
+def attribution_doc(
+    call: AttributionCall,
+    src: Sources,
+    plan: AttributionPlan,
+    explained: Explained,
+    group_info: dict[str, Any],
+    sanity_doc: dict[str, Any] | None,
+    trust: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The content of ``attribution.json``: settings, subjects, group maps, timings, checks."""
     entries, cfg = explained.entries, src.cfg
     doc = {

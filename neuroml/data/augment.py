@@ -14,6 +14,8 @@ at 2 mm it cost more than a training step of the compact network (README, Benchm
 transform. Its random state is a ``torch.Generator`` reseeded by ``set_random_state``.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
@@ -41,15 +43,15 @@ class BatchAugmentation:
 
     def __init__(
         self,
-        seed=0,
-        rotate_deg=3.0,
-        translate_vox=2.0,
-        scale=0.03,
-        intensity=0.1,
-        noise_std=0.05,
-        flip=False,
-        prob=0.5,
-    ):
+        seed: int = 0,
+        rotate_deg: float = 3.0,
+        translate_vox: float = 2.0,
+        scale: float = 0.03,
+        intensity: float = 0.1,
+        noise_std: float = 0.05,
+        flip: bool = False,
+        prob: float = 0.5,
+    ) -> None:
         self.rotate = math.radians(float(rotate_deg))
         self.translate_vox, self.scale = float(translate_vox), float(scale)
         self.intensity, self.noise_std = float(intensity), float(noise_std)
@@ -58,12 +60,12 @@ class BatchAugmentation:
         self.set_random_state(seed)
 
     @property
-    def steps(self):
+    def steps(self) -> list[str]:
         """Names of the MONAI transforms this reproduces, in order."""
         names = ["RandAffine", "RandScaleIntensity", "RandShiftIntensity", "RandGaussianNoise"]
         return names + (["RandFlip"] if self.flip else [])
 
-    def set_random_state(self, seed):
+    def set_random_state(self, seed: int) -> BatchAugmentation:
         """Reseed the random state; returns self."""
         self.generator.manual_seed(int(seed) % (2**63))
         return self
@@ -71,14 +73,14 @@ class BatchAugmentation:
     def __repr__(self):
         return f"BatchAugmentation({self.steps}, prob={self.prob})"
 
-    def __call__(self, x):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Augment one ``(C, X, Y, Z)`` tensor."""
         return self.apply_batch(x[None])[0]
 
     def _uniform(self, shape, low, high):
         return low + (high - low) * torch.rand(shape, generator=self.generator, dtype=torch.float64)
 
-    def apply_batch(self, x, pooled=1):
+    def apply_batch(self, x: torch.Tensor, pooled: int = 1) -> torch.Tensor:
         """Augment a batch ``(N, C, X, Y, Z)`` (a new tensor, on ``x``'s device; ``x`` is not modified).
 
         The random draws come from the CPU generator in a fixed order, so a seed gives the

@@ -16,14 +16,19 @@ float16 keeps intensity-normalised volumes to within 5e-4 relative error at half
 size of float32.
 """
 
+from __future__ import annotations
+
 import errno
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, overload
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from neuroml._utils.fileio import (
@@ -35,6 +40,7 @@ from neuroml._utils.fileio import (
     write_json_atomic,
     write_text_atomic,
 )
+from neuroml._utils.types import PathLike
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import parse_entities
 from neuroml.io.image import check_img
@@ -51,7 +57,11 @@ _F16_MAX = float(np.finfo(np.float16).max)
 _AFFINE_ATOL = 1e-4
 
 
-def resolution_key(resolution):
+@overload
+def resolution_key(resolution: None) -> None: ...
+@overload
+def resolution_key(resolution: float | str) -> str: ...
+def resolution_key(resolution: float | str | None) -> str | None:
     """BIDS ``res-`` value of a resolution given as a number (2.0) or an entity ("2", "1p5").
 
     Examples
@@ -99,7 +109,9 @@ def _pattern(input):
     return "func", f"*_desc-{input}_boldmap.nii.gz"
 
 
-def find_preprocessed(deriv_dir, resolution=None, input="T1w"):
+def find_preprocessed(
+    deriv_dir: PathLike, resolution: float | str | None = None, input: str = "T1w"
+) -> pd.DataFrame:
     """List the preprocessed T1w volumes (or BOLD maps) of a derivatives folder.
 
     Parameters
@@ -235,7 +247,16 @@ class TensorCache:
         SHA-256 of the index (paths and checksums): identifies the cached data.
     """
 
-    def __init__(self, deriv_dir, resolution, data, index, affine, shape, digest):
+    def __init__(
+        self,
+        deriv_dir: PathLike,
+        resolution: str,
+        data: npt.NDArray[Any],
+        index: pd.DataFrame,
+        affine: npt.ArrayLike,
+        shape: Sequence[int],
+        digest: str,
+    ) -> None:
         self.deriv_dir = Path(deriv_dir)
         self.resolution = resolution
         self.data = data
@@ -250,24 +271,24 @@ class TensorCache:
             f"of {self.shape})"
         )
 
-    def __len__(self):
+    def __len__(self) -> int:
         return int(self.data.shape[0])
 
     @property
-    def resolution_mm(self):
+    def resolution_mm(self) -> float:
         """Voxel size in mm."""
         return _res_mm(self.resolution)
 
     @property
-    def sha256(self):
+    def sha256(self) -> dict[str, str]:
         """Dict: volume path (relative to ``deriv_dir``) -> SHA-256 of the NIfTI file."""
         return dict(zip(self.index["path"], self.index["sha256"]))
 
-    def volume(self, row):
+    def volume(self, row: int) -> npt.NDArray[np.float32]:
         """One volume as a float32 array of shape ``(X, Y, Z)``."""
         return np.asarray(self.data[int(row)], dtype=np.float32)
 
-    def load(self, rows=None):
+    def load(self, rows: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
         """Volumes ``rows`` (default all) read into RAM as float32, shape ``(len(rows), X, Y, Z)``."""
         if rows is None:
             return np.asarray(self.data, dtype=np.float32)
@@ -278,7 +299,9 @@ class TensorCache:
         return out
 
     @classmethod
-    def open(cls, deriv_dir, resolution=None, input="T1w"):
+    def open(
+        cls, deriv_dir: PathLike, resolution: float | str | None = None, input: str = "T1w"
+    ) -> TensorCache:
         """Open an existing, complete cache (memory-mapped, read-only) of the T1w or of a BOLD map (``input``).
 
         Raises
@@ -475,7 +498,12 @@ def _record_entry(meta_path, name, entry):
         write_json_atomic(meta_path, {"format": 1, "entries": entries})
 
 
-def build_cache(deriv_dir, resolution=None, show_progress=False, input="T1w"):
+def build_cache(
+    deriv_dir: PathLike,
+    resolution: float | str | None = None,
+    show_progress: bool = False,
+    input: str = "T1w",
+) -> TensorCache:
     """Build (or reuse) the float16 tensor cache of a derivatives folder.
 
     Parameters

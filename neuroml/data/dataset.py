@@ -1,17 +1,27 @@
 """The labelled cohort (cache rows joined with ``participants.tsv``) and the torch Dataset over it."""
 
+from __future__ import annotations
+
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 
 from neuroml._utils.fileio import read_json
+from neuroml._utils.types import PathLike
 from neuroml.errors import ConfigError, InputError
 from neuroml.io.bids import read_participants
+
+if TYPE_CHECKING:
+    from neuroml.data.augment import BatchAugmentation
+    from neuroml.data.cache import TensorCache
 
 __all__ = [
     "Cohort",
@@ -25,7 +35,7 @@ __all__ = [
 log = logging.getLogger("neuroml")
 
 
-def participants_file(deriv_dir, participants=None):
+def participants_file(deriv_dir: PathLike, participants: PathLike | None = None) -> Path:
     """Locate the ``participants.tsv`` holding the labels of a derivatives folder.
 
     Parameters
@@ -98,29 +108,29 @@ class Cohort:
         Labelled participants with no preprocessed image.
     """
 
-    cache: object
-    rows: np.ndarray
-    participant_ids: list
-    sessions: list
-    labels: list
-    y: np.ndarray
-    classes: list
+    cache: TensorCache
+    rows: npt.NDArray[np.integer[Any]]
+    participant_ids: list[str]
+    sessions: list[str | None]
+    labels: list[str]
+    y: npt.NDArray[np.integer[Any]]
+    classes: list[str]
     label_column: str
     participants_path: Path
     table: pd.DataFrame
-    unlabeled: list
-    without_images: list
+    unlabeled: list[str]
+    without_images: list[str]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)
 
     @property
-    def in_channels(self):
+    def in_channels(self) -> int:
         """Number of input channels (inputs stacked by :func:`~neuroml.data.stack.open_inputs`)."""
         return int(getattr(self.cache, "n_channels", 1))
 
     @property
-    def digest(self):
+    def digest(self) -> str:
         """SHA-256 over the volumes' checksums and labels: identifies the training data."""
         import hashlib
 
@@ -130,7 +140,7 @@ class Cohort:
             h.update(f"{sha[r]}\t{lab}\n".encode())
         return h.hexdigest()
 
-    def column(self, name):
+    def column(self, name: str) -> list[Any]:
         """Values of a ``participants.tsv`` column for each volume (e.g. the site)."""
         if name not in self.table.columns:
             raise InputError(
@@ -150,14 +160,14 @@ def _order_classes(values):
 
 
 def load_cohort(
-    deriv_dir,
-    label_column="diagnosis",
-    participants=None,
-    resolution=None,
-    classes=None,
-    show_progress=False,
-    inputs=None,
-):
+    deriv_dir: PathLike,
+    label_column: str = "diagnosis",
+    participants: PathLike | None = None,
+    resolution: float | str | None = None,
+    classes: Sequence[str] | None = None,
+    show_progress: bool = False,
+    inputs: Sequence[str] | None = None,
+) -> Cohort:
     """Build the tensor cache and join it with the labels of ``participants.tsv``.
 
     Parameters
@@ -292,18 +302,18 @@ def _class_order(lab, classes, label_column, path):
 class Augmentation:
     """A MONAI ``Compose`` of random transforms returning plain tensors, with a seedable state."""
 
-    def __init__(self, transforms, seed=0):
+    def __init__(self, transforms: Sequence[Callable[..., Any]], seed: int = 0) -> None:
         from monai.transforms import Compose
 
         self.compose = Compose(transforms)
         self.set_random_state(seed)
 
-    def set_random_state(self, seed):
+    def set_random_state(self, seed: int) -> Augmentation:
         """Reseed every random transform; returns self."""
         self.compose.set_random_state(seed=int(seed) % (2**32))
         return self
 
-    def __call__(self, x):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.compose(x)
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 
@@ -312,16 +322,16 @@ class Augmentation:
 
 
 def make_augmentation(
-    seed=0,
-    rotate_deg=3.0,
-    translate_vox=2.0,
-    scale=0.03,
-    intensity=0.1,
-    noise_std=0.05,
-    flip=False,
-    prob=0.5,
-    batched=True,
-):
+    seed: int = 0,
+    rotate_deg: float = 3.0,
+    translate_vox: float = 2.0,
+    scale: float = 0.03,
+    intensity: float = 0.1,
+    noise_std: float = 0.05,
+    flip: bool = False,
+    prob: float = 0.5,
+    batched: bool = True,
+) -> BatchAugmentation | Augmentation:
     """Small random augmentations for channel-first 3D tensors, with their own seeded random state.
 
     A random affine (rotation, translation, scaling), intensity scaling and shift, and
@@ -419,7 +429,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         Copy the selected rows into RAM as float32 once (fast path for small cohorts).
     """
 
-    def __init__(self, volumes, labels=None, rows=None, transform=None, in_memory=False):
+    def __init__(
+        self,
+        volumes: npt.NDArray[Any],
+        labels: npt.ArrayLike | None = None,
+        rows: npt.ArrayLike | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        in_memory: bool = False,
+    ) -> None:
         if volumes.ndim not in (4, 5):
             raise InputError(
                 f"expected volumes of shape (N, X, Y, Z) or (N, C, X, Y, Z), got {tuple(volumes.shape)}"
@@ -438,15 +455,15 @@ class VolumeDataset(torch.utils.data.Dataset):
             rows = np.arange(len(rows))
         self.volumes, self.rows, self.labels, self.transform = volumes, rows, labels, transform
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)
 
-    def set_seed(self, seed):
+    def set_seed(self, seed: int) -> None:
         """Reseed the random transform (called by the trainer every epoch and in each worker)."""
         if self.transform is not None and hasattr(self.transform, "set_random_state"):
             self.transform.set_random_state(seed=int(seed) % (2**32))
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         arr = np.asarray(self.volumes[self.rows[i]], dtype=np.float32)
         if self.transform is not None and np.shares_memory(arr, self.volumes):
             arr = arr.copy()  # a transform must never alter the volumes held in RAM

@@ -6,12 +6,18 @@ participant and session (the first file in name order when an input has several,
 BOLD runs) and stacks them as channels of one float16 array ``(N, C, X, Y, Z)`` held in RAM.
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
+from neuroml._utils.types import PathLike
 from neuroml.data.cache import TensorCache, build_cache
 from neuroml.errors import ConfigError, InputError
 
@@ -20,7 +26,7 @@ __all__ = ["StackedCache", "open_inputs", "check_inputs"]
 log = logging.getLogger("neuroml")
 
 
-def check_inputs(inputs):
+def check_inputs(inputs: str | Iterable[str] | None) -> list[str] | None:
     """``None`` (the T1w alone) or a non-empty list of distinct input names."""
     if inputs is None:
         return None
@@ -41,7 +47,17 @@ class StackedCache(TensorCache):
     and ``index.sha256`` is the SHA-256 of their checksums.
     """
 
-    def __init__(self, deriv_dir, resolution, data, index, affine, shape, digest, inputs):
+    def __init__(
+        self,
+        deriv_dir: PathLike,
+        resolution: str,
+        data: npt.NDArray[Any],
+        index: pd.DataFrame,
+        affine: npt.ArrayLike,
+        shape: Sequence[int],
+        digest: str,
+        inputs: Iterable[str],
+    ) -> None:
         super().__init__(deriv_dir, resolution, data, index, affine, shape, digest)
         self.inputs = list(inputs)
 
@@ -52,10 +68,10 @@ class StackedCache(TensorCache):
         )
 
     @property
-    def n_channels(self):
+    def n_channels(self) -> int:
         return len(self.inputs)
 
-    def load(self, rows=None):
+    def load(self, rows: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
         """Volumes ``rows`` (default all) as float32, shape ``(len(rows), C, X, Y, Z)``."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
         return np.asarray(self.data[rows], dtype=np.float32)
@@ -75,7 +91,12 @@ def _first_rows(cache):
     return {(p, s): r for p, s, r in zip(first["participant_id"], first["_s"], first["row"])}
 
 
-def open_inputs(deriv_dir, resolution=None, inputs=None, show_progress=False):
+def open_inputs(
+    deriv_dir: PathLike,
+    resolution: float | str | None = None,
+    inputs: str | Iterable[str] | None = None,
+    show_progress: bool = False,
+) -> TensorCache:
     """The cache of the T1w (``inputs=None``), of one input, or of several stacked as channels.
 
     Raises
@@ -117,8 +138,8 @@ def open_inputs(deriv_dir, resolution=None, inputs=None, show_progress=False):
     records = []
     for i, key in enumerate(keys):
         rows = [m[key] for m in maps]
-        for c, (cache, r) in enumerate(zip(caches, rows)):
-            data[i, c] = cache.data[r]
+        for ch, (cache, r) in enumerate(zip(caches, rows)):
+            data[i, ch] = cache.data[r]
         paths = [cache.index["path"].iloc[r] for cache, r in zip(caches, rows)]
         shas = [cache.index["sha256"].iloc[r] for cache, r in zip(caches, rows)]
         records.append(

@@ -21,17 +21,23 @@ scanners are comparable; the atlas time series (filtered, unsmoothed) are kept f
 connectome baseline. :func:`neuroml.functional.files.preprocess_bold` writes the files (sidecar last).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.fileio import read_json
 from neuroml._utils.options import check_in_range, look_up_option
+from neuroml._utils.types import PathLike
 from neuroml._version import __version__
 from neuroml.errors import ConfigError, InputError
 from neuroml.functional.clean import STRATEGIES, clean_series, find_confounds_file, load_confounds
@@ -47,6 +53,10 @@ from neuroml.functional.maps import (
 from neuroml.io.bids import check_label, parse_entities, sidecar_chain
 from neuroml.io.image import check_img, header_tr
 from neuroml.io.templates import brain_mask_on_grid, target_grid
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import SimpleITK as sitk
 
 __all__ = [
     "FUNC_PIPELINE_VERSION",
@@ -99,7 +109,7 @@ _PLAIN_NOTE = (
 )
 
 
-def check_func_params(**params):
+def check_func_params(**params: Any) -> dict[str, Any]:
     """Validate and complete BOLD parameters; return the full, JSON-ready dict.
 
     Raises
@@ -203,7 +213,7 @@ def _check_run_params(out):
     out["seed"] = int(check_in_range("seed", out["seed"], 0, 2**31 - 3, kind=(int, np.integer)))
 
 
-def map_names(params):
+def map_names(params: Mapping[str, Any]) -> list[str]:
     """desc labels of the maps written with these parameters.
 
     Examples
@@ -218,7 +228,9 @@ def map_names(params):
     ]
 
 
-def repetition_time(img, path=None, override=None):
+def repetition_time(
+    img: nib.spatialimages.SpatialImage, path: PathLike | None = None, override: float | None = None
+) -> float:
     """The repetition time in seconds: ``override``, else the BIDS sidecars', else the header's.
 
     The sidecars are those that apply to ``path`` under BIDS inheritance, nearest first (the
@@ -276,7 +288,7 @@ def repetition_time(img, path=None, override=None):
     )
 
 
-def in_mni_space(entities):
+def in_mni_space(entities: Mapping[str, str]) -> bool:
     """True when the BIDS entities say the series is already in an MNI space (``space-MNI*``)."""
     return str(entities.get("space", "")).upper().startswith("MNI")
 
@@ -299,11 +311,11 @@ class BoldResult:
         Template -> BOLD transform when the series was registered.
     """
 
-    maps: dict
+    maps: dict[str, nib.Nifti1Image]
     mask: nib.Nifti1Image
-    timeseries: object
-    info: dict
-    transform: object = None
+    timeseries: pd.DataFrame
+    info: dict[str, Any]
+    transform: sitk.Transform | None = None
 
 
 def _mean_volume(img):
@@ -311,7 +323,9 @@ def _mean_volume(img):
     return nib.Nifti1Image(data.mean(axis=3), img.affine)
 
 
-def bold_to_grid(img, resolution, in_mni, params):
+def bold_to_grid(
+    img: nib.Nifti1Image, resolution: float, in_mni: bool, params: Mapping[str, Any]
+) -> tuple[npt.NDArray[np.float32], dict[str, Any], sitk.Transform | None]:
     """Bring a 4D series onto ``target_grid(resolution)``.
 
     Returns
@@ -442,7 +456,15 @@ def _atlas_timeseries(filtered, mask, affine, shape, atlas):
     return pd.DataFrame(cols), empty
 
 
-def compute_maps(data, mask, affine, tr, regressors=None, sample_mask=None, **params):
+def compute_maps(
+    data: npt.NDArray[Any],
+    mask: npt.NDArray[np.bool_],
+    affine: npt.NDArray[Any],
+    tr: float,
+    regressors: npt.ArrayLike | None = None,
+    sample_mask: npt.NDArray[np.integer[Any]] | None = None,
+    **params: Any,
+) -> tuple[dict[str, npt.NDArray[np.float32]], pd.DataFrame, dict[str, Any]]:
     """Clean a series and compute every map; works on any grid (array twin of the pipeline).
 
     Parameters
@@ -539,7 +561,12 @@ def _confounds_for(path, entities, params):
     return confounds.to_numpy(), kept, info
 
 
-def preprocess_bold_scan(img, path=None, entities=None, **params):
+def preprocess_bold_scan(
+    img: PathLike | nib.spatialimages.SpatialImage,
+    path: PathLike | None = None,
+    entities: Mapping[str, str] | None = None,
+    **params: Any,
+) -> BoldResult:
     """Preprocess one BOLD series in memory (no files written).
 
     Parameters

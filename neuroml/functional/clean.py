@@ -12,15 +12,23 @@ array function that cleans ``(T, V)`` series twice from one set of inputs:
   the input of ReHo, seed connectivity and atlas time series.
 """
 
+from __future__ import annotations
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.options import look_up_option
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 from neuroml.io.bids import derivative_name, parse_entities
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "STRATEGIES",
@@ -39,7 +47,7 @@ STRATEGIES = ("simple", "scrubbing", "compcor", "none")
 _DROP_ENTITIES = ("space", "res", "den", "desc", "cohort")
 
 
-def find_confounds_file(bold_path):
+def find_confounds_file(bold_path: PathLike) -> Path | None:
     """The fMRIPrep confounds table beside a BOLD file, or None.
 
     Looks for ``<sub..run>_desc-confounds_timeseries.tsv`` (or the older ``_regressors.tsv``)
@@ -60,7 +68,7 @@ def find_confounds_file(bold_path):
     return None
 
 
-def framewise_displacement_summary(table):
+def framewise_displacement_summary(table: PathLike) -> dict[str, Any] | None:
     """Mean and largest framewise displacement (mm) of an fMRIPrep confounds table.
 
     Parameters
@@ -98,7 +106,9 @@ def framewise_displacement_summary(table):
     }
 
 
-def load_confounds(bold_path, strategy="simple", **options):
+def load_confounds(
+    bold_path: PathLike, strategy: str = "simple", **options: Any
+) -> tuple[pd.DataFrame, npt.NDArray[np.integer[Any]] | None, dict[str, Any]]:
     """Confounds and kept volumes of an fMRIPrep BOLD file, with a nilearn preset strategy.
 
     Parameters
@@ -158,7 +168,9 @@ def load_confounds(bold_path, strategy="simple", **options):
     return confounds, kept, info
 
 
-def interpolate_censored(series, kept, n_volumes):
+def interpolate_censored(
+    series: npt.NDArray[Any], kept: npt.NDArray[np.integer[Any]], n_volumes: int
+) -> npt.NDArray[Any]:
     """Fill the volumes missing from ``kept`` by linear interpolation in time.
 
     Parameters
@@ -194,15 +206,15 @@ def interpolate_censored(series, kept, n_volumes):
 
 
 def clean_series(
-    series,
-    tr,
-    confounds=None,
-    sample_mask=None,
-    detrend=True,
-    high_pass=0.01,
-    low_pass=0.1,
-    standardize=True,
-):
+    series: npt.NDArray[Any],
+    tr: float,
+    confounds: npt.ArrayLike | pd.DataFrame | None = None,
+    sample_mask: npt.NDArray[np.integer[Any]] | None = None,
+    detrend: bool = True,
+    high_pass: float | None = 0.01,
+    low_pass: float | None = 0.1,
+    standardize: bool = True,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], str]:
     """Clean ``(T, V)`` time series twice: for spectra (``residual``) and for correlations (``filtered``).
 
     Parameters
@@ -248,7 +260,7 @@ def clean_series(
     return resid.astype(np.float32), filt.astype(np.float32), used
 
 
-def _checked_confounds(confounds, n):
+def _checked_confounds(confounds: Any, n: int) -> npt.NDArray[np.float64] | None:
     """Confounds as a float ``(n, K)`` array with n/a as 0 (None stays None).
 
     Raises

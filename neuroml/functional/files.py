@@ -6,12 +6,17 @@ presence marks a finished scan); :func:`is_func_complete` decides whether a scan
 skipped on resume; :func:`find_bold_scans` lists the series of a dataset.
 """
 
+from __future__ import annotations
+
 import functools
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from neuroml._utils.fileio import save_nifti_atomic, sha256_file, write_text_atomic
 from neuroml._utils.provenance import package_versions
+from neuroml._utils.types import PathLike
 from neuroml.functional.bold import (
     _DROP,
     FUNC_PIPELINE_VERSION,
@@ -21,7 +26,7 @@ from neuroml.functional.bold import (
     preprocess_bold_scan,
 )
 from neuroml.functional.clean import find_confounds_file, framewise_displacement_summary
-from neuroml.io.bids import derivative_name, scan_entities
+from neuroml.io.bids import Scan, derivative_name, scan_entities
 from neuroml.io.derivatives import (
     discard_sidecar,
     itk_threads,
@@ -35,7 +40,9 @@ from neuroml.io.templates import TEMPLATE_SPACE, res_entity
 __all__ = ["func_output_paths", "is_func_complete", "preprocess_bold", "find_bold_scans"]
 
 
-def func_output_paths(entities, out_dir, params):
+def func_output_paths(
+    entities: Mapping[str, str], out_dir: PathLike, params: Mapping[str, Any]
+) -> dict[str, Path]:
     """The output files of one BOLD scan.
 
     Returns
@@ -91,7 +98,9 @@ def _confounds_sha256(path, params):
     return sha256_file(table) if table is not None and params["confounds"] != "none" else None
 
 
-def is_func_complete(scan, out_dir, sha256=None, **params):
+def is_func_complete(
+    scan: Scan | PathLike, out_dir: PathLike, sha256: str | None = None, **params: Any
+) -> bool:
     """True when a BOLD scan's outputs exist, are intact and its sidecar matches the input and parameters.
 
     Intact: the size and SHA-256 that the sidecar records (see
@@ -111,7 +120,15 @@ def is_func_complete(scan, out_dir, sha256=None, **params):
     )
 
 
-def preprocess_bold(scan, out_dir, *, bids_dir=None, participant_label=None, n_threads=1, **params):
+def preprocess_bold(
+    scan: Scan | PathLike,
+    out_dir: PathLike,
+    *,
+    bids_dir: PathLike | None = None,
+    participant_label: str | None = None,
+    n_threads: int | None = 1,
+    **params: Any,
+) -> dict[str, Any]:
     """Preprocess one BOLD scan and write its maps as BIDS derivatives (sidecar last).
 
     Parameters
@@ -230,7 +247,9 @@ def _sidecar(result, paths, params, path, source, sha):
     }
 
 
-def find_bold_scans(bids_dir, participant_labels=None):
+def find_bold_scans(
+    bids_dir: PathLike, participant_labels: str | Iterable[str] | None = None
+) -> list[Scan]:
     """BOLD series of a raw BIDS dataset or of fMRIPrep derivatives, one per acquisition.
 
     fMRIPrep writes several versions of each run (spaces, resolutions): for each set of
@@ -243,7 +262,7 @@ def find_bold_scans(bids_dir, participant_labels=None):
     """
     from neuroml.io.bids import find_scans
 
-    groups = {}
+    groups: dict[tuple[tuple[str, str], ...], list[Scan]] = {}
     for scan in find_scans(bids_dir, "bold", "func", participant_labels):
         desc = scan.entities.get("desc")
         if desc not in (None, "preproc"):

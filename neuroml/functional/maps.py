@@ -22,9 +22,14 @@ Amplitude spectrum: ``amp(f) = 2 |FFT(x)(f)| / T`` for the frequencies ``0 < f <
   voxel and the mean time series of the seed voxels.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from neuroml.errors import ConfigError, InputError
 
@@ -71,7 +76,9 @@ def _check_tr(tr):
     return float(tr)
 
 
-def amplitude_spectrum(series, tr):
+def amplitude_spectrum(
+    series: npt.ArrayLike, tr: float
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[Any]]:
     """One-sided amplitude spectrum of time series along the last axis.
 
     Parameters
@@ -104,7 +111,9 @@ def amplitude_spectrum(series, tr):
     return freqs[1:], amp[..., 1:]
 
 
-def check_band(band, tr, where=None, warn=True):
+def check_band(
+    band: Sequence[float], tr: float, where: str | None = None, warn: bool = True
+) -> tuple[float, float]:
     """The ALFF band ``(low, high)`` checked against the Nyquist frequency ``1 / (2 TR)``.
 
     Returns ``(low, high)`` with ``high`` cut at the Nyquist frequency (logging a warning,
@@ -161,7 +170,12 @@ def _band_sums(data, mask, tr, band):
     return amp[:, sel], amp
 
 
-def alff_array(data, tr, band=DEFAULT_BAND, mask=None):
+def alff_array(
+    data: npt.NDArray[Any],
+    tr: float,
+    band: Sequence[float] = DEFAULT_BAND,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.float32]:
     """ALFF: mean amplitude of the spectrum in ``band`` (see the module docstring).
 
     Parameters
@@ -194,7 +208,12 @@ def alff_array(data, tr, band=DEFAULT_BAND, mask=None):
     return out
 
 
-def falff_array(data, tr, band=DEFAULT_BAND, mask=None):
+def falff_array(
+    data: npt.NDArray[Any],
+    tr: float,
+    band: Sequence[float] = DEFAULT_BAND,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.float32]:
     """fALFF: amplitude in ``band`` over amplitude at every frequency > 0 (0 for a flat series).
 
     Same parameters as :func:`alff_array`; returns float32 in [0, 1].
@@ -212,7 +231,9 @@ def falff_array(data, tr, band=DEFAULT_BAND, mask=None):
     return out
 
 
-def reho_array(data, mask=None, neighbourhood=27):
+def reho_array(
+    data: npt.NDArray[Any], mask: npt.NDArray[np.bool_] | None = None, neighbourhood: int = 27
+) -> npt.NDArray[np.float32]:
     """ReHo: Kendall's W of each voxel's time series with its in-mask neighbours.
 
     Parameters
@@ -255,7 +276,9 @@ def reho_array(data, mask=None, neighbourhood=27):
     return out
 
 
-def sphere_mask(affine, shape, centre_mm, radius_mm):
+def sphere_mask(
+    affine: npt.ArrayLike, shape: Sequence[int], centre_mm: Sequence[float], radius_mm: float
+) -> npt.NDArray[np.bool_]:
     """Boolean mask of the voxels within ``radius_mm`` of a point in world mm.
 
     Examples
@@ -271,7 +294,11 @@ def sphere_mask(affine, shape, centre_mm, radius_mm):
     return (d <= float(radius_mm)).reshape(tuple(shape))
 
 
-def seed_connectivity_array(data, seed_mask, mask=None):
+def seed_connectivity_array(
+    data: npt.NDArray[Any],
+    seed_mask: npt.NDArray[np.bool_],
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.float32]:
     """Fisher-z correlation of every voxel with the mean series of ``seed_mask`` voxels.
 
     Parameters
@@ -309,7 +336,7 @@ def seed_connectivity_array(data, seed_mask, mask=None):
     return out
 
 
-def zscore_in_mask(volume, mask):
+def zscore_in_mask(volume: npt.NDArray[Any], mask: npt.NDArray[np.bool_]) -> npt.NDArray[Any]:
     """``(v - mean) / std`` over the mask, 0 outside (unchanged but centred if std is 0)."""
     volume = np.asarray(volume, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)

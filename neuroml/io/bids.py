@@ -5,12 +5,17 @@ run; reading ``participants.tsv``; naming derivatives. Every problem becomes an
 :class:`~neuroml.errors.InputError` naming the file.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 
 __all__ = [
@@ -71,7 +76,7 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 _NIFTI_EXT = (".nii.gz", ".nii")
 
 
-def check_label(label, what="participant label"):
+def check_label(label: object, what: str = "participant label") -> str:
     """Return a BIDS label without its prefix (``sub-01`` -> ``01``); reject unsafe ones.
 
     Labels must be alphanumeric: this refuses ``../``, path separators and other
@@ -92,7 +97,7 @@ def check_label(label, what="participant label"):
     return text
 
 
-def parse_entities(filename):
+def parse_entities(filename: PathLike) -> tuple[dict[str, str], str, str]:
     """Split a BIDS file name into its entities, suffix and extension.
 
     Examples
@@ -122,7 +127,7 @@ def parse_entities(filename):
             break
     parts = name.split("_")
     suffix = parts[-1] if parts and "-" not in parts[-1] else ""
-    entities = {}
+    entities: dict[str, str] = {}
     for part in parts[:-1] if suffix else parts:
         if "-" not in part:
             continue
@@ -138,19 +143,19 @@ class Scan:
     path: Path
     subject: str
     session: str | None
-    entities: dict
+    entities: dict[str, str]
     suffix: str
 
     @property
-    def participant_id(self):
+    def participant_id(self) -> str:
         return f"sub-{self.subject}"
 
-    def key(self):
+    def key(self) -> dict[str, str]:
         """Entities identifying this scan (sub, ses, task, acq, run...)."""
         return {k: v for k, v in self.entities.items()}
 
 
-def sidecar_chain(path):
+def sidecar_chain(path: PathLike) -> list[Path]:
     """The JSON sidecars that apply to a BIDS file (BIDS inheritance), nearest first.
 
     Each folder from the file's own up to the dataset root (the folder above ``sub-<label>``)
@@ -168,7 +173,7 @@ def sidecar_chain(path):
         if folder.name.startswith("sub-"):
             folders = parents[: i + 2]  # up to the dataset root
             break
-    chain = []
+    chain: list[Path] = []
     for folder in folders:
         try:
             candidates = sorted(folder.glob(f"*_{suffix}.json")) + sorted(
@@ -176,7 +181,7 @@ def sidecar_chain(path):
             )
         except OSError:
             continue
-        found = []
+        found: list[tuple[int, Path]] = []
         for side in candidates:
             ents, sfx, ext = parse_entities(side.name)
             if (
@@ -215,7 +220,12 @@ def _subject_dirs(bids_dir, participant_labels):
     return sorted(p for p in bids_dir.glob("sub-*") if p.is_dir())
 
 
-def find_scans(bids_dir, suffix="T1w", datatype="anat", participant_labels=None):
+def find_scans(
+    bids_dir: PathLike,
+    suffix: str = "T1w",
+    datatype: str = "anat",
+    participant_labels: str | Iterable[str] | None = None,
+) -> list[Scan]:
     """Find the raw scans of a BIDS dataset.
 
     Parameters
@@ -244,7 +254,7 @@ def find_scans(bids_dir, suffix="T1w", datatype="anat", participant_labels=None)
         raise InputError("BIDS folder not found", bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
         raise InputError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
-    scans = []
+    scans: list[Scan] = []
     for sub_dir in _subject_dirs(bids_dir, participant_labels):
         try:
             subject = check_label(sub_dir.name)
@@ -293,7 +303,9 @@ def _check_table_shape(path):
             )
 
 
-def read_participants(path, required=("participant_id",)):
+def read_participants(
+    path: PathLike, required: Sequence[str] = ("participant_id",)
+) -> pd.DataFrame:
     """Read a ``participants.tsv`` into a DataFrame indexed by ``participant_id``.
 
     Every column is read as text; a cell in :data:`MISSING_VALUES` (``n/a``, empty, ``NA``, ``NaN``
@@ -334,7 +346,9 @@ def read_participants(path, required=("participant_id",)):
     return df.set_index("participant_id")
 
 
-def derivative_name(entities, suffix, ext=".nii.gz", **extra):
+def derivative_name(
+    entities: Mapping[str, str], suffix: str, ext: str = ".nii.gz", **extra: Any
+) -> str:
     """Build a BIDS derivative file name from raw entities plus derivative entities.
 
     Examples
@@ -348,7 +362,9 @@ def derivative_name(entities, suffix, ext=".nii.gz", **extra):
     return "_".join(f"{k}-{merged[k]}" for k in keys) + f"_{suffix}{ext}"
 
 
-def scan_entities(scan, participant_label=None):
+def scan_entities(
+    scan: Scan | PathLike, participant_label: str | None = None
+) -> tuple[Path, dict[str, str]]:
     """``(path, entities)`` of a :class:`~neuroml.io.bids.Scan` or a BIDS-named file; every
     entity label checked, ``participant_label`` replacing ``sub``."""
     if isinstance(scan, Scan):

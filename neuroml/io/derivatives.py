@@ -11,11 +11,15 @@ records. Step timers (:class:`StepTimer`) and thread limits (:func:`itk_threads`
 pipelines that write them.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from neuroml._utils.fileio import (
     read_json,
@@ -23,6 +27,7 @@ from neuroml._utils.fileio import (
     sha256_file,
     write_json_atomic,
 )
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 
 __all__ = [
@@ -43,7 +48,7 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def itk_threads(n_threads):
+def itk_threads(n_threads: int | None) -> Iterator[None]:
     """Set SimpleITK's default number of threads inside a ``with`` block (None: unchanged)."""
     if n_threads is None:
         yield
@@ -61,12 +66,12 @@ def itk_threads(n_threads):
 class StepTimer:
     """Wall-clock and CPU seconds of named steps (``with timer("n4"): ...``)."""
 
-    def __init__(self):
-        self.wall = {}
-        self.cpu = {}
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name):
+    def __call__(self, name: str) -> Iterator[None]:
         w, c = time.perf_counter(), time.process_time()
         try:
             yield
@@ -74,11 +79,11 @@ class StepTimer:
             self.wall[name] = round(self.wall.get(name, 0.0) + time.perf_counter() - w, 3)
             self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c, 3)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, dict[str, float]]:
         return {"wall_s": dict(self.wall), "cpu_s": dict(self.cpu)}
 
 
-def params_key(version, params):
+def params_key(version: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The sidecar's ``Parameters``: pipeline version and parameters as they read back from JSON.
 
     Examples
@@ -89,7 +94,7 @@ def params_key(version, params):
     return json.loads(json.dumps({"pipeline_version": version, **params}))
 
 
-def relative_path(path, root):
+def relative_path(path: PathLike, root: PathLike) -> str | None:
     """``path`` relative to ``root`` as POSIX text, or None when it is not inside ``root``.
 
     The folder is resolved, not the file: a symlinked scan (git-annex) keeps its BIDS name.
@@ -100,20 +105,20 @@ def relative_path(path, root):
     return None
 
 
-def relative_source(path, bids_dir):
+def relative_source(path: PathLike, bids_dir: PathLike | None) -> str:
     """The sidecar's ``SourceFile``: ``path`` relative to ``bids_dir``, else its file name."""
     rel = None if bids_dir is None else relative_path(path, bids_dir)
     return Path(path).name if rel is None else rel
 
 
-def remove_stale_temporaries_beside(paths):
+def remove_stale_temporaries_beside(paths: Iterable[PathLike]) -> None:
     """Delete temporary files a killed run left beside these outputs (see ``atomic_path``): only
     those of dead writers of this host, so a concurrent task redoing the same scan keeps its own."""
     for path in paths:
         remove_stale_temporaries(Path(path).parent, Path(path).name)
 
 
-def output_records(sidecar, paths):
+def output_records(sidecar: PathLike, paths: Mapping[str, PathLike]) -> dict[str, dict[str, Any]]:
     """``{kind: {"File", "Size", "SHA256"}}`` of written outputs, for the sidecar ``sidecar``.
 
     ``File`` is relative to the sidecar's folder (the figure lives in another one).
@@ -129,7 +134,7 @@ def output_records(sidecar, paths):
     return out
 
 
-def outputs_intact(sidecar, side, paths):
+def outputs_intact(sidecar: PathLike, side: Mapping[str, Any], paths: Iterable[PathLike]) -> bool:
     """True when each of ``paths`` is the file the sidecar recorded (same size and SHA-256).
 
     Parameters
@@ -162,7 +167,7 @@ def outputs_intact(sidecar, side, paths):
     return True
 
 
-def read_sidecar(path):
+def read_sidecar(path: PathLike) -> dict[str, Any] | None:
     """The contents of the sidecar ``path`` as a dict; None when it is missing, not valid JSON or
     not a JSON object."""
     if not Path(path).is_file():
@@ -174,7 +179,14 @@ def read_sidecar(path):
     return side if isinstance(side, dict) else None
 
 
-def sidecar_is_current(sidecar, outputs, params_key, source, source_sha256=None, check=None):
+def sidecar_is_current(
+    sidecar: PathLike,
+    outputs: Iterable[PathLike] | Callable[[dict[str, Any]], Iterable[PathLike]],
+    params_key: Mapping[str, Any],
+    source: PathLike,
+    source_sha256: str | None = None,
+    check: Callable[[dict[str, Any]], bool] | None = None,
+) -> bool:
     """True when a scan's sidecar matches its input and parameters and its outputs are intact.
 
     The cheap tests come first and the input's checksum last: the sidecar exists and is a JSON
@@ -225,7 +237,7 @@ def _previous_version_intact(sidecar, source):
         return False
 
 
-def discard_failed_attempt(paths, source):
+def discard_failed_attempt(paths: Mapping[str, PathLike], source: PathLike) -> None:
     """Delete the outputs ``paths`` (``{kind: path}``, with ``sidecar``) of a scan whose attempt
     failed, unless they are a whole previous version made from ``source`` as it is now.
 
@@ -241,7 +253,7 @@ def discard_failed_attempt(paths, source):
             Path(path).unlink()
 
 
-def discard_sidecar(sidecar):
+def discard_sidecar(sidecar: PathLike) -> None:
     """Delete a scan's sidecar before its outputs are replaced.
 
     Up to this call a previous version stays whole (a failure before it keeps it); from here on
@@ -252,7 +264,9 @@ def discard_sidecar(sidecar):
         Path(sidecar).unlink()
 
 
-def write_sidecar_last(sidecar, contents, outputs):
+def write_sidecar_last(
+    sidecar: PathLike, contents: Mapping[str, Any], outputs: Mapping[str, PathLike]
+) -> dict[str, Any]:
     """Write a scan's sidecar atomically, once its outputs are written: its presence marks a
     finished scan.
 

@@ -18,15 +18,20 @@ layout only rigidly moved, the move being ``scanner_from_mni`` in each subject's
 :func:`planted_mask_path` works for both (the mask is on the cohort's own grid).
 """
 
+from __future__ import annotations
+
 import logging
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 from scipy.ndimage import map_coordinates
 
 from neuroml._utils.fileio import read_json
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 
 __all__ = [
@@ -46,7 +51,7 @@ GROUNDTRUTH_SUBDIR = Path("derivatives") / "groundtruth"
 _PID_RE = re.compile(r"^(sub-)?([A-Za-z0-9]+)$")
 
 
-def normalize_participant_id(participant_id):
+def normalize_participant_id(participant_id: str) -> str:
     """Return ``'sub-<label>'`` for ``'sub-<label>'`` or ``'<label>'``.
 
     Raises
@@ -71,7 +76,9 @@ def _groundtruth_dir(path):
     raise InputError("no synthetic ground truth here (planted_regions.json not found)", path)
 
 
-def warp_displacement(field, field_affine, points_mm):
+def warp_displacement(
+    field: npt.NDArray[Any], field_affine: npt.ArrayLike, points_mm: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
     """Displacement (mm) of a stored warp at MNI points, by trilinear interpolation.
 
     Parameters
@@ -116,7 +123,7 @@ def _refuse_func_cohort(gt):
         )
 
 
-def load_subject_transform(groundtruth_dir, participant_id):
+def load_subject_transform(groundtruth_dir: PathLike, participant_id: str) -> dict[str, Any]:
     """Load one subject's true MNI -> scanner transform (T1w cohorts of :func:`~neuroml.synth.make_cohort`).
 
     Parameters
@@ -157,7 +164,7 @@ def load_subject_transform(groundtruth_dir, participant_id):
     warp_path = gt / pid / warp_name
     if not warp_path.exists():
         raise InputError("warp file not found", warp_path)
-    img = nib.load(str(warp_path))
+    img = cast(nib.Nifti1Image, nib.load(str(warp_path)))
     field = np.asarray(img.dataobj, dtype=np.float64)
     if field.ndim != 4 or field.shape[3] != 3:
         raise InputError(
@@ -170,7 +177,9 @@ def load_subject_transform(groundtruth_dir, participant_id):
     return out
 
 
-def true_scanner_coords(groundtruth_dir, participant_id, points_mni):
+def true_scanner_coords(
+    groundtruth_dir: PathLike, participant_id: str, points_mni: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
     """Map MNI points (mm) to the subject's true scanner points (mm): warp, then affine (T1w cohorts only).
 
     Parameters
@@ -206,7 +215,7 @@ def true_scanner_coords(groundtruth_dir, participant_id, points_mni):
     return warped @ a[:3, :3].T + a[:3, 3]
 
 
-def planted_mask_path(groundtruth_dir, diagnosis):
+def planted_mask_path(groundtruth_dir: PathLike, diagnosis: str) -> Path:
     """Path of the planted-region mask (uint8) of a patient class.
 
     The mask is on the grid the cohort was made on: the 1 mm MNI template grid for

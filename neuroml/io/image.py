@@ -5,15 +5,21 @@ reported the same way: a one-line :class:`~neuroml.errors.InputError` naming the
 and the problem, never a traceback from deep inside numpy or nibabel.
 """
 
+from __future__ import annotations
+
 import errno
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 
 __all__ = ["check_img", "check_array", "load_data", "header_tr", "MAX_AXIS", "MAX_VOXELS"]
@@ -155,7 +161,13 @@ def _read_voxels(img):
     return out
 
 
-def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constant=False):
+def check_array(
+    data: npt.NDArray[Any],
+    label: str = "<array>",
+    ndim: int | Sequence[int] = 3,
+    ensure_finite: bool = True,
+    allow_constant: bool = False,
+) -> npt.NDArray[np.float32]:
     """Validate a voxel array; return it as float32.
 
     Parameters
@@ -202,7 +214,7 @@ def check_array(data, label="<array>", ndim=3, ensure_finite=True, allow_constan
     return data
 
 
-def header_tr(img):
+def header_tr(img: nib.spatialimages.SpatialImage) -> float | None:
     """The repetition time (seconds) that a 4D image's header records, or None.
 
     NIfTI's ``pixdim[4]`` in its time unit (``msec`` and ``usec`` converted); a value over
@@ -232,7 +244,13 @@ def header_tr(img):
     return tr
 
 
-def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
+def check_img(
+    img: PathLike | nib.spatialimages.SpatialImage,
+    ndim: int | Sequence[int] = 3,
+    name: str | None = None,
+    ensure_finite: bool = True,
+    allow_constant: bool = False,
+) -> nib.Nifti1Image:
     """Turn a path or a nibabel image into a validated NIfTI-1 image with float32 data.
 
     Any format nibabel reads is accepted (NIfTI-1/2, Analyze, MINC, MGH/MGZ, PAR/REC);
@@ -305,12 +323,14 @@ def check_img(img, ndim=3, name=None, ensure_finite=True, allow_constant=False):
         return img
     out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm", "sec")
-    tr = header_tr(img) if data.ndim == 4 else None
+    tr = header_tr(cast(nib.spatialimages.SpatialImage, img)) if data.ndim == 4 else None
     if tr is not None:  # a fresh header says 1.0: keep the series' TR
         out.header.set_zooms(out.header.get_zooms()[:3] + (tr,))
     return out
 
 
-def load_data(img, **kwargs):
+def load_data(
+    img: PathLike | nib.spatialimages.SpatialImage, **kwargs: Any
+) -> npt.NDArray[np.float32]:
     """Return the float32 voxel array of :func:`check_img` (same arguments)."""
     return np.asarray(check_img(img, **kwargs).dataobj)

@@ -23,6 +23,8 @@ What neuroml guarantees:
 strings (and file and folder names), to check outputs before sharing them.
 """
 
+from __future__ import annotations
+
 import functools
 import gzip
 import hashlib
@@ -31,8 +33,10 @@ import logging
 import os
 import re
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +47,11 @@ from neuroml._utils.fileio import (
     write_json_atomic,
     write_text_atomic,
 )
+from neuroml._utils.types import PathLike
 from neuroml.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 __all__ = [
     "IDENTIFYING_HEADER_FIELDS",
@@ -186,7 +194,7 @@ KEY_ENV = "NEUROML_PSEUDONYM_KEY"
 _MIN_KEY_BYTES = 16
 
 
-def scrub_header(header):
+def scrub_header(header: nib.Nifti1Header) -> nib.Nifti1Header:
     """Blank the free-text fields of a NIfTI header in place and return it.
 
     Examples
@@ -202,7 +210,7 @@ def scrub_header(header):
     return header
 
 
-def scrub_nifti(img):
+def scrub_nifti(img: nib.Nifti1Image) -> nib.Nifti1Image:
     """A copy of a NIfTI image with free-text header fields blanked and extensions removed."""
     import nibabel as nib
 
@@ -248,7 +256,7 @@ def _clean(value, where, removed):
     return value
 
 
-def clean_sidecar(sidecar, removed=None):
+def clean_sidecar(sidecar: Mapping[str, Any], removed: set[str] | None = None) -> dict[str, Any]:
     """A copy of a BIDS sidecar dict without identifying fields, at any depth.
 
     A key is dropped when it is in :data:`IDENTIFYING_SIDECAR_FIELDS`, when one of its words
@@ -266,7 +274,7 @@ def clean_sidecar(sidecar, removed=None):
     return _clean(dict(sidecar), "", set() if removed is None else removed)
 
 
-def load_key(key_file=None, env=KEY_ENV):
+def load_key(key_file: PathLike | None = None, env: str = KEY_ENV) -> bytes:
     """The pseudonymization key: the bytes of ``key_file`` (stripped), else ``$NEUROML_PSEUDONYM_KEY``.
 
     Raises
@@ -292,7 +300,7 @@ def load_key(key_file=None, env=KEY_ENV):
     return key
 
 
-def pseudonym(participant_id, key, length=12):
+def pseudonym(participant_id: str, key: bytes, length: int = 12) -> str:
     """``sub-<hex>``: the first ``length`` hex digits of HMAC-SHA256(key, label).
 
     The same key and label always give the same pseudonym; without the key it cannot be
@@ -357,7 +365,13 @@ def _participants_table(table_path, rename, keep):
     return table, dropped
 
 
-def deidentify_bids(bids_dir, out_dir, key_file=None, pseudonymize=True, keep_columns=()):
+def deidentify_bids(
+    bids_dir: PathLike,
+    out_dir: PathLike,
+    key_file: PathLike | None = None,
+    pseudonymize: bool = True,
+    keep_columns: Sequence[str] = (),
+) -> dict[str, Any]:
     """Write a de-identified copy of a raw BIDS dataset (anatomical and functional scans).
 
     NIfTI images and JSON sidecars under ``anat/`` and ``func/`` (and fMRIPrep's
@@ -673,7 +687,7 @@ def _readable_bytes(path):
     return chunks
 
 
-def find_strings(root, strings):
+def find_strings(root: PathLike, strings: Iterable[str]) -> dict[str, list[str]]:
     """Files and folders under ``root`` whose names or bytes contain any of ``strings`` (case-insensitive).
 
     Relative paths (file and folder names) are searched, and file contents: gzip files

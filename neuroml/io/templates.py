@@ -4,11 +4,14 @@ Everything here works offline: nilearn carries the 1 mm MNI152 2009a symmetric t
 and its grey/white-matter maps inside the package.
 """
 
+from __future__ import annotations
+
 import functools
 import warnings
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.options import check_in_range
 
@@ -28,7 +31,7 @@ TEMPLATE_SPACE = "MNI152NLin2009aSym"
 
 
 @functools.cache
-def mni_template():
+def mni_template() -> nib.Nifti1Image:
     """The 1 mm MNI152 2009a T1 template (197 x 233 x 189), as shipped by nilearn."""
     from nilearn.datasets import load_mni152_template
 
@@ -37,7 +40,7 @@ def mni_template():
 
 
 @functools.cache
-def mni_brain_mask():
+def mni_brain_mask() -> nib.Nifti1Image:
     """The 1 mm MNI152 brain mask (uint8), as shipped by nilearn."""
     from nilearn.datasets import load_mni152_brain_mask
 
@@ -46,7 +49,7 @@ def mni_brain_mask():
 
 
 @functools.cache
-def mni_gm_map():
+def mni_gm_map() -> nib.Nifti1Image:
     """The 1 mm MNI152 grey-matter probability map (float32, 0..1)."""
     from nilearn.datasets import load_mni152_gm_template
 
@@ -63,7 +66,7 @@ def _brain_bbox_mm():
     return np.minimum(mm[0], mm[1]), np.maximum(mm[0], mm[1])
 
 
-def target_grid(resolution=2.0):
+def target_grid(resolution: float = 2.0) -> tuple[npt.NDArray[np.float64], tuple[int, ...]]:
     """The fixed RAS grid every subject is resampled to, cropped to the template's brain.
 
     Parameters
@@ -90,14 +93,14 @@ def target_grid(resolution=2.0):
     return affine, shape
 
 
-def res_entity(resolution):
+def res_entity(resolution: float) -> str:
     """BIDS ``res-`` value for a resolution: ``2`` for 2.0 mm, ``1p5`` for 1.5 mm."""
     r = float(resolution)
     return str(int(r)) if r == int(r) else f"{r:g}".replace(".", "p")
 
 
 @functools.lru_cache(maxsize=8)
-def template_on_grid(resolution=2.0):
+def template_on_grid(resolution: float = 2.0) -> nib.Nifti1Image:
     """The T1 template resampled (linear) onto :func:`target_grid`."""
     from nilearn.image import resample_img
 
@@ -114,7 +117,7 @@ def template_on_grid(resolution=2.0):
 
 
 @functools.lru_cache(maxsize=8)
-def brain_mask_on_grid(resolution=2.0):
+def brain_mask_on_grid(resolution: float = 2.0) -> nib.Nifti1Image:
     """The template brain mask on :func:`target_grid` (uint8, 0/1)."""
     from nilearn.image import resample_img
 

@@ -11,8 +11,12 @@ the ResNets are GPU networks (see ``/work/shared/MEASUREMENTS.md``: ResNet10 tra
 slower than ``compact`` on CPU). No pretrained weights are ever downloaded.
 """
 
+from __future__ import annotations
+
 import collections
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -100,14 +104,14 @@ class InputPool(torch.nn.AvgPool3d):
     full grid.
     """
 
-    def __init__(self, factor, in_shape):
+    def __init__(self, factor: int, in_shape: Sequence[int]) -> None:
         factor = int(factor)
         super().__init__(kernel_size=factor, stride=factor, ceil_mode=True)
         self.register_buffer("factor", torch.tensor(factor))
         self.in_shape = tuple(int(n) for n in in_shape)
         self.pooled_shape = _pooled(in_shape, factor)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[2:]) == self.pooled_shape:
             return x
         return super().forward(x)
@@ -118,12 +122,14 @@ def _pooled(shape, factor):
     return tuple(math.ceil(int(s) / factor) for s in shape)
 
 
-def input_pool_of(model):
+def input_pool_of(model: torch.nn.Module) -> InputPool | None:
     """The :class:`InputPool` of a network (also inside a DDP or compiled wrapper), or None."""
     return next((m for m in model.modules() if isinstance(m, InputPool)), None)
 
 
-def resolve_input_pool(input_pool, name, spatial_shape=None):
+def resolve_input_pool(
+    input_pool: int | Literal["auto"], name: str, spatial_shape: Sequence[int] | None = None
+) -> int:
     """The input pooling factor (an int of :data:`INPUT_POOLS`) for a network and a grid.
 
     ``"auto"``: for ``"compact"`` the largest factor that leaves at least
@@ -157,7 +163,9 @@ def resolve_input_pool(input_pool, name, spatial_shape=None):
     return int(input_pool)
 
 
-def check_input(name, spatial_shape=None, input_pool=1):
+def check_input(
+    name: str, spatial_shape: Sequence[int] | None = None, input_pool: int | Literal["auto"] = 1
+) -> int:
     """Check that network ``name`` can take grids of ``spatial_shape`` with ``input_pool``; return the factor.
 
     Raises :class:`ConfigError` as :func:`build_model` would, without building anything.
@@ -177,8 +185,13 @@ def check_input(name, spatial_shape=None, input_pool=1):
 
 
 def build_model(
-    name, n_classes, in_channels=1, spatial_shape=None, input_pool=1, activation=COMPACT_ACTIVATION
-):
+    name: str,
+    n_classes: int,
+    in_channels: int = 1,
+    spatial_shape: Sequence[int] | None = None,
+    input_pool: int | Literal["auto"] = 1,
+    activation: str = COMPACT_ACTIVATION,
+) -> torch.nn.Module:
     """Build a freshly initialised MONAI 3D classifier.
 
     Parameters
@@ -276,7 +289,7 @@ def build_model(
     )
 
 
-def default_target_layer(name):
+def default_target_layer(name: str) -> str:
     """Name of the layer to give MONAI ``GradCAM`` as ``target_layers`` for a network.
 
     It is the last block that still produces a spatial feature map (the pooling and
@@ -290,6 +303,6 @@ def default_target_layer(name):
     return _TARGET_LAYERS[look_up_option("model", name, MODELS)]
 
 
-def count_parameters(model):
+def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters of a module."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))

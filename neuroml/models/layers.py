@@ -18,12 +18,17 @@ training step; README, Benchmarks). It keeps the children ``N``, ``D`` and ``A``
 run one after the other in eval mode, so hooks and attribution see the same modules.
 """
 
+from __future__ import annotations
+
 import collections
+from typing import TypeVar
 
 import torch
 from torch.autograd.function import once_differentiable
 
 __all__ = ["FastADN", "FastDropout", "FastInstanceNorm3d", "use_fast_dropout", "use_fast_layers"]
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 #: Resolution of the drop probability: each mask element is a uniform 16-bit integer.
 _LEVELS = 1 << 16
@@ -87,7 +92,7 @@ class FastDropout(torch.nn.Dropout):
             and x.numel() > 0
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
             return super().forward(x)
         return x * _keep_mask(x, self.p).to(x.dtype).div_(
@@ -151,7 +156,7 @@ class FastInstanceNorm3d(torch.nn.InstanceNorm3d):
             or x.shape[2:].numel() < 2
         )  # else torch's errors and empty results
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
             return super().forward(x)
         return _InstanceNorm.apply(x, self.eps)
@@ -215,8 +220,12 @@ class FastADN(torch.nn.Sequential):
     True
     """
 
+    N: FastInstanceNorm3d
+    D: FastDropout
+    A: torch.nn.LeakyReLU
+
     @classmethod
-    def from_adn(cls, adn):
+    def from_adn(cls, adn: torch.nn.Module) -> FastADN | None:
         """The block with the children of ``adn`` (the same modules), or None where it does not apply."""
         kids = collections.OrderedDict(adn.named_children())
         if (
@@ -228,7 +237,7 @@ class FastADN(torch.nn.Sequential):
             return None
         return cls(kids)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.N._fast(x) and self.D._fast(x):
             return _NormDropAct.apply(x, self.N.eps, self.D.p, self.A.negative_slope)
         return super().forward(x)
@@ -265,7 +274,7 @@ def _fast_adn(child):
     return FastADN.from_adn(child) if type(child) is ADN else None
 
 
-def use_fast_layers(model):
+def use_fast_layers(model: _M) -> _M:
     """Swap in :class:`FastDropout`, :class:`FastInstanceNorm3d` and then :class:`FastADN` for the
     plain torch layers and MONAI's ``ADN`` blocks they make up (in place); return ``model``.
 
@@ -274,7 +283,7 @@ def use_fast_layers(model):
     return _swap(_swap(model, _fast_dropout, _fast_norm), _fast_adn)
 
 
-def use_fast_dropout(model):
+def use_fast_dropout(model: _M) -> _M:
     """Replace every plain ``torch.nn.Dropout`` of ``model`` by :class:`FastDropout` (in place); return it.
 
     The state dict is unchanged (dropout has no parameters or buffers).

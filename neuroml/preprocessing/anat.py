@@ -4,13 +4,19 @@ Each image function has an array (or SimpleITK) twin that does the work, so the
 arithmetic can be tested on small arrays.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from neuroml._utils.options import check_in_range, look_up_option
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 from neuroml.io.image import check_img
 
@@ -25,6 +31,8 @@ __all__ = [
     "normalize_intensity",
 ]
 
+_Img = TypeVar("_Img", bound="nib.spatialimages.SpatialImage")
+
 log = logging.getLogger("neuroml")
 
 #: Intensity normalizations inside the brain mask.
@@ -36,7 +44,7 @@ MIN_EXTENT_MM = 40.0
 MAX_VOXEL_MM = 6.0
 
 
-def reorient_ras(img):
+def reorient_ras(img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
     """Reorder the axes of an image to the closest RAS+ orientation (no resampling).
 
     Parameters
@@ -52,7 +60,7 @@ def reorient_ras(img):
     return nib.as_closest_canonical(img)
 
 
-def check_plausible_t1w(img, label=None):
+def check_plausible_t1w(img: _Img, label: str | None = None) -> _Img:
     """Reject images that cannot be a head scan: tiny field of view or huge voxels.
 
     Parameters
@@ -84,7 +92,7 @@ def check_plausible_t1w(img, label=None):
     return img
 
 
-def head_mask(image):
+def head_mask(image: sitk.Image) -> sitk.Image:
     """A rough head mask: Otsu threshold, holes filled (SimpleITK image in, uint8 image out)."""
     mask = sitk.OtsuThreshold(image, 0, 1, 128)
     mask = sitk.BinaryFillhole(mask)
@@ -92,13 +100,13 @@ def head_mask(image):
 
 
 def n4_bias_correct_sitk(
-    image,
-    shrink_factor=None,
-    n_iterations=(50, 50, 30),
-    convergence=1e-3,
-    n_control_points=4,
-    target_spacing_mm=4.0,
-):
+    image: sitk.Image,
+    shrink_factor: int | None = None,
+    n_iterations: Sequence[int] = (50, 50, 30),
+    convergence: float = 1e-3,
+    n_control_points: int = 4,
+    target_spacing_mm: float = 4.0,
+) -> tuple[sitk.Image, sitk.Image]:
     """N4 bias-field correction of a SimpleITK image; the field is fitted on a shrunk copy.
 
     Parameters
@@ -146,7 +154,7 @@ def n4_bias_correct_sitk(
     return sitk.Cast(corrected, sitk.sitkFloat32), log_field
 
 
-def n4_bias_correct(img, **kwargs):
+def n4_bias_correct(img: nib.spatialimages.SpatialImage, **kwargs: Any) -> nib.Nifti1Image:
     """N4 bias-field correction of a nibabel image (see :func:`n4_bias_correct_sitk`).
 
     Negative voxels (interpolation ringing) are set to 0 first.
@@ -165,7 +173,9 @@ def n4_bias_correct(img, **kwargs):
     return nib.Nifti1Image(np.asarray(out.dataobj), img.affine)
 
 
-def normalize_array(data, mask, method="zscore"):
+def normalize_array(
+    data: npt.NDArray[Any], mask: npt.NDArray[np.bool_], method: str = "zscore"
+) -> npt.NDArray[np.float32]:
     """Normalize intensities inside a mask; set everything outside to 0.
 
     Parameters
@@ -222,7 +232,11 @@ def normalize_array(data, mask, method="zscore"):
     return out
 
 
-def normalize_intensity(img, mask_img, method="zscore"):
+def normalize_intensity(
+    img: nib.spatialimages.SpatialImage,
+    mask_img: nib.spatialimages.SpatialImage,
+    method: str = "zscore",
+) -> nib.Nifti1Image:
     """Image twin of :func:`normalize_array` (same grid for image and mask)."""
     img = check_img(img)
     mask = np.asarray(mask_img.dataobj) > 0

@@ -26,13 +26,20 @@ value, e.g. none scrubbed, still flags the one that differs by a meaningful amou
 <= 0.5 mm and at most 20 % of the volumes dropped (Power et al. 2012; Parkes et al. 2018).
 """
 
+from __future__ import annotations
+
 import base64
 import html
 import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from neuroml._utils.fileio import atomic_path, write_text_atomic
+from neuroml._utils.types import PathLike
 from neuroml.io.templates import brain_mask_on_grid, target_grid, template_on_grid
 
 __all__ = [
@@ -71,7 +78,9 @@ BOLD_MAX_MEAN_FD = 0.5
 BOLD_MAX_DROPPED = 0.2
 
 
-def correlation_in_mask(a, b, mask):
+def correlation_in_mask(
+    a: npt.NDArray[Any], b: npt.NDArray[Any], mask: npt.NDArray[np.bool_]
+) -> float:
     """Pearson correlation of two arrays inside a boolean mask (0.0 if either is constant)."""
     x = np.asarray(a, dtype=np.float64)[mask]
     y = np.asarray(b, dtype=np.float64)[mask]
@@ -81,7 +90,12 @@ def correlation_in_mask(a, b, mask):
     return float((x * y).sum() / den) if den > 0 else 0.0
 
 
-def fov_mask(resolution, mni_to_scanner_affine, native_affine, native_shape):
+def fov_mask(
+    resolution: float,
+    mni_to_scanner_affine: npt.NDArray[Any],
+    native_affine: npt.NDArray[Any],
+    native_shape: Sequence[int],
+) -> npt.NDArray[np.bool_]:
     """Voxels of ``target_grid(resolution)`` that fall inside the subject's field of view.
 
     Parameters
@@ -114,8 +128,13 @@ def fov_mask(resolution, mni_to_scanner_affine, native_affine, native_shape):
 
 
 def registration_qc(
-    registered, resolution, mni_to_scanner_affine, fov=None, min_r=0.6, min_coverage=0.8
-):
+    registered: npt.NDArray[Any],
+    resolution: float,
+    mni_to_scanner_affine: npt.NDArray[Any],
+    fov: npt.NDArray[np.bool_] | None = None,
+    min_r: float = 0.6,
+    min_coverage: float = 0.8,
+) -> dict[str, Any]:
     """Quality figures of one registered scan.
 
     Parameters
@@ -166,7 +185,13 @@ def registration_qc(
     }
 
 
-def qc_figure(data, resolution, path, title="", fov=None):
+def qc_figure(
+    data: npt.NDArray[Any],
+    resolution: float,
+    path: PathLike,
+    title: str = "",
+    fov: npt.NDArray[np.bool_] | None = None,
+) -> PathLike:
     """Write a PNG of three orthogonal slices of ``data`` with the template's edges overlaid.
 
     The edges are contour lines of the template: its brain outline and its grey/white
@@ -228,7 +253,7 @@ def qc_figure(data, resolution, path, title="", fov=None):
     return path
 
 
-def robust_z(values, min_scale=0.0):
+def robust_z(values: npt.ArrayLike, min_scale: float = 0.0) -> npt.NDArray[np.float64]:
     """Robust z-scores ``(x - median) / (1.4826 MAD)``; 0 where the MAD is 0.
 
     With ``min_scale > 0`` the scale is ``max(1.4826 MAD, min_scale)``, so values equal
@@ -251,7 +276,7 @@ def robust_z(values, min_scale=0.0):
     return (x - med) / mad
 
 
-def bold_qc_rows(rows):
+def bold_qc_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Robust z-scores, outlier flags and ``qc_pass`` of BOLD QC rows (in place).
 
     Parameters
@@ -357,7 +382,12 @@ T1W_COLUMNS = [
 ]
 
 
-def write_group_qc(rows, out_dir, failures=(), bold_rows=()):
+def write_group_qc(
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    failures: Iterable[Mapping[str, Any]] = (),
+    bold_rows: Sequence[dict[str, Any]] = (),
+) -> tuple[Path | None, Path]:
     """Write ``group_qc.tsv`` (T1w), ``group_qc_bold.tsv`` (BOLD) and ``group_qc.html`` in ``out_dir``.
 
     Parameters

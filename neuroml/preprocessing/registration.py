@@ -15,15 +15,21 @@ and the one written as ``*_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.txt``
 RAS points.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from neuroml._utils.options import check_in_range, look_up_option
+from neuroml._utils.types import PathLike
 from neuroml.errors import InputError
 from neuroml.io.templates import mni_brain_mask, mni_template, target_grid
 
@@ -50,7 +56,9 @@ INIT_MODES = ("moments", "geometry", "identity")
 
 
 # --------------------------------------------------------------------------- conversions
-def nib_to_sitk(img, dtype=np.float32):
+def nib_to_sitk(
+    img: nib.spatialimages.SpatialImage, dtype: npt.DTypeLike = np.float32
+) -> sitk.Image:
     """Convert a 3D nibabel image to a SimpleITK image with the same world geometry.
 
     Parameters
@@ -91,7 +99,7 @@ def _sitk_affine(image):
     return affine
 
 
-def sitk_to_nib(image, dtype=np.float32):
+def sitk_to_nib(image: sitk.Image, dtype: npt.DTypeLike = np.float32) -> nib.Nifti1Image:
     """Convert a 3D SimpleITK image to a nibabel ``Nifti1Image`` (RAS affine)."""
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(dtype, copy=False)
     out = nib.Nifti1Image(np.ascontiguousarray(data), _sitk_affine(image))
@@ -99,7 +107,9 @@ def sitk_to_nib(image, dtype=np.float32):
     return out
 
 
-def grid_reference(affine, shape, pixel_type=sitk.sitkUInt8):
+def grid_reference(
+    affine: npt.ArrayLike, shape: Sequence[int], pixel_type: int = sitk.sitkUInt8
+) -> sitk.Image:
     """An empty SimpleITK image with the geometry of a nibabel grid (for resampling onto it)."""
     image = sitk.Image([int(s) for s in shape], pixel_type)
     return _set_geometry(image, affine)
@@ -174,8 +184,8 @@ class RegistrationResult:
     transform: sitk.Transform
     metric: float
     init: str
-    init_metrics: dict
-    iterations: dict
+    init_metrics: dict[str, float | None]
+    iterations: dict[str, Any]
 
 
 def _method(fixed_mask, seed, sampling, levels, iterations, bins):
@@ -239,18 +249,18 @@ def _as_affine(tx):
 
 
 def register_to_template(
-    moving,
-    resolution=2.0,
+    moving: nib.spatialimages.SpatialImage | sitk.Image,
+    resolution: float = 2.0,
     *,
-    init=INIT_MODES,
-    seed=0,
-    sampling=0.15,
-    rigid_levels=((4, 4.0), (2, 2.0)),
-    affine_levels=((2, 2.0), (1, 0.0)),
-    iterations=100,
-    bins=32,
-    use_fixed_mask=True,
-):
+    init: str | Sequence[str] = INIT_MODES,
+    seed: int = 0,
+    sampling: float = 0.15,
+    rigid_levels: Sequence[tuple[int, float]] = ((4, 4.0), (2, 2.0)),
+    affine_levels: Sequence[tuple[int, float]] = ((2, 2.0), (1, 0.0)),
+    iterations: int = 100,
+    bins: int = 32,
+    use_fixed_mask: bool = True,
+) -> RegistrationResult:
     """Register a subject to the MNI template: rigid from several starts, then affine.
 
     Parameters
@@ -392,7 +402,13 @@ def _affine_stage(problem, start, levels, iters):
 
 
 # --------------------------------------------------------------------------- applying
-def resample_to_grid(img, transform, resolution=2.0, interpolation="linear", default=0.0):
+def resample_to_grid(
+    img: nib.spatialimages.SpatialImage | sitk.Image,
+    transform: sitk.Transform,
+    resolution: float = 2.0,
+    interpolation: str = "linear",
+    default: float = 0.0,
+) -> nib.Nifti1Image:
     """Resample a subject image onto :func:`~neuroml.io.templates.target_grid` in one step.
 
     Parameters
@@ -428,7 +444,7 @@ def resample_to_grid(img, transform, resolution=2.0, interpolation="linear", def
     return result
 
 
-def affine_matrix(transform):
+def affine_matrix(transform: sitk.Transform) -> npt.NDArray[np.float64]:
     """The 4x4 RAS matrix of an affine template -> subject transform (MNI mm -> scanner mm)."""
     tx = _as_affine(transform)
     a = np.asarray(tx.GetMatrix(), dtype=np.float64).reshape(3, 3)
@@ -441,7 +457,7 @@ def affine_matrix(transform):
     return flip @ lps @ flip
 
 
-def mni_to_scanner(transform, points_mni):
+def mni_to_scanner(transform: sitk.Transform, points_mni: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Map MNI RAS points (mm) to the subject's scanner RAS points (mm).
 
     Parameters
@@ -459,7 +475,7 @@ def mni_to_scanner(transform, points_mni):
     return pts @ m[:3, :3].T + m[:3, 3]
 
 
-def write_transform(transform, path):
+def write_transform(transform: sitk.Transform, path: PathLike) -> PathLike:
     """Write a transform in ITK text format, atomically."""
     from neuroml._utils.fileio import atomic_path
 
@@ -468,7 +484,7 @@ def write_transform(transform, path):
     return path
 
 
-def read_transform(path):
+def read_transform(path: PathLike) -> sitk.AffineTransform:
     """Read a transform written by :func:`write_transform` (as an AffineTransform)."""
     try:
         return _as_affine(sitk.ReadTransform(str(path)))

@@ -8,22 +8,28 @@ files of ``docs/layout.md`` (sidecar last, so its presence marks a finished scan
 :class:`T1wPreprocessor` is the same as a scikit-learn-style transformer.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from neuroml._utils.fileio import save_nifti_atomic, sha256_file
 from neuroml._utils.options import check_in_range, look_up_option
 from neuroml._utils.provenance import package_versions
+from neuroml._utils.types import PathLike
 from neuroml._version import __version__
 from neuroml.errors import ConfigError, InputError
-from neuroml.io.bids import derivative_name, scan_entities
+from neuroml.io.bids import Scan, derivative_name, scan_entities
 from neuroml.io.derivatives import (
     StepTimer,
     discard_sidecar,
@@ -85,7 +91,7 @@ DEFAULT_PARAMS = {
 }
 
 
-def check_params(**params):
+def check_params(**params: Any) -> dict[str, Any]:
     """Validate and complete preprocessing parameters; return the full, JSON-ready dict.
 
     Raises
@@ -93,7 +99,7 @@ def check_params(**params):
     ConfigError
         For an unknown name (with a "did you mean" hint) or a bad value.
     """
-    out = dict(DEFAULT_PARAMS)
+    out: dict[str, Any] = dict(DEFAULT_PARAMS)
     for key, value in params.items():
         out[look_up_option("preprocessing parameter", key, list(DEFAULT_PARAMS))] = value
     out["resolution"] = float(check_in_range("resolution", out["resolution"], 0.5, 8.0))
@@ -146,10 +152,10 @@ class T1wResult:
     image: nib.Nifti1Image
     mask: nib.Nifti1Image
     transform: sitk.Transform
-    qc: dict
-    timings: "StepTimer"
-    registration: dict
-    fov: np.ndarray
+    qc: dict[str, Any]
+    timings: StepTimer
+    registration: dict[str, Any]
+    fov: npt.NDArray[np.bool_]
 
 
 def _load(img, label, params=None):
@@ -271,7 +277,12 @@ def _finish(image, native, transform, params, timer, label=None):
     return out, mask_img, qc, fov
 
 
-def preprocess_scan(img, n_threads=1, name=None, **params):
+def preprocess_scan(
+    img: PathLike | nib.spatialimages.SpatialImage,
+    n_threads: int | None = 1,
+    name: str | None = None,
+    **params: Any,
+) -> T1wResult:
     """Preprocess one T1w image in memory (no files written).
 
     Parameters
@@ -321,7 +332,9 @@ def preprocess_scan(img, n_threads=1, name=None, **params):
 
 
 # --------------------------------------------------------------------------- files
-def output_paths(entities, out_dir, resolution):
+def output_paths(
+    entities: Mapping[str, str], out_dir: PathLike, resolution: float
+) -> dict[str, Path]:
     """The output files of one scan (``docs/layout.md``).
 
     Returns
@@ -367,7 +380,9 @@ def output_paths(entities, out_dir, resolution):
     }
 
 
-def is_complete(scan, out_dir, sha256=None, **params):
+def is_complete(
+    scan: Scan | PathLike, out_dir: PathLike, sha256: str | None = None, **params: Any
+) -> bool:
     """True when a scan's outputs are all there, intact, and its sidecar matches input and parameters.
 
     Intact: each output has the size and SHA-256 that the sidecar records (see
@@ -396,16 +411,16 @@ def is_complete(scan, out_dir, sha256=None, **params):
 
 
 def preprocess_t1w(
-    scan,
-    out_dir,
-    resolution=2.0,
-    normalization="zscore",
+    scan: Scan | PathLike,
+    out_dir: PathLike,
+    resolution: float = 2.0,
+    normalization: str = "zscore",
     *,
-    bids_dir=None,
-    participant_label=None,
-    n_threads=1,
-    **params,
-):
+    bids_dir: PathLike | None = None,
+    participant_label: str | None = None,
+    n_threads: int | None = 1,
+    **params: Any,
+) -> dict[str, Any]:
     """Preprocess one T1w scan and write its derivatives (``docs/layout.md``).
 
     Parameters
@@ -539,7 +554,14 @@ class T1wPreprocessor:
     (73, 91, 78)
     """
 
-    def __init__(self, resolution=2.0, normalization="zscore", seed=0, n_threads=1, **params):
+    def __init__(
+        self,
+        resolution: float = 2.0,
+        normalization: str = "zscore",
+        seed: int = 0,
+        n_threads: int | None = 1,
+        **params: Any,
+    ) -> None:
         self.resolution = resolution
         self.normalization = normalization
         self.seed = seed
@@ -554,7 +576,7 @@ class T1wPreprocessor:
             **self.params,
         )
 
-    def get_params(self, deep=True):
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
             "resolution": self.resolution,
             "normalization": self.normalization,
@@ -563,7 +585,7 @@ class T1wPreprocessor:
             **self.params,
         }
 
-    def set_params(self, **params):
+    def set_params(self, **params: Any) -> T1wPreprocessor:
         for key, value in params.items():
             if key in ("resolution", "normalization", "seed", "n_threads"):
                 setattr(self, key, value)
@@ -571,7 +593,9 @@ class T1wPreprocessor:
                 self.params = {**self.params, key: value}
         return self
 
-    def fit(self, img, y=None):
+    def fit(
+        self, img: PathLike | nib.spatialimages.SpatialImage, y: object = None
+    ) -> T1wPreprocessor:
         """Learn the registration of ``img`` to the template; return ``self``."""
         self._fit(img)
         return self
@@ -585,7 +609,7 @@ class T1wPreprocessor:
             self.transform_, self.registration_ = _register(image, params)
         return native, image, params
 
-    def transform(self, img):
+    def transform(self, img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
         """Resample ``img`` (same subject) onto the MNI grid and normalize it."""
         if not hasattr(self, "transform_"):
             raise ConfigError(
@@ -601,7 +625,9 @@ class T1wPreprocessor:
             )
         return out
 
-    def fit_transform(self, img, y=None):
+    def fit_transform(
+        self, img: PathLike | nib.spatialimages.SpatialImage, y: object = None
+    ) -> nib.Nifti1Image:
         """Fit on ``img`` and return it on the MNI grid (bias correction done once)."""
         native, image, params = self._fit(img)
         with itk_threads(self.n_threads):

@@ -18,12 +18,16 @@ it is deleted when nothing fails) under a
 lock, so SLURM array tasks writing to the same folder do not lose each other's entries.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import logging
 import os
 import traceback
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from neuroml._utils.fileio import (
     advisory_lock,
@@ -33,6 +37,7 @@ from neuroml._utils.fileio import (
     write_text_atomic,
 )
 from neuroml._utils.options import check_in_range
+from neuroml._utils.types import PathLike
 from neuroml._version import __version__
 from neuroml.errors import ConfigError, InputError, NeuromlError, OutputError
 from neuroml.io.derivatives import discard_failed_attempt, relative_path
@@ -62,7 +67,7 @@ class Failure:
     file: str
     reason: str
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.participant_id} {self.file}: {self.reason}"
 
 
@@ -82,7 +87,7 @@ class BatchResult:
 
     n_done: int
     n_skipped: int
-    failures: list
+    failures: list[Failure]
 
 
 def _cpu_count():
@@ -96,7 +101,7 @@ def _source_url(bids_dir):
     return "file://" + str(Path(bids_dir).resolve())
 
 
-def write_dataset_description(out_dir, bids_dir):
+def write_dataset_description(out_dir: PathLike, bids_dir: PathLike) -> Path:
     """Write ``OUT/dataset_description.json`` for the derivatives (atomically).
 
     Raises
@@ -237,7 +242,7 @@ def _relative(path, bids_dir):
     return str(path) if rel is None else rel
 
 
-def read_failures(out_dir):
+def read_failures(out_dir: PathLike) -> list[dict[str, str]]:
     """Rows of ``OUT/failures.tsv`` as dicts (empty list when there is none)."""
     path = Path(out_dir) / "failures.tsv"
     if not path.is_file():
@@ -288,16 +293,16 @@ def _progress(total, show):
 
 
 def run_participant_level(
-    bids_dir,
-    out_dir,
-    participant_labels=None,
-    resolution=2.0,
-    n_jobs=1,
-    show_progress=True,
-    modality="anat",
-    func_params=None,
-    **params,
-):
+    bids_dir: PathLike,
+    out_dir: PathLike,
+    participant_labels: str | Iterable[str] | None = None,
+    resolution: float = 2.0,
+    n_jobs: int = 1,
+    show_progress: bool = True,
+    modality: str = "anat",
+    func_params: Mapping[str, Any] | None = None,
+    **params: Any,
+) -> BatchResult:
     """Preprocess every T1w scan (and/or BOLD series) of a BIDS dataset (BIDS-App participant level).
 
     Parameters
@@ -542,7 +547,7 @@ def _indexed(i, scan, pipeline, out_dir, bids_dir, n_threads):
     return i, _worker(scan, pipeline, out_dir, bids_dir, n_threads)
 
 
-def run_group_level(out_dir):
+def run_group_level(out_dir: PathLike) -> Path:
     """Summarize the QC of every processed scan (BIDS-App group level).
 
     Writes ``OUT/group_qc.tsv`` (T1w: participant_id, file, correlation, coverage,

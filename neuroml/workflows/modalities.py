@@ -10,16 +10,24 @@ batch (:mod:`neuroml.workflows.bids_app`) loops over the pipelines that
 :func:`select_pipelines` gives for a modality.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import zlib
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from neuroml._utils.fileio import read_json
 from neuroml._utils.options import look_up_option
+from neuroml._utils.types import PathLike
 from neuroml.errors import ConfigError, InputError, NeuromlError
-from neuroml.io.bids import derivative_name, find_scans, parse_entities
+from neuroml.io.bids import Scan, derivative_name, find_scans, parse_entities
 from neuroml.io.derivatives import relative_path
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage as _Image
 
 __all__ = ["MODALITIES", "MISNAMED_T1W", "T1wPipeline", "BoldPipeline", "select_pipelines"]
 
@@ -36,7 +44,12 @@ MISNAMED_T1W = (
 )
 
 
-def select_pipelines(modality, resolution, func_params, params):
+def select_pipelines(
+    modality: str,
+    resolution: float,
+    func_params: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+) -> list[T1wPipeline | BoldPipeline]:
     """The pipelines of ``modality``, in the order their scans are processed.
 
     Parameters
@@ -98,10 +111,12 @@ class _Pipeline:
     :meth:`group_row`.
     """
 
-    row_errors = (InputError, KeyError, TypeError, ValueError)
+    row_errors: tuple[type[Exception], ...] = (InputError, KeyError, TypeError, ValueError)
+    sidecar_glob: str
+    group_row: Callable[[PathLike, Path, Mapping[str, Any]], dict[str, Any]]
 
     @classmethod
-    def group_rows(cls, out_dir):
+    def group_rows(cls, out_dir: PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """QC rows of every sidecar of this kind in ``out_dir``, and problems met on the way.
 
         An unreadable sidecar is skipped with a warning.
@@ -127,7 +142,7 @@ class _Pipeline:
         return _label_resolutions(rows), problems
 
     @staticmethod
-    def draw_figure(row, out_dir):
+    def draw_figure(row: dict[str, Any], out_dir: PathLike) -> dict[str, Any] | None:
         """Draw the QC picture of a row if the group level makes it; a problem row or None."""
         return None
 
@@ -142,42 +157,46 @@ class T1wPipeline(_Pipeline):
         Checked parameters (:func:`neuroml.preprocessing.t1w.check_params`).
     """
 
-    params: dict
+    params: dict[str, Any]
     suffix = "T1w"
     kind = "T1w scans"
     not_found = "no T1w scans found (looked for sub-*/[ses-*/]anat/*_T1w.nii[.gz])"
     sidecar_glob = "sub-*/**/anat/*_desc-preproc_T1w.json"
 
     @classmethod
-    def checked(cls, **params):
+    def checked(cls, **params: Any) -> T1wPipeline:
         """The pipeline with ``params`` checked and completed (a :class:`ConfigError` if bad)."""
         from neuroml.preprocessing.t1w import check_params
 
         return cls(check_params(**params))
 
-    def find_scans(self, bids_dir, participant_labels):
+    def find_scans(
+        self, bids_dir: PathLike, participant_labels: str | Iterable[str] | None
+    ) -> tuple[list[Scan], list[tuple[str, Path, str]]]:
         """The T1w scans, and ``(participant_id, path, reason)`` of files not processed."""
         scans = find_scans(bids_dir, "T1w", "anat", participant_labels)
         misnamed = _misnamed_t1w(bids_dir, scans, participant_labels)
         return scans, [(participant_id, path, MISNAMED_T1W) for participant_id, path in misnamed]
 
-    def output_paths(self, scan, out_dir):
+    def output_paths(self, scan: Scan, out_dir: PathLike) -> dict[str, Path]:
         from neuroml.preprocessing.t1w import output_paths
 
         return output_paths(scan.entities, out_dir, self.params["resolution"])
 
-    def is_complete(self, scan, out_dir):
+    def is_complete(self, scan: Scan, out_dir: PathLike) -> bool:
         from neuroml.preprocessing.t1w import is_complete
 
         return is_complete(scan, out_dir, **self.params)
 
-    def run(self, scan, out_dir, bids_dir, n_threads):
+    def run(
+        self, scan: Scan, out_dir: PathLike, bids_dir: PathLike | None, n_threads: int | None
+    ) -> None:
         from neuroml.preprocessing.t1w import preprocess_t1w
 
         preprocess_t1w(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **self.params)
 
     @staticmethod
-    def group_row(out_dir, path, side):
+    def group_row(out_dir: PathLike, path: Path, side: Mapping[str, Any]) -> dict[str, Any]:
         """One T1w QC row (see :func:`neuroml.preprocessing.qc.write_group_qc`) from a sidecar."""
         qc = side["QC"]
         entities = parse_entities(path.name)[0]
@@ -205,7 +224,7 @@ class BoldPipeline(_Pipeline):
         Checked parameters (:func:`neuroml.functional.bold.check_func_params`).
     """
 
-    params: dict
+    params: dict[str, Any]
     suffix = "bold"
     kind = "BOLD series"
     not_found = "no BOLD series found (looked for sub-*/[ses-*/]func/*_bold.nii[.gz])"
@@ -213,35 +232,39 @@ class BoldPipeline(_Pipeline):
     row_errors = (InputError, KeyError, TypeError, ValueError, AttributeError)
 
     @classmethod
-    def checked(cls, **params):
+    def checked(cls, **params: Any) -> BoldPipeline:
         """The pipeline with ``params`` checked and completed (a :class:`ConfigError` if bad)."""
         from neuroml.functional.bold import check_func_params
 
         return cls(check_func_params(**params))
 
-    def find_scans(self, bids_dir, participant_labels):
+    def find_scans(
+        self, bids_dir: PathLike, participant_labels: str | Iterable[str] | None
+    ) -> tuple[list[Scan], list[tuple[str, Path, str]]]:
         """The BOLD series (one per acquisition), and no files not processed."""
         from neuroml.functional.files import find_bold_scans
 
         return find_bold_scans(bids_dir, participant_labels), []
 
-    def output_paths(self, scan, out_dir):
+    def output_paths(self, scan: Scan, out_dir: PathLike) -> dict[str, Path]:
         from neuroml.functional.files import func_output_paths
 
         return func_output_paths(scan.entities, out_dir, self.params)
 
-    def is_complete(self, scan, out_dir):
+    def is_complete(self, scan: Scan, out_dir: PathLike) -> bool:
         from neuroml.functional.files import is_func_complete
 
         return is_func_complete(scan, out_dir, **self.params)
 
-    def run(self, scan, out_dir, bids_dir, n_threads):
+    def run(
+        self, scan: Scan, out_dir: PathLike, bids_dir: PathLike | None, n_threads: int | None
+    ) -> None:
         from neuroml.functional.files import preprocess_bold
 
         preprocess_bold(scan, out_dir, bids_dir=bids_dir, n_threads=n_threads, **self.params)
 
     @staticmethod
-    def group_row(out_dir, path, side):
+    def group_row(out_dir: PathLike, path: Path, side: Mapping[str, Any]) -> dict[str, Any]:
         """One BOLD QC row (see :func:`neuroml.preprocessing.qc.bold_qc_rows`) from a maps sidecar."""
         entities = parse_entities(path.name)[0]
         n_volumes = int(side["NumberOfVolumes"])
@@ -268,7 +291,7 @@ class BoldPipeline(_Pipeline):
         }
 
     @staticmethod
-    def draw_figure(row, out_dir):
+    def draw_figure(row: dict[str, Any], out_dir: PathLike) -> dict[str, Any] | None:
         """The mean BOLD volume with the template's edges (made when missing or older than its
         sidecar).
 
@@ -288,8 +311,12 @@ class BoldPipeline(_Pipeline):
         if not mean_map.is_file():
             return None
         try:
-            data = np.asarray(nib.load(str(mean_map)).dataobj, dtype=np.float32)
-            fov = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask.is_file() else None
+            data = np.asarray(cast("_Image", nib.load(str(mean_map))).dataobj, dtype=np.float32)
+            fov = (
+                np.asarray(cast("_Image", nib.load(str(mask))).dataobj) > 0
+                if mask.is_file()
+                else None
+            )
             fig.parent.mkdir(parents=True, exist_ok=True)
             title = f"{row['participant_id']} mean BOLD"
             qc_figure(data, row["resolution"], fig, title=title, fov=fov)
