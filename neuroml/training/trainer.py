@@ -303,18 +303,18 @@ def evaluate(
     proba : ndarray of shape (n, C), float64
     loss : float or None
     """
-    device = resolve_device(device)
+    dev: torch.device = resolve_device(device)
     model.eval()
     loader = make_loader(
-        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+        dataset, batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda"
     )
     logits: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     with torch.no_grad():
         for batch in loader:
             x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
-            with _autocast(device, amp):
-                out = model(_to_device(x, device, channels_last))
+            with _autocast(dev, amp):
+                out = model(_to_device(x, dev, channels_last))
             logits.append(out.float().cpu())
             if y is not None:
                 labels.append(y)
