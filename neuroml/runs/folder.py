@@ -74,7 +74,7 @@ class Run:
         """``(affine, shape)`` of the grid the run was trained on."""
         return np.asarray(self.config["grid"]["affine"]), tuple(self.config["grid"]["shape"])
 
-    def fold_model(self, fold: int, device: str | torch.device = "cpu") -> torch.nn.Module:
+    def fold_model(self, fold: int, device: str | torch.device | None = "cpu") -> torch.nn.Module:
         """The model of one fold, with its best weights, in eval mode (loaded with ``weights_only=True``)."""
         path = self.run_dir / f"fold-{int(fold)}" / "model.pt"
         ckpt = load_checkpoint(path, require=("state_dict", "meta"))
@@ -95,7 +95,9 @@ class Run:
             ) from None
         return model.to(resolve_device(device)).eval()
 
-    def fold_models(self, device: str | torch.device = "cpu") -> list[tuple[int, torch.nn.Module]]:
+    def fold_models(
+        self, device: str | torch.device | None = "cpu"
+    ) -> list[tuple[int, torch.nn.Module]]:
         """``[(fold, model in eval mode), ...]`` for every fold; raises InputError if a fold is untrained."""
         missing = [
             f["fold"]

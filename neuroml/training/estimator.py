@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -173,7 +173,7 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         amp: bool = True,
         show_progress: bool = False,
-        input_pool: int | str = "auto",
+        input_pool: int | Literal["auto"] = "auto",
     ) -> None:
         self.model = model
         self.epochs = epochs

@@ -330,7 +330,7 @@ def evaluate(
 
 def predict_proba(
     model: torch.nn.Module,
-    volumes: npt.ArrayLike | Dataset[Any],
+    volumes: npt.NDArray[Any] | Dataset[Any],
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     amp: bool = True,

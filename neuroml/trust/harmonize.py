@@ -658,12 +658,12 @@ class InputHarmonization:
         self.run, self.spec = run, dict(run.config["harmonized_inputs"])
         pids = list(dict.fromkeys(participant_ids))
         if participants is not None:
-            path = participants_file(deriv_dir, participants)
+            path = participants_file(cast("str | os.PathLike[str]", deriv_dir), participants)
             table = read_participants(path)
         else:  # the data's own participants.tsv, else the training one: the first listing every subject
             found, error = [], None
             try:
-                found.append(participants_file(deriv_dir))
+                found.append(participants_file(cast("str | os.PathLike[str]", deriv_dir)))
             except InputError as exc:
                 error = exc
             trained = run.config.get("participants")

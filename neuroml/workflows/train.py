@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -87,7 +87,7 @@ def train_run(
     audit_columns: Sequence[str] = (),
     harmonize: str | None = None,
     inputs: Sequence[str] | None = None,
-    input_pool: int | str = "auto",
+    input_pool: int | Literal["auto"] = "auto",
 ) -> dict[str, Any]:
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
