@@ -66,7 +66,7 @@ def train_run(
     seed: int = 0,
     device: str = "auto",
     participants: str | os.PathLike[str] | None = None,
-    resolution: float | None = None,
+    resolution: float | str | None = None,
     augment: bool = True,
     patience: int | None = 10,
     amp: bool = True,
