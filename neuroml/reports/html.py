@@ -6,9 +6,12 @@ comes from data or configuration goes through :func:`html.escape`. Sections whos
 inputs are missing (no attribution yet, no baseline) are left out or say so plainly.
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -472,7 +475,9 @@ def _page(title, parts):
     )
 
 
-def build_report(run_dir, out_path=None):
+def build_report(
+    run_dir: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None
+) -> Path:
     """Write the self-contained HTML report of a run.
 
     Parameters

@@ -6,7 +6,10 @@ Written at the end of :func:`~neuroml.workflows.train_run` and refreshed by
 It names no participant.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 from pathlib import Path
 
 from neuroml._utils.fileio import write_text_atomic
@@ -368,7 +371,7 @@ def _use(config):
     ]
 
 
-def model_card_text(run_dir):
+def model_card_text(run_dir: str | os.PathLike[str]) -> str:
     """The model card of a run folder as Markdown text.
 
     Parameters
@@ -426,7 +429,9 @@ def model_card_text(run_dir):
     )
 
 
-def write_model_card(run_dir, path=None):
+def write_model_card(
+    run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None = None
+) -> Path:
     """Write ``RUN/model_card.md`` (atomically) and return its path."""
     run_dir = Path(run_dir)
     return write_text_atomic(path or run_dir / "model_card.md", model_card_text(run_dir))

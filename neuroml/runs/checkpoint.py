@@ -4,9 +4,14 @@ A checkpoint is read only with ``torch.load(path, weights_only=True)``: a file h
 pickled Python objects (which could run code when unpickled) is refused.
 """
 
+from __future__ import annotations
+
+import os
 import pickle
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +22,7 @@ from neuroml.errors import InputError
 __all__ = ["save_checkpoint", "load_checkpoint", "plain"]
 
 
-def plain(obj):
+def plain(obj: object) -> Any:
     """Convert numpy scalars/arrays, paths and tuples inside ``obj`` to plain Python types."""
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
@@ -30,14 +35,18 @@ def plain(obj):
     raise TypeError(f"checkpoint values must be tensors or plain types, got {type(obj).__name__}")
 
 
-def save_checkpoint(obj, path):
+def save_checkpoint(obj: object, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename it onto ``path``."""
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(obj, tmp)
     return Path(path)
 
 
-def load_checkpoint(path, map_location="cpu", require=()):
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    require: Sequence[str] = (),
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
 
     Parameters

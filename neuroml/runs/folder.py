@@ -1,7 +1,12 @@
 """The run folder: reading a trained run back (:func:`load_run`), its splits and its
 predictions tables. The layout is in ``docs/layout.md``."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -11,6 +16,10 @@ from neuroml._utils.fileio import read_json, write_json_atomic
 from neuroml.errors import InputError
 from neuroml.models.factory import COMPACT_ACTIVATION, build_model
 from neuroml.runs.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import torch
 
 __all__ = [
     "Run",
@@ -25,7 +34,11 @@ __all__ = [
 
 
 #: Columns of a predictions table read back as strings: class names may look like numbers ("0", "1").
-PREDICTION_DTYPES = {"participant_id": str, "true_label": str, "predicted_label": str}
+PREDICTION_DTYPES: dict[str, type] = {
+    "participant_id": str,
+    "true_label": str,
+    "predicted_label": str,
+}
 
 
 class Run:
@@ -41,25 +54,27 @@ class Run:
     classes : list of str
     """
 
-    def __init__(self, run_dir, config, splits):
+    def __init__(
+        self, run_dir: str | os.PathLike[str], config: dict[str, Any], splits: list[dict[str, Any]]
+    ) -> None:
         self.run_dir, self.config, self.splits = Path(run_dir), config, splits
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"Run({str(self.run_dir)!r}, model={self.config['model']!r}, "
             f"classes={self.classes}, folds={len(self.splits)})"
         )
 
     @property
-    def classes(self):
+    def classes(self) -> list[str]:
         return list(self.config["classes"])
 
     @property
-    def grid(self):
+    def grid(self) -> tuple[npt.NDArray[Any], tuple[int, ...]]:
         """``(affine, shape)`` of the grid the run was trained on."""
         return np.asarray(self.config["grid"]["affine"]), tuple(self.config["grid"]["shape"])
 
-    def fold_model(self, fold, device="cpu"):
+    def fold_model(self, fold: int, device: str | torch.device | None = "cpu") -> torch.nn.Module:
         """The model of one fold, with its best weights, in eval mode (loaded with ``weights_only=True``)."""
         path = self.run_dir / f"fold-{int(fold)}" / "model.pt"
         ckpt = load_checkpoint(path, require=("state_dict", "meta"))
@@ -80,7 +95,9 @@ class Run:
             ) from None
         return model.to(resolve_device(device)).eval()
 
-    def fold_models(self, device="cpu"):
+    def fold_models(
+        self, device: str | torch.device | None = "cpu"
+    ) -> list[tuple[int, torch.nn.Module]]:
         """``[(fold, model in eval mode), ...]`` for every fold; raises InputError if a fold is untrained."""
         missing = [
             f["fold"]
@@ -95,16 +112,16 @@ class Run:
             )
         return [(f["fold"], self.fold_model(f["fold"], device)) for f in self.splits]
 
-    def trained_ids(self):
+    def trained_ids(self) -> set[str]:
         """Participants used to train or validate a model in any fold."""
         return {p for f in self.splits for part in ("train", "val") for p in f[part]}
 
-    def test_fold_of(self, participant_id):
+    def test_fold_of(self, participant_id: str) -> int | None:
         """The fold whose model never saw ``participant_id`` (it is in that fold's test set), or None."""
         pid = participant_id if str(participant_id).startswith("sub-") else f"sub-{participant_id}"
         return next((f["fold"] for f in self.splits if pid in f["test"]), None)
 
-    def predictions(self):
+    def predictions(self) -> pd.DataFrame:
         """The out-of-fold ``predictions.tsv`` as a DataFrame."""
         path = self.run_dir / "predictions.tsv"
         if not path.is_file():
@@ -112,7 +129,9 @@ class Run:
         return pd.read_csv(path, sep="\t", dtype=PREDICTION_DTYPES)
 
 
-def check_run_folder(run_dir, names=("config.json", "splits.json")):
+def check_run_folder(
+    run_dir: str | os.PathLike[str], names: Sequence[str] = ("config.json", "splits.json")
+) -> Path:
     """``run_dir`` as a Path; raises :class:`InputError` if one of the files ``names`` is missing."""
     run_dir = Path(run_dir)
     for name in names:
@@ -124,7 +143,7 @@ def check_run_folder(run_dir, names=("config.json", "splits.json")):
     return run_dir
 
 
-def load_run(run_dir):
+def load_run(run_dir: str | os.PathLike[str]) -> Run:
     """Read a run folder written by :func:`~neuroml.workflows.train_run`.
 
     Raises
@@ -136,7 +155,13 @@ def load_run(run_dir):
     return Run(run_dir, read_json(run_dir / "config.json"), load_splits(run_dir / "splits.json"))
 
 
-def predictions_table(participant_ids, proba, classes, y_true=None, fold=None):
+def predictions_table(
+    participant_ids: Sequence[str],
+    proba: npt.ArrayLike,
+    classes: Sequence[str],
+    y_true: Sequence[int] | npt.NDArray[Any] | None = None,
+    fold: int | Sequence[int] | npt.NDArray[Any] | None = None,
+) -> pd.DataFrame:
     """Per-participant predictions: the scans of a participant are averaged.
 
     Parameters
@@ -177,7 +202,12 @@ def predictions_table(participant_ids, proba, classes, y_true=None, fold=None):
     return out[cols]
 
 
-def check_grid(affine, shape, run_config, where):
+def check_grid(
+    affine: npt.NDArray[Any],
+    shape: Sequence[int],
+    run_config: dict[str, Any],
+    where: str | os.PathLike[str] | None,
+) -> None:
     """Raise :class:`InputError` if a grid differs from the run's (``config["grid"]``)."""
     grid = run_config["grid"]
     if tuple(shape) != tuple(grid["shape"]) or not np.allclose(affine, grid["affine"], atol=1e-4):
@@ -189,7 +219,9 @@ def check_grid(affine, shape, run_config, where):
         )
 
 
-def save_splits(path, splits, **info):
+def save_splits(
+    path: str | os.PathLike[str], splits: Sequence[dict[str, Any]], **info: Any
+) -> Path:
     """Write ``splits.json``: ``{"scheme", ..., "folds": [per-fold dicts]}`` (atomic)."""
     scheme = (
         "leave-one-site-out"
@@ -199,7 +231,7 @@ def save_splits(path, splits, **info):
     return write_json_atomic(path, {"scheme": scheme, **info, "folds": list(splits)})
 
 
-def load_splits(path):
+def load_splits(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read the per-fold list written by :func:`save_splits`."""
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("folds"), list):

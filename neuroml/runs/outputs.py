@@ -1,9 +1,14 @@
 """Run-folder writers: history tables, the training-curve figure, provenance."""
 
+from __future__ import annotations
+
 import datetime
 import os
 import platform
 import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -11,17 +16,20 @@ from neuroml._utils.fileio import atomic_path, write_json_atomic, write_text_ato
 from neuroml._utils.provenance import package_versions
 from neuroml._utils.threads import OPENMP_VARIABLES
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["write_history", "read_history", "plot_training_curves", "write_provenance", "now_iso"]
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_balanced_accuracy", "lr", "seconds"]
 
 
-def now_iso():
+def now_iso() -> str:
     """The current time, ISO 8601 with the UTC offset."""
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def write_history(path, history):
+def write_history(path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]]) -> Path:
     """Write a fit's per-epoch records as ``history.tsv`` (n/a for missing values)."""
     df = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     return write_text_atomic(
@@ -29,12 +37,14 @@ def write_history(path, history):
     )
 
 
-def read_history(path):
+def read_history(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a ``history.tsv`` into a DataFrame (n/a -> NaN)."""
     return pd.read_csv(path, sep="\t", na_values=["n/a"])
 
 
-def plot_training_curves(path, histories):
+def plot_training_curves(
+    path: str | os.PathLike[str], histories: Mapping[int, pd.DataFrame]
+) -> str | os.PathLike[str]:
     """Per fold: training loss (and validation loss, dashed) and validation balanced accuracy.
 
     Parameters
@@ -92,7 +102,15 @@ def plot_training_curves(path, histories):
     return path
 
 
-def write_provenance(path, seed, start, device, inputs, folds, extra=None):
+def write_provenance(
+    path: str | os.PathLike[str],
+    seed: int,
+    start: str,
+    device: str | torch.device,
+    inputs: Mapping[str, Any],
+    folds: Sequence[Mapping[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``provenance.json``: versions, command, seed, times, device, input checksums."""
     import torch
 

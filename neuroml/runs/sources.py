@@ -1,18 +1,28 @@
 """Where a run's training scans came from (raw-scan SHA-256s in ``provenance.json``), and which new
 scans a run's models trained on."""
 
+from __future__ import annotations
+
 import logging
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neuroml.errors import InputError
+
+if TYPE_CHECKING:
+    from neuroml.runs.folder import Run
 
 __all__ = ["source_identity", "trained_on", "training_twins"]
 
 log = logging.getLogger("neuroml")
 
 
-def source_identity(deriv_dir, paths):
+def source_identity(
+    deriv_dir: str | os.PathLike[str], paths: Sequence[str]
+) -> tuple[list[str], list[str | None]]:
     """Where a derivatives folder's scans come from: its source datasets and each scan's raw input.
 
     Parameters
@@ -58,7 +68,7 @@ def source_identity(deriv_dir, paths):
     return urls, shas
 
 
-def _training_sources(run):
+def _training_sources(run: Run) -> dict[str, set[str]]:
     """``{participant: raw-scan SHA-256s}`` of a run's training scans (``provenance.json``)."""
     from neuroml._utils.fileio import read_json
 
@@ -69,7 +79,12 @@ def _training_sources(run):
     return {p: set(v) for p, v in (inputs.get("source_sha256") or {}).items()}
 
 
-def training_twins(run, deriv_dir, participant_ids, paths):
+def training_twins(
+    run: Run,
+    deriv_dir: str | os.PathLike[str],
+    participant_ids: Sequence[str],
+    paths: Sequence[str],
+) -> dict[str, str]:
     """``{participant: training participant}`` for scans whose raw input (``SourceSHA256``) is a
     training scan of another ID (the same raw file under another name; a de-identified copy has
     other bytes and is not found)."""
@@ -78,7 +93,12 @@ def training_twins(run, deriv_dir, participant_ids, paths):
     return {p: owner[s] for p, s in zip(participant_ids, shas) if s in owner and owner[s] != p}
 
 
-def trained_on(run, deriv_dir, participant_ids, paths):
+def trained_on(
+    run: Run,
+    deriv_dir: str | os.PathLike[str],
+    participant_ids: Sequence[str],
+    paths: Sequence[str],
+) -> tuple[set[str], set[str]]:
     """Which of these scans' participants a fold model of ``run`` trained or validated on.
 
     A participant is "trained on" when its ID is a training ID, or when one of its scans has

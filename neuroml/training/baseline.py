@@ -1,15 +1,24 @@
 """A classical baseline in the same folds: logistic regression on atlas-region mean intensities."""
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["region_means", "baseline_cv"]
 
 log = logging.getLogger("neuroml")
 
 
-def region_means(volumes, labels, chunk=64):
+def region_means(
+    volumes: npt.NDArray[Any], labels: npt.ArrayLike, chunk: int = 64
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any]]:
     """Mean intensity of every atlas region in every volume, computed with one sparse product.
 
     Parameters
@@ -57,16 +66,16 @@ def region_means(volumes, labels, chunk=64):
 
 
 def baseline_cv(
-    features,
-    participant_ids,
-    y,
-    splits,
-    n_classes,
-    seed=0,
-    harmonizer=None,
-    sites=None,
-    covariates=None,
-):
+    features: npt.NDArray[Any],
+    participant_ids: Sequence[str],
+    y: npt.ArrayLike,
+    splits: Sequence[Mapping[str, Any]],
+    n_classes: int,
+    seed: int = 0,
+    harmonizer: Callable[[], Any] | None = None,
+    sites: Sequence[Any] | None = None,
+    covariates: npt.ArrayLike | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int_]]:
     """Out-of-fold probabilities of a standardised logistic regression, trained on each fold's train + val.
 
     Parameters

@@ -8,8 +8,13 @@ written by ``neuroml preprocess --modality func`` and the splits of a training r
 writes ``RUN/connectome_predictions.tsv`` and ``RUN/connectome_metrics.json``.
 """
 
+from __future__ import annotations
+
 import logging
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,13 +26,18 @@ from neuroml.io.bids import parse_entities
 
 __all__ = ["KINDS", "find_timeseries", "load_timeseries", "connectome_cv", "connectome_run"]
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 log = logging.getLogger("neuroml")
 
 #: Connectivity kinds of nilearn's ConnectivityMeasure.
 KINDS = ("tangent", "correlation", "partial correlation", "covariance", "precision")
 
 
-def find_timeseries(deriv_dir, resolution=None, atlas="aal"):
+def find_timeseries(
+    deriv_dir: str | os.PathLike[str], resolution: float | str | None = None, atlas: str = "aal"
+) -> pd.DataFrame:
     """Atlas time series TSVs of a derivatives folder, one per participant and session (the first by name).
 
     Returns
@@ -74,7 +84,9 @@ def find_timeseries(deriv_dir, resolution=None, atlas="aal"):
     return df.drop(columns="res")
 
 
-def load_timeseries(paths, drop_constant=True):
+def load_timeseries(
+    paths: Sequence[str | os.PathLike[str]], drop_constant: bool = True
+) -> tuple[list[npt.NDArray[np.float64]], list[str]]:
     """Read time series TSVs; keep the regions present in every file.
 
     With ``drop_constant`` (the default) only the regions with signal in every file are kept.
@@ -116,7 +128,16 @@ def load_timeseries(paths, drop_constant=True):
     return [t[keep].to_numpy(dtype=np.float64) for t in tables], keep
 
 
-def connectome_cv(series, participant_ids, y, splits, n_classes, seed=0, kind="tangent", C=1.0):
+def connectome_cv(
+    series: Sequence[npt.NDArray[Any]],
+    participant_ids: Sequence[str],
+    y: npt.ArrayLike,
+    splits: Sequence[Mapping[str, Any]],
+    n_classes: int,
+    seed: int = 0,
+    kind: str = "tangent",
+    C: float = 1.0,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int_]]:
     """Out-of-fold probabilities of connectivity + logistic regression, fitted on each fold's train + val.
 
     Parameters
@@ -203,8 +224,13 @@ def _connectome_cv(series, participant_ids, y, splits, n_classes, seed, kind, C)
 
 
 def connectome_run(
-    run_dir, deriv_dir, atlas="aal", kind="tangent", n_bootstrap=1000, n_permutations=0
-):
+    run_dir: str | os.PathLike[str],
+    deriv_dir: str | os.PathLike[str],
+    atlas: str = "aal",
+    kind: str = "tangent",
+    n_bootstrap: int = 1000,
+    n_permutations: int = 0,
+) -> dict[str, Any]:
     """The connectome baseline in the folds of a training run; writes its predictions and metrics.
 
     Parameters

@@ -15,10 +15,14 @@ every epoch, and only rank 0 writes files. Without torchrun's variables nothing 
 training runs in one process.
 """
 
+from __future__ import annotations
+
 import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -39,45 +43,49 @@ __all__ = [
 
 log = logging.getLogger("neuroml")
 
+_T = TypeVar("_T")
+
 
 def _dist():
     return torch.distributed
 
 
-def is_distributed():
+def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     d = _dist()
     return d.is_available() and d.is_initialized() and d.get_world_size() > 1
 
 
-def rank():
+def rank() -> int:
     """This process's global rank (0 without a process group)."""
     d = _dist()
     return d.get_rank() if d.is_available() and d.is_initialized() else 0
 
 
-def world_size():
+def world_size() -> int:
     """Number of processes (1 without a process group)."""
     d = _dist()
     return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
-def local_rank():
+def local_rank() -> int:
     """Rank on this node (torchrun's ``LOCAL_RANK``; 0 without it)."""
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
-def is_main_process():
+def is_main_process() -> bool:
     """True unless running as a non-zero rank of ``torch.distributed`` (only rank 0 writes)."""
     return rank() == 0
 
 
-def launched_by_torchrun():
+def launched_by_torchrun() -> bool:
     """True when torchrun (or SLURM + torchrun) set ``WORLD_SIZE`` > 1 and ``RANK``."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-def init_distributed(device="auto", timeout_s=1800):
+def init_distributed(
+    device: str | torch.device = "auto", timeout_s: float = 1800
+) -> tuple[torch.device, bool]:
     """Join the process group torchrun describes; return ``(device, initialised_here)``.
 
     Parameters
@@ -124,22 +132,22 @@ def init_distributed(device="auto", timeout_s=1800):
     return dev, created
 
 
-def barrier():
+def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     if is_distributed():
         _dist().barrier()
 
 
-def broadcast_object(obj, src=0):
+def broadcast_object(obj: _T, src: int = 0) -> _T:
     """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself in one process)."""
     if not is_distributed():
         return obj
-    box = [obj if rank() == src else None]
+    box: list[Any] = [obj if rank() == src else None]
     _dist().broadcast_object_list(box, src=src)
     return box[0]
 
 
-def all_reduce_mean(value, weight=1.0):
+def all_reduce_mean(value: float, weight: float = 1.0) -> float:
     """Weighted mean of a float over ranks (``value`` itself in one process)."""
     if not is_distributed():
         return float(value)
@@ -151,10 +159,10 @@ def all_reduce_mean(value, weight=1.0):
 
 
 @contextlib.contextmanager
-def no_sync_if(net, skip):
+def no_sync_if(net: torch.nn.Module, skip: bool) -> Iterator[None]:
     """``net.no_sync()`` when ``skip`` (gradient accumulation under DDP), else nothing."""
     if skip and hasattr(net, "no_sync"):
-        with net.no_sync():
+        with net.no_sync():  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
             yield
     else:
         yield

@@ -1,6 +1,10 @@
 """A scikit-learn style face of the training loop: :class:`NeuroClassifier`."""
 
+from __future__ import annotations
+
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -9,6 +13,21 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from neuroml._utils.options import check_in_range
 from neuroml.errors import InputError
+
+if TYPE_CHECKING:
+    import nibabel as nib
+    import numpy.typing as npt
+
+    #: What :meth:`NeuroClassifier.fit` and ``predict`` take: a path or image (3D or 4D), an array
+    #: of volumes, or paths or images on one grid.
+    _Images: TypeAlias = (
+        str
+        | os.PathLike[str]
+        | nib.spatialimages.SpatialImage
+        | npt.NDArray[Any]
+        | torch.Tensor
+        | Iterable[str | os.PathLike[str] | nib.spatialimages.SpatialImage]
+    )
 
 __all__ = ["NeuroClassifier"]
 
@@ -142,20 +161,20 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        model="compact",
-        epochs=20,
-        batch_size=4,
-        lr=1e-3,
-        weight_decay=1e-4,
-        patience=10,
-        val_fraction=0.2,
-        augment=True,
-        seed=0,
-        device="auto",
-        amp=True,
-        show_progress=False,
-        input_pool="auto",
-    ):
+        model: str = "compact",
+        epochs: int = 20,
+        batch_size: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int | None = 10,
+        val_fraction: float = 0.2,
+        augment: bool = True,
+        seed: int = 0,
+        device: str = "auto",
+        amp: bool = True,
+        show_progress: bool = False,
+        input_pool: int | Literal["auto"] = "auto",
+    ) -> None:
         self.model = model
         self.epochs = epochs
         self.batch_size = batch_size
@@ -170,7 +189,7 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         self.show_progress = show_progress
         self.input_pool = input_pool
 
-    def fit(self, images, labels):
+    def fit(self, images: _Images, labels: npt.ArrayLike) -> NeuroClassifier:
         """Train on images (paths or images on one grid, a 4D image, or a 4D/5D array) and labels.
 
         Raises
@@ -255,7 +274,7 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
         )
         return self
 
-    def predict_proba(self, images):
+    def predict_proba(self, images: _Images) -> npt.NDArray[np.float64]:
         """Class probabilities, shape ``(n_images, n_classes)``, columns in ``classes_`` order."""
         from sklearn.utils.validation import check_is_fitted
 
@@ -270,7 +289,7 @@ class NeuroClassifier(ClassifierMixin, BaseEstimator):
             )
         return predict_proba(self.model_, vols, batch_size=max(self.batch_size, 8), device="cpu")
 
-    def predict(self, images):
+    def predict(self, images: _Images) -> npt.NDArray[Any]:
         """Predicted class labels."""
         proba = self.predict_proba(images)
         return self.classes_[proba.argmax(1)]

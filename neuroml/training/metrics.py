@@ -4,9 +4,16 @@ Everything takes integer class indices ``y_true`` (0..C-1) and either predicted 
 or a probability matrix ``proba`` of shape ``(n, C)``.
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = [
     "confusion_matrix",
@@ -26,7 +33,9 @@ def _n_classes(n_classes, *arrays):
     return int(max(int(np.max(a)) for a in arrays if len(a)) + 1)
 
 
-def confusion_matrix(y_true, y_pred, n_classes=None):
+def confusion_matrix(
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: int | None = None
+) -> npt.NDArray[np.intp]:
     """Counts ``cm[i, j]`` of true class ``i`` predicted as ``j``.
 
     Examples
@@ -48,7 +57,9 @@ def _weighted_recalls(y_true, correct, weights, n_classes):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def balanced_accuracy(y_true, y_pred, n_classes=None):
+def balanced_accuracy(
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: int | None = None
+) -> float:
     """Mean recall over the classes present in ``y_true``.
 
     Examples
@@ -62,7 +73,9 @@ def balanced_accuracy(y_true, y_pred, n_classes=None):
     return float(np.nanmean(rec[0]))
 
 
-def sensitivity_specificity(cm):
+def sensitivity_specificity(
+    cm: npt.ArrayLike,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Per-class (one-vs-rest) sensitivity and specificity from a confusion matrix (NaN if undefined)."""
     cm = np.asarray(cm, dtype=float)
     tp = np.diag(cm)
@@ -99,7 +112,9 @@ def _aucs(y_true, proba, weights):
     )
 
 
-def roc_auc_ovr(y_true, proba):
+def roc_auc_ovr(
+    y_true: npt.ArrayLike, proba: npt.ArrayLike
+) -> tuple[float, npt.NDArray[np.float64]]:
     """One-vs-rest ROC AUC per class and their macro mean (over classes with both outcomes).
 
     Returns
@@ -120,12 +135,12 @@ def roc_auc_ovr(y_true, proba):
     return macro, per
 
 
-def roc_curves(y_true, proba):
+def roc_curves(y_true: npt.ArrayLike, proba: npt.ArrayLike) -> list[dict[str, list[float]]]:
     """One-vs-rest ROC curve points per class: list of ``{"fpr": [...], "tpr": [...]}`` (empty if undefined)."""
     from sklearn.metrics import roc_curve
 
     y_true, proba = np.asarray(y_true, int), np.asarray(proba, float)
-    out = []
+    out: list[dict[str, list[float]]] = []
     for c in range(proba.shape[1]):
         pos = y_true == c
         if pos.all() or not pos.any():
@@ -145,7 +160,13 @@ def _stratified_weights(y_true, n_bootstrap, rng):
     return w
 
 
-def bootstrap_ci(y_true, proba, n_bootstrap=1000, seed=0, alpha=0.05):
+def bootstrap_ci(
+    y_true: npt.ArrayLike,
+    proba: npt.ArrayLike,
+    n_bootstrap: int = 1000,
+    seed: int | Sequence[int] = 0,
+    alpha: float = 0.05,
+) -> dict[str, list[float | None]]:
     """Percentile bootstrap confidence intervals (resampling within each class, seeded).
 
     Returns
@@ -172,7 +193,13 @@ def bootstrap_ci(y_true, proba, n_bootstrap=1000, seed=0, alpha=0.05):
     return {"accuracy": ci(acc), "balanced_accuracy": ci(bacc), "auc_macro": ci(auc)}
 
 
-def permutation_pvalue(y_true, y_pred, n_permutations=1000, seed=0, n_classes=None):
+def permutation_pvalue(
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    n_permutations: int = 1000,
+    seed: int | Sequence[int] = 0,
+    n_classes: int | None = None,
+) -> float:
     """P-value of the balanced accuracy against label permutations (predictions kept fixed).
 
     ``p = (1 + #{permuted >= observed}) / (1 + n_permutations)``. This tests the
@@ -190,7 +217,14 @@ def permutation_pvalue(y_true, y_pred, n_permutations=1000, seed=0, n_classes=No
     return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
 
 
-def classification_report(y_true, proba, classes, n_bootstrap=1000, n_permutations=0, seed=0):
+def classification_report(
+    y_true: npt.ArrayLike,
+    proba: npt.ArrayLike,
+    classes: Sequence[str],
+    n_bootstrap: int = 1000,
+    n_permutations: int = 0,
+    seed: int | Sequence[int] = 0,
+) -> dict[str, Any]:
     """All metrics of a set of predictions as a JSON-ready dict.
 
     Parameters

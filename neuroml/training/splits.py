@@ -4,8 +4,12 @@ All sessions and runs of a participant fall in the same part of every fold, so n
 subject is ever seen in training and tested in the same fold.
 """
 
+from __future__ import annotations
+
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -14,7 +18,12 @@ from neuroml.errors import ConfigError, InputError, LeakageError
 
 __all__ = ["make_splits", "validation_split", "check_splits"]
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 log = logging.getLogger("neuroml")
+
+_Splits = TypeVar("_Splits", bound=Sequence[Mapping[str, Any]])
 
 
 def _participant_table(participant_ids, labels, sites=None):
@@ -43,7 +52,12 @@ def _participant_table(participant_ids, labels, sites=None):
 MIN_VAL_PER_CLASS = 2
 
 
-def validation_split(participant_ids, labels, val_fraction=0.2, seed=0):
+def validation_split(
+    participant_ids: Sequence[str],
+    labels: npt.ArrayLike,
+    val_fraction: float = 0.2,
+    seed: int | Sequence[int] = 0,
+) -> tuple[list[str], list[str]]:
     """Pick a stratified validation subset of participants (for early stopping).
 
     In each class, ``round(val_fraction * n)`` participants go to validation (never the
@@ -80,7 +94,14 @@ def validation_split(participant_ids, labels, val_fraction=0.2, seed=0):
     return sorted(set(uniq) - set(val)), val
 
 
-def make_splits(participant_ids, labels, folds=3, seed=0, val_fraction=0.2, sites=None):
+def make_splits(
+    participant_ids: Sequence[str],
+    labels: npt.ArrayLike,
+    folds: int = 3,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    sites: Sequence[Any] | None = None,
+) -> list[dict[str, Any]]:
     """Subject-level cross-validation folds with a nested validation set.
 
     Parameters
@@ -175,9 +196,9 @@ def make_splits(participant_ids, labels, folds=3, seed=0, val_fraction=0.2, site
     return out
 
 
-def check_splits(splits):
+def check_splits(splits: _Splits) -> _Splits:
     """Raise :class:`LeakageError` if a participant is in two parts of a fold or tested twice."""
-    tested = {}
+    tested: dict[str, int] = {}
     for f in splits:
         parts = {name: set(f[name]) for name in ("train", "val", "test")}
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):

@@ -15,14 +15,19 @@ lets a killed fit continue to exactly the result of an uninterrupted one, and th
 caller's global random state is left untouched.
 """
 
+from __future__ import annotations
+
 import contextlib
 import copy
 import dataclasses
 import logging
 import math
+import os
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -35,6 +40,10 @@ from neuroml.runs.checkpoint import load_checkpoint, plain, save_checkpoint
 from neuroml.training import distributed as ddp
 from neuroml.training.distributed import is_main_process
 from neuroml.training.metrics import balanced_accuracy
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = [
     "TrainSettings",
@@ -71,14 +80,14 @@ class TrainSettings:
     grad_accum: int = 1
     schedule: str = "cosine"
     amp: bool = True
-    channels_last: object = "auto"
+    channels_last: bool | str = "auto"
     compile: bool = False
     num_workers: int = 0
     device: str = "auto"
     show_progress: bool = True
-    preload: object = "auto"
+    preload: bool | str = "auto"
 
-    def validate(self):
+    def validate(self) -> TrainSettings:
         """Check every value; return self. Raises :class:`ConfigError`."""
         for name in ("epochs", "batch_size", "grad_accum"):
             check_in_range(name, getattr(self, name), 1, None, kind=int)
@@ -105,14 +114,14 @@ class FitResult:
     """What :func:`fit` returns: the model with its best weights (eval mode) and the history."""
 
     model: torch.nn.Module
-    history: list
+    history: list[dict[str, Any]]
     best_epoch: int
     best_val_balanced_accuracy: float | None
     best_val_loss: float | None
     stopped_early: bool
 
 
-def seed_for(*keys):
+def seed_for(*keys: object) -> int:
     """A 32-bit seed derived from integers and strings (e.g. ``seed_for(seed, fold, epoch)``)."""
     ints = [
         int(k) % (2**63) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode())
@@ -134,15 +143,15 @@ class _WorkerInit:
 
 
 def make_loader(
-    dataset,
-    batch_size,
-    shuffle=False,
-    seed=0,
-    num_workers=0,
-    sampler=None,
-    pin_memory=False,
-    drop_last=False,
-):
+    dataset: Dataset[Any],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    sampler: Sampler[Any] | None = None,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+) -> DataLoader[Any]:
     """A DataLoader with a seeded shuffling generator and seeded workers.
 
     ``sampler`` replaces the seeded random sampler (e.g. a ``DistributedSampler``).
@@ -150,7 +159,7 @@ def make_loader(
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     if sampler is None and shuffle:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
+        sampler = torch.utils.data.RandomSampler(cast(Sized, dataset), generator=gen)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -163,7 +172,7 @@ def make_loader(
     )
 
 
-def resolve_channels_last(channels_last, device):
+def resolve_channels_last(channels_last: bool | str, device: str | torch.device) -> bool:
     """Whether :func:`fit` keeps the network and the 5D batches in ``torch.channels_last_3d`` memory.
 
     ``"auto"``: on CUDA and on the CPU (oneDNN's 3D convolutions run faster channels-last;
@@ -205,7 +214,9 @@ def _to_device(x, device, channels_last, augment=None, pool=None):
 PREPOOL_MAX_BYTES = 4 * 2**30
 
 
-def make_optimizer(params, lr, weight_decay):
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """AdamW with the fused implementation (one kernel over all parameters) where torch has it.
 
     On the CPU the default (one small op per parameter tensor and per update term) took ~2.7 ms
@@ -273,15 +284,15 @@ def _batch_augmentation(data):
 
 
 def evaluate(
-    model,
-    dataset,
-    batch_size=8,
-    device="cpu",
-    amp=True,
-    channels_last=False,
-    num_workers=0,
-    criterion=None,
-):
+    model: torch.nn.Module,
+    dataset: Dataset[Any],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+    channels_last: bool = False,
+    num_workers: int = 0,
+    criterion: torch.nn.Module | None = None,
+) -> tuple[npt.NDArray[np.float64], float | None]:
     """Class probabilities of every item (in order) and, for labelled data, the loss.
 
     ``amp`` (bf16 autocast) applies on CUDA only. ``channels_last`` feeds 5D batches in
@@ -292,31 +303,38 @@ def evaluate(
     proba : ndarray of shape (n, C), float64
     loss : float or None
     """
-    device = resolve_device(device)
+    dev: torch.device = resolve_device(device)
     model.eval()
     loader = make_loader(
-        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+        dataset, batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda"
     )
-    logits, labels = [], []
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     with torch.no_grad():
         for batch in loader:
             x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
-            with _autocast(device, amp):
-                out = model(_to_device(x, device, channels_last))
+            with _autocast(dev, amp):
+                out = model(_to_device(x, dev, channels_last))
             logits.append(out.float().cpu())
             if y is not None:
                 labels.append(y)
     if not logits:
         return np.zeros((0, 0)), None
-    logits = torch.cat(logits)
+    scores = torch.cat(logits)
     loss = None
     if labels and criterion is not None:
         crit = copy.deepcopy(criterion).cpu()
-        loss = float(crit(logits, torch.cat(labels)))
-    return torch.softmax(logits.double(), dim=1).numpy(), loss
+        loss = float(crit(scores, torch.cat(labels)))
+    return torch.softmax(scores.double(), dim=1).numpy(), loss
 
 
-def predict_proba(model, volumes, batch_size=8, device="cpu", amp=True):
+def predict_proba(
+    model: torch.nn.Module,
+    volumes: npt.NDArray[Any] | Dataset[Any],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+) -> npt.NDArray[np.float64]:
     """Class probabilities of a model for volumes ``(N, X, Y, Z)``/``(N, C, X, Y, Z)`` or a Dataset."""
     from neuroml.data.dataset import VolumeDataset
 
@@ -721,17 +739,17 @@ def _fit_loop(model, n_train, settings, class_weights):
 
 
 def fit(
-    model,
-    train_data,
-    val_data=None,
-    settings=None,
-    class_weights=None,
-    stream=(0,),
-    checkpoint_path=None,
-    resume=False,
-    desc="train",
-    callback=None,
-):
+    model: torch.nn.Module,
+    train_data: Dataset[Any],
+    val_data: Dataset[Any] | None = None,
+    settings: TrainSettings | None = None,
+    class_weights: npt.ArrayLike | None = None,
+    stream: Sequence[int] = (0,),
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    desc: str = "train",
+    callback: Callable[[int, dict[str, Any]], object] | None = None,
+) -> FitResult:
     """Train ``model`` in place and return it with its best weights.
 
     Parameters
@@ -764,8 +782,9 @@ def fit(
     from tqdm.auto import tqdm
 
     settings = (settings or TrainSettings()).validate()
-    loop = _fit_loop(model, len(train_data), settings, class_weights)
-    identity = _fit_identity(stream, len(train_data), len(val_data or []), settings, loop.device)
+    n_train, n_val = len(cast(Sized, train_data)), len(cast(Sized, val_data or []))
+    loop = _fit_loop(model, n_train, settings, class_weights)
+    identity = _fit_identity(stream, n_train, n_val, settings, loop.device)
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     state = _new_state()
     if ckpt is not None and resume and ckpt.is_file():

@@ -6,8 +6,12 @@ AUC and the per-class sensitivity and specificity of out-of-fold predictions, wi
 stratified bootstrap intervals, and the largest gap between two groups.
 """
 
+from __future__ import annotations
+
 import logging
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +19,10 @@ from neuroml.training.metrics import _stratified_weights, bootstrap_ci, classifi
 from neuroml.trust.confounds import is_missing
 
 __all__ = ["age_bands", "subgroup_audit", "audit_groups", "DEFAULT_AGE_EDGES"]
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import pandas as pd
 
 log = logging.getLogger("neuroml")
 
@@ -25,7 +33,7 @@ DEFAULT_AGE_EDGES = (18, 30, 45, 60)
 MIN_GROUP_SIZE = 4
 
 
-def age_bands(ages, edges=DEFAULT_AGE_EDGES):
+def age_bands(ages: Iterable[Any], edges: Sequence[float] = DEFAULT_AGE_EDGES) -> list[str]:
     """Label each age with its band ("18-29", "60+"); missing or unreadable ages give "n/a".
 
     Examples
@@ -53,7 +61,12 @@ def age_bands(ages, edges=DEFAULT_AGE_EDGES):
     return out
 
 
-def audit_groups(table, participant_ids, columns=("sex", "age", "site"), extra_columns=()):
+def audit_groups(
+    table: pd.DataFrame,
+    participant_ids: Sequence[str],
+    columns: Sequence[str] = ("sex", "age", "site"),
+    extra_columns: Sequence[str] = (),
+) -> dict[str, list[str]]:
     """Subgroup labels of each prediction row from a participants table.
 
     Parameters
@@ -161,8 +174,14 @@ def _gap(groups, metric, min_size):
 
 
 def subgroup_audit(
-    y_true, proba, classes, groups, n_bootstrap=1000, seed=0, min_group_size=MIN_GROUP_SIZE
-):
+    y_true: npt.ArrayLike,
+    proba: npt.ArrayLike,
+    classes: Sequence[str],
+    groups: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    min_group_size: int = MIN_GROUP_SIZE,
+) -> dict[str, Any]:
     """Per-subgroup performance with bootstrap intervals and the largest gap.
 
     Parameters

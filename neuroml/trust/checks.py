@@ -7,7 +7,11 @@ bias audit of the CNN and the baseline, the site probe, and (when asked) the bas
 with ComBat harmonization fitted inside each fold.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,13 +30,21 @@ __all__ = [
     "site_of_everyone",
 ]
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import torch
+
+    from neuroml.data.dataset import Cohort
+
 log = logging.getLogger("neuroml")
 
 #: Harmonization methods of ``train_run(harmonize=...)``.
 HARMONIZERS = ("combat",)
 
 
-def site_column_of(table, site_column=None, site_info_column="site"):
+def site_column_of(
+    table: pd.DataFrame, site_column: str | None = None, site_info_column: str | None = "site"
+) -> str | None:
     """The participants column holding the site: the leave-one-site-out column, else
     ``site_info_column`` when present, else None."""
     if site_column:
@@ -40,7 +52,7 @@ def site_column_of(table, site_column=None, site_info_column="site"):
     return site_info_column if site_info_column and site_info_column in table.columns else None
 
 
-def site_of_everyone(cohort, site_column, purpose):
+def site_of_everyone(cohort: Cohort, site_column: str, purpose: str) -> list[Any]:
     """Every participant's value in ``site_column``; InputError naming the participants file and the
     participants without one (``purpose`` says what needs it)."""
     sites = cohort.column(site_column)
@@ -62,14 +74,20 @@ def _participant_rows(cohort):
     return list(seen), [seen[p] for p in seen]
 
 
-def demographics(table, pids, labels, classes, site_col=None):
+def demographics(
+    table: pd.DataFrame,
+    pids: list[str],
+    labels: Sequence[Any],
+    classes: Sequence[str],
+    site_col: str | None = None,
+) -> dict[str, dict[str, Any]]:
     """Per class: n, sex counts, age (mean, sd, min, max) and site counts (plain dict)."""
     out = {}
     lab = np.asarray(labels, dtype=object)
     sub = table.reindex(pids)
     for c in classes:
         sel = sub[lab == c]
-        entry = {"n": int(len(sel))}
+        entry: dict[str, Any] = {"n": int(len(sel))}
         if "sex" in sub.columns:
             entry["sex"] = {
                 str(k): int(v)
@@ -124,7 +142,9 @@ def confound_message(label_column, column, test, site_column=None):
     )
 
 
-def confound_check(cohort, site_col=None, extra_columns=()):
+def confound_check(
+    cohort: Cohort, site_col: str | None = None, extra_columns: Sequence[str] = ()
+) -> dict[str, Any]:
     """Association of the diagnosis with site, age, sex (and ``extra_columns``), before training.
 
     Returns
@@ -393,21 +413,22 @@ def cnn_site_probe(
 
 
 def trust_metrics(
-    cohort,
-    predictions,
-    splits,
-    src,
-    src_rows,
-    seed=0,
-    n_bootstrap=1000,
-    site_col=None,
-    audit_columns=(),
-    harmonize=None,
-    baseline_predictions=None,
-    fold_models=None,
-    device="cpu",
-    fold_inputs=None,
-):
+    cohort: Cohort,
+    predictions: pd.DataFrame,
+    splits: Sequence[Mapping[str, Any]],
+    src: npt.NDArray[Any],
+    src_rows: npt.NDArray[np.integer[Any]],
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    site_col: str | None = None,
+    audit_columns: Sequence[str] = (),
+    harmonize: str | None = None,
+    baseline_predictions: pd.DataFrame | None = None,
+    fold_models: Sequence[tuple[int, torch.nn.Module]] | None = None,
+    device: str | torch.device = "cpu",
+    fold_inputs: Callable[[int], tuple[npt.NDArray[Any], npt.NDArray[np.integer[Any]]]]
+    | None = None,
+) -> dict[str, Any]:
     """Bias audit, site probe and harmonized baseline of a trained run (a dict for metrics.json).
 
     Parameters

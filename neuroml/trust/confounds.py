@@ -9,8 +9,12 @@ and reports its balanced accuracy beside chance: a model can learn whatever the 
 can.
 """
 
+from __future__ import annotations
+
 import logging
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -27,6 +31,9 @@ __all__ = [
     "STRONG_V",
 ]
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 log = logging.getLogger("neuroml")
 
 #: Significance level of the association tests.
@@ -36,7 +43,7 @@ ALPHA = 0.05
 STRONG_V = 0.5
 
 
-def cramers_v(table):
+def cramers_v(table: npt.ArrayLike) -> float:
     """Cramér's V of a contingency table (0: independent, 1: one determines the other).
 
     Examples
@@ -74,7 +81,7 @@ def _numeric(values):
     return arr, ok
 
 
-def is_missing(v):
+def is_missing(v: object) -> bool:
     """Whether a participants-table value is missing (None, NaN or one of ``MISSING``).
 
     Examples
@@ -85,7 +92,13 @@ def is_missing(v):
     return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() in MISSING
 
 
-def association_tests(labels, columns, alpha=ALPHA, strong=STRONG_V, categorical=()):
+def association_tests(
+    labels: Iterable[Any],
+    columns: Mapping[str, Iterable[Any]],
+    alpha: float = ALPHA,
+    strong: float = STRONG_V,
+    categorical: Sequence[str] = (),
+) -> dict[str, dict[str, Any]]:
     """Test each column for association with the labels (one row per participant).
 
     Parameters
@@ -215,16 +228,16 @@ def _categorical_test(vals, lab):
 
 
 def site_probe(
-    features,
-    sites,
-    participant_ids,
-    splits=None,
-    folds=3,
-    seed=0,
-    n_bootstrap=1000,
-    harmonizer=None,
-    covariates=None,
-):
+    features: npt.ArrayLike,
+    sites: Sequence[Any] | npt.NDArray[Any],
+    participant_ids: Sequence[str],
+    splits: Sequence[Mapping[str, Any]] | None = None,
+    folds: int = 3,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    harmonizer: Callable[[], Any] | None = None,
+    covariates: npt.ArrayLike | None = None,
+) -> dict[str, Any]:
     """How well the site can be predicted from ``features``, out of fold.
 
     A standardised logistic regression (balanced class weights) predicts the site of each
@@ -256,7 +269,7 @@ def site_probe(
     known = np.array(
         [not is_missing(s) for s in sites], dtype=bool
     )  # a missing site is no site of its own
-    sites = np.asarray([str(s) for s in sites], dtype=object)[known]
+    sites = cast("npt.NDArray[Any]", np.asarray([str(s) for s in sites], dtype=object)[known])
     pids = np.asarray(participant_ids, dtype=object)[known]
     features = features[known]
     if covariates is not None:

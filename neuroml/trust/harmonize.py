@@ -17,12 +17,25 @@ empirical Bayes; the adjusted data is
 ``(x - alpha - C beta - gamma*) / delta* * sigma + alpha + C beta``.
 """
 
+from __future__ import annotations
+
 import logging
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
 from neuroml.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import pandas as pd
+
+    from neuroml.runs.folder import Run
+
+_P = TypeVar("_P", bound="str | os.PathLike[str]")
 
 __all__ = [
     "ComBat",
@@ -114,12 +127,17 @@ class ComBat:
     True
     """
 
-    def __init__(self, empirical_bayes=True, mean_only=False):
+    def __init__(self, empirical_bayes: bool = True, mean_only: bool = False) -> None:
         self.empirical_bayes = empirical_bayes
         self.mean_only = mean_only
 
     @staticmethod
-    def _check(X, batch, covariates, p=None):
+    def _check(
+        X: npt.ArrayLike,
+        batch: Iterable[Any],
+        covariates: npt.ArrayLike | None,
+        p: int | None = None,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any], npt.NDArray[np.float64] | None]:
         X = np.asarray(X, dtype=float)
         if X.ndim != 2:
             raise ConfigError(
@@ -138,7 +156,12 @@ class ComBat:
                 )
         return X, batch, covariates
 
-    def fit(self, X, batch, covariates=None):
+    def fit(
+        self,
+        X: npt.ArrayLike,
+        batch: Sequence[Any] | npt.NDArray[Any],
+        covariates: npt.ArrayLike | None = None,
+    ) -> ComBat:
         """Estimate the site effects from training rows.
 
         Parameters
@@ -190,10 +213,15 @@ class ComBat:
         self.sites_, self.n_fit_ = levels, int(len(X))
         self.alpha_, self.sigma_, self.beta_ = alpha, sigma, beta
         self.gamma_, self.delta_ = gamma, delta
-        self.unseen_sites_ = []
+        self.unseen_sites_: list[str] = []
         return self
 
-    def transform(self, X, batch, covariates=None):
+    def transform(
+        self,
+        X: npt.ArrayLike,
+        batch: Sequence[Any] | npt.NDArray[Any],
+        covariates: npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.float64]:
         """Adjust rows with the effects estimated in :meth:`fit`.
 
         Returns
@@ -229,7 +257,12 @@ class ComBat:
             ]
         return out
 
-    def fit_transform(self, X, batch, covariates=None):
+    def fit_transform(
+        self,
+        X: npt.ArrayLike,
+        batch: Sequence[Any] | npt.NDArray[Any],
+        covariates: npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.float64]:
         """``fit`` then ``transform`` the same rows (training data only)."""
         return self.fit(X, batch, covariates).transform(X, batch, covariates)
 
@@ -242,7 +275,7 @@ _FILE_FORMAT = 1
 _MISSING = ("", "nan", "n/a", "none")
 
 
-def covariate_spec(table, participant_ids):
+def covariate_spec(table: pd.DataFrame, participant_ids: list[str]) -> tuple[list[str], list[str]]:
     """Which of ``age`` and ``sex`` ComBat keeps for a cohort, and the two sex levels.
 
     A column is kept when present, complete for every participant and not constant (sex:
@@ -272,7 +305,13 @@ def covariate_spec(table, participant_ids):
     return names, sex_levels
 
 
-def covariate_matrix(table, participant_ids, names, sex_levels=(), where=None):
+def covariate_matrix(
+    table: pd.DataFrame,
+    participant_ids: Sequence[str],
+    names: Sequence[str],
+    sex_levels: Sequence[str] = (),
+    where: str | os.PathLike[str] | None = None,
+) -> npt.NDArray[np.float64] | None:
     """Covariates of ``participant_ids`` (rows) as ComBat takes them: age in years, sex 0/1.
 
     Raises
@@ -348,7 +387,13 @@ class VolumeComBat:
         Sites met by ``transform`` but not by ``fit``: left unadjusted, with a warning.
     """
 
-    def __init__(self, mask=None, site_column="site", covariates=(), sex_levels=()):
+    def __init__(
+        self,
+        mask: npt.ArrayLike | None = None,
+        site_column: str = "site",
+        covariates: Sequence[str] = (),
+        sex_levels: Sequence[str] = (),
+    ) -> None:
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
         self.site_column, self.covariates, self.sex_levels = (
             str(site_column),
@@ -365,7 +410,13 @@ class VolumeComBat:
             return np.broadcast_to(self.mask, vshape).copy()
         raise ConfigError(f"ComBat mask has shape {self.mask.shape}; the volumes {tuple(vshape)}")
 
-    def fit(self, volumes, rows, sites, covariates=None):
+    def fit(
+        self,
+        volumes: npt.NDArray[Any],
+        rows: Sequence[int] | npt.NDArray[np.integer[Any]],
+        sites: Sequence[Any] | npt.NDArray[Any],
+        covariates: npt.ArrayLike | None = None,
+    ) -> VolumeComBat:
         """Estimate the site effects of every harmonized voxel from ``volumes[rows]`` (training scans only).
 
         Parameters
@@ -409,15 +460,24 @@ class VolumeComBat:
                 getattr(self.combat_, name).astype(np.float32).astype(np.float64),
             )
         self.mask_ = flat.reshape(vshape)
-        self.unseen_sites_ = []
+        self.unseen_sites_: list[str] = []
         return self
 
     @property
-    def n_voxels(self):
+    def n_voxels(self) -> int:
         """Number of voxels harmonized."""
         return int(self.mask_.sum())
 
-    def transform(self, volumes, rows, sites, covariates=None, chunk=16, label="ComBat", warn=True):
+    def transform(
+        self,
+        volumes: npt.NDArray[Any],
+        rows: Sequence[int] | npt.NDArray[np.integer[Any]],
+        sites: Sequence[Any] | npt.NDArray[Any],
+        covariates: npt.ArrayLike | None = None,
+        chunk: int = 16,
+        label: str = "ComBat",
+        warn: bool = True,
+    ) -> npt.NDArray[np.float32]:
         """Harmonized float32 copies of ``volumes[rows]`` (voxels outside ``mask_`` as they are).
 
         Rows of a site not seen in ``fit`` are left unadjusted and the site is named in a
@@ -470,7 +530,7 @@ class VolumeComBat:
             out[sel] = block.reshape(-1, *vshape)
         return out
 
-    def save(self, path):
+    def save(self, path: _P) -> _P:
         """Write the fitted parameters to ``path`` (``.npz``, atomically)."""
         from neuroml._utils.fileio import atomic_path
 
@@ -494,7 +554,7 @@ class VolumeComBat:
         return path
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike[str]) -> VolumeComBat:
         """Read a file written by :meth:`save` (no pickled objects are accepted).
 
         Raises
@@ -584,7 +644,13 @@ class InputHarmonization:
         ``participants.tsv`` holding the participants' site (and age, sex).
     """
 
-    def __init__(self, run, participant_ids, deriv_dir=None, participants=None):
+    def __init__(
+        self,
+        run: Run,
+        participant_ids: Sequence[str],
+        deriv_dir: str | os.PathLike[str] | None = None,
+        participants: str | os.PathLike[str] | None = None,
+    ) -> None:
         from neuroml.data import participants_file
         from neuroml.errors import InputError
         from neuroml.io.bids import read_participants
@@ -592,19 +658,19 @@ class InputHarmonization:
         self.run, self.spec = run, dict(run.config["harmonized_inputs"])
         pids = list(dict.fromkeys(participant_ids))
         if participants is not None:
-            path = participants_file(deriv_dir, participants)
+            path = participants_file(cast("str | os.PathLike[str]", deriv_dir), participants)
             table = read_participants(path)
         else:  # the data's own participants.tsv, else the training one: the first listing every subject
             found, error = [], None
             try:
-                found.append(participants_file(deriv_dir))
+                found.append(participants_file(cast("str | os.PathLike[str]", deriv_dir)))
             except InputError as exc:
                 error = exc
             trained = run.config.get("participants")
             if trained and Path(trained).is_file() and Path(trained) not in found:
                 found.append(Path(trained))
             if not found:
-                raise error
+                raise cast(InputError, error)
             tables = [(p, read_participants(p)) for p in found]
             path, table = next(((p, t) for p, t in tables if set(pids) <= set(t.index)), tables[0])
         column = self.spec["site_column"]
@@ -635,16 +701,22 @@ class InputHarmonization:
         cov = covariate_matrix(table, pids, self.spec["covariates"], self.spec["sex_levels"], path)
         self.path = path
         self.site = {p: str(table.at[p, column]) for p in pids}
-        self.cov = {p: None if cov is None else cov[i] for i, p in enumerate(pids)}
-        self._folds = {}
+        self.cov: dict[str, Any] = {p: None if cov is None else cov[i] for i, p in enumerate(pids)}
+        self._folds: dict[int, VolumeComBat] = {}
 
-    def fold(self, k):
+    def fold(self, k: int) -> VolumeComBat:
         """The fold's :class:`VolumeComBat` (read once)."""
         if k not in self._folds:
             self._folds[k] = VolumeComBat.load(self.run.run_dir / f"fold-{k}" / FOLD_FILE)
         return self._folds[k]
 
-    def apply(self, k, volumes, rows, participant_ids):
+    def apply(
+        self,
+        k: int,
+        volumes: npt.NDArray[Any],
+        rows: Sequence[int] | npt.NDArray[np.integer[Any]],
+        participant_ids: Sequence[str],
+    ) -> npt.NDArray[np.float32]:
         """``volumes[rows]`` (scans of ``participant_ids``) harmonized for fold ``k``'s model (float32)."""
         cov = (
             None

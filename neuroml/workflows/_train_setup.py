@@ -128,7 +128,7 @@ class TrainJob:
     deriv_dir: Path
     run_dir: Path
     dev: torch.device
-    settings: TrainSettings = None
+    settings: TrainSettings | None = None
     main: bool = True
     start: str = dataclasses.field(default_factory=outputs.now_iso)
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
@@ -168,7 +168,7 @@ class TrainingData:
     site_col: str | None
     confounds: dict
     plan: object = None
-    config: dict = None
+    config: dict | None = None
 
 
 def load_training_data(job):

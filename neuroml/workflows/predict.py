@@ -1,7 +1,12 @@
 """Predicting new subjects with a run's fold ensemble, refusing subjects a model was trained on."""
 
+from __future__ import annotations
+
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,21 +15,24 @@ from neuroml.errors import InputError, LeakageError
 from neuroml.runs.folder import check_grid, load_run, predictions_table
 from neuroml.runs.sources import trained_on
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["predict_run"]
 
 log = logging.getLogger("neuroml")
 
 
 def predict_run(
-    run_dir,
-    deriv_dir,
-    out_path=None,
-    force=False,
-    participant_labels=None,
-    device="auto",
-    batch_size=8,
-    participants=None,
-):
+    run_dir: str | os.PathLike[str],
+    deriv_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    participant_labels: Sequence[str] | str | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    participants: str | os.PathLike[str] | None = None,
+) -> pd.DataFrame:
     """Predict subjects of a derivatives folder with the mean probability of a run's fold models.
 
     Parameters

@@ -7,9 +7,14 @@ harmonized run in :mod:`._train_harmonize`, the baseline, provenance and summary
 :mod:`._train_outputs`; this module runs the folds and assembles ``metrics.json``.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,41 +54,41 @@ log = logging.getLogger("neuroml")
 
 
 def train_run(
-    deriv_dir,
-    run_dir,
-    label_column="diagnosis",
-    model="compact",
-    epochs=20,
-    folds=3,
-    batch_size=4,
-    lr=1e-3,
-    weight_decay=1e-4,
-    seed=0,
-    device="auto",
-    participants=None,
-    resolution=None,
-    augment=True,
-    patience=10,
-    amp=True,
-    channels_last="auto",
-    compile=False,
-    grad_accum=1,
-    schedule="cosine",
-    val_fraction=0.2,
-    site_column=None,
-    classes=None,
-    num_workers=0,
-    baseline=True,
-    n_bootstrap=1000,
-    n_permutations=0,
-    resume=False,
-    show_progress=True,
-    site_info_column="site",
-    audit_columns=(),
-    harmonize=None,
-    inputs=None,
-    input_pool="auto",
-):
+    deriv_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    label_column: str = "diagnosis",
+    model: str = "compact",
+    epochs: int = 20,
+    folds: int = 3,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str = "auto",
+    participants: str | os.PathLike[str] | None = None,
+    resolution: float | str | None = None,
+    augment: bool = True,
+    patience: int | None = 10,
+    amp: bool = True,
+    channels_last: bool | str = "auto",
+    compile: bool = False,
+    grad_accum: int = 1,
+    schedule: str = "cosine",
+    val_fraction: float = 0.2,
+    site_column: str | None = None,
+    classes: Sequence[str] | None = None,
+    num_workers: int = 0,
+    baseline: bool = True,
+    n_bootstrap: int = 1000,
+    n_permutations: int = 0,
+    resume: bool = False,
+    show_progress: bool = True,
+    site_info_column: str = "site",
+    audit_columns: Sequence[str] = (),
+    harmonize: str | None = None,
+    inputs: Sequence[str] | None = None,
+    input_pool: int | Literal["auto"] = "auto",
+) -> dict[str, Any]:
     """Train and evaluate a MONAI network with subject-level cross-validation.
 
     Every fold trains a fresh network on its training participants, stops early on its
