@@ -6,9 +6,9 @@ arrays ``(n_samples, n_features)`` sklearn's data checks are built on: those che
 and are listed below, each with its reason (strict: one that starts passing fails the test, so the
 list stays true). What they would check on 2D data is checked on volumes at the end of this file.
 
-``T1wPreprocessor`` does not fit the estimator protocol (``fit`` takes one subject's image, not a
-set of samples, and the class does not derive from ``BaseEstimator``, so there are no tags for
-``parametrize_with_checks``): the parameter-API checks, which need no data, run one by one.
+``T1wPreprocessor`` learns one subject's registration: ``fit`` takes that subject's image, not a
+set of samples, so none of the data checks can apply; its parameter-API checks, which need no
+data, run one by one.
 """
 
 import pickle
@@ -137,14 +137,7 @@ T1W_CHECKS = [
     "check_get_params_invariance",
     "check_set_params",
     "check_do_not_raise_errors_in_init_or_set_params",
-    pytest.param(
-        "check_no_attributes_set_in_init",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="T1wPreprocessor.__init__ stores **params as self.params, an attribute that is "
-            "not one of get_params()' keys (neuroml/preprocessing/t1w.py, __init__)",
-        ),
-    ),
+    "check_no_attributes_set_in_init",
 ]
 
 
@@ -156,3 +149,13 @@ def test_t1w_preprocessor_parameter_api(name):
 def test_t1w_preprocessor_clone_keeps_extra_parameters():
     pre = T1wPreprocessor(resolution=8.0, n4=False)
     assert clone(pre).get_params() == pre.get_params()
+
+
+def test_t1w_preprocessor_parameters_are_its_preprocessing_parameters():
+    from neuroml.preprocessing import DEFAULT_PARAMS
+
+    assert set(T1wPreprocessor().get_params()) == set(DEFAULT_PARAMS) | {"n_threads"}
+    with pytest.raises(TypeError, match="n4_spacing"):
+        T1wPreprocessor(n4_spacing=3.0)  # a typo of n4_spacing_mm
+    with pytest.raises(ValueError, match="n4_spacing"):
+        T1wPreprocessor().set_params(n4_spacing=3.0)

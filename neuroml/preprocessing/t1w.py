@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
+from sklearn.base import BaseEstimator
 
 from neuroml._utils.fileio import save_nifti_atomic, sha256_file
 from neuroml._utils.options import check_in_range, look_up_option
@@ -520,23 +521,31 @@ def _sidecar(result, paths, params, source, sha, timings, n_threads):
 
 
 # --------------------------------------------------------------------------- estimator
-class T1wPreprocessor:
+class T1wPreprocessor(BaseEstimator):
     """T1w to the MNI grid as a scikit-learn-style transformer.
 
     ``fit(img)`` bias-corrects the image and learns its affine registration to the
     template; ``transform(img)`` bias-corrects an image of the same subject and space
     and resamples it with the learned transform (one interpolation), then normalizes it;
-    ``fit_transform(img)`` does both for one image.
+    ``fit_transform(img)`` does both for one image. The parameters are those of
+    :data:`DEFAULT_PARAMS` (checked by :func:`check_params` in ``fit``).
 
     Parameters
     ----------
     resolution : float, default=2.0
     normalization : {"zscore", "percentile"}, default="zscore"
+    registration_resolution : float, optional
+        Grid of the registration; default the target resolution clipped to [2, 3] mm.
+    init : str or sequence of str, optional
+        Starting points of the rigid search (default: every one of ``INIT_MODES``).
+    sampling : float, default=0.15
     seed : int, default=0
+    n4 : bool, default=True
+    n4_spacing_mm : float, default=6.0
+    qc_min_r : float, default=0.6
+    qc_min_coverage : float, default=0.8
     n_threads : int or None, default=1
         SimpleITK threads (see :func:`preprocess_scan`).
-    **params
-        Other parameters of :data:`DEFAULT_PARAMS`.
 
     Attributes
     ----------
@@ -558,40 +567,33 @@ class T1wPreprocessor:
         self,
         resolution: float = 2.0,
         normalization: str = "zscore",
+        registration_resolution: float | None = None,
+        init: str | Sequence[str] | None = None,
+        sampling: float = 0.15,
         seed: int = 0,
+        n4: bool = True,
+        n4_spacing_mm: float = 6.0,
+        qc_min_r: float = 0.6,
+        qc_min_coverage: float = 0.8,
         n_threads: int | None = 1,
-        **params: Any,
     ) -> None:
         self.resolution = resolution
         self.normalization = normalization
+        self.registration_resolution = registration_resolution
+        self.init = init
+        self.sampling = sampling
         self.seed = seed
+        self.n4 = n4
+        self.n4_spacing_mm = n4_spacing_mm
+        self.qc_min_r = qc_min_r
+        self.qc_min_coverage = qc_min_coverage
         self.n_threads = n_threads
-        self.params = params
 
     def _params(self):
-        return check_params(
-            resolution=self.resolution,
-            normalization=self.normalization,
-            seed=self.seed,
-            **self.params,
-        )
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {
-            "resolution": self.resolution,
-            "normalization": self.normalization,
-            "seed": self.seed,
-            "n_threads": self.n_threads,
-            **self.params,
-        }
-
-    def set_params(self, **params: Any) -> T1wPreprocessor:
-        for key, value in params.items():
-            if key in ("resolution", "normalization", "seed", "n_threads"):
-                setattr(self, key, value)
-            else:
-                self.params = {**self.params, key: value}
-        return self
+        params = {k: v for k, v in self.get_params().items() if k != "n_threads"}
+        if params["init"] is None:
+            del params["init"]
+        return check_params(**params)
 
     def fit(
         self, img: PathLike | nib.spatialimages.SpatialImage, y: object = None
