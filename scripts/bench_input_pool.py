@@ -5,7 +5,7 @@ For every cohort it runs :func:`neuroml.workflows.train_run` with every paramete
 default except ``input_pool`` (2, the default on the 2 mm grid, then 1, the full-resolution
 network), with ``--batch-sizes`` the batch size (default only 4, the default), and with
 ``--activations`` the compact network's activation (default only ``leakyrelu``, the default;
-``prelu`` is the network as it was until 2026-11-27, ``relu`` a plain ReLU; the network is
+``prelu`` MONAI's default PReLU, ``relu`` a plain ReLU; the network is
 swapped in for ``train_run``, whose run folder still records ``leakyrelu``), and reports the
 out-of-fold balanced accuracy with its bootstrap interval, the macro AUC, the baseline beside
 it, and the wall and CPU time of each run.

@@ -133,3 +133,25 @@ def trained_run(synthetic_derivatives, tmp_path_factory):
 def synthetic_bids(tmp_path_factory):
     """Raw BIDS of two coarse synthetic subjects (:func:`_cohorts.small_raw_cohort`, seed 1)."""
     return small_raw_cohort(tmp_path_factory.mktemp("synthetic_bids"), seed=1)
+
+
+#: The test files that take longest, run first: with two workers taking one file each at a time
+#: (``--dist loadfile``), a long file started last would keep one worker busy alone at the end.
+_LONGEST_FIRST = (
+    "test_cli_end_to_end.py",
+    "test_docs.py",
+    "test_reliability_crash.py",
+    "test_preprocessing.py",
+    "test_trust_e2e.py",
+    "test_attribution.py",
+    "test_reports.py",
+    "test_func_training.py",
+    "test_trust_harmonize.py",
+    "test_reliability_corpus.py",
+    "test_training.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

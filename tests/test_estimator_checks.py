@@ -18,7 +18,7 @@ import pytest
 import sklearn
 from sklearn.base import clone
 
-from neuroml.errors import InputError
+from neuroml.errors import ConfigError, InputError
 from neuroml.preprocessing import T1wPreprocessor
 from neuroml.training import NeuroClassifier
 
@@ -157,5 +157,10 @@ def test_t1w_preprocessor_parameters_are_its_preprocessing_parameters():
     assert set(T1wPreprocessor().get_params()) == set(DEFAULT_PARAMS) | {"n_threads"}
     with pytest.raises(TypeError, match="n4_spacing"):
         T1wPreprocessor(n4_spacing=3.0)  # a typo of n4_spacing_mm
-    with pytest.raises(ValueError, match="n4_spacing"):
+    with pytest.raises(ConfigError, match="Did you mean 'n4_spacing_mm'"):
         T1wPreprocessor().set_params(n4_spacing=3.0)
+    assert T1wPreprocessor().set_params(n4=False).n4 is False
+    assert (
+        repr(T1wPreprocessor(resolution=8.0, n4=False))
+        == "T1wPreprocessor(resolution=8.0, n4=False)"
+    )

@@ -4,6 +4,7 @@ import ast
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,16 @@ def test_readme_is_a_landing_page():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 250
     assert any('pip install -e ".[test]" && pytest' in line for line in lines)
+
+
+def test_the_preprocessing_batch_does_not_import_torch_or_sklearn():
+    """Each preprocessing worker (and each SLURM task) imports the batch module: it must not pay
+    for the training stack."""
+    code = (
+        "import sys, neuroml.workflows.bids_app, neuroml.workflows.pipeline; "
+        "print(sorted(m for m in ('torch', 'sklearn', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

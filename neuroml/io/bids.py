@@ -206,7 +206,8 @@ def checked_labels(participant_labels):
     return list(dict.fromkeys(check_label(p) for p in participant_labels))
 
 
-def _subject_dirs(bids_dir, participant_labels):
+def subject_dirs(bids_dir, participant_labels):
+    """The ``sub-<label>`` folders of ``bids_dir``: those of ``participant_labels``, or all."""
     if participant_labels:
         dirs = []
         for lab in checked_labels(participant_labels):
@@ -255,7 +256,7 @@ def find_scans(
     if not (bids_dir / "dataset_description.json").is_file():
         raise InputError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
     scans: list[Scan] = []
-    for sub_dir in _subject_dirs(bids_dir, participant_labels):
+    for sub_dir in subject_dirs(bids_dir, participant_labels):
         try:
             subject = check_label(sub_dir.name)
         except InputError:

@@ -11,6 +11,7 @@ files of ``docs/layout.md`` (sidecar last, so its presence marks a finished scan
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import time
@@ -22,7 +23,6 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
-from sklearn.base import BaseEstimator
 
 from neuroml._utils.fileio import save_nifti_atomic, sha256_file
 from neuroml._utils.options import check_in_range, look_up_option
@@ -521,7 +521,7 @@ def _sidecar(result, paths, params, source, sha, timings, n_threads):
 
 
 # --------------------------------------------------------------------------- estimator
-class T1wPreprocessor(BaseEstimator):
+class T1wPreprocessor:
     """T1w to the MNI grid as a scikit-learn-style transformer.
 
     ``fit(img)`` bias-corrects the image and learns its affine registration to the
@@ -589,6 +589,26 @@ class T1wPreprocessor(BaseEstimator):
         self.qc_min_coverage = qc_min_coverage
         self.n_threads = n_threads
 
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters and their values (scikit-learn's protocol)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> T1wPreprocessor:
+        """Set parameters by name; an unknown name is a :class:`ConfigError` with a hint."""
+        for key, value in params.items():
+            setattr(
+                self, look_up_option("T1wPreprocessor parameter", key, self._param_names()), value
+            )
+        return self
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != _INIT_DEFAULTS.get(k)}
+        return f"T1wPreprocessor({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
     def _params(self):
         params = {k: v for k, v in self.get_params().items() if k != "n_threads"}
         if params["init"] is None:
@@ -635,3 +655,8 @@ class T1wPreprocessor(BaseEstimator):
         with itk_threads(self.n_threads):
             out, _, self.qc_, _ = _finish(image, native, self.transform_, params, StepTimer())
         return out
+
+
+_INIT_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(T1wPreprocessor.__init__).parameters.items()
+}

@@ -151,7 +151,7 @@ def roc_curves(y_true: npt.ArrayLike, proba: npt.ArrayLike) -> list[dict[str, li
     return out
 
 
-def _stratified_weights(y_true, n_bootstrap, rng):
+def stratified_weights(y_true, n_bootstrap, rng):
     """Bootstrap resampling counts (B, n), resampling within each true class."""
     w = np.zeros((n_bootstrap, len(y_true)))
     for c in np.unique(y_true):
@@ -177,7 +177,7 @@ def bootstrap_ci(
     y_true, proba = np.asarray(y_true, int), np.asarray(proba, float)
     if n_bootstrap <= 0 or len(y_true) == 0:
         return {}
-    w = _stratified_weights(y_true, int(n_bootstrap), np.random.default_rng(seed))
+    w = stratified_weights(y_true, int(n_bootstrap), np.random.default_rng(seed))
     correct = y_true == proba.argmax(1)
     acc = (w @ correct) / w.sum(1)
     with warnings.catch_warnings():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuroml.training.metrics import _stratified_weights, bootstrap_ci, classification_report
+from neuroml.training.metrics import bootstrap_ci, classification_report, stratified_weights
 from neuroml.trust.confounds import is_missing
 
 __all__ = ["age_bands", "subgroup_audit", "audit_groups", "DEFAULT_AGE_EDGES"]
@@ -113,7 +113,7 @@ def _sens_spec_ci(y_true, y_pred, n_classes, n_bootstrap, seed, alpha=0.05):
     """Bootstrap intervals of per-class sensitivity and specificity (resampling within classes)."""
     if n_bootstrap <= 0 or len(y_true) == 0:
         return {}, {}
-    w = _stratified_weights(y_true, int(n_bootstrap), np.random.default_rng(seed))
+    w = stratified_weights(y_true, int(n_bootstrap), np.random.default_rng(seed))
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     sens, spec = {}, {}
     for c in range(n_classes):

@@ -4,7 +4,14 @@
 parallel, one bad scan never stops it); :func:`train_run` trains and evaluates a network with
 subject-level cross-validation and writes the run folder and its model card; :func:`predict_run`
 predicts new subjects; :func:`run_pipeline` runs a YAML pipeline of these steps.
+
+:func:`train_run` and :func:`predict_run` are imported on first use (module ``__getattr__``):
+the preprocessing batch and its worker processes import this package, and must not pay for
+torch and scikit-learn, which only training and prediction need.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from neuroml.workflows.bids_app import (
     BatchResult,
@@ -22,8 +29,23 @@ from neuroml.workflows.pipeline import (
     run_step,
     step_parameters,
 )
-from neuroml.workflows.predict import predict_run
-from neuroml.workflows.train import train_run
+
+if TYPE_CHECKING:
+    from neuroml.workflows.predict import predict_run
+    from neuroml.workflows.train import train_run
+
+_LAZY = {"train_run": "neuroml.workflows.train", "predict_run": "neuroml.workflows.predict"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BatchResult",

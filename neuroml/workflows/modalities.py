@@ -340,11 +340,11 @@ def _misnamed_t1w(bids_dir, scans, participant_labels):
     T1w and an image extension in any case (``sub01_T1w.nii.gz``, ``sub-01_t1w.nii``,
     ``sub-01_T1w.NII.GZ``, another participant's label, a folder ``sub-01_old``) but that are
     not among ``scans``."""
-    from neuroml.io.bids import _subject_dirs, check_label
+    from neuroml.io.bids import check_label, subject_dirs
 
     found = {Path(scan.path) for scan in scans}
     out = []
-    for sub_dir in _subject_dirs(bids_dir, participant_labels):
+    for sub_dir in subject_dirs(bids_dir, participant_labels):
         try:
             participant_id = f"sub-{check_label(sub_dir.name)}"
         except InputError:  # 'sub-01 copy', 'sub-01_old': the BIDS search skips the whole folder
