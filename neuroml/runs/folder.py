@@ -27,6 +27,8 @@ __all__ = [
     "check_run_folder",
     "PREDICTION_DTYPES",
     "predictions_table",
+    "out_of_fold_table",
+    "table_arrays",
     "check_grid",
     "save_splits",
     "load_splits",
@@ -200,6 +202,35 @@ def predictions_table(
         + (["fold"] if fold is not None else [])
     )
     return out[cols]
+
+
+def out_of_fold_table(
+    participant_ids: Sequence[str],
+    proba: npt.ArrayLike,
+    fold: npt.ArrayLike,
+    classes: Sequence[str],
+    y_true: npt.ArrayLike,
+) -> pd.DataFrame:
+    """The predictions table of the scans a fold tested (``fold >= 0``; -1 marks scans no fold
+    tested), with their true labels and folds (see :func:`predictions_table`)."""
+    fold = np.asarray(fold)
+    tested = fold >= 0
+    return predictions_table(
+        np.asarray(participant_ids, dtype=object)[tested].tolist(),
+        np.asarray(proba)[tested],
+        classes,
+        np.asarray(y_true)[tested],
+        fold[tested],
+    )
+
+
+def table_arrays(
+    table: pd.DataFrame, classes: Sequence[str]
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """``(y, proba)`` of a predictions table: class indices of ``true_label`` and the
+    ``prob_<class>`` columns in ``classes`` order."""
+    y = table["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return y, table[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
 
 
 def check_grid(

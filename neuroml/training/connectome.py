@@ -251,7 +251,7 @@ def connectome_run(
     """
     from neuroml.data import participants_file
     from neuroml.io.bids import read_participants
-    from neuroml.runs.folder import load_run, predictions_table
+    from neuroml.runs.folder import load_run, out_of_fold_table, table_arrays
     from neuroml.training.metrics import classification_report
 
     run = load_run(run_dir)
@@ -274,18 +274,13 @@ def connectome_run(
     proba, fold = connectome_cv(
         series, files["participant_id"].tolist(), y, run.splits, len(classes), seed, kind
     )
-    tested = fold >= 0
-    pred = predictions_table(
-        files["participant_id"][tested].tolist(), proba[tested], classes, y[tested], fold[tested]
-    )
+    pred = out_of_fold_table(files["participant_id"].tolist(), proba, fold, classes, y)
     write_text_atomic(
         Path(run_dir) / "connectome_predictions.tsv",
         pred.to_csv(sep="\t", index=False, float_format="%.6f"),
     )
-    yt = pred["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     out = classification_report(
-        yt,
-        pred[[f"prob_{c}" for c in classes]].to_numpy(),
+        *table_arrays(pred, classes),
         classes,
         n_bootstrap=n_bootstrap,
         n_permutations=n_permutations,
@@ -300,7 +295,7 @@ def connectome_run(
             "kind": kind,
             "atlas": atlas,
             "n_regions": len(regions),
-            "n_participants": int(tested.sum()),
+            "n_participants": int((fold >= 0).sum()),
             "folds": "the run's splits.json",
         }
     )

@@ -18,6 +18,7 @@ import pandas as pd
 
 from neuroml._utils.options import look_up_option
 from neuroml.errors import InputError, NeuromlError
+from neuroml.runs.folder import out_of_fold_table, table_arrays
 from neuroml.trust.audit import audit_groups, subgroup_audit
 from neuroml.trust.confounds import ALPHA, association_tests, is_missing, site_probe
 
@@ -238,8 +239,7 @@ def channel_region_means(volumes, atlas):
 
 def _audit(table_pred, cohort, site_col, audit_columns, n_bootstrap, seed):
     classes = cohort.classes
-    y = table_pred["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    proba = table_pred[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    y, proba = table_arrays(table_pred, classes)
     cols = ("sex", "age") + ((site_col,) if site_col else ())
     groups = audit_groups(
         cohort.table, table_pred["participant_id"].tolist(), cols, tuple(audit_columns)
@@ -530,7 +530,6 @@ def trust_metrics(
 
 def _harmonized(cohort, features, sites, cov, cov_names, splits, seed, n_bootstrap, feature_text):
     """Baseline and site probe with ComBat fitted inside each fold's training rows."""
-    from neuroml.runs.folder import predictions_table
     from neuroml.training.baseline import baseline_cv
     from neuroml.training.metrics import classification_report
     from neuroml.trust.harmonize import ComBat
@@ -556,21 +555,9 @@ def _harmonized(cohort, features, sites, cov, cov_names, splits, seed, n_bootstr
         sites=sites,
         covariates=cov,
     )
-    tested = fold >= 0
-    table = predictions_table(
-        np.asarray(cohort.participant_ids, dtype=object)[tested],
-        proba[tested],
-        cohort.classes,
-        cohort.y[tested],
-        fold[tested],
-    )
-    y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
+    table = out_of_fold_table(cohort.participant_ids, proba, fold, cohort.classes, cohort.y)
     rep = classification_report(
-        y,
-        table[[f"prob_{c}" for c in cohort.classes]].to_numpy(),
-        cohort.classes,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
+        *table_arrays(table, cohort.classes), cohort.classes, n_bootstrap=n_bootstrap, seed=seed
     )
     rep["model"] = (
         "ComBat (fitted on each fold's training rows) + StandardScaler + LogisticRegression"

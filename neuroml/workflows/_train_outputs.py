@@ -10,7 +10,7 @@ import numpy as np
 from neuroml._utils.fileio import sha256_file, write_text_atomic
 from neuroml.errors import NeuromlError
 from neuroml.runs import outputs
-from neuroml.runs.folder import predictions_table
+from neuroml.runs.folder import out_of_fold_table, table_arrays
 from neuroml.training import distributed as dist
 from neuroml.training.metrics import classification_report
 
@@ -34,23 +34,14 @@ def baseline_metrics(cohort, volumes, splits, cfg, run_dir):
     proba, fold = baseline_cv(
         features, cohort.participant_ids, cohort.y, splits, len(cohort.classes), cfg.seed
     )
-    tested = fold >= 0
-    table = predictions_table(
-        np.asarray(cohort.participant_ids, dtype=object)[tested],
-        proba[tested],
-        cohort.classes,
-        cohort.y[tested],
-        fold[tested],
-    )
+    table = out_of_fold_table(cohort.participant_ids, proba, fold, cohort.classes, cohort.y)
     if run_dir is not None:
         write_text_atomic(
             Path(run_dir) / "baseline_predictions.tsv",
             table.to_csv(sep="\t", index=False, float_format="%.6f"),
         )
-    y = table["true_label"].map({c: i for i, c in enumerate(cohort.classes)}).to_numpy()
     out = classification_report(
-        y,
-        table[[f"prob_{c}" for c in cohort.classes]].to_numpy(),
+        *table_arrays(table, cohort.classes),
         cohort.classes,
         n_bootstrap=cfg.n_bootstrap,
         n_permutations=cfg.n_permutations,

@@ -24,7 +24,7 @@ from neuroml._utils.fileio import write_json_atomic, write_text_atomic
 from neuroml.models.factory import build_model
 from neuroml.runs import outputs
 from neuroml.runs.checkpoint import plain, save_checkpoint
-from neuroml.runs.folder import PREDICTION_DTYPES, Run, predictions_table
+from neuroml.runs.folder import PREDICTION_DTYPES, Run, out_of_fold_table, table_arrays
 from neuroml.training import distributed as dist
 from neuroml.training.metrics import balanced_accuracy, classification_report
 from neuroml.training.splits import check_splits
@@ -415,14 +415,8 @@ def _finish(job, data, volumes, results):
     from neuroml.reports.model_card import write_model_card
 
     cohort, run_dir = data.cohort, job.run_dir
-    pids = np.asarray(cohort.participant_ids, dtype=object)
-    tested = results.oof_fold >= 0
-    table = predictions_table(
-        pids[tested],
-        results.oof[tested],
-        cohort.classes,
-        cohort.y[tested],
-        results.oof_fold[tested],
+    table = out_of_fold_table(
+        cohort.participant_ids, results.oof, results.oof_fold, cohort.classes, cohort.y
     )
     metrics = _run_metrics(job, data, volumes, results, table)
     write_text_atomic(
@@ -490,8 +484,7 @@ def _run_metrics(job, data, volumes, results, table):
 
 
 def _report(table, classes, fold_info, histories, n_bootstrap, n_permutations, seed):
-    y = table["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    proba = table[[f"prob_{c}" for c in classes]].to_numpy()
+    y, proba = table_arrays(table, classes)
     out = classification_report(
         y, proba, classes, n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed
     )
